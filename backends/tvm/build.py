@@ -1,0 +1,61 @@
+"""Compile a sliver module with TVM and export a shared library for the target.
+
+This package is the only place sliver talks to TVM's compiler; every TVM error is
+re-raised as a :class:`SliverError` that says which step failed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+from sliver.errors import SliverError
+from sliver.backends.tvm.targets import Target, check_toolchain, resolve, tvm_target
+
+
+def compile_module(module, target, *, progress=None) -> bytes:
+    """Lower ``module`` through Relax, compile it for ``target`` and return the
+    bytes of the shared library (``.so``) the runtime loads."""
+    import tvm
+
+    from sliver.backends.tvm.lower import to_relax
+
+    target = resolve(target)
+    check_toolchain(target)
+    say = progress or (lambda msg: None)
+
+    t0 = time.perf_counter()
+    mod = to_relax(module)
+    say(f"lowered {len(module.ops)} ops to Relax in {time.perf_counter() - t0:.1f}s")
+    t0 = time.perf_counter()
+    try:
+        with tvm.transform.PassContext(opt_level=3):
+            executable = tvm.compile(mod, target=tvm_target(target))
+    except Exception as e:
+        raise SliverError(f"TVM failed to compile @{module.name} for {target.name}: {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
+    say(f"compiled for {target.name} in {time.perf_counter() - t0:.1f}s")
+
+    with tempfile.TemporaryDirectory(prefix="sliver-build-") as tmp:
+        path = os.path.join(tmp, "lib.so")
+        try:
+            if target.cross_compiler:
+                from tvm.support import cc
+
+                executable.export_library(path, fcompile=cc.cross_compiler(target.cross_compiler))
+            else:
+                executable.export_library(path)
+        except Exception as e:
+            raise SliverError(f"linking the {target.name} library failed: {e}") from e
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def tvm_version() -> str:
+    import tvm
+
+    return tvm.__version__
+
+
+__all__ = ["compile_module", "resolve", "Target", "tvm_version"]

@@ -1,0 +1,330 @@
+"""sliver IR → Relax, one lowering rule per op (like TVM's ``register_legalize``).
+
+Built with ``relax.BlockBuilder`` from sliver's own IR, never by re-tracing the
+torch model.  Params become Relax constants; the compiled library carries them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from sliver.errors import SliverError
+
+LOWERING: dict[str, Callable] = {}
+
+
+def lowers(*kinds):
+    def deco(fn):
+        for k in kinds:
+            LOWERING[k] = fn
+        return fn
+
+    return deco
+
+
+def _R():
+    from tvm import relax
+
+    return relax.op
+
+
+def _scalar(value, like):
+    from tvm import relax
+
+    return relax.const(value, like.ty.dtype)
+
+
+def _const(array: np.ndarray):
+    from tvm import relax
+
+    return relax.const(array)
+
+
+def _dtype(kind: str) -> str:
+    """sliver element type → TVM dtype string."""
+    if kind == "bool":
+        return "bool"
+    letter = {"f": "float", "i": "int", "u": "uint"}[kind[0]]
+    return f"{letter}{kind[1:]}"
+
+
+# -- elementwise ---------------------------------------------------------------
+
+_UNARY = {
+    "relu": lambda R: R.nn.relu, "silu": lambda R: R.nn.silu, "sigmoid": lambda R: R.sigmoid,
+    "tanh": lambda R: R.tanh, "exp": lambda R: R.exp, "log": lambda R: R.log, "sqrt": lambda R: R.sqrt,
+    "rsqrt": lambda R: R.rsqrt, "erf": lambda R: R.erf, "sin": lambda R: R.sin, "cos": lambda R: R.cos,
+    "neg": lambda R: R.negative, "abs": lambda R: R.abs,
+}
+_BINARY = {
+    "add": lambda R: R.add, "sub": lambda R: R.subtract, "mul": lambda R: R.multiply, "div": lambda R: R.divide,
+    "pow": lambda R: R.power, "maximum": lambda R: R.maximum, "minimum": lambda R: R.minimum,
+}
+
+for _k, _f in _UNARY.items():
+    lowers(_k)(lambda bb, op, x, _f=_f: bb.emit(_f(_R())(x)))
+for _k, _f in _BINARY.items():
+    lowers(_k)(lambda bb, op, a, b, _f=_f: bb.emit(_f(_R())(a, b)))
+
+
+@lowers("gelu")
+def _gelu(bb, op, x):
+    R = _R()
+    return bb.emit(R.nn.gelu_tanh(x) if op.attrs["approximate"] == "tanh" else R.nn.gelu(x))
+
+
+def _hardsigmoid(bb, x):
+    R = _R()
+    shifted = bb.emit(R.add(x, _scalar(3.0, x)))
+    clipped = bb.emit(R.clip(shifted, 0.0, 6.0))
+    return bb.emit(R.divide(clipped, _scalar(6.0, x)))
+
+
+@lowers("hardsigmoid")
+def _hardsigmoid_rule(bb, op, x):
+    return _hardsigmoid(bb, x)
+
+
+@lowers("hardswish")
+def _hardswish(bb, op, x):
+    return bb.emit(_R().multiply(x, _hardsigmoid(bb, x)))
+
+
+@lowers("clamp")
+def _clamp(bb, op, x):
+    R = _R()
+    lo, hi = op.attrs["min"], op.attrs["max"]
+    if lo is not None and hi is not None:
+        return bb.emit(R.clip(x, lo, hi))
+    if lo is not None:
+        x = bb.emit(R.maximum(x, _scalar(lo, x)))
+    if hi is not None:
+        x = bb.emit(R.minimum(x, _scalar(hi, x)))
+    return x
+
+
+@lowers("cast")
+def _cast(bb, op, x):
+    return bb.emit(_R().astype(x, _dtype(op.attrs["dtype"])))
+
+
+@lowers("constant")
+def _constant(bb, op):
+    from sliver.ir.types import to_numpy
+
+    a = op.attrs
+    return _const(np.full(a["shape"], a["value"], dtype=to_numpy(a["dtype"])))
+
+
+# -- convolution and matrix products ------------------------------------------------
+
+
+def _channel_vector(bb, v, rank: int):
+    """[C] → [1, C, 1, …] so it broadcasts over NCHW."""
+    return bb.emit(_R().reshape(v, [1, -1] + [1] * (rank - 2)))
+
+
+@lowers("conv2d")
+def _conv2d(bb, op, x, w, b=None):
+    R = _R()
+    a = op.attrs
+    y = bb.emit(R.nn.conv2d(x, w, strides=a["stride"], padding=a["padding"], dilation=a["dilation"],
+                            groups=a["groups"]))
+    if b is not None:
+        y = bb.emit(R.add(y, _channel_vector(bb, b, 4)))
+    return y
+
+
+@lowers("linear")
+def _linear(bb, op, x, w, b=None):
+    return bb.emit(_R().linear(x, w, b))
+
+
+@lowers("matmul")
+def _matmul(bb, op, a, b):
+    return bb.emit(_R().matmul(a, b))
+
+
+# -- normalization ----------------------------------------------------------------
+
+
+@lowers("batch_norm")
+def _batch_norm(bb, op, x, mean, var, w=None, b=None):
+    """(x - mean) * (w / sqrt(var + eps)) + b, as a per-channel scale and shift."""
+    R = _R()
+    rank = op.operands[0].type.rank
+    scale = bb.emit(R.rsqrt(R.add(var, _scalar(op.attrs["eps"], var))))
+    if w is not None:
+        scale = bb.emit(R.multiply(scale, w))
+    shift = bb.emit(R.negative(R.multiply(mean, scale)))
+    if b is not None:
+        shift = bb.emit(R.add(shift, b))
+    y = bb.emit(R.multiply(x, _channel_vector(bb, scale, rank)))
+    return bb.emit(R.add(y, _channel_vector(bb, shift, rank)))
+
+
+@lowers("layer_norm")
+def _layer_norm(bb, op, x, w=None, b=None):
+    t = op.operands[0].type
+    n = op.attrs["axes"]
+    shape = t.shape[-n:]
+    from sliver.ir.types import to_numpy
+
+    dt = to_numpy(t.dtype)
+    w = w if w is not None else _const(np.ones(shape, dt))
+    b = b if b is not None else _const(np.zeros(shape, dt))
+    axes = list(range(t.rank - n, t.rank))
+    return bb.emit(_R().nn.layer_norm(x, w, b, axes=axes, epsilon=op.attrs["eps"]))
+
+
+@lowers("rms_norm")
+def _rms_norm(bb, op, x, w=None):
+    from sliver.ir.types import to_numpy
+
+    t = op.operands[0].type
+    n = op.attrs["axes"]
+    w = w if w is not None else _const(np.ones(t.shape[-n:], to_numpy(t.dtype)))
+    return bb.emit(_R().nn.rms_norm(x, w, axes=list(range(t.rank - n, t.rank)), epsilon=op.attrs["eps"]))
+
+
+# -- pooling --------------------------------------------------------------------
+
+
+@lowers("max_pool2d")
+def _max_pool(bb, op, x):
+    a = op.attrs
+    return bb.emit(_R().nn.max_pool2d(x, a["kernel"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"]))
+
+
+@lowers("avg_pool2d")
+def _avg_pool(bb, op, x):
+    a = op.attrs
+    return bb.emit(_R().nn.avg_pool2d(x, a["kernel"], a["stride"], a["padding"], (1, 1), a["ceil_mode"],
+                                      a["count_include_pad"]))
+
+
+@lowers("adaptive_avg_pool2d")
+def _adaptive(bb, op, x):
+    R = _R()
+    out = op.attrs["output_size"]
+    if tuple(out) == (1, 1):  # global pooling: a plain mean lowers to a simple reduction
+        return bb.emit(R.mean(x, axis=[2, 3], keepdims=True))
+    return bb.emit(R.nn.adaptive_avg_pool2d(x, out))
+
+
+# -- shape and data movement ------------------------------------------------------------
+
+
+@lowers("concat")
+def _concat(bb, op, *xs):
+    from tvm import relax
+
+    return bb.emit(_R().concat(relax.Tuple(list(xs)), axis=op.attrs["axis"]))
+
+
+@lowers("slice")
+def _slice(bb, op, x):
+    a = op.attrs
+    return bb.emit(_R().strided_slice(x, [a["axis"]], [a["start"]], [a["end"]], [a["step"]], assume_inbound=True))
+
+
+@lowers("take")
+def _take(bb, op, x, idx):
+    return bb.emit(_R().take(x, idx, axis=op.attrs["axis"], mode="clip"))  # never read out of bounds
+
+
+@lowers("reshape")
+def _reshape(bb, op, x):
+    return bb.emit(_R().reshape(x, list(op.attrs["shape"])))
+
+
+@lowers("permute")
+def _permute(bb, op, x):
+    return bb.emit(_R().permute_dims(x, list(op.attrs["dims"])))
+
+
+@lowers("expand")
+def _expand(bb, op, x):
+    return bb.emit(_R().broadcast_to(x, list(op.attrs["shape"])))
+
+
+# -- reductions and attention -------------------------------------------------------------
+
+
+@lowers("softmax")
+def _softmax(bb, op, x):
+    return bb.emit(_R().nn.softmax(x, axis=op.attrs["axis"]))
+
+
+@lowers("mean")
+def _mean(bb, op, x):
+    return bb.emit(_R().mean(x, axis=list(op.attrs["axes"]), keepdims=op.attrs["keepdim"]))
+
+
+@lowers("sum")
+def _sum(bb, op, x):
+    return bb.emit(_R().sum(x, axis=list(op.attrs["axes"]), keepdims=op.attrs["keepdim"]))
+
+
+@lowers("attention")
+def _attention(bb, op, q, k, v, mask=None):
+    """softmax(q k^T * scale + mask) v, written out in Relax ops on [B, H, S, D]."""
+    R = _R()
+    qt, kt = op.operands[0].type, op.operands[1].type
+    groups = qt.shape[1] // kt.shape[1]
+    if groups > 1:
+        k = bb.emit(R.repeat(k, groups, axis=1))
+        v = bb.emit(R.repeat(v, groups, axis=1))
+    scale = op.attrs["scale"] if op.attrs["scale"] is not None else 1.0 / math.sqrt(qt.shape[-1])
+    scores = bb.emit(R.matmul(q, R.permute_dims(k, [0, 1, 3, 2])))
+    scores = bb.emit(R.multiply(scores, _scalar(scale, scores)))
+    if mask is not None:
+        if op.operands[3].type.dtype == "bool":
+            neg = _scalar(float("-inf"), scores)
+            scores = bb.emit(R.where(mask, scores, neg))
+        else:
+            scores = bb.emit(R.add(scores, mask))
+    if op.attrs["causal"]:
+        L, S = qt.shape[-2], kt.shape[-2]
+        from sliver.ir.types import to_numpy
+
+        causal = np.where(np.tril(np.ones((L, S), bool)), 0.0, -np.inf).astype(to_numpy(qt.dtype))
+        scores = bb.emit(R.add(scores, _const(causal)))
+    probs = bb.emit(R.nn.softmax(scores, axis=-1))
+    return bb.emit(R.matmul(probs, v))
+
+
+# -- the module ---------------------------------------------------------------------------
+
+
+def unsupported_ops(module) -> list[str]:
+    return sorted({op.kind for op in module.ops if op.kind != "param" and op.kind not in LOWERING})
+
+
+def to_relax(module):
+    """Build a Relax IRModule whose ``main`` computes ``module``."""
+    from tvm import relax
+
+    missing = unsupported_ops(module)
+    if missing:
+        raise SliverError(f"the TVM backend has no lowering for: {', '.join(missing)}")
+    bb = relax.BlockBuilder()
+    params = [relax.Var(v.name, relax.TensorType(v.type.shape, _dtype(v.type.dtype))) for v in module.inputs]
+    env = {id(v): p for v, p in zip(module.inputs, params)}
+    with bb.function("main", params):
+        with bb.dataflow():
+            for op in module.ops:
+                if op.kind == "param":
+                    env[id(op.result)] = _const(module.params[op.result.name])
+                    continue
+                args = [env[id(v)] for v in op.operands]
+                out = LOWERING[op.kind](bb, op, *args)
+                env[id(op.result)] = out
+            outs = [env[id(v)] for v in module.outputs]
+            result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
+            gv = bb.emit_output(result)
+        bb.emit_func_output(gv)
+    return bb.finalize()

@@ -1,0 +1,600 @@
+"""The op set: every op of sliver's IR is declared here, once.
+
+A declaration (:class:`OpDecl`) holds the op's operand names (a trailing ``?``
+marks an optional operand), its attributes with defaults (:data:`REQUIRED` for
+none), its type rule and its reference semantics.  The printer, parser,
+verifier, interpreter and every backend read these declarations; adding an op is
+one declaration here plus one lowering rule per backend.
+
+Reference semantics run on torch tensors (float64 or float32): they are the
+oracle that every pass and every backend is checked against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from sliver.errors import SliverError
+from sliver.ir.attrs import normalize
+from sliver.ir.types import DTYPES, TensorType, is_float
+
+REQUIRED = object()
+
+
+class TypeRuleError(SliverError):
+    """Operands or attributes that an op's type rule rejects."""
+
+
+@dataclass(frozen=True)
+class OpDecl:
+    name: str
+    operands: tuple[str, ...]
+    attrs: dict
+    infer: Callable  # (types: list[TensorType], **attrs) -> TensorType | list[TensorType]
+    ref: Callable | None  # (*tensors, **attrs) -> tensor | tuple of tensors
+    doc: str = ""
+    elementwise: bool = False
+    pure: bool = True
+    extra_verify: Callable | None = field(default=None)
+
+    @property
+    def min_operands(self) -> int:
+        return sum(1 for o in self.operands if not o.endswith("?") and o != "*")
+
+    @property
+    def variadic(self) -> bool:
+        return self.operands == ("*",)
+
+    def complete_attrs(self, attrs: dict) -> dict:
+        """Fill defaults and reject unknown or missing attributes."""
+        unknown = set(attrs) - set(self.attrs)
+        if unknown:
+            raise TypeRuleError(f"{self.name} has no attribute(s) {sorted(unknown)}; it takes {sorted(self.attrs)}")
+        out = {}
+        for k, default in self.attrs.items():
+            if k in attrs:
+                out[k] = normalize(attrs[k])
+            elif default is REQUIRED:
+                raise TypeRuleError(f"{self.name} needs attribute {k!r}")
+            else:
+                out[k] = default
+        return out
+
+    def check_arity(self, n: int) -> None:
+        if self.variadic:
+            if n < 1:
+                raise TypeRuleError(f"{self.name} needs at least one operand")
+            return
+        if not self.min_operands <= n <= len(self.operands):
+            want = ", ".join(self.operands)
+            raise TypeRuleError(f"{self.name} takes operands ({want}); got {n}")
+
+    def infer_types(self, types: list[TensorType], attrs: dict) -> list[TensorType]:
+        self.check_arity(len(types))
+        out = self.infer(types, **attrs)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+_REGISTRY: dict[str, OpDecl] = {}
+
+
+def declare(name, operands, attrs=None, *, infer, ref, doc="", elementwise=False, pure=True, verify=None):
+    if name in _REGISTRY:
+        raise ValueError(f"op {name} declared twice")
+    _REGISTRY[name] = OpDecl(
+        name, tuple(operands), {k: (v if v is REQUIRED else normalize(v)) for k, v in (attrs or {}).items()},
+        infer, ref, doc, elementwise, pure, verify,
+    )
+    return _REGISTRY[name]
+
+
+def get_op(name: str) -> OpDecl:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise SliverError(f"unknown op {name!r}; `sliver ops` lists the {len(_REGISTRY)} ops sliver knows") from None
+
+
+def all_ops() -> dict[str, OpDecl]:
+    return dict(_REGISTRY)
+
+
+# ----------------------------------------------------------------------------
+# helpers for type rules
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _axis(axis: int, rank: int, op: str) -> int:
+    if not -rank <= axis < max(rank, 1):
+        raise TypeRuleError(f"{op}: axis {axis} is out of range for rank {rank}")
+    return axis % max(rank, 1)
+
+
+def _same_dtype(op: str, *types: TensorType) -> str:
+    dtypes = {t.dtype for t in types}
+    if len(dtypes) != 1:
+        raise TypeRuleError(f"{op}: operand element types differ ({', '.join(sorted(dtypes))}); insert a cast")
+    return dtypes.pop()
+
+
+def broadcast_shapes(op: str, *shapes) -> tuple[int, ...]:
+    rank = max(len(s) for s in shapes)
+    out = []
+    for i in range(rank):
+        dims = {s[i - rank + len(s)] for s in shapes if i - rank + len(s) >= 0} - {1}
+        if len(dims) > 1:
+            raise TypeRuleError(f"{op}: shapes {', '.join(str(list(s)) for s in shapes)} do not broadcast")
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+def _float_only(op: str, t: TensorType) -> None:
+    if not is_float(t.dtype):
+        raise TypeRuleError(f"{op} needs a floating-point operand, got {t.dtype}")
+
+
+# ----------------------------------------------------------------------------
+# sources
+
+def _param_infer(types):
+    raise TypeRuleError("a param's type comes from its data: create params with Module.add_param")
+
+
+declare("param", (), infer=_param_infer, ref=None, doc="A weight; its data is Module.params[result name].")
+
+
+def _constant_infer(types, *, value, dtype, shape):
+    if dtype not in DTYPES:
+        raise TypeRuleError(f"constant: unknown dtype {dtype!r}")
+    return TensorType(shape, dtype)
+
+
+def _constant_ref(*, value, dtype, shape):
+    from sliver.ir.types import to_numpy
+
+    torch = _torch()
+    import numpy as np
+
+    return torch.from_numpy(np.full(shape, value, dtype=to_numpy(dtype)))
+
+
+declare(
+    "constant", (), {"value": REQUIRED, "dtype": "f32", "shape": ()},
+    infer=_constant_infer, ref=_constant_ref, doc="A tensor filled with one scalar value.",
+)
+
+# ----------------------------------------------------------------------------
+# elementwise
+
+
+def _unary(name, fn, doc, attrs=None, floats=True):
+    def infer(types, **attrs):
+        if floats:
+            _float_only(name, types[0])
+        return types[0].with_dtype(types[0].dtype)
+
+    declare(name, ("x",), attrs, infer=infer, ref=fn, doc=doc, elementwise=True)
+
+
+def _binary(name, fn, doc):
+    def infer(types, **attrs):
+        a, b = types
+        return TensorType(broadcast_shapes(name, a.shape, b.shape), _same_dtype(name, a, b))
+
+    declare(name, ("a", "b"), infer=infer, ref=fn, doc=doc, elementwise=True)
+
+
+def _hardswish(x):
+    return x * (x + 3).clamp(0, 6) / 6
+
+
+_unary("relu", lambda x: x.clamp_min(0), "max(x, 0)", floats=False)
+_unary("gelu", lambda x, approximate: _torch().nn.functional.gelu(x, approximate=approximate),
+       "Gaussian error linear unit; approximate='tanh' for the tanh form", {"approximate": "none"})
+_unary("silu", lambda x: x * _torch().sigmoid(x), "x * sigmoid(x)")
+_unary("sigmoid", lambda x: _torch().sigmoid(x), "1 / (1 + exp(-x))")
+_unary("tanh", lambda x: _torch().tanh(x), "tanh(x)")
+_unary("hardswish", _hardswish, "x * clamp(x + 3, 0, 6) / 6")
+_unary("hardsigmoid", lambda x: (x + 3).clamp(0, 6) / 6, "clamp(x + 3, 0, 6) / 6")
+_unary("exp", lambda x: _torch().exp(x), "e^x")
+_unary("log", lambda x: _torch().log(x), "natural logarithm")
+_unary("sqrt", lambda x: _torch().sqrt(x), "square root")
+_unary("rsqrt", lambda x: _torch().rsqrt(x), "1 / sqrt(x)")
+_unary("erf", lambda x: _torch().erf(x), "the error function")
+_unary("sin", lambda x: _torch().sin(x), "sine")
+_unary("cos", lambda x: _torch().cos(x), "cosine")
+_unary("neg", lambda x: -x, "-x", floats=False)
+_unary("abs", lambda x: x.abs(), "|x|", floats=False)
+_unary("clamp", lambda x, min, max: x.clamp(min, max), "min(max(x, min), max); either bound may be none",
+       {"min": None, "max": None}, floats=False)
+
+_binary("add", lambda a, b: a + b, "a + b (broadcasting)")
+_binary("sub", lambda a, b: a - b, "a - b (broadcasting)")
+_binary("mul", lambda a, b: a * b, "a * b (broadcasting)")
+_binary("div", lambda a, b: a / b, "a / b (broadcasting; true division)")
+_binary("pow", lambda a, b: a**b, "a ** b (broadcasting)")
+_binary("maximum", lambda a, b: _torch().maximum(a, b), "elementwise max")
+_binary("minimum", lambda a, b: _torch().minimum(a, b), "elementwise min")
+
+
+def _cast_ref(x, *, dtype):
+    from sliver.ir.types import to_numpy
+
+    torch = _torch()
+    return torch.from_numpy(x.numpy().astype(to_numpy(dtype)))
+
+
+declare(
+    "cast", ("x",), {"dtype": REQUIRED},
+    infer=lambda types, dtype: types[0].with_dtype(dtype), ref=_cast_ref,
+    doc="convert the element type", elementwise=True,
+)
+
+# ----------------------------------------------------------------------------
+# convolution and matrix products
+
+
+def _conv2d_infer(types, *, stride, padding, dilation, groups):
+    x, w = types[0], types[1]
+    if x.rank != 4 or w.rank != 4:
+        raise TypeRuleError(f"conv2d needs NCHW input and OIHW weight, got {x} and {w}")
+    n, c, h, wd = x.shape
+    o, ci, kh, kw = w.shape
+    if c != ci * groups:
+        raise TypeRuleError(f"conv2d: input has {c} channels but weight {w} with groups={groups} expects {ci * groups}")
+    if o % groups:
+        raise TypeRuleError(f"conv2d: {o} output channels do not split into {groups} groups")
+    if len(types) == 3 and types[2].shape != (o,):
+        raise TypeRuleError(f"conv2d: bias must be [{o}], got {types[2]}")
+    pt, pl, pb, pr = padding
+    oh = (h + pt + pb - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (wd + pl + pr - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if oh <= 0 or ow <= 0:
+        raise TypeRuleError(f"conv2d: input {x} is too small for a {kh}x{kw} kernel")
+    return TensorType((n, o, oh, ow), _same_dtype("conv2d", *types))
+
+
+def _conv2d_ref(x, w, b=None, *, stride, padding, dilation, groups):
+    F = _torch().nn.functional
+    pt, pl, pb, pr = padding
+    if (pt, pl) != (pb, pr):
+        x = F.pad(x, (pl, pr, pt, pb))
+        pt = pl = 0
+    return F.conv2d(x, w, b, stride, (pt, pl), dilation, groups)
+
+
+declare(
+    "conv2d", ("x", "w", "b?"),
+    {"stride": (1, 1), "padding": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1},
+    infer=_conv2d_infer, ref=_conv2d_ref,
+    doc="2-D convolution, NCHW input, OIHW weight; padding = [top, left, bottom, right]",
+)
+
+
+def _linear_infer(types):
+    x, w = types[0], types[1]
+    if w.rank != 2 or x.rank < 1 or x.shape[-1] != w.shape[1]:
+        raise TypeRuleError(f"linear: input {x} does not match weight {w} ([out, in])")
+    if len(types) == 3 and types[2].shape != (w.shape[0],):
+        raise TypeRuleError(f"linear: bias must be [{w.shape[0]}], got {types[2]}")
+    return TensorType(x.shape[:-1] + (w.shape[0],), _same_dtype("linear", *types))
+
+
+declare(
+    "linear", ("x", "w", "b?"), infer=_linear_infer,
+    ref=lambda x, w, b=None: _torch().nn.functional.linear(x, w, b),
+    doc="x @ w.T + b, w is [out, in]",
+)
+
+
+def _matmul_infer(types):
+    a, b = types
+    if a.rank < 2 or b.rank < 2:
+        raise TypeRuleError(f"matmul needs operands of rank >= 2, got {a} and {b}")
+    if a.shape[-1] != b.shape[-2]:
+        raise TypeRuleError(f"matmul: inner dimensions differ in {a} @ {b}")
+    batch = broadcast_shapes("matmul", a.shape[:-2], b.shape[:-2])
+    return TensorType(batch + (a.shape[-2], b.shape[-1]), _same_dtype("matmul", a, b))
+
+
+declare("matmul", ("a", "b"), infer=_matmul_infer, ref=lambda a, b: a @ b,
+        doc="batched matrix product with broadcasting batch dims")
+
+# ----------------------------------------------------------------------------
+# normalization
+
+
+def _per_channel(op, x, *params):
+    for p in params:
+        if p.shape != (x.shape[1],):
+            raise TypeRuleError(f"{op}: per-channel operand {p} does not match {x.shape[1]} channels of {x}")
+
+
+def _batch_norm_infer(types, *, eps):
+    x = types[0]
+    if x.rank < 2:
+        raise TypeRuleError(f"batch_norm needs rank >= 2, got {x}")
+    _per_channel("batch_norm", x, *types[1:])
+    return x.with_dtype(_same_dtype("batch_norm", *types))
+
+
+def _batch_norm_ref(x, mean, var, w=None, b=None, *, eps):
+    return _torch().nn.functional.batch_norm(x, mean, var, w, b, False, 0.0, eps)
+
+
+declare(
+    "batch_norm", ("x", "mean", "var", "w?", "b?"), {"eps": 1e-5},
+    infer=_batch_norm_infer, ref=_batch_norm_ref,
+    doc="inference batch norm over axis 1: (x - mean) / sqrt(var + eps) * w + b",
+)
+
+
+def _last_axes_norm_infer(op):
+    def infer(types, *, axes, eps):
+        x = types[0]
+        if axes < 1 or axes > x.rank:
+            raise TypeRuleError(f"{op}: cannot normalize the last {axes} axes of {x}")
+        for p in types[1:]:
+            if p.shape != x.shape[-axes:]:
+                raise TypeRuleError(f"{op}: affine operand {p} must have shape {list(x.shape[-axes:])}")
+        return x.with_dtype(_same_dtype(op, *types))
+
+    return infer
+
+
+def _layer_norm_ref(x, w=None, b=None, *, axes, eps):
+    return _torch().nn.functional.layer_norm(x, x.shape[-axes:], w, b, eps)
+
+
+def _rms_norm_ref(x, w=None, *, axes, eps):
+    dims = tuple(range(-axes, 0))
+    y = x * _torch().rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
+    return y * w if w is not None else y
+
+
+declare(
+    "layer_norm", ("x", "w?", "b?"), {"axes": 1, "eps": 1e-5},
+    infer=_last_axes_norm_infer("layer_norm"), ref=_layer_norm_ref,
+    doc="layer norm over the last `axes` axes",
+)
+declare(
+    "rms_norm", ("x", "w?"), {"axes": 1, "eps": 1e-6},
+    infer=_last_axes_norm_infer("rms_norm"), ref=_rms_norm_ref,
+    doc="x / sqrt(mean(x^2) + eps) * w over the last `axes` axes",
+)
+
+# ----------------------------------------------------------------------------
+# pooling
+
+
+def _pool_out(size, k, s, p0, p1, d, ceil):
+    span = size + p0 + p1 - d * (k - 1) - 1
+    out = (-(-span // s) if ceil else span // s) + 1
+    # PyTorch: the last window must start inside the input or left padding
+    if ceil and (out - 1) * s >= size + p0:
+        out -= 1
+    return out
+
+
+def _pool_infer(op):
+    def infer(types, *, kernel, stride, padding, ceil_mode, dilation=(1, 1), count_include_pad=True):
+        x = types[0]
+        if x.rank != 4:
+            raise TypeRuleError(f"{op} needs an NCHW input, got {x}")
+        pt, pl, pb, pr = padding
+        oh = _pool_out(x.shape[2], kernel[0], stride[0], pt, pb, dilation[0], ceil_mode)
+        ow = _pool_out(x.shape[3], kernel[1], stride[1], pl, pr, dilation[1], ceil_mode)
+        if oh <= 0 or ow <= 0:
+            raise TypeRuleError(f"{op}: input {x} is too small for a {kernel[0]}x{kernel[1]} window")
+        return x.with_shape((x.shape[0], x.shape[1], oh, ow))
+
+    return infer
+
+
+def _sym_padding(op, padding):
+    pt, pl, pb, pr = padding
+    if (pt, pl) != (pb, pr):
+        raise TypeRuleError(f"{op}: asymmetric padding {list(padding)} is not supported")
+    return (pt, pl)
+
+
+def _max_pool_ref(x, *, kernel, stride, padding, dilation, ceil_mode):
+    return _torch().nn.functional.max_pool2d(x, kernel, stride, _sym_padding("max_pool2d", padding), dilation, ceil_mode)
+
+
+def _avg_pool_ref(x, *, kernel, stride, padding, ceil_mode, count_include_pad):
+    return _torch().nn.functional.avg_pool2d(
+        x, kernel, stride, _sym_padding("avg_pool2d", padding), ceil_mode, count_include_pad
+    )
+
+
+declare(
+    "max_pool2d", ("x",),
+    {"kernel": REQUIRED, "stride": REQUIRED, "padding": (0, 0, 0, 0), "dilation": (1, 1), "ceil_mode": False},
+    infer=_pool_infer("max_pool2d"), ref=_max_pool_ref, doc="2-D max pooling, NCHW",
+)
+declare(
+    "avg_pool2d", ("x",),
+    {"kernel": REQUIRED, "stride": REQUIRED, "padding": (0, 0, 0, 0), "ceil_mode": False, "count_include_pad": True},
+    infer=_pool_infer("avg_pool2d"), ref=_avg_pool_ref, doc="2-D average pooling, NCHW",
+)
+
+
+def _adaptive_infer(types, *, output_size):
+    x = types[0]
+    if x.rank != 4:
+        raise TypeRuleError(f"adaptive_avg_pool2d needs an NCHW input, got {x}")
+    return x.with_shape(x.shape[:2] + tuple(output_size))
+
+
+declare(
+    "adaptive_avg_pool2d", ("x",), {"output_size": REQUIRED}, infer=_adaptive_infer,
+    ref=lambda x, output_size: _torch().nn.functional.adaptive_avg_pool2d(x, output_size),
+    doc="average pooling to a fixed output size, NCHW",
+)
+
+# ----------------------------------------------------------------------------
+# shape and data movement
+
+
+def _concat_infer(types, *, axis):
+    first = types[0]
+    ax = _axis(axis, first.rank, "concat")
+    for t in types[1:]:
+        if t.rank != first.rank or any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != ax):
+            raise TypeRuleError(f"concat along axis {axis}: {first} and {t} differ elsewhere")
+    shape = list(first.shape)
+    shape[ax] = sum(t.shape[ax] for t in types)
+    return first.with_shape(shape).with_dtype(_same_dtype("concat", *types))
+
+
+declare("concat", ("*",), {"axis": REQUIRED}, infer=_concat_infer,
+        ref=lambda *xs, axis: _torch().cat(xs, axis), doc="join tensors along an axis")
+
+
+def slice_bounds(size: int, start: int, end: int, step: int) -> tuple[int, int, int]:
+    """Clamp python-style bounds to [0, size]; returns (start, end, length)."""
+    start, end, _ = slice(start, end, step).indices(size)
+    return start, end, max(0, -(-(end - start) // step))
+
+
+def _slice_infer(types, *, axis, start, end, step):
+    x = types[0]
+    if step < 1:
+        raise TypeRuleError(f"slice: step must be >= 1, got {step}")
+    ax = _axis(axis, x.rank, "slice")
+    shape = list(x.shape)
+    shape[ax] = slice_bounds(x.shape[ax], start, end, step)[2]
+    return x.with_shape(shape)
+
+
+def _slice_ref(x, *, axis, start, end, step):
+    index = [slice(None)] * x.dim()
+    index[axis] = slice(start, end, step)
+    return x[tuple(index)]
+
+
+declare("slice", ("x",), {"axis": REQUIRED, "start": 0, "end": REQUIRED, "step": 1},
+        infer=_slice_infer, ref=_slice_ref, doc="x[..., start:end:step, ...] along one axis (a view when step is 1)")
+
+
+def _take_infer(types, *, axis):
+    x, idx = types
+    if idx.dtype not in ("i64", "i32"):
+        raise TypeRuleError(f"take: indices must be i64 or i32, got {idx}")
+    ax = _axis(axis, x.rank, "take")
+    return x.with_shape(x.shape[:ax] + idx.shape + x.shape[ax + 1:])
+
+
+def _take_ref(x, idx, *, axis):
+    torch = _torch()
+    flat = torch.index_select(x, axis, idx.reshape(-1).long())
+    return flat.reshape(x.shape[:axis] + idx.shape + x.shape[axis + 1:])
+
+
+declare("take", ("x", "indices"), {"axis": 0}, infer=_take_infer, ref=_take_ref,
+        doc="gather whole slices of x along axis by an index tensor (embedding, index_select)")
+
+
+def _reshape_infer(types, *, shape):
+    x = types[0]
+    if math.prod(shape) != x.numel:
+        raise TypeRuleError(f"reshape: cannot view {x} as {list(shape)}")
+    return x.with_shape(shape)
+
+
+declare("reshape", ("x",), {"shape": REQUIRED}, infer=_reshape_infer,
+        ref=lambda x, shape: x.reshape(shape), doc="same elements, new shape (no -1: the tracer resolves it)")
+
+
+def _permute_infer(types, *, dims):
+    x = types[0]
+    if sorted(dims) != list(range(x.rank)):
+        raise TypeRuleError(f"permute: {list(dims)} is not a permutation of the {x.rank} axes of {x}")
+    return x.with_shape([x.shape[d] for d in dims])
+
+
+declare("permute", ("x",), {"dims": REQUIRED}, infer=_permute_infer,
+        ref=lambda x, dims: x.permute(dims), doc="reorder axes")
+
+
+def _expand_infer(types, *, shape):
+    x = types[0]
+    if broadcast_shapes("expand", x.shape, shape) != tuple(shape):
+        raise TypeRuleError(f"expand: {x} does not broadcast to {list(shape)}")
+    return x.with_shape(shape)
+
+
+declare("expand", ("x",), {"shape": REQUIRED}, infer=_expand_infer,
+        ref=lambda x, shape: x.expand(shape), doc="broadcast to a larger shape")
+
+# ----------------------------------------------------------------------------
+# reductions and attention
+
+
+def _softmax_infer(types, *, axis):
+    _float_only("softmax", types[0])
+    _axis(axis, types[0].rank, "softmax")
+    return types[0]
+
+
+declare("softmax", ("x",), {"axis": -1}, infer=_softmax_infer,
+        ref=lambda x, axis: _torch().softmax(x, axis), doc="softmax along an axis")
+
+
+def _reduce(name, fn, doc):
+    def infer(types, *, axes, keepdim):
+        x = types[0]
+        norm = {_axis(a, x.rank, name) for a in axes}
+        shape = [1 if i in norm else d for i, d in enumerate(x.shape) if keepdim or i not in norm]
+        return x.with_shape(shape)
+
+    declare(name, ("x",), {"axes": REQUIRED, "keepdim": False}, infer=infer, ref=fn, doc=doc)
+
+
+_reduce("mean", lambda x, axes, keepdim: x.mean(axes, keepdim=keepdim), "mean over axes")
+_reduce("sum", lambda x, axes, keepdim: x.sum(axes, keepdim=keepdim), "sum over axes")
+
+
+def _attention_infer(types, *, causal, scale):
+    q, k, v = types[:3]
+    if q.rank != 4 or k.rank != 4 or v.rank != 4:
+        raise TypeRuleError(f"attention needs [batch, heads, seq, dim] operands, got {q}, {k}, {v}")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2] or k.shape[1] != v.shape[1]:
+        raise TypeRuleError(f"attention: q {q}, k {k}, v {v} do not fit together")
+    if q.shape[1] % k.shape[1]:
+        raise TypeRuleError(f"attention: {q.shape[1]} query heads do not group over {k.shape[1]} key heads")
+    if len(types) == 4:
+        broadcast_shapes("attention mask", types[3].shape, q.shape[:-1] + (k.shape[-2],))
+    return q.with_shape(q.shape[:-1] + (v.shape[-1],))
+
+
+def _attention_ref(q, k, v, mask=None, *, causal, scale):
+    torch = _torch()
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k = k.repeat_interleave(groups, 1)
+        v = v.repeat_interleave(groups, 1)
+    s = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    scores = (q @ k.transpose(-1, -2)) * s
+    if mask is not None:
+        scores = scores + mask if mask.dtype != torch.bool else scores.masked_fill(~mask, float("-inf"))
+    if causal:
+        L, S = q.shape[-2], k.shape[-2]
+        keep = torch.ones(L, S, dtype=torch.bool).tril()
+        scores = scores.masked_fill(~keep, float("-inf"))
+    return torch.softmax(scores, -1) @ v
+
+
+declare(
+    "attention", ("q", "k", "v", "mask?"), {"causal": False, "scale": None},
+    infer=_attention_infer, ref=_attention_ref,
+    doc="softmax(q @ k^T * scale + mask) @ v on [batch, heads, seq, dim]; grouped k/v heads allowed",
+)

@@ -1,0 +1,665 @@
+"""torch.export → sliver IR.
+
+Each supported aten op has one translation rule in :data:`RULES`; a rule reads
+the fx node's arguments and emits sliver ops through a :class:`_Builder`.  Before
+anything is emitted the whole graph is scanned, so an unsupported op is reported
+with every other unsupported op at once, each with the user's source line.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+from typing import Callable
+
+import numpy as np
+
+from sliver.errors import SliverError, UnsupportedOpError
+from sliver.ir.core import Module, Value
+from sliver.ir.ops import TypeRuleError
+from sliver.ir.types import TensorType, from_numpy
+
+RULES: dict[str, Callable] = {}
+# ops that are the identity in inference (their first argument is the result)
+IDENTITY = {
+    "aten.contiguous.default", "aten.clone.default", "aten.dropout.default", "aten.detach.default",
+    "aten.alias.default", "aten.feature_dropout.default", "aten.lift_fresh_copy.default",
+    "aten.dropout_.default", "aten.alpha_dropout.default",
+}
+# ops with no effect on the result: asserts and metadata checks
+IGNORED = {
+    "aten._assert_tensor_metadata.default", "aten._assert_scalar.default", "aten.sym_constrain_range_for_size.default",
+    "aten._assert_async.msg", "aten.sym_size.int",
+}
+# tensor factories with constant arguments: evaluated at trace time into params
+FACTORIES = {
+    "aten.arange.default", "aten.arange.start", "aten.arange.start_step", "aten.zeros.default",
+    "aten.ones.default", "aten.full.default", "aten.empty.memory_format", "aten.scalar_tensor.default",
+    "aten.zeros_like.default", "aten.ones_like.default", "aten.full_like.default", "aten.tril.default",
+    "aten.triu.default",
+}
+
+
+def rule(*names):
+    def deco(fn):
+        for n in names:
+            RULES[n] = fn
+        return fn
+
+    return deco
+
+
+def supported_ops() -> list[str]:
+    return sorted(set(RULES) | IDENTITY | FACTORIES | {"operator.getitem"})
+
+
+def _op_name(target) -> str:
+    if target is operator.getitem:
+        return "operator.getitem"
+    return str(target)
+
+
+def _source_line(node) -> tuple[str | None, str | None]:
+    """The user's file:line (and source text) that produced ``node``: the innermost
+    stack frame outside torch itself."""
+    trace = node.meta.get("stack_trace") or ""
+    lines = trace.strip().splitlines()
+    torch_dir = os.sep + "torch" + os.sep
+    best = None
+    for i, line in enumerate(lines):
+        line = line.strip()
+        if line.startswith('File "') and torch_dir not in line:
+            path = line.split('"')[1]
+            lineno = line.split(", line ")[1].split(",")[0] if ", line " in line else "?"
+            src = lines[i + 1].strip() if i + 1 < len(lines) and not lines[i + 1].strip().startswith("File") else None
+            best = (f"{path}:{lineno}", src)
+    return best or (None, None)
+
+
+class _Builder:
+    """Emits sliver ops for one fx node; names results after the node."""
+
+    def __init__(self, module: Module):
+        self.m = module
+        self.hint = None
+        self.node_target = ""
+
+    def emit(self, kind: str, operands, attrs=None) -> Value:
+        return self.m.add_op(kind, operands, attrs or {}, names=[self.m.fresh_name(self.hint)]).result
+
+    def const(self, value, dtype: str, shape=()) -> Value:
+        if isinstance(value, bool):
+            value = int(value)
+        attrs = {"value": value, "dtype": dtype, "shape": tuple(shape)}
+        return self.m.add_op("constant", [], attrs, names=[self.m.fresh_name("cst")]).result
+
+    def tensor_or_scalar(self, x, like: Value) -> Value:
+        """A Value for a binary op's operand: scalars become constants of like's dtype."""
+        if isinstance(x, Value):
+            if x.type.dtype != like.type.dtype:
+                return self.emit("cast", [x], {"dtype": like.type.dtype})
+            return x
+        dtype = like.type.dtype
+        return self.const(float(x) if dtype.startswith("f") else int(x), dtype)
+
+
+def _binary_operands(b: _Builder, x, y):
+    """Promote like torch does for the cases models use: tensor ⊕ scalar keeps the
+    tensor's dtype; int tensor ⊕ float tensor/scalar goes to float."""
+    if not isinstance(x, Value):
+        x, y = y, x
+        swapped = True
+    else:
+        swapped = False
+    if isinstance(y, Value) and y.type.dtype != x.type.dtype:
+        # promote to the float one
+        target = x if x.type.dtype.startswith("f") else y
+        x = b.tensor_or_scalar(x, target)
+        y = b.tensor_or_scalar(y, target)
+    elif isinstance(y, float) and not x.type.dtype.startswith("f"):
+        x = b.emit("cast", [x], {"dtype": "f32"})
+    y = b.tensor_or_scalar(y, x)
+    return (y, x) if swapped else (x, y)
+
+
+def _axis(a, rank):
+    return a % rank if rank else 0
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v) if len(v) == 2 else (v[0], v[0])
+
+
+# -- elementwise ---------------------------------------------------------------
+
+for _name, _kind in [
+    ("relu", "relu"), ("sigmoid", "sigmoid"), ("tanh", "tanh"), ("silu", "silu"), ("hardswish", "hardswish"),
+    ("hardsigmoid", "hardsigmoid"), ("exp", "exp"), ("log", "log"), ("sqrt", "sqrt"), ("rsqrt", "rsqrt"),
+    ("erf", "erf"), ("sin", "sin"), ("cos", "cos"), ("neg", "neg"), ("abs", "abs"),
+]:
+    def _unary_rule(b, x, *_, _kind=_kind):
+        return b.emit(_kind, [x])
+
+    rule(f"aten.{_name}.default", f"aten.{_name}_.default")(_unary_rule)
+
+
+@rule("aten.gelu.default", "aten.gelu_.default")
+def _gelu(b, x, approximate="none"):
+    return b.emit("gelu", [x], {"approximate": approximate})
+
+
+@rule("aten.hardtanh.default", "aten.hardtanh_.default")
+def _hardtanh(b, x, min_val=-1.0, max_val=1.0):
+    return b.emit("clamp", [x], {"min": float(min_val), "max": float(max_val)})
+
+
+@rule("aten.relu6.default", "aten.relu6_.default")
+def _relu6(b, x):
+    return b.emit("clamp", [x], {"min": 0.0, "max": 6.0})
+
+
+@rule("aten.clamp.default", "aten.clamp_.default", "aten.clip.default")
+def _clamp(b, x, min=None, max=None):
+    f = float if x.type.dtype.startswith("f") else int
+    return b.emit("clamp", [x], {"min": None if min is None else f(min), "max": None if max is None else f(max)})
+
+
+@rule("aten.clamp_min.default")
+def _clamp_min(b, x, min):
+    return _clamp(b, x, min, None)
+
+
+@rule("aten.clamp_max.default")
+def _clamp_max(b, x, max):
+    return _clamp(b, x, None, max)
+
+
+def _binary_rule(kind):
+    def fn(b, x, y, alpha=1):
+        x, y = _binary_operands(b, x, y)
+        if alpha != 1:
+            y = b.emit("mul", [y, b.tensor_or_scalar(alpha, y)])
+        return b.emit(kind, [x, y])
+
+    return fn
+
+
+for _name, _kind in [("add", "add"), ("sub", "sub"), ("mul", "mul"), ("maximum", "maximum"), ("minimum", "minimum")]:
+    rule(f"aten.{_name}.Tensor", f"aten.{_name}_.Tensor", f"aten.{_name}.Scalar", f"aten.{_name}.default")(
+        _binary_rule(_kind)
+    )
+
+
+@rule("aten.div.Tensor", "aten.div_.Tensor", "aten.div.Scalar")
+def _div(b, x, y):
+    if isinstance(x, Value) and not x.type.dtype.startswith("f"):
+        x = b.emit("cast", [x], {"dtype": "f32"})
+    x, y = _binary_operands(b, x, y)
+    return b.emit("div", [x, y])
+
+
+@rule("aten.rsub.Scalar", "aten.rsub.Tensor")
+def _rsub(b, x, y, alpha=1):
+    return _binary_rule("sub")(b, y, x) if alpha == 1 else _binary_rule("sub")(b, y, b.emit("mul", [x, b.tensor_or_scalar(alpha, x)]))
+
+
+@rule("aten.pow.Tensor_Scalar", "aten.pow.Tensor_Tensor")
+def _pow(b, x, y):
+    if y == 2:
+        return b.emit("mul", [x, x])
+    if y == 0.5:
+        return b.emit("sqrt", [x])
+    x, y = _binary_operands(b, x, y)
+    return b.emit("pow", [x, y])
+
+
+@rule("aten.reciprocal.default")
+def _reciprocal(b, x):
+    return b.emit("div", [b.tensor_or_scalar(1.0, x), x])
+
+
+@rule("aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout", "aten.type_as.default")
+def _to(b, x, dtype=None, *rest, **kw):
+    if isinstance(dtype, Value):  # type_as
+        dtype = dtype.type.dtype
+    else:
+        dtype = kw.get("dtype", dtype)
+        dtype = x.type.dtype if dtype is None else from_numpy(dtype)
+    return x if dtype == x.type.dtype else b.emit("cast", [x], {"dtype": dtype})
+
+
+# -- convolution and matrix products ------------------------------------------------
+
+
+@rule("aten.conv2d.default", "aten.conv2d.padding")
+def _conv2d(b, x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    stride, dilation = _pair(stride), _pair(dilation)
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0, 0, 0, 0)
+        else:  # "same" (stride 1): torch puts the extra pixel at the bottom/right
+            kh, kw = w.type.shape[2:]
+            th, tw = dilation[0] * (kh - 1), dilation[1] * (kw - 1)
+            padding = (th // 2, tw // 2, th - th // 2, tw - tw // 2)
+    else:
+        ph, pw = _pair(padding)
+        padding = (ph, pw, ph, pw)
+    ops = [x, w] + ([bias] if bias is not None else [])
+    return b.emit("conv2d", ops, {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups})
+
+
+@rule("aten.convolution.default")
+def _convolution(b, x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
+    if transposed or len(w.type.shape) != 4:
+        raise TypeRuleError("only 2-D, non-transposed convolutions are supported")
+    return _conv2d(b, x, w, bias, stride, padding, dilation, groups)
+
+
+@rule("aten.linear.default")
+def _linear(b, x, w, bias=None):
+    return b.emit("linear", [x, w] + ([bias] if bias is not None else []))
+
+
+@rule("aten.matmul.default", "aten.bmm.default", "aten.mm.default")
+def _matmul(b, x, y):
+    if y.type.rank == 1:
+        y2 = b.emit("reshape", [y], {"shape": y.type.shape + (1,)})
+        out = b.emit("matmul", [x, y2])
+        return b.emit("reshape", [out], {"shape": out.type.shape[:-1]})
+    if x.type.rank == 1:
+        x2 = b.emit("reshape", [x], {"shape": (1,) + x.type.shape})
+        out = b.emit("matmul", [x2, y])
+        return b.emit("reshape", [out], {"shape": out.type.shape[:-2] + out.type.shape[-1:]})
+    return b.emit("matmul", [x, y])
+
+
+@rule("aten.addmm.default")
+def _addmm(b, bias, x, y, beta=1, alpha=1):
+    out = b.emit("matmul", [x, y])
+    if alpha != 1:
+        out = b.emit("mul", [out, b.tensor_or_scalar(alpha, out)])
+    if beta != 1:
+        bias = b.emit("mul", [bias, b.tensor_or_scalar(beta, bias)])
+    return b.emit("add", [out, bias])
+
+
+# -- normalization --------------------------------------------------------------
+
+
+@rule("aten.batch_norm.default")
+def _batch_norm(b, x, w, bias, mean, var, training, momentum, eps, cudnn_enabled=False):
+    if training:
+        raise TypeRuleError("batch_norm in training mode: call model.eval() before tracing")
+    ops = [x, mean, var] + ([w] if w is not None else [])
+    if bias is not None:
+        if w is None:
+            ops.append(b.m.add_param(b.m.fresh_name("bn_weight"), np.ones(x.type.shape[1], np.float32)))
+        ops.append(bias)
+    return b.emit("batch_norm", ops, {"eps": float(eps)})
+
+
+@rule("aten._native_batch_norm_legit_no_training.default")
+def _native_bn(b, x, w, bias, mean, var, momentum, eps):
+    y = _batch_norm(b, x, w, bias, mean, var, False, momentum, eps)
+    return (y, None, None)
+
+
+@rule("aten.layer_norm.default")
+def _layer_norm(b, x, shape, w=None, bias=None, eps=1e-5, cudnn_enable=False):
+    ops = [x]
+    if w is not None or bias is not None:
+        ops.append(w if w is not None else b.m.add_param(b.m.fresh_name("ln_weight"), np.ones(shape, np.float32)))
+    if bias is not None:
+        ops.append(bias)
+    return b.emit("layer_norm", ops, {"axes": len(shape), "eps": float(eps)})
+
+
+@rule("aten.rms_norm.default")
+def _rms_norm(b, x, shape, w=None, eps=None):
+    if eps is None:
+        eps = float(np.finfo(np.float32).eps)
+    return b.emit("rms_norm", [x] + ([w] if w is not None else []), {"axes": len(shape), "eps": float(eps)})
+
+
+# -- pooling --------------------------------------------------------------------
+
+
+@rule("aten.max_pool2d.default", "aten.max_pool2d_with_indices.default")
+def _max_pool2d(b, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
+    kernel = _pair(kernel)
+    stride = _pair(stride) if stride else kernel
+    ph, pw = _pair(padding)
+    attrs = {"kernel": kernel, "stride": stride, "padding": (ph, pw, ph, pw), "dilation": _pair(dilation),
+             "ceil_mode": bool(ceil_mode)}
+    y = b.emit("max_pool2d", [x], attrs)
+    return (y, None) if b.node_target.endswith("with_indices.default") else y
+
+
+@rule("aten.avg_pool2d.default")
+def _avg_pool2d(b, x, kernel, stride=(), padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+    if divisor_override is not None:
+        raise TypeRuleError("avg_pool2d with divisor_override is not supported")
+    kernel = _pair(kernel)
+    stride = _pair(stride) if stride else kernel
+    ph, pw = _pair(padding)
+    return b.emit("avg_pool2d", [x], {"kernel": kernel, "stride": stride, "padding": (ph, pw, ph, pw),
+                                      "ceil_mode": bool(ceil_mode), "count_include_pad": bool(count_include_pad)})
+
+
+@rule("aten.adaptive_avg_pool2d.default", "aten._adaptive_avg_pool2d.default")
+def _adaptive(b, x, output_size):
+    return b.emit("adaptive_avg_pool2d", [x], {"output_size": _pair(output_size)})
+
+
+# -- shape and data movement ------------------------------------------------------------
+
+
+def _reshape_to(b, x, shape):
+    shape = list(shape)
+    if -1 in shape:
+        known = math.prod(d for d in shape if d != -1)
+        shape[shape.index(-1)] = x.type.numel // known if known else 0
+    if tuple(shape) == x.type.shape:
+        return x
+    return b.emit("reshape", [x], {"shape": tuple(shape)})
+
+
+@rule("aten.reshape.default", "aten.view.default", "aten._unsafe_view.default")
+def _reshape(b, x, shape):
+    return _reshape_to(b, x, shape)
+
+
+@rule("aten.flatten.using_ints")
+def _flatten(b, x, start=0, end=-1):
+    r = x.type.rank
+    if r == 0:
+        return _reshape_to(b, x, (1,))
+    s, e = _axis(start, r), _axis(end, r)
+    shape = x.type.shape[:s] + (math.prod(x.type.shape[s:e + 1]),) + x.type.shape[e + 1:]
+    return _reshape_to(b, x, shape)
+
+
+@rule("aten.unsqueeze.default")
+def _unsqueeze(b, x, dim):
+    dim = dim % (x.type.rank + 1)
+    return _reshape_to(b, x, x.type.shape[:dim] + (1,) + x.type.shape[dim:])
+
+
+@rule("aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default")
+def _squeeze(b, x, dims=None):
+    r = x.type.rank
+    if dims is None:
+        dims = range(r)
+    elif isinstance(dims, int):
+        dims = [dims]
+    drop = {_axis(d, r) for d in dims if x.type.shape[_axis(d, r)] == 1}
+    return _reshape_to(b, x, tuple(d for i, d in enumerate(x.type.shape) if i not in drop))
+
+
+@rule("aten.permute.default")
+def _permute(b, x, dims):
+    dims = tuple(_axis(d, x.type.rank) for d in dims)
+    return x if dims == tuple(range(x.type.rank)) else b.emit("permute", [x], {"dims": dims})
+
+
+@rule("aten.transpose.int")
+def _transpose(b, x, d0, d1):
+    dims = list(range(x.type.rank))
+    d0, d1 = _axis(d0, x.type.rank), _axis(d1, x.type.rank)
+    dims[d0], dims[d1] = dims[d1], dims[d0]
+    return _permute(b, x, dims)
+
+
+@rule("aten.t.default")
+def _t(b, x):
+    return _permute(b, x, list(range(x.type.rank))[::-1])
+
+
+@rule("aten.expand.default")
+def _expand(b, x, shape):
+    shape = list(shape)
+    offset = len(shape) - x.type.rank
+    for i, d in enumerate(shape):
+        if d == -1:
+            shape[i] = x.type.shape[i - offset]
+    if x.type.rank < len(shape):
+        x = _reshape_to(b, x, (1,) * offset + x.type.shape)
+    return x if tuple(shape) == x.type.shape else b.emit("expand", [x], {"shape": tuple(shape)})
+
+
+@rule("aten.cat.default", "aten.concat.default")
+def _cat(b, xs, dim=0):
+    xs = [x for x in xs if x.type.numel > 0 or len(xs) == 1]
+    if len(xs) == 1:
+        return xs[0]
+    return b.emit("concat", xs, {"axis": _axis(dim, xs[0].type.rank)})
+
+
+@rule("aten.slice.Tensor")
+def _slice(b, x, dim=0, start=None, end=None, step=1):
+    from sliver.ir.ops import slice_bounds
+
+    ax = _axis(dim, x.type.rank)
+    size = x.type.shape[ax]
+    s, e, n = slice_bounds(size, 0 if start is None else start, size if end is None else end, step)
+    if (s, n, step) == (0, size, 1):
+        return x
+    return b.emit("slice", [x], {"axis": ax, "start": s, "end": e if n else s, "step": step})
+
+
+@rule("aten.select.int")
+def _select(b, x, dim, index):
+    ax = _axis(dim, x.type.rank)
+    index = index % x.type.shape[ax]
+    y = b.emit("slice", [x], {"axis": ax, "start": index, "end": index + 1, "step": 1})
+    return _reshape_to(b, y, x.type.shape[:ax] + x.type.shape[ax + 1:])
+
+
+@rule("aten.split.Tensor", "aten.split_with_sizes.default", "aten.chunk.default")
+def _split(b, x, sizes, dim=0):
+    ax = _axis(dim, x.type.rank)
+    total = x.type.shape[ax]
+    if b.node_target.startswith("aten.chunk"):
+        sizes = -(-total // sizes)
+    if isinstance(sizes, int):
+        sizes = [min(sizes, total - s) for s in range(0, total, sizes)]
+    out, start = [], 0
+    for n in sizes:
+        out.append(_slice(b, x, ax, start, start + n))
+        start += n
+    return tuple(out)
+
+
+@rule("aten.unbind.int")
+def _unbind(b, x, dim=0):
+    ax = _axis(dim, x.type.rank)
+    return tuple(_select(b, x, ax, i) for i in range(x.type.shape[ax]))
+
+
+@rule("aten.index_select.default")
+def _index_select(b, x, dim, index):
+    return b.emit("take", [x, index], {"axis": _axis(dim, x.type.rank)})
+
+
+@rule("aten.embedding.default")
+def _embedding(b, w, indices, padding_idx=-1, *_):
+    return b.emit("take", [w, indices], {"axis": 0})
+
+
+# -- reductions and attention -------------------------------------------------------------
+
+
+@rule("aten.softmax.int", "aten._softmax.default", "aten._safe_softmax.default")
+def _softmax(b, x, dim, dtype_or_half=None):
+    return b.emit("softmax", [x], {"axis": _axis(dim, x.type.rank)})
+
+
+def _reduce_rule(kind):
+    def fn(b, x, dims=None, keepdim=False, dtype=None):
+        if not dims:
+            dims = range(x.type.rank)
+        axes = tuple(sorted({_axis(d, x.type.rank) for d in dims}))
+        return b.emit(kind, [x], {"axes": axes, "keepdim": bool(keepdim)})
+
+    return fn
+
+
+rule("aten.mean.dim", "aten.mean.default")(_reduce_rule("mean"))
+rule("aten.sum.dim_IntList", "aten.sum.default")(_reduce_rule("sum"))
+
+
+@rule("aten.scaled_dot_product_attention.default")
+def _sdpa(b, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    ops = [q, k, v] + ([attn_mask] if attn_mask is not None else [])
+    return b.emit("attention", ops, {"causal": bool(is_causal), "scale": None if scale is None else float(scale)})
+
+
+# -- the walk -------------------------------------------------------------------------------
+
+
+def _meta_type(node) -> TensorType | None:
+    val = node.meta.get("val")
+    if val is None or not hasattr(val, "shape"):
+        return None
+    return TensorType(tuple(int(d) for d in val.shape), from_numpy(val.dtype))
+
+
+def _evaluate_factory(node, module, env) -> np.ndarray:
+    """Run a tensor factory (arange, zeros_like, tril of a constant…) at trace time.
+    Tensor arguments must be constants; ``*_like`` factories only read the shape."""
+    import torch
+
+    def concrete(a):
+        if isinstance(a, torch.fx.Node):
+            data = module.param_data(env[a.name]) if isinstance(env[a.name], Value) else None
+            if data is not None:
+                return torch.from_numpy(data)
+            if str(node.target).split(".")[1].endswith("_like"):
+                return torch.zeros(a.meta["val"].shape, dtype=a.meta["val"].dtype)
+            raise TypeRuleError(f"{node.target} of a tensor computed from the inputs is not supported")
+        if isinstance(a, (list, tuple)):
+            return type(a)(concrete(x) for x in a)
+        return a
+
+    with torch.no_grad():
+        t = node.target(*concrete(tuple(node.args)), **{k: concrete(v) for k, v in node.kwargs.items()})
+    return t.contiguous().numpy()
+
+
+def _scan_unsupported(graph) -> list[tuple[str, str | None, str | None]]:
+    problems = []
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = _op_name(node.target)
+        if name in RULES or name in IDENTITY or name in IGNORED or name in FACTORIES or name == "operator.getitem":
+            continue
+        problems.append((name, *_source_line(node)))
+    return problems
+
+
+def export(model, example_inputs):
+    """torch.export the model (in eval mode) with a clear error when export fails."""
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        return model
+    if not isinstance(example_inputs, tuple):
+        example_inputs = tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,)
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.export.export(model, example_inputs)
+    except Exception as e:  # torch raises many types here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SliverError(
+            f"torch.export could not capture the model: {first}\n"
+            "sliver traces with torch.export; make the forward pass export-friendly "
+            "(no data-dependent control flow) and try again."
+        ) from e
+    finally:
+        model.train(was_training)
+
+
+def trace(model, example_inputs=(), *, name: str | None = None) -> Module:
+    """Trace ``model`` (an nn.Module or an ExportedProgram) into a sliver Module.
+
+    Raises :class:`UnsupportedOpError` naming every unsupported op and its source
+    line before emitting anything.
+    """
+    import torch
+
+    ep = export(model, example_inputs)
+    problems = _scan_unsupported(ep.graph)
+    if problems:
+        raise UnsupportedOpError(problems)
+
+    sig = ep.graph_signature
+    state = dict(ep.state_dict)
+    state.update(getattr(ep, "constants", {}) or {})
+    param_of = {**sig.inputs_to_parameters, **sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}
+    user_inputs = [s.arg.name for s in sig.input_specs if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
+
+    mname = name or (type(model).__name__ if isinstance(model, torch.nn.Module) else "main")
+    module = Module("".join(c if c.isalnum() or c in "_." else "_" for c in mname) or "main")
+    b = _Builder(module)
+    env: dict[str, object] = {}
+
+    def arg(a):
+        if isinstance(a, torch.fx.Node):
+            return env[a.name]
+        if isinstance(a, (list, tuple)):
+            return type(a)(arg(x) for x in a)
+        if isinstance(a, torch.dtype):
+            return a
+        return a
+
+    for node in ep.graph.nodes:
+        b.hint = node.name
+        if node.op == "placeholder":
+            if node.name in param_of:
+                data = state[param_of[node.name]].detach().cpu().contiguous().numpy()
+                env[node.name] = module.add_param(param_of[node.name], data)
+            elif node.name in user_inputs:
+                env[node.name] = module.add_input(_meta_type(node), name=module.fresh_name(node.name))
+            else:
+                raise SliverError(f"unexpected graph input {node.name} (a mutated buffer?); sliver traces inference only")
+        elif node.op == "call_function":
+            target = _op_name(node.target)
+            b.node_target = target
+            args = [arg(a) for a in node.args]
+            kwargs = {k: arg(v) for k, v in node.kwargs.items()}
+            try:
+                if target == "operator.getitem":
+                    result = args[0][args[1]]
+                elif target in IGNORED:
+                    continue
+                elif target in IDENTITY:
+                    result = args[0]
+                elif target in FACTORIES:
+                    result = module.add_param(node.name, _evaluate_factory(node, module, env))
+                else:
+                    result = RULES[target](b, *args, **kwargs)
+            except (TypeRuleError, SliverError, TypeError, ValueError) as e:
+                where, src = _source_line(node)
+                at = f" at {where}" if where else ""
+                code = f"\n    {src}" if src else ""
+                raise SliverError(f"cannot translate {target}{at}: {e}{code}") from e
+            expected = _meta_type(node)
+            if isinstance(result, Value) and expected is not None and result.type.shape != expected.shape:
+                raise SliverError(
+                    f"internal tracer error on {target}: sliver computed {result.type}, torch says {expected}"
+                )
+            env[node.name] = result
+        elif node.op == "output":
+            outs = node.args[0]
+            values = [env[o.name] for o in outs]
+            for v in values:
+                if not isinstance(v, Value):
+                    raise SliverError("the model returns a non-tensor output; sliver compiles tensor outputs only")
+            module.set_outputs(values)
+    from sliver.passes.dce import dce
+
+    dce(module)
+    return module

@@ -1,0 +1,137 @@
+"""Tensor types of sliver's IR: a shape, an element type and optional quantization.
+
+Element types are short names (``f32``, ``i64``, ``u4``…).  Sub-byte integers
+(``i1``–``i7``, ``u1``–``u7``) exist for the low-bit passes; the interpreter holds
+them in the smallest numpy integer that fits.  Printed form: ``f32[1,3,32,32]``,
+``u4[8,16]q(scale=0.05, zero_point=3)``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from sliver.errors import SliverError
+
+_NUMPY = {
+    "f64": np.float64,
+    "f32": np.float32,
+    "f16": np.float16,
+    "i64": np.int64,
+    "i32": np.int32,
+    "i16": np.int16,
+    "i8": np.int8,
+    "u8": np.uint8,
+    "bool": np.bool_,
+}
+# Sub-byte integers: i1..i7 live in int8, u1..u7 in uint8.
+for _bits in range(1, 8):
+    _NUMPY[f"i{_bits}"] = np.int8
+    _NUMPY[f"u{_bits}"] = np.uint8
+
+DTYPES = frozenset(_NUMPY)
+FLOAT_DTYPES = frozenset({"f64", "f32", "f16"})
+_FROM_NUMPY = {np.dtype(v): k for k, v in _NUMPY.items() if not re.fullmatch(r"[iu][1-7]", k)}
+
+
+def is_float(dtype: str) -> bool:
+    return dtype in FLOAT_DTYPES
+
+
+def bits(dtype: str) -> int:
+    """Storage bits of one element (1 for ``bool``)."""
+    if dtype == "bool":
+        return 1
+    return int(dtype[1:])
+
+
+def to_numpy(dtype: str) -> np.dtype:
+    """The numpy dtype that holds values of ``dtype``."""
+    try:
+        return np.dtype(_NUMPY[dtype])
+    except KeyError:
+        raise SliverError(f"unknown element type {dtype!r}; known: {', '.join(sorted(DTYPES))}") from None
+
+
+def from_numpy(dtype) -> str:
+    """The sliver element type of a numpy (or torch) dtype."""
+    name = str(dtype).replace("torch.", "")
+    try:
+        return _FROM_NUMPY[np.dtype(name if name != "bool" else np.bool_)]
+    except (KeyError, TypeError):
+        raise SliverError(f"sliver has no element type for {dtype}") from None
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Affine quantization of a tensor: real = scale * (q - zero_point).
+
+    ``axis`` is None for per-tensor parameters; otherwise ``scale`` and
+    ``zero_point`` are tuples with one entry per slice along ``axis``.
+    """
+
+    scale: float | tuple[float, ...]
+    zero_point: int | tuple[int, ...] = 0
+    axis: int | None = None
+
+    def __post_init__(self):
+        per_channel = isinstance(self.scale, tuple)
+        if per_channel != (self.axis is not None):
+            raise SliverError("per-channel quantization needs tuple scales and an axis; per-tensor needs neither")
+
+    def __str__(self) -> str:
+        from sliver.ir.attrs import format_attr  # attrs imports types: import late
+
+        parts = [f"scale={format_attr(self.scale)}", f"zero_point={format_attr(self.zero_point)}"]
+        if self.axis is not None:
+            parts.append(f"axis={self.axis}")
+        return "q(" + ", ".join(parts) + ")"
+
+
+@dataclass(frozen=True)
+class TensorType:
+    shape: tuple[int, ...]
+    dtype: str
+    quant: QuantParams | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        if self.dtype not in DTYPES:
+            raise SliverError(f"unknown element type {self.dtype!r}; known: {', '.join(sorted(DTYPES))}")
+        if any(d < 0 for d in self.shape):
+            raise SliverError(f"negative dimension in shape {list(self.shape)}")
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the packed storage (sub-byte types packed densely)."""
+        return (self.numel * bits(self.dtype) + 7) // 8
+
+    def with_shape(self, shape) -> "TensorType":
+        return TensorType(tuple(shape), self.dtype, self.quant)
+
+    def with_dtype(self, dtype: str) -> "TensorType":
+        return TensorType(self.shape, dtype, None)
+
+    def __str__(self) -> str:
+        text = f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
+        if self.quant is not None:
+            text += str(self.quant)
+        return text
+
+    @staticmethod
+    def of(array) -> "TensorType":
+        """The type of a numpy array or torch tensor."""
+        return TensorType(tuple(array.shape), from_numpy(array.dtype))

@@ -1,0 +1,213 @@
+"""Run sliver's deploy side on an emulated Raspberry Pi.
+
+There is no Arm hardware in development or CI, yet what sliver ships must load and
+run on a 64-bit Raspberry Pi with nothing but the TVM runtime, numpy and sliver's
+deploy-side packages.  ``tools/setup_pi_emulator.sh`` installs the closest thing we can
+run anywhere: Debian bookworm's arm64 userland (what Raspberry Pi OS bookworm is
+built on, with the same Python 3.11) plus aarch64 wheels of TVM and numpy, executed
+by ``qemu-aarch64-static`` in user mode.  This module runs that Python:
+
+    from sliver.runtime import emulate
+    emulate.ensure_ready()
+    proc = emulate.run_module(["run", "model.sliver", ...])   # python -m sliver.runtime
+    proc = emulate.run_python(["check.py"])
+
+Every call stages a fresh copy of the ``sliver`` and ``sliver.runtime`` packages, so
+the emulated side always runs the current source tree and sees nothing else of
+sliver (no compiler, no torch): an accidental compiler-side import fails here just as
+it would on a real Pi.
+
+The emulated CPU is a Cortex-A72 (Raspberry Pi 4), not qemu's default "max" CPU, so
+code that uses instructions a Pi 4 lacks (SVE, dot products) dies with SIGILL here
+instead of on the device.  Timings under qemu mean nothing; this tests plumbing and
+numerical correctness.
+
+This module imports nothing heavy (no torch, no tvm): it is importable on the host
+and on the device alike.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from sliver.errors import SliverError
+
+QEMU = "qemu-aarch64-static"
+#: The CPU qemu emulates by default: the Raspberry Pi 4's.  The Pi 5 is "cortex-a76".
+PI_CPU = "cortex-a72"
+#: Relative to the sysroot; matches Raspberry Pi OS bookworm's interpreter.
+PI_PYTHON = "usr/bin/python3.11"
+
+# Host variables that would steer the emulated interpreter or its dynamic loader
+# towards host (x86-64, other-Python) files.
+_HOST_ONLY_ENV = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "PYTHONEXECUTABLE",
+    "PYTHONPLATLIBDIR",
+    "LD_LIBRARY_PATH",
+    "LD_PRELOAD",
+)
+
+
+def pi_root() -> pathlib.Path:
+    """The folder the emulated Pi lives in: ``$SLIVER_PI_ROOT`` or ``~/.cache/sliver/pi``.
+
+    The setup script uses the same rule, so both agree without configuration.
+    """
+    override = os.environ.get("SLIVER_PI_ROOT")
+    if override:
+        return pathlib.Path(override).expanduser()
+    return pathlib.Path.home() / ".cache" / "sliver" / "pi"
+
+
+def is_ready() -> bool:
+    """Whether the emulated Pi is fully installed and qemu is on PATH.
+
+    The setup script writes ``READY`` only after a successful smoke test, so its
+    presence is what separates a finished root from an interrupted build.
+    """
+    root = pi_root()
+    return (
+        (root / "READY").is_file()
+        and (root / "sysroot" / PI_PYTHON).is_file()
+        and (root / "site").is_dir()
+        and shutil.which(QEMU) is not None
+    )
+
+
+def _package_dir(name: str) -> pathlib.Path:
+    """The folder of an installed sliver package.
+
+    Found through the import system rather than relative to this file because
+    pyproject maps packages onto unrelated folders (``sliver.runtime`` is
+    ``runtime/``, ``sliver.tools`` is ``tools/``), and an editable install keeps that
+    mapping while a wheel install nests them.
+    """
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise SliverError(f"cannot locate the installed package {name!r}; reinstall sliver")
+    return pathlib.Path(list(spec.submodule_search_locations)[0])
+
+
+def setup_script() -> pathlib.Path:
+    """Path of ``setup_pi_emulator.sh``, shipped as package data of ``sliver.tools``."""
+    return _package_dir("sliver.tools") / "setup_pi_emulator.sh"
+
+
+def install_command() -> str:
+    """The shell command that installs the emulated Pi at :func:`pi_root`."""
+    cmd = f"bash {shlex.quote(str(setup_script()))}"
+    if os.environ.get("SLIVER_PI_ROOT"):
+        cmd = f"SLIVER_PI_ROOT={shlex.quote(str(pi_root()))} {cmd}"
+    return cmd
+
+
+def ensure_ready(install: bool = False) -> None:
+    """Make sure the emulated Pi can run, installing it first if ``install`` is true.
+
+    Installing downloads ~130 MB and takes about half a minute, so it happens only on
+    request; otherwise the error names the exact command to run.
+    """
+    if is_ready():
+        return
+    if install:
+        env = dict(os.environ)
+        env.setdefault("PYTHON", sys.executable)  # the script uses its pip for the wheels
+        proc = subprocess.run(["bash", str(setup_script())], env=env)
+        if proc.returncode != 0:
+            raise SliverError(
+                f"installing the emulated Raspberry Pi failed (exit {proc.returncode}); "
+                f"its output is above. Retry with: {install_command()}"
+            )
+        if is_ready():
+            return
+    raise SliverError(
+        f"the emulated Raspberry Pi is not installed (looked in {pi_root()}). "
+        f"Install it with: {install_command()}"
+    )
+
+
+def _stage_deploy_packages(dest: pathlib.Path) -> None:
+    """Copy what a Pi would have of sliver into ``dest``: ``sliver/`` and ``sliver/runtime/``.
+
+    Only the top-level modules of ``sliver`` are copied (``__init__`` and ``errors``
+    are light and lazy); its subpackages are compiler-side and stay behind, whatever
+    the install layout.
+    """
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    pkg = dest / "sliver"
+    pkg.mkdir()
+    for entry in _package_dir("sliver").iterdir():
+        if entry.is_file() and entry.suffix == ".py":
+            shutil.copy2(entry, pkg / entry.name)
+    shutil.copytree(_package_dir("sliver.runtime"), pkg / "runtime", ignore=ignore)
+
+
+def _emulated_env(stage: pathlib.Path, extra: dict | None) -> dict:
+    """The environment of the emulated Python: the host's, minus what points at host files.
+
+    ``TVM_USE_RUNTIME_LIB=1`` makes ``import tvm`` load only ``libtvm_runtime.so``, as
+    on a Pi where the compiler is useless.  The interpreter needs no PYTHONHOME: it
+    finds its stdlib from its own path inside the sysroot.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in _HOST_ONLY_ENV}
+    env.update(
+        TVM_USE_RUNTIME_LIB="1",
+        PYTHONPATH=os.pathsep.join([str(stage), str(pi_root() / "site")]),
+        PYTHONNOUSERSITE="1",
+        PYTHONDONTWRITEBYTECODE="1",  # keep the shared root pristine
+        # No current folder (or script folder) in front of sys.path: run from the
+        # repository root, `-m sliver.runtime` would otherwise import ./sliver, the
+        # source folder of the top-level package, which lacks runtime/.
+        PYTHONSAFEPATH="1",
+    )
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_python(
+    argv: list[str],
+    *,
+    env: dict | None = None,
+    timeout: float | None = 600,
+    cwd=None,
+    cpu: str = PI_CPU,
+) -> subprocess.CompletedProcess:
+    """Run the emulated Pi's ``python3.11 *argv`` and return its result (text, captured).
+
+    ``env`` adds to (or overrides) the prepared environment.  The emulated process
+    sees the host's file system, so paths can be passed unchanged.  A script's own
+    folder is not put on ``sys.path`` (PYTHONSAFEPATH), so it cannot import siblings.  A non-zero exit
+    is returned, not raised; a timeout raises :class:`subprocess.TimeoutExpired`.
+    binfmt_misc is not assumed: qemu is invoked explicitly.
+    """
+    ensure_ready()
+    sysroot = pi_root() / "sysroot"
+    with tempfile.TemporaryDirectory(prefix="sliver-pi-stage-") as tmp:
+        stage = pathlib.Path(tmp)
+        _stage_deploy_packages(stage)
+        cmd = [QEMU, "-cpu", cpu, "-L", str(sysroot), str(sysroot / PI_PYTHON), *argv]
+        return subprocess.run(
+            cmd,
+            env=_emulated_env(stage, env),
+            cwd=cwd,
+            timeout=timeout,
+            capture_output=True,
+            text=True,
+        )
+
+
+def run_module(args: list[str], **kw) -> subprocess.CompletedProcess:
+    """Run ``python -m sliver.runtime *args`` on the emulated Pi (see :func:`run_python`)."""
+    return run_python(["-m", "sliver.runtime", *args], **kw)

@@ -1,0 +1,132 @@
+"""The public compiler API: ``trace``, ``optimize``, ``lower``.
+
+    art = sliver.lower(model, (x,), target="arm64")
+    art.save("model.sliver")
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import sys
+from typing import Callable, Sequence
+
+import numpy as np
+
+import sliver
+from sliver.errors import SliverError
+
+#: what ``lower`` runs when no pipeline is given
+DEFAULT_PIPELINE = "fold-batchnorm,const-fold,cse,dce"
+
+
+def _as_tuple(example_inputs) -> tuple:
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    return (example_inputs,)
+
+
+def _torch_inputs(example_inputs) -> tuple:
+    import torch
+
+    return tuple(torch.from_numpy(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+                 for x in _as_tuple(example_inputs))
+
+
+def _numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(x))
+
+
+def trace(model, example_inputs=(), *, name: str | None = None):
+    """Trace an ``nn.Module`` (or a ``torch.export.ExportedProgram``) into sliver IR."""
+    from sliver.ir.trace import trace as _trace
+    from sliver.ir.verifier import verify
+
+    module = _trace(model, _torch_inputs(example_inputs), name=name)
+    verify(module)
+    return module
+
+
+def optimize(module, passes=DEFAULT_PIPELINE, *, verify: bool = True, instruments: Sequence = ()):
+    """Run a pass pipeline over ``module`` in place; returns the pass records."""
+    from sliver.passes.manager import PassManager
+
+    return PassManager(passes, verify=verify, instruments=instruments).run(module)
+
+
+def _reference_outputs(model, module, inputs) -> list[np.ndarray]:
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        with torch.no_grad():
+            out = model(*_torch_inputs(inputs))
+        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        return [_numpy(o) for o in outs]
+    from sliver.ir.interp import run
+
+    return run(module, [_numpy(x) for x in inputs])
+
+
+def lower(
+    model,
+    example_inputs=(),
+    target="x86_64",
+    *,
+    passes: str | Sequence = DEFAULT_PIPELINE,
+    verify: bool = True,
+    instruments: Sequence = (),
+    progress: Callable[[str], None] | None = None,
+    rtol: float = 1e-3,
+    atol: float = 1e-4,
+):
+    """Trace, optimize and compile ``model`` for ``target``; returns an
+    :class:`~sliver.runtime.artifact.Artifact` (``.save(path)``, ``.load()``).
+
+    ``model`` may also be a sliver ``Module`` (already traced).  ``target`` is
+    ``"x86_64"``, ``"arm64"``, ``"rpi5"`` or a TVM target dict.  The example
+    inputs and the model's outputs on them are stored as golden data, so the
+    device can check itself (``sliver run --verify``).  ``atol`` is relative to
+    the largest output magnitude.
+    """
+    from sliver.backends.tvm.build import compile_module, tvm_version
+    from sliver.backends.tvm.targets import check_toolchain, resolve
+    from sliver.ir.core import Module
+    from sliver.passes.manager import parse_pipeline, pipeline_string
+    from sliver.runtime.artifact import FORMAT, FORMAT_VERSION, Artifact
+
+    tgt = resolve(target)  # bad targets fail before any work
+    check_toolchain(tgt)
+    pipeline = parse_pipeline(passes)
+    inputs = _as_tuple(example_inputs)
+    if isinstance(model, Module):
+        module = model.clone()
+        if not inputs:
+            raise SliverError("lower() of a traced Module needs example inputs for the golden data")
+    else:
+        module = trace(model, inputs)
+    golden_inputs = [_numpy(x) for x in inputs]
+    golden_outputs = _reference_outputs(model, module, inputs)
+
+    records = optimize(module, pipeline, verify=verify, instruments=instruments)
+    library = compile_module(module, tgt, progress=progress)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": module.name,
+        "sliver_version": sliver.__version__,
+        "tvm_version": tvm_version(),
+        "python": ".".join(map(str, sys.version_info[:3])),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "target": {"name": tgt.name, "arch": tgt.arch, "tvm": tgt.spec},
+        "pipeline": pipeline_string(pipeline),
+        "inputs": [{"name": v.name, "shape": list(v.type.shape), "dtype": v.type.dtype} for v in module.inputs],
+        "outputs": [{"name": v.name, "shape": list(v.type.shape), "dtype": v.type.dtype} for v in module.outputs],
+        "library": {"file": "lib.so", "sha256": hashlib.sha256(library).hexdigest(), "bytes": len(library)},
+        "golden": {"file": "golden.npz", "rtol": rtol, "atol": atol},
+        "params": {"count": len(module.params), "bytes": int(sum(a.nbytes for a in module.params.values()))},
+    }
+    golden = {f"input_{i}": x for i, x in enumerate(golden_inputs)}
+    golden.update({f"output_{i}": y for i, y in enumerate(golden_outputs)})
+    return Artifact(library, manifest, golden, module=module, records=records)
