@@ -119,6 +119,9 @@ class Module:
             self._counter += 1
         return str(self._counter)
 
+    def name_taken(self, name: str) -> bool:
+        return name in self._names
+
     def _claim(self, name: str) -> str:
         if not _NAME_RE.fullmatch(name):
             raise SliverError(f"invalid value name %{name}: use letters, digits, '_' and '.'")
@@ -181,6 +184,16 @@ class Module:
         for op, index in list(old.uses):
             op.set_operand(index, new)
         self.outputs = [new if v is old else v for v in self.outputs]
+
+    def rename(self, value: Value, name: str) -> None:
+        """Give a value (and its param data, for params) a new, unused name."""
+        if name == value.name:
+            return
+        self._claim(name)
+        self._names.discard(value.name)
+        if value.producer is not None and value.producer.kind == "param":
+            self.params[name] = self.params.pop(value.name)
+        value.name = name
 
     def erase(self, op: Op) -> None:
         """Remove an op whose results are unused (refuses otherwise)."""

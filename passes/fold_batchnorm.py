@@ -47,8 +47,17 @@ class FoldBatchNormIntoProducer(RewritePattern):
         folded = module.add_op(producer.kind, [producer.operands[0], w_val, b_val], producer.attrs, before=bn,
                                names=[module.fresh_name(x.name)])
         module.replace_all_uses_with(bn.result, folded.result)
+        old = [v.producer for v in producer.operands[1:] + bn.operands[1:]]
         module.erase(bn)
         module.erase(producer)
+        # Drop the weights and statistics nothing else uses, so the folded params
+        # can take over their names.
+        for param in old:
+            if param.module is module and not param.result.uses:
+                module.erase(param)
+        for value, name in ((w_val, f"{base}.weight"), (b_val, f"{base}.bias"), (folded.result, x.name)):
+            if not module.name_taken(name):
+                module.rename(value, name)
         return True
 
 
@@ -60,9 +69,4 @@ class FoldBatchNorm(Pass):
     name = "fold-batchnorm"
 
     def run(self, module):
-        changed = apply_patterns(module, [FoldBatchNormIntoProducer()])
-        if changed:
-            from sliver.passes.dce import dce
-
-            dce(module)  # the old weights and statistics
-        return changed
+        return apply_patterns(module, [FoldBatchNormIntoProducer()])

@@ -8,15 +8,17 @@
 # What it builds, under ${SLIVER_PI_ROOT:-$HOME/.cache/sliver/pi}:
 #   sysroot/   Debian bookworm arm64 packages (glibc, Python 3.11, ...) unpacked with
 #              `dpkg -x`; qemu-aarch64-static runs its python3.11 with `-L sysroot`.
-#   site/      aarch64 wheels of apache-tvm, apache-tvm-ffi and numpy (PYTHONPATH).
-#   READY      stamp written last, holding the versions: a root without it is
-#              incomplete and gets rebuilt.
+#   site/      aarch64 wheels of apache-tvm, apache-tvm-ffi, numpy and
+#              typing_extensions (what `pip install --no-deps` would need; PYTHONPATH).
+#   READY      stamp written last, after a smoke test, holding the versions: a root
+#              without it is incomplete and gets rebuilt.
 # Raspberry Pi OS bookworm is Debian bookworm with the same Python 3.11, so the
 # emulated userland matches what a real Pi runs.  binfmt_misc is not assumed: callers
 # run qemu-aarch64-static explicitly (see sliver.runtime.emulate).
 #
-# Everything is built in a temp folder next to the root and moved into place only
-# when complete; a lock serialises concurrent runs.  The host's apt configuration is
+# Downloads are unpacked in a temp folder next to the root and moved into place only
+# when complete; READY follows once the emulated Python has precompiled its modules
+# and passed the smoke test.  A lock serialises concurrent runs.  The host's apt configuration is
 # never changed: arm64 indexes live in a private apt state folder.
 #
 # Environment: SLIVER_PI_ROOT (where to build), PYTHON (host Python used for pip).
@@ -137,7 +139,7 @@ for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
 
 keep = []
 for st in stanzas:
-    if "debian" not in st.get("URIs", "") or "URIs" not in st or "Suites" not in st:
+    if "Suites" not in st or "debian" not in st.get("URIs", ""):
         continue  # only Debian's own archive carries the arm64 userland we want
     lines = ["Types: deb", "URIs: " + st["URIs"],
              "Suites: " + " ".join(suite(s) for s in st["Suites"].split()),
@@ -176,6 +178,7 @@ build_sysroot() {
     [[ -x "$sysroot/usr/bin/$PI_PYTHON" ]] || die "$PI_PYTHON missing from the unpacked sysroot"
     # No PYTHONHOME is needed: the emulated Python finds its prefix (sysroot/usr) from
     # its own path, so its sys.path never reaches the host's site-packages.
+
     # Versions for the stamp.
     for deb in "$debs"/*.deb; do basename "$deb"; done >"$work/debs.txt"
 }
@@ -185,7 +188,7 @@ build_site() {
     [[ -n "$PYTHON" ]] || die "no host python3 found (set PYTHON=...)"
     log "installing aarch64 wheels: ${WHEELS[*]}"
     # --platform lists every manylinux tag an aarch64 glibc-2.36 system accepts that
-    # these projects publish.  --no-compile: the emulated Python compiles below.
+    # these projects publish.  --no-compile: main() compiles them with the emulated Python.
     "$PYTHON" -m pip install -q --disable-pip-version-check --no-deps --no-compile \
         --only-binary=:all: --implementation cp --python-version 3.11 \
         --platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 \

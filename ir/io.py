@@ -1,0 +1,54 @@
+"""Reading and writing modules: ``model.sir`` (text) beside ``model.npz`` (params)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from sliver.errors import SliverError
+
+
+def params_path(path) -> Path:
+    return Path(path).with_suffix(".npz")
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_module(module, path) -> Path:
+    """Write ``path`` (IR text) and its params beside it (same stem, ``.npz``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(params_path(path), lambda f: np.savez(f, **module.params))
+    _atomic_write(path, lambda f: f.write(str(module).encode()))
+    return path
+
+
+def load_module(path):
+    """Read a module saved by :func:`save_module`."""
+    from sliver.ir.parser import parse_module
+
+    path = Path(path)
+    if not path.is_file():
+        raise SliverError(f"{path}: no such IR file")
+    ppath = params_path(path)
+    params = None
+    if ppath.is_file():
+        with np.load(ppath) as z:
+            params = {k: z[k] for k in z.files}
+    try:
+        return parse_module(path.read_text(), params=params)
+    except SliverError as e:
+        raise type(e)(f"{path}: {e}") from None

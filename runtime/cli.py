@@ -1,0 +1,116 @@
+"""`run` and `inspect`: the deploy-side commands.
+
+They need only numpy and the TVM runtime, so the same code serves ``sliver run``
+on a workstation and ``python -m sliver.runtime run`` on a Raspberry Pi.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from sliver.errors import InputError, SliverError
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", help="a .sliver file")
+    p.add_argument("--verify", action="store_true", help="run the golden inputs and compare with the golden outputs")
+    p.add_argument("--inputs", metavar="NPZ", help="inputs as an .npz (arrays in input order, or by input name)")
+    p.add_argument("--output", metavar="NPZ", help="write the outputs to this .npz")
+    p.add_argument("--repeat", type=int, default=0, metavar="N", help="also time N runs and print the median")
+
+
+def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", help="a .sliver file")
+    p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+
+
+def _read_inputs(model, path: str) -> list[np.ndarray]:
+    with np.load(path) as z:
+        names = [spec["name"] for spec in model.inputs]
+        if all(n in z.files for n in names):
+            return [z[n] for n in names]
+        if len(z.files) != len(names):
+            raise InputError(f"{path} holds {len(z.files)} array(s) ({', '.join(z.files)}); the model takes "
+                             f"{len(names)} input(s): {', '.join(names)}")
+        return [z[k] for k in z.files]
+
+
+def run(args) -> int:
+    from sliver.runtime.artifact import load
+
+    model = load(args.artifact)
+    if args.verify:
+        reports = model.verify()
+        for r in reports:
+            status = "ok" if r["ok"] else "MISMATCH"
+            print(f"{r['output']}: max abs err {r['max_abs_err']:.3g}, max rel err {r['max_rel_err']:.3g}  {status}")
+        ok = all(r["ok"] for r in reports)
+        print(f"verify: {'passed' if ok else 'FAILED'} ({model.manifest['target']['name']} artifact on "
+              f"{_machine()})")
+        if not ok:
+            return 1
+    inputs = _read_inputs(model, args.inputs) if args.inputs else model.golden_inputs()
+    outputs = model.run(*inputs)
+    if args.output:
+        np.savez(args.output, **{spec["name"]: y for spec, y in zip(model.outputs, outputs)})
+        print(f"wrote {len(outputs)} output(s) to {args.output}")
+    elif not args.verify:
+        for spec, y in zip(model.outputs, outputs):
+            flat = y.reshape(-1)
+            head = np.array2string(flat[:8], precision=5, separator=", ")
+            print(f"{spec['name']}: {y.dtype}{list(y.shape)} {head}{' …' if flat.size > 8 else ''}")
+    if args.repeat:
+        times = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            model.run(*inputs)
+            times.append(time.perf_counter() - t0)
+        print(f"latency over {args.repeat} runs: median {statistics.median(times) * 1e3:.3f} ms, "
+              f"min {min(times) * 1e3:.3f} ms, max {max(times) * 1e3:.3f} ms")
+    return 0
+
+
+def _machine() -> str:
+    from sliver.runtime.artifact import host_arch
+
+    return host_arch()
+
+
+def inspect(args) -> int:
+    from sliver.runtime.artifact import read
+
+    art = read(args.artifact)
+    m = art.manifest
+    if args.json:
+        print(json.dumps(m, indent=2, sort_keys=True))
+        return 0
+    print(f"{args.artifact}: model @{m['model']}")
+    print(f"  target    {m['target']['name']} ({m['target']['arch']}) {json.dumps(m['target']['tvm'])}")
+    print(f"  built by  sliver {m['sliver_version']}, TVM {m['tvm_version']}, {m['created']}")
+    print(f"  pipeline  {m['pipeline'] or '(none)'}")
+    for kind in ("inputs", "outputs"):
+        for spec in m[kind]:
+            print(f"  {kind[:-1]:<9} {spec['name']}: {spec['dtype']}{spec['shape']}")
+    lib = m["library"]
+    print(f"  library   {lib['bytes']:,} bytes, sha256 {lib['sha256'][:16]}… (checked)")
+    print(f"  params    {m['params']['count']} tensors, {m['params']['bytes']:,} bytes")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sliver.runtime", description="run sliver artifacts")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_run_arguments(sub.add_parser("run", help="run an artifact"))
+    add_inspect_arguments(sub.add_parser("inspect", help="show an artifact's manifest"))
+    args = parser.parse_args(argv)
+    try:
+        return {"run": run, "inspect": inspect}[args.command](args)
+    except SliverError as e:
+        print(f"sliver: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,55 @@
+"""Small helpers shared by tests."""
+
+import numpy as np
+import torch
+
+from sliver.ir.parser import parse_module
+
+
+def torch_outputs(model, inputs):
+    with torch.no_grad():
+        out = model(*inputs)
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    return [o.numpy() for o in outs]
+
+
+def numpy_inputs(inputs):
+    return [x.numpy() for x in inputs]
+
+
+def assert_close(got, want, rtol=1e-4, atol_scale=1e-5, what="output"):
+    """Elementwise rtol plus an atol relative to the output's magnitude."""
+    assert len(got) == len(want), f"{what}: {len(got)} outputs, expected {len(want)}"
+    for i, (g, w) in enumerate(zip(got, want)):
+        g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+        assert g.shape == w.shape, f"{what} {i}: shape {g.shape} != {w.shape}"
+        atol = atol_scale * max(float(np.abs(w).max()), 1e-12)
+        err = np.abs(g - w)
+        bad = err > atol + rtol * np.abs(w)
+        assert not bad.any(), (
+            f"{what} {i}: {int(bad.sum())} of {w.size} elements differ; max abs err {err.max():.3g}, "
+            f"max |ref| {np.abs(w).max():.3g}"
+        )
+
+
+def roundtrip(module):
+    """print → parse → print; returns the re-parsed module after checking identity."""
+    text = str(module)
+    again = parse_module(text, params=module.params)
+    assert str(again) == text
+    return again
+
+
+def run_pass(text: str, pipeline: str) -> str:
+    """Golden-text helper: parse IR, run a pipeline (verifier on), print."""
+    from sliver.passes.manager import PassManager
+
+    module = parse_module(text)
+    PassManager(pipeline).run(module)
+    return str(module)
+
+
+def dedent(text: str) -> str:
+    import textwrap
+
+    return textwrap.dedent(text).lstrip("\n")

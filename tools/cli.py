@@ -1,0 +1,299 @@
+"""The ``sliver`` command line.
+
+    sliver trace MODEL [--check] [-o model.sir]
+    sliver opt MODEL --passes fold-batchnorm,dce [--print-after-all] [--dump-dir D] [--timing] [--drift]
+    sliver lower MODEL --target arm64 -o model.sliver
+    sliver run model.sliver [--verify] [--emulate]
+    sliver inspect model.sliver
+    sliver passes | sliver ops | sliver demo
+
+MODEL is ``file.py:function`` (the function returns ``(model, example_inputs)``),
+an exported program ``file.pt2`` (``torch.export.save``), or sliver IR ``file.sir``
+(with its params in ``file.npz``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from sliver.errors import SliverError
+from sliver.runtime import cli as runtime_cli
+
+
+def _say(msg: str) -> None:
+    print(f"[sliver] {msg}", file=sys.stderr, flush=True)
+
+
+def load_model(spec: str):
+    """``(model_or_module, example_inputs)`` from a MODEL argument."""
+    if spec.endswith(".sir"):
+        import numpy as np
+
+        from sliver.ir.io import load_module
+        from sliver.ir.types import is_float, to_numpy
+
+        module = load_module(spec)
+        rng = np.random.default_rng(0)
+        inputs = []
+        for v in module.inputs:
+            t = v.type
+            if is_float(t.dtype):
+                inputs.append(rng.standard_normal(t.shape).astype(to_numpy(t.dtype)))
+            else:
+                inputs.append(np.zeros(t.shape, to_numpy(t.dtype)))
+        return module, tuple(inputs)
+    if spec.endswith(".pt2"):
+        import torch
+
+        if not Path(spec).is_file():
+            raise SliverError(f"{spec}: no such file")
+        ep = torch.export.load(spec)
+        args, kwargs = ep.example_inputs or ((), {})
+        if not args:
+            raise SliverError(f"{spec} carries no example inputs; export it with example args")
+        return ep, args
+    path, _, func = spec.partition(":")
+    if not path.endswith(".py") or not func:
+        raise SliverError(f"MODEL {spec!r}: give file.py:function, file.pt2 or file.sir")
+    if not Path(path).is_file():
+        raise SliverError(f"{path}: no such file")
+    mod_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.path.insert(0, str(Path(path).resolve().parent))
+    try:
+        mod_spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    if not hasattr(module, func):
+        raise SliverError(f"{path} has no function {func!r}")
+    result = getattr(module, func)()
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise SliverError(f"{spec} must return (model, example_inputs)")
+    return result
+
+
+def _trace(spec: str):
+    from sliver.api import trace
+    from sliver.ir.core import Module
+
+    model, inputs = load_model(spec)
+    if isinstance(model, Module):
+        return model, inputs, model
+    return trace(model, inputs), inputs, model
+
+
+def cmd_trace(args) -> int:
+    from sliver.ir.io import save_module
+
+    if args.check:
+        from sliver.ir.trace import _scan_unsupported, export
+        from sliver.api import _torch_inputs
+
+        model, inputs = load_model(args.model)
+        ep = export(model, _torch_inputs(inputs))
+        problems = _scan_unsupported(ep.graph)
+        if not problems:
+            print(f"{args.model}: every operator is supported")
+            return 0
+        print(f"{args.model}: {len(problems)} unsupported operator use(s):")
+        for op, where, src in problems:
+            print(f"  {op}" + (f"  at {where}" if where else "") + (f"\n      {src}" if src else ""))
+        return 1
+    module, _, _ = _trace(args.model)
+    if args.output:
+        save_module(module, args.output)
+        _say(f"wrote {args.output} and its params {Path(args.output).with_suffix('.npz')}")
+    else:
+        sys.stdout.write(str(module))
+    return 0
+
+
+def _instruments(args, inputs):
+    import numpy as np
+
+    from sliver.passes.manager import DumpDir, NumericDrift, PrintIR
+
+    out = []
+    if args.print_after_all or args.print_after or args.print_after_change:
+        out.append(PrintIR(after_all=args.print_after_all, after=args.print_after or (),
+                           after_change=args.print_after_change))
+    if args.dump_dir:
+        out.append(DumpDir(args.dump_dir))
+    if args.drift:
+        out.append(NumericDrift([np.asarray(x.detach() if hasattr(x, "detach") else x) for x in inputs]))
+    return out
+
+
+def cmd_opt(args) -> int:
+    from sliver.api import optimize
+    from sliver.ir.io import save_module
+    from sliver.passes.manager import format_records
+
+    module, inputs, _ = _trace(args.model)
+    records = optimize(module, args.passes, verify=not args.no_verify, instruments=_instruments(args, inputs))
+    if args.timing or args.drift:
+        sys.stderr.write(format_records(records))
+    if args.output:
+        save_module(module, args.output)
+        _say(f"wrote {args.output}")
+    elif not (args.print_after_all or args.print_after or args.print_after_change):
+        sys.stdout.write(str(module))
+    return 0
+
+
+def cmd_lower(args) -> int:
+    from sliver.api import lower
+    from sliver.passes.manager import format_records
+
+    model, inputs = load_model(args.model)
+    target = args.target
+    if target.strip().startswith("{"):
+        import json
+
+        target = json.loads(target)
+    _say(f"lowering {args.model} for {args.target}")
+    art = lower(model, inputs, target, passes=args.passes, verify=not args.no_verify,
+                instruments=_instruments(args, inputs), progress=_say)
+    if args.timing or args.drift:
+        sys.stderr.write(format_records(art.records))
+    path = art.save(args.output)
+    _say(f"wrote {path} ({path.stat().st_size:,} bytes, target {art.target})")
+    return 0
+
+
+def cmd_run(args) -> int:
+    if args.emulate:
+        from sliver.runtime import emulate
+
+        emulate.ensure_ready()
+        argv = ["run", str(Path(args.artifact).resolve())]
+        if args.verify:
+            argv.append("--verify")
+        if args.inputs:
+            argv += ["--inputs", str(Path(args.inputs).resolve())]
+        if args.output:
+            argv += ["--output", str(Path(args.output).resolve())]
+        if args.repeat:
+            argv += ["--repeat", str(args.repeat)]
+        _say("running on the emulated Raspberry Pi (qemu-aarch64, Cortex-A72)")
+        proc = emulate.run_module(argv)
+        sys.stdout.write(proc.stdout)
+        sys.stderr.write(proc.stderr)
+        return proc.returncode
+    return runtime_cli.run(args)
+
+
+def cmd_passes(args) -> int:
+    import dataclasses
+
+    from sliver.passes.manager import all_passes
+
+    for name, cls in all_passes().items():
+        opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls))
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:<16} {doc}" + (f"  [options: {opts}]" if opts else ""))
+    return 0
+
+
+def cmd_ops(args) -> int:
+    from sliver.ir.ops import all_ops
+    from sliver.ir.trace import supported_ops
+
+    for name, decl in all_ops().items():
+        print(f"{name:<20} ({', '.join(decl.operands)})  {decl.doc}")
+    if args.aten:
+        print("\naten operators the tracer translates:")
+        for name in supported_ops():
+            print(f"  {name}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from sliver.tools.demo import main as demo
+
+    return demo(emulate=not args.no_emulate, out_dir=args.out)
+
+
+def _add_ir_debug_flags(p):
+    p.add_argument("--passes", default=None, help="pass pipeline, e.g. fold-batchnorm,dce (see `sliver passes`)")
+    p.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
+    p.add_argument("--print-after", action="append", metavar="PASS", help="print the IR after this pass")
+    p.add_argument("--print-after-change", action="store_true", help="print the IR after passes that change it")
+    p.add_argument("--dump-dir", metavar="DIR", help="write the IR before and after each pass to numbered files")
+    p.add_argument("--timing", action="store_true", help="print a table of pass times and op counts")
+    p.add_argument("--drift", action="store_true", help="measure output drift vs the input after each pass")
+    p.add_argument("--no-verify", action="store_true", help="skip the IR verifier between passes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sliver.api import DEFAULT_PIPELINE
+
+    parser = argparse.ArgumentParser(prog="sliver", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("trace", help="trace a model into sliver IR")
+    p.add_argument("model", help="file.py:function, file.pt2 or file.sir")
+    p.add_argument("--check", action="store_true", help="only list unsupported operators (exit 1 if any)")
+    p.add_argument("-o", "--output", help="write IR here (params go beside it as .npz)")
+    p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("opt", help="run passes over a model's IR")
+    p.add_argument("model", help="file.py:function, file.pt2 or file.sir")
+    p.add_argument("-o", "--output", help="write the optimized IR here")
+    _add_ir_debug_flags(p)
+    p.set_defaults(func=cmd_opt)
+
+    p = sub.add_parser("lower", help="compile a model into a .sliver artifact")
+    p.add_argument("model", help="file.py:function, file.pt2 or file.sir")
+    p.add_argument("-t", "--target", default="x86_64", help="x86_64, arm64, rpi5 or a TVM target dict as JSON")
+    p.add_argument("-o", "--output", default="model.sliver", help="artifact path (default model.sliver)")
+    _add_ir_debug_flags(p)
+    p.set_defaults(func=cmd_lower)
+
+    p = sub.add_parser("run", help="run an artifact (here, or on the emulated Pi)")
+    runtime_cli.add_run_arguments(p)
+    p.add_argument("--emulate", action="store_true", help="run on the emulated Raspberry Pi (arm64 artifacts)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("inspect", help="show an artifact's manifest")
+    runtime_cli.add_inspect_arguments(p)
+    p.set_defaults(func=runtime_cli.inspect)
+
+    p = sub.add_parser("passes", help="list the passes")
+    p.set_defaults(func=cmd_passes)
+    p = sub.add_parser("ops", help="list the IR's ops")
+    p.add_argument("--aten", action="store_true", help="also list the aten operators the tracer supports")
+    p.set_defaults(func=cmd_ops)
+
+    p = sub.add_parser("demo", help="lower the bundled example for x86_64 and arm64 and run both")
+    p.add_argument("--no-emulate", action="store_true", help="skip the emulated Raspberry Pi run")
+    p.add_argument("--out", default="out", help="where to write the artifacts (default ./out)")
+    p.set_defaults(func=cmd_demo)
+
+    for name in ("opt", "lower"):
+        sub.choices[name].set_defaults(passes=DEFAULT_PIPELINE)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "passes", "") is None:
+        from sliver.api import DEFAULT_PIPELINE
+
+        args.passes = DEFAULT_PIPELINE
+    try:
+        return args.func(args)
+    except SliverError as e:
+        print(f"sliver: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sliver: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
