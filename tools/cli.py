@@ -148,12 +148,18 @@ def cmd_lower(args) -> int:
     from sliver.api import lower
     from sliver.passes.manager import format_records
 
-    model, inputs = load_model(args.model)
+    from sliver.backends.tvm.targets import resolve
+
     target = args.target
     if target.strip().startswith("{"):
         import json
 
-        target = json.loads(target)
+        try:
+            target = json.loads(target)
+        except json.JSONDecodeError as e:
+            raise SliverError(f"--target {args.target!r} is not valid JSON: {e}") from None
+    resolve(target)  # a bad target fails before the model is loaded
+    model, inputs = load_model(args.model)
     _say(f"lowering {args.model} for {args.target}")
     art = lower(model, inputs, target, passes=args.passes, verify=not args.no_verify,
                 instruments=_instruments(args, inputs), progress=_say)
