@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS))  # `import zoo`, `import helpers`
+sys.path.insert(0, str(TESTS))  # `import helpers`
 
 from sliver.runtime import emulate  # noqa: E402
 

@@ -199,7 +199,9 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(nn.Module):
     # expand ratio, channels, repeats, first stride
-    SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    SETTINGS = [
+        (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
+    ]  # fmt: skip
 
     def __init__(self, num_classes: int, width_mult: float):
         super().__init__()
@@ -291,7 +293,11 @@ class SqueezeExcitation(nn.Module):
     def __init__(self, channels: int, squeeze: int):
         super().__init__()
         self.gate = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, squeeze, 1), nn.SiLU(), nn.Conv2d(squeeze, channels, 1), nn.Sigmoid()
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, squeeze, 1),
+            nn.SiLU(),
+            nn.Conv2d(squeeze, channels, 1),
+            nn.Sigmoid(),
         )
 
     def forward(self, x):
@@ -317,7 +323,10 @@ class MBConv(nn.Module):
 
 class EfficientNet(nn.Module):
     # expand ratio, kernel, first stride, channels, repeats  (EfficientNet-B0)
-    SETTINGS = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
+    SETTINGS = [
+        (1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+        (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1),
+    ]  # fmt: skip
 
     def __init__(self, num_classes: int, width_mult: float, depth_mult: float):
         super().__init__()
@@ -403,9 +412,8 @@ class ViT(nn.Module):
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, dim))
         self.pos_embed = nn.Parameter(0.02 * torch.randn(1, num_patches + 1, dim))
-        self.blocks = nn.Sequential(
-            *[EncoderBlock(dim, heads, mlp_ratio, 1e-6, pre_norm=True, fused_qkv=True, use_sdpa=False) for _ in range(depth)]
-        )
+        block = dict(eps=1e-6, pre_norm=True, fused_qkv=True, use_sdpa=False)
+        self.blocks = nn.Sequential(*[EncoderBlock(dim, heads, mlp_ratio, **block) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, num_classes)
 
@@ -441,9 +449,8 @@ class BertEncoder(nn.Module):
         self.position_embeddings = nn.Embedding(max_positions, dim)
         self.register_buffer("position_ids", torch.arange(max_positions).unsqueeze(0), persistent=False)
         self.embed_norm = nn.LayerNorm(dim, eps=1e-12)
-        self.layers = nn.Sequential(
-            *[EncoderBlock(dim, heads, mlp_ratio, 1e-12, pre_norm=False, fused_qkv=False, use_sdpa=True) for _ in range(depth)]
-        )
+        block = dict(eps=1e-12, pre_norm=False, fused_qkv=False, use_sdpa=True)
+        self.layers = nn.Sequential(*[EncoderBlock(dim, heads, mlp_ratio, **block) for _ in range(depth)])
         self.pooler = nn.Sequential(nn.Linear(dim, dim), nn.Tanh())
         self.classifier = nn.Linear(dim, num_classes)
 
@@ -577,7 +584,8 @@ def llama_decoder(
     if hidden_dim is None:
         hidden_dim = 32 * math.ceil(int(8 * dim / 3) / 32)
     with _seeded(seed):
-        model = LlamaDecoder(vocab_size, dim, depth, heads, kv_heads, hidden_dim, max(max_seq_len, seq_len), eps, rope_theta)
+        max_seq_len = max(max_seq_len, seq_len)
+        model = LlamaDecoder(vocab_size, dim, depth, heads, kv_heads, hidden_dim, max_seq_len, eps, rope_theta)
         _randomize_norms(model)
         return model.eval(), (torch.randint(0, vocab_size, (1, seq_len)),)
 
@@ -700,8 +708,8 @@ class _RandomNetBuilder:
         return [i for i in range(len(self.shapes)) if self.pickable[i] and pred(i)]
 
     def pick(self, pred=lambda i: True) -> int:
-        """A random earlier value, biased towards the latest one.  ``pred`` must hold for v0
-        or for the latest value, or the caller must know a candidate exists."""
+        """A random earlier value satisfying ``pred`` (which must hold for at least one),
+        biased towards the latest one."""
         cands = self.candidates(pred)
         return cands[-1] if self.rng.random() < 0.5 else self.rng.choice(cands)
 
@@ -791,7 +799,8 @@ class _RandomNetBuilder:
         c, h, w = self.shapes[first]
         inputs, total = [first], c
         for _ in range(rng.randint(1, 2)):
-            room = self.candidates(lambda i: self.shapes[i][1:] == (h, w) and total + self.shapes[i][0] <= self.MAX_CHANNELS)
+            fits = lambda i: self.shapes[i][1:] == (h, w) and total + self.shapes[i][0] <= self.MAX_CHANNELS  # noqa: E731
+            room = self.candidates(fits)
             if not room:
                 break
             inputs.append(rng.choice(room))
@@ -822,7 +831,9 @@ class _RandomNetBuilder:
             getattr(self, "block_" + self.rng.choices(names, weights)[0])()
         # Head: global-average-pool every unused value (no dead branches), concat, linear.
         leaves = [i for i in range(1, len(self.shapes)) if not self.used[i]] or [0]
-        pooled = [self.emit("gap", [i], (self.shapes[i][0], 1, 1), arg=self.rng.choice(["adaptive", "mean"])) for i in leaves]
+        pooled = [
+            self.emit("gap", [i], (self.shapes[i][0], 1, 1), arg=self.rng.choice(["adaptive", "mean"])) for i in leaves
+        ]
         features = sum(self.shapes[i][0] for i in leaves)
         v = pooled[0] if len(pooled) == 1 else self.emit("cat", pooled, (features, 1, 1))
         v = self.emit("flatten", [v], (features,))
