@@ -211,6 +211,14 @@ class Module:
                 self.params.pop(r.name, None)
         op.module = None
 
+    def adopt(self, other: "Module") -> None:
+        """Take over ``other``'s body (inputs, ops, outputs, params): whole-module
+        rewrites build a new module and then replace this one's contents."""
+        self.inputs, self.ops, self.outputs, self.params = other.inputs, other.ops, other.outputs, other.params
+        self._names, self._counter = other._names, other._counter
+        for op in self.ops:
+            op.module = self
+
     # -- queries -----------------------------------------------------------------
     def values(self) -> Iterator[Value]:
         yield from self.inputs

@@ -1,0 +1,407 @@
+"""prune: constraint-free channel pruning (UPSCALE, Wan et al., ICML 2023).
+
+Each conv2d (groups=1) / linear *consumer* chooses which of its input channels
+to keep, on its own (``l1``, ``l2`` or ``fpgm`` column scores, per layer or
+global, or masks given by the user).  The masked model is the original with the
+dropped input columns zeroed.  Exporting it exactly:
+
+1. *analyse* where every channel comes from (:mod:`sliver.passes.channels`);
+2. *resolve*: a channel class is live when any consumer (or a barrier, or an
+   output) reads it; producers keep their live channels, everything channel-wise
+   in between (batch norm, depthwise convs, biases, adds, concats) follows;
+3. *rewrite*: slice weights; a consumer whose kept inputs are all of its
+   (pruned) input tensor reads it directly, a contiguous run is a ``slice``
+   (a view), anything else a ``take`` (a gather: a memory copy per inference).
+
+``constrained=true`` instead prunes whole channel classes (every consumer of a
+coupled group drops the same channels, as Torch-Pruning/DepGraph do): no gathers,
+but the choice is no longer per layer.
+
+The pass's notes hold a per-layer report (:func:`format_report`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sliver.errors import SliverError
+from sliver.ir.core import Module
+from sliver.passes.channels import ChannelAnalysis, channel_axis, is_depthwise
+from sliver.passes.manager import Pass, register
+
+METHODS = ("l1", "l2", "fpgm")
+
+
+def layer_name(op) -> str:
+    """A consumer's name: its weight param without ``.weight`` (``layer1.0.conv1``)."""
+    return op.operands[1].name.removesuffix(".weight")
+
+
+def _columns(module, op) -> np.ndarray:
+    """The consumer's weight as [in, rest]: one row per input channel/feature."""
+    w = module.param_data(op.operands[1])
+    if w is None:
+        raise SliverError(f"{layer_name(op)}: the weight is computed, not a param; cannot score its channels")
+    w = np.asarray(w, np.float64)
+    return np.moveaxis(w, 1, 0).reshape(w.shape[1], -1)
+
+
+def column_scores(module, op, method: str) -> np.ndarray:
+    """Importance of each input channel of a consumer (higher = keep)."""
+    cols = _columns(module, op)
+    if method == "l1":
+        return np.abs(cols).sum(1)
+    if method == "l2":
+        return np.sqrt((cols**2).sum(1))
+    if method == "fpgm":
+        # Filter pruning via geometric median: channels closest to the others
+        # (smallest total distance) are the most replaceable.
+        d = np.sqrt(((cols[:, None, :] - cols[None, :, :]) ** 2).sum(-1))
+        return d.sum(1)
+    raise SliverError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _keep_top(scores: np.ndarray, n_drop: int) -> list[int]:
+    order = np.argsort(scores, kind="stable")
+    return sorted(int(i) for i in order[n_drop:])
+
+
+@dataclass
+class PrunePlan:
+    analysis: ChannelAnalysis
+    masks: dict  # id(consumer op) -> sorted kept input positions
+    live: set  # live channel classes
+
+    def kept(self, value) -> list[int] | None:
+        """Positions of ``value``'s channels that survive (None: no channel axis)."""
+        classes = self.analysis.classes(value)
+        if classes is None:
+            return None
+        return [i for i, c in enumerate(classes) if c in self.live]
+
+
+def consumer_masks(module, analysis, *, method, amount, scope, masks=None) -> dict:
+    """Per-consumer kept input positions."""
+    consumers = analysis.consumers()
+    by_name = {layer_name(op): op for op in consumers}
+    out = {}
+    if masks:
+        unknown = sorted(set(masks) - set(by_name))
+        if unknown:
+            raise SliverError(f"masks name unknown layer(s) {unknown}; prunable layers: {', '.join(by_name)}")
+        for name, kept in masks.items():
+            op = by_name[name]
+            n = op.operands[0].type.shape[channel_axis(op.operands[0].type.rank)]
+            kept = sorted(set(int(k) for k in kept))
+            if not kept:
+                raise SliverError(f"the mask of {name} keeps no channel: a layer needs at least one input channel")
+            if kept[0] < 0 or kept[-1] >= n:
+                raise SliverError(f"the mask of {name} names channel {kept[-1] if kept[-1] >= n else kept[0]}, "
+                                  f"but the layer has {n} input channels")
+            out[id(op)] = kept
+        return out
+    if not 0.0 <= amount < 1.0:
+        raise SliverError(f"pruning amount must be in [0, 1), got {amount}")
+    if scope not in ("layer", "global"):
+        raise SliverError(f"pruning scope must be 'layer' or 'global', got {scope!r}")
+    # the first layers read the model's inputs (image channels): leave them whole
+    eligible = [op for op in consumers if op.operands[0] not in module.inputs]
+    scores = {id(op): column_scores(module, op, method) for op in eligible}
+    if scope == "layer":
+        for op in eligible:
+            s = scores[id(op)]
+            out[id(op)] = _keep_top(s, min(int(amount * len(s)), len(s) - 1))
+    else:
+        normed = {k: s / (s.mean() or 1.0) for k, s in scores.items()}
+        allv = np.sort(np.concatenate(list(normed.values())))
+        threshold = allv[int(amount * len(allv))] if len(allv) else 0.0
+        for op in eligible:
+            s = normed[id(op)]
+            n_drop = min(int((s < threshold).sum()), len(s) - 1)
+            out[id(op)] = _keep_top(s, n_drop)
+    return out
+
+
+def constrain(module, analysis, *, method, amount) -> dict:
+    """DepGraph-style masks: drop whole channel classes within each coupled group, so
+    every consumer of a class drops it together (no gathers)."""
+    import networkx as nx
+
+    if not 0.0 <= amount < 1.0:
+        raise SliverError(f"pruning amount must be in [0, 1), got {amount}")
+    pinned = analysis.pinned_classes()
+    score: dict = {}
+    groups = nx.Graph()
+    for op in analysis.consumers():
+        if op.operands[0] in module.inputs:
+            continue
+        classes = analysis.classes(op.operands[0])
+        s = column_scores(module, op, method)
+        s = s / (s.mean() or 1.0)
+        for c, v in zip(classes, s):
+            score[c] = score.get(c, 0.0) + float(v)
+        groups.add_nodes_from(classes)
+        nx.add_path(groups, classes)
+    # a producer must keep at least one channel: count its classes still standing
+    standing = {pid: {analysis.uf[n] for n in nodes} for pid, nodes in analysis.producer_nodes.items()}
+    owners: dict = {}
+    for pid, classes in standing.items():
+        for c in classes:
+            owners.setdefault(c, []).append(pid)
+    dropped = set()
+    for group in nx.connected_components(groups):
+        budget = int(amount * len(group))
+        for c in sorted((c for c in group if c not in pinned), key=lambda c: score[c]):
+            if budget == 0:
+                break
+            if all(len(standing[pid]) > 1 for pid in owners.get(c, ())):
+                for pid in owners.get(c, ()):
+                    standing[pid].discard(c)
+                dropped.add(c)
+                budget -= 1
+    out = {}
+    for op in analysis.consumers():
+        classes = analysis.classes(op.operands[0])
+        kept = [i for i, c in enumerate(classes) if c not in dropped]
+        if len(kept) < len(classes):
+            out[id(op)] = kept
+    return out
+
+
+def resolve(module, analysis, masks: dict) -> PrunePlan:
+    live = analysis.pinned_classes()
+    for op in analysis.consumers():
+        classes = analysis.classes(op.operands[0])
+        live.update(classes[i] for i in masks.get(id(op), range(len(classes))))
+    for op in analysis.consumers():
+        classes = analysis.classes(op.results[0])
+        if not any(c in live for c in classes):
+            # no consumer reads this layer any more; keep one channel so it stays well formed
+            live.add(classes[0])
+    return PrunePlan(analysis, masks, live)
+
+
+# ----------------------------------------------------------------------------
+# rewrite
+
+
+def _take(data: np.ndarray, positions, axis: int) -> np.ndarray:
+    return np.ascontiguousarray(np.take(data, positions, axis=axis))
+
+
+def _is_run(idx: list[int]) -> bool:
+    return all(b == a + 1 for a, b in zip(idx, idx[1:]))
+
+
+@dataclass
+class LayerReport:
+    name: str
+    kind: str
+    in_before: int
+    in_after: int
+    out_before: int
+    out_after: int
+    read: str  # "all", "view" (a contiguous slice) or "gather"
+    gathered: int = 0  # channels copied per inference
+    bytes_copied: int = 0
+
+
+@dataclass
+class PruneReport:
+    layers: list = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+    macs_before: int = 0
+    macs_after: int = 0
+
+    @property
+    def gathers(self) -> int:
+        return sum(1 for r in self.layers if r.read == "gather")
+
+    @property
+    def gathered_channels(self) -> int:
+        return sum(r.gathered for r in self.layers)
+
+    @property
+    def bytes_copied(self) -> int:
+        return sum(r.bytes_copied for r in self.layers)
+
+    def as_dict(self) -> dict:
+        return {
+            "params_before": self.params_before, "params_after": self.params_after,
+            "macs_before": self.macs_before, "macs_after": self.macs_after,
+            "gathers": self.gathers, "gathered_channels": self.gathered_channels,
+            "bytes_copied": self.bytes_copied, "layers": [vars(r) for r in self.layers],
+        }
+
+
+def count_params_and_macs(module) -> tuple[int, int]:
+    params = sum(int(a.size) for a in module.params.values())
+    macs = 0
+    for op in module.ops:
+        if op.kind == "conv2d":
+            o, i, kh, kw = op.operands[1].type.shape
+            out = op.results[0].type.shape
+            macs += out[0] * o * out[2] * out[3] * i * kh * kw
+        elif op.kind == "linear":
+            o, i = op.operands[1].type.shape
+            macs += int(np.prod(op.results[0].type.shape[:-1])) * o * i
+    return params, macs
+
+
+def rewrite(module, plan: PrunePlan) -> PruneReport:
+    """Rebuild ``module`` with pruned channels removed; returns the report."""
+    a = plan.analysis
+    report = PruneReport()
+    report.params_before, report.macs_before = count_params_and_macs(module)
+    new = Module(module.name)
+    vmap = {}
+    for v in module.inputs:
+        vmap[id(v)] = new.add_input(v.type, name=v.name)
+
+    def kept_or_all(value):
+        k = plan.kept(value)
+        ax = channel_axis(value.type.rank)
+        return k if k is not None else (list(range(value.type.shape[ax])) if ax is not None else None)
+
+    def whole(value):
+        """A param operand no rule sliced: copied as it is (once, however many users)."""
+        if id(value) not in vmap:
+            vmap[id(value)] = new.add_param(value.name, module.params[value.name])
+        return vmap[id(value)]
+
+    for op in module.ops:
+        if op.kind == "param":
+            continue  # params are recreated, sliced, where they are used
+        # None marks a param operand: a rule below may slice it, or it is copied whole
+        operands = [vmap.get(id(v)) if v.producer is None or v.producer.kind != "param" else None
+                    for v in op.operands]
+        attrs = dict(op.attrs)
+        out = op.results[0]
+        if id(op) in a.producer_nodes and a.nodes(op.operands[0]) is not None:
+            operands = _rewrite_consumer(new, module, op, operands, plan, report)
+        elif op.kind == "conv2d" and is_depthwise(op):
+            k = kept_or_all(out)
+            operands[1:] = [new.add_param(v.name, _take(module.params[v.name], k, 0)) for v in op.operands[1:]]
+            attrs["groups"] = len(k)
+        elif op.kind == "batch_norm":
+            k = kept_or_all(op.operands[0])
+            operands[1:] = [new.add_param(v.name, _take(module.params[v.name], k, 0)) for v in op.operands[1:]]
+        elif op.kind in ("add", "sub", "mul", "div", "pow", "maximum", "minimum") and a.nodes(out) is not None:
+            ax = channel_axis(out.type.rank)
+            k = kept_or_all(out)
+            for i, v in enumerate(op.operands):
+                vax = ax - (out.type.rank - v.type.rank)
+                if v.producer.kind == "param" and 0 <= vax < v.type.rank and v.type.shape[vax] > 1:
+                    operands[i] = new.add_param(v.name, _take(module.params[v.name], k, vax))
+        elif op.kind == "reshape" and a.nodes(out) is not None:
+            shape = list(attrs["shape"])
+            shape[channel_axis(out.type.rank)] = len(kept_or_all(out))
+            attrs["shape"] = tuple(shape)
+        elif op.kind == "slice" and a.nodes(out) is not None and attrs["axis"] == channel_axis(out.type.rank):
+            k = kept_or_all(op.operands[0])
+            attrs["start"] = sum(1 for i in k if i < attrs["start"])
+            attrs["end"] = sum(1 for i in k if i < attrs["end"])
+        operands = [o if o is not None else whole(v) for o, v in zip(operands, op.operands)]
+        res = new.add_op(op.kind, operands, attrs, names=[r.name for r in op.results])
+        for r_old, r_new in zip(op.results, res.results):
+            vmap[id(r_old)] = r_new
+    new.set_outputs([vmap[id(v)] for v in module.outputs])
+    from sliver.passes.dce import dce
+
+    dce(new)
+    module.adopt(new)
+    report.params_after, report.macs_after = count_params_and_macs(module)
+    return report
+
+
+def _rewrite_consumer(new, module, op, operands, plan, report) -> list:
+    x = op.operands[0]
+    ax = channel_axis(x.type.rank) if op.kind == "linear" else 1
+    n_in = x.type.shape[ax]
+    mask = plan.masks.get(id(op), list(range(n_in)))
+    kept_in = plan.kept(x)
+    kept_out = plan.kept(op.results[0])
+    where = {p: i for i, p in enumerate(kept_in)}
+    idx = [where[p] for p in mask]
+    xin = operands[0]
+    if idx == list(range(len(kept_in))):
+        read, gathered = "all", 0
+    elif _is_run(idx):
+        xin = new.add_op("slice", [xin], {"axis": ax, "start": idx[0], "end": idx[-1] + 1},
+                         names=[new.fresh_name(x.name + ".view")]).result
+        read, gathered = "view", 0
+    else:
+        index = new.add_param(layer_name(op) + ".input_index", np.asarray(idx, np.int64))
+        xin = new.add_op("take", [xin, index], {"axis": ax}, names=[new.fresh_name(x.name + ".gather")]).result
+        read, gathered = "gather", len(idx)
+    per_channel = int(np.prod(x.type.shape)) // n_in
+    report.layers.append(LayerReport(
+        layer_name(op), op.kind, n_in, len(mask), op.results[0].type.shape[-1 if op.kind == "linear" else 1],
+        len(kept_out), read, gathered, gathered * per_channel * 4,
+    ))
+    w = _take(_take(module.params[op.operands[1].name], kept_out, 0), mask, 1)
+    out = [xin, new.add_param(op.operands[1].name, w)]
+    if len(op.operands) == 3:
+        out.append(new.add_param(op.operands[2].name, _take(module.params[op.operands[2].name], kept_out, 0)))
+    return out
+
+
+def masked_copy(module, masks_by_name: dict):
+    """The masked model: a copy of ``module`` whose consumers' dropped input columns
+    are zero (the oracle every pruned export must equal)."""
+    masked = module.clone()
+    for op in masked.ops:
+        if op.kind in ("conv2d", "linear") and op.operands[1].producer.kind == "param":
+            name = layer_name(op)
+            if name in masks_by_name:
+                w = masked.params[op.operands[1].name].copy()
+                drop = sorted(set(range(w.shape[1])) - set(masks_by_name[name]))
+                w[:, drop] = 0
+                masked.params[op.operands[1].name] = w
+    return masked
+
+
+def format_report(report: PruneReport) -> str:
+    rows = [("layer", "in", "out", "read", "gathered", "bytes copied")]
+    for r in report.layers:
+        rows.append((r.name, f"{r.in_before} -> {r.in_after}", f"{r.out_before} -> {r.out_after}", r.read,
+                     str(r.gathered), f"{r.bytes_copied:,}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append(f"params {report.params_before:,} -> {report.params_after:,}   "
+                 f"MACs {report.macs_before:,} -> {report.macs_after:,}   gathers {report.gathers}, "
+                 f"{report.gathered_channels} channels, {report.bytes_copied:,} bytes copied per inference")
+    return "\n".join(lines) + "\n"
+
+
+@register
+@dataclass(frozen=True)
+class Prune(Pass):
+    """Constraint-free channel pruning of conv/linear input channels (UPSCALE)."""
+
+    name = "prune"
+    method: str = "l2"
+    amount: float = 0.3
+    scope: str = "layer"
+    constrained: bool = False
+    masks: dict | None = field(default=None, compare=False, hash=False)
+
+    def plan(self, module) -> PrunePlan:
+        analysis = ChannelAnalysis.run(module)
+        if not analysis.consumers():
+            raise SliverError(f"@{module.name} has no conv2d/linear layer whose input channels can be pruned")
+        if self.constrained:
+            masks = constrain(module, analysis, method=self.method, amount=self.amount)
+        else:
+            masks = consumer_masks(module, analysis, method=self.method, amount=self.amount, scope=self.scope,
+                                   masks=self.masks)
+        return resolve(module, analysis, masks)
+
+    def run(self, module):
+        plan = self.plan(module)
+        names = {layer_name(op): plan.masks[id(op)] for op in plan.analysis.consumers() if id(op) in plan.masks}
+        report = rewrite(module, plan)
+        return True, {"masks": names, "report": report.as_dict(), "text": format_report(report)}

@@ -1,0 +1,205 @@
+"""prune: constraint-free channel pruning, exact against the masked model."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import sliver
+from helpers import dedent, numpy_inputs
+from sliver.errors import SliverError
+from sliver.ir.interp import run
+from sliver.ir.parser import parse_module
+from sliver.passes.manager import PassManager, make_pass
+from sliver.passes.prune import masked_copy
+from sliver.tools import zoo
+
+BEFORE = dedent("""
+    func @m(%x: f32[1,3,8,8]) {
+      %a.weight = param : f32[6,3,3,3]
+      %a.bias = param : f32[6]
+      %b.weight = param : f32[4,6,1,1]
+      %c.weight = param : f32[5,6,1,1]
+      %a = conv2d(%x, %a.weight, %a.bias) {padding=[1, 1, 1, 1]} : f32[1,6,8,8]
+      %r = relu(%a) : f32[1,6,8,8]
+      %b = conv2d(%r, %b.weight) : f32[1,4,8,8]
+      %c = conv2d(%r, %c.weight) : f32[1,5,8,8]
+      %o = concat(%b, %c) {axis=1} : f32[1,9,8,8]
+      return %o
+    }
+""")
+
+
+def _prune_text(text, **options):
+    m = parse_module(text)
+    PassManager([make_pass("prune", **options)]).run(m)
+    return str(m)
+
+
+def test_golden_union_and_view():
+    # a keeps the union {0, 2, 3}; b reads all of it, c a contiguous run (a view)
+    assert _prune_text(BEFORE, masks={"b": [0, 2, 3], "c": [2, 3]}) == dedent("""
+        func @m(%x: f32[1,3,8,8]) {
+          %a.weight = param : f32[3,3,3,3]
+          %a.bias = param : f32[3]
+          %a = conv2d(%x, %a.weight, %a.bias) {padding=[1, 1, 1, 1]} : f32[1,3,8,8]
+          %r = relu(%a) : f32[1,3,8,8]
+          %b.weight = param : f32[4,3,1,1]
+          %b = conv2d(%r, %b.weight) : f32[1,4,8,8]
+          %r.view = slice(%r) {axis=1, start=1, end=3} : f32[1,2,8,8]
+          %c.weight = param : f32[5,2,1,1]
+          %c = conv2d(%r.view, %c.weight) : f32[1,5,8,8]
+          %o = concat(%b, %c) {axis=1} : f32[1,9,8,8]
+          return %o
+        }
+    """)
+
+
+def test_golden_gather():
+    # c reads channels 0 and 3 of a's surviving {0, 2, 3}: positions 0 and 2, a gather
+    assert _prune_text(BEFORE, masks={"b": [2, 3], "c": [0, 3]}) == dedent("""
+        func @m(%x: f32[1,3,8,8]) {
+          %a.weight = param : f32[3,3,3,3]
+          %a.bias = param : f32[3]
+          %a = conv2d(%x, %a.weight, %a.bias) {padding=[1, 1, 1, 1]} : f32[1,3,8,8]
+          %r = relu(%a) : f32[1,3,8,8]
+          %r.view = slice(%r) {axis=1, start=1, end=3} : f32[1,2,8,8]
+          %b.weight = param : f32[4,2,1,1]
+          %b = conv2d(%r.view, %b.weight) : f32[1,4,8,8]
+          %c.input_index = param : i64[2]
+          %r.gather = take(%r, %c.input_index) {axis=1} : f32[1,2,8,8]
+          %c.weight = param : f32[5,2,1,1]
+          %c = conv2d(%r.gather, %c.weight) : f32[1,5,8,8]
+          %o = concat(%b, %c) {axis=1} : f32[1,9,8,8]
+          return %o
+        }
+    """)
+
+
+# -- exactness: exported == masked model -----------------------------------------------
+
+
+def _prune_and_check(model, inputs, tol=1e-10, **options):
+    module = sliver.trace(model, inputs)
+    sliver.api.optimize(module)
+    original = module.clone()
+    (record,) = PassManager([make_pass("prune", **options)]).run(module)
+    masked = masked_copy(original, record.notes["masks"])
+    x = numpy_inputs(inputs)
+    want = run(masked, x, dtype="f64")
+    got = run(module, x, dtype="f64")
+    for g, w in zip(got, want):
+        assert np.abs(g - w).max() <= tol * max(1.0, np.abs(w).max())
+    assert record.notes["report"]["params_after"] < record.notes["report"]["params_before"]
+    return module, record.notes
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet", "efficientnet"])
+@pytest.mark.parametrize("constrained", [False, True], ids=["free", "constrained"])
+def test_zoo_exact_in_float64(name, constrained):
+    model, inputs = zoo.MODELS[name]()
+    _, notes = _prune_and_check(model, inputs, method="l2", amount=0.3, constrained=constrained)
+    if constrained:
+        assert notes["report"]["gathers"] == 0  # constrained pruning never copies
+
+
+@pytest.mark.parametrize("method", ["l1", "l2", "fpgm"])
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_methods_and_scopes_are_exact(method, scope):
+    model, inputs = zoo.resnet18(width=16)
+    _prune_and_check(model, inputs, method=method, amount=0.4, scope=scope)
+
+
+class Topologies(nn.Module):
+    """A residual joined by three producers and read by three consumers, a concat
+    feeding a consumer, two inputs, a depthwise conv, and conv → flatten → linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.p1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.p2 = nn.Conv2d(3, 8, 1)
+        self.p3 = nn.Conv2d(4, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.c1 = nn.Conv2d(8, 6, 1)
+        self.c2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.c3 = nn.Conv2d(16, 5, 1)
+        self.fc = nn.Linear(11 * 4 * 4, 7)
+
+    def forward(self, x, y):
+        s = self.p1(x) + self.p2(x) + self.p3(y)
+        s = torch.relu(self.bn(s))
+        d = torch.relu(self.dw(s))
+        a = self.c1(d)
+        b = self.c2(s)
+        cat = torch.cat([s, d], 1)
+        c = self.c3(cat)
+        z = torch.cat([a + b, c], 1)
+        z = nn.functional.max_pool2d(z, 2)
+        return self.fc(torch.flatten(z, 1))
+
+
+def _topologies():
+    torch.manual_seed(3)
+    model = Topologies().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    return model, (torch.randn(1, 3, 8, 8), torch.randn(1, 4, 8, 8))
+
+
+@pytest.mark.parametrize("amount", [0.25, 0.5, 0.75])
+def test_hand_built_topologies_exact(amount):
+    model, inputs = _topologies()
+    module, notes = _prune_and_check(model, inputs, method="l2", amount=amount)
+    assert "fc" in notes["masks"]  # the linear after flatten is pruned per feature
+
+
+def test_user_masks_on_hand_built_topologies():
+    model, inputs = _topologies()
+    masks = {"c1": [0, 1, 7], "c2": [1, 2, 3, 4], "c3": [0, 5, 6, 9, 15], "fc": list(range(0, 176, 3))}
+    module, notes = _prune_and_check(model, inputs, masks=masks)
+    reads = {r["name"]: r["read"] for r in notes["report"]["layers"]}
+    assert reads["c3"] == "gather"
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+def test_bad_input_errors():
+    m = parse_module(BEFORE)
+    with pytest.raises(SliverError, match=r"masks name unknown layer\(s\) \['nope'\]; prunable layers: a, b, c"):
+        PassManager([make_pass("prune", masks={"nope": [0]})]).run(m)
+    with pytest.raises(SliverError, match=r"amount must be in \[0, 1\), got 1.0"):
+        PassManager([make_pass("prune", amount=1.0)]).run(parse_module(BEFORE))
+    with pytest.raises(SliverError, match="keeps no channel"):
+        PassManager([make_pass("prune", masks={"b": []})]).run(parse_module(BEFORE))
+    with pytest.raises(SliverError, match="names channel 9, but the layer has 6 input channels"):
+        PassManager([make_pass("prune", masks={"b": [0, 9]})]).run(parse_module(BEFORE))
+    no_layers = dedent("""
+        func @m(%x: f32[1,3,8,8]) {
+          %r = relu(%x) : f32[1,3,8,8]
+          return %r
+        }
+    """)
+    with pytest.raises(SliverError, match="no conv2d/linear layer"):
+        PassManager("prune").run(parse_module(no_layers))
+
+
+def test_pipeline_option_syntax():
+    (p,) = PassManager("prune{method=fpgm,amount=0.5,constrained=true}").passes
+    assert (p.method, p.amount, p.constrained) == ("fpgm", 0.5, True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "topologies"])
+def test_compiled_x86_equals_masked_model(name):
+    model, inputs = _topologies() if name == "topologies" else zoo.resnet18(width=16)
+    module = sliver.trace(model, inputs)
+    sliver.api.optimize(module)
+    original = module.clone()
+    (record,) = PassManager("prune{amount=0.4}").run(module)
+    want = run(masked_copy(original, record.notes["masks"]), numpy_inputs(inputs))
+    got = sliver.lower(module, inputs, target="x86_64", passes="").load().run(*numpy_inputs(inputs))
+    for g, w in zip(got, want):
+        assert np.abs(g - w).max() <= 1e-5 * max(1.0, np.abs(w).max())
