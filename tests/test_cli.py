@@ -111,3 +111,17 @@ def test_console_script_is_installed():
 def test_run_emulate(example_arm64, capsys):
     assert main(["run", str(example_arm64), "--verify", "--emulate"]) == 0
     assert "verify: passed (arm64 artifact on aarch64)" in capsys.readouterr().out
+
+
+def test_prune_prints_report_and_writes_ir(tmp_path, capsys):
+    out = tmp_path / "pruned.sir"
+    assert main(["prune", EXAMPLE, "--method", "l1", "--amount", "0.5", "-o", str(out),
+                 "--report", str(tmp_path / "r.json")]) == 0
+    text = capsys.readouterr().out
+    assert "block1.conv2" in text and "16 -> 8" in text and "params" in text
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["params_after"] < report["params_before"] and "block2.conv1" in report["masks"]
+    assert main(["lower", str(out), "-o", str(tmp_path / "p.sliver"), "--passes", "dce"]) == 0
+    assert main(["run", str(tmp_path / "p.sliver"), "--verify"]) == 0

@@ -192,6 +192,34 @@ def cmd_run(args) -> int:
     return runtime_cli.run(args)
 
 
+def cmd_prune(args) -> int:
+    import json
+
+    from sliver.api import optimize
+    from sliver.ir.io import save_module
+    from sliver.passes.manager import make_pass
+
+    masks = None
+    if args.masks:
+        try:
+            masks = json.loads(Path(args.masks).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise SliverError(f"--masks {args.masks}: cannot read a JSON object of layer -> kept channels ({e})")
+    module, _, _ = _trace(args.model)
+    optimize(module, "fold-batchnorm,const-fold,cse,dce")
+    prune = make_pass("prune", method=args.method, amount=args.amount, scope=args.scope,
+                      constrained=args.constrained, masks=masks)
+    (record,) = optimize(module, [prune])
+    sys.stdout.write(record.notes["text"])
+    if args.report:
+        Path(args.report).write_text(json.dumps({"masks": record.notes["masks"], **record.notes["report"]}, indent=2))
+        _say(f"wrote {args.report}")
+    if args.output:
+        save_module(module, args.output)
+        _say(f"wrote {args.output}")
+    return 0
+
+
 def cmd_passes(args) -> int:
     import dataclasses
 
@@ -259,6 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="model.sliver", help="artifact path (default model.sliver)")
     _add_ir_debug_flags(p)
     p.set_defaults(func=cmd_lower)
+
+    p = sub.add_parser("prune", help="prune channels and print a per-layer report")
+    p.add_argument("model", help="file.py:function, file.pt2 or file.sir")
+    p.add_argument("--method", default="l2", choices=["l1", "l2", "fpgm"], help="channel importance (default l2)")
+    p.add_argument("--amount", type=float, default=0.3, help="fraction of input channels to drop (default 0.3)")
+    p.add_argument("--scope", default="layer", choices=["layer", "global"], help="rank channels per layer or globally")
+    p.add_argument("--constrained", action="store_true", help="drop whole coupled channel groups (no gathers)")
+    p.add_argument("--masks", metavar="JSON", help="explicit masks: {layer: [kept input channels]}")
+    p.add_argument("--report", metavar="JSON", help="write masks and the report as JSON")
+    p.add_argument("-o", "--output", help="write the pruned IR here")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("run", help="run an artifact (here, or on the emulated Pi)")
     runtime_cli.add_run_arguments(p)
