@@ -73,6 +73,7 @@ class PrunePlan:
     analysis: ChannelAnalysis
     masks: dict  # id(consumer op) -> sorted kept input positions
     live: set  # live channel classes
+    rank: dict = field(default_factory=dict)  # class -> position in the exported order (reorder)
 
     def kept(self, value) -> list[int] | None:
         """Positions of ``value``'s channels that survive (None: no channel axis)."""
@@ -183,6 +184,56 @@ def resolve(module, analysis, masks: dict) -> PrunePlan:
     return PrunePlan(analysis, masks, live)
 
 
+def choose_order(module, plan) -> dict:
+    """Export-time channel reordering: a rank per channel class such that the
+    channel sets consumers read become contiguous runs (views, not gathers).
+
+    Classes are grouped by the values consumers read (networkx components).  In
+    each group the two sets that would copy the most bytes are made contiguous
+    together — [A only | A and B | B only | the rest], always possible for two
+    sets — and the remaining sets are kept together as far as a lexicographic
+    order of membership allows.  Channels that pass through a channel concat or
+    slice keep their natural order: a concat can only permute within each
+    operand's block, and that is left for later.
+    """
+    import networkx as nx
+
+    a = plan.analysis
+    frozen = set()
+    for op in module.ops:
+        if op.kind in ("concat", "slice") and a.nodes(op.results[0]) is not None \
+                and op.attrs["axis"] == channel_axis(op.results[0].type.rank):
+            for v in [*op.operands, op.results[0]]:
+                frozen.update(a.classes(v) or ())
+    graph = nx.Graph()
+    reads = []  # (set of classes read, bytes per channel)
+    for op in a.consumers():
+        x = op.operands[0]
+        classes = a.classes(x)
+        live = [c for c in classes if c in plan.live and c not in frozen]
+        if not live:
+            continue
+        graph.add_nodes_from(live)
+        nx.add_path(graph, live)
+        read = {classes[p] for p in plan.masks.get(id(op), range(len(classes)))} - frozen
+        if read != set(live):  # reading everything is free in any order
+            reads.append((read, x.type.numel // len(classes)))
+    rank = {}
+    for group in nx.connected_components(graph):
+        sets = sorted(((r & group, w * len(r & group)) for r, w in reads if r & group), key=lambda t: -t[1])
+        sets = [s for s, _ in sets]
+        first = sets[0] if sets else set()
+        second = sets[1] if len(sets) > 1 else set()
+
+        def key(c):
+            region = 0 if c in first and c not in second else 1 if c in first else 2 if c in second else 3
+            return (region, tuple(c not in s for s in sets[2:]), c)
+
+        for i, c in enumerate(sorted(group, key=key)):
+            rank[c] = i
+    return rank
+
+
 # ----------------------------------------------------------------------------
 # rewrite
 
@@ -238,7 +289,8 @@ class PruneReport:
 
 
 def count_params_and_macs(module) -> tuple[int, int]:
-    params = sum(int(a.size) for a in module.params.values())
+    """Weights (float params; gather indices are not weights) and multiply-adds."""
+    params = sum(int(a.size) for a in module.params.values() if a.dtype.kind == "f")
     macs = 0
     for op in module.ops:
         if op.kind == "conv2d":
@@ -261,7 +313,11 @@ def rewrite(module, plan: PrunePlan) -> PruneReport:
     for v in module.inputs:
         vmap[id(v)] = new.add_input(v.type, name=v.name)
 
+    orders: dict = {}  # id(old value) -> its surviving channel positions, in exported order
+
     def kept_or_all(value):
+        if id(value) in orders:
+            return orders[id(value)]
         k = plan.kept(value)
         ax = channel_axis(value.type.rank)
         return k if k is not None else (list(range(value.type.shape[ax])) if ax is not None else None)
@@ -280,8 +336,10 @@ def rewrite(module, plan: PrunePlan) -> PruneReport:
                     for v in op.operands]
         attrs = dict(op.attrs)
         out = op.results[0]
+        if a.nodes(out) is not None:
+            orders[id(out)] = _order(op, plan, kept_or_all)
         if id(op) in a.producer_nodes and a.nodes(op.operands[0]) is not None:
-            operands = _rewrite_consumer(new, module, op, operands, plan, report)
+            operands = _rewrite_consumer(new, module, op, operands, plan, report, kept_or_all)
         elif op.kind == "conv2d" and is_depthwise(op):
             k = kept_or_all(out)
             operands[1:] = [new.add_param(v.name, _take(module.params[v.name], k, 0)) for v in op.operands[1:]]
@@ -317,15 +375,54 @@ def rewrite(module, plan: PrunePlan) -> PruneReport:
     return report
 
 
-def _rewrite_consumer(new, module, op, operands, plan, report) -> list:
+def _order(op, plan, order_of) -> list[int]:
+    """The surviving channel positions of ``op``'s result in exported order.
+
+    Producers sort their channels by the reorder rank; channel-wise ops inherit
+    their input's order (so coupled operands agree), concats join their
+    operands' orders block by block, flattening expands each channel's block."""
+    a = plan.analysis
+    out = op.results[0]
+    kept = plan.kept(out)
+    if id(op) in a.producer_nodes or not op.operands:
+        classes = a.classes(out)
+        return sorted(kept, key=lambda p: (plan.rank.get(classes[p], -1), p))
+    ax = channel_axis(out.type.rank)
+    if op.kind == "concat" and op.attrs["axis"] == ax:
+        order, offset = [], 0
+        for v in op.operands:
+            order += [offset + p for p in order_of(v)]
+            offset += v.type.shape[channel_axis(v.type.rank)]
+        return order
+    if op.kind == "slice" and op.attrs["axis"] == ax:
+        return kept  # channel slices read their input in natural order (reorder leaves them alone)
+    sources = [v for v in op.operands if a.nodes(v) is not None and v.producer.kind not in ("param", "constant")
+               and v.type.shape[channel_axis(v.type.rank)] > 1]
+    if not sources:
+        return kept
+    source = sources[0]
+    for other in sources[1:]:
+        if order_of(other) != order_of(source):
+            raise SliverError(f"internal error: {op.kind} %{out.name} joins operands laid out in different channel "
+                              f"orders (%{source.name}, %{other.name})")
+    src_order = order_of(source)
+    n_in, n_out = source.type.shape[channel_axis(source.type.rank)], out.type.shape[ax]
+    if n_out != n_in:  # flatten: each channel became a block of n_out // n_in features
+        inner = n_out // n_in
+        return [p * inner + j for p in src_order for j in range(inner)]
+    return list(src_order)
+
+
+def _rewrite_consumer(new, module, op, operands, plan, report, order_of) -> list:
     x = op.operands[0]
     ax = channel_axis(x.type.rank) if op.kind == "linear" else 1
     n_in = x.type.shape[ax]
     mask = plan.masks.get(id(op), list(range(n_in)))
-    kept_in = plan.kept(x)
-    kept_out = plan.kept(op.results[0])
+    kept_in = order_of(x)
+    kept_out = order_of(op.results[0])
     where = {p: i for i, p in enumerate(kept_in)}
-    idx = [where[p] for p in mask]
+    idx = sorted(where[p] for p in mask)
+    mask = [kept_in[i] for i in idx]  # the columns in the order the input is laid out
     xin = operands[0]
     if idx == list(range(len(kept_in))):
         read, gathered = "all", 0
@@ -387,6 +484,7 @@ class Prune(Pass):
     amount: float = 0.3
     scope: str = "layer"
     constrained: bool = False
+    reorder: bool = True
     masks: dict | None = field(default=None, compare=False, hash=False)
 
     def plan(self, module) -> PrunePlan:
@@ -398,7 +496,10 @@ class Prune(Pass):
         else:
             masks = consumer_masks(module, analysis, method=self.method, amount=self.amount, scope=self.scope,
                                    masks=self.masks)
-        return resolve(module, analysis, masks)
+        plan = resolve(module, analysis, masks)
+        if self.reorder and not self.constrained:
+            plan.rank = choose_order(module, plan)
+        return plan
 
     def run(self, module):
         plan = self.plan(module)

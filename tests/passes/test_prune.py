@@ -38,7 +38,7 @@ def _prune_text(text, **options):
 
 def test_golden_union_and_view():
     # a keeps the union {0, 2, 3}; b reads all of it, c a contiguous run (a view)
-    assert _prune_text(BEFORE, masks={"b": [0, 2, 3], "c": [2, 3]}) == dedent("""
+    assert _prune_text(BEFORE, masks={"b": [0, 2, 3], "c": [2, 3]}, reorder=False) == dedent("""
         func @m(%x: f32[1,3,8,8]) {
           %a.weight = param : f32[3,3,3,3]
           %a.bias = param : f32[3]
@@ -55,9 +55,20 @@ def test_golden_union_and_view():
     """)
 
 
+def test_golden_reorder_turns_a_gather_into_views():
+    # natural order: b reads {0, 2, 4} (a gather), c reads {1..5} (a view); reordered
+    # [1, 3, 5, 2, 4, 0] makes both contiguous: a's weight rows are permuted to match
+    text = _prune_text(BEFORE, masks={"b": [0, 2, 4], "c": [1, 2, 3, 4, 5]})
+    assert "take" not in text
+    assert "%r.view = slice(%r) {axis=1, start=3, end=6} : f32[1,3,8,8]" in text
+    assert "%r.view_1 = slice(%r) {axis=1, end=5} : f32[1,5,8,8]" in text
+    natural = _prune_text(BEFORE, masks={"b": [0, 2, 4], "c": [1, 2, 3, 4, 5]}, reorder=False)
+    assert "%r.gather = take(%r, %b.input_index) {axis=1} : f32[1,3,8,8]" in natural
+
+
 def test_golden_gather():
     # c reads channels 0 and 3 of a's surviving {0, 2, 3}: positions 0 and 2, a gather
-    assert _prune_text(BEFORE, masks={"b": [2, 3], "c": [0, 3]}) == dedent("""
+    assert _prune_text(BEFORE, masks={"b": [2, 3], "c": [0, 3]}, reorder=False) == dedent("""
         func @m(%x: f32[1,3,8,8]) {
           %a.weight = param : f32[3,3,3,3]
           %a.bias = param : f32[3]
@@ -94,13 +105,36 @@ def _prune_and_check(model, inputs, tol=1e-10, **options):
     return module, record.notes
 
 
+MODES = {"naive": dict(reorder=False), "reordered": dict(reorder=True), "constrained": dict(constrained=True)}
+
+
+@pytest.fixture(scope="module")
+def zoo_pruned():
+    """name -> mode -> notes, every export checked against the masked model."""
+    out = {}
+    for name in ["resnet18", "mobilenet_v2", "densenet", "efficientnet"]:
+        model, inputs = zoo.MODELS[name]()
+        out[name] = {mode: _prune_and_check(model, inputs, method="l2", amount=0.3, **opts)[1]
+                     for mode, opts in MODES.items()}
+    return out
+
+
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet", "efficientnet"])
-@pytest.mark.parametrize("constrained", [False, True], ids=["free", "constrained"])
-def test_zoo_exact_in_float64(name, constrained):
-    model, inputs = zoo.MODELS[name]()
-    _, notes = _prune_and_check(model, inputs, method="l2", amount=0.3, constrained=constrained)
-    if constrained:
-        assert notes["report"]["gathers"] == 0  # constrained pruning never copies
+def test_zoo_exact_in_float64_and_reorder_changes_only_the_layout(name, zoo_pruned):
+    notes = zoo_pruned[name]
+    assert notes["constrained"]["report"]["gathers"] == 0  # constrained pruning never copies
+    naive, reordered = notes["naive"], notes["reordered"]
+    assert naive["masks"] == reordered["masks"]
+    for key in ("params_after", "macs_after"):
+        assert naive["report"][key] == reordered["report"][key]
+    assert reordered["report"]["bytes_copied"] <= naive["report"]["bytes_copied"]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "efficientnet"])
+def test_reorder_copies_at_most_half_of_naive(name, zoo_pruned):
+    naive = zoo_pruned[name]["naive"]["report"]["bytes_copied"]
+    reordered = zoo_pruned[name]["reordered"]["report"]["bytes_copied"]
+    assert naive > 0 and reordered <= naive / 2
 
 
 @pytest.mark.parametrize("method", ["l1", "l2", "fpgm"])
