@@ -19,7 +19,12 @@ architecture) and every backend it
 
 The backends are timed one after another (torch, sliver, onnxruntime) in the same
 process on the same input, with a short pause between them so that one runtime's
-spinning worker threads do not eat into the next one's time.
+spinning worker threads do not eat into the next one's time; ``--interleave`` times
+them round-robin instead (one run each per round), so that a change in the
+machine's load hits all of them alike.  The ``others`` column says how many CPUs
+other processes kept busy meanwhile: on a shared 2-core machine a 2-thread run next
+to one busy process loses a core, and torch eager (OpenMP barriers) suffers most,
+with single runs of seconds.  The table warns when that happened.
 
 Threads: ``torch.set_num_threads(N)``; TVM's pool reads ``TVM_NUM_THREADS`` when it
 starts (lazily, at the first parallel kernel), so :func:`main` sets it before any
@@ -471,9 +476,7 @@ def run_benchmark(args) -> dict:
                 else:
                     prepared[b] = prepare_ort(model, x, args.threads, args.onnx_exporter, res, args.verbose)
             except Exception as e:
-                res.status = "failed"
-                res.note = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                _say(f"{name}: {LABELS[b]} FAILED: {res.note}")
+                _fail(res, None, e, "while preparing")
                 if args.verbose:
                     import traceback
 

@@ -1,0 +1,109 @@
+"""The latency benchmark (tools/bench.py) end to end, small: one model at 32x32,
+a couple of runs per backend.  The end-to-end test compiles with TVM and exports
+ONNX (when onnxruntime is installed: ``pip install -e '.[bench]'``), ~15-20 s."""
+
+import json
+
+import pytest
+
+from sliver.tools import bench
+
+
+@pytest.fixture(autouse=True)
+def _no_pauses(monkeypatch):
+    """The pauses between timed blocks and the minimum load-measuring window only
+    steady real measurements; they just slow the tests down."""
+    monkeypatch.setattr(bench, "PAUSE_S", 0.0)
+    monkeypatch.setattr(bench.OtherLoad, "MIN_S", 0.0)
+
+
+def test_stats_and_budget():
+    s = bench.stats([3.0, 1.0, 2.0])
+    assert (s["min_ms"], s["median_ms"], s["max_ms"]) == (1.0, 2.0, 3.0)
+    assert 2.0 <= s["p90_ms"] <= 3.0
+    calls = []
+    warm, times, cut = bench.time_runs(lambda: calls.append(1), warmup=2, repeat=3, budget_s=60)
+    assert (warm, len(times), cut, len(calls)) == (2, 3, False, 5)
+    # a tiny budget still gives one timed run and says it was cut short
+    import time
+
+    warm, times, cut = bench.time_runs(lambda: time.sleep(0.02), warmup=5, repeat=50, budget_s=0.01)
+    assert len(times) >= 1 and len(times) < 50 and cut
+
+
+def test_compare_flags_shape_and_nan():
+    import numpy as np
+
+    a = np.array([1.0, -2.0], np.float32)
+    assert bench.compare(a, a) == (0.0, 0.0)
+    assert bench.compare(a[:1], a)[1] == float("inf")
+    assert bench.compare(np.array([np.nan, 0.0], np.float32), a)[1] == float("inf")
+
+
+@pytest.mark.slow
+def test_bench_main_small(tmp_path, capsys):
+    backends = ["torch", "sliver"]
+    argv = ["--models", "resnet18", "--resolution", "32", "--warmup", "1", "--repeat", "2",
+            "--threads", "2", "--json", str(tmp_path / "out.json")]
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+
+        backends.append("onnxruntime")
+    except ImportError:
+        argv.append("--skip-ort")
+    assert bench.main(argv) == 0
+
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert report["ok"]
+    rows = {(r["model"], r["backend"]): r for r in report["results"]}
+    assert set(rows) == {("resnet18", b) for b in backends}
+    for b in backends:
+        r = rows[("resnet18", b)]
+        assert r["status"] == "ok", r
+        assert r["runs"] == 2 and len(r["times_ms"]) == 2
+        assert 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["max_ms"]
+        assert r["vs_torch"] > 0
+        assert bench.LABELS[b] in out
+        if b != "torch":
+            assert r["matches_torch"] is True
+            assert r["max_rel_err"] < 1e-3
+    assert rows[("resnet18", "torch")]["vs_torch"] == pytest.approx(1.0)
+    assert rows[("resnet18", "sliver")]["prepare_s"] > 0
+    assert rows[("resnet18", "sliver")]["threads"] == 2  # TVM_NUM_THREADS reached TVM's pool
+    assert "MISMATCH" not in out and "FAILED" not in out
+    assert "compile (sliver.lower" in out
+
+
+def test_bench_reports_mismatch_loudly(tmp_path, capsys, monkeypatch):
+    """A backend whose output differs from torch makes a MISMATCH row and exit status 1."""
+    import numpy as np
+
+    real = bench.prepare_torch
+
+    def wrong_torch(model, threads, res):  # torch itself is the reference: break a copy of it
+        p = real(model, threads, res)
+        return bench.Prepared(lambda x: p.fn(x) + np.float32(1.0))
+
+    monkeypatch.setattr(bench, "prepare_torch", wrong_torch)
+    monkeypatch.setattr(bench, "BACKENDS", ("torch",))
+    # the reference is computed from the model directly, so the broken "torch" backend mismatches
+    code = bench.main(["--models", "resnet18", "--resolution", "32", "--warmup", "0", "--repeat", "1",
+                       "--skip-sliver", "--skip-ort", "--json", str(tmp_path / "o.json")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "MISMATCH" in captured.out and "MISMATCH" in captured.err
+    report = json.loads((tmp_path / "o.json").read_text())
+    assert not report["ok"] and report["results"][0]["status"] == "mismatch"
+
+
+def test_missing_onnxruntime_says_how_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "ort_missing", lambda: "onnxruntime is not installed (No module named 'onnxruntime')")
+    code = bench.main(["--models", "mobilenet_v2", "--resolution", "32", "--warmup", "0", "--repeat", "1",
+                       "--skip-sliver", "--json", str(tmp_path / "o.json")])
+    out = capsys.readouterr().out
+    assert code == 0  # a missing optional backend is not a failure
+    assert "SKIPPED" in out and "pip install -e '.[bench]'" in out
+    rows = {r["backend"]: r for r in json.loads((tmp_path / "o.json").read_text())["results"]}
+    assert rows["onnxruntime"]["status"] == "skipped" and rows["torch"]["status"] == "ok"
