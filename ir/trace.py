@@ -663,3 +663,139 @@ def trace(model, example_inputs=(), *, name: str | None = None) -> Module:
 
     dce(module)
     return module
+
+
+# -- masks and indexing built from constants (e.g. transformers' attention masks) ---------
+#
+# Hugging Face models build their attention masks from arange/ones buffers with
+# comparisons, `&` and advanced indexing.  Whatever depends only on params and
+# constants is evaluated at trace time into a param; `x & all-true` is x
+# (broadcast); `x[const_idx, ...]` becomes a reshape + take.  Anything else that
+# would need a comparison or a logical op at run time is refused clearly.
+
+
+def _constant_data(b: _Builder, v) -> np.ndarray | None:
+    """The data of ``v`` when it is computed from params and constants only, else None."""
+    import torch
+
+    if not isinstance(v, Value):
+        return None
+    data = b.m.param_data(v)
+    if data is not None:
+        return data
+    op = v.producer
+    if op is None or len(op.results) != 1 or not op.decl.pure or op.decl.ref is None:
+        return None
+    args = []
+    for o in op.operands:
+        d = _constant_data(b, o)
+        if d is None:
+            return None
+        args.append(torch.from_numpy(np.ascontiguousarray(d)))
+    with torch.no_grad():
+        return op.decl.ref(*args, **op.attrs).contiguous().numpy()
+
+
+def _fold_constant(b: _Builder, what: str, fn, *args) -> Value:
+    """``fn(*args)`` evaluated now (every tensor argument must be constant) as a param."""
+    import torch
+
+    def concrete(a):
+        if isinstance(a, Value):
+            d = _constant_data(b, a)
+            if d is None:
+                raise TypeRuleError(f"{what} of a tensor computed from the inputs is not supported (only of constants)")
+            return torch.from_numpy(np.ascontiguousarray(d))
+        if isinstance(a, (list, tuple)):
+            return type(a)(concrete(x) for x in a)
+        return a
+
+    with torch.no_grad():
+        out = fn(*concrete(args))
+    return b.m.add_param(b.m.fresh_name(b.hint), out.contiguous().numpy())
+
+
+@rule("aten.to.device")
+def _to_device(b, x, device=None, dtype=None, *rest, **kw):
+    return _to(b, x, dtype)
+
+
+def _new_filled(fill):
+    def fn(b, x, size, *rest, dtype=None, **kw):
+        if fill is None:  # new_full(x, size, fill_value)
+            value = rest[0] if rest else kw["fill_value"]
+        else:
+            value = fill
+        np_dtype = np.dtype(str(dtype).replace("torch.", "")) if dtype is not None else None
+        from sliver.ir.types import to_numpy
+
+        data = np.full(tuple(size), value, dtype=np_dtype if np_dtype is not None else to_numpy(x.type.dtype))
+        return b.m.add_param(b.m.fresh_name(b.hint), data)
+
+    return fn
+
+
+rule("aten.new_ones.default")(_new_filled(1))
+rule("aten.new_zeros.default")(_new_filled(0))
+rule("aten.new_full.default")(_new_filled(None))
+
+for _name in ("ge", "gt", "le", "lt", "eq", "ne"):
+    def _compare_rule(b, x, y, _name=_name):
+        import torch
+
+        return _fold_constant(b, f"comparison {_name}", getattr(torch, _name), x, y)
+
+    rule(f"aten.{_name}.Scalar", f"aten.{_name}.Tensor")(_compare_rule)
+
+
+@rule("aten.gather.default")
+def _gather(b, x, dim, index, sparse_grad=False):
+    import torch
+
+    return _fold_constant(b, "gather", torch.gather, x, dim, index)
+
+
+@rule("aten.__and__.Tensor", "aten.bitwise_and.Tensor", "aten.logical_and.default")
+def _and(b, x, y):
+    import torch
+
+    cx = _constant_data(b, x) if isinstance(x, Value) else np.asarray(x)
+    cy = _constant_data(b, y) if isinstance(y, Value) else np.asarray(y)
+    if cx is not None and cy is not None:
+        return _fold_constant(b, "logical and", lambda p, q: torch.logical_and(torch.as_tensor(p), torch.as_tensor(q)),
+                              x, y)
+    const, other = (cx, y) if cx is not None else (cy, x)
+    if const is not None and other.type.dtype == "bool" and const.dtype == np.bool_:
+        shape = tuple(np.broadcast_shapes(const.shape, other.type.shape))
+        if const.all():  # x & true = x
+            return _expand(b, other, shape)
+        if not const.any():  # x & false = false
+            return b.m.add_param(b.m.fresh_name(b.hint), np.zeros(shape, np.bool_))
+    raise TypeRuleError("`&` of tensors computed from the inputs is not supported (only with a constant all-true "
+                        "or all-false operand)")
+
+
+@rule("aten.index.Tensor")
+def _index(b, x, indices):
+    import torch
+
+    idx = [None if i is None else _constant_data(b, i) for i in indices]
+    if any(i is not None and d is None for i, d in zip(indices, idx)):
+        raise TypeRuleError("indexing with indices computed from the inputs is not supported (only constant indices)")
+    if _constant_data(b, x) is not None:
+        return _fold_constant(b, "indexing", lambda t, *ix: t[tuple(slice(None) if i is None else i for i in ix)],
+                              x, *indices)
+    k = 0
+    while k < len(idx) and idx[k] is None:
+        k += 1
+    tail = idx[k:]
+    if any(i is None for i in tail) or any(i.dtype.kind not in "iu" for i in tail):
+        raise TypeRuleError("indexing is supported with adjacent integer index tensors only (no masks, no gaps)")
+    dims = x.type.shape[k:k + len(tail)]
+    arrays = np.broadcast_arrays(*[i.astype(np.int64) for i in tail])
+    flat = np.zeros(arrays[0].shape, np.int64)
+    for a, d in zip(arrays, dims):
+        flat = flat * d + a % d
+    xf = _reshape_to(b, x, x.type.shape[:k] + (math.prod(dims),) + x.type.shape[k + len(tail):])
+    where = b.m.add_param(b.m.fresh_name(f"{b.hint}_index"), np.ascontiguousarray(flat))
+    return b.emit("take", [xf, where], {"axis": k})
