@@ -14,9 +14,14 @@ from sliver.errors import SliverError
 from sliver.backends.tvm.targets import Target, check_toolchain, resolve, tvm_target
 
 
-def compile_module(module, target, *, progress=None) -> bytes:
+def compile_module(module, target, *, progress=None, schedules: bool = True) -> bytes:
     """Lower ``module`` through Relax, compile it for ``target`` and return the
-    bytes of the shared library (``.so``) the runtime loads."""
+    bytes of the shared library (``.so``) the runtime loads.
+
+    ``schedules=True`` (the default) compiles with sliver's default CPU schedules
+    (:mod:`sliver.backends.tvm.schedules`: channels-last convolutions, vectorized,
+    register-tiled and parallel loops); ``False`` uses TVM's plain pipeline, whose
+    naive loops are ~100x slower (kept for comparisons)."""
     import tvm
 
     from sliver.backends.tvm.lower import to_relax
@@ -30,8 +35,7 @@ def compile_module(module, target, *, progress=None) -> bytes:
     say(f"lowered {len(module.ops)} ops to Relax in {time.perf_counter() - t0:.1f}s")
     t0 = time.perf_counter()
     try:
-        with tvm.transform.PassContext(opt_level=3):
-            executable = tvm.compile(mod, target=tvm_target(target))
+        executable = build_relax(mod, tvm_target(target), schedules=schedules)
     except Exception as e:
         raise SliverError(f"TVM failed to compile @{module.name} for {target.name}: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
@@ -52,10 +56,24 @@ def compile_module(module, target, *, progress=None) -> bytes:
             return f.read()
 
 
+def build_relax(mod, target, *, schedules: bool = True, report: dict | None = None):
+    """``tvm.compile`` a Relax module for a ``tvm.target.Target``, with sliver's
+    default schedules unless ``schedules=False``; ``report`` receives
+    ``{PrimFunc name: schedule rule}``."""
+    import tvm
+
+    with tvm.transform.PassContext(opt_level=3):
+        if not schedules:
+            return tvm.compile(mod, target=target)
+        from sliver.backends.tvm.schedules import default_pipeline
+
+        return tvm.compile(mod, target=target, relax_pipeline=default_pipeline(target, report=report))
+
+
 def tvm_version() -> str:
     import tvm
 
     return tvm.__version__
 
 
-__all__ = ["compile_module", "resolve", "Target", "tvm_version"]
+__all__ = ["build_relax", "compile_module", "resolve", "Target", "tvm_version"]

@@ -1,0 +1,276 @@
+"""sliver's default CPU schedules (sliver.backends.tvm.schedules).
+
+Each rule's scheduled PrimFunc must compute exactly what the unscheduled one does
+(schedules only reorder/tile/annotate loops), for awkward shapes too: strides,
+padding, depthwise and grouped convs, channel counts the vector width does not
+divide, 1x1 convs, odd linear sizes.  PrimFuncs come from small Relax graphs run
+through the same front passes as the real pipeline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from tvm import relax, tirx  # noqa: E402
+
+from sliver.backends.tvm import schedules as S  # noqa: E402
+from sliver.backends.tvm.schedules import common, conv2d  # noqa: E402
+from sliver.backends.tvm.targets import resolve, tvm_target  # noqa: E402
+
+X86 = tvm_target(resolve("x86_64"))
+
+
+def fused_primfuncs(build, inputs):
+    """Relax main(*inputs) built by ``build(bb, *params)`` → {name: fused PrimFunc}."""
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"x{i}", relax.TensorType(shape, "float32")) for i, shape in enumerate(inputs)]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(build(bb, *params))
+        bb.emit_func_output(out)
+    with X86:
+        mod = tvm.transform.Sequential(S.front_passes())(bb.finalize())
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+
+
+def run(func, arrays):
+    lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=X86)
+    args = [tvm.runtime.tensor(a) for a in arrays]
+    lib["main"](*args)
+    return args[-1].numpy()
+
+
+def random_args(func, seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = [tuple(int(d) for d in p.ty.shape) for p in func.params]
+    args = [rng.standard_normal(s).astype("float32") for s in shapes[:-1]]
+    return args + [np.zeros(shapes[-1], "float32")]
+
+
+def check_all(funcs, expect_rules=()):
+    """Every PrimFunc scheduled == unscheduled; return {name: rule}."""
+    used = {}
+    for name, f in funcs.items():
+        sched, rule = S.schedule_primfunc(f, X86, name=name)
+        used[name] = rule
+        args = random_args(f)
+        want = run(f, [a.copy() for a in args])
+        got = run(sched, [a.copy() for a in args])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())),
+                                   err_msg=f"{name} scheduled by {rule}")
+    for rule in expect_rules:
+        assert rule in used.values(), (expect_rules, used)
+    return used
+
+
+def const(rng, *shape):
+    return relax.const(rng.standard_normal(shape).astype("float32"))
+
+
+# -- convolutions -----------------------------------------------------------------------------
+
+CONVS = [
+    # (C, H, W, OC, k, stride, pad, dilation, groups)
+    (16, 10, 10, 32, 3, 1, 1, 1, 1),  # plain 3x3
+    (3, 17, 17, 24, 7, 2, 3, 1, 1),  # stem-like: 3 input channels, 24 output (not a multiple of 16)
+    (13, 9, 9, 10, 3, 2, 1, 1, 1),  # odd channels everywhere, stride 2
+    (16, 6, 6, 8, 1, 1, 0, 1, 1),  # 1x1
+    (32, 8, 8, 32, 3, 1, 1, 1, 32),  # depthwise
+    (24, 9, 9, 24, 3, 2, 1, 1, 24),  # depthwise, stride 2, 24 channels
+    (16, 8, 8, 32, 3, 1, 1, 1, 4),  # grouped
+    (8, 11, 11, 16, 3, 1, 2, 2, 1),  # dilated
+    (5, 7, 7, 7, 3, 1, 0, 1, 1),  # no padding, nothing divides
+]
+
+
+@pytest.mark.parametrize("c,h,w,oc,k,s,p,d,g", CONVS)
+def test_conv2d_bias_relu_matches_unscheduled(c, h, w, oc, k, s, p, d, g):
+    rng = np.random.default_rng(1)
+
+    def build(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, const(rng, oc, c // g, k, k), strides=s, padding=p, dilation=d, groups=g))
+        y = bb.emit(relax.op.add(y, const(rng, 1, oc, 1, 1)))
+        return bb.emit(relax.op.nn.relu(y))
+
+    used = check_all(fused_primfuncs(build, [(1, c, h, w)]), expect_rules=["conv2d"])
+    assert "none" not in used.values()
+
+
+def test_conv_residual_relu6_chain():
+    """conv → bias → residual add → clip (ReLU6) fuse into one conv epilogue."""
+    rng = np.random.default_rng(2)
+
+    def build(bb, x, r):
+        y = bb.emit(relax.op.nn.conv2d(x, const(rng, 16, 16, 3, 3), padding=1))
+        y = bb.emit(relax.op.add(y, const(rng, 1, 16, 1, 1)))
+        y = bb.emit(relax.op.add(y, r))
+        return bb.emit(relax.op.clip(y, 0.0, 6.0))
+
+    funcs = fused_primfuncs(build, [(1, 16, 12, 12), (1, 16, 12, 12)])
+    conv_funcs = [n for n in funcs if "conv2d" in n]
+    assert len(conv_funcs) == 1 and "add" in conv_funcs[0] and "minimum" in conv_funcs[0], list(funcs)
+    check_all(funcs, expect_rules=["conv2d"])
+
+
+# -- matrix products ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 37, 23), (1, 512, 1000), (5, 64, 48), (3, 17, 16)])
+def test_linear_matches_unscheduled(m, k, n):
+    rng = np.random.default_rng(3)
+
+    def build(bb, x):
+        return bb.emit(relax.op.linear(x, const(rng, n, k), const(rng, n)))
+
+    check_all(fused_primfuncs(build, [(m, k)]), expect_rules=["dense"])
+
+
+def test_batched_matmul_matches_unscheduled():
+    def build(bb, a, b):
+        return bb.emit(relax.op.matmul(a, b))
+
+    check_all(fused_primfuncs(build, [(2, 7, 9), (2, 9, 33)]), expect_rules=["dense"])
+
+
+# -- pooling, reductions, elementwise --------------------------------------------------------------
+
+
+def test_pools_and_means_match_unscheduled():
+    rng = np.random.default_rng(4)
+
+    def build(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, const(rng, 24, 8, 1, 1)))  # makes the graph channels-last
+        a = bb.emit(relax.op.nn.max_pool2d(y, (3, 3), (2, 2), (1, 1)))
+        b = bb.emit(relax.op.nn.avg_pool2d(y, (2, 2), (2, 2)))
+        m = bb.emit(relax.op.mean(a, axis=[2, 3], keepdims=True))
+        return bb.emit(relax.op.add(bb.emit(relax.op.sum(b, axis=[2, 3], keepdims=True)), m))
+
+    used = check_all(fused_primfuncs(build, [(1, 8, 13, 13)]), expect_rules=["pool"])
+    assert "none" not in used.values()
+
+
+def test_softmax_layernorm_and_elementwise_match_unscheduled():
+    rng = np.random.default_rng(5)
+
+    def build(bb, x):
+        y = bb.emit(relax.op.nn.softmax(x, axis=-1))
+        y = bb.emit(relax.op.nn.layer_norm(y, const(rng, 19), const(rng, 19), axes=[-1]))
+        y = bb.emit(relax.op.permute_dims(y, [0, 2, 1]))
+        return bb.emit(relax.op.nn.gelu(relax.op.multiply(y, relax.const(np.float32(1.5)))))
+
+    used = check_all(fused_primfuncs(build, [(2, 33, 19)]))
+    assert set(used.values()) <= {"reduction", "injective"}, used
+
+
+# -- fallback ---------------------------------------------------------------------------------------
+
+
+def conv_funcs():
+    rng = np.random.default_rng(6)
+
+    def build(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, const(rng, 16, 8, 3, 3), padding=1))
+        return bb.emit(relax.op.nn.relu(bb.emit(relax.op.add(y, const(rng, 1, 16, 1, 1)))))
+
+    return fused_primfuncs(build, [(1, 8, 9, 9)])
+
+
+def test_failing_rule_falls_back_to_generic(monkeypatch):
+    def broken(sch, block, cpu):
+        raise RuntimeError("rule bug")
+
+    monkeypatch.setattr(conv2d, "schedule", broken)
+    used = check_all(conv_funcs())
+    assert "generic" in used.values() and "conv2d" not in used.values(), used
+
+
+def test_failing_fallback_leaves_function_unscheduled(monkeypatch):
+    from sliver.backends.tvm.schedules import elementwise
+
+    def broken(*a, **k):
+        raise RuntimeError("rule bug")
+
+    monkeypatch.setattr(conv2d, "schedule", broken)
+    monkeypatch.setattr(elementwise, "schedule_reduction_outer", broken)
+    monkeypatch.setattr(elementwise, "schedule_injective", broken)
+    used = check_all(conv_funcs())
+    assert set(used.values()) == {"none"}, used
+
+
+# -- the schedule really is fast-shaped ------------------------------------------------------------
+
+
+def _conv_func():
+    funcs = conv_funcs()
+    (name,) = [n for n in funcs if "conv2d" in n]
+    return funcs[name]
+
+
+@pytest.mark.parametrize(
+    "spec,lanes",
+    [
+        ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"}, 16),
+        ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}, 8),
+        ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}, 4),
+    ],
+)
+def test_vector_width_follows_target(spec, lanes):
+    target = tvm.target.Target({**spec, "num-cores": 2})
+    assert common.cpu_of(target).lanes == lanes
+    sched, rule = S.schedule_primfunc(_conv_func(), target)
+    assert rule == "conv2d"
+    text = sched.script()
+    assert f"T.vectorized({lanes})" in text or f"T.vectorized(T.int64({lanes}))" in text, text
+    assert "T.parallel(" in text
+
+
+def test_scheduled_conv_lowers_to_parallel_vector_code():
+    sched, rule = S.schedule_primfunc(_conv_func(), X86)
+    assert rule == "conv2d"
+    lanes = common.cpu_of(X86).lanes
+    mod = tvm.IRModule({"main": sched.with_attr("global_symbol", "main").with_attr("target", X86)})
+    s_tir = tvm.s_tir
+    with tvm.transform.PassContext(opt_level=3):
+        lowered = tvm.transform.Sequential([
+            s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+            s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation(),
+            s_tir.transform.LowerOpaqueBlock(), tirx.transform.FlattenBuffer(), tirx.transform.VectorizeLoop(True),
+        ])(mod)
+    text = lowered["main"].script()
+    assert "T.parallel(" in text
+    assert "T.Ramp(" in text and f", {lanes})" in text  # vector loads/stores of `lanes` floats
+    assert 'T.alloc_local(' in text or 'scope="local"' in text  # the register-tile accumulator
+
+
+# -- end to end ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_resnet_and_mobilenet_scheduled_match_torch_and_unscheduled():
+    import torch
+
+    from sliver.api import DEFAULT_PIPELINE, optimize, trace
+    from sliver.backends.tvm.build import build_relax
+    from sliver.backends.tvm.lower import to_relax
+    from sliver.passes.manager import parse_pipeline
+    from sliver.tools import zoo
+
+    for builder in (zoo.resnet18, zoo.mobilenet_v2):
+        model, (x,) = builder()
+        m = trace(model, (x,))
+        optimize(m, parse_pipeline(DEFAULT_PIPELINE))
+        with torch.no_grad():
+            want = model(x).numpy()
+        outs = {}
+        for sched in (True, False):
+            report = {}
+            ex = build_relax(to_relax(m), X86, schedules=sched, report=report)
+            vm = relax.VirtualMachine(ex, tvm.cpu())
+            outs[sched] = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
+            if sched:
+                assert "none" not in report.values() and "generic" not in report.values(), report
+        for got in outs.values():
+            assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
