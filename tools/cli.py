@@ -220,6 +220,10 @@ def cmd_prune(args) -> int:
     return 0
 
 
+#: commands with a parser of their own: `sliver bench ...` is `python -m sliver.tools.bench ...`
+PASSTHROUGH = {"bench": "sliver.tools.bench", "outliers": "sliver.tools.outliers"}
+
+
 def cmd_passes(args) -> int:
     import dataclasses
 
@@ -309,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     runtime_cli.add_inspect_arguments(p)
     p.set_defaults(func=runtime_cli.inspect)
 
+    sub.add_parser("bench", help="latency of torch, sliver and onnxruntime side by side (see bench --help)")
+    sub.add_parser("outliers", help="find super weights and super activations (see outliers --help)")
+
     p = sub.add_parser("passes", help="list the passes")
     p.set_defaults(func=cmd_passes)
     p = sub.add_parser("ops", help="list the IR's ops")
@@ -326,6 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        import importlib
+
+        try:
+            return importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:])
+        except SliverError as e:
+            print(f"sliver: error: {e}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     if getattr(args, "passes", "") is None:
         from sliver.api import DEFAULT_PIPELINE
