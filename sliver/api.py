@@ -60,10 +60,12 @@ def _reference_outputs(model, module, inputs) -> list[np.ndarray]:
     import torch
 
     if isinstance(model, torch.nn.Module):
+        from torch.utils._pytree import tree_flatten
+
         with torch.no_grad():
             out = model(*_torch_inputs(inputs))
-        outs = list(out) if isinstance(out, (tuple, list)) else [out]
-        return [_numpy(o) for o in outs]
+        # the same flat order torch.export gives the outputs (dicts and ModelOutputs included)
+        return [_numpy(o) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
     from sliver.ir.interp import run
 
     return run(module, [_numpy(x) for x in inputs])

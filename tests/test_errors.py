@@ -145,3 +145,17 @@ def test_export_failure_is_a_sliver_error():
 
     with pytest.raises(SliverError, match="torch.export could not capture the model"):
         sliver.trace(DataDependent(), (torch.randn(3),))
+
+
+def test_dict_outputs_become_golden_arrays(tmp_path):
+    class DictOut(nn.Module):
+        def forward(self, x):
+            return {"relu": torch.relu(x), "neg": -x}
+
+    x = torch.randn(2, 3)
+    path = sliver.lower(DictOut(), (x,), target="x86_64").save(tmp_path / "d.sliver")
+    m = sliver.load(path)
+    assert all(r["ok"] for r in m.verify())
+    relu, neg = m(x.numpy())
+    np.testing.assert_allclose(relu, torch.relu(x).numpy())
+    np.testing.assert_allclose(neg, -x.numpy())
