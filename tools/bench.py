@@ -140,20 +140,23 @@ def stats(times_ms: list[float]) -> dict:
     }
 
 
+def _warm_up(fn, warmup: int, budget_s: float) -> tuple[int, bool]:
+    """Run ``fn`` up to ``warmup`` times within a quarter of ``budget_s``; returns
+    (runs done, whether the budget cut the warm-up short)."""
+    t_start = time.perf_counter()
+    for done in range(warmup):
+        if time.perf_counter() - t_start >= 0.25 * budget_s:
+            return done, True
+        fn()
+    return warmup, False
+
+
 def time_runs(fn: Callable[[], object], warmup: int, repeat: int, budget_s: float) -> tuple[int, list[float], bool]:
     """Run ``fn`` ``warmup`` times, then time it ``repeat`` times.  Warm-up stops after
     a quarter of ``budget_s``; timing stops once ``budget_s`` of timed runs are spent
     (always at least one timed run).  Returns (warm-up runs done, times in ms, whether
     the budget cut anything short)."""
-    cut = False
-    done_warmup = 0
-    t_start = time.perf_counter()
-    for _ in range(warmup):
-        if time.perf_counter() - t_start >= 0.25 * budget_s:
-            cut = True
-            break
-        fn()
-        done_warmup += 1
+    done_warmup, cut = _warm_up(fn, warmup, budget_s)
     times: list[float] = []
     t_start = time.perf_counter()
     for _ in range(max(repeat, 1)):
@@ -173,14 +176,7 @@ def time_interleaved(fns: dict, warmup: int, repeat: int, budget_s: float) -> di
     out.  Returns ``{key: (warm-up runs, times in ms, cut short)}``."""
     out = {}
     for k, fn in fns.items():
-        done, cut = 0, False
-        t_start = time.perf_counter()
-        for _ in range(warmup):
-            if time.perf_counter() - t_start >= 0.25 * budget_s:
-                cut = True
-                break
-            fn()
-            done += 1
+        done, cut = _warm_up(fn, warmup, budget_s)
         out[k] = [done, [], cut]
     spent = dict.fromkeys(fns, 0.0)
     for _ in range(max(repeat, 1)):
