@@ -525,28 +525,6 @@ def _meta_type(node) -> TensorType | None:
     return TensorType(tuple(int(d) for d in val.shape), from_numpy(val.dtype))
 
 
-def _evaluate_factory(node, module, env) -> np.ndarray:
-    """Run a tensor factory (arange, zeros_like, tril of a constant…) at trace time.
-    Tensor arguments must be constants; ``*_like`` factories only read the shape."""
-    import torch
-
-    def concrete(a):
-        if isinstance(a, torch.fx.Node):
-            data = module.param_data(env[a.name]) if isinstance(env[a.name], Value) else None
-            if data is not None:
-                return torch.from_numpy(data)
-            if str(node.target).split(".")[1].endswith("_like"):
-                return torch.zeros(a.meta["val"].shape, dtype=a.meta["val"].dtype)
-            raise TypeRuleError(f"{node.target} of a tensor computed from the inputs is not supported")
-        if isinstance(a, (list, tuple)):
-            return type(a)(concrete(x) for x in a)
-        return a
-
-    with torch.no_grad():
-        t = node.target(*concrete(tuple(node.args)), **{k: concrete(v) for k, v in node.kwargs.items()})
-    return t.contiguous().numpy()
-
-
 def _scan_unsupported(graph) -> list[tuple[str, str | None, str | None]]:
     problems = []
     for node in graph.nodes:
@@ -638,7 +616,9 @@ def trace(model, example_inputs=(), *, name: str | None = None) -> Module:
                 elif target in IDENTITY:
                     result = args[0]
                 elif target in FACTORIES:
-                    result = module.add_param(node.name, _evaluate_factory(node, module, env))
+                    # evaluated now; `*_like` factories only read their argument's shape
+                    like = target.split(".")[1].endswith("_like")
+                    result = _fold_constant(b, target, node.target, *args, shape_only=like, **kwargs)
                 else:
                     result = RULES[target](b, *args, **kwargs)
             except (TypeRuleError, SliverError, TypeError, ValueError) as e:
@@ -696,13 +676,19 @@ def _constant_data(b: _Builder, v) -> np.ndarray | None:
         return op.decl.ref(*args, **op.attrs).contiguous().numpy()
 
 
-def _fold_constant(b: _Builder, what: str, fn, *args) -> Value:
-    """``fn(*args)`` evaluated now (every tensor argument must be constant) as a param."""
+def _fold_constant(b: _Builder, what: str, fn, *args, shape_only: bool = False, **kwargs) -> Value:
+    """``fn(*args, **kwargs)`` evaluated now as a param.  Every tensor argument must
+    be constant, unless ``shape_only``: then ``fn`` only reads shapes and dtypes
+    (``zeros_like``), and a computed tensor stands in as zeros of its type."""
     import torch
+
+    from sliver.ir.types import to_numpy
 
     def concrete(a):
         if isinstance(a, Value):
             d = _constant_data(b, a)
+            if d is None and shape_only:
+                d = np.zeros(a.type.shape, to_numpy(a.type.dtype))
             if d is None:
                 raise TypeRuleError(f"{what} of a tensor computed from the inputs is not supported (only of constants)")
             return torch.from_numpy(np.ascontiguousarray(d))
@@ -711,7 +697,7 @@ def _fold_constant(b: _Builder, what: str, fn, *args) -> Value:
         return a
 
     with torch.no_grad():
-        out = fn(*concrete(args))
+        out = fn(*concrete(args), **{k: concrete(v) for k, v in kwargs.items()})
     return b.m.add_param(b.m.fresh_name(b.hint), out.contiguous().numpy())
 
 
