@@ -2,38 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from sliver.errors import SliverError
+from sliver.files import atomic_write
 
 
 def params_path(path) -> Path:
     return Path(path).with_suffix(".npz")
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_module(module, path) -> Path:
     """Write ``path`` (IR text) and its params beside it (same stem, ``.npz``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(params_path(path), lambda f: np.savez(f, **module.params))
-    _atomic_write(path, lambda f: f.write(str(module).encode()))
-    return path
+    atomic_write(params_path(path), lambda f: np.savez(f, **module.params))
+    return atomic_write(path, lambda f: f.write(str(module).encode()))
 
 
 def load_module(path):

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from sliver.errors import ArtifactError, InputError
+from sliver.files import atomic_write
 
 FORMAT = "sliver-artifact"
 FORMAT_VERSION = 1
@@ -77,22 +78,16 @@ class Artifact:
 
     def save(self, path) -> Path:
         """Write the artifact atomically: a crash never leaves a half-written file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         golden = io.BytesIO()
         np.savez(golden, **self.golden)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+
+        def write(f):
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
                 z.writestr(MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=True))
                 z.writestr(LIBRARY, self.library)
                 z.writestr(GOLDEN, golden.getvalue())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+
+        return atomic_write(path, write)
 
     def load(self) -> "CompiledModel":
         """Run this artifact in the current process (its target must be this machine)."""

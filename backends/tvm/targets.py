@@ -11,12 +11,11 @@ This module does not import TVM; :func:`tvm_target` does, when asked.
 
 from __future__ import annotations
 
-import json
-import platform
 import shutil
 from dataclasses import dataclass, field
 
 from sliver.errors import TargetError
+from sliver.runtime.artifact import host_arch
 
 
 @dataclass(frozen=True)
@@ -25,18 +24,6 @@ class Target:
     arch: str  # the machine the artifact runs on: "x86_64" or "aarch64"
     spec: dict = field(hash=False)  # the TVM target dict
     cross_compiler: str | None = None  # gcc to link with, None for the host compiler
-
-    @property
-    def is_host(self) -> bool:
-        return self.arch == host_arch()
-
-    def describe(self) -> str:
-        return f"{self.name} ({json.dumps(self.spec, sort_keys=True)})"
-
-
-def host_arch() -> str:
-    m = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
 
 
 def _host_cpu() -> str:
