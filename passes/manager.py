@@ -24,6 +24,7 @@ from typing import ClassVar, Sequence, TextIO
 import numpy as np
 
 from sliver.errors import SliverError
+from sliver.text import table_lines
 
 _PASSES: dict[str, type["Pass"]] = {}
 
@@ -282,8 +283,7 @@ def format_records(records: Sequence[PassRecord]) -> str:
         drift = "-" if r.drift is None else f"{r.drift:.2e}"
         rows.append((r.spec, f"{r.seconds * 1e3:.1f} ms", "yes" if r.changed else "no",
                      f"{r.ops_before} -> {r.ops_after}", f"{r.params_before} -> {r.params_after}", drift))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows) + "\n"
+    return "\n".join(table_lines(rows)) + "\n"
 
 
 __all__ = [

@@ -55,6 +55,7 @@ import numpy as np
 
 from sliver.errors import SliverError
 from sliver.passes.manager import Pass, max_relative_error, register
+from sliver.text import table_lines
 
 # ----------------------------------------------------------------------------
 # projections and their [tokens, channels] views
@@ -513,7 +514,7 @@ def format_report(report: dict) -> str:
                          _num(w["downstream_before"]), _num(w["downstream_after"]),
                          f"{w['massive_removed']}/{w['massive_total']}",
                          f"{w['output_change']:.3g}"))
-        lines += _table(rows)
+        lines += table_lines(rows, indent="  ")
         t = report["all_super_weights_ablated"]
         lines.append(f"  all {len(sw)} ablated together: {t['massive_removed']}/{t['massive_total']} massive activations "
                      f"gone, output change {t['output_change']:.3g} (max relative error)")
@@ -525,7 +526,7 @@ def format_report(report: dict) -> str:
         for a in sa:
             rows.append((a["value"], a["site"], a["layer"], str(a["position"]), str(a["channel"]),
                          f"{a['activation']:.4g}", f"{a['ratio']:.0f}", ", ".join(a["removed_by"]) or "-"))
-        lines += _table(rows)
+        lines += table_lines(rows, indent="  ")
     un = report["unexplained_spikes"]
     if un:
         lines.append("")
@@ -550,6 +551,3 @@ def _group_text(w) -> str:
     return f"+{others}: {s['after_group']:.4g}"
 
 
-def _table(rows) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

@@ -30,6 +30,7 @@ from sliver.errors import SliverError
 from sliver.ir.core import Module
 from sliver.passes.channels import ChannelAnalysis, channel_axis, is_depthwise
 from sliver.passes.manager import Pass, register
+from sliver.text import table_lines
 
 METHODS = ("l1", "l2", "fpgm")
 
@@ -466,8 +467,7 @@ def format_report(report: PruneReport) -> str:
     for r in report.layers:
         rows.append((r.name, f"{r.in_before} -> {r.in_after}", f"{r.out_before} -> {r.out_after}", r.read,
                      str(r.gathered), f"{r.bytes_copied:,}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines = table_lines(rows)
     lines.append(f"params {report.params_before:,} -> {report.params_after:,}   "
                  f"MACs {report.macs_before:,} -> {report.macs_after:,}   gathers {report.gathers}, "
                  f"{report.gathered_channels} channels, {report.bytes_copied:,} bytes copied per inference")
