@@ -112,8 +112,7 @@ def cmd_trace(args) -> int:
 
 
 def _instruments(args, inputs):
-    import numpy as np
-
+    from sliver.api import _numpy
     from sliver.passes.manager import DumpDir, NumericDrift, PrintIR
 
     out = []
@@ -123,7 +122,7 @@ def _instruments(args, inputs):
     if args.dump_dir:
         out.append(DumpDir(args.dump_dir))
     if args.drift:
-        out.append(NumericDrift([np.asarray(x.detach() if hasattr(x, "detach") else x) for x in inputs]))
+        out.append(NumericDrift([_numpy(x) for x in inputs]))
     return out
 
 
@@ -256,7 +255,10 @@ def cmd_demo(args) -> int:
 
 
 def _add_ir_debug_flags(p):
-    p.add_argument("--passes", default=None, help="pass pipeline, e.g. fold-batchnorm,dce (see `sliver passes`)")
+    from sliver.api import DEFAULT_PIPELINE
+
+    p.add_argument("--passes", default=DEFAULT_PIPELINE,
+                   help=f"pass pipeline (default {DEFAULT_PIPELINE}; see `sliver passes`)")
     p.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
     p.add_argument("--print-after", action="append", metavar="PASS", help="print the IR after this pass")
     p.add_argument("--print-after-change", action="store_true", help="print the IR after passes that change it")
@@ -267,8 +269,6 @@ def _add_ir_debug_flags(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sliver.api import DEFAULT_PIPELINE
-
     parser = argparse.ArgumentParser(prog="sliver", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -327,8 +327,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", help="where to write the artifacts (default ./out)")
     p.set_defaults(func=cmd_demo)
 
-    for name in ("opt", "lower"):
-        sub.choices[name].set_defaults(passes=DEFAULT_PIPELINE)
     return parser
 
 
@@ -343,10 +341,6 @@ def main(argv=None) -> int:
             print(f"sliver: error: {e}", file=sys.stderr)
             return 2
     args = build_parser().parse_args(argv)
-    if getattr(args, "passes", "") is None:
-        from sliver.api import DEFAULT_PIPELINE
-
-        args.passes = DEFAULT_PIPELINE
     try:
         return args.func(args)
     except SliverError as e:
