@@ -61,6 +61,21 @@ def elf_arch(data: bytes) -> str | None:
     return _ELF_MACHINES.get(machine, f"elf-machine-{machine}")
 
 
+def output_error(got, want) -> tuple[float, float]:
+    """(max |got - want|, that divided by max |want|): inf when the shapes differ or a
+    value is not finite; the relative error is the absolute one when want is all zero."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        return float("inf"), float("inf")
+    if want.size == 0:
+        return 0.0, 0.0
+    diff = np.abs(got - want)
+    if not np.all(np.isfinite(diff)):
+        return float("inf"), float("inf")
+    err, scale = float(diff.max()), float(np.abs(want).max())
+    return err, (err / scale if scale else err)
+
+
 @dataclass
 class Artifact:
     """A compiled model before or after it is written to disk."""
@@ -220,9 +235,8 @@ class CompiledModel:
         reports = []
         for i, (spec, got) in enumerate(zip(self.outputs, outs)):
             want = self.artifact.golden[f"output_{i}"]
-            err = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
+            err, rel = output_error(got, want)
             scale = float(np.abs(want).max()) if want.size else 0.0
             ok = bool(np.allclose(got, want, rtol=tol["rtol"], atol=tol["atol"] * max(scale, 1e-30)))
-            reports.append({"output": spec["name"], "max_abs_err": err,
-                            "max_rel_err": err / scale if scale else err, "ok": ok})
+            reports.append({"output": spec["name"], "max_abs_err": err, "max_rel_err": rel, "ok": ok})
         return reports

@@ -55,6 +55,8 @@ from typing import Callable
 
 import numpy as np
 
+from sliver.runtime.artifact import output_error
+
 DEFAULT_MODELS = ("resnet18", "mobilenet_v2")
 BACKENDS = ("torch", "sliver", "onnxruntime")
 LABELS = {"torch": "torch eager", "sliver": "sliver x86_64", "onnxruntime": "onnxruntime"}
@@ -111,22 +113,6 @@ def tvm_threads() -> int | None:
         return int(f()) if f is not None else None
     except Exception:
         return None
-
-
-def compare(got, want) -> tuple[float, float]:
-    """(max abs error, max abs error / max |want|); inf when shapes differ or NaN appear."""
-    got = np.asarray(got)
-    want = np.asarray(want)
-    if got.shape != want.shape:
-        return float("inf"), float("inf")
-    if want.size == 0:
-        return 0.0, 0.0
-    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    if not np.all(np.isfinite(diff)):
-        return float("inf"), float("inf")
-    err = float(diff.max())
-    scale = float(np.abs(want).max())
-    return err, (err / scale if scale else err)
 
 
 def stats(times_ms: list[float]) -> dict:
@@ -488,7 +474,7 @@ def run_benchmark(args) -> dict:
             except Exception as e:
                 _fail(res, prepared.pop(b), e, "while running")
                 continue
-            res.max_abs_err, res.max_rel_err = compare(out, ref)
+            res.max_abs_err, res.max_rel_err = output_error(out, ref)
             res.matches_torch = bool(res.max_rel_err <= args.tol)
             if not res.matches_torch:
                 res.status = "mismatch"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sliver.runtime.artifact import output_error
+
 
 def _example():
     import importlib.util
@@ -26,7 +28,7 @@ def _example():
 
 
 def _row(name: str, out: np.ndarray, ref: np.ndarray) -> str:
-    err = float(np.abs(out - ref).max() / np.abs(ref).max())
+    err = output_error(out, ref)[1]
     top = ", ".join(f"{v:+.4f}" for v in out.reshape(-1)[:5])
     return f"  {name:<26} [{top}, …]  argmax {int(out.argmax())}  max rel err {err:.1e}"
 
