@@ -71,6 +71,22 @@ def _reference_outputs(model, module, inputs) -> list[np.ndarray]:
     return run(module, [_numpy(x) for x in inputs])
 
 
+def _tuning_database(module, target, tune, rpc, progress):
+    """The tuning database ``lower`` applies (None: default schedules only), after
+    tuning first when ``tune`` is a budget."""
+    if tune is False:
+        return None
+    from sliver.backends.tvm import tuning
+
+    if tune is not None:
+        budget = tuning.Budget.of(tune)
+        if rpc is not None and not isinstance(rpc, tuning.RPC):
+            rpc = tuning.RPC(*rpc)
+        tuning.tune(module, target, budget, rpc=rpc, progress=tuning.Progress(say=progress))
+    db = tuning.TuningDatabase(target, create=False)
+    return db if db.exists() else None
+
+
 def lower(
     model,
     example_inputs=(),
@@ -82,6 +98,8 @@ def lower(
     progress: Callable[[str], None] | None = None,
     rtol: float = 1e-3,
     atol: float = 1e-4,
+    tune=None,
+    rpc=None,
 ):
     """Trace, optimize and compile ``model`` for ``target``; returns an
     :class:`~sliver.runtime.artifact.Artifact` (``.save(path)``, ``.load()``).
@@ -91,6 +109,13 @@ def lower(
     inputs and the model's outputs on them are stored as golden data, so the
     device can check itself (``sliver run --verify``).  ``atol`` is relative to
     the largest output magnitude.
+
+    ``tune``: ``None`` (the default) applies the records the tuning database
+    already holds for ``target`` (``sliver tune``; ``$SLIVER_TUNING_DIR`` or
+    ``~/.cache/sliver/tuning``); ``False`` ignores them (default schedules only);
+    a budget (``200`` trials, ``"10m"``, a ``tuning.Budget``) tunes first, measuring
+    on this machine or, with ``rpc=("HOST:PORT", "pi")``, on the device registered
+    with that RPC tracker.  Kernels without a record keep their default schedule.
     """
     from sliver.backends.tvm.build import compile_module, tvm_version
     from sliver.backends.tvm.targets import check_toolchain, resolve
@@ -112,7 +137,9 @@ def lower(
     golden_outputs = _reference_outputs(model, module, inputs)
 
     records = optimize(module, pipeline, verify=verify, instruments=instruments)
-    library = compile_module(module, tgt, progress=progress)
+    tuning = _tuning_database(module, tgt, tune, rpc, progress)
+    schedules: dict = {}
+    library = compile_module(module, tgt, progress=progress, tuning=tuning, report=schedules)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -128,6 +155,9 @@ def lower(
         "library": {"file": "lib.so", "sha256": hashlib.sha256(library).hexdigest(), "bytes": len(library)},
         "golden": {"file": "golden.npz", "rtol": rtol, "atol": atol},
         "params": {"count": len(module.params), "bytes": int(sum(a.nbytes for a in module.params.values()))},
+        "tuning": {"database": tuning.key if tuning is not None else None,
+                   "tuned": sorted(k for k, v in schedules.items() if v == "tuned"),
+                   "kernels": len(schedules)},
     }
     golden = {f"input_{i}": x for i, x in enumerate(golden_inputs)}
     golden.update({f"output_{i}": y for i, y in enumerate(golden_outputs)})

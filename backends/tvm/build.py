@@ -14,14 +14,18 @@ from sliver.errors import SliverError
 from sliver.backends.tvm.targets import Target, check_toolchain, resolve, tvm_target
 
 
-def compile_module(module, target, *, progress=None, schedules: bool = True) -> bytes:
+def compile_module(module, target, *, progress=None, schedules: bool = True, tuning=None,
+                   report: dict | None = None) -> bytes:
     """Lower ``module`` through Relax, compile it for ``target`` and return the
     bytes of the shared library (``.so``) the runtime loads.
 
     ``schedules=True`` (the default) compiles with sliver's default CPU schedules
     (:mod:`sliver.backends.tvm.schedules`: channels-last convolutions, vectorized,
     register-tiled and parallel loops); ``False`` uses TVM's plain pipeline, whose
-    naive loops are ~100x slower (kept for comparisons)."""
+    naive loops are ~100x slower (kept for comparisons).  ``tuning`` (a
+    :class:`~sliver.backends.tvm.tuning.TuningDatabase` for this target) replaces
+    the default schedule of every function it holds a faster record for.
+    ``report`` receives ``{PrimFunc name: "tuned" or the default rule}``."""
     import tvm
 
     from sliver.backends.tvm.lower import to_relax
@@ -35,7 +39,9 @@ def compile_module(module, target, *, progress=None, schedules: bool = True) -> 
     say(f"lowered {len(module.ops)} ops to Relax in {time.perf_counter() - t0:.1f}s")
     t0 = time.perf_counter()
     try:
-        executable = build_relax(mod, tvm_target(target), schedules=schedules)
+        before = [tuning.apply_pass(report)] if tuning is not None and schedules else []
+        executable = build_relax(mod, tvm_target(target), schedules=schedules, report=report,
+                                 before_schedule=before)
     except Exception as e:
         raise SliverError(f"TVM failed to compile @{module.name} for {target.name}: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
@@ -56,10 +62,11 @@ def compile_module(module, target, *, progress=None, schedules: bool = True) -> 
             return f.read()
 
 
-def build_relax(mod, target, *, schedules: bool = True, report: dict | None = None):
+def build_relax(mod, target, *, schedules: bool = True, report: dict | None = None, before_schedule=()):
     """``tvm.compile`` a Relax module for a ``tvm.target.Target``, with sliver's
     default schedules unless ``schedules=False``; ``report`` receives
-    ``{PrimFunc name: schedule rule}``."""
+    ``{PrimFunc name: schedule rule}``; ``before_schedule``: Relax passes run on the
+    fused module before the default schedules (the tuner's)."""
     import tvm
 
     with tvm.transform.PassContext(opt_level=3):
@@ -67,7 +74,8 @@ def build_relax(mod, target, *, schedules: bool = True, report: dict | None = No
             return tvm.compile(mod, target=target)
         from sliver.backends.tvm.schedules import default_pipeline
 
-        return tvm.compile(mod, target=target, relax_pipeline=default_pipeline(target, report=report))
+        return tvm.compile(mod, target=target, relax_pipeline=default_pipeline(
+            target, report=report, before_schedule=before_schedule))
 
 
 def tvm_version() -> str:
