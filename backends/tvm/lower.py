@@ -7,6 +7,7 @@ torch model.  Params become Relax constants; the compiled library carries them.
 from __future__ import annotations
 
 import math
+import re
 from typing import Callable
 
 import numpy as np
@@ -329,6 +330,45 @@ def _attention(bb, op, q, k, v, mask=None):
 # -- the module ---------------------------------------------------------------------------
 
 
+def var_name(op, index: int) -> str:
+    """The Relax name of every var the lowering of ``module.ops[index]`` emits: its
+    result's name as an identifier, then ``__INDEX_``.  Relax appends digits to
+    repeated names; the trailing underscore keeps the index readable
+    (:func:`op_index`), so fused PrimFuncs can be traced back to sliver ops."""
+    return "".join(c if c.isalnum() else "_" for c in op.results[0].name) + f"__{index}_"
+
+
+def op_index(name: str) -> int | None:
+    """The sliver op index in a Relax var name made by :func:`var_name` (None if not one)."""
+    m = re.search(r"__(\d+)_\d*$", name)
+    return int(m.group(1)) if m else None
+
+
+class _NamedEmitter:
+    """The BlockBuilder a lowering rule sees: ``emit`` names vars after the op."""
+
+    def __init__(self, bb, name: str):
+        self._bb, self._name = bb, name
+
+    def emit(self, expr, name_hint: str = ""):
+        return self._bb.emit(self._bind_nested(expr), name_hint=name_hint or self._name)
+
+    def _bind_nested(self, expr):
+        """Emit nested calls first, under the op's name (Relax would name them ``lv``)."""
+        from tvm import relax
+
+        if isinstance(expr, relax.Tuple):
+            return relax.Tuple([self._bind_nested(f) if not isinstance(f, relax.Call) else self.emit(f)
+                                for f in expr.fields])
+        if isinstance(expr, relax.Call) and any(isinstance(a, (relax.Call, relax.Tuple)) for a in expr.args):
+            args = [self.emit(a) if isinstance(a, relax.Call) else self._bind_nested(a) for a in expr.args]
+            return relax.Call(expr.op, args, expr.attrs, expr.ty_args, expr.span)
+        return expr
+
+    def __getattr__(self, attr):
+        return getattr(self._bb, attr)
+
+
 def unsupported_ops(module) -> list[str]:
     return sorted({op.kind for op in module.ops if op.kind != "param" and op.kind not in LOWERING})
 
@@ -345,12 +385,12 @@ def to_relax(module):
     env = {id(v): p for v, p in zip(module.inputs, params)}
     with bb.function("main", params):
         with bb.dataflow():
-            for op in module.ops:
+            for index, op in enumerate(module.ops):
                 if op.kind == "param":
                     env[id(op.result)] = _const(module.params[op.result.name])
                     continue
                 args = [env[id(v)] for v in op.operands]
-                out = LOWERING[op.kind](bb, op, *args)
+                out = LOWERING[op.kind](_NamedEmitter(bb, var_name(op, index)), op, *args)
                 env[id(op.result)] = out
             outs = [env[id(v)] for v in module.outputs]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
