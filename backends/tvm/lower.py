@@ -328,3 +328,7 @@ def to_relax(module):
             gv = bb.emit_output(result)
         bb.emit_func_output(gv)
     return bb.finalize()
+
+
+# lowering rules kept in their own files register themselves into LOWERING on import
+from sliver.backends.tvm import wq_linear  # noqa: E402,F401
