@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Sequence
 
 from sliver.errors import SliverError
 
@@ -183,6 +184,8 @@ def run_python(
     timeout: float | None = 600,
     cwd=None,
     cpu: str = PI_CPU,
+    qemu: str = QEMU,
+    qemu_args: Sequence[str] = (),
 ) -> subprocess.CompletedProcess:
     """Run the emulated Pi's ``python3.11 *argv`` and return its result (text, captured).
 
@@ -190,14 +193,16 @@ def run_python(
     sees the host's file system, so paths can be passed unchanged.  A script's own
     folder is not put on ``sys.path`` (PYTHONSAFEPATH), so it cannot import siblings.  A non-zero exit
     is returned, not raised; a timeout raises :class:`subprocess.TimeoutExpired`.
-    binfmt_misc is not assumed: qemu is invoked explicitly.
+    binfmt_misc is not assumed: qemu is invoked explicitly.  ``qemu`` and
+    ``qemu_args`` pick another qemu binary and add options before the program (the
+    instruction counter, :mod:`sliver.runtime.icount`, loads a plugin this way).
     """
     ensure_ready()
     sysroot = pi_root() / "sysroot"
     with tempfile.TemporaryDirectory(prefix="sliver-pi-stage-") as tmp:
         stage = pathlib.Path(tmp)
         _stage_deploy_packages(stage)
-        cmd = [QEMU, "-cpu", cpu, "-L", str(sysroot), str(sysroot / PI_PYTHON), *argv]
+        cmd = [qemu, "-cpu", cpu, *qemu_args, "-L", str(sysroot), str(sysroot / PI_PYTHON), *argv]
         return subprocess.run(
             cmd,
             env=_emulated_env(stage, env),

@@ -153,6 +153,35 @@ def _matmul(bb, op, a, b):
     return bb.emit(_R().matmul(a, b))
 
 
+# -- quantization ------------------------------------------------------------------
+
+
+@lowers("fake_quant")
+def _fake_quant(bb, op, x, scale, zero_point):
+    """Float simulation, torch's kernel step by step: q = clip(round(x * (1 / scale)) + zp,
+    qmin, qmax); y = (q - zp) * scale.  TVM's round is LLVM's nearbyint (half to even), and
+    the reciprocal is taken in float32 like torch's ``1.0f / scale``; so this matches
+    torch bit for bit.  (The integer ops quantize/qconv2d/... are lowered in lowbit.py.)"""
+    R = _R()
+    a = op.attrs
+    t = op.operands[0].type
+    if a["axis"] is not None:  # [C] → broadcast along axis
+        ax = a["axis"] % t.rank
+        shape = [1] * t.rank
+        shape[ax] = -1
+        scale = bb.emit(R.reshape(scale, shape))
+        zero_point = bb.emit(R.reshape(zero_point, shape))
+    dt = _dtype(t.dtype)
+    scale = bb.emit(R.astype(scale, "float32"))
+    inv = bb.emit(R.divide(_scalar(1.0, scale), scale))
+    zp = bb.emit(R.astype(zero_point, dt))
+    if dt != "float32":
+        inv, scale = bb.emit(R.astype(inv, dt)), bb.emit(R.astype(scale, dt))
+    q = bb.emit(R.add(R.round(R.multiply(x, inv)), zp))
+    q = bb.emit(R.clip(q, float(a["qmin"]), float(a["qmax"])))
+    return bb.emit(R.multiply(R.subtract(q, zp), scale))
+
+
 # -- normalization ----------------------------------------------------------------
 
 
