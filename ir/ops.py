@@ -605,7 +605,8 @@ declare(
 # Rounding follows torch's fake-quant kernels bit for bit:
 #     q = clamp(zero_point + nearbyint(x * inv_scale), qmin, qmax),  inv_scale = 1.0f / float(scale)
 # i.e. x is multiplied by the float32 reciprocal of the float32 scale (not divided
-# by the scale), nearbyint rounds half to even, and the result is clamped.
+# by the scale), nearbyint rounds half to even, and the result is clamped.  This step
+# is always float32 math, also when the interpreter runs in float64.
 # Integer products in qconv2d / qdense are accumulated exactly (float64 holds every
 # int32 sum exactly), then rescaled in the input's float type.
 
@@ -666,11 +667,14 @@ def _fake_quant_infer(types, *, qmin, qmax, axis):
 
 
 def _fake_quant_ref(x, scale, zero_point, *, qmin, qmax, axis):
+    # Always float32 math (then back to x's type): a float64 product x * (1/scale)
+    # rounds differently near ties, and fake-quantized weights must be torch's exactly
+    # even when const-fold or the float64 interpreter evaluates them.
     torch = _torch()
-    scale, zero_point = scale.float(), zero_point.int()
+    scale, zero_point, xf = scale.float(), zero_point.int(), x.float()
     if axis is None:
-        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
-    return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis % x.dim(), qmin, qmax)
+        return torch.fake_quantize_per_tensor_affine(xf, scale, zero_point, qmin, qmax).to(x.dtype)
+    return torch.fake_quantize_per_channel_affine(xf, scale, zero_point, axis % x.dim(), qmin, qmax).to(x.dtype)
 
 
 declare(
@@ -697,7 +701,7 @@ def _quantize_ref(x, *, scale, zero_point, dtype):
     from sliver.ir.types import int_range, to_numpy
 
     torch = _torch()
-    q = quantize_codes(x, scale, zero_point, *int_range(dtype))
+    q = quantize_codes(x.float(), scale, zero_point, *int_range(dtype))  # float32 math, as fake_quant
     return q.to(getattr(torch, str(to_numpy(dtype))))
 
 
