@@ -304,8 +304,9 @@ def _qparam(b: _Builder, v, dtype: str, shape: tuple, what: str) -> Value:
     if v.type.shape == tuple(shape) and v.type.dtype == dtype:
         return v
     data = _constant_data(b, v)
-    if data is not None:  # a param: reshape/cast it now
-        return b.m.add_param(b.m.fresh_name(f"{b.hint}_{what}"), data.reshape(shape).astype(to_numpy(dtype)))
+    if data is not None:  # a param: reshape/cast it now (named after it, e.g. conv.act_quant.scale)
+        name = v.name if b.m.param_data(v) is not None else f"{b.hint}_{what}"
+        return b.m.add_param(b.m.fresh_name(name), data.reshape(shape).astype(to_numpy(dtype)))
     if v.type.shape != tuple(shape):
         v = b.emit("reshape", [v], {"shape": tuple(shape)})
     return v if v.type.dtype == dtype else b.emit("cast", [v], {"dtype": dtype})
@@ -318,7 +319,8 @@ def _learned_zero_point(b: _Builder, zp, qmin, qmax, shape) -> Value:
         raise TypeRuleError("a learnable fake-quant zero point computed from the inputs is not supported "
                             "(it must be a parameter)")
     rounded = np.clip(np.round(np.asarray(data, np.float32)), qmin, qmax).astype(np.int32).reshape(shape)
-    return b.m.add_param(b.m.fresh_name(f"{b.hint}_zero_point"), rounded)
+    name = zp.name if isinstance(zp, Value) and b.m.param_data(zp) is not None else f"{b.hint}_zero_point"
+    return b.m.add_param(b.m.fresh_name(name), rounded)
 
 
 @rule("aten.fake_quantize_per_tensor_affine.default", "aten.fake_quantize_per_tensor_affine.tensor_qparams",
