@@ -303,6 +303,11 @@ def _sum(bb, op, x):
     return bb.emit(_R().sum(x, axis=list(op.attrs["axes"]), keepdims=op.attrs["keepdim"]))
 
 
+@lowers("amax")
+def _amax(bb, op, x):
+    return bb.emit(_R().max(x, axis=list(op.attrs["axes"]), keepdims=op.attrs["keepdim"]))
+
+
 @lowers("attention")
 def _attention(bb, op, q, k, v, mask=None):
     """softmax(q k^T * scale + mask) v, written out in Relax ops on [B, H, S, D]."""
