@@ -114,7 +114,8 @@ def lower(
     golden_outputs = _reference_outputs(model, module, inputs)
 
     records = optimize(module, pipeline, verify=verify, instruments=instruments)
-    library = compile_module(module, tgt, progress=progress)
+    kernels: dict = {}
+    library = compile_module(module, tgt, progress=progress, kernels=kernels)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -131,6 +132,8 @@ def lower(
         "golden": {"file": "golden.npz", "rtol": rtol, "atol": atol},
         "params": {"count": len(module.params), "bytes": int(sum(a.nbytes for a in module.params.values()))},
     }
+    if kernels:  # which kernel each low-bit layer got (qconv2d / qdense)
+        manifest["kernels"] = kernels
     golden = {f"input_{i}": x for i, x in enumerate(golden_inputs)}
     golden.update({f"output_{i}": y for i, y in enumerate(golden_outputs)})
     return Artifact(library, manifest, golden, module=module, records=records)

@@ -6,7 +6,9 @@ torch model.  Params become Relax constants; the compiled library carries them.
 
 from __future__ import annotations
 
+import contextvars
 import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -44,9 +46,12 @@ def _const(array: np.ndarray):
 
 
 def _dtype(kind: str) -> str:
-    """sliver element type → TVM dtype string."""
+    """sliver element type → TVM dtype string (sub-byte codes ``u2``, ``i4``… are held
+    one per byte, as ``uint8`` / ``int8``)."""
     if kind == "bool":
         return "bool"
+    if kind[0] in "iu" and int(kind[1:]) < 8:
+        kind = kind[0] + "8"
     letter = {"f": "float", "i": "int", "u": "uint"}[kind[0]]
     return f"{letter}{kind[1:]}"
 
@@ -333,8 +338,37 @@ def unsupported_ops(module) -> list[str]:
     return sorted({op.kind for op in module.ops if op.kind != "param" and op.kind not in LOWERING})
 
 
-def to_relax(module):
-    """Build a Relax IRModule whose ``main`` computes ``module``."""
+@dataclass
+class LowerContext:
+    """What lowering rules may consult and record: the target (a
+    :class:`~sliver.backends.tvm.targets.Target`, or None), ``report`` (``{layer:
+    kernel}`` for layers with a choice of kernels) and ``sources`` (C files the
+    library must link, for kernels called as packed functions)."""
+
+    target: object = None
+    report: dict = field(default_factory=dict)
+    sources: set = field(default_factory=set)
+
+
+_CONTEXT: contextvars.ContextVar[LowerContext | None] = contextvars.ContextVar("sliver_lower", default=None)
+
+
+def current() -> LowerContext | None:
+    """The :class:`LowerContext` of the ``to_relax`` call in progress."""
+    return _CONTEXT.get()
+
+
+def to_relax(module, context: LowerContext | None = None):
+    """Build a Relax IRModule whose ``main`` computes ``module``; rules see ``context``
+    (what ``current()`` returns) and record their choices in it."""
+    token = _CONTEXT.set(context if context is not None else LowerContext())
+    try:
+        return _to_relax(module)
+    finally:
+        _CONTEXT.reset(token)
+
+
+def _to_relax(module):
     from tvm import relax
 
     missing = unsupported_ops(module)
@@ -357,3 +391,8 @@ def to_relax(module):
             gv = bb.emit_output(result)
         bb.emit_func_output(gv)
     return bb.finalize()
+
+
+# lowering rules kept in their own files register themselves into LOWERING on import
+from sliver.backends.tvm import lowbit as _lowbit  # noqa: E402,F401 - registers quantize, qconv2d, …
+from sliver.backends.tvm import wq_linear as _wq_linear  # noqa: E402,F401 - registers wq_linear
