@@ -16,8 +16,10 @@ import numpy as np
 import sliver
 from sliver.errors import SliverError
 
-#: what ``lower`` runs when no pipeline is given
-DEFAULT_PIPELINE = "fold-batchnorm,const-fold,cse,dce"
+#: what ``lower`` runs when no pipeline is given.  fold-fake-quant goes first: it turns QAT
+#: layers into low-bit ops (absorbing their batch norms) before fold-batchnorm and
+#: const-fold would bake the fake-quantized weights into float params.
+DEFAULT_PIPELINE = "fold-fake-quant,fold-batchnorm,const-fold,cse,dce"
 
 
 def _as_tuple(example_inputs) -> tuple:
