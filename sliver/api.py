@@ -16,8 +16,10 @@ import numpy as np
 import sliver
 from sliver.errors import SliverError
 
-#: what ``lower`` runs when no pipeline is given
-DEFAULT_PIPELINE = "fold-batchnorm,const-fold,cse,dce"
+#: what ``lower`` runs when no pipeline is given.  fold-fake-quant goes first: it turns QAT
+#: layers into low-bit ops (absorbing their batch norms) before fold-batchnorm and
+#: const-fold would bake the fake-quantized weights into float params.
+DEFAULT_PIPELINE = "fold-fake-quant,fold-batchnorm,const-fold,cse,dce"
 
 
 def _as_tuple(example_inputs) -> tuple:
@@ -152,8 +154,9 @@ def lower(
     golden_outputs = _reference_outputs(model, module, inputs)
 
     records = optimize(module, pipeline, verify=verify, instruments=instruments)
+    kernels: dict = {}
     primfuncs: dict = {}
-    library = compile_module(module, tgt, progress=progress, layers=primfuncs)
+    library = compile_module(module, tgt, progress=progress, kernels=kernels, layers=primfuncs)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -176,6 +179,8 @@ def lower(
                  "shape": list(op.results[0].type.shape)} for op in module.ops if op.kind != "param"],
         "primfuncs": primfuncs,
     }
+    if kernels:  # which kernel each low-bit layer got (qconv2d / qdense)
+        manifest["kernels"] = kernels
     golden = {f"input_{i}": x for i, x in enumerate(golden_inputs)}
     golden.update({f"output_{i}": y for i, y in enumerate(golden_outputs)})
     return Artifact(library, manifest, golden, module=module, records=records)

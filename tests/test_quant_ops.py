@@ -46,6 +46,10 @@ def test_fake_quant_per_tensor_is_torch_bit_for_bit(scale, zp, qmin, qmax):
     got = ref("fake_quant", x, torch.tensor(scale), torch.tensor(zp, dtype=torch.int32), qmin=qmin, qmax=qmax)
     want = torch.fake_quantize_per_tensor_affine(x, scale, zp, qmin, qmax)
     assert torch.equal(got, want)
+    # float32 rounding also when the interpreter (or const-fold) runs in float64
+    got64 = ref("fake_quant", x.double(), torch.tensor(scale).double(), torch.tensor(zp, dtype=torch.int32),
+                qmin=qmin, qmax=qmax)
+    assert got64.dtype == torch.float64 and torch.equal(got64.float(), want)
     # quantize → dequantize is the same function, split at the integer codes
     dtype = next(d for d in ("u1", "u4", "i2", "i8") if int_range(d) == (qmin, qmax)) if (qmin, qmax) != (0, 15) else "u4"
     q = ref("quantize", x, scale=scale, zero_point=zp, dtype=dtype)

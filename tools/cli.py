@@ -128,6 +128,15 @@ def _instruments(args, inputs):
     return out
 
 
+def _pass_reports(records) -> None:
+    """Print the per-layer reports passes leave in their notes (fold-fake-quant's
+    layer table when the model has quantized layers)."""
+    for r in records:
+        layers = r.notes.get("layers") if r.name == "fold-fake-quant" else None
+        if layers and any(row["folded"] or row["reason"] != "not quantized" for row in layers):
+            sys.stderr.write(r.notes["text"])
+
+
 def cmd_opt(args) -> int:
     from sliver.api import optimize
     from sliver.ir.io import save_module
@@ -135,6 +144,7 @@ def cmd_opt(args) -> int:
 
     module, inputs, _ = _trace(args.model)
     records = optimize(module, args.passes, verify=not args.no_verify, instruments=_instruments(args, inputs))
+    _pass_reports(records)
     if args.timing or args.drift:
         sys.stderr.write(format_records(records))
     if args.output:
@@ -164,6 +174,7 @@ def cmd_lower(args) -> int:
     _say(f"lowering {args.model} for {args.target}")
     art = lower(model, inputs, target, passes=args.passes, verify=not args.no_verify,
                 instruments=_instruments(args, inputs), progress=_say)
+    _pass_reports(art.records)
     if args.timing or args.drift:
         sys.stderr.write(format_records(art.records))
     path = art.save(args.output)

@@ -14,28 +14,32 @@ from sliver.errors import SliverError
 from sliver.backends.tvm.targets import Target, check_toolchain, resolve, tvm_target
 
 
-def compile_module(module, target, *, progress=None, schedules: bool = True, layers: dict | None = None) -> bytes:
+def compile_module(module, target, *, progress=None, schedules: bool = True, kernels: dict | None = None,
+                   layers: dict | None = None) -> bytes:
     """Lower ``module`` through Relax, compile it for ``target`` and return the
     bytes of the shared library (``.so``) the runtime loads.
 
     ``schedules=True`` (the default) compiles with sliver's default CPU schedules
     (:mod:`sliver.backends.tvm.schedules`: channels-last convolutions, vectorized,
     register-tiled and parallel loops); ``False`` uses TVM's plain pipeline, whose
-    naive loops are ~100x slower (kept for comparisons).
+    naive loops are ~100x slower (kept for comparisons).  ``kernels`` (if given)
+    receives ``{layer: kernel}`` for layers lowered with a choice of kernels (the
+    low-bit ops, :mod:`sliver.backends.tvm.lowbit`).
 
     ``layers`` (if given) receives ``{PrimFunc name: [sliver op result names]}``:
     which of ``module``'s ops each compiled function computes (see
     :func:`primfunc_ops`), so profiles can name sliver layers."""
-    import tvm
-
-    from sliver.backends.tvm.lower import to_relax
+    from sliver.backends.tvm.lower import LowerContext, to_relax
 
     target = resolve(target)
     check_toolchain(target)
     say = progress or (lambda msg: None)
 
     t0 = time.perf_counter()
-    mod = to_relax(module)
+    context = LowerContext(target=target)
+    mod = to_relax(module, context)
+    if kernels is not None:
+        kernels.update(context.report)
     say(f"lowered {len(module.ops)} ops to Relax in {time.perf_counter() - t0:.1f}s")
     t0 = time.perf_counter()
     try:
@@ -50,13 +54,18 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, lay
 
     with tempfile.TemporaryDirectory(prefix="sliver-build-") as tmp:
         path = os.path.join(tmp, "lib.so")
+        extra = {}
+        if context.sources:  # C kernels called as packed functions, linked into the same library
+            from sliver.backends.tvm.lowbit import compile_flags
+
+            extra = {"addons": sorted(context.sources), "options": compile_flags(target.arch, target.spec)}
         try:
             if target.cross_compiler:
                 from tvm.support import cc
 
-                executable.export_library(path, fcompile=cc.cross_compiler(target.cross_compiler))
+                executable.export_library(path, fcompile=cc.cross_compiler(target.cross_compiler), **extra)
             else:
-                executable.export_library(path)
+                executable.export_library(path, **extra)
         except Exception as e:
             raise SliverError(f"linking the {target.name} library failed: {e}") from e
         with open(path, "rb") as f:

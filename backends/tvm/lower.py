@@ -6,8 +6,10 @@ torch model.  Params become Relax constants; the compiled library carries them.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import re
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -45,9 +47,12 @@ def _const(array: np.ndarray):
 
 
 def _dtype(kind: str) -> str:
-    """sliver element type → TVM dtype string."""
+    """sliver element type → TVM dtype string (sub-byte codes ``u2``, ``i4``… are held
+    one per byte, as ``uint8`` / ``int8``)."""
     if kind == "bool":
         return "bool"
+    if kind[0] in "iu" and int(kind[1:]) < 8:
+        kind = kind[0] + "8"
     letter = {"f": "float", "i": "int", "u": "uint"}[kind[0]]
     return f"{letter}{kind[1:]}"
 
@@ -299,6 +304,11 @@ def _sum(bb, op, x):
     return bb.emit(_R().sum(x, axis=list(op.attrs["axes"]), keepdims=op.attrs["keepdim"]))
 
 
+@lowers("amax")
+def _amax(bb, op, x):
+    return bb.emit(_R().max(x, axis=list(op.attrs["axes"]), keepdims=op.attrs["keepdim"]))
+
+
 @lowers("attention")
 def _attention(bb, op, q, k, v, mask=None):
     """softmax(q k^T * scale + mask) v, written out in Relax ops on [B, H, S, D]."""
@@ -357,12 +367,16 @@ class _NamedEmitter:
         """Emit nested calls first, under the op's name (Relax would name them ``lv``)."""
         from tvm import relax
 
-        if isinstance(expr, relax.Tuple):
-            return relax.Tuple([self._bind_nested(f) if not isinstance(f, relax.Call) else self.emit(f)
-                                for f in expr.fields])
-        if isinstance(expr, relax.Call) and any(isinstance(a, (relax.Call, relax.Tuple)) for a in expr.args):
-            args = [self.emit(a) if isinstance(a, relax.Call) else self._bind_nested(a) for a in expr.args]
-            return relax.Call(expr.op, args, expr.attrs, expr.ty_args, expr.span)
+        def has_call(e) -> bool:
+            return isinstance(e, relax.Call) or (isinstance(e, relax.Tuple) and any(map(has_call, e.fields)))
+
+        def bind(e):
+            if isinstance(e, relax.Call):
+                return self.emit(e)
+            return relax.Tuple([bind(f) for f in e.fields]) if has_call(e) else e
+
+        if isinstance(expr, relax.Call) and any(map(has_call, expr.args)):
+            return relax.Call(expr.op, [bind(a) for a in expr.args], expr.attrs, expr.ty_args, expr.span)
         return expr
 
     def __getattr__(self, attr):
@@ -373,8 +387,37 @@ def unsupported_ops(module) -> list[str]:
     return sorted({op.kind for op in module.ops if op.kind != "param" and op.kind not in LOWERING})
 
 
-def to_relax(module):
-    """Build a Relax IRModule whose ``main`` computes ``module``."""
+@dataclass
+class LowerContext:
+    """What lowering rules may consult and record: the target (a
+    :class:`~sliver.backends.tvm.targets.Target`, or None), ``report`` (``{layer:
+    kernel}`` for layers with a choice of kernels) and ``sources`` (C files the
+    library must link, for kernels called as packed functions)."""
+
+    target: object = None
+    report: dict = field(default_factory=dict)
+    sources: set = field(default_factory=set)
+
+
+_CONTEXT: contextvars.ContextVar[LowerContext | None] = contextvars.ContextVar("sliver_lower", default=None)
+
+
+def current() -> LowerContext | None:
+    """The :class:`LowerContext` of the ``to_relax`` call in progress."""
+    return _CONTEXT.get()
+
+
+def to_relax(module, context: LowerContext | None = None):
+    """Build a Relax IRModule whose ``main`` computes ``module``; rules see ``context``
+    (what ``current()`` returns) and record their choices in it."""
+    token = _CONTEXT.set(context if context is not None else LowerContext())
+    try:
+        return _to_relax(module)
+    finally:
+        _CONTEXT.reset(token)
+
+
+def _to_relax(module):
     from tvm import relax
 
     missing = unsupported_ops(module)
@@ -397,3 +440,8 @@ def to_relax(module):
             gv = bb.emit_output(result)
         bb.emit_func_output(gv)
     return bb.finalize()
+
+
+# lowering rules kept in their own files register themselves into LOWERING on import
+from sliver.backends.tvm import lowbit as _lowbit  # noqa: E402,F401 - registers quantize, qconv2d, …
+from sliver.backends.tvm import wq_linear as _wq_linear  # noqa: E402,F401 - registers wq_linear
