@@ -897,3 +897,7 @@ declare(
         "scale[i // block] at flat index i (codes: bits-bit, packed little-endian into u8), plus the float "
         "outliers out_value added at flat indices out_index",
 )
+
+
+_reduce("amax", lambda x, axes, keepdim: x.amax(axes, keepdim=keepdim),
+        "max over axes (dynamic activation ranges: amax(abs(x)))")

@@ -62,7 +62,7 @@ def register(cls):
 def _load_builtin_passes() -> None:
     # Importing each module registers its pass.
     from sliver.passes import cse, const_fold, dce, fold_batchnorm, fold_fake_quant, outliers, prune  # noqa: F401
-    from sliver.passes import quantize_weights  # noqa: F401
+    from sliver.passes import quantize_activations, quantize_weights  # noqa: F401
 
 
 def all_passes() -> dict[str, type[Pass]]:

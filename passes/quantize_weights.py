@@ -198,18 +198,23 @@ def quantize_weight(w: np.ndarray, *, bits: int, block: int, symmetric: bool = T
 # the super-weight index
 
 
+def load_report(path, who: str):
+    """A find-outliers report (``sliver outliers MODEL --json FILE``) from a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SliverError(f"{who}: outlier report {path}: no such file "
+                          "(write one with `sliver outliers MODEL --json FILE`)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SliverError(f"{who}: outlier report {path} is not JSON: {e}") from None
+
+
 def super_weight_index(source) -> list[tuple[str, int, int]]:
     """(layer, row, column) triples from a find-outliers report, its JSON file, or a
     list of ``{"layer", "row", "column"}`` / ``(layer, row, column)``."""
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise SliverError(f"quantize-weights: super-weight index {path}: no such file "
-                              "(write one with `sliver outliers MODEL --json FILE`)")
-        try:
-            source = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise SliverError(f"quantize-weights: super-weight index {path} is not JSON: {e}") from None
+        source = load_report(source, "quantize-weights")
     if isinstance(source, dict):
         source = source.get("super_weights", [])
     out = []

@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+from torch import nn
 
 from sliver.ir.parser import parse_module
 
@@ -70,3 +71,16 @@ def emulated_first_output(artifact_path, tmp_path, timeout=900):
     proc = emulate.run_python([str(script), str(artifact_path), str(out)], timeout=timeout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return np.load(out)
+
+
+class MLPBlock(nn.Module):
+    """A pre-norm transformer MLP block: x + down(gelu(up(norm(x))))."""
+
+    def __init__(self, dim=16, hidden=64):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.up = nn.Linear(dim, hidden)
+        self.down = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x))))
