@@ -5,6 +5,8 @@
     sliver lower MODEL --target arm64 -o model.sliver
     sliver run model.sliver [--verify] [--emulate]
     sliver inspect model.sliver
+    sliver bench [model.sliver [--per-layer] [--emulate]]
+    sliver explain model.sliver [-o report.md] [--html report.html] [--emulate]
     sliver passes | sliver ops | sliver demo
 
 MODEL is ``file.py:function`` (the function returns ``(model, example_inputs)``),
@@ -326,7 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     runtime_cli.add_inspect_arguments(p)
     p.set_defaults(func=runtime_cli.inspect)
 
-    sub.add_parser("bench", help="latency of torch, sliver and onnxruntime side by side (see bench --help)")
+    p = sub.add_parser("explain", help="a per-layer report of what each pass did, with latency and drift")
+    from sliver.tools import explain as _explain
+
+    _explain.add_arguments(p)
+    p.set_defaults(func=_explain.run)
+
+    sub.add_parser("bench", help="latency of torch, sliver and onnxruntime side by side, or profile an "
+                                 "artifact per layer (see bench --help)")
     sub.add_parser("outliers", help="find super weights and super activations (see outliers --help)")
 
     p = sub.add_parser("passes", help="list the passes")
