@@ -32,6 +32,9 @@ _PASSES: dict[str, type["Pass"]] = {}
 @dataclass(frozen=True)
 class Pass:
     name: ClassVar[str] = ""
+    #: True for passes that change what the module computes on purpose (quantization):
+    #: an artifact's golden outputs then come from the optimized module, not the model
+    lossy: ClassVar[bool] = False
 
     def run(self, module) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -86,6 +86,7 @@ class QuantizeActivations(Pass):
     """Per-tensor RTN (fake_quant) of linear inputs, calibrated or dynamic; super activations kept in float."""
 
     name = "quantize-activations"
+    lossy = True
 
     bits: int = 8
     mode: str = "calibrated"

@@ -252,6 +252,7 @@ class QuantizeWeights(Pass):
     """Weight-only RTN of linear layers (wq_linear): super weights kept, outliers clipped by search."""
 
     name = "quantize-weights"
+    lossy = True
 
     bits: int = 8
     symmetric: bool = True

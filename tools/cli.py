@@ -241,10 +241,12 @@ def cmd_passes(args) -> int:
 
     from sliver.passes.manager import all_passes
 
-    for name, cls in all_passes().items():
-        opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls))
+    passes = all_passes()
+    width = max(map(len, passes)) + 1
+    for name, cls in passes.items():
+        opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls) if f.repr)  # repr=False: API data
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<16} {doc}" + (f"  [options: {opts}]" if opts else ""))
+        print(f"{name:<{width}} {doc}" + (f"  [options: {opts}]" if opts else ""))
     return 0
 
 

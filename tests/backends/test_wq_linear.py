@@ -118,3 +118,24 @@ def test_type_rule_names_the_wrong_operand():
     with pytest.raises(SliverError, match="bits must lie in 2..8"):
         parse_module(text.replace("u8[100]", "u8[64]").replace("bits=3", "bits=1"))
     assert "wq_linear" in str(parse_module(text.replace("u8[100]", "u8[192]")))
+
+
+def test_cli_lower_with_quantize_weights_verifies_against_the_quantized_module(tmp_path, capsys):
+    """`sliver lower --passes quantize-weights...` then `sliver run --verify`: the golden
+    outputs are the quantized module's (the passes are lossy on purpose)."""
+    from sliver.tools.cli import main
+
+    spec = tmp_path / "mlp.py"
+    spec.write_text(
+        "import torch\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    m = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(), torch.nn.Linear(96, 10)).eval()\n"
+        "    return m, (torch.randn(2, 64),)\n"
+    )
+    art = tmp_path / "m.sliver"
+    passes = "quantize-weights{bits=3,granularity=block,block=64,clip=true},quantize-activations{bits=8},dce"
+    assert main(["lower", f"{spec}:build", "--target", "x86_64", "--passes", passes, "-o", str(art)]) == 0
+    assert main(["run", str(art), "--verify"]) == 0
+    assert "verify: passed" in capsys.readouterr().out
+    assert sliver.load(art).manifest["pipeline"].startswith("quantize-weights{bits=3")
