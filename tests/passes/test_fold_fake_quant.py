@@ -378,3 +378,50 @@ def test_compiled_mixed_float_and_low_bit_model_matches_torch():
         want = model(x).numpy()
     got = art.load()(x.numpy())
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+class AllCases(nn.Module):
+    """Every single-layer case of CASES side by side (one input and output each)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(7)
+        self.names = sorted(CASES)
+        self.layers = nn.ModuleList(
+            FQ(CASES[n][0](), CASES[n][1], CASES[n][2], a_scale=0.3, a_zp=CASES[n][3]) for n in self.names)
+
+    def forward(self, *xs):
+        return tuple(layer(x) for layer, x in zip(self.layers, xs))
+
+
+@pytest.fixture(scope="module")
+def all_cases():
+    model = AllCases().eval()
+    g = torch.Generator().manual_seed(8)
+    xs = tuple(torch.randn(CASES[n][4], generator=g) * 1.5 + 0.5 for n in model.names)
+    with torch.no_grad():
+        want = [y.numpy() for y in model(*xs)]
+    return model, xs, want
+
+
+@pytest.mark.slow
+def test_all_cases_compiled_for_x86_match_fake_quant_torch(all_cases, tmp_path):
+    model, xs, want = all_cases
+    art = sliver.lower(model, xs, target="x86_64", rtol=1e-5, atol=1e-5)
+    assert all(r["folded"] for r in art.records[0].notes["layers"])
+    got = art.load()(*[x.numpy() for x in xs])
+    for name, g_, w_ in zip(model.names, got, want):
+        np.testing.assert_allclose(g_, w_, rtol=1e-5, atol=1e-5 * np.abs(w_).max(), err_msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.emulated
+def test_all_cases_arm64_artifact_matches_fake_quant_torch_on_emulated_pi(all_cases, tmp_path, capsys):
+    """The arm64 artifact's golden outputs are the torch model's; --verify checks them on
+    the emulated Pi at 1e-5 (relative to each output's magnitude)."""
+    from sliver.tools.cli import main
+
+    model, xs, _ = all_cases
+    path = sliver.lower(model, xs, target="arm64", rtol=1e-5, atol=1e-5).save(tmp_path / "cases.sliver")
+    assert main(["run", str(path), "--verify", "--emulate"]) == 0
+    assert "verify: passed (arm64 artifact on aarch64)" in capsys.readouterr().out
