@@ -107,3 +107,16 @@ def test_missing_onnxruntime_says_how_to_install(tmp_path, capsys, monkeypatch):
     assert "SKIPPED" in out and "pip install -e '.[bench]'" in out
     rows = {r["backend"]: r for r in json.loads((tmp_path / "o.json").read_text())["results"]}
     assert rows["onnxruntime"]["status"] == "skipped" and rows["torch"]["status"] == "ok"
+
+
+def test_bench_prune_prints_copies_for_each_export(capsys):
+    from sliver.tools import bench_prune
+
+    assert bench_prune.main(["--models", "densenet", "--resolution", "16", "--side", "output"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("output-side l2 masks, amount 0.3")
+    rows = {line.split()[1]: line.split()[2:] for line in lines[2:]}
+    assert list(rows) == ["unpruned", "naive", "reordered", "constrained"]
+    assert rows["constrained"][:3] == ["0", "0", "0"]  # constrained never gathers
+    params = {k: int(v[-1].replace(",", "")) for k, v in rows.items()}
+    assert params["naive"] == params["reordered"] < params["unpruned"]
