@@ -14,28 +14,39 @@ from sliver.errors import SliverError
 from sliver.backends.tvm.targets import Target, check_toolchain, resolve, tvm_target
 
 
-def compile_module(module, target, *, progress=None, schedules: bool = True) -> bytes:
+def compile_module(module, target, *, progress=None, schedules: bool = True, kernels: dict | None = None,
+                   layers: dict | None = None) -> bytes:
     """Lower ``module`` through Relax, compile it for ``target`` and return the
     bytes of the shared library (``.so``) the runtime loads.
 
     ``schedules=True`` (the default) compiles with sliver's default CPU schedules
     (:mod:`sliver.backends.tvm.schedules`: channels-last convolutions, vectorized,
     register-tiled and parallel loops); ``False`` uses TVM's plain pipeline, whose
-    naive loops are ~100x slower (kept for comparisons)."""
-    import tvm
+    naive loops are ~100x slower (kept for comparisons).  ``kernels`` (if given)
+    receives ``{layer: kernel}`` for layers lowered with a choice of kernels (the
+    low-bit ops, :mod:`sliver.backends.tvm.lowbit`).
 
-    from sliver.backends.tvm.lower import to_relax
+    ``layers`` (if given) receives ``{PrimFunc name: [sliver op result names]}``:
+    which of ``module``'s ops each compiled function computes (see
+    :func:`primfunc_ops`), so profiles can name sliver layers."""
+    from sliver.backends.tvm.lower import LowerContext, to_relax
 
     target = resolve(target)
     check_toolchain(target)
     say = progress or (lambda msg: None)
 
     t0 = time.perf_counter()
-    mod = to_relax(module)
+    context = LowerContext(target=target)
+    mod = to_relax(module, context)
+    if kernels is not None:
+        kernels.update(context.report)
     say(f"lowered {len(module.ops)} ops to Relax in {time.perf_counter() - t0:.1f}s")
     t0 = time.perf_counter()
     try:
-        executable = build_relax(mod, tvm_target(target), schedules=schedules)
+        found = {} if layers is not None else None
+        executable = build_relax(mod, tvm_target(target), schedules=schedules, layers=found)
+        if layers is not None:
+            layers.update({f: [module.ops[i].results[0].name for i in idx] for f, idx in found.items()})
     except Exception as e:
         raise SliverError(f"TVM failed to compile @{module.name} for {target.name}: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
@@ -43,31 +54,101 @@ def compile_module(module, target, *, progress=None, schedules: bool = True) -> 
 
     with tempfile.TemporaryDirectory(prefix="sliver-build-") as tmp:
         path = os.path.join(tmp, "lib.so")
+        extra = {}
+        if context.sources:  # C kernels called as packed functions, linked into the same library
+            from sliver.backends.tvm.lowbit import compile_flags
+
+            extra = {"addons": sorted(context.sources), "options": compile_flags(target.arch, target.spec)}
         try:
             if target.cross_compiler:
                 from tvm.support import cc
 
-                executable.export_library(path, fcompile=cc.cross_compiler(target.cross_compiler))
+                executable.export_library(path, fcompile=cc.cross_compiler(target.cross_compiler), **extra)
             else:
-                executable.export_library(path)
+                executable.export_library(path, **extra)
         except Exception as e:
             raise SliverError(f"linking the {target.name} library failed: {e}") from e
         with open(path, "rb") as f:
             return f.read()
 
 
-def build_relax(mod, target, *, schedules: bool = True, report: dict | None = None):
+def build_relax(mod, target, *, schedules: bool = True, report: dict | None = None, layers: dict | None = None):
     """``tvm.compile`` a Relax module for a ``tvm.target.Target``, with sliver's
     default schedules unless ``schedules=False``; ``report`` receives
-    ``{PrimFunc name: schedule rule}``."""
+    ``{PrimFunc name: schedule rule}``, ``layers`` ``{PrimFunc name: [sliver op
+    indices]}`` (see :func:`primfunc_ops`)."""
     import tvm
 
-    with tvm.transform.PassContext(opt_level=3):
+    capture = _primfunc_ops_instrument() if layers is not None else None
+    with tvm.transform.PassContext(opt_level=3, instruments=[capture] if capture else []):
         if not schedules:
-            return tvm.compile(mod, target=target)
-        from sliver.backends.tvm.schedules import default_pipeline
+            executable = tvm.compile(mod, target=target)
+        else:
+            from sliver.backends.tvm.schedules import default_pipeline
 
-        return tvm.compile(mod, target=target, relax_pipeline=default_pipeline(target, report=report))
+            executable = tvm.compile(mod, target=target, relax_pipeline=default_pipeline(target, report=report))
+    if capture is not None:
+        layers.update(capture.result())
+    return executable
+
+
+def primfunc_ops(mod) -> dict[str, list[int]]:
+    """``{PrimFunc name: sorted sliver op indices}`` of a Relax module after FuseOps
+    (before FuseTIR): a fused function's bindings keep the names
+    :func:`~sliver.backends.tvm.lower.var_name` gave them (its output var is renamed,
+    so an epilogue such as a final relu may be missing), and ``main`` calls unfused
+    PrimFuncs from vars with those names.  Ops the compiler added (layout
+    transposes) map to nothing."""
+    from tvm import relax
+
+    from sliver.backends.tvm.lower import op_index
+
+    out: dict[str, set] = {}
+
+    def bindings(func):
+        for block in func.body.blocks:
+            yield from block.bindings
+
+    for gv, func in mod.functions_items():
+        if not isinstance(func, relax.Function):
+            continue
+        if func.attrs is not None and "Primitive" in func.attrs:
+            idx = {op_index(b.var.name) for b in bindings(func)} - {None}
+            out.setdefault(gv.name_hint, set()).update(idx)
+            continue
+        for b in bindings(func):
+            call = b.value
+            if isinstance(call, relax.Call) and getattr(call.op, "name", "") == "relax.call_tir":
+                i = op_index(b.var.name)
+                callee = call.args[0].name_hint
+                out.setdefault(callee, set()).update({i} if i is not None else set())
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _primfunc_ops_instrument():
+    import tvm
+
+    @tvm.instrument.pass_instrument
+    class PrimFuncOps:
+        """Records :func:`primfunc_ops` just before FuseTIR (fused groups) and just
+        after the first LegalizeOps (for pipelines that fuse nothing, like TVM's
+        default one); :meth:`result` prefers the fused view."""
+
+        def __init__(self):
+            self.fused, self.legalized = {}, {}
+
+        def run_before_pass(self, mod, info):
+            if info.name == "FuseTIR" and not self.fused:
+                self.fused = primfunc_ops(mod)
+
+        def run_after_pass(self, mod, info):
+            if info.name == "LegalizeOps" and not self.legalized:
+                self.legalized = primfunc_ops(mod)
+
+        def result(self) -> dict:
+            return self.fused or self.legalized
+
+    return PrimFuncOps()
 
 
 def tvm_version() -> str:
@@ -76,4 +157,4 @@ def tvm_version() -> str:
     return tvm.__version__
 
 
-__all__ = ["build_relax", "compile_module", "resolve", "Target", "tvm_version"]
+__all__ = ["build_relax", "compile_module", "primfunc_ops", "resolve", "Target", "tvm_version"]
