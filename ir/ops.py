@@ -831,3 +831,73 @@ declare(
     doc="low-bit linear on integer codes: acc = Σ_k (x - x_zero_point)(w[o,k] - w_zero_point) exactly, then the "
         "qconv2d epilogue (scale, bias, clamp, f32 or requantized out_dtype)",
 )
+
+
+# ----------------------------------------------------------------------------
+# weight-only quantized linear layers (issue 5: outlier-preserving quantization)
+
+
+def _wq_linear_infer(types, *, bits, block, out_features):
+    x, codes, scale, zero, index, value = types[:6]
+    if not 2 <= bits <= 8:
+        raise TypeRuleError(f"wq_linear: bits must lie in 2..8, got {bits}")
+    if x.rank < 1 or out_features < 1 or block < 1:
+        raise TypeRuleError(f"wq_linear: need an input of rank >= 1, out_features >= 1 and block >= 1, "
+                            f"got {x}, out_features={out_features}, block={block}")
+    _float_only("wq_linear", x)
+    numel = out_features * x.shape[-1]
+    blocks = -(-numel // block)
+    packed = TensorType((numel,), f"u{bits}").nbytes  # the codes as one little-endian bit stream
+    want = [(codes, "codes", "u8", (packed,)), (scale, "scale", x.dtype, (blocks,)),
+            (zero, "zero", "u8", (blocks,)), (index, "out_index", "i32", None), (value, "out_value", x.dtype, None)]
+    for t, what, dtype, shape in want:
+        if t.dtype != dtype or t.rank != 1 or (shape is not None and t.shape != shape):
+            expect = f"{dtype}[{shape[0]}]" if shape else f"{dtype}[n]"
+            raise TypeRuleError(f"wq_linear: {what} must be {expect} for a [{out_features},{x.shape[-1]}] weight "
+                                f"in blocks of {block} at {bits} bits, got {t}")
+    if index.shape != value.shape:
+        raise TypeRuleError(f"wq_linear: out_index {index} and out_value {value} differ in length")
+    if len(types) == 7 and types[6].shape != (out_features,):
+        raise TypeRuleError(f"wq_linear: bias must be [{out_features}], got {types[6]}")
+    return x.with_shape(x.shape[:-1] + (out_features,))
+
+
+def unpack_codes(packed, bits: int, count: int):
+    """The ``count`` unsigned ``bits``-bit codes of a packed bit stream (torch, int32)."""
+    torch = _torch()
+    p = torch.cat([packed.to(torch.int32), torch.zeros(1, dtype=torch.int32)])
+    pos = torch.arange(count, dtype=torch.int64) * bits
+    byte, shift = pos >> 3, (pos & 7).to(torch.int32)
+    return ((p[byte] | (p[byte + 1] << 8)) >> shift) & ((1 << bits) - 1)
+
+
+def wq_dequantize(codes, scale, zero, index, value, *, bits, block, shape):
+    """The float weight of a ``wq_linear``: (code - zero[blk]) * scale[blk] with
+    blk = flat index // block, then the float outliers added at their flat indices."""
+    torch = _torch()
+    numel = shape[0] * shape[1]
+    u = unpack_codes(codes, bits, numel)
+    blk = torch.arange(numel) // block
+    w = (u - zero.to(torch.int32)[blk]).to(scale.dtype) * scale[blk]
+    w = w.index_add(0, index.long(), value.to(scale.dtype))
+    return w.reshape(shape)
+
+
+def _wq_linear_ref(x, codes, scale, zero, index, value, b=None, *, bits, block, out_features):
+    w = wq_dequantize(codes, scale, zero, index, value, bits=bits, block=block,
+                      shape=(out_features, x.shape[-1]))
+    return _torch().nn.functional.linear(x, w.to(x.dtype), b)
+
+
+declare(
+    "wq_linear", ("x", "codes", "scale", "zero", "out_index", "out_value", "b?"),
+    {"bits": REQUIRED, "block": REQUIRED, "out_features": REQUIRED},
+    infer=_wq_linear_infer, ref=_wq_linear_ref,
+    doc="weight-only quantized linear: x @ W.T + b with W[out_features, K] = (code - zero[i // block]) * "
+        "scale[i // block] at flat index i (codes: bits-bit, packed little-endian into u8), plus the float "
+        "outliers out_value added at flat indices out_index",
+)
+
+
+_reduce("amax", lambda x, axes, keepdim: x.amax(axes, keepdim=keepdim),
+        "max over axes (dynamic activation ranges: amax(abs(x)))")

@@ -164,14 +164,12 @@ def count_library(
     """
     import numpy as np
 
-    from sliver.runtime import emulate
-
     if repeat < 1 or warmup < 0:
         raise SliverError(f"repeat must be >= 1 and warmup >= 0 (got repeat={repeat}, warmup={warmup})")
     ensure_ready()
-    data = library if isinstance(library, (bytes, bytearray)) else pathlib.Path(library).read_bytes()
     from sliver.runtime.artifact import elf_arch
 
+    data = library if isinstance(library, (bytes, bytearray)) else pathlib.Path(library).read_bytes()
     if elf_arch(bytes(data[:64])) != "aarch64":
         raise SliverError(f"instruction counts need an aarch64 library; this one is {elf_arch(bytes(data[:64]))}")
     with tempfile.TemporaryDirectory(prefix="sliver-icount-") as tmp:
@@ -179,20 +177,45 @@ def count_library(
         (job / "lib.so").write_bytes(data)
         np.savez(job / "inputs.npz", *[np.ascontiguousarray(np.asarray(x)) for x in inputs])
         (job / "job.json").write_text(json.dumps({"function": function, "repeat": repeat, "warmup": warmup}))
-        plugin = _build_plugin(job)
-        log = job / "counts.txt"
-        env = {"TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-        proc = emulate.run_python(["-m", "sliver.runtime.icount", str(job)], env=env, timeout=timeout,
-                                  qemu=QEMU_PLUGIN_HOST, qemu_args=["-plugin", f"{plugin},out={log}"])
+        marks = run_counted(["-m", "sliver.runtime.icount", str(job)], timeout=timeout)
+        maps = (job / "maps.txt").read_text()
+        with np.load(job / "results.npz") as z:
+            results = [z[f"arr_{i}"] for i in range(len(z.files))]
+        return _summarize(marks, maps, bytes(data), str(job / "lib.so"), repeat, results)
+
+
+def run_counted(argv: Sequence[str], *, timeout: float | None = 1800, **kw) -> list:
+    """Run the emulated Pi's ``python3.11 *argv`` under the counting plugin (one
+    thread for TVM, OpenMP and OpenBLAS) and return its markers:
+    ``[(k, total at the marker, {(vaddr, n_insns): times})]``.  The program sets
+    markers with :func:`mark`; keyword arguments go to
+    :func:`sliver.runtime.emulate.run_python` (``extra_path``, ``pi_cpuinfo``...).
+    Use :func:`segments` for the counts between them."""
+    from sliver.runtime import emulate
+
+    ensure_ready()
+    with tempfile.TemporaryDirectory(prefix="sliver-icount-run-") as tmp:
+        plugin, log = _build_plugin(pathlib.Path(tmp)), pathlib.Path(tmp) / "counts.txt"
+        env = {"TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **kw.pop("env", {})}
+        proc = emulate.run_python(list(argv), env=env, timeout=timeout, qemu=QEMU_PLUGIN_HOST,
+                                  qemu_args=["-plugin", f"{plugin},out={log}"], **kw)
         if proc.returncode != 0:
             raise SliverError(f"the emulated run failed (exit {proc.returncode}):\n{(proc.stderr or proc.stdout)[-3000:]}")
         if not log.is_file():
             raise SliverError(f"{QEMU_PLUGIN_HOST} wrote no counts: was the plugin loaded?\n{proc.stderr[-2000:]}")
-        segments, exit_total = _parse_log(log.read_text())
-        maps = (job / "maps.txt").read_text()
-        with np.load(job / "results.npz") as z:
-            results = [z[f"arr_{i}"] for i in range(len(z.files))]
-        return _summarize(segments, maps, bytes(data), str(job / "lib.so"), repeat, results)
+        marks, _ = _parse_log(log.read_text())
+        return marks
+
+
+def segments(marks, n: int) -> tuple[list[int], int, int]:
+    """(instructions between markers 2+2i and 3+2i for i < n, the cost of the empty
+    pair 0-1 already subtracted from them, instructions before marker 0), for a
+    program that sets markers as :func:`_guest_main` does."""
+    totals = {k: total for k, total, _ in marks}
+    if len(totals) != 2 + 2 * n:
+        raise SliverError(f"expected {2 + 2 * n} markers from the emulated run, got {len(totals)}")
+    marker_cost = totals[1] - totals[0]
+    return [totals[3 + 2 * i] - totals[2 + 2 * i] - marker_cost for i in range(n)], marker_cost, totals[0]
 
 
 def _parse_log(text: str):
@@ -216,15 +239,11 @@ def _parse_log(text: str):
 def _summarize(marks, maps: str, library: bytes, lib_path: str, repeat: int, results) -> InstructionCount:
     # Guest protocol (see _guest_main): marks 0,1 = an empty pair (marker cost), then
     # marks 2+2r, 3+2r around call r; odd marks dump the blocks run since the previous one.
-    totals = {k: total for k, total, _ in marks}
-    if len(totals) != 2 + 2 * repeat:
-        raise SliverError(f"expected {2 + 2 * repeat} markers from the emulated run, got {len(totals)}")
-    marker_cost = totals[1] - totals[0]
-    calls = [totals[3 + 2 * r] - totals[2 + 2 * r] - marker_cost for r in range(repeat)]
+    calls, marker_cost, startup = segments(marks, repeat)
     blocks = marks[-1][2]
     empty = marks[1][2]  # blocks of the empty pair: the marker code itself
     functions, outside = _attribute(blocks, empty, maps, library, lib_path)
-    return InstructionCount(per_call=min(calls), calls=calls, startup=totals[0], marker_cost=marker_cost,
+    return InstructionCount(per_call=min(calls), calls=calls, startup=startup, marker_cost=marker_cost,
                             functions=functions, outside=outside, results=results)
 
 
@@ -301,7 +320,9 @@ def _function_symbols(elf: bytes):
 # -- guest side (runs on the emulated Pi) -----------------------------------------------
 
 
-def _mark(k: int, dump: bool) -> None:
+def mark(k: int, dump: bool = False) -> None:
+    """Set marker ``k`` (guest side); with ``dump`` the plugin also lists the blocks
+    executed since the previous marker (for per-function counts)."""
     try:
         os.close(-(MARK_BASE + 2 * k + int(dump)))
     except OSError:
@@ -327,13 +348,13 @@ def _guest_main(job_dir: str) -> int:
     args = [tvm.runtime.tensor(a) for a in arrays]
     for _ in range(spec["warmup"]):
         func(*args)
-    _mark(0, False)
-    _mark(1, True)
+    mark(0, False)
+    mark(1, True)
     out = None
     for r in range(spec["repeat"]):
-        _mark(2 + 2 * r, False)
+        mark(2 + 2 * r, False)
         out = func(*args)
-        _mark(3 + 2 * r, True)
+        mark(3 + 2 * r, True)
     if is_vm:
         outs = list(out) if isinstance(out, (list, tuple)) or type(out).__name__ == "Array" else [out]
         results = [o.numpy() for o in outs]

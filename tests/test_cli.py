@@ -78,7 +78,7 @@ def test_lower_run_verify_and_inspect(tmp_path, capsys):
         assert z[z.files[0]].shape == (1, 10)
     assert main(["inspect", str(art)]) == 0
     out = capsys.readouterr().out
-    assert "target    x86_64" in out and "pipeline  fold-batchnorm,const-fold,cse,dce" in out
+    assert "target    x86_64" in out and "pipeline  fold-fake-quant,fold-batchnorm,const-fold,cse,dce" in out
 
 
 def test_errors_are_one_line_not_tracebacks(tmp_path, capsys):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 MODES = {"naive": dict(reorder=False), "reordered": dict(reorder=True), "constrained": dict(constrained=True)}
 
@@ -26,15 +25,9 @@ def _latency(module, inputs, repeat: int) -> float:
     from sliver.api import _numpy
 
     compiled = sliver.lower(module, inputs, target="x86_64", passes="dce").load()
-    xs = [_numpy(x) for x in inputs]
-    for _ in range(3):
-        compiled.run(*xs)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        compiled.run(*xs)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    from sliver.runtime.profile import time_runs
+
+    return statistics.median(time_runs(compiled, [_numpy(x) for x in inputs], repeat=repeat, warmup=3))
 
 
 def main(argv=None) -> int:

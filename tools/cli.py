@@ -5,6 +5,8 @@
     sliver lower MODEL --target arm64 -o model.sliver
     sliver run model.sliver [--verify] [--emulate]
     sliver inspect model.sliver
+    sliver bench [model.sliver [--per-layer] [--emulate]]
+    sliver explain model.sliver [-o report.md] [--html report.html] [--emulate]
     sliver passes | sliver ops | sliver demo
 
 MODEL is ``file.py:function`` (the function returns ``(model, example_inputs)``),
@@ -126,6 +128,15 @@ def _instruments(args, inputs):
     return out
 
 
+def _pass_reports(records) -> None:
+    """Print the per-layer reports passes leave in their notes (fold-fake-quant's
+    layer table when the model has quantized layers)."""
+    for r in records:
+        layers = r.notes.get("layers") if r.name == "fold-fake-quant" else None
+        if layers and any(row["folded"] or row["reason"] != "not quantized" for row in layers):
+            sys.stderr.write(r.notes["text"])
+
+
 def cmd_opt(args) -> int:
     from sliver.api import optimize
     from sliver.ir.io import save_module
@@ -133,6 +144,7 @@ def cmd_opt(args) -> int:
 
     module, inputs, _ = _trace(args.model)
     records = optimize(module, args.passes, verify=not args.no_verify, instruments=_instruments(args, inputs))
+    _pass_reports(records)
     if args.timing or args.drift:
         sys.stderr.write(format_records(records))
     if args.output:
@@ -162,6 +174,7 @@ def cmd_lower(args) -> int:
     _say(f"lowering {args.model} for {args.target}")
     art = lower(model, inputs, target, passes=args.passes, verify=not args.no_verify,
                 instruments=_instruments(args, inputs), progress=_say)
+    _pass_reports(art.records)
     if args.timing or args.drift:
         sys.stderr.write(format_records(art.records))
     path = art.save(args.output)
@@ -228,10 +241,12 @@ def cmd_passes(args) -> int:
 
     from sliver.passes.manager import all_passes
 
-    for name, cls in all_passes().items():
-        opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls))
+    passes = all_passes()
+    width = max(map(len, passes)) + 1
+    for name, cls in passes.items():
+        opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls) if f.repr)  # repr=False: API data
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<16} {doc}" + (f"  [options: {opts}]" if opts else ""))
+        print(f"{name:<{width}} {doc}" + (f"  [options: {opts}]" if opts else ""))
     return 0
 
 
@@ -313,7 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     runtime_cli.add_inspect_arguments(p)
     p.set_defaults(func=runtime_cli.inspect)
 
-    sub.add_parser("bench", help="latency of torch, sliver and onnxruntime side by side (see bench --help)")
+    p = sub.add_parser("explain", help="a per-layer report of what each pass did, with latency and drift")
+    from sliver.tools import explain as _explain
+
+    _explain.add_arguments(p)
+    p.set_defaults(func=_explain.run)
+
+    sub.add_parser("bench", help="latency of torch, sliver and onnxruntime side by side, or profile an "
+                                 "artifact per layer (see bench --help)")
     sub.add_parser("outliers", help="find super weights and super activations (see outliers --help)")
 
     p = sub.add_parser("passes", help="list the passes")

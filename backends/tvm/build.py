@@ -14,7 +14,8 @@ from sliver.errors import SliverError
 from sliver.backends.tvm.targets import Target, check_toolchain, resolve, tvm_target
 
 
-def compile_module(module, target, *, progress=None, schedules: bool = True, kernels: dict | None = None) -> bytes:
+def compile_module(module, target, *, progress=None, schedules: bool = True, kernels: dict | None = None,
+                   layers: dict | None = None) -> bytes:
     """Lower ``module`` through Relax, compile it for ``target`` and return the
     bytes of the shared library (``.so``) the runtime loads.
 
@@ -23,7 +24,11 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, ker
     register-tiled and parallel loops); ``False`` uses TVM's plain pipeline, whose
     naive loops are ~100x slower (kept for comparisons).  ``kernels`` (if given)
     receives ``{layer: kernel}`` for layers lowered with a choice of kernels (the
-    low-bit ops, :mod:`sliver.backends.tvm.lowbit`)."""
+    low-bit ops, :mod:`sliver.backends.tvm.lowbit`).
+
+    ``layers`` (if given) receives ``{PrimFunc name: [sliver op result names]}``:
+    which of ``module``'s ops each compiled function computes (see
+    :func:`primfunc_ops`), so profiles can name sliver layers."""
     from sliver.backends.tvm.lower import LowerContext, to_relax
 
     target = resolve(target)
@@ -38,7 +43,11 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, ker
     say(f"lowered {len(module.ops)} ops to Relax in {time.perf_counter() - t0:.1f}s")
     t0 = time.perf_counter()
     try:
-        executable = build_relax(mod, tvm_target(target), schedules=schedules)
+        found = {} if layers is not None else None
+        executable = build_relax(mod, tvm_target(target), schedules=schedules, layers=found)
+        if layers is not None:
+            _add_deduplicated(module, found)
+            layers.update({f: [module.ops[i].results[0].name for i in idx] for f, idx in found.items()})
     except Exception as e:
         raise SliverError(f"TVM failed to compile @{module.name} for {target.name}: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
@@ -64,18 +73,108 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, ker
             return f.read()
 
 
-def build_relax(mod, target, *, schedules: bool = True, report: dict | None = None):
+def build_relax(mod, target, *, schedules: bool = True, report: dict | None = None, layers: dict | None = None):
     """``tvm.compile`` a Relax module for a ``tvm.target.Target``, with sliver's
     default schedules unless ``schedules=False``; ``report`` receives
-    ``{PrimFunc name: schedule rule}``."""
+    ``{PrimFunc name: schedule rule}``, ``layers`` ``{PrimFunc name: [sliver op
+    indices]}`` (see :func:`primfunc_ops`)."""
     import tvm
 
-    with tvm.transform.PassContext(opt_level=3):
+    capture = _primfunc_ops_instrument() if layers is not None else None
+    with tvm.transform.PassContext(opt_level=3, instruments=[capture] if capture else []):
         if not schedules:
-            return tvm.compile(mod, target=target)
-        from sliver.backends.tvm.schedules import default_pipeline
+            executable = tvm.compile(mod, target=target)
+        else:
+            from sliver.backends.tvm.schedules import default_pipeline
 
-        return tvm.compile(mod, target=target, relax_pipeline=default_pipeline(target, report=report))
+            executable = tvm.compile(mod, target=target, relax_pipeline=default_pipeline(target, report=report))
+    if capture is not None:
+        layers.update(capture.result())
+    return executable
+
+
+def primfunc_ops(mod) -> dict[str, list[int]]:
+    """``{PrimFunc name: sorted sliver op indices}`` of a Relax module after FuseOps
+    (before FuseTIR): a fused function's bindings keep the names
+    :func:`~sliver.backends.tvm.lower.var_name` gave them (its output var is renamed,
+    so an epilogue such as a final relu may be missing), and ``main`` calls unfused
+    PrimFuncs from vars with those names.  Ops the compiler added (layout
+    transposes) map to nothing."""
+    from tvm import relax
+
+    from sliver.backends.tvm.lower import op_index
+
+    out: dict[str, set] = {}
+
+    def bindings(func):
+        for block in func.body.blocks:
+            yield from block.bindings
+
+    for gv, func in mod.functions_items():
+        if not isinstance(func, relax.Function):
+            continue
+        if func.attrs is not None and "Primitive" in func.attrs:
+            idx = {op_index(b.var.name) for b in bindings(func)} - {None}
+            out.setdefault(gv.name_hint, set()).update(idx)
+            continue
+        for b in bindings(func):
+            call = b.value
+            if isinstance(call, relax.Call) and getattr(call.op, "name", "") == "relax.call_tir":
+                i = op_index(b.var.name)
+                callee = call.args[0].name_hint
+                out.setdefault(callee, set()).update({i} if i is not None else set())
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _add_deduplicated(module, found: dict) -> None:
+    """Complete :func:`primfunc_ops`' map for fused functions TVM deduplicated:
+    FuseOps makes one function for structurally equal groups (the 2nd conv of every
+    ResNet stage), and only the first group's var names survive in it.  An op with
+    params that no function claims is added to the functions computing an op of the
+    same kind, attributes and types."""
+
+    def signature(op):
+        return (op.kind, repr(sorted(op.attrs.items())), tuple(str(v.type) for v in op.operands),
+                tuple(str(r.type) for r in op.results))
+
+    claimed = {i for idx in found.values() for i in idx}
+    by_signature: dict = {}
+    for f, idx in found.items():
+        for i in idx:
+            by_signature.setdefault(signature(module.ops[i]), set()).add(f)
+    for i, op in enumerate(module.ops):
+        if i in claimed or op.kind == "param":
+            continue
+        if not any(v.producer is not None and v.producer.kind == "param" for v in op.operands):
+            continue
+        for f in by_signature.get(signature(op), ()):
+            found[f] = sorted({*found[f], i})
+
+
+def _primfunc_ops_instrument():
+    import tvm
+
+    @tvm.instrument.pass_instrument
+    class PrimFuncOps:
+        """Records :func:`primfunc_ops` just before FuseTIR (fused groups) and just
+        after the first LegalizeOps (for pipelines that fuse nothing, like TVM's
+        default one); :meth:`result` prefers the fused view."""
+
+        def __init__(self):
+            self.fused, self.legalized = {}, {}
+
+        def run_before_pass(self, mod, info):
+            if info.name == "FuseTIR" and not self.fused:
+                self.fused = primfunc_ops(mod)
+
+        def run_after_pass(self, mod, info):
+            if info.name == "LegalizeOps" and not self.legalized:
+                self.legalized = primfunc_ops(mod)
+
+        def result(self) -> dict:
+            return self.fused or self.legalized
+
+    return PrimFuncOps()
 
 
 def tvm_version() -> str:
@@ -84,4 +183,4 @@ def tvm_version() -> str:
     return tvm.__version__
 
 
-__all__ = ["build_relax", "compile_module", "resolve", "Target", "tvm_version"]
+__all__ = ["build_relax", "compile_module", "primfunc_ops", "resolve", "Target", "tvm_version"]

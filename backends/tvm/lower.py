@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -303,6 +304,11 @@ def _sum(bb, op, x):
     return bb.emit(_R().sum(x, axis=list(op.attrs["axes"]), keepdims=op.attrs["keepdim"]))
 
 
+@lowers("amax")
+def _amax(bb, op, x):
+    return bb.emit(_R().max(x, axis=list(op.attrs["axes"]), keepdims=op.attrs["keepdim"]))
+
+
 @lowers("attention")
 def _attention(bb, op, q, k, v, mask=None):
     """softmax(q k^T * scale + mask) v, written out in Relax ops on [B, H, S, D]."""
@@ -332,6 +338,53 @@ def _attention(bb, op, q, k, v, mask=None):
 
 
 # -- the module ---------------------------------------------------------------------------
+
+
+def var_name(op, index: int) -> str:
+    """The Relax name of every var the lowering of ``module.ops[index]`` emits: its
+    result's name as an identifier, then ``__INDEX_``.  Relax appends digits to
+    repeated names; the trailing underscore keeps the index readable
+    (:func:`op_index`), so fused PrimFuncs can be traced back to sliver ops."""
+    return "".join(c if c.isalnum() else "_" for c in op.results[0].name) + f"__{index}_"
+
+
+def op_index(name: str) -> int | None:
+    """The sliver op index in a Relax var name made by :func:`var_name` (None if not one)."""
+    m = re.search(r"__(\d+)_\d*$", name)
+    return int(m.group(1)) if m else None
+
+
+class _NamedEmitter:
+    """The BlockBuilder a lowering rule sees: ``emit`` and ``emit_te`` name vars after the op."""
+
+    def __init__(self, bb, name: str):
+        self._bb, self._name = bb, name
+
+    def emit(self, expr, name_hint: str = ""):
+        return self._bb.emit(self._bind_nested(expr), name_hint=name_hint or self._name)
+
+    def emit_te(self, func, *args, **kwargs):
+        kwargs.setdefault("name_hint", self._name)
+        return self._bb.emit_te(func, *args, **kwargs)
+
+    def _bind_nested(self, expr):
+        """Emit nested calls first, under the op's name (Relax would name them ``lv``)."""
+        from tvm import relax
+
+        def has_call(e) -> bool:
+            return isinstance(e, relax.Call) or (isinstance(e, relax.Tuple) and any(map(has_call, e.fields)))
+
+        def bind(e):
+            if isinstance(e, relax.Call):
+                return self.emit(e)
+            return relax.Tuple([bind(f) for f in e.fields]) if has_call(e) else e
+
+        if isinstance(expr, relax.Call) and any(map(has_call, expr.args)):
+            return relax.Call(expr.op, [bind(a) for a in expr.args], expr.attrs, expr.ty_args, expr.span)
+        return expr
+
+    def __getattr__(self, attr):
+        return getattr(self._bb, attr)
 
 
 def unsupported_ops(module) -> list[str]:
@@ -379,12 +432,12 @@ def _to_relax(module):
     env = {id(v): p for v, p in zip(module.inputs, params)}
     with bb.function("main", params):
         with bb.dataflow():
-            for op in module.ops:
+            for index, op in enumerate(module.ops):
                 if op.kind == "param":
                     env[id(op.result)] = _const(module.params[op.result.name])
                     continue
                 args = [env[id(v)] for v in op.operands]
-                out = LOWERING[op.kind](bb, op, *args)
+                out = LOWERING[op.kind](_NamedEmitter(bb, var_name(op, index)), op, *args)
                 env[id(op.result)] = out
             outs = [env[id(v)] for v in module.outputs]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
@@ -393,4 +446,6 @@ def _to_relax(module):
     return bb.finalize()
 
 
+# lowering rules kept in their own files register themselves into LOWERING on import
 from sliver.backends.tvm import lowbit as _lowbit  # noqa: E402,F401 - registers quantize, qconv2d, …
+from sliver.backends.tvm import wq_linear as _wq_linear  # noqa: E402,F401 - registers wq_linear

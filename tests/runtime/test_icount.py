@@ -41,14 +41,20 @@ def test_plugin_count_equals_singlestep_trace(tmp_path):
     assert icount.count_program([str(prog)]) == want
 
 
+@pytest.fixture(scope="module")
+def counted(example_arm64):
+    """The one emulated run of the example artifact the tests below share."""
+    return icount.count_artifact(example_arm64, repeat=2)
+
+
 @pytest.mark.emulated
 @pytest.mark.slow
 @needs_counter
-def test_artifact_counts_per_call_and_per_primfunc(example_arm64):
+def test_artifact_counts_per_call_and_per_primfunc(example_arm64, counted):
     from sliver.runtime.artifact import read
 
     art = read(example_arm64)
-    c = icount.count_artifact(art, repeat=2)
+    c = counted
     # the call ran on the golden input and produced the golden output
     np.testing.assert_allclose(c.results[0], art.golden["output_0"], rtol=1e-4, atol=1e-5)
     # start-up (interpreter, imports, loading) is excluded, and it dwarfs one call
@@ -68,3 +74,28 @@ def test_refuses_an_x86_library(example_x86):
 
     with pytest.raises(SliverError, match="arm64"):
         icount.count_artifact(read(example_x86))
+
+
+@pytest.mark.emulated
+@pytest.mark.slow
+@needs_counter
+def test_bench_emulate_reports_instructions_per_layer(example_arm64, counted, tmp_path, monkeypatch, capsys):
+    """`sliver bench ARTIFACT --emulate --per-layer` reports the counter's numbers,
+    each function named by the sliver layers it computes (the run is shared)."""
+    import json
+
+    from sliver.runtime.artifact import read
+    from sliver.tools import bench
+
+    monkeypatch.setattr(icount, "count_artifact", lambda art, repeat: counted)
+    assert bench.main([str(example_arm64), "--emulate", "--per-layer", "--json", str(tmp_path / "e.json")]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["instructions"] == counted.per_call and f"{counted.per_call:,}" in out
+    rows = {r["function"]: r for r in report["functions"]}
+    manifest = read(example_arm64).manifest
+    for name, n in counted.functions.items():
+        assert rows[name]["instructions"] == n
+    conv_layers = {o["layer"] for o in manifest["ops"] if o["kind"] == "conv2d"}
+    named = {layer for r in rows.values() for layer in r["layers"]}
+    assert conv_layers and conv_layers <= named
