@@ -8,7 +8,7 @@ equals (Wq − zw)·sw bit for bit; the pass checks it).  What follows the layer
 folded into the op's epilogue while it is a chain of single users: a batch norm
 (scale·g/√(var+eps), (b − mean)·g/√(var+eps) + β), a per-channel or scalar mul / add /
 sub by a constant, then relu / clamp.  Finally a ``quantize`` of the layer's result
-(the next low-bit layer's input), also seen through reshapes, becomes the layer's
+(the next low-bit layer's input), also seen through reshapes and max pooling, becomes the layer's
 ``out_dtype`` (the requantize is fused) when every user of the result quantizes it the
 same way.
 
@@ -268,15 +268,20 @@ def _rewrite(module, plan: Plan):
     return new
 
 
+#: ops that commute with quantize exactly: it is elementwise and monotone (non-decreasing),
+#: so it moves through reshapes and max pooling (whose padding never wins a window)
+_COMMUTES = ("reshape", "max_pool2d")
+
+
 def _hoist_quantize(module, q) -> bool:
-    """quantize(reshape(y)) → reshape(quantize(y)) when the reshape feeds only the
-    quantize: quantization is elementwise, so the codes are the same."""
+    """quantize(reshape(y)) → reshape(quantize(y)) (and max_pool2d) when that op feeds
+    only the quantize: the codes are the same, and the layer before can then emit them."""
     src = q.operands[0]
     r = src.producer
-    if r is None or r.kind != "reshape" or len(src.uses) != 1 or any(v is src for v in module.outputs):
+    if r is None or r.kind not in _COMMUTES or len(src.uses) != 1 or any(v is src for v in module.outputs):
         return False
     inner = module.add_op("quantize", [r.operands[0]], q.attrs, before=r, names=[module.fresh_name(q.result.name)])
-    out = module.add_op("reshape", [inner.result], r.attrs, before=q, names=[module.fresh_name(r.result.name)])
+    out = module.add_op(r.kind, [inner.result], r.attrs, before=q, names=[module.fresh_name(r.result.name)])
     module.replace_all_uses_with(q.result, out.result)
     name = r.result.name
     module.erase(q)

@@ -1,6 +1,7 @@
 """`sliver explain`: the per-layer report agrees with the pass records it is built from.
 
-One TVM compile (the bundled example, pruned) for the end-to-end test; the generic
+One TVM compile (the bundled example, pruned and its linear layer quantized to
+4 bits) for the end-to-end test; the generic
 reading of other passes' notes is tested on a hand-written manifest."""
 
 import json
@@ -10,7 +11,7 @@ import pytest
 from sliver.runtime.artifact import Artifact
 from sliver.tools import explain
 
-PIPELINE = "fold-batchnorm,prune{amount=0.5},const-fold,cse,dce"
+PIPELINE = "fold-batchnorm,prune{amount=0.5},quantize-weights{bits=4},const-fold,cse,dce"
 
 
 def table(markdown: str, title: str) -> list[dict]:
@@ -59,9 +60,16 @@ def test_report_channels_equal_the_prune_report(pruned):
         assert row["ops"] == f"{rec.ops_before} → {rec.ops_after}"
         assert row["params"] == f"{rec.params_before} → {rec.params_after}"
         assert row["output drift"] == f"{rec.drift:.3g}"
-    # every conv layer has a compiled function and a measured latency
+    # the quantized layer: its bits and what the quantizer recorded (error, kept weights)
+    (quant,) = [r for r in art.records if r.name == "quantize-weights"]
+    (qlayer,) = quant.notes["layers"]
+    head = layers[qlayer["layer"].removesuffix(".weight")]
+    assert head["bits"] == f"bits={quant.notes['bits']}" == "bits=4"
+    assert f"rel_error={qlayer['rel_error']:.4g}" in head["notes"]
+    assert head["outliers kept"] == (str(len(qlayer["kept"])) if qlayer["kept"] else "")
+    # every conv and linear layer has a compiled function and a measured latency
     for name, row in layers.items():
-        if row["op"] == "conv2d":
+        if row["op"] in ("conv2d", "wq_linear"):
             assert row["compiled function"] in saved.manifest["primfuncs"]
             assert row["latency ms (share)"].endswith("%)")
     # the prune pass's own text report is included verbatim, and the HTML has the same rows
@@ -131,6 +139,6 @@ def test_cli_explain_writes_markdown_and_html(pruned, tmp_path):
                  "--repeat", "2"]) == 0
     md = (tmp_path / "r.md").read_text()
     assert md.startswith("# sliver explain: @TinyCNN for x86_64")
-    assert "## Pass prune{amount=0.5}" in md
+    assert "## Pass prune{amount=0.5}" in md and "## Pass quantize-weights{bits=4}" in md
     assert "<table>" in (tmp_path / "r.html").read_text()
     json.dumps(saved.manifest["passes"])  # the records in the manifest are plain JSON

@@ -73,7 +73,13 @@ def layer_notes(notes, layers: set) -> dict[str, dict[str, list]]:
             for k, v in x.items():
                 walk(v, f"{path}.{k}" if path else str(k))
         elif isinstance(x, list):
-            named = [(_resolve(i.get("name", i.get("layer")), layers), i) for i in x if isinstance(i, dict)]
+            items = [i for i in x if isinstance(i, dict)]
+            if items and len(items) == len(x) and all(isinstance(i.get("layers"), list) for i in items):
+                for item in items:  # entries about several layers each (e.g. a shared input)
+                    for layer in {_resolve(n, layers) for n in item["layers"]} - {None}:
+                        add(layer, path, item)
+                return
+            named = [(_resolve(i.get("name", i.get("layer")), layers), i) for i in items]
             if named and len(named) == len(x) and any(layer for layer, _ in named):
                 for layer, item in named:
                     if layer:
@@ -125,7 +131,12 @@ def _bits(entries_by_path: dict) -> list[str]:
 
 
 def _outliers(entries_by_path: dict) -> int:
-    return sum(len(v) for k, v in entries_by_path.items() if any(w in k.lower() for w in OUTLIER_KEYS))
+    """Entries under an outlier/super key, plus the items of ``kept`` lists (weights
+    a quantizer kept in float)."""
+    n = sum(len(v) for k, v in entries_by_path.items() if any(w in k.lower() for w in OUTLIER_KEYS))
+    for entries in entries_by_path.values():
+        n += sum(len(e["kept"]) for e in entries if isinstance(e, dict) and isinstance(e.get("kept"), list))
+    return n
 
 
 # -- the report -------------------------------------------------------------------------
@@ -272,7 +283,9 @@ def build_report(artifact, *, source: str, cost: dict, unit: str) -> Doc:
             if not entries:
                 continue
             chans = chans or _channels(entries)
-            bits += _bits(entries)
+            # bit widths per entry, else the pass's own (e.g. quantize-weights{bits=4})
+            bits += _bits(entries) or _bits({"": [{k: v for k, v in r.get("notes", {}).items()
+                                                   if not isinstance(v, (dict, list))}]})
             outl += _outliers(entries)
             if not _channels(entries):
                 notes += [f"{r['name']}: {_summary(k, v)}" for k, v in entries.items()

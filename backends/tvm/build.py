@@ -46,6 +46,7 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, ker
         found = {} if layers is not None else None
         executable = build_relax(mod, tvm_target(target), schedules=schedules, layers=found)
         if layers is not None:
+            _add_deduplicated(module, found)
             layers.update({f: [module.ops[i].results[0].name for i in idx] for f, idx in found.items()})
     except Exception as e:
         raise SliverError(f"TVM failed to compile @{module.name} for {target.name}: {type(e).__name__}: "
@@ -123,6 +124,31 @@ def primfunc_ops(mod) -> dict[str, list[int]]:
                 callee = call.args[0].name_hint
                 out.setdefault(callee, set()).update({i} if i is not None else set())
     return {k: sorted(v) for k, v in out.items()}
+
+
+def _add_deduplicated(module, found: dict) -> None:
+    """Complete :func:`primfunc_ops`' map for fused functions TVM deduplicated:
+    FuseOps makes one function for structurally equal groups (the 2nd conv of every
+    ResNet stage), and only the first group's var names survive in it.  An op with
+    params that no function claims is added to the functions computing an op of the
+    same kind, attributes and types."""
+
+    def signature(op):
+        return (op.kind, repr(sorted(op.attrs.items())), tuple(str(v.type) for v in op.operands),
+                tuple(str(r.type) for r in op.results))
+
+    claimed = {i for idx in found.values() for i in idx}
+    by_signature: dict = {}
+    for f, idx in found.items():
+        for i in idx:
+            by_signature.setdefault(signature(module.ops[i]), set()).add(f)
+    for i, op in enumerate(module.ops):
+        if i in claimed or op.kind == "param":
+            continue
+        if not any(v.producer is not None and v.producer.kind == "param" for v in op.operands):
+            continue
+        for f in by_signature.get(signature(op), ()):
+            found[f] = sorted({*found[f], i})
 
 
 def _primfunc_ops_instrument():

@@ -377,13 +377,17 @@ def op_index(name: str) -> int | None:
 
 
 class _NamedEmitter:
-    """The BlockBuilder a lowering rule sees: ``emit`` names vars after the op."""
+    """The BlockBuilder a lowering rule sees: ``emit`` and ``emit_te`` name vars after the op."""
 
     def __init__(self, bb, name: str):
         self._bb, self._name = bb, name
 
     def emit(self, expr, name_hint: str = ""):
         return self._bb.emit(self._bind_nested(expr), name_hint=name_hint or self._name)
+
+    def emit_te(self, func, *args, **kwargs):
+        kwargs.setdefault("name_hint", self._name)
+        return self._bb.emit_te(func, *args, **kwargs)
 
     def _bind_nested(self, expr):
         """Emit nested calls first, under the op's name (Relax would name them ``lv``)."""

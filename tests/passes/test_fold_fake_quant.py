@@ -327,3 +327,140 @@ def test_cli_lists_the_pass_and_prints_the_report(tmp_path, capsys):
     assert "fold-fake-quant: 4 of 4 conv2d/linear layers folded" in err
     assert "qconv2d  W2A2  u2/i2" in err
     assert "qconv2d(" in (tmp_path / "q.sir").read_text()
+
+
+class PoolNet(nn.Module):
+    """conv → relu → max pool (padded) → a 12-bit layer (stays float) → flatten → linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = FQ(nn.Conv2d(3, 8, 3, padding=1), unsigned(8), signed(3), a_scale=0.01)
+        self.c2 = FQ(nn.Conv2d(8, 8, 3, padding=1), unsigned(3), signed(12), a_scale=0.2)
+        self.c3 = FQ(nn.Conv2d(8, 8, 1), unsigned(3), signed(3), a_scale=0.2)
+        self.fc = FQ(nn.Linear(8 * 2 * 2, 5), unsigned(2), signed(2), a_scale=0.3)
+
+    def forward(self, x):
+        y = F.max_pool2d(F.relu(self.c1(x)), 3, 2, padding=1)
+        y = F.max_pool2d(F.relu(self.c3(F.relu(self.c2(y)))), 2)
+        return self.fc(y.flatten(1))
+
+
+def pool_net():
+    torch.manual_seed(5)
+    return PoolNet().eval(), torch.rand(4, 3, 8, 8)
+
+
+def test_requantize_moves_through_max_pool_and_flatten():
+    model, x = pool_net()
+    module = sliver.trace(model, (x,))
+    record = fold(module)
+    rows = record.notes["layers"]
+    assert [(r["layer"], r["folded"], r.get("out")) for r in rows] == [
+        ("c1.layer", True, "f32"), ("c2.layer", False, None), ("c3.layer", True, "u2"), ("fc.layer", True, "f32")]
+    assert "weight range [-2048, 2047] needs 12 bits" in rows[1]["reason"]
+    kinds = [op.kind for op in module.ops if op.kind not in ("param", "fake_quant")]
+    assert kinds == ["quantize", "qconv2d", "max_pool2d", "conv2d", "relu", "quantize", "qconv2d", "max_pool2d",
+                     "reshape", "qdense"]
+    with torch.no_grad():
+        want = model(x).numpy()
+    (got,) = run(module, [x.numpy()])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.slow
+def test_compiled_mixed_float_and_low_bit_model_matches_torch():
+    """The default pipeline end to end on x86_64: folded layers use the low-bit lowering,
+    the layer left in float keeps its input fake_quant (lowered as float simulation)."""
+    model, x = pool_net()
+    art = sliver.lower(model, (x,), target="x86_64")
+    assert sum(op.kind == "fake_quant" for op in art.module.ops) == 1  # c2's input; its weight was const-folded
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = art.load()(x.numpy())
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+class AllCases(nn.Module):
+    """Every single-layer case of CASES side by side (one input and output each)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(7)
+        self.names = sorted(CASES)
+        self.layers = nn.ModuleList(
+            FQ(CASES[n][0](), CASES[n][1], CASES[n][2], a_scale=0.3, a_zp=CASES[n][3]) for n in self.names)
+
+    def forward(self, *xs):
+        return tuple(layer(x) for layer, x in zip(self.layers, xs))
+
+
+@pytest.fixture(scope="module")
+def all_cases():
+    model = AllCases().eval()
+    g = torch.Generator().manual_seed(8)
+    xs = tuple(torch.randn(CASES[n][4], generator=g) * 1.5 + 0.5 for n in model.names)
+    with torch.no_grad():
+        want = [y.numpy() for y in model(*xs)]
+    return model, xs, want
+
+
+@pytest.mark.slow
+def test_all_cases_compiled_for_x86_match_fake_quant_torch(all_cases, tmp_path):
+    model, xs, want = all_cases
+    art = sliver.lower(model, xs, target="x86_64", rtol=1e-5, atol=1e-5)
+    assert all(r["folded"] for r in art.records[0].notes["layers"])
+    got = art.load()(*[x.numpy() for x in xs])
+    for name, g_, w_ in zip(model.names, got, want):
+        np.testing.assert_allclose(g_, w_, rtol=1e-5, atol=1e-5 * np.abs(w_).max(), err_msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.emulated
+def test_all_cases_arm64_artifact_matches_fake_quant_torch_on_emulated_pi(all_cases, tmp_path, capsys):
+    """The arm64 artifact's golden outputs are the torch model's; --verify checks them on
+    the emulated Pi at 1e-5 (relative to each output's magnitude)."""
+    from sliver.tools.cli import main
+
+    model, xs, _ = all_cases
+    path = sliver.lower(model, xs, target="arm64", rtol=1e-5, atol=1e-5).save(tmp_path / "cases.sliver")
+    assert main(["run", str(path), "--verify", "--emulate"]) == 0
+    assert "verify: passed (arm64 artifact on aarch64)" in capsys.readouterr().out
+
+
+def qat_zoo_model(name, bits):
+    """A spine CNN prepared with sliver.qat; one training-mode batch initialises the
+    scales (batch norms kept in eval mode, so their statistics stay calibrated)."""
+    import sliver.qat
+    from sliver.tools import zoo
+
+    model, _ = zoo.resnet18(width=8, resolution=32) if name == "resnet18" else zoo.mobilenet_v2(
+        width_mult=0.25, resolution=32)
+    q = sliver.qat.prepare(model, *bits)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    q.train()
+    for m in q.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    with torch.no_grad():
+        q(x)
+    return q.eval(), x
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,bits,compiled", [("resnet18", (2, 2), True), ("mobilenet_v2", (4, 4), False)])
+def test_spine_cnns_fold_completely_and_match_fake_quant_torch(name, bits, compiled):
+    from sliver.api import DEFAULT_PIPELINE
+
+    model, x = qat_zoo_model(name, bits)
+    module = sliver.trace(model, (x,))
+    record = fold(module, DEFAULT_PIPELINE)
+    rows = record.notes["layers"]
+    assert rows and all(r["folded"] for r in rows), record.notes["text"]
+    assert not {op.kind for op in module.ops} & {"conv2d", "linear", "fake_quant", "batch_norm"}
+    with torch.no_grad():
+        want = model(x).numpy()
+    outs = [run(module, [x.numpy()])[0]]
+    if compiled:
+        outs.append(sliver.lower(model, (x,), target="x86_64").load()(x.numpy()))
+    for got in outs:
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
