@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -132,10 +133,43 @@ def markdown(rows) -> list[str]:
     return out + ["| " + " | ".join(r) + " |" for r in rows[1:]]
 
 
+def emulated_w4(base, inputs, super_weights, mask, ref) -> str:
+    """Lower the W4 (block 128, clipping, super weights kept) model for arm64, run it
+    with ``sliver.runtime run --verify`` on the emulated Pi, and compare."""
+    import sliver
+    from sliver.api import optimize
+    from sliver.ir.interp import run
+    from sliver.passes.manager import make_pass, max_relative_error
+    from sliver.runtime import emulate
+
+    m = base.clone()
+    optimize(m, [make_pass("quantize-weights", bits=4, granularity="block", block=128, clip=True, keep_super=True,
+                           super_weights=tuple(super_weights))])
+    art = sliver.lower(m, inputs, target="arm64")
+    with tempfile.TemporaryDirectory(prefix="sliver-bench-outliers-") as tmp:
+        path, out = art.save(f"{tmp}/w4.sliver"), f"{tmp}/out.npz"
+        t0 = time.perf_counter()
+        proc = emulate.run_module(["run", str(path), "--verify", "--output", out], timeout=3600)
+        seconds = time.perf_counter() - t0
+        if proc.returncode != 0:
+            return f"emulated arm64 W4 run failed:\n{proc.stdout}\n{proc.stderr}"
+        with np.load(out) as z:
+            got = [z[k] for k in z.files]
+    verdict = [line for line in proc.stdout.splitlines() if line.startswith("verify:")]
+    return (f"arm64 W4 artifact ({art.manifest['library']['bytes']:,} bytes) on the emulated Raspberry Pi "
+            f"({seconds:.0f} s under qemu): {' '.join(verdict)}; max rel err vs the interpreter "
+            f"{max_relative_error(got, run(m, inputs)):.1e}, mean cosine vs float "
+            f"{mean_cosine(embeddings(got[0], mask), ref):.4f}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sliver.tools.bench_outliers", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="int4 per-tensor and block 128 only, A8 only (a smoke run)")
     p.add_argument("--no-bytes", action="store_true", help="skip the compiled artifact sizes")
+    p.add_argument("--only", choices=("weights", "activations", "bytes", "emulate"),
+                   help="run one part (emulate: only the emulated-Pi run)")
+    p.add_argument("--emulate", action="store_true",
+                   help="with the bytes part: also run the W4 model for arm64 on the emulated Raspberry Pi")
     args = p.parse_args(argv)
 
     import torch
@@ -143,7 +177,7 @@ def main(argv=None) -> int:
     import sliver
     from sliver.api import optimize
     from sliver.ir.interp import run
-    from sliver.passes.manager import make_pass
+    from sliver.passes.manager import make_pass, max_relative_error
     from sliver.passes.outliers import find_outliers
 
     torch.set_num_threads(1)  # the interpreter's many small ops: faster on one thread (see find-outliers)
@@ -171,42 +205,49 @@ def main(argv=None) -> int:
         optimize(m, pipeline)
         return mean_cosine(embeddings(run(m, inputs)[0], mask), ref)
 
+    def part(name):
+        return args.only in (None, name) and not (name == "bytes" and args.no_bytes)
+
     bits_list = (4,) if args.quick else WEIGHT_BITS
     grans = [GRANULARITIES[0], GRANULARITIES[2]] if args.quick else GRANULARITIES
-    rows = [("weights", "granularity", *(name for name, _ in VARIANTS))]
-    for bits in bits_list:
-        for gname, gopts in grans:
-            cells = []
-            for _, vopts in VARIANTS:
-                opts = {"bits": bits, **gopts, **vopts}
-                if opts.get("keep_super"):
-                    opts["super_weights"] = tuple(sw)
-                cells.append(f"{quality([make_pass('quantize-weights', **opts)]):.4f}")
-            rows.append((f"int{bits}", gname, *cells))
-            print(f"  [{time.perf_counter() - t_start:.0f}s] int{bits} {gname}: {' '.join(cells)}", file=sys.stderr)
-    print()
-    print("Weights (symmetric RTN of every linear layer; activations float): mean cosine vs the float model")
-    print("\n".join(markdown(rows)))
+    if part("weights"):
+        rows = [("weights", "granularity", *(name for name, _ in VARIANTS))]
+        for bits in bits_list:
+            for gname, gopts in grans:
+                cells = []
+                for _, vopts in VARIANTS:
+                    opts = {"bits": bits, **gopts, **vopts}
+                    if opts.get("keep_super"):
+                        opts["super_weights"] = tuple(sw)
+                    cells.append(f"{quality([make_pass('quantize-weights', **opts)]):.4f}")
+                rows.append((f"int{bits}", gname, *cells))
+                print(f"  [{time.perf_counter() - t_start:.0f}s] int{bits} {gname}: {' '.join(cells)}", file=sys.stderr)
+        print()
+        print("Weights (symmetric RTN of every linear layer; activations float): mean cosine vs the float model")
+        print("\n".join(markdown(rows)))
 
-    act_rows = [("activations", "mode", "plain RTN", "+ super activations kept")]
-    for bits in ((8,) if args.quick else (8, 6)):
-        for mode in ("dynamic", "calibrated"):
-            cells = [f"{quality([make_pass('quantize-activations', bits=bits, mode=mode, keep_super=keep, super_activations=report)]):.4f}"
-                     for keep in (False, True)]
-            act_rows.append((f"A{bits}", mode, *cells))
-    kept = sorted({(a["value"], a["channel"]) for a in report["super_activations"] if a["consumers"]})
-    print()
-    print("Activations (per-tensor symmetric RTN of every linear input; weights float): mean cosine vs the float "
-          "model")
-    print("\n".join(markdown(act_rows)))
-    print(f"(super activations kept: {len(kept)} input channels of linear layers, whole channels in float)")
+    if part("activations"):
+        act_rows = [("activations", "mode", "plain RTN", "+ super activations kept")]
+        for bits in ((8,) if args.quick else (8, 6)):
+            for mode in ("dynamic", "calibrated"):
+                passes = [make_pass("quantize-activations", bits=bits, mode=mode, keep_super=keep,
+                                    super_activations=report) for keep in (False, True)]
+                cells = [f"{quality([p]):.4f}" for p in passes]
+                act_rows.append((f"A{bits}", mode, *cells))
+        kept = sorted({(a["value"], a["channel"]) for a in report["super_activations"] if a["consumers"]})
+        print()
+        print("Activations (per-tensor symmetric RTN of every linear input; weights float): mean cosine vs the float "
+              "model")
+        print("\n".join(markdown(act_rows)))
+        print(f"(super activations kept: {len(kept)} input channels of linear layers, whole channels in float)")
 
-    if not args.no_bytes:
-        size_rows = [("model", "x86_64 library bytes", "vs fp32", "mean cosine (compiled)")]
-        ids1, mask1 = one["input_ids"], one["attention_mask"]
-        one_in = [ids1.numpy(), mask1.numpy()]
-        base = sliver.trace(model, (ids1, mask1))
-        ref1 = embeddings(run(base, one_in)[0], mask1)
+    ids1, mask1 = one["input_ids"], one["attention_mask"]
+    one_in = [ids1.numpy(), mask1.numpy()]
+    base = sliver.trace(model, (ids1, mask1))
+    ref1 = embeddings(run(base, one_in)[0], mask1)
+    if part("bytes"):
+        size_rows = [("model", "x86_64 library bytes", "vs fp32", "linear weights in it (bytes)",
+                      "compiled vs interpreter (max rel err)", "mean cosine vs float (compiled)")]
         fp32 = None
         for bits in (None, 8, 4, 3):
             m = base.clone()
@@ -214,16 +255,24 @@ def main(argv=None) -> int:
                 optimize(m, [make_pass("quantize-weights", bits=bits, granularity="block", block=128, clip=True,
                                        keep_super=True, super_weights=tuple(sw))])
             art = sliver.lower(m, one_in, target="x86_64")
-            got = embeddings(sliver.load(art.save(f"/tmp/sliver-bench-outliers-{bits or 32}.sliver")).run(*one_in)[0],
-                             mask1)
+            with tempfile.TemporaryDirectory(prefix="sliver-bench-outliers-") as tmp:
+                compiled = sliver.load(art.save(f"{tmp}/m.sliver")).run(*one_in)
+            got = embeddings(compiled[0], mask1)
             size = art.manifest["library"]["bytes"]
             fp32 = fp32 or size
+            weights = {"linear": slice(1, 2), "wq_linear": slice(1, 6)}  # the weight / codes, scales, outliers
+            linear = sum(art.module.params[v.name].nbytes for op in art.module.ops if op.kind in weights
+                         for v in op.operands[weights[op.kind]])
+            exact = max_relative_error(compiled, run(m, one_in))
             size_rows.append(("fp32" if not bits else f"W{bits} block 128 + clip + super weights", f"{size:,}",
-                              f"{size / fp32:.3f}", f"{mean_cosine(got, ref1):.4f}"))
+                              f"{size / fp32:.3f}", f"{linear:,}", f"{exact:.1e}", f"{mean_cosine(got, ref1):.4f}"))
             print(f"  [{time.perf_counter() - t_start:.0f}s] {size_rows[-1]}", file=sys.stderr)
         print()
         print("Compiled x86_64 artifacts (weight-only wq_linear; one sentence)")
         print("\n".join(markdown(size_rows)))
+    if args.only == "emulate" or (args.emulate and part("bytes")):
+        print()
+        print(emulated_w4(base, one_in, sw, mask1, ref1))
     print(f"\n({time.perf_counter() - t_start:.0f} s)")
     return 0
 

@@ -7,10 +7,10 @@ accumulator ``acc = Σ (x − x_zero_point)(w − w_zero_point)`` with one of tw
 then an f32 epilogue in Relax (``acc·scale[o] + bias[o]``, clamp, and the fused
 requantize into the next layer's codes, the same ops ``quantize`` lowers to):
 
-``generic``    codes → int32, zero points subtracted (so the zero padding of
-               ``conv2d`` is exactly "padding with the activation zero point"), an int32
-               ``conv2d`` / ``matmul`` with the weights' ``w − w_zero_point`` folded at
-               compile time.  Runs through sliver's default schedules like any conv.
+``generic``    codes → int16, zero points subtracted (so the zero padding of
+               ``conv2d`` is exactly "padding with the activation zero point"), an
+               int16 x int16 → int32 ``conv2d`` / ``matmul`` with the weights'
+               ``w − w_zero_point`` folded at compile time.  Runs through sliver's default schedules like any conv.
                Used for 8-bit operands and wherever the target's policy says so.
 ``bitserial``  the C kernel ``kernels/lowbit.c`` (bit planes, AND + popcount, int32
                accumulators; NEON ``cnt`` + ``uadalp`` on aarch64), called with
@@ -43,8 +43,9 @@ BITSERIAL = "sliver_lowbit_bitserial"
 #: Order of the int32 ``meta`` operand of the C kernel (its ``enum M_*``).
 META_FIELDS = ("N", "C", "H", "W", "O", "KH", "KW", "SH", "SW", "PT", "PL", "PB", "PR", "DH", "DW", "G",
                "ABITS", "ASIGNED", "WBITS", "WSIGNED", "XZ", "WZ", "OH", "OW", "TAPB", "RB")
-#: Packed rows are padded to this many bytes (one NEON register).
-ROW_ALIGN = 16
+#: Packed rows are padded to a whole vector register of the kernel's inner loop
+#: (``ROW_ALIGN`` in the C file): NEON 16 bytes, AVX2 32 bytes.
+ROW_ALIGN = {"aarch64": 16, "x86_64": 32}
 
 #: Kernel per target architecture for operands below 8 bits.  aarch64: bit-serial
 #: (NEON cnt); x86-64 without a vector popcount: see the benchmark's numbers in README.
@@ -85,9 +86,15 @@ def _choose(op) -> str:
     forced = _OVERRIDE.get()
     if forced:
         return forced
+    return POLICY.get(_arch(), "generic")
+
+
+def _arch() -> str:
+    """The architecture being lowered for (the host's when lowering outside a build)."""
+    from sliver.runtime.artifact import host_arch
+
     ctx = current()
-    arch = ctx.target.arch if ctx is not None and ctx.target is not None else "x86_64"
-    return POLICY.get(arch, "generic")
+    return ctx.target.arch if ctx is not None and ctx.target is not None else host_arch()
 
 
 def _record(op, kernel: str) -> None:
@@ -161,17 +168,27 @@ def _epilogue(bb, op, acc, scale, bias, rank: int):
     return quantize_expr(bb, y, a["out_scale"], a["out_zero_point"], a["out_dtype"])
 
 
+#: The generic path's operand type: codes minus zero points span at most [-255, 255].
+#: int16 operands (int32 accumulators) keep 8-bit weights at 2 bytes in the library
+#: and let LLVM use 16-bit multiply-adds (vpmaddwd / smlal).
+WIDE = "int16"
+
+
 def _codes_minus_zero_point(bb, x, zp: int):
     R = _R()
-    xi = bb.emit(R.astype(x, "int32"))
-    return bb.emit(R.subtract(xi, _const(np.array(zp, np.int32)))) if zp else xi
+    xi = bb.emit(R.astype(x, WIDE))
+    return bb.emit(R.subtract(xi, _const(np.array(zp, WIDE)))) if zp else xi
 
 
-def pack_weights(w: np.ndarray, wbits: int, tapb: int) -> tuple[np.ndarray, int]:
+def _weights_minus_zero_point(codes: np.ndarray, zp: int) -> np.ndarray:
+    return (codes.astype(np.int32) - np.int32(zp)).astype(WIDE)
+
+
+def pack_weights(w: np.ndarray, wbits: int, tapb: int, align: int = 16) -> tuple[np.ndarray, int]:
     """Bit-pack weight codes ``[O, Cg, KH, KW]`` into the C kernel's rows:
     ``uint8 [O, wbits, RB]``, plane j of output channel o holding the bits of the taps
     (kh, kw) in order, ``tapb`` bytes per tap (channel c at bit c % 8 of byte c // 8,
-    two's complement for signed codes), zero-filled to RB (a multiple of 16)."""
+    two's complement for signed codes), zero-filled to RB (a multiple of ``align``)."""
     o, cg, kh, kw = w.shape
     u = w.astype(np.int64) & ((1 << wbits) - 1)  # two's complement in wbits bits
     taps = np.transpose(u, (0, 2, 3, 1)).reshape(o, kh * kw, cg)  # [O, tap, c]
@@ -179,7 +196,7 @@ def pack_weights(w: np.ndarray, wbits: int, tapb: int) -> tuple[np.ndarray, int]
     padded = np.zeros((o, wbits, kh * kw, tapb * 8), np.uint8)
     padded[..., :cg] = planes
     rows = np.packbits(padded, axis=-1, bitorder="little").reshape(o, wbits, kh * kw * tapb)
-    rb = -(-rows.shape[-1] // ROW_ALIGN) * ROW_ALIGN
+    rb = -(-rows.shape[-1] // align) * align
     out = np.zeros((o, wbits, rb), np.uint8)
     out[..., : rows.shape[-1]] = rows
     return out, rb
@@ -191,16 +208,22 @@ def _bitserial(bb, op, x, w_codes: np.ndarray, *, xshape, stride, padding, dilat
 
     abits, asigned = code_bits(op.operands[0].type.dtype)
     wbits, wsigned = code_bits(op.operands[1].type.dtype)
+    a = op.attrs
+    # Signed weights as offset binary (w + 2^(W-1), the zero point moving with them):
+    # (w - wz) is unchanged and every bit plane weighs +2^j, which lets the kernel fuse
+    # plane pairs (the kernel does the same to signed activations at run time).
+    shift = 1 << (wbits - 1) if wsigned else 0
+    w_codes = w_codes.astype(np.int64) + shift
+    wz = a["w_zero_point"] + shift
     n, c, h, wd = xshape
     o, cg, kh, kw = w_codes.shape
     tapb = -(-cg // 8)
-    packed, rb = pack_weights(w_codes, wbits, tapb)
-    wsum = w_codes.astype(np.int64).reshape(o, -1).sum(axis=1).astype(np.int32)
-    a = op.attrs
+    packed, rb = pack_weights(w_codes, wbits, tapb, ROW_ALIGN.get(_arch(), 32))
+    wsum = w_codes.reshape(o, -1).sum(axis=1).astype(np.int32)
     meta = dict(N=n, C=c, H=h, W=wd, O=o, KH=kh, KW=kw, SH=stride[0], SW=stride[1], PT=padding[0], PL=padding[1],
                 PB=padding[2], PR=padding[3], DH=dilation[0], DW=dilation[1], G=groups, ABITS=abits,
-                ASIGNED=int(asigned), WBITS=wbits, WSIGNED=int(wsigned), XZ=a["x_zero_point"],
-                WZ=a["w_zero_point"], OH=out_hw[0], OW=out_hw[1], TAPB=tapb, RB=rb)
+                ASIGNED=int(asigned), WBITS=wbits, WSIGNED=0, XZ=a["x_zero_point"],
+                WZ=wz, OH=out_hw[0], OW=out_hw[1], TAPB=tapb, RB=rb)
     meta_arr = np.array([meta[k] for k in META_FIELDS], np.int32)
     out = relax.TensorType((n, o, out_hw[0], out_hw[1]), "int32")
     return bb.emit(relax.call_dps_packed(BITSERIAL, [x, _const(packed), _const(wsum), _const(meta_arr)], out))
@@ -219,7 +242,7 @@ def _qconv2d(bb, op, x, w, scale, bias=None):
                          padding=a["padding"], dilation=a["dilation"], groups=a["groups"], out_hw=oshape[2:])
     else:
         xi = _codes_minus_zero_point(bb, x, a["x_zero_point"])  # zero padding == padding with x_zero_point
-        wi = _const((codes.astype(np.int32) - np.int32(a["w_zero_point"])).astype(np.int32))
+        wi = _const(_weights_minus_zero_point(codes, a["w_zero_point"]))
         acc = bb.emit(R.nn.conv2d(xi, wi, strides=a["stride"], padding=a["padding"], dilation=a["dilation"],
                                   groups=a["groups"], out_dtype="int32"))
     return _epilogue(bb, op, acc, scale, bias, 4)
@@ -243,7 +266,7 @@ def _qdense(bb, op, x, w, scale, bias=None):
         acc = bb.emit(R.reshape(acc, list(xshape[:-1]) + [o]))
     else:
         xi = _codes_minus_zero_point(bb, x, a["x_zero_point"])
-        wt = _const(np.ascontiguousarray((codes.astype(np.int32) - np.int32(a["w_zero_point"])).T))
+        wt = _const(np.ascontiguousarray(_weights_minus_zero_point(codes, a["w_zero_point"]).T))
         acc = bb.emit(R.matmul(xi, wt, out_dtype="int32"))
     return _epilogue(bb, op, acc, scale, bias, len(xshape))
 

@@ -38,6 +38,9 @@ DENSE_CASES = [
     ("dense_w2a2", "u2", "i2", (2, 3, 100), 11, dict(x_zero_point=1)),
     ("dense_w1a3", "u3", "u1", (4, 67), 6, dict(x_zero_point=2, w_zero_point=1, clamp_max=0.5)),
     ("dense_w8a8", "i8", "i8", (3, 40), 5, dict(x_zero_point=-3, w_zero_point=2)),
+    # a reduction long enough to flush the kernels' narrow accumulators (AVX2 bytes
+    # every 31 steps, NEON 16-bit lanes every 2048 steps of 16 bytes)
+    ("dense_long", "u1", "i2", (1, 270_000), 4, dict()),
 ]
 
 

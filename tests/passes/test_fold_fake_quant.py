@@ -190,7 +190,7 @@ class Net(nn.Module):
         self.bn = nn.BatchNorm2d(8)
         self.c2 = FQ(nn.Conv2d(8, 8, 3, padding=1, stride=2), unsigned(2), signed(2), a_scale=0.4)
         self.c3 = FQ(nn.Conv2d(8, 8, 3, padding=1, groups=8), unsigned(3), signed(3), a_scale=0.3)
-        self.register_buffer("gain", torch.rand(1, 8, 1, 1) + 0.5)
+        self.register_buffer("gain", torch.rand(1, 8, 1, 1) * 2 - 0.5)  # some negative
         self.fc = FQ(nn.Linear(8 * 4 * 4, 10), unsigned(2), signed(2), a_scale=0.5)
         with torch.no_grad():
             self.bn.running_mean.uniform_(-0.5, 0.5)
@@ -425,3 +425,42 @@ def test_all_cases_arm64_artifact_matches_fake_quant_torch_on_emulated_pi(all_ca
     path = sliver.lower(model, xs, target="arm64", rtol=1e-5, atol=1e-5).save(tmp_path / "cases.sliver")
     assert main(["run", str(path), "--verify", "--emulate"]) == 0
     assert "verify: passed (arm64 artifact on aarch64)" in capsys.readouterr().out
+
+
+def qat_zoo_model(name, bits):
+    """A spine CNN prepared with sliver.qat; one training-mode batch initialises the
+    scales (batch norms kept in eval mode, so their statistics stay calibrated)."""
+    import sliver.qat
+    from sliver.tools import zoo
+
+    model, _ = zoo.resnet18(width=8, resolution=32) if name == "resnet18" else zoo.mobilenet_v2(
+        width_mult=0.25, resolution=32)
+    q = sliver.qat.prepare(model, *bits)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    q.train()
+    for m in q.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    with torch.no_grad():
+        q(x)
+    return q.eval(), x
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,bits,compiled", [("resnet18", (2, 2), True), ("mobilenet_v2", (4, 4), False)])
+def test_spine_cnns_fold_completely_and_match_fake_quant_torch(name, bits, compiled):
+    from sliver.api import DEFAULT_PIPELINE
+
+    model, x = qat_zoo_model(name, bits)
+    module = sliver.trace(model, (x,))
+    record = fold(module, DEFAULT_PIPELINE)
+    rows = record.notes["layers"]
+    assert rows and all(r["folded"] for r in rows), record.notes["text"]
+    assert not {op.kind for op in module.ops} & {"conv2d", "linear", "fake_quant", "batch_norm"}
+    with torch.no_grad():
+        want = model(x).numpy()
+    outs = [run(module, [x.numpy()])[0]]
+    if compiled:
+        outs.append(sliver.lower(model, (x,), target="x86_64").load()(x.numpy()))
+    for got in outs:
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
