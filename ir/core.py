@@ -166,11 +166,19 @@ class Module:
             self.ops.insert(self.ops.index(before), op)
         return op
 
-    def add_param(self, name: str, data: np.ndarray, *, before: Op | None = None) -> Value:
-        """A weight: a ``param`` op whose data is stored under its value name."""
+    def add_param(self, name: str, data: np.ndarray, *, before: Op | None = None, dtype: str | None = None) -> Value:
+        """A weight: a ``param`` op whose data is stored under its value name.  ``dtype``
+        types it as a sub-byte integer (``i4``, ``u2``…) held in ``data``'s int8/uint8."""
+        from sliver.ir.types import to_numpy
+
         data = np.asarray(data)
+        t = TensorType.of(data)
+        if dtype is not None:
+            if to_numpy(dtype) != data.dtype:
+                raise SliverError(f"param {name}: {dtype} values are held in {to_numpy(dtype)}, got {data.dtype}")
+            t = t.with_dtype(dtype)
         name = self.fresh_name(name) if name in self._names else name
-        op = self.add_op("param", types=[TensorType.of(data)], names=[name], before=before)
+        op = self.add_op("param", types=[t], names=[name], before=before)
         self.params[name] = data
         return op.result
 

@@ -598,3 +598,306 @@ declare(
     infer=_attention_infer, ref=_attention_ref,
     doc="softmax(q @ k^T * scale + mask) @ v on [batch, heads, seq, dim]; grouped k/v heads allowed",
 )
+
+# ----------------------------------------------------------------------------
+# quantization (issue 4; the op contract is /work/notes/LOWBIT_CONTRACT.md)
+#
+# Rounding follows torch's fake-quant kernels bit for bit:
+#     q = clamp(zero_point + nearbyint(x * inv_scale), qmin, qmax),  inv_scale = 1.0f / float(scale)
+# i.e. x is multiplied by the float32 reciprocal of the float32 scale (not divided
+# by the scale), nearbyint rounds half to even, and the result is clamped.  This step
+# is always float32 math, also when the interpreter runs in float64.
+# Integer products in qconv2d / qdense are accumulated exactly (float64 holds every
+# int32 sum exactly), then rescaled in the input's float type.
+
+
+def _qcheck_zero_point(op: str, what: str, zp: int, dtype: str) -> None:
+    from sliver.ir.types import int_range
+
+    lo, hi = int_range(dtype)
+    if not isinstance(zp, int) or not lo <= zp <= hi:
+        raise TypeRuleError(f"{op}: {what} {zp!r} is outside the range [{lo}, {hi}] of {dtype}")
+
+
+def _qcheck_codes(op: str, what: str, t: TensorType) -> None:
+    from sliver.ir.types import is_lowbit
+
+    if not is_lowbit(t.dtype):
+        raise TypeRuleError(f"{op}: {what} must hold 1- to 8-bit integer codes (u1..u8, i1..i8), got {t}")
+
+
+def _qcheck_scale(op: str, scale) -> None:
+    if not isinstance(scale, float) or not (scale > 0 and math.isfinite(scale)):
+        raise TypeRuleError(f"{op}: scale must be a positive finite float, got {scale!r}")
+
+
+def _inv_scale(scale):
+    """torch's ``1.0f / scale`` as a float32 0-d tensor (``scale`` a float or float tensor)."""
+    torch = _torch()
+    s = torch.as_tensor(scale, dtype=torch.float32)
+    return torch.ones((), dtype=torch.float32) / s
+
+
+def quantize_codes(x, scale, zero_point, qmin: int, qmax: int):
+    """clamp(zero_point + nearbyint(x * (1.0f / scale)), qmin, qmax) as int64, torch's
+    fake-quant integer step; ``scale``/``zero_point`` broadcast against ``x``."""
+    torch = _torch()
+    r = torch.round(x * _inv_scale(scale)) + torch.as_tensor(zero_point)  # round: half to even, like nearbyint
+    return torch.nan_to_num(r, nan=float(qmin)).clamp(qmin, qmax).long()  # NaN → qmin, as torch's per-tensor kernel
+
+
+def _fake_quant_infer(types, *, qmin, qmax, axis):
+    x, scale, zp = types
+    _float_only("fake_quant", x)
+    if not (isinstance(qmin, int) and isinstance(qmax, int)) or qmin > qmax:
+        raise TypeRuleError(f"fake_quant: needs integer qmin <= qmax, got qmin={qmin!r}, qmax={qmax!r}")
+    if scale.dtype != "f32" or zp.dtype != "i32":
+        raise TypeRuleError(f"fake_quant: scale must be f32 and zero_point i32 (as torch wants), got {scale}, {zp}")
+    if axis is None:
+        if scale.shape != () or zp.shape != ():
+            raise TypeRuleError(f"fake_quant: per-tensor (axis=none) needs 0-d scale and zero_point, got {scale}, {zp}")
+    else:
+        ax = _axis(axis, x.rank, "fake_quant")
+        if scale.shape != (x.shape[ax],) or zp.shape != (x.shape[ax],):
+            raise TypeRuleError(
+                f"fake_quant: per-channel along axis {axis} needs scale and zero_point of shape [{x.shape[ax]}], "
+                f"got {scale}, {zp}"
+            )
+    return x
+
+
+def _fake_quant_ref(x, scale, zero_point, *, qmin, qmax, axis):
+    # Always float32 math (then back to x's type): a float64 product x * (1/scale)
+    # rounds differently near ties, and fake-quantized weights must be torch's exactly
+    # even when const-fold or the float64 interpreter evaluates them.
+    torch = _torch()
+    scale, zero_point, xf = scale.float(), zero_point.int(), x.float()
+    if axis is None:
+        return torch.fake_quantize_per_tensor_affine(xf, scale, zero_point, qmin, qmax).to(x.dtype)
+    return torch.fake_quantize_per_channel_affine(xf, scale, zero_point, axis % x.dim(), qmin, qmax).to(x.dtype)
+
+
+declare(
+    "fake_quant", ("x", "scale", "zero_point"), {"qmin": REQUIRED, "qmax": REQUIRED, "axis": None},
+    infer=_fake_quant_infer, ref=_fake_quant_ref,
+    doc="(clamp(round(x / scale) + zero_point, qmin, qmax) - zero_point) * scale, per tensor (axis none, "
+        "0-d scale/zero_point) or per channel along axis; torch.fake_quantize_per_*_affine bit for bit",
+)
+
+
+def _quantize_infer(types, *, scale, zero_point, dtype):
+    x = types[0]
+    _float_only("quantize", x)
+    from sliver.ir.types import is_lowbit
+
+    if not is_lowbit(dtype):
+        raise TypeRuleError(f"quantize: dtype must be a 1- to 8-bit integer type (u1..u8, i1..i8), got {dtype!r}")
+    _qcheck_scale("quantize", scale)
+    _qcheck_zero_point("quantize", "zero_point", zero_point, dtype)
+    return x.with_dtype(dtype)
+
+
+def _quantize_ref(x, *, scale, zero_point, dtype):
+    from sliver.ir.types import int_range, to_numpy
+
+    torch = _torch()
+    q = quantize_codes(x.float(), scale, zero_point, *int_range(dtype))  # float32 math, as fake_quant
+    return q.to(getattr(torch, str(to_numpy(dtype))))
+
+
+declare(
+    "quantize", ("x",), {"scale": REQUIRED, "zero_point": 0, "dtype": REQUIRED},
+    infer=_quantize_infer, ref=_quantize_ref, elementwise=True,
+    doc="integer codes clamp(round(x / scale) + zero_point, qmin, qmax) of dtype (u1..u8, i1..i8); "
+        "torch's fake-quant rounding: x * (1.0f / scale), half to even",
+)
+
+
+def _dequantize_infer(types, *, scale, zero_point):
+    q = types[0]
+    _qcheck_codes("dequantize", "its operand", q)
+    _qcheck_scale("dequantize", scale)
+    _qcheck_zero_point("dequantize", "zero_point", zero_point, q.dtype)
+    return q.with_dtype("f32")
+
+
+def _dequantize_ref(q, *, scale, zero_point):
+    torch = _torch()
+    return (q.float() - float(zero_point)) * torch.tensor(scale, dtype=torch.float32)
+
+
+declare(
+    "dequantize", ("q",), {"scale": REQUIRED, "zero_point": 0},
+    infer=_dequantize_infer, ref=_dequantize_ref, elementwise=True,
+    doc="(q - zero_point) * scale as f32",
+)
+
+_QEPILOGUE = {
+    "x_zero_point": 0, "w_zero_point": 0, "clamp_min": None, "clamp_max": None,
+    "out_dtype": "f32", "out_scale": None, "out_zero_point": 0,
+}
+
+
+def _qlayer_infer(op, types, out_shape, attrs):
+    """Checks shared by qconv2d and qdense; returns the result type."""
+    x, w, scale = types[:3]
+    _qcheck_codes(op, "input x", x)
+    _qcheck_codes(op, "weight w", w)
+    _qcheck_zero_point(op, "x_zero_point", attrs["x_zero_point"], x.dtype)
+    _qcheck_zero_point(op, "w_zero_point", attrs["w_zero_point"], w.dtype)
+    o = w.shape[0]
+    if scale.dtype != "f32" or scale.shape != (o,):
+        raise TypeRuleError(f"{op}: scale must be f32[{o}] (one per output channel), got {scale}")
+    if len(types) == 4 and (types[3].dtype != "f32" or types[3].shape != (o,)):
+        raise TypeRuleError(f"{op}: bias must be f32[{o}], got {types[3]}")
+    lo, hi = attrs["clamp_min"], attrs["clamp_max"]
+    for name, bound in (("clamp_min", lo), ("clamp_max", hi)):
+        if bound is not None and not isinstance(bound, (int, float)):
+            raise TypeRuleError(f"{op}: {name} must be a number or none, got {bound!r}")
+    if lo is not None and hi is not None and lo > hi:
+        raise TypeRuleError(f"{op}: clamp_min {lo} > clamp_max {hi}")
+    out = attrs["out_dtype"]
+    if out == "f32":
+        if attrs["out_scale"] is not None or attrs["out_zero_point"] != 0:
+            raise TypeRuleError(f"{op}: out_scale/out_zero_point only apply when out_dtype is an integer type")
+        return TensorType(out_shape, "f32")
+    from sliver.ir.types import is_lowbit
+
+    if not is_lowbit(out):
+        raise TypeRuleError(f"{op}: out_dtype must be f32 or a 1- to 8-bit integer type, got {out!r}")
+    _qcheck_scale(op, attrs["out_scale"])
+    _qcheck_zero_point(op, "out_zero_point", attrs["out_zero_point"], out)
+    return TensorType(out_shape, out)
+
+
+def _qlayer_epilogue(acc, scale, bias, *, clamp_min, clamp_max, out_dtype, out_scale, out_zero_point, **_):
+    """acc (exact integers, float64) → acc·scale[o] + bias[o] → clamp → f32 or requantized codes.
+
+    ``scale`` broadcasts over acc's channel axis already; the rescale runs in the scale's
+    float type (f32, or f64 when the interpreter runs in float64)."""
+    y = acc.to(scale.dtype) * scale
+    if bias is not None:
+        y = y + bias.to(scale.dtype)
+    if clamp_min is not None or clamp_max is not None:
+        y = y.clamp(clamp_min, clamp_max)
+    if out_dtype == "f32":
+        return y
+    return _quantize_ref(y, scale=out_scale, zero_point=out_zero_point, dtype=out_dtype)
+
+
+def _qconv2d_infer(types, *, stride, padding, dilation, groups, **attrs):
+    x, w = types[0], types[1]
+    shape_types = [TensorType(x.shape, "f32"), TensorType(w.shape, "f32")]
+    try:
+        shape = _conv2d_infer(shape_types, stride=stride, padding=padding, dilation=dilation, groups=groups).shape
+    except TypeRuleError as e:
+        raise TypeRuleError(str(e).replace("conv2d", "qconv2d", 1)) from None
+    return _qlayer_infer("qconv2d", types, shape, attrs)
+
+
+def _qconv2d_ref(x, w, scale, bias=None, *, stride, padding, dilation, groups, x_zero_point, w_zero_point, **attrs):
+    xs = x.double() - x_zero_point  # padded taps are 0 here, i.e. hold x_zero_point as codes
+    ws = w.double() - w_zero_point
+    acc = _conv2d_ref(xs, ws, None, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return _qlayer_epilogue(acc, scale.reshape(1, -1, 1, 1),
+                            None if bias is None else bias.reshape(1, -1, 1, 1), **attrs)
+
+
+declare(
+    "qconv2d", ("x", "w", "scale", "b?"),
+    {"stride": (1, 1), "padding": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1, **_QEPILOGUE},
+    infer=_qconv2d_infer, ref=_qconv2d_ref,
+    doc="low-bit conv2d on integer codes: acc = Σ (x - x_zero_point)(w - w_zero_point) exactly (padding holds "
+        "x_zero_point), y = clamp(acc * scale[o] + b[o], clamp_min, clamp_max), then f32 or quantized to "
+        "out_dtype with out_scale/out_zero_point",
+)
+
+
+def _qdense_infer(types, **attrs):
+    x, w = types[0], types[1]
+    if w.rank != 2 or x.rank < 1 or x.shape[-1] != w.shape[1]:
+        raise TypeRuleError(f"qdense: input {x} does not match weight {w} ([out, in])")
+    return _qlayer_infer("qdense", types, x.shape[:-1] + (w.shape[0],), attrs)
+
+
+def _qdense_ref(x, w, scale, bias=None, *, x_zero_point, w_zero_point, **attrs):
+    acc = (x.double() - x_zero_point) @ (w.double() - w_zero_point).T
+    return _qlayer_epilogue(acc, scale, bias, **attrs)
+
+
+declare(
+    "qdense", ("x", "w", "scale", "b?"), dict(_QEPILOGUE),
+    infer=_qdense_infer, ref=_qdense_ref,
+    doc="low-bit linear on integer codes: acc = Σ_k (x - x_zero_point)(w[o,k] - w_zero_point) exactly, then the "
+        "qconv2d epilogue (scale, bias, clamp, f32 or requantized out_dtype)",
+)
+
+
+# ----------------------------------------------------------------------------
+# weight-only quantized linear layers (issue 5: outlier-preserving quantization)
+
+
+def _wq_linear_infer(types, *, bits, block, out_features):
+    x, codes, scale, zero, index, value = types[:6]
+    if not 2 <= bits <= 8:
+        raise TypeRuleError(f"wq_linear: bits must lie in 2..8, got {bits}")
+    if x.rank < 1 or out_features < 1 or block < 1:
+        raise TypeRuleError(f"wq_linear: need an input of rank >= 1, out_features >= 1 and block >= 1, "
+                            f"got {x}, out_features={out_features}, block={block}")
+    _float_only("wq_linear", x)
+    numel = out_features * x.shape[-1]
+    blocks = -(-numel // block)
+    packed = TensorType((numel,), f"u{bits}").nbytes  # the codes as one little-endian bit stream
+    want = [(codes, "codes", "u8", (packed,)), (scale, "scale", x.dtype, (blocks,)),
+            (zero, "zero", "u8", (blocks,)), (index, "out_index", "i32", None), (value, "out_value", x.dtype, None)]
+    for t, what, dtype, shape in want:
+        if t.dtype != dtype or t.rank != 1 or (shape is not None and t.shape != shape):
+            expect = f"{dtype}[{shape[0]}]" if shape else f"{dtype}[n]"
+            raise TypeRuleError(f"wq_linear: {what} must be {expect} for a [{out_features},{x.shape[-1]}] weight "
+                                f"in blocks of {block} at {bits} bits, got {t}")
+    if index.shape != value.shape:
+        raise TypeRuleError(f"wq_linear: out_index {index} and out_value {value} differ in length")
+    if len(types) == 7 and types[6].shape != (out_features,):
+        raise TypeRuleError(f"wq_linear: bias must be [{out_features}], got {types[6]}")
+    return x.with_shape(x.shape[:-1] + (out_features,))
+
+
+def unpack_codes(packed, bits: int, count: int):
+    """The ``count`` unsigned ``bits``-bit codes of a packed bit stream (torch, int32)."""
+    torch = _torch()
+    p = torch.cat([packed.to(torch.int32), torch.zeros(1, dtype=torch.int32)])
+    pos = torch.arange(count, dtype=torch.int64) * bits
+    byte, shift = pos >> 3, (pos & 7).to(torch.int32)
+    return ((p[byte] | (p[byte + 1] << 8)) >> shift) & ((1 << bits) - 1)
+
+
+def wq_dequantize(codes, scale, zero, index, value, *, bits, block, shape):
+    """The float weight of a ``wq_linear``: (code - zero[blk]) * scale[blk] with
+    blk = flat index // block, then the float outliers added at their flat indices."""
+    torch = _torch()
+    numel = shape[0] * shape[1]
+    u = unpack_codes(codes, bits, numel)
+    blk = torch.arange(numel) // block
+    w = (u - zero.to(torch.int32)[blk]).to(scale.dtype) * scale[blk]
+    w = w.index_add(0, index.long(), value.to(scale.dtype))
+    return w.reshape(shape)
+
+
+def _wq_linear_ref(x, codes, scale, zero, index, value, b=None, *, bits, block, out_features):
+    w = wq_dequantize(codes, scale, zero, index, value, bits=bits, block=block,
+                      shape=(out_features, x.shape[-1]))
+    return _torch().nn.functional.linear(x, w.to(x.dtype), b)
+
+
+declare(
+    "wq_linear", ("x", "codes", "scale", "zero", "out_index", "out_value", "b?"),
+    {"bits": REQUIRED, "block": REQUIRED, "out_features": REQUIRED},
+    infer=_wq_linear_infer, ref=_wq_linear_ref,
+    doc="weight-only quantized linear: x @ W.T + b with W[out_features, K] = (code - zero[i // block]) * "
+        "scale[i // block] at flat index i (codes: bits-bit, packed little-endian into u8), plus the float "
+        "outliers out_value added at flat indices out_index",
+)
+
+
+_reduce("amax", lambda x, axes, keepdim: x.amax(axes, keepdim=keepdim),
+        "max over axes (dynamic activation ranges: amax(abs(x)))")

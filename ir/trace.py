@@ -284,6 +284,76 @@ def _addmm(b, bias, x, y, beta=1, alpha=1):
     return b.emit("add", [out, bias])
 
 
+# -- fake quantization (QAT models) -------------------------------------------------------
+#
+# torch's fake-quant ops all become one sliver op, fake_quant(x, scale, zero_point)
+# {qmin, qmax, axis}: scale an f32 operand (0-d per tensor, [C] per channel), zero_point
+# i32.  The learnable (LSQ) variants run the same forward with a float zero point that
+# torch rounds half to even and clamps to [qmin, qmax]; sliver does that at trace time,
+# so their zero point must be a constant (a param), as it is after training.
+
+
+def _qparam(b: _Builder, v, dtype: str, shape: tuple, what: str) -> Value:
+    """A scale/zero-point operand of ``dtype`` and ``shape`` (a Python number becomes a param)."""
+    from sliver.ir.types import to_numpy
+
+    if not isinstance(v, Value):
+        return b.m.add_param(b.m.fresh_name(f"{b.hint}_{what}"), np.full(shape, v, to_numpy(dtype)))
+    if v.type.numel != math.prod(shape):
+        raise TypeRuleError(f"fake-quant {what} {v.type} does not fit the expected shape {list(shape)}")
+    if v.type.shape == tuple(shape) and v.type.dtype == dtype:
+        return v
+    data = _constant_data(b, v)
+    if data is not None:  # a param: reshape/cast it now (named after it, e.g. conv.act_quant.scale)
+        name = v.name if b.m.param_data(v) is not None else f"{b.hint}_{what}"
+        return b.m.add_param(b.m.fresh_name(name), data.reshape(shape).astype(to_numpy(dtype)))
+    if v.type.shape != tuple(shape):
+        v = b.emit("reshape", [v], {"shape": tuple(shape)})
+    return v if v.type.dtype == dtype else b.emit("cast", [v], {"dtype": dtype})
+
+
+def _learned_zero_point(b: _Builder, zp, qmin, qmax, shape) -> Value:
+    """torch's forward of a learnable zero point: round half to even, clamp, as int32."""
+    data = _constant_data(b, zp) if isinstance(zp, Value) else np.asarray(zp, np.float32)
+    if data is None:
+        raise TypeRuleError("a learnable fake-quant zero point computed from the inputs is not supported "
+                            "(it must be a parameter)")
+    rounded = np.clip(np.round(np.asarray(data, np.float32)), qmin, qmax).astype(np.int32).reshape(shape)
+    name = zp.name if isinstance(zp, Value) and b.m.param_data(zp) is not None else f"{b.hint}_zero_point"
+    return b.m.add_param(b.m.fresh_name(name), rounded)
+
+
+@rule("aten.fake_quantize_per_tensor_affine.default", "aten.fake_quantize_per_tensor_affine.tensor_qparams",
+      "aten._fake_quantize_learnable_per_tensor_affine.default")
+def _fake_quant_per_tensor(b, x, scale, zero_point, qmin, qmax, grad_factor=1.0):
+    scale = _qparam(b, scale, "f32", (), "scale")
+    if b.node_target.startswith("aten._fake_quantize_learnable"):
+        zero_point = _learned_zero_point(b, zero_point, qmin, qmax, ())
+    else:
+        zero_point = _qparam(b, zero_point, "i32", (), "zero_point")
+    return b.emit("fake_quant", [x, scale, zero_point], {"qmin": int(qmin), "qmax": int(qmax)})
+
+
+@rule("aten.fake_quantize_per_channel_affine.default", "aten._fake_quantize_learnable_per_channel_affine.default")
+def _fake_quant_per_channel(b, x, scale, zero_point, axis, qmin, qmax, grad_factor=1.0):
+    axis = _axis(axis, x.type.rank)
+    shape = (x.type.shape[axis],)
+    scale = _qparam(b, scale, "f32", shape, "scale")
+    if b.node_target.startswith("aten._fake_quantize_learnable"):
+        zero_point = _learned_zero_point(b, zero_point, qmin, qmax, shape)
+    elif isinstance(zero_point, Value) and zero_point.type.dtype.startswith("f"):
+        # torch's per-channel op also takes float zero points, added before rounding
+        # (round(x / s + z)), which rounds differently from round(x / s) + z unless z is 0
+        data = _constant_data(b, zero_point)
+        if data is None or np.any(data != 0):
+            raise TypeRuleError("fake_quantize_per_channel_affine with float zero points is supported only when they "
+                                "are all zero (torch rounds x / scale + zero_point for them); pass int32 zero points")
+        zero_point = b.m.add_param(b.m.fresh_name(f"{b.hint}_zero_point"), data.astype(np.int32).reshape(shape))
+    else:
+        zero_point = _qparam(b, zero_point, "i32", shape, "zero_point")
+    return b.emit("fake_quant", [x, scale, zero_point], {"qmin": int(qmin), "qmax": int(qmax), "axis": axis})
+
+
 # -- normalization --------------------------------------------------------------
 
 
@@ -547,6 +617,7 @@ def export(model, example_inputs):
         example_inputs = tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,)
     was_training = model.training
     model.eval()
+    patched = _export_friendly_fake_quant(model)
     try:
         return torch.export.export(model, example_inputs)
     except Exception as e:  # torch raises many types here
@@ -558,6 +629,43 @@ def export(model, example_inputs):
         ) from e
     finally:
         model.train(was_training)
+        for m in patched:
+            del m.forward
+
+
+def _export_friendly_fake_quant(model) -> list:
+    """torch.ao's FakeQuantize modules branch on buffers (``observer_enabled``…), which
+    torch.export cannot capture.  For the export each one runs as the fake-quant op it
+    applies, with its current scale and zero point and its observer off (inference);
+    returns the patched modules (the caller removes the patch)."""
+    import torch
+    from torch.ao.quantization import FakeQuantizeBase
+
+    patched = []
+    for m in model.modules():
+        if not isinstance(m, FakeQuantizeBase):
+            continue
+        per_channel = m.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
+        learnable = not isinstance(m, torch.ao.quantization.FakeQuantize)
+        symmetric = m.qscheme in (torch.per_channel_symmetric, torch.per_tensor_symmetric)
+
+        def forward(x, m=m, on=bool(m.fake_quant_enabled[0]), per_channel=per_channel, learnable=learnable,
+                    symmetric=symmetric):
+            if not on:
+                return x
+            zp = torch.zeros_like(m.zero_point) if learnable and symmetric else m.zero_point
+            if learnable and per_channel:
+                return torch._fake_quantize_learnable_per_channel_affine(x, m.scale, zp, m.ch_axis, m.quant_min,
+                                                                        m.quant_max, 1.0)
+            if learnable:
+                return torch._fake_quantize_learnable_per_tensor_affine(x, m.scale, zp, m.quant_min, m.quant_max, 1.0)
+            if per_channel:
+                return torch.fake_quantize_per_channel_affine(x, m.scale, zp, m.ch_axis, m.quant_min, m.quant_max)
+            return torch.fake_quantize_per_tensor_affine(x, m.scale, zp, m.quant_min, m.quant_max)
+
+        m.forward = forward
+        patched.append(m)
+    return patched
 
 
 def trace(model, example_inputs=(), *, name: str | None = None) -> Module:

@@ -40,6 +40,22 @@ def is_float(dtype: str) -> bool:
     return dtype in FLOAT_DTYPES
 
 
+LOWBIT_DTYPES = frozenset(f"{s}{b}" for s in "iu" for b in range(1, 9))
+
+
+def is_lowbit(dtype: str) -> bool:
+    """An integer code type of 1 to 8 bits (``u1``..``u8``, ``i1``..``i8``)."""
+    return dtype in LOWBIT_DTYPES
+
+
+def int_range(dtype: str) -> tuple[int, int]:
+    """(qmin, qmax) of an integer code type: uB → [0, 2^B−1], iB → [−2^(B−1), 2^(B−1)−1]."""
+    if not is_lowbit(dtype):
+        raise SliverError(f"{dtype!r} is not a 1- to 8-bit integer type (u1..u8, i1..i8)")
+    b = int(dtype[1:])
+    return (0, 2**b - 1) if dtype[0] == "u" else (-(2 ** (b - 1)), 2 ** (b - 1) - 1)
+
+
 def bits(dtype: str) -> int:
     """Storage bits of one element (1 for ``bool``)."""
     if dtype == "bool":

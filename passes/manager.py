@@ -32,14 +32,21 @@ _PASSES: dict[str, type["Pass"]] = {}
 @dataclass(frozen=True)
 class Pass:
     name: ClassVar[str] = ""
+    #: True for passes that change what the module computes on purpose (quantization):
+    #: an artifact's golden outputs then come from the optimized module, not the model
+    lossy: ClassVar[bool] = False
 
     def run(self, module) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def spec(self) -> str:
-        """This pass as a pipeline element (name plus non-default options)."""
+        """This pass as a pipeline element (name plus non-default options).  Fields
+        declared ``repr=False`` (data handed over by the API, e.g. inputs) are not
+        options and are left out."""
         opts = []
         for f in dataclasses.fields(self):
+            if not f.repr:
+                continue
             v = getattr(self, f.name)
             if f.default is dataclasses.MISSING or v != f.default:
                 opts.append(f"{f.name}={v}")
@@ -57,7 +64,8 @@ def register(cls):
 
 def _load_builtin_passes() -> None:
     # Importing each module registers its pass.
-    from sliver.passes import cse, const_fold, dce, fold_batchnorm, outliers, prune  # noqa: F401
+    from sliver.passes import cse, const_fold, dce, fold_batchnorm, fold_fake_quant, outliers, prune  # noqa: F401
+    from sliver.passes import quantize_activations, quantize_weights  # noqa: F401
 
 
 def all_passes() -> dict[str, type[Pass]]:

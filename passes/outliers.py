@@ -48,7 +48,6 @@ The pass knows nothing of any model: it needs projections, nothing else.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -479,11 +478,6 @@ class FindOutliers(Pass):
     tokens: str = ""
     #: explicit inputs (numpy arrays) for the forward pass; not a CLI option
     inputs: tuple | None = field(default=None, compare=False, repr=False)
-
-    def spec(self) -> str:
-        opts = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
-                if f.name != "inputs" and getattr(self, f.name) != f.default]
-        return self.name + ("{" + ",".join(opts) + "}" if opts else "")
 
     def run(self, module):
         report = find_outliers(

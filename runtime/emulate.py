@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Sequence
 
 from sliver.errors import SliverError
 
@@ -184,6 +185,10 @@ def run_python(
     timeout: float | None = 600,
     cwd=None,
     cpu: str = PI_CPU,
+    qemu: str = QEMU,
+    qemu_args: Sequence[str] = (),
+    extra_path: Sequence[str] = (),
+    pi_cpuinfo: bool = False,
 ) -> subprocess.CompletedProcess:
     """Run the emulated Pi's ``python3.11 *argv`` and return its result (text, captured).
 
@@ -191,22 +196,57 @@ def run_python(
     sees the host's file system, so paths can be passed unchanged.  A script's own
     folder is not put on ``sys.path`` (PYTHONSAFEPATH), so it cannot import siblings.  A non-zero exit
     is returned, not raised; a timeout raises :class:`subprocess.TimeoutExpired`.
-    binfmt_misc is not assumed: qemu is invoked explicitly.
+    binfmt_misc is not assumed: qemu is invoked explicitly.  ``qemu`` and
+    ``qemu_args`` pick another qemu binary and add options before the program (the
+    instruction counter, :mod:`sliver.runtime.icount`, loads a plugin this way).
+    ``extra_path`` adds folders (e.g. of other aarch64 wheels) to ``sys.path``.
+    ``pi_cpuinfo`` shows the program a Raspberry Pi 4's ``/proc/cpuinfo`` and CPU
+    list instead of the host's (:func:`_pi_view`): qemu 7.2 passes the host's through,
+    and code that parses them, such as onnxruntime's cpuinfo, crashes on x86 text.
     """
     ensure_ready()
     sysroot = pi_root() / "sysroot"
     with tempfile.TemporaryDirectory(prefix="sliver-pi-stage-") as tmp:
         stage = pathlib.Path(tmp)
         _stage_deploy_packages(stage)
-        cmd = [QEMU, "-cpu", cpu, "-L", str(sysroot), str(sysroot / PI_PYTHON), *argv]
+        prefix = _pi_view(sysroot, stage / "root") if pi_cpuinfo else sysroot
+        cmd = [qemu, "-cpu", cpu, *qemu_args, "-L", str(prefix), str(sysroot / PI_PYTHON), *argv]
+        environ = _emulated_env(stage, env)
+        if extra_path:
+            environ["PYTHONPATH"] = os.pathsep.join([environ["PYTHONPATH"], *map(str, extra_path)])
         return subprocess.run(
             cmd,
-            env=_emulated_env(stage, env),
+            env=environ,
             cwd=cwd,
             timeout=timeout,
             capture_output=True,
             text=True,
         )
+
+
+#: /proc/cpuinfo of a Raspberry Pi 4 (4 Cortex-A72 cores: implementer 0x41, part 0xd08)
+_PI4_CPUINFO = "".join(
+    f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
+    "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n"
+    for i in range(4)
+) + "Hardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B\n"
+
+
+def _pi_view(sysroot: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
+    """A qemu ``-L`` prefix that is ``sysroot`` (symlinks to its top-level entries)
+    plus a Pi 4's ``/proc/cpuinfo`` and ``/sys/devices/system/cpu/{possible,present,online}``:
+    qemu-user looks a guest's absolute paths up under the prefix first."""
+    dest.mkdir()
+    for entry in sysroot.iterdir():
+        if entry.name not in ("proc", "sys"):
+            (dest / entry.name).symlink_to(entry)
+    (dest / "proc").mkdir()
+    (dest / "proc" / "cpuinfo").write_text(_PI4_CPUINFO)
+    cpu = dest / "sys" / "devices" / "system" / "cpu"
+    cpu.mkdir(parents=True)
+    for name in ("possible", "present", "online"):
+        (cpu / name).write_text("0-3\n")
+    return dest
 
 
 @contextlib.contextmanager

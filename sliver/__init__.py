@@ -21,7 +21,14 @@ _LAZY = {
 }
 
 
+_SUBMODULES = {"qat"}  # `sliver.qat` without importing torch at `import sliver`
+
+
 def __getattr__(name):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"sliver.{name}")
     if name in _LAZY:
         import importlib
 

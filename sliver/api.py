@@ -16,8 +16,10 @@ import numpy as np
 import sliver
 from sliver.errors import SliverError
 
-#: what ``lower`` runs when no pipeline is given
-DEFAULT_PIPELINE = "fold-batchnorm,const-fold,cse,dce"
+#: what ``lower`` runs when no pipeline is given.  fold-fake-quant goes first: it turns QAT
+#: layers into low-bit ops (absorbing their batch norms) before fold-batchnorm and
+#: const-fold would bake the fake-quantized weights into float params.
+DEFAULT_PIPELINE = "fold-fake-quant,fold-batchnorm,const-fold,cse,dce"
 
 
 def _as_tuple(example_inputs) -> tuple:
@@ -37,6 +39,46 @@ def _numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.ascontiguousarray(np.asarray(x))
+
+
+def layer_of(op) -> str | None:
+    """The layer an op belongs to: its first param operand's name without the last
+    component (``layer1.0.conv1.weight`` → ``layer1.0.conv1``, as the pruning report
+    names layers); None for ops without params."""
+    params = param_operands(op)
+    name = next((n for n in params if n.endswith(".weight")), params[0] if params else None)
+    if name is None:
+        return None
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def param_operands(op) -> list[str]:
+    return [v.name for v in op.operands if v.producer is not None and v.producer.kind == "param"]
+
+
+def jsonable(x):
+    """``x`` with numpy values, tuples, sets and dataclasses turned into JSON types
+    (anything else becomes its ``str``)."""
+    import dataclasses
+
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        return x.item()
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return jsonable(dataclasses.asdict(x))
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    return str(x)
+
+
+def record_dict(record) -> dict:
+    """A :class:`~sliver.passes.manager.PassRecord` as a JSON-safe dict (notes included)."""
+    return jsonable(record)
 
 
 def trace(model, example_inputs=(), *, name: str | None = None):
@@ -137,9 +179,16 @@ def lower(
     golden_outputs = _reference_outputs(model, module, inputs)
 
     records = optimize(module, pipeline, verify=verify, instruments=instruments)
+    if any(p.lossy for p in pipeline):  # quantized on purpose: the device checks the compile, not the passes
+        from sliver.ir.interp import run
+
+        golden_outputs = run(module, golden_inputs)
     tuning = _tuning_database(module, tgt, tune, rpc, progress)
+    kernels: dict = {}
+    primfuncs: dict = {}
     schedules: dict = {}
-    library = compile_module(module, tgt, progress=progress, tuning=tuning, report=schedules)
+    library = compile_module(module, tgt, progress=progress, kernels=kernels, layers=primfuncs, tuning=tuning,
+                             report=schedules)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -155,10 +204,19 @@ def lower(
         "library": {"file": "lib.so", "sha256": hashlib.sha256(library).hexdigest(), "bytes": len(library)},
         "golden": {"file": "golden.npz", "rtol": rtol, "atol": atol},
         "params": {"count": len(module.params), "bytes": int(sum(a.nbytes for a in module.params.values()))},
+        # for `sliver explain` and per-layer profiles: what each pass did, the ops of
+        # the optimized module and which compiled function computes which ops
+        "passes": [record_dict(r) for r in records],
+        "ops": [{"name": op.results[0].name, "kind": op.kind, "layer": layer_of(op), "params": param_operands(op),
+                 "shape": list(op.results[0].type.shape)} for op in module.ops if op.kind != "param"],
+        "primfuncs": primfuncs,
+        # which compiled functions got their schedule from the tuning database (sliver tune)
         "tuning": {"database": tuning.key if tuning is not None else None,
                    "tuned": sorted(k for k, v in schedules.items() if v == "tuned"),
                    "kernels": len(schedules)},
     }
+    if kernels:  # which kernel each low-bit layer got (qconv2d / qdense)
+        manifest["kernels"] = kernels
     golden = {f"input_{i}": x for i, x in enumerate(golden_inputs)}
     golden.update({f"output_{i}": y for i, y in enumerate(golden_outputs)})
     return Artifact(library, manifest, golden, module=module, records=records)

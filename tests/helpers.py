@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+from torch import nn
 
 from sliver.ir.parser import parse_module
 
@@ -53,3 +54,33 @@ def dedent(text: str) -> str:
     import textwrap
 
     return textwrap.dedent(text).lstrip("\n")
+
+
+def emulated_first_output(artifact_path, tmp_path, timeout=900):
+    """Run a saved artifact on its golden inputs on the emulated Pi; its first output."""
+    from sliver.runtime import emulate
+
+    script = tmp_path / "run_first_output.py"
+    script.write_text(
+        "import sys, numpy as np\n"
+        "from sliver.runtime.artifact import load\n"
+        "m = load(sys.argv[1])\n"
+        "np.save(sys.argv[2], m.run(*m.golden_inputs())[0])\n"
+    )
+    out = tmp_path / "first_output.npy"
+    proc = emulate.run_python([str(script), str(artifact_path), str(out)], timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return np.load(out)
+
+
+class MLPBlock(nn.Module):
+    """A pre-norm transformer MLP block: x + down(gelu(up(norm(x))))."""
+
+    def __init__(self, dim=16, hidden=64):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.up = nn.Linear(dim, hidden)
+        self.down = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x))))

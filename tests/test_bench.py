@@ -107,3 +107,61 @@ def test_missing_onnxruntime_says_how_to_install(tmp_path, capsys, monkeypatch):
     assert "SKIPPED" in out and "pip install -e '.[bench]'" in out
     rows = {r["backend"]: r for r in json.loads((tmp_path / "o.json").read_text())["results"]}
     assert rows["onnxruntime"]["status"] == "skipped" and rows["torch"]["status"] == "ok"
+
+
+# -- `sliver bench ARTIFACT`: one artifact's latency and per-layer profile -------------------
+
+
+def _conv_layers(manifest):
+    return {o["layer"] for o in manifest["ops"] if o["kind"] == "conv2d"}
+
+
+def test_bench_artifact_per_layer(example_x86, tmp_path, capsys):
+    from sliver.runtime.artifact import read
+
+    manifest = read(example_x86).manifest
+    code = bench.main([str(example_x86), "--per-layer", "--repeat", "3", "--warmup", "1",
+                       "--json", str(tmp_path / "a.json")])
+    assert code == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert report["runs"] == 3 and len(report["times_ms"]) == 3
+    assert 0 < report["min_ms"] <= report["median_ms"] <= report["max_ms"]
+    rows = report["functions"]
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    assert all(r["calls"] >= 1 and r["min_ms"] <= r["median_ms"] <= r["max_ms"] for r in rows)
+    # every conv layer of the model is named by exactly one compiled function
+    named = [layer for r in rows for layer in r["layers"]]
+    conv_layers = _conv_layers(manifest)
+    assert conv_layers and conv_layers <= set(named)
+    assert all(named.count(layer) == 1 for layer in conv_layers)
+    for layer in conv_layers:
+        assert layer in out
+    # the functions are the ones the manifest maps
+    assert {r["function"] for r in rows} <= set(manifest["primfuncs"])
+
+
+def test_bench_artifact_flags_need_an_artifact(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--per-layer"])
+    assert "give ARTIFACT" in capsys.readouterr().err
+
+
+def test_bench_arm64_artifact_without_emulate_says_how(example_arm64, capsys):
+    from sliver.errors import SliverError
+
+    with pytest.raises(SliverError, match="--emulate"):
+        bench.main([str(example_arm64)])
+
+
+def test_bench_prune_prints_copies_for_each_export(capsys):
+    from sliver.tools import bench_prune
+
+    assert bench_prune.main(["--models", "densenet", "--resolution", "16", "--side", "output"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("output-side l2 masks, amount 0.3")
+    rows = {line.split()[1]: line.split()[2:] for line in lines[2:]}
+    assert list(rows) == ["unpruned", "naive", "reordered", "constrained"]
+    assert rows["constrained"][:3] == ["0", "0", "0"]  # constrained never gathers
+    params = {k: int(v[-1].replace(",", "")) for k, v in rows.items()}
+    assert params["naive"] == params["reordered"] < params["unpruned"]

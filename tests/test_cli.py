@@ -78,7 +78,7 @@ def test_lower_run_verify_and_inspect(tmp_path, capsys):
         assert z[z.files[0]].shape == (1, 10)
     assert main(["inspect", str(art)]) == 0
     out = capsys.readouterr().out
-    assert "target    x86_64" in out and "pipeline  fold-batchnorm,const-fold,cse,dce" in out
+    assert "target    x86_64" in out and "pipeline  fold-fake-quant,fold-batchnorm,const-fold,cse,dce" in out
 
 
 def test_errors_are_one_line_not_tracebacks(tmp_path, capsys):
@@ -125,3 +125,13 @@ def test_prune_prints_report_and_writes_ir(tmp_path, capsys):
     assert report["params_after"] < report["params_before"] and "block2.conv1" in report["masks"]
     assert main(["lower", str(out), "-o", str(tmp_path / "p.sliver"), "--passes", "dce"]) == 0
     assert main(["run", str(tmp_path / "p.sliver"), "--verify"]) == 0
+
+
+def test_prune_output_side(tmp_path, capsys):
+    assert main(["prune", EXAMPLE, "--side", "output", "--amount", "0.5", "--report", str(tmp_path / "r.json")]) == 0
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["side"] == "output" and report["params_after"] < report["params_before"]
+    # the masks name output channels: half of block1.conv1's 16 filters
+    assert len(report["masks"]["block1.conv1"]) == 8

@@ -17,7 +17,7 @@ from torch import nn  # noqa: E402
 import sliver  # noqa: E402
 from sliver.ir.interp import run  # noqa: E402
 from sliver.passes.outliers import find_outliers, format_report  # noqa: E402
-from sliver.runtime import emulate  # noqa: E402
+from helpers import emulated_first_output  # noqa: E402
 
 PROMPT = "The quick brown fox jumps over the lazy dog."
 OTHER = "Where is the nearest train station?"
@@ -193,14 +193,5 @@ def test_x86_artifact_embeddings_match_transformers(minilm, traced, embeddings_r
 def test_arm64_artifact_embeddings_match_on_emulated_pi(traced, embeddings_ref, tmp_path):
     module, (ids, mask) = traced
     path = sliver.lower(module, (ids.numpy(), mask.numpy()), target="arm64").save(tmp_path / "minilm.sliver")
-    script = tmp_path / "run.py"
-    script.write_text(
-        "import sys, numpy as np\n"
-        "from sliver.runtime.artifact import load\n"
-        "m = load(sys.argv[1])\n"
-        "np.save(sys.argv[2], m.run(*m.golden_inputs())[0])\n"
-    )
-    out = tmp_path / "hidden.npy"
-    proc = emulate.run_python([str(script), str(path), str(out)], timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert cosines(mean_pooled(np.load(out), mask), embeddings_ref).min() >= 0.9999
+    hidden = emulated_first_output(path, tmp_path)
+    assert cosines(mean_pooled(hidden, mask), embeddings_ref).min() >= 0.9999

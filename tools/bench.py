@@ -3,6 +3,16 @@
     python -m sliver.tools.bench                                  # ResNet-18 + MobileNetV2, 224x224, 2 threads
     python -m sliver.tools.bench --models resnet18 --threads 4 --repeat 50 --json out.json
     python -m sliver.tools.bench --skip-ort --budget 60
+    sliver bench model.sliver [--per-layer] [--repeat N]          # one artifact: median/min/max
+    sliver bench model-arm64.sliver --emulate [--per-layer]       # executed instructions on the emulated Pi
+
+Given an ARTIFACT, the command profiles that artifact instead (see
+:func:`bench_artifact`): latency over ``--repeat`` runs after ``--warmup`` ones, and
+with ``--per-layer`` the time of every compiled function (a fused PrimFunc) from
+the Relax VM's call instrument (:mod:`sliver.runtime.profile`), named by the sliver
+layers it computes.  With ``--emulate`` (arm64 artifacts) it runs on the emulated
+Raspberry Pi and reports executed-instruction counts per call and per function
+(:mod:`sliver.runtime.icount`) instead of meaningless emulated times.
 
 For every model (batch 1, built by :mod:`sliver.tools.zoo` with torchvision's
 architecture) and every backend it
@@ -55,7 +65,7 @@ from typing import Callable
 
 import numpy as np
 
-from sliver.runtime.artifact import output_error
+from sliver.runtime.artifact import host_arch, output_error
 
 DEFAULT_MODELS = ("resnet18", "mobilenet_v2")
 BACKENDS = ("torch", "sliver", "onnxruntime")
@@ -627,18 +637,99 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _artifact_rows(rows: list[dict], unit: str) -> str:
+    """The per-function table of :func:`bench_artifact` (``unit``: "ms" or "instructions")."""
+    from sliver.text import table_lines
+
+    if unit == "ms":
+        table = [("function", "calls", "median ms", "min", "max", "share", "sliver layers")]
+        table += [(r["function"], str(r["calls"]), f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f}",
+                   f"{r['max_ms']:.3f}", f"{r['share']:.1%}", r["label"]) for r in rows]
+    else:
+        table = [("function", "instructions", "share", "sliver layers")]
+        table += [(r["function"], f"{r['instructions']:,}", f"{r['share']:.1%}", r["label"]) for r in rows]
+    return "\n".join(table_lines(table, indent="  "))
+
+
+def bench_artifact(args) -> dict:
+    """Profile one ``.sliver`` file: latency (or executed instructions with
+    ``--emulate``), and per compiled function with ``--per-layer``; prints the
+    tables and returns the JSON-able report."""
+    from dataclasses import asdict as _asdict
+
+    from sliver.errors import SliverError
+    from sliver.runtime import profile
+    from sliver.runtime.artifact import read
+
+    art = read(args.artifact)
+    m = art.manifest
+    head = f"{args.artifact}: @{m['model']} for {m['target']['name']} ({m['target']['arch']})"
+    report = {"artifact": str(args.artifact), "model": m["model"], "target": m["target"]["name"]}
+    if args.emulate:
+        from sliver.runtime import emulate, icount
+
+        repeat = args.repeat or 1
+        print(f"{head} on the emulated Raspberry Pi (qemu, {emulate.PI_CPU}, 1 thread): "
+              "executed instructions", flush=True)
+        c = icount.count_artifact(art, repeat=repeat)
+        print(f"  per call      {c.per_call:,} instructions (over {repeat} call(s): {', '.join(f'{x:,}' for x in c.calls)})")
+        print(f"  not counted   {c.startup:,} instructions of interpreter start-up, imports and loading")
+        report.update(instructions=c.per_call, calls=c.calls, startup=c.startup)
+        if args.per_layer:
+            rows = []
+            for name, n in c.functions.items():
+                ops, layers = profile.describe(m, name)
+                rows.append({"function": name, "instructions": n, "share": n / c.per_call,
+                             "label": profile.label(ops, layers), "ops": ops, "layers": layers})
+            for name, n in c.outside.items():
+                rows.append({"function": f"[{name}]", "instructions": n, "share": n / c.per_call,
+                             "label": "(outside the library)", "ops": [], "layers": []})
+            print("  per function (executed instructions in one call):")
+            print(_artifact_rows(rows, "instructions"))
+            report["functions"] = rows
+        return report
+    if m["target"]["arch"] != host_arch():
+        raise SliverError(f"{args.artifact} is built for {m['target']['arch']}; this machine is {host_arch()}: "
+                          "add --emulate to count its instructions on the emulated Pi")
+    repeat = args.repeat or 30
+    set_tvm_threads(args.threads)
+    model = art.load()
+    inputs = model.golden_inputs()
+    times = profile.time_runs(model, inputs, repeat=repeat, warmup=args.warmup)
+    s = profile.stats_ms(times)
+    print(f"{head}, {tvm_threads() or args.threads} thread(s)")
+    print(f"  latency over {repeat} runs: median {s['median_ms']:.3f} ms, min {s['min_ms']:.3f} ms, "
+          f"max {s['max_ms']:.3f} ms")
+    report.update(runs=repeat, threads=args.threads, **s, times_ms=[t * 1e3 for t in times])
+    if args.per_layer:
+        rows = [dict(_asdict(r), label=profile.label(r.ops, r.layers))
+                for r in profile.layer_times(model, inputs, repeat=repeat, warmup=0)]
+        print(f"  per function (VM call instrument, median over {repeat} runs):")
+        print(_artifact_rows(rows, "ms"))
+        report["functions"] = rows
+    return report
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m sliver.tools.bench",
         description="Latency of torch eager, a sliver x86_64 artifact and onnxruntime (batch 1), "
-                    "with every backend's output checked against torch.")
+                    "with every backend's output checked against torch; or, given ARTIFACT, that "
+                    "artifact's latency (--emulate: executed instructions) and per-layer profile.")
+    p.add_argument("artifact", nargs="?",
+                   help="profile this .sliver artifact instead of comparing backends on zoo models")
+    p.add_argument("--per-layer", action="store_true",
+                   help="with ARTIFACT: time (or count) every compiled function, named by its sliver layers")
+    p.add_argument("--emulate", action="store_true",
+                   help="with ARTIFACT (arm64): count executed instructions on the emulated Pi instead of timing")
     p.add_argument("--models", default=",".join(DEFAULT_MODELS),
                    help="comma-separated zoo models (default: %(default)s)")
     p.add_argument("--resolution", type=int, default=224, help="input height and width (default: %(default)s)")
     p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="threads for every backend (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs per backend (default: %(default)s)")
-    p.add_argument("--repeat", type=int, default=30, help="timed runs per backend (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="timed runs per backend (default 30; with --emulate: counted calls, default 1)")
     p.add_argument("--budget", type=float, default=20.0,
                    help="seconds of timed runs per backend before stopping early; warm-up gets a quarter "
                         "of it (default: %(default)s)")
@@ -653,6 +744,13 @@ def parse_args(argv=None):
     p.add_argument("--json", metavar="PATH", help="also write the results (with every run's time) as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="show compiler and exporter messages")
     args = p.parse_args(argv)
+    if args.artifact is None and (args.per_layer or args.emulate):
+        p.error("--per-layer and --emulate profile an artifact: give ARTIFACT (a .sliver file)")
+    if args.artifact is not None:
+        if (args.repeat is not None and args.repeat < 1) or args.warmup < 0 or args.threads < 1:
+            p.error("--repeat and --threads must be >= 1, --warmup >= 0")
+        return args
+    args.repeat = 30 if args.repeat is None else args.repeat
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not args.models:
         p.error("--models is empty")
@@ -664,6 +762,13 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     """Run the benchmark and print the table; 0 if every backend ran and matched torch, else 1."""
     args = parse_args(argv)
+    if args.artifact is not None:
+        report = bench_artifact(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2)
+            print(f"wrote {args.json}")
+        return 0
     set_tvm_threads(args.threads)  # as early as possible: before anything can start TVM's pool
     t0 = time.perf_counter()
     report = run_benchmark(args)

@@ -7,6 +7,8 @@
     sliver device serve [--tracker HOST:PORT] --key pi | sliver device tracker
     sliver run model.sliver [--verify] [--emulate]
     sliver inspect model.sliver
+    sliver bench [model.sliver [--per-layer] [--emulate]]
+    sliver explain model.sliver [-o report.md] [--html report.html] [--emulate]
     sliver passes | sliver ops | sliver demo
 
 MODEL is ``file.py:function`` (the function returns ``(model, example_inputs)``),
@@ -128,6 +130,15 @@ def _instruments(args, inputs):
     return out
 
 
+def _pass_reports(records) -> None:
+    """Print the per-layer reports passes leave in their notes (fold-fake-quant's
+    layer table when the model has quantized layers)."""
+    for r in records:
+        layers = r.notes.get("layers") if r.name == "fold-fake-quant" else None
+        if layers and any(row["folded"] or row["reason"] != "not quantized" for row in layers):
+            sys.stderr.write(r.notes["text"])
+
+
 def cmd_opt(args) -> int:
     from sliver.api import optimize
     from sliver.ir.io import save_module
@@ -135,6 +146,7 @@ def cmd_opt(args) -> int:
 
     module, inputs, _ = _trace(args.model)
     records = optimize(module, args.passes, verify=not args.no_verify, instruments=_instruments(args, inputs))
+    _pass_reports(records)
     if args.timing or args.drift:
         sys.stderr.write(format_records(records))
     if args.output:
@@ -170,6 +182,7 @@ def cmd_lower(args) -> int:
     _say(f"lowering {args.model} for {args.target}")
     art = lower(model, inputs, target, passes=args.passes, verify=not args.no_verify,
                 instruments=_instruments(args, inputs), progress=_say)
+    _pass_reports(art.records)
     if args.timing or args.drift:
         sys.stderr.write(format_records(art.records))
     path = art.save(args.output)
@@ -214,12 +227,15 @@ def cmd_prune(args) -> int:
             raise SliverError(f"--masks {args.masks}: cannot read a JSON object of layer -> kept channels ({e})")
     module, _, _ = _trace(args.model)
     optimize(module, "fold-batchnorm,const-fold,cse,dce")
-    prune = make_pass("prune", method=args.method, amount=args.amount, scope=args.scope,
+    prune = make_pass("prune", method=args.method, amount=args.amount, scope=args.scope, side=args.side,
                       constrained=args.constrained, reorder=not args.no_reorder, masks=masks)
     (record,) = optimize(module, [prune])
     sys.stdout.write(record.notes["text"])
     if args.report:
-        Path(args.report).write_text(json.dumps({"masks": record.notes["masks"], **record.notes["report"]}, indent=2))
+        from sliver.files import atomic_write
+
+        data = {k: v for k, v in record.notes.items() if k not in ("report", "text")} | record.notes["report"]
+        atomic_write(args.report, lambda f: f.write(json.dumps(data, indent=2).encode()))
         _say(f"wrote {args.report}")
     if args.output:
         save_module(module, args.output)
@@ -298,10 +314,12 @@ def cmd_passes(args) -> int:
 
     from sliver.passes.manager import all_passes
 
-    for name, cls in all_passes().items():
-        opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls))
+    passes = all_passes()
+    width = max(map(len, passes)) + 1
+    for name, cls in passes.items():
+        opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls) if f.repr)  # repr=False: API data
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<16} {doc}" + (f"  [options: {opts}]" if opts else ""))
+        print(f"{name:<{width}} {doc}" + (f"  [options: {opts}]" if opts else ""))
     return 0
 
 
@@ -392,11 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune channels and print a per-layer report")
     p.add_argument("model", help="file.py:function, file.pt2 or file.sir")
     p.add_argument("--method", default="l2", choices=["l1", "l2", "fpgm"], help="channel importance (default l2)")
-    p.add_argument("--amount", type=float, default=0.3, help="fraction of input channels to drop (default 0.3)")
+    p.add_argument("--amount", type=float, default=0.3, help="fraction of channels to drop (default 0.3)")
+    p.add_argument("--side", default="input", choices=["input", "output"],
+                   help="mask each layer's input channels (default) or its output channels")
     p.add_argument("--scope", default="layer", choices=["layer", "global"], help="rank channels per layer or globally")
     p.add_argument("--constrained", action="store_true", help="drop whole coupled channel groups (no gathers)")
     p.add_argument("--no-reorder", action="store_true", help="keep natural channel order (gathers instead of views)")
-    p.add_argument("--masks", metavar="JSON", help="explicit masks: {layer: [kept input channels]}")
+    p.add_argument("--masks", metavar="JSON", help="explicit masks: {layer: [kept input (or --side output) channels]}")
     p.add_argument("--report", metavar="JSON", help="write masks and the report as JSON")
     p.add_argument("-o", "--output", help="write the pruned IR here")
     p.set_defaults(func=cmd_prune)
@@ -410,7 +430,14 @@ def build_parser() -> argparse.ArgumentParser:
     runtime_cli.add_inspect_arguments(p)
     p.set_defaults(func=runtime_cli.inspect)
 
-    sub.add_parser("bench", help="latency of torch, sliver and onnxruntime side by side (see bench --help)")
+    p = sub.add_parser("explain", help="a per-layer report of what each pass did, with latency and drift")
+    from sliver.tools import explain as _explain
+
+    _explain.add_arguments(p)
+    p.set_defaults(func=_explain.run)
+
+    sub.add_parser("bench", help="latency of torch, sliver and onnxruntime side by side, or profile an "
+                                 "artifact per layer (see bench --help)")
     sub.add_parser("outliers", help="find super weights and super activations (see outliers --help)")
 
     p = sub.add_parser("passes", help="list the passes")

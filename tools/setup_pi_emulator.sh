@@ -72,11 +72,17 @@ root_is_current() {
 
 # -- host tools -------------------------------------------------------------------
 # qemu-aarch64-static runs the emulated Pi; the cross gcc links the .so files sliver
-# compiles for it.  Both come from Debian; `apt-get update` runs at most once.
+# compiles for it; qemu-aarch64 (qemu-user) counts instructions.  All come from Debian;
+# `apt-get update` runs at most once.
 ensure_host_packages() {
     local missing=()
     command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
     command -v aarch64-linux-gnu-gcc >/dev/null || missing+=(gcc-aarch64-linux-gnu)
+    # crti.o & co: without them (a Recommends of the cross gcc) linking arm64 .so files fails
+    [[ -f /usr/aarch64-linux-gnu/lib/crti.o ]] || missing+=(libc6-dev-arm64-cross)
+    # the dynamically linked qemu-aarch64 loads TCG plugins (sliver.runtime.icount counts
+    # executed instructions with one); the static build cannot
+    command -v qemu-aarch64 >/dev/null || missing+=(qemu-user)
     ((${#missing[@]} == 0)) && return 0
     command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them (a Debian host is needed)"
     local sudo=()

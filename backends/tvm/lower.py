@@ -6,7 +6,10 @@ torch model.  Params become Relax constants; the compiled library carries them.
 
 from __future__ import annotations
 
+import contextvars
 import math
+import re
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -44,9 +47,12 @@ def _const(array: np.ndarray):
 
 
 def _dtype(kind: str) -> str:
-    """sliver element type → TVM dtype string."""
+    """sliver element type → TVM dtype string (sub-byte codes ``u2``, ``i4``… are held
+    one per byte, as ``uint8`` / ``int8``)."""
     if kind == "bool":
         return "bool"
+    if kind[0] in "iu" and int(kind[1:]) < 8:
+        kind = kind[0] + "8"
     letter = {"f": "float", "i": "int", "u": "uint"}[kind[0]]
     return f"{letter}{kind[1:]}"
 
@@ -127,14 +133,36 @@ def _channel_vector(bb, v, rank: int):
     return bb.emit(_R().reshape(v, [1, -1] + [1] * (rank - 2)))
 
 
+#: Output channels of a conv2d are padded up to a multiple of this (see :func:`_conv2d`).
+CHANNEL_MULTIPLE = 8
+
+
 @lowers("conv2d")
 def _conv2d(bb, op, x, w, b=None):
+    """A conv2d (+ bias).  A dense conv whose output channel count is not a
+    multiple of :data:`CHANNEL_MULTIPLE` (pruned layers: 45, 47, 89 channels) is
+    computed with zero filters appended and the extra channels sliced off after
+    the bias: the schedules vectorize over output channels, and a count with no
+    factor of 4 leaves them scalar loops (a 47-channel 3x3 conv ran ~20x slower
+    than a 48-channel one); the slice costs one pass over the output."""
+    from tvm import relax
+
     R = _R()
     a = op.attrs
+    n_out = op.operands[1].type.shape[0]
+    extra = -n_out % CHANNEL_MULTIPLE if a["groups"] == 1 and n_out > CHANNEL_MULTIPLE else 0
+    if extra:
+        shape = (extra,) + tuple(op.operands[1].type.shape[1:])
+        dtype = np.dtype(_dtype(op.operands[1].type.dtype))
+        w = bb.emit(R.concat(relax.Tuple([w, relax.const(np.zeros(shape, dtype))]), axis=0))
+        if b is not None:
+            b = bb.emit(R.concat(relax.Tuple([b, relax.const(np.zeros(extra, dtype))]), axis=0))
     y = bb.emit(R.nn.conv2d(x, w, strides=a["stride"], padding=a["padding"], dilation=a["dilation"],
                             groups=a["groups"]))
     if b is not None:
         y = bb.emit(R.add(y, _channel_vector(bb, b, 4)))
+    if extra:
+        y = bb.emit(R.strided_slice(y, [1], [0], [n_out], assume_inbound=True))
     return y
 
 
@@ -146,6 +174,35 @@ def _linear(bb, op, x, w, b=None):
 @lowers("matmul")
 def _matmul(bb, op, a, b):
     return bb.emit(_R().matmul(a, b))
+
+
+# -- quantization ------------------------------------------------------------------
+
+
+@lowers("fake_quant")
+def _fake_quant(bb, op, x, scale, zero_point):
+    """Float simulation, torch's kernel step by step: q = clip(round(x * (1 / scale)) + zp,
+    qmin, qmax); y = (q - zp) * scale.  TVM's round is LLVM's nearbyint (half to even), and
+    the reciprocal is taken in float32 like torch's ``1.0f / scale``; so this matches
+    torch bit for bit.  (The integer ops quantize/qconv2d/... are lowered in lowbit.py.)"""
+    R = _R()
+    a = op.attrs
+    t = op.operands[0].type
+    if a["axis"] is not None:  # [C] → broadcast along axis
+        ax = a["axis"] % t.rank
+        shape = [1] * t.rank
+        shape[ax] = -1
+        scale = bb.emit(R.reshape(scale, shape))
+        zero_point = bb.emit(R.reshape(zero_point, shape))
+    dt = _dtype(t.dtype)
+    scale = bb.emit(R.astype(scale, "float32"))
+    inv = bb.emit(R.divide(_scalar(1.0, scale), scale))
+    zp = bb.emit(R.astype(zero_point, dt))
+    if dt != "float32":
+        inv, scale = bb.emit(R.astype(inv, dt)), bb.emit(R.astype(scale, dt))
+    q = bb.emit(R.add(R.round(R.multiply(x, inv)), zp))
+    q = bb.emit(R.clip(q, float(a["qmin"]), float(a["qmax"])))
+    return bb.emit(R.multiply(R.subtract(q, zp), scale))
 
 
 # -- normalization ----------------------------------------------------------------
@@ -269,6 +326,11 @@ def _sum(bb, op, x):
     return bb.emit(_R().sum(x, axis=list(op.attrs["axes"]), keepdims=op.attrs["keepdim"]))
 
 
+@lowers("amax")
+def _amax(bb, op, x):
+    return bb.emit(_R().max(x, axis=list(op.attrs["axes"]), keepdims=op.attrs["keepdim"]))
+
+
 @lowers("attention")
 def _attention(bb, op, q, k, v, mask=None):
     """softmax(q k^T * scale + mask) v, written out in Relax ops on [B, H, S, D]."""
@@ -300,12 +362,88 @@ def _attention(bb, op, q, k, v, mask=None):
 # -- the module ---------------------------------------------------------------------------
 
 
+def var_name(op, index: int) -> str:
+    """The Relax name of every var the lowering of ``module.ops[index]`` emits: its
+    result's name as an identifier, then ``__INDEX_``.  Relax appends digits to
+    repeated names; the trailing underscore keeps the index readable
+    (:func:`op_index`), so fused PrimFuncs can be traced back to sliver ops."""
+    return "".join(c if c.isalnum() else "_" for c in op.results[0].name) + f"__{index}_"
+
+
+def op_index(name: str) -> int | None:
+    """The sliver op index in a Relax var name made by :func:`var_name` (None if not one)."""
+    m = re.search(r"__(\d+)_\d*$", name)
+    return int(m.group(1)) if m else None
+
+
+class _NamedEmitter:
+    """The BlockBuilder a lowering rule sees: ``emit`` and ``emit_te`` name vars after the op."""
+
+    def __init__(self, bb, name: str):
+        self._bb, self._name = bb, name
+
+    def emit(self, expr, name_hint: str = ""):
+        return self._bb.emit(self._bind_nested(expr), name_hint=name_hint or self._name)
+
+    def emit_te(self, func, *args, **kwargs):
+        kwargs.setdefault("name_hint", self._name)
+        return self._bb.emit_te(func, *args, **kwargs)
+
+    def _bind_nested(self, expr):
+        """Emit nested calls first, under the op's name (Relax would name them ``lv``)."""
+        from tvm import relax
+
+        def has_call(e) -> bool:
+            return isinstance(e, relax.Call) or (isinstance(e, relax.Tuple) and any(map(has_call, e.fields)))
+
+        def bind(e):
+            if isinstance(e, relax.Call):
+                return self.emit(e)
+            return relax.Tuple([bind(f) for f in e.fields]) if has_call(e) else e
+
+        if isinstance(expr, relax.Call) and any(map(has_call, expr.args)):
+            return relax.Call(expr.op, [bind(a) for a in expr.args], expr.attrs, expr.ty_args, expr.span)
+        return expr
+
+    def __getattr__(self, attr):
+        return getattr(self._bb, attr)
+
+
 def unsupported_ops(module) -> list[str]:
     return sorted({op.kind for op in module.ops if op.kind != "param" and op.kind not in LOWERING})
 
 
-def to_relax(module):
-    """Build a Relax IRModule whose ``main`` computes ``module``."""
+@dataclass
+class LowerContext:
+    """What lowering rules may consult and record: the target (a
+    :class:`~sliver.backends.tvm.targets.Target`, or None), ``report`` (``{layer:
+    kernel}`` for layers with a choice of kernels) and ``sources`` (C files the
+    library must link, for kernels called as packed functions)."""
+
+    target: object = None
+    report: dict = field(default_factory=dict)
+    sources: set = field(default_factory=set)
+
+
+_CONTEXT: contextvars.ContextVar[LowerContext | None] = contextvars.ContextVar("sliver_lower", default=None)
+
+
+def current() -> LowerContext | None:
+    """The :class:`LowerContext` of the ``to_relax`` call in progress."""
+    return _CONTEXT.get()
+
+
+def to_relax(module, context: LowerContext | None = None):
+    """Build a Relax IRModule whose ``main`` computes ``module``; rules see ``context``
+    (what ``current()`` returns) and record their choices in it."""
+    token = _CONTEXT.set(context if context is not None else LowerContext())
+    try:
+        return _to_relax(module)
+    finally:
+        _CONTEXT.reset(token)
+
+
+def _to_relax(module):
     from tvm import relax
 
     missing = unsupported_ops(module)
@@ -316,15 +454,20 @@ def to_relax(module):
     env = {id(v): p for v, p in zip(module.inputs, params)}
     with bb.function("main", params):
         with bb.dataflow():
-            for op in module.ops:
+            for index, op in enumerate(module.ops):
                 if op.kind == "param":
                     env[id(op.result)] = _const(module.params[op.result.name])
                     continue
                 args = [env[id(v)] for v in op.operands]
-                out = LOWERING[op.kind](bb, op, *args)
+                out = LOWERING[op.kind](_NamedEmitter(bb, var_name(op, index)), op, *args)
                 env[id(op.result)] = out
             outs = [env[id(v)] for v in module.outputs]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             gv = bb.emit_output(result)
         bb.emit_func_output(gv)
     return bb.finalize()
+
+
+# lowering rules kept in their own files register themselves into LOWERING on import
+from sliver.backends.tvm import lowbit as _lowbit  # noqa: E402,F401 - registers quantize, qconv2d, …
+from sliver.backends.tvm import wq_linear as _wq_linear  # noqa: E402,F401 - registers wq_linear

@@ -469,10 +469,10 @@ def fused_module(module, target):
     whose PrimFuncs the default schedules (and the tuner) see."""
     import tvm
 
-    from sliver.backends.tvm.lower import to_relax
+    from sliver.backends.tvm.lower import LowerContext, to_relax
     from sliver.backends.tvm.schedules import front_passes
 
-    mod = to_relax(module)
+    mod = to_relax(module, LowerContext(target=resolve(target)))  # as compile_module lowers it
     with tvm_target(resolve(target)), tvm.transform.PassContext(opt_level=3):
         return tvm.transform.Sequential(front_passes())(mod)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import MLPBlock as Block
 from helpers import dedent, run_pass
 from sliver.api import trace
 from sliver.errors import SliverError
@@ -28,19 +29,6 @@ TEXT = dedent("""
       return %add
     }
 """)
-
-
-class Block(nn.Module):
-    """A pre-norm transformer MLP block: x + down(gelu(up(norm(x))))."""
-
-    def __init__(self, dim=16, hidden=64):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.up = nn.Linear(dim, hidden)
-        self.down = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x))))
 
 
 def planted_block(weights):

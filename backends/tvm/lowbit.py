@@ -1,0 +1,282 @@
+"""Lowering of the integer low-bit ops: ``quantize``, ``dequantize``, ``qconv2d``, ``qdense``
+(declared in ``ir/ops.py``; the op contract is ``notes/LOWBIT_CONTRACT.md``).
+
+Integer codes (``u1``..``u8``, ``i1``..``i8``) travel between ops as one byte each
+(``uint8`` / ``int8``).  A ``qconv2d`` / ``qdense`` computes the exact integer
+accumulator ``acc = Σ (x − x_zero_point)(w − w_zero_point)`` with one of two kernels,
+then an f32 epilogue in Relax (``acc·scale[o] + bias[o]``, clamp, and the fused
+requantize into the next layer's codes, the same ops ``quantize`` lowers to):
+
+``generic``    codes → int16, zero points subtracted (so the zero padding of
+               ``conv2d`` is exactly "padding with the activation zero point"), an
+               int16 x int16 → int32 ``conv2d`` / ``matmul`` with the weights'
+               ``w − w_zero_point`` folded at compile time.  Runs through sliver's default schedules like any conv.
+               Used for 8-bit operands and wherever the target's policy says so.
+``bitserial``  the C kernel ``kernels/lowbit.c`` (bit planes, AND + popcount, int32
+               accumulators; NEON ``cnt`` + ``uadalp`` on aarch64), called with
+               ``relax.call_dps_packed`` and linked into the artifact's library.  The
+               weights are bit-packed here at compile time (a W2 layer's weight bytes
+               are ~1/16 of fp32); activations are packed by the kernel at run time.
+               Zero points are folded exactly (see the C file), padded borders included.
+
+Which kernel a layer gets is decided per target (:data:`POLICY`, measured by
+``python -m sliver.tools.bench_lowbit``); :func:`kernel_override` forces one (the
+benchmark uses it to compare).  The choice per layer lands in the lowering report
+(``lower.current().report``) and from there in the artifact's manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from pathlib import Path
+
+import numpy as np
+
+from sliver.backends.tvm.lower import _channel_vector, _const, _R, _scalar, current, lowers
+from sliver.errors import SliverError
+
+#: The C source linked into libraries that use the bit-serial kernel.
+KERNEL_SOURCE = Path(__file__).with_name("kernels") / "lowbit.c"
+#: Packed-function name exported by the C kernel.
+BITSERIAL = "sliver_lowbit_bitserial"
+#: Order of the int32 ``meta`` operand of the C kernel (its ``enum M_*``).
+META_FIELDS = ("N", "C", "H", "W", "O", "KH", "KW", "SH", "SW", "PT", "PL", "PB", "PR", "DH", "DW", "G",
+               "ABITS", "ASIGNED", "WBITS", "WSIGNED", "XZ", "WZ", "OH", "OW", "TAPB", "RB")
+#: Packed rows are padded to a whole vector register of the kernel's inner loop
+#: (``ROW_ALIGN`` in the C file): NEON 16 bytes, AVX2 32 bytes.
+ROW_ALIGN = {"aarch64": 16, "x86_64": 32}
+
+#: Kernel per target architecture for operands below 8 bits.  aarch64: bit-serial
+#: (NEON cnt); x86-64 without a vector popcount: see the benchmark's numbers in README.
+POLICY = {"aarch64": "bitserial", "x86_64": "bitserial"}
+
+_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("sliver_lowbit_kernel", default=None)
+
+
+@contextlib.contextmanager
+def kernel_override(kernel: str | None):
+    """Force ``"generic"`` or ``"bitserial"`` for every eligible layer lowered inside."""
+    if kernel not in (None, "generic", "bitserial"):
+        raise SliverError(f"unknown low-bit kernel {kernel!r}; choose 'generic' or 'bitserial'")
+    token = _OVERRIDE.set(kernel)
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
+
+
+def code_bits(dtype: str) -> tuple[int, bool]:
+    """(bits, signed) of a code type ``uB`` / ``iB``."""
+    if dtype[0] not in "ui" or not dtype[1:].isdigit() or not 1 <= int(dtype[1:]) <= 8:
+        raise SliverError(f"expected a 1- to 8-bit integer code type (u1..u8, i1..i8), got {dtype!r}")
+    return int(dtype[1:]), dtype[0] == "i"
+
+
+def storage_dtype(dtype: str) -> str:
+    """The one-byte TVM dtype that holds codes of ``dtype``."""
+    return "int8" if code_bits(dtype)[1] else "uint8"
+
+
+def _choose(op) -> str:
+    abits, _ = code_bits(op.operands[0].type.dtype)
+    wbits, _ = code_bits(op.operands[1].type.dtype)
+    if max(abits, wbits) >= 8:
+        return "generic"  # int8: the int32 conv/matmul (exact, scheduled)
+    forced = _OVERRIDE.get()
+    if forced:
+        return forced
+    return POLICY.get(_arch(), "generic")
+
+
+def _arch() -> str:
+    """The architecture being lowered for (the host's when lowering outside a build)."""
+    from sliver.runtime.artifact import host_arch
+
+    ctx = current()
+    return ctx.target.arch if ctx is not None and ctx.target is not None else host_arch()
+
+
+def _record(op, kernel: str) -> None:
+    ctx = current()
+    if ctx is not None:
+        ctx.report[op.result.name] = kernel
+        if kernel == "bitserial":
+            ctx.sources.add(str(KERNEL_SOURCE))
+
+
+def _weights(w_expr) -> np.ndarray:
+    from tvm.ir.expr import Constant
+
+    if not isinstance(w_expr, Constant):
+        raise SliverError("qconv2d/qdense: the weight must be a param (a compile-time constant)")
+    return w_expr.value.numpy()
+
+
+# -- quantize / dequantize ------------------------------------------------------------------
+
+
+def quantize_expr(bb, y, scale: float, zero_point: int, dtype: str):
+    """f32 ``y`` → codes: clamp(round(y · (1/scale)) + zp, qmin, qmax), the reciprocal taken
+    in float32 like torch's fake-quant kernel, round half to even (LLVM nearbyint)."""
+    R = _R()
+    bits, signed = code_bits(dtype)
+    qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    inv = float(np.float32(1.0) / np.float32(scale))
+    q = bb.emit(R.round(R.multiply(y, _scalar(inv, y))))
+    if zero_point:
+        q = bb.emit(R.add(q, _scalar(float(zero_point), q)))
+    q = bb.emit(R.minimum(R.maximum(q, _scalar(float(qmin), q)), _scalar(float(qmax), q)))
+    return bb.emit(R.astype(q, storage_dtype(dtype)))
+
+
+@lowers("quantize")
+def _quantize(bb, op, x):
+    a = op.attrs
+    return quantize_expr(bb, x, a["scale"], a["zero_point"], a["dtype"])
+
+
+@lowers("dequantize")
+def _dequantize(bb, op, q):
+    R = _R()
+    a = op.attrs
+    y = bb.emit(R.astype(q, "float32"))
+    if a["zero_point"]:
+        y = bb.emit(R.subtract(y, _scalar(float(a["zero_point"]), y)))
+    return bb.emit(R.multiply(y, _scalar(float(np.float32(a["scale"])), y)))
+
+
+# -- qconv2d / qdense -------------------------------------------------------------------------
+
+
+def _epilogue(bb, op, acc, scale, bias, rank: int):
+    """int32 acc → f32 · scale[o] + bias[o] → clamp → f32 or requantized codes; channels
+    on axis 1 (conv, rank 4) or last (dense)."""
+    R = _R()
+    a = op.attrs
+    y = bb.emit(R.astype(acc, "float32"))
+    vec = (lambda v: _channel_vector(bb, v, 4)) if rank == 4 else (lambda v: v)
+    y = bb.emit(R.multiply(y, vec(scale)))
+    if bias is not None:
+        y = bb.emit(R.add(y, vec(bias)))
+    if a["clamp_min"] is not None:
+        y = bb.emit(R.maximum(y, _scalar(float(a["clamp_min"]), y)))
+    if a["clamp_max"] is not None:
+        y = bb.emit(R.minimum(y, _scalar(float(a["clamp_max"]), y)))
+    if a["out_dtype"] == "f32":
+        return y
+    return quantize_expr(bb, y, a["out_scale"], a["out_zero_point"], a["out_dtype"])
+
+
+#: The generic path's operand type: codes minus zero points span at most [-255, 255].
+#: int16 operands (int32 accumulators) keep 8-bit weights at 2 bytes in the library
+#: and let LLVM use 16-bit multiply-adds (vpmaddwd / smlal).
+WIDE = "int16"
+
+
+def _codes_minus_zero_point(bb, x, zp: int):
+    R = _R()
+    xi = bb.emit(R.astype(x, WIDE))
+    return bb.emit(R.subtract(xi, _const(np.array(zp, WIDE)))) if zp else xi
+
+
+def _weights_minus_zero_point(codes: np.ndarray, zp: int) -> np.ndarray:
+    return (codes.astype(np.int32) - np.int32(zp)).astype(WIDE)
+
+
+def pack_weights(w: np.ndarray, wbits: int, tapb: int, align: int = 16) -> tuple[np.ndarray, int]:
+    """Bit-pack weight codes ``[O, Cg, KH, KW]`` into the C kernel's rows:
+    ``uint8 [O, wbits, RB]``, plane j of output channel o holding the bits of the taps
+    (kh, kw) in order, ``tapb`` bytes per tap (channel c at bit c % 8 of byte c // 8,
+    two's complement for signed codes), zero-filled to RB (a multiple of ``align``)."""
+    o, cg, kh, kw = w.shape
+    u = w.astype(np.int64) & ((1 << wbits) - 1)  # two's complement in wbits bits
+    taps = np.transpose(u, (0, 2, 3, 1)).reshape(o, kh * kw, cg)  # [O, tap, c]
+    planes = np.stack([(taps >> j) & 1 for j in range(wbits)], axis=1).astype(np.uint8)  # [O, WB, tap, c]
+    padded = np.zeros((o, wbits, kh * kw, tapb * 8), np.uint8)
+    padded[..., :cg] = planes
+    rows = np.packbits(padded, axis=-1, bitorder="little").reshape(o, wbits, kh * kw * tapb)
+    rb = -(-rows.shape[-1] // align) * align
+    out = np.zeros((o, wbits, rb), np.uint8)
+    out[..., : rows.shape[-1]] = rows
+    return out, rb
+
+
+def _bitserial(bb, op, x, w_codes: np.ndarray, *, xshape, stride, padding, dilation, groups, out_hw):
+    """The int32 accumulator [N, O, OH, OW] from the C kernel."""
+    from tvm import relax
+
+    abits, asigned = code_bits(op.operands[0].type.dtype)
+    wbits, wsigned = code_bits(op.operands[1].type.dtype)
+    a = op.attrs
+    # Signed weights as offset binary (w + 2^(W-1), the zero point moving with them):
+    # (w - wz) is unchanged and every bit plane weighs +2^j, which lets the kernel fuse
+    # plane pairs (the kernel does the same to signed activations at run time).
+    shift = 1 << (wbits - 1) if wsigned else 0
+    w_codes = w_codes.astype(np.int64) + shift
+    wz = a["w_zero_point"] + shift
+    n, c, h, wd = xshape
+    o, cg, kh, kw = w_codes.shape
+    tapb = -(-cg // 8)
+    packed, rb = pack_weights(w_codes, wbits, tapb, ROW_ALIGN.get(_arch(), 32))
+    wsum = w_codes.reshape(o, -1).sum(axis=1).astype(np.int32)
+    meta = dict(N=n, C=c, H=h, W=wd, O=o, KH=kh, KW=kw, SH=stride[0], SW=stride[1], PT=padding[0], PL=padding[1],
+                PB=padding[2], PR=padding[3], DH=dilation[0], DW=dilation[1], G=groups, ABITS=abits,
+                ASIGNED=int(asigned), WBITS=wbits, WSIGNED=0, XZ=a["x_zero_point"],
+                WZ=wz, OH=out_hw[0], OW=out_hw[1], TAPB=tapb, RB=rb)
+    meta_arr = np.array([meta[k] for k in META_FIELDS], np.int32)
+    out = relax.TensorType((n, o, out_hw[0], out_hw[1]), "int32")
+    return bb.emit(relax.call_dps_packed(BITSERIAL, [x, _const(packed), _const(wsum), _const(meta_arr)], out))
+
+
+@lowers("qconv2d")
+def _qconv2d(bb, op, x, w, scale, bias=None):
+    R = _R()
+    a = op.attrs
+    codes = _weights(w)
+    kernel = _choose(op)
+    _record(op, kernel)
+    if kernel == "bitserial":
+        oshape = op.result.type.shape
+        acc = _bitserial(bb, op, x, codes, xshape=op.operands[0].type.shape, stride=a["stride"],
+                         padding=a["padding"], dilation=a["dilation"], groups=a["groups"], out_hw=oshape[2:])
+    else:
+        xi = _codes_minus_zero_point(bb, x, a["x_zero_point"])  # zero padding == padding with x_zero_point
+        wi = _const(_weights_minus_zero_point(codes, a["w_zero_point"]))
+        acc = bb.emit(R.nn.conv2d(xi, wi, strides=a["stride"], padding=a["padding"], dilation=a["dilation"],
+                                  groups=a["groups"], out_dtype="int32"))
+    return _epilogue(bb, op, acc, scale, bias, 4)
+
+
+@lowers("qdense")
+def _qdense(bb, op, x, w, scale, bias=None):
+    R = _R()
+    a = op.attrs
+    codes = _weights(w)
+    kernel = _choose(op)
+    _record(op, kernel)
+    xshape = op.operands[0].type.shape
+    k = xshape[-1]
+    o = codes.shape[0]
+    if kernel == "bitserial":
+        m = int(np.prod(xshape[:-1], dtype=np.int64))
+        x4 = bb.emit(R.reshape(x, [m, k, 1, 1]))
+        acc = _bitserial(bb, op, x4, codes.reshape(o, k, 1, 1), xshape=(m, k, 1, 1), stride=(1, 1),
+                         padding=(0, 0, 0, 0), dilation=(1, 1), groups=1, out_hw=(1, 1))
+        acc = bb.emit(R.reshape(acc, list(xshape[:-1]) + [o]))
+    else:
+        xi = _codes_minus_zero_point(bb, x, a["x_zero_point"])
+        wt = _const(np.ascontiguousarray(_weights_minus_zero_point(codes, a["w_zero_point"]).T))
+        acc = bb.emit(R.matmul(xi, wt, out_dtype="int32"))
+    return _epilogue(bb, op, acc, scale, bias, len(xshape))
+
+
+def compile_flags(arch: str, spec: dict) -> list[str]:
+    """gcc flags for the C kernel: optimized, for the target's CPU."""
+    flags = ["-O3", "-fno-math-errno"]
+    mcpu = spec.get("mcpu")
+    if arch == "aarch64":
+        flags.append(f"-mcpu={mcpu or 'cortex-a72'}")
+    elif mcpu:
+        flags.append(f"-march={mcpu}")
+    return flags

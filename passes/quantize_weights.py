@@ -1,0 +1,332 @@
+"""quantize-weights: weight-only round-to-nearest (RTN) quantization of linear layers
+that keeps super weights exactly and clips the other outliers (issue 5, part 2).
+
+Background: "The Super Weight in Large Language Models" (Yu, Wan et al., 2024).  A
+few single weights set the quantization range of their tensor (or block); RTN then
+spends its levels on them and rounds everything else to zero.  Holding those weights
+out of the range and restoring them exactly, and clipping the remaining outliers,
+lets RTN use much larger blocks.
+
+Every ``linear`` with a param weight ``W[out, in]`` becomes a ``wq_linear`` (declared
+in :mod:`sliver.ir.ops`) whose weight is::
+
+    W.flat[i] = (code[i] - zero[i // block]) * scale[i // block]    (+ kept outliers)
+
+* **Blocks** are runs of ``block`` consecutive elements of the row-major weight:
+  ``granularity=tensor`` is one block, ``channel`` one block per output row,
+  ``block`` blocks of ``block`` elements (32 … the whole tensor; a block may span
+  rows).  A block size that does not divide the tensor is an error unless
+  ``pad=true`` (the last block is then shorter).
+* **Symmetric** (default): ``scale = a / (2^(bits-1) - 1)`` with ``a`` the largest
+  magnitude, codes ``q + 2^(bits-1)`` for ``q`` in ``[-2^(bits-1), 2^(bits-1) - 1]``.
+  **Asymmetric** (``symmetric=false``): the range ``[min(lo, 0), max(hi, 0)]`` mapped
+  onto ``[0, 2^bits - 1]`` with an integer zero point.
+* **Super weights** (``keep_super=true``): the weights of a super-weight index —
+  ``index=FILE`` (the JSON of ``sliver outliers --json``, or a list of
+  ``{"layer", "row", "column"}``), else found by running the data-free
+  ``find-outliers`` analysis on the module — are excluded from their block's range,
+  coded as the zero point and stored as float outliers added back: they come back
+  bit-exact.
+* **Clipping** (``clip=true``): per block, the range is scaled by the ``alpha`` in
+  ``clip_grid`` values evenly spaced over ``[clip_min, 1]`` that minimizes the squared
+  reconstruction error of the block (the weights themselves, no data); ``alpha = 1``
+  (no clipping) is a candidate and wins ties, so clipping never increases the error.
+
+Codes are packed into bytes; the TVM backend dequantizes inside the matrix product
+(:mod:`sliver.backends.tvm.wq_linear`).  The pass knows nothing of any model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sliver.errors import SliverError
+from sliver.passes.manager import Pass, register
+
+GRANULARITIES = ("tensor", "channel", "block")
+
+
+@dataclass
+class QuantizedWeight:
+    """One weight in ``wq_linear`` form (codes unpacked, one per element)."""
+
+    shape: tuple[int, int]
+    bits: int
+    block: int
+    codes: np.ndarray  # uint8 [numel], in [0, 2^bits - 1]
+    scale: np.ndarray  # float32 [blocks]
+    zero: np.ndarray  # uint8 [blocks]
+    index: np.ndarray  # int32 [n] flat indices of the kept weights
+    value: np.ndarray  # float32 [n] their values
+    alpha: np.ndarray  # float64 [blocks] the clip ratio chosen per block (1 = no clipping)
+
+    @property
+    def packed(self) -> np.ndarray:
+        return pack_codes(self.codes, self.bits)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the quantized form: packed codes, scales, zero points, outliers."""
+        return (self.packed.nbytes + self.scale.nbytes + self.zero.nbytes + self.index.nbytes
+                + self.value.nbytes)
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 weight, computed by ``wq_linear``'s reference semantics."""
+        import torch
+
+        from sliver.ir.ops import wq_dequantize
+
+        t = torch.from_numpy
+        w = wq_dequantize(t(self.packed), t(self.scale), t(self.zero), t(self.index), t(self.value),
+                          bits=self.bits, block=self.block, shape=self.shape)
+        return w.numpy()
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack unsigned ``bits``-bit codes into a little-endian bit stream of bytes
+    (code ``i`` occupies bits ``[i * bits, (i + 1) * bits)``)."""
+    codes = np.asarray(codes, np.uint8).reshape(-1)
+    planes = np.unpackbits(codes[:, None], axis=1, bitorder="little")[:, :bits]
+    return np.packbits(planes.reshape(-1), bitorder="little")
+
+
+def check_bits(bits: int, who: str) -> None:
+    if not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise SliverError(f"{who}: bits must be an integer in 2..8, got {bits!r}")
+
+
+def block_size(shape, granularity: str, block: int, pad: bool, layer: str) -> int:
+    """The block size (in elements) of a ``shape`` weight; errors name the layer."""
+    numel = int(np.prod(shape))
+    if granularity == "tensor":
+        return numel
+    if granularity == "channel":
+        return int(shape[-1])
+    if granularity != "block":
+        raise SliverError(f"quantize-weights: granularity must be one of {', '.join(GRANULARITIES)}, "
+                          f"got {granularity!r}")
+    if block < 1:
+        raise SliverError(f"quantize-weights: block must be >= 1, got {block}")
+    if block >= numel:
+        return numel
+    if numel % block and not pad:
+        raise SliverError(
+            f"quantize-weights: block size {block} does not divide layer {layer} "
+            f"({'x'.join(map(str, shape))} = {numel} elements, rows of {shape[-1]}); "
+            f"choose a block size that divides {numel}, or pad=true to let the last block be shorter"
+        )
+    return block
+
+
+def _blocks(flat: np.ndarray, block: int, fill) -> np.ndarray:
+    """``flat`` as [blocks, block], the tail filled with ``fill``."""
+    n = -(-flat.size // block)
+    out = np.full(n * block, fill, flat.dtype)
+    out[:flat.size] = flat
+    return out.reshape(n, block)
+
+
+def _rtn(w, valid, lo, hi, alpha, bits, symmetric):
+    """Codes, float32 scales and zero points of blocks ``w`` [blocks, B] (float32)
+    for ranges ``[lo, hi] * alpha`` (per block), and each block's squared error over
+    its ``valid`` entries.  The one place the rounding is defined: the clip search
+    and the final codes both call it."""
+    levels = (1 << bits) - 1
+    if symmetric:
+        qmax = (1 << (bits - 1)) - 1
+        scale = (np.maximum(np.abs(lo), np.abs(hi)) * alpha / qmax).astype(np.float32)
+        scale[scale == 0] = 1.0
+        zero = np.full(scale.shape, 1 << (bits - 1), np.int64)
+    else:
+        scale = ((hi - lo) * alpha / levels).astype(np.float32)
+        scale[scale == 0] = 1.0
+        zero = np.clip(np.rint(-lo * alpha / scale), 0, levels).astype(np.int64)
+    s = scale[:, None]
+    codes = np.clip(np.rint(w / s) + zero[:, None], 0, levels)
+    codes = np.where(valid, codes, zero[:, None])
+    w_hat = (codes - zero[:, None]).astype(np.float32) * s  # float32, as wq_linear computes it
+    err = np.where(valid, (w_hat.astype(np.float64) - w) ** 2, 0.0).sum(1)
+    return codes.astype(np.uint8), scale, zero.astype(np.uint8), err
+
+
+def quantize_weight(w: np.ndarray, *, bits: int, block: int, symmetric: bool = True, clip: bool = False,
+                    keep=(), clip_min: float = 0.2, clip_grid: int = 25) -> QuantizedWeight:
+    """RTN-quantize a 2-D weight in blocks of ``block`` flat elements, holding out the
+    flat indices ``keep`` (restored exactly) and, with ``clip``, searching a clip
+    ratio per block (see the module doc)."""
+    check_bits(bits, "quantize-weights")
+    w = np.asarray(w, np.float32)
+    if w.ndim != 2:
+        raise SliverError(f"quantize-weights: expected a 2-D weight, got shape {list(w.shape)}")
+    if not 0 < clip_min <= 1 or clip_grid < 1:
+        raise SliverError(f"quantize-weights: need 0 < clip_min <= 1 and clip_grid >= 1 "
+                          f"(got clip_min={clip_min}, clip_grid={clip_grid})")
+    flat = w.reshape(-1)
+    keep = np.unique(np.asarray(keep, np.int64).reshape(-1))
+    if keep.size and (keep.min() < 0 or keep.max() >= flat.size):
+        raise SliverError(f"quantize-weights: kept index out of range for a weight of {flat.size} elements")
+    held = np.zeros(flat.size, bool)
+    held[keep] = True
+    wb = _blocks(flat, block, np.float32(0))
+    valid = _blocks(~held, block, False)
+    lo = np.where(valid, wb, 0).min(1).astype(np.float64)
+    hi = np.where(valid, wb, 0).max(1).astype(np.float64)
+
+    alphas = np.linspace(1.0, clip_min, clip_grid) if clip else np.ones(1)
+    best_alpha = np.ones(len(wb))
+    best_err = None
+    for a in alphas:  # alpha = 1 first: a later candidate must be strictly better
+        err = _rtn(wb, valid, lo, hi, a, bits, symmetric)[3]
+        if best_err is None:
+            best_err = err
+            continue
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_alpha = np.where(better, a, best_alpha)
+    codes, scale, zero, _ = _rtn(wb, valid, lo, hi, best_alpha, bits, symmetric)
+    return QuantizedWeight(
+        shape=tuple(w.shape), bits=bits, block=block, codes=codes.reshape(-1)[:flat.size], scale=scale, zero=zero,
+        index=keep.astype(np.int32), value=flat[keep].astype(np.float32), alpha=best_alpha,
+    )
+
+
+# ----------------------------------------------------------------------------
+# the super-weight index
+
+
+def load_report(path, who: str):
+    """A find-outliers report (``sliver outliers MODEL --json FILE``) from a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SliverError(f"{who}: outlier report {path}: no such file "
+                          "(write one with `sliver outliers MODEL --json FILE`)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SliverError(f"{who}: outlier report {path} is not JSON: {e}") from None
+
+
+def super_weight_index(source) -> list[tuple[str, int, int]]:
+    """(layer, row, column) triples from a find-outliers report, its JSON file, or a
+    list of ``{"layer", "row", "column"}`` / ``(layer, row, column)``."""
+    if isinstance(source, (str, Path)):
+        source = load_report(source, "quantize-weights")
+    if isinstance(source, dict):
+        source = source.get("super_weights", [])
+    out = []
+    for entry in source:
+        try:
+            if isinstance(entry, dict):
+                out.append((str(entry["layer"]), int(entry["row"]), int(entry["column"])))
+            else:
+                layer, row, col = entry
+                out.append((str(layer), int(row), int(col)))
+        except (KeyError, TypeError, ValueError):
+            raise SliverError(f"quantize-weights: super-weight index entry {entry!r} needs layer, row and column") \
+                from None
+    return out
+
+
+def linear_layers(module, who: str) -> list:
+    """The linear ops with a 2-D float param weight; a clear error when there are none."""
+    ops = [op for op in module.ops if op.kind == "linear"
+           and (w := module.param_data(op.operands[1])) is not None and w.ndim == 2
+           and np.issubdtype(w.dtype, np.floating)]
+    if not ops:
+        raise SliverError(f"{who}: @{module.name} has no linear layers with a param weight; weight-only "
+                          "quantization rewrites linear ops, so there is nothing to quantize")
+    return ops
+
+
+# ----------------------------------------------------------------------------
+# the pass
+
+
+@register
+@dataclass(frozen=True)
+class QuantizeWeights(Pass):
+    """Weight-only RTN of linear layers (wq_linear): super weights kept, outliers clipped by search."""
+
+    name = "quantize-weights"
+    lossy = True
+
+    bits: int = 8
+    symmetric: bool = True
+    granularity: str = "channel"
+    block: int = 128
+    pad: bool = False
+    clip: bool = False
+    clip_min: float = 0.2
+    clip_grid: int = 25
+    keep_super: bool = False
+    index: str = ""
+    #: super weights given directly ((layer, row, column) triples); not a CLI option
+    super_weights: tuple | None = field(default=None, compare=False, repr=False)
+
+    def _index(self, module) -> list[tuple[str, int, int]]:
+        if not self.keep_super:
+            return []
+        if self.super_weights is not None:
+            return super_weight_index(self.super_weights)
+        if self.index:
+            return super_weight_index(self.index)
+        from sliver.passes.outliers import find_outliers
+
+        return super_weight_index(find_outliers(module))
+
+    def run(self, module):
+        check_bits(self.bits, self.name)
+        if self.granularity not in GRANULARITIES:
+            raise SliverError(f"{self.name}: granularity must be one of {', '.join(GRANULARITIES)}, "
+                              f"got {self.granularity!r}")
+        ops = linear_layers(module, self.name)
+        weights = {op.operands[1].name for op in ops}
+        keep: dict[str, list[int]] = {}
+        for layer, row, col in self._index(module):
+            if layer not in weights:
+                raise SliverError(f"{self.name}: the super-weight index names {layer}, which is not the weight "
+                                  f"of a linear layer of @{module.name}")
+            shape = module.params[layer].shape
+            if not (0 <= row < shape[0] and 0 <= col < shape[1]):
+                raise SliverError(f"{self.name}: super weight {layer}[{row},{col}] is outside its {list(shape)} weight")
+            keep.setdefault(layer, []).append(row * shape[1] + col)
+
+        layers = []
+        for op in ops:
+            wv = op.operands[1]
+            w = module.params[wv.name]
+            block = block_size(w.shape, self.granularity, self.block, self.pad, wv.name)
+            q = quantize_weight(w, bits=self.bits, block=block, symmetric=self.symmetric, clip=self.clip,
+                                keep=keep.get(wv.name, ()), clip_min=self.clip_min, clip_grid=self.clip_grid)
+            w_hat = q.dequantize()
+            layers.append({
+                "layer": wv.name, "shape": list(w.shape), "block": block, "blocks": int(q.scale.size),
+                "kept": [[int(i) // w.shape[1], int(i) % w.shape[1]] for i in q.index],
+                "clip_alpha_mean": float(q.alpha.mean()), "clipped_blocks": int((q.alpha < 1).sum()),
+                "rel_error": float(np.linalg.norm(w_hat - w) / max(np.linalg.norm(w), 1e-30)),
+                "bytes": q.nbytes, "bytes_f32": int(w.size * 4),
+            })
+            _rewrite(module, op, q)
+        return True, {"layers": layers, "bits": self.bits, "symmetric": self.symmetric}
+
+
+def _rewrite(module, op, q: QuantizedWeight) -> None:
+    """linear(x, W, b?) → wq_linear(x, codes, scale, zero, out_index, out_value, b?)."""
+    x, wv, *bias = op.operands
+    base = wv.name.removesuffix(".weight")
+    params = [module.add_param(f"{base}.{suffix}", data, before=op) for suffix, data in
+              (("codes", q.packed), ("scale", q.scale), ("zero", q.zero), ("out_index", q.index),
+               ("out_value", q.value))]
+    new = module.add_op("wq_linear", [x, *params, *bias],
+                        {"bits": q.bits, "block": q.block, "out_features": q.shape[0]}, before=op,
+                        names=[module.fresh_name(op.result.name)])
+    name = op.result.name
+    module.replace_all_uses_with(op.result, new.result)
+    module.erase(op)
+    if not wv.uses:
+        module.erase(wv.producer)
+    module.rename(new.result, name)

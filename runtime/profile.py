@@ -1,0 +1,121 @@
+"""Where an artifact spends its time: latency statistics and per-layer profiles.
+
+TVM 0.27's Relax VM has no profiler in its Python API (``VirtualMachine`` lost its
+``profile=True``; ``vm_profiler_load_executable`` is not in the runtime), but it
+calls an *instrument* before and after every ``Call`` instruction
+(``VirtualMachine.set_instrument``).  :func:`layer_times` times each call of a
+compiled function (a fused PrimFunc such as ``fused_conv2d1_add1_relu1``) with it:
+runtime-only, so it works on a Pi as well.  The instrument costs a Python callback
+per call (a few microseconds), which the per-layer times exclude but the run's
+total includes.
+
+Each function is mapped back to the sliver ops it computes (the manifest's
+``primfuncs``, recorded while compiling) and to their layers (``ops``: a conv's
+layer is its weight's name without ``.weight``).  Functions the compiler added
+(layout transposes) have no sliver op.  This module imports neither torch nor TVM's
+compiler.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FunctionTime:
+    """One compiled function's share of a run."""
+
+    function: str
+    calls: int  # per run
+    median_ms: float  # of the per-run sum over its calls
+    min_ms: float
+    max_ms: float
+    ops: list = field(default_factory=list)  # sliver op result names
+    layers: list = field(default_factory=list)  # their layers (param-based), where they have one
+    share: float = 0.0  # of the summed per-function medians
+
+
+def stats_ms(times_s) -> dict:
+    """median, min and max of times in seconds, in milliseconds."""
+    ms = [t * 1e3 for t in times_s]
+    return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms)}
+
+
+def time_runs(model, inputs, *, repeat: int, warmup: int = 1) -> list[float]:
+    """Wall time in seconds of ``repeat`` runs after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        model.run(*inputs)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        model.run(*inputs)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def describe(manifest: dict, function: str) -> tuple[list, list]:
+    """(sliver ops, their distinct layers) that compiled ``function`` computes."""
+    ops = list(manifest.get("primfuncs", {}).get(function, []))
+    layer_of = {o["name"]: o.get("layer") for o in manifest.get("ops", [])}
+    layers = []
+    for name in ops:
+        layer = layer_of.get(name)
+        if layer and layer not in layers:
+            layers.append(layer)
+    return ops, layers
+
+
+def label(ops: list, layers: list) -> str:
+    """How a report names a function's sliver side: its layers, else its ops."""
+    if layers:
+        return ", ".join(layers)
+    if ops:
+        return ", ".join(ops)
+    return "(added by the compiler)"
+
+
+def layer_times(model, inputs=None, *, repeat: int = 10, warmup: int = 1) -> list[FunctionTime]:
+    """Per-function times of ``model`` (a loaded :class:`~sliver.runtime.artifact.CompiledModel`)
+    over ``repeat`` runs, most expensive first.  VM built-ins (allocation, shape
+    checks) are left out."""
+    inputs = model.golden_inputs() if inputs is None else inputs
+    per_run: list[dict[str, list[float]]] = []
+    current: dict[str, list[float]] = {}
+    started: dict[str, int] = {}
+
+    def instrument(func, name, before, ret, *args):
+        now = time.perf_counter_ns()
+        name = str(name)
+        if name.startswith("vm.builtin."):
+            return 0
+        if before:
+            started[name] = now
+        else:
+            current.setdefault(name, []).append((now - started.pop(name, now)) / 1e9)
+        return 0  # VMInstrumentReturnKind.kNoOp: run the call as usual
+
+    vm = model._vm
+    for _ in range(warmup):
+        model.run(*inputs)
+    vm.set_instrument(instrument)
+    try:
+        for _ in range(repeat):
+            current = {}
+            model.run(*inputs)
+            per_run.append(current)
+    finally:
+        vm.set_instrument(None)
+    names = list(per_run[-1]) if per_run else []
+    rows = []
+    for name in names:
+        sums = [sum(run.get(name, [0.0])) for run in per_run]
+        s = stats_ms(sums)
+        ops, layers = describe(model.manifest, name)
+        rows.append(FunctionTime(name, len(per_run[-1][name]), s["median_ms"], s["min_ms"], s["max_ms"],
+                                 ops, layers))
+    total = sum(r.median_ms for r in rows) or 1.0
+    for r in rows:
+        r.share = r.median_ms / total
+    return sorted(rows, key=lambda r: -r.median_ms)

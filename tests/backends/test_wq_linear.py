@@ -1,0 +1,141 @@
+"""wq_linear (weight-only quantized linear): the op's type rule, and its TVM lowering
+for x86_64 and the emulated arm64 Pi against the reference interpreter."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import sliver
+from helpers import dedent, emulated_first_output
+from sliver.api import optimize, trace
+from sliver.errors import SliverError
+from sliver.ir.interp import run
+from sliver.ir.parser import parse_module
+from sliver.passes.manager import make_pass
+
+pytest.importorskip("tvm")
+
+
+class MLP(nn.Module):
+    """Odd sizes on purpose: 3-bit codes straddle bytes, blocks straddle rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Linear(256, 384)
+        self.down = nn.Linear(384, 120)
+
+    def forward(self, x):
+        return self.down(torch.nn.functional.gelu(self.up(x)))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = MLP().eval()
+    with torch.no_grad():
+        m.down.weight[5, 7] = 30.0  # a super weight, kept as a float outlier
+        m.up.weight[11, 3] = -4.0
+    return m, torch.randn(2, 3, 256)
+
+
+KEEP = (("down.weight", 5, 7), ("up.weight", 11, 3))
+
+
+def quantized(model, options):
+    m, x = model
+    module = trace(m, (x,))
+    if options:
+        optimize(module, [make_pass("quantize-weights", **options)])
+    return module
+
+
+PIPELINES = {
+    3: dict(bits=3, granularity="block", block=48, clip=True, keep_super=True, super_weights=KEEP),
+    4: dict(bits=4, symmetric=False, granularity="channel", keep_super=True, super_weights=KEEP),
+    8: dict(bits=8, granularity="tensor"),
+}
+
+
+@pytest.fixture(scope="module")
+def artifacts(model, tmp_path_factory):
+    """{bits or 32: (module, saved x86_64 artifact path)}."""
+    m, x = model
+    out = {}
+    for bits, pipeline in [(32, None), *PIPELINES.items()]:
+        module = quantized(model, pipeline)
+        path = sliver.lower(module, (x.numpy(),), target="x86_64").save(tmp_path_factory.mktemp("wq") / "m.sliver")
+        out[bits] = module, path
+    return out
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_x86_matches_the_interpreter(model, artifacts, bits):
+    _, x = model
+    module, path = artifacts[bits]
+    assert "wq_linear" in {op.kind for op in module.ops}
+    if bits != 8:
+        assert module.params["down.out_value"].tolist() == [30.0]
+    want = run(module, [x.numpy()])[0]
+    got = sliver.load(path).run(x.numpy())[0]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_artifact_carries_packed_weights(artifacts):
+    """The library holds the codes, not float32 weights: its size falls with the bits."""
+    size = {bits: sliver.load(path).manifest["library"]["bytes"] for bits, (_, path) in artifacts.items()}
+    weights_f32 = (256 * 384 + 384 * 120) * 4
+    for bits in (8, 4, 3):
+        # the codes save (1 - bits/32) of the float32 weight bytes; scales and kernel code cost some back
+        assert size[32] - size[bits] > (1 - bits / 32) * weights_f32 * 0.9, (bits, size)
+    assert size[8] > size[4] > size[3]
+
+
+@pytest.mark.slow
+@pytest.mark.emulated
+def test_arm64_on_the_emulated_pi(model, tmp_path):
+    _, x = model
+    module = quantized(model, PIPELINES[3])
+    path = sliver.lower(module, (x.numpy(),), target="arm64").save(tmp_path / "m.sliver")
+    want = run(module, [x.numpy()])[0]
+    assert np.abs(emulated_first_output(path, tmp_path) - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_type_rule_names_the_wrong_operand():
+    text = dedent("""
+        func @m(%x: f32[2,64]) {
+          %codes = param : u8[100]
+          %scale = param : f32[16]
+          %zero = param : u8[16]
+          %index = param : i32[0]
+          %value = param : f32[0]
+          %y = wq_linear(%x, %codes, %scale, %zero, %index, %value) {bits=3, block=32, out_features=8} : f32[2,8]
+          return %y
+        }
+    """)
+    with pytest.raises(SliverError, match=r"codes must be u8\[192\] for a \[8,64\] weight"):
+        parse_module(text)
+    with pytest.raises(SliverError, match="bits must lie in 2..8"):
+        parse_module(text.replace("u8[100]", "u8[64]").replace("bits=3", "bits=1"))
+    assert "wq_linear" in str(parse_module(text.replace("u8[100]", "u8[192]")))
+
+
+def test_cli_lower_with_quantize_weights_verifies_against_the_quantized_module(tmp_path, capsys):
+    """`sliver lower --passes quantize-weights...` then `sliver run --verify`: the golden
+    outputs are the quantized module's (the passes are lossy on purpose)."""
+    from sliver.tools.cli import main
+
+    spec = tmp_path / "mlp.py"
+    spec.write_text(
+        "import torch\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    m = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(), torch.nn.Linear(96, 10)).eval()\n"
+        "    return m, (torch.randn(2, 64),)\n"
+    )
+    art = tmp_path / "m.sliver"
+    passes = "quantize-weights{bits=3,granularity=block,block=64,clip=true},quantize-activations{bits=8},dce"
+    assert main(["lower", f"{spec}:build", "--target", "x86_64", "--passes", passes, "-o", str(art)]) == 0
+    assert main(["run", str(art), "--verify"]) == 0
+    assert "verify: passed" in capsys.readouterr().out
+    assert sliver.load(art).manifest["pipeline"].startswith("quantize-weights{bits=3")

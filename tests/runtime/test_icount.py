@@ -1,0 +1,101 @@
+"""Instruction counts on the emulated Pi (sliver.runtime.icount).
+
+Two qemu runs in all: a tiny static program whose count is checked against the
+reference method of DESIGN.md (`-singlestep -d exec`, one log line per executed
+instruction), and the bundled example's arm64 artifact.
+"""
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from sliver.errors import SliverError
+from sliver.runtime import emulate, icount
+
+LOOP = r"""
+void _start(void) {
+    volatile long s = 0;
+    for (long i = 0; i < 2000; i++) s += i;
+    register long x8 asm("x8") = 93; register long x0 asm("x0") = 0;   /* exit(0) */
+    asm volatile("svc 0" :: "r"(x8), "r"(x0));
+}
+"""
+
+needs_counter = pytest.mark.skipif(
+    not emulate.is_ready() or not __import__("shutil").which(icount.QEMU_PLUGIN_HOST),
+    reason="needs the emulated Pi and qemu-user: bash tools/setup_pi_emulator.sh",
+)
+
+
+@pytest.mark.emulated
+@needs_counter
+def test_plugin_count_equals_singlestep_trace(tmp_path):
+    src, prog = tmp_path / "loop.c", tmp_path / "loop"
+    src.write_text(LOOP)
+    subprocess.run(["aarch64-linux-gnu-gcc", "-O1", "-static", "-nostdlib", "-o", str(prog), str(src)], check=True)
+    trace = subprocess.run([emulate.QEMU, "-cpu", emulate.PI_CPU, "-singlestep", "-d", "exec", str(prog)],
+                           capture_output=True, text=True, check=True)
+    want = trace.stderr.count("Trace")
+    assert want > 2000 * 4  # the loop really ran
+    assert icount.count_program([str(prog)]) == want
+
+
+@pytest.fixture(scope="module")
+def counted(example_arm64):
+    """The one emulated run of the example artifact the tests below share."""
+    return icount.count_artifact(example_arm64, repeat=2)
+
+
+@pytest.mark.emulated
+@pytest.mark.slow
+@needs_counter
+def test_artifact_counts_per_call_and_per_primfunc(example_arm64, counted):
+    from sliver.runtime.artifact import read
+
+    art = read(example_arm64)
+    c = counted
+    # the call ran on the golden input and produced the golden output
+    np.testing.assert_allclose(c.results[0], art.golden["output_0"], rtol=1e-4, atol=1e-5)
+    # start-up (interpreter, imports, loading) is excluded, and it dwarfs one call
+    assert 0 < c.per_call < c.startup
+    assert c.per_call == min(c.calls) and len(c.calls) == 2
+    # every instruction of the call is attributed: library functions + other objects
+    attributed = sum(c.functions.values()) + sum(c.outside.values())
+    assert abs(attributed - c.calls[-1]) <= c.marker_cost
+    # the convolutions are PrimFuncs of their own and dominate the count
+    convs = {k: v for k, v in c.functions.items() if "conv2d" in k}
+    assert convs and sum(convs.values()) > 0.5 * c.per_call
+    assert not any(k.startswith("__tvm_ffi_") or k.endswith("_compute_") for k in c.functions)
+
+
+def test_refuses_an_x86_library(example_x86):
+    from sliver.runtime.artifact import read
+
+    with pytest.raises(SliverError, match="arm64"):
+        icount.count_artifact(read(example_x86))
+
+
+@pytest.mark.emulated
+@pytest.mark.slow
+@needs_counter
+def test_bench_emulate_reports_instructions_per_layer(example_arm64, counted, tmp_path, monkeypatch, capsys):
+    """`sliver bench ARTIFACT --emulate --per-layer` reports the counter's numbers,
+    each function named by the sliver layers it computes (the run is shared)."""
+    import json
+
+    from sliver.runtime.artifact import read
+    from sliver.tools import bench
+
+    monkeypatch.setattr(icount, "count_artifact", lambda art, repeat: counted)
+    assert bench.main([str(example_arm64), "--emulate", "--per-layer", "--json", str(tmp_path / "e.json")]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["instructions"] == counted.per_call and f"{counted.per_call:,}" in out
+    rows = {r["function"]: r for r in report["functions"]}
+    manifest = read(example_arm64).manifest
+    for name, n in counted.functions.items():
+        assert rows[name]["instructions"] == n
+    conv_layers = {o["layer"] for o in manifest["ops"] if o["kind"] == "conv2d"}
+    named = {layer for r in rows.values() for layer in r["layers"]}
+    assert conv_layers and conv_layers <= named

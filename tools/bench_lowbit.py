@@ -1,0 +1,285 @@
+"""Low-bit kernel benchmark: fp32 vs W8A8 vs W2A2 (and W4A4) per layer, end to end, and sizes.
+
+    python -m sliver.tools.bench_lowbit [--repeat 20] [--no-arm] [--arm-size 14] [--layers 56,28,14]
+
+Everything is measured side by side in one run and printed as ratios:
+
+* **x86-64 wall time** (this machine, one thread: ``TVM_NUM_THREADS=1``; the C kernel
+  is single-threaded) of ResNet-18-style 3x3 convolutions (56x56x64, 28x28x128,
+  14x14x256, stride 1, padding 1, batch 1) and of a small CNN end to end: sliver's
+  fp32 build, W8A8 (the int32 path), W2A2 with the bit-serial C kernel and W2A2 with
+  the int32 path, timed interleaved.  The kernel x86 picks
+  (``lowbit.POLICY["x86_64"]``) is printed.
+* **arm64 executed instructions** under qemu (``sliver.runtime.icount``: exact
+  counts of one call, start-up excluded, a TCG plugin so full-size layers take
+  seconds) for the same layers, fp32 vs int8 (W8A8, the int16→int32 path) vs W2A2
+  (bit-serial NEON); ``--arm-size`` counts smaller spatial sizes instead.
+* **sizes**: artifact bytes and weight bytes of the small CNN at fp32 / W8 / W4 / W2.
+
+Layers are built directly in sliver IR (input codes → qconv2d → f32), so a layer's
+cost is the kernel plus its epilogue; the fp32 layer is conv2d + bias.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+LAYERS = {56: 64, 28: 128, 14: 256}  # spatial size → channels (ResNet-18 stages 1-3)
+
+
+def _code_param(m, name, data, dtype):
+    from sliver.ir.types import TensorType
+
+    m.params[name] = data
+    return m.add_op("param", types=[TensorType(data.shape, dtype)], names=[name]).result
+
+
+def _codes(g, dtype, shape):
+    from sliver.ir.types import int_range
+
+    lo, hi = int_range(dtype)
+    return g.integers(lo, hi + 1, size=shape).astype(np.int8 if dtype[0] == "i" else np.uint8)
+
+
+def conv_layer(kind: str, hw: int, c: int, seed: int = 0):
+    """(module, inputs) of one 3x3 conv c→c at hw x hw: ``fp32`` or ``WxAy`` (e.g. W2A2)."""
+    from sliver.ir.core import Module
+    from sliver.ir.types import TensorType
+
+    g = np.random.default_rng(seed)
+    m = Module(f"conv{hw}_{kind}")
+    if kind == "fp32":
+        x = m.add_input(TensorType((1, c, hw, hw), "f32"), "x")
+        w = m.add_param("w", (g.standard_normal((c, c, 3, 3)) * 0.05).astype(np.float32))
+        b = m.add_param("b", g.standard_normal(c).astype(np.float32))
+        y = m.add_op("conv2d", [x, w, b], {"padding": [1, 1, 1, 1]}).result
+        m.set_outputs([y])
+        return m, [g.standard_normal((1, c, hw, hw)).astype(np.float32)]
+    wbits, abits = _bits(kind)
+    xd, wd = f"u{abits}", f"i{wbits}"
+    x = m.add_input(TensorType((1, c, hw, hw), xd), "x")
+    ops = [x, _code_param(m, "w", _codes(g, wd, (c, c, 3, 3)), wd),
+           m.add_param("s", (g.random(c) * 0.01).astype(np.float32)), m.add_param("b", g.standard_normal(c).astype(np.float32))]
+    y = m.add_op("qconv2d", ops, {"padding": [1, 1, 1, 1], "x_zero_point": 0, "clamp_min": 0.0}, names=["conv"]).result
+    m.set_outputs([y])
+    return m, [_codes(g, xd, (1, c, hw, hw))]
+
+
+def _bits(kind: str) -> tuple[int, int]:
+    w, a = kind.upper().lstrip("W").split("A")
+    return int(w), int(a)
+
+
+def small_cnn(kind: str, seed: int = 0):
+    """(module, inputs): five 3x3 convs (3→32→64→64→128→128, two of stride 2) on a
+    1x3x32x32 input, global mean, linear classifier.  Quantized kinds quantize the
+    input to u8 and run every conv as qconv2d with ReLU and the fused requantize into
+    the next layer's codes; the RGB stem conv keeps 8-bit weights (3 input channels)
+    and the mean + classifier stay f32."""
+    from sliver.ir.core import Module
+    from sliver.ir.types import TensorType
+
+    g = np.random.default_rng(seed)
+    m = Module(f"cnn_{kind}")
+    x = m.add_input(TensorType((1, 3, 32, 32), "f32"), "x")
+    chans = [(3, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1)]
+    if kind == "fp32":
+        h = x
+        for i, (ci, co, s) in enumerate(chans):
+            w = m.add_param(f"w{i}", (g.standard_normal((co, ci, 3, 3)) / np.sqrt(ci * 9)).astype(np.float32))
+            b = m.add_param(f"b{i}", (g.standard_normal(co) * 0.1).astype(np.float32))
+            h = m.add_op("conv2d", [h, w, b], {"stride": [s, s], "padding": [1, 1, 1, 1]}).result
+            h = m.add_op("relu", [h]).result
+        h = m.add_op("mean", [h], {"axes": [2, 3], "keepdim": False}).result
+        w = m.add_param("fc", (g.standard_normal((10, 128)) / np.sqrt(128)).astype(np.float32))
+        h = m.add_op("linear", [h, w]).result
+        m.set_outputs([h])
+        return m, [g.standard_normal((1, 3, 32, 32)).astype(np.float32)]
+    wbits, abits = _bits(kind)
+    wd, ad = f"i{wbits}", f"u{abits}"
+    h = m.add_op("quantize", [x], {"scale": 0.05, "zero_point": 128, "dtype": "u8"}).result
+    xz = 128
+    for i, (ci, co, s) in enumerate(chans):
+        first = i == 0
+        wdt = "i8" if first else wd  # the RGB stem stays 8-bit (3 input channels: nothing to gain)
+        w = _code_param(m, f"w{i}", _codes(g, wdt, (co, ci, 3, 3)), wdt)
+        sc = m.add_param(f"s{i}", np.full(co, 0.5 / (ci * 9), np.float32))
+        b = m.add_param(f"b{i}", (g.standard_normal(co) * 0.1).astype(np.float32))
+        last = i == len(chans) - 1
+        attrs = {"stride": [s, s], "padding": [1, 1, 1, 1], "x_zero_point": xz, "clamp_min": 0.0}
+        if not last:
+            attrs.update(out_dtype=ad, out_scale=0.05, out_zero_point=0)
+        h = m.add_op("qconv2d", [h, w, sc, b], attrs, names=[f"conv{i}"]).result
+        xz = 0
+    h = m.add_op("mean", [h], {"axes": [2, 3], "keepdim": False}).result
+    w = m.add_param("fc", (g.standard_normal((10, 128)) / np.sqrt(128)).astype(np.float32))
+    h = m.add_op("linear", [h, w]).result
+    m.set_outputs([h])
+    return m, [g.standard_normal((1, 3, 32, 32)).astype(np.float32)]
+
+
+def _compile(module, target: str, kernel: str | None):
+    """(library bytes, {layer: kernel})."""
+    from sliver.backends.tvm import lowbit
+    from sliver.backends.tvm.build import compile_module
+
+    kernels: dict = {}
+    with lowbit.kernel_override(kernel):
+        lib = compile_module(module, target, kernels=kernels)
+    return lib, kernels
+
+
+def _vm(lib: bytes, tmp: str, name: str):
+    import tvm
+
+    path = os.path.join(tmp, f"{name}.so")
+    with open(path, "wb") as f:
+        f.write(lib)
+    return tvm.relax.VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
+
+
+def _runner(vm, inputs):
+    import tvm
+
+    args = [tvm.runtime.tensor(x) for x in inputs]
+    return lambda: vm["main"](*args)
+
+
+VARIANTS = [("fp32", "fp32", None), ("W8A8", "W8A8", None), ("W2A2 bitserial", "W2A2", "bitserial"),
+            ("W2A2 int32", "W2A2", "generic")]
+
+
+def bench_x86(layers, repeat: int, say) -> list[dict]:
+    from sliver.ir.interp import run
+    from sliver.tools.bench import stats, time_interleaved
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sliver-bench-lowbit-") as tmp:
+        jobs = [(f"conv {hw}x{hw}x{LAYERS[hw]}", lambda kind, hw=hw: conv_layer(kind, hw, LAYERS[hw])) for hw in layers]
+        jobs.append(("small CNN end to end", small_cnn))
+        for title, make in jobs:
+            fns, kernels = {}, {}
+            for label, kind, kernel in VARIANTS:
+                module, inputs = make(kind)
+                say(f"compiling {title} {label}")
+                lib, k = _compile(module, "x86_64", kernel)
+                vm = _vm(lib, tmp, f"{len(rows)}_{label.replace(' ', '_')}")
+                if title.startswith("conv"):  # exactness check on the spot
+                    (want,) = run(module, inputs)
+                    got = vm["main"](*[__import__("tvm").runtime.tensor(x) for x in inputs]).numpy()
+                    err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+                    if err > 1e-5:
+                        raise SystemExit(f"{title} {label}: compiled output differs from the interpreter ({err:.2e})")
+                fns[label] = _runner(vm, inputs)
+                kernels[label] = sorted(set(k.values())) or ["fp32"]
+            times = time_interleaved(fns, warmup=3, repeat=repeat, budget_s=20.0)
+            med = {k: stats(v[1])["median_ms"] for k, v in times.items()}
+            rows.append({"layer": title, "ms": med, "kernels": kernels})
+    return rows
+
+
+def print_x86(rows) -> None:
+    from sliver.backends.tvm import lowbit
+
+    labels = [v[0] for v in VARIANTS]
+    print(f"\n== x86-64 wall time, 1 thread, median ms (ratio = fp32 / variant; >1 is faster) ==")
+    print(f"x86 policy for < 8 bits: {lowbit.POLICY['x86_64']}; 8 bits: int32 path")
+    head = f"{'layer':<26}" + "".join(f"{l:>22}" for l in labels)
+    print(head)
+    for r in rows:
+        cells = "".join(f"{r['ms'][l]:>10.3f} ({r['ms']['fp32'] / r['ms'][l]:>5.2f}x)    " for l in labels)
+        print(f"{r['layer']:<26}{cells}")
+
+
+def bench_arm(layers, size: int, say) -> list[dict]:
+    """Executed instructions of one call per variant, layers at size x size."""
+    from sliver.runtime import icount
+
+    rows = []
+    variants = [("fp32", "fp32", None), ("int8 (W8A8)", "W8A8", None), ("W2A2 bitserial", "W2A2", "bitserial")]
+    for hw in layers:
+        c = LAYERS[hw]
+        size_hw = size or hw
+        counts = {}
+        for label, kind, kernel in variants:
+            module, inputs = conv_layer(kind, size_hw, c)
+            say(f"counting conv {size_hw}x{size_hw}x{c} {label} on the emulated Pi")
+            lib, _ = _compile(module, "arm64", kernel)
+            counts[label] = icount.count_library(lib, inputs).per_call
+        where = f"{hw}x{hw}x{c}" if size_hw == hw else f"{size_hw}x{size_hw}x{c} (stage {hw}x{hw}, reduced)"
+        rows.append({"layer": f"conv 3x3 {where}", "counts": counts})
+    return rows
+
+
+def print_arm(rows) -> None:
+    print("\n== arm64 (Cortex-A72, emulated) executed instructions per call; ratio = variant / W2A2 ==")
+    for r in rows:
+        c = r["counts"]
+        w2 = c["W2A2 bitserial"]
+        cells = "  ".join(f"{k}: {v / 1e6:8.2f}M ({v / w2:4.2f}x)" for k, v in c.items())
+        print(f"{r['layer']:<44} {cells}")
+
+
+def sizes(say) -> list[dict]:
+    """Artifact and weight bytes of the small CNN at fp32 / W8 / W4 / W2 (x86 and arm64
+    libraries: weights are the same bytes; arm64 is what ships to a Pi)."""
+    from sliver.backends.tvm import lowbit
+
+    out = []
+    for kind in ("fp32", "W8A8", "W4A4", "W2A2"):
+        module, _ = small_cnn(kind)
+        say(f"compiling small CNN {kind} for arm64 (sizes)")
+        lib, k = _compile(module, "arm64", None)
+        wbytes = 0
+        for op in module.ops:
+            if op.kind == "param" and op.result.name.startswith(("w", "fc")):
+                a = module.params[op.result.name]
+                t = op.result.type.dtype
+                if t.startswith(("u", "i")) and lowbit.code_bits(t)[0] < 8 and any(
+                        v == "bitserial" for v in k.values()):
+                    o = a.shape[0]
+                    tapb = -(-a.shape[1] // 8)
+                    packed, _ = lowbit.pack_weights(a, lowbit.code_bits(t)[0], tapb)
+                    wbytes += packed.nbytes
+                else:
+                    wbytes += a.nbytes
+        out.append({"kind": kind, "artifact": len(lib), "weights": wbytes})
+    return out
+
+
+def print_sizes(rows) -> None:
+    print("\n== sizes, small CNN (arm64 library) ==")
+    base = rows[0]
+    for r in rows:
+        print(f"{r['kind']:<6} library {r['artifact']:>9} B ({base['artifact'] / r['artifact']:5.2f}x smaller)   "
+              f"weights {r['weights']:>8} B ({base['weights'] / r['weights']:5.2f}x smaller)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sliver.tools.bench_lowbit", description=__doc__.split("\n")[0])
+    p.add_argument("--layers", default="56,28,14", help="ResNet-18 stages by spatial size (56, 28, 14)")
+    p.add_argument("--repeat", type=int, default=20)
+    p.add_argument("--arm-size", type=int, default=0,
+                   help="count the arm64 layers at this spatial size instead of full size (faster)")
+    p.add_argument("--no-arm", action="store_true", help="skip the emulated arm64 instruction counts")
+    p.add_argument("--no-x86", action="store_true", help="skip the x86 timings")
+    p.add_argument("-q", "--quiet", action="store_true")
+    args = p.parse_args(argv)
+    os.environ["TVM_NUM_THREADS"] = "1"
+    layers = [int(s) for s in args.layers.split(",")]
+    say = (lambda m: None) if args.quiet else (lambda m: print(f"[bench_lowbit] {m}", file=sys.stderr, flush=True))
+    if not args.no_x86:
+        print_x86(bench_x86(layers, args.repeat, say))
+    if not args.no_arm:
+        print_arm(bench_arm(layers, args.arm_size, say))
+    print_sizes(sizes(say))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
