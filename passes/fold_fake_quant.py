@@ -7,7 +7,7 @@ and the same for linear → qdense.  The codes Wq are torch's own (W's fake-quan
 equals (Wq − zw)·sw bit for bit; the pass checks it).  What follows the layer is
 folded into the op's epilogue while it is a chain of single users: a batch norm
 (scale·g/√(var+eps), (b − mean)·g/√(var+eps) + β), a per-channel or scalar mul / add /
-sub by a constant, then relu / clamp.  Finally a ``quantize`` of the layer's result
+sub by a constant (any sign), then relu / clamp.  Finally a ``quantize`` of the layer's result
 (the next low-bit layer's input), also seen through reshapes and max pooling, becomes the layer's
 ``out_dtype`` (the requantize is fused) when every user of the result quantizes it the
 same way.
@@ -218,8 +218,8 @@ def _absorb_epilogue(module, plan: Plan) -> None:
             vec = _channel_vector(module, other, user.result.type, channel_axis)
             if vec is None or user.result.type.shape != value.type.shape or (user.kind == "sub" and index != 0):
                 break
-            if user.kind == "mul":
-                if np.any(vec <= 0):  # a negative gain would flip a later clamp; keep it simple and exact
+            if user.kind == "mul":  # any sign: no clamp has been folded yet (clamps come last)
+                if not np.all(np.isfinite(vec)):
                     break
                 plan.scale, plan.bias = plan.scale * vec, bias * vec
             else:

@@ -190,7 +190,7 @@ class Net(nn.Module):
         self.bn = nn.BatchNorm2d(8)
         self.c2 = FQ(nn.Conv2d(8, 8, 3, padding=1, stride=2), unsigned(2), signed(2), a_scale=0.4)
         self.c3 = FQ(nn.Conv2d(8, 8, 3, padding=1, groups=8), unsigned(3), signed(3), a_scale=0.3)
-        self.register_buffer("gain", torch.rand(1, 8, 1, 1) + 0.5)
+        self.register_buffer("gain", torch.rand(1, 8, 1, 1) * 2 - 0.5)  # some negative
         self.fc = FQ(nn.Linear(8 * 4 * 4, 10), unsigned(2), signed(2), a_scale=0.5)
         with torch.no_grad():
             self.bn.running_mean.uniform_(-0.5, 0.5)
