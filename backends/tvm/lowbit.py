@@ -208,16 +208,22 @@ def _bitserial(bb, op, x, w_codes: np.ndarray, *, xshape, stride, padding, dilat
 
     abits, asigned = code_bits(op.operands[0].type.dtype)
     wbits, wsigned = code_bits(op.operands[1].type.dtype)
+    a = op.attrs
+    # Signed weights as offset binary (w + 2^(W-1), the zero point moving with them):
+    # (w - wz) is unchanged and every bit plane weighs +2^j, which lets the kernel fuse
+    # plane pairs (the kernel does the same to signed activations at run time).
+    shift = 1 << (wbits - 1) if wsigned else 0
+    w_codes = w_codes.astype(np.int64) + shift
+    wz = a["w_zero_point"] + shift
     n, c, h, wd = xshape
     o, cg, kh, kw = w_codes.shape
     tapb = -(-cg // 8)
     packed, rb = pack_weights(w_codes, wbits, tapb, ROW_ALIGN.get(_arch(), 32))
-    wsum = w_codes.astype(np.int64).reshape(o, -1).sum(axis=1).astype(np.int32)
-    a = op.attrs
+    wsum = w_codes.reshape(o, -1).sum(axis=1).astype(np.int32)
     meta = dict(N=n, C=c, H=h, W=wd, O=o, KH=kh, KW=kw, SH=stride[0], SW=stride[1], PT=padding[0], PL=padding[1],
                 PB=padding[2], PR=padding[3], DH=dilation[0], DW=dilation[1], G=groups, ABITS=abits,
-                ASIGNED=int(asigned), WBITS=wbits, WSIGNED=int(wsigned), XZ=a["x_zero_point"],
-                WZ=a["w_zero_point"], OH=out_hw[0], OW=out_hw[1], TAPB=tapb, RB=rb)
+                ASIGNED=int(asigned), WBITS=wbits, WSIGNED=0, XZ=a["x_zero_point"],
+                WZ=wz, OH=out_hw[0], OW=out_hw[1], TAPB=tapb, RB=rb)
     meta_arr = np.array([meta[k] for k in META_FIELDS], np.int32)
     out = relax.TensorType((n, o, out_hw[0], out_hw[1]), "int32")
     return bb.emit(relax.call_dps_packed(BITSERIAL, [x, _const(packed), _const(wsum), _const(meta_arr)], out))

@@ -8,10 +8,11 @@
  *
  * Sxw = sum x*w over the receptive field (padded taps hold the code xz), computed bit
  * serially: x and w are split into bit planes; for planes i, j
- *   Sxw = sum_ij cx_i * cw_j * popcount(xplane_i AND wplane_j)
- * where c_i = 2^i, except the top plane of a signed (two's-complement) operand,
- * whose weight is -2^(B-1).  Sx (per output pixel) comes from the activation planes'
- * popcounts; Sw[o] (per output channel) is computed at compile time.
+ *   Sxw = sum_ij 2^(i+j) * popcount(xplane_i AND wplane_j).
+ * Every plane weighs +2^i because signed codes are re-based to offset binary first
+ * (w + 2^(W-1) at compile time in lowbit.py, x + 2^(A-1) here by flipping the top bit),
+ * the zero points moving with them, so (x - xz)(w - wz) is unchanged.  Sx (per output
+ * pixel) comes from the activation planes' popcounts; Sw[o] is computed at compile time.
  *
  * Layout.  Weights are packed at compile time (backends/tvm/lowbit.py) as
  * uint8 [O][WB][RB]: for output channel o and weight plane j, one "row" of RB bytes
@@ -24,8 +25,10 @@
  * count; padded pixels hold xz in every real channel.
  *
  * Inner loop.  aarch64: 16 bytes at a time, AND, `cnt` (vcntq_u8), and byte-pair
- * accumulation into 16-bit lanes (`uadalp`, vpadalq_u8), a block of output channels
- * x all plane pairs kept in registers; lanes are flushed to 32 bits every 2048 steps.
+ * accumulation into 16-bit lanes (`uadalp`, vpadalq_u8) for a block of output channels
+ * kept in registers; for narrow planes (W2A2, W1A*, ...) all plane pairs of a channel
+ * are first fused per byte with `mla` (see FUSABLE), wider ones keep an accumulator
+ * per plane pair.
  * x86 with AVX2 (no vector popcount before AVX-512 VPOPCNTDQ): 32 bytes at a time,
  * nibble-table popcount (vpshufb), bytes summed with vpsadbw.  Elsewhere: 64-bit
  * words and the scalar popcount.
@@ -85,9 +88,6 @@ enum {
   M_ABITS, M_ASIGNED, M_WBITS, M_WSIGNED, M_XZ, M_WZ, M_OH, M_OW, M_TAPB, M_RB, META_LEN
 };
 
-static inline int32_t plane_coef(int i, int bits, int is_signed) {
-  return (is_signed && i == bits - 1) ? -(1 << i) : (1 << i);
-}
 
 #if defined(__aarch64__)
 static inline uint32_t count_row(const uint8_t* p, int rb) {
@@ -111,42 +111,69 @@ static inline uint32_t count_row(const uint8_t* p, int rb) {
  * the popcounts over rb bytes, for a block of OB output channels; A, W and OB are
  * compile-time constants, so the accumulators live in registers. */
 #if defined(__aarch64__)
-/* 16-bit lanes gain at most 16 per step: flush them to 32 bits every 2048 steps. */
-#define NEON_CHUNK (2048 * 16)
+/* Narrow planes (FUSABLE: (2^A - 1)(2^W - 1) <= 31) fuse all plane pairs of an output
+ * channel into one byte per lane before widening: t = sum_ij 2^(i+j) cnt(x_i AND w_j)
+ * <= 8 * 31 < 256 (one `mla` per pair instead of one accumulator per pair), then one
+ * `uadalp`; the 16-bit lanes gain <= 510 per step, flushed every 128 steps.  Wider
+ * planes keep one 16-bit accumulator per pair (<= 16 per step, flushed every 2048). */
+#define FUSABLE(A, W) (((1 << (A)) - 1) * ((1 << (W)) - 1) <= 31)
+#define NEON_CHUNK(A, W) (FUSABLE(A, W) ? 128 * 16 : 2048 * 16)
 #define DEFINE_DOT(NAME, A, W, OB)                                                               \
   static inline __attribute__((always_inline)) void NAME##_chunk(                                \
       const uint8_t* row, const uint8_t* w, int rb, int v0, int v1, const int32_t* coef,         \
       int32x4_t* tot) {                                                                          \
     const int wstride = (W) * rb;                                                                \
-    uint16x8_t acc[OB][A][W];                                                                    \
-    _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                                   \
-    _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++)                                        \
-    _Pragma("GCC unroll 8") for (int j = 0; j < (W); j++) acc[ob][i][j] = vdupq_n_u16(0);        \
-    for (int v = v0; v < v1; v += 16) {                                                          \
-      uint8x16_t xv[A];                                                                          \
-      _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++) xv[i] = vld1q_u8(row + i * rb + v);  \
-      _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                                 \
-      _Pragma("GCC unroll 8") for (int j = 0; j < (W); j++) {                                    \
-        uint8x16_t wv = vld1q_u8(w + ob * wstride + j * rb + v);                                 \
-        _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++)                                    \
-          acc[ob][i][j] = vpadalq_u8(acc[ob][i][j], vcntq_u8(vandq_u8(xv[i], wv)));              \
+    if (FUSABLE(A, W)) {                                                                         \
+      uint16x8_t acc[OB];                                                                        \
+      _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++) acc[ob] = vdupq_n_u16(0);       \
+      for (int v = v0; v < v1; v += 16) {                                                        \
+        uint8x16_t xv[A];                                                                        \
+        _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++) xv[i] = vld1q_u8(row + i * rb + v); \
+        _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++) {                             \
+          uint8x16_t t = vdupq_n_u8(0);                                                          \
+          _Pragma("GCC unroll 8") for (int j = 0; j < (W); j++) {                                \
+            uint8x16_t wv = vld1q_u8(w + ob * wstride + j * rb + v);                             \
+            _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++) {                              \
+              uint8x16_t c = vcntq_u8(vandq_u8(xv[i], wv));                                      \
+              t = (i + j == 0) ? c : vmlaq_u8(t, c, vdupq_n_u8((uint8_t)(1u << (i + j))));       \
+            }                                                                                    \
+          }                                                                                      \
+          acc[ob] = vpadalq_u8(acc[ob], t);                                                      \
+        }                                                                                        \
       }                                                                                          \
+      _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                                 \
+        tot[ob] = vaddq_s32(tot[ob], vreinterpretq_s32_u32(vpaddlq_u16(acc[ob])));               \
+    } else {                                                                                     \
+      uint16x8_t acc[OB][A][W];                                                                  \
+      _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                                 \
+      _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++)                                      \
+      _Pragma("GCC unroll 8") for (int j = 0; j < (W); j++) acc[ob][i][j] = vdupq_n_u16(0);      \
+      for (int v = v0; v < v1; v += 16) {                                                        \
+        uint8x16_t xv[A];                                                                        \
+        _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++) xv[i] = vld1q_u8(row + i * rb + v); \
+        _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                               \
+        _Pragma("GCC unroll 8") for (int j = 0; j < (W); j++) {                                  \
+          uint8x16_t wv = vld1q_u8(w + ob * wstride + j * rb + v);                               \
+          _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++)                                  \
+            acc[ob][i][j] = vpadalq_u8(acc[ob][i][j], vcntq_u8(vandq_u8(xv[i], wv)));            \
+        }                                                                                        \
+      }                                                                                          \
+      /* widen pairs of lanes to 32 bits, weight by the plane pair's coefficient */              \
+      _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                                 \
+      _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++)                                      \
+      _Pragma("GCC unroll 8") for (int j = 0; j < (W); j++)                                      \
+        tot[ob] = vmlaq_n_s32(tot[ob], vreinterpretq_s32_u32(vpaddlq_u16(acc[ob][i][j])), coef[i * (W) + j]); \
     }                                                                                            \
-    /* widen pairs of lanes to 32 bits, weight by the plane pair's coefficient */                \
-    _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                                   \
-    _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++)                                        \
-    _Pragma("GCC unroll 8") for (int j = 0; j < (W); j++)                                        \
-      tot[ob] = vmlaq_n_s32(tot[ob], vreinterpretq_s32_u32(vpaddlq_u16(acc[ob][i][j])), coef[i * (W) + j]); \
   }                                                                                              \
   static void NAME(const uint8_t* row, const uint8_t* w, int rb, const int32_t* coef,           \
                    int32_t* out, ptrdiff_t ostride, const int32_t* obias, int32_t base) {        \
     int32x4_t tot[OB];                                                                           \
     _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++) tot[ob] = vdupq_n_s32(0);         \
-    if (rb <= NEON_CHUNK) {                                                                      \
+    if (rb <= NEON_CHUNK(A, W)) {                                                                \
       NAME##_chunk(row, w, rb, 0, rb, coef, tot);                                                \
     } else {                                                                                     \
-      for (int v0 = 0; v0 < rb; v0 += NEON_CHUNK)                                                \
-        NAME##_chunk(row, w, rb, v0, v0 + NEON_CHUNK < rb ? v0 + NEON_CHUNK : rb, coef, tot);    \
+      for (int v0 = 0; v0 < rb; v0 += NEON_CHUNK(A, W))                                          \
+        NAME##_chunk(row, w, rb, v0, v0 + NEON_CHUNK(A, W) < rb ? v0 + NEON_CHUNK(A, W) : rb, coef, tot); \
     }                                                                                            \
     _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                                   \
       out[ob * ostride] = vaddvq_s32(tot[ob]) + obias[ob] + base;                                \
@@ -231,7 +258,11 @@ static inline uint32_t count_row(const uint8_t* p, int rb) {
 #endif
 
 /* Output channels per block: as many as keep <= 16 plane-pair accumulators. */
+#if defined(__aarch64__)
+#define OB_OF(A, W) (FUSABLE(A, W) ? 4 : (A) * (W) >= 16 ? 1 : 16 / ((A) * (W)))
+#else
 #define OB_OF(A, W) ((A) * (W) >= 16 ? 1 : 16 / ((A) * (W)))
+#endif
 
 /* The dot products of one im2col row with the weights of output channels [0, og). */
 #define DEFINE_PAIR(A, W)                                                                        \
@@ -280,14 +311,19 @@ SLIVER_EXTERN int __tvm_ffi_sliver_lowbit_bitserial(void* self, const sliver_Any
   int32_t* out = (int32_t*)data_of(&args[4]);
   const int N = m[M_N], C = m[M_C], H = m[M_H], W = m[M_W], O = m[M_O], KH = m[M_KH], KW = m[M_KW];
   const int SH = m[M_SH], SW = m[M_SW], PT = m[M_PT], PL = m[M_PL], DH = m[M_DH], DW = m[M_DW], G = m[M_G];
-  const int AB = m[M_ABITS], WB = m[M_WBITS], xz = m[M_XZ], wz = m[M_WZ];
+  const int AB = m[M_ABITS], WB = m[M_WBITS], wz = m[M_WZ];
+  /* Signed activation codes become offset binary (x + 2^(A-1): flip the top bit), the
+   * zero point moving with them, so every plane weighs +2^i.  (Signed weights arrive
+   * packed that way already: WSIGNED must be 0.) */
+  const int aflip = m[M_ASIGNED] ? 1 << (AB - 1) : 0;
+  const int xz = m[M_XZ] + aflip;
   const int OH = m[M_OH], OW = m[M_OW], TAPB = m[M_TAPB], RB = m[M_RB];
   const int HP = H + PT + m[M_PB], WP = W + PL + m[M_PR];
   const int Cg = C / G, Og = O / G, K = KH * KW * Cg;
-  if (AB < 1 || AB > 7 || WB < 1 || WB > 7 || RB % ROW_ALIGN) return -1;
+  if (AB < 1 || AB > 7 || WB < 1 || WB > 7 || RB % ROW_ALIGN || m[M_WSIGNED]) return -1;
   int32_t cx[8], cw[8];
-  for (int i = 0; i < AB; i++) cx[i] = plane_coef(i, AB, m[M_ASIGNED]);
-  for (int j = 0; j < WB; j++) cw[j] = plane_coef(j, WB, m[M_WSIGNED]);
+  for (int i = 0; i < AB; i++) cx[i] = 1 << i;
+  for (int j = 0; j < WB; j++) cw[j] = 1 << j;
   const row_fn fn = ROW_FNS[(AB - 1) * 7 + (WB - 1)];
   int32_t coef[64];
   for (int i = 0; i < AB; i++)
@@ -337,6 +373,7 @@ SLIVER_EXTERN int __tvm_ffi_sliver_lowbit_bitserial(void* self, const sliver_Any
             } else {
               for (int k = 0; k < nc; k++) v |= (uint64_t)s8[k * HW] << (8 * k);
             }
+            v ^= (0x0101010101010101ull * (uint64_t)aflip) & (nc == 8 ? ~0ull : (1ull << (8 * nc)) - 1);
             for (int i = 0; i < AB; i++)
               dst[i * TAPB + cb] = (uint8_t)((((v >> i) & 0x0101010101010101ull) * 0x0102040810204080ull) >> 56);
           }
