@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 from networkx.utils import UnionFind
 
 ELEMENTWISE_UNARY = {
@@ -226,3 +227,113 @@ class ChannelAnalysis:
         """conv2d (groups=1) / linear ops whose input carries channels."""
         return [op for op in self.module.ops if is_consumer(op) and self.nodes(op.operands[0]) is not None
                 and id(op) in self.producer_nodes]
+
+
+def _param(module, value):
+    """A param operand's data as a float64 torch tensor (None: not a param)."""
+    import torch
+
+    data = module.param_data(value) if value.producer is not None and value.producer.kind == "param" else None
+    return None if data is None else torch.from_numpy(np.asarray(data, np.float64))
+
+
+def _channel_tensor(vec: np.ndarray, rank: int):
+    """A per-channel vector as a broadcastable [1, C, 1, 1] (or [1, ..., C]) tensor."""
+    import torch
+
+    shape = [1] * rank
+    shape[channel_axis(rank)] = len(vec)
+    return torch.from_numpy(vec).reshape(shape)
+
+
+def constant_channels(module, analysis: ChannelAnalysis) -> dict:
+    """Channels that hold one value at every position for every input.
+
+    Returns id(value) -> float64 vector over the value's channels: the constant,
+    or NaN where the channel is not (known to be) constant.  Sources are conv2d /
+    linear rows that are all zero (their bias, or 0); channel-wise ops map the
+    constants with their reference semantics.  Anything where the value could
+    differ from position to position (a padded depthwise conv or average pool of a
+    nonzero constant) or that the analysis treats as a barrier is unknown.
+    """
+    import torch
+
+    barriers = {id(op) for op, _ in analysis.barriers}
+    const: dict = {}
+
+    def vec(v, n):
+        c = const.get(id(v))
+        return c if c is not None else np.full(n, np.nan)
+
+    for op in module.ops:
+        if op.kind in ("param", "constant") or not op.results:
+            continue
+        out = op.results[0]
+        nodes = analysis.nodes(out)
+        if nodes is None:
+            continue
+        n, rank, kind = len(nodes), out.type.rank, op.kind
+        x = op.operands[0] if op.operands else None
+        nx_ = len(analysis.nodes(x)) if x is not None and analysis.nodes(x) is not None else None
+        c = np.full(n, np.nan)
+        if id(op) in barriers:
+            pass
+        elif id(op) in analysis.producer_nodes:
+            w, b = _param(module, op.operands[1]), (_param(module, op.operands[2]) if len(op.operands) > 2 else None)
+            if w is not None and (len(op.operands) < 3 or b is not None):
+                zero = ~np.any(w.reshape(w.shape[0], -1).numpy() != 0, axis=1)
+                c = np.where(zero, b.numpy() if b is not None else 0.0, np.nan)
+        elif kind == "conv2d" and is_depthwise(op):
+            w, b = _param(module, op.operands[1]), (_param(module, op.operands[2]) if len(op.operands) > 2 else None)
+            xin = vec(x, n)
+            if w is not None and (len(op.operands) < 3 or b is not None):
+                bias = b.numpy() if b is not None else np.zeros(n)
+                if not any(op.attrs["padding"]):  # every output sees the whole kernel
+                    c = xin * w.reshape(n, -1).sum(1).numpy() + bias
+                else:  # zero padding around a constant: only a zero channel stays constant
+                    c = np.where(xin == 0, bias, np.nan)
+        elif kind in ELEMENTWISE_UNARY or kind == "batch_norm":
+            args = [_channel_tensor(vec(x, n), rank)] + [_param(module, v) for v in op.operands[1:]]
+            if all(a is not None for a in args):
+                c = op.decl.ref(*args, **op.attrs).reshape(-1).numpy().astype(np.float64)
+        elif kind in ("max_pool2d", "adaptive_avg_pool2d", "mean"):
+            c = vec(x, n)
+        elif kind == "avg_pool2d":
+            xin = vec(x, n)
+            exact = not any(op.attrs["padding"]) and not op.attrs["ceil_mode"]
+            c = xin if exact else np.where(xin == 0, 0.0, np.nan)
+        elif kind == "sum":
+            c = vec(x, n) * int(np.prod([x.type.shape[a] for a in op.attrs["axes"]]))
+        elif kind in ELEMENTWISE_BINARY:
+            args, zero = [], np.zeros(n, bool)
+            for v in op.operands:
+                if analysis.nodes(v) is not None and v.type.rank == rank:
+                    vv = vec(v, n) if len(analysis.nodes(v)) == n else np.full(n, np.nan)
+                    args.append(_channel_tensor(vv, rank))
+                    zero |= vv == 0
+                    continue
+                p = _param(module, v)
+                if p is None or any(d != 1 for i, d in enumerate(p.shape) if i != p.dim() + channel_axis(rank) - rank):
+                    args = None
+                    break
+                args.append(p)
+            if args is not None:
+                c = op.decl.ref(*args).reshape(-1).numpy().astype(np.float64)
+                c = c if c.size == n else np.full(n, np.nan)
+                if kind == "mul":
+                    c = np.where(zero, 0.0, c)
+        elif kind == "concat":
+            parts = [vec(v, len(analysis.nodes(v))) for v in op.operands]
+            if op.attrs["axis"] == channel_axis(rank):
+                c = np.concatenate(parts)
+            else:
+                c = parts[0]
+                for p in parts[1:]:
+                    c = np.where(c == p, c, np.nan)
+        elif kind == "slice":
+            xin = vec(x, nx_)
+            c = xin[op.attrs["start"]:op.attrs["end"]] if op.attrs["axis"] == channel_axis(x.type.rank) else xin
+        elif kind == "reshape":
+            c = np.repeat(vec(x, nx_), n // nx_)
+        const[id(out)] = c
+    return const

@@ -28,7 +28,7 @@ import numpy as np
 
 from sliver.errors import SliverError
 from sliver.ir.core import Module
-from sliver.passes.channels import ChannelAnalysis, channel_axis, is_depthwise
+from sliver.passes.channels import ChannelAnalysis, channel_axis, constant_channels, is_depthwise
 from sliver.passes.manager import Pass, register
 from sliver.text import table_lines
 
@@ -40,18 +40,19 @@ def layer_name(op) -> str:
     return op.operands[1].name.removesuffix(".weight")
 
 
-def _columns(module, op) -> np.ndarray:
-    """The consumer's weight as [in, rest]: one row per input channel/feature."""
+def _columns(module, op, axis: int = 1) -> np.ndarray:
+    """The layer's weight as [channels, rest]: one row per input channel/feature
+    (``axis=1``) or per output channel (``axis=0``)."""
     w = module.param_data(op.operands[1])
     if w is None:
         raise SliverError(f"{layer_name(op)}: the weight is computed, not a param; cannot score its channels")
     w = np.asarray(w, np.float64)
-    return np.moveaxis(w, 1, 0).reshape(w.shape[1], -1)
+    return np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
 
 
-def column_scores(module, op, method: str) -> np.ndarray:
-    """Importance of each input channel of a consumer (higher = keep)."""
-    cols = _columns(module, op)
+def column_scores(module, op, method: str, axis: int = 1) -> np.ndarray:
+    """Importance of each input (``axis=1``) or output (``axis=0``) channel of a layer (higher = keep)."""
+    cols = _columns(module, op, axis)
     if method == "l1":
         return np.abs(cols).sum(1)
     if method == "l2":
@@ -75,6 +76,7 @@ class PrunePlan:
     masks: dict  # id(consumer op) -> sorted kept input positions
     live: set  # live channel classes
     rank: dict = field(default_factory=dict)  # class -> position in the exported order (reorder)
+    output_masks: dict | None = None  # layer name -> kept output channels (side="output")
 
     def kept(self, value) -> list[int] | None:
         """Positions of ``value``'s channels that survive (None: no channel axis)."""
@@ -84,46 +86,116 @@ class PrunePlan:
         return [i for i, c in enumerate(classes) if c in self.live]
 
 
+def _check_amount(amount) -> None:
+    if not 0.0 <= amount < 1.0:
+        raise SliverError(f"pruning amount must be in [0, 1), got {amount}")
+
+
+def _user_masks(layers: dict, masks: dict, side: str) -> dict:
+    """Check user masks (layer name -> kept channels) against the prunable layers."""
+    unknown = sorted(set(masks) - set(layers))
+    if unknown:
+        raise SliverError(f"masks name unknown layer(s) {unknown}; prunable layers: {', '.join(layers)}")
+    out = {}
+    for name, kept in masks.items():
+        op = layers[name]
+        n = op.operands[1].type.shape[0 if side == "output" else 1]
+        kept = sorted(set(int(k) for k in kept))
+        if not kept:
+            raise SliverError(f"the mask of {name} keeps no channel: a layer needs at least one {side} channel "
+                              f"(keep one, or drop the layer from the masks)")
+        if kept[0] < 0 or kept[-1] >= n:
+            raise SliverError(f"the mask of {name} names channel {kept[-1] if kept[-1] >= n else kept[0]}, "
+                              f"but the layer has {n} {side} channels")
+        out[id(op)] = kept
+    return out
+
+
+def _select(scores: dict, amount: float, scope: str) -> dict:
+    """Kept positions per layer: the top (1 - amount) of each layer's scores, or of
+    all scores normalised by each layer's mean (global); every layer keeps one."""
+    if scope not in ("layer", "global"):
+        raise SliverError(f"pruning scope must be 'layer' or 'global', got {scope!r}")
+    out = {}
+    if scope == "layer":
+        for k, s in scores.items():
+            out[k] = _keep_top(s, min(int(amount * len(s)), len(s) - 1))
+        return out
+    normed = {k: s / (s.mean() or 1.0) for k, s in scores.items()}
+    allv = np.sort(np.concatenate(list(normed.values()))) if normed else np.zeros(0)
+    threshold = allv[int(amount * len(allv))] if len(allv) else 0.0
+    for k, s in normed.items():
+        out[k] = _keep_top(s, min(int((s < threshold).sum()), len(s) - 1))
+    return out
+
+
 def consumer_masks(module, analysis, *, method, amount, scope, masks=None) -> dict:
     """Per-consumer kept input positions."""
     consumers = analysis.consumers()
-    by_name = {layer_name(op): op for op in consumers}
-    out = {}
     if masks:
-        unknown = sorted(set(masks) - set(by_name))
-        if unknown:
-            raise SliverError(f"masks name unknown layer(s) {unknown}; prunable layers: {', '.join(by_name)}")
-        for name, kept in masks.items():
-            op = by_name[name]
-            n = op.operands[0].type.shape[channel_axis(op.operands[0].type.rank)]
-            kept = sorted(set(int(k) for k in kept))
-            if not kept:
-                raise SliverError(f"the mask of {name} keeps no channel: a layer needs at least one input channel")
-            if kept[0] < 0 or kept[-1] >= n:
-                raise SliverError(f"the mask of {name} names channel {kept[-1] if kept[-1] >= n else kept[0]}, "
-                                  f"but the layer has {n} input channels")
-            out[id(op)] = kept
-        return out
-    if not 0.0 <= amount < 1.0:
-        raise SliverError(f"pruning amount must be in [0, 1), got {amount}")
-    if scope not in ("layer", "global"):
-        raise SliverError(f"pruning scope must be 'layer' or 'global', got {scope!r}")
+        return _user_masks({layer_name(op): op for op in consumers}, masks, "input")
+    _check_amount(amount)
     # the first layers read the model's inputs (image channels): leave them whole
     eligible = [op for op in consumers if op.operands[0] not in module.inputs]
-    scores = {id(op): column_scores(module, op, method) for op in eligible}
-    if scope == "layer":
-        for op in eligible:
-            s = scores[id(op)]
-            out[id(op)] = _keep_top(s, min(int(amount * len(s)), len(s) - 1))
-    else:
-        normed = {k: s / (s.mean() or 1.0) for k, s in scores.items()}
-        allv = np.sort(np.concatenate(list(normed.values())))
-        threshold = allv[int(amount * len(allv))] if len(allv) else 0.0
-        for op in eligible:
-            s = normed[id(op)]
-            n_drop = min(int((s < threshold).sum()), len(s) - 1)
-            out[id(op)] = _keep_top(s, n_drop)
-    return out
+    return _select({id(op): column_scores(module, op, method) for op in eligible}, amount, scope)
+
+
+def producers(module, analysis) -> list:
+    """conv2d (groups=1) / linear layers with a param weight: their output channels can be masked."""
+    return [op for op in module.ops if id(op) in analysis.producer_nodes
+            and op.operands[1].producer is not None and op.operands[1].producer.kind == "param"]
+
+
+def output_masks(module, analysis, *, method, amount, scope, masks=None) -> dict:
+    """Per-producer kept output channels.  Layers whose every channel is pinned (the
+    model's outputs, or read by an op the analysis does not model) are left whole."""
+    layers = producers(module, analysis)
+    if masks:
+        return _user_masks({layer_name(op): op for op in layers}, masks, "output")
+    _check_amount(amount)
+    pinned = analysis.pinned_nodes
+    eligible = [op for op in layers if not all(n in pinned for n in analysis.producer_nodes[id(op)])]
+    return _select({id(op): column_scores(module, op, method, axis=0) for op in eligible}, amount, scope)
+
+
+def zero_channels(module, masks_by_name: dict, side: str = "input") -> None:
+    """Zero, in place, what the masks drop: input columns of consumers, or output
+    rows (and bias entries) of producers."""
+    for op in module.ops:
+        if op.kind in ("conv2d", "linear") and op.operands[1].producer.kind == "param":
+            name = layer_name(op)
+            if name not in masks_by_name:
+                continue
+            targets = [op.operands[1]] + (list(op.operands[2:3]) if side == "output" else [])
+            for v in targets:
+                w = module.params[v.name].copy()
+                axis = 0 if side == "output" else 1
+                drop = sorted(set(range(w.shape[axis])) - set(masks_by_name[name]))
+                np.moveaxis(w, axis, 0)[drop] = 0
+                module.params[v.name] = w
+
+
+def drop_zero_inputs(module, analysis) -> dict:
+    """Consumers stop reading input channels that are zero at every position for
+    every input (e.g. fed only by zeroed producer rows through relu, pooling, a
+    bias-free depthwise conv...): dropping them changes no arithmetic.  Returns
+    kept input positions by id(consumer).
+
+    Nonzero constant channels (a zeroed row followed by a batch norm or a biased
+    depthwise conv) stay: folding them into the consumer's bias would be exact
+    only in real arithmetic."""
+    const = constant_channels(module, analysis)
+    masks = {}
+    for op in analysis.consumers():
+        c = const.get(id(op.operands[0]))
+        if c is None or op.operands[0] in module.inputs:
+            continue
+        zero = c == 0
+        if zero.all():
+            zero[0] = False  # a layer reads at least one channel
+        if zero.any():
+            masks[id(op)] = [int(i) for i in np.flatnonzero(~zero)]
+    return masks
 
 
 def constrain(module, analysis, *, method, amount) -> dict:
@@ -131,8 +203,7 @@ def constrain(module, analysis, *, method, amount) -> dict:
     every consumer of a class drops it together (no gathers)."""
     import networkx as nx
 
-    if not 0.0 <= amount < 1.0:
-        raise SliverError(f"pruning amount must be in [0, 1), got {amount}")
+    _check_amount(amount)
     pinned = analysis.pinned_classes()
     score: dict = {}
     groups = nx.Graph()
@@ -447,18 +518,12 @@ def _rewrite_consumer(new, module, op, operands, plan, report, order_of) -> list
     return out
 
 
-def masked_copy(module, masks_by_name: dict):
+def masked_copy(module, masks_by_name: dict, side: str = "input"):
     """The masked model: a copy of ``module`` whose consumers' dropped input columns
-    are zero (the oracle every pruned export must equal)."""
+    (or producers' dropped output rows and biases) are zero — the oracle every
+    pruned export must equal."""
     masked = module.clone()
-    for op in masked.ops:
-        if op.kind in ("conv2d", "linear") and op.operands[1].producer.kind == "param":
-            name = layer_name(op)
-            if name in masks_by_name:
-                w = masked.params[op.operands[1].name].copy()
-                drop = sorted(set(range(w.shape[1])) - set(masks_by_name[name]))
-                w[:, drop] = 0
-                masked.params[op.operands[1].name] = w
+    zero_channels(masked, masks_by_name, side)
     return masked
 
 
@@ -477,22 +542,42 @@ def format_report(report: PruneReport) -> str:
 @register
 @dataclass(frozen=True)
 class Prune(Pass):
-    """Constraint-free channel pruning of conv/linear input channels (UPSCALE)."""
+    """Constraint-free channel pruning of conv/linear input or output channels (UPSCALE)."""
 
     name = "prune"
     method: str = "l2"
     amount: float = 0.3
     scope: str = "layer"
+    side: str = "input"
     constrained: bool = False
     reorder: bool = True
     masks: dict | None = field(default=None, compare=False, hash=False)
 
     def plan(self, module) -> PrunePlan:
+        """Choose masks and the export layout.  With ``side="output"`` the dropped
+        output rows of ``module``'s layers are zeroed in place (the masked model)
+        and consumers stop reading the channels that became zero."""
+        if self.side not in ("input", "output"):
+            raise SliverError(f"pruning side must be 'input' or 'output', got {self.side!r}")
         analysis = ChannelAnalysis.run(module)
         if not analysis.consumers():
             raise SliverError(f"@{module.name} has no conv2d/linear layer whose input channels can be pruned")
         if self.constrained:
+            if self.side == "output" or self.masks:
+                raise SliverError("constrained pruning chooses whole coupled channel groups itself: "
+                                  "drop side=output / masks, or drop constrained")
             masks = constrain(module, analysis, method=self.method, amount=self.amount)
+        elif self.side == "output":
+            chosen = output_masks(module, analysis, method=self.method, amount=self.amount, scope=self.scope,
+                                  masks=self.masks)
+            by_name = {layer_name(op): kept for op in producers(module, analysis)
+                       if (kept := chosen.get(id(op))) is not None}
+            zero_channels(module, by_name, "output")
+            plan = resolve(module, analysis, drop_zero_inputs(module, analysis))
+            plan.output_masks = by_name
+            if self.reorder:
+                plan.rank = choose_order(module, plan)
+            return plan
         else:
             masks = consumer_masks(module, analysis, method=self.method, amount=self.amount, scope=self.scope,
                                    masks=self.masks)
@@ -504,5 +589,9 @@ class Prune(Pass):
     def run(self, module):
         plan = self.plan(module)
         names = {layer_name(op): plan.masks[id(op)] for op in plan.analysis.consumers() if id(op) in plan.masks}
+        notes = {"side": self.side, "masks": names}
+        if plan.output_masks is not None:
+            # the oracle is masked_copy(original, masks, side="output"); input_masks are what it implies
+            notes = {"side": "output", "masks": plan.output_masks, "input_masks": names}
         report = rewrite(module, plan)
-        return True, {"masks": names, "report": report.as_dict(), "text": format_report(report)}
+        return True, {**notes, "report": report.as_dict(), "text": format_report(report)}

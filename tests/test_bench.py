@@ -152,3 +152,16 @@ def test_bench_arm64_artifact_without_emulate_says_how(example_arm64, capsys):
 
     with pytest.raises(SliverError, match="--emulate"):
         bench.main([str(example_arm64)])
+
+
+def test_bench_prune_prints_copies_for_each_export(capsys):
+    from sliver.tools import bench_prune
+
+    assert bench_prune.main(["--models", "densenet", "--resolution", "16", "--side", "output"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("output-side l2 masks, amount 0.3")
+    rows = {line.split()[1]: line.split()[2:] for line in lines[2:]}
+    assert list(rows) == ["unpruned", "naive", "reordered", "constrained"]
+    assert rows["constrained"][:3] == ["0", "0", "0"]  # constrained never gathers
+    params = {k: int(v[-1].replace(",", "")) for k, v in rows.items()}
+    assert params["naive"] == params["reordered"] < params["unpruned"]

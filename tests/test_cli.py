@@ -125,3 +125,13 @@ def test_prune_prints_report_and_writes_ir(tmp_path, capsys):
     assert report["params_after"] < report["params_before"] and "block2.conv1" in report["masks"]
     assert main(["lower", str(out), "-o", str(tmp_path / "p.sliver"), "--passes", "dce"]) == 0
     assert main(["run", str(tmp_path / "p.sliver"), "--verify"]) == 0
+
+
+def test_prune_output_side(tmp_path, capsys):
+    assert main(["prune", EXAMPLE, "--side", "output", "--amount", "0.5", "--report", str(tmp_path / "r.json")]) == 0
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["side"] == "output" and report["params_after"] < report["params_before"]
+    # the masks name output channels: half of block1.conv1's 16 filters
+    assert len(report["masks"]["block1.conv1"]) == 8

@@ -1,14 +1,19 @@
 """Pruning benchmark: memory copies and latency of naive vs reordered vs constrained export.
 
     python -m sliver.tools.bench_prune [--models resnet18,mobilenet_v2,densenet,efficientnet]
-                                       [--amount 0.3] [--resolution 32] [--latency] [--repeat 20]
+                                       [--amount 0.3] [--side input] [--resolution 32]
+                                       [--latency] [--repeat 30]
 
-For each model: the same input-side L2 masks exported naively (natural channel
-order: every consumer reading a subset gathers), reordered (UPSCALE export-time
+For each model: the same L2 masks (on each layer's input channels, or with
+``--side output`` on its output channels) exported naively (natural channel order:
+every consumer reading a subset gathers), reordered (UPSCALE export-time
 reordering) and, for comparison, constrained (whole coupled channel groups pruned:
 no copies, but other masks).  Prints gathers, gathered channels and bytes copied
-per inference, and with --latency the compiled x86_64 latency of each plus the
-unpruned model, as ratios, measured side by side in one run.
+per inference, and with --latency the compiled x86_64 latency (sliver's default
+schedules) of each plus the unpruned model.  The four artifacts of a model are
+compiled first and then timed round-robin, one run each in turn, so load from
+other processes hits them alike; medians and minima are printed as ratios to the
+unpruned model.
 """
 
 from __future__ import annotations
@@ -16,55 +21,78 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 
 MODES = {"naive": dict(reorder=False), "reordered": dict(reorder=True), "constrained": dict(constrained=True)}
 
 
-def _latency(module, inputs, repeat: int) -> float:
+def interleaved_times(fns: dict, repeat: int, warmup: int = 3) -> dict:
+    """name -> list of seconds: each callable timed ``repeat`` times, round-robin."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def _compiled(module, inputs):
     import sliver
     from sliver.api import _numpy
 
     compiled = sliver.lower(module, inputs, target="x86_64", passes="dce").load()
-    from sliver.runtime.profile import time_runs
-
-    return statistics.median(time_runs(compiled, [_numpy(x) for x in inputs], repeat=repeat, warmup=3))
+    xs = [_numpy(x) for x in inputs]
+    return lambda: compiled.run(*xs)
 
 
 def main(argv=None) -> int:
     import sliver
     from sliver.passes.manager import PassManager, make_pass
+    from sliver.passes.prune import count_params_and_macs
     from sliver.tools import zoo
 
     p = argparse.ArgumentParser(prog="python -m sliver.tools.bench_prune", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="resnet18,mobilenet_v2,densenet,efficientnet")
     p.add_argument("--amount", type=float, default=0.3)
     p.add_argument("--method", default="l2")
+    p.add_argument("--side", default="input", choices=["input", "output"])
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--latency", action="store_true", help="also compile for x86_64 and time each export")
-    p.add_argument("--repeat", type=int, default=20)
+    p.add_argument("--repeat", type=int, default=30)
     args = p.parse_args(argv)
 
-    print(f"input-side {args.method} masks, amount {args.amount}, resolution {args.resolution}")
+    print(f"{args.side}-side {args.method} masks, amount {args.amount}, resolution {args.resolution}")
     header = f"{'model':<14}{'export':<13}{'gathers':>8}{'channels':>10}{'bytes copied':>14}{'params':>12}"
     if args.latency:
-        header += f"{'latency ms':>12}{'vs unpruned':>13}"
+        header += f"{'median ms':>11}{'min ms':>9}{'median':>9}{'min':>8}"
     print(header)
     for name in args.models.split(","):
         model, inputs = zoo.MODELS[name](resolution=args.resolution)
         base = sliver.trace(model, inputs)
         sliver.api.optimize(base)
-        base_ms = _latency(base, inputs, args.repeat) * 1e3 if args.latency else None
-        if args.latency:
-            print(f"{name:<14}{'unpruned':<13}{'':>8}{'':>10}{'':>14}{'':>12}{base_ms:>12.3f}{1.0:>12.2f}x")
+        rows, modules = {}, {"unpruned": base}
         for mode, opts in MODES.items():
             module = base.clone()
-            (rec,) = PassManager([make_pass("prune", method=args.method, amount=args.amount, **opts)]).run(module)
+            side = {} if mode == "constrained" else {"side": args.side}
+            (rec,) = PassManager([make_pass("prune", method=args.method, amount=args.amount, **side, **opts)]).run(
+                module)
             r = rec.notes["report"]
-            line = (f"{name:<14}{mode:<13}{r['gathers']:>8}{r['gathered_channels']:>10}{r['bytes_copied']:>14,}"
-                    f"{r['params_after']:>12,}")
-            if args.latency:
-                ms = _latency(module, inputs, args.repeat) * 1e3
-                line += f"{ms:>12.3f}{ms / base_ms:>12.2f}x"
+            rows[mode] = (f"{name:<14}{mode:<13}{r['gathers']:>8}{r['gathered_channels']:>10}"
+                          f"{r['bytes_copied']:>14,}{r['params_after']:>12,}")
+            modules[mode] = module
+        rows = {"unpruned": f"{name:<14}{'unpruned':<13}{'':>8}{'':>10}{'':>14}{count_params_and_macs(base)[0]:>12,}",
+                **rows}
+        if args.latency:
+            times = interleaved_times({k: _compiled(m, inputs) for k, m in modules.items()}, args.repeat)
+            med0, min0 = statistics.median(times["unpruned"]), min(times["unpruned"])
+            for k, ts in times.items():
+                med, mn = statistics.median(ts), min(ts)
+                rows[k] += f"{med * 1e3:>11.3f}{mn * 1e3:>9.3f}{med / med0:>8.2f}x{mn / min0:>7.2f}x"
+        for line in rows.values():
             print(line, flush=True)
     return 0
 

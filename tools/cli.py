@@ -219,12 +219,15 @@ def cmd_prune(args) -> int:
             raise SliverError(f"--masks {args.masks}: cannot read a JSON object of layer -> kept channels ({e})")
     module, _, _ = _trace(args.model)
     optimize(module, "fold-batchnorm,const-fold,cse,dce")
-    prune = make_pass("prune", method=args.method, amount=args.amount, scope=args.scope,
+    prune = make_pass("prune", method=args.method, amount=args.amount, scope=args.scope, side=args.side,
                       constrained=args.constrained, reorder=not args.no_reorder, masks=masks)
     (record,) = optimize(module, [prune])
     sys.stdout.write(record.notes["text"])
     if args.report:
-        Path(args.report).write_text(json.dumps({"masks": record.notes["masks"], **record.notes["report"]}, indent=2))
+        from sliver.files import atomic_write
+
+        data = {k: v for k, v in record.notes.items() if k not in ("report", "text")} | record.notes["report"]
+        atomic_write(args.report, lambda f: f.write(json.dumps(data, indent=2).encode()))
         _say(f"wrote {args.report}")
     if args.output:
         save_module(module, args.output)
@@ -310,11 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune channels and print a per-layer report")
     p.add_argument("model", help="file.py:function, file.pt2 or file.sir")
     p.add_argument("--method", default="l2", choices=["l1", "l2", "fpgm"], help="channel importance (default l2)")
-    p.add_argument("--amount", type=float, default=0.3, help="fraction of input channels to drop (default 0.3)")
+    p.add_argument("--amount", type=float, default=0.3, help="fraction of channels to drop (default 0.3)")
+    p.add_argument("--side", default="input", choices=["input", "output"],
+                   help="mask each layer's input channels (default) or its output channels")
     p.add_argument("--scope", default="layer", choices=["layer", "global"], help="rank channels per layer or globally")
     p.add_argument("--constrained", action="store_true", help="drop whole coupled channel groups (no gathers)")
     p.add_argument("--no-reorder", action="store_true", help="keep natural channel order (gathers instead of views)")
-    p.add_argument("--masks", metavar="JSON", help="explicit masks: {layer: [kept input channels]}")
+    p.add_argument("--masks", metavar="JSON", help="explicit masks: {layer: [kept input (or --side output) channels]}")
     p.add_argument("--report", metavar="JSON", help="write masks and the report as JSON")
     p.add_argument("-o", "--output", help="write the pruned IR here")
     p.set_defaults(func=cmd_prune)

@@ -274,3 +274,27 @@ def test_resnet_and_mobilenet_scheduled_match_torch_and_unscheduled():
                 assert "none" not in report.values() and "generic" not in report.values(), report
         for got in outs.values():
             assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_conv_output_channels_are_padded_to_a_vector_multiple():
+    """A pruned conv with 47 output channels (no factor of 4: scalar loops) is lowered
+    as a 48-filter conv (the extra one zero) whose output is sliced back to 47, and
+    the artifact still equals torch; 48 channels are left alone."""
+    import torch
+
+    import sliver
+    from sliver.backends.tvm.lower import to_relax
+
+    def model(oc):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(5, oc, 3, padding=1), torch.nn.ReLU()).eval()
+
+    x = torch.randn(1, 5, 6, 6)
+    text = to_relax(sliver.trace(model(47), (x,))).script()
+    assert "R.nn.conv2d" in text and "R.Tensor((1, 48, 6, 6)" in text
+    assert "R.strided_slice" in text and "R.Tensor((1, 47, 6, 6)" in text
+    assert "R.strided_slice" not in to_relax(sliver.trace(model(48), (x,))).script()
+    got = sliver.lower(model(47), (x,), target="x86_64").load().run(x.numpy())[0]
+    want = model(47)(x).detach().numpy()
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

@@ -66,6 +66,50 @@ def test_golden_reorder_turns_a_gather_into_views():
     assert "%r.gather = take(%r, %b.input_index) {axis=1} : f32[1,3,8,8]" in natural
 
 
+def _random_params(text):
+    rng = np.random.default_rng(0)
+    return {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in parse_module(text).params.items()}
+
+
+def _prune_random(text, **options):
+    m = parse_module(text, _random_params(text))
+    (record,) = PassManager([make_pass("prune", **options)]).run(m)
+    return m, record.notes
+
+
+def test_golden_output_side_masks_drop_the_zeroed_channels_everywhere():
+    # a's rows 1, 4, 5 are zeroed; relu(0) = 0, so b and c stop reading them and a loses the rows
+    m, notes = _prune_random(BEFORE, side="output", masks={"a": [0, 2, 3]})
+    assert notes["masks"] == {"a": [0, 2, 3]} and notes["input_masks"] == {"b": [0, 2, 3], "c": [0, 2, 3]}
+    assert str(m) == dedent("""
+        func @m(%x: f32[1,3,8,8]) {
+          %a.weight = param : f32[3,3,3,3]
+          %a.bias = param : f32[3]
+          %a = conv2d(%x, %a.weight, %a.bias) {padding=[1, 1, 1, 1]} : f32[1,3,8,8]
+          %r = relu(%a) : f32[1,3,8,8]
+          %b.weight = param : f32[4,3,1,1]
+          %b = conv2d(%r, %b.weight) : f32[1,4,8,8]
+          %c.weight = param : f32[5,3,1,1]
+          %c = conv2d(%r, %c.weight) : f32[1,5,8,8]
+          %o = concat(%b, %c) {axis=1} : f32[1,9,8,8]
+          return %o
+        }
+    """)
+    original = parse_module(BEFORE, _random_params(BEFORE))
+    assert np.array_equal(m.params["a.weight"], original.params["a.weight"][[0, 2, 3]])
+
+
+def test_output_side_keeps_zeroed_rows_whose_channel_is_not_zero_downstream():
+    # sigmoid(0) = 0.5: the consumers still read a's masked channels, so a keeps them as zero rows;
+    # b's masked rows reach the output through the concat and stay too
+    text = BEFORE.replace("%r = relu(%a)", "%r = sigmoid(%a)")
+    m, notes = _prune_random(text, side="output", masks={"a": [0, 2, 3], "b": [1, 2]})
+    assert notes["input_masks"] == {}
+    assert "f32[6,3,3,3]" in str(m) and "f32[4,6,1,1]" in str(m)
+    assert not m.params["a.weight"][[1, 4, 5]].any() and not m.params["a.bias"][[1, 4, 5]].any()
+    assert not m.params["b.weight"][[0, 3]].any() and m.params["b.weight"][[1, 2]].all()
+
+
 def test_golden_gather():
     # c reads channels 0 and 3 of a's surviving {0, 2, 3}: positions 0 and 2, a gather
     assert _prune_text(BEFORE, masks={"b": [2, 3], "c": [0, 3]}, reorder=False) == dedent("""
@@ -95,7 +139,7 @@ def _prune_and_check(model, inputs, tol=1e-10, **options):
     sliver.api.optimize(module)
     original = module.clone()
     (record,) = PassManager([make_pass("prune", **options)]).run(module)
-    masked = masked_copy(original, record.notes["masks"])
+    masked = masked_copy(original, record.notes["masks"], options.get("side", "input"))
     x = numpy_inputs(inputs)
     want = run(masked, x, dtype="f64")
     got = run(module, x, dtype="f64")
@@ -105,7 +149,8 @@ def _prune_and_check(model, inputs, tol=1e-10, **options):
     return module, record.notes
 
 
-MODES = {"naive": dict(reorder=False), "reordered": dict(reorder=True), "constrained": dict(constrained=True)}
+MODES = {"naive": dict(reorder=False), "reordered": dict(reorder=True), "constrained": dict(constrained=True),
+         "output-naive": dict(side="output", reorder=False), "output-reordered": dict(side="output")}
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +168,13 @@ def zoo_pruned():
 def test_zoo_exact_in_float64_and_reorder_changes_only_the_layout(name, zoo_pruned):
     notes = zoo_pruned[name]
     assert notes["constrained"]["report"]["gathers"] == 0  # constrained pruning never copies
-    naive, reordered = notes["naive"], notes["reordered"]
-    assert naive["masks"] == reordered["masks"]
-    for key in ("params_after", "macs_after"):
-        assert naive["report"][key] == reordered["report"][key]
-    assert reordered["report"]["bytes_copied"] <= naive["report"]["bytes_copied"]
+    for naive, reordered in [(notes["naive"], notes["reordered"]), (notes["output-naive"], notes["output-reordered"])]:
+        assert naive["masks"] == reordered["masks"]
+        for key in ("params_after", "macs_after"):
+            assert naive["report"][key] == reordered["report"][key]
+        assert reordered["report"]["bytes_copied"] <= naive["report"]["bytes_copied"]
+    # output-side masks remove the masked rows wherever the zeros reach only consumers
+    assert notes["output-naive"]["report"]["params_after"] < 0.9 * notes["output-naive"]["report"]["params_before"]
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "efficientnet"])
@@ -189,6 +236,25 @@ def test_hand_built_topologies_exact(amount):
     assert "fc" in notes["masks"]  # the linear after flatten is pruned per feature
 
 
+@pytest.mark.parametrize("amount", [0.25, 0.5, 0.75])
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_output_side_hand_built_topologies_exact(amount, scope):
+    model, inputs = _topologies()
+    _prune_and_check(model, inputs, method="l1", amount=amount, scope=scope, side="output")
+
+
+def test_output_side_user_masks_on_every_kind_of_producer():
+    # p1..p3 join a residual followed by a batch norm (bn(0) != 0: their zeroed rows stay),
+    # c1/c2 feed an add (a channel both zero is dropped), c3 a concat
+    model, inputs = _topologies()
+    masks = {"p1": [0, 1, 2], "p2": [0, 1, 2, 5], "p3": [0, 1, 2, 7], "c1": [0, 1], "c2": [0, 1, 4],
+             "c3": [0, 4]}
+    module, notes = _prune_and_check(model, inputs, masks=masks, side="output")
+    out = {r["name"]: r["out_after"] for r in notes["report"]["layers"]}
+    assert (out["p1"], out["p2"], out["p3"]) == (8, 8, 8)
+    assert (out["c1"], out["c2"], out["c3"]) == (3, 3, 2)
+
+
 def test_user_masks_on_hand_built_topologies():
     model, inputs = _topologies()
     masks = {"c1": [0, 1, 7], "c2": [1, 2, 3, 4], "c3": [0, 5, 6, 9, 15], "fc": list(range(0, 176, 3))}
@@ -206,8 +272,18 @@ def test_bad_input_errors():
         PassManager([make_pass("prune", masks={"nope": [0]})]).run(m)
     with pytest.raises(SliverError, match=r"amount must be in \[0, 1\), got 1.0"):
         PassManager([make_pass("prune", amount=1.0)]).run(parse_module(BEFORE))
-    with pytest.raises(SliverError, match="keeps no channel"):
+    with pytest.raises(SliverError, match="the mask of b keeps no channel: a layer needs at least one input"):
         PassManager([make_pass("prune", masks={"b": []})]).run(parse_module(BEFORE))
+    with pytest.raises(SliverError, match="the mask of a keeps no channel: a layer needs at least one output"):
+        PassManager([make_pass("prune", side="output", masks={"a": []})]).run(parse_module(BEFORE))
+    with pytest.raises(SliverError, match="names channel 6, but the layer has 6 output channels"):
+        PassManager([make_pass("prune", side="output", masks={"a": [6]})]).run(parse_module(BEFORE))
+    with pytest.raises(SliverError, match=r"side must be 'input' or 'output', got 'both'"):
+        PassManager([make_pass("prune", side="both")]).run(parse_module(BEFORE))
+    with pytest.raises(SliverError, match=r"amount must be in \[0, 1\), got -0.1"):
+        PassManager([make_pass("prune", side="output", amount=-0.1)]).run(parse_module(BEFORE))
+    with pytest.raises(SliverError, match="constrained pruning chooses whole coupled channel groups"):
+        PassManager([make_pass("prune", constrained=True, side="output")]).run(parse_module(BEFORE))
     with pytest.raises(SliverError, match="names channel 9, but the layer has 6 input channels"):
         PassManager([make_pass("prune", masks={"b": [0, 9]})]).run(parse_module(BEFORE))
     no_layers = dedent("""
@@ -226,14 +302,16 @@ def test_pipeline_option_syntax():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["resnet18", "topologies"])
-def test_compiled_x86_equals_masked_model(name):
-    model, inputs = _topologies() if name == "topologies" else zoo.resnet18(width=16)
+@pytest.mark.parametrize("name,side", [("resnet18", "input"), ("topologies", "input"), ("topologies", "output"),
+                                       ("mobilenet_v2", "output")])
+def test_compiled_x86_equals_masked_model(name, side):
+    model, inputs = {"topologies": _topologies, "resnet18": lambda: zoo.resnet18(width=16),
+                     "mobilenet_v2": lambda: zoo.mobilenet_v2(width_mult=0.25)}[name]()
     module = sliver.trace(model, inputs)
     sliver.api.optimize(module)
     original = module.clone()
-    (record,) = PassManager("prune{amount=0.4}").run(module)
-    want = run(masked_copy(original, record.notes["masks"]), numpy_inputs(inputs))
+    (record,) = PassManager(f"prune{{amount=0.4,side={side}}}").run(module)
+    want = run(masked_copy(original, record.notes["masks"], side), numpy_inputs(inputs))
     got = sliver.lower(module, inputs, target="x86_64", passes="").load().run(*numpy_inputs(inputs))
     for g, w in zip(got, want):
         assert np.abs(g - w).max() <= 1e-5 * max(1.0, np.abs(w).max())
