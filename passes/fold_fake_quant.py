@@ -141,6 +141,9 @@ def _plan_layer(module, op) -> Plan:
     zw0 = int(np.asarray(zw).reshape(-1)[0])
     if not (float(sx) > 0 and math.isfinite(float(sx)) and np.all(sw > 0) and np.all(np.isfinite(sw))):
         raise NotFoldable("a scale is zero, negative or not finite")
+    for what, zp, lo, hi in (("input", int(zx), a_min, a_max), ("weight", zw0, w_min, w_max)):
+        if not lo <= zp <= hi:
+            raise NotFoldable(f"the {what} zero point {zp} lies outside its range [{lo}, {hi}]")
     codes, exact = _weight_codes(wdata, sw, zw0, w_min, w_max, w_fq)
     if not exact:  # never expected: the same formula as torch's kernel
         raise NotFoldable("the integer weights do not reproduce torch's fake-quantized weights exactly")

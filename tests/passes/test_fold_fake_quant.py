@@ -271,6 +271,9 @@ BAD = {
         "%wz2 = param : i32[4]", "weight zero points differ per channel"),
     "float weight": ("fake_quant(%x, %s, %z) {qmin=0, qmax=3}", "relu(%w)", "",
                      "the input is fake-quantized but the weight is not"),
+    "zero point out of range": (
+        "fake_quant(%x, %s, %z5) {qmin=0, qmax=3}", "fake_quant(%w, %ws, %wz) {qmin=-2, qmax=1, axis=0}",
+        "%z5 = constant {value=5, dtype=\"i32\"} : i32[]", "the input zero point 5 lies outside its range [0, 3]"),
 }
 
 
@@ -367,28 +370,17 @@ def test_requantize_moves_through_max_pool_and_flatten():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-@pytest.mark.slow
-def test_compiled_mixed_float_and_low_bit_model_matches_torch():
-    """The default pipeline end to end on x86_64: folded layers use the low-bit lowering,
-    the layer left in float keeps its input fake_quant (lowered as float simulation)."""
-    model, x = pool_net()
-    art = sliver.lower(model, (x,), target="x86_64")
-    assert sum(op.kind == "fake_quant" for op in art.module.ops) == 1  # c2's input; its weight was const-folded
-    with torch.no_grad():
-        want = model(x).numpy()
-    got = art.load()(x.numpy())
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-
-
 class AllCases(nn.Module):
-    """Every single-layer case of CASES side by side (one input and output each)."""
+    """Every single-layer case of CASES side by side (one input and output each), and
+    PoolNet (max pools on codes, a layer left in float): one compile for all."""
 
     def __init__(self):
         super().__init__()
         torch.manual_seed(7)
-        self.names = sorted(CASES)
+        self.names = sorted(CASES) + ["PoolNet"]
         self.layers = nn.ModuleList(
-            FQ(CASES[n][0](), CASES[n][1], CASES[n][2], a_scale=0.3, a_zp=CASES[n][3]) for n in self.names)
+            [FQ(CASES[n][0](), CASES[n][1], CASES[n][2], a_scale=0.3, a_zp=CASES[n][3]) for n in self.names[:-1]]
+            + [pool_net()[0]])
 
     def forward(self, *xs):
         return tuple(layer(x) for layer, x in zip(self.layers, xs))
@@ -398,7 +390,7 @@ class AllCases(nn.Module):
 def all_cases():
     model = AllCases().eval()
     g = torch.Generator().manual_seed(8)
-    xs = tuple(torch.randn(CASES[n][4], generator=g) * 1.5 + 0.5 for n in model.names)
+    xs = tuple(torch.randn(CASES[n][4], generator=g) * 1.5 + 0.5 for n in model.names[:-1]) + (pool_net()[1],)
     with torch.no_grad():
         want = [y.numpy() for y in model(*xs)]
     return model, xs, want
@@ -406,9 +398,13 @@ def all_cases():
 
 @pytest.mark.slow
 def test_all_cases_compiled_for_x86_match_fake_quant_torch(all_cases, tmp_path):
+    """The default pipeline end to end on x86_64: folded layers use the low-bit lowering;
+    PoolNet's layer left in float keeps its input fake_quant (lowered as float simulation)."""
     model, xs, want = all_cases
     art = sliver.lower(model, xs, target="x86_64", rtol=1e-5, atol=1e-5)
-    assert all(r["folded"] for r in art.records[0].notes["layers"])
+    rows = art.records[0].notes["layers"]
+    assert [r["layer"] for r in rows if not r["folded"]] == ["layers.8.c2.layer"]
+    assert sum(op.kind == "fake_quant" for op in art.module.ops) == 1  # its input; its weight was const-folded
     got = art.load()(*[x.numpy() for x in xs])
     for name, g_, w_ in zip(model.names, got, want):
         np.testing.assert_allclose(g_, w_, rtol=1e-5, atol=1e-5 * np.abs(w_).max(), err_msg=name)
