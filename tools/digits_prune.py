@@ -26,78 +26,35 @@ import numpy as np
 
 
 def resnet_digits(width: int = 16):
-    import torch
+    """Stem + two stages of two ResNet basic blocks (``sliver.tools.zoo``) + linear head."""
     from torch import nn
 
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.down = None
-            if stride != 1 or cin != cout:
-                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+    from sliver.tools.zoo import BasicBlock, classifier_head, conv_bn_act
 
-        def forward(self, x):
-            y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-            return torch.relu(y + (x if self.down is None else self.down(x)))
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-            self.layer1 = nn.Sequential(Block(width, width, 1), Block(width, width, 1))
-            self.layer2 = nn.Sequential(Block(width, 2 * width, 2), Block(2 * width, 2 * width, 1))
-            self.fc = nn.Linear(2 * width, 10)
-
-        def forward(self, x):
-            x = self.layer2(self.layer1(self.stem(x)))
-            return self.fc(x.mean((2, 3)))
-
-    return Net()
+    return nn.Sequential(
+        conv_bn_act(1, width, 3),
+        BasicBlock(width, width, 1), BasicBlock(width, width, 1),
+        BasicBlock(width, 2 * width, 2), BasicBlock(2 * width, 2 * width, 1),
+        classifier_head(2 * width, 10),
+    )  # fmt: skip
 
 
-def densenet_digits(growth: int = 12, layers: int = 4):
-    import torch
+def densenet_digits(growth: int = 8, layers: int = 3):
+    """Stem + two dense blocks (``sliver.tools.zoo``'s bottleneck layers) + linear head."""
     from torch import nn
 
-    class Dense(nn.Module):
-        def __init__(self, cin):
-            super().__init__()
-            self.bn = nn.BatchNorm2d(cin)
-            self.conv = nn.Conv2d(cin, growth, 3, padding=1, bias=False)
+    from sliver.tools.zoo import DenseLayer, _transition, classifier_head, conv_bn_act
 
-        def forward(self, x):
-            return torch.cat([x, self.conv(torch.relu(self.bn(x)))], 1)
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            c = 2 * growth
-            self.stem = nn.Conv2d(1, c, 3, padding=1, bias=False)
-            blocks = []
-            for _ in range(layers):
-                blocks.append(Dense(c))
-                c += growth
-            self.block1 = nn.Sequential(*blocks)
-            self.trans = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False),
-                                       nn.AvgPool2d(2))
+    c = 2 * growth
+    features = [conv_bn_act(1, c, 3)]
+    for block in range(2):
+        for _ in range(layers):
+            features.append(DenseLayer(c, growth, 2))
+            c += growth
+        if block == 0:
+            features.append(_transition(c, c // 2))
             c //= 2
-            blocks = []
-            for _ in range(layers):
-                blocks.append(Dense(c))
-                c += growth
-            self.block2 = nn.Sequential(*blocks)
-            self.norm = nn.BatchNorm2d(c)
-            self.fc = nn.Linear(c, 10)
-
-        def forward(self, x):
-            x = self.block2(self.trans(self.block1(self.stem(x))))
-            return self.fc(torch.relu(self.norm(x)).mean((2, 3)))
-
-    return Net()
+    return nn.Sequential(*features, nn.BatchNorm2d(c), nn.ReLU(), classifier_head(c, 10))
 
 
 MODELS = {"resnet": resnet_digits, "densenet": densenet_digits}
