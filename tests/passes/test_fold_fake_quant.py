@@ -159,6 +159,8 @@ CASES = {
     "W3A3-dilated": (lambda: nn.Conv2d(5, 4, 3, padding=2, dilation=2), signed(3), signed(3), -1, (1, 5, 8, 8)),
     "W4A4-depthwise": (lambda: nn.Conv2d(8, 8, 3, padding=1, groups=8), unsigned(4), signed(4), 7, (2, 8, 6, 6)),
     "W8A8": (lambda: nn.Conv2d(6, 7, 1), unsigned(8), signed(8), 128, (1, 6, 5, 5)),
+    # ranges narrower than their code type (i4 holds [-8, 7]): quantize clamps at -7 exactly
+    "W4A4-narrow-symmetric": (lambda: nn.Conv2d(4, 6, 3, padding=1), (-7, 7), (-7, 7), 0, (1, 4, 6, 6)),
     "W2A8-linear": (lambda: nn.Linear(33, 9), signed(8), signed(2), 0, (3, 33)),
     "W4A2-linear-3d": (lambda: nn.Linear(10, 4), unsigned(2), signed(4), 1, (2, 3, 10)),
 }
@@ -403,7 +405,7 @@ def test_all_cases_compiled_for_x86_match_fake_quant_torch(all_cases, tmp_path):
     model, xs, want = all_cases
     art = sliver.lower(model, xs, target="x86_64", rtol=1e-5, atol=1e-5)
     rows = art.records[0].notes["layers"]
-    assert [r["layer"] for r in rows if not r["folded"]] == ["layers.8.c2.layer"]
+    assert [r["layer"] for r in rows if not r["folded"]] == [f"layers.{len(CASES)}.c2.layer"]
     assert sum(op.kind == "fake_quant" for op in art.module.ops) == 1  # its input; its weight was const-folded
     got = art.load()(*[x.numpy() for x in xs])
     for name, g_, w_ in zip(model.names, got, want):
@@ -460,3 +462,42 @@ def test_spine_cnns_fold_completely_and_match_fake_quant_torch(name, bits, compi
         outs.append(sliver.lower(model, (x,), target="x86_64").load()(x.numpy()))
     for got in outs:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_torch_ao_eager_qat_model_folds_and_matches():
+    """torch.ao.quantization.prepare_qat (QuantStub, output fake-quant before the ReLU):
+    relu(fake_quant) is narrowed into the next layer's input quantizer, both convs fold."""
+    import warnings
+
+    import torch.ao.quantization as Q
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.dq = Q.QuantStub(), Q.DeQuantStub()
+            self.c, self.relu, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3)
+
+        def forward(self, x):
+            return self.dq(self.c2(self.relu(self.c(self.q(x)))))
+
+    torch.manual_seed(4)
+    m = M().train()
+    m.qconfig = Q.get_default_qat_qconfig("x86")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Q.prepare_qat(m, inplace=True)
+    for _ in range(3):
+        m(torch.randn(4, 3, 8, 8))
+    m.eval().apply(Q.disable_observer)  # the traced qparams are the current ones; torch must not re-observe
+    x = torch.randn(2, 3, 8, 8)
+    module = sliver.trace(m, (x,))
+    record = fold(module)
+    rows = record.notes["layers"]
+    assert [(r["layer"], r["folded"], r["w_bits"]) for r in rows] == [("c", True, 8), ("c2", True, 8)]
+    # 7-bit input (reduce_range); after the ReLU only the codes from the zero point up remain
+    assert rows[0]["a_bits"] == 7 and rows[1]["a_bits"] <= 7
+    assert rows[0]["out"].startswith("u") and not any(op.kind == "relu" for op in module.ops)
+    with torch.no_grad():
+        want = m(x).numpy()
+    (got,) = run(module, [x.numpy()])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
