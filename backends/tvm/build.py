@@ -15,7 +15,7 @@ from sliver.backends.tvm.targets import Target, check_toolchain, resolve, tvm_ta
 
 
 def compile_module(module, target, *, progress=None, schedules: bool = True, kernels: dict | None = None,
-                   layers: dict | None = None) -> bytes:
+                   layers: dict | None = None, tuning=None, report: dict | None = None) -> bytes:
     """Lower ``module`` through Relax, compile it for ``target`` and return the
     bytes of the shared library (``.so``) the runtime loads.
 
@@ -28,7 +28,12 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, ker
 
     ``layers`` (if given) receives ``{PrimFunc name: [sliver op result names]}``:
     which of ``module``'s ops each compiled function computes (see
-    :func:`primfunc_ops`), so profiles can name sliver layers."""
+    :func:`primfunc_ops`), so profiles can name sliver layers.
+
+    ``tuning`` (a :class:`~sliver.backends.tvm.tuning.TuningDatabase` for this
+    target) replaces the default schedule of every function it holds records for
+    by the fastest one (each function's default schedule is one of them);
+    ``report`` receives ``{PrimFunc name: "tuned" or the default rule}``."""
     from sliver.backends.tvm.lower import LowerContext, to_relax
 
     target = resolve(target)
@@ -44,7 +49,9 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, ker
     t0 = time.perf_counter()
     try:
         found = {} if layers is not None else None
-        executable = build_relax(mod, tvm_target(target), schedules=schedules, layers=found)
+        before = [tuning.apply_pass(report)] if tuning is not None and schedules else []
+        executable = build_relax(mod, tvm_target(target), schedules=schedules, report=report, layers=found,
+                                 before_schedule=before)
         if layers is not None:
             layers.update({f: [module.ops[i].results[0].name for i in idx] for f, idx in found.items()})
     except Exception as e:
@@ -72,11 +79,13 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, ker
             return f.read()
 
 
-def build_relax(mod, target, *, schedules: bool = True, report: dict | None = None, layers: dict | None = None):
+def build_relax(mod, target, *, schedules: bool = True, report: dict | None = None, layers: dict | None = None,
+                before_schedule=()):
     """``tvm.compile`` a Relax module for a ``tvm.target.Target``, with sliver's
     default schedules unless ``schedules=False``; ``report`` receives
     ``{PrimFunc name: schedule rule}``, ``layers`` ``{PrimFunc name: [sliver op
-    indices]}`` (see :func:`primfunc_ops`)."""
+    indices]}`` (see :func:`primfunc_ops`); ``before_schedule``: Relax passes run on
+    the fused module before the default schedules (the tuner's)."""
     import tvm
 
     capture = _primfunc_ops_instrument() if layers is not None else None
@@ -86,7 +95,8 @@ def build_relax(mod, target, *, schedules: bool = True, report: dict | None = No
         else:
             from sliver.backends.tvm.schedules import default_pipeline
 
-            executable = tvm.compile(mod, target=target, relax_pipeline=default_pipeline(target, report=report))
+            executable = tvm.compile(mod, target=target, relax_pipeline=default_pipeline(
+                target, report=report, before_schedule=before_schedule))
     if capture is not None:
         layers.update(capture.result())
     return executable
@@ -156,7 +166,8 @@ def primfunc_ops(mod, constants: dict[int, int] | None = None) -> dict[str, list
                 out.setdefault(call.op.name_hint, set()).update(ops)
             elif getattr(call.op, "name", "") == "relax.call_tir":
                 i = op_index(b.var.name)
-                out.setdefault(call.args[0].name_hint, set()).update({i} if i is not None else set())
+                ops = {i} if i is not None else {constants[h] for h in _constant_args(call) if h in (constants or {})}
+                out.setdefault(call.args[0].name_hint, set()).update(ops)
     return {k: sorted(v) for k, v in out.items()}
 
 
