@@ -22,6 +22,10 @@ activation quantization, weight quantization along another axis or with differen
 zero points per channel, a fake-quant on a computed (non-constant) weight or scale.
 With ``strict=true`` such a layer is an error instead.
 
+A relu right after a per-tensor fake-quant (torch.ao's eager QAT quantizes a conv's
+output before its ReLU) is folded into that fake-quant first: relu(fq(y)) equals fq(y)
+with qmin raised to the zero point, exactly.
+
 It runs first in the default pipeline: before ``fold-batchnorm`` (which would fold a
 batch norm into float weights) and ``const-fold`` (which would turn the weight
 fake-quants into plain float params).
@@ -98,6 +102,7 @@ class Plan:
     bias: np.ndarray | None  # float64 [O]
     a_bits: int
     w_bits: int
+    x_clamp: tuple = (None, None)  # float bounds applied before quantize when the range is narrower than the type
     clamp_min: float | None = None
     clamp_max: float | None = None
     folded: list = field(default_factory=list)  # ops absorbed into the epilogue, in order
@@ -141,6 +146,9 @@ def _plan_layer(module, op) -> Plan:
     zw0 = int(np.asarray(zw).reshape(-1)[0])
     if not (float(sx) > 0 and math.isfinite(float(sx)) and np.all(sw > 0) and np.all(np.isfinite(sw))):
         raise NotFoldable("a scale is zero, negative or not finite")
+    for what, zp, lo, hi in (("input", int(zx), a_min, a_max), ("weight", zw0, w_min, w_max)):
+        if not lo <= zp <= hi:
+            raise NotFoldable(f"the {what} zero point {zp} lies outside its range [{lo}, {hi}]")
     codes, exact = _weight_codes(wdata, sw, zw0, w_min, w_max, w_fq)
     if not exact:  # never expected: the same formula as torch's kernel
         raise NotFoldable("the integer weights do not reproduce torch's fake-quantized weights exactly")
@@ -152,10 +160,33 @@ def _plan_layer(module, op) -> Plan:
         bias = b.astype(np.float64)
     return Plan(
         layer=layer, op=op, x_fq=x_fq, x_dtype=x_dtype, x_scale=float(sx), x_zero_point=int(zx) + x_off,
+        x_clamp=_narrow_range_bounds(x_dtype, x_off, a_min, a_max, int(zx), float(sx)),
         w_dtype=w_dtype, w_codes=(codes + w_off).astype(np.uint8 if w_dtype[0] == "u" else np.int8),
         w_zero_point=zw0 + w_off, scale=float(np.float32(sx)) * sw.astype(np.float64), bias=bias,
         a_bits=int(x_dtype[1:]), w_bits=int(w_dtype[1:]),
     )
+
+
+def _narrow_range_bounds(dtype, offset, qmin, qmax, zp, scale):
+    """Float bounds (lo, hi) that make quantize to ``dtype`` clamp at [qmin, qmax] when that
+    range is narrower than the type's (e.g. [-7, 7] in i4, or [zp, 127] after a ReLU).
+    clamp(x, (qmin − zp)·s, (qmax − zp)·s) before quantizing is exact: those bounds
+    quantize to qmin and qmax (|k·s·(1/s) − k| ≪ 0.5) and quantize is monotone."""
+    lo_t, hi_t = int_range(dtype)
+    s32 = np.float32(scale)
+    lo = float(np.float32(qmin - zp) * s32) if qmin + offset > lo_t else None
+    hi = float(np.float32(qmax - zp) * s32) if qmax + offset < hi_t else None
+    return lo, hi
+
+
+def _intersect(lo, hi, lo2, hi2):
+    """The bounds of clamp(clamp(y, lo, hi), lo2, hi2) as one clamp, or None when the
+    intervals do not overlap (then the composition is not a single clamp of y)."""
+    new_lo = lo if lo2 is None else lo2 if lo is None else max(lo, lo2)
+    new_hi = hi if hi2 is None else hi2 if hi is None else min(hi, hi2)
+    if new_lo is not None and new_hi is not None and new_lo > new_hi:
+        return None
+    return (None if new_lo is None else float(new_lo)), (None if new_hi is None else float(new_hi))
 
 
 def _weight_codes(w, sw, zw, qmin, qmax, w_fq):
@@ -227,12 +258,10 @@ def _absorb_epilogue(module, plan: Plan) -> None:
             plan.epilogue.append(user.kind)
         elif user.kind in ("relu", "clamp"):
             lo, hi = (0.0, None) if user.kind == "relu" else (user.attrs["min"], user.attrs["max"])
-            new_lo = lo if plan.clamp_min is None else plan.clamp_min if lo is None else max(lo, plan.clamp_min)
-            new_hi = hi if plan.clamp_max is None else plan.clamp_max if hi is None else min(hi, plan.clamp_max)
-            if new_lo is not None and new_hi is not None and new_lo > new_hi:
+            bounds = _intersect(plan.clamp_min, plan.clamp_max, lo, hi)
+            if bounds is None:
                 break
-            plan.clamp_min = None if new_lo is None else float(new_lo)
-            plan.clamp_max = None if new_hi is None else float(new_hi)
+            plan.clamp_min, plan.clamp_max = bounds
             clamped = True
             plan.epilogue.append(user.kind)
         else:
@@ -244,17 +273,26 @@ def _absorb_epilogue(module, plan: Plan) -> None:
 # -- the rewrite -------------------------------------------------------------------------------
 
 
+def _reuse_or_add(module, kind, x, attrs, before, name):
+    """The result of ``kind(x){attrs}``: an existing one defined before ``before``, or a new one."""
+    for u in x.users:
+        if u.kind == kind and u.attrs == u.decl.complete_attrs(attrs) and module.ops.index(u) < module.ops.index(before):
+            return u.result
+    return module.add_op(kind, [x], attrs, before=before, names=[module.fresh_name(name)]).result
+
+
 def _rewrite(module, plan: Plan):
     op = plan.op
     last = plan.folded[-1].result if plan.folded else op.result
     x = plan.x_fq.operands[0]
+    if plan.x_clamp != (None, None):
+        lo, hi = plan.x_clamp
+        x = _reuse_or_add(module, "clamp", x, {"min": lo, "max": hi}, op, f"{plan.layer}.input_clamp")
     attrs = {"scale": plan.x_scale, "zero_point": plan.x_zero_point, "dtype": plan.x_dtype}
-    q = next((u for u in x.users if u.kind == "quantize" and u.attrs == attrs), None)
-    if q is None or module.ops.index(q) > module.ops.index(op):
-        q = module.add_op("quantize", [x], attrs, before=op, names=[module.fresh_name(f"{plan.layer}.input_q")])
+    codes = _reuse_or_add(module, "quantize", x, attrs, op, f"{plan.layer}.input_q")
     w = module.add_param(f"{plan.layer}.qweight", plan.w_codes, before=op, dtype=plan.w_dtype)
     s = module.add_param(f"{plan.layer}.qscale", plan.scale.astype(np.float32), before=op)
-    operands = [q.result, w, s]
+    operands = [codes, w, s]
     if plan.bias is not None:
         operands.append(module.add_param(f"{plan.layer}.qbias", plan.bias.astype(np.float32), before=op))
     qattrs = {"x_zero_point": plan.x_zero_point, "w_zero_point": plan.w_zero_point,
@@ -274,13 +312,14 @@ _COMMUTES = ("reshape", "max_pool2d")
 
 
 def _hoist_quantize(module, q) -> bool:
-    """quantize(reshape(y)) → reshape(quantize(y)) (and max_pool2d) when that op feeds
-    only the quantize: the codes are the same, and the layer before can then emit them."""
+    """quantize(reshape(y)) → reshape(quantize(y)) (and max_pool2d; clamp likewise) when
+    that op feeds only the quantize: the codes are the same, and the layer before can
+    then emit them."""
     src = q.operands[0]
     r = src.producer
     if r is None or r.kind not in _COMMUTES or len(src.uses) != 1 or any(v is src for v in module.outputs):
         return False
-    inner = module.add_op("quantize", [r.operands[0]], q.attrs, before=r, names=[module.fresh_name(q.result.name)])
+    inner = module.add_op(q.kind, [r.operands[0]], q.attrs, before=r, names=[module.fresh_name(q.result.name)])
     out = module.add_op(r.kind, [inner.result], r.attrs, before=q, names=[module.fresh_name(r.result.name)])
     module.replace_all_uses_with(q.result, out.result)
     name = r.result.name
@@ -290,14 +329,37 @@ def _hoist_quantize(module, q) -> bool:
     return True
 
 
+def _absorb_clamp(module, c) -> bool:
+    """clamp(qconv2d(...)) → qconv2d(...){clamp bounds intersected} (f32 result, single use)."""
+    if c.kind != "clamp":
+        return False
+    src = c.operands[0]
+    p = src.producer
+    if p is None or p.kind not in ("qconv2d", "qdense") or p.attrs["out_dtype"] != "f32" or len(src.uses) != 1:
+        return False
+    if any(v is src for v in module.outputs):
+        return False
+    bounds = _intersect(p.attrs["clamp_min"], p.attrs["clamp_max"], c.attrs["min"], c.attrs["max"])
+    if bounds is None:
+        return False
+    new = module.add_op(p.kind, p.operands, dict(p.attrs, clamp_min=bounds[0], clamp_max=bounds[1]), before=p,
+                        names=[module.fresh_name(src.name)])
+    module.replace_all_uses_with(c.result, new.result)
+    name = src.name
+    module.erase(c)
+    module.erase(p)
+    module.rename(new.result, name)
+    return True
+
+
 def _fuse_requantize(module) -> dict[str, str]:
     """A qconv2d/qdense whose f32 result is only quantized (one way) emits the codes
     itself; returns {layer result name: out_dtype}."""
     changed = True
     while changed:
         changed = False
-        for q in [op for op in module.ops if op.kind == "quantize"]:
-            if q.module is module and _hoist_quantize(module, q):
+        for q in [op for op in module.ops if op.kind in ("quantize", "clamp")]:
+            if q.module is module and (_hoist_quantize(module, q) or _absorb_clamp(module, q)):
                 changed = True
     fused = {}
     for q in [op for op in module.ops if op.kind == "quantize"]:
@@ -323,6 +385,31 @@ def _fuse_requantize(module) -> dict[str, str]:
     return fused
 
 
+def _narrow_through_relu(module) -> int:
+    """relu(fake_quant(y){qmin, qmax}) = fake_quant(y){max(qmin, zp), qmax} exactly (per
+    tensor, constant zero point): the grid values below zero are exactly those relu
+    zeroes.  torch.ao's eager QAT puts the output fake-quant before the ReLU; narrowing
+    makes it the next layer's input quantizer."""
+    count = 0
+    for op in list(module.ops):
+        if op.module is not module or op.kind not in ("relu", "clamp"):
+            continue
+        if op.kind == "clamp" and (op.attrs["min"] != 0 or op.attrs["max"] is not None):
+            continue
+        fq = _fake_quant_of(module, op.operands[0])
+        if fq is None or fq.attrs["axis"] is not None:
+            continue
+        zp = _const(module, fq.operands[2])
+        if zp is None or not fq.attrs["qmin"] <= int(zp) <= fq.attrs["qmax"]:
+            continue
+        attrs = dict(fq.attrs, qmin=max(fq.attrs["qmin"], int(zp)))
+        new = module.add_op("fake_quant", fq.operands, attrs, before=op, names=[module.fresh_name(op.result.name)])
+        module.replace_all_uses_with(op.result, new.result)
+        module.erase(op)
+        count += 1
+    return count
+
+
 # -- the pass ----------------------------------------------------------------------------------
 
 
@@ -337,6 +424,7 @@ class FoldFakeQuant(Pass):
     def run(self, module):
         from sliver.passes.dce import dce
 
+        narrowed = _narrow_through_relu(module)
         layers = []
         for op in list(module.ops):
             if op.module is not module or op.kind not in ("conv2d", "linear"):
@@ -357,7 +445,9 @@ class FoldFakeQuant(Pass):
                            "w_bits": plan.w_bits, "a_bits": plan.a_bits, "x_dtype": plan.x_dtype,
                            "w_dtype": plan.w_dtype, "epilogue": plan.epilogue, "out": "f32"})
         if not any(row["folded"] for row in layers):
-            return False, {"layers": layers, "text": format_report(layers)}
+            if narrowed:
+                dce(module)
+            return bool(narrowed), {"layers": layers, "text": format_report(layers)}
         dce(module)
         for row in layers:  # the folded op takes the layer's name once the float op is gone
             value = row.get("value")

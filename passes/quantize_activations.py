@@ -107,8 +107,12 @@ class QuantizeActivations(Pass):
             return s if isinstance(s, dict) else {"super_activations": list(s)}
         if self.index:
             return load_report(self.index, self.name)
-        from sliver.passes.outliers import find_outliers
+        from sliver.passes.outliers import find_outliers, projections
 
+        if not projections(module) and any(op.kind == "wq_linear" for op in module.ops):
+            raise SliverError(f"{self.name}: keep_super finds super activations with find-outliers, which needs the "
+                              "float linear layers: run quantize-activations before quantize-weights, or give "
+                              "index=FILE (from `sliver outliers MODEL --json FILE`)")
         return find_outliers(module, list(self.inputs) if self.inputs is not None else None, seed=self.seed)
 
     def run(self, module):

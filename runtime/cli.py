@@ -30,6 +30,21 @@ def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
 
 
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracker", metavar="HOST:PORT", help="register with this RPC tracker (else serve directly)")
+    p.add_argument("--key", default="pi", help="the key tuners ask the tracker for (default pi)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=9090, help="port (default 9090; the next free one up to +9)")
+    p.add_argument("--custom-addr", help="the address the tracker hands out for this device (behind NAT)")
+
+
+def serve(args) -> int:
+    from sliver.runtime.serve import serve as _serve
+
+    _serve(args.host, args.port, args.key, args.tracker, custom_addr=args.custom_addr)
+    return 0
+
+
 def _read_inputs(model, path: str) -> list[np.ndarray]:
     with np.load(path) as z:
         names = [spec["name"] for spec in model.inputs]
@@ -108,9 +123,12 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_run_arguments(sub.add_parser("run", help="run an artifact"))
     add_inspect_arguments(sub.add_parser("inspect", help="show an artifact's manifest"))
+    add_serve_arguments(sub.add_parser("serve", help="TVM RPC server for `sliver tune --rpc` (runtime only)"))
     args = parser.parse_args(argv)
     try:
-        return {"run": run, "inspect": inspect}[args.command](args)
+        return {"run": run, "inspect": inspect, "serve": serve}[args.command](args)
     except SliverError as e:
         print(f"sliver: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130

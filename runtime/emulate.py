@@ -28,6 +28,7 @@ and on the device alike.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pathlib
@@ -246,6 +247,30 @@ def _pi_view(sysroot: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
     for name in ("possible", "present", "online"):
         (cpu / name).write_text("0-3\n")
     return dest
+
+
+@contextlib.contextmanager
+def background(argv: list[str], *, env: dict | None = None, cpu: str = PI_CPU):
+    """Start the emulated Pi's ``python3.11 *argv`` in the background (output to a
+    log file, ``proc.log_path``); yields the ``Popen``, killed on exit.  For servers:
+    ``background(["-m", "sliver.runtime", "serve", ...])``."""
+    ensure_ready()
+    sysroot = pi_root() / "sysroot"
+    with tempfile.TemporaryDirectory(prefix="sliver-pi-stage-") as tmp:
+        stage = pathlib.Path(tmp)
+        _stage_deploy_packages(stage)
+        log_path = stage / "output.log"
+        with open(log_path, "wb") as log:
+            cmd = [QEMU, "-cpu", cpu, "-L", str(sysroot), str(sysroot / PI_PYTHON), *argv]
+            proc = subprocess.Popen(cmd, env=_emulated_env(stage, env), stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            proc.log_path = log_path
+            try:
+                yield proc
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, 9)  # the server forks a child per session
+                proc.wait()
 
 
 def run_module(args: list[str], **kw) -> subprocess.CompletedProcess:

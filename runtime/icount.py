@@ -26,7 +26,9 @@ a PrimFunc ``f`` as ``__tvm_ffi_f`` (argument checks), ``f_compute_`` (the body)
 and unnamed parallel-loop bodies placed right after it, all reported as ``f``.
 Blocks outside the library (libm's ``expf``, the TVM runtime's workspace and
 thread-pool code, the VM interpreter, Python) are reported per shared object in
-``outside``.  The TVM thread pool runs with one thread (``TVM_NUM_THREADS=1``):
+``outside``.  ``per_call`` includes the cost of calling from Python through the
+FFI (about 2,000 instructions for a plain PrimFunc; the VM adds its interpreter):
+for a micro-kernel, read ``functions``.  The TVM thread pool runs with one thread (``TVM_NUM_THREADS=1``):
 with several, the total is the same work but the plugin's counters race.
 
 The host needs Debian's ``qemu-user`` (the dynamically linked ``qemu-aarch64``;

@@ -113,6 +113,22 @@ def _reference_outputs(model, module, inputs) -> list[np.ndarray]:
     return run(module, [_numpy(x) for x in inputs])
 
 
+def _tuning_database(module, target, tune, rpc, progress):
+    """The tuning database ``lower`` applies (None: default schedules only), after
+    tuning first when ``tune`` is a budget."""
+    if tune is False:
+        return None
+    from sliver.backends.tvm import tuning
+
+    if tune is not None:
+        budget = tuning.Budget.of(tune)
+        if rpc is not None and not isinstance(rpc, tuning.RPC):
+            rpc = tuning.RPC(*rpc)
+        tuning.tune(module, target, budget, rpc=rpc, progress=tuning.Progress(say=progress))
+    db = tuning.TuningDatabase(target, create=False)
+    return db if db.exists() else None
+
+
 def lower(
     model,
     example_inputs=(),
@@ -124,6 +140,8 @@ def lower(
     progress: Callable[[str], None] | None = None,
     rtol: float = 1e-3,
     atol: float = 1e-4,
+    tune=None,
+    rpc=None,
 ):
     """Trace, optimize and compile ``model`` for ``target``; returns an
     :class:`~sliver.runtime.artifact.Artifact` (``.save(path)``, ``.load()``).
@@ -133,6 +151,13 @@ def lower(
     inputs and the model's outputs on them are stored as golden data, so the
     device can check itself (``sliver run --verify``).  ``atol`` is relative to
     the largest output magnitude.
+
+    ``tune``: ``None`` (the default) applies the records the tuning database
+    already holds for ``target`` (``sliver tune``; ``$SLIVER_TUNING_DIR`` or
+    ``~/.cache/sliver/tuning``); ``False`` ignores them (default schedules only);
+    a budget (``200`` trials, ``"10m"``, a ``tuning.Budget``) tunes first, measuring
+    on this machine or, with ``rpc=("HOST:PORT", "pi")``, on the device registered
+    with that RPC tracker.  Kernels without a record keep their default schedule.
     """
     from sliver.backends.tvm.build import compile_module, tvm_version
     from sliver.backends.tvm.targets import check_toolchain, resolve
@@ -158,9 +183,12 @@ def lower(
         from sliver.ir.interp import run
 
         golden_outputs = run(module, golden_inputs)
+    tuning = _tuning_database(module, tgt, tune, rpc, progress)
     kernels: dict = {}
     primfuncs: dict = {}
-    library = compile_module(module, tgt, progress=progress, kernels=kernels, layers=primfuncs)
+    schedules: dict = {}
+    library = compile_module(module, tgt, progress=progress, kernels=kernels, layers=primfuncs, tuning=tuning,
+                             report=schedules)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -182,6 +210,10 @@ def lower(
         "ops": [{"name": op.results[0].name, "kind": op.kind, "layer": layer_of(op), "params": param_operands(op),
                  "shape": list(op.results[0].type.shape)} for op in module.ops if op.kind != "param"],
         "primfuncs": primfuncs,
+        # which compiled functions got their schedule from the tuning database (sliver tune)
+        "tuning": {"database": tuning.key if tuning is not None else None,
+                   "tuned": sorted(k for k, v in schedules.items() if v == "tuned"),
+                   "kernels": len(schedules)},
     }
     if kernels:  # which kernel each low-bit layer got (qconv2d / qdense)
         manifest["kernels"] = kernels

@@ -14,6 +14,14 @@ sys.path.insert(0, str(TESTS))  # `import helpers`
 from sliver.runtime import emulate  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_tuning_cache(tmp_path_factory):
+    """No test reads or writes the user's tuning database (~/.cache/sliver/tuning):
+    ``lower`` applies whatever records it finds there."""
+    os.environ["SLIVER_TUNING_DIR"] = str(tmp_path_factory.mktemp("tuning-cache"))
+    yield
+
+
 def pytest_collection_modifyitems(config, items):
     if emulate.is_ready():
         return

@@ -3,6 +3,7 @@
     python -m sliver.tools.bench                                  # ResNet-18 + MobileNetV2, 224x224, 2 threads
     python -m sliver.tools.bench --models resnet18 --threads 4 --repeat 50 --json out.json
     python -m sliver.tools.bench --skip-ort --budget 60
+    python -m sliver.tools.bench --tune-budget 10m                # tune each model first (resumable), then time it
     sliver bench model.sliver [--per-layer] [--repeat N]          # one artifact: median/min/max
     sliver bench model-arm64.sliver --emulate [--per-layer]       # executed instructions on the emulated Pi
 
@@ -18,7 +19,11 @@ For every model (batch 1, built by :mod:`sliver.tools.zoo` with torchvision's
 architecture) and every backend it
 
 1. prepares the backend: sliver lowers the model for ``x86_64`` with the default
-   pipeline (the compile time is reported on its own line); onnxruntime gets an fp32
+   pipeline (the compile time is reported on its own line), once with the default
+   schedules only ("sliver untuned") and once with the schedules the x86_64 tuning
+   database holds for it ("sliver tuned", see ``sliver tune``; the note states how
+   many trials it holds; skipped when it holds none; ``--tune-budget`` tunes first);
+   onnxruntime gets an fp32
    ONNX export (``torch.onnx.export``) and a session with ``ORT_ENABLE_ALL``;
 2. runs it once on the same input as torch and reports the largest error relative to
    the largest torch output magnitude; above ``--tol`` it prints ``MISMATCH`` and the
@@ -68,8 +73,8 @@ import numpy as np
 from sliver.runtime.artifact import host_arch, output_error
 
 DEFAULT_MODELS = ("resnet18", "mobilenet_v2")
-BACKENDS = ("torch", "sliver", "onnxruntime")
-LABELS = {"torch": "torch eager", "sliver": "sliver x86_64", "onnxruntime": "onnxruntime"}
+BACKENDS = ("torch", "sliver", "sliver-tuned", "onnxruntime")
+LABELS = {"torch": "torch eager", "sliver": "sliver untuned", "sliver-tuned": "sliver tuned", "onnxruntime": "onnxruntime"}
 INSTALL_HINT = "pip install -e '.[bench]'   (or: pip install onnxruntime onnx onnxscript)"
 BUSY = 0.25  # other processes' CPU use (in CPUs) above which the table warns
 PAUSE_S = 0.3  # between timed blocks: let the previous runtime's worker threads go to sleep
@@ -295,19 +300,45 @@ def prepare_torch(model, threads: int, res: Result) -> Prepared:
     return Prepared(run)
 
 
-def prepare_sliver(model, x: np.ndarray, res: Result, verbose: bool) -> Prepared:
+class NoRecords(Exception):
+    """The tuned column has nothing to apply."""
+
+
+def prepare_sliver(model, x: np.ndarray, res: Result, verbose: bool, tuned: bool = False,
+                   tune_budget: str | None = None) -> Prepared:
+    """The x86_64 artifact with default schedules only (``tuned=False``: the tuning
+    database is ignored), or with the records the tuning database holds for this
+    model (after tuning for ``tune_budget`` first, if given: resumable)."""
     import torch
 
     import sliver
 
     t0 = time.perf_counter()
-    art = sliver.lower(model, (torch.from_numpy(x),), target="x86_64",
-                       progress=(lambda m: _say(f"  sliver: {m}")) if verbose else None)
+    say = (lambda m: _say(f"  sliver: {m}")) if verbose or tune_budget else None
+    if tuned:
+        from sliver.api import optimize, trace
+        from sliver.backends.tvm import tuning
+
+        module = trace(model, (torch.from_numpy(x),))
+        optimize(module)
+        if tune_budget:
+            tuning.tune(module, "x86_64", tuning.Budget.parse(time_budget=tune_budget),
+                        progress=tuning.Progress(say=say))
+        cov = tuning.coverage(module, "x86_64")
+        if not cov["trials"]:
+            raise NoRecords(f"no tuning records for this model in {cov['database']}: run `sliver tune MODEL "
+                            "--time-budget 10m` or bench --tune-budget 10m")
+    art = sliver.lower(model, (torch.from_numpy(x),), target="x86_64", progress=say, tune=None if tuned else False)
     res.prepare_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     compiled = art.load()
     res.load_s = time.perf_counter() - t0
     res.note = f"pipeline {art.manifest.get('pipeline', '?')}"
+    if tuned:
+        info = art.manifest["tuning"]
+        res.note += (f"; tuning database: {cov['trials']} MetaSchedule trials over {cov['searched']} of the "
+                     f"{cov['tasks']} kernels (+ each kernel's default schedule measured); {len(info['tuned'])} of "
+                     f"{info['kernels']} kernels use database schedules (the fastest measured, default included)")
 
     def run(x: np.ndarray) -> np.ndarray:
         return compiled.run(x)[0]
@@ -418,7 +449,8 @@ def run_benchmark(args) -> dict:
     set_tvm_threads(args.threads)  # before any artifact runs: TVM's pool starts lazily
     torch.set_num_threads(args.threads)
     backends = [b for b in BACKENDS
-                if not (b == "sliver" and args.skip_sliver) and not (b == "onnxruntime" and args.skip_ort)]
+                if not (b == "sliver" and args.skip_sliver) and not (b == "onnxruntime" and args.skip_ort)
+                and not (b == "sliver-tuned" and args.skip_tuned)]
     missing_ort = ort_missing() if "onnxruntime" in backends else None
     report = {
         "config": {
@@ -463,10 +495,13 @@ def run_benchmark(args) -> dict:
             try:
                 if b == "torch":
                     prepared[b] = prepare_torch(model, args.threads, res)
-                elif b == "sliver":
-                    prepared[b] = prepare_sliver(model, x, res, args.verbose)
+                elif b in ("sliver", "sliver-tuned"):
+                    prepared[b] = prepare_sliver(model, x, res, args.verbose, tuned=b == "sliver-tuned",
+                                                 tune_budget=args.tune_budget)
                 else:
                     prepared[b] = prepare_ort(model, x, args.threads, args.onnx_exporter, res, args.verbose)
+            except NoRecords as e:
+                res.status, res.note = "skipped", str(e)
             except Exception as e:
                 _fail(res, None, e, "while preparing")
                 if args.verbose:
@@ -491,7 +526,7 @@ def run_benchmark(args) -> dict:
                 print(f"!!! MISMATCH: {name} on {LABELS[b]}: max relative error {res.max_rel_err:.3g} "
                       f"> tol {args.tol:g} (output shape {np.shape(out)}, torch {ref.shape})",
                       file=sys.stderr, flush=True)
-            if b == "sliver":
+            if b.startswith("sliver"):
                 res.threads = tvm_threads()
                 if res.threads is not None and res.threads != args.threads:
                     res.note += f"; TVM uses {res.threads} threads, not {args.threads} (pool started earlier?)"
@@ -617,7 +652,7 @@ def format_table(report: dict) -> str:
     notes = []
     for r in report["results"]:
         who = f"{r['model']} / {LABELS[r['backend']]}"
-        if r["backend"] == "sliver" and r["prepare_s"] is not None:
+        if r["backend"].startswith("sliver") and r["prepare_s"] is not None:
             notes.append(f"{who}: compile (sliver.lower: trace + passes + TVM) {r['prepare_s']:.1f} s, "
                          f"load {r['load_s']:.2f} s, first run {_ms(r['first_run_ms'])} ms; {r['note']}")
         elif r["backend"] == "onnxruntime" and r["prepare_s"] is not None:
@@ -741,6 +776,10 @@ def parse_args(argv=None):
                    help="time the backends round-robin (one run each per round) instead of one after another")
     p.add_argument("--skip-sliver", action="store_true", help="do not lower and time the sliver artifact")
     p.add_argument("--skip-ort", action="store_true", help="do not time onnxruntime")
+    p.add_argument("--skip-tuned", action="store_true",
+                   help="no 'sliver tuned' column (it applies the x86_64 tuning database, see `sliver tune`)")
+    p.add_argument("--tune-budget", metavar="T",
+                   help="tune each model on this machine for T (e.g. 10m; resumable) before the tuned column")
     p.add_argument("--json", metavar="PATH", help="also write the results (with every run's time) as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="show compiler and exporter messages")
     args = p.parse_args(argv)

@@ -1,7 +1,7 @@
 """ARM cost without Arm hardware: executed aarch64 instructions of ResNet-18 on the emulated Pi.
 
-    python -m sliver.tools.bench_arm                       # ResNet-18 at 64x64, 1000 classes
-    python -m sliver.tools.bench_arm --resolution 112 --skip-ort --json arm.json
+    python -m sliver.tools.bench_arm                       # ResNet-18 at 224x224, 1000 classes (~15 min)
+    python -m sliver.tools.bench_arm --resolution 64 --skip-ort --json arm.json   # a few minutes
 
 Wall time under qemu says nothing about a Pi, but the number of instructions a
 kernel executes is exact and deterministic, and on the same ISA a proxy for cost
@@ -35,10 +35,10 @@ while its ReLU is not (it is in "other").  onnxruntime runs each distinct conv
 shape as a one-node model (Conv + ReLU, which onnxruntime fuses), and the
 instructions of an Identity model's run (session overhead) are subtracted.
 
-ResNet-18 is torchvision's architecture (:mod:`sliver.tools.zoo`, real widths),
-at a smaller input than 224x224 by default to keep the naive build's emulation
-short; instruction counts of convolutions scale with the output area, so the
-ratios carry over.
+ResNet-18 is torchvision's architecture (:mod:`sliver.tools.zoo`, real widths) at
+224x224 by default; ``--resolution`` shrinks the input to shorten the emulation
+(instruction counts of convolutions scale with the output area, so the per-layer
+ratios roughly carry over, though small feature maps change what the schedules do).
 """
 
 from __future__ import annotations
@@ -326,7 +326,7 @@ def format_report(report: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sliver.tools.bench_arm", description=__doc__.split("\n\n")[0])
-    p.add_argument("--resolution", type=int, default=64, help="input height and width (default %(default)s)")
+    p.add_argument("--resolution", type=int, default=224, help="input height and width (default %(default)s)")
     p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default %(default)s)")
     p.add_argument("--skip-ort", action="store_true", help="do not count onnxruntime")
     p.add_argument("--ort-version", default=ORT_VERSION, help="onnxruntime aarch64 wheel (default %(default)s)")

@@ -7,13 +7,13 @@ Everything is measured side by side in one run and printed as ratios:
 * **x86-64 wall time** (this machine, one thread: ``TVM_NUM_THREADS=1``; the C kernel
   is single-threaded) of ResNet-18-style 3x3 convolutions (56x56x64, 28x28x128,
   14x14x256, stride 1, padding 1, batch 1) and of a small CNN end to end: sliver's
-  fp32 build, W8A8 (the int32 path), W2A2 with the bit-serial C kernel and W2A2 with
-  the int32 path, timed interleaved.  The kernel x86 picks
+  fp32 build, W8A8 (the generic int path: int16 operands, int32 sums), W2A2 with the
+  bit-serial C kernel and W2A2 with the int path, timed interleaved.  The kernel x86 picks
   (``lowbit.POLICY["x86_64"]``) is printed.
 * **arm64 executed instructions** under qemu (``sliver.runtime.icount``: exact
   counts of one call, start-up excluded, a TCG plugin so full-size layers take
-  seconds) for the same layers, fp32 vs int8 (W8A8, the int16→int32 path) vs W2A2
-  (bit-serial NEON); ``--arm-size`` counts smaller spatial sizes instead.
+  seconds) for the same layers and the small CNN, fp32 vs int8 (W8A8, the int16→int32
+  path) vs W2A2 (bit-serial NEON); ``--arm-size`` counts smaller spatial sizes instead.
 * **sizes**: artifact bytes and weight bytes of the small CNN at fp32 / W8 / W4 / W2.
 
 Layers are built directly in sliver IR (input codes → qconv2d → f32), so a layer's
@@ -151,7 +151,7 @@ def _runner(vm, inputs):
 
 
 VARIANTS = [("fp32", "fp32", None), ("W8A8", "W8A8", None), ("W2A2 bitserial", "W2A2", "bitserial"),
-            ("W2A2 int32", "W2A2", "generic")]
+            ("W2A2 int path", "W2A2", "generic")]
 
 
 def bench_x86(layers, repeat: int, say) -> list[dict]:
@@ -188,7 +188,7 @@ def print_x86(rows) -> None:
 
     labels = [v[0] for v in VARIANTS]
     print(f"\n== x86-64 wall time, 1 thread, median ms (ratio = fp32 / variant; >1 is faster) ==")
-    print(f"x86 policy for < 8 bits: {lowbit.POLICY['x86_64']}; 8 bits: int32 path")
+    print(f"x86 policy for < 8 bits: {lowbit.POLICY['x86_64']}; 8 bits: the int path (int16 operands, int32 sums)")
     head = f"{'layer':<26}" + "".join(f"{l:>22}" for l in labels)
     print(head)
     for r in rows:
@@ -213,6 +213,13 @@ def bench_arm(layers, size: int, say) -> list[dict]:
             counts[label] = icount.count_library(lib, inputs).per_call
         where = f"{hw}x{hw}x{c}" if size_hw == hw else f"{size_hw}x{size_hw}x{c} (stage {hw}x{hw}, reduced)"
         rows.append({"layer": f"conv 3x3 {where}", "counts": counts})
+    counts = {}
+    for label, kind, kernel in variants:
+        module, inputs = small_cnn(kind)
+        say(f"counting the small CNN {label} on the emulated Pi")
+        lib, _ = _compile(module, "arm64", kernel)
+        counts[label] = icount.count_library(lib, inputs).per_call
+    rows.append({"layer": "small CNN end to end", "counts": counts})
     return rows
 
 
@@ -226,28 +233,32 @@ def print_arm(rows) -> None:
 
 
 def sizes(say) -> list[dict]:
-    """Artifact and weight bytes of the small CNN at fp32 / W8 / W4 / W2 (x86 and arm64
-    libraries: weights are the same bytes; arm64 is what ships to a Pi)."""
+    """Artifact bytes and weight bytes of the small CNN at fp32 / W8 / W4 / W2 (arm64
+    libraries).  Weight bytes are what the library embeds for the conv and linear
+    weights: f32 for float layers, the bit-packed planes for bit-serial layers, int16
+    (``w - w_zero_point``) for layers on the int path (8-bit ones, like the RGB stem)."""
     from sliver.backends.tvm import lowbit
 
     out = []
     for kind in ("fp32", "W8A8", "W4A4", "W2A2"):
         module, _ = small_cnn(kind)
         say(f"compiling small CNN {kind} for arm64 (sizes)")
-        lib, k = _compile(module, "arm64", None)
+        lib, kernels = _compile(module, "arm64", None)
+        layer_of = {op.operands[1].name: op.result.name for op in module.ops if op.kind in ("qconv2d", "qdense")}
         wbytes = 0
         for op in module.ops:
-            if op.kind == "param" and op.result.name.startswith(("w", "fc")):
-                a = module.params[op.result.name]
-                t = op.result.type.dtype
-                if t.startswith(("u", "i")) and lowbit.code_bits(t)[0] < 8 and any(
-                        v == "bitserial" for v in k.values()):
-                    o = a.shape[0]
-                    tapb = -(-a.shape[1] // 8)
-                    packed, _ = lowbit.pack_weights(a, lowbit.code_bits(t)[0], tapb)
-                    wbytes += packed.nbytes
-                else:
-                    wbytes += a.nbytes
+            name = op.result.name
+            if op.kind != "param" or not name.startswith(("w", "fc")):
+                continue
+            a = module.params[name]
+            t = op.result.type.dtype
+            if name not in layer_of:  # a float layer
+                wbytes += a.nbytes
+            elif kernels.get(layer_of[name]) == "bitserial":
+                bits = lowbit.code_bits(t)[0]
+                wbytes += lowbit.pack_weights(a, bits, -(-a.shape[1] // 8), lowbit.ROW_ALIGN["aarch64"])[0].nbytes
+            else:
+                wbytes += a.size * np.dtype(lowbit.WIDE).itemsize
         out.append({"kind": kind, "artifact": len(lib), "weights": wbytes})
     return out
 

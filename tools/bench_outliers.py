@@ -133,6 +133,17 @@ def markdown(rows) -> list[str]:
     return out + ["| " + " | ".join(r) + " |" for r in rows[1:]]
 
 
+def median_ms(fn, repeat: int = 20) -> float:
+    import statistics
+
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
 def emulated_w4(base, inputs, super_weights, mask, ref) -> str:
     """Lower the W4 (block 128, clipping, super weights kept) model for arm64, run it
     with ``sliver.runtime run --verify`` on the emulated Pi, and compare."""
@@ -247,7 +258,8 @@ def main(argv=None) -> int:
     ref1 = embeddings(run(base, one_in)[0], mask1)
     if part("bytes"):
         size_rows = [("model", "x86_64 library bytes", "vs fp32", "linear weights in it (bytes)",
-                      "compiled vs interpreter (max rel err)", "mean cosine vs float (compiled)")]
+                      "compiled vs interpreter (max rel err)", "mean cosine vs float (compiled)",
+                      "median ms (x86_64, 2 threads)")]
         fp32 = None
         for bits in (None, 8, 4, 3):
             m = base.clone()
@@ -256,7 +268,9 @@ def main(argv=None) -> int:
                                        keep_super=True, super_weights=tuple(sw))])
             art = sliver.lower(m, one_in, target="x86_64")
             with tempfile.TemporaryDirectory(prefix="sliver-bench-outliers-") as tmp:
-                compiled = sliver.load(art.save(f"{tmp}/m.sliver")).run(*one_in)
+                loaded = sliver.load(art.save(f"{tmp}/m.sliver"))
+                compiled = loaded.run(*one_in)
+                latency = median_ms(lambda: loaded.run(*one_in))
             got = embeddings(compiled[0], mask1)
             size = art.manifest["library"]["bytes"]
             fp32 = fp32 or size
@@ -265,7 +279,8 @@ def main(argv=None) -> int:
                          for v in op.operands[weights[op.kind]])
             exact = max_relative_error(compiled, run(m, one_in))
             size_rows.append(("fp32" if not bits else f"W{bits} block 128 + clip + super weights", f"{size:,}",
-                              f"{size / fp32:.3f}", f"{linear:,}", f"{exact:.1e}", f"{mean_cosine(got, ref1):.4f}"))
+                              f"{size / fp32:.3f}", f"{linear:,}", f"{exact:.1e}", f"{mean_cosine(got, ref1):.4f}",
+                              f"{latency:.1f}"))
             print(f"  [{time.perf_counter() - t_start:.0f}s] {size_rows[-1]}", file=sys.stderr)
         print()
         print("Compiled x86_64 artifacts (weight-only wq_linear; one sentence)")

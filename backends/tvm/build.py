@@ -15,7 +15,7 @@ from sliver.backends.tvm.targets import Target, check_toolchain, resolve, tvm_ta
 
 
 def compile_module(module, target, *, progress=None, schedules: bool = True, kernels: dict | None = None,
-                   layers: dict | None = None) -> bytes:
+                   layers: dict | None = None, tuning=None, report: dict | None = None) -> bytes:
     """Lower ``module`` through Relax, compile it for ``target`` and return the
     bytes of the shared library (``.so``) the runtime loads.
 
@@ -28,7 +28,12 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, ker
 
     ``layers`` (if given) receives ``{PrimFunc name: [sliver op result names]}``:
     which of ``module``'s ops each compiled function computes (see
-    :func:`primfunc_ops`), so profiles can name sliver layers."""
+    :func:`primfunc_ops`), so profiles can name sliver layers.
+
+    ``tuning`` (a :class:`~sliver.backends.tvm.tuning.TuningDatabase` for this
+    target) replaces the default schedule of every function it holds records for
+    by the fastest one (each function's default schedule is one of them);
+    ``report`` receives ``{PrimFunc name: "tuned" or the default rule}``."""
     from sliver.backends.tvm.lower import LowerContext, to_relax
 
     target = resolve(target)
@@ -44,9 +49,10 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, ker
     t0 = time.perf_counter()
     try:
         found = {} if layers is not None else None
-        executable = build_relax(mod, tvm_target(target), schedules=schedules, layers=found)
+        before = [tuning.apply_pass(report)] if tuning is not None and schedules else []
+        executable = build_relax(mod, tvm_target(target), schedules=schedules, report=report, layers=found,
+                                 before_schedule=before)
         if layers is not None:
-            _add_deduplicated(module, found)
             layers.update({f: [module.ops[i].results[0].name for i in idx] for f, idx in found.items()})
     except Exception as e:
         raise SliverError(f"TVM failed to compile @{module.name} for {target.name}: {type(e).__name__}: "
@@ -73,11 +79,13 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, ker
             return f.read()
 
 
-def build_relax(mod, target, *, schedules: bool = True, report: dict | None = None, layers: dict | None = None):
+def build_relax(mod, target, *, schedules: bool = True, report: dict | None = None, layers: dict | None = None,
+                before_schedule=()):
     """``tvm.compile`` a Relax module for a ``tvm.target.Target``, with sliver's
     default schedules unless ``schedules=False``; ``report`` receives
     ``{PrimFunc name: schedule rule}``, ``layers`` ``{PrimFunc name: [sliver op
-    indices]}`` (see :func:`primfunc_ops`)."""
+    indices]}`` (see :func:`primfunc_ops`); ``before_schedule``: Relax passes run on
+    the fused module before the default schedules (the tuner's)."""
     import tvm
 
     capture = _primfunc_ops_instrument() if layers is not None else None
@@ -87,68 +95,80 @@ def build_relax(mod, target, *, schedules: bool = True, report: dict | None = No
         else:
             from sliver.backends.tvm.schedules import default_pipeline
 
-            executable = tvm.compile(mod, target=target, relax_pipeline=default_pipeline(target, report=report))
+            executable = tvm.compile(mod, target=target, relax_pipeline=default_pipeline(
+                target, report=report, before_schedule=before_schedule))
     if capture is not None:
         layers.update(capture.result())
     return executable
 
 
-def primfunc_ops(mod) -> dict[str, list[int]]:
+def _bindings(func):
+    for block in func.body.blocks:
+        yield from block.bindings
+
+
+def _constant_args(call) -> list[int]:
+    """Handles of the constants (weights) among a call's arguments, tuples included."""
+    from tvm import relax
+    from tvm.ir.expr import Constant
+
+    flat = []
+    for a in call.args:
+        flat += list(a.fields) if isinstance(a, relax.Tuple) else [a]
+    return [a.__chandle__() for a in flat if isinstance(a, Constant)]
+
+
+def constant_ops(mod) -> dict[int, int]:
+    """``{constant handle: sliver op index}`` of ``main``'s named bindings: which op
+    reads which weight (taken before FuseOps, which passes the same constants on)."""
+    from tvm import relax
+
+    from sliver.backends.tvm.lower import op_index
+
+    out = {}
+    for b in _bindings(mod["main"]):
+        i = op_index(b.var.name)
+        if i is not None and isinstance(b.value, relax.Call):
+            for h in _constant_args(b.value):
+                out.setdefault(h, i)
+    return out
+
+
+def primfunc_ops(mod, constants: dict[int, int] | None = None) -> dict[str, list[int]]:
     """``{PrimFunc name: sorted sliver op indices}`` of a Relax module after FuseOps
-    (before FuseTIR): a fused function's bindings keep the names
+    (before FuseTIR) or after LegalizeOps: a fused function's bindings keep the names
     :func:`~sliver.backends.tvm.lower.var_name` gave them (its output var is renamed,
     so an epilogue such as a final relu may be missing), and ``main`` calls unfused
-    PrimFuncs from vars with those names.  Ops the compiler added (layout
-    transposes) map to nothing."""
+    PrimFuncs from vars with those names.  FuseOps makes one function for
+    structurally equal groups (the repeated blocks of a ResNet stage) and keeps only
+    the first group's names; each call of it passes its own weights, so ``constants``
+    (:func:`constant_ops`) names the ops of every call.  Ops the compiler added
+    (layout transposes) map to nothing."""
+    import tvm
     from tvm import relax
 
     from sliver.backends.tvm.lower import op_index
 
     out: dict[str, set] = {}
-
-    def bindings(func):
-        for block in func.body.blocks:
-            yield from block.bindings
-
     for gv, func in mod.functions_items():
         if not isinstance(func, relax.Function):
             continue
         if func.attrs is not None and "Primitive" in func.attrs:
-            idx = {op_index(b.var.name) for b in bindings(func)} - {None}
+            idx = {op_index(b.var.name) for b in _bindings(func)} - {None}
             out.setdefault(gv.name_hint, set()).update(idx)
             continue
-        for b in bindings(func):
+        for b in _bindings(func):
             call = b.value
-            if isinstance(call, relax.Call) and getattr(call.op, "name", "") == "relax.call_tir":
+            if not isinstance(call, relax.Call):
+                continue
+            if isinstance(call.op, tvm.ir.GlobalVar):  # a fused function
+                ops = {constants[h] for h in _constant_args(call) if h in (constants or {})}
+                out.setdefault(call.op.name_hint, set()).update(ops)
+            elif getattr(call.op, "name", "") == "relax.call_tir":
                 i = op_index(b.var.name)
-                callee = call.args[0].name_hint
-                out.setdefault(callee, set()).update({i} if i is not None else set())
+                ops = {i} if i is not None else {constants[h] for h in _constant_args(call) if h in (constants or {})}
+                out.setdefault(call.args[0].name_hint, set()).update(ops)
     return {k: sorted(v) for k, v in out.items()}
-
-
-def _add_deduplicated(module, found: dict) -> None:
-    """Complete :func:`primfunc_ops`' map for fused functions TVM deduplicated:
-    FuseOps makes one function for structurally equal groups (the 2nd conv of every
-    ResNet stage), and only the first group's var names survive in it.  An op with
-    params that no function claims is added to the functions computing an op of the
-    same kind, attributes and types."""
-
-    def signature(op):
-        return (op.kind, repr(sorted(op.attrs.items())), tuple(str(v.type) for v in op.operands),
-                tuple(str(r.type) for r in op.results))
-
-    claimed = {i for idx in found.values() for i in idx}
-    by_signature: dict = {}
-    for f, idx in found.items():
-        for i in idx:
-            by_signature.setdefault(signature(module.ops[i]), set()).add(f)
-    for i, op in enumerate(module.ops):
-        if i in claimed or op.kind == "param":
-            continue
-        if not any(v.producer is not None and v.producer.kind == "param" for v in op.operands):
-            continue
-        for f in by_signature.get(signature(op), ()):
-            found[f] = sorted({*found[f], i})
 
 
 def _primfunc_ops_instrument():
@@ -156,16 +176,18 @@ def _primfunc_ops_instrument():
 
     @tvm.instrument.pass_instrument
     class PrimFuncOps:
-        """Records :func:`primfunc_ops` just before FuseTIR (fused groups) and just
-        after the first LegalizeOps (for pipelines that fuse nothing, like TVM's
+        """Records :func:`constant_ops` before FuseOps, :func:`primfunc_ops` just
+        before FuseTIR (fused groups) and just after the first LegalizeOps (for pipelines that fuse nothing, like TVM's
         default one); :meth:`result` prefers the fused view."""
 
         def __init__(self):
-            self.fused, self.legalized = {}, {}
+            self.fused, self.legalized, self.constants = {}, {}, {}
 
         def run_before_pass(self, mod, info):
+            if info.name == "FuseOps" and not self.constants:
+                self.constants = constant_ops(mod)
             if info.name == "FuseTIR" and not self.fused:
-                self.fused = primfunc_ops(mod)
+                self.fused = primfunc_ops(mod, self.constants)
 
         def run_after_pass(self, mod, info):
             if info.name == "LegalizeOps" and not self.legalized:

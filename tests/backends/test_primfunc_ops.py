@@ -9,25 +9,39 @@ from sliver.api import optimize
 from sliver.backends.tvm.build import compile_module
 
 
+class Block(nn.Module):
+    """A ResNet basic block with an identity skip: conv+relu, then conv+add+relu."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv2(torch.relu(self.conv1(x))) + x)
+
+
 @pytest.mark.slow
-def test_every_conv_is_claimed_even_when_tvm_deduplicates_its_function():
-    """Two identical conv+relu blocks share one fused function; both convs map to it,
-    and TVM's own (unfused) pipeline maps each conv to its conv and bias functions."""
+def test_every_conv_maps_to_the_function_of_its_own_call():
+    """Two identical blocks: TVM makes one function per distinct fused group and
+    calls it twice, keeping the names of the first call only.  Every conv still maps
+    to exactly its own group's function (its weights identify the call), in sliver's
+    fused build and in TVM's unfused one."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(4, 8, 1)).eval()
+    model = nn.Sequential(Block(4), Block(4), nn.Conv2d(4, 8, 1)).eval()
     module = sliver.trace(model, (torch.randn(1, 4, 8, 8),))
     optimize(module)
-    convs = [op.results[0].name for op in module.ops if op.kind == "conv2d"]
-    assert len(convs) == 3
+    conv = {op.operands[1].name.removesuffix(".weight"): op.results[0].name for op in module.ops if op.kind == "conv2d"}
+    assert sorted(conv) == ["0.conv1", "0.conv2", "1.conv1", "1.conv2", "2"]
     for schedules in (True, False):
         layers = {}
         compile_module(module, "x86_64", schedules=schedules, layers=layers)
-        claimed = {op: [f for f, ops in layers.items() if op in ops] for op in convs}
+        claimed = {layer: {f for f, ops in layers.items() if op in ops} for layer, op in conv.items()}
         assert all(claimed.values()), (schedules, layers)
-        # the two same-shape convs share their function(s); the 1x1 conv has its own
-        assert claimed[convs[0]] == claimed[convs[1]]
-        assert not set(claimed[convs[2]]) & set(claimed[convs[0]])
-    # every name in the map is an op of the module
-    names = {op.results[0].name for op in module.ops}
-    assert all(set(ops) <= names for ops in layers.values())
+        assert claimed["0.conv1"] == claimed["1.conv1"]  # one function (or two) per group, shared
+        assert claimed["0.conv2"] == claimed["1.conv2"]
+        if schedules:  # fused: conv+add+relu and conv+add+add+relu are different functions
+            assert len(claimed["0.conv1"]) == 1 and not claimed["0.conv1"] & claimed["0.conv2"]
+        assert not claimed["2"] & (claimed["0.conv1"] | claimed["0.conv2"])
+        names = {op.results[0].name for op in module.ops}
+        assert all(set(ops) <= names for ops in layers.values())

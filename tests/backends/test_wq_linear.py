@@ -87,7 +87,7 @@ def test_artifact_carries_packed_weights(artifacts):
     weights_f32 = (256 * 384 + 384 * 120) * 4
     for bits in (8, 4, 3):
         # the codes save (1 - bits/32) of the float32 weight bytes; scales and kernel code cost some back
-        assert size[32] - size[bits] > (1 - bits / 32) * weights_f32 * 0.9, (bits, size)
+        assert size[32] - size[bits] > (1 - bits / 32) * weights_f32 * 0.8, (bits, size)
     assert size[8] > size[4] > size[3]
 
 

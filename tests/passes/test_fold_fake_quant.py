@@ -159,6 +159,8 @@ CASES = {
     "W3A3-dilated": (lambda: nn.Conv2d(5, 4, 3, padding=2, dilation=2), signed(3), signed(3), -1, (1, 5, 8, 8)),
     "W4A4-depthwise": (lambda: nn.Conv2d(8, 8, 3, padding=1, groups=8), unsigned(4), signed(4), 7, (2, 8, 6, 6)),
     "W8A8": (lambda: nn.Conv2d(6, 7, 1), unsigned(8), signed(8), 128, (1, 6, 5, 5)),
+    # ranges narrower than their code type (i4 holds [-8, 7]): quantize clamps at -7 exactly
+    "W4A4-narrow-symmetric": (lambda: nn.Conv2d(4, 6, 3, padding=1), (-7, 7), (-7, 7), 0, (1, 4, 6, 6)),
     "W2A8-linear": (lambda: nn.Linear(33, 9), signed(8), signed(2), 0, (3, 33)),
     "W4A2-linear-3d": (lambda: nn.Linear(10, 4), unsigned(2), signed(4), 1, (2, 3, 10)),
 }
@@ -271,6 +273,9 @@ BAD = {
         "%wz2 = param : i32[4]", "weight zero points differ per channel"),
     "float weight": ("fake_quant(%x, %s, %z) {qmin=0, qmax=3}", "relu(%w)", "",
                      "the input is fake-quantized but the weight is not"),
+    "zero point out of range": (
+        "fake_quant(%x, %s, %z5) {qmin=0, qmax=3}", "fake_quant(%w, %ws, %wz) {qmin=-2, qmax=1, axis=0}",
+        "%z5 = constant {value=5, dtype=\"i32\"} : i32[]", "the input zero point 5 lies outside its range [0, 3]"),
 }
 
 
@@ -367,28 +372,17 @@ def test_requantize_moves_through_max_pool_and_flatten():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-@pytest.mark.slow
-def test_compiled_mixed_float_and_low_bit_model_matches_torch():
-    """The default pipeline end to end on x86_64: folded layers use the low-bit lowering,
-    the layer left in float keeps its input fake_quant (lowered as float simulation)."""
-    model, x = pool_net()
-    art = sliver.lower(model, (x,), target="x86_64")
-    assert sum(op.kind == "fake_quant" for op in art.module.ops) == 1  # c2's input; its weight was const-folded
-    with torch.no_grad():
-        want = model(x).numpy()
-    got = art.load()(x.numpy())
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-
-
 class AllCases(nn.Module):
-    """Every single-layer case of CASES side by side (one input and output each)."""
+    """Every single-layer case of CASES side by side (one input and output each), and
+    PoolNet (max pools on codes, a layer left in float): one compile for all."""
 
     def __init__(self):
         super().__init__()
         torch.manual_seed(7)
-        self.names = sorted(CASES)
+        self.names = sorted(CASES) + ["PoolNet"]
         self.layers = nn.ModuleList(
-            FQ(CASES[n][0](), CASES[n][1], CASES[n][2], a_scale=0.3, a_zp=CASES[n][3]) for n in self.names)
+            [FQ(CASES[n][0](), CASES[n][1], CASES[n][2], a_scale=0.3, a_zp=CASES[n][3]) for n in self.names[:-1]]
+            + [pool_net()[0]])
 
     def forward(self, *xs):
         return tuple(layer(x) for layer, x in zip(self.layers, xs))
@@ -398,7 +392,7 @@ class AllCases(nn.Module):
 def all_cases():
     model = AllCases().eval()
     g = torch.Generator().manual_seed(8)
-    xs = tuple(torch.randn(CASES[n][4], generator=g) * 1.5 + 0.5 for n in model.names)
+    xs = tuple(torch.randn(CASES[n][4], generator=g) * 1.5 + 0.5 for n in model.names[:-1]) + (pool_net()[1],)
     with torch.no_grad():
         want = [y.numpy() for y in model(*xs)]
     return model, xs, want
@@ -406,9 +400,13 @@ def all_cases():
 
 @pytest.mark.slow
 def test_all_cases_compiled_for_x86_match_fake_quant_torch(all_cases, tmp_path):
+    """The default pipeline end to end on x86_64: folded layers use the low-bit lowering;
+    PoolNet's layer left in float keeps its input fake_quant (lowered as float simulation)."""
     model, xs, want = all_cases
     art = sliver.lower(model, xs, target="x86_64", rtol=1e-5, atol=1e-5)
-    assert all(r["folded"] for r in art.records[0].notes["layers"])
+    rows = art.records[0].notes["layers"]
+    assert [r["layer"] for r in rows if not r["folded"]] == [f"layers.{len(CASES)}.c2.layer"]
+    assert sum(op.kind == "fake_quant" for op in art.module.ops) == 1  # its input; its weight was const-folded
     got = art.load()(*[x.numpy() for x in xs])
     for name, g_, w_ in zip(model.names, got, want):
         np.testing.assert_allclose(g_, w_, rtol=1e-5, atol=1e-5 * np.abs(w_).max(), err_msg=name)
@@ -464,3 +462,42 @@ def test_spine_cnns_fold_completely_and_match_fake_quant_torch(name, bits, compi
         outs.append(sliver.lower(model, (x,), target="x86_64").load()(x.numpy()))
     for got in outs:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_torch_ao_eager_qat_model_folds_and_matches():
+    """torch.ao.quantization.prepare_qat (QuantStub, output fake-quant before the ReLU):
+    relu(fake_quant) is narrowed into the next layer's input quantizer, both convs fold."""
+    import warnings
+
+    import torch.ao.quantization as Q
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.dq = Q.QuantStub(), Q.DeQuantStub()
+            self.c, self.relu, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3)
+
+        def forward(self, x):
+            return self.dq(self.c2(self.relu(self.c(self.q(x)))))
+
+    torch.manual_seed(4)
+    m = M().train()
+    m.qconfig = Q.get_default_qat_qconfig("x86")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Q.prepare_qat(m, inplace=True)
+    for _ in range(3):
+        m(torch.randn(4, 3, 8, 8))
+    m.eval().apply(Q.disable_observer)  # the traced qparams are the current ones; torch must not re-observe
+    x = torch.randn(2, 3, 8, 8)
+    module = sliver.trace(m, (x,))
+    record = fold(module)
+    rows = record.notes["layers"]
+    assert [(r["layer"], r["folded"], r["w_bits"]) for r in rows] == [("c", True, 8), ("c2", True, 8)]
+    # 7-bit input (reduce_range); after the ReLU only the codes from the zero point up remain
+    assert rows[0]["a_bits"] == 7 and rows[1]["a_bits"] <= 7
+    assert rows[0]["out"].startswith("u") and not any(op.kind == "relu" for op in module.ops)
+    with torch.no_grad():
+        want = m(x).numpy()
+    (got,) = run(module, [x.numpy()])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -188,6 +188,8 @@ def test_bad_options_and_models_are_clear_errors():
         optimize(module, "quantize-activations")
     with pytest.raises(SliverError, match="no such file"):
         run_pass(TEXT, "quantize-activations{keep_super=true,index=/nonexistent.json}")
+    with pytest.raises(SliverError, match="run quantize-activations before quantize-weights"):
+        run_pass(TEXT, "quantize-weights,quantize-activations{keep_super=true}")
 
 
 def test_the_pass_is_listed(capsys):

@@ -72,6 +72,13 @@ typedef struct {
 } sliver_Any;
 typedef struct { uint64_t ref; int32_t type_index; uint32_t pad; void* deleter; } sliver_Object;
 enum { kAnyNone = 0, kAnyDLTensorPtr = 7 };
+/* Raise an error the caller sees as a Python exception (libtvm_ffi, already loaded in
+ * the process; weak, so the library still loads if it is not). */
+SLIVER_EXTERN void TVMFFIErrorSetRaisedFromCStr(const char* kind, const char* message) __attribute__((weak));
+static int fail(const char* message) {
+  if (TVMFFIErrorSetRaisedFromCStr) TVMFFIErrorSetRaisedFromCStr("RuntimeError", message);
+  return -1;
+}
 
 static sliver_DLTensor* as_tensor(const sliver_Any* a) {
   if (a->type_index == kAnyDLTensorPtr) return (sliver_DLTensor*)a->u.v_ptr;
@@ -300,10 +307,12 @@ static const row_fn ROW_FNS[49] = {PAIRS(TABLE_ENTRY)};
 
 /* args: x codes int8/uint8 [N][C][H][W], packed weights uint8 [O][WB][RB],
  * wsum int32 [O], meta int32 [META_LEN], out int32 [N][O][OH][OW]. */
-SLIVER_EXTERN int __tvm_ffi_sliver_lowbit_bitserial(void* self, const sliver_Any* args, int32_t nargs,
+/* (no-tree-loop-distribute-patterns: the short im2col copies stay inline word moves
+ * instead of becoming one libc memcpy call per tap) */
+SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int __tvm_ffi_sliver_lowbit_bitserial(void* self, const sliver_Any* args, int32_t nargs,
                                                     sliver_Any* result) {
   (void)self;
-  if (nargs != 5) return -1;
+  if (nargs != 5) return fail("sliver_lowbit_bitserial: expected 5 arguments (x, packed w, wsum, meta, out)");
   const uint8_t* x = (const uint8_t*)data_of(&args[0]);
   const uint8_t* wp = (const uint8_t*)data_of(&args[1]);
   const int32_t* wsum = (const int32_t*)data_of(&args[2]);
@@ -320,7 +329,9 @@ SLIVER_EXTERN int __tvm_ffi_sliver_lowbit_bitserial(void* self, const sliver_Any
   const int OH = m[M_OH], OW = m[M_OW], TAPB = m[M_TAPB], RB = m[M_RB];
   const int HP = H + PT + m[M_PB], WP = W + PL + m[M_PR];
   const int Cg = C / G, Og = O / G, K = KH * KW * Cg;
-  if (AB < 1 || AB > 7 || WB < 1 || WB > 7 || RB % ROW_ALIGN || m[M_WSIGNED]) return -1;
+  if (AB < 1 || AB > 7 || WB < 1 || WB > 7 || RB % ROW_ALIGN || m[M_WSIGNED])
+    return fail("sliver_lowbit_bitserial: bad meta (bit widths 1..7, row bytes a multiple of the vector, "
+                "unsigned weight planes): the library was built by a different sliver");
   int32_t cx[8], cw[8];
   for (int i = 0; i < AB; i++) cx[i] = 1 << i;
   for (int j = 0; j < WB; j++) cw[j] = 1 << j;
@@ -338,7 +349,7 @@ SLIVER_EXTERN int __tvm_ffi_sliver_lowbit_bitserial(void* self, const sliver_Any
   uint8_t* zpat = (uint8_t*)calloc(pix, 1);
   if (!pk || !rows || !sx || !obias || !zpat) {
     free(pk); free(rows); free(sx); free(obias); free(zpat);
-    return -1;
+    return fail("sliver_lowbit_bitserial: out of memory for the packed activations");
   }
   /* acc = Sxw - wz*Sx - xz*Sw[o] + K*xz*wz: the last two per output channel */
   for (int o = 0; o < O; o++) obias[o] = K * xz * wz - xz * wsum[o];

@@ -114,34 +114,46 @@ def _schedule_rest(sch, done, cpu):
             log.debug("block %s left unscheduled: %s", sch.get(b).name_hint, e)
 
 
-def schedule_primfunc(func, target, *, name: str = "?", rules: bool = True):
-    """Return ``(scheduled PrimFunc, rule name)``; the rule is ``"conv2d"``,
-    ``"dense"``, ``"pool"``, ``"reduction"``, ``"injective"``, ``"generic"`` (the
-    fallback) or ``"none"`` (even the fallback failed: the function is unchanged)."""
+def default_schedule(func, target, *, name: str = "?", rules: bool = True):
+    """Return ``(s_tir.Schedule or None, rule name)``: the default schedule of
+    ``func`` (its ``trace`` replays it; the tuner measures it as the baseline every
+    tuned record must beat).  The rule is ``"conv2d"``, ``"dense"``, ``"pool"``,
+    ``"reduction"``, ``"injective"``, ``"generic"`` (the fallback) or ``"none"``
+    (even the fallback failed: no schedule)."""
     cpu = target if isinstance(target, CPU) else cpu_of(target)
     plans = ([_plan_rules] if rules else []) + [_plan_generic]
     for plan in plans:
         try:
-            sch, used = plan(func, cpu)
-            return sch.mod["main"].with_attr(SCHEDULED_ATTR, True), used
+            return plan(func, cpu)
         except Exception as e:  # noqa: BLE001 - a schedule must never break a compile
             log.debug("schedule %s for %s failed: %s: %s", plan.__name__, name, type(e).__name__,
                       str(e).strip().splitlines()[-1] if str(e).strip() else "")
-    return func, "none"
+    return None, "none"
+
+
+def schedule_primfunc(func, target, *, name: str = "?", rules: bool = True):
+    """Return ``(scheduled PrimFunc, rule name)`` (see :func:`default_schedule`);
+    with rule ``"none"`` the function is returned unchanged."""
+    sch, used = default_schedule(func, target, name=name, rules=rules)
+    if sch is None:
+        return func, used
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True), used
+
+
+def unscheduled_primfuncs(mod):
+    """``[(GlobalVar, PrimFunc)]`` of ``mod``'s PrimFuncs nobody scheduled yet."""
+    from tvm import tirx
+
+    return [(gv, func) for gv, func in mod.functions_items() if isinstance(func, tirx.PrimFunc)
+            and not (func.attrs is not None and SCHEDULED_ATTR in func.attrs and int(func.attrs[SCHEDULED_ATTR]) == 1)]
 
 
 def schedule_module(mod, target, *, report: dict | None = None):
     """Schedule every not-yet-scheduled PrimFunc of ``mod`` for ``target``;
     ``report`` (if given) receives ``{function name: rule name}``."""
-    from tvm import tirx
-
     cpu = cpu_of(target)
     updates = {}
-    for gv, func in mod.functions_items():
-        if not isinstance(func, tirx.PrimFunc):
-            continue
-        if func.attrs is not None and SCHEDULED_ATTR in func.attrs and int(func.attrs[SCHEDULED_ATTR]) == 1:
-            continue
+    for gv, func in unscheduled_primfuncs(mod):
         new, used = schedule_primfunc(func, cpu, name=gv.name_hint)
         if report is not None:
             report[gv.name_hint] = used
@@ -181,17 +193,20 @@ def front_passes(*, layout: bool = True) -> list:
     ]
 
 
-def default_pipeline(target, *, layout: bool = True, report: dict | None = None):
+def default_pipeline(target, *, layout: bool = True, report: dict | None = None, before_schedule=()):
     """The Relax pipeline for ``tvm.compile(mod, target, relax_pipeline=…)``:
-    :func:`front_passes`, :class:`SchedulePass`, then TVM's default build passes
-    (which legalize nothing more and lower the VM calls)."""
+    :func:`front_passes`, ``before_schedule`` (the tuner's pass that applies tuning
+    records), :class:`SchedulePass` (skips what is already scheduled), then TVM's
+    default build passes (which legalize nothing more and lower the VM calls)."""
     import tvm
     from tvm import relax
 
     return tvm.transform.Sequential(
-        front_passes(layout=layout) + [SchedulePass(target, report), relax.get_pipeline("default")],
+        front_passes(layout=layout) + list(before_schedule)
+        + [SchedulePass(target, report), relax.get_pipeline("default")],
         name="SliverDefaultPipeline",
     )
 
 
-__all__ = ["CPU", "RULES", "cpu_of", "default_pipeline", "front_passes", "schedule_module", "schedule_primfunc", "SchedulePass"]
+__all__ = ["CPU", "RULES", "cpu_of", "default_pipeline", "default_schedule", "front_passes", "schedule_module", "schedule_primfunc", "SchedulePass",
+           "unscheduled_primfuncs"]
