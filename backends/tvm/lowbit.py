@@ -51,7 +51,7 @@ ROW_ALIGN = {"aarch64": 16, "x86_64": 32}
 #: ``python -m sliver.tools.bench_lowbit``: on aarch64 bit-serial (NEON cnt) executes
 #: 2.45-3.5x fewer instructions than fp32 on ResNet-18 3x3 convs; on x86-64 (AVX2
 #: nibble-table popcount, no vector popcount instruction) bit-serial beat the int path
-#: on every measured layer (1.3-3.9x) and end to end (1.16x) (README, "Low-bit kernels").
+#: on every measured layer (1.5-3.8x) and end to end (1.05x) (README, "Low-bit kernels").
 POLICY = {"aarch64": "bitserial", "x86_64": "bitserial"}
 
 _OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("sliver_lowbit_kernel", default=None)
