@@ -637,7 +637,9 @@ def _export_friendly_fake_quant(model) -> list:
     """torch.ao's FakeQuantize modules branch on buffers (``observer_enabled``…), which
     torch.export cannot capture.  For the export each one runs as the fake-quant op it
     applies, with its current scale and zero point and its observer off (inference);
-    returns the patched modules (the caller removes the patch)."""
+    returns the patched modules (the caller removes the patch).  A module whose observer
+    is still enabled keeps re-estimating its qparams in torch's own eval forward; call
+    ``model.apply(torch.ao.quantization.disable_observer)`` to compare like with like."""
     import torch
     from torch.ao.quantization import FakeQuantizeBase
 

@@ -211,14 +211,15 @@ def _layer_ops(manifest) -> dict[str, dict]:
     return {k: v[0] for k, v in out.items()}
 
 
-def _function_of(manifest) -> dict[str, str]:
-    """{layer: the compiled function computing it}."""
+def _functions_of(manifest) -> dict[str, list[str]]:
+    """{layer: the compiled functions computing it} (a quantized linear layer may
+    have a dequantize function besides its matmul)."""
     from sliver.runtime.profile import describe
 
-    out = {}
+    out: dict[str, list[str]] = {}
     for fn in manifest.get("primfuncs", {}):
         for layer in describe(manifest, fn)[1]:
-            out.setdefault(layer, fn)
+            out.setdefault(layer, []).append(fn)
     return out
 
 
@@ -249,7 +250,7 @@ def build_report(artifact, *, source: str, cost: dict, unit: str) -> Doc:
     layer_ops = _layer_ops(m)
     layers = set(layer_ops)
     per_pass = [(r, layer_notes(r.get("notes", {}), layers)) for r in records]
-    fn_of = _function_of(m)
+    fns_of = _functions_of(m)
 
     doc = Doc()
     doc.h(1, f"sliver explain: @{m['model']} for {m['target']['name']}")
@@ -290,14 +291,15 @@ def build_report(artifact, *, source: str, cost: dict, unit: str) -> Doc:
             if not _channels(entries):
                 notes += [f"{r['name']}: {_summary(k, v)}" for k, v in entries.items()
                           if not any(w in k.lower() for w in OUTLIER_KEYS)]
-        fn = fn_of.get(layer, "")
-        c = cost.get(fn)
-        c_text = "" if c is None else (f"{c[0]:.3f} ({c[1]:.0%})" if unit == "ms" else f"{c[0]:,} ({c[1]:.0%})")
+        fns = fns_of.get(layer, [])
+        measured = [cost[f] for f in fns if f in cost]
+        value, share = sum(c[0] for c in measured), sum(c[1] for c in measured)
+        c_text = "" if not measured else (f"{value:.3f} ({share:.0%})" if unit == "ms" else f"{value:,} ({share:.0%})")
         rows.append((layer, op["kind"], "×".join(map(str, op["shape"])), chans[0] if chans else "",
                      chans[1] if chans else "", ", ".join(bits), str(outl) if outl else "", "; ".join(notes),
-                     fn, c_text))
+                     " + ".join(fns), c_text))
     doc.table(rows)
-    others = {f: v for f, v in cost.items() if f not in set(fn_of.values())}
+    others = {f: v for f, v in cost.items() if not any(f in fns for fns in fns_of.values())}
     if others:
         doc.p("Compiled functions without a layer (layout changes, pooling, elementwise): " + ", ".join(
             f"{f} {v[0]:.3f} ms" if unit == "ms" else f"{f} {v[0]:,}" for f, v in others.items()) + ".")

@@ -166,7 +166,8 @@ def primfunc_ops(mod, constants: dict[int, int] | None = None) -> dict[str, list
                 out.setdefault(call.op.name_hint, set()).update(ops)
             elif getattr(call.op, "name", "") == "relax.call_tir":
                 i = op_index(b.var.name)
-                out.setdefault(call.args[0].name_hint, set()).update({i} if i is not None else set())
+                ops = {i} if i is not None else {constants[h] for h in _constant_args(call) if h in (constants or {})}
+                out.setdefault(call.args[0].name_hint, set()).update(ops)
     return {k: sorted(v) for k, v in out.items()}
 
 

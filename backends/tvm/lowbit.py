@@ -51,7 +51,7 @@ ROW_ALIGN = {"aarch64": 16, "x86_64": 32}
 #: ``python -m sliver.tools.bench_lowbit``: on aarch64 bit-serial (NEON cnt) executes
 #: 2.45-3.5x fewer instructions than fp32 on ResNet-18 3x3 convs; on x86-64 (AVX2
 #: nibble-table popcount, no vector popcount instruction) bit-serial beat the int path
-#: on every measured layer (1.3-3.9x) and end to end (1.16x) (README, "Low-bit kernels").
+#: on every measured layer (1.5-3.8x) and end to end (1.05x) (README, "Low-bit kernels").
 POLICY = {"aarch64": "bitserial", "x86_64": "bitserial"}
 
 _OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("sliver_lowbit_kernel", default=None)
@@ -71,7 +71,9 @@ def kernel_override(kernel: str | None):
 
 def code_bits(dtype: str) -> tuple[int, bool]:
     """(bits, signed) of a code type ``uB`` / ``iB``."""
-    if dtype[0] not in "ui" or not dtype[1:].isdigit() or not 1 <= int(dtype[1:]) <= 8:
+    from sliver.ir.types import is_lowbit
+
+    if not is_lowbit(dtype):
         raise SliverError(f"expected a 1- to 8-bit integer code type (u1..u8, i1..i8), got {dtype!r}")
     return int(dtype[1:]), dtype[0] == "i"
 
@@ -85,7 +87,7 @@ def _choose(op) -> str:
     abits, _ = code_bits(op.operands[0].type.dtype)
     wbits, _ = code_bits(op.operands[1].type.dtype)
     if max(abits, wbits) >= 8:
-        return "generic"  # int8: the int32 conv/matmul (exact, scheduled)
+        return "generic"  # 8 bits: the int path (exact, scheduled)
     forced = _OVERRIDE.get()
     if forced:
         return forced
@@ -108,11 +110,12 @@ def _record(op, kernel: str) -> None:
             ctx.sources.add(str(KERNEL_SOURCE))
 
 
-def _weights(w_expr) -> np.ndarray:
+def _weights(op, w_expr) -> np.ndarray:
     from tvm.ir.expr import Constant
 
     if not isinstance(w_expr, Constant):
-        raise SliverError("qconv2d/qdense: the weight must be a param (a compile-time constant)")
+        raise SliverError(f"{op.kind} %{op.result.name}: the weight must be a param (a compile-time constant), "
+                          f"not the computed value %{op.operands[1].name}")
     return w_expr.value.numpy()
 
 
@@ -122,9 +125,10 @@ def _weights(w_expr) -> np.ndarray:
 def quantize_expr(bb, y, scale: float, zero_point: int, dtype: str):
     """f32 ``y`` → codes: clamp(round(y · (1/scale)) + zp, qmin, qmax), the reciprocal taken
     in float32 like torch's fake-quant kernel, round half to even (LLVM nearbyint)."""
+    from sliver.ir.types import int_range
+
     R = _R()
-    bits, signed = code_bits(dtype)
-    qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    qmin, qmax = int_range(dtype)
     inv = float(np.float32(1.0) / np.float32(scale))
     q = bb.emit(R.round(R.multiply(y, _scalar(inv, y))))
     if zero_point:
@@ -236,7 +240,7 @@ def _bitserial(bb, op, x, w_codes: np.ndarray, *, xshape, stride, padding, dilat
 def _qconv2d(bb, op, x, w, scale, bias=None):
     R = _R()
     a = op.attrs
-    codes = _weights(w)
+    codes = _weights(op, w)
     kernel = _choose(op)
     _record(op, kernel)
     if kernel == "bitserial":
@@ -255,7 +259,7 @@ def _qconv2d(bb, op, x, w, scale, bias=None):
 def _qdense(bb, op, x, w, scale, bias=None):
     R = _R()
     a = op.attrs
-    codes = _weights(w)
+    codes = _weights(op, w)
     kernel = _choose(op)
     _record(op, kernel)
     xshape = op.operands[0].type.shape

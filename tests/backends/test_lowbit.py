@@ -163,3 +163,22 @@ def test_arm64_artifact_matches_interpreter_on_emulated_pi(cases, tmp_path):
     proc = emulate.run_module(["run", str(path), "--verify"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "verify: passed" in proc.stdout
+
+
+def test_computed_weight_is_refused_with_the_layer_named():
+    """The kernels pack weights at compile time: a weight computed at run time is a
+    clear error naming the layer, not a TVM traceback."""
+    pytest.importorskip("tvm")
+    from sliver.backends.tvm.lower import to_relax
+    from sliver.errors import SliverError
+
+    m = Module("computed_weight")
+    x = m.add_input(TensorType((1, 4, 5, 5), "f32"), "x")
+    wf = m.add_input(TensorType((3, 4, 3, 3), "f32"), "wf")
+    q = m.add_op("quantize", [x], {"scale": 0.5, "dtype": "u2"}).result
+    w = m.add_op("quantize", [wf], {"scale": 0.5, "dtype": "i2"}).result
+    s = m.add_param("s", np.ones(3, np.float32))
+    y = m.add_op("qconv2d", [q, w, s], {}, names=["layer3"]).result
+    m.set_outputs([y])
+    with pytest.raises(SliverError, match=r"qconv2d %layer3: the weight must be a param"):
+        to_relax(m)
