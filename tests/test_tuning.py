@@ -27,6 +27,9 @@ from helpers import assert_close, numpy_inputs, torch_outputs
 from sliver.backends.tvm import tuning
 from sliver.backends.tvm.tuning import RECORDS, Budget, TuningDatabase, TuningError
 
+# a small evolutionary search: these tests check plumbing, not the quality of schedules
+os.environ.setdefault("SLIVER_TUNE_POPULATION", "32")
+
 REPO = Path(__file__).resolve().parent.parent
 MODELS = Path(tuning_models.__file__)
 TRIALS = 6  # first: 3 tasks with FLOPs -> 5 trials for the 3x3 conv (batches 2+2+1), 1 for the 1x1 conv

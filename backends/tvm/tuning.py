@@ -970,6 +970,12 @@ def _cost_model(progress: Progress):
     return ms.cost_model.XGBModel(num_warmup_samples=16, verbose_eval=0)
 
 
+def _population() -> int:
+    """Candidates per generation of the evolutionary search (TVM's default 512 costs
+    minutes per round on 2 cores; ``SLIVER_TUNE_POPULATION`` changes it, tests use less)."""
+    return max(8, int(os.environ.get("SLIVER_TUNE_POPULATION", "128")))
+
+
 def _search(task: Task, trials: int, target_obj, builder, runner, db: TuningDatabase, cost_model, seed,
             report: TuneReport, deadline, aborted: list, after_batch):
     """``trials`` MetaSchedule trials of one task; each measured batch goes to the
@@ -993,7 +999,7 @@ def _search(task: Task, trials: int, target_obj, builder, runner, db: TuningData
 
     ctx = ms.TuneContext(
         mod=task.mod, target=target_obj, space_generator="post-order-apply",
-        search_strategy=ms.search_strategy.EvolutionarySearch(population_size=128, init_min_unmeasured=16,
+        search_strategy=ms.search_strategy.EvolutionarySearch(population_size=_population(), init_min_unmeasured=16,
                                                               genetic_num_iters=2),
         task_name=task.name, num_threads=max(1, (os.cpu_count() or 1)), rand_state=seed if seed is not None else -1,
     ).clone()
