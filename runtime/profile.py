@@ -43,18 +43,6 @@ def stats_ms(times_s) -> dict:
     return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms)}
 
 
-def time_runs(model, inputs, *, repeat: int, warmup: int = 1) -> list[float]:
-    """Wall time in seconds of ``repeat`` runs after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        model.run(*inputs)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        model.run(*inputs)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def describe(manifest: dict, function: str) -> tuple[list, list]:
     """(sliver ops, their distinct layers) that compiled ``function`` computes."""
     ops = list(manifest.get("primfuncs", {}).get(function, []))

@@ -730,12 +730,12 @@ def bench_artifact(args) -> dict:
     set_tvm_threads(args.threads)
     model = art.load()
     inputs = model.golden_inputs()
-    times = profile.time_runs(model, inputs, repeat=repeat, warmup=args.warmup)
-    s = profile.stats_ms(times)
+    _, times, _ = time_runs(lambda: model.run(*inputs), args.warmup, repeat, float("inf"))
+    s = stats(times)
     print(f"{head}, {tvm_threads() or args.threads} thread(s)")
     print(f"  latency over {repeat} runs: median {s['median_ms']:.3f} ms, min {s['min_ms']:.3f} ms, "
           f"max {s['max_ms']:.3f} ms")
-    report.update(runs=repeat, threads=args.threads, **s, times_ms=[t * 1e3 for t in times])
+    report.update(runs=repeat, threads=args.threads, **s, times_ms=times)
     if args.per_layer:
         rows = [dict(_asdict(r), label=profile.label(r.ops, r.layers))
                 for r in profile.layer_times(model, inputs, repeat=repeat, warmup=0)]

@@ -21,23 +21,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 MODES = {"naive": dict(reorder=False), "reordered": dict(reorder=True), "constrained": dict(constrained=True)}
-
-
-def interleaved_times(fns: dict, repeat: int, warmup: int = 3) -> dict:
-    """name -> list of seconds: each callable timed ``repeat`` times, round-robin."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return times
 
 
 def _compiled(module, inputs):
@@ -53,6 +38,7 @@ def main(argv=None) -> int:
     import sliver
     from sliver.passes.manager import PassManager, make_pass
     from sliver.passes.prune import count_params_and_macs
+    from sliver.tools.bench import time_interleaved
     from sliver.tools import zoo
 
     p = argparse.ArgumentParser(prog="python -m sliver.tools.bench_prune", description=__doc__.split("\n\n")[0])
@@ -87,11 +73,12 @@ def main(argv=None) -> int:
         rows = {"unpruned": f"{name:<14}{'unpruned':<13}{'':>8}{'':>10}{'':>14}{count_params_and_macs(base)[0]:>12,}",
                 **rows}
         if args.latency:
-            times = interleaved_times({k: _compiled(m, inputs) for k, m in modules.items()}, args.repeat)
+            fns = {k: _compiled(m, inputs) for k, m in modules.items()}
+            times = {k: ms for k, (_, ms, _) in time_interleaved(fns, 3, args.repeat, float("inf")).items()}
             med0, min0 = statistics.median(times["unpruned"]), min(times["unpruned"])
             for k, ts in times.items():
                 med, mn = statistics.median(ts), min(ts)
-                rows[k] += f"{med * 1e3:>11.3f}{mn * 1e3:>9.3f}{med / med0:>8.2f}x{mn / min0:>7.2f}x"
+                rows[k] += f"{med:>11.3f}{mn:>9.3f}{med / med0:>8.2f}x{mn / min0:>7.2f}x"
         for line in rows.values():
             print(line, flush=True)
     return 0
