@@ -181,8 +181,10 @@ def front_passes(*, layout: bool = True) -> list:
     from tvm import relax
 
     from sliver.backends.tvm.schedules import layout as layout_passes
+    from sliver.backends.tvm.schedules.channel_select import FuseChannelSelect
 
     front = [layout_passes.ClipToMinMax(), layout_passes.channels_last()] if layout else []
+    front.append(FuseChannelSelect())
     return front + [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
