@@ -683,13 +683,12 @@ def format_report(report: PruneReport) -> str:
 
 def format_reorder(r: dict) -> str:
     """One line on how the channel order was found."""
-    text = f"reorder: {r['groups']} channel groups, {r['exact']} ordered exactly (consecutive-ones)"
+    text = f"reorder: {r['groups']} channel group(s) read in part, {r['exact']} ordered exactly (consecutive-ones)"
     if r["heuristic"]:
-        text += f", {r['heuristic']} by the greedy heuristic ({r['heuristic_bytes']:,} bytes left to copy"
+        text += f", {r['heuristic']} greedily: {r['heuristic_bytes']:,} bytes still copied"
         if r["searched"]:
-            text += (f"; on the {r['searched']} small enough to search: {r['searched_bytes']:,} vs an optimum of "
-                     f"{r['optimum_bytes']:,}")
-        text += ")"
+            text += (f" ({r['searched_bytes']:,} in the {r['searched']} small enough to search, "
+                     f"whose optimum is {r['optimum_bytes']:,})")
     if r["unavoidable_bytes"]:
         text += f"; {r['unavoidable_bytes']:,} bytes no order avoids (an inner concat block read in part)"
     return text
