@@ -32,7 +32,7 @@ from sliver.passes.channels import ChannelAnalysis, channel_axis, constant_chann
 from sliver.passes.manager import Pass, register
 from sliver.text import table_lines
 
-METHODS = ("l1", "l2", "fpgm")
+METHODS = ("l1", "l2", "fpgm", "act")
 
 
 def layer_name(op) -> str:
@@ -50,8 +50,20 @@ def _columns(module, op, axis: int = 1) -> np.ndarray:
     return np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
 
 
-def column_scores(module, op, method: str, axis: int = 1) -> np.ndarray:
-    """Importance of each input (``axis=1``) or output (``axis=0``) channel of a layer (higher = keep)."""
+def column_scores(module, op, method: str, axis: int = 1, activations: dict | None = None) -> np.ndarray:
+    """Importance of each input (``axis=1``) or output (``axis=0``) channel of a layer (higher = keep).
+
+    ``act`` is activation-aware (as Wanda, Sun et al. 2023, per channel): the L2
+    norm of an input column times the RMS of that input channel on calibration
+    inputs (``activations``: value name -> per-channel RMS, :func:`input_rms`), so
+    a large column that reads a near-silent channel ranks low."""
+    if method == "act":
+        if axis != 1:
+            raise SliverError("method act scores input channels (weight column x input RMS): use side=input")
+        if activations is None:
+            raise SliverError("method act needs calibration inputs: prune(method='act', calibration=[x, ...]) "
+                              "(or activations=input_rms(module, [x, ...]))")
+        return column_scores(module, op, "l2", axis) * activations[op.operands[0].name]
     cols = _columns(module, op, axis)
     if method == "l1":
         return np.abs(cols).sum(1)
@@ -63,6 +75,30 @@ def column_scores(module, op, method: str, axis: int = 1) -> np.ndarray:
         d = np.sqrt(((cols[:, None, :] - cols[None, :, :]) ** 2).sum(-1))
         return d.sum(1)
     raise SliverError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def input_rms(module, calibration) -> dict:
+    """Per-channel RMS of every conv/linear input over the calibration inputs (one
+    reference-interpreter run): value name -> vector over its channels.  Hand it to
+    ``prune(method="act", activations=...)`` to prune several copies of ``module``
+    without measuring again."""
+    import torch
+
+    from sliver.ir.interp import run
+
+    wanted = {op.operands[0].name for op in ChannelAnalysis.run(module).consumers()}
+    rms: dict = {}
+
+    def record(value, t) -> None:
+        if value.name in wanted:
+            x = torch.as_tensor(t).double().movedim(channel_axis(value.type.rank), 0)
+            rms[value.name] = x.reshape(x.shape[0], -1).pow(2).mean(1).sqrt().numpy()
+
+    inputs = [np.ascontiguousarray(x) for x in calibration]
+    for v, x in zip(module.inputs, inputs):
+        record(v, torch.from_numpy(x))
+    run(module, inputs, observe=lambda op, out: [record(r, t) for r, t in zip(op.results, out)])
+    return rms
 
 
 def _keep_top(scores: np.ndarray, n_drop: int) -> list[int]:
@@ -130,7 +166,7 @@ def _select(scores: dict, amount: float, scope: str) -> dict:
     return out
 
 
-def consumer_masks(module, analysis, *, method, amount, scope, masks=None) -> dict:
+def consumer_masks(module, analysis, *, method, amount, scope, masks=None, activations=None) -> dict:
     """Per-consumer kept input positions."""
     consumers = analysis.consumers()
     if masks:
@@ -138,7 +174,8 @@ def consumer_masks(module, analysis, *, method, amount, scope, masks=None) -> di
     _check_amount(amount)
     # the first layers read the model's inputs (image channels): leave them whole
     eligible = [op for op in consumers if op.operands[0] not in module.inputs]
-    return _select({id(op): column_scores(module, op, method) for op in eligible}, amount, scope)
+    return _select({id(op): column_scores(module, op, method, activations=activations) for op in eligible},
+                   amount, scope)
 
 
 def producers(module, analysis) -> list:
@@ -199,7 +236,7 @@ def drop_zero_inputs(module, analysis) -> dict:
     return masks
 
 
-def constrain(module, analysis, *, method, amount) -> dict:
+def constrain(module, analysis, *, method, amount, activations=None) -> dict:
     """DepGraph-style masks: drop whole channel classes within each coupled group, so
     every consumer of a class drops it together (no gathers)."""
     import networkx as nx
@@ -212,7 +249,7 @@ def constrain(module, analysis, *, method, amount) -> dict:
         if op.operands[0] in module.inputs:
             continue
         classes = analysis.classes(op.operands[0])
-        s = column_scores(module, op, method)
+        s = column_scores(module, op, method, activations=activations)
         s = s / (s.mean() or 1.0)
         for c, v in zip(classes, s):
             score[c] = score.get(c, 0.0) + float(v)
@@ -671,6 +708,9 @@ class Prune(Pass):
     constrained: bool = False
     reorder: bool = True
     masks: dict | None = field(default=None, compare=False, hash=False)
+    # method=act: inputs to measure each layer input's channel RMS on, or the measured RMS (input_rms)
+    calibration: tuple | None = field(default=None, compare=False, hash=False, repr=False)
+    activations: dict | None = field(default=None, compare=False, hash=False, repr=False)
 
     def plan(self, module) -> PrunePlan:
         """Choose masks and the export layout.  With ``side="output"`` the dropped
@@ -681,11 +721,14 @@ class Prune(Pass):
         analysis = ChannelAnalysis.run(module)
         if not analysis.consumers():
             raise SliverError(f"@{module.name} has no conv2d/linear layer whose input channels can be pruned")
+        act = self.activations
+        if self.method == "act" and act is None and self.calibration is not None and not self.masks:
+            act = input_rms(module, self.calibration)
         if self.constrained:
             if self.side == "output" or self.masks:
                 raise SliverError("constrained pruning chooses whole coupled channel groups itself: "
                                   "drop side=output / masks, or drop constrained")
-            masks = constrain(module, analysis, method=self.method, amount=self.amount)
+            masks = constrain(module, analysis, method=self.method, amount=self.amount, activations=act)
         elif self.side == "output":
             chosen = output_masks(module, analysis, method=self.method, amount=self.amount, scope=self.scope,
                                   masks=self.masks)
@@ -699,7 +742,7 @@ class Prune(Pass):
             return plan
         else:
             masks = consumer_masks(module, analysis, method=self.method, amount=self.amount, scope=self.scope,
-                                   masks=self.masks)
+                                   masks=self.masks, activations=act)
         plan = resolve(module, analysis, masks)
         if self.reorder and not self.constrained:
             plan.rank, plan.reorder = choose_order(module, plan)

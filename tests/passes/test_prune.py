@@ -323,3 +323,41 @@ def test_compiled_x86_equals_masked_model(name, side):
     got = sliver.lower(module, inputs, target="x86_64", passes="").load().run(*numpy_inputs(inputs))
     for g, w in zip(got, want):
         assert np.abs(g - w).max() <= 1e-5 * max(1.0, np.abs(w).max())
+
+
+# -- activation-aware scores ---------------------------------------------------------------
+
+
+def test_activation_aware_scores_drop_the_channel_that_is_silent():
+    # b's column 0 is its largest, but a's channel 0 is always 0 after the relu (bias -100):
+    # l2 drops b's smallest column (5), act (column norm x input RMS) drops column 0
+    params = _random_params(BEFORE)
+    params["a.bias"][0] = -100.0
+    params["a.weight"][0] = 0.01
+    params["b.weight"][:, 0] *= 50
+    params["b.weight"][:, 5] *= 0.01
+    params["c.weight"][:] = 1.0
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32)
+    kept = {}
+    for method, extra in [("l2", {}), ("act", {"calibration": (x,)})]:
+        m = parse_module(BEFORE, {k: v.copy() for k, v in params.items()})
+        (record,) = PassManager([make_pass("prune", method=method, amount=0.2, **extra)]).run(m)
+        kept[method] = record.notes["masks"]["b"]
+    assert kept == {"l2": [0, 1, 2, 3, 4], "act": [1, 2, 3, 4, 5]}
+    # measured once, reused: the same masks from input_rms's result
+    from sliver.passes.prune import input_rms
+
+    m = parse_module(BEFORE, {k: v.copy() for k, v in params.items()})
+    rms = input_rms(m, (x,))
+    assert rms["r"][0] == 0.0 and (rms["r"][1:] > 0).all() and set(rms) == {"x", "r"}  # every layer input
+    (record,) = PassManager([make_pass("prune", method="act", amount=0.2, activations=rms)]).run(m)
+    assert record.notes["masks"]["b"] == kept["act"]
+
+
+def test_activation_aware_scores_need_calibration_inputs():
+    with pytest.raises(SliverError, match="method act needs calibration inputs"):
+        PassManager("prune{method=act}").run(parse_module(BEFORE, _random_params(BEFORE)))
+    with pytest.raises(SliverError, match="method act scores input channels"):
+        PassManager([make_pass("prune", method="act", side="output",
+                               calibration=(np.zeros((1, 3, 8, 8), np.float32),))]).run(
+            parse_module(BEFORE, _random_params(BEFORE)))
