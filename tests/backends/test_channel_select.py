@@ -119,3 +119,42 @@ def test_compiled_selections_match_the_interpreter():
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     assert not [n for n in report if "strided_slice" in n or "take" in n], report
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+# a pruned depthwise conv with 42 channels (no factor of 4: scalar loops) is computed on 48,
+# its input zero-padded by a channel pad that must join the conv's own spatial padding
+DEPTHWISE = dedent("""
+    func @m(%x: f32[1,16,8,8]) {
+      %w0 = param : f32[42,16,1,1]
+      %b0 = param : f32[42]
+      %w1 = param : f32[42,1,3,3]
+      %b1 = param : f32[42]
+      %y = conv2d(%x, %w0, %b0) : f32[1,42,8,8]
+      %r = silu(%y) : f32[1,42,8,8]
+      %z = conv2d(%r, %w1, %b1) {stride=[2, 2], padding=[1, 1, 1, 1], groups=42} : f32[1,42,4,4]
+      %o = silu(%z) : f32[1,42,4,4]
+      return %o
+    }
+""")
+
+
+def test_odd_depthwise_conv_is_padded_to_vector_width_inside_its_own_padding():
+    module = _module(DEPTHWISE)
+    funcs = _primfuncs(_front(module))
+    names = sorted(funcs)
+    assert not [n for n in names if "pad" in n] and len([n for n in names if "transpose" in n]) == 2, names
+    (dw,) = [f for f in funcs.values() if "group_conv2d_nhwc" in f.script()]
+    assert int(dw.params[0].ty.shape[3]) == 42  # reads the 42-channel tensor, writes 42 channels
+    assert int(dw.params[-1].ty.shape[3]) == 42
+    sched, rule = S.schedule_primfunc(dw, X86, name="dw")
+    assert rule == "conv2d"
+    text = sched.script()
+    assert text.count('T.sblock("pad_temp")') == 1  # one padded copy: spatial and channel padding
+    lines = text.splitlines()
+    update = next(i for i, line in enumerate(lines) if 'T.sblock("group_conv2d_nhwc_update")' in line)
+    assert "T.vectorized" in lines[update - 1]  # the micro-kernel runs on vectors of channels
+    x = np.random.default_rng(1).standard_normal((1, 16, 8, 8)).astype(np.float32)
+    want = run(module, [x])[0]
+    ex = build_relax(to_relax(module), X86)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
