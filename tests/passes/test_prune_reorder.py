@@ -255,6 +255,17 @@ def test_joins_and_slices_stay_exact(seed):
             assert r["reorder"]["heuristic_bytes"] + r["reorder"]["unavoidable_bytes"] <= r["bytes_copied"]
 
 
+def test_flattened_channels_read_in_part_are_counted_unavoidable():
+    from test_prune import _topologies
+
+    model, inputs = _topologies()
+    module = sliver.trace(model, inputs)
+    masks = {"fc": list(range(0, 176, 3))}  # every third feature: part of every flattened channel
+    (record,) = PassManager([make_pass("prune", masks=masks)]).run(module)
+    r = record.notes["report"]
+    assert r["gathers"] == 1 and r["reorder"]["unavoidable_bytes"] == r["bytes_copied"] == 59 * 4
+
+
 def test_branch_and_bound_gives_up_past_its_budget():
     from sliver.passes.consecutive import _best_weight
 
