@@ -253,3 +253,25 @@ def test_joins_and_slices_stay_exact(seed):
         if reorder:
             r = record.notes["report"]
             assert r["reorder"]["heuristic_bytes"] + r["reorder"]["unavoidable_bytes"] <= r["bytes_copied"]
+
+
+def test_flattened_channels_read_in_part_are_counted_unavoidable():
+    from test_prune import _topologies
+
+    model, inputs = _topologies()
+    module = sliver.trace(model, inputs)
+    masks = {"fc": list(range(0, 176, 3))}  # every third feature: part of every flattened channel
+    (record,) = PassManager([make_pass("prune", masks=masks)]).run(module)
+    r = record.notes["report"]
+    assert r["gathers"] == 1 and r["reorder"]["unavoidable_bytes"] == r["bytes_copied"] == 59 * 4
+
+
+def test_branch_and_bound_gives_up_past_its_budget():
+    from sliver.passes.consecutive import _best_weight
+
+    rng = random.Random(5)
+    blocks = {"b": list(range(8))}
+    reads = [Read(1, [("b", "run", set(rng.sample(range(8), 4)))]) for _ in range(12)]
+    order = list(range(12))
+    assert _best_weight(blocks, reads, order, 0, budget=5) is None
+    assert _best_weight(blocks, reads, order, 0) is not None
