@@ -32,7 +32,7 @@ from sliver.passes.channels import ChannelAnalysis, channel_axis, constant_chann
 from sliver.passes.manager import Pass, register
 from sliver.text import table_lines
 
-METHODS = ("l1", "l2", "fpgm")
+METHODS = ("l1", "l2", "fpgm", "act")
 
 
 def layer_name(op) -> str:
@@ -50,8 +50,20 @@ def _columns(module, op, axis: int = 1) -> np.ndarray:
     return np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
 
 
-def column_scores(module, op, method: str, axis: int = 1) -> np.ndarray:
-    """Importance of each input (``axis=1``) or output (``axis=0``) channel of a layer (higher = keep)."""
+def column_scores(module, op, method: str, axis: int = 1, activations: dict | None = None) -> np.ndarray:
+    """Importance of each input (``axis=1``) or output (``axis=0``) channel of a layer (higher = keep).
+
+    ``act`` is activation-aware (as Wanda, Sun et al. 2023, per channel): the L2
+    norm of an input column times the RMS of that input channel on calibration
+    inputs (``activations``: value name -> per-channel RMS, :func:`input_rms`), so
+    a large column that reads a near-silent channel ranks low."""
+    if method == "act":
+        if axis != 1:
+            raise SliverError("method act scores input channels (weight column x input RMS): use side=input")
+        if activations is None:
+            raise SliverError("method act needs calibration inputs: prune(method='act', calibration=[x, ...]) "
+                              "(or activations=input_rms(module, [x, ...]))")
+        return column_scores(module, op, "l2", axis) * activations[op.operands[0].name]
     cols = _columns(module, op, axis)
     if method == "l1":
         return np.abs(cols).sum(1)
@@ -63,6 +75,30 @@ def column_scores(module, op, method: str, axis: int = 1) -> np.ndarray:
         d = np.sqrt(((cols[:, None, :] - cols[None, :, :]) ** 2).sum(-1))
         return d.sum(1)
     raise SliverError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def input_rms(module, calibration) -> dict:
+    """Per-channel RMS of every conv/linear input over the calibration inputs (one
+    reference-interpreter run): value name -> vector over its channels.  Hand it to
+    ``prune(method="act", activations=...)`` to prune several copies of ``module``
+    without measuring again."""
+    import torch
+
+    from sliver.ir.interp import run
+
+    wanted = {op.operands[0].name for op in ChannelAnalysis.run(module).consumers()}
+    rms: dict = {}
+
+    def record(value, t) -> None:
+        if value.name in wanted:
+            x = torch.as_tensor(t).double().movedim(channel_axis(value.type.rank), 0)
+            rms[value.name] = x.reshape(x.shape[0], -1).pow(2).mean(1).sqrt().numpy()
+
+    inputs = [np.ascontiguousarray(x) for x in calibration]
+    for v, x in zip(module.inputs, inputs):
+        record(v, torch.from_numpy(x))
+    run(module, inputs, observe=lambda op, out: [record(r, t) for r, t in zip(op.results, out)])
+    return rms
 
 
 def _keep_top(scores: np.ndarray, n_drop: int) -> list[int]:
@@ -77,6 +113,7 @@ class PrunePlan:
     live: set  # live channel classes
     rank: dict = field(default_factory=dict)  # class -> position in the exported order (reorder)
     output_masks: dict | None = None  # layer name -> kept output channels (side="output")
+    reorder: dict | None = None  # choose_order's summary
 
     def kept(self, value) -> list[int] | None:
         """Positions of ``value``'s channels that survive (None: no channel axis)."""
@@ -129,7 +166,7 @@ def _select(scores: dict, amount: float, scope: str) -> dict:
     return out
 
 
-def consumer_masks(module, analysis, *, method, amount, scope, masks=None) -> dict:
+def consumer_masks(module, analysis, *, method, amount, scope, masks=None, activations=None) -> dict:
     """Per-consumer kept input positions."""
     consumers = analysis.consumers()
     if masks:
@@ -137,7 +174,8 @@ def consumer_masks(module, analysis, *, method, amount, scope, masks=None) -> di
     _check_amount(amount)
     # the first layers read the model's inputs (image channels): leave them whole
     eligible = [op for op in consumers if op.operands[0] not in module.inputs]
-    return _select({id(op): column_scores(module, op, method) for op in eligible}, amount, scope)
+    return _select({id(op): column_scores(module, op, method, activations=activations) for op in eligible},
+                   amount, scope)
 
 
 def producers(module, analysis) -> list:
@@ -198,7 +236,7 @@ def drop_zero_inputs(module, analysis) -> dict:
     return masks
 
 
-def constrain(module, analysis, *, method, amount) -> dict:
+def constrain(module, analysis, *, method, amount, activations=None) -> dict:
     """DepGraph-style masks: drop whole channel classes within each coupled group, so
     every consumer of a class drops it together (no gathers)."""
     import networkx as nx
@@ -211,7 +249,7 @@ def constrain(module, analysis, *, method, amount) -> dict:
         if op.operands[0] in module.inputs:
             continue
         classes = analysis.classes(op.operands[0])
-        s = column_scores(module, op, method)
+        s = column_scores(module, op, method, activations=activations)
         s = s / (s.mean() or 1.0)
         for c, v in zip(classes, s):
             score[c] = score.get(c, 0.0) + float(v)
@@ -256,54 +294,155 @@ def resolve(module, analysis, masks: dict) -> PrunePlan:
     return PrunePlan(analysis, masks, live)
 
 
-def choose_order(module, plan) -> dict:
+def _segments(module, a) -> tuple[dict, set]:
+    """Per value with channels, its layout as segments: one class list per producer
+    block (a concat joins its operands' segments; a block can only be permuted
+    within itself).  Also the classes whose natural order must stay: read or made
+    by barriers, the module's inputs and outputs, channel slices, and values where
+    an elementwise op joins operands of different block structure."""
+    barriers = {id(op) for op, _ in a.barriers}
+    frozen: set = set()
+    segs: dict = {}
+
+    def freeze(v):
+        frozen.update(a.classes(v) or ())
+
+    for v in [*module.inputs, *module.outputs]:
+        freeze(v)
+    for v in module.inputs:
+        if a.nodes(v) is not None:
+            segs[id(v)] = [a.classes(v)]
+    for op in module.ops:
+        if op.kind in ("param", "constant") or not op.results or a.nodes(op.results[0]) is None:
+            if id(op) in barriers:
+                for v in op.operands:
+                    freeze(v)
+            continue
+        out = op.results[0]
+        classes = a.classes(out)
+        ax = channel_axis(out.type.rank)
+        channel_ins = [v for v in op.operands if id(v) in segs]
+        seg = None
+        if id(op) in barriers or id(op) in a.producer_nodes:
+            if id(op) in barriers:
+                for v in [*op.operands, out]:
+                    freeze(v)
+        elif op.kind == "concat" and op.attrs["axis"] == ax:
+            seg = [s for v in op.operands for s in segs[id(v)]]
+        elif op.kind == "slice" and op.attrs["axis"] == ax:
+            for v in [*op.operands, out]:
+                freeze(v)
+        elif op.kind in ("add", "sub", "mul", "div", "pow", "maximum", "minimum"):
+            joined = [v for v in channel_ins if v.type.shape[channel_axis(v.type.rank)] > 1]
+            shapes = {tuple(frozenset(s) for s in segs[id(v)]) for v in joined}
+            if len(shapes) == 1:
+                seg = segs[id(joined[0])]
+            else:
+                for v in [*joined, out]:
+                    freeze(v)
+        elif channel_ins:
+            src = segs[id(channel_ins[0])]
+            inner = len(classes) // max(1, len(a.classes(channel_ins[0])))
+            seg = [[c for c in s for _ in range(inner)] for s in src]  # flatten repeats each channel
+        if seg is not None and [c for s in seg for c in s] != classes:
+            for v in [*channel_ins, out]:  # a layout this analysis does not follow: keep it natural
+                freeze(v)
+            seg = None
+        segs[id(out)] = seg or [classes]
+    return segs, frozen
+
+
+def choose_order(module, plan) -> tuple[dict, dict]:
     """Export-time channel reordering: a rank per channel class such that the
     channel sets consumers read become contiguous runs (views, not gathers).
 
-    Classes are grouped by the values consumers read (networkx components).  In
-    each group the two sets that would copy the most bytes are made contiguous
-    together — [A only | A and B | B only | the rest], always possible for two
-    sets — and the remaining sets are kept together as far as a lexicographic
-    order of membership allows.  Channels that pass through a channel concat or
-    slice keep their natural order: a concat can only permute within each
-    operand's block, and that is left for later.
+    A consumer reads a value laid out as blocks (one per concatenated producer;
+    a plain producer output is one block), each block's order is free.  It is a
+    view when the blocks it touches are consecutive, the inner ones read whole,
+    and what it reads of the first (last) is a suffix (prefix) of that block — or
+    a run, when it touches one block.  :func:`sliver.passes.consecutive.arrange`
+    finds block orders satisfying every reader exactly when the consecutive-ones
+    property allows; otherwise it keeps the heaviest readers it can (greedy, bytes
+    copied as weights) and, on small groups, computes the optimum to compare.
+
+    Returns (rank, summary): the summary counts groups, exact and heuristic
+    answers, bytes the heuristic leaves copied vs the optimum, and bytes no order
+    can avoid (readers that skip part of an inner block).
     """
-    import networkx as nx
+    from sliver.passes.consecutive import Read, arrange
 
     a = plan.analysis
-    frozen = set()
-    for op in module.ops:
-        if op.kind in ("concat", "slice") and a.nodes(op.results[0]) is not None \
-                and op.attrs["axis"] == channel_axis(op.results[0].type.rank):
-            for v in [*op.operands, op.results[0]]:
-                frozen.update(a.classes(v) or ())
-    graph = nx.Graph()
-    reads = []  # (set of classes read, bytes per channel)
+    segs, frozen = _segments(module, a)
+    # a block is frozen whole; blocks must not share classes (one rank per class)
+    changed = True
+    while changed:
+        changed = False
+        owner: dict = {}
+        for seg_list in segs.values():
+            for s in seg_list:
+                key = frozenset(s)
+                if key & frozen and not key <= frozen:
+                    frozen |= key
+                    changed = True
+                for c in key - frozen:
+                    if owner.setdefault(c, key) != key:
+                        frozen |= key | owner[c]
+                        changed = True
+    blocks: dict = {}
+    for seg_list in segs.values():
+        for s in seg_list:
+            key = frozenset(s)
+            if not key & frozen:
+                blocks.setdefault(key, list(dict.fromkeys(c for c in s if c in plan.live)))
+    reads, unavoidable = [], 0
     for op in a.consumers():
         x = op.operands[0]
         classes = a.classes(x)
-        live = [c for c in classes if c in plan.live and c not in frozen]
-        if not live:
+        mask = plan.masks.get(id(op), range(len(classes)))
+        live_positions = sum(1 for c in classes if c in plan.live)
+        if len(mask) == live_positions:
+            continue  # reads everything: free in any order
+        weight = len(mask) * (x.type.numel // len(classes)) * 4
+        parts, touched, offset = [], [], 0
+        picked, split = set(mask), False
+        for s in segs[id(x)]:
+            key = frozenset(s)
+            live = {c for c in s if c in plan.live}
+            read = {s[i] for i in range(len(s)) if offset + i in picked}
+            # a flattened channel is a run of features: reading some of them is a gather in any order
+            split |= any(s[i] in read and offset + i not in picked for i in range(len(s)))
+            offset += len(s)
+            touched.append((key, live, read))
+        hit = [i for i, (_, _, read) in enumerate(touched) if read]
+        lo, hi = hit[0], hit[-1]
+        if split or any(touched[i][2] != touched[i][1] for i in range(lo + 1, hi)):
+            unavoidable += weight  # an inner block (or flattened channel) is read in part: no order helps
             continue
-        graph.add_nodes_from(live)
-        nx.add_path(graph, live)
-        read = {classes[p] for p in plan.masks.get(id(op), range(len(classes)))} - frozen
-        if read != set(live):  # reading everything is free in any order
-            reads.append((read, x.type.numel // len(classes)))
-    rank = {}
-    for group in nx.connected_components(graph):
-        sets = sorted(((r & group, w * len(r & group)) for r, w in reads if r & group), key=lambda t: -t[1])
-        sets = [s for s, _ in sets]
-        first = sets[0] if sets else set()
-        second = sets[1] if len(sets) > 1 else set()
-
-        def key(c):
-            region = 0 if c in first and c not in second else 1 if c in first else 2 if c in second else 3
-            return (region, tuple(c not in s for s in sets[2:]), c)
-
-        for i, c in enumerate(sorted(group, key=key)):
-            rank[c] = i
-    return rank
+        for i, kind in ([(lo, "run")] if lo == hi else [(lo, "suffix"), (hi, "prefix")]):
+            key, live, read = touched[i]
+            if read != live:
+                if key not in blocks:
+                    parts = None  # part of a frozen block: its order is fixed
+                    break
+                parts.append((key, kind, read))
+        if parts:
+            reads.append(Read(weight, parts))
+    orders, groups = arrange(blocks, reads)
+    rank = {c: i for key, order in orders.items() for i, c in enumerate(order)}
+    for key, order in blocks.items():
+        if key not in orders:
+            rank.update((c, i) for i, c in enumerate(order))
+    groups = [g for g in groups if g.reads]  # blocks every reader takes whole are not counted
+    searched = [g for g in groups if not g.exact and g.optimum is not None]
+    summary = {
+        "groups": len(groups), "exact": sum(g.exact for g in groups),
+        "heuristic": sum(not g.exact for g in groups),
+        "heuristic_bytes": sum(g.cost for g in groups),
+        "searched": len(searched), "searched_bytes": sum(g.cost for g in searched),
+        "optimum_bytes": sum(g.optimum for g in searched),
+        "unavoidable_bytes": unavoidable,
+    }
+    return rank, summary
 
 
 # ----------------------------------------------------------------------------
@@ -338,6 +477,7 @@ class PruneReport:
     params_after: int = 0
     macs_before: int = 0
     macs_after: int = 0
+    reorder: dict | None = None  # choose_order's summary (None: natural order)
 
     @property
     def gathers(self) -> int:
@@ -356,7 +496,7 @@ class PruneReport:
             "params_before": self.params_before, "params_after": self.params_after,
             "macs_before": self.macs_before, "macs_after": self.macs_after,
             "gathers": self.gathers, "gathered_channels": self.gathered_channels,
-            "bytes_copied": self.bytes_copied, "layers": [vars(r) for r in self.layers],
+            "bytes_copied": self.bytes_copied, "reorder": self.reorder, "layers": [vars(r) for r in self.layers],
         }
 
 
@@ -456,6 +596,8 @@ def _order(op, plan, order_of) -> list[int]:
     a = plan.analysis
     out = op.results[0]
     kept = plan.kept(out)
+    if any(b is op for b, _ in a.barriers):
+        return kept  # barriers read and make channels in natural order (reorder freezes them)
     if id(op) in a.producer_nodes or not op.operands:
         classes = a.classes(out)
         return sorted(kept, key=lambda p: (plan.rank.get(classes[p], -1), p))
@@ -536,7 +678,22 @@ def format_report(report: PruneReport) -> str:
     lines.append(f"params {report.params_before:,} -> {report.params_after:,}   "
                  f"MACs {report.macs_before:,} -> {report.macs_after:,}   gathers {report.gathers}, "
                  f"{report.gathered_channels} channels, {report.bytes_copied:,} bytes copied per inference")
+    if report.reorder is not None:
+        lines.append(format_reorder(report.reorder))
     return "\n".join(lines) + "\n"
+
+
+def format_reorder(r: dict) -> str:
+    """One line on how the channel order was found."""
+    text = f"reorder: {r['groups']} channel group(s) read in part, {r['exact']} ordered exactly (consecutive-ones)"
+    if r["heuristic"]:
+        text += f", {r['heuristic']} greedily: {r['heuristic_bytes']:,} bytes still copied"
+        if r["searched"]:
+            text += (f" ({r['searched_bytes']:,} in the {r['searched']} small enough to search, "
+                     f"whose optimum is {r['optimum_bytes']:,})")
+    if r["unavoidable_bytes"]:
+        text += f"; {r['unavoidable_bytes']:,} bytes no order avoids (an inner concat block read in part)"
+    return text
 
 
 @register
@@ -552,6 +709,9 @@ class Prune(Pass):
     constrained: bool = False
     reorder: bool = True
     masks: dict | None = field(default=None, compare=False, hash=False)
+    # method=act: inputs to measure each layer input's channel RMS on, or the measured RMS (input_rms)
+    calibration: tuple | None = field(default=None, compare=False, hash=False, repr=False)
+    activations: dict | None = field(default=None, compare=False, hash=False, repr=False)
 
     def plan(self, module) -> PrunePlan:
         """Choose masks and the export layout.  With ``side="output"`` the dropped
@@ -562,11 +722,14 @@ class Prune(Pass):
         analysis = ChannelAnalysis.run(module)
         if not analysis.consumers():
             raise SliverError(f"@{module.name} has no conv2d/linear layer whose input channels can be pruned")
+        act = self.activations
+        if self.method == "act" and act is None and self.calibration is not None and not self.masks:
+            act = input_rms(module, self.calibration)
         if self.constrained:
             if self.side == "output" or self.masks:
                 raise SliverError("constrained pruning chooses whole coupled channel groups itself: "
                                   "drop side=output / masks, or drop constrained")
-            masks = constrain(module, analysis, method=self.method, amount=self.amount)
+            masks = constrain(module, analysis, method=self.method, amount=self.amount, activations=act)
         elif self.side == "output":
             chosen = output_masks(module, analysis, method=self.method, amount=self.amount, scope=self.scope,
                                   masks=self.masks)
@@ -576,14 +739,14 @@ class Prune(Pass):
             plan = resolve(module, analysis, drop_zero_inputs(module, analysis))
             plan.output_masks = by_name
             if self.reorder:
-                plan.rank = choose_order(module, plan)
+                plan.rank, plan.reorder = choose_order(module, plan)
             return plan
         else:
             masks = consumer_masks(module, analysis, method=self.method, amount=self.amount, scope=self.scope,
-                                   masks=self.masks)
+                                   masks=self.masks, activations=act)
         plan = resolve(module, analysis, masks)
         if self.reorder and not self.constrained:
-            plan.rank = choose_order(module, plan)
+            plan.rank, plan.reorder = choose_order(module, plan)
         return plan
 
     def run(self, module):
@@ -594,4 +757,5 @@ class Prune(Pass):
             # the oracle is masked_copy(original, masks, side="output"); input_masks are what it implies
             notes = {"side": "output", "masks": plan.output_masks, "input_masks": names}
         report = rewrite(module, plan)
+        report.reorder = plan.reorder
         return True, {**notes, "report": report.as_dict(), "text": format_report(report)}

@@ -163,8 +163,9 @@ def test_bench_prune_prints_copies_for_each_export(capsys):
     assert bench_prune.main(["--models", "densenet", "--resolution", "16", "--side", "output"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("output-side l2 masks, amount 0.3")
-    rows = {line.split()[1]: line.split()[2:] for line in lines[2:]}
+    rows = {line.split()[1]: line.split()[2:] for line in lines[2:6]}
     assert list(rows) == ["unpruned", "naive", "reordered", "constrained"]
+    assert lines[6].split()[0] == "reorder:" and "ordered exactly (consecutive-ones)" in lines[6]
     assert rows["constrained"][:3] == ["0", "0", "0"]  # constrained never gathers
     params = {k: int(v[-1].replace(",", "")) for k, v in rows.items()}
     assert params["naive"] == params["reordered"] < params["unpruned"]

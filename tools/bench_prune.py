@@ -9,7 +9,9 @@ For each model: the same L2 masks (on each layer's input channels, or with
 every consumer reading a subset gathers), reordered (UPSCALE export-time
 reordering) and, for comparison, constrained (whole coupled channel groups pruned:
 no copies, but other masks).  Prints gathers, gathered channels and bytes copied
-per inference, and with --latency the compiled x86_64 latency (sliver's default
+per inference, how the reordered layout was found (groups ordered exactly by the
+consecutive-ones test, by the greedy heuristic and its distance from the optimum,
+and bytes no order can avoid), and with --latency the compiled x86_64 latency (sliver's default
 schedules) of each plus the unpruned model.  The four artifacts of a model are
 compiled first and then timed round-robin, one run each in turn, so load from
 other processes hits them alike; medians and minima are printed as ratios to the
@@ -37,7 +39,7 @@ def _compiled(module, inputs):
 def main(argv=None) -> int:
     import sliver
     from sliver.passes.manager import PassManager, make_pass
-    from sliver.passes.prune import count_params_and_macs
+    from sliver.passes.prune import count_params_and_macs, format_reorder
     from sliver.tools.bench import time_interleaved
     from sliver.tools import zoo
 
@@ -70,6 +72,8 @@ def main(argv=None) -> int:
             rows[mode] = (f"{name:<14}{mode:<13}{r['gathers']:>8}{r['gathered_channels']:>10}"
                           f"{r['bytes_copied']:>14,}{r['params_after']:>12,}")
             modules[mode] = module
+            if mode == "reordered":
+                reorder_line = f"{'':<14}{format_reorder(r['reorder'])}"
         rows = {"unpruned": f"{name:<14}{'unpruned':<13}{'':>8}{'':>10}{'':>14}{count_params_and_macs(base)[0]:>12,}",
                 **rows}
         if args.latency:
@@ -81,6 +85,7 @@ def main(argv=None) -> int:
                 rows[k] += f"{med:>11.3f}{mn:>9.3f}{med / med0:>8.2f}x{mn / min0:>7.2f}x"
         for line in rows.values():
             print(line, flush=True)
+        print(reorder_line, flush=True)
     return 0
 
 

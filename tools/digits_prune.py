@@ -1,20 +1,24 @@
 """Post-training accuracy of constrained vs unconstrained channel pruning on digits.
 
-    python -m sliver.tools.digits_prune [--sparsities 0.1,0.2,0.3,0.4,0.5] [--epochs 10]
+    python -m sliver.tools.digits_prune [--sparsities 0.05,0.1,0.2,0.3,0.4] [--scores l2,act]
+                                        [--seeds 0,1,2] [--epochs 8]
 
 Trains a small ResNet-style net (residual adds couple its channels) and a small
 DenseNet-style net (concats share every earlier feature map) on scikit-learn's
-digits (seeded, CPU, seconds), then prunes each without fine-tuning:
+digits (one net per seed, CPU, seconds each), then prunes each without fine-tuning:
 
 * *unconstrained*: every conv/linear keeps the top (1 - s) of its input channels
-  by L2 norm (the ``prune`` pass, UPSCALE-style: no coupling constraint);
+  by the score (the ``prune`` pass, UPSCALE-style: no coupling constraint);
 * *constrained*: whole coupled channel groups are dropped together
-  (``prune{constrained=true}``, as Torch-Pruning/DepGraph do), its amount chosen by
-  bisection so the pruned model has the same parameter count as the unconstrained
-  one (within one channel group).
+  (``prune{constrained=true}``, as Torch-Pruning/DepGraph do; a class's score is
+  the sum of its readers' normalised scores), its amount chosen by bisection so
+  the pruned model has the same parameter count as the unconstrained one (within
+  one channel group).
 
+Scores: ``l2`` (the column's L2 norm) and ``act`` (activation-aware: the column's
+L2 norm times the RMS of the channel it reads, measured on training images).
 Accuracy is measured on the 360 held-out digits by sliver's reference interpreter
-running the pruned IR.
+running the pruned IR; the table gives mean ± std over the seeds.
 """
 
 from __future__ import annotations
@@ -70,17 +74,17 @@ def _pruned(base, **options):
     from sliver.passes.manager import PassManager, make_pass
 
     module = base.clone()
-    (record,) = PassManager([make_pass("prune", method="l2", **options)]).run(module)
+    (record,) = PassManager([make_pass("prune", **options)]).run(module)
     return module, record.notes["report"]["params_after"]
 
 
-def matched_constrained(base, params: int, steps: int = 14):
+def matched_constrained(base, params: int, steps: int = 10, **options):
     """The constrained pruning whose parameter count is closest to ``params``."""
     lo, hi = 0.0, 0.99
     best = None
     for _ in range(steps):
         mid = (lo + hi) / 2
-        module, p = _pruned(base, amount=mid, constrained=True)
+        module, p = _pruned(base, amount=mid, constrained=True, **options)
         if best is None or abs(p - params) < abs(best[1] - params):
             best = (module, p, mid)
         if p > params:
@@ -90,54 +94,88 @@ def matched_constrained(base, params: int, steps: int = 14):
     return best
 
 
-def evaluate(name: str, sparsities, *, epochs: int, seed: int) -> list[dict]:
+def evaluate(name: str, sparsities, *, epochs: int, seed: int, scores=("l2",)) -> list[dict]:
+    """One trained net, pruned at each sparsity with each score: unconstrained and
+    constrained (matched parameter count) accuracies."""
     import torch
 
     import sliver
-    from sliver.passes.prune import count_params_and_macs
+    from sliver.passes.prune import count_params_and_macs, input_rms
     from sliver.tools.train_digits_qat import fit, load_digits
 
     data = load_digits(seed)
     torch.manual_seed(seed)
-    model = fit(MODELS[name](), data, epochs=epochs, lr=3e-3, seed=seed, batch=128)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small batches: one thread is as fast and shares the machine
+    try:
+        model = fit(MODELS[name](), data, epochs=epochs, lr=3e-3, seed=seed, batch=128)
+    finally:
+        torch.set_num_threads(threads)
     x, y = data.x_test.numpy(), data.y_test.numpy()
     base = sliver.trace(model, (data.x_test,))
     sliver.api.optimize(base)
     params0 = count_params_and_macs(base)[0]
-    rows = [dict(model=name, sparsity=0.0, params=params0, unconstrained=_accuracy(base, x, y),
-                 constrained=_accuracy(base, x, y), constrained_params=params0, constrained_amount=0.0)]
-    for s in sparsities:
-        free, p_free = _pruned(base, amount=s)
-        cons, p_cons, amount = matched_constrained(base, p_free)
-        rows.append(dict(model=name, sparsity=s, params=p_free, unconstrained=_accuracy(free, x, y),
-                         constrained=_accuracy(cons, x, y), constrained_params=p_cons, constrained_amount=amount))
+    acc0 = _accuracy(base, x, y)
+    # activation-aware scores: each layer input's channel RMS on training images (not the test set)
+    activations = input_rms(base, (data.x_train[:len(x)].numpy(),)) if "act" in scores else None
+    rows = []
+    for score in scores:
+        options = dict(method=score, activations=activations if score == "act" else None)
+        rows.append(dict(model=name, score=score, seed=seed, sparsity=0.0, params=params0, unconstrained=acc0,
+                         constrained=acc0, constrained_params=params0, constrained_amount=0.0))
+        for s in sparsities:
+            free, p_free = _pruned(base, amount=s, **options)
+            cons, p_cons, amount = matched_constrained(base, p_free, **options)
+            rows.append(dict(model=name, score=score, seed=seed, sparsity=s, params=p_free,
+                             unconstrained=_accuracy(free, x, y), constrained=_accuracy(cons, x, y),
+                             constrained_params=p_cons, constrained_amount=amount))
     return rows
 
 
+def summarize(rows: list[dict]) -> list[dict]:
+    """Rows of several seeds merged per (model, score, sparsity): means and standard deviations."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["score"], r["sparsity"]), []).append(r)
+    out = []
+    for (model, score, sparsity), rs in groups.items():
+        out.append(dict(model=model, score=score, sparsity=sparsity, seeds=len(rs),
+                        **{k: float(np.mean([r[k] for r in rs])) for k in ("params", "constrained_params")},
+                        **{k + "_std": float(np.std([r[k] for r in rs])) for k in ("unconstrained", "constrained")},
+                        **{k: float(np.mean([r[k] for r in rs])) for k in ("unconstrained", "constrained")}))
+    return out
+
+
 def format_rows(rows: list[dict]) -> str:
+    """The table, one line per (model, score, sparsity); accuracies as mean ± std over seeds."""
     from sliver.text import table_lines
 
-    table = [("model", "input channels dropped", "params (unconstrained / constrained)", "unconstrained acc",
-              "constrained acc")]
-    for r in rows:
-        table.append((r["model"], f"{r['sparsity']:.0%}", f"{r['params']:,} / {r['constrained_params']:,}",
-                      f"{r['unconstrained']:.1%}", f"{r['constrained']:.1%}"))
+    table = [("model", "score", "input channels dropped", "params (unconstrained / constrained)",
+              "unconstrained acc", "constrained acc")]
+    for r in summarize(rows):
+        table.append((r["model"], r["score"], f"{r['sparsity']:.0%}",
+                      f"{r['params']:,.0f} / {r['constrained_params']:,.0f}",
+                      f"{r['unconstrained']:.1%} ± {r['unconstrained_std']:.1%}",
+                      f"{r['constrained']:.1%} ± {r['constrained_std']:.1%}"))
     return "\n".join(table_lines(table)) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sliver.tools.digits_prune", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="resnet,densenet")
-    p.add_argument("--sparsities", default="0.1,0.2,0.3,0.4,0.5")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sparsities", default="0.05,0.1,0.2,0.3,0.4")
+    p.add_argument("--scores", default="l2,act", help="channel scores to compare (l1, l2, fpgm, act)")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--seeds", default="0,1,2", help="one trained net per seed; the table shows mean ± std")
     args = p.parse_args(argv)
     sparsities = [float(s) for s in args.sparsities.split(",")]
+    scores = args.scores.split(",")
     rows = []
     for name in args.models.split(","):
         if name not in MODELS:
             p.error(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-        rows += evaluate(name, sparsities, epochs=args.epochs, seed=args.seed)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            rows += evaluate(name, sparsities, epochs=args.epochs, seed=seed, scores=scores)
     sys.stdout.write(format_rows(rows))
     return 0
 

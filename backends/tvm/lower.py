@@ -139,26 +139,34 @@ CHANNEL_MULTIPLE = 8
 
 @lowers("conv2d")
 def _conv2d(bb, op, x, w, b=None):
-    """A conv2d (+ bias).  A dense conv whose output channel count is not a
-    multiple of :data:`CHANNEL_MULTIPLE` (pruned layers: 45, 47, 89 channels) is
-    computed with zero filters appended and the extra channels sliced off after
+    """A conv2d (+ bias).  A dense or depthwise conv whose output channel count is
+    not a multiple of :data:`CHANNEL_MULTIPLE` (pruned layers: 45, 47, 89 channels)
+    is computed with zero filters appended and the extra channels sliced off after
     the bias: the schedules vectorize over output channels, and a count with no
     factor of 4 leaves them scalar loops (a 47-channel 3x3 conv ran ~20x slower
-    than a 48-channel one); the slice costs one pass over the output."""
+    than a 48-channel one); the slice costs one pass over the output.  A depthwise
+    conv also needs the extra input channels: a zero ``pad`` of its input, which
+    the backend merges into the conv's spatial padding copy
+    (:mod:`~sliver.backends.tvm.schedules.channel_select`)."""
     from tvm import relax
 
     R = _R()
     a = op.attrs
-    n_out = op.operands[1].type.shape[0]
-    extra = -n_out % CHANNEL_MULTIPLE if a["groups"] == 1 and n_out > CHANNEL_MULTIPLE else 0
+    n_out, per_group = op.operands[1].type.shape[:2]
+    depthwise = a["groups"] == n_out == op.operands[0].type.shape[1] and per_group == 1
+    groups = a["groups"]
+    extra = -n_out % CHANNEL_MULTIPLE if (groups == 1 or depthwise) and n_out > CHANNEL_MULTIPLE else 0
     if extra:
         shape = (extra,) + tuple(op.operands[1].type.shape[1:])
         dtype = np.dtype(_dtype(op.operands[1].type.dtype))
         w = bb.emit(R.concat(relax.Tuple([w, relax.const(np.zeros(shape, dtype))]), axis=0))
         if b is not None:
             b = bb.emit(R.concat(relax.Tuple([b, relax.const(np.zeros(extra, dtype))]), axis=0))
+        if depthwise:
+            x = bb.emit(R.nn.pad(x, [0, 0, 0, extra, 0, 0, 0, 0]))
+            groups += extra
     y = bb.emit(R.nn.conv2d(x, w, strides=a["stride"], padding=a["padding"], dilation=a["dilation"],
-                            groups=a["groups"]))
+                            groups=groups))
     if b is not None:
         y = bb.emit(R.add(y, _channel_vector(bb, b, 4)))
     if extra:

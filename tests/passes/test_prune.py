@@ -173,6 +173,10 @@ def test_zoo_exact_in_float64_and_reorder_changes_only_the_layout(name, zoo_prun
         for key in ("params_after", "macs_after"):
             assert naive["report"][key] == reordered["report"][key]
         assert reordered["report"]["bytes_copied"] <= naive["report"]["bytes_copied"]
+        # the reorder summary predicts what the export copies: what the heuristic left + what no order avoids
+        r = reordered["report"]["reorder"]
+        assert r["heuristic_bytes"] + r["unavoidable_bytes"] == reordered["report"]["bytes_copied"]
+        assert r["searched_bytes"] >= r["optimum_bytes"]
     # output-side masks remove the masked rows wherever the zeros reach only consumers
     assert notes["output-naive"]["report"]["params_after"] < 0.9 * notes["output-naive"]["report"]["params_before"]
 
@@ -258,9 +262,13 @@ def test_output_side_user_masks_on_every_kind_of_producer():
 def test_user_masks_on_hand_built_topologies():
     model, inputs = _topologies()
     masks = {"c1": [0, 1, 7], "c2": [1, 2, 3, 4], "c3": [0, 5, 6, 9, 15], "fc": list(range(0, 176, 3))}
-    module, notes = _prune_and_check(model, inputs, masks=masks)
-    reads = {r["name"]: r["read"] for r in notes["report"]["layers"]}
-    assert reads["c3"] == "gather"
+    reads = {}
+    for reorder in (False, True):
+        module, notes = _prune_and_check(model, inputs, masks=masks, reorder=reorder)
+        reads[reorder] = {r["name"]: r["read"] for r in notes["report"]["layers"]}
+    # c3 reads cat(s, d), where d = relu(dw(s)) has s's channels: {0, 5, 6} of the first block and
+    # {1, 7} of the second; permuting the block to [1, 7, ..., 0, 5, 6] makes that one run
+    assert reads[False]["c3"] == "gather" and reads[True]["c3"] == "view"
 
 
 # -- bad input -----------------------------------------------------------------------------
@@ -315,3 +323,41 @@ def test_compiled_x86_equals_masked_model(name, side):
     got = sliver.lower(module, inputs, target="x86_64", passes="").load().run(*numpy_inputs(inputs))
     for g, w in zip(got, want):
         assert np.abs(g - w).max() <= 1e-5 * max(1.0, np.abs(w).max())
+
+
+# -- activation-aware scores ---------------------------------------------------------------
+
+
+def test_activation_aware_scores_drop_the_channel_that_is_silent():
+    # b's column 0 is its largest, but a's channel 0 is always 0 after the relu (bias -100):
+    # l2 drops b's smallest column (5), act (column norm x input RMS) drops column 0
+    params = _random_params(BEFORE)
+    params["a.bias"][0] = -100.0
+    params["a.weight"][0] = 0.01
+    params["b.weight"][:, 0] *= 50
+    params["b.weight"][:, 5] *= 0.01
+    params["c.weight"][:] = 1.0
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32)
+    kept = {}
+    for method, extra in [("l2", {}), ("act", {"calibration": (x,)})]:
+        m = parse_module(BEFORE, {k: v.copy() for k, v in params.items()})
+        (record,) = PassManager([make_pass("prune", method=method, amount=0.2, **extra)]).run(m)
+        kept[method] = record.notes["masks"]["b"]
+    assert kept == {"l2": [0, 1, 2, 3, 4], "act": [1, 2, 3, 4, 5]}
+    # measured once, reused: the same masks from input_rms's result
+    from sliver.passes.prune import input_rms
+
+    m = parse_module(BEFORE, {k: v.copy() for k, v in params.items()})
+    rms = input_rms(m, (x,))
+    assert rms["r"][0] == 0.0 and (rms["r"][1:] > 0).all() and set(rms) == {"x", "r"}  # every layer input
+    (record,) = PassManager([make_pass("prune", method="act", amount=0.2, activations=rms)]).run(m)
+    assert record.notes["masks"]["b"] == kept["act"]
+
+
+def test_activation_aware_scores_need_calibration_inputs():
+    with pytest.raises(SliverError, match="method act needs calibration inputs"):
+        PassManager("prune{method=act}").run(parse_module(BEFORE, _random_params(BEFORE)))
+    with pytest.raises(SliverError, match="method act scores input channels"):
+        PassManager([make_pass("prune", method="act", side="output",
+                               calibration=(np.zeros((1, 3, 8, 8), np.float32),))]).run(
+            parse_module(BEFORE, _random_params(BEFORE)))

@@ -46,9 +46,18 @@ def ClipToMinMax():  # noqa: N802 - TVM pass naming
                 return call
             return relax.op.minimum(relax.op.maximum(x, relax.const(lo, dtype)), relax.const(hi, dtype))
 
-    @tvm.transform.module_pass(opt_level=0, name="SliverClipToMinMax")
+    return mutator_pass("SliverClipToMinMax", _Rewriter)
+
+
+def mutator_pass(name: str, rewriter_class):
+    """A TVM module pass that runs ``rewriter_class(mod)`` (a ``relax.PyExprMutator``)
+    over every Relax function of the module."""
+    import tvm
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
     def _pass(mod, _ctx):
-        rewriter = _Rewriter(mod)
+        rewriter = rewriter_class(mod)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gv, rewriter.visit_expr(func))

@@ -1,0 +1,161 @@
+"""FuseChannelSelect: channel slices and gathers feeding a conv cost no kernel of their own.
+
+Pruned exports read a subset of a tensor's channels before a conv (``slice`` for a
+contiguous run, ``take`` for a gather).  After the default front passes neither may
+be a separate PrimFunc, no layout transpose may wrap a gather, the conv rule must
+still schedule the fused function (epilogue included), and results must not change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from tvm import relax, tirx  # noqa: E402
+
+from helpers import dedent  # noqa: E402
+from sliver.backends.tvm import schedules as S  # noqa: E402
+from sliver.backends.tvm.build import build_relax  # noqa: E402
+from sliver.backends.tvm.lower import to_relax  # noqa: E402
+from sliver.backends.tvm.targets import resolve, tvm_target  # noqa: E402
+from sliver.ir.interp import run  # noqa: E402
+from sliver.ir.parser import parse_module  # noqa: E402
+
+X86 = tvm_target(resolve("x86_64"))
+
+# a 3x3 conv (padded) reads a slice, a 1x1 conv (no padding) a gather, another 1x1 a
+# slice; their bias (+ relu, + residual add) epilogues must still fuse into each conv
+SELECTIONS = dedent("""
+    func @m(%x: f32[1,16,8,8]) {
+      %w0 = param : f32[16,16,3,3]
+      %b0 = param : f32[16]
+      %w1 = param : f32[8,6,3,3]
+      %b1 = param : f32[8]
+      %w2 = param : f32[8,5,1,1]
+      %b2 = param : f32[8]
+      %w3 = param : f32[8,7,1,1]
+      %b3 = param : f32[8]
+      %idx = param : i64[5]
+      %y = conv2d(%x, %w0, %b0) {padding=[1, 1, 1, 1]} : f32[1,16,8,8]
+      %r = relu(%y) : f32[1,16,8,8]
+      %s = slice(%r) {axis=1, start=3, end=9} : f32[1,6,8,8]
+      %z = conv2d(%s, %w1, %b1) {padding=[1, 1, 1, 1]} : f32[1,8,8,8]
+      %zr = relu(%z) : f32[1,8,8,8]
+      %t = take(%r, %idx) {axis=1} : f32[1,5,8,8]
+      %u = conv2d(%t, %w2, %b2) : f32[1,8,8,8]
+      %s2 = slice(%r) {axis=1, start=9, end=16} : f32[1,7,8,8]
+      %v = conv2d(%s2, %w3, %b3) : f32[1,8,8,8]
+      %o = add(%zr, %u) : f32[1,8,8,8]
+      %o2 = add(%o, %v) : f32[1,8,8,8]
+      return %o2
+    }
+""")
+
+
+def _module(text=SELECTIONS, idx=(0, 2, 5, 7, 15)):
+    shapes = parse_module(text).params
+    rng = np.random.default_rng(0)
+    params = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in shapes.items() if k != "idx"}
+    if "idx" in shapes:
+        params["idx"] = np.array(idx, np.int64)
+    return parse_module(text, params)
+
+
+def _front(module, layout=True):
+    with X86:
+        return tvm.transform.Sequential(S.front_passes(layout=layout))(to_relax(module))
+
+
+def _primfuncs(mod):
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+
+
+@pytest.mark.parametrize("layout", [True, False])
+def test_selections_fuse_into_the_conv_without_transposes(layout):
+    funcs = _primfuncs(_front(_module(), layout=layout))
+    names = sorted(funcs)
+    assert not [n for n in names if "strided_slice" in n or "take" in n], names
+    # NHWC: only the input's and the output's layout changes remain (no pair around the gather)
+    assert len([n for n in names if "transpose" in n]) == (2 if layout else 0), names
+    convs = {n: f for n, f in funcs.items() if "conv2d" in n}
+    assert len(convs) == 4, names
+    # every consumer conv reads the whole 16-channel tensor and keeps its epilogue fused
+    c_axis = 3 if layout else 1
+    readers = [n for n, f in convs.items() if int(f.params[0].ty.shape[c_axis]) == 16 and "_add" in n]
+    assert len(readers) == 4, names  # the first conv and the three consumers, each with its bias fused
+    for name, f in convs.items():  # the NHWC conv rule still schedules them (NCHW convs have none)
+        _, rule = S.schedule_primfunc(f, X86, name=name)
+        assert rule == ("conv2d" if layout else "reduction"), (name, rule)
+
+
+def test_gather_with_in_range_constant_indices_reads_without_clamping():
+    funcs = _primfuncs(_front(_module()))
+    gathers = [f for f in funcs.values() if any(str(p.ty.dtype).startswith("int") for p in f.params)]
+    assert len(gathers) == 1
+    assert "T.max(" not in gathers[0].script()  # mode "clip" would clamp every index read
+
+
+def test_spatial_slices_are_left_alone():
+    text = dedent("""
+        func @m(%x: f32[1,8,8,8]) {
+          %w = param : f32[8,8,1,1]
+          %s = slice(%x) {axis=2, start=1, end=7} : f32[1,8,6,8]
+          %y = conv2d(%s, %w) : f32[1,8,6,8]
+          return %y
+        }
+    """)
+    names = sorted(_primfuncs(_front(_module(text))))
+    assert [n for n in names if "strided_slice" in n], names
+
+
+def test_compiled_selections_match_the_interpreter():
+    module = _module()
+    x = np.random.default_rng(1).standard_normal((1, 16, 8, 8)).astype(np.float32)
+    want = run(module, [x])[0]
+    report = {}
+    ex = build_relax(to_relax(module), X86, report=report)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    assert not [n for n in report if "strided_slice" in n or "take" in n], report
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+# a pruned depthwise conv with 42 channels (no factor of 4: scalar loops) is computed on 48,
+# its input zero-padded by a channel pad that must join the conv's own spatial padding
+DEPTHWISE = dedent("""
+    func @m(%x: f32[1,16,8,8]) {
+      %w0 = param : f32[42,16,1,1]
+      %b0 = param : f32[42]
+      %w1 = param : f32[42,1,3,3]
+      %b1 = param : f32[42]
+      %y = conv2d(%x, %w0, %b0) : f32[1,42,8,8]
+      %r = silu(%y) : f32[1,42,8,8]
+      %z = conv2d(%r, %w1, %b1) {stride=[2, 2], padding=[1, 1, 1, 1], groups=42} : f32[1,42,4,4]
+      %o = silu(%z) : f32[1,42,4,4]
+      return %o
+    }
+""")
+
+
+def test_odd_depthwise_conv_is_padded_to_vector_width_inside_its_own_padding():
+    module = _module(DEPTHWISE)
+    funcs = _primfuncs(_front(module))
+    names = sorted(funcs)
+    assert not [n for n in names if "pad" in n] and len([n for n in names if "transpose" in n]) == 2, names
+    (dw,) = [f for f in funcs.values() if "group_conv2d_nhwc" in f.script()]
+    assert int(dw.params[0].ty.shape[3]) == 42  # reads the 42-channel tensor, writes 42 channels
+    assert int(dw.params[-1].ty.shape[3]) == 42
+    sched, rule = S.schedule_primfunc(dw, X86, name="dw")
+    assert rule == "conv2d"
+    text = sched.script()
+    # no padded copy: the depthwise schedule reads spatial and channel padding in place
+    assert 'T.sblock("pad_temp")' not in text
+    lines = text.splitlines()
+    update = next(i for i, line in enumerate(lines) if 'T.sblock("group_conv2d_nhwc_update")' in line)
+    assert "T.vectorized" in lines[update - 1]  # the micro-kernel runs on vectors of channels
+    x = np.random.default_rng(1).standard_normal((1, 16, 8, 8)).astype(np.float32)
+    want = run(module, [x])[0]
+    ex = build_relax(to_relax(module), X86)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
