@@ -204,7 +204,8 @@ def arrange(blocks: dict, reads: list, search_limit: int = 14) -> tuple[dict, li
     reads).  A group whose reads can all be satisfied is solved exactly; otherwise
     the reads are taken greedily, heaviest first, each kept if its blocks stay
     C1P, and groups of at most ``search_limit`` reads are also solved optimally by
-    branch and bound (the lower bound the greedy cost is compared with).
+    branch and bound (the lower bound the greedy cost is compared with; skipped,
+    ``optimum`` None, past a few thousand consecutive-ones tests).
     """
     parent = {k: k for k in blocks}
 
@@ -242,30 +243,43 @@ def arrange(blocks: dict, reads: list, search_limit: int = 14) -> tuple[dict, li
         cost = total - sum(reads[i].weight for i in chosen)
         optimum = None
         if len(idx) <= search_limit:
-            optimum = total - _best_weight(blocks, reads, by_weight, total - cost)
+            best = _best_weight(blocks, reads, by_weight, total - cost)
+            optimum = None if best is None else total - best
         results.append(GroupResult(len(keys), len(idx), False, cost, optimum, sorted(chosen)))
     return orders, results
 
 
-def _best_weight(blocks, reads, order: list, incumbent: int) -> int:
+class _OutOfBudget(Exception):
+    pass
+
+
+def _best_weight(blocks, reads, order: list, incumbent: int, budget: int = 4000) -> int | None:
     """The heaviest set of reads that can be satisfied together (branch and bound;
-    satisfiability is monotone: a subset of a satisfiable set is satisfiable)."""
+    satisfiability is monotone: a subset of a satisfiable set is satisfiable).
+    None when it would take more than ``budget`` consecutive-ones tests."""
     weights = [reads[i].weight for i in order]
     rest = [sum(weights[j:]) for j in range(len(order) + 1)]
     best = incumbent
+    tests = 0
 
     def dfs(j: int, chosen: list, w: int) -> None:
-        nonlocal best
+        nonlocal best, tests
         if w + rest[j] <= best:
             return
         if j == len(order):
             best = w
             return
+        tests += 1
+        if tests > budget:
+            raise _OutOfBudget
         i = order[j]
         touched = {b for b, _, _ in reads[i].parts}
         if _block_orders(blocks, reads, chosen + [i], touched) is not None:
             dfs(j + 1, chosen + [i], w + weights[j])
         dfs(j + 1, chosen, w)
 
-    dfs(0, [], 0)
+    try:
+        dfs(0, [], 0)
+    except _OutOfBudget:
+        return None
     return best

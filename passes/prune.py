@@ -404,17 +404,19 @@ def choose_order(module, plan) -> tuple[dict, dict]:
             continue  # reads everything: free in any order
         weight = len(mask) * (x.type.numel // len(classes)) * 4
         parts, touched, offset = [], [], 0
-        picked = set(mask)
+        picked, split = set(mask), False
         for s in segs[id(x)]:
             key = frozenset(s)
             live = {c for c in s if c in plan.live}
             read = {s[i] for i in range(len(s)) if offset + i in picked}
+            # a flattened channel is a run of features: reading some of them is a gather in any order
+            split |= any(s[i] in read and offset + i not in picked for i in range(len(s)))
             offset += len(s)
             touched.append((key, live, read))
         hit = [i for i, (_, _, read) in enumerate(touched) if read]
         lo, hi = hit[0], hit[-1]
-        if any(touched[i][2] != touched[i][1] for i in range(lo + 1, hi)):
-            unavoidable += weight  # an inner block is not read whole: no order helps
+        if split or any(touched[i][2] != touched[i][1] for i in range(lo + 1, hi)):
+            unavoidable += weight  # an inner block (or flattened channel) is read in part: no order helps
             continue
         for i, kind in ([(lo, "run")] if lo == hi else [(lo, "suffix"), (hi, "prefix")]):
             key, live, read = touched[i]
@@ -683,13 +685,12 @@ def format_report(report: PruneReport) -> str:
 
 def format_reorder(r: dict) -> str:
     """One line on how the channel order was found."""
-    text = f"reorder: {r['groups']} channel groups, {r['exact']} ordered exactly (consecutive-ones)"
+    text = f"reorder: {r['groups']} channel group(s) read in part, {r['exact']} ordered exactly (consecutive-ones)"
     if r["heuristic"]:
-        text += f", {r['heuristic']} by the greedy heuristic ({r['heuristic_bytes']:,} bytes left to copy"
+        text += f", {r['heuristic']} greedily: {r['heuristic_bytes']:,} bytes still copied"
         if r["searched"]:
-            text += (f"; on the {r['searched']} small enough to search: {r['searched_bytes']:,} vs an optimum of "
-                     f"{r['optimum_bytes']:,}")
-        text += ")"
+            text += (f" ({r['searched_bytes']:,} in the {r['searched']} small enough to search, "
+                     f"whose optimum is {r['optimum_bytes']:,})")
     if r["unavoidable_bytes"]:
         text += f"; {r['unavoidable_bytes']:,} bytes no order avoids (an inner concat block read in part)"
     return text

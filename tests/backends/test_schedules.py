@@ -298,3 +298,40 @@ def test_conv_output_channels_are_padded_to_a_vector_multiple():
     got = sliver.lower(model(47), (x,), target="x86_64").load().run(x.numpy())[0]
     want = model(47)(x).detach().numpy()
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+# -- packed weights and register tiles -----------------------------------------------------------
+
+
+def test_dense_convs_read_weights_packed_and_grouped_ones_do_not():
+    """A dense NHWC conv is legalized with weights packed [O/b, KH, KW, I, b] (folded
+    at compile time: the PrimFunc takes the packed constant); a depthwise one keeps HWIO."""
+    rng = np.random.default_rng(7)
+
+    def build(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, const(rng, 32, 16, 3, 3), padding=1))
+        return bb.emit(relax.op.nn.conv2d(y, const(rng, 32, 1, 3, 3), padding=1, groups=32))
+
+    funcs = fused_primfuncs(build, [(1, 16, 7, 7)])
+    shapes = {n: [[int(d) for d in p.ty.shape] for p in f.params] for n, f in funcs.items()}
+    packed = [n for n, s in shapes.items() if any(len(x) == 5 for x in s)]
+    assert len(packed) == 1, shapes
+    (w,) = [s for s in shapes[packed[0]] if len(s) == 5]
+    lanes = common.cpu_of(X86).lanes
+    assert w[1:4] == [3, 3, 16] and w[0] * w[4] == 32 and w[4] % lanes == 0, w
+    assert "conv2d_nhwc_packed" in funcs[packed[0]].script()
+    check_all(funcs, expect_rules=["conv2d"])
+
+
+@pytest.mark.parametrize("regs,lanes,rows,n_out,want", [
+    (16, 8, 56, 64, (4, 2)),  # AVX2: 8 accumulators + 2 weight vectors + 1 broadcast
+    (16, 8, 7, 512, (7, 1)),  # a 7-wide map: 7 accumulators beat 1 x 8 (8 weight loads per step)
+    (16, 8, 14, 256, (2, 4)),
+    (32, 4, 56, 64, (4, 4)),  # NEON: 32 registers, fewest loads per FMA
+])
+def test_register_tile_fits_the_register_file(regs, lanes, rows, n_out, want):
+    cpu = common.CPU(lanes=lanes, registers=regs, cores=2)
+    rt, nv = common.register_tile(rows, n_out, cpu)
+    assert (rt, nv) == want
+    assert rows % rt == 0 and (n_out // lanes) % nv == 0
+    assert rt * nv + nv + 1 < regs  # no spill

@@ -216,3 +216,62 @@ def test_reorder_keeps_the_order_outputs_and_barriers_see():
     for g, w in zip(got, want):
         assert np.abs(g - w).max() <= 1e-12
     assert record.notes["report"]["gathers"] == 1  # b gathers: a's order is pinned
+
+
+class Joins(nn.Module):
+    """A concat added to a plain producer (two block structures joined: their order is
+    kept), a channel slice, and concat blocks read by several consumers."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.Conv2d(3, 8, 1)
+        self.d, self.e, self.f = nn.Conv2d(3, 6, 1), nn.Conv2d(3, 6, 1), nn.Conv2d(8, 5, 1)
+        self.g, self.h, self.k = nn.Conv2d(8, 5, 1), nn.Conv2d(12, 5, 1), nn.Conv2d(3, 5, 1)
+        self.m, self.n = nn.Conv2d(4, 5, 1), nn.Conv2d(6, 5, 1)
+
+    def forward(self, x):
+        s = torch.relu(torch.cat([self.a(x), self.b(x)], 1) + self.c(x))
+        d, e = self.d(x), self.e(x)
+        cat = torch.cat([d, e], 1)
+        return self.f(s) + self.g(s) + self.h(cat) + self.k(e[:, 1:4]) + self.m(self.a(x)) + self.n(d)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_joins_and_slices_stay_exact(seed):
+    torch.manual_seed(seed)
+    x = torch.randn(1, 3, 4, 4)
+    module = sliver.trace(Joins().eval(), (x,))
+    original = module.clone()
+    rng = random.Random(seed)
+    sizes = {"f": 8, "g": 8, "h": 12, "k": 3, "m": 4, "n": 6}
+    masks = {k: sorted(rng.sample(range(n), rng.randint(1, n - 1))) for k, n in sizes.items()}
+    for reorder in (False, True):
+        m = original.clone()
+        (record,) = PassManager([make_pass("prune", masks=masks, reorder=reorder)]).run(m)
+        want = run(masked_copy(original, masks), [x.numpy()], dtype="f64")[0]
+        assert np.abs(run(m, [x.numpy()], dtype="f64")[0] - want).max() <= 1e-10 * max(1.0, np.abs(want).max())
+        if reorder:
+            r = record.notes["report"]
+            assert r["reorder"]["heuristic_bytes"] + r["reorder"]["unavoidable_bytes"] <= r["bytes_copied"]
+
+
+def test_flattened_channels_read_in_part_are_counted_unavoidable():
+    from test_prune import _topologies
+
+    model, inputs = _topologies()
+    module = sliver.trace(model, inputs)
+    masks = {"fc": list(range(0, 176, 3))}  # every third feature: part of every flattened channel
+    (record,) = PassManager([make_pass("prune", masks=masks)]).run(module)
+    r = record.notes["report"]
+    assert r["gathers"] == 1 and r["reorder"]["unavoidable_bytes"] == r["bytes_copied"] == 59 * 4
+
+
+def test_branch_and_bound_gives_up_past_its_budget():
+    from sliver.passes.consecutive import _best_weight
+
+    rng = random.Random(5)
+    blocks = {"b": list(range(8))}
+    reads = [Read(1, [("b", "run", set(rng.sample(range(8), 4)))]) for _ in range(12)]
+    order = list(range(12))
+    assert _best_weight(blocks, reads, order, 0, budget=5) is None
+    assert _best_weight(blocks, reads, order, 0) is not None

@@ -174,10 +174,12 @@ def SchedulePass(target, report: dict | None = None):  # noqa: N802 - TVM pass n
     return _pass
 
 
-def front_passes(*, layout: bool = True) -> list:
+def front_passes(*, layout: bool = True, target=None) -> list:
     """The Relax passes before scheduling: sliver's layout rewrites, then TVM's
-    legalize-and-fuse sequence. Their output holds one PrimFunc per fused group,
-    which is what the rules see (tests and profiling use this too)."""
+    legalize-and-fuse sequence (dense NHWC convolutions legalized with packed
+    weights for ``target``, else the current target: :func:`.conv2d.legalize`).
+    Their output holds one PrimFunc per fused group, which is what the rules see
+    (tests and profiling use this too)."""
     from tvm import relax
 
     from sliver.backends.tvm.schedules import layout as layout_passes
@@ -185,8 +187,9 @@ def front_passes(*, layout: bool = True) -> list:
 
     front = [layout_passes.ClipToMinMax(), layout_passes.channels_last()] if layout else []
     front.append(FuseChannelSelect())
+    custom = {"relax.nn.conv2d": conv2d.legalize(target)} if layout else None
     return front + [
-        relax.transform.LegalizeOps(),
+        relax.transform.LegalizeOps(customize_legalize_map=custom),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
@@ -204,7 +207,7 @@ def default_pipeline(target, *, layout: bool = True, report: dict | None = None,
     from tvm import relax
 
     return tvm.transform.Sequential(
-        front_passes(layout=layout) + list(before_schedule)
+        front_passes(layout=layout, target=target) + list(before_schedule)
         + [SchedulePass(target, report), relax.get_pipeline("default")],
         name="SliverDefaultPipeline",
     )
