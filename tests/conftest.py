@@ -11,7 +11,22 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))  # `import helpers`
 
+import torch  # noqa: E402
+
 from sliver.runtime import emulate  # noqa: E402
+
+# Tests run small tensors: torch's second OpenMP thread only adds barrier waits, and on a
+# shared 2-core machine (CI, parallel jobs) those cost 10-20x (measured: 30 random conv
+# nets built and run in 11 s with 2 threads, 0.7 s with one).
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Benchmarks under test set their own thread count (``--threads 2``): reset it."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -18,7 +18,7 @@ from sliver.tools.zoo import random_convnet
 
 _start, _stop = (int(s) for s in os.environ.get("SLIVER_FUZZ_SEEDS", "0:200").split(":"))
 SEEDS = list(range(_start, _stop))
-COMPILED = SEEDS[:: max(1, len(SEEDS) // 20)][:20]
+COMPILED = SEEDS[:: max(1, len(SEEDS) // 10)][:10]
 
 
 def _check(seed, got, model, inputs, what):

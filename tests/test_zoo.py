@@ -89,9 +89,10 @@ def _run_recording_shapes(model, x):
     return values[-1]
 
 
-def test_random_convnet_builds_and_runs_for_1000_seeds():
+def test_random_convnet_builds_and_runs_for_300_seeds():
+    # (tests/test_fuzz.py traces seeds 0..199 with torch.export and checks them against torch)
     ops, acts = set(), set()
-    for seed in range(1000):
+    for seed in range(300):
         model, (x,) = zoo.random_convnet(seed)
         assert x.shape[0] == 1 and 3 <= x.shape[1] <= 8 and all(8 <= s <= 16 for s in x.shape[2:])
         with torch.no_grad():
@@ -102,15 +103,6 @@ def test_random_convnet_builds_and_runs_for_1000_seeds():
         acts.update(step.arg for step in model.steps if step.op == "act")
     assert ops == {"conv", "bn", "act", "add", "mul", "cat", "pool", "gap", "flatten", "linear"}
     assert acts == set(zoo.ACTIVATIONS)
-
-
-def test_random_convnet_exports_for_200_seeds():
-    for seed in range(200):
-        model, inputs = zoo.random_convnet(seed)
-        try:
-            torch.export.export(model, inputs)
-        except Exception as e:  # pragma: no cover - message for the failing seed
-            raise AssertionError(f"export failed for seed {seed}: {e}\n{model.describe()}") from e
 
 
 def test_random_convnet_is_deterministic_and_described():

@@ -319,6 +319,10 @@ def prepare_sliver(model, x: np.ndarray, res: Result, verbose: bool, tuned: bool
         from sliver.api import optimize, trace
         from sliver.backends.tvm import tuning
 
+        db = tuning.TuningDatabase("x86_64", create=False)
+        if not tune_budget and not (db.exists() and len(db)):  # no records at all: skip without tracing
+            raise NoRecords(f"the tuning database {db.dir} is empty: run `sliver tune MODEL "
+                            "--time-budget 10m` or bench --tune-budget 10m")
         module = trace(model, (torch.from_numpy(x),))
         optimize(module)
         if tune_budget:

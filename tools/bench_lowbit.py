@@ -256,7 +256,7 @@ def sizes(say) -> list[dict]:
                 wbytes += a.nbytes
             elif kernels.get(layer_of[name]) == "bitserial":
                 bits = lowbit.code_bits(t)[0]
-                wbytes += lowbit.pack_weights(a, bits, -(-a.shape[1] // 8), lowbit.ROW_ALIGN["aarch64"])[0].nbytes
+                wbytes += lowbit.pack_weights(a, bits, -(-a.shape[1] // 8))[0].nbytes
             else:
                 wbytes += a.size * np.dtype(lowbit.WIDE).itemsize
         out.append({"kind": kind, "artifact": len(lib), "weights": wbytes})

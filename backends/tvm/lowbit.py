@@ -43,9 +43,9 @@ BITSERIAL = "sliver_lowbit_bitserial"
 #: Order of the int32 ``meta`` operand of the C kernel (its ``enum M_*``).
 META_FIELDS = ("N", "C", "H", "W", "O", "KH", "KW", "SH", "SW", "PT", "PL", "PB", "PR", "DH", "DW", "G",
                "ABITS", "ASIGNED", "WBITS", "WSIGNED", "XZ", "WZ", "OH", "OW", "TAPB", "RB")
-#: Packed rows are padded to a whole vector register of the kernel's inner loop
-#: (``ROW_ALIGN`` in the C file): NEON 16 bytes, AVX2 32 bytes.
-ROW_ALIGN = {"aarch64": 16, "x86_64": 32}
+#: Packed rows are padded to a whole 64-bit word (``ROW_ALIGN`` in the C file; the
+#: kernels finish a row with an 8-byte step rather than padding it to a vector register).
+ROW_ALIGN = 8
 
 #: Kernel per target architecture for operands below 8 bits, picked by
 #: ``python -m sliver.tools.bench_lowbit``: on aarch64 bit-serial (NEON cnt) executes
@@ -191,7 +191,7 @@ def _weights_minus_zero_point(codes: np.ndarray, zp: int) -> np.ndarray:
     return (codes.astype(np.int32) - np.int32(zp)).astype(WIDE)
 
 
-def pack_weights(w: np.ndarray, wbits: int, tapb: int, align: int = 16) -> tuple[np.ndarray, int]:
+def pack_weights(w: np.ndarray, wbits: int, tapb: int, align: int = ROW_ALIGN) -> tuple[np.ndarray, int]:
     """Bit-pack weight codes ``[O, Cg, KH, KW]`` into the C kernel's rows:
     ``uint8 [O, wbits, RB]``, plane j of output channel o holding the bits of the taps
     (kh, kw) in order, ``tapb`` bytes per tap (channel c at bit c % 8 of byte c // 8,
@@ -225,7 +225,7 @@ def _bitserial(bb, op, x, w_codes: np.ndarray, *, xshape, stride, padding, dilat
     n, c, h, wd = xshape
     o, cg, kh, kw = w_codes.shape
     tapb = -(-cg // 8)
-    packed, rb = pack_weights(w_codes, wbits, tapb, ROW_ALIGN.get(_arch(), 32))
+    packed, rb = pack_weights(w_codes, wbits, tapb, ROW_ALIGN)
     wsum = w_codes.reshape(o, -1).sum(axis=1).astype(np.int32)
     meta = dict(N=n, C=c, H=h, W=wd, O=o, KH=kh, KW=kw, SH=stride[0], SW=stride[1], PT=padding[0], PL=padding[1],
                 PB=padding[2], PR=padding[3], DH=dilation[0], DW=dilation[1], G=groups, ABITS=abits,

@@ -137,14 +137,14 @@ def test_x86_matches_interpreter(cases, kernel):
 
 def test_weight_packing_layout():
     """Two's complement planes, taps in (kh, kw) order, channel c at bit c%8 of byte c//8,
-    rows zero-filled to a multiple of 16 bytes."""
+    rows zero-filled to a multiple of 8 bytes."""
     from sliver.backends.tvm.lowbit import pack_weights
 
     w = np.zeros((1, 9, 1, 2), np.int8)  # O=1, Cg=9 (two bytes per tap), 1x2 taps
     w[0, 0, 0, 0] = -1  # 0b11 in 2 bits: both planes
     w[0, 8, 0, 1] = 1  # plane 0 only, channel 8 → byte 1 of tap 1
     packed, rb = pack_weights(w, 2, tapb=2)
-    assert rb == 16 and packed.shape == (1, 2, 16)
+    assert rb == 8 and packed.shape == (1, 2, 8)
     assert list(packed[0, 0, :4]) == [1, 0, 0, 1] and list(packed[0, 1, :4]) == [1, 0, 0, 0]
     assert not packed[..., 4:].any()
 

@@ -17,21 +17,25 @@
  * Layout.  Weights are packed at compile time (backends/tvm/lowbit.py) as
  * uint8 [O][WB][RB]: for output channel o and weight plane j, one "row" of RB bytes
  * holding the bits of taps (kh, kw) in order, each tap ceil(Cg/8) bytes (channel c of
- * the group at bit c%8 of byte c/8), zero-filled to RB (a multiple of ROW_ALIGN bytes:
- * one vector register).
- * Activations are packed here at run time the same way: first every (padded) input
- * pixel of a group into tap-sized bit planes, then, one output row at a time, the
- * im2col rows of that output row.  Padding channel bits are 0 in both, so they never
- * count; padded pixels hold xz in every real channel.
+ * the group at bit c%8 of byte c/8), zero-filled to RB (a multiple of ROW_ALIGN = 8
+ * bytes: the inner loops finish a row with one 8-byte step instead of padding it to a
+ * vector register, so a 64-channel 3x3 row is 72 bytes, not 80).
+ * Activations are packed here at run time the same way: first the input pixels of a
+ * group into tap-sized bit planes, laid out per input row and plane (on aarch64 16
+ * pixels at a time with NEON shift-and-insert), the padded border written once; then,
+ * one output row at a time, the im2col rows of that output row, one copy per kernel row
+ * and plane (the KW taps of a kernel row are contiguous).  Padding channel bits are 0
+ * in both, so they never count; padded pixels hold xz in every real channel.
  *
  * Inner loop.  aarch64: 16 bytes at a time, AND, `cnt` (vcntq_u8), and byte-pair
  * accumulation into 16-bit lanes (`uadalp`, vpadalq_u8) for a block of output channels
  * kept in registers; for narrow planes (W2A2, W1A*, ...) all plane pairs of a channel
  * are first fused per byte with `mla` (see FUSABLE), wider ones keep an accumulator
- * per plane pair.
+ * per plane pair; narrow planes also take two output pixels at a time, so each weight
+ * register serves both.  W2A2 (the hot case) is written out in inline assembly.
  * x86 with AVX2 (no vector popcount before AVX-512 VPOPCNTDQ): 32 bytes at a time,
- * nibble-table popcount (vpshufb), bytes summed with vpsadbw.  Elsewhere: 64-bit
- * words and the scalar popcount.
+ * nibble-table popcount (vpshufb), bytes summed with vpsadbw, the last rb % 32 bytes
+ * with the scalar popcount.  Elsewhere: 64-bit words and the scalar popcount.
  *
  * meta (int32[META_LEN]): see enum below; out: int32 [N][O][OH][OW].
  */
@@ -41,13 +45,10 @@
 #include <string.h>
 #if defined(__aarch64__)
 #include <arm_neon.h>
-#define ROW_ALIGN 16 /* packed rows are a whole number of NEON registers */
 #elif defined(__AVX2__)
 #include <immintrin.h>
-#define ROW_ALIGN 32 /* ... of AVX2 registers */
-#else
-#define ROW_ALIGN 8
 #endif
+#define ROW_ALIGN 8 /* packed rows are a whole number of 64-bit words */
 
 #ifdef __cplusplus
 #define SLIVER_EXTERN extern "C"
@@ -96,10 +97,15 @@ enum {
 };
 
 
+#define INLINE static inline __attribute__((always_inline))
+
+/* Sum of the bits of rb bytes (rb a multiple of 8). */
 #if defined(__aarch64__)
 static inline uint32_t count_row(const uint8_t* p, int rb) {
   uint32_t s = 0;
-  for (int v = 0; v < rb; v += 16) s += vaddlvq_u8(vcntq_u8(vld1q_u8(p + v)));
+  int v = 0;
+  for (; v + 16 <= rb; v += 16) s += vaddlvq_u8(vcntq_u8(vld1q_u8(p + v)));
+  if (v < rb) s += vaddlv_u8(vcnt_u8(vld1_u8(p + v)));
   return s;
 }
 #else
@@ -114,182 +120,389 @@ static inline uint32_t count_row(const uint8_t* p, int rb) {
 }
 #endif
 
-/* out[ob * ostride] = sum_ij coef[i*W+j] * popcount(row_i AND w_{ob, j}) + obias[ob] + base,
- * the popcounts over rb bytes, for a block of OB output channels; A, W and OB are
- * compile-time constants, so the accumulators live in registers. */
+/* One output row's dot products: for every pixel p < npix (im2col row rows + p*A*rb:
+ * A planes of rb bytes) and output channel o < og (weights w + o*W*rb: W planes),
+ *   out[o*ostride + p] = sum_ij 2^(i+j) popcount(x_i AND w_j) + obias[o] + base[p].
+ * conv_row_impl is instantiated per (A, W) with constants, so its loops unroll and the
+ * accumulators of a block of OB output channels live in registers. */
+typedef struct {
+  const uint8_t* rows;
+  const uint8_t* w;
+  int rb, og, npix;
+  int32_t* out;
+  ptrdiff_t ostride;
+  const int32_t* obias;
+  const int32_t* base;
+} row_args;
+
 #if defined(__aarch64__)
 /* Narrow planes (FUSABLE: (2^A - 1)(2^W - 1) <= 31) fuse all plane pairs of an output
  * channel into one byte per lane before widening: t = sum_ij 2^(i+j) cnt(x_i AND w_j)
  * <= 8 * 31 < 256 (one `mla` per pair instead of one accumulator per pair), then one
- * `uadalp`; the 16-bit lanes gain <= 510 per step, flushed every 128 steps.  Wider
- * planes keep one 16-bit accumulator per pair (<= 16 per step, flushed every 2048). */
+ * `uadalp`; the 16-bit lanes gain <= 510 per 16-byte step, flushed every 128 steps.
+ * Wider planes keep one 16-bit accumulator per pair (<= 16 per step, flushed every 2048).
+ * Rows are a multiple of 8 bytes: a last 8-byte step handles the rest (for fused planes,
+ * two output channels at once: their weights in the two halves of one register). */
 #define FUSABLE(A, W) (((1 << (A)) - 1) * ((1 << (W)) - 1) <= 31)
 #define NEON_CHUNK(A, W) (FUSABLE(A, W) ? 128 * 16 : 2048 * 16)
-#define DEFINE_DOT(NAME, A, W, OB)                                                               \
-  static inline __attribute__((always_inline)) void NAME##_chunk(                                \
-      const uint8_t* row, const uint8_t* w, int rb, int v0, int v1, const int32_t* coef,         \
-      int32x4_t* tot) {                                                                          \
-    const int wstride = (W) * rb;                                                                \
-    if (FUSABLE(A, W)) {                                                                         \
-      uint16x8_t acc[OB];                                                                        \
-      _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++) acc[ob] = vdupq_n_u16(0);       \
-      for (int v = v0; v < v1; v += 16) {                                                        \
-        uint8x16_t xv[A];                                                                        \
-        _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++) xv[i] = vld1q_u8(row + i * rb + v); \
-        _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++) {                             \
-          uint8x16_t t = vdupq_n_u8(0);                                                          \
-          _Pragma("GCC unroll 8") for (int j = 0; j < (W); j++) {                                \
-            uint8x16_t wv = vld1q_u8(w + ob * wstride + j * rb + v);                             \
-            _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++) {                              \
-              uint8x16_t c = vcntq_u8(vandq_u8(xv[i], wv));                                      \
-              t = (i + j == 0) ? c : vmlaq_u8(t, c, vdupq_n_u8((uint8_t)(1u << (i + j))));       \
-            }                                                                                    \
-          }                                                                                      \
-          acc[ob] = vpadalq_u8(acc[ob], t);                                                      \
-        }                                                                                        \
-      }                                                                                          \
-      _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                                 \
-        tot[ob] = vaddq_s32(tot[ob], vreinterpretq_s32_u32(vpaddlq_u16(acc[ob])));               \
-    } else {                                                                                     \
-      uint16x8_t acc[OB][A][W];                                                                  \
-      _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                                 \
-      _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++)                                      \
-      _Pragma("GCC unroll 8") for (int j = 0; j < (W); j++) acc[ob][i][j] = vdupq_n_u16(0);      \
-      for (int v = v0; v < v1; v += 16) {                                                        \
-        uint8x16_t xv[A];                                                                        \
-        _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++) xv[i] = vld1q_u8(row + i * rb + v); \
-        _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                               \
-        _Pragma("GCC unroll 8") for (int j = 0; j < (W); j++) {                                  \
-          uint8x16_t wv = vld1q_u8(w + ob * wstride + j * rb + v);                               \
-          _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++)                                  \
-            acc[ob][i][j] = vpadalq_u8(acc[ob][i][j], vcntq_u8(vandq_u8(xv[i], wv)));            \
-        }                                                                                        \
-      }                                                                                          \
-      /* widen pairs of lanes to 32 bits, weight by the plane pair's coefficient */              \
-      _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                                 \
-      _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++)                                      \
-      _Pragma("GCC unroll 8") for (int j = 0; j < (W); j++)                                      \
-        tot[ob] = vmlaq_n_s32(tot[ob], vreinterpretq_s32_u32(vpaddlq_u16(acc[ob][i][j])), coef[i * (W) + j]); \
-    }                                                                                            \
-  }                                                                                              \
-  static void NAME(const uint8_t* row, const uint8_t* w, int rb, const int32_t* coef,           \
-                   int32_t* out, ptrdiff_t ostride, const int32_t* obias, int32_t base) {        \
-    int32x4_t tot[OB];                                                                           \
-    _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++) tot[ob] = vdupq_n_s32(0);         \
-    if (rb <= NEON_CHUNK(A, W)) {                                                                \
-      NAME##_chunk(row, w, rb, 0, rb, coef, tot);                                                \
-    } else {                                                                                     \
-      for (int v0 = 0; v0 < rb; v0 += NEON_CHUNK(A, W))                                          \
-        NAME##_chunk(row, w, rb, v0, v0 + NEON_CHUNK(A, W) < rb ? v0 + NEON_CHUNK(A, W) : rb, coef, tot); \
-    }                                                                                            \
-    _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                                   \
-      out[ob * ostride] = vaddvq_s32(tot[ob]) + obias[ob] + base;                                \
+#define OB_OF(A, W) (FUSABLE(A, W) ? 4 : (A) * (W) >= 16 ? 1 : 16 / ((A) * (W)))
+
+/* One plane pair's contribution to the fused byte t: t (+)= 2^(i+j) cnt(x AND w). */
+#define FUSE(t, x, w, i, j, and_, cnt_, mla_, dup_)                                                \
+  do {                                                                                             \
+    const __typeof__(x) c_ = cnt_(and_(x, w));                                                     \
+    t = ((i) + (j) == 0) ? c_ : mla_(t, c_, dup_((uint8_t)(1u << ((i) + (j)))));                   \
+  } while (0)
+
+/* tot[p*OB + ob] (4 x u32 lanes) += the plane-pair sums of bytes [v0, v1) of pixel p's
+ * row (r0, r1) with channel ob's weights, for NP pixels (1 or 2) and OB channels.  With
+ * two pixels each weight register is loaded once for both. */
+INLINE void dot_chunk(const uint8_t* r0, const uint8_t* r1, const uint8_t* w, int rb, int v0, int v1, const int A,
+                      const int W, const int OB, const int NP, uint32x4_t* tot) {
+  const int ws = W * rb;
+  const uint8_t* rp[2] = {r0, r1};
+  if (FUSABLE(A, W)) {
+    uint16x8_t acc[8]; /* [p][ob] */
+    _Pragma("GCC unroll 8") for (int k = 0; k < NP * OB; k++) acc[k] = vdupq_n_u16(0);
+    int v = v0;
+    for (; v + 16 <= v1; v += 16) {
+      uint8x16_t xv[16]; /* [p][i] */
+      _Pragma("GCC unroll 2") for (int p = 0; p < NP; p++)
+      _Pragma("GCC unroll 8") for (int i = 0; i < A; i++) xv[p * A + i] = vld1q_u8(rp[p] + i * rb + v);
+      _Pragma("GCC unroll 16") for (int ob = 0; ob < OB; ob++) {
+        uint8x16_t t[2] = {vdupq_n_u8(0), vdupq_n_u8(0)};
+        _Pragma("GCC unroll 8") for (int j = 0; j < W; j++) {
+          const uint8x16_t wv = vld1q_u8(w + ob * ws + j * rb + v);
+          _Pragma("GCC unroll 2") for (int p = 0; p < NP; p++)
+          _Pragma("GCC unroll 8") for (int i = 0; i < A; i++)
+            FUSE(t[p], xv[p * A + i], wv, i, j, vandq_u8, vcntq_u8, vmlaq_u8, vdupq_n_u8);
+        }
+        _Pragma("GCC unroll 2") for (int p = 0; p < NP; p++) acc[p * OB + ob] = vpadalq_u8(acc[p * OB + ob], t[p]);
+      }
+    }
+    if (v < v1) { /* the last 8 bytes: two pixels, or two channels, per register */
+      if (NP == 2) {
+        uint8x16_t xd[8];
+        _Pragma("GCC unroll 8") for (int i = 0; i < A; i++)
+          xd[i] = vcombine_u8(vld1_u8(r0 + i * rb + v), vld1_u8(r1 + i * rb + v));
+        _Pragma("GCC unroll 16") for (int ob = 0; ob < OB; ob++) {
+          uint8x16_t t = vdupq_n_u8(0);
+          _Pragma("GCC unroll 8") for (int j = 0; j < W; j++) {
+            const uint8x16_t wv = vreinterpretq_u8_u64(vld1q_dup_u64((const uint64_t*)(w + ob * ws + j * rb + v)));
+            _Pragma("GCC unroll 8") for (int i = 0; i < A; i++) FUSE(t, xd[i], wv, i, j, vandq_u8, vcntq_u8, vmlaq_u8, vdupq_n_u8);
+          }
+          acc[ob] = vaddw_u8(acc[ob], vget_low_u8(t));
+          acc[OB + ob] = vaddw_high_u8(acc[OB + ob], t);
+        }
+      } else if (OB % 2 == 0) {
+        uint8x16_t xd[8];
+        _Pragma("GCC unroll 8") for (int i = 0; i < A; i++)
+          xd[i] = vreinterpretq_u8_u64(vld1q_dup_u64((const uint64_t*)(r0 + i * rb + v)));
+        _Pragma("GCC unroll 16") for (int ob = 0; ob < OB; ob += 2) {
+          uint8x16_t t = vdupq_n_u8(0);
+          _Pragma("GCC unroll 8") for (int j = 0; j < W; j++) {
+            const uint8x16_t wv = vcombine_u8(vld1_u8(w + ob * ws + j * rb + v), vld1_u8(w + (ob + 1) * ws + j * rb + v));
+            _Pragma("GCC unroll 8") for (int i = 0; i < A; i++) FUSE(t, xd[i], wv, i, j, vandq_u8, vcntq_u8, vmlaq_u8, vdupq_n_u8);
+          }
+          acc[ob] = vaddw_u8(acc[ob], vget_low_u8(t));
+          acc[ob + 1] = vaddw_high_u8(acc[ob + 1], t);
+        }
+      } else {
+        uint8x8_t x8[8];
+        _Pragma("GCC unroll 8") for (int i = 0; i < A; i++) x8[i] = vld1_u8(r0 + i * rb + v);
+        _Pragma("GCC unroll 16") for (int ob = 0; ob < OB; ob++) {
+          uint8x8_t t = vdup_n_u8(0);
+          _Pragma("GCC unroll 8") for (int j = 0; j < W; j++) {
+            const uint8x8_t wv = vld1_u8(w + ob * ws + j * rb + v);
+            _Pragma("GCC unroll 8") for (int i = 0; i < A; i++) FUSE(t, x8[i], wv, i, j, vand_u8, vcnt_u8, vmla_u8, vdup_n_u8);
+          }
+          acc[ob] = vaddw_u8(acc[ob], t);
+        }
+      }
+    }
+    _Pragma("GCC unroll 8") for (int k = 0; k < NP * OB; k++) tot[k] = vpadalq_u16(tot[k], acc[k]);
+  } else {
+    const uint8_t* row = r0; /* one pixel */
+    uint16x8_t acc[64]; /* [ob][i][j]: OB*A*W <= 49 */
+    _Pragma("GCC unroll 16") for (int ob = 0; ob < OB; ob++)
+    _Pragma("GCC unroll 8") for (int i = 0; i < A; i++)
+    _Pragma("GCC unroll 8") for (int j = 0; j < W; j++) acc[(ob * A + i) * W + j] = vdupq_n_u16(0);
+    int v = v0;
+    for (; v + 16 <= v1; v += 16) {
+      uint8x16_t xv[8];
+      _Pragma("GCC unroll 8") for (int i = 0; i < A; i++) xv[i] = vld1q_u8(row + i * rb + v);
+      _Pragma("GCC unroll 16") for (int ob = 0; ob < OB; ob++)
+      _Pragma("GCC unroll 8") for (int j = 0; j < W; j++) {
+        const uint8x16_t wv = vld1q_u8(w + ob * ws + j * rb + v);
+        _Pragma("GCC unroll 8") for (int i = 0; i < A; i++)
+          acc[(ob * A + i) * W + j] = vpadalq_u8(acc[(ob * A + i) * W + j], vcntq_u8(vandq_u8(xv[i], wv)));
+      }
+    }
+    if (v < v1) {
+      uint8x8_t x8[8];
+      _Pragma("GCC unroll 8") for (int i = 0; i < A; i++) x8[i] = vld1_u8(row + i * rb + v);
+      _Pragma("GCC unroll 16") for (int ob = 0; ob < OB; ob++)
+      _Pragma("GCC unroll 8") for (int j = 0; j < W; j++) {
+        const uint8x8_t wv = vld1_u8(w + ob * ws + j * rb + v);
+        _Pragma("GCC unroll 8") for (int i = 0; i < A; i++)
+          acc[(ob * A + i) * W + j] = vaddw_u8(acc[(ob * A + i) * W + j], vcnt_u8(vand_u8(x8[i], wv)));
+      }
+    }
+    /* widen pairs of lanes to 32 bits, weight by the plane pair's coefficient */
+    _Pragma("GCC unroll 16") for (int ob = 0; ob < OB; ob++)
+    _Pragma("GCC unroll 8") for (int i = 0; i < A; i++)
+    _Pragma("GCC unroll 8") for (int j = 0; j < W; j++)
+      tot[ob] = vmlaq_n_u32(tot[ob], vpaddlq_u16(acc[(ob * A + i) * W + j]), 1u << (i + j));
   }
+}
+
+/* out[ob * ostride] = dot(row, channel ob) + obias[ob] + base for OB channels */
+/* The hot case written out: W2A2, two pixels, four output channels (NP=2, OB=4), rows
+ * of at most NEON_CHUNK bytes.  The same arithmetic as dot_chunk, register-allocated by
+ * hand: 4 activation + 8 weight loads, 32 and + 32 cnt, 24 mla, 8 uadalp per 16 bytes
+ * (GCC's allocation of the generic code spills and copies: ~10% more instructions).
+ * acc[p*4 + ob] are the 16-bit lane sums. */
+#define W2A2_OB(WA, WB, A0, A1)                                                                   \
+  "ldr q4, [%[" WA "], %[off]]\n\t"                                                                 \
+  "ldr q5, [%[" WB "], %[off]]\n\t"                                                                 \
+  "and v6.16b, v0.16b, v4.16b\n\tcnt v6.16b, v6.16b\n\t"                                           \
+  "and v7.16b, v2.16b, v4.16b\n\tcnt v7.16b, v7.16b\n\t"                                           \
+  "and v16.16b, v1.16b, v4.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
+  "and v17.16b, v3.16b, v4.16b\n\tcnt v17.16b, v17.16b\n\tmla v7.16b, v17.16b, v30.16b\n\t"         \
+  "and v16.16b, v0.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
+  "and v17.16b, v2.16b, v5.16b\n\tcnt v17.16b, v17.16b\n\tmla v7.16b, v17.16b, v30.16b\n\t"         \
+  "and v16.16b, v1.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v31.16b\n\t"         \
+  "and v17.16b, v3.16b, v5.16b\n\tcnt v17.16b, v17.16b\n\tmla v7.16b, v17.16b, v31.16b\n\t"         \
+  "uadalp " A0 ".8h, v6.16b\n\t"                                                                    \
+  "uadalp " A1 ".8h, v7.16b\n\t"
+/* the last 8 bytes: both pixels in one register, each weight plane duplicated */
+#define W2A2_TAIL_OB(WA, WB, A0, A1)                                                              \
+  "add %[t], %[" WA "], %[off]\n\tld1r {v4.2d}, [%[t]]\n\t"                                         \
+  "add %[t], %[" WB "], %[off]\n\tld1r {v5.2d}, [%[t]]\n\t"                                         \
+  "and v6.16b, v0.16b, v4.16b\n\tcnt v6.16b, v6.16b\n\t"                                           \
+  "and v16.16b, v1.16b, v4.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
+  "and v16.16b, v0.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
+  "and v16.16b, v1.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v31.16b\n\t"         \
+  "uaddw " A0 ".8h, " A0 ".8h, v6.8b\n\t"                                                           \
+  "uaddw2 " A1 ".8h, " A1 ".8h, v6.16b\n\t"
+
+static inline __attribute__((always_inline)) void w2a2_x2x4(const uint8_t* r0, const uint8_t* r1, const uint8_t* w,
+                                                            int rb, uint16x8_t* acc) {
+  const uint8_t *x01 = r0 + rb, *x11 = r1 + rb;
+  const uint8_t *w01 = w + rb, *w10 = w + 2 * rb, *w11 = w + 3 * rb;
+  const uint8_t *w20 = w + 4 * rb, *w21 = w + 5 * rb, *w30 = w + 6 * rb, *w31 = w + 7 * rb;
+  long n = rb >> 4, off = 0;
+  const long tail = rb & 8;
+  uint8_t* t;
+  __asm__ volatile(
+      "movi v20.8h, #0\n\tmovi v21.8h, #0\n\tmovi v22.8h, #0\n\tmovi v23.8h, #0\n\t"
+      "movi v24.8h, #0\n\tmovi v25.8h, #0\n\tmovi v26.8h, #0\n\tmovi v27.8h, #0\n\t"
+      "movi v30.16b, #2\n\tmovi v31.16b, #4\n\t"
+      "cbz %[n], 2f\n\t"
+      "1:\n\t"
+      "ldr q0, [%[x00], %[off]]\n\t"
+      "ldr q1, [%[x01], %[off]]\n\t"
+      "ldr q2, [%[x10], %[off]]\n\t"
+      "ldr q3, [%[x11], %[off]]\n\t"
+      W2A2_OB("w00", "w01", "v20", "v24")
+      W2A2_OB("w10", "w11", "v21", "v25")
+      W2A2_OB("w20", "w21", "v22", "v26")
+      W2A2_OB("w30", "w31", "v23", "v27")
+      "add %[off], %[off], #16\n\t"
+      "subs %[n], %[n], #1\n\t"
+      "b.ne 1b\n\t"
+      "2:\n\t"
+      "cbz %[tail], 3f\n\t"
+      "ldr d0, [%[x00], %[off]]\n\t"
+      "add %[t], %[x10], %[off]\n\tld1 {v0.d}[1], [%[t]]\n\t"
+      "ldr d1, [%[x01], %[off]]\n\t"
+      "add %[t], %[x11], %[off]\n\tld1 {v1.d}[1], [%[t]]\n\t"
+      W2A2_TAIL_OB("w00", "w01", "v20", "v24")
+      W2A2_TAIL_OB("w10", "w11", "v21", "v25")
+      W2A2_TAIL_OB("w20", "w21", "v22", "v26")
+      W2A2_TAIL_OB("w30", "w31", "v23", "v27")
+      "3:\n\t"
+      "st1 {v20.8h, v21.8h, v22.8h, v23.8h}, [%[acc]]\n\t"
+      "add %[t], %[acc], #64\n\t"
+      "st1 {v24.8h, v25.8h, v26.8h, v27.8h}, [%[t]]\n\t"
+      : [n] "+r"(n), [off] "+r"(off), [t] "=&r"(t)
+      : [x00] "r"(r0), [x01] "r"(x01), [x10] "r"(r1), [x11] "r"(x11), [w00] "r"(w), [w01] "r"(w01), [w10] "r"(w10),
+        [w11] "r"(w11), [w20] "r"(w20), [w21] "r"(w21), [w30] "r"(w30), [w31] "r"(w31), [tail] "r"(tail),
+        [acc] "r"(acc)
+      : "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v16", "v17", "v20", "v21", "v22", "v23", "v24", "v25",
+        "v26", "v27", "v30", "v31", "memory", "cc");
+}
+
+/* out[ob * ostride + p] = dot(pixel p's row, channel ob) + obias[ob] + base[p] for OB
+ * channels and NP pixels (rows r0, r1) */
+INLINE void dot_block(const uint8_t* r0, const uint8_t* r1, const uint8_t* w, int rb, const int A, const int W,
+                      const int OB, const int NP, int32_t* out, ptrdiff_t ostride, const int32_t* obias,
+                      const int32_t* base) {
+  uint32x4_t tot[16]; /* [p][ob] */
+  if (A == 2 && W == 2 && NP == 2 && OB == 4 && rb <= NEON_CHUNK(2, 2)) {
+    uint16x8_t acc[8];
+    w2a2_x2x4(r0, r1, w, rb, acc);
+    _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) tot[k] = vpaddlq_u16(acc[k]);
+  } else if (rb <= NEON_CHUNK(A, W)) {
+    _Pragma("GCC unroll 16") for (int k = 0; k < NP * OB; k++) tot[k] = vdupq_n_u32(0);
+    dot_chunk(r0, r1, w, rb, 0, rb, A, W, OB, NP, tot);
+  } else {
+    _Pragma("GCC unroll 16") for (int k = 0; k < NP * OB; k++) tot[k] = vdupq_n_u32(0);
+    for (int v0 = 0; v0 < rb; v0 += NEON_CHUNK(A, W))
+      dot_chunk(r0, r1, w, rb, v0, v0 + NEON_CHUNK(A, W) < rb ? v0 + NEON_CHUNK(A, W) : rb, A, W, OB, NP, tot);
+  }
+  _Pragma("GCC unroll 2") for (int p = 0; p < NP; p++) {
+    const uint32x4_t* tp = tot + p * OB;
+    if (OB % 4 == 0) { /* four channels' sums in one register: pairwise adds */
+      const int32x4_t b = vdupq_n_s32(base[p]);
+      _Pragma("GCC unroll 4") for (int k = 0; k < OB; k += 4) {
+        const uint32x4_t s = vpaddq_u32(vpaddq_u32(tp[k], tp[k + 1]), vpaddq_u32(tp[k + 2], tp[k + 3]));
+        const int32x4_t r = vaddq_s32(vaddq_s32(vreinterpretq_s32_u32(s), vld1q_s32(obias + k)), b);
+        int32_t* d = out + k * ostride + p;
+        vst1q_lane_s32(d, r, 0);
+        vst1q_lane_s32(d + ostride, r, 1);
+        vst1q_lane_s32(d + 2 * ostride, r, 2);
+        vst1q_lane_s32(d + 3 * ostride, r, 3);
+      }
+    } else {
+      _Pragma("GCC unroll 16") for (int ob = 0; ob < OB; ob++)
+        out[ob * ostride + p] = (int32_t)vaddvq_u32(tp[ob]) + obias[ob] + base[p];
+    }
+  }
+}
+
+INLINE void conv_row_impl(const row_args* ra, const int A, const int W) {
+  const int OB = OB_OF(A, W), NP = FUSABLE(A, W) ? 2 : 1, rb = ra->rb, og = ra->og;
+  const ptrdiff_t ostride = ra->ostride;
+  int p = 0;
+  if (NP == 2) {
+    for (; p + 2 <= ra->npix; p += 2) {
+      const uint8_t* row = ra->rows + (size_t)p * A * rb;
+      int o = 0;
+      for (; o + OB <= og; o += OB)
+        dot_block(row, row + A * rb, ra->w + (size_t)o * W * rb, rb, A, W, OB, 2, ra->out + o * ostride + p, ostride,
+                  ra->obias + o, ra->base + p);
+      for (; o < og; o++)
+        dot_block(row, row + A * rb, ra->w + (size_t)o * W * rb, rb, A, W, 1, 2, ra->out + o * ostride + p, ostride,
+                  ra->obias + o, ra->base + p);
+    }
+  }
+  for (; p < ra->npix; p++) {
+    const uint8_t* row = ra->rows + (size_t)p * A * rb;
+    int o = 0;
+    for (; o + OB <= og; o += OB)
+      dot_block(row, row, ra->w + (size_t)o * W * rb, rb, A, W, OB, 1, ra->out + o * ostride + p, ostride,
+                ra->obias + o, ra->base + p);
+    for (; o < og; o++)
+      dot_block(row, row, ra->w + (size_t)o * W * rb, rb, A, W, 1, 1, ra->out + o * ostride + p, ostride,
+                ra->obias + o, ra->base + p);
+  }
+}
+
 #elif defined(__AVX2__)
 /* x86 without a vector popcount: per 32 bytes, AND, then popcount by nibble lookup
  * (vpshufb), byte counts summed in 8-bit lanes for up to 31 steps (31 * 8 < 256) and
- * flushed to 64-bit lanes with vpsadbw. */
-#define DEFINE_DOT(NAME, A, W, OB)                                                               \
-  static void NAME(const uint8_t* row, const uint8_t* w, int rb, const int32_t* coef,           \
-                   int32_t* out, ptrdiff_t ostride, const int32_t* obias, int32_t base) {        \
-    const int wstride = (W) * rb;                                                                \
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,         \
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);        \
-    const __m256i low = _mm256_set1_epi8(0x0f);                                                  \
-    __m256i tot[OB][A][W];                                                                       \
-    _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                                   \
-    _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++)                                        \
-    _Pragma("GCC unroll 8") for (int j = 0; j < (W); j++) tot[ob][i][j] = _mm256_setzero_si256(); \
-    for (int v0 = 0; v0 < rb; v0 += 31 * 32) {                                                   \
-      int v1 = v0 + 31 * 32 < rb ? v0 + 31 * 32 : rb;                                            \
-      __m256i acc[OB][A][W];                                                                     \
-      _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                                 \
-      _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++)                                      \
-      _Pragma("GCC unroll 8") for (int j = 0; j < (W); j++) acc[ob][i][j] = _mm256_setzero_si256(); \
-      for (int v = v0; v < v1; v += 32) {                                                        \
-        __m256i xv[A];                                                                           \
-        _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++)                                    \
-          xv[i] = _mm256_loadu_si256((const __m256i*)(row + i * rb + v));                        \
-        _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                               \
-        _Pragma("GCC unroll 8") for (int j = 0; j < (W); j++) {                                  \
-          __m256i wv = _mm256_loadu_si256((const __m256i*)(w + ob * wstride + j * rb + v));      \
-          _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++) {                                \
-            __m256i a = _mm256_and_si256(xv[i], wv);                                             \
-            __m256i c = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(a, low)),      \
-                                        _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(a, 4), low))); \
-            acc[ob][i][j] = _mm256_add_epi8(acc[ob][i][j], c);                                   \
-          }                                                                                      \
-        }                                                                                        \
-      }                                                                                          \
-      _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                                 \
-      _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++)                                      \
-      _Pragma("GCC unroll 8") for (int j = 0; j < (W); j++)                                      \
-        tot[ob][i][j] = _mm256_add_epi64(tot[ob][i][j], _mm256_sad_epu8(acc[ob][i][j], _mm256_setzero_si256())); \
-    }                                                                                            \
-    for (int ob = 0; ob < (OB); ob++) {                                                          \
-      int64_t s = 0;                                                                             \
-      for (int i = 0; i < (A); i++)                                                              \
-        for (int j = 0; j < (W); j++) {                                                          \
-          int64_t q[4];                                                                          \
-          memcpy(q, &tot[ob][i][j], sizeof(q));                                                  \
-          s += (int64_t)coef[i * (W) + j] * (q[0] + q[1] + q[2] + q[3]);                         \
-        }                                                                                        \
-      out[ob * ostride] = (int32_t)s + obias[ob] + base;                                         \
-    }                                                                                            \
+ * flushed to 64-bit lanes with vpsadbw; the last rb % 32 bytes with the scalar popcount. */
+#define OB_OF(A, W) ((A) * (W) >= 16 ? 1 : 16 / ((A) * (W)))
+INLINE void dot_block(const uint8_t* row, const uint8_t* w, int rb, const int A, const int W, const int OB,
+                      int32_t* out, ptrdiff_t ostride, const int32_t* obias, int32_t base) {
+  const int ws = W * rb, rb32 = rb & ~31;
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                       0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  __m256i tot[64]; /* [ob][i][j]: OB*A*W <= 49 */
+  _Pragma("GCC unroll 16") for (int ob = 0; ob < OB; ob++)
+  _Pragma("GCC unroll 8") for (int i = 0; i < A; i++)
+  _Pragma("GCC unroll 8") for (int j = 0; j < W; j++) tot[(ob * A + i) * W + j] = _mm256_setzero_si256();
+  for (int v0 = 0; v0 < rb32; v0 += 31 * 32) {
+    const int v1 = v0 + 31 * 32 < rb32 ? v0 + 31 * 32 : rb32;
+    __m256i acc[64];
+    _Pragma("GCC unroll 16") for (int ob = 0; ob < OB; ob++)
+    _Pragma("GCC unroll 8") for (int i = 0; i < A; i++)
+    _Pragma("GCC unroll 8") for (int j = 0; j < W; j++) acc[(ob * A + i) * W + j] = _mm256_setzero_si256();
+    for (int v = v0; v < v1; v += 32) {
+      __m256i xv[8];
+      _Pragma("GCC unroll 8") for (int i = 0; i < A; i++) xv[i] = _mm256_loadu_si256((const __m256i*)(row + i * rb + v));
+      _Pragma("GCC unroll 16") for (int ob = 0; ob < OB; ob++)
+      _Pragma("GCC unroll 8") for (int j = 0; j < W; j++) {
+        const __m256i wv = _mm256_loadu_si256((const __m256i*)(w + ob * ws + j * rb + v));
+        _Pragma("GCC unroll 8") for (int i = 0; i < A; i++) {
+          const __m256i a = _mm256_and_si256(xv[i], wv);
+          const __m256i c = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(a, low)),
+                                            _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(a, 4), low)));
+          acc[(ob * A + i) * W + j] = _mm256_add_epi8(acc[(ob * A + i) * W + j], c);
+        }
+      }
+    }
+    _Pragma("GCC unroll 16") for (int ob = 0; ob < OB; ob++)
+    _Pragma("GCC unroll 8") for (int i = 0; i < A; i++)
+    _Pragma("GCC unroll 8") for (int j = 0; j < W; j++)
+      tot[(ob * A + i) * W + j] = _mm256_add_epi64(tot[(ob * A + i) * W + j], _mm256_sad_epu8(acc[(ob * A + i) * W + j], _mm256_setzero_si256()));
   }
-#else
-#define DEFINE_DOT(NAME, A, W, OB)                                                               \
-  static void NAME(const uint8_t* row, const uint8_t* w, int rb, const int32_t* coef,           \
-                   int32_t* out, ptrdiff_t ostride, const int32_t* obias, int32_t base) {        \
-    const int wstride = (W) * rb;                                                                \
-    uint32_t acc[OB][A][W];                                                                      \
-    memset(acc, 0, sizeof(acc));                                                                 \
-    for (int v = 0; v < rb; v += 8) {                                                            \
-      uint64_t xv[A];                                                                            \
-      _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++) memcpy(&xv[i], row + i * rb + v, 8); \
-      _Pragma("GCC unroll 16") for (int ob = 0; ob < (OB); ob++)                                 \
-      _Pragma("GCC unroll 8") for (int j = 0; j < (W); j++) {                                    \
-        uint64_t wv;                                                                             \
-        memcpy(&wv, w + ob * wstride + j * rb + v, 8);                                           \
-        _Pragma("GCC unroll 8") for (int i = 0; i < (A); i++)                                    \
-          acc[ob][i][j] += (uint32_t)__builtin_popcountll(xv[i] & wv);                           \
-      }                                                                                          \
-    }                                                                                            \
-    for (int ob = 0; ob < (OB); ob++) {                                                          \
-      int32_t s = 0;                                                                             \
-      for (int i = 0; i < (A); i++)                                                              \
-        for (int j = 0; j < (W); j++) s += coef[i * (W) + j] * (int32_t)acc[ob][i][j];           \
-      out[ob * ostride] = s + obias[ob] + base;                                                  \
-    }                                                                                            \
+  for (int ob = 0; ob < OB; ob++) {
+    int64_t s = 0;
+    for (int i = 0; i < A; i++)
+      for (int j = 0; j < W; j++) {
+        int64_t q[4];
+        memcpy(q, &tot[(ob * A + i) * W + j], sizeof(q));
+        int64_t c = q[0] + q[1] + q[2] + q[3];
+        for (int v = rb32; v < rb; v += 8) {
+          uint64_t a, b;
+          memcpy(&a, row + i * rb + v, 8);
+          memcpy(&b, w + ob * ws + j * rb + v, 8);
+          c += __builtin_popcountll(a & b);
+        }
+        s += c << (i + j);
+      }
+    out[ob * ostride] = (int32_t)s + obias[ob] + base;
   }
-#endif
-
-/* Output channels per block: as many as keep <= 16 plane-pair accumulators. */
-#if defined(__aarch64__)
-#define OB_OF(A, W) (FUSABLE(A, W) ? 4 : (A) * (W) >= 16 ? 1 : 16 / ((A) * (W)))
+}
 #else
 #define OB_OF(A, W) ((A) * (W) >= 16 ? 1 : 16 / ((A) * (W)))
+INLINE void dot_block(const uint8_t* row, const uint8_t* w, int rb, const int A, const int W, const int OB,
+                      int32_t* out, ptrdiff_t ostride, const int32_t* obias, int32_t base) {
+  const int ws = W * rb;
+  uint32_t acc[64];
+  memset(acc, 0, sizeof(acc));
+  for (int v = 0; v < rb; v += 8) {
+    uint64_t xv[8];
+    _Pragma("GCC unroll 8") for (int i = 0; i < A; i++) memcpy(&xv[i], row + i * rb + v, 8);
+    _Pragma("GCC unroll 16") for (int ob = 0; ob < OB; ob++)
+    _Pragma("GCC unroll 8") for (int j = 0; j < W; j++) {
+      uint64_t wv;
+      memcpy(&wv, w + ob * ws + j * rb + v, 8);
+      _Pragma("GCC unroll 8") for (int i = 0; i < A; i++) acc[(ob * A + i) * W + j] += (uint32_t)__builtin_popcountll(xv[i] & wv);
+    }
+  }
+  for (int ob = 0; ob < OB; ob++) {
+    uint32_t s = 0;
+    for (int i = 0; i < A; i++)
+      for (int j = 0; j < W; j++) s += acc[(ob * A + i) * W + j] << (i + j);
+    out[ob * ostride] = (int32_t)s + obias[ob] + base;
+  }
+}
+
 #endif
 
-/* The dot products of one im2col row with the weights of output channels [0, og). */
-#define DEFINE_PAIR(A, W)                                                                        \
-  DEFINE_DOT(dot_blk_##A##_##W, A, W, OB_OF(A, W))                                               \
-  DEFINE_DOT(dot_one_##A##_##W, A, W, 1)                                                         \
-  static void conv_row_##A##_##W(const uint8_t* row, const uint8_t* wp, int rb, int og,          \
-                                 const int32_t* coef, int32_t* out, ptrdiff_t ostride,           \
-                                 const int32_t* obias, int32_t base) {                           \
-    enum { OBK = OB_OF(A, W) };                                                                  \
-    int o = 0;                                                                                   \
-    for (; o + OBK <= og; o += OBK)                                                              \
-      dot_blk_##A##_##W(row, wp + (size_t)o * (W) * rb, rb, coef, out + o * ostride, ostride,    \
-                        obias + o, base);                                                        \
-    for (; o < og; o++)                                                                          \
-      dot_one_##A##_##W(row, wp + (size_t)o * (W) * rb, rb, coef, out + o * ostride, ostride,    \
-                        obias + o, base);                                                        \
+#if !defined(__aarch64__)
+INLINE void conv_row_impl(const row_args* ra, const int A, const int W) {
+  const int OB = OB_OF(A, W), rb = ra->rb, og = ra->og;
+  const ptrdiff_t ostride = ra->ostride;
+  for (int p = 0; p < ra->npix; p++) {
+    const uint8_t* row = ra->rows + (size_t)p * A * rb;
+    int32_t* out = ra->out + p;
+    int o = 0;
+    for (; o + OB <= og; o += OB)
+      dot_block(row, ra->w + (size_t)o * W * rb, rb, A, W, OB, out + o * ostride, ostride, ra->obias + o, ra->base[p]);
+    for (; o < og; o++)
+      dot_block(row, ra->w + (size_t)o * W * rb, rb, A, W, 1, out + o * ostride, ostride, ra->obias + o, ra->base[p]);
   }
+}
+#endif
 
-typedef void (*row_fn)(const uint8_t*, const uint8_t*, int, int, const int32_t*, int32_t*, ptrdiff_t,
-                       const int32_t*, int32_t);
+typedef void (*row_fn)(const row_args*);
+#define DEFINE_PAIR(A, W) \
+  static void conv_row_##A##_##W(const row_args* ra) { conv_row_impl(ra, A, W); }
 
 #define PAIRS(X)                                                                                 \
   X(1, 1) X(1, 2) X(1, 3) X(1, 4) X(1, 5) X(1, 6) X(1, 7)                                        \
@@ -305,12 +518,67 @@ PAIRS(DEFINE_PAIR)
 #define TABLE_ENTRY(A, W) conv_row_##A##_##W,
 static const row_fn ROW_FNS[49] = {PAIRS(TABLE_ENTRY)};
 
+/* Bit planes of 8 channels' codes (bytes of v, one per channel; channels >= nc zero)
+ * for ab planes, written to dst[i * pstride]: bit k of plane i = bit i of channel k. */
+static inline void planes_of_word(uint64_t v, int ab, uint8_t* dst, size_t pstride) {
+  for (int i = 0; i < ab; i++)
+    dst[i * pstride] = (uint8_t)((((v >> i) & 0x0101010101010101ull) * 0x0102040810204080ull) >> 56);
+}
+
+#if defined(__aarch64__)
+/* Bit-pack 16 consecutive pixels of one input row: channel byte cb of the tap (8 channels
+ * from src + k*HW, nc of them real) for every plane, to dst + i*pstride + p*tapb. */
+INLINE void pack16(const uint8_t* src, size_t HW, int nc, uint8_t flip, int ab, uint8_t* dst, size_t pstride,
+                   int tapb) {
+  uint8x16_t x[8];
+  const uint8x16_t f = vdupq_n_u8(flip);
+  _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) x[k] = k < nc ? veorq_u8(vld1q_u8(src + k * HW), f) : vdupq_n_u8(0);
+  for (int i = 0; i < ab; i++) {
+    uint8x16_t y[8];
+    const int8x16_t sh = vdupq_n_s8((int8_t)-i);
+    _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) y[k] = vshlq_u8(x[k], sh);
+    /* bit k of r = bit 0 of y[k]: shift-left-and-insert keeps the bits below k */
+    uint8x16_t r = y[0];
+    r = vsliq_n_u8(r, y[1], 1);
+    r = vsliq_n_u8(r, y[2], 2);
+    r = vsliq_n_u8(r, y[3], 3);
+    r = vsliq_n_u8(r, y[4], 4);
+    r = vsliq_n_u8(r, y[5], 5);
+    r = vsliq_n_u8(r, y[6], 6);
+    r = vsliq_n_u8(r, y[7], 7);
+    uint8_t* d = dst + i * pstride;
+    if (tapb == 1) {
+      vst1q_u8(d, r);
+    } else {
+#define LANE(p) vst1q_lane_u8(d + (p) * tapb, r, p);
+      LANE(0) LANE(1) LANE(2) LANE(3) LANE(4) LANE(5) LANE(6) LANE(7)
+      LANE(8) LANE(9) LANE(10) LANE(11) LANE(12) LANE(13) LANE(14) LANE(15)
+#undef LANE
+    }
+  }
+}
+#endif
+
+/* Copy n bytes (n >= 1) with a few wide moves (the last one overlapping). */
+static inline void copy_bytes(uint8_t* d, const uint8_t* s, int n) {
+  if (n >= 16) {
+    int k = 0;
+    for (; k + 16 <= n; k += 16) memcpy(d + k, s + k, 16);
+    if (k < n) memcpy(d + n - 16, s + n - 16, 16);
+  } else if (n >= 8) {
+    memcpy(d, s, 8);
+    memcpy(d + n - 8, s + n - 8, 8);
+  } else {
+    for (int k = 0; k < n; k++) d[k] = s[k];
+  }
+}
+
 /* args: x codes int8/uint8 [N][C][H][W], packed weights uint8 [O][WB][RB],
  * wsum int32 [O], meta int32 [META_LEN], out int32 [N][O][OH][OW]. */
-/* (no-tree-loop-distribute-patterns: the short im2col copies stay inline word moves
- * instead of becoming one libc memcpy call per tap) */
-SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int __tvm_ffi_sliver_lowbit_bitserial(void* self, const sliver_Any* args, int32_t nargs,
-                                                    sliver_Any* result) {
+/* (no-tree-loop-distribute-patterns: the short copies stay inline moves instead of
+ * becoming libc memcpy calls) */
+SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int __tvm_ffi_sliver_lowbit_bitserial(
+    void* self, const sliver_Any* args, int32_t nargs, sliver_Any* result) {
   (void)self;
   if (nargs != 5) return fail("sliver_lowbit_bitserial: expected 5 arguments (x, packed w, wsum, meta, out)");
   const uint8_t* x = (const uint8_t*)data_of(&args[0]);
@@ -329,92 +597,91 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   const int OH = m[M_OH], OW = m[M_OW], TAPB = m[M_TAPB], RB = m[M_RB];
   const int HP = H + PT + m[M_PB], WP = W + PL + m[M_PR];
   const int Cg = C / G, Og = O / G, K = KH * KW * Cg;
-  if (AB < 1 || AB > 7 || WB < 1 || WB > 7 || RB % ROW_ALIGN || m[M_WSIGNED])
-    return fail("sliver_lowbit_bitserial: bad meta (bit widths 1..7, row bytes a multiple of the vector, "
+  if (AB < 1 || AB > 7 || WB < 1 || WB > 7 || RB % ROW_ALIGN || RB < KH * KW * TAPB || m[M_WSIGNED])
+    return fail("sliver_lowbit_bitserial: bad meta (bit widths 1..7, row bytes a multiple of 8, "
                 "unsigned weight planes): the library was built by a different sliver");
-  int32_t cx[8], cw[8];
-  for (int i = 0; i < AB; i++) cx[i] = 1 << i;
-  for (int j = 0; j < WB; j++) cw[j] = 1 << j;
   const row_fn fn = ROW_FNS[(AB - 1) * 7 + (WB - 1)];
-  int32_t coef[64];
-  for (int i = 0; i < AB; i++)
-    for (int j = 0; j < WB; j++) coef[i * WB + j] = cx[i] * cw[j];
 
-  /* padded input pixels of one group, each AB planes of TAPB bytes */
-  const size_t pix = (size_t)AB * TAPB;
-  uint8_t* pk = (uint8_t*)calloc((size_t)HP * WP * pix, 1);
+  /* The padded input of one group, bit-packed: per input row hp and plane i, the WP
+   * pixels' TAPB-byte taps in a row (pk[(hp*AB + i)*PSTR + wq*TAPB]), so the KW taps of
+   * one kernel row are contiguous (stride-1 width, no dilation: one copy per row). */
+  const size_t PSTR = (size_t)WP * TAPB;
+  uint8_t* pk = (uint8_t*)calloc((size_t)HP * AB * PSTR, 1);
   uint8_t* rows = (uint8_t*)calloc((size_t)OW * AB * RB, 1);
   int32_t* sx = (int32_t*)malloc(sizeof(int32_t) * OW);
   int32_t* obias = (int32_t*)malloc(sizeof(int32_t) * O);
-  uint8_t* zpat = (uint8_t*)calloc(pix, 1);
+  uint8_t* zpat = (uint8_t*)calloc((size_t)AB * TAPB, 1);
   if (!pk || !rows || !sx || !obias || !zpat) {
     free(pk); free(rows); free(sx); free(obias); free(zpat);
     return fail("sliver_lowbit_bitserial: out of memory for the packed activations");
   }
   /* acc = Sxw - wz*Sx - xz*Sw[o] + K*xz*wz: the last two per output channel */
   for (int o = 0; o < O; o++) obias[o] = K * xz * wz - xz * wsum[o];
-  /* a padded pixel: the code xz in every real channel of the group */
+  /* a padded pixel holds the code xz in every real channel of the group; the border
+   * stays as written here, the interior is packed per image and group */
   for (int c = 0; c < Cg; c++)
     for (int i = 0; i < AB; i++) zpat[i * TAPB + c / 8] |= (uint8_t)((((unsigned)xz >> i) & 1u) << (c % 8));
+  for (int hp = 0; hp < HP; hp++)
+    for (int i = 0; i < AB; i++)
+      for (int wq = 0; wq < WP; wq++) memcpy(pk + (hp * AB + i) * PSTR + (size_t)wq * TAPB, zpat + i * TAPB, TAPB);
   const size_t HW = (size_t)H * W;
   const ptrdiff_t ostride = (ptrdiff_t)OH * OW;
+  const uint64_t flip8 = 0x0101010101010101ull * (uint64_t)aflip;
   for (int n = 0; n < N; n++) {
     for (int g = 0; g < G; g++) {
-      /* 1. bit-pack the (padded) input pixels of this group */
-      for (int hp = 0; hp < HP; hp++) {
-        const int h = hp - PT;
-        for (int wq = 0; wq < WP; wq++) {
-          const int ww = wq - PL;
-          uint8_t* dst = pk + ((size_t)hp * WP + wq) * pix;
-          if (!(h >= 0 && h < H && ww >= 0 && ww < W)) {
-            memcpy(dst, zpat, pix);
-            continue;
+      /* 1. bit-pack the input pixels of this group */
+      for (int h = 0; h < H; h++) {
+        uint8_t* prow = pk + (size_t)(h + PT) * AB * PSTR + (size_t)PL * TAPB;
+        const uint8_t* srow = x + (((size_t)n * C + (size_t)g * Cg) * H + h) * W;
+        for (int cb = 0; cb < TAPB; cb++) {
+          const int c0 = cb * 8, nc = Cg - c0 < 8 ? Cg - c0 : 8;
+          const uint8_t* s8 = srow + (size_t)c0 * HW;
+          int ww = 0;
+#if defined(__aarch64__)
+          /* 16 pixels at a time; a last partial group overlaps the previous one */
+          if (W >= 16) {
+            for (; ww < W; ww += 16) {
+              const int w0 = ww + 16 <= W ? ww : W - 16;
+              pack16(s8 + w0, HW, nc, (uint8_t)aflip, AB, prow + (size_t)w0 * TAPB + cb, PSTR, TAPB);
+            }
           }
-          const uint8_t* src = x + (((size_t)n * C + (size_t)g * Cg) * H + h) * W + ww;
-          for (int cb = 0; cb < TAPB; cb++) {
+#endif
+          for (; ww < W; ww++) {
             /* 8 channels' codes as the bytes of one word, then plane i's bits gathered
              * into one byte by a multiply (byte k's bit 0 -> bit k of the top byte) */
-            const int c0 = cb * 8, nc = Cg - c0 < 8 ? Cg - c0 : 8;
-            const uint8_t* s8 = src + (size_t)c0 * HW;
             uint64_t v = 0;
-            if (nc == 8) {
-              v = (uint64_t)s8[0] | (uint64_t)s8[HW] << 8 | (uint64_t)s8[2 * HW] << 16 | (uint64_t)s8[3 * HW] << 24 |
-                  (uint64_t)s8[4 * HW] << 32 | (uint64_t)s8[5 * HW] << 40 | (uint64_t)s8[6 * HW] << 48 |
-                  (uint64_t)s8[7 * HW] << 56;
-            } else {
-              for (int k = 0; k < nc; k++) v |= (uint64_t)s8[k * HW] << (8 * k);
-            }
-            v ^= (0x0101010101010101ull * (uint64_t)aflip) & (nc == 8 ? ~0ull : (1ull << (8 * nc)) - 1);
-            for (int i = 0; i < AB; i++)
-              dst[i * TAPB + cb] = (uint8_t)((((v >> i) & 0x0101010101010101ull) * 0x0102040810204080ull) >> 56);
+            for (int k = 0; k < nc; k++) v |= (uint64_t)s8[k * HW + ww] << (8 * k);
+            v ^= flip8 & (nc == 8 ? ~0ull : (1ull << (8 * nc)) - 1);
+            planes_of_word(v, AB, prow + (size_t)ww * TAPB + cb, PSTR);
           }
         }
       }
       const uint8_t* wg = wp + (size_t)g * Og * WB * RB;
       for (int oh = 0; oh < OH; oh++) {
-        /* 2. the im2col rows of this output row */
+        /* 2. the im2col rows of this output row: per kernel row and plane, KW*TAPB
+         * contiguous bytes (one copy), or a copy per tap when the width is dilated */
         for (int ow = 0; ow < OW; ow++) {
           uint8_t* r = rows + (size_t)ow * AB * RB;
-          for (int kh = 0; kh < KH; kh++)
-            for (int kw = 0; kw < KW; kw++) {
-              const uint8_t* s = pk + ((size_t)(oh * SH + kh * DH) * WP + (ow * SW + kw * DW)) * pix;
-              const int off = (kh * KW + kw) * TAPB;
-              for (int i = 0; i < AB; i++) {
-                uint8_t* d = r + (size_t)i * RB + off;
-                const uint8_t* si = s + i * TAPB;
-                int k = 0;
-                for (; k + 8 <= TAPB; k += 8) memcpy(d + k, si + k, 8);
-                for (; k < TAPB; k++) d[k] = si[k];
+          for (int kh = 0; kh < KH; kh++) {
+            const uint8_t* s = pk + (size_t)(oh * SH + kh * DH) * AB * PSTR + (size_t)ow * SW * TAPB;
+            for (int i = 0; i < AB; i++) {
+              uint8_t* d = r + (size_t)i * RB + kh * KW * TAPB;
+              const uint8_t* si = s + i * PSTR;
+              if (DW == 1) {
+                copy_bytes(d, si, KW * TAPB);
+              } else {
+                for (int kw = 0; kw < KW; kw++) copy_bytes(d + kw * TAPB, si + (size_t)kw * DW * TAPB, TAPB);
               }
             }
+          }
           int32_t t = 0;
-          for (int i = 0; i < AB; i++) t += cx[i] * (int32_t)count_row(r + (size_t)i * RB, RB);
-          sx[ow] = t;
+          for (int i = 0; i < AB; i++) t += (int32_t)count_row(r + (size_t)i * RB, RB) << i;
+          sx[ow] = -wz * t;
         }
         /* 3. popcount dot products, zero points folded, written to out[n, g*Og + o, oh, ow] */
-        int32_t* orow = out + (((size_t)n * O + (size_t)g * Og) * OH + oh) * OW;
-        for (int ow = 0; ow < OW; ow++)
-          fn(rows + (size_t)ow * AB * RB, wg, RB, Og, coef, orow + ow, ostride, obias + g * Og, -wz * sx[ow]);
+        const row_args ra = {rows, wg, RB, Og, OW, out + (((size_t)n * O + (size_t)g * Og) * OH + oh) * OW,
+                             ostride, obias + g * Og, sx};
+        fn(&ra);
       }
     }
   }
