@@ -67,7 +67,8 @@ def schedule(sch, block, cpu: CPU) -> list:
         rt, nv = register_tile(ow, n_out, cpu)
         if nv * cpu.lanes != b:  # packed for another CPU (e.g. a tuning record): keep its width
             rt, _ = register_tile(ow, b, cpu)
-        return tile_reduction(sch, block, cpu, width=b, reg_tile=rt)
+        unroll = 4 if cpu.lanes == 4 and cpu.registers == 32 else 1  # NEON (see tile_reduction)
+        return tile_reduction(sch, block, cpu, width=b, reg_tile=rt, unroll_reduction=unroll)
     if is_depthwise(sch, block):
         # A depthwise conv does ~9 multiply-adds per input value, so writing and
         # re-reading a padded copy cost more than the bounds check on each vector load
