@@ -149,6 +149,18 @@ def inline_epilogue(sch, block):
         consumers = list(sch.get_consumers(block))
 
 
+def inline_padding(sch, block) -> None:
+    """Read ``block``'s input through its padding (a bounds check per load) instead
+    of from a padded copy (``pad_temp``: a pass over memory of its own), where the
+    block does few operations per input value (depthwise convs, pooling)."""
+    for p in sch.get_producers(block):
+        if sch.get(p).name_hint.startswith("pad"):
+            try:
+                sch.compute_inline(p)
+            except Exception:  # noqa: BLE001 - TVM refuses an unsafe inline: keep the copy
+                pass
+
+
 def vectorize_tail(sch, loop, lanes: int):
     """Split ``loop`` into (…, lanes) and vectorize the inner part (unrolling the
     outer part when it is short)."""
