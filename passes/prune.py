@@ -1,7 +1,8 @@
 """prune: constraint-free channel pruning (UPSCALE, Wan et al., ICML 2023).
 
 Each conv2d (groups=1) / linear *consumer* chooses which of its input channels
-to keep, on its own (``l1``, ``l2`` or ``fpgm`` column scores, per layer or
+to keep, on its own (``l1``, ``l2`` or ``fpgm`` column scores, ``act``: the L2
+column norm times the input channel's RMS on calibration inputs; per layer or
 global, or masks given by the user).  The masked model is the original with the
 dropped input columns zeroed.  Exporting it exactly:
 
@@ -9,9 +10,15 @@ dropped input columns zeroed.  Exporting it exactly:
 2. *resolve*: a channel class is live when any consumer (or a barrier, or an
    output) reads it; producers keep their live channels, everything channel-wise
    in between (batch norm, depthwise convs, biases, adds, concats) follows;
-3. *rewrite*: slice weights; a consumer whose kept inputs are all of its
+3. *reorder* (:func:`choose_order`): permute each producer's channels (within its
+   block of any concat) so consumers' channel sets become contiguous — exactly
+   where a consecutive-ones order exists (:mod:`sliver.passes.consecutive`),
+   greedily otherwise; channels read by model outputs and barriers keep their order;
+4. *rewrite*: slice weights; a consumer whose kept inputs are all of its
    (pruned) input tensor reads it directly, a contiguous run is a ``slice``
-   (a view), anything else a ``take`` (a gather: a memory copy per inference).
+   (a view), anything else a ``take`` (a gather: a memory copy per inference) —
+   or, with ``holes=zero``, a view of the run around its channels with zero
+   weight columns in between.
 
 ``constrained=true`` instead prunes whole channel classes (every consumer of a
 coupled group drops the same channels, as Torch-Pruning/DepGraph do): no gathers,
