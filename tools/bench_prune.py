@@ -1,7 +1,7 @@
 """Pruning benchmark: memory copies and latency of naive vs reordered vs constrained export.
 
     python -m sliver.tools.bench_prune [--models resnet18,mobilenet_v2,densenet,efficientnet]
-                                       [--amount 0.3] [--side input] [--resolution 32]
+                                       [--amount 0.3] [--side input] [--holes gather] [--resolution 32]
                                        [--latency] [--repeat 30]
 
 For each model: the same L2 masks (on each layer's input channels, or with
@@ -49,12 +49,16 @@ def main(argv=None) -> int:
     p.add_argument("--amount", type=float, default=0.3)
     p.add_argument("--method", default="l2")
     p.add_argument("--side", default="input", choices=["input", "output"])
+    p.add_argument("--holes", default="gather", choices=["gather", "zero"],
+                   help="a consumer whose channels are not one run: gather them (a copy), or read the run "
+                        "around them with zero weights in between (no copy, more MACs)")
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--latency", action="store_true", help="also compile for x86_64 and time each export")
     p.add_argument("--repeat", type=int, default=30)
     args = p.parse_args(argv)
 
-    print(f"{args.side}-side {args.method} masks, amount {args.amount}, resolution {args.resolution}")
+    print(f"{args.side}-side {args.method} masks, amount {args.amount}, resolution {args.resolution}"
+          + (", holes zero-filled" if args.holes == "zero" else ""))
     header = f"{'model':<14}{'export':<13}{'gathers':>8}{'channels':>10}{'bytes copied':>14}{'params':>12}{'MACs':>8}"
     if args.latency:
         header += f"{'median ms':>11}{'min ms':>9}{'median':>9}{'min':>8}"
@@ -67,7 +71,7 @@ def main(argv=None) -> int:
         params0, macs0 = count_params_and_macs(base)
         for mode, opts in MODES.items():
             module = base.clone()
-            side = {} if mode == "constrained" else {"side": args.side}
+            side = {} if mode == "constrained" else {"side": args.side, "holes": args.holes}
             (rec,) = PassManager([make_pass("prune", method=args.method, amount=args.amount, **side, **opts)]).run(
                 module)
             r = rec.notes["report"]
