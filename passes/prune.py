@@ -1,7 +1,8 @@
 """prune: constraint-free channel pruning (UPSCALE, Wan et al., ICML 2023).
 
 Each conv2d (groups=1) / linear *consumer* chooses which of its input channels
-to keep, on its own (``l1``, ``l2`` or ``fpgm`` column scores, per layer or
+to keep, on its own (``l1``, ``l2`` or ``fpgm`` column scores, ``act``: the L2
+column norm times the input channel's RMS on calibration inputs; per layer or
 global, or masks given by the user).  The masked model is the original with the
 dropped input columns zeroed.  Exporting it exactly:
 
@@ -9,9 +10,15 @@ dropped input columns zeroed.  Exporting it exactly:
 2. *resolve*: a channel class is live when any consumer (or a barrier, or an
    output) reads it; producers keep their live channels, everything channel-wise
    in between (batch norm, depthwise convs, biases, adds, concats) follows;
-3. *rewrite*: slice weights; a consumer whose kept inputs are all of its
+3. *reorder* (:func:`choose_order`): permute each producer's channels (within its
+   block of any concat) so consumers' channel sets become contiguous — exactly
+   where a consecutive-ones order exists (:mod:`sliver.passes.consecutive`),
+   greedily otherwise; channels read by model outputs and barriers keep their order;
+4. *rewrite*: slice weights; a consumer whose kept inputs are all of its
    (pruned) input tensor reads it directly, a contiguous run is a ``slice``
-   (a view), anything else a ``take`` (a gather: a memory copy per inference).
+   (a view), anything else a ``take`` (a gather: a memory copy per inference) —
+   or, with ``holes=zero``, a view of the run around its channels with zero
+   weight columns in between.
 
 ``constrained=true`` instead prunes whole channel classes (every consumer of a
 coupled group drops the same channels, as Torch-Pruning/DepGraph do): no gathers,
@@ -114,6 +121,7 @@ class PrunePlan:
     rank: dict = field(default_factory=dict)  # class -> position in the exported order (reorder)
     output_masks: dict | None = None  # layer name -> kept output channels (side="output")
     reorder: dict | None = None  # choose_order's summary
+    holes: str = "gather"  # a consumer whose channels are not one run: "gather" them, or read the "zero"-filled run
 
     def kept(self, value) -> list[int] | None:
         """Positions of ``value``'s channels that survive (None: no channel axis)."""
@@ -415,7 +423,7 @@ def choose_order(module, plan) -> tuple[dict, dict]:
             touched.append((key, live, read))
         hit = [i for i, (_, _, read) in enumerate(touched) if read]
         lo, hi = hit[0], hit[-1]
-        if split or any(touched[i][2] != touched[i][1] for i in range(lo + 1, hi)):
+        if plan.holes == "gather" and (split or any(touched[i][2] != touched[i][1] for i in range(lo + 1, hi))):
             unavoidable += weight  # an inner block (or flattened channel) is read in part: no order helps
             continue
         for i, kind in ([(lo, "run")] if lo == hi else [(lo, "suffix"), (hi, "prefix")]):
@@ -440,7 +448,7 @@ def choose_order(module, plan) -> tuple[dict, dict]:
         "heuristic_bytes": sum(g.cost for g in groups),
         "searched": len(searched), "searched_bytes": sum(g.cost for g in searched),
         "optimum_bytes": sum(g.optimum for g in searched),
-        "unavoidable_bytes": unavoidable,
+        "unavoidable_bytes": unavoidable, "holes": plan.holes,
     }
     return rank, summary
 
@@ -468,6 +476,7 @@ class LayerReport:
     read: str  # "all", "view" (a contiguous slice) or "gather"
     gathered: int = 0  # channels copied per inference
     bytes_copied: int = 0
+    zero_filled: int = 0  # channels read only to meet zero weights (holes=zero)
 
 
 @dataclass
@@ -491,12 +500,16 @@ class PruneReport:
     def bytes_copied(self) -> int:
         return sum(r.bytes_copied for r in self.layers)
 
+    @property
+    def zero_filled(self) -> int:
+        return sum(r.zero_filled for r in self.layers)
+
     def as_dict(self) -> dict:
         return {
             "params_before": self.params_before, "params_after": self.params_after,
             "macs_before": self.macs_before, "macs_after": self.macs_after,
             "gathers": self.gathers, "gathered_channels": self.gathered_channels,
-            "bytes_copied": self.bytes_copied, "reorder": self.reorder, "layers": [vars(r) for r in self.layers],
+            "bytes_copied": self.bytes_copied, "zero_filled": self.zero_filled, "reorder": self.reorder, "layers": [vars(r) for r in self.layers],
         }
 
 
@@ -636,8 +649,11 @@ def _rewrite_consumer(new, module, op, operands, plan, report, order_of) -> list
     kept_out = order_of(op.results[0])
     where = {p: i for i, p in enumerate(kept_in)}
     idx = sorted(where[p] for p in mask)
-    mask = [kept_in[i] for i in idx]  # the columns in the order the input is laid out
     xin = operands[0]
+    zero = []  # holes=zero: columns read through a view only to meet zero weights
+    if plan.holes == "zero" and not _is_run(idx):
+        zero = [kept_in[i] for i in range(idx[0], idx[-1] + 1) if i not in set(idx)]
+        idx = list(range(idx[0], idx[-1] + 1))
     if idx == list(range(len(kept_in))):
         read, gathered = "all", 0
     elif _is_run(idx):
@@ -649,11 +665,14 @@ def _rewrite_consumer(new, module, op, operands, plan, report, order_of) -> list
         xin = new.add_op("take", [xin, index], {"axis": ax}, names=[new.fresh_name(x.name + ".gather")]).result
         read, gathered = "gather", len(idx)
     per_channel = int(np.prod(x.type.shape)) // n_in
+    columns = [kept_in[i] for i in idx]
     report.layers.append(LayerReport(
-        layer_name(op), op.kind, n_in, len(mask), op.results[0].type.shape[-1 if op.kind == "linear" else 1],
-        len(kept_out), read, gathered, gathered * per_channel * 4,
+        layer_name(op), op.kind, n_in, len(columns), op.results[0].type.shape[-1 if op.kind == "linear" else 1],
+        len(kept_out), read, gathered, gathered * per_channel * 4, len(zero),
     ))
-    w = _take(_take(module.params[op.operands[1].name], kept_out, 0), mask, 1)
+    w = _take(_take(module.params[op.operands[1].name], kept_out, 0), columns, 1)
+    if zero:
+        w[:, [columns.index(p) for p in zero]] = 0
     out = [xin, new.add_param(op.operands[1].name, w)]
     if len(op.operands) == 3:
         out.append(new.add_param(op.operands[2].name, _take(module.params[op.operands[2].name], kept_out, 0)))
@@ -678,6 +697,8 @@ def format_report(report: PruneReport) -> str:
     lines.append(f"params {report.params_before:,} -> {report.params_after:,}   "
                  f"MACs {report.macs_before:,} -> {report.macs_after:,}   gathers {report.gathers}, "
                  f"{report.gathered_channels} channels, {report.bytes_copied:,} bytes copied per inference")
+    if report.zero_filled:
+        lines.append(f"holes=zero: {report.zero_filled} channels read through views only to meet zero weights")
     if report.reorder is not None:
         lines.append(format_reorder(report.reorder))
     return "\n".join(lines) + "\n"
@@ -687,7 +708,8 @@ def format_reorder(r: dict) -> str:
     """One line on how the channel order was found."""
     text = f"reorder: {r['groups']} channel group(s) read in part, {r['exact']} ordered exactly (consecutive-ones)"
     if r["heuristic"]:
-        text += f", {r['heuristic']} greedily: {r['heuristic_bytes']:,} bytes still copied"
+        left = "bytes still copied" if r.get("holes", "gather") == "gather" else "bytes' worth of reads zero-filled"
+        text += f", {r['heuristic']} greedily: {r['heuristic_bytes']:,} {left}"
         if r["searched"]:
             text += (f" ({r['searched_bytes']:,} in the {r['searched']} small enough to search, "
                      f"whose optimum is {r['optimum_bytes']:,})")
@@ -708,6 +730,7 @@ class Prune(Pass):
     side: str = "input"
     constrained: bool = False
     reorder: bool = True
+    holes: str = "gather"
     masks: dict | None = field(default=None, compare=False, hash=False)
     # method=act: inputs to measure each layer input's channel RMS on, or the measured RMS (input_rms)
     calibration: tuple | None = field(default=None, compare=False, hash=False, repr=False)
@@ -719,6 +742,9 @@ class Prune(Pass):
         and consumers stop reading the channels that became zero."""
         if self.side not in ("input", "output"):
             raise SliverError(f"pruning side must be 'input' or 'output', got {self.side!r}")
+        if self.holes not in ("gather", "zero"):
+            raise SliverError(f"pruning holes must be 'gather' (copy a consumer's channels together) or 'zero' "
+                              f"(read the run around them, zero weights in between), got {self.holes!r}")
         analysis = ChannelAnalysis.run(module)
         if not analysis.consumers():
             raise SliverError(f"@{module.name} has no conv2d/linear layer whose input channels can be pruned")
@@ -737,7 +763,7 @@ class Prune(Pass):
                        if (kept := chosen.get(id(op))) is not None}
             zero_channels(module, by_name, "output")
             plan = resolve(module, analysis, drop_zero_inputs(module, analysis))
-            plan.output_masks = by_name
+            plan.output_masks, plan.holes = by_name, self.holes
             if self.reorder:
                 plan.rank, plan.reorder = choose_order(module, plan)
             return plan
@@ -745,6 +771,7 @@ class Prune(Pass):
             masks = consumer_masks(module, analysis, method=self.method, amount=self.amount, scope=self.scope,
                                    masks=self.masks, activations=act)
         plan = resolve(module, analysis, masks)
+        plan.holes = self.holes
         if self.reorder and not self.constrained:
             plan.rank, plan.reorder = choose_order(module, plan)
         return plan

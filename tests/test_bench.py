@@ -167,5 +167,7 @@ def test_bench_prune_prints_copies_for_each_export(capsys):
     assert list(rows) == ["unpruned", "naive", "reordered", "constrained"]
     assert lines[6].split()[0] == "reorder:" and "ordered exactly (consecutive-ones)" in lines[6]
     assert rows["constrained"][:3] == ["0", "0", "0"]  # constrained never gathers
-    params = {k: int(v[-1].replace(",", "")) for k, v in rows.items()}
+    params = {k: int(v[-2].replace(",", "")) for k, v in rows.items()}
     assert params["naive"] == params["reordered"] < params["unpruned"]
+    macs = {k: float(v[-1].rstrip("x")) for k, v in rows.items()}  # as a fraction of the unpruned model's
+    assert macs["unpruned"] == 1.0 and macs["naive"] == macs["reordered"] < 1.0

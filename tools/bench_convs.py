@@ -38,6 +38,7 @@ class Layer:
     h: int = 1
     w: int = 1
     count: int = 1  # how many layers of the models have this shape
+    label: str = ""  # a whole model's name (kind "model")
 
     @property
     def cls(self) -> str:
@@ -64,6 +65,8 @@ class Layer:
         return ho * wo * self.cout * (self.cin // self.groups) * self.k * self.k
 
     def name(self) -> str:
+        if self.label:
+            return f"{self.label} (whole model)"
         if self.kind == "linear":
             return f"linear {self.cin}->{self.cout}"
         g = f" g{self.groups}" if self.groups > 1 else ""
@@ -113,7 +116,58 @@ def layers_of(model_names, resolution: int) -> list[Layer]:
     return list(found.values())
 
 
+def cpu_time_runs(fn, warmup: int, repeat: int) -> list[float]:
+    """Process CPU time (ms) of each of ``repeat`` calls after ``warmup``: with one
+    thread per runtime, other jobs on a shared machine stretch wall time but barely
+    CPU time, so its minimum stays steady where wall-clock minima do not."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(max(repeat, 1)):
+        t0 = time.process_time()
+        fn()
+        out.append((time.process_time() - t0) * 1e3)
+    return out
+
+
+def kernel_cpu_times(compiled, x, warmup: int, repeat: int) -> list[float]:
+    """Per run, the thread CPU time (ms) of the artifact's functions that compute
+    sliver ops (the VM instrument of :mod:`sliver.runtime.profile`): a one-layer
+    artifact also transposes its NCHW input and output to and from NHWC, which in a
+    whole model happens once at its ends.  One TVM thread: the kernels run on the
+    calling thread."""
+    from sliver.runtime.profile import describe
+
+    spent = [0]
+    started = {}
+
+    def instrument(func, name, before, ret, *args):
+        name = str(name)
+        if name.startswith("vm.builtin.") or not describe(compiled.manifest, name)[0]:
+            return 0
+        if before:
+            started[name] = time.thread_time_ns()
+        else:
+            spent[0] += time.thread_time_ns() - started.pop(name)
+        return 0
+
+    for _ in range(warmup):
+        compiled.run(x)
+    out = []
+    compiled._vm.set_instrument(instrument)
+    try:
+        for _ in range(max(repeat, 1)):
+            spent[0] = 0
+            compiled.run(x)
+            out.append(spent[0] / 1e6)
+    finally:
+        compiled._vm.set_instrument(None)
+    return out
+
+
 def run(args) -> dict:
+    if args.cpu_time:
+        args.threads = 1
     set_tvm_threads(args.threads)
     import torch
 
@@ -123,12 +177,15 @@ def run(args) -> dict:
     layers = layers_of(args.models.split(","), args.resolution)
     if args.only:
         layers = [l for l in layers if args.only in l.cls.replace(" ", "")]
+    jobs = [(layer, layer.module()) for layer in layers]
+    if args.whole:  # the models themselves, after their layers
+        jobs += [(Layer("model", 0, 0, count=0, label=n), build_model(n, args.resolution, 1000))
+                 for n in args.models.split(",")]
     rows = []
-    for i, layer in enumerate(layers):
-        model, x = layer.module()
+    for i, (layer, (model, x)) in enumerate(jobs):
         with torch.no_grad():
             want = model(torch.from_numpy(x)).numpy()
-        print(f"[bench_convs] {i + 1}/{len(layers)} {layer.name()}", file=sys.stderr, flush=True)
+        print(f"[bench_convs] {i + 1}/{len(jobs)} {layer.name()}", file=sys.stderr, flush=True)
         art = sliver.lower(model, (torch.from_numpy(x),), target="x86_64", tune=False)
         compiled = art.load()
         fns = {"sliver": lambda: compiled.run(x)[0]}
@@ -137,15 +194,22 @@ def run(args) -> dict:
             fns["onnxruntime"] = lambda: ort.fn(x)
         # one backend after the other: interleaving single calls lets one runtime's
         # spinning worker threads steal the cores from the other's next call
-        timed = {k: time_runs(fn, args.warmup, args.repeat, args.budget)[1:] for k, fn in fns.items()}
-        row = {"layer": layer.name(), "class": layer.cls, "count": layer.count, "macs": layer.macs}
+        if args.cpu_time:
+            timed = {k: (cpu_time_runs(fn, args.warmup, args.repeat),) for k, fn in fns.items()}
+            if layer.kind != "model":  # the layer's own kernels, not the NCHW<->NHWC transposes around it
+                timed["sliver"] = (kernel_cpu_times(compiled, x, args.warmup, args.repeat),)
+        else:
+            timed = {k: time_runs(fn, args.warmup, args.repeat, args.budget)[1:] for k, fn in fns.items()}
+        row = {"layer": layer.name(), "class": "whole model" if layer.kind == "model" else layer.cls,
+               "count": layer.count, "macs": layer.macs if layer.kind != "model" else 0}
         for k, fn in fns.items():
             got = fn()
             err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
             s = stats(timed[k][0])
             row[k] = {"median_ms": s["median_ms"], "min_ms": s["min_ms"], "rel_err": err}
         rows.append(row)
-    return {"threads": args.threads, "resolution": args.resolution, "models": args.models, "rows": rows}
+    return {"threads": args.threads, "resolution": args.resolution, "models": args.models, "rows": rows,
+            "timing": "process CPU time" if args.cpu_time else "wall clock"}
 
 
 def format_report(rep: dict) -> str:
@@ -155,9 +219,12 @@ def format_report(rep: dict) -> str:
     classes: dict[str, list] = {}
     for r in rep["rows"]:
         s = r["sliver"]
-        gflops = 2 * r["macs"] / (s["min_ms"] * 1e6)
+        gflops = 2 * r["macs"] / (s["min_ms"] * 1e6) if r["macs"] else 0.0
         line = f"{r['layer']:34} {r['class']:16} {r['count']:>2} {r['macs'] / 1e9:6.3f} {s['min_ms']:10.3f} {s['median_ms']:8.3f} {gflops:8.1f}"
-        c = classes.setdefault(r["class"], [0.0, 0.0, 0])
+        if r["class"] == "whole model":
+            c = [0.0, 0.0, 0]  # not summed with the layers
+        else:
+            c = classes.setdefault(r["class"], [0.0, 0.0, 0])
         c[0] += s["min_ms"] * r["count"]
         c[2] += r["macs"] * r["count"]
         errs = [s["rel_err"]]
@@ -191,6 +258,9 @@ def parse_args(argv=None):
     p.add_argument("--budget", type=float, default=5.0, help="seconds of timed runs per layer and backend")
     p.add_argument("--only", default="", help="only layer classes containing this (spaces removed), e.g. 3x3s1")
     p.add_argument("--skip-ort", action="store_true")
+    p.add_argument("--whole", action="store_true", help="also time the whole models")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="one thread per runtime, timed by process CPU time (steady on a busy machine)")
     p.add_argument("--json", help="also write the results as JSON")
     return p.parse_args(argv)
 
@@ -200,7 +270,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     rep = run(args)
     print(f"bench_convs: batch 1, {args.resolution}x{args.resolution} models {args.models}, {args.threads} threads, "
-          f"min / median of {args.repeat} runs (ms); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+          f"min / median of {args.repeat} runs (ms, {rep['timing']}); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(format_report(rep))
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.json:

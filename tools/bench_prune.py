@@ -1,7 +1,7 @@
 """Pruning benchmark: memory copies and latency of naive vs reordered vs constrained export.
 
     python -m sliver.tools.bench_prune [--models resnet18,mobilenet_v2,densenet,efficientnet]
-                                       [--amount 0.3] [--side input] [--resolution 32]
+                                       [--amount 0.3] [--side input] [--holes gather] [--resolution 32]
                                        [--latency] [--repeat 30]
 
 For each model: the same L2 masks (on each layer's input channels, or with
@@ -9,7 +9,8 @@ For each model: the same L2 masks (on each layer's input channels, or with
 every consumer reading a subset gathers), reordered (UPSCALE export-time
 reordering) and, for comparison, constrained (whole coupled channel groups pruned:
 no copies, but other masks).  Prints gathers, gathered channels and bytes copied
-per inference, how the reordered layout was found (groups ordered exactly by the
+per inference, MACs as a fraction of the unpruned model's (what a copy-free export of
+those masks could reach at best), how the reordered layout was found (groups ordered exactly by the
 consecutive-ones test, by the greedy heuristic and its distance from the optimum,
 and bytes no order can avoid), and with --latency the compiled x86_64 latency (sliver's default
 schedules) of each plus the unpruned model.  The four artifacts of a model are
@@ -48,13 +49,17 @@ def main(argv=None) -> int:
     p.add_argument("--amount", type=float, default=0.3)
     p.add_argument("--method", default="l2")
     p.add_argument("--side", default="input", choices=["input", "output"])
+    p.add_argument("--holes", default="gather", choices=["gather", "zero"],
+                   help="a consumer whose channels are not one run: gather them (a copy), or read the run "
+                        "around them with zero weights in between (no copy, more MACs)")
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--latency", action="store_true", help="also compile for x86_64 and time each export")
     p.add_argument("--repeat", type=int, default=30)
     args = p.parse_args(argv)
 
-    print(f"{args.side}-side {args.method} masks, amount {args.amount}, resolution {args.resolution}")
-    header = f"{'model':<14}{'export':<13}{'gathers':>8}{'channels':>10}{'bytes copied':>14}{'params':>12}"
+    print(f"{args.side}-side {args.method} masks, amount {args.amount}, resolution {args.resolution}"
+          + (", holes zero-filled" if args.holes == "zero" else ""))
+    header = f"{'model':<14}{'export':<13}{'gathers':>8}{'channels':>10}{'bytes copied':>14}{'params':>12}{'MACs':>8}"
     if args.latency:
         header += f"{'median ms':>11}{'min ms':>9}{'median':>9}{'min':>8}"
     print(header)
@@ -63,19 +68,19 @@ def main(argv=None) -> int:
         base = sliver.trace(model, inputs)
         sliver.api.optimize(base)
         rows, modules = {}, {"unpruned": base}
+        params0, macs0 = count_params_and_macs(base)
         for mode, opts in MODES.items():
             module = base.clone()
-            side = {} if mode == "constrained" else {"side": args.side}
+            side = {} if mode == "constrained" else {"side": args.side, "holes": args.holes}
             (rec,) = PassManager([make_pass("prune", method=args.method, amount=args.amount, **side, **opts)]).run(
                 module)
             r = rec.notes["report"]
             rows[mode] = (f"{name:<14}{mode:<13}{r['gathers']:>8}{r['gathered_channels']:>10}"
-                          f"{r['bytes_copied']:>14,}{r['params_after']:>12,}")
+                          f"{r['bytes_copied']:>14,}{r['params_after']:>12,}{r['macs_after'] / macs0:>7.2f}x")
             modules[mode] = module
             if mode == "reordered":
                 reorder_line = f"{'':<14}{format_reorder(r['reorder'])}"
-        rows = {"unpruned": f"{name:<14}{'unpruned':<13}{'':>8}{'':>10}{'':>14}{count_params_and_macs(base)[0]:>12,}",
-                **rows}
+        rows = {"unpruned": f"{name:<14}{'unpruned':<13}{'':>8}{'':>10}{'':>14}{params0:>12,}{1:>7.2f}x", **rows}
         if args.latency:
             fns = {k: _compiled(m, inputs) for k, m in modules.items()}
             times = {k: ms for k, (_, ms, _) in time_interleaved(fns, 3, args.repeat, float("inf")).items()}

@@ -228,7 +228,7 @@ def cmd_prune(args) -> int:
     module, _, _ = _trace(args.model)
     optimize(module, "fold-batchnorm,const-fold,cse,dce")
     prune = make_pass("prune", method=args.method, amount=args.amount, scope=args.scope, side=args.side,
-                      constrained=args.constrained, reorder=not args.no_reorder, masks=masks)
+                      constrained=args.constrained, reorder=not args.no_reorder, holes=args.holes, masks=masks)
     (record,) = optimize(module, [prune])
     sys.stdout.write(record.notes["text"])
     if args.report:
@@ -416,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", default="layer", choices=["layer", "global"], help="rank channels per layer or globally")
     p.add_argument("--constrained", action="store_true", help="drop whole coupled channel groups (no gathers)")
     p.add_argument("--no-reorder", action="store_true", help="keep natural channel order (gathers instead of views)")
+    p.add_argument("--holes", default="gather", choices=["gather", "zero"],
+                   help="a layer whose channels are not one run: gather them (a copy per inference, default) or "
+                        "read the run around them with zero weights in between (no copy, more MACs)")
     p.add_argument("--masks", metavar="JSON", help="explicit masks: {layer: [kept input (or --side output) channels]}")
     p.add_argument("--report", metavar="JSON", help="write masks and the report as JSON")
     p.add_argument("-o", "--output", help="write the pruned IR here")

@@ -1,7 +1,7 @@
 """Post-training accuracy of constrained vs unconstrained channel pruning on digits.
 
     python -m sliver.tools.digits_prune [--sparsities 0.05,0.1,0.2,0.3,0.4] [--scores l2,act]
-                                        [--seeds 0,1,2] [--epochs 8]
+                                        [--seeds 0,1,2] [--epochs 8] [--models resnet] [--size 48]
 
 Trains a small ResNet-style net (residual adds couple its channels) and a small
 DenseNet-style net (concats share every earlier feature map) on scikit-learn's
@@ -94,9 +94,10 @@ def matched_constrained(base, params: int, steps: int = 10, **options):
     return best
 
 
-def evaluate(name: str, sparsities, *, epochs: int, seed: int, scores=("l2",)) -> list[dict]:
+def evaluate(name: str, sparsities, *, epochs: int, seed: int, scores=("l2",), size: int | None = None) -> list[dict]:
     """One trained net, pruned at each sparsity with each score: unconstrained and
-    constrained (matched parameter count) accuracies."""
+    constrained (matched parameter count) accuracies.  ``size``: the ResNet's width
+    or the DenseNet's growth rate (default 16 / 8)."""
     import torch
 
     import sliver
@@ -108,7 +109,8 @@ def evaluate(name: str, sparsities, *, epochs: int, seed: int, scores=("l2",)) -
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small batches: one thread is as fast and shares the machine
     try:
-        model = fit(MODELS[name](), data, epochs=epochs, lr=3e-3, seed=seed, batch=128)
+        kwargs = {} if size is None else {"width": size} if name == "resnet" else {"growth": size}
+        model = fit(MODELS[name](**kwargs), data, epochs=epochs, lr=3e-3, seed=seed, batch=128)
     finally:
         torch.set_num_threads(threads)
     x, y = data.x_test.numpy(), data.y_test.numpy()
@@ -167,6 +169,7 @@ def main(argv=None) -> int:
     p.add_argument("--scores", default="l2,act", help="channel scores to compare (l1, l2, fpgm, act)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--seeds", default="0,1,2", help="one trained net per seed; the table shows mean ± std")
+    p.add_argument("--size", type=int, help="the ResNet's width / the DenseNet's growth rate (default 16 / 8)")
     args = p.parse_args(argv)
     sparsities = [float(s) for s in args.sparsities.split(",")]
     scores = args.scores.split(",")
@@ -175,7 +178,7 @@ def main(argv=None) -> int:
         if name not in MODELS:
             p.error(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
         for seed in (int(s) for s in args.seeds.split(",")):
-            rows += evaluate(name, sparsities, epochs=args.epochs, seed=seed, scores=scores)
+            rows += evaluate(name, sparsities, epochs=args.epochs, seed=seed, scores=scores, size=args.size)
     sys.stdout.write(format_rows(rows))
     return 0
 

@@ -88,6 +88,9 @@ def test_selections_fuse_into_the_conv_without_transposes(layout):
     for name, f in convs.items():  # the NHWC conv rule still schedules them (NCHW convs have none)
         _, rule = S.schedule_primfunc(f, X86, name=name)
         assert rule == ("conv2d" if layout else "reduction"), (name, rule)
+        # and, like every dense NHWC conv, they read packed weights (folded at compile time)
+        assert ('T.sblock("conv2d_nhwc_packed")' in f.script()) == layout, name
+    assert not [n for n in names if "pack_weight" in n], names
 
 
 def test_gather_with_in_range_constant_indices_reads_without_clamping():

@@ -11,6 +11,7 @@ from torch import nn
 
 import sliver
 from helpers import dedent
+from sliver.errors import SliverError
 from sliver.ir.interp import run
 from sliver.ir.parser import parse_module
 from sliver.passes.consecutive import Read, arrange, consecutive_order, is_run
@@ -167,29 +168,82 @@ def test_golden_concat_block_permuted_within_its_producer():
         assert np.abs(run(pruned, [x], dtype="f64")[0] - want).max() <= 1e-12
 
 
+THREE_BLOCKS = dedent("""
+    func @m(%x: f32[1,3,4,4]) {
+      %a.weight = param : f32[4,3,1,1]
+      %b.weight = param : f32[4,3,1,1]
+      %e.weight = param : f32[4,3,1,1]
+      %c.weight = param : f32[2,12,1,1]
+      %d.weight = param : f32[2,4,1,1]
+      %a = conv2d(%x, %a.weight) : f32[1,4,4,4]
+      %b = conv2d(%x, %b.weight) : f32[1,4,4,4]
+      %e = conv2d(%x, %e.weight) : f32[1,4,4,4]
+      %cat = concat(%a, %b, %e) {axis=1} : f32[1,12,4,4]
+      %c = conv2d(%cat, %c.weight) : f32[1,2,4,4]
+      %d = conv2d(%b, %d.weight) : f32[1,2,4,4]
+      %o = add(%c, %d) : f32[1,2,4,4]
+      return %o
+    }
+""")
+THREE_MASKS = {"c": [0, 5, 6, 11]}  # c reads a0, b1, b2, e3; d reads all of b
+
+
 def test_inner_concat_block_read_in_part_is_counted_unavoidable():
-    text = dedent("""
+    # b sits between a and e and keeps b0, b3 for d, so no order of b helps
+    _, m, notes = _prune(THREE_BLOCKS, masks=THREE_MASKS)
+    r = notes["report"]
+    assert r["gathers"] == 1 and r["bytes_copied"] == 4 * 16 * 4
+    assert r["reorder"]["unavoidable_bytes"] == r["bytes_copied"] and r["reorder"]["heuristic"] == 0
+
+
+def test_golden_holes_zero_reads_the_run_around_the_channels():
+    # holes=zero: c reads the whole run [a0 | b0 b1 b2 b3 | e3] (no copy) with zero weights for b0, b3
+    original, m, notes = _prune(THREE_BLOCKS, masks=THREE_MASKS, holes="zero")
+    assert str(m) == dedent("""
         func @m(%x: f32[1,3,4,4]) {
-          %a.weight = param : f32[4,3,1,1]
+          %a.weight = param : f32[1,3,1,1]
+          %a = conv2d(%x, %a.weight) : f32[1,1,4,4]
           %b.weight = param : f32[4,3,1,1]
-          %e.weight = param : f32[4,3,1,1]
-          %c.weight = param : f32[2,12,1,1]
-          %d.weight = param : f32[2,4,1,1]
-          %a = conv2d(%x, %a.weight) : f32[1,4,4,4]
           %b = conv2d(%x, %b.weight) : f32[1,4,4,4]
-          %e = conv2d(%x, %e.weight) : f32[1,4,4,4]
-          %cat = concat(%a, %b, %e) {axis=1} : f32[1,12,4,4]
+          %e.weight = param : f32[1,3,1,1]
+          %e = conv2d(%x, %e.weight) : f32[1,1,4,4]
+          %cat = concat(%a, %b, %e) {axis=1} : f32[1,6,4,4]
+          %c.weight = param : f32[2,6,1,1]
           %c = conv2d(%cat, %c.weight) : f32[1,2,4,4]
+          %d.weight = param : f32[2,4,1,1]
           %d = conv2d(%b, %d.weight) : f32[1,2,4,4]
           %o = add(%c, %d) : f32[1,2,4,4]
           return %o
         }
     """)
-    # c reads a0, b1, b2, e3: b sits between a and e and keeps b0, b3 for d, so no order of b helps
-    _, m, notes = _prune(text, masks={"c": [0, 5, 6, 11]})
-    r = notes["report"]
-    assert r["gathers"] == 1 and r["bytes_copied"] == 4 * 16 * 4
-    assert r["reorder"]["unavoidable_bytes"] == r["bytes_copied"] and r["reorder"]["heuristic"] == 0
+    w = m.params["c.weight"][:, :, 0, 0]
+    assert not w[:, [1, 4]].any() and w[:, [0, 2, 3, 5]].all()
+    assert notes["report"]["zero_filled"] == 2 and notes["report"]["bytes_copied"] == 0
+    assert "holes=zero: 2 channels read through views only to meet zero weights" in notes["text"]
+    x = np.random.default_rng(1).standard_normal((1, 3, 4, 4)).astype(np.float32)
+    want = run(masked_copy(original, THREE_MASKS), [x], dtype="f64")[0]
+    assert np.abs(run(m, [x], dtype="f64")[0] - want).max() <= 1e-12
+
+
+def test_holes_zero_on_densenet_copies_nothing_and_reorder_shrinks_the_holes():
+    from sliver.tools import zoo
+
+    model, inputs = zoo.densenet(resolution=16)
+    base = sliver.trace(model, inputs)
+    sliver.api.optimize(base)
+    x = [i.numpy() for i in inputs]
+    reports = {}
+    for reorder in (False, True):
+        m = base.clone()
+        (record,) = PassManager([make_pass("prune", amount=0.3, holes="zero", reorder=reorder)]).run(m)
+        want = run(masked_copy(base, record.notes["masks"]), x, dtype="f64")[0]
+        assert np.abs(run(m, x, dtype="f64")[0] - want).max() <= 1e-10 * max(1.0, np.abs(want).max())
+        reports[reorder] = record.notes["report"]
+    assert reports[False]["bytes_copied"] == reports[True]["bytes_copied"] == 0
+    assert 0 < reports[True]["zero_filled"] < reports[False]["zero_filled"]
+    assert reports[True]["macs_after"] < reports[False]["macs_after"] < reports[True]["macs_before"]
+    with pytest.raises(SliverError, match="pruning holes must be 'gather'"):
+        PassManager("prune{holes=pad}").run(base.clone())
 
 
 class OutputsAndBarriers(nn.Module):

@@ -186,7 +186,7 @@ def front_passes(*, layout: bool = True, target=None) -> list:
     from sliver.backends.tvm.schedules.channel_select import FuseChannelSelect
 
     front = [layout_passes.ClipToMinMax(), layout_passes.channels_last()] if layout else []
-    front.append(FuseChannelSelect())
+    front.append(FuseChannelSelect(target))
     custom = {"relax.nn.conv2d": conv2d.legalize(target)} if layout else None
     return front + [
         relax.transform.LegalizeOps(customize_legalize_map=custom),

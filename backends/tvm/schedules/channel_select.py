@@ -64,11 +64,38 @@ def _gather_in_range(x, idx, axis: int):
     return te.compute(shape, lambda *i: x[i[:axis] + (idx[i[axis]],) + i[axis + 1:]], name="T_take")
 
 
-def FuseChannelSelect():  # noqa: N802 - TVM pass naming
+def _packed_width(call, target) -> int | None:
+    """The packed weights' block width ``b`` when :func:`.conv2d.legalize` would give
+    this conv2d call (float32, NHWC/HWIO, dense, static shapes, an LLVM target) packed
+    weights; None when it would not."""
+    import tvm
+
+    from sliver.backends.tvm.schedules.common import NotApplicable, cpu_of, register_tile
+
+    a = call.attrs
+    target = target or tvm.target.Target.current(allow_none=True)
+    if target is None or str(target.kind.name) != "llvm" or str(a.data_layout) != "NHWC" \
+            or str(a.kernel_layout) != "HWIO" or int(a.groups) != 1:
+        return None
+    x, w = call.args
+    if {str(x.ty.dtype), str(w.ty.dtype), str(call.ty.dtype)} != {"float32"}:
+        return None
+    try:
+        out_w, n_out = int(call.ty.shape[2]), int(w.ty.shape[3])
+        rt, nv = register_tile(out_w, n_out, cpu_of(target))
+    except (TypeError, NotApplicable):
+        return None
+    return nv * cpu_of(target).lanes
+
+
+def FuseChannelSelect(target=None):  # noqa: N802 - TVM pass naming
+    """The pass; ``target`` (else the current one) decides, like the conv
+    legalization (:func:`.conv2d.legalize`), whether dense convs get packed weights."""
     import tvm
     from tvm import relax, topi
     from tvm.ir.expr import Constant
 
+    from sliver.backends.tvm.schedules import conv2d
     from sliver.backends.tvm.schedules.layout import mutator_pass
 
     conv_op = tvm.ir.Op.get("relax.nn.conv2d")
@@ -139,9 +166,10 @@ def FuseChannelSelect():  # noqa: N802 - TVM pass naming
             idx = take.args[1]
             if len(idx.ty.shape) != 1:
                 return None
-            if isinstance(idx, Constant):  # pruning's index lists: in range, so no clamp per read
-                values = idx.value.numpy()
-                if values.size and 0 <= values.min() and values.max() < int(source.ty.shape[axis]):
+            size = source.ty.shape[axis]
+            if isinstance(idx, Constant) and isinstance(size, (int, tvm.tirx.IntImm)):
+                values = idx.value.numpy()  # pruning's index lists: in range, so no clamp per read
+                if values.size and 0 <= values.min() and values.max() < int(size):
                     return source, (lambda x, i: _gather_in_range(x, i, axis)), [idx], None
             mode = str(take.attrs.mode)
             return source, (lambda x, i: topi.take(x, i, axis=axis, mode=mode)), [idx], None
@@ -170,11 +198,19 @@ def FuseChannelSelect():  # noqa: N802 - TVM pass naming
                 def select(x):
                     return topi.nn.pad(x, before, after, 0.0, name="pad_temp")
 
-            def conv(x, w, *rest):
-                return topi.nn.conv(select(x, *rest), w, strides, padding, dilation, int(a.groups), layout,
-                                    str(a.kernel_layout), out_dtype)
+            w = call.args[1]
+            b = _packed_width(call, target)
+            if b is not None and channel_pad is None:  # the packed-weight kernel dense convs get
+                w = self.builder_.emit_te(conv2d.pack_weight_te, w, b, primfunc_name_hint="pack_weight")
 
-            new = self.builder_.call_te(conv, source, call.args[1], *extra, primfunc_name_hint="conv2d")
+                def conv(x, wp, *rest):
+                    return conv2d.packed_conv2d_te(select(x, *rest), wp, strides, padding, dilation, "float32")
+            else:
+                def conv(x, w, *rest):
+                    return topi.nn.conv(select(x, *rest), w, strides, padding, dilation, int(a.groups), layout,
+                                        str(a.kernel_layout), out_dtype)
+
+            new = self.builder_.call_te(conv, source, w, *extra, primfunc_name_hint="conv2d")
             # AnnotateTIROpPattern calls a data-dependent read (the gather) opaque, which would stop
             # FuseOps from fusing the epilogue; the function is a conv with an injective prologue
             gv = new.args[0]

@@ -149,6 +149,18 @@ def inline_epilogue(sch, block):
         consumers = list(sch.get_consumers(block))
 
 
+def inline_padding(sch, block) -> None:
+    """Read ``block``'s input through its padding (a bounds check per load) instead
+    of from a padded copy (``pad_temp``: a pass over memory of its own), where the
+    block does few operations per input value (depthwise convs, pooling)."""
+    for p in sch.get_producers(block):
+        if sch.get(p).name_hint.startswith("pad"):
+            try:
+                sch.compute_inline(p)
+            except Exception:  # noqa: BLE001 - TVM refuses an unsafe inline: keep the copy
+                pass
+
+
 def vectorize_tail(sch, loop, lanes: int):
     """Split ``loop`` into (…, lanes) and vectorize the inner part (unrolling the
     outer part when it is short)."""
@@ -200,7 +212,7 @@ def register_tile(rows: int, n_out: int, cpu: CPU) -> tuple[int, int]:
 
 
 def tile_reduction(sch, block, cpu: CPU, *, max_vectors: int = 2, reg_tile: int | None = None,
-                   width: int | None = None, channels_inner: bool = False):
+                   width: int | None = None, channels_inner: bool = False, unroll_reduction: int = 1):
     """Schedule a reduction block ``out[s0, …, sr, sv] += f(… r …)`` whose last
     spatial iterator ``sv`` is the output's contiguous axis (NHWC convolutions over
     output channels, matmuls over N, NHWC pooling over C).
@@ -291,6 +303,11 @@ def tile_reduction(sch, block, cpu: CPU, *, max_vectors: int = 2, reg_tile: int 
     # overhead: unroll it
     if extent(sch, r_loops[-1]) <= 4:
         sch.unroll(r_loops[-1])
+    elif unroll_reduction > 1 and extent(sch, r_loops[-1]) % unroll_reduction == 0:
+        # LLVM does not unroll the AArch64 micro-kernel loop itself: unrolled, the loop
+        # counter and branch are paid once per `unroll_reduction` steps
+        _, r_in = sch.split(r_loops[-1], [None, unroll_reduction])
+        sch.unroll(r_in)
     init = sch.decompose_reduction(block, r_loops[0])
     init_loops = sch.get_loops(init)
     if lanes > 1:
