@@ -7,13 +7,18 @@ Everything is measured side by side in one run and printed as ratios:
 * **x86-64 wall time** (this machine, one thread: ``TVM_NUM_THREADS=1``; the C kernel
   is single-threaded) of ResNet-18-style 3x3 convolutions (56x56x64, 28x28x128,
   14x14x256, stride 1, padding 1, batch 1) and of a small CNN end to end: sliver's
-  fp32 build, W8A8 (the generic int path: int16 operands, int32 sums), W2A2 with the
-  bit-serial C kernel and W2A2 with the int path, timed interleaved.  The kernel x86 picks
-  (``lowbit.POLICY["x86_64"]``) is printed.
+  fp32 build, W8A8 with the int8 C kernel and with the generic int16 path (int16
+  operands, int32 sums, TVM schedules), W2A2 with the bit-serial C kernel and W2A2 with
+  the int16 path, timed interleaved.  The kernel x86 picks (``lowbit.POLICY["x86_64"]``)
+  is printed.
 * **arm64 executed instructions** under qemu (``sliver.runtime.icount``: exact
   counts of one call, start-up excluded, a TCG plugin so full-size layers take
-  seconds) for the same layers and the small CNN, fp32 vs int8 (W8A8, the int16→int32
-  path) vs W2A2 (bit-serial NEON); ``--arm-size`` counts smaller spatial sizes instead.
+  seconds) for the same layers and the small CNN, fp32 vs int8 (W8A8 on the int8 NEON
+  kernel: smull/smlal2 + sadalp) vs W2A2 (bit-serial NEON); ``--arm-size`` counts
+  smaller spatial sizes instead.  Rows are printed as they are measured.
+
+8-bit weights are drawn from [-127, 127] (symmetric, as TFLite's int8 scheme has them),
+which lets the int8 kernel pair two products per 16-bit lane: the faster int8 baseline.
 * **sizes**: artifact bytes and weight bytes of the small CNN at fp32 / W8 / W4 / W2.
 
 Layers are built directly in sliver IR (input codes → qconv2d → f32), so a layer's
@@ -43,6 +48,8 @@ def _codes(g, dtype, shape):
     from sliver.ir.types import int_range
 
     lo, hi = int_range(dtype)
+    if dtype == "i8":
+        lo = -127  # symmetric int8 weights (TFLite's scheme)
     return g.integers(lo, hi + 1, size=shape).astype(np.int8 if dtype[0] == "i" else np.uint8)
 
 
@@ -150,8 +157,8 @@ def _runner(vm, inputs):
     return lambda: vm["main"](*args)
 
 
-VARIANTS = [("fp32", "fp32", None), ("W8A8", "W8A8", None), ("W2A2 bitserial", "W2A2", "bitserial"),
-            ("W2A2 int path", "W2A2", "generic")]
+VARIANTS = [("fp32", "fp32", None), ("W8A8 int8", "W8A8", None), ("W8A8 int16 path", "W8A8", "generic"),
+            ("W2A2 bitserial", "W2A2", "bitserial"), ("W2A2 int16 path", "W2A2", "generic")]
 
 
 def bench_x86(layers, repeat: int, say) -> list[dict]:
@@ -188,7 +195,7 @@ def print_x86(rows) -> None:
 
     labels = [v[0] for v in VARIANTS]
     print(f"\n== x86-64 wall time, 1 thread, median ms (ratio = fp32 / variant; >1 is faster) ==")
-    print(f"x86 policy for < 8 bits: {lowbit.POLICY['x86_64']}; 8 bits: the int path (int16 operands, int32 sums)")
+    print(f"x86 policy for < 8 bits: {lowbit.POLICY['x86_64']}; 8 bits: the int8 kernel")
     head = f"{'layer':<26}" + "".join(f"{l:>22}" for l in labels)
     print(head)
     for r in rows:
@@ -196,8 +203,9 @@ def print_x86(rows) -> None:
         print(f"{r['layer']:<26}{cells}")
 
 
-def bench_arm(layers, size: int, say) -> list[dict]:
-    """Executed instructions of one call per variant, layers at size x size."""
+def bench_arm(layers, size: int, say, show=lambda row: None, cnn: bool = True) -> list[dict]:
+    """Executed instructions of one call per variant, layers at size x size; ``show`` gets
+    each row as soon as it is measured."""
     from sliver.runtime import icount
 
     rows = []
@@ -213,6 +221,9 @@ def bench_arm(layers, size: int, say) -> list[dict]:
             counts[label] = icount.count_library(lib, inputs).per_call
         where = f"{hw}x{hw}x{c}" if size_hw == hw else f"{size_hw}x{size_hw}x{c} (stage {hw}x{hw}, reduced)"
         rows.append({"layer": f"conv 3x3 {where}", "counts": counts})
+        show(rows[-1])
+    if not cnn:
+        return rows
     counts = {}
     for label, kind, kernel in variants:
         module, inputs = small_cnn(kind)
@@ -220,23 +231,22 @@ def bench_arm(layers, size: int, say) -> list[dict]:
         lib, _ = _compile(module, "arm64", kernel)
         counts[label] = icount.count_library(lib, inputs).per_call
     rows.append({"layer": "small CNN end to end", "counts": counts})
+    show(rows[-1])
     return rows
 
 
-def print_arm(rows) -> None:
-    print("\n== arm64 (Cortex-A72, emulated) executed instructions per call; ratio = variant / W2A2 ==")
-    for r in rows:
-        c = r["counts"]
-        w2 = c["W2A2 bitserial"]
-        cells = "  ".join(f"{k}: {v / 1e6:8.2f}M ({v / w2:4.2f}x)" for k, v in c.items())
-        print(f"{r['layer']:<44} {cells}")
+def print_arm_row(r) -> None:
+    c = r["counts"]
+    w2 = c["W2A2 bitserial"]
+    cells = "  ".join(f"{k}: {v / 1e6:8.2f}M ({v / w2:4.2f}x)" for k, v in c.items())
+    print(f"{r['layer']:<44} {cells}", flush=True)
 
 
 def sizes(say) -> list[dict]:
     """Artifact bytes and weight bytes of the small CNN at fp32 / W8 / W4 / W2 (arm64
     libraries).  Weight bytes are what the library embeds for the conv and linear
-    weights: f32 for float layers, the bit-packed planes for bit-serial layers, int16
-    (``w - w_zero_point``) for layers on the int path (8-bit ones, like the RGB stem)."""
+    weights: f32 for float layers, the bit-packed planes for bit-serial layers, int8
+    rows for layers on the int8 kernel (8-bit ones, like the RGB stem)."""
     from sliver.backends.tvm import lowbit
 
     out = []
@@ -257,6 +267,8 @@ def sizes(say) -> list[dict]:
             elif kernels.get(layer_of[name]) == "bitserial":
                 bits = lowbit.code_bits(t)[0]
                 wbytes += lowbit.pack_weights(a, bits, -(-a.shape[1] // 8))[0].nbytes
+            elif kernels.get(layer_of[name]) == "int8":
+                wbytes += lowbit.pack_weights_int8(a.astype(np.int64))[0].nbytes
             else:
                 wbytes += a.size * np.dtype(lowbit.WIDE).itemsize
         out.append({"kind": kind, "artifact": len(lib), "weights": wbytes})
@@ -279,6 +291,8 @@ def main(argv=None) -> int:
                    help="count the arm64 layers at this spatial size instead of full size (faster)")
     p.add_argument("--no-arm", action="store_true", help="skip the emulated arm64 instruction counts")
     p.add_argument("--no-x86", action="store_true", help="skip the x86 timings")
+    p.add_argument("--no-cnn", action="store_true", help="skip the small CNN's arm64 count")
+    p.add_argument("--no-sizes", action="store_true", help="skip the artifact sizes")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = "1"
@@ -287,8 +301,10 @@ def main(argv=None) -> int:
     if not args.no_x86:
         print_x86(bench_x86(layers, args.repeat, say))
     if not args.no_arm:
-        print_arm(bench_arm(layers, args.arm_size, say))
-    print_sizes(sizes(say))
+        print("\n== arm64 (Cortex-A72, emulated) executed instructions per call; ratio = variant / W2A2 ==", flush=True)
+        bench_arm(layers, args.arm_size, say, show=print_arm_row, cnn=not args.no_cnn)
+    if not args.no_sizes:
+        print_sizes(sizes(say))
     return 0
 
 

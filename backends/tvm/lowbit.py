@@ -11,13 +11,18 @@ requantize into the next layer's codes, the same ops ``quantize`` lowers to):
                ``conv2d`` is exactly "padding with the activation zero point"), an
                int16 x int16 → int32 ``conv2d`` / ``matmul`` with the weights'
                ``w − w_zero_point`` folded at compile time.  Runs through sliver's default schedules like any conv.
-               Used for 8-bit operands and wherever the target's policy says so.
+               The reference the benchmark compares with (``kernel_override("generic")``).
 ``bitserial``  the C kernel ``kernels/lowbit.c`` (bit planes, AND + popcount, int32
                accumulators; NEON ``cnt`` + ``uadalp`` on aarch64), called with
                ``relax.call_dps_packed`` and linked into the artifact's library.  The
                weights are bit-packed here at compile time (a W2 layer's weight bytes
                are ~1/16 of fp32); activations are packed by the kernel at run time.
                Zero points are folded exactly (see the C file), padded borders included.
+               Widths 1-7.
+``int8``       the int8 C kernel in the same file (one signed byte per code, NEON
+               ``smull``/``smlal2`` + ``sadalp`` on aarch64 — no ``sdot`` on the Pi 4's
+               ARMv8.0 — and AVX2 ``vpmaddwd`` on x86); weights stored as int8.  Any
+               width up to 8; the kernel for 8-bit operands.
 
 Which kernel a layer gets is decided per target (:data:`POLICY`, measured by
 ``python -m sliver.tools.bench_lowbit``); :func:`kernel_override` forces one (the
@@ -38,8 +43,12 @@ from sliver.errors import SliverError
 
 #: The C source linked into libraries that use the bit-serial kernel.
 KERNEL_SOURCE = Path(__file__).with_name("kernels") / "lowbit.c"
-#: Packed-function name exported by the C kernel.
+#: Packed-function names exported by the C kernels.
 BITSERIAL = "sliver_lowbit_bitserial"
+INT8 = "sliver_lowbit_int8"
+#: Rows of the int8 kernel are padded to whole 16-byte vectors.
+INT8_ROW_ALIGN = 16
+KERNELS = ("generic", "bitserial", "int8")
 #: Order of the int32 ``meta`` operand of the C kernel (its ``enum M_*``).
 META_FIELDS = ("N", "C", "H", "W", "O", "KH", "KW", "SH", "SW", "PT", "PL", "PB", "PR", "DH", "DW", "G",
                "ABITS", "ASIGNED", "WBITS", "WSIGNED", "XZ", "WZ", "OH", "OW", "TAPB", "RB")
@@ -59,9 +68,10 @@ _OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("sliver_l
 
 @contextlib.contextmanager
 def kernel_override(kernel: str | None):
-    """Force ``"generic"`` or ``"bitserial"`` for every eligible layer lowered inside."""
-    if kernel not in (None, "generic", "bitserial"):
-        raise SliverError(f"unknown low-bit kernel {kernel!r}; choose 'generic' or 'bitserial'")
+    """Force ``"generic"``, ``"bitserial"`` or ``"int8"`` for every eligible layer lowered
+    inside (``"bitserial"`` takes widths below 8; 8-bit layers then get ``"int8"``)."""
+    if kernel not in (None,) + KERNELS:
+        raise SliverError(f"unknown low-bit kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     token = _OVERRIDE.set(kernel)
     try:
         yield
@@ -86,9 +96,11 @@ def storage_dtype(dtype: str) -> str:
 def _choose(op) -> str:
     abits, _ = code_bits(op.operands[0].type.dtype)
     wbits, _ = code_bits(op.operands[1].type.dtype)
-    if max(abits, wbits) >= 8:
-        return "generic"  # 8 bits: the int path (exact, scheduled)
     forced = _OVERRIDE.get()
+    if forced in ("generic", "int8"):
+        return forced
+    if max(abits, wbits) >= 8:
+        return "int8"  # 8 bits: the int8 kernel
     if forced:
         return forced
     return POLICY.get(_arch(), "generic")
@@ -106,7 +118,7 @@ def _record(op, kernel: str) -> None:
     ctx = current()
     if ctx is not None:
         ctx.report[op.result.name] = kernel
-        if kernel == "bitserial":
+        if kernel in ("bitserial", "int8"):
             ctx.sources.add(str(KERNEL_SOURCE))
 
 
@@ -209,31 +221,58 @@ def pack_weights(w: np.ndarray, wbits: int, tapb: int, align: int = ROW_ALIGN) -
     return out, rb
 
 
-def _bitserial(bb, op, x, w_codes: np.ndarray, *, xshape, stride, padding, dilation, groups, out_hw):
-    """The int32 accumulator [N, O, OH, OW] from the C kernel."""
+def pack_weights_int8(w: np.ndarray, align: int = INT8_ROW_ALIGN) -> tuple[np.ndarray, int]:
+    """Weight codes ``[O, Cg, KH, KW]`` (already signed bytes) as the int8 kernel's rows:
+    ``int8 [O, RB]``, taps (kh, kw) in order, Cg bytes each, zero-filled to RB (a multiple
+    of ``align``)."""
+    o, cg, kh, kw = w.shape
+    k = kh * kw * cg
+    rb = -(-k // align) * align
+    out = np.zeros((o, rb), np.int8)
+    out[:, :k] = np.transpose(w, (0, 2, 3, 1)).reshape(o, k)
+    return out, rb
+
+
+def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, *, xshape, stride, padding, dilation, groups,
+                   out_hw):
+    """The int32 accumulator [N, O, OH, OW] from one of the C kernels (``bitserial`` or
+    ``int8``); both take (x codes, packed weights, Σw per channel, meta, out)."""
     from tvm import relax
 
     abits, asigned = code_bits(op.operands[0].type.dtype)
     wbits, wsigned = code_bits(op.operands[1].type.dtype)
     a = op.attrs
-    # Signed weights as offset binary (w + 2^(W-1), the zero point moving with them):
-    # (w - wz) is unchanged and every bit plane weighs +2^j, which lets the kernel fuse
-    # plane pairs (the kernel does the same to signed activations at run time).
-    shift = 1 << (wbits - 1) if wsigned else 0
-    w_codes = w_codes.astype(np.int64) + shift
+    w_codes = w_codes.astype(np.int64)
+    if kernel == "bitserial":
+        # Signed weights as offset binary (w + 2^(W-1), the zero point moving with them):
+        # (w - wz) is unchanged and every bit plane weighs +2^j, which lets the kernel fuse
+        # plane pairs (the kernel does the same to signed activations at run time).
+        shift = 1 << (wbits - 1) if wsigned else 0
+    else:
+        # Unsigned weights as signed bytes (w - 128), for signed multiplies; the kernel
+        # does the same to unsigned activations.
+        shift = 0 if wsigned else -128
+    w_codes = w_codes + shift
     wz = a["w_zero_point"] + shift
     n, c, h, wd = xshape
     o, cg, kh, kw = w_codes.shape
-    tapb = -(-cg // 8)
-    packed, rb = pack_weights(w_codes, wbits, tapb, ROW_ALIGN)
+    if kernel == "bitserial":
+        tapb = -(-cg // 8)
+        packed, rb = pack_weights(w_codes, wbits, tapb, ROW_ALIGN)
+        narrow = 0  # WSIGNED: the planes are unsigned
+    else:
+        tapb = cg
+        packed, rb = pack_weights_int8(w_codes)
+        narrow = int((w_codes > -128).all())  # WSIGNED: no weight is -128 (two products fit int16)
     wsum = w_codes.reshape(o, -1).sum(axis=1).astype(np.int32)
     meta = dict(N=n, C=c, H=h, W=wd, O=o, KH=kh, KW=kw, SH=stride[0], SW=stride[1], PT=padding[0], PL=padding[1],
                 PB=padding[2], PR=padding[3], DH=dilation[0], DW=dilation[1], G=groups, ABITS=abits,
-                ASIGNED=int(asigned), WBITS=wbits, WSIGNED=0, XZ=a["x_zero_point"],
+                ASIGNED=int(asigned), WBITS=wbits, WSIGNED=narrow, XZ=a["x_zero_point"],
                 WZ=wz, OH=out_hw[0], OW=out_hw[1], TAPB=tapb, RB=rb)
     meta_arr = np.array([meta[k] for k in META_FIELDS], np.int32)
     out = relax.TensorType((n, o, out_hw[0], out_hw[1]), "int32")
-    return bb.emit(relax.call_dps_packed(BITSERIAL, [x, _const(packed), _const(wsum), _const(meta_arr)], out))
+    fn = BITSERIAL if kernel == "bitserial" else INT8
+    return bb.emit(relax.call_dps_packed(fn, [x, _const(packed), _const(wsum), _const(meta_arr)], out))
 
 
 @lowers("qconv2d")
@@ -243,9 +282,9 @@ def _qconv2d(bb, op, x, w, scale, bias=None):
     codes = _weights(op, w)
     kernel = _choose(op)
     _record(op, kernel)
-    if kernel == "bitserial":
+    if kernel != "generic":
         oshape = op.result.type.shape
-        acc = _bitserial(bb, op, x, codes, xshape=op.operands[0].type.shape, stride=a["stride"],
+        acc = _packed_kernel(bb, op, kernel, x, codes, xshape=op.operands[0].type.shape, stride=a["stride"],
                          padding=a["padding"], dilation=a["dilation"], groups=a["groups"], out_hw=oshape[2:])
     else:
         xi = _codes_minus_zero_point(bb, x, a["x_zero_point"])  # zero padding == padding with x_zero_point
@@ -265,10 +304,10 @@ def _qdense(bb, op, x, w, scale, bias=None):
     xshape = op.operands[0].type.shape
     k = xshape[-1]
     o = codes.shape[0]
-    if kernel == "bitserial":
+    if kernel != "generic":
         m = int(np.prod(xshape[:-1], dtype=np.int64))
         x4 = bb.emit(R.reshape(x, [m, k, 1, 1]))
-        acc = _bitserial(bb, op, x4, codes.reshape(o, k, 1, 1), xshape=(m, k, 1, 1), stride=(1, 1),
+        acc = _packed_kernel(bb, op, kernel, x4, codes.reshape(o, k, 1, 1), xshape=(m, k, 1, 1), stride=(1, 1),
                          padding=(0, 0, 0, 0), dilation=(1, 1), groups=1, out_hw=(1, 1))
         acc = bb.emit(R.reshape(acc, list(xshape[:-1]) + [o]))
     else:

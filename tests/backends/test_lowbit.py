@@ -1,5 +1,5 @@
 """Exactness of the low-bit lowering (backends/tvm/lowbit.py): quantize, dequantize,
-qconv2d, qdense compiled with the generic int32 kernel and the bit-serial C kernel,
+qconv2d, qdense compiled with the generic int16 path, the bit-serial C kernel and the int8 C kernel,
 against the reference interpreter, on x86 and (one batched run) the emulated Pi.
 
 One module holds every hand-built case (each its own input): W1A1..W4A4, W8A8, mixed
@@ -32,6 +32,12 @@ CONV_CASES = [
     ("w2a4_mixed", "u4", "i2", (1, 130, 5, 5), 7, 1, dict(x_zero_point=3, out_dtype="i4", out_scale=0.9,
                                                          out_zero_point=-1)),
     ("w8a8", "u8", "i8", (1, 16, 6, 6), 8, 3, dict(padding=[1, 1, 1, 1], x_zero_point=128, w_zero_point=0)),
+    # the int8 kernel: unsigned weights with a zero point, 5 channels (45-byte rows, not a
+    # multiple of 16), strided, padding with a nonzero zero point; and signed weights that
+    # avoid -128 (its smull + smlal2 path)
+    ("w8a8_uw", "i8", "u8", (2, 5, 7, 7), 3, 3, dict(stride=[2, 2], padding=[1, 1, 1, 1], x_zero_point=-5,
+                                                    w_zero_point=100)),
+    ("w8a8_narrow", "u8", "i8", (1, 20, 5, 5), 6, 3, dict(padding=[2, 1, 0, 1], x_zero_point=17)),
 ]
 # name, x dtype, w dtype, input shape, out features, attrs
 DENSE_CASES = [
@@ -61,7 +67,10 @@ def _layer(m, g, name, xd, wd, xshape, wshape, kind, attrs):
     lo, hi = int_range(xd)
     q = m.add_op("quantize", [x], {"scale": 0.5, "zero_point": attrs.get("x_zero_point", 0), "dtype": xd}).result
     o = wshape[0]
-    operands = [q, _code_param(m, f"w_{name}", _codes(g, wd, wshape), wd),
+    w = _codes(g, wd, wshape)
+    if name.endswith("narrow"):
+        w = np.maximum(w, -127).astype(w.dtype)
+    operands = [q, _code_param(m, f"w_{name}", w, wd),
                 m.add_param(f"s_{name}", (g.random(o) * 0.1 + 0.01).astype(np.float32))]
     if name.endswith(("2a2", "groups", "dense_w1a3")):
         operands.append(m.add_param(f"b_{name}", g.standard_normal(o).astype(np.float32)))
@@ -121,7 +130,7 @@ def test_reference_cases_exercise_what_they_claim(cases):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kernel", ["generic", "bitserial"])
+@pytest.mark.parametrize("kernel", ["generic", "bitserial", "int8"])
 def test_x86_matches_interpreter(cases, kernel):
     import tvm
 
@@ -130,8 +139,8 @@ def test_x86_matches_interpreter(cases, kernel):
     got = vm["main"](*[tvm.runtime.tensor(x) for x in inputs])
     got = [got[i].numpy() for i in range(len(want))]
     assert_close(got, want, rtol=1e-5, atol_scale=1e-5, what=f"{kernel} kernel")
-    eight_bit = {"w8a8", "dense_w8a8"}
-    assert kernels == {name: ("generic" if name in eight_bit else kernel)
+    eight_bit = {"w8a8", "w8a8_uw", "w8a8_narrow", "dense_w8a8"}  # bit-serial takes widths below 8
+    assert kernels == {name: ("int8" if kernel == "bitserial" and name in eight_bit else kernel)
                        for name in [c[0] for c in CONV_CASES + DENSE_CASES]}
 
 
@@ -152,13 +161,14 @@ def test_weight_packing_layout():
 @pytest.mark.slow
 @pytest.mark.emulated
 def test_arm64_artifact_matches_interpreter_on_emulated_pi(cases, tmp_path):
-    """One arm64 artifact (bit-serial NEON kernel for < 8 bits) verified on the Pi."""
+    """One arm64 artifact (bit-serial NEON kernel for < 8 bits, the int8 NEON kernel for
+    8 bits) verified on the Pi."""
     import sliver
     from sliver.runtime import emulate
 
     module, inputs, _ = cases
     art = sliver.lower(module, inputs, target="arm64", rtol=1e-5, atol=1e-5)
-    assert art.manifest["kernels"]["w2a2"] == "bitserial" and art.manifest["kernels"]["w8a8"] == "generic"
+    assert art.manifest["kernels"]["w2a2"] == "bitserial" and art.manifest["kernels"]["w8a8"] == "int8"
     path = art.save(tmp_path / "cases.sliver")
     proc = emulate.run_module(["run", str(path), "--verify"])
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -97,6 +97,32 @@ enum {
 };
 
 
+/* The five arguments both kernels take: x codes, packed weights, sum of weights per
+ * output channel, meta, out. */
+typedef struct {
+  const uint8_t* x;
+  const uint8_t* w;
+  const int32_t* wsum;
+  const int32_t* m;
+  int32_t* out;
+} kernel_args;
+static int unpack_args(const sliver_Any* args, int32_t nargs, const char* count_error, kernel_args* k) {
+  if (nargs != 5) return fail(count_error);
+  k->x = (const uint8_t*)data_of(&args[0]);
+  k->w = (const uint8_t*)data_of(&args[1]);
+  k->wsum = (const int32_t*)data_of(&args[2]);
+  k->m = (const int32_t*)data_of(&args[3]);
+  k->out = (int32_t*)data_of(&args[4]);
+  return 0;
+}
+/* the convolution geometry from meta, as locals */
+#define CONV_GEOMETRY(m)                                                                                    \
+  const int N = m[M_N], C = m[M_C], H = m[M_H], W = m[M_W], O = m[M_O], KH = m[M_KH], KW = m[M_KW];        \
+  const int SH = m[M_SH], SW = m[M_SW], PT = m[M_PT], PL = m[M_PL], DH = m[M_DH], DW = m[M_DW], G = m[M_G]; \
+  const int OH = m[M_OH], OW = m[M_OW], RB = m[M_RB];                                                      \
+  const int HP = H + PT + m[M_PB], WP = W + PL + m[M_PR];                                                 \
+  const int Cg = C / G, Og = O / G, K = KH * KW * Cg
+
 #define INLINE static inline __attribute__((always_inline))
 
 /* Sum of the bits of rb bytes (rb a multiple of 8). */
@@ -580,23 +606,19 @@ static inline void copy_bytes(uint8_t* d, const uint8_t* s, int n) {
 SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int __tvm_ffi_sliver_lowbit_bitserial(
     void* self, const sliver_Any* args, int32_t nargs, sliver_Any* result) {
   (void)self;
-  if (nargs != 5) return fail("sliver_lowbit_bitserial: expected 5 arguments (x, packed w, wsum, meta, out)");
-  const uint8_t* x = (const uint8_t*)data_of(&args[0]);
-  const uint8_t* wp = (const uint8_t*)data_of(&args[1]);
-  const int32_t* wsum = (const int32_t*)data_of(&args[2]);
-  const int32_t* m = (const int32_t*)data_of(&args[3]);
-  int32_t* out = (int32_t*)data_of(&args[4]);
-  const int N = m[M_N], C = m[M_C], H = m[M_H], W = m[M_W], O = m[M_O], KH = m[M_KH], KW = m[M_KW];
-  const int SH = m[M_SH], SW = m[M_SW], PT = m[M_PT], PL = m[M_PL], DH = m[M_DH], DW = m[M_DW], G = m[M_G];
+  kernel_args ka;
+  if (unpack_args(args, nargs, "sliver_lowbit_bitserial: expected 5 arguments (x, packed w, wsum, meta, out)", &ka)) return -1;
+  const uint8_t *x = ka.x, *wp = ka.w;
+  const int32_t *wsum = ka.wsum, *m = ka.m;
+  int32_t* out = ka.out;
+  CONV_GEOMETRY(m);
   const int AB = m[M_ABITS], WB = m[M_WBITS], wz = m[M_WZ];
   /* Signed activation codes become offset binary (x + 2^(A-1): flip the top bit), the
    * zero point moving with them, so every plane weighs +2^i.  (Signed weights arrive
    * packed that way already: WSIGNED must be 0.) */
   const int aflip = m[M_ASIGNED] ? 1 << (AB - 1) : 0;
   const int xz = m[M_XZ] + aflip;
-  const int OH = m[M_OH], OW = m[M_OW], TAPB = m[M_TAPB], RB = m[M_RB];
-  const int HP = H + PT + m[M_PB], WP = W + PL + m[M_PR];
-  const int Cg = C / G, Og = O / G, K = KH * KW * Cg;
+  const int TAPB = m[M_TAPB];
   if (AB < 1 || AB > 7 || WB < 1 || WB > 7 || RB % ROW_ALIGN || RB < KH * KW * TAPB || m[M_WSIGNED])
     return fail("sliver_lowbit_bitserial: bad meta (bit widths 1..7, row bytes a multiple of 8, "
                 "unsigned weight planes): the library was built by a different sliver");
@@ -686,6 +708,181 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
     }
   }
   free(pk); free(rows); free(sx); free(obias); free(zpat);
+  result->type_index = kAnyNone;
+  result->u.v_int64 = 0;
+  return 0;
+}
+
+/* ---- the int8 kernel: qconv2d / qdense with codes of up to 8 bits, byte per code ----
+ *
+ *   acc = sum (x' - xz')(w' - wz') = Sx'w' - wz'*Sx' - xz'*Sw'[o] + K*xz'*wz'
+ *
+ * on signed bytes: unsigned activation codes become x' = x - 128 here (flip the top
+ * bit), unsigned weight codes w' = w - 128 at compile time (lowbit.py), the zero points
+ * moving with them.  Weights: int8 [O][RB], the taps (kh, kw) in order, Cg bytes each
+ * (TAPB = Cg), zero-filled to RB (a multiple of 16).  Activations: the padded input of
+ * a group as [hp][wp][Cg] bytes (the border holds xz'), im2col rows built per output row
+ * as in the bit-serial kernel; Sx' per row.
+ * aarch64 (Cortex-A72 is ARMv8.0: no sdot): per 16 bytes and output channel `smull` +
+ * `smlal2` (two products per 16-bit lane: safe when no weight is -128, which the
+ * compiler checks and states in WSIGNED=1; otherwise `smull` + `smull2`) and `sadalp`
+ * into 32-bit lanes, four output channels per block.  x86 AVX2: bytes widened to int16
+ * and `vpmaddwd`.  Elsewhere: scalar. */
+#if defined(__aarch64__)
+INLINE void i8_block(const int8_t* row, const int8_t* w, int rb, const int OB, const int NARROW, int32_t* out,
+                     ptrdiff_t ostride, const int32_t* obias, int32_t base) {
+  int32x4_t tot[4];
+  _Pragma("GCC unroll 4") for (int ob = 0; ob < OB; ob++) tot[ob] = vdupq_n_s32(0);
+  for (int v = 0; v < rb; v += 16) {
+    const int8x16_t xv = vld1q_s8(row + v);
+    _Pragma("GCC unroll 4") for (int ob = 0; ob < OB; ob++) {
+      const int8x16_t wv = vld1q_s8(w + (size_t)ob * rb + v);
+      if (NARROW) {
+        tot[ob] = vpadalq_s16(tot[ob], vmlal_high_s8(vmull_s8(vget_low_s8(xv), vget_low_s8(wv)), xv, wv));
+      } else {
+        tot[ob] = vpadalq_s16(tot[ob], vmull_s8(vget_low_s8(xv), vget_low_s8(wv)));
+        tot[ob] = vpadalq_s16(tot[ob], vmull_high_s8(xv, wv));
+      }
+    }
+  }
+  if (OB == 4) {
+    const int32x4_t r = vaddq_s32(vaddq_s32(vpaddq_s32(vpaddq_s32(tot[0], tot[1]), vpaddq_s32(tot[2], tot[3])),
+                                            vld1q_s32(obias)), vdupq_n_s32(base));
+    vst1q_lane_s32(out, r, 0);
+    vst1q_lane_s32(out + ostride, r, 1);
+    vst1q_lane_s32(out + 2 * ostride, r, 2);
+    vst1q_lane_s32(out + 3 * ostride, r, 3);
+  } else {
+    _Pragma("GCC unroll 4") for (int ob = 0; ob < OB; ob++) out[ob * ostride] = vaddvq_s32(tot[ob]) + obias[ob] + base;
+  }
+}
+static inline int32_t i8_row_sum(const int8_t* row, int rb) {
+  int32x4_t s = vdupq_n_s32(0);
+  for (int v = 0; v < rb; v += 16) s = vpadalq_s16(s, vpaddlq_s8(vld1q_s8(row + v)));
+  return vaddvq_s32(s);
+}
+#elif defined(__AVX2__)
+INLINE void i8_block(const int8_t* row, const int8_t* w, int rb, const int OB, const int NARROW, int32_t* out,
+                     ptrdiff_t ostride, const int32_t* obias, int32_t base) {
+  (void)NARROW;
+  __m256i tot[4];
+  _Pragma("GCC unroll 4") for (int ob = 0; ob < OB; ob++) tot[ob] = _mm256_setzero_si256();
+  for (int v = 0; v < rb; v += 16) {
+    const __m256i xv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(row + v)));
+    _Pragma("GCC unroll 4") for (int ob = 0; ob < OB; ob++) {
+      const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(w + (size_t)ob * rb + v)));
+      tot[ob] = _mm256_add_epi32(tot[ob], _mm256_madd_epi16(xv, wv));
+    }
+  }
+  for (int ob = 0; ob < OB; ob++) {
+    int32_t q[8];
+    memcpy(q, &tot[ob], sizeof(q));
+    out[ob * ostride] = q[0] + q[1] + q[2] + q[3] + q[4] + q[5] + q[6] + q[7] + obias[ob] + base;
+  }
+}
+static inline int32_t i8_row_sum(const int8_t* row, int rb) {
+  int32_t s = 0;
+  for (int v = 0; v < rb; v++) s += row[v];
+  return s;
+}
+#else
+INLINE void i8_block(const int8_t* row, const int8_t* w, int rb, const int OB, const int NARROW, int32_t* out,
+                     ptrdiff_t ostride, const int32_t* obias, int32_t base) {
+  (void)NARROW;
+  for (int ob = 0; ob < OB; ob++) {
+    int32_t s = 0;
+    for (int v = 0; v < rb; v++) s += (int32_t)row[v] * w[(size_t)ob * rb + v];
+    out[ob * ostride] = s + obias[ob] + base;
+  }
+}
+static inline int32_t i8_row_sum(const int8_t* row, int rb) {
+  int32_t s = 0;
+  for (int v = 0; v < rb; v++) s += row[v];
+  return s;
+}
+#endif
+
+INLINE void i8_row_impl(const row_args* ra, const int NARROW) {
+  const int rb = ra->rb, og = ra->og;
+  const ptrdiff_t ostride = ra->ostride;
+  for (int p = 0; p < ra->npix; p++) {
+    const int8_t* row = (const int8_t*)ra->rows + (size_t)p * rb;
+    const int8_t* w = (const int8_t*)ra->w;
+    int o = 0;
+    for (; o + 4 <= og; o += 4)
+      i8_block(row, w + (size_t)o * rb, rb, 4, NARROW, ra->out + o * ostride + p, ostride, ra->obias + o, ra->base[p]);
+    for (; o < og; o++)
+      i8_block(row, w + (size_t)o * rb, rb, 1, NARROW, ra->out + o * ostride + p, ostride, ra->obias + o, ra->base[p]);
+  }
+}
+static void i8_row_narrow(const row_args* ra) { i8_row_impl(ra, 1); }
+static void i8_row_wide(const row_args* ra) { i8_row_impl(ra, 0); }
+
+/* args: x codes int8/uint8 [N][C][H][W], weights int8 [O][RB], wsum int32 [O] (of w'),
+ * meta int32 [META_LEN] (ABITS/WBITS unused; WSIGNED=1: no weight is -128; XZ the
+ * activation zero point of the codes as given, WZ that of w'), out int32 [N][O][OH][OW]. */
+SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int __tvm_ffi_sliver_lowbit_int8(
+    void* self, const sliver_Any* args, int32_t nargs, sliver_Any* result) {
+  (void)self;
+  kernel_args ka;
+  if (unpack_args(args, nargs, "sliver_lowbit_int8: expected 5 arguments (x, packed w, wsum, meta, out)", &ka)) return -1;
+  const uint8_t *x = ka.x, *wp = ka.w;
+  const int32_t *wsum = ka.wsum, *m = ka.m;
+  int32_t* out = ka.out;
+  CONV_GEOMETRY(m);
+  const int wz = m[M_WZ];
+  const uint8_t flip = m[M_ASIGNED] ? 0 : 0x80; /* unsigned codes: x' = x - 128 */
+  const int xz = m[M_XZ] - (flip ? 128 : 0);
+  if (RB % 16 || RB < K || m[M_TAPB] != Cg || xz < -128 || xz > 127)
+    return fail("sliver_lowbit_int8: bad meta (row bytes a multiple of 16 holding KH*KW*Cg bytes, one byte per "
+                "channel): the library was built by a different sliver");
+  const row_fn fn = m[M_WSIGNED] ? i8_row_narrow : i8_row_wide;
+  const size_t PIX = (size_t)Cg;
+  int8_t* pk = (int8_t*)malloc((size_t)HP * WP * PIX);
+  int8_t* rows = (int8_t*)calloc((size_t)OW * RB, 1);
+  int32_t* sx = (int32_t*)malloc(sizeof(int32_t) * OW);
+  int32_t* obias = (int32_t*)malloc(sizeof(int32_t) * O);
+  if (!pk || !rows || !sx || !obias) {
+    free(pk); free(rows); free(sx); free(obias);
+    return fail("sliver_lowbit_int8: out of memory for the packed activations");
+  }
+  for (int o = 0; o < O; o++) obias[o] = K * xz * wz - xz * wsum[o];
+  memset(pk, (int8_t)xz, (size_t)HP * WP * PIX); /* padded pixels hold xz' */
+  const size_t HW = (size_t)H * W;
+  const ptrdiff_t ostride = (ptrdiff_t)OH * OW;
+  for (int n = 0; n < N; n++) {
+    for (int g = 0; g < G; g++) {
+      /* 1. the interior, channels last */
+      for (int h = 0; h < H; h++) {
+        const uint8_t* src = x + (((size_t)n * C + (size_t)g * Cg) * H + h) * W;
+        int8_t* dst = pk + ((size_t)(h + PT) * WP + PL) * PIX;
+        for (int ww = 0; ww < W; ww++)
+          for (int c = 0; c < Cg; c++) dst[(size_t)ww * PIX + c] = (int8_t)(src[c * HW + ww] ^ flip);
+      }
+      const int8_t* wg = (const int8_t*)wp + (size_t)g * Og * RB;
+      for (int oh = 0; oh < OH; oh++) {
+        /* 2. the im2col rows of this output row */
+        for (int ow = 0; ow < OW; ow++) {
+          int8_t* r = rows + (size_t)ow * RB;
+          for (int kh = 0; kh < KH; kh++) {
+            const int8_t* s = pk + ((size_t)(oh * SH + kh * DH) * WP + (size_t)ow * SW) * PIX;
+            if (DW == 1) {
+              copy_bytes((uint8_t*)r + kh * KW * Cg, (const uint8_t*)s, KW * Cg);
+            } else {
+              for (int kw = 0; kw < KW; kw++)
+                copy_bytes((uint8_t*)r + (kh * KW + kw) * Cg, (const uint8_t*)s + (size_t)kw * DW * PIX, Cg);
+            }
+          }
+          sx[ow] = -wz * i8_row_sum(r, RB);
+        }
+        /* 3. dot products, zero points folded, written to out[n, g*Og + o, oh, ow] */
+        const row_args ra = {(const uint8_t*)rows, (const uint8_t*)wg, RB, Og, OW,
+                             out + (((size_t)n * O + (size_t)g * Og) * OH + oh) * OW, ostride, obias + g * Og, sx};
+        fn(&ra);
+      }
+    }
+  }
+  free(pk); free(rows); free(sx); free(obias);
   result->type_index = kAnyNone;
   result->u.v_int64 = 0;
   return 0;
