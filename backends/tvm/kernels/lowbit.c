@@ -286,8 +286,10 @@ INLINE void dot_chunk(const uint8_t* r0, const uint8_t* r1, const uint8_t* w, in
 /* The hot case written out: W2A2, two pixels, four output channels (NP=2, OB=4), rows
  * of at most NEON_CHUNK bytes.  The same arithmetic as dot_chunk, register-allocated by
  * hand: 4 activation + 8 weight loads, 32 and + 32 cnt, 24 mla, 8 uadalp per 16 bytes
- * (GCC's allocation of the generic code spills and copies: ~10% more instructions).
- * acc[p*4 + ob] are the 16-bit lane sums. */
+ * (GCC's allocation of the generic code spills and copies: ~10% more instructions, and
+ * its loop around an asm block per 4 channels another ~10%: the asm loops over the
+ * blocks itself, w2a2_pair_blocks).  The 16-bit lane sums of pixel p, channel ob are in
+ * v20+ob (p = 0) and v24+ob (p = 1). */
 #define W2A2_OB(WA, WB, A0, A1)                                                                   \
   "ldr q4, [%[" WA "], %[off]]\n\t"                                                                 \
   "ldr q5, [%[" WB "], %[off]]\n\t"                                                                 \
@@ -312,18 +314,31 @@ INLINE void dot_chunk(const uint8_t* r0, const uint8_t* r1, const uint8_t* w, in
   "uaddw " A0 ".8h, " A0 ".8h, v6.8b\n\t"                                                           \
   "uaddw2 " A1 ".8h, " A1 ".8h, v6.16b\n\t"
 
-static inline __attribute__((always_inline)) void w2a2_x2x4(const uint8_t* r0, const uint8_t* r1, const uint8_t* w,
-                                                            int rb, uint16x8_t* acc) {
-  const uint8_t *x01 = r0 + rb, *x11 = r1 + rb;
-  const uint8_t *w01 = w + rb, *w10 = w + 2 * rb, *w11 = w + 3 * rb;
-  const uint8_t *w20 = w + 4 * rb, *w21 = w + 5 * rb, *w30 = w + 6 * rb, *w31 = w + 7 * rb;
-  long n = rb >> 4, off = 0;
-  const long tail = rb & 8;
-  uint8_t* t;
+/* All nblk four-channel blocks of a pixel pair in one asm loop (no C between blocks):
+ * out[(4k + ob) * ostride + p] = dot(pixel p, channel 4k + ob) + obias[4k + ob] + base[p]
+ * for p = 0, 1 (adjacent outputs), w the weights of channel 0, rows of at most
+ * NEON_CHUNK(2, 2) bytes. */
+static inline __attribute__((always_inline)) void w2a2_pair_blocks(const uint8_t* r0, const uint8_t* r1,
+                                                                   const uint8_t* w, int rb, long nblk,
+                                                                   const int32_t* obias, const int32_t* base,
+                                                                   int32_t* out, ptrdiff_t ostride) {
+  const long tail = rb & 8, rbl = rb, ostride_b = (long)ostride * 4;
+  long n, off;
+  const uint8_t *x01, *x11, *w01, *w10, *w11, *w20, *w21, *w30, *w31, *t;
   __asm__ volatile(
+      "add %[x01], %[x00], %[rb]\n\tadd %[x11], %[x10], %[rb]\n\t"
+      "movi v30.16b, #2\n\tmovi v31.16b, #4\n\t"
+      "ld1r {v28.4s}, [%[base]]\n\t"
+      "add %[t], %[base], #4\n\t"
+      "ld1r {v29.4s}, [%[t]]\n\t"
+      "0:\n\t"
+      "add %[w01], %[w00], %[rb]\n\tadd %[w10], %[w01], %[rb]\n\tadd %[w11], %[w10], %[rb]\n\t"
+      "add %[w20], %[w11], %[rb]\n\tadd %[w21], %[w20], %[rb]\n\tadd %[w30], %[w21], %[rb]\n\t"
+      "add %[w31], %[w30], %[rb]\n\t"
       "movi v20.8h, #0\n\tmovi v21.8h, #0\n\tmovi v22.8h, #0\n\tmovi v23.8h, #0\n\t"
       "movi v24.8h, #0\n\tmovi v25.8h, #0\n\tmovi v26.8h, #0\n\tmovi v27.8h, #0\n\t"
-      "movi v30.16b, #2\n\tmovi v31.16b, #4\n\t"
+      "mov %[off], #0\n\t"
+      "lsr %[n], %[rb], #4\n\t"
       "cbz %[n], 2f\n\t"
       "1:\n\t"
       "ldr q0, [%[x00], %[off]]\n\t"
@@ -348,15 +363,29 @@ static inline __attribute__((always_inline)) void w2a2_x2x4(const uint8_t* r0, c
       W2A2_TAIL_OB("w20", "w21", "v22", "v26")
       W2A2_TAIL_OB("w30", "w31", "v23", "v27")
       "3:\n\t"
-      "st1 {v20.8h, v21.8h, v22.8h, v23.8h}, [%[acc]]\n\t"
-      "add %[t], %[acc], #64\n\t"
-      "st1 {v24.8h, v25.8h, v26.8h, v27.8h}, [%[t]]\n\t"
-      : [n] "+r"(n), [off] "+r"(off), [t] "=&r"(t)
-      : [x00] "r"(r0), [x01] "r"(x01), [x10] "r"(r1), [x11] "r"(x11), [w00] "r"(w), [w01] "r"(w01), [w10] "r"(w10),
-        [w11] "r"(w11), [w20] "r"(w20), [w21] "r"(w21), [w30] "r"(w30), [w31] "r"(w31), [tail] "r"(tail),
-        [acc] "r"(acc)
+      /* 16-bit lanes -> one 32-bit sum per channel: pixel 0 in v20, pixel 1 in v24 */
+      "uaddlp v20.4s, v20.8h\n\tuaddlp v21.4s, v21.8h\n\tuaddlp v22.4s, v22.8h\n\tuaddlp v23.4s, v23.8h\n\t"
+      "uaddlp v24.4s, v24.8h\n\tuaddlp v25.4s, v25.8h\n\tuaddlp v26.4s, v26.8h\n\tuaddlp v27.4s, v27.8h\n\t"
+      "addp v20.4s, v20.4s, v21.4s\n\taddp v22.4s, v22.4s, v23.4s\n\taddp v20.4s, v20.4s, v22.4s\n\t"
+      "addp v24.4s, v24.4s, v25.4s\n\taddp v26.4s, v26.4s, v27.4s\n\taddp v24.4s, v24.4s, v26.4s\n\t"
+      "ldr q4, [%[obias]], #16\n\t"
+      "add v20.4s, v20.4s, v4.4s\n\tadd v20.4s, v20.4s, v28.4s\n\t"
+      "add v24.4s, v24.4s, v4.4s\n\tadd v24.4s, v24.4s, v29.4s\n\t"
+      /* channel ob's two pixels are adjacent in out: store them as one 64-bit pair */
+      "zip1 v5.4s, v20.4s, v24.4s\n\tzip2 v6.4s, v20.4s, v24.4s\n\t"
+      "str d5, [%[out]]\n\tadd %[out], %[out], %[os]\n\t"
+      "st1 {v5.d}[1], [%[out]]\n\tadd %[out], %[out], %[os]\n\t"
+      "str d6, [%[out]]\n\tadd %[out], %[out], %[os]\n\t"
+      "st1 {v6.d}[1], [%[out]]\n\tadd %[out], %[out], %[os]\n\t"
+      "add %[w00], %[w00], %[rb], lsl #3\n\t"
+      "subs %[nblk], %[nblk], #1\n\t"
+      "b.ne 0b\n\t"
+      : [nblk] "+r"(nblk), [w00] "+r"(w), [out] "+r"(out), [obias] "+r"(obias), [n] "=&r"(n), [off] "=&r"(off),
+        [t] "=&r"(t), [x01] "=&r"(x01), [x11] "=&r"(x11), [w01] "=&r"(w01), [w10] "=&r"(w10), [w11] "=&r"(w11),
+        [w20] "=&r"(w20), [w21] "=&r"(w21), [w30] "=&r"(w30), [w31] "=&r"(w31)
+      : [x00] "r"(r0), [x10] "r"(r1), [rb] "r"(rbl), [tail] "r"(tail), [base] "r"(base), [os] "r"(ostride_b)
       : "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v16", "v17", "v20", "v21", "v22", "v23", "v24", "v25",
-        "v26", "v27", "v30", "v31", "memory", "cc");
+        "v26", "v27", "v28", "v29", "v30", "v31", "memory", "cc");
 }
 
 /* out[ob * ostride + p] = dot(pixel p's row, channel ob) + obias[ob] + base[p] for OB
@@ -365,11 +394,7 @@ INLINE void dot_block(const uint8_t* r0, const uint8_t* r1, const uint8_t* w, in
                       const int OB, const int NP, int32_t* out, ptrdiff_t ostride, const int32_t* obias,
                       const int32_t* base) {
   uint32x4_t tot[16]; /* [p][ob] */
-  if (A == 2 && W == 2 && NP == 2 && OB == 4 && rb <= NEON_CHUNK(2, 2)) {
-    uint16x8_t acc[8];
-    w2a2_x2x4(r0, r1, w, rb, acc);
-    _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) tot[k] = vpaddlq_u16(acc[k]);
-  } else if (rb <= NEON_CHUNK(A, W)) {
+  if (rb <= NEON_CHUNK(A, W)) {
     _Pragma("GCC unroll 16") for (int k = 0; k < NP * OB; k++) tot[k] = vdupq_n_u32(0);
     dot_chunk(r0, r1, w, rb, 0, rb, A, W, OB, NP, tot);
   } else {
@@ -405,6 +430,10 @@ INLINE void conv_row_impl(const row_args* ra, const int A, const int W) {
     for (; p + 2 <= ra->npix; p += 2) {
       const uint8_t* row = ra->rows + (size_t)p * A * rb;
       int o = 0;
+      if (A == 2 && W == 2 && OB == 4 && rb <= NEON_CHUNK(2, 2) && og >= 4) {
+        w2a2_pair_blocks(row, row + A * rb, ra->w, rb, og / 4, ra->obias, ra->base + p, ra->out + p, ostride);
+        o = og / 4 * 4;
+      }
       for (; o + OB <= og; o += OB)
         dot_block(row, row + A * rb, ra->w + (size_t)o * W * rb, rb, A, W, OB, 2, ra->out + o * ostride + p, ostride,
                   ra->obias + o, ra->base + p);
