@@ -21,6 +21,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 @dataclass
@@ -64,17 +65,18 @@ def label(ops: list, layers: list) -> str:
     return "(added by the compiler)"
 
 
-def layer_times(model, inputs=None, *, repeat: int = 10, warmup: int = 1) -> list[FunctionTime]:
-    """Per-function times of ``model`` (a loaded :class:`~sliver.runtime.artifact.CompiledModel`)
-    over ``repeat`` runs, most expensive first.  VM built-ins (allocation, shape
-    checks) are left out."""
+def call_times(model, inputs=None, *, repeat: int = 10, warmup: int = 1,
+               clock: Callable[[], int] = time.perf_counter_ns) -> list[dict[str, list[float]]]:
+    """Per run of ``model``, ``{function: [seconds of each call]}`` measured with ``clock``
+    (nanoseconds; ``time.thread_time_ns`` gives CPU time of the calling thread).  VM
+    built-ins (allocation, shape checks) are left out."""
     inputs = model.golden_inputs() if inputs is None else inputs
     per_run: list[dict[str, list[float]]] = []
     current: dict[str, list[float]] = {}
     started: dict[str, int] = {}
 
     def instrument(func, name, before, ret, *args):
-        now = time.perf_counter_ns()
+        now = clock()
         name = str(name)
         if name.startswith("vm.builtin."):
             return 0
@@ -95,6 +97,14 @@ def layer_times(model, inputs=None, *, repeat: int = 10, warmup: int = 1) -> lis
             per_run.append(current)
     finally:
         vm.set_instrument(None)
+    return per_run
+
+
+def layer_times(model, inputs=None, *, repeat: int = 10, warmup: int = 1) -> list[FunctionTime]:
+    """Per-function times of ``model`` (a loaded :class:`~sliver.runtime.artifact.CompiledModel`)
+    over ``repeat`` runs, most expensive first.  VM built-ins (allocation, shape
+    checks) are left out."""
+    per_run = call_times(model, inputs, repeat=repeat, warmup=warmup)
     names = list(per_run[-1]) if per_run else []
     rows = []
     for name in names:

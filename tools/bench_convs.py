@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -116,53 +117,16 @@ def layers_of(model_names, resolution: int) -> list[Layer]:
     return list(found.values())
 
 
-def cpu_time_runs(fn, warmup: int, repeat: int) -> list[float]:
-    """Process CPU time (ms) of each of ``repeat`` calls after ``warmup``: with one
-    thread per runtime, other jobs on a shared machine stretch wall time but barely
-    CPU time, so its minimum stays steady where wall-clock minima do not."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(max(repeat, 1)):
-        t0 = time.process_time()
-        fn()
-        out.append((time.process_time() - t0) * 1e3)
-    return out
-
-
 def kernel_cpu_times(compiled, x, warmup: int, repeat: int) -> list[float]:
     """Per run, the thread CPU time (ms) of the artifact's functions that compute
-    sliver ops (the VM instrument of :mod:`sliver.runtime.profile`): a one-layer
-    artifact also transposes its NCHW input and output to and from NHWC, which in a
-    whole model happens once at its ends.  One TVM thread: the kernels run on the
-    calling thread."""
-    from sliver.runtime.profile import describe
+    sliver ops: a one-layer artifact also transposes its NCHW input and output to and
+    from NHWC, which in a whole model happens once at its ends.  One TVM thread: the
+    kernels run on the calling thread."""
+    from sliver.runtime.profile import call_times, describe
 
-    spent = [0]
-    started = {}
-
-    def instrument(func, name, before, ret, *args):
-        name = str(name)
-        if name.startswith("vm.builtin.") or not describe(compiled.manifest, name)[0]:
-            return 0
-        if before:
-            started[name] = time.thread_time_ns()
-        else:
-            spent[0] += time.thread_time_ns() - started.pop(name)
-        return 0
-
-    for _ in range(warmup):
-        compiled.run(x)
-    out = []
-    compiled._vm.set_instrument(instrument)
-    try:
-        for _ in range(max(repeat, 1)):
-            spent[0] = 0
-            compiled.run(x)
-            out.append(spent[0] / 1e6)
-    finally:
-        compiled._vm.set_instrument(None)
-    return out
+    runs = call_times(compiled, [x], repeat=max(repeat, 1), warmup=warmup, clock=time.thread_time_ns)
+    return [sum(sum(secs) for name, secs in run.items() if describe(compiled.manifest, name)[0]) * 1e3
+            for run in runs]
 
 
 def run(args) -> dict:
@@ -195,7 +159,8 @@ def run(args) -> dict:
         # one backend after the other: interleaving single calls lets one runtime's
         # spinning worker threads steal the cores from the other's next call
         if args.cpu_time:
-            timed = {k: (cpu_time_runs(fn, args.warmup, args.repeat),) for k, fn in fns.items()}
+            timed = {k: (time_runs(fn, args.warmup, args.repeat, math.inf, clock=time.process_time_ns)[1],)
+                     for k, fn in fns.items()}
             if layer.kind != "model":  # the layer's own kernels, not the NCHW<->NHWC transposes around it
                 timed["sliver"] = (kernel_cpu_times(compiled, x, args.warmup, args.repeat),)
         else:
