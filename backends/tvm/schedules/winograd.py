@@ -123,8 +123,7 @@ def weight_te(w, m: int, b: int):
     rx = te.reduce_axis((0, 3), "rx")
     u = te.compute((a, a, cin, cout), lambda i, j, c, k: te.sum(gw[i, rx, c, k] * G[j, rx], axis=rx),
                    name="winograd_weight_cols")
-    return te.compute((a * a, cout // b, cin, b) if not isinstance(cout, int) else _i64(a * a, cout // b, cin, b),
-                      lambda e, o, c, j: u[e // a, e % a, c, o * b + j].astype(w.dtype),
+    return te.compute((a * a, cout // b, cin, b), lambda e, o, c, j: u[e // a, e % a, c, o * b + j].astype(w.dtype),
                       name="winograd_weight")
 
 
