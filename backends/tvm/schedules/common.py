@@ -149,12 +149,20 @@ def inline_epilogue(sch, block):
         consumers = list(sch.get_consumers(block))
 
 
+def pads_last_axis(sch, block) -> bool:
+    """``block`` (a padding) pads its input's innermost axis (the channels, in NHWC)."""
+    b = sch.get(block)
+    return any(int(b.writes[0].source.shape[-1]) != int(r.source.shape[-1]) for r in b.reads)
+
+
 def inline_padding(sch, block) -> None:
     """Read ``block``'s input through its padding (a bounds check per load) instead
     of from a padded copy (``pad_temp``: a pass over memory of its own), where the
-    block does few operations per input value (depthwise convs, pooling)."""
+    block does few operations per input value (depthwise convs, pooling).  A padding
+    of the innermost (vectorized) axis stays a copy: checked in place, every vector
+    load would test each lane."""
     for p in sch.get_producers(block):
-        if sch.get(p).name_hint.startswith("pad"):
+        if sch.get(p).name_hint.startswith("pad") and not pads_last_axis(sch, p):
             try:
                 sch.compute_inline(p)
             except Exception:  # noqa: BLE001 - TVM refuses an unsafe inline: keep the copy
