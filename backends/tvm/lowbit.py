@@ -3,9 +3,11 @@
 
 Integer codes (``u1``..``u8``, ``i1``..``i8``) travel between ops as one byte each
 (``uint8`` / ``int8``).  A ``qconv2d`` / ``qdense`` computes the exact integer
-accumulator ``acc = Σ (x − x_zero_point)(w − w_zero_point)`` with one of two kernels,
-then an f32 epilogue in Relax (``acc·scale[o] + bias[o]``, clamp, and the fused
-requantize into the next layer's codes, the same ops ``quantize`` lowers to):
+accumulator ``acc = Σ (x − x_zero_point)(w − w_zero_point)`` with one of three kernels,
+then the f32 epilogue (``acc·scale[o] + bias[o]``, clamp, and the fused requantize into
+the next layer's codes, the same float32 steps ``quantize`` lowers to): in Relax after
+the generic path, inside the C kernels (per output row, on sums still in cache) after
+the other two:
 
 ``generic``    codes → int16, zero points subtracted (so the zero padding of
                ``conv2d`` is exactly "padding with the activation zero point"), an
@@ -51,7 +53,10 @@ INT8_ROW_ALIGN = 16
 KERNELS = ("generic", "bitserial", "int8")
 #: Order of the int32 ``meta`` operand of the C kernel (its ``enum M_*``).
 META_FIELDS = ("N", "C", "H", "W", "O", "KH", "KW", "SH", "SW", "PT", "PL", "PB", "PR", "DH", "DW", "G",
-               "ABITS", "ASIGNED", "WBITS", "WSIGNED", "XZ", "WZ", "OH", "OW", "TAPB", "RB")
+               "ABITS", "ASIGNED", "WBITS", "WSIGNED", "XZ", "WZ", "OH", "OW", "TAPB", "RB", "OUT", "QMIN", "QMAX")
+#: The C kernels' ``OUT`` codes: the fused epilogue writes f32, or requantized codes
+#: held in uint8 / int8.
+OUT_KINDS = {"float32": 0, "uint8": 1, "int8": 2}
 #: Packed rows are padded to a whole 64-bit word (``ROW_ALIGN`` in the C file; the
 #: kernels finish a row with an 8-byte step rather than padding it to a vector register).
 ROW_ALIGN = 8
@@ -233,11 +238,15 @@ def pack_weights_int8(w: np.ndarray, align: int = INT8_ROW_ALIGN) -> tuple[np.nd
     return out, rb
 
 
-def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, *, xshape, stride, padding, dilation, groups,
-                   out_hw):
-    """The int32 accumulator [N, O, OH, OW] from one of the C kernels (``bitserial`` or
-    ``int8``); both take (x codes, packed weights, Σw per channel, meta, out)."""
+def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, xshape, stride, padding, dilation,
+                   groups, out_hw):
+    """The result [N, O, OH, OW] (f32, or the requantized codes) from one of the C kernels
+    (``bitserial`` or ``int8``) with the epilogue fused (the kernel applies it to each
+    output row while its int32 sums are in cache); both take (x codes, packed weights,
+    Σw per channel, meta, scale, bias, epi, out)."""
     from tvm import relax
+
+    from sliver.ir.types import int_range
 
     abits, asigned = code_bits(op.operands[0].type.dtype)
     wbits, wsigned = code_bits(op.operands[1].type.dtype)
@@ -265,14 +274,25 @@ def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, *, xshape, strid
         packed, rb = pack_weights_int8(w_codes)
         narrow = int((w_codes > -128).all())  # WSIGNED: no weight is -128 (two products fit int16)
     wsum = w_codes.reshape(o, -1).sum(axis=1).astype(np.int32)
+    quantized = a["out_dtype"] != "f32"
+    qmin, qmax = int_range(a["out_dtype"]) if quantized else (0, 0)
+    out_dtype = storage_dtype(a["out_dtype"]) if quantized else "float32"
     meta = dict(N=n, C=c, H=h, W=wd, O=o, KH=kh, KW=kw, SH=stride[0], SW=stride[1], PT=padding[0], PL=padding[1],
                 PB=padding[2], PR=padding[3], DH=dilation[0], DW=dilation[1], G=groups, ABITS=abits,
                 ASIGNED=int(asigned), WBITS=wbits, WSIGNED=narrow, XZ=a["x_zero_point"],
-                WZ=wz, OH=out_hw[0], OW=out_hw[1], TAPB=tapb, RB=rb)
+                WZ=wz, OH=out_hw[0], OW=out_hw[1], TAPB=tapb, RB=rb, OUT=OUT_KINDS[out_dtype], QMIN=qmin, QMAX=qmax)
     meta_arr = np.array([meta[k] for k in META_FIELDS], np.int32)
-    out = relax.TensorType((n, o, out_hw[0], out_hw[1]), "int32")
+    # the epilogue's floats, as quantize_expr and _epilogue use them (no clamp: ±inf)
+    inv = float(np.float32(1.0) / np.float32(a["out_scale"])) if quantized else 1.0
+    epi = np.array([-np.inf if a["clamp_min"] is None else a["clamp_min"],
+                    np.inf if a["clamp_max"] is None else a["clamp_max"],
+                    inv, a["out_zero_point"] if quantized else 0], np.float32)
+    if bias is None:
+        bias = _const(np.zeros(o, np.float32))
+    out = relax.TensorType((n, o, out_hw[0], out_hw[1]), out_dtype)
     fn = BITSERIAL if kernel == "bitserial" else INT8
-    return bb.emit(relax.call_dps_packed(fn, [x, _const(packed), _const(wsum), _const(meta_arr)], out))
+    return bb.emit(relax.call_dps_packed(fn, [x, _const(packed), _const(wsum), _const(meta_arr), scale, bias,
+                                              _const(epi)], out))
 
 
 @lowers("qconv2d")
@@ -284,13 +304,13 @@ def _qconv2d(bb, op, x, w, scale, bias=None):
     _record(op, kernel)
     if kernel != "generic":
         oshape = op.result.type.shape
-        acc = _packed_kernel(bb, op, kernel, x, codes, xshape=op.operands[0].type.shape, stride=a["stride"],
-                         padding=a["padding"], dilation=a["dilation"], groups=a["groups"], out_hw=oshape[2:])
-    else:
-        xi = _codes_minus_zero_point(bb, x, a["x_zero_point"])  # zero padding == padding with x_zero_point
-        wi = _const(_weights_minus_zero_point(codes, a["w_zero_point"]))
-        acc = bb.emit(R.nn.conv2d(xi, wi, strides=a["stride"], padding=a["padding"], dilation=a["dilation"],
-                                  groups=a["groups"], out_dtype="int32"))
+        return _packed_kernel(bb, op, kernel, x, codes, scale, bias, xshape=op.operands[0].type.shape,
+                              stride=a["stride"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"],
+                              out_hw=oshape[2:])
+    xi = _codes_minus_zero_point(bb, x, a["x_zero_point"])  # zero padding == padding with x_zero_point
+    wi = _const(_weights_minus_zero_point(codes, a["w_zero_point"]))
+    acc = bb.emit(R.nn.conv2d(xi, wi, strides=a["stride"], padding=a["padding"], dilation=a["dilation"],
+                              groups=a["groups"], out_dtype="int32"))
     return _epilogue(bb, op, acc, scale, bias, 4)
 
 
@@ -307,19 +327,19 @@ def _qdense(bb, op, x, w, scale, bias=None):
     if kernel != "generic":
         m = int(np.prod(xshape[:-1], dtype=np.int64))
         x4 = bb.emit(R.reshape(x, [m, k, 1, 1]))
-        acc = _packed_kernel(bb, op, kernel, x4, codes.reshape(o, k, 1, 1), xshape=(m, k, 1, 1), stride=(1, 1),
-                         padding=(0, 0, 0, 0), dilation=(1, 1), groups=1, out_hw=(1, 1))
-        acc = bb.emit(R.reshape(acc, list(xshape[:-1]) + [o]))
-    else:
-        xi = _codes_minus_zero_point(bb, x, a["x_zero_point"])
-        wt = _const(np.ascontiguousarray(_weights_minus_zero_point(codes, a["w_zero_point"]).T))
-        acc = bb.emit(R.matmul(xi, wt, out_dtype="int32"))
+        y = _packed_kernel(bb, op, kernel, x4, codes.reshape(o, k, 1, 1), scale, bias, xshape=(m, k, 1, 1),
+                           stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1, out_hw=(1, 1))
+        return bb.emit(R.reshape(y, list(xshape[:-1]) + [o]))
+    xi = _codes_minus_zero_point(bb, x, a["x_zero_point"])
+    wt = _const(np.ascontiguousarray(_weights_minus_zero_point(codes, a["w_zero_point"]).T))
+    acc = bb.emit(R.matmul(xi, wt, out_dtype="int32"))
     return _epilogue(bb, op, acc, scale, bias, len(xshape))
 
 
 def compile_flags(arch: str, spec: dict) -> list[str]:
     """gcc flags for the C kernel: optimized, for the target's CPU."""
-    flags = ["-O3", "-fno-math-errno"]
+    # no fused multiply-add: the fused epilogue rounds like the interpreter
+    flags = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
     mcpu = spec.get("mcpu")
     if arch == "aarch64":
         flags.append(f"-mcpu={mcpu or 'cortex-a72'}")
