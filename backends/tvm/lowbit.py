@@ -53,13 +53,17 @@ INT8_ROW_ALIGN = 16
 KERNELS = ("generic", "bitserial", "int8")
 #: Order of the int32 ``meta`` operand of the C kernel (its ``enum M_*``).
 META_FIELDS = ("N", "C", "H", "W", "O", "KH", "KW", "SH", "SW", "PT", "PL", "PB", "PR", "DH", "DW", "G",
-               "ABITS", "ASIGNED", "WBITS", "WSIGNED", "XZ", "WZ", "OH", "OW", "TAPB", "RB", "OUT", "QMIN", "QMAX")
+               "ABITS", "ASIGNED", "WBITS", "WSIGNED", "XZ", "WZ", "OH", "OW", "TAPB", "RB", "OUT", "QMIN", "QMAX",
+               "LAYOUT")
 #: The C kernels' ``OUT`` codes: the fused epilogue writes f32, or requantized codes
 #: held in uint8 / int8.
 OUT_KINDS = {"float32": 0, "uint8": 1, "int8": 2}
 #: Packed rows are padded to a whole 64-bit word (``ROW_ALIGN`` in the C file; the
 #: kernels finish a row with an 8-byte step rather than padding it to a vector register).
 ROW_ALIGN = 8
+#: W2A2 rows of at most this many bytes get the W2A2 block layout on aarch64
+#: (``W2A2_MAX_RB`` in the C file: 16-bit sums).
+W2A2_MAX_RB = 904
 
 #: Kernel per target architecture for operands below 8 bits, picked by
 #: ``python -m sliver.tools.bench_lowbit``: on aarch64 bit-serial (NEON cnt) executes
@@ -226,6 +230,25 @@ def pack_weights(w: np.ndarray, wbits: int, tapb: int, align: int = ROW_ALIGN) -
     return out, rb
 
 
+def w2a2_blocks(packed: np.ndarray, groups: int) -> np.ndarray:
+    """The aarch64 W2A2 kernel's block layout of ``pack_weights``' rows ``[O, 2, RB]``:
+    per group, the first ``Og // 4 * 4`` channels in blocks of four, each block's eight
+    rows (channel-major, plane-minor) interleaved in the order its inner loop reads them:
+    per 16-byte step the eight rows' 16 bytes, then the eight 8-byte tails (RB % 16).
+    The blocks keep their byte ranges; the other channels stay as they are."""
+    o, wb, rb = packed.shape
+    og = o // groups
+    steps = rb // 16
+    out = packed.copy()
+    for g in range(groups):
+        for b in range(og // 4):
+            blk = packed[g * og + 4 * b: g * og + 4 * b + 4]  # [4, 2, rb]
+            main = blk[:, :, : steps * 16].reshape(4, wb, steps, 16).transpose(2, 0, 1, 3).reshape(-1)
+            tail = blk[:, :, steps * 16:].reshape(-1)
+            out[g * og + 4 * b: g * og + 4 * b + 4] = np.concatenate([main, tail]).reshape(4, wb, rb)
+    return out
+
+
 def pack_weights_int8(w: np.ndarray, align: int = INT8_ROW_ALIGN) -> tuple[np.ndarray, int]:
     """Weight codes ``[O, Cg, KH, KW]`` (already signed bytes) as the int8 kernel's rows:
     ``int8 [O, RB]``, taps (kh, kw) in order, Cg bytes each, zero-filled to RB (a multiple
@@ -269,10 +292,14 @@ def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, 
         tapb = -(-cg // 8)
         packed, rb = pack_weights(w_codes, wbits, tapb, ROW_ALIGN)
         narrow = 0  # WSIGNED: the planes are unsigned
+        layout = int(_arch() == "aarch64" and abits == 2 and wbits == 2 and 16 <= rb <= W2A2_MAX_RB and o // groups >= 4)
+        if layout:
+            packed = w2a2_blocks(packed, groups)
     else:
         tapb = cg
         packed, rb = pack_weights_int8(w_codes)
         narrow = int((w_codes > -128).all())  # WSIGNED: no weight is -128 (two products fit int16)
+        layout = 0
     wsum = w_codes.reshape(o, -1).sum(axis=1).astype(np.int32)
     quantized = a["out_dtype"] != "f32"
     qmin, qmax = int_range(a["out_dtype"]) if quantized else (0, 0)
@@ -280,7 +307,8 @@ def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, 
     meta = dict(N=n, C=c, H=h, W=wd, O=o, KH=kh, KW=kw, SH=stride[0], SW=stride[1], PT=padding[0], PL=padding[1],
                 PB=padding[2], PR=padding[3], DH=dilation[0], DW=dilation[1], G=groups, ABITS=abits,
                 ASIGNED=int(asigned), WBITS=wbits, WSIGNED=narrow, XZ=a["x_zero_point"],
-                WZ=wz, OH=out_hw[0], OW=out_hw[1], TAPB=tapb, RB=rb, OUT=OUT_KINDS[out_dtype], QMIN=qmin, QMAX=qmax)
+                WZ=wz, OH=out_hw[0], OW=out_hw[1], TAPB=tapb, RB=rb, OUT=OUT_KINDS[out_dtype], QMIN=qmin, QMAX=qmax,
+                LAYOUT=layout)
     meta_arr = np.array([meta[k] for k in META_FIELDS], np.int32)
     # the epilogue's floats, as quantize_expr and _epilogue use them (no clamp: ±inf)
     inv = float(np.float32(1.0) / np.float32(a["out_scale"])) if quantized else 1.0

@@ -93,10 +93,15 @@ static void* data_of(const sliver_Any* a) {
   return (char*)t->data + t->byte_offset;
 }
 
+/* Weights of W2A2 layers in the W2A2 block layout (aarch64 only; lowbit.py packs them
+ * so when this holds and says so in meta LAYOUT): see w2a2_pair_blocks. */
+#define W2A2_MAX_RB 904
+#define W2A2_BLOCKS(A, W, rb, og) ((A) == 2 && (W) == 2 && (rb) >= 16 && (rb) <= W2A2_MAX_RB && (og) >= 4)
+
 /* ---- meta layout (kept in sync with lowbit.py: META_FIELDS) ---- */
 enum {
   M_N, M_C, M_H, M_W, M_O, M_KH, M_KW, M_SH, M_SW, M_PT, M_PL, M_PB, M_PR, M_DH, M_DW, M_G,
-  M_ABITS, M_ASIGNED, M_WBITS, M_WSIGNED, M_XZ, M_WZ, M_OH, M_OW, M_TAPB, M_RB, M_OUT, M_QMIN, M_QMAX, META_LEN
+  M_ABITS, M_ASIGNED, M_WBITS, M_WSIGNED, M_XZ, M_WZ, M_OH, M_OW, M_TAPB, M_RB, M_OUT, M_QMIN, M_QMAX, M_LAYOUT, META_LEN
 };
 
 
@@ -147,8 +152,9 @@ static inline int32_t code1(const epilogue* e, float y) {
   q = q < e->qmin ? e->qmin : q;
   return (int32_t)(q > e->qmax ? e->qmax : q);
 }
-/* out[o * ostride + p] (element index) for o < og, p < npix, from acc[o * npix + p] */
-static void apply_epilogue(const epilogue* e, const int32_t* acc, int og, int npix, void* out, ptrdiff_t ostride) {
+/* out[o * ostride + p] (element index) for o < og, p < npix, from acc[o * astride + p] */
+static void apply_epilogue(const epilogue* e, const int32_t* acc, int astride, int og, int npix, void* out,
+                           ptrdiff_t ostride) {
 #if defined(__aarch64__)
   const float32x4_t lo = vdupq_n_f32(e->lo), hi = vdupq_n_f32(e->hi), inv = vdupq_n_f32(e->inv),
                     zp = vdupq_n_f32(e->zp), qmin = vdupq_n_f32(e->qmin), qmax = vdupq_n_f32(e->qmax);
@@ -156,7 +162,7 @@ static void apply_epilogue(const epilogue* e, const int32_t* acc, int og, int np
 #define CODE4(y) vcvtq_s32_f32(vminq_f32(vmaxq_f32(vaddq_f32(vrndnq_f32(vmulq_f32(y, inv)), zp), qmin), qmax))
 #endif
   for (int o = 0; o < og; o++) {
-    const int32_t* a = acc + (size_t)o * npix;
+    const int32_t* a = acc + (size_t)o * astride;
     const float s = e->scale[o], b = e->bias[o];
     int p = 0;
 #if defined(__aarch64__)
@@ -360,18 +366,21 @@ INLINE void dot_chunk(const uint8_t* r0, const uint8_t* r1, const uint8_t* w, in
 
 /* The hot case written out: W2A2, two pixels, four output channels (NP=2, OB=4), rows
  * of 16..W2A2_MAX_RB bytes.  The same arithmetic as dot_chunk, register-allocated by
- * hand: 4 activation + 8 weight loads, 32 and + 32 cnt, 24 mla, 8 uadalp per 16 bytes
- * (GCC's allocation of the generic code spills and copies: ~10% more instructions, and
- * its loop around an asm block per 4 channels another ~10%: the asm loops over the
- * blocks itself, w2a2_pair_blocks).  Every load post-increments its row pointer, so
- * no offset register is kept; the 16-bit lane sums of pixel p, channel ob are in
- * v20+ob (p = 0) and v24+ob (p = 1) and are reduced in 16 bits (pairwise adds): a
- * channel's total is at most 72 * rb (8 bits per byte, plane weights 1+2+2+4), which
- * fits 16 bits for rb <= W2A2_MAX_RB. */
-#define W2A2_MAX_RB 904
-#define W2A2_OB(WA, WB, A0, A1)                                                                   \
-  "ldr q4, [%[" WA "]], #16\n\t"                                                                    \
-  "ldr q5, [%[" WB "]], #16\n\t"                                                                    \
+ * hand: 4 activation loads, 4 weight load pairs, 32 and + 32 cnt, 24 mla, 8 uadalp per
+ * 16 bytes (GCC's allocation of the generic code spills and copies: ~10% more
+ * instructions, and its loop around an asm block per 4 channels another ~10%: the asm
+ * loops over the blocks itself, w2a2_pair_blocks).
+ * Weights come in the W2A2 block layout (lowbit.py, LAYOUT = 1): the 8 rows (4 channels
+ * x 2 planes) of a block interleaved in the order the loop reads them, per 16-byte step
+ * [ch0 plane0][ch0 plane1][ch1 plane0]...[ch3 plane1], then the 8-byte tails in the same
+ * order, so one pointer walks them (`ldp` of both planes of a channel, `ld2r` of both
+ * tails) and the blocks follow one another.  Activation rows are read through four
+ * post-incremented pointers.  The first step initialises the accumulators (uaddlp).
+ * The 16-bit lane sums of pixel p, channel ob are in v20+ob (p = 0) and v24+ob (p = 1)
+ * and are reduced in 16 bits (pairwise adds): a channel's total is at most 72 * rb (8
+ * bits per byte, plane weights 1+2+2+4), which fits 16 bits for rb <= W2A2_MAX_RB. */
+#define W2A2_OB(ACC, A0, A1)                                                                      \
+  "ldp q4, q5, [%[w]], #32\n\t"                                                                     \
   "and v6.16b, v0.16b, v4.16b\n\tcnt v6.16b, v6.16b\n\t"                                           \
   "and v7.16b, v2.16b, v4.16b\n\tcnt v7.16b, v7.16b\n\t"                                           \
   "and v16.16b, v1.16b, v4.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
@@ -380,12 +389,14 @@ INLINE void dot_chunk(const uint8_t* r0, const uint8_t* r1, const uint8_t* w, in
   "and v17.16b, v2.16b, v5.16b\n\tcnt v17.16b, v17.16b\n\tmla v7.16b, v17.16b, v30.16b\n\t"         \
   "and v16.16b, v1.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v31.16b\n\t"         \
   "and v17.16b, v3.16b, v5.16b\n\tcnt v17.16b, v17.16b\n\tmla v7.16b, v17.16b, v31.16b\n\t"         \
-  "uadalp " A0 ".8h, v6.16b\n\t"                                                                    \
-  "uadalp " A1 ".8h, v7.16b\n\t"
-/* the last 8 bytes: both pixels in one register, each weight plane duplicated */
-#define W2A2_TAIL_OB(WA, WB, A0, A1)                                                              \
-  "ld1r {v4.2d}, [%[" WA "]], #8\n\t"                                                               \
-  "ld1r {v5.2d}, [%[" WB "]], #8\n\t"                                                               \
+  ACC " " A0 ".8h, v6.16b\n\t"                                                                      \
+  ACC " " A1 ".8h, v7.16b\n\t"
+#define W2A2_STEP(ACC)                                                                            \
+  "ldr q0, [%[p0]], #16\n\tldr q1, [%[p1]], #16\n\tldr q2, [%[p2]], #16\n\tldr q3, [%[p3]], #16\n\t" \
+  W2A2_OB(ACC, "v20", "v24") W2A2_OB(ACC, "v21", "v25") W2A2_OB(ACC, "v22", "v26") W2A2_OB(ACC, "v23", "v27")
+/* the last 8 bytes: both pixels in one register, each weight plane's tail duplicated */
+#define W2A2_TAIL_OB(A0, A1)                                                                      \
+  "ld2r {v4.2d, v5.2d}, [%[w]], #16\n\t"                                                            \
   "and v6.16b, v0.16b, v4.16b\n\tcnt v6.16b, v6.16b\n\t"                                           \
   "and v16.16b, v1.16b, v4.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
   "and v16.16b, v0.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
@@ -395,48 +406,36 @@ INLINE void dot_chunk(const uint8_t* r0, const uint8_t* r1, const uint8_t* w, in
 
 /* All nblk four-channel blocks of a pixel pair in one asm loop (no C between blocks):
  * out[(4k + ob) * ostride + p] = dot(pixel p, channel 4k + ob) + obias[4k + ob] + base[p]
- * for p = 0, 1 (adjacent outputs), w the weights of channel 0 (the rows of the
- * channels one after another), rows of 16..W2A2_MAX_RB bytes. */
+ * for p = 0, 1 (adjacent outputs), w the first block (W2A2 block layout), rows of
+ * 16..W2A2_MAX_RB bytes. */
 static inline __attribute__((always_inline)) void w2a2_pair_blocks(const uint8_t* r0, const uint8_t* r1,
                                                                    const uint8_t* w, int rb, long nblk,
                                                                    const int32_t* obias, const int32_t* base,
                                                                    int32_t* out, ptrdiff_t ostride) {
-  const long tail = rb & 8, rbl = rb, steps = rb >> 4, ostride_b = (long)ostride * 4;
+  const long tail = rb & 8, more = (rb >> 4) - 1, ostride_b = (long)ostride * 4;
   const uint8_t* x01 = r0 + rb;
   const uint8_t* x11 = r1 + rb;
   long n;
-  const uint8_t *p0, *p1, *p2, *p3, *w01, *w10, *w11, *w20, *w21, *w30, *w31, *t;
+  const uint8_t *p0, *p1, *p2, *p3, *t;
   __asm__ volatile(
       "movi v30.16b, #2\n\tmovi v31.16b, #4\n\t"
       "ld1r {v28.4s}, [%[base]]\n\t"
       "add %[t], %[base], #4\n\t"
       "ld1r {v29.4s}, [%[t]]\n\t"
       "0:\n\t"
-      "add %[w01], %[w00], %[rb]\n\tadd %[w10], %[w01], %[rb]\n\tadd %[w11], %[w10], %[rb]\n\t"
-      "add %[w20], %[w11], %[rb]\n\tadd %[w21], %[w20], %[rb]\n\tadd %[w30], %[w21], %[rb]\n\t"
-      "add %[w31], %[w30], %[rb]\n\t"
       "mov %[p0], %[x00]\n\tmov %[p1], %[x01]\n\tmov %[p2], %[x10]\n\tmov %[p3], %[x11]\n\t"
-      "movi v20.8h, #0\n\tmovi v21.8h, #0\n\tmovi v22.8h, #0\n\tmovi v23.8h, #0\n\t"
-      "movi v24.8h, #0\n\tmovi v25.8h, #0\n\tmovi v26.8h, #0\n\tmovi v27.8h, #0\n\t"
-      "mov %[n], %[steps]\n\t"
+      W2A2_STEP("uaddlp")
+      "mov %[n], %[more]\n\t"
+      "cbz %[n], 2f\n\t"
       "1:\n\t"
-      "ldr q0, [%[p0]], #16\n\t"
-      "ldr q1, [%[p1]], #16\n\t"
-      "ldr q2, [%[p2]], #16\n\t"
-      "ldr q3, [%[p3]], #16\n\t"
-      W2A2_OB("w00", "w01", "v20", "v24")
-      W2A2_OB("w10", "w11", "v21", "v25")
-      W2A2_OB("w20", "w21", "v22", "v26")
-      W2A2_OB("w30", "w31", "v23", "v27")
+      W2A2_STEP("uadalp")
       "subs %[n], %[n], #1\n\t"
       "b.ne 1b\n\t"
+      "2:\n\t"
       "cbz %[tail], 3f\n\t"
       "ldr d0, [%[p0]]\n\tld1 {v0.d}[1], [%[p2]]\n\t"
       "ldr d1, [%[p1]]\n\tld1 {v1.d}[1], [%[p3]]\n\t"
-      W2A2_TAIL_OB("w00", "w01", "v20", "v24")
-      W2A2_TAIL_OB("w10", "w11", "v21", "v25")
-      W2A2_TAIL_OB("w20", "w21", "v22", "v26")
-      W2A2_TAIL_OB("w30", "w31", "v23", "v27")
+      W2A2_TAIL_OB("v20", "v24") W2A2_TAIL_OB("v21", "v25") W2A2_TAIL_OB("v22", "v26") W2A2_TAIL_OB("v23", "v27")
       "3:\n\t"
       /* 16-bit pairwise adds: lanes 0-3 of v20 = channels 0-3 of pixel 0, lanes 4-7 of pixel 1 */
       "addp v20.8h, v20.8h, v21.8h\n\taddp v22.8h, v22.8h, v23.8h\n\taddp v20.8h, v20.8h, v22.8h\n\t"
@@ -452,14 +451,12 @@ static inline __attribute__((always_inline)) void w2a2_pair_blocks(const uint8_t
       "st1 {v7.d}[1], [%[out]], %[os]\n\t"
       "st1 {v16.d}[0], [%[out]], %[os]\n\t"
       "st1 {v16.d}[1], [%[out]], %[os]\n\t"
-      "mov %[w00], %[w31]\n\t" /* the end of channel 3's last row: the next block's first */
       "subs %[nblk], %[nblk], #1\n\t"
       "b.ne 0b\n\t"
-      : [nblk] "+r"(nblk), [w00] "+r"(w), [out] "+r"(out), [obias] "+r"(obias), [n] "=&r"(n), [t] "=&r"(t),
-        [p0] "=&r"(p0), [p1] "=&r"(p1), [p2] "=&r"(p2), [p3] "=&r"(p3), [w01] "=&r"(w01), [w10] "=&r"(w10),
-        [w11] "=&r"(w11), [w20] "=&r"(w20), [w21] "=&r"(w21), [w30] "=&r"(w30), [w31] "=&r"(w31)
-      : [x00] "r"(r0), [x10] "r"(r1), [x01] "r"(x01), [x11] "r"(x11), [rb] "r"(rbl), [tail] "r"(tail),
-        [steps] "r"(steps), [base] "r"(base), [os] "r"(ostride_b)
+      : [nblk] "+r"(nblk), [w] "+r"(w), [out] "+r"(out), [obias] "+r"(obias), [n] "=&r"(n), [t] "=&r"(t),
+        [p0] "=&r"(p0), [p1] "=&r"(p1), [p2] "=&r"(p2), [p3] "=&r"(p3)
+      : [x00] "r"(r0), [x10] "r"(r1), [x01] "r"(x01), [x11] "r"(x11), [tail] "r"(tail), [more] "r"(more),
+        [base] "r"(base), [os] "r"(ostride_b)
       : "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v16", "v17", "v20", "v21", "v22", "v23", "v24", "v25",
         "v26", "v27", "v28", "v29", "v30", "v31", "memory", "cc");
 }
@@ -502,14 +499,28 @@ INLINE void conv_row_impl(const row_args* ra, const int A, const int W) {
   const int OB = OB_OF(A, W), NP = FUSABLE(A, W) ? 2 : 1, rb = ra->rb, og = ra->og;
   const ptrdiff_t ostride = ra->ostride;
   int p = 0;
+  if (A == 2 && W == 2 && W2A2_BLOCKS(A, W, rb, og)) {
+    /* weights in the W2A2 block layout: every pixel through the asm, an odd last one
+     * paired with itself (its twin lands in the padding column: ostride > npix), then
+     * the og % 4 channels left in the plain layout */
+    const int nb = og / 4;
+    for (; p < ra->npix; p += 2) {
+      const uint8_t* row = ra->rows + (size_t)p * A * rb;
+      w2a2_pair_blocks(row, p + 1 < ra->npix ? row + A * rb : row, ra->w, rb, nb, ra->obias, ra->base + p, ra->out + p,
+                       ostride);
+    }
+    for (p = 0; p < ra->npix; p++) {
+      const uint8_t* row = ra->rows + (size_t)p * A * rb;
+      for (int o = nb * 4; o < og; o++)
+        dot_block(row, row, ra->w + (size_t)o * W * rb, rb, A, W, 1, 1, ra->out + o * ostride + p, ostride,
+                  ra->obias + o, ra->base + p);
+    }
+    return;
+  }
   if (NP == 2) {
     for (; p + 2 <= ra->npix; p += 2) {
       const uint8_t* row = ra->rows + (size_t)p * A * rb;
       int o = 0;
-      if (A == 2 && W == 2 && OB == 4 && rb >= 16 && rb <= W2A2_MAX_RB && og >= 4) {
-        w2a2_pair_blocks(row, row + A * rb, ra->w, rb, og / 4, ra->obias, ra->base + p, ra->out + p, ostride);
-        o = og / 4 * 4;
-      }
       for (; o + OB <= og; o += OB)
         dot_block(row, row + A * rb, ra->w + (size_t)o * W * rb, rb, A, W, OB, 2, ra->out + o * ostride + p, ostride,
                   ra->obias + o, ra->base + p);
@@ -819,6 +830,15 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
     return fail("sliver_lowbit_bitserial: bad meta (bit widths 1..7, row bytes a multiple of 8, "
                 "unsigned weight planes): the library was built by a different sliver");
   const row_fn fn = ROW_FNS[(AB - 1) * 7 + (WB - 1)];
+#if defined(__aarch64__)
+  const int layout = W2A2_BLOCKS(AB, WB, RB, Og);
+#else
+  const int layout = 0;
+#endif
+  if (m[M_LAYOUT] != layout)
+    return fail("sliver_lowbit_bitserial: the weights are not in the layout this kernel reads (meta LAYOUT): "
+                "the library was built by a different sliver");
+  const int OWS = OW + (OW & 1); /* the row sums' stride: an odd row gets a padding column */
 
   /* The padded input of one group, bit-packed: per input row hp and plane i, the WP
    * pixels' TAPB-byte taps in a row (pk[(hp*AB + i)*PSTR + wq*TAPB]), so the KW taps of
@@ -826,9 +846,9 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   const size_t PSTR = (size_t)WP * TAPB;
   uint8_t* pk = (uint8_t*)calloc((size_t)HP * AB * PSTR, 1);
   uint8_t* rows = (uint8_t*)calloc((size_t)OW * AB * RB, 1);
-  int32_t* sx = (int32_t*)calloc(OW, sizeof(int32_t));
+  int32_t* sx = (int32_t*)calloc(OWS, sizeof(int32_t));
   int32_t* obias = (int32_t*)malloc(sizeof(int32_t) * O);
-  int32_t* acc = (int32_t*)malloc(sizeof(int32_t) * (size_t)Og * OW);
+  int32_t* acc = (int32_t*)malloc(sizeof(int32_t) * (size_t)Og * OWS);
   uint8_t* zpat = (uint8_t*)calloc((size_t)AB * TAPB, 1);
   int32_t* px = (int32_t*)malloc(sizeof(int32_t) * ((size_t)HP * WP + WP));
   int32_t* colsum = px ? px + (size_t)HP * WP : NULL;
@@ -932,11 +952,11 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
           }
         }
         /* 3. popcount dot products, zero points folded, written to out[n, g*Og + o, oh, ow] */
-        const row_args ra = {rows, wg, RB, Og, OW, acc, OW, obias + g * Og, sx};
+        const row_args ra = {rows, wg, RB, Og, OW, acc, OWS, obias + g * Og, sx};
         fn(&ra);
         /* 4. the epilogue into out[n, g*Og + o, oh, :] */
         const epilogue eg = {epi.scale + g * Og, epi.bias + g * Og, epi.lo, epi.hi, epi.inv, epi.zp, epi.qmin, epi.qmax, epi.kind};
-        apply_epilogue(&eg, acc, Og, OW, out + ((((size_t)n * O + (size_t)g * Og) * OH + oh) * OW) * osz, ostride);
+        apply_epilogue(&eg, acc, OWS, Og, OW, out + ((((size_t)n * O + (size_t)g * Og) * OH + oh) * OW) * osz, ostride);
       }
     }
   }
@@ -1117,7 +1137,7 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
         fn(&ra);
         /* 4. the epilogue into out[n, g*Og + o, oh, :] */
         const epilogue eg = {epi.scale + g * Og, epi.bias + g * Og, epi.lo, epi.hi, epi.inv, epi.zp, epi.qmin, epi.qmax, epi.kind};
-        apply_epilogue(&eg, acc, Og, OW, out + ((((size_t)n * O + (size_t)g * Og) * OH + oh) * OW) * osz, ostride);
+        apply_epilogue(&eg, acc, OW, Og, OW, out + ((((size_t)n * O + (size_t)g * Og) * OH + oh) * OW) * osz, ostride);
       }
     }
   }
