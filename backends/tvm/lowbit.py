@@ -318,6 +318,9 @@ def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, 
     if bias is None:
         bias = _const(np.zeros(o, np.float32))
     out = relax.TensorType((n, o, out_hw[0], out_hw[1]), out_dtype)
+    ctx = current()
+    if kernel == "bitserial" and ctx is not None:
+        ctx.defines.add(f"SLIVER_LOWBIT_PAIR_{abits}_{wbits}=1")  # the library carries this width pair's kernel
     fn = BITSERIAL if kernel == "bitserial" else INT8
     return bb.emit(relax.call_dps_packed(fn, [x, _const(packed), _const(wsum), _const(meta_arr), scale, bias,
                                               _const(epi)], out))
@@ -364,8 +367,9 @@ def _qdense(bb, op, x, w, scale, bias=None):
     return _epilogue(bb, op, acc, scale, bias, len(xshape))
 
 
-def compile_flags(arch: str, spec: dict) -> list[str]:
-    """gcc flags for the C kernel: optimized, for the target's CPU."""
+def compile_flags(arch: str, spec: dict, defines=()) -> list[str]:
+    """gcc flags for the C kernel: optimized, for the target's CPU, with only the
+    bit-serial width pairs in ``defines`` (``LowerContext.defines``) built in."""
     # no fused multiply-add: the fused epilogue rounds like the interpreter
     flags = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
     mcpu = spec.get("mcpu")
@@ -373,4 +377,4 @@ def compile_flags(arch: str, spec: dict) -> list[str]:
         flags.append(f"-mcpu={mcpu or 'cortex-a72'}")
     elif mcpu:
         flags.append(f"-march={mcpu}")
-    return flags
+    return flags + ["-DSLIVER_LOWBIT_SELECT"] + [f"-D{d}" for d in sorted(defines)]

@@ -657,7 +657,21 @@ typedef void (*row_fn)(const row_args*);
 
 PAIRS(DEFINE_PAIR)
 
-#define TABLE_ENTRY(A, W) conv_row_##A##_##W,
+/* The width pairs a library carries: all 49, or (built with -DSLIVER_LOWBIT_SELECT, as
+ * lowbit.py builds artifacts) only those defined as -DSLIVER_LOWBIT_PAIR_<A>_<W>=1: the
+ * ones its layers use (each pair is ~5 KB of unrolled code; the others are dropped as
+ * unreferenced). */
+#define SLIVER_PLACEHOLDER_1 0,
+#define SLIVER_SECOND(ignored, val, ...) val
+#define SLIVER_IS_ONE(x) SLIVER_IS_ONE_(x)
+#define SLIVER_IS_ONE_(val) SLIVER_IS_ONE__(SLIVER_PLACEHOLDER_##val)
+#define SLIVER_IS_ONE__(arg) SLIVER_SECOND(arg 1, 0, 0)
+#ifdef SLIVER_LOWBIT_SELECT
+#define PAIR_BUILT(A, W) SLIVER_IS_ONE(SLIVER_LOWBIT_PAIR_##A##_##W)
+#else
+#define PAIR_BUILT(A, W) 1
+#endif
+#define TABLE_ENTRY(A, W) (PAIR_BUILT(A, W) ? conv_row_##A##_##W : (row_fn)0),
 static const row_fn ROW_FNS[49] = {PAIRS(TABLE_ENTRY)};
 
 /* Bit planes of 8 channels' codes (bytes of v, one per channel; channels >= nc zero)
@@ -830,6 +844,9 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
     return fail("sliver_lowbit_bitserial: bad meta (bit widths 1..7, row bytes a multiple of 8, "
                 "unsigned weight planes): the library was built by a different sliver");
   const row_fn fn = ROW_FNS[(AB - 1) * 7 + (WB - 1)];
+  if (!fn)
+    return fail("sliver_lowbit_bitserial: this library was built without the kernel for the layer's bit widths "
+                "(SLIVER_LOWBIT_PAIR_<A>_<W>): the library was built by a different sliver");
 #if defined(__aarch64__)
   const int layout = W2A2_BLOCKS(AB, WB, RB, Og);
 #else
