@@ -171,3 +171,23 @@ def test_bench_prune_prints_copies_for_each_export(capsys):
     assert params["naive"] == params["reordered"] < params["unpruned"]
     macs = {k: float(v[-1].rstrip("x")) for k, v in rows.items()}  # as a fraction of the unpruned model's
     assert macs["unpruned"] == 1.0 and macs["naive"] == macs["reordered"] < 1.0
+
+
+def test_bench_prune_views_twin_keeps_shapes_and_macs_without_gathers():
+    import sliver
+    from sliver.passes.manager import PassManager, make_pass
+    from sliver.passes.prune import count_params_and_macs
+    from sliver.tools import bench_prune, zoo
+
+    model, inputs = zoo.MODELS["densenet"](resolution=16)
+    module = sliver.trace(model, inputs)
+    sliver.api.optimize(module)
+    PassManager([make_pass("prune", method="l2", amount=0.3, reorder=False)]).run(module)
+    takes = [op for op in module.ops if op.kind == "take"]
+    assert takes  # naive export of unconstrained masks gathers
+    twin = bench_prune.views_twin(module)
+    assert not [op for op in twin.ops if op.kind == "take"]
+    assert len([op for op in twin.ops if op.kind == "slice"]) == \
+        len([op for op in module.ops if op.kind == "slice"]) + len(takes)
+    assert [v.type for v in twin.outputs] == [v.type for v in module.outputs]
+    assert count_params_and_macs(twin)[1] == count_params_and_macs(module)[1]

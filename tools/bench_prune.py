@@ -17,6 +17,16 @@ schedules) of each plus the unpruned model.  The four artifacts of a model are
 compiled first and then timed round-robin, one run each in turn, so load from
 other processes hits them alike; medians and minima are printed as ratios to the
 unpruned model.
+
+Where the copies' time goes (``--latency``): *sel ms* is the time per inference
+spent in compiled functions that only select channels (a ``take``/``slice`` that
+no conv absorbed, e.g. before a linear), from the VM's call instrument
+(:mod:`sliver.runtime.profile`, min over ``--repeat`` runs of the per-run sum);
+*gather ms* is what the export's gathers cost in all: its minimum latency minus
+that of its *views twin*, the same export with every gather replaced by a view of
+the same width (same shapes and MACs, no copy; wrong numbers, timed only), timed
+in the same round-robin.  A gather fused into a conv's loads costs no kernel of its
+own, so only the twin shows it.
 """
 
 from __future__ import annotations
@@ -29,12 +39,40 @@ MODES = {"naive": dict(reorder=False), "reordered": dict(reorder=True), "constra
 
 
 def _compiled(module, inputs):
+    """(the loaded x86_64 artifact, its inputs as numpy arrays)."""
     import sliver
     from sliver.api import _numpy
 
-    compiled = sliver.lower(module, inputs, target="x86_64", passes="dce").load()
-    xs = [_numpy(x) for x in inputs]
-    return lambda: compiled.run(*xs)
+    return sliver.lower(module, inputs, target="x86_64", passes="dce").load(), [_numpy(x) for x in inputs]
+
+
+def views_twin(module):
+    """A copy of ``module`` with every ``take`` replaced by a ``slice`` of the same
+    width (its first channels): same shapes and MACs without a copy.  Only for timing
+    what gathers cost — the results are not the model's."""
+    twin = module.clone()
+    for op in [o for o in twin.ops if o.kind == "take"]:
+        x = op.operands[0]
+        n = op.operands[1].type.shape[0]
+        view = twin.add_op("slice", [x], {"axis": op.attrs["axis"], "start": 0, "end": n}, before=op)
+        twin.replace_all_uses_with(op.result, view.result)
+        twin.erase(op)
+    from sliver.passes.dce import dce
+
+    dce(twin)
+    return twin
+
+
+def selection_ms(model, inputs, repeat: int) -> float:
+    """Min over ``repeat`` runs of the per-run time in compiled functions that compute
+    only channel selections (sliver ``take``/``slice`` ops)."""
+    from sliver.runtime.profile import call_times
+
+    kinds = {o["name"]: o["kind"] for o in model.manifest.get("ops", [])}
+    selecting = {f for f, ops in model.manifest.get("primfuncs", {}).items()
+                 if ops and all(kinds.get(o) in ("take", "slice") for o in ops)}
+    runs = call_times(model, inputs, repeat=repeat)
+    return min(sum(sum(ts) for f, ts in run.items() if f in selecting) for run in runs) * 1e3
 
 
 def main(argv=None) -> int:
@@ -61,7 +99,7 @@ def main(argv=None) -> int:
           + (", holes zero-filled" if args.holes == "zero" else ""))
     header = f"{'model':<14}{'export':<13}{'gathers':>8}{'channels':>10}{'bytes copied':>14}{'params':>12}{'MACs':>8}"
     if args.latency:
-        header += f"{'median ms':>11}{'min ms':>9}{'median':>9}{'min':>8}"
+        header += f"{'median ms':>11}{'min ms':>9}{'median':>9}{'min':>8}{'sel ms':>8}{'gather ms':>11}"
     print(header)
     for name in args.models.split(","):
         model, inputs = zoo.MODELS[name](resolution=args.resolution)
@@ -82,12 +120,19 @@ def main(argv=None) -> int:
                 reorder_line = f"{'':<14}{format_reorder(r['reorder'])}"
         rows = {"unpruned": f"{name:<14}{'unpruned':<13}{'':>8}{'':>10}{'':>14}{params0:>12,}{1:>7.2f}x", **rows}
         if args.latency:
-            fns = {k: _compiled(m, inputs) for k, m in modules.items()}
+            twins = {k + "~views": views_twin(m) for k, m in modules.items()
+                     if any(op.kind == "take" for op in m.ops)}
+            built = {k: _compiled(m, inputs) for k, m in {**modules, **twins}.items()}
+            fns = {k: (lambda c=c, xs=xs: c.run(*xs)) for k, (c, xs) in built.items()}
             times = {k: ms for k, (_, ms, _) in time_interleaved(fns, 3, args.repeat, float("inf")).items()}
             med0, min0 = statistics.median(times["unpruned"]), min(times["unpruned"])
-            for k, ts in times.items():
+            for k in modules:
+                ts = times[k]
                 med, mn = statistics.median(ts), min(ts)
-                rows[k] += f"{med:>11.3f}{mn:>9.3f}{med / med0:>8.2f}x{mn / min0:>7.2f}x"
+                sel = selection_ms(*built[k], args.repeat)
+                gather = mn - min(times[k + "~views"]) if k + "~views" in times else 0.0
+                rows[k] += (f"{med:>11.3f}{mn:>9.3f}{med / med0:>8.2f}x{mn / min0:>7.2f}x"
+                            f"{sel:>8.3f}{gather:>11.3f}")
         for line in rows.values():
             print(line, flush=True)
         print(reorder_line, flush=True)

@@ -23,6 +23,12 @@ it and the conv rule schedules it.  Unused selections and transposes are dropped
 A channel pad is merged into the conv's spatial padding (one padded copy, as
 before).  Only selections and pads on the conv's channel axis are rewritten;
 results are unchanged (the same loads, in the same arithmetic order).
+
+A gather of features before a linear layer (a pruned classifier reading part of
+the pooled features), ``matmul(take(x, idx, axis=-1), w)`` with constant in-range
+indices and a 2-D weight, likewise becomes one ``matmul`` function whose A loads
+go through ``idx`` (``take`` is opaque to FuseOps, so it would be a kernel of its
+own); the dense rule schedules it and the bias epilogue still fuses.
 """
 
 from __future__ import annotations
@@ -88,12 +94,35 @@ def _packed_width(call, target) -> int | None:
     return nv * cpu_of(target).lanes
 
 
+def _constant_indices_in_range(idx, size) -> bool:
+    """``idx`` is a 1-D constant whose values all index into ``size`` (so reads need no clamp)."""
+    import tvm
+    from tvm.ir.expr import Constant
+
+    if not isinstance(idx, Constant) or len(idx.ty.shape) != 1 or not isinstance(size, (int, tvm.tirx.IntImm)):
+        return False
+    values = idx.value.numpy()
+    return bool(values.size) and 0 <= values.min() and values.max() < int(size)
+
+
+def gathered_matmul_te(x, idx, w):
+    """``matmul(take(x, idx, axis=-1), w)`` as one TE function: ``x`` [..., K0],
+    ``idx`` [K] (constant, in range), ``w`` [K, N].  The gather is a stage that the
+    default schedules inline into the matmul's loads; the reduction block is named
+    ``matmul`` like Relax's own legalization, so the dense rule schedules it."""
+    from tvm import te
+
+    gathered = _gather_in_range(x, idx, len(x.shape) - 1)
+    k = te.reduce_axis((0, w.shape[0]), name="k")
+    shape = list(gathered.shape[:-1]) + [w.shape[1]]
+    return te.compute(shape, lambda *i: te.sum(gathered[i[:-1] + (k,)] * w[k, i[-1]], axis=k), name="matmul")
+
+
 def FuseChannelSelect(target=None):  # noqa: N802 - TVM pass naming
     """The pass; ``target`` (else the current one) decides, like the conv
     legalization (:func:`.conv2d.legalize`), whether dense convs get packed weights."""
     import tvm
     from tvm import relax, topi
-    from tvm.ir.expr import Constant
 
     from sliver.backends.tvm.schedules import conv2d
     from sliver.backends.tvm.schedules.layout import mutator_pass
@@ -103,6 +132,7 @@ def FuseChannelSelect(target=None):  # noqa: N802 - TVM pass naming
     take_op = tvm.ir.Op.get("relax.take")
     permute_op = tvm.ir.Op.get("relax.permute_dims")
     pad_op = tvm.ir.Op.get("relax.nn.pad")
+    matmul_op = tvm.ir.Op.get("relax.matmul")
 
     @relax.expr_functor.mutator
     class _Rewriter(relax.PyExprMutator):
@@ -166,16 +196,37 @@ def FuseChannelSelect(target=None):  # noqa: N802 - TVM pass naming
             idx = take.args[1]
             if len(idx.ty.shape) != 1:
                 return None
-            size = source.ty.shape[axis]
-            if isinstance(idx, Constant) and isinstance(size, (int, tvm.tirx.IntImm)):
-                values = idx.value.numpy()  # pruning's index lists: in range, so no clamp per read
-                if values.size and 0 <= values.min() and values.max() < int(size):
-                    return source, (lambda x, i: _gather_in_range(x, i, axis)), [idx], None
+            if _constant_indices_in_range(idx, source.ty.shape[axis]):  # pruning's index lists: no clamp
+                return source, (lambda x, i: _gather_in_range(x, i, axis)), [idx], None
             mode = str(take.attrs.mode)
             return source, (lambda x, i: topi.take(x, i, axis=axis, mode=mode)), [idx], None
 
+        def _fused(self, new):
+            """``new`` (a call_tir) marked as a conv/matmul with an injective prologue:
+            AnnotateTIROpPattern calls a data-dependent read (the gather) opaque, which
+            would stop FuseOps from fusing the epilogue."""
+            gv = new.args[0]
+            self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", OUT_ELEMWISE_FUSABLE))
+            return new
+
+        def _matmul(self, call):
+            """``matmul(take(x, idx, axis=-1), w)`` → one gathered matmul, else ``call``."""
+            x, w = call.args
+            take = self._bound(x, take_op)
+            if take is None or take.attrs.axis is None or len(w.ty.shape) != 2:
+                return call
+            source, idx = take.args
+            rank = len(source.ty.shape)
+            if int(take.attrs.axis) % rank != rank - 1 or len(x.ty.shape) != rank \
+                    or not _constant_indices_in_range(idx, source.ty.shape[-1]) \
+                    or len({str(source.ty.dtype), str(w.ty.dtype), str(call.ty.dtype)}) != 1:
+                return call
+            return self._fused(self.builder_.call_te(gathered_matmul_te, source, idx, w, primfunc_name_hint="matmul"))
+
         def visit_call_(self, call):  # noqa: N802 - TVM visitor naming
             call = self.visit_expr_post_order(call)
+            if isinstance(call, relax.Call) and call.op.same_as(matmul_op):
+                return self._matmul(call)
             if not (isinstance(call, relax.Call) and call.op.same_as(conv_op)):
                 return call
             a = call.attrs
@@ -210,13 +261,7 @@ def FuseChannelSelect(target=None):  # noqa: N802 - TVM pass naming
                     return topi.nn.conv(select(x, *rest), w, strides, padding, dilation, int(a.groups), layout,
                                         str(a.kernel_layout), out_dtype)
 
-            new = self.builder_.call_te(conv, source, w, *extra, primfunc_name_hint="conv2d")
-            # AnnotateTIROpPattern calls a data-dependent read (the gather) opaque, which would stop
-            # FuseOps from fusing the epilogue; the function is a conv with an injective prologue
-            gv = new.args[0]
-            func = self.builder_.get()[gv]
-            self.builder_.update_func(gv, func.with_attr("op_pattern", OUT_ELEMWISE_FUSABLE))
-            return new
+            return self._fused(self.builder_.call_te(conv, source, w, *extra, primfunc_name_hint="conv2d"))
 
     # the selections (and transposes) only the rewritten convs read are dropped at once
     return tvm.transform.Sequential([mutator_pass("SliverFuseChannelSelect", _Rewriter),
