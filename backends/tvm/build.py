@@ -68,12 +68,17 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, ker
         if context.sources:  # C kernels called as packed functions, linked into the same library
             from sliver.backends.tvm.lowbit import compile_flags
 
-            extra = {"addons": sorted(context.sources), "options": compile_flags(target.arch, target.spec)}
+            extra = {"addons": sorted(context.sources),
+                     "options": compile_flags(target.arch, target.spec, context.defines)}
         try:
             if target.cross_compiler:
                 from tvm.support import cc
 
-                executable.export_library(path, fcompile=cc.cross_compiler(target.cross_compiler), **extra)
+                # the target triple from the cross compiler: TVM's default asks the host compiler, which
+                # packs the imports of a library without TIR functions (only C kernels) for the host
+                fcompile = cc.cross_compiler(target.cross_compiler,
+                                             get_target_triple=cc.get_target_by_dump_machine(target.cross_compiler))
+                executable.export_library(path, fcompile=fcompile, **extra)
             else:
                 executable.export_library(path, **extra)
         except Exception as e:
