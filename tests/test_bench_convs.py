@@ -29,3 +29,18 @@ def test_report_sums_classes_by_layer_count_and_ratios():
     assert "2.00" in cls_line and "1.00" in cls_line and "2.00x" in cls_line  # 2 layers x 1 ms vs 2 x 0.5 ms
     assert "3.00x" in text  # the whole model's own ratio, not added to the classes
     assert next(l for l in text.splitlines() if l.startswith("all ")).split()[2] == "2.00"
+
+
+def test_report_shows_the_kernel_and_the_direct_comparison():
+    rep = {"rows": [
+        {"layer": "w", "class": "3x3 s1", "count": 1, "macs": 10**6, "kernel": "wino4x4",
+         "sliver": {"min_ms": 1.0, "median_ms": 1.0, "rel_err": 0.0},
+         "direct": {"min_ms": 2.0, "median_ms": 2.0, "rel_err": 3e-6}},
+        {"layer": "d", "class": "1x1 s1", "count": 1, "macs": 10**6, "kernel": "direct",
+         "sliver": {"min_ms": 1.0, "median_ms": 1.0, "rel_err": 0.0}},
+    ]}
+    lines = B.format_report(rep).splitlines()
+    assert "kernel" in lines[0] and "wino/direct" in lines[0]
+    w = next(l for l in lines if l.startswith("w "))
+    assert "wino4x4" in w and "0.50x" in w and "3.0e-06" in w
+    assert "direct" in next(l for l in lines if l.startswith("d "))

@@ -8,8 +8,11 @@ ONNX export, and both are timed (``bench.time_runs``) with the same
 thread count, one backend after the other.  Outputs are checked against torch.  The table groups layers into
 classes (7x7 stem, 3x3 stride 1, 3x3 stride 2, 1x1, depthwise, linear) and prints each
 class's summed min time and the ratio sliver / onnxruntime — where sliver loses.
+The ``kernel`` column says which conv sliver chose (``direct``, or ``wino4x4`` /
+``wino2x2``: a Winograd F(m x m, 3 x 3) conv); ``--direct`` also times the Winograd
+layers compiled direct (``lower(..., winograd=False)``) beside them.
 
-    python -m sliver.tools.bench_convs [--models resnet18,mobilenet_v2] [--only 3x3s1]
+    python -m sliver.tools.bench_convs [--models resnet18,mobilenet_v2] [--only 3x3s1] [--direct]
 """
 
 from __future__ import annotations
@@ -153,6 +156,12 @@ def run(args) -> dict:
         art = sliver.lower(model, (torch.from_numpy(x),), target="x86_64", tune=False)
         compiled = art.load()
         fns = {"sliver": lambda: compiled.run(x)[0]}
+        wino = art.manifest.get("winograd", [])
+        kernel = "direct" if not wino else "wino" + ("4x4" if "winograd4x4" in wino[0] else "2x2")
+        direct = None
+        if args.direct and wino and layer.kind != "model":
+            direct = sliver.lower(model, (torch.from_numpy(x),), target="x86_64", tune=False, winograd=False).load()
+            fns["direct"] = lambda: direct.run(x)[0]
         if not args.skip_ort:
             ort = prepare_ort(model, x, args.threads, "auto", Result("", ""), False)
             fns["onnxruntime"] = lambda: ort.fn(x)
@@ -163,10 +172,13 @@ def run(args) -> dict:
                      for k, fn in fns.items()}
             if layer.kind != "model":  # the layer's own kernels, not the NCHW<->NHWC transposes around it
                 timed["sliver"] = (kernel_cpu_times(compiled, x, args.warmup, args.repeat),)
+                if direct is not None:
+                    timed["direct"] = (kernel_cpu_times(direct, x, args.warmup, args.repeat),)
         else:
             timed = {k: time_runs(fn, args.warmup, args.repeat, args.budget)[1:] for k, fn in fns.items()}
         row = {"layer": layer.name(), "class": "whole model" if layer.kind == "model" else layer.cls,
-               "count": layer.count, "macs": layer.macs if layer.kind != "model" else 0}
+               "count": layer.count, "macs": layer.macs if layer.kind != "model" else 0,
+               "kernel": kernel if layer.kind != "model" else f"{len(wino)} wino"}
         for k, fn in fns.items():
             got = fn()
             err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
@@ -179,20 +191,26 @@ def run(args) -> dict:
 
 def format_report(rep: dict) -> str:
     has_ort = any("onnxruntime" in r for r in rep["rows"])
-    lines = [f"{'layer':34} {'class':16} {'n':>2} {'GMAC':>6} {'sliver min':>10} {'med':>8} {'GFLOP/s':>8}"
+    has_direct = any("direct" in r for r in rep["rows"])
+    lines = [f"{'layer':34} {'class':16} {'n':>2} {'GMAC':>6} {'kernel':>7} {'sliver min':>10} {'med':>8} {'GFLOP/s':>8}"
+             + (f" {'direct min':>10} {'wino/direct':>11}" if has_direct else "")
              + (f" {'ort min':>8} {'med':>8} {'sliver/ort':>10}" if has_ort else "") + "  max rel err"]
     classes: dict[str, list] = {}
     for r in rep["rows"]:
         s = r["sliver"]
         gflops = 2 * r["macs"] / (s["min_ms"] * 1e6) if r["macs"] else 0.0
-        line = f"{r['layer']:34} {r['class']:16} {r['count']:>2} {r['macs'] / 1e9:6.3f} {s['min_ms']:10.3f} {s['median_ms']:8.3f} {gflops:8.1f}"
+        line = (f"{r['layer']:34} {r['class']:16} {r['count']:>2} {r['macs'] / 1e9:6.3f} {r.get('kernel', ''):>7}"
+                f" {s['min_ms']:10.3f} {s['median_ms']:8.3f} {gflops:8.1f}")
+        if has_direct:
+            d = r.get("direct")
+            line += f" {d['min_ms']:10.3f} {s['min_ms'] / d['min_ms']:10.2f}x" if d else f" {'':10} {'':11}"
         if r["class"] == "whole model":
             c = [0.0, 0.0, 0]  # not summed with the layers
         else:
             c = classes.setdefault(r["class"], [0.0, 0.0, 0])
         c[0] += s["min_ms"] * r["count"]
         c[2] += r["macs"] * r["count"]
-        errs = [s["rel_err"]]
+        errs = [s["rel_err"]] + ([r["direct"]["rel_err"]] if "direct" in r else [])
         if "onnxruntime" in r:
             o = r["onnxruntime"]
             c[1] += o["min_ms"] * r["count"]
@@ -224,6 +242,8 @@ def parse_args(argv=None):
     p.add_argument("--only", default="", help="only layer classes containing this (spaces removed), e.g. 3x3s1")
     p.add_argument("--skip-ort", action="store_true")
     p.add_argument("--whole", action="store_true", help="also time the whole models")
+    p.add_argument("--direct", action="store_true",
+                   help="also time the Winograd layers compiled as direct convs (winograd=False)")
     p.add_argument("--cpu-time", action="store_true",
                    help="one thread per runtime, timed by process CPU time (steady on a busy machine)")
     p.add_argument("--json", help="also write the results as JSON")

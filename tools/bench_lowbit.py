@@ -8,8 +8,8 @@ Everything is measured side by side in one run and printed as ratios:
   is single-threaded) of ResNet-18-style 3x3 convolutions (56x56x64, 28x28x128,
   14x14x256, stride 1, padding 1, batch 1) and of a small CNN end to end: sliver's
   fp32 build, W8A8 with the int8 C kernel and with the generic int16 path (int16
-  operands, int32 sums, TVM schedules), W2A2 with the bit-serial C kernel and W2A2 with
-  the int16 path, timed interleaved.  The kernel x86 picks (``lowbit.POLICY["x86_64"]``)
+  operands, int32 sums, TVM schedules), W2A2 with the bit-serial C kernel, W2A2 unpacked
+  to the int8 kernel's byte dot products and W2A2 with the int16 path, timed interleaved.  The kernel x86 picks (``lowbit.POLICY["x86_64"]``)
   is printed.
 * **arm64 executed instructions** under qemu (``sliver.runtime.icount``: exact
   counts of one call, start-up excluded, a TCG plugin so full-size layers take
@@ -158,7 +158,8 @@ def _runner(vm, inputs):
 
 
 VARIANTS = [("fp32", "fp32", None), ("W8A8 int8", "W8A8", None), ("W8A8 int16 path", "W8A8", "generic"),
-            ("W2A2 bitserial", "W2A2", "bitserial"), ("W2A2 int16 path", "W2A2", "generic")]
+            ("W2A2 bitserial", "W2A2", "bitserial"), ("W2A2 int8", "W2A2", "int8"),
+            ("W2A2 int16 path", "W2A2", "generic")]
 
 
 def bench_x86(layers, repeat: int, say) -> list[dict]:

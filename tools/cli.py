@@ -181,7 +181,7 @@ def cmd_lower(args) -> int:
     model, inputs = load_model(args.model)
     _say(f"lowering {args.model} for {args.target}")
     art = lower(model, inputs, target, passes=args.passes, verify=not args.no_verify,
-                instruments=_instruments(args, inputs), progress=_say)
+                instruments=_instruments(args, inputs), progress=_say, winograd=not args.no_winograd)
     _pass_reports(art.records)
     if args.timing or args.drift:
         sys.stderr.write(format_records(art.records))
@@ -377,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="file.py:function, file.pt2 or file.sir")
     p.add_argument("-t", "--target", default="x86_64", help="x86_64, arm64, rpi5 or a TVM target dict as JSON")
     p.add_argument("-o", "--output", default="model.sliver", help="artifact path (default model.sliver)")
+    p.add_argument("--no-winograd", action="store_true", help="compile every conv directly (no Winograd 3x3 convs)")
     _add_ir_debug_flags(p)
     p.set_defaults(func=cmd_lower)
 

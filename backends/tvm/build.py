@@ -15,14 +15,17 @@ from sliver.backends.tvm.targets import Target, check_toolchain, resolve, tvm_ta
 
 
 def compile_module(module, target, *, progress=None, schedules: bool = True, kernels: dict | None = None,
-                   layers: dict | None = None, tuning=None, report: dict | None = None) -> bytes:
+                   layers: dict | None = None, tuning=None, report: dict | None = None,
+                   winograd: bool = True) -> bytes:
     """Lower ``module`` through Relax, compile it for ``target`` and return the
     bytes of the shared library (``.so``) the runtime loads.
 
     ``schedules=True`` (the default) compiles with sliver's default CPU schedules
     (:mod:`sliver.backends.tvm.schedules`: channels-last convolutions, vectorized,
     register-tiled and parallel loops); ``False`` uses TVM's plain pipeline, whose
-    naive loops are ~100x slower (kept for comparisons).  ``kernels`` (if given)
+    naive loops are ~100x slower (kept for comparisons).  ``winograd=False`` keeps
+    every conv a direct one (by default 3x3 stride-1 convs with enough channels run
+    as Winograd convolutions: :mod:`sliver.backends.tvm.schedules.winograd`).  ``kernels`` (if given)
     receives ``{layer: kernel}`` for layers lowered with a choice of kernels (the
     low-bit ops, :mod:`sliver.backends.tvm.lowbit`).
 
@@ -51,7 +54,7 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, ker
         found = {} if layers is not None else None
         before = [tuning.apply_pass(report)] if tuning is not None and schedules else []
         executable = build_relax(mod, tvm_target(target), schedules=schedules, report=report, layers=found,
-                                 before_schedule=before)
+                                 before_schedule=before, winograd=winograd)
         if layers is not None:
             layers.update({f: [module.ops[i].results[0].name for i in idx] for f, idx in found.items()})
     except Exception as e:
@@ -65,12 +68,17 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, ker
         if context.sources:  # C kernels called as packed functions, linked into the same library
             from sliver.backends.tvm.lowbit import compile_flags
 
-            extra = {"addons": sorted(context.sources), "options": compile_flags(target.arch, target.spec)}
+            extra = {"addons": sorted(context.sources),
+                     "options": compile_flags(target.arch, target.spec, context.defines)}
         try:
             if target.cross_compiler:
                 from tvm.support import cc
 
-                executable.export_library(path, fcompile=cc.cross_compiler(target.cross_compiler), **extra)
+                # the target triple from the cross compiler: TVM's default asks the host compiler, which
+                # packs the imports of a library without TIR functions (only C kernels) for the host
+                fcompile = cc.cross_compiler(target.cross_compiler,
+                                             get_target_triple=cc.get_target_by_dump_machine(target.cross_compiler))
+                executable.export_library(path, fcompile=fcompile, **extra)
             else:
                 executable.export_library(path, **extra)
         except Exception as e:
@@ -80,12 +88,13 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, ker
 
 
 def build_relax(mod, target, *, schedules: bool = True, report: dict | None = None, layers: dict | None = None,
-                before_schedule=()):
+                before_schedule=(), winograd: bool = True):
     """``tvm.compile`` a Relax module for a ``tvm.target.Target``, with sliver's
     default schedules unless ``schedules=False``; ``report`` receives
     ``{PrimFunc name: schedule rule}``, ``layers`` ``{PrimFunc name: [sliver op
     indices]}`` (see :func:`primfunc_ops`); ``before_schedule``: Relax passes run on
-    the fused module before the default schedules (the tuner's)."""
+    the fused module before the default schedules (the tuner's); ``winograd``: see
+    :func:`compile_module`."""
     import tvm
 
     capture = _primfunc_ops_instrument() if layers is not None else None
@@ -96,7 +105,7 @@ def build_relax(mod, target, *, schedules: bool = True, report: dict | None = No
             from sliver.backends.tvm.schedules import default_pipeline
 
             executable = tvm.compile(mod, target=target, relax_pipeline=default_pipeline(
-                target, report=report, before_schedule=before_schedule))
+                target, report=report, before_schedule=before_schedule, winograd=winograd))
     if capture is not None:
         layers.update(capture.result())
     return executable

@@ -3,9 +3,11 @@
 
 Integer codes (``u1``..``u8``, ``i1``..``i8``) travel between ops as one byte each
 (``uint8`` / ``int8``).  A ``qconv2d`` / ``qdense`` computes the exact integer
-accumulator ``acc = Σ (x − x_zero_point)(w − w_zero_point)`` with one of two kernels,
-then an f32 epilogue in Relax (``acc·scale[o] + bias[o]``, clamp, and the fused
-requantize into the next layer's codes, the same ops ``quantize`` lowers to):
+accumulator ``acc = Σ (x − x_zero_point)(w − w_zero_point)`` with one of three kernels,
+then the f32 epilogue (``acc·scale[o] + bias[o]``, clamp, and the fused requantize into
+the next layer's codes, the same float32 steps ``quantize`` lowers to): in Relax after
+the generic path, inside the C kernels (per output row, on sums still in cache) after
+the other two:
 
 ``generic``    codes → int16, zero points subtracted (so the zero padding of
                ``conv2d`` is exactly "padding with the activation zero point"), an
@@ -51,10 +53,17 @@ INT8_ROW_ALIGN = 16
 KERNELS = ("generic", "bitserial", "int8")
 #: Order of the int32 ``meta`` operand of the C kernel (its ``enum M_*``).
 META_FIELDS = ("N", "C", "H", "W", "O", "KH", "KW", "SH", "SW", "PT", "PL", "PB", "PR", "DH", "DW", "G",
-               "ABITS", "ASIGNED", "WBITS", "WSIGNED", "XZ", "WZ", "OH", "OW", "TAPB", "RB")
+               "ABITS", "ASIGNED", "WBITS", "WSIGNED", "XZ", "WZ", "OH", "OW", "TAPB", "RB", "OUT", "QMIN", "QMAX",
+               "LAYOUT")
+#: The C kernels' ``OUT`` codes: the fused epilogue writes f32, or requantized codes
+#: held in uint8 / int8.
+OUT_KINDS = {"float32": 0, "uint8": 1, "int8": 2}
 #: Packed rows are padded to a whole 64-bit word (``ROW_ALIGN`` in the C file; the
 #: kernels finish a row with an 8-byte step rather than padding it to a vector register).
 ROW_ALIGN = 8
+#: W2A2 rows of at most this many bytes get the W2A2 block layout on aarch64
+#: (``W2A2_MAX_RB`` in the C file: 16-bit sums).
+W2A2_MAX_RB = 904
 
 #: Kernel per target architecture for operands below 8 bits, picked by
 #: ``python -m sliver.tools.bench_lowbit``: on aarch64 bit-serial (NEON cnt) executes
@@ -221,6 +230,25 @@ def pack_weights(w: np.ndarray, wbits: int, tapb: int, align: int = ROW_ALIGN) -
     return out, rb
 
 
+def w2a2_blocks(packed: np.ndarray, groups: int) -> np.ndarray:
+    """The aarch64 W2A2 kernel's block layout of ``pack_weights``' rows ``[O, 2, RB]``:
+    per group, the first ``Og // 4 * 4`` channels in blocks of four, each block's eight
+    rows (channel-major, plane-minor) interleaved in the order its inner loop reads them:
+    per 16-byte step the eight rows' 16 bytes, then the eight 8-byte tails (RB % 16).
+    The blocks keep their byte ranges; the other channels stay as they are."""
+    o, wb, rb = packed.shape
+    og = o // groups
+    steps = rb // 16
+    out = packed.copy()
+    for g in range(groups):
+        for b in range(og // 4):
+            blk = packed[g * og + 4 * b: g * og + 4 * b + 4]  # [4, 2, rb]
+            main = blk[:, :, : steps * 16].reshape(4, wb, steps, 16).transpose(2, 0, 1, 3).reshape(-1)
+            tail = blk[:, :, steps * 16:].reshape(-1)
+            out[g * og + 4 * b: g * og + 4 * b + 4] = np.concatenate([main, tail]).reshape(4, wb, rb)
+    return out
+
+
 def pack_weights_int8(w: np.ndarray, align: int = INT8_ROW_ALIGN) -> tuple[np.ndarray, int]:
     """Weight codes ``[O, Cg, KH, KW]`` (already signed bytes) as the int8 kernel's rows:
     ``int8 [O, RB]``, taps (kh, kw) in order, Cg bytes each, zero-filled to RB (a multiple
@@ -233,11 +261,15 @@ def pack_weights_int8(w: np.ndarray, align: int = INT8_ROW_ALIGN) -> tuple[np.nd
     return out, rb
 
 
-def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, *, xshape, stride, padding, dilation, groups,
-                   out_hw):
-    """The int32 accumulator [N, O, OH, OW] from one of the C kernels (``bitserial`` or
-    ``int8``); both take (x codes, packed weights, Σw per channel, meta, out)."""
+def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, xshape, stride, padding, dilation,
+                   groups, out_hw):
+    """The result [N, O, OH, OW] (f32, or the requantized codes) from one of the C kernels
+    (``bitserial`` or ``int8``) with the epilogue fused (the kernel applies it to each
+    output row while its int32 sums are in cache); both take (x codes, packed weights,
+    Σw per channel, meta, scale, bias, epi, out)."""
     from tvm import relax
+
+    from sliver.ir.types import int_range
 
     abits, asigned = code_bits(op.operands[0].type.dtype)
     wbits, wsigned = code_bits(op.operands[1].type.dtype)
@@ -260,19 +292,38 @@ def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, *, xshape, strid
         tapb = -(-cg // 8)
         packed, rb = pack_weights(w_codes, wbits, tapb, ROW_ALIGN)
         narrow = 0  # WSIGNED: the planes are unsigned
+        layout = int(_arch() == "aarch64" and abits == 2 and wbits == 2 and 16 <= rb <= W2A2_MAX_RB and o // groups >= 4)
+        if layout:
+            packed = w2a2_blocks(packed, groups)
     else:
         tapb = cg
         packed, rb = pack_weights_int8(w_codes)
         narrow = int((w_codes > -128).all())  # WSIGNED: no weight is -128 (two products fit int16)
+        layout = 0
     wsum = w_codes.reshape(o, -1).sum(axis=1).astype(np.int32)
+    quantized = a["out_dtype"] != "f32"
+    qmin, qmax = int_range(a["out_dtype"]) if quantized else (0, 0)
+    out_dtype = storage_dtype(a["out_dtype"]) if quantized else "float32"
     meta = dict(N=n, C=c, H=h, W=wd, O=o, KH=kh, KW=kw, SH=stride[0], SW=stride[1], PT=padding[0], PL=padding[1],
                 PB=padding[2], PR=padding[3], DH=dilation[0], DW=dilation[1], G=groups, ABITS=abits,
                 ASIGNED=int(asigned), WBITS=wbits, WSIGNED=narrow, XZ=a["x_zero_point"],
-                WZ=wz, OH=out_hw[0], OW=out_hw[1], TAPB=tapb, RB=rb)
+                WZ=wz, OH=out_hw[0], OW=out_hw[1], TAPB=tapb, RB=rb, OUT=OUT_KINDS[out_dtype], QMIN=qmin, QMAX=qmax,
+                LAYOUT=layout)
     meta_arr = np.array([meta[k] for k in META_FIELDS], np.int32)
-    out = relax.TensorType((n, o, out_hw[0], out_hw[1]), "int32")
+    # the epilogue's floats, as quantize_expr and _epilogue use them (no clamp: ±inf)
+    inv = float(np.float32(1.0) / np.float32(a["out_scale"])) if quantized else 1.0
+    epi = np.array([-np.inf if a["clamp_min"] is None else a["clamp_min"],
+                    np.inf if a["clamp_max"] is None else a["clamp_max"],
+                    inv, a["out_zero_point"] if quantized else 0], np.float32)
+    if bias is None:
+        bias = _const(np.zeros(o, np.float32))
+    out = relax.TensorType((n, o, out_hw[0], out_hw[1]), out_dtype)
+    ctx = current()
+    if kernel == "bitserial" and ctx is not None:
+        ctx.defines.add(f"SLIVER_LOWBIT_PAIR_{abits}_{wbits}=1")  # the library carries this width pair's kernel
     fn = BITSERIAL if kernel == "bitserial" else INT8
-    return bb.emit(relax.call_dps_packed(fn, [x, _const(packed), _const(wsum), _const(meta_arr)], out))
+    return bb.emit(relax.call_dps_packed(fn, [x, _const(packed), _const(wsum), _const(meta_arr), scale, bias,
+                                              _const(epi)], out))
 
 
 @lowers("qconv2d")
@@ -284,13 +335,13 @@ def _qconv2d(bb, op, x, w, scale, bias=None):
     _record(op, kernel)
     if kernel != "generic":
         oshape = op.result.type.shape
-        acc = _packed_kernel(bb, op, kernel, x, codes, xshape=op.operands[0].type.shape, stride=a["stride"],
-                         padding=a["padding"], dilation=a["dilation"], groups=a["groups"], out_hw=oshape[2:])
-    else:
-        xi = _codes_minus_zero_point(bb, x, a["x_zero_point"])  # zero padding == padding with x_zero_point
-        wi = _const(_weights_minus_zero_point(codes, a["w_zero_point"]))
-        acc = bb.emit(R.nn.conv2d(xi, wi, strides=a["stride"], padding=a["padding"], dilation=a["dilation"],
-                                  groups=a["groups"], out_dtype="int32"))
+        return _packed_kernel(bb, op, kernel, x, codes, scale, bias, xshape=op.operands[0].type.shape,
+                              stride=a["stride"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"],
+                              out_hw=oshape[2:])
+    xi = _codes_minus_zero_point(bb, x, a["x_zero_point"])  # zero padding == padding with x_zero_point
+    wi = _const(_weights_minus_zero_point(codes, a["w_zero_point"]))
+    acc = bb.emit(R.nn.conv2d(xi, wi, strides=a["stride"], padding=a["padding"], dilation=a["dilation"],
+                              groups=a["groups"], out_dtype="int32"))
     return _epilogue(bb, op, acc, scale, bias, 4)
 
 
@@ -307,22 +358,23 @@ def _qdense(bb, op, x, w, scale, bias=None):
     if kernel != "generic":
         m = int(np.prod(xshape[:-1], dtype=np.int64))
         x4 = bb.emit(R.reshape(x, [m, k, 1, 1]))
-        acc = _packed_kernel(bb, op, kernel, x4, codes.reshape(o, k, 1, 1), xshape=(m, k, 1, 1), stride=(1, 1),
-                         padding=(0, 0, 0, 0), dilation=(1, 1), groups=1, out_hw=(1, 1))
-        acc = bb.emit(R.reshape(acc, list(xshape[:-1]) + [o]))
-    else:
-        xi = _codes_minus_zero_point(bb, x, a["x_zero_point"])
-        wt = _const(np.ascontiguousarray(_weights_minus_zero_point(codes, a["w_zero_point"]).T))
-        acc = bb.emit(R.matmul(xi, wt, out_dtype="int32"))
+        y = _packed_kernel(bb, op, kernel, x4, codes.reshape(o, k, 1, 1), scale, bias, xshape=(m, k, 1, 1),
+                           stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1, out_hw=(1, 1))
+        return bb.emit(R.reshape(y, list(xshape[:-1]) + [o]))
+    xi = _codes_minus_zero_point(bb, x, a["x_zero_point"])
+    wt = _const(np.ascontiguousarray(_weights_minus_zero_point(codes, a["w_zero_point"]).T))
+    acc = bb.emit(R.matmul(xi, wt, out_dtype="int32"))
     return _epilogue(bb, op, acc, scale, bias, len(xshape))
 
 
-def compile_flags(arch: str, spec: dict) -> list[str]:
-    """gcc flags for the C kernel: optimized, for the target's CPU."""
-    flags = ["-O3", "-fno-math-errno"]
+def compile_flags(arch: str, spec: dict, defines=()) -> list[str]:
+    """gcc flags for the C kernel: optimized, for the target's CPU, with only the
+    bit-serial width pairs in ``defines`` (``LowerContext.defines``) built in."""
+    # no fused multiply-add: the fused epilogue rounds like the interpreter
+    flags = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
     mcpu = spec.get("mcpu")
     if arch == "aarch64":
         flags.append(f"-mcpu={mcpu or 'cortex-a72'}")
     elif mcpu:
         flags.append(f"-march={mcpu}")
-    return flags
+    return flags + ["-DSLIVER_LOWBIT_SELECT"] + [f"-D{d}" for d in sorted(defines)]

@@ -450,12 +450,14 @@ def unsupported_ops(module) -> list[str]:
 class LowerContext:
     """What lowering rules may consult and record: the target (a
     :class:`~sliver.backends.tvm.targets.Target`, or None), ``report`` (``{layer:
-    kernel}`` for layers with a choice of kernels) and ``sources`` (C files the
-    library must link, for kernels called as packed functions)."""
+    kernel}`` for layers with a choice of kernels), ``sources`` (C files the
+    library must link, for kernels called as packed functions) and ``defines``
+    (``NAME=VALUE`` macros those C files are compiled with)."""
 
     target: object = None
     report: dict = field(default_factory=dict)
     sources: set = field(default_factory=set)
+    defines: set = field(default_factory=set)
 
 
 _CONTEXT: contextvars.ContextVar[LowerContext | None] = contextvars.ContextVar("sliver_lower", default=None)

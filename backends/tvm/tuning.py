@@ -464,9 +464,10 @@ class Task:
         return self.weight * max(self.flops, 1.0)
 
 
-def fused_module(module, target):
+def fused_module(module, target, *, winograd: bool = True):
     """sliver's IR → Relax → the front passes of the default pipeline: the module
-    whose PrimFuncs the default schedules (and the tuner) see."""
+    whose PrimFuncs the default schedules (and the tuner) see (``winograd``: as
+    :func:`~sliver.backends.tvm.build.compile_module`'s)."""
     import tvm
 
     from sliver.backends.tvm.lower import LowerContext, to_relax
@@ -474,7 +475,7 @@ def fused_module(module, target):
 
     mod = to_relax(module, LowerContext(target=resolve(target)))  # as compile_module lowers it
     with tvm_target(resolve(target)), tvm.transform.PassContext(opt_level=3):
-        return tvm.transform.Sequential(front_passes())(mod)
+        return tvm.transform.Sequential(front_passes(winograd=winograd))(mod)
 
 
 def _call_counts(mod) -> dict[str, int]:
@@ -494,7 +495,7 @@ def _call_counts(mod) -> dict[str, int]:
     return counts
 
 
-def extract_tasks(module, target) -> list[Task]:
+def extract_tasks(module, target, *, winograd: bool = True) -> list[Task]:
     """The distinct unscheduled PrimFuncs of ``module`` (a sliver IR Module) after the
     default pipeline's front passes, heaviest first."""
     import tvm_ffi
@@ -502,7 +503,7 @@ def extract_tasks(module, target) -> list[Task]:
 
     from sliver.backends.tvm.schedules import unscheduled_primfuncs
 
-    mod = fused_module(module, target)
+    mod = fused_module(module, target, winograd=winograd)
     calls = _call_counts(mod)
     tasks: list[Task] = []
     for gv, func in unscheduled_primfuncs(mod):
@@ -814,9 +815,10 @@ def check_measurable(target, rpc: RPC | None) -> Target:
 
 
 def tune(module, target, budget: Budget, *, rpc: RPC | None = None, root=None, progress: Progress | None = None,
-         seed: int | None = None, on_trial: Callable[[int], None] | None = None) -> TuneReport:
+         seed: int | None = None, on_trial: Callable[[int], None] | None = None, winograd: bool = True) -> TuneReport:
     """Tune ``module``'s fused PrimFuncs for ``target`` within ``budget``; records go to
-    the target's :class:`TuningDatabase` under ``root``.  ``on_trial(n)`` is called
+    the target's :class:`TuningDatabase` under ``root`` (``winograd=False``: the
+    kernels of a ``compile_module(..., winograd=False)`` build).  ``on_trial(n)`` is called
     after each batch with the number of search trials this run has measured."""
     if not isinstance(budget, Budget):
         budget = Budget.of(budget)
@@ -827,7 +829,7 @@ def tune(module, target, budget: Budget, *, rpc: RPC | None = None, root=None, p
 
     _import_tensor_intrinsics()
     db = TuningDatabase(tgt, root)
-    tasks = extract_tasks(module, tgt)
+    tasks = extract_tasks(module, tgt, winograd=winograd)
     report = TuneReport(target=tgt.name, database=str(db.dir), budget=str(budget), tasks=len(tasks))
     if not tasks:
         progress.say("nothing to tune: the model has no kernels")

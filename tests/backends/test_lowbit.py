@@ -24,6 +24,11 @@ CONV_CASES = [
     ("w1a1", "u1", "u1", (2, 13, 7, 6), 5, 3, dict(stride=[2, 2], padding=[1, 0, 2, 1], x_zero_point=1, w_zero_point=1)),
     ("w2a2", "u2", "i2", (1, 16, 9, 9), 8, 3, dict(padding=[1, 1, 1, 1], x_zero_point=1, clamp_min=0.0, out_dtype="u2",
                                                   out_scale=0.37, out_zero_point=0)),
+    # W2A2 in the aarch64 block layout: 72-byte rows (four 16-byte steps and a tail),
+    # 10 channels (two left in the plain layout), an odd output width; and 32-byte rows
+    # (two steps, no tail) of unsigned weights with a zero point
+    ("w2a2_rows", "u2", "i2", (1, 64, 5, 7), 10, 3, dict(padding=[1, 1, 1, 1], x_zero_point=2, clamp_min=-0.5)),
+    ("w2a2_1x1", "u2", "u2", (1, 256, 3, 3), 4, 1, dict(x_zero_point=1, w_zero_point=1)),
     ("w3a3", "u3", "i3", (1, 70, 8, 8), 9, 3, dict(stride=[1, 2], padding=[2, 2, 2, 2], dilation=[2, 1], x_zero_point=5,
                                                   w_zero_point=-1)),
     ("w4a4_groups", "i4", "i4", (1, 24, 6, 6), 12, 3, dict(padding=[1, 1, 1, 1], groups=3, x_zero_point=-2, w_zero_point=1,
@@ -156,6 +161,41 @@ def test_weight_packing_layout():
     assert rb == 8 and packed.shape == (1, 2, 8)
     assert list(packed[0, 0, :4]) == [1, 0, 0, 1] and list(packed[0, 1, :4]) == [1, 0, 0, 0]
     assert not packed[..., 4:].any()
+
+
+def test_w2a2_block_layout():
+    """Four channels' two planes interleaved per 16-byte step, then their 8-byte tails in
+    the same order; a fifth channel (no full block) stays as packed."""
+    from sliver.backends.tvm.lowbit import w2a2_blocks
+
+    rb = 40  # two steps and a tail
+    packed = np.arange(5 * 2 * rb, dtype=np.int64).reshape(5, 2, rb).astype(np.uint8)
+    out = w2a2_blocks(packed, groups=1).reshape(5, -1)
+    block = out[:4].reshape(-1)
+    for step in range(2):
+        for k, (ch, plane) in enumerate((c, p) for c in range(4) for p in range(2)):
+            start = step * 128 + k * 16
+            assert list(block[start:start + 16]) == list(packed[ch, plane, step * 16: step * 16 + 16])
+    for k, (ch, plane) in enumerate((c, p) for c in range(4) for p in range(2)):
+        assert list(block[256 + 8 * k: 264 + 8 * k]) == list(packed[ch, plane, 32:40])
+    assert (out[4] == packed[4].reshape(-1)).all()
+
+
+@pytest.mark.slow
+def test_arm64_library_of_kernels_only_links(tmp_path):
+    """A module whose only compute is one fused qconv2d (no TIR function at all) links for
+    arm64: the packed imports are built for the cross target, not the host."""
+    from sliver.backends.tvm.build import compile_module
+    from sliver.runtime.artifact import elf_arch
+
+    g = np.random.default_rng(1)
+    m = Module("kernel_only")
+    x = m.add_input(TensorType((1, 16, 6, 6), "u2"), "x")
+    y = m.add_op("qconv2d", [x, _code_param(m, "w", _codes(g, "i2", (8, 16, 3, 3)), "i2"),
+                             m.add_param("s", np.ones(8, np.float32))], {"padding": [1, 1, 1, 1]}).result
+    m.set_outputs([y])
+    lib = compile_module(m, "arm64")
+    assert elf_arch(bytes(lib[:64])) == "aarch64"
 
 
 @pytest.mark.slow

@@ -37,7 +37,8 @@
  * nibble-table popcount (vpshufb), bytes summed with vpsadbw, the last rb % 32 bytes
  * with the scalar popcount.  Elsewhere: 64-bit words and the scalar popcount.
  *
- * meta (int32[META_LEN]): see enum below; out: int32 [N][O][OH][OW].
+ * meta (int32[META_LEN]): see enum below; scale, bias, epi: the fused epilogue (see
+ * apply_epilogue); out: f32 or one-byte codes [N][O][OH][OW].
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -55,6 +56,8 @@
 #else
 #define SLIVER_EXTERN
 #endif
+
+#define INLINE static inline __attribute__((always_inline))
 
 /* ---- the TVM-FFI C ABI (tvm_ffi 0.1, include/tvm/ffi/c_api.h), the parts we use ---- */
 typedef struct {
@@ -90,31 +93,119 @@ static void* data_of(const sliver_Any* a) {
   return (char*)t->data + t->byte_offset;
 }
 
+/* Weights of W2A2 layers in the W2A2 block layout (aarch64 only; lowbit.py packs them
+ * so when this holds and says so in meta LAYOUT): see w2a2_pair_blocks. */
+#define W2A2_MAX_RB 904
+#define W2A2_BLOCKS(A, W, rb, og) ((A) == 2 && (W) == 2 && (rb) >= 16 && (rb) <= W2A2_MAX_RB && (og) >= 4)
+
 /* ---- meta layout (kept in sync with lowbit.py: META_FIELDS) ---- */
 enum {
   M_N, M_C, M_H, M_W, M_O, M_KH, M_KW, M_SH, M_SW, M_PT, M_PL, M_PB, M_PR, M_DH, M_DW, M_G,
-  M_ABITS, M_ASIGNED, M_WBITS, M_WSIGNED, M_XZ, M_WZ, M_OH, M_OW, M_TAPB, M_RB, META_LEN
+  M_ABITS, M_ASIGNED, M_WBITS, M_WSIGNED, M_XZ, M_WZ, M_OH, M_OW, M_TAPB, M_RB, M_OUT, M_QMIN, M_QMAX, M_LAYOUT, META_LEN
 };
 
 
-/* The five arguments both kernels take: x codes, packed weights, sum of weights per
- * output channel, meta, out. */
+/* The arguments both kernels take: x codes, packed weights, sum of weights per output
+ * channel, meta, the epilogue's scale[O], bias[O] and epi = {clamp_min, clamp_max,
+ * 1/out_scale, out_zero_point} (f32; -inf/+inf for no clamp), out. */
 typedef struct {
   const uint8_t* x;
   const uint8_t* w;
   const int32_t* wsum;
   const int32_t* m;
-  int32_t* out;
+  const float* scale;
+  const float* bias;
+  const float* epi;
+  void* out;
 } kernel_args;
 static int unpack_args(const sliver_Any* args, int32_t nargs, const char* count_error, kernel_args* k) {
-  if (nargs != 5) return fail(count_error);
+  if (nargs != 8) return fail(count_error);
   k->x = (const uint8_t*)data_of(&args[0]);
   k->w = (const uint8_t*)data_of(&args[1]);
   k->wsum = (const int32_t*)data_of(&args[2]);
   k->m = (const int32_t*)data_of(&args[3]);
-  k->out = (int32_t*)data_of(&args[4]);
+  k->scale = (const float*)data_of(&args[4]);
+  k->bias = (const float*)data_of(&args[5]);
+  k->epi = (const float*)data_of(&args[6]);
+  k->out = data_of(&args[7]);
   return 0;
 }
+
+/* ---- the fused epilogue of qconv2d / qdense (both kernels), per output row ----
+ *   y = float(acc) * scale[o] + bias[o], clamped to [clamp_min, clamp_max]; out_dtype f32:
+ *   y, else the codes clamp(roundeven(y * (1/out_scale)) + out_zero_point, qmin, qmax)
+ * in exactly the float32 operations (no fused multiply-add: built with -ffp-contract=off)
+ * and order of the interpreter and of backends/tvm/lowbit.py's Relax epilogue. */
+enum { OUT_F32 = 0, OUT_U8 = 1, OUT_I8 = 2 };
+typedef struct {
+  const float *scale, *bias;
+  float lo, hi, inv, zp, qmin, qmax;
+  int kind;
+} epilogue;
+static inline float epi1(const epilogue* e, int32_t a, float s, float b) {
+  float y = (float)a * s + b;
+  y = y < e->lo ? e->lo : y;
+  return y > e->hi ? e->hi : y;
+}
+static inline int32_t code1(const epilogue* e, float y) {
+  float q = __builtin_roundevenf(y * e->inv) + e->zp;
+  q = q < e->qmin ? e->qmin : q;
+  return (int32_t)(q > e->qmax ? e->qmax : q);
+}
+/* out[o * ostride + p] (element index) for o < og, p < npix, from acc[o * astride + p] */
+static void apply_epilogue(const epilogue* e, const int32_t* acc, int astride, int og, int npix, void* out,
+                           ptrdiff_t ostride) {
+#if defined(__aarch64__)
+  const float32x4_t lo = vdupq_n_f32(e->lo), hi = vdupq_n_f32(e->hi), inv = vdupq_n_f32(e->inv),
+                    zp = vdupq_n_f32(e->zp), qmin = vdupq_n_f32(e->qmin), qmax = vdupq_n_f32(e->qmax);
+#define EPI4(a) vminq_f32(vmaxq_f32(vaddq_f32(vmulq_f32(vcvtq_f32_s32(vld1q_s32(a)), s4), b4), lo), hi)
+#define CODE4(y) vcvtq_s32_f32(vminq_f32(vmaxq_f32(vaddq_f32(vrndnq_f32(vmulq_f32(y, inv)), zp), qmin), qmax))
+#endif
+  for (int o = 0; o < og; o++) {
+    const int32_t* a = acc + (size_t)o * astride;
+    const float s = e->scale[o], b = e->bias[o];
+    int p = 0;
+#if defined(__aarch64__)
+    const float32x4_t s4 = vdupq_n_f32(s), b4 = vdupq_n_f32(b);
+#endif
+    if (e->kind == OUT_F32) {
+      float* d = (float*)out + o * ostride;
+#if defined(__aarch64__)
+      for (; p + 8 <= npix; p += 8) {
+        const float32x4_t y0 = EPI4(a + p), y1 = EPI4(a + p + 4);
+        vst1q_f32(d + p, y0);
+        vst1q_f32(d + p + 4, y1);
+      }
+#endif
+      for (; p < npix; p++) d[p] = epi1(e, a[p], s, b);
+    } else {
+      uint8_t* d = (uint8_t*)out + o * ostride; /* codes fit their byte: int8 stores the same bits */
+#if defined(__aarch64__)
+      for (; p + 8 <= npix; p += 8) {
+        const int32x4_t q0 = CODE4(EPI4(a + p)), q1 = CODE4(EPI4(a + p + 4));
+        vst1_u8(d + p, vreinterpret_u8_s8(vmovn_s16(vcombine_s16(vmovn_s32(q0), vmovn_s32(q1)))));
+      }
+#endif
+      for (; p < npix; p++) d[p] = (uint8_t)code1(e, epi1(e, a[p], s, b));
+    }
+  }
+#undef EPI4
+#undef CODE4
+}
+static void make_epilogue(const kernel_args* k, epilogue* e) {
+  e->scale = k->scale;
+  e->bias = k->bias;
+  e->lo = k->epi[0];
+  e->hi = k->epi[1];
+  e->inv = k->epi[2];
+  e->zp = k->epi[3];
+  e->qmin = (float)k->m[M_QMIN];
+  e->qmax = (float)k->m[M_QMAX];
+  e->kind = k->m[M_OUT];
+}
+/* bytes of one output element */
+static size_t out_size(const int32_t* m) { return m[M_OUT] == OUT_F32 ? 4 : 1; }
+
 /* the convolution geometry from meta, as locals */
 #define CONV_GEOMETRY(m)                                                                                    \
   const int N = m[M_N], C = m[M_C], H = m[M_H], W = m[M_W], O = m[M_O], KH = m[M_KH], KW = m[M_KW];        \
@@ -123,28 +214,19 @@ static int unpack_args(const sliver_Any* args, int32_t nargs, const char* count_
   const int HP = H + PT + m[M_PB], WP = W + PL + m[M_PR];                                                 \
   const int Cg = C / G, Og = O / G, K = KH * KW * Cg
 
-#define INLINE static inline __attribute__((always_inline))
 
-/* Sum of the bits of rb bytes (rb a multiple of 8). */
-#if defined(__aarch64__)
-static inline uint32_t count_row(const uint8_t* p, int rb) {
+/* Sum of the bits of n bytes (any n). */
+static inline uint32_t count_bytes(const uint8_t* p, int n) {
   uint32_t s = 0;
-  int v = 0;
-  for (; v + 16 <= rb; v += 16) s += vaddlvq_u8(vcntq_u8(vld1q_u8(p + v)));
-  if (v < rb) s += vaddlv_u8(vcnt_u8(vld1_u8(p + v)));
-  return s;
-}
-#else
-static inline uint32_t count_row(const uint8_t* p, int rb) {
-  uint32_t s = 0;
-  for (int v = 0; v < rb; v += 8) {
+  int k = 0;
+  for (; k + 8 <= n; k += 8) {
     uint64_t a;
-    memcpy(&a, p + v, 8);
+    memcpy(&a, p + k, 8);
     s += (uint32_t)__builtin_popcountll(a);
   }
+  for (; k < n; k++) s += (uint32_t)__builtin_popcount(p[k]);
   return s;
 }
-#endif
 
 /* One output row's dot products: for every pixel p < npix (im2col row rows + p*A*rb:
  * A planes of rb bytes) and output channel o < og (weights w + o*W*rb: W planes),
@@ -282,17 +364,23 @@ INLINE void dot_chunk(const uint8_t* r0, const uint8_t* r1, const uint8_t* w, in
   }
 }
 
-/* out[ob * ostride] = dot(row, channel ob) + obias[ob] + base for OB channels */
 /* The hot case written out: W2A2, two pixels, four output channels (NP=2, OB=4), rows
- * of at most NEON_CHUNK bytes.  The same arithmetic as dot_chunk, register-allocated by
- * hand: 4 activation + 8 weight loads, 32 and + 32 cnt, 24 mla, 8 uadalp per 16 bytes
- * (GCC's allocation of the generic code spills and copies: ~10% more instructions, and
- * its loop around an asm block per 4 channels another ~10%: the asm loops over the
- * blocks itself, w2a2_pair_blocks).  The 16-bit lane sums of pixel p, channel ob are in
- * v20+ob (p = 0) and v24+ob (p = 1). */
-#define W2A2_OB(WA, WB, A0, A1)                                                                   \
-  "ldr q4, [%[" WA "], %[off]]\n\t"                                                                 \
-  "ldr q5, [%[" WB "], %[off]]\n\t"                                                                 \
+ * of 16..W2A2_MAX_RB bytes.  The same arithmetic as dot_chunk, register-allocated by
+ * hand: 4 activation loads, 4 weight load pairs, 32 and + 32 cnt, 24 mla, 8 uadalp per
+ * 16 bytes (GCC's allocation of the generic code spills and copies: ~10% more
+ * instructions, and its loop around an asm block per 4 channels another ~10%: the asm
+ * loops over the blocks itself, w2a2_pair_blocks).
+ * Weights come in the W2A2 block layout (lowbit.py, LAYOUT = 1): the 8 rows (4 channels
+ * x 2 planes) of a block interleaved in the order the loop reads them, per 16-byte step
+ * [ch0 plane0][ch0 plane1][ch1 plane0]...[ch3 plane1], then the 8-byte tails in the same
+ * order, so one pointer walks them (`ldp` of both planes of a channel, `ld2r` of both
+ * tails) and the blocks follow one another.  Activation rows are read through four
+ * post-incremented pointers.  The first step initialises the accumulators (uaddlp).
+ * The 16-bit lane sums of pixel p, channel ob are in v20+ob (p = 0) and v24+ob (p = 1)
+ * and are reduced in 16 bits (pairwise adds): a channel's total is at most 72 * rb (8
+ * bits per byte, plane weights 1+2+2+4), which fits 16 bits for rb <= W2A2_MAX_RB. */
+#define W2A2_OB(ACC, A0, A1)                                                                      \
+  "ldp q4, q5, [%[w]], #32\n\t"                                                                     \
   "and v6.16b, v0.16b, v4.16b\n\tcnt v6.16b, v6.16b\n\t"                                           \
   "and v7.16b, v2.16b, v4.16b\n\tcnt v7.16b, v7.16b\n\t"                                           \
   "and v16.16b, v1.16b, v4.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
@@ -301,12 +389,14 @@ INLINE void dot_chunk(const uint8_t* r0, const uint8_t* r1, const uint8_t* w, in
   "and v17.16b, v2.16b, v5.16b\n\tcnt v17.16b, v17.16b\n\tmla v7.16b, v17.16b, v30.16b\n\t"         \
   "and v16.16b, v1.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v31.16b\n\t"         \
   "and v17.16b, v3.16b, v5.16b\n\tcnt v17.16b, v17.16b\n\tmla v7.16b, v17.16b, v31.16b\n\t"         \
-  "uadalp " A0 ".8h, v6.16b\n\t"                                                                    \
-  "uadalp " A1 ".8h, v7.16b\n\t"
-/* the last 8 bytes: both pixels in one register, each weight plane duplicated */
-#define W2A2_TAIL_OB(WA, WB, A0, A1)                                                              \
-  "add %[t], %[" WA "], %[off]\n\tld1r {v4.2d}, [%[t]]\n\t"                                         \
-  "add %[t], %[" WB "], %[off]\n\tld1r {v5.2d}, [%[t]]\n\t"                                         \
+  ACC " " A0 ".8h, v6.16b\n\t"                                                                      \
+  ACC " " A1 ".8h, v7.16b\n\t"
+#define W2A2_STEP(ACC)                                                                            \
+  "ldr q0, [%[p0]], #16\n\tldr q1, [%[p1]], #16\n\tldr q2, [%[p2]], #16\n\tldr q3, [%[p3]], #16\n\t" \
+  W2A2_OB(ACC, "v20", "v24") W2A2_OB(ACC, "v21", "v25") W2A2_OB(ACC, "v22", "v26") W2A2_OB(ACC, "v23", "v27")
+/* the last 8 bytes: both pixels in one register, each weight plane's tail duplicated */
+#define W2A2_TAIL_OB(A0, A1)                                                                      \
+  "ld2r {v4.2d, v5.2d}, [%[w]], #16\n\t"                                                            \
   "and v6.16b, v0.16b, v4.16b\n\tcnt v6.16b, v6.16b\n\t"                                           \
   "and v16.16b, v1.16b, v4.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
   "and v16.16b, v0.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
@@ -316,74 +406,57 @@ INLINE void dot_chunk(const uint8_t* r0, const uint8_t* r1, const uint8_t* w, in
 
 /* All nblk four-channel blocks of a pixel pair in one asm loop (no C between blocks):
  * out[(4k + ob) * ostride + p] = dot(pixel p, channel 4k + ob) + obias[4k + ob] + base[p]
- * for p = 0, 1 (adjacent outputs), w the weights of channel 0, rows of at most
- * NEON_CHUNK(2, 2) bytes. */
+ * for p = 0, 1 (adjacent outputs), w the first block (W2A2 block layout), rows of
+ * 16..W2A2_MAX_RB bytes. */
 static inline __attribute__((always_inline)) void w2a2_pair_blocks(const uint8_t* r0, const uint8_t* r1,
                                                                    const uint8_t* w, int rb, long nblk,
                                                                    const int32_t* obias, const int32_t* base,
                                                                    int32_t* out, ptrdiff_t ostride) {
-  const long tail = rb & 8, rbl = rb, ostride_b = (long)ostride * 4;
-  long n, off;
-  const uint8_t *x01, *x11, *w01, *w10, *w11, *w20, *w21, *w30, *w31, *t;
+  const long tail = rb & 8, more = (rb >> 4) - 1, ostride_b = (long)ostride * 4;
+  const uint8_t* x01 = r0 + rb;
+  const uint8_t* x11 = r1 + rb;
+  long n;
+  const uint8_t *p0, *p1, *p2, *p3, *t;
   __asm__ volatile(
-      "add %[x01], %[x00], %[rb]\n\tadd %[x11], %[x10], %[rb]\n\t"
       "movi v30.16b, #2\n\tmovi v31.16b, #4\n\t"
       "ld1r {v28.4s}, [%[base]]\n\t"
       "add %[t], %[base], #4\n\t"
       "ld1r {v29.4s}, [%[t]]\n\t"
       "0:\n\t"
-      "add %[w01], %[w00], %[rb]\n\tadd %[w10], %[w01], %[rb]\n\tadd %[w11], %[w10], %[rb]\n\t"
-      "add %[w20], %[w11], %[rb]\n\tadd %[w21], %[w20], %[rb]\n\tadd %[w30], %[w21], %[rb]\n\t"
-      "add %[w31], %[w30], %[rb]\n\t"
-      "movi v20.8h, #0\n\tmovi v21.8h, #0\n\tmovi v22.8h, #0\n\tmovi v23.8h, #0\n\t"
-      "movi v24.8h, #0\n\tmovi v25.8h, #0\n\tmovi v26.8h, #0\n\tmovi v27.8h, #0\n\t"
-      "mov %[off], #0\n\t"
-      "lsr %[n], %[rb], #4\n\t"
+      "mov %[p0], %[x00]\n\tmov %[p1], %[x01]\n\tmov %[p2], %[x10]\n\tmov %[p3], %[x11]\n\t"
+      W2A2_STEP("uaddlp")
+      "mov %[n], %[more]\n\t"
       "cbz %[n], 2f\n\t"
       "1:\n\t"
-      "ldr q0, [%[x00], %[off]]\n\t"
-      "ldr q1, [%[x01], %[off]]\n\t"
-      "ldr q2, [%[x10], %[off]]\n\t"
-      "ldr q3, [%[x11], %[off]]\n\t"
-      W2A2_OB("w00", "w01", "v20", "v24")
-      W2A2_OB("w10", "w11", "v21", "v25")
-      W2A2_OB("w20", "w21", "v22", "v26")
-      W2A2_OB("w30", "w31", "v23", "v27")
-      "add %[off], %[off], #16\n\t"
+      W2A2_STEP("uadalp")
       "subs %[n], %[n], #1\n\t"
       "b.ne 1b\n\t"
       "2:\n\t"
       "cbz %[tail], 3f\n\t"
-      "ldr d0, [%[x00], %[off]]\n\t"
-      "add %[t], %[x10], %[off]\n\tld1 {v0.d}[1], [%[t]]\n\t"
-      "ldr d1, [%[x01], %[off]]\n\t"
-      "add %[t], %[x11], %[off]\n\tld1 {v1.d}[1], [%[t]]\n\t"
-      W2A2_TAIL_OB("w00", "w01", "v20", "v24")
-      W2A2_TAIL_OB("w10", "w11", "v21", "v25")
-      W2A2_TAIL_OB("w20", "w21", "v22", "v26")
-      W2A2_TAIL_OB("w30", "w31", "v23", "v27")
+      "ldr d0, [%[p0]]\n\tld1 {v0.d}[1], [%[p2]]\n\t"
+      "ldr d1, [%[p1]]\n\tld1 {v1.d}[1], [%[p3]]\n\t"
+      W2A2_TAIL_OB("v20", "v24") W2A2_TAIL_OB("v21", "v25") W2A2_TAIL_OB("v22", "v26") W2A2_TAIL_OB("v23", "v27")
       "3:\n\t"
-      /* 16-bit lanes -> one 32-bit sum per channel: pixel 0 in v20, pixel 1 in v24 */
-      "uaddlp v20.4s, v20.8h\n\tuaddlp v21.4s, v21.8h\n\tuaddlp v22.4s, v22.8h\n\tuaddlp v23.4s, v23.8h\n\t"
-      "uaddlp v24.4s, v24.8h\n\tuaddlp v25.4s, v25.8h\n\tuaddlp v26.4s, v26.8h\n\tuaddlp v27.4s, v27.8h\n\t"
-      "addp v20.4s, v20.4s, v21.4s\n\taddp v22.4s, v22.4s, v23.4s\n\taddp v20.4s, v20.4s, v22.4s\n\t"
-      "addp v24.4s, v24.4s, v25.4s\n\taddp v26.4s, v26.4s, v27.4s\n\taddp v24.4s, v24.4s, v26.4s\n\t"
+      /* 16-bit pairwise adds: lanes 0-3 of v20 = channels 0-3 of pixel 0, lanes 4-7 of pixel 1 */
+      "addp v20.8h, v20.8h, v21.8h\n\taddp v22.8h, v22.8h, v23.8h\n\taddp v20.8h, v20.8h, v22.8h\n\t"
+      "addp v24.8h, v24.8h, v25.8h\n\taddp v26.8h, v26.8h, v27.8h\n\taddp v24.8h, v24.8h, v26.8h\n\t"
+      "addp v20.8h, v20.8h, v24.8h\n\t"
+      "uxtl v5.4s, v20.4h\n\tuxtl2 v6.4s, v20.8h\n\t"
       "ldr q4, [%[obias]], #16\n\t"
-      "add v20.4s, v20.4s, v4.4s\n\tadd v20.4s, v20.4s, v28.4s\n\t"
-      "add v24.4s, v24.4s, v4.4s\n\tadd v24.4s, v24.4s, v29.4s\n\t"
+      "add v5.4s, v5.4s, v4.4s\n\tadd v5.4s, v5.4s, v28.4s\n\t"
+      "add v6.4s, v6.4s, v4.4s\n\tadd v6.4s, v6.4s, v29.4s\n\t"
       /* channel ob's two pixels are adjacent in out: store them as one 64-bit pair */
-      "zip1 v5.4s, v20.4s, v24.4s\n\tzip2 v6.4s, v20.4s, v24.4s\n\t"
-      "str d5, [%[out]]\n\tadd %[out], %[out], %[os]\n\t"
-      "st1 {v5.d}[1], [%[out]]\n\tadd %[out], %[out], %[os]\n\t"
-      "str d6, [%[out]]\n\tadd %[out], %[out], %[os]\n\t"
-      "st1 {v6.d}[1], [%[out]]\n\tadd %[out], %[out], %[os]\n\t"
-      "add %[w00], %[w00], %[rb], lsl #3\n\t"
+      "zip1 v7.4s, v5.4s, v6.4s\n\tzip2 v16.4s, v5.4s, v6.4s\n\t"
+      "st1 {v7.d}[0], [%[out]], %[os]\n\t"
+      "st1 {v7.d}[1], [%[out]], %[os]\n\t"
+      "st1 {v16.d}[0], [%[out]], %[os]\n\t"
+      "st1 {v16.d}[1], [%[out]], %[os]\n\t"
       "subs %[nblk], %[nblk], #1\n\t"
       "b.ne 0b\n\t"
-      : [nblk] "+r"(nblk), [w00] "+r"(w), [out] "+r"(out), [obias] "+r"(obias), [n] "=&r"(n), [off] "=&r"(off),
-        [t] "=&r"(t), [x01] "=&r"(x01), [x11] "=&r"(x11), [w01] "=&r"(w01), [w10] "=&r"(w10), [w11] "=&r"(w11),
-        [w20] "=&r"(w20), [w21] "=&r"(w21), [w30] "=&r"(w30), [w31] "=&r"(w31)
-      : [x00] "r"(r0), [x10] "r"(r1), [rb] "r"(rbl), [tail] "r"(tail), [base] "r"(base), [os] "r"(ostride_b)
+      : [nblk] "+r"(nblk), [w] "+r"(w), [out] "+r"(out), [obias] "+r"(obias), [n] "=&r"(n), [t] "=&r"(t),
+        [p0] "=&r"(p0), [p1] "=&r"(p1), [p2] "=&r"(p2), [p3] "=&r"(p3)
+      : [x00] "r"(r0), [x10] "r"(r1), [x01] "r"(x01), [x11] "r"(x11), [tail] "r"(tail), [more] "r"(more),
+        [base] "r"(base), [os] "r"(ostride_b)
       : "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v16", "v17", "v20", "v21", "v22", "v23", "v24", "v25",
         "v26", "v27", "v28", "v29", "v30", "v31", "memory", "cc");
 }
@@ -426,14 +499,28 @@ INLINE void conv_row_impl(const row_args* ra, const int A, const int W) {
   const int OB = OB_OF(A, W), NP = FUSABLE(A, W) ? 2 : 1, rb = ra->rb, og = ra->og;
   const ptrdiff_t ostride = ra->ostride;
   int p = 0;
+  if (A == 2 && W == 2 && W2A2_BLOCKS(A, W, rb, og)) {
+    /* weights in the W2A2 block layout: every pixel through the asm, an odd last one
+     * paired with itself (its twin lands in the padding column: ostride > npix), then
+     * the og % 4 channels left in the plain layout */
+    const int nb = og / 4;
+    for (; p < ra->npix; p += 2) {
+      const uint8_t* row = ra->rows + (size_t)p * A * rb;
+      w2a2_pair_blocks(row, p + 1 < ra->npix ? row + A * rb : row, ra->w, rb, nb, ra->obias, ra->base + p, ra->out + p,
+                       ostride);
+    }
+    for (p = 0; p < ra->npix; p++) {
+      const uint8_t* row = ra->rows + (size_t)p * A * rb;
+      for (int o = nb * 4; o < og; o++)
+        dot_block(row, row, ra->w + (size_t)o * W * rb, rb, A, W, 1, 1, ra->out + o * ostride + p, ostride,
+                  ra->obias + o, ra->base + p);
+    }
+    return;
+  }
   if (NP == 2) {
     for (; p + 2 <= ra->npix; p += 2) {
       const uint8_t* row = ra->rows + (size_t)p * A * rb;
       int o = 0;
-      if (A == 2 && W == 2 && OB == 4 && rb <= NEON_CHUNK(2, 2) && og >= 4) {
-        w2a2_pair_blocks(row, row + A * rb, ra->w, rb, og / 4, ra->obias, ra->base + p, ra->out + p, ostride);
-        o = og / 4 * 4;
-      }
       for (; o + OB <= og; o += OB)
         dot_block(row, row + A * rb, ra->w + (size_t)o * W * rb, rb, A, W, OB, 2, ra->out + o * ostride + p, ostride,
                   ra->obias + o, ra->base + p);
@@ -570,7 +657,21 @@ typedef void (*row_fn)(const row_args*);
 
 PAIRS(DEFINE_PAIR)
 
-#define TABLE_ENTRY(A, W) conv_row_##A##_##W,
+/* The width pairs a library carries: all 49, or (built with -DSLIVER_LOWBIT_SELECT, as
+ * lowbit.py builds artifacts) only those defined as -DSLIVER_LOWBIT_PAIR_<A>_<W>=1: the
+ * ones its layers use (each pair is ~5 KB of unrolled code; the others are dropped as
+ * unreferenced). */
+#define SLIVER_PLACEHOLDER_1 0,
+#define SLIVER_SECOND(ignored, val, ...) val
+#define SLIVER_IS_ONE(x) SLIVER_IS_ONE_(x)
+#define SLIVER_IS_ONE_(val) SLIVER_IS_ONE__(SLIVER_PLACEHOLDER_##val)
+#define SLIVER_IS_ONE__(arg) SLIVER_SECOND(arg 1, 0, 0)
+#ifdef SLIVER_LOWBIT_SELECT
+#define PAIR_BUILT(A, W) SLIVER_IS_ONE(SLIVER_LOWBIT_PAIR_##A##_##W)
+#else
+#define PAIR_BUILT(A, W) 1
+#endif
+#define TABLE_ENTRY(A, W) (PAIR_BUILT(A, W) ? conv_row_##A##_##W : (row_fn)0),
 static const row_fn ROW_FNS[49] = {PAIRS(TABLE_ENTRY)};
 
 /* Bit planes of 8 channels' codes (bytes of v, one per channel; channels >= nc zero)
@@ -612,6 +713,67 @@ INLINE void pack16(const uint8_t* src, size_t HW, int nc, uint8_t flip, int ab, 
     }
   }
 }
+
+/* Bit-pack 16 consecutive pixels of one input row for 8 channel bytes at once (64
+ * channels from src + k*HW, nc of them real): per plane, the 8 bytes of each pixel are
+ * gathered in registers (a byte/halfword/word zip transpose) and written as whole taps
+ * (tapb a multiple of 8), instead of 16 single-byte stores per channel byte. */
+INLINE void pack16x8(const uint8_t* src, size_t HW, int nc, uint8_t flip, int ab, uint8_t* dst, size_t pstride,
+                     int tapb) {
+  uint8x16_t tile[7][8]; /* [plane][channel byte]: lane p = pixel p */
+  const uint8x16_t f = vdupq_n_u8(flip);
+  for (int cb = 0; cb < 8; cb++) {
+    uint8x16_t x[8];
+    _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) {
+      const int c = cb * 8 + k;
+      x[k] = c < nc ? veorq_u8(vld1q_u8(src + c * HW), f) : vdupq_n_u8(0);
+    }
+    for (int i = 0; i < ab; i++) {
+      uint8x16_t y[8];
+      const int8x16_t sh = vdupq_n_s8((int8_t)-i);
+      _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) y[k] = i ? vshlq_u8(x[k], sh) : x[k];
+      uint8x16_t r = y[0];
+      r = vsliq_n_u8(r, y[1], 1);
+      r = vsliq_n_u8(r, y[2], 2);
+      r = vsliq_n_u8(r, y[3], 3);
+      r = vsliq_n_u8(r, y[4], 4);
+      r = vsliq_n_u8(r, y[5], 5);
+      r = vsliq_n_u8(r, y[6], 6);
+      r = vsliq_n_u8(r, y[7], 7);
+      tile[i][cb] = r;
+    }
+  }
+  for (int i = 0; i < ab; i++) {
+    const uint8x16_t* t = tile[i];
+    const uint8x16x2_t a01 = vzipq_u8(t[0], t[1]), a23 = vzipq_u8(t[2], t[3]);
+    const uint8x16x2_t a45 = vzipq_u8(t[4], t[5]), a67 = vzipq_u8(t[6], t[7]);
+#define U16(v) vreinterpretq_u16_u8(v)
+    const uint16x8x2_t b0 = vzipq_u16(U16(a01.val[0]), U16(a23.val[0])), b1 = vzipq_u16(U16(a01.val[1]), U16(a23.val[1]));
+    const uint16x8x2_t c0 = vzipq_u16(U16(a45.val[0]), U16(a67.val[0])), c1 = vzipq_u16(U16(a45.val[1]), U16(a67.val[1]));
+#undef U16
+#define U32(v) vreinterpretq_u32_u16(v)
+    uint32x4x2_t d[4];
+    d[0] = vzipq_u32(U32(b0.val[0]), U32(c0.val[0])); /* pixels 0, 1 | 2, 3 */
+    d[1] = vzipq_u32(U32(b0.val[1]), U32(c0.val[1])); /* 4, 5 | 6, 7 */
+    d[2] = vzipq_u32(U32(b1.val[0]), U32(c1.val[0])); /* 8, 9 | 10, 11 */
+    d[3] = vzipq_u32(U32(b1.val[1]), U32(c1.val[1])); /* 12, 13 | 14, 15 */
+#undef U32
+    uint8_t* o = dst + i * pstride;
+    if (tapb == 8) {
+      _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) {
+        vst1q_u8(o + 32 * q, vreinterpretq_u8_u32(d[q].val[0]));
+        vst1q_u8(o + 32 * q + 16, vreinterpretq_u8_u32(d[q].val[1]));
+      }
+    } else {
+      _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++)
+      _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {
+        const uint8x16_t v = vreinterpretq_u8_u32(d[q].val[h]);
+        vst1_u8(o + (4 * q + 2 * h) * tapb, vget_low_u8(v));
+        vst1_u8(o + (4 * q + 2 * h + 1) * tapb, vget_high_u8(v));
+      }
+    }
+  }
+}
 #endif
 
 /* Copy n bytes (n >= 1) with a few wide moves (the last one overlapping). */
@@ -628,18 +790,48 @@ static inline void copy_bytes(uint8_t* d, const uint8_t* s, int n) {
   }
 }
 
+/* n bytes, n a compile-time constant: 16- and 8-byte moves */
+INLINE void copy_fixed(uint8_t* d, const uint8_t* s, const int n) {
+  int k = 0;
+  for (; k + 16 <= n; k += 16) memcpy(d + k, s + k, 16);
+  if (n - k >= 8) {
+    memcpy(d + k, s + k, 8);
+    k += 8;
+  }
+  for (; k < n; k++) d[k] = s[k];
+}
+
+/* The im2col copies of one kernel row and plane for cnt output pixels: n bytes from
+ * s + p*sstep to d + p*dstep (the row sizes of common layers get straight-line moves). */
+static inline __attribute__((optimize("no-tree-loop-distribute-patterns"))) void copy_strided(
+    uint8_t* d, ptrdiff_t dstep, const uint8_t* s, ptrdiff_t sstep, int n, int cnt) {
+#define COPY_N(N) \
+  case N:         \
+    for (int p = 0; p < cnt; p++, d += dstep, s += sstep) copy_fixed(d, s, N); \
+    break;
+  switch (n) {
+    COPY_N(8) COPY_N(12) COPY_N(16) COPY_N(24) COPY_N(48) COPY_N(96)
+    default:
+      for (int p = 0; p < cnt; p++, d += dstep, s += sstep) copy_bytes(d, s, n);
+  }
+#undef COPY_N
+}
+
 /* args: x codes int8/uint8 [N][C][H][W], packed weights uint8 [O][WB][RB],
- * wsum int32 [O], meta int32 [META_LEN], out int32 [N][O][OH][OW]. */
+ * wsum int32 [O], meta int32 [META_LEN], scale/bias f32 [O], epi f32 [4], out f32 or codes [N][O][OH][OW]. */
 /* (no-tree-loop-distribute-patterns: the short copies stay inline moves instead of
  * becoming libc memcpy calls) */
 SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int __tvm_ffi_sliver_lowbit_bitserial(
     void* self, const sliver_Any* args, int32_t nargs, sliver_Any* result) {
   (void)self;
   kernel_args ka;
-  if (unpack_args(args, nargs, "sliver_lowbit_bitserial: expected 5 arguments (x, packed w, wsum, meta, out)", &ka)) return -1;
+  if (unpack_args(args, nargs, "sliver_lowbit_bitserial: expected 8 arguments (x, packed w, wsum, meta, scale, bias, epi, out)", &ka)) return -1;
   const uint8_t *x = ka.x, *wp = ka.w;
   const int32_t *wsum = ka.wsum, *m = ka.m;
-  int32_t* out = ka.out;
+  uint8_t* out = (uint8_t*)ka.out;
+  epilogue epi;
+  make_epilogue(&ka, &epi);
+  const size_t osz = out_size(m);
   CONV_GEOMETRY(m);
   const int AB = m[M_ABITS], WB = m[M_WBITS], wz = m[M_WZ];
   /* Signed activation codes become offset binary (x + 2^(A-1): flip the top bit), the
@@ -652,6 +844,18 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
     return fail("sliver_lowbit_bitserial: bad meta (bit widths 1..7, row bytes a multiple of 8, "
                 "unsigned weight planes): the library was built by a different sliver");
   const row_fn fn = ROW_FNS[(AB - 1) * 7 + (WB - 1)];
+  if (!fn)
+    return fail("sliver_lowbit_bitserial: this library was built without the kernel for the layer's bit widths "
+                "(SLIVER_LOWBIT_PAIR_<A>_<W>): the library was built by a different sliver");
+#if defined(__aarch64__)
+  const int layout = W2A2_BLOCKS(AB, WB, RB, Og);
+#else
+  const int layout = 0;
+#endif
+  if (m[M_LAYOUT] != layout)
+    return fail("sliver_lowbit_bitserial: the weights are not in the layout this kernel reads (meta LAYOUT): "
+                "the library was built by a different sliver");
+  const int OWS = OW + (OW & 1); /* the row sums' stride: an odd row gets a padding column */
 
   /* The padded input of one group, bit-packed: per input row hp and plane i, the WP
    * pixels' TAPB-byte taps in a row (pk[(hp*AB + i)*PSTR + wq*TAPB]), so the KW taps of
@@ -659,11 +863,14 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   const size_t PSTR = (size_t)WP * TAPB;
   uint8_t* pk = (uint8_t*)calloc((size_t)HP * AB * PSTR, 1);
   uint8_t* rows = (uint8_t*)calloc((size_t)OW * AB * RB, 1);
-  int32_t* sx = (int32_t*)malloc(sizeof(int32_t) * OW);
+  int32_t* sx = (int32_t*)calloc(OWS, sizeof(int32_t));
   int32_t* obias = (int32_t*)malloc(sizeof(int32_t) * O);
+  int32_t* acc = (int32_t*)malloc(sizeof(int32_t) * (size_t)Og * OWS);
   uint8_t* zpat = (uint8_t*)calloc((size_t)AB * TAPB, 1);
-  if (!pk || !rows || !sx || !obias || !zpat) {
-    free(pk); free(rows); free(sx); free(obias); free(zpat);
+  int32_t* px = (int32_t*)malloc(sizeof(int32_t) * ((size_t)HP * WP + WP));
+  int32_t* colsum = px ? px + (size_t)HP * WP : NULL;
+  if (!pk || !rows || !sx || !obias || !zpat || !px || !acc) {
+    free(pk); free(rows); free(sx); free(obias); free(zpat); free(px); free(acc);
     return fail("sliver_lowbit_bitserial: out of memory for the packed activations");
   }
   /* acc = Sxw - wz*Sx - xz*Sw[o] + K*xz*wz: the last two per output channel */
@@ -672,9 +879,14 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
    * stays as written here, the interior is packed per image and group */
   for (int c = 0; c < Cg; c++)
     for (int i = 0; i < AB; i++) zpat[i * TAPB + c / 8] |= (uint8_t)((((unsigned)xz >> i) & 1u) << (c % 8));
-  for (int hp = 0; hp < HP; hp++)
+  for (int hp = 0; hp < HP; hp++) {
+    const int inside = hp >= PT && hp < PT + H; /* interior rows: only the left and right border */
     for (int i = 0; i < AB; i++)
-      for (int wq = 0; wq < WP; wq++) memcpy(pk + (hp * AB + i) * PSTR + (size_t)wq * TAPB, zpat + i * TAPB, TAPB);
+      for (int wq = 0; wq < WP; wq++) {
+        if (inside && wq == PL) wq = PL + W;
+        if (wq < WP) copy_bytes(pk + (hp * AB + i) * PSTR + (size_t)wq * TAPB, zpat + i * TAPB, TAPB);
+      }
+  }
   const size_t HW = (size_t)H * W;
   const ptrdiff_t ostride = (ptrdiff_t)OH * OW;
   const uint64_t flip8 = 0x0101010101010101ull * (uint64_t)aflip;
@@ -684,7 +896,18 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
       for (int h = 0; h < H; h++) {
         uint8_t* prow = pk + (size_t)(h + PT) * AB * PSTR + (size_t)PL * TAPB;
         const uint8_t* srow = x + (((size_t)n * C + (size_t)g * Cg) * H + h) * W;
-        for (int cb = 0; cb < TAPB; cb++) {
+        int cb = 0;
+#if defined(__aarch64__)
+        /* 64 channels (8 channel bytes) and 16 pixels at a time, taps written whole */
+        if (W >= 16 && TAPB % 8 == 0)
+          for (; cb < TAPB; cb += 8)
+            for (int ww = 0; ww < W; ww += 16) {
+              const int w0 = ww + 16 <= W ? ww : W - 16;
+              pack16x8(srow + (size_t)cb * 8 * HW + w0, HW, Cg - cb * 8, (uint8_t)aflip, AB, prow + (size_t)w0 * TAPB + cb,
+                       PSTR, TAPB);
+            }
+#endif
+        for (; cb < TAPB; cb++) {
           const int c0 = cb * 8, nc = Cg - c0 < 8 ? Cg - c0 : 8;
           const uint8_t* s8 = srow + (size_t)c0 * HW;
           int ww = 0;
@@ -707,36 +930,54 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
           }
         }
       }
+      /* the code sum of every padded input pixel (its planes' popcounts, plane i weighing 2^i) */
+      if (wz)
+        for (int hp = 0; hp < HP; hp++)
+          for (int wq = 0; wq < WP; wq++) {
+            int32_t t = 0;
+            for (int i = 0; i < AB; i++) t += (int32_t)count_bytes(pk + (hp * AB + i) * PSTR + (size_t)wq * TAPB, TAPB) << i;
+            px[(size_t)hp * WP + wq] = t;
+          }
       const uint8_t* wg = wp + (size_t)g * Og * WB * RB;
       for (int oh = 0; oh < OH; oh++) {
         /* 2. the im2col rows of this output row: per kernel row and plane, KW*TAPB
          * contiguous bytes (one copy), or a copy per tap when the width is dilated */
-        for (int ow = 0; ow < OW; ow++) {
-          uint8_t* r = rows + (size_t)ow * AB * RB;
-          for (int kh = 0; kh < KH; kh++) {
-            const uint8_t* s = pk + (size_t)(oh * SH + kh * DH) * AB * PSTR + (size_t)ow * SW * TAPB;
-            for (int i = 0; i < AB; i++) {
-              uint8_t* d = r + (size_t)i * RB + kh * KW * TAPB;
-              const uint8_t* si = s + i * PSTR;
-              if (DW == 1) {
-                copy_bytes(d, si, KW * TAPB);
-              } else {
-                for (int kw = 0; kw < KW; kw++) copy_bytes(d + kw * TAPB, si + (size_t)kw * DW * TAPB, TAPB);
-              }
+        for (int kh = 0; kh < KH; kh++) {
+          const uint8_t* s = pk + (size_t)(oh * SH + kh * DH) * AB * PSTR;
+          for (int i = 0; i < AB; i++) {
+            uint8_t* d = rows + (size_t)i * RB + kh * KW * TAPB;
+            const uint8_t* si = s + i * PSTR;
+            if (DW == 1) {
+              copy_strided(d, (ptrdiff_t)AB * RB, si, (ptrdiff_t)SW * TAPB, KW * TAPB, OW);
+            } else {
+              for (int kw = 0; kw < KW; kw++)
+                copy_strided(d + kw * TAPB, (ptrdiff_t)AB * RB, si + (size_t)kw * DW * TAPB, (ptrdiff_t)SW * TAPB, TAPB, OW);
             }
           }
-          int32_t t = 0;
-          for (int i = 0; i < AB; i++) t += (int32_t)count_row(r + (size_t)i * RB, RB) << i;
-          sx[ow] = -wz * t;
+        }
+        /* Sx of each output pixel: its window's sum of the input pixels' code sums */
+        if (wz) {
+          for (int wq = 0; wq < WP; wq++) {
+            int32_t t = 0;
+            for (int kh = 0; kh < KH; kh++) t += px[(size_t)(oh * SH + kh * DH) * WP + wq];
+            colsum[wq] = t;
+          }
+          for (int ow = 0; ow < OW; ow++) {
+            int32_t t = 0;
+            for (int kw = 0; kw < KW; kw++) t += colsum[ow * SW + kw * DW];
+            sx[ow] = -wz * t;
+          }
         }
         /* 3. popcount dot products, zero points folded, written to out[n, g*Og + o, oh, ow] */
-        const row_args ra = {rows, wg, RB, Og, OW, out + (((size_t)n * O + (size_t)g * Og) * OH + oh) * OW,
-                             ostride, obias + g * Og, sx};
+        const row_args ra = {rows, wg, RB, Og, OW, acc, OWS, obias + g * Og, sx};
         fn(&ra);
+        /* 4. the epilogue into out[n, g*Og + o, oh, :] */
+        const epilogue eg = {epi.scale + g * Og, epi.bias + g * Og, epi.lo, epi.hi, epi.inv, epi.zp, epi.qmin, epi.qmax, epi.kind};
+        apply_epilogue(&eg, acc, OWS, Og, OW, out + ((((size_t)n * O + (size_t)g * Og) * OH + oh) * OW) * osz, ostride);
       }
     }
   }
-  free(pk); free(rows); free(sx); free(obias); free(zpat);
+  free(pk); free(rows); free(sx); free(obias); free(zpat); free(px); free(acc);
   result->type_index = kAnyNone;
   result->u.v_int64 = 0;
   return 0;
@@ -849,15 +1090,18 @@ static void i8_row_wide(const row_args* ra) { i8_row_impl(ra, 0); }
 
 /* args: x codes int8/uint8 [N][C][H][W], weights int8 [O][RB], wsum int32 [O] (of w'),
  * meta int32 [META_LEN] (ABITS/WBITS unused; WSIGNED=1: no weight is -128; XZ the
- * activation zero point of the codes as given, WZ that of w'), out int32 [N][O][OH][OW]. */
+ * activation zero point of the codes as given, WZ that of w'), scale, bias, epi, out as the bit-serial kernel. */
 SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int __tvm_ffi_sliver_lowbit_int8(
     void* self, const sliver_Any* args, int32_t nargs, sliver_Any* result) {
   (void)self;
   kernel_args ka;
-  if (unpack_args(args, nargs, "sliver_lowbit_int8: expected 5 arguments (x, packed w, wsum, meta, out)", &ka)) return -1;
+  if (unpack_args(args, nargs, "sliver_lowbit_int8: expected 8 arguments (x, packed w, wsum, meta, scale, bias, epi, out)", &ka)) return -1;
   const uint8_t *x = ka.x, *wp = ka.w;
   const int32_t *wsum = ka.wsum, *m = ka.m;
-  int32_t* out = ka.out;
+  uint8_t* out = (uint8_t*)ka.out;
+  epilogue epi;
+  make_epilogue(&ka, &epi);
+  const size_t osz = out_size(m);
   CONV_GEOMETRY(m);
   const int wz = m[M_WZ];
   const uint8_t flip = m[M_ASIGNED] ? 0 : 0x80; /* unsigned codes: x' = x - 128 */
@@ -871,8 +1115,9 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   int8_t* rows = (int8_t*)calloc((size_t)OW * RB, 1);
   int32_t* sx = (int32_t*)malloc(sizeof(int32_t) * OW);
   int32_t* obias = (int32_t*)malloc(sizeof(int32_t) * O);
-  if (!pk || !rows || !sx || !obias) {
-    free(pk); free(rows); free(sx); free(obias);
+  int32_t* acc = (int32_t*)malloc(sizeof(int32_t) * (size_t)Og * OW);
+  if (!pk || !rows || !sx || !obias || !acc) {
+    free(pk); free(rows); free(sx); free(obias); free(acc);
     return fail("sliver_lowbit_int8: out of memory for the packed activations");
   }
   for (int o = 0; o < O; o++) obias[o] = K * xz * wz - xz * wsum[o];
@@ -905,13 +1150,15 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
           sx[ow] = -wz * i8_row_sum(r, RB);
         }
         /* 3. dot products, zero points folded, written to out[n, g*Og + o, oh, ow] */
-        const row_args ra = {(const uint8_t*)rows, (const uint8_t*)wg, RB, Og, OW,
-                             out + (((size_t)n * O + (size_t)g * Og) * OH + oh) * OW, ostride, obias + g * Og, sx};
+        const row_args ra = {(const uint8_t*)rows, (const uint8_t*)wg, RB, Og, OW, acc, OW, obias + g * Og, sx};
         fn(&ra);
+        /* 4. the epilogue into out[n, g*Og + o, oh, :] */
+        const epilogue eg = {epi.scale + g * Og, epi.bias + g * Og, epi.lo, epi.hi, epi.inv, epi.zp, epi.qmin, epi.qmax, epi.kind};
+        apply_epilogue(&eg, acc, OW, Og, OW, out + ((((size_t)n * O + (size_t)g * Og) * OH + oh) * OW) * osz, ostride);
       }
     }
   }
-  free(pk); free(rows); free(sx); free(obias);
+  free(pk); free(rows); free(sx); free(obias); free(acc);
   result->type_index = kAnyNone;
   result->u.v_int64 = 0;
   return 0;

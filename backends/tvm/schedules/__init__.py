@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 
-from sliver.backends.tvm.schedules import conv2d, dense, elementwise, pool
+from sliver.backends.tvm.schedules import conv2d, dense, elementwise, pool, winograd
 from sliver.backends.tvm.schedules.common import CPU, NotApplicable, cpu_of, iter_kinds, root_blocks
 
 log = logging.getLogger("sliver.backends.tvm.schedules")
@@ -61,6 +61,9 @@ def _plan_rules(func, cpu: CPU):
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
+    if winograd.match_func(sch):  # three stages; its input transform must not be inlined
+        _schedule_rest(sch, set(winograd.schedule(sch, cpu)), cpu)
+        return sch, "winograd"
     _inline_prologue(sch, root_blocks(sch))
     reductions = [b for b in root_blocks(sch) if "R" in iter_kinds(sch, b)]
     done = set()
@@ -117,7 +120,7 @@ def _schedule_rest(sch, done, cpu):
 def default_schedule(func, target, *, name: str = "?", rules: bool = True):
     """Return ``(s_tir.Schedule or None, rule name)``: the default schedule of
     ``func`` (its ``trace`` replays it; the tuner measures it as the baseline every
-    tuned record must beat).  The rule is ``"conv2d"``, ``"dense"``, ``"pool"``,
+    tuned record must beat).  The rule is ``"conv2d"``, ``"winograd"``, ``"dense"``, ``"pool"``,
     ``"reduction"``, ``"injective"``, ``"generic"`` (the fallback) or ``"none"``
     (even the fallback failed: no schedule)."""
     cpu = target if isinstance(target, CPU) else cpu_of(target)
@@ -174,10 +177,11 @@ def SchedulePass(target, report: dict | None = None):  # noqa: N802 - TVM pass n
     return _pass
 
 
-def front_passes(*, layout: bool = True, target=None) -> list:
+def front_passes(*, layout: bool = True, target=None, winograd: bool = True) -> list:
     """The Relax passes before scheduling: sliver's layout rewrites, then TVM's
     legalize-and-fuse sequence (dense NHWC convolutions legalized with packed
-    weights for ``target``, else the current target: :func:`.conv2d.legalize`).
+    weights for ``target``, else the current target, and 3x3 stride-1 ones as
+    Winograd convolutions unless ``winograd=False``: :func:`.conv2d.legalize`).
     Their output holds one PrimFunc per fused group, which is what the rules see
     (tests and profiling use this too)."""
     from tvm import relax
@@ -187,7 +191,7 @@ def front_passes(*, layout: bool = True, target=None) -> list:
 
     front = [layout_passes.ClipToMinMax(), layout_passes.channels_last()] if layout else []
     front.append(FuseChannelSelect(target))
-    custom = {"relax.nn.conv2d": conv2d.legalize(target)} if layout else None
+    custom = {"relax.nn.conv2d": conv2d.legalize(target, winograd=winograd)} if layout else None
     return front + [
         relax.transform.LegalizeOps(customize_legalize_map=custom),
         relax.transform.AnnotateTIROpPattern(),
@@ -198,16 +202,17 @@ def front_passes(*, layout: bool = True, target=None) -> list:
     ]
 
 
-def default_pipeline(target, *, layout: bool = True, report: dict | None = None, before_schedule=()):
+def default_pipeline(target, *, layout: bool = True, report: dict | None = None, before_schedule=(),
+                     winograd: bool = True):
     """The Relax pipeline for ``tvm.compile(mod, target, relax_pipeline=…)``:
-    :func:`front_passes`, ``before_schedule`` (the tuner's pass that applies tuning
+    :func:`front_passes` (``winograd``: see there), ``before_schedule`` (the tuner's pass that applies tuning
     records), :class:`SchedulePass` (skips what is already scheduled), then TVM's
     default build passes (which legalize nothing more and lower the VM calls)."""
     import tvm
     from tvm import relax
 
     return tvm.transform.Sequential(
-        front_passes(layout=layout, target=target) + list(before_schedule)
+        front_passes(layout=layout, target=target, winograd=winograd) + list(before_schedule)
         + [SchedulePass(target, report), relax.get_pipeline("default")],
         name="SliverDefaultPipeline",
     )

@@ -220,7 +220,8 @@ def register_tile(rows: int, n_out: int, cpu: CPU) -> tuple[int, int]:
 
 
 def tile_reduction(sch, block, cpu: CPU, *, max_vectors: int = 2, reg_tile: int | None = None,
-                   width: int | None = None, channels_inner: bool = False, unroll_reduction: int = 1):
+                   width: int | None = None, channels_inner: bool = False, unroll_reduction: int = 1,
+                   stage: bool = False):
     """Schedule a reduction block ``out[s0, …, sr, sv] += f(… r …)`` whose last
     spatial iterator ``sv`` is the output's contiguous axis (NHWC convolutions over
     output channels, matmuls over N, NHWC pooling over C).
@@ -241,6 +242,10 @@ def tile_reduction(sch, block, cpu: CPU, *, max_vectors: int = 2, reg_tile: int 
     (``cpu.max_acc``), or of ``reg_tile`` when given.  Measured on Zen 4 (AVX-512,
     ResNet-18 3x3 convs): 8x2, 7x2, 14x2 and 7x4 tiles all run at the same
     compute-bound speed; tiles with fewer than ~8 accumulators are 1.3-8x slower.
+
+    ``stage=True``: the reduction's consumers are not an elementwise epilogue (they
+    read other tiles, e.g. a Winograd output transform): each tile is written to
+    the reduction's own buffer and the consumers are left alone.
     """
     kinds = iter_kinds(sch, block)
     if "O" in kinds or "R" not in kinds:
@@ -278,7 +283,7 @@ def tile_reduction(sch, block, cpu: CPU, *, max_vectors: int = 2, reg_tile: int 
         rt = largest_divisor(extent(sch, sr), reg_tile or budget)
     outer_spatial = [loops[i] for i in s_idx[:-2]] if sr is not None else []
 
-    epilogue = inline_epilogue(sch, block)
+    epilogue = None if stage else inline_epilogue(sch, block)
     if epilogue is None:  # the reduction writes the output: stage its tiles locally
         epilogue = sch.cache_write(block, 0, "global")
     sch.set_scope(block, 0, "local")

@@ -126,13 +126,16 @@ def pack_weight_te(w, b: int):
     return te.compute((cout // b, kh, kw, cin, b), lambda o, y, x, c, j: w[y, x, c, o * b + j], name="pack_weight")
 
 
-def legalize(target=None):
+def legalize(target=None, *, winograd: bool = True):
     """A ``relax.nn.conv2d`` legalization for ``LegalizeOps(customize_legalize_map=…)``:
     dense float32 NHWC/HWIO convolutions with static shapes become a weight-packing
-    ``call_tir`` plus a packed convolution; everything else goes to TVM's own rule.
+    ``call_tir`` plus a packed convolution, or, for 3x3 stride-1 ones that
+    :func:`.winograd.choose` picks (unless ``winograd=False``), a weight transform
+    plus a Winograd convolution; everything else goes to TVM's own rule.
     ``target`` (else the current one) decides the tile width."""
     import tvm
 
+    from sliver.backends.tvm.schedules import winograd as winograd_rules
     from sliver.backends.tvm.schedules.common import cpu_of
 
     default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
@@ -150,6 +153,12 @@ def legalize(target=None):
                 or out_dtype != "float32"):
             return default(bb, call)
         cpu = cpu_of(tgt)
+        pad = [int(p) for p in a.padding]
+        if (winograd and ws[:2] == [3, 3] and [int(s) for s in a.strides] == [1, 1]
+                and [int(d) for d in a.dilation] == [1, 1]):
+            m = winograd_rules.choose(ws[2], ws[3], ys[1], ys[2], cpu)
+            if m is not None:
+                return winograd_rules.legalize_call(bb, x, w, xs, ws[3], pad, m, cpu)
         try:
             rt, nv = register_tile(ys[2], ws[3], cpu)
         except NotApplicable:

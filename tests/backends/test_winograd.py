@@ -1,0 +1,161 @@
+"""Winograd 3x3 convolutions (sliver.backends.tvm.schedules.winograd): which convs
+get them, that ``winograd=False`` turns them off, and that the compiled model equals
+torch (float64) on awkward shapes — batch 2, 7x7 maps (not a multiple of the 4x4
+output tile), no padding (5x5 outputs, F(2x2)), input channels that are not a
+multiple of the vector width, bias + residual add + ReLU epilogues."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+torch = pytest.importorskip("torch")
+
+import sliver  # noqa: E402
+from sliver.backends.tvm import schedules as S  # noqa: E402
+from sliver.backends.tvm.schedules import common, winograd  # noqa: E402
+from sliver.backends.tvm.targets import resolve, tvm_target  # noqa: E402
+from sliver.backends.tvm.tuning import fused_module  # noqa: E402
+
+nn = torch.nn
+
+
+class Net(nn.Module):
+    """Three convs that take Winograd (a, b, e) and two that stay direct (s: 1x1,
+    f: 16 input channels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(36, 48, 3, padding=1)  # F(4x4) on 7x7; 36 inputs: 4-lane input transform on AVX2
+        self.b = nn.Conv2d(48, 48, 3, padding=1)  # F(4x4), + residual + ReLU
+        self.e = nn.Conv2d(48, 40, 3)  # no padding: 5x5 outputs, F(2x2)
+        self.s = nn.Conv2d(40, 16, 1)
+        self.f = nn.Conv2d(16, 32, 3, padding=1)  # too few channels: direct
+
+    def forward(self, x):
+        a = torch.relu(self.a(x))
+        b = torch.relu(self.b(a) + a)
+        e = torch.relu(self.e(b))
+        return self.f(self.s(e))
+
+
+WINOGRAD_CONVS = 3
+
+
+@pytest.fixture(scope="session")
+def net():
+    torch.manual_seed(0)
+    model = Net().eval()
+    x = torch.randn(2, 36, 7, 7)
+    with torch.no_grad():
+        want = model.double()(x.double()).numpy()
+    return model.float(), x, want
+
+
+@pytest.fixture(scope="session")
+def traced(net):
+    model, x, _ = net
+    return sliver.trace(model, (x,))
+
+
+def _kernels(module, **kw):
+    from tvm import tirx
+
+    mod = fused_module(module, "x86_64", **kw)
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+
+
+def test_dispatch_picks_winograd_only_for_wide_3x3_stride1_convs(traced):
+    names = list(_kernels(traced))
+    wino = [n for n in names if "winograd" in n]
+    direct = [n for n in names if "conv2d" in n and "winograd" not in n]
+    assert len(wino) == WINOGRAD_CONVS and len(direct) == 2, names
+    assert sum("winograd4x4" in n for n in wino) == 2 and sum("winograd2x2" in n for n in wino) == 1, wino
+    # the epilogues fuse into the Winograd function like into a direct conv
+    assert any("add" in n and "relu" in n for n in wino), wino
+
+
+def test_option_turns_winograd_off(traced):
+    names = list(_kernels(traced, winograd=False))
+    assert not any("winograd" in n for n in names), names
+    assert sum("conv2d" in n for n in names) == 5, names
+
+
+@pytest.mark.parametrize("cin,cout,oh,lanes,want", [
+    (64, 64, 56, 8, 4), (512, 512, 7, 8, 4), (64, 64, 5, 8, 2), (64, 64, 6, 8, 2),
+    (16, 64, 56, 8, None),  # too few input channels
+    (64, 36, 56, 8, None),  # output channels not a multiple of the vector
+    (64, 36, 56, 4, 4),  # … which they are on NEON
+    (64, 64, 3, 8, None),  # maps smaller than a tile
+])
+def test_choose(cin, cout, oh, lanes, want):
+    cpu = common.CPU(lanes=lanes, registers=16 if lanes == 8 else 32, cores=2)
+    assert winograd.choose(cin, cout, oh, oh, cpu) == want
+
+
+def test_matrices_compute_a_correlation():
+    """Aᵀ[(G g) ⊙ (Bᵀ d)] equals the 1-D correlation y[i] = Σ_k d[i + k] g[k]."""
+    rng = np.random.default_rng(0)
+    for m in (2, 4):
+        a, b, g = winograd.matrices(m)
+        d, k = rng.standard_normal(m + 2), rng.standard_normal(3)
+        want = np.array([d[i:i + 3] @ k for i in range(m)])
+        np.testing.assert_allclose(a.T @ ((g @ k) * (b.T @ d)), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture(scope="session")
+def artifacts(net):
+    model, x, _ = net
+    return {w: sliver.lower(model, (x,), target="x86_64", tune=False, winograd=w) for w in (True, False)}
+
+
+def test_compiled_winograd_model_matches_torch(net, artifacts):
+    _, x, want = net
+    art = artifacts[True]
+    assert len(art.manifest["winograd"]) == WINOGRAD_CONVS, art.manifest["winograd"]
+    got = art.load().run(x.numpy())[0]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_compiled_direct_model_matches_torch(net, artifacts):
+    _, x, want = net
+    art = artifacts[False]
+    assert art.manifest["winograd"] == []
+    got = art.load().run(x.numpy())[0]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_neon_schedule_is_vectorized_by_4():
+    """The arm64 target's Winograd function: 4-lane NEON vectors in all three stages."""
+    from tvm import relax, tirx
+
+    arm = tvm_target(resolve("arm64"))
+    rng = np.random.default_rng(1)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 32, 8, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(rng.standard_normal((32, 32, 3, 3)).astype("float32")),
+                                           padding=1))
+            out = bb.emit_output(bb.emit(relax.op.nn.relu(y)))
+        bb.emit_func_output(out)
+    with arm:
+        mod = tvm.transform.Sequential(S.front_passes())(bb.finalize())
+    (func,) = [f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and "winograd" in gv.name_hint]
+    sched, rule = S.schedule_primfunc(func, arm)
+    assert rule == "winograd"
+    text = sched.script()
+    assert text.count("T.vectorized(") >= 3 and "T.parallel(" in text, text
+
+
+@pytest.mark.slow
+@pytest.mark.emulated
+def test_arm64_winograd_artifact_matches_torch_on_emulated_pi(net, tmp_path):
+    from helpers import emulated_first_output
+
+    model, x, want = net
+    art = sliver.lower(model, (x,), target="arm64", tune=False)
+    assert len(art.manifest["winograd"]) == WINOGRAD_CONVS
+    got = emulated_first_output(art.save(tmp_path / "wino.sliver"), tmp_path)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
