@@ -137,45 +137,70 @@ def _channel_vector(bb, v, rank: int):
 CHANNEL_MULTIPLE = 8
 
 
+def _channels(expr) -> int:
+    """The channel count (axis 1) of a lowered NCHW value."""
+    return int(expr.ty.shape[1])
+
+
 @lowers("conv2d")
 def _conv2d(bb, op, x, w, b=None):
     """A conv2d (+ bias).  A dense or depthwise conv whose output channel count is
     not a multiple of :data:`CHANNEL_MULTIPLE` (pruned layers: 45, 47, 89 channels)
-    is computed with zero filters appended and the extra channels sliced off after
-    the bias: the schedules vectorize over output channels, and a count with no
-    factor of 4 leaves them scalar loops (a 47-channel 3x3 conv ran ~20x slower
-    than a 48-channel one); the slice costs one pass over the output.  A depthwise
-    conv also needs the extra input channels: a zero ``pad`` of its input, which
-    the backend merges into the conv's spatial padding copy
-    (:mod:`~sliver.backends.tvm.schedules.channel_select`)."""
+    is computed with zero filters appended: the schedules vectorize over output
+    channels, and a count with no factor of 4 leaves them scalar loops (a 47-channel
+    3x3 conv ran ~20x slower than a 48-channel one).  The extra channels stay on the
+    result (zero: zero filters, zero bias): :func:`_to_relax` carries them through
+    channel-wise consumers and slices them off only where a consumer needs the real
+    count (see :func:`_padding_kept`).  A conv reading such a padded input gets zero
+    weights for the extra input channels (a depthwise conv: zero filters for them,
+    so its own extra outputs are zero again).  A depthwise conv whose input is not
+    padded pads it with a zero channel ``pad``, which the backend merges into the
+    conv's spatial padding copy (:mod:`~sliver.backends.tvm.schedules.channel_select`)."""
     from tvm import relax
 
     R = _R()
     a = op.attrs
     n_out, per_group = op.operands[1].type.shape[:2]
-    depthwise = a["groups"] == n_out == op.operands[0].type.shape[1] and per_group == 1
+    n_in = op.operands[0].type.shape[1]
+    depthwise = a["groups"] == n_out == n_in and per_group == 1
     groups = a["groups"]
-    extra = -n_out % CHANNEL_MULTIPLE if (groups == 1 or depthwise) and n_out > CHANNEL_MULTIPLE else 0
+    dtype = np.dtype(_dtype(op.operands[1].type.dtype))
+    have = _channels(x)  # > n_in when the producer kept its padding channels
+    if have > n_in and not (groups == 1 or depthwise):
+        raise SliverError(f"internal error: grouped conv2d %{op.results[0].name} reached with padded input")
+    w_shape = list(op.operands[1].type.shape)
+    if have > n_in and groups == 1:  # zero weights for the input's padding channels
+        shape = (n_out, have - n_in) + tuple(w_shape[2:])
+        w = bb.emit(R.concat(relax.Tuple([w, relax.const(np.zeros(shape, dtype))]), axis=1))
+        w_shape[1] = have
+    if depthwise:
+        extra = have - n_out if have > n_in else (-n_out % CHANNEL_MULTIPLE if n_out > CHANNEL_MULTIPLE else 0)
+    else:
+        extra = -n_out % CHANNEL_MULTIPLE if groups == 1 and n_out > CHANNEL_MULTIPLE else 0
     if extra:
-        shape = (extra,) + tuple(op.operands[1].type.shape[1:])
-        dtype = np.dtype(_dtype(op.operands[1].type.dtype))
+        shape = (extra,) + tuple(w_shape[1:])
         w = bb.emit(R.concat(relax.Tuple([w, relax.const(np.zeros(shape, dtype))]), axis=0))
         if b is not None:
             b = bb.emit(R.concat(relax.Tuple([b, relax.const(np.zeros(extra, dtype))]), axis=0))
         if depthwise:
-            x = bb.emit(R.nn.pad(x, [0, 0, 0, extra, 0, 0, 0, 0]))
+            if have == n_in:
+                x = bb.emit(R.nn.pad(x, [0, 0, 0, extra, 0, 0, 0, 0]))
             groups += extra
     y = bb.emit(R.nn.conv2d(x, w, strides=a["stride"], padding=a["padding"], dilation=a["dilation"],
                             groups=groups))
     if b is not None:
         y = bb.emit(R.add(y, _channel_vector(bb, b, 4)))
-    if extra:
-        y = bb.emit(R.strided_slice(y, [1], [0], [n_out], assume_inbound=True))
     return y
 
 
 @lowers("linear")
 def _linear(bb, op, x, w, b=None):
+    from tvm import relax
+
+    have, n_in = int(x.ty.shape[-1]), op.operands[0].type.shape[-1]
+    if have > n_in:  # pooled features with padding channels (see _conv2d): zero weights for them
+        zeros = np.zeros((op.operands[1].type.shape[0], have - n_in), np.dtype(_dtype(op.operands[1].type.dtype)))
+        w = bb.emit(_R().concat(relax.Tuple([w, relax.const(zeros)]), axis=1))
     return bb.emit(_R().linear(x, w, b))
 
 
@@ -462,20 +487,118 @@ def _to_relax(module):
     bb = relax.BlockBuilder()
     params = [relax.Var(v.name, relax.TensorType(v.type.shape, _dtype(v.type.dtype))) for v in module.inputs]
     env = {id(v): p for v, p in zip(module.inputs, params)}
+    pads: dict = {}  # id(value) -> the value of its padding channels (its lowered form has extra ones)
     with bb.function("main", params):
         with bb.dataflow():
             for index, op in enumerate(module.ops):
                 if op.kind == "param":
                     env[id(op.result)] = _const(module.params[op.result.name])
                     continue
-                args = [env[id(v)] for v in op.operands]
-                out = LOWERING[op.kind](_NamedEmitter(bb, var_name(op, index)), op, *args)
+                emitter = _NamedEmitter(bb, var_name(op, index))
+                kept = _padding_kept(module, op, env, pads)
+                args = []
+                for v in op.operands:
+                    arg = env[id(v)]
+                    if id(v) in pads and kept is None:
+                        arg = _unpad(emitter, arg, v)
+                    elif kept is not None and op.kind in _PAD_BINARY and v.producer is not None \
+                            and v.producer.kind == "param" and _channel_extent(op, v) not in (None, 1):
+                        arg = _pad_param(emitter, op, v, arg, env, pads)
+                    args.append(arg)
+                out = LOWERING[op.kind](emitter, op, *args)
                 env[id(op.result)] = out
-            outs = [env[id(v)] for v in module.outputs]
+                if isinstance(out, relax.Expr) and op.results[0].type.rank in (2, 4) \
+                        and _channels(out) > op.results[0].type.shape[1]:
+                    pads[id(op.result)] = kept if kept is not None else 0.0  # a conv's own zero filters
+            outs = [_unpad(bb, env[id(v)], v) if id(v) in pads else env[id(v)] for v in module.outputs]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             gv = bb.emit_output(result)
         bb.emit_func_output(gv)
     return bb.finalize()
+
+
+#: Channel-wise ops that may run on a value with padding channels: the padding
+#: channels stay apart from the real ones (they are sliced off before anything that
+#: mixes channels, except convs, which read them through zero weights).
+_PAD_UNARY = set(_UNARY) | {"gelu", "hardsigmoid", "hardswish", "clamp"}
+_PAD_BINARY = {"add", "sub", "mul", "maximum", "minimum"}
+_PAD_POOLS = {"max_pool2d", "adaptive_avg_pool2d", "mean"}
+
+
+def _channel_extent(op, v) -> int | None:
+    """``v``'s extent along ``op``'s result channel axis (1) under broadcasting, None
+    when ``v`` has no such axis."""
+    axis = 1 - (op.results[0].type.rank - v.type.rank)
+    return v.type.shape[axis] if 0 <= axis < v.type.rank else None
+
+
+def _unpad(bb, expr, v):
+    """The real channels of a padded value (a view: consumer convs read it in place)."""
+    return bb.emit(_R().strided_slice(expr, [1], [0], [v.type.shape[1]], assume_inbound=True))
+
+
+def _pad_param(bb, op, v, expr, env, pads):
+    """A per-channel param of a channel-wise op on padded values, zero-extended to
+    their channel count."""
+    from tvm import relax
+
+    have = next(_channels(env[id(u)]) for u in op.operands if id(u) in pads)
+    axis = 1 - (op.results[0].type.rank - v.type.rank)
+    shape = list(v.type.shape)
+    shape[axis] = have - shape[axis]
+    zeros = relax.const(np.zeros(shape, np.dtype(_dtype(v.type.dtype))))
+    return bb.emit(_R().concat(relax.Tuple([expr, zeros]), axis=axis))
+
+
+def _padding_kept(module, op, env, pads) -> float | None:
+    """When ``op`` can run on its operands' padding channels, the value its own padding
+    channels will hold (finite); None when the padding must be sliced off first.
+
+    Allowed: convs with one group or depthwise (the rule gives the padding channels zero
+    weights); elementwise ops of :data:`_PAD_UNARY` / :data:`_PAD_BINARY` whose
+    activation operands are all padded alike and whose params have one value per real
+    channel (zero-extended) or broadcast along channels; spatial pooling and means.
+    The value matters only to stay finite, so that zero weights keep it out of the
+    real channels."""
+    import torch
+
+    padded = [v for v in op.operands if id(v) in pads]
+    if not padded or op.results[0].type.rank not in (2, 4):
+        return None
+    if op.kind == "linear":  # the rule gives the padding channels zero weights; its output has none
+        return 0.0 if padded == [op.operands[0]] and op.operands[0].type.rank == 2 else None
+    if op.kind == "conv2d":
+        n_out, per_group = op.operands[1].type.shape[:2]
+        dense = op.attrs["groups"] == 1
+        depthwise = op.attrs["groups"] == n_out == op.operands[0].type.shape[1] and per_group == 1
+        return 0.0 if padded == [op.operands[0]] and (dense or depthwise) else None
+    if op.kind in _PAD_POOLS:
+        if op.kind == "mean" and 1 in [a % op.operands[0].type.rank for a in op.attrs["axes"]]:
+            return None
+        return pads[id(op.operands[0])]
+    if op.kind not in _PAD_UNARY | _PAD_BINARY or op.results[0].type.rank != 4:
+        return None
+    have = {_channels(env[id(v)]) for v in padded}
+    values = []
+    for v in op.operands:
+        if id(v) in pads:
+            values.append(pads[id(v)])
+            continue
+        extent = _channel_extent(op, v)
+        if v.producer is None or v.producer.kind != "param" or extent not in (1, op.results[0].type.shape[1]):
+            return None  # an activation with the real channel count, or an odd-shaped param
+        if extent == 1:
+            data = module.params[v.name]
+            if data.size != 1:
+                return None
+            values.append(float(data.reshape(())))
+        else:
+            values.append(0.0)  # zero-extended
+    if len(have) != 1:
+        return None
+    with torch.no_grad():
+        out = float(op.decl.ref(*[torch.tensor([x], dtype=torch.float32) for x in values], **op.attrs)[0])
+    return out if math.isfinite(out) else None
 
 
 # lowering rules kept in their own files register themselves into LOWERING on import

@@ -124,16 +124,18 @@ def test_compiled_selections_match_the_interpreter():
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
-# a pruned depthwise conv with 42 channels (no factor of 4: scalar loops) is computed on 48,
-# its input zero-padded by a channel pad that must join the conv's own spatial padding
+# a pruned depthwise conv with 42 channels (no factor of 4: scalar loops) is computed on 48:
+# after a conv without padding channels (here a grouped one), its input is zero-padded by a
+# channel pad that must join the conv's own spatial padding; after a dense conv, it reads
+# that conv's padding channels instead (PADDED_BLOCK below)
 DEPTHWISE = dedent("""
     func @m(%x: f32[1,16,8,8]) {
-      %w0 = param : f32[42,16,1,1]
+      %w0 = param : f32[42,8,1,1]
       %b0 = param : f32[42]
+      %y = conv2d(%x, %w0, %b0) {groups=2} : f32[1,42,8,8]
+      %r = silu(%y) : f32[1,42,8,8]
       %w1 = param : f32[42,1,3,3]
       %b1 = param : f32[42]
-      %y = conv2d(%x, %w0, %b0) : f32[1,42,8,8]
-      %r = silu(%y) : f32[1,42,8,8]
       %z = conv2d(%r, %w1, %b1) {stride=[2, 2], padding=[1, 1, 1, 1], groups=42} : f32[1,42,4,4]
       %o = silu(%z) : f32[1,42,4,4]
       return %o
@@ -141,12 +143,22 @@ DEPTHWISE = dedent("""
 """)
 
 
+def _compiled_error(module, shape):
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    want = run(module, [x])
+    ex = build_relax(to_relax(module), X86)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x))
+    got = [got] if len(want) == 1 else list(got)
+    return max(np.abs(g.numpy() - w).max() / np.abs(w).max() for g, w in zip(got, want))
+
+
 def test_odd_depthwise_conv_is_padded_to_vector_width_inside_its_own_padding():
     module = _module(DEPTHWISE)
     funcs = _primfuncs(_front(module))
     names = sorted(funcs)
     assert not [n for n in names if "pad" in n] and len([n for n in names if "transpose" in n]) == 2, names
-    (dw,) = [f for f in funcs.values() if "group_conv2d_nhwc" in f.script()]
+    (dw,) = [f for f in funcs.values() if "group_conv2d_nhwc" in f.script() and len(f.params[1].ty.shape) == 4
+             and int(f.params[1].ty.shape[2]) == 1]  # HWIO weights with one input channel per group
     assert int(dw.params[0].ty.shape[3]) == 42  # reads the 42-channel tensor, writes 42 channels
     assert int(dw.params[-1].ty.shape[3]) == 42
     sched, rule = S.schedule_primfunc(dw, X86, name="dw")
@@ -158,11 +170,81 @@ def test_odd_depthwise_conv_is_padded_to_vector_width_inside_its_own_padding():
     lines = text.splitlines()
     update = next(i for i, line in enumerate(lines) if 'T.sblock("group_conv2d_nhwc_update")' in line)
     assert "T.vectorized" in lines[update - 1]  # the micro-kernel runs on vectors of channels
-    x = np.random.default_rng(1).standard_normal((1, 16, 8, 8)).astype(np.float32)
-    want = run(module, [x])[0]
+    assert _compiled_error(module, (1, 16, 8, 8)) <= 1e-5
+
+
+# an EfficientNet block after pruning: 42 expanded channels, depthwise, squeeze-and-excite
+# (its gate conv 3 -> 42 channels, sigmoid(0) = 0.5 on padding channels), projection to 16
+# channels with a residual add, pooled into a linear layer.  The padding channels the
+# first conv adds (42 -> 48) must travel with the value to the end: no pad, no channel
+# slice anywhere (each one was a copy or a scalar epilogue) until the classifier, whose
+# weights get zero columns for them
+PADDED_BLOCK = dedent("""
+    func @m(%x: f32[1,16,8,8]) {
+      %w0 = param : f32[42,16,1,1]
+      %b0 = param : f32[42]
+      %w1 = param : f32[42,1,3,3]
+      %b1 = param : f32[42]
+      %ws = param : f32[3,42,1,1]
+      %bs = param : f32[3]
+      %we = param : f32[42,3,1,1]
+      %be = param : f32[42]
+      %wp = param : f32[16,42,1,1]
+      %bp = param : f32[16]
+      %scale = param : f32[1,42,1,1]
+            %e = conv2d(%x, %w0, %b0) : f32[1,42,8,8]
+      %ea = silu(%e) : f32[1,42,8,8]
+      %d = conv2d(%ea, %w1, %b1) {padding=[1, 1, 1, 1], groups=42} : f32[1,42,8,8]
+      %da = silu(%d) : f32[1,42,8,8]
+      %m = mean(%da) {axes=[2, 3], keepdim=true} : f32[1,42,1,1]
+      %s = conv2d(%m, %ws, %bs) : f32[1,3,1,1]
+      %sa = silu(%s) : f32[1,3,1,1]
+      %g = conv2d(%sa, %we, %be) : f32[1,42,1,1]
+      %gs = sigmoid(%g) : f32[1,42,1,1]
+      %y = mul(%da, %gs) : f32[1,42,8,8]
+      %ys = mul(%y, %scale) : f32[1,42,8,8]
+      %p = conv2d(%ys, %wp, %bp) : f32[1,16,8,8]
+      %r = add(%p, %x) : f32[1,16,8,8]
+      %q = mean(%ea) {axes=[2, 3], keepdim=false} : f32[1,42]
+      %wq = param : f32[10,42]
+      %l = linear(%q, %wq) : f32[1,10]
+      return %r, %l
+    }
+""")
+
+
+def test_padding_channels_travel_through_channelwise_ops_to_the_consumers():
+    module = _module(PADDED_BLOCK)
+    mod = _front(module)
+    funcs = _primfuncs(mod)
+    names = sorted(funcs)
+    assert not [n for n in names if "pad" in n or "strided_slice" in n], names
+    shapes = [tuple(int(d) for d in p.ty.shape) for f in funcs.values() for p in f.params]
+    assert not [s for s in shapes if 42 in s], shapes  # every 42-channel value is computed on 48
+    assert _compiled_error(module, (1, 16, 8, 8)) <= 1e-5
+
+
+def test_padding_is_sliced_off_before_ops_that_mix_channels():
+    text = dedent("""
+        func @m(%x: f32[1,8,4,4]) {
+          %w = param : f32[12,8,1,1]
+          %y = conv2d(%x, %w) : f32[1,12,4,4]
+          %r = relu(%y) : f32[1,12,4,4]
+          %f = reshape(%r) {shape=[1, 192]} : f32[1,192]
+          %s = softmax(%r) {axis=1} : f32[1,12,4,4]
+          return %f, %s
+        }
+    """)
+    module = _module(text)
+    funcs = _primfuncs(_front(module))
+    # 12 output channels are computed as 16; the flatten and the softmax read the real 12
+    assert any(int(p.ty.shape[3]) == 16 for f in funcs.values() for p in f.params if len(p.ty.shape) == 4)
+    x = np.random.default_rng(1).standard_normal((1, 8, 4, 4)).astype(np.float32)
+    want = run(module, [x])
     ex = build_relax(to_relax(module), X86)
-    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x))
+    for g, w in zip(got, want):
+        assert np.abs(g.numpy() - w).max() <= 1e-5 * np.abs(w).max()
 
 
 # a pruned classifier reads part of the pooled features: the gather must be part of the

@@ -311,10 +311,13 @@ def test_pipeline_option_syntax():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,side", [("resnet18", "input"), ("topologies", "input"), ("topologies", "output"),
-                                       ("mobilenet_v2", "output")])
+                                       ("mobilenet_v2", "output"), ("efficientnet", "input")])
 def test_compiled_x86_equals_masked_model(name, side):
+    # the EfficientNet-style net: odd channel counts whose padding channels the lowering
+    # carries through silu, depthwise convs, squeeze-and-excite (sigmoid(0) = 0.5) and adds
     model, inputs = {"topologies": _topologies, "resnet18": lambda: zoo.resnet18(width=16),
-                     "mobilenet_v2": lambda: zoo.mobilenet_v2(width_mult=0.25)}[name]()
+                     "mobilenet_v2": lambda: zoo.mobilenet_v2(width_mult=0.25),
+                     "efficientnet": lambda: zoo.efficientnet(resolution=16)}[name]()
     module = sliver.trace(model, inputs)
     sliver.api.optimize(module)
     original = module.clone()
