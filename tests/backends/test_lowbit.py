@@ -181,6 +181,32 @@ def test_w2a2_block_layout():
     assert (out[4] == packed[4].reshape(-1)).all()
 
 
+def test_kernel_choice_per_target():
+    """aarch64: bit-serial below 8 bits; x86-64: bit-serial only for bit-plane rows of at
+    least BITSERIAL_MIN_ROW bytes (3x3x64: 72 bytes -> int8, 3x3x128: 144 -> bit-serial)."""
+    pytest.importorskip("tvm")
+    from sliver.backends.tvm.lower import LowerContext, to_relax
+    from sliver.backends.tvm.targets import resolve
+
+    g = np.random.default_rng(2)
+    m = Module("choice")
+    outs = []
+    for name, c, wd in (("c64", 64, "i2"), ("c128", 128, "i2"), ("c64w8", 64, "i8")):
+        x = m.add_input(TensorType((1, c, 4, 4), "u2"), f"x_{name}")
+        y = m.add_op("qconv2d", [x, _code_param(m, f"w_{name}", _codes(g, wd, (4, c, 3, 3)), wd),
+                                 m.add_param(f"s_{name}", np.ones(4, np.float32))], {"padding": [1, 1, 1, 1]},
+                     names=[name]).result
+        outs.append(y)
+    m.set_outputs(outs)
+    picks = {}
+    for target in ("x86_64", "arm64"):
+        ctx = LowerContext(target=resolve(target))
+        to_relax(m, ctx)
+        picks[target] = ctx.report
+    assert picks["x86_64"] == {"c64": "int8", "c128": "bitserial", "c64w8": "int8"}
+    assert picks["arm64"] == {"c64": "bitserial", "c128": "bitserial", "c64w8": "int8"}
+
+
 @pytest.mark.slow
 def test_arm64_library_of_kernels_only_links(tmp_path):
     """A module whose only compute is one fused qconv2d (no TIR function at all) links for
