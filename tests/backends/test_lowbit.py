@@ -29,6 +29,7 @@ CONV_CASES = [
     # (two steps, no tail) of unsigned weights with a zero point
     ("w2a2_rows", "u2", "i2", (1, 64, 5, 7), 10, 3, dict(padding=[1, 1, 1, 1], x_zero_point=2, clamp_min=-0.5)),
     ("w2a2_1x1", "u2", "u2", (1, 256, 3, 3), 4, 1, dict(x_zero_point=1, w_zero_point=1)),
+    ("w2a2_groups", "u2", "i2", (1, 32, 6, 5), 12, 3, dict(padding=[1, 1, 1, 1], groups=2, x_zero_point=3)),
     ("w3a3", "u3", "i3", (1, 70, 8, 8), 9, 3, dict(stride=[1, 2], padding=[2, 2, 2, 2], dilation=[2, 1], x_zero_point=5,
                                                   w_zero_point=-1)),
     ("w4a4_groups", "i4", "i4", (1, 24, 6, 6), 12, 3, dict(padding=[1, 1, 1, 1], groups=3, x_zero_point=-2, w_zero_point=1,
