@@ -7,10 +7,12 @@ Everything is measured side by side in one run and printed as ratios:
 * **x86-64 wall time** (this machine, one thread: ``TVM_NUM_THREADS=1``; the C kernel
   is single-threaded) of ResNet-18-style 3x3 convolutions (56x56x64, 28x28x128,
   14x14x256, stride 1, padding 1, batch 1) and of a small CNN end to end: sliver's
-  fp32 build, W8A8 with the int8 C kernel and with the generic int16 path (int16
-  operands, int32 sums, TVM schedules), W2A2 with the bit-serial C kernel, W2A2 unpacked
-  to the int8 kernel's byte dot products and W2A2 with the int16 path, timed interleaved.  The kernel x86 picks (``lowbit.POLICY["x86_64"]``)
-  is printed.
+  fp32 build (Winograd for wide 3x3 stride-1 convs) and its direct convs, W8A8 with the
+  int8 C kernel and with the generic int16 path (int16 operands, int32 sums, TVM
+  schedules), W2A2 with the bit-serial C kernel, unpacked to the int8 kernel's byte dot
+  products, with the int16 path, and with the kernel x86's policy picks per layer
+  (``lowbit.POLICY``, ``lowbit.BITSERIAL_MIN_ROW``), timed interleaved; the kernels each
+  variant used are printed.
 * **arm64 executed instructions** under qemu (``sliver.runtime.icount``: exact
   counts of one call, start-up excluded, a TCG plugin so full-size layers take
   seconds) for the same layers and the small CNN, fp32 vs int8 (W8A8 on the int8 NEON
@@ -131,13 +133,18 @@ def small_cnn(kind: str, seed: int = 0):
 
 
 def _compile(module, target: str, kernel: str | None):
-    """(library bytes, {layer: kernel})."""
+    """(library bytes, {layer: kernel}); ``kernel`` forces a low-bit kernel, or is
+    ``"direct"``: fp32 convs without Winograd (the default build runs 3x3 stride-1
+    convs with >= 32 channels as Winograd F(4x4) / F(2x2))."""
     from sliver.backends.tvm import lowbit
     from sliver.backends.tvm.build import compile_module
 
     kernels: dict = {}
-    with lowbit.kernel_override(kernel):
-        lib = compile_module(module, target, kernels=kernels)
+    report: dict = {}
+    with lowbit.kernel_override(None if kernel == "direct" else kernel):
+        lib = compile_module(module, target, kernels=kernels, report=report, winograd=kernel != "direct")
+    if any("winograd" in rule for rule in report.values()):
+        kernels["fp32 convs"] = "winograd"
     return lib, kernels
 
 
@@ -157,9 +164,9 @@ def _runner(vm, inputs):
     return lambda: vm["main"](*args)
 
 
-VARIANTS = [("fp32", "fp32", None), ("W8A8 int8", "W8A8", None), ("W8A8 int16 path", "W8A8", "generic"),
+VARIANTS = [("fp32", "fp32", None), ("fp32 direct", "fp32", "direct"), ("W8A8 int8", "W8A8", None), ("W8A8 int16 path", "W8A8", "generic"),
             ("W2A2 bitserial", "W2A2", "bitserial"), ("W2A2 int8", "W2A2", "int8"),
-            ("W2A2 int16 path", "W2A2", "generic")]
+            ("W2A2 int16 path", "W2A2", "generic"), ("W2A2 policy", "W2A2", None)]
 
 
 def bench_x86(layers, repeat: int, say) -> list[dict]:
@@ -196,12 +203,15 @@ def print_x86(rows) -> None:
 
     labels = [v[0] for v in VARIANTS]
     print(f"\n== x86-64 wall time, 1 thread, median ms (ratio = fp32 / variant; >1 is faster) ==")
-    print(f"x86 policy for < 8 bits: {lowbit.POLICY['x86_64']}; 8 bits: the int8 kernel")
+    print(f"x86 policy for < 8 bits: {lowbit.POLICY['x86_64']} for bit-plane rows of >= "
+          f"{lowbit.BITSERIAL_MIN_ROW.get('x86_64', 0)} bytes, else int8; 8 bits: the int8 kernel")
     head = f"{'layer':<26}" + "".join(f"{l:>22}" for l in labels)
     print(head)
     for r in rows:
         cells = "".join(f"{r['ms'][l]:>10.3f} ({r['ms']['fp32'] / r['ms'][l]:>5.2f}x)    " for l in labels)
         print(f"{r['layer']:<26}{cells}")
+    for r in rows:
+        print(f"kernels, {r['layer']}: " + "; ".join(f"{l}: {'+'.join(r['kernels'][l])}" for l in labels))
 
 
 def bench_arm(layers, size: int, say, show=lambda row: None, cnn: bool = True) -> list[dict]:
@@ -210,7 +220,8 @@ def bench_arm(layers, size: int, say, show=lambda row: None, cnn: bool = True) -
     from sliver.runtime import icount
 
     rows = []
-    variants = [("fp32", "fp32", None), ("int8 (W8A8)", "W8A8", None), ("W2A2 bitserial", "W2A2", "bitserial")]
+    variants = [("fp32", "fp32", None), ("fp32 direct", "fp32", "direct"), ("int8 (W8A8)", "W8A8", None),
+                ("W2A2 bitserial", "W2A2", "bitserial")]
     for hw in layers:
         c = LAYERS[hw]
         size_hw = size or hw
@@ -218,8 +229,10 @@ def bench_arm(layers, size: int, say, show=lambda row: None, cnn: bool = True) -
         for label, kind, kernel in variants:
             module, inputs = conv_layer(kind, size_hw, c)
             say(f"counting conv {size_hw}x{size_hw}x{c} {label} on the emulated Pi")
-            lib, _ = _compile(module, "arm64", kernel)
+            lib, k = _compile(module, "arm64", kernel)
             counts[label] = icount.count_library(lib, inputs).per_call
+            if label == "fp32":
+                say(f"fp32 conv: {k.get('fp32 convs', 'direct')}")
         where = f"{hw}x{hw}x{c}" if size_hw == hw else f"{size_hw}x{size_hw}x{c} (stage {hw}x{hw}, reduced)"
         rows.append({"layer": f"conv 3x3 {where}", "counts": counts})
         show(rows[-1])

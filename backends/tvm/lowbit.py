@@ -66,11 +66,17 @@ ROW_ALIGN = 8
 W2A2_MAX_RB = 904
 
 #: Kernel per target architecture for operands below 8 bits, picked by
-#: ``python -m sliver.tools.bench_lowbit``: on aarch64 bit-serial (NEON cnt) executes
-#: 2.45-3.5x fewer instructions than fp32 on ResNet-18 3x3 convs; on x86-64 (AVX2
-#: nibble-table popcount, no vector popcount instruction) bit-serial beat the int path
-#: on every measured layer (1.5-3.8x) and end to end (1.05x) (README, "Low-bit kernels").
+#: ``python -m sliver.tools.bench_lowbit`` (README, "Low-bit kernels"): on aarch64
+#: bit-serial (NEON cnt) executes 2.8-2.9x fewer instructions than the int8 kernel on
+#: ResNet-18 3x3 convs; on x86-64 (AVX2 nibble-table popcount, no vector popcount
+#: instruction) bit-serial beat unpacking to the int8 kernel's byte dot products only on
+#: long rows (3x3x128: 1.13x, 3x3x256: 1.35x) and lost on 3x3x64 (0.78x) and the small
+#: CNN end to end (0.66x): there a layer gets bit-serial only when one bit plane of its
+#: row has at least ``BITSERIAL_MIN_ROW`` bytes, else the int8 kernel.
 POLICY = {"aarch64": "bitserial", "x86_64": "bitserial"}
+#: Per architecture: the shortest bit-plane row (KH*KW*ceil(Cg/8) bytes) given to the
+#: bit-serial kernel; shorter ones go to the int8 kernel.
+BITSERIAL_MIN_ROW = {"x86_64": 128}
 
 _OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("sliver_lowbit_kernel", default=None)
 
@@ -112,7 +118,14 @@ def _choose(op) -> str:
         return "int8"  # 8 bits: the int8 kernel
     if forced:
         return forced
-    return POLICY.get(_arch(), "generic")
+    arch = _arch()
+    kernel = POLICY.get(arch, "generic")
+    if kernel == "bitserial":
+        w = op.operands[1].type.shape  # [O, Cg, KH, KW] or [O, K]
+        row = (-(-w[1] // 8)) * (w[2] * w[3] if len(w) == 4 else 1)
+        if row < BITSERIAL_MIN_ROW.get(arch, 0):
+            return "int8"
+    return kernel
 
 
 def _arch() -> str:

@@ -29,6 +29,7 @@ CONV_CASES = [
     # (two steps, no tail) of unsigned weights with a zero point
     ("w2a2_rows", "u2", "i2", (1, 64, 5, 7), 10, 3, dict(padding=[1, 1, 1, 1], x_zero_point=2, clamp_min=-0.5)),
     ("w2a2_1x1", "u2", "u2", (1, 256, 3, 3), 4, 1, dict(x_zero_point=1, w_zero_point=1)),
+    ("w2a2_groups", "u2", "i2", (1, 32, 6, 5), 12, 3, dict(padding=[1, 1, 1, 1], groups=2, x_zero_point=3)),
     ("w3a3", "u3", "i3", (1, 70, 8, 8), 9, 3, dict(stride=[1, 2], padding=[2, 2, 2, 2], dilation=[2, 1], x_zero_point=5,
                                                   w_zero_point=-1)),
     ("w4a4_groups", "i4", "i4", (1, 24, 6, 6), 12, 3, dict(padding=[1, 1, 1, 1], groups=3, x_zero_point=-2, w_zero_point=1,
@@ -179,6 +180,32 @@ def test_w2a2_block_layout():
     for k, (ch, plane) in enumerate((c, p) for c in range(4) for p in range(2)):
         assert list(block[256 + 8 * k: 264 + 8 * k]) == list(packed[ch, plane, 32:40])
     assert (out[4] == packed[4].reshape(-1)).all()
+
+
+def test_kernel_choice_per_target():
+    """aarch64: bit-serial below 8 bits; x86-64: bit-serial only for bit-plane rows of at
+    least BITSERIAL_MIN_ROW bytes (3x3x64: 72 bytes -> int8, 3x3x128: 144 -> bit-serial)."""
+    pytest.importorskip("tvm")
+    from sliver.backends.tvm.lower import LowerContext, to_relax
+    from sliver.backends.tvm.targets import resolve
+
+    g = np.random.default_rng(2)
+    m = Module("choice")
+    outs = []
+    for name, c, wd in (("c64", 64, "i2"), ("c128", 128, "i2"), ("c64w8", 64, "i8")):
+        x = m.add_input(TensorType((1, c, 4, 4), "u2"), f"x_{name}")
+        y = m.add_op("qconv2d", [x, _code_param(m, f"w_{name}", _codes(g, wd, (4, c, 3, 3)), wd),
+                                 m.add_param(f"s_{name}", np.ones(4, np.float32))], {"padding": [1, 1, 1, 1]},
+                     names=[name]).result
+        outs.append(y)
+    m.set_outputs(outs)
+    picks = {}
+    for target in ("x86_64", "arm64"):
+        ctx = LowerContext(target=resolve(target))
+        to_relax(m, ctx)
+        picks[target] = ctx.report
+    assert picks["x86_64"] == {"c64": "int8", "c128": "bitserial", "c64w8": "int8"}
+    assert picks["arm64"] == {"c64": "bitserial", "c128": "bitserial", "c64w8": "int8"}
 
 
 @pytest.mark.slow

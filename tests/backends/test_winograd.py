@@ -83,7 +83,9 @@ def test_option_turns_winograd_off(traced):
 
 
 @pytest.mark.parametrize("cin,cout,oh,lanes,want", [
-    (64, 64, 56, 8, 4), (512, 512, 7, 8, 4), (64, 64, 5, 8, 2), (64, 64, 6, 8, 2),
+    (64, 64, 56, 8, 4), (256, 256, 7, 8, 4), (64, 64, 5, 8, 2), (64, 64, 6, 8, 2),
+    (512, 512, 7, 8, 2),  # F(4x4) weights would be 36 MB: F(2x2)'s are 16 MB
+    (1024, 1024, 7, 8, None),  # even F(2x2)'s would be 64 MB
     (16, 64, 56, 8, None),  # too few input channels
     (64, 36, 56, 8, None),  # output channels not a multiple of the vector
     (64, 36, 56, 4, 4),  # … which they are on NEON

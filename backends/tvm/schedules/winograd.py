@@ -45,6 +45,13 @@ OUT_EWISE_FUSABLE = 4
 #: Convs with fewer input or output channels stay direct: the transforms cost
 #: O(C + K) per tile, the GEMM O(C K); below this the transforms dominate.
 MIN_CHANNELS = 32
+#: The transformed weights are a²/9 times the size of the direct ones (4x for
+#: F(4x4)) and a whole model streams them from memory on every inference: a tile
+#: whose weights would exceed this falls back to F(2x2), then to a direct conv.
+#: ResNet-18 at 224x224 (Zen 3, one thread, CPU time, one run): F(4x4) everywhere
+#: 33.8 ms and a 160 MB library; F(2x2) on the 512-channel 7x7 convs (this cap)
+#: 33.1 ms, 97 MB; those direct (a 12 MB cap) 34.9 ms, 75 MB; no Winograd 49.4 ms, 47 MB.
+MAX_WEIGHT_BYTES = 16 << 20
 
 
 @lru_cache(maxsize=None)
@@ -66,7 +73,10 @@ def choose(cin: int, cout: int, oh: int, ow: int, cpu: CPU) -> int | None:
         return None
     # multiplications per channel pair: tiles x a²; F(2x2) on ties (smaller weights,
     # cheaper transforms).  7x7 maps: F(4x4) 144, F(2x2) 256.
-    return min((2, 4), key=lambda m: -(-oh // m) * -(-ow // m) * (m + 2) ** 2)
+    for m in sorted((2, 4), key=lambda m: -(-oh // m) * -(-ow // m) * (m + 2) ** 2):
+        if (m + 2) ** 2 * cin * cout * 4 <= MAX_WEIGHT_BYTES:
+            return m
+    return None
 
 
 # -- compute definitions ----------------------------------------------------------------------------
