@@ -555,7 +555,8 @@ def _padding_kept(module, op, env, pads) -> float | None:
     channels will hold (finite); None when the padding must be sliced off first.
 
     Allowed: convs with one group or depthwise (the rule gives the padding channels zero
-    weights); elementwise ops of :data:`_PAD_UNARY` / :data:`_PAD_BINARY` whose
+    weights), linear layers likewise; slices and gathers (along channels they read
+    only real ones); elementwise ops of :data:`_PAD_UNARY` / :data:`_PAD_BINARY` whose
     activation operands are all padded alike and whose params have one value per real
     channel (zero-extended) or broadcast along channels; spatial pooling and means.
     The value matters only to stay finite, so that zero weights keep it out of the
@@ -565,6 +566,11 @@ def _padding_kept(module, op, env, pads) -> float | None:
     padded = [v for v in op.operands if id(v) in pads]
     if not padded or op.results[0].type.rank not in (2, 4):
         return None
+    if op.kind in ("slice", "take") and padded == [op.operands[0]]:
+        # a channel view or gather reads real channels only (its range and indices are checked
+        # against them): reading the padded value directly saves a copy; along another axis the
+        # padding channels stay
+        return pads[id(op.operands[0])]
     if op.kind == "linear":  # the rule gives the padding channels zero weights; its output has none
         return 0.0 if padded == [op.operands[0]] and op.operands[0].type.rank == 2 else None
     if op.kind == "conv2d":
