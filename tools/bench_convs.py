@@ -9,8 +9,9 @@ thread count, one backend after the other.  Outputs are checked against torch.  
 classes (7x7 stem, 3x3 stride 1, 3x3 stride 2, 1x1, depthwise, linear) and prints each
 class's summed min time and the ratio sliver / onnxruntime — where sliver loses.
 The ``kernel`` column says which conv sliver chose (``direct``, or ``wino4x4`` /
-``wino2x2``: a Winograd F(m x m, 3 x 3) conv); ``--direct`` also times the Winograd
-layers compiled direct (``lower(..., winograd=False)``) beside them.
+``wino2x2``: a Winograd F(m x m, 3 x 3) conv; for a whole model, how many of its
+functions are); ``--direct`` also times the Winograd layers and models compiled
+direct (``lower(..., winograd=False)``) beside them.
 
     python -m sliver.tools.bench_convs [--models resnet18,mobilenet_v2] [--only 3x3s1] [--direct]
 """
@@ -159,7 +160,7 @@ def run(args) -> dict:
         wino = art.manifest.get("winograd", [])
         kernel = "direct" if not wino else "wino" + ("4x4" if "winograd4x4" in wino[0] else "2x2")
         direct = None
-        if args.direct and wino and layer.kind != "model":
+        if args.direct and wino:
             direct = sliver.lower(model, (torch.from_numpy(x),), target="x86_64", tune=False, winograd=False).load()
             fns["direct"] = lambda: direct.run(x)[0]
         if not args.skip_ort:
@@ -178,7 +179,7 @@ def run(args) -> dict:
             timed = {k: time_runs(fn, args.warmup, args.repeat, args.budget)[1:] for k, fn in fns.items()}
         row = {"layer": layer.name(), "class": "whole model" if layer.kind == "model" else layer.cls,
                "count": layer.count, "macs": layer.macs if layer.kind != "model" else 0,
-               "kernel": kernel if layer.kind != "model" else f"{len(wino)} wino"}
+               "kernel": kernel if layer.kind != "model" else f"{len(wino)}wino"}
         for k, fn in fns.items():
             got = fn()
             err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))

@@ -195,7 +195,18 @@ def legalize_call(bb, x, w, xs, cout: int, padding, m: int, cpu: CPU):
     u = bb.emit_te(weight_te, w, m, b, primfunc_name_hint="winograd_weight")
     call = bb.call_te(conv2d_te, x, u, padding, m, primfunc_name_hint=f"conv2d_winograd{m}x{m}")
     gv = call.args[0]
-    bb.update_func(gv, bb.get()[gv].with_attr("op_pattern", OUT_EWISE_FUSABLE))
+    func = bb.get()[gv].with_attr("op_pattern", OUT_EWISE_FUSABLE)
+    bb.update_func(gv, func)
+    # The BlockBuilder deduplicates functions by structure, but only as call_te made
+    # them (without the attribute): share the first equal conv's function (FuseOps then
+    # fuses equal convs + epilogues into one function too; the unused copy is dropped
+    # by dead-code elimination) — ResNet-18: 13 Winograd functions -> 5.
+    import tvm_ffi
+    from tvm import relax
+
+    for other, f in bb.get().functions_items():
+        if not other.same_as(gv) and other.name_hint.startswith("conv2d_winograd") and tvm_ffi.structural_equal(f, func):
+            return relax.Call(call.op, [other, *call.args[1:]], call.attrs, call.ty_args)
     return call
 
 
