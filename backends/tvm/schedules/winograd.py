@@ -43,7 +43,10 @@ INPUT_ROWS, OUTPUT_ROWS = "winograd_input_rows", "winograd_output_rows"
 #: relax's OpPatternKind.kOutEWiseFusable: FuseOps fuses following elementwise ops in.
 OUT_EWISE_FUSABLE = 4
 #: Convs with fewer input or output channels stay direct: the transforms cost
-#: O(C + K) per tile, the GEMM O(C K); below this the transforms dominate.
+#: O(C + K) per tile, the GEMM O(C K).  Measured on 56x56 maps, one Zen 3 core
+#: (thread CPU time, F(4x4) vs direct): 32->32 0.46 vs 0.87 ms, 24->24 0.32 vs
+#: 0.51 ms, 16->16 0.17 vs 0.19 ms.  So 24 would still gain 1.6x; 32 keeps the small
+#: test convs (and any 16-31 channel layer) direct until that is tested.
 MIN_CHANNELS = 32
 #: The transformed weights are a²/9 times the size of the direct ones (4x for
 #: F(4x4)) and a whole model streams them from memory on every inference: a tile
