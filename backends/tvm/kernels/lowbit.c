@@ -682,6 +682,23 @@ static inline void planes_of_word(uint64_t v, int ab, uint8_t* dst, size_t pstri
 }
 
 #if defined(__aarch64__)
+/* Plane i of 8 channel bytes (x[k]: channel k, one lane per pixel): bit k of each lane
+ * is bit i of x[k].  Shift-left-and-insert keeps the bits below k. */
+INLINE uint8x16_t plane_of_bytes(const uint8x16_t x[8], int i) {
+  uint8x16_t y[8];
+  const int8x16_t sh = vdupq_n_s8((int8_t)-i);
+  _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) y[k] = i ? vshlq_u8(x[k], sh) : x[k];
+  uint8x16_t r = y[0];
+  r = vsliq_n_u8(r, y[1], 1);
+  r = vsliq_n_u8(r, y[2], 2);
+  r = vsliq_n_u8(r, y[3], 3);
+  r = vsliq_n_u8(r, y[4], 4);
+  r = vsliq_n_u8(r, y[5], 5);
+  r = vsliq_n_u8(r, y[6], 6);
+  r = vsliq_n_u8(r, y[7], 7);
+  return r;
+}
+
 /* Bit-pack 16 consecutive pixels of one input row: channel byte cb of the tap (8 channels
  * from src + k*HW, nc of them real) for every plane, to dst + i*pstride + p*tapb. */
 INLINE void pack16(const uint8_t* src, size_t HW, int nc, uint8_t flip, int ab, uint8_t* dst, size_t pstride,
@@ -690,18 +707,7 @@ INLINE void pack16(const uint8_t* src, size_t HW, int nc, uint8_t flip, int ab, 
   const uint8x16_t f = vdupq_n_u8(flip);
   _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) x[k] = k < nc ? veorq_u8(vld1q_u8(src + k * HW), f) : vdupq_n_u8(0);
   for (int i = 0; i < ab; i++) {
-    uint8x16_t y[8];
-    const int8x16_t sh = vdupq_n_s8((int8_t)-i);
-    _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) y[k] = vshlq_u8(x[k], sh);
-    /* bit k of r = bit 0 of y[k]: shift-left-and-insert keeps the bits below k */
-    uint8x16_t r = y[0];
-    r = vsliq_n_u8(r, y[1], 1);
-    r = vsliq_n_u8(r, y[2], 2);
-    r = vsliq_n_u8(r, y[3], 3);
-    r = vsliq_n_u8(r, y[4], 4);
-    r = vsliq_n_u8(r, y[5], 5);
-    r = vsliq_n_u8(r, y[6], 6);
-    r = vsliq_n_u8(r, y[7], 7);
+    const uint8x16_t r = plane_of_bytes(x, i);
     uint8_t* d = dst + i * pstride;
     if (tapb == 1) {
       vst1q_u8(d, r);
@@ -728,20 +734,7 @@ INLINE void pack16x8(const uint8_t* src, size_t HW, int nc, uint8_t flip, int ab
       const int c = cb * 8 + k;
       x[k] = c < nc ? veorq_u8(vld1q_u8(src + c * HW), f) : vdupq_n_u8(0);
     }
-    for (int i = 0; i < ab; i++) {
-      uint8x16_t y[8];
-      const int8x16_t sh = vdupq_n_s8((int8_t)-i);
-      _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) y[k] = i ? vshlq_u8(x[k], sh) : x[k];
-      uint8x16_t r = y[0];
-      r = vsliq_n_u8(r, y[1], 1);
-      r = vsliq_n_u8(r, y[2], 2);
-      r = vsliq_n_u8(r, y[3], 3);
-      r = vsliq_n_u8(r, y[4], 4);
-      r = vsliq_n_u8(r, y[5], 5);
-      r = vsliq_n_u8(r, y[6], 6);
-      r = vsliq_n_u8(r, y[7], 7);
-      tile[i][cb] = r;
-    }
+    for (int i = 0; i < ab; i++) tile[i][cb] = plane_of_bytes(x, i);
   }
   for (int i = 0; i < ab; i++) {
     const uint8x16_t* t = tile[i];
