@@ -153,7 +153,7 @@ static inline int32_t code1(const epilogue* e, float y) {
   return (int32_t)(q > e->qmax ? e->qmax : q);
 }
 /* out[o * ostride + p] (element index) for o < og, p < npix, from acc[o * astride + p] */
-static void apply_epilogue(const epilogue* e, const int32_t* acc, int astride, int og, int npix, void* out,
+static __attribute__((noinline)) void apply_epilogue(const epilogue* e, const int32_t* acc, int astride, int og, int npix, void* out,
                            ptrdiff_t ostride) {
 #if defined(__aarch64__)
   const float32x4_t lo = vdupq_n_f32(e->lo), hi = vdupq_n_f32(e->hi), inv = vdupq_n_f32(e->inv),
@@ -810,6 +810,117 @@ static inline __attribute__((optimize("no-tree-loop-distribute-patterns"))) void
 #undef COPY_N
 }
 
+/* The bit-serial kernel's geometry and buffers for one call.  Its phases are functions
+ * of their own (noinline: one call per image and group, or per output row), so the
+ * instruction counter (sliver.runtime.icount, bench_lowbit's breakdown) attributes
+ * the executed instructions to them: pack_input (1), pixel_sums and window_sums (the
+ * Sx of the zero-point fold, only with a weight zero point), im2col_row (2),
+ * conv_row_A_W (3: the dot products), apply_epilogue (4). */
+typedef struct {
+  int C, H, W, KH, KW, SH, SW, PT, PL, DH, DW, Cg, OW, HP, WP, AB, TAPB, RB, aflip;
+  size_t PSTR;              /* bytes of one padded input row of one plane */
+  uint8_t* pk;              /* the padded, bit-packed input of a group [HP][AB][PSTR] */
+  uint8_t* rows;            /* the im2col rows of one output row [OW][AB][RB] */
+  int32_t *px, *colsum, *sx; /* code sums per padded pixel [HP*WP], per column [WP], -wz*Sx per output [OWS] */
+} bs_call;
+
+/* 1. bit-pack the input pixels of one group (xg: its first channel) into pk's interior */
+static __attribute__((noinline, optimize("no-tree-loop-distribute-patterns"))) void pack_input(const bs_call* b,
+                                                                                              const uint8_t* xg) {
+  const int H = b->H, W = b->W, AB = b->AB, TAPB = b->TAPB, Cg = b->Cg, aflip = b->aflip;
+  const size_t PSTR = b->PSTR, HW = (size_t)H * W;
+  const uint64_t flip8 = 0x0101010101010101ull * (uint64_t)aflip;
+  for (int h = 0; h < H; h++) {
+    uint8_t* prow = b->pk + (size_t)(h + b->PT) * AB * PSTR + (size_t)b->PL * TAPB;
+    const uint8_t* srow = xg + (size_t)h * W;
+    int cb = 0;
+#if defined(__aarch64__)
+    /* 64 channels (8 channel bytes) and 16 pixels at a time, taps written whole */
+    if (W >= 16 && TAPB % 8 == 0)
+      for (; cb < TAPB; cb += 8)
+        for (int ww = 0; ww < W; ww += 16) {
+          const int w0 = ww + 16 <= W ? ww : W - 16;
+          pack16x8(srow + (size_t)cb * 8 * HW + w0, HW, Cg - cb * 8, (uint8_t)aflip, AB, prow + (size_t)w0 * TAPB + cb,
+                   PSTR, TAPB);
+        }
+#endif
+    for (; cb < TAPB; cb++) {
+      const int c0 = cb * 8, nc = Cg - c0 < 8 ? Cg - c0 : 8;
+      const uint8_t* s8 = srow + (size_t)c0 * HW;
+      int ww = 0;
+#if defined(__aarch64__)
+      /* 16 pixels at a time; a last partial group overlaps the previous one */
+      if (W >= 16) {
+        for (; ww < W; ww += 16) {
+          const int w0 = ww + 16 <= W ? ww : W - 16;
+          pack16(s8 + w0, HW, nc, (uint8_t)aflip, AB, prow + (size_t)w0 * TAPB + cb, PSTR, TAPB);
+        }
+      }
+#endif
+      for (; ww < W; ww++) {
+        /* 8 channels' codes as the bytes of one word, then plane i's bits gathered
+         * into one byte by a multiply (byte k's bit 0 -> bit k of the top byte) */
+        uint64_t v = 0;
+        for (int k = 0; k < nc; k++) v |= (uint64_t)s8[k * HW + ww] << (8 * k);
+        v ^= flip8 & (nc == 8 ? ~0ull : (1ull << (8 * nc)) - 1);
+        planes_of_word(v, AB, prow + (size_t)ww * TAPB + cb, PSTR);
+      }
+    }
+  }
+}
+
+/* the code sum of every padded input pixel (its planes' popcounts, plane i weighing 2^i) */
+static __attribute__((noinline)) void pixel_sums(const bs_call* b) {
+  const int HP = b->HP, WP = b->WP, AB = b->AB, TAPB = b->TAPB;
+  const size_t PSTR = b->PSTR;
+  const uint8_t* pk = b->pk;
+  int32_t* px = b->px;
+  for (int hp = 0; hp < HP; hp++)
+    for (int wq = 0; wq < WP; wq++) {
+      int32_t t = 0;
+      for (int i = 0; i < AB; i++) t += (int32_t)count_bytes(pk + (hp * AB + i) * PSTR + (size_t)wq * TAPB, TAPB) << i;
+      px[(size_t)hp * WP + wq] = t;
+    }
+}
+
+/* 2. the im2col rows of output row oh: per kernel row and plane, KW*TAPB contiguous
+ * bytes (one copy), or a copy per tap when the width is dilated */
+static __attribute__((noinline, optimize("no-tree-loop-distribute-patterns"))) void im2col_row(const bs_call* b, int oh) {
+  const int AB = b->AB, RB = b->RB, TAPB = b->TAPB, KW = b->KW;
+  for (int kh = 0; kh < b->KH; kh++) {
+    const uint8_t* s = b->pk + (size_t)(oh * b->SH + kh * b->DH) * AB * b->PSTR;
+    for (int i = 0; i < AB; i++) {
+      uint8_t* d = b->rows + (size_t)i * RB + kh * KW * TAPB;
+      const uint8_t* si = s + i * b->PSTR;
+      if (b->DW == 1) {
+        copy_strided(d, (ptrdiff_t)AB * RB, si, (ptrdiff_t)b->SW * TAPB, KW * TAPB, b->OW);
+      } else {
+        for (int kw = 0; kw < KW; kw++)
+          copy_strided(d + kw * TAPB, (ptrdiff_t)AB * RB, si + (size_t)kw * b->DW * TAPB, (ptrdiff_t)b->SW * TAPB, TAPB,
+                       b->OW);
+      }
+    }
+  }
+}
+
+/* -wz * Sx of each output pixel of row oh: its window's sum of the input pixels' code sums */
+static __attribute__((noinline)) void window_sums(const bs_call* b, int oh, int wz) {
+  const int WP = b->WP, OW = b->OW, KH = b->KH, KW = b->KW, SW = b->SW, DW = b->DW;
+  const int32_t* px = b->px + (size_t)oh * b->SH * WP;
+  const size_t rstep = (size_t)b->DH * WP;
+  int32_t *colsum = b->colsum, *sx = b->sx;
+  for (int wq = 0; wq < WP; wq++) {
+    int32_t t = 0;
+    for (int kh = 0; kh < KH; kh++) t += px[kh * rstep + wq];
+    colsum[wq] = t;
+  }
+  for (int ow = 0; ow < OW; ow++) {
+    int32_t t = 0;
+    for (int kw = 0; kw < KW; kw++) t += colsum[ow * SW + kw * DW];
+    sx[ow] = -wz * t;
+  }
+}
+
 /* args: x codes int8/uint8 [N][C][H][W], packed weights uint8 [O][WB][RB],
  * wsum int32 [O], meta int32 [META_LEN], scale/bias f32 [O], epi f32 [4], out f32 or codes [N][O][OH][OW]. */
 /* (no-tree-loop-distribute-patterns: the short copies stay inline moves instead of
@@ -853,17 +964,20 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   /* The padded input of one group, bit-packed: per input row hp and plane i, the WP
    * pixels' TAPB-byte taps in a row (pk[(hp*AB + i)*PSTR + wq*TAPB]), so the KW taps of
    * one kernel row are contiguous (stride-1 width, no dilation: one copy per row). */
-  const size_t PSTR = (size_t)WP * TAPB;
-  uint8_t* pk = (uint8_t*)calloc((size_t)HP * AB * PSTR, 1);
-  uint8_t* rows = (uint8_t*)calloc((size_t)OW * AB * RB, 1);
-  int32_t* sx = (int32_t*)calloc(OWS, sizeof(int32_t));
+  bs_call b = {C, H, W, KH, KW, SH, SW, PT, PL, DH, DW, Cg, OW, HP, WP, AB, TAPB, RB, aflip, (size_t)WP * TAPB,
+               NULL, NULL, NULL, NULL, NULL};
+  const size_t PSTR = b.PSTR;
+  b.pk = (uint8_t*)calloc((size_t)HP * AB * PSTR, 1);
+  b.rows = (uint8_t*)calloc((size_t)OW * AB * RB, 1);
+  b.sx = (int32_t*)calloc(OWS, sizeof(int32_t));
   int32_t* obias = (int32_t*)malloc(sizeof(int32_t) * O);
   int32_t* acc = (int32_t*)malloc(sizeof(int32_t) * (size_t)Og * OWS);
   uint8_t* zpat = (uint8_t*)calloc((size_t)AB * TAPB, 1);
-  int32_t* px = (int32_t*)malloc(sizeof(int32_t) * ((size_t)HP * WP + WP));
-  int32_t* colsum = px ? px + (size_t)HP * WP : NULL;
-  if (!pk || !rows || !sx || !obias || !zpat || !px || !acc) {
-    free(pk); free(rows); free(sx); free(obias); free(zpat); free(px); free(acc);
+  b.px = (int32_t*)malloc(sizeof(int32_t) * ((size_t)HP * WP + WP));
+  b.colsum = b.px ? b.px + (size_t)HP * WP : NULL;
+  uint8_t* const pk = b.pk;
+  if (!pk || !b.rows || !b.sx || !obias || !zpat || !b.px || !acc) {
+    free(pk); free(b.rows); free(b.sx); free(obias); free(zpat); free(b.px); free(acc);
     return fail("sliver_lowbit_bitserial: out of memory for the packed activations");
   }
   /* acc = Sxw - wz*Sx - xz*Sw[o] + K*xz*wz: the last two per output channel */
@@ -880,89 +994,17 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
         if (wq < WP) copy_bytes(pk + (hp * AB + i) * PSTR + (size_t)wq * TAPB, zpat + i * TAPB, TAPB);
       }
   }
-  const size_t HW = (size_t)H * W;
   const ptrdiff_t ostride = (ptrdiff_t)OH * OW;
-  const uint64_t flip8 = 0x0101010101010101ull * (uint64_t)aflip;
   for (int n = 0; n < N; n++) {
     for (int g = 0; g < G; g++) {
-      /* 1. bit-pack the input pixels of this group */
-      for (int h = 0; h < H; h++) {
-        uint8_t* prow = pk + (size_t)(h + PT) * AB * PSTR + (size_t)PL * TAPB;
-        const uint8_t* srow = x + (((size_t)n * C + (size_t)g * Cg) * H + h) * W;
-        int cb = 0;
-#if defined(__aarch64__)
-        /* 64 channels (8 channel bytes) and 16 pixels at a time, taps written whole */
-        if (W >= 16 && TAPB % 8 == 0)
-          for (; cb < TAPB; cb += 8)
-            for (int ww = 0; ww < W; ww += 16) {
-              const int w0 = ww + 16 <= W ? ww : W - 16;
-              pack16x8(srow + (size_t)cb * 8 * HW + w0, HW, Cg - cb * 8, (uint8_t)aflip, AB, prow + (size_t)w0 * TAPB + cb,
-                       PSTR, TAPB);
-            }
-#endif
-        for (; cb < TAPB; cb++) {
-          const int c0 = cb * 8, nc = Cg - c0 < 8 ? Cg - c0 : 8;
-          const uint8_t* s8 = srow + (size_t)c0 * HW;
-          int ww = 0;
-#if defined(__aarch64__)
-          /* 16 pixels at a time; a last partial group overlaps the previous one */
-          if (W >= 16) {
-            for (; ww < W; ww += 16) {
-              const int w0 = ww + 16 <= W ? ww : W - 16;
-              pack16(s8 + w0, HW, nc, (uint8_t)aflip, AB, prow + (size_t)w0 * TAPB + cb, PSTR, TAPB);
-            }
-          }
-#endif
-          for (; ww < W; ww++) {
-            /* 8 channels' codes as the bytes of one word, then plane i's bits gathered
-             * into one byte by a multiply (byte k's bit 0 -> bit k of the top byte) */
-            uint64_t v = 0;
-            for (int k = 0; k < nc; k++) v |= (uint64_t)s8[k * HW + ww] << (8 * k);
-            v ^= flip8 & (nc == 8 ? ~0ull : (1ull << (8 * nc)) - 1);
-            planes_of_word(v, AB, prow + (size_t)ww * TAPB + cb, PSTR);
-          }
-        }
-      }
-      /* the code sum of every padded input pixel (its planes' popcounts, plane i weighing 2^i) */
-      if (wz)
-        for (int hp = 0; hp < HP; hp++)
-          for (int wq = 0; wq < WP; wq++) {
-            int32_t t = 0;
-            for (int i = 0; i < AB; i++) t += (int32_t)count_bytes(pk + (hp * AB + i) * PSTR + (size_t)wq * TAPB, TAPB) << i;
-            px[(size_t)hp * WP + wq] = t;
-          }
+      pack_input(&b, x + ((size_t)n * C + (size_t)g * Cg) * H * W);
+      if (wz) pixel_sums(&b);
       const uint8_t* wg = wp + (size_t)g * Og * WB * RB;
       for (int oh = 0; oh < OH; oh++) {
-        /* 2. the im2col rows of this output row: per kernel row and plane, KW*TAPB
-         * contiguous bytes (one copy), or a copy per tap when the width is dilated */
-        for (int kh = 0; kh < KH; kh++) {
-          const uint8_t* s = pk + (size_t)(oh * SH + kh * DH) * AB * PSTR;
-          for (int i = 0; i < AB; i++) {
-            uint8_t* d = rows + (size_t)i * RB + kh * KW * TAPB;
-            const uint8_t* si = s + i * PSTR;
-            if (DW == 1) {
-              copy_strided(d, (ptrdiff_t)AB * RB, si, (ptrdiff_t)SW * TAPB, KW * TAPB, OW);
-            } else {
-              for (int kw = 0; kw < KW; kw++)
-                copy_strided(d + kw * TAPB, (ptrdiff_t)AB * RB, si + (size_t)kw * DW * TAPB, (ptrdiff_t)SW * TAPB, TAPB, OW);
-            }
-          }
-        }
-        /* Sx of each output pixel: its window's sum of the input pixels' code sums */
-        if (wz) {
-          for (int wq = 0; wq < WP; wq++) {
-            int32_t t = 0;
-            for (int kh = 0; kh < KH; kh++) t += px[(size_t)(oh * SH + kh * DH) * WP + wq];
-            colsum[wq] = t;
-          }
-          for (int ow = 0; ow < OW; ow++) {
-            int32_t t = 0;
-            for (int kw = 0; kw < KW; kw++) t += colsum[ow * SW + kw * DW];
-            sx[ow] = -wz * t;
-          }
-        }
+        im2col_row(&b, oh);
+        if (wz) window_sums(&b, oh, wz);
         /* 3. popcount dot products, zero points folded, written to out[n, g*Og + o, oh, ow] */
-        const row_args ra = {rows, wg, RB, Og, OW, acc, OWS, obias + g * Og, sx};
+        const row_args ra = {b.rows, wg, RB, Og, OW, acc, OWS, obias + g * Og, b.sx};
         fn(&ra);
         /* 4. the epilogue into out[n, g*Og + o, oh, :] */
         const epilogue eg = {epi.scale + g * Og, epi.bias + g * Og, epi.lo, epi.hi, epi.inv, epi.zp, epi.qmin, epi.qmax, epi.kind};
@@ -970,7 +1012,7 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
       }
     }
   }
-  free(pk); free(rows); free(sx); free(obias); free(zpat); free(px); free(acc);
+  free(pk); free(b.rows); free(b.sx); free(obias); free(zpat); free(b.px); free(acc);
   result->type_index = kAnyNone;
   result->u.v_int64 = 0;
   return 0;
