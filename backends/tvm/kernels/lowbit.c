@@ -11,8 +11,11 @@
  *   Sxw = sum_ij 2^(i+j) * popcount(xplane_i AND wplane_j).
  * Every plane weighs +2^i because signed codes are re-based to offset binary first
  * (w + 2^(W-1) at compile time in lowbit.py, x + 2^(A-1) here by flipping the top bit),
- * the zero points moving with them, so (x - xz)(w - wz) is unchanged.  Sx (per output
- * pixel) comes from the activation planes' popcounts; Sw[o] is computed at compile time.
+ * the zero points moving with them, so (x - xz)(w - wz) is unchanged.  (Exception: the
+ * aarch64 W2A2 kernel takes signed weights as two's complement planes, the top one
+ * weighing -2 (LAYOUT 2), so symmetric weights keep wz = 0.)  Sx (per output pixel, only
+ * needed when wz != 0) comes from the activation planes' popcounts; Sw[o] is computed
+ * at compile time.
  *
  * Layout.  Weights are packed at compile time (backends/tvm/lowbit.py) as
  * uint8 [O][WB][RB]: for output channel o and weight plane j, one "row" of RB bytes
@@ -94,9 +97,14 @@ static void* data_of(const sliver_Any* a) {
 }
 
 /* Weights of W2A2 layers in the W2A2 block layout (aarch64 only; lowbit.py packs them
- * so when this holds and says so in meta LAYOUT): see w2a2_pair_blocks. */
+ * so when this holds and says so in meta LAYOUT): see w2a2_pair_blocks.  LAYOUT 1:
+ * offset-binary planes; LAYOUT 2 (signed weights, rows of at most W2A2_TC_MAX_RB bytes,
+ * whole blocks of four channels): two's complement planes. */
 #define W2A2_MAX_RB 904
+#define W2A2_TC_MAX_RB 680
 #define W2A2_BLOCKS(A, W, rb, og) ((A) == 2 && (W) == 2 && (rb) >= 16 && (rb) <= W2A2_MAX_RB && (og) >= 4)
+#define W2A2_TC_OK(rb, og) ((rb) <= W2A2_TC_MAX_RB && (og) % 4 == 0)
+enum { LAYOUT_PLAIN = 0, LAYOUT_W2A2 = 1, LAYOUT_W2A2_TC = 2 };
 
 /* ---- meta layout (kept in sync with lowbit.py: META_FIELDS) ---- */
 enum {
@@ -241,6 +249,7 @@ typedef struct {
   ptrdiff_t ostride;
   const int32_t* obias;
   const int32_t* base;
+  int layout; /* LAYOUT_*: the weights' layout (meta LAYOUT) */
 } row_args;
 
 #if defined(__aarch64__)
@@ -379,87 +388,99 @@ INLINE void dot_chunk(const uint8_t* r0, const uint8_t* r1, const uint8_t* w, in
  * The 16-bit lane sums of pixel p, channel ob are in v20+ob (p = 0) and v24+ob (p = 1)
  * and are reduced in 16 bits (pairwise adds): a channel's total is at most 72 * rb (8
  * bits per byte, plane weights 1+2+2+4), which fits 16 bits for rb <= W2A2_MAX_RB. */
-#define W2A2_OB(ACC, A0, A1)                                                                      \
+#define W2A2_OB(ACC, A0, A1, K01, K11)                                                            \
   "ldp q4, q5, [%[w]], #32\n\t"                                                                     \
   "and v6.16b, v0.16b, v4.16b\n\tcnt v6.16b, v6.16b\n\t"                                           \
   "and v7.16b, v2.16b, v4.16b\n\tcnt v7.16b, v7.16b\n\t"                                           \
   "and v16.16b, v1.16b, v4.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
   "and v17.16b, v3.16b, v4.16b\n\tcnt v17.16b, v17.16b\n\tmla v7.16b, v17.16b, v30.16b\n\t"         \
-  "and v16.16b, v0.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
-  "and v17.16b, v2.16b, v5.16b\n\tcnt v17.16b, v17.16b\n\tmla v7.16b, v17.16b, v30.16b\n\t"         \
-  "and v16.16b, v1.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v31.16b\n\t"         \
-  "and v17.16b, v3.16b, v5.16b\n\tcnt v17.16b, v17.16b\n\tmla v7.16b, v17.16b, v31.16b\n\t"         \
+  "and v16.16b, v0.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, " K01 ".16b\n\t"     \
+  "and v17.16b, v2.16b, v5.16b\n\tcnt v17.16b, v17.16b\n\tmla v7.16b, v17.16b, " K01 ".16b\n\t"     \
+  "and v16.16b, v1.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, " K11 ".16b\n\t"     \
+  "and v17.16b, v3.16b, v5.16b\n\tcnt v17.16b, v17.16b\n\tmla v7.16b, v17.16b, " K11 ".16b\n\t"     \
   ACC " " A0 ".8h, v6.16b\n\t"                                                                      \
   ACC " " A1 ".8h, v7.16b\n\t"
-#define W2A2_STEP(ACC)                                                                            \
+#define W2A2_STEP(ACC, K01, K11)                                                                  \
   "ldr q0, [%[p0]], #16\n\tldr q1, [%[p1]], #16\n\tldr q2, [%[p2]], #16\n\tldr q3, [%[p3]], #16\n\t" \
-  W2A2_OB(ACC, "v20", "v24") W2A2_OB(ACC, "v21", "v25") W2A2_OB(ACC, "v22", "v26") W2A2_OB(ACC, "v23", "v27")
+  W2A2_OB(ACC, "v20", "v24", K01, K11) W2A2_OB(ACC, "v21", "v25", K01, K11)                         \
+  W2A2_OB(ACC, "v22", "v26", K01, K11) W2A2_OB(ACC, "v23", "v27", K01, K11)
 /* the last 8 bytes: both pixels in one register, each weight plane's tail duplicated */
-#define W2A2_TAIL_OB(A0, A1)                                                                      \
+#define W2A2_TAIL_OB(A0, A1, K01, K11, ADDW, ADDW2)                                               \
   "ld2r {v4.2d, v5.2d}, [%[w]], #16\n\t"                                                            \
   "and v6.16b, v0.16b, v4.16b\n\tcnt v6.16b, v6.16b\n\t"                                           \
   "and v16.16b, v1.16b, v4.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
-  "and v16.16b, v0.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
-  "and v16.16b, v1.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v31.16b\n\t"         \
-  "uaddw " A0 ".8h, " A0 ".8h, v6.8b\n\t"                                                           \
-  "uaddw2 " A1 ".8h, " A1 ".8h, v6.16b\n\t"
+  "and v16.16b, v0.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, " K01 ".16b\n\t"     \
+  "and v16.16b, v1.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, " K11 ".16b\n\t"     \
+  ADDW " " A0 ".8h, " A0 ".8h, v6.8b\n\t"                                                           \
+  ADDW2 " " A1 ".8h, " A1 ".8h, v6.16b\n\t"
 
 /* All nblk four-channel blocks of a pixel pair in one asm loop (no C between blocks):
  * out[(4k + ob) * ostride + p] = dot(pixel p, channel 4k + ob) + obias[4k + ob] + base[p]
  * for p = 0, 1 (adjacent outputs), w the first block (W2A2 block layout), rows of
- * 16..W2A2_MAX_RB bytes. */
-static inline __attribute__((always_inline)) void w2a2_pair_blocks(const uint8_t* r0, const uint8_t* r1,
-                                                                   const uint8_t* w, int rb, long nblk,
-                                                                   const int32_t* obias, const int32_t* base,
-                                                                   int32_t* out, ptrdiff_t ostride) {
-  const long tail = rb & 8, more = (rb >> 4) - 1, ostride_b = (long)ostride * 4;
-  const uint8_t* x01 = r0 + rb;
-  const uint8_t* x11 = r1 + rb;
-  long n;
-  const uint8_t *p0, *p1, *p2, *p3, *t;
-  __asm__ volatile(
-      "movi v30.16b, #2\n\tmovi v31.16b, #4\n\t"
-      "ld1r {v28.4s}, [%[base]]\n\t"
-      "add %[t], %[base], #4\n\t"
-      "ld1r {v29.4s}, [%[t]]\n\t"
-      "0:\n\t"
-      "mov %[p0], %[x00]\n\tmov %[p1], %[x01]\n\tmov %[p2], %[x10]\n\tmov %[p3], %[x11]\n\t"
-      W2A2_STEP("uaddlp")
-      "mov %[n], %[more]\n\t"
-      "cbz %[n], 2f\n\t"
-      "1:\n\t"
-      W2A2_STEP("uadalp")
-      "subs %[n], %[n], #1\n\t"
-      "b.ne 1b\n\t"
-      "2:\n\t"
-      "cbz %[tail], 3f\n\t"
-      "ldr d0, [%[p0]]\n\tld1 {v0.d}[1], [%[p2]]\n\t"
-      "ldr d1, [%[p1]]\n\tld1 {v1.d}[1], [%[p3]]\n\t"
-      W2A2_TAIL_OB("v20", "v24") W2A2_TAIL_OB("v21", "v25") W2A2_TAIL_OB("v22", "v26") W2A2_TAIL_OB("v23", "v27")
-      "3:\n\t"
-      /* 16-bit pairwise adds: lanes 0-3 of v20 = channels 0-3 of pixel 0, lanes 4-7 of pixel 1 */
-      "addp v20.8h, v20.8h, v21.8h\n\taddp v22.8h, v22.8h, v23.8h\n\taddp v20.8h, v20.8h, v22.8h\n\t"
-      "addp v24.8h, v24.8h, v25.8h\n\taddp v26.8h, v26.8h, v27.8h\n\taddp v24.8h, v24.8h, v26.8h\n\t"
-      "addp v20.8h, v20.8h, v24.8h\n\t"
-      "uxtl v5.4s, v20.4h\n\tuxtl2 v6.4s, v20.8h\n\t"
-      "ldr q4, [%[obias]], #16\n\t"
-      "add v5.4s, v5.4s, v4.4s\n\tadd v5.4s, v5.4s, v28.4s\n\t"
-      "add v6.4s, v6.4s, v4.4s\n\tadd v6.4s, v6.4s, v29.4s\n\t"
-      /* channel ob's two pixels are adjacent in out: store them as one 64-bit pair */
-      "zip1 v7.4s, v5.4s, v6.4s\n\tzip2 v16.4s, v5.4s, v6.4s\n\t"
-      "st1 {v7.d}[0], [%[out]], %[os]\n\t"
-      "st1 {v7.d}[1], [%[out]], %[os]\n\t"
-      "st1 {v16.d}[0], [%[out]], %[os]\n\t"
-      "st1 {v16.d}[1], [%[out]], %[os]\n\t"
-      "subs %[nblk], %[nblk], #1\n\t"
-      "b.ne 0b\n\t"
-      : [nblk] "+r"(nblk), [w] "+r"(w), [out] "+r"(out), [obias] "+r"(obias), [n] "=&r"(n), [t] "=&r"(t),
-        [p0] "=&r"(p0), [p1] "=&r"(p1), [p2] "=&r"(p2), [p3] "=&r"(p3)
-      : [x00] "r"(r0), [x10] "r"(r1), [x01] "r"(x01), [x11] "r"(x11), [tail] "r"(tail), [more] "r"(more),
-        [base] "r"(base), [os] "r"(ostride_b)
-      : "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v16", "v17", "v20", "v21", "v22", "v23", "v24", "v25",
-        "v26", "v27", "v28", "v29", "v30", "v31", "memory", "cc");
-}
+ * 16..W2A2_MAX_RB bytes.  Two variants (W2A2_PAIR_BLOCKS): offset-binary weight planes
+ * (LAYOUT 1: plane pairs weigh 1, 2, 2, 4; unsigned byte and 16-bit sums), and two's
+ * complement ones (LAYOUT 2, signed weights: the top weight plane weighs -2, so the pairs
+ * weigh 1, 2, -2, -4 and a byte t lies in [-48, 24]: signed widening, sadalp / saddw /
+ * sxtl; a channel's total lies in [-48 * rb, 24 * rb], which fits 16 bits for
+ * rb <= W2A2_TC_MAX_RB).  Two's complement needs no weight zero point for symmetric
+ * weights, so the kernel skips the Sx sums. */
+#define W2A2_PAIR_BLOCKS(NAME, CONSTS, K01, K11, ACC0, ACC, ADDW, ADDW2, XTL, XTL2)                                \
+  static inline __attribute__((always_inline)) void NAME(const uint8_t* r0, const uint8_t* r1, const uint8_t* w,     \
+                                                         int rb, long nblk, const int32_t* obias,                    \
+                                                         const int32_t* base, int32_t* out, ptrdiff_t ostride) {     \
+    const long tail = rb & 8, more = (rb >> 4) - 1, ostride_b = (long)ostride * 4;                                  \
+    const uint8_t* x01 = r0 + rb;                                                                                    \
+    const uint8_t* x11 = r1 + rb;                                                                                    \
+    long n;                                                                                                          \
+    const uint8_t *p0, *p1, *p2, *p3, *t;                                                                            \
+    __asm__ volatile(                                                                                                \
+        CONSTS                                                                                                       \
+        "ld1r {v28.4s}, [%[base]]\n\t"                                                                               \
+        "add %[t], %[base], #4\n\t"                                                                                  \
+        "ld1r {v29.4s}, [%[t]]\n\t"                                                                                  \
+        "0:\n\t"                                                                                                     \
+        "mov %[p0], %[x00]\n\tmov %[p1], %[x01]\n\tmov %[p2], %[x10]\n\tmov %[p3], %[x11]\n\t"                       \
+        W2A2_STEP(ACC0, K01, K11)                                                                                    \
+        "mov %[n], %[more]\n\t"                                                                                      \
+        "cbz %[n], 2f\n\t"                                                                                           \
+        "1:\n\t"                                                                                                     \
+        W2A2_STEP(ACC, K01, K11)                                                                                     \
+        "subs %[n], %[n], #1\n\t"                                                                                    \
+        "b.ne 1b\n\t"                                                                                                \
+        "2:\n\t"                                                                                                     \
+        "cbz %[tail], 3f\n\t"                                                                                        \
+        "ldr d0, [%[p0]]\n\tld1 {v0.d}[1], [%[p2]]\n\t"                                                              \
+        "ldr d1, [%[p1]]\n\tld1 {v1.d}[1], [%[p3]]\n\t"                                                              \
+        W2A2_TAIL_OB("v20", "v24", K01, K11, ADDW, ADDW2) W2A2_TAIL_OB("v21", "v25", K01, K11, ADDW, ADDW2)          \
+        W2A2_TAIL_OB("v22", "v26", K01, K11, ADDW, ADDW2) W2A2_TAIL_OB("v23", "v27", K01, K11, ADDW, ADDW2)          \
+        "3:\n\t"                                                                                                     \
+        /* 16-bit pairwise adds: lanes 0-3 of v20 = channels 0-3 of pixel 0, lanes 4-7 of pixel 1 */                 \
+        "addp v20.8h, v20.8h, v21.8h\n\taddp v22.8h, v22.8h, v23.8h\n\taddp v20.8h, v20.8h, v22.8h\n\t"              \
+        "addp v24.8h, v24.8h, v25.8h\n\taddp v26.8h, v26.8h, v27.8h\n\taddp v24.8h, v24.8h, v26.8h\n\t"              \
+        "addp v20.8h, v20.8h, v24.8h\n\t"                                                                            \
+        XTL " v5.4s, v20.4h\n\t" XTL2 " v6.4s, v20.8h\n\t"                                                           \
+        "ldr q4, [%[obias]], #16\n\t"                                                                                \
+        "add v5.4s, v5.4s, v4.4s\n\tadd v5.4s, v5.4s, v28.4s\n\t"                                                    \
+        "add v6.4s, v6.4s, v4.4s\n\tadd v6.4s, v6.4s, v29.4s\n\t"                                                    \
+        /* channel ob's two pixels are adjacent in out: store them as one 64-bit pair */                             \
+        "zip1 v7.4s, v5.4s, v6.4s\n\tzip2 v16.4s, v5.4s, v6.4s\n\t"                                                  \
+        "st1 {v7.d}[0], [%[out]], %[os]\n\t"                                                                         \
+        "st1 {v7.d}[1], [%[out]], %[os]\n\t"                                                                         \
+        "st1 {v16.d}[0], [%[out]], %[os]\n\t"                                                                        \
+        "st1 {v16.d}[1], [%[out]], %[os]\n\t"                                                                        \
+        "subs %[nblk], %[nblk], #1\n\t"                                                                              \
+        "b.ne 0b\n\t"                                                                                                \
+        : [nblk] "+r"(nblk), [w] "+r"(w), [out] "+r"(out), [obias] "+r"(obias), [n] "=&r"(n), [t] "=&r"(t),          \
+          [p0] "=&r"(p0), [p1] "=&r"(p1), [p2] "=&r"(p2), [p3] "=&r"(p3)                                             \
+        : [x00] "r"(r0), [x10] "r"(r1), [x01] "r"(x01), [x11] "r"(x11), [tail] "r"(tail), [more] "r"(more),          \
+          [base] "r"(base), [os] "r"(ostride_b)                                                                      \
+        : "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v16", "v17", "v18", "v19", "v20", "v21", "v22", "v23",    \
+          "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31", "memory", "cc");                                   \
+  }
+W2A2_PAIR_BLOCKS(w2a2_pair_blocks, "movi v30.16b, #2\n\tmovi v31.16b, #4\n\t", "v30", "v31", "uaddlp", "uadalp",
+                 "uaddw", "uaddw2", "uxtl", "uxtl2")
+W2A2_PAIR_BLOCKS(w2a2_pair_blocks_tc, "movi v30.16b, #2\n\tmovi v18.16b, #0xfe\n\tmovi v19.16b, #0xfc\n\t", "v18",
+                 "v19", "saddlp", "sadalp", "saddw", "saddw2", "sxtl", "sxtl2")
 
 /* out[ob * ostride + p] = dot(pixel p's row, channel ob) + obias[ob] + base[p] for OB
  * channels and NP pixels (rows r0, r1) */
@@ -499,7 +520,16 @@ INLINE void conv_row_impl(const row_args* ra, const int A, const int W) {
   const int OB = OB_OF(A, W), NP = FUSABLE(A, W) ? 2 : 1, rb = ra->rb, og = ra->og;
   const ptrdiff_t ostride = ra->ostride;
   int p = 0;
-  if (A == 2 && W == 2 && W2A2_BLOCKS(A, W, rb, og)) {
+  if (A == 2 && W == 2 && ra->layout == LAYOUT_W2A2_TC) {
+    /* two's complement planes in the W2A2 block layout: og is a multiple of 4 */
+    for (; p < ra->npix; p += 2) {
+      const uint8_t* row = ra->rows + (size_t)p * A * rb;
+      w2a2_pair_blocks_tc(row, p + 1 < ra->npix ? row + A * rb : row, ra->w, rb, og / 4, ra->obias, ra->base + p,
+                          ra->out + p, ostride);
+    }
+    return;
+  }
+  if (A == 2 && W == 2 && ra->layout == LAYOUT_W2A2) {
     /* weights in the W2A2 block layout: every pixel through the asm, an odd last one
      * paired with itself (its twin lands in the padding column: ostride > npix), then
      * the og % 4 channels left in the plain layout */
@@ -951,12 +981,15 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   if (!fn)
     return fail("sliver_lowbit_bitserial: this library was built without the kernel for the layer's bit widths "
                 "(SLIVER_LOWBIT_PAIR_<A>_<W>): the library was built by a different sliver");
+  const int layout = m[M_LAYOUT];
 #if defined(__aarch64__)
-  const int layout = W2A2_BLOCKS(AB, WB, RB, Og);
+  const int blocks = W2A2_BLOCKS(AB, WB, RB, Og);
+  const int layout_ok = blocks ? layout == LAYOUT_W2A2 || (layout == LAYOUT_W2A2_TC && W2A2_TC_OK(RB, Og))
+                               : layout == LAYOUT_PLAIN;
 #else
-  const int layout = 0;
+  const int layout_ok = layout == LAYOUT_PLAIN;
 #endif
-  if (m[M_LAYOUT] != layout)
+  if (!layout_ok)
     return fail("sliver_lowbit_bitserial: the weights are not in the layout this kernel reads (meta LAYOUT): "
                 "the library was built by a different sliver");
   const int OWS = OW + (OW & 1); /* the row sums' stride: an odd row gets a padding column */
@@ -1004,7 +1037,7 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
         im2col_row(&b, oh);
         if (wz) window_sums(&b, oh, wz);
         /* 3. popcount dot products, zero points folded, written to out[n, g*Og + o, oh, ow] */
-        const row_args ra = {b.rows, wg, RB, Og, OW, acc, OWS, obias + g * Og, b.sx};
+        const row_args ra = {b.rows, wg, RB, Og, OW, acc, OWS, obias + g * Og, b.sx, layout};
         fn(&ra);
         /* 4. the epilogue into out[n, g*Og + o, oh, :] */
         const epilogue eg = {epi.scale + g * Og, epi.bias + g * Og, epi.lo, epi.hi, epi.inv, epi.zp, epi.qmin, epi.qmax, epi.kind};
@@ -1185,7 +1218,7 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
           sx[ow] = -wz * i8_row_sum(r, RB);
         }
         /* 3. dot products, zero points folded, written to out[n, g*Og + o, oh, ow] */
-        const row_args ra = {(const uint8_t*)rows, (const uint8_t*)wg, RB, Og, OW, acc, OW, obias + g * Og, sx};
+        const row_args ra = {(const uint8_t*)rows, (const uint8_t*)wg, RB, Og, OW, acc, OW, obias + g * Og, sx, 0};
         fn(&ra);
         /* 4. the epilogue into out[n, g*Og + o, oh, :] */
         const epilogue eg = {epi.scale + g * Og, epi.bias + g * Og, epi.lo, epi.hi, epi.inv, epi.zp, epi.qmin, epi.qmax, epi.kind};
