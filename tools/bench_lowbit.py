@@ -256,9 +256,9 @@ def bench_arm(layers, size: int, say, show=lambda row: None, cnn: bool = True) -
 
 
 #: the bit-serial kernel's functions (kernels/lowbit.c) by phase, for the breakdown
-PHASES = {"pack_input": "1 bit-pack input", "pixel_sums": "Sx: pixel sums", "im2col_row": "2 im2col",
-          "window_sums": "Sx: window sums", "conv_row_2_2": "3 dot products", "apply_epilogue": "4 epilogue",
-          "sliver_lowbit_bitserial": "setup"}
+PHASES = {"pack_input": "1 bit-pack input", "pack_pixels": "1 bit-pack input", "pixel_sums": "Sx: pixel sums",
+          "im2col_row": "2 im2col", "window_sums": "Sx: window sums", "conv_row_2_2": "3 dot products",
+          "apply_epilogue": "4 epilogue", "sliver_lowbit_bitserial": "setup"}
 
 
 def print_arm_row(r) -> None:

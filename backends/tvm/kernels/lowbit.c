@@ -851,52 +851,69 @@ typedef struct {
   size_t PSTR;              /* bytes of one padded input row of one plane */
   uint8_t* pk;              /* the padded, bit-packed input of a group [HP][AB][PSTR] */
   uint8_t* rows;            /* the im2col rows of one output row [OW][AB][RB] */
+  uint8_t* flat;            /* NULL, or the packed input as one run of H*W pixels [AB][H*W*TAPB] (pack_input) */
   int32_t *px, *colsum, *sx; /* code sums per padded pixel [HP*WP], per column [WP], -wz*Sx per output [OWS] */
 } bs_call;
 
-/* 1. bit-pack the input pixels of one group (xg: its first channel) into pk's interior */
-static __attribute__((noinline, optimize("no-tree-loop-distribute-patterns"))) void pack_input(const bs_call* b,
-                                                                                              const uint8_t* xg) {
-  const int H = b->H, W = b->W, AB = b->AB, TAPB = b->TAPB, Cg = b->Cg, aflip = b->aflip;
-  const size_t PSTR = b->PSTR, HW = (size_t)H * W;
+/* Bit-pack `width` consecutive pixels (src: channel 0 of the first; channels HW apart)
+ * into dst + i*pstride (plane i) + p*TAPB (pixel p). */
+static inline void pack_pixels(const bs_call* b, const uint8_t* src, int width, uint8_t* dst, size_t pstride) {
+  const int AB = b->AB, TAPB = b->TAPB, Cg = b->Cg, aflip = b->aflip;
+  const size_t HW = (size_t)b->H * b->W;
   const uint64_t flip8 = 0x0101010101010101ull * (uint64_t)aflip;
-  for (int h = 0; h < H; h++) {
-    uint8_t* prow = b->pk + (size_t)(h + b->PT) * AB * PSTR + (size_t)b->PL * TAPB;
-    const uint8_t* srow = xg + (size_t)h * W;
-    int cb = 0;
+  int cb = 0;
 #if defined(__aarch64__)
-    /* 64 channels (8 channel bytes) and 16 pixels at a time, taps written whole */
-    if (W >= 16 && TAPB % 8 == 0)
-      for (; cb < TAPB; cb += 8)
-        for (int ww = 0; ww < W; ww += 16) {
-          const int w0 = ww + 16 <= W ? ww : W - 16;
-          pack16x8(srow + (size_t)cb * 8 * HW + w0, HW, Cg - cb * 8, (uint8_t)aflip, AB, prow + (size_t)w0 * TAPB + cb,
-                   PSTR, TAPB);
-        }
-#endif
-    for (; cb < TAPB; cb++) {
-      const int c0 = cb * 8, nc = Cg - c0 < 8 ? Cg - c0 : 8;
-      const uint8_t* s8 = srow + (size_t)c0 * HW;
-      int ww = 0;
-#if defined(__aarch64__)
-      /* 16 pixels at a time; a last partial group overlaps the previous one */
-      if (W >= 16) {
-        for (; ww < W; ww += 16) {
-          const int w0 = ww + 16 <= W ? ww : W - 16;
-          pack16(s8 + w0, HW, nc, (uint8_t)aflip, AB, prow + (size_t)w0 * TAPB + cb, PSTR, TAPB);
-        }
+  /* 64 channels (8 channel bytes) and 16 pixels at a time, taps written whole */
+  if (width >= 16 && TAPB % 8 == 0)
+    for (; cb < TAPB; cb += 8)
+      for (int ww = 0; ww < width; ww += 16) {
+        const int w0 = ww + 16 <= width ? ww : width - 16;
+        pack16x8(src + (size_t)cb * 8 * HW + w0, HW, Cg - cb * 8, (uint8_t)aflip, AB, dst + (size_t)w0 * TAPB + cb,
+                 pstride, TAPB);
       }
 #endif
-      for (; ww < W; ww++) {
-        /* 8 channels' codes as the bytes of one word, then plane i's bits gathered
-         * into one byte by a multiply (byte k's bit 0 -> bit k of the top byte) */
-        uint64_t v = 0;
-        for (int k = 0; k < nc; k++) v |= (uint64_t)s8[k * HW + ww] << (8 * k);
-        v ^= flip8 & (nc == 8 ? ~0ull : (1ull << (8 * nc)) - 1);
-        planes_of_word(v, AB, prow + (size_t)ww * TAPB + cb, PSTR);
+  for (; cb < TAPB; cb++) {
+    const int c0 = cb * 8, nc = Cg - c0 < 8 ? Cg - c0 : 8;
+    const uint8_t* s8 = src + (size_t)c0 * HW;
+    int ww = 0;
+#if defined(__aarch64__)
+    /* 16 pixels at a time; a last partial group overlaps the previous one */
+    if (width >= 16) {
+      for (; ww < width; ww += 16) {
+        const int w0 = ww + 16 <= width ? ww : width - 16;
+        pack16(s8 + w0, HW, nc, (uint8_t)aflip, AB, dst + (size_t)w0 * TAPB + cb, pstride, TAPB);
       }
     }
+#endif
+    for (; ww < width; ww++) {
+      /* 8 channels' codes as the bytes of one word, then plane i's bits gathered
+       * into one byte by a multiply (byte k's bit 0 -> bit k of the top byte) */
+      uint64_t v = 0;
+      for (int k = 0; k < nc; k++) v |= (uint64_t)s8[k * HW + ww] << (8 * k);
+      v ^= flip8 & (nc == 8 ? ~0ull : (1ull << (8 * nc)) - 1);
+      planes_of_word(v, AB, dst + (size_t)ww * TAPB + cb, pstride);
+    }
   }
+}
+
+/* 1. bit-pack the input pixels of one group (xg: its first channel) into pk's interior:
+ * row by row, or, for rows narrower than the 16 pixels the NEON packing takes at a
+ * time (14x14, 7x7 layers), the whole image as one run of H*W pixels into b->flat,
+ * then its rows copied into place */
+static __attribute__((noinline, optimize("no-tree-loop-distribute-patterns"))) void pack_input(const bs_call* b,
+                                                                                              const uint8_t* xg) {
+  const int H = b->H, W = b->W, AB = b->AB, TAPB = b->TAPB;
+  const size_t PSTR = b->PSTR, row = (size_t)W * TAPB;
+  uint8_t* interior = b->pk + (size_t)b->PT * AB * PSTR + (size_t)b->PL * TAPB;
+  if (b->flat) {
+    const size_t fstr = (size_t)H * row;
+    pack_pixels(b, xg, H * W, b->flat, fstr);
+    for (int h = 0; h < H; h++)
+      for (int i = 0; i < AB; i++)
+        copy_bytes(interior + ((size_t)h * AB + i) * PSTR, b->flat + i * fstr + (size_t)h * row, (int)row);
+    return;
+  }
+  for (int h = 0; h < H; h++) pack_pixels(b, xg + (size_t)h * W, W, interior + (size_t)h * AB * PSTR, PSTR);
 }
 
 /* the code sum of every padded input pixel (its planes' popcounts, plane i weighing 2^i) */
@@ -998,10 +1015,16 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
    * pixels' TAPB-byte taps in a row (pk[(hp*AB + i)*PSTR + wq*TAPB]), so the KW taps of
    * one kernel row are contiguous (stride-1 width, no dilation: one copy per row). */
   bs_call b = {C, H, W, KH, KW, SH, SW, PT, PL, DH, DW, Cg, OW, HP, WP, AB, TAPB, RB, aflip, (size_t)WP * TAPB,
-               NULL, NULL, NULL, NULL, NULL};
+               NULL, NULL, NULL, NULL, NULL, NULL};
   const size_t PSTR = b.PSTR;
   b.pk = (uint8_t*)calloc((size_t)HP * AB * PSTR, 1);
   b.rows = (uint8_t*)calloc((size_t)OW * AB * RB, 1);
+#if defined(__aarch64__)
+  const int flat = W < 16 && H * W >= 16;
+#else
+  const int flat = 0;
+#endif
+  b.flat = flat ? (uint8_t*)malloc((size_t)AB * H * W * TAPB) : NULL;
   b.sx = (int32_t*)calloc(OWS, sizeof(int32_t));
   int32_t* obias = (int32_t*)malloc(sizeof(int32_t) * O);
   int32_t* acc = (int32_t*)malloc(sizeof(int32_t) * (size_t)Og * OWS);
@@ -1009,8 +1032,8 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   b.px = (int32_t*)malloc(sizeof(int32_t) * ((size_t)HP * WP + WP));
   b.colsum = b.px ? b.px + (size_t)HP * WP : NULL;
   uint8_t* const pk = b.pk;
-  if (!pk || !b.rows || !b.sx || !obias || !zpat || !b.px || !acc) {
-    free(pk); free(b.rows); free(b.sx); free(obias); free(zpat); free(b.px); free(acc);
+  if (!pk || !b.rows || !b.sx || !obias || !zpat || !b.px || !acc || (flat && !b.flat)) {
+    free(pk); free(b.rows); free(b.flat); free(b.sx); free(obias); free(zpat); free(b.px); free(acc);
     return fail("sliver_lowbit_bitserial: out of memory for the packed activations");
   }
   /* acc = Sxw - wz*Sx - xz*Sw[o] + K*xz*wz: the last two per output channel */
@@ -1045,7 +1068,7 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
       }
     }
   }
-  free(pk); free(b.rows); free(b.sx); free(obias); free(zpat); free(b.px); free(acc);
+  free(pk); free(b.rows); free(b.flat); free(b.sx); free(obias); free(zpat); free(b.px); free(acc);
   result->type_index = kAnyNone;
   result->u.v_int64 = 0;
   return 0;
