@@ -22,7 +22,7 @@ from sliver.ir.types import TensorType, int_range
 # name, x dtype, w dtype, input shape, out channels, kernel, attrs
 CONV_CASES = [
     ("w1a1", "u1", "u1", (2, 13, 7, 6), 5, 3, dict(stride=[2, 2], padding=[1, 0, 2, 1], x_zero_point=1, w_zero_point=1)),
-    ("w2a2", "u2", "i2", (1, 16, 9, 9), 8, 3, dict(padding=[1, 1, 1, 1], x_zero_point=1, clamp_min=0.0, out_dtype="u2",
+    ("w2a2", "u2", "i2", (1, 16, 9, 8), 8, 3, dict(padding=[1, 1, 1, 1], x_zero_point=1, clamp_min=0.0, out_dtype="u2",
                                                   out_scale=0.37, out_zero_point=0)),
     # W2A2 in the aarch64 block layout: 72-byte rows (four 16-byte steps and a tail),
     # 10 channels (two left in the plain layout), an odd output width; and 32-byte rows
@@ -30,10 +30,12 @@ CONV_CASES = [
     ("w2a2_rows", "u2", "i2", (1, 64, 5, 7), 10, 3, dict(padding=[1, 1, 1, 1], x_zero_point=2, clamp_min=-0.5)),
     ("w2a2_1x1", "u2", "u2", (1, 256, 3, 3), 4, 1, dict(x_zero_point=1, w_zero_point=1)),
     # signed weights of whole four-channel blocks: two's complement planes on aarch64
-    # (LAYOUT 2), here with a weight zero point (48-byte rows: three steps, no tail); and
-    # at the limit of its 16-bit sums: every product -6 over a 680-byte row (-32400)
+    # (LAYOUT 2; with an even output width the asm applies the epilogue: f32 here, codes
+    # in w2a2 above), here with a weight zero point (48-byte rows: three steps, no tail);
+    # and at the limit of its 16-bit sums: every product -6 over a 680-byte row (-32400),
+    # requantized to signed codes
     ("w2a2_tc", "u2", "i2", (1, 40, 5, 6), 8, 3, dict(padding=[1, 1, 1, 1], x_zero_point=2, w_zero_point=1)),
-    ("w2a2_extreme", "u2", "i2", (1, 600, 3, 3), 4, 3, dict()),
+    ("w2a2_extreme", "u2", "i2", (1, 600, 3, 4), 4, 3, dict(out_dtype="i4", out_scale=500.0, out_zero_point=0)),
     ("w2a2_groups", "u2", "i2", (1, 32, 6, 5), 12, 3, dict(padding=[1, 1, 1, 1], groups=2, x_zero_point=3)),
     ("w3a3", "u3", "i3", (1, 70, 8, 8), 9, 3, dict(stride=[1, 2], padding=[2, 2, 2, 2], dilation=[2, 1], x_zero_point=5,
                                                   w_zero_point=-1)),

@@ -250,7 +250,13 @@ typedef struct {
   const int32_t* obias;
   const int32_t* base;
   int layout; /* LAYOUT_*: the weights' layout (meta LAYOUT) */
+  /* fused (FUSED_*, LAYOUT_W2A2_TC only): the epilogue is applied here; out is then the
+   * output row itself (f32 or one-byte codes), with the group's scale[og], bias[og] and
+   * e = {clamp_min, clamp_max, 1/out_scale, out_zero_point, qmin, qmax} */
+  int fused;
+  const float *scale, *bias, *e;
 } row_args;
+enum { FUSED_NONE = 0, FUSED_F32 = 1, FUSED_CODES = 2 };
 
 #if defined(__aarch64__)
 /* Narrow planes (FUSABLE: (2^A - 1)(2^W - 1) <= 31) fuse all plane pairs of an output
@@ -424,11 +430,12 @@ INLINE void dot_chunk(const uint8_t* r0, const uint8_t* r1, const uint8_t* w, in
  * sxtl; a channel's total lies in [-48 * rb, 24 * rb], which fits 16 bits for
  * rb <= W2A2_TC_MAX_RB).  Two's complement needs no weight zero point for symmetric
  * weights, so the kernel skips the Sx sums. */
-#define W2A2_PAIR_BLOCKS(NAME, CONSTS, K01, K11, ACC0, ACC, ADDW, ADDW2, XTL, XTL2)                                \
+#define W2A2_PAIR_BLOCKS(NAME, CONSTS, K01, K11, ACC0, ACC, ADDW, ADDW2, XTL, XTL2, EPI, STORE, ESIZE, ...)        \
   static inline __attribute__((always_inline)) void NAME(const uint8_t* r0, const uint8_t* r1, const uint8_t* w,     \
                                                          int rb, long nblk, const int32_t* obias,                    \
-                                                         const int32_t* base, int32_t* out, ptrdiff_t ostride) {     \
-    const long tail = rb & 8, more = (rb >> 4) - 1, ostride_b = (long)ostride * 4;                                  \
+                                                         const int32_t* base, int32_t* out, ptrdiff_t ostride,       \
+                                                         const float* scale, const float* bias, const float* e) {    \
+    const long tail = rb & 8, more = (rb >> 4) - 1, ostride_b = (long)ostride * ESIZE;                              \
     const uint8_t* x01 = r0 + rb;                                                                                    \
     const uint8_t* x11 = r1 + rb;                                                                                    \
     long n;                                                                                                          \
@@ -462,25 +469,61 @@ INLINE void dot_chunk(const uint8_t* r0, const uint8_t* r1, const uint8_t* w, in
         "ldr q4, [%[obias]], #16\n\t"                                                                                \
         "add v5.4s, v5.4s, v4.4s\n\tadd v5.4s, v5.4s, v28.4s\n\t"                                                    \
         "add v6.4s, v6.4s, v4.4s\n\tadd v6.4s, v6.4s, v29.4s\n\t"                                                    \
-        /* channel ob's two pixels are adjacent in out: store them as one 64-bit pair */                             \
+        EPI                                                                                                          \
+        /* channel ob's two pixels are adjacent in out: store them as one pair */                                    \
         "zip1 v7.4s, v5.4s, v6.4s\n\tzip2 v16.4s, v5.4s, v6.4s\n\t"                                                  \
-        "st1 {v7.d}[0], [%[out]], %[os]\n\t"                                                                         \
-        "st1 {v7.d}[1], [%[out]], %[os]\n\t"                                                                         \
-        "st1 {v16.d}[0], [%[out]], %[os]\n\t"                                                                        \
-        "st1 {v16.d}[1], [%[out]], %[os]\n\t"                                                                        \
+        STORE                                                                                                        \
         "subs %[nblk], %[nblk], #1\n\t"                                                                              \
         "b.ne 0b\n\t"                                                                                                \
         : [nblk] "+r"(nblk), [w] "+r"(w), [out] "+r"(out), [obias] "+r"(obias), [n] "=&r"(n), [t] "=&r"(t),          \
-          [p0] "=&r"(p0), [p1] "=&r"(p1), [p2] "=&r"(p2), [p3] "=&r"(p3)                                             \
+          [p0] "=&r"(p0), [p1] "=&r"(p1), [p2] "=&r"(p2), [p3] "=&r"(p3), [scale] "+r"(scale), [bias] "+r"(bias)     \
         : [x00] "r"(r0), [x10] "r"(r1), [x01] "r"(x01), [x11] "r"(x11), [tail] "r"(tail), [more] "r"(more),          \
-          [base] "r"(base), [os] "r"(ostride_b)                                                                      \
+          [base] "r"(base), [os] "r"(ostride_b), [e] "r"(e)                                                          \
         : "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v16", "v17", "v18", "v19", "v20", "v21", "v22", "v23",    \
-          "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31", "memory", "cc");                                   \
+          "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31", __VA_ARGS__, "cc");                                  \
   }
+/* the int32 (or f32) results of a channel pair as 64-bit pairs */
+#define W2A2_STORE32                                                                                              \
+  "st1 {v7.d}[0], [%[out]], %[os]\n\tst1 {v7.d}[1], [%[out]], %[os]\n\t"                                           \
+  "st1 {v16.d}[0], [%[out]], %[os]\n\tst1 {v16.d}[1], [%[out]], %[os]\n\t"
 W2A2_PAIR_BLOCKS(w2a2_pair_blocks, "movi v30.16b, #2\n\tmovi v31.16b, #4\n\t", "v30", "v31", "uaddlp", "uadalp",
-                 "uaddw", "uaddw2", "uxtl", "uxtl2")
-W2A2_PAIR_BLOCKS(w2a2_pair_blocks_tc, "movi v30.16b, #2\n\tmovi v18.16b, #0xfe\n\tmovi v19.16b, #0xfc\n\t", "v18",
-                 "v19", "saddlp", "sadalp", "saddw", "saddw2", "sxtl", "sxtl2")
+                 "uaddw", "uaddw2", "uxtl", "uxtl2", "", W2A2_STORE32, 4, "memory")
+#define W2A2_TC_CONSTS "movi v30.16b, #2\n\tmovi v18.16b, #0xfe\n\tmovi v19.16b, #0xfc\n\t"
+W2A2_PAIR_BLOCKS(w2a2_pair_blocks_tc, W2A2_TC_CONSTS, "v18", "v19", "saddlp", "sadalp", "saddw", "saddw2", "sxtl",
+                 "sxtl2", "", W2A2_STORE32, 4, "memory")
+/* ... and with the epilogue fused (apply_epilogue's steps, in its order): float(acc) *
+ * scale[o] + bias[o], max clamp_min, min clamp_max; for codes then roundeven(y * inv) + zp,
+ * max qmin, min qmax, to int.  out is then the output itself, scale and bias the block's
+ * first channel's, e = {clamp_min, clamp_max, inv, zp, qmin, qmax} (f32). */
+#define W2A2_EPI_CONSTS                                                                                            \
+  "ld1r {v31.4s}, [%[e]]\n\tadd %[t], %[e], #4\n\tld1r {v8.4s}, [%[t]]\n\t"                                       \
+  "add %[t], %[e], #8\n\tld1r {v9.4s}, [%[t]]\n\tadd %[t], %[e], #12\n\tld1r {v10.4s}, [%[t]]\n\t"                 \
+  "add %[t], %[e], #16\n\tld1r {v11.4s}, [%[t]]\n\tadd %[t], %[e], #20\n\tld1r {v12.4s}, [%[t]]\n\t"
+#define W2A2_EPI_F32                                                                                               \
+  "scvtf v5.4s, v5.4s\n\tscvtf v6.4s, v6.4s\n\t"                                                                   \
+  "ldr q4, [%[scale]], #16\n\tldr q7, [%[bias]], #16\n\t"                                                          \
+  "fmul v5.4s, v5.4s, v4.4s\n\tfmul v6.4s, v6.4s, v4.4s\n\t"                                                       \
+  "fadd v5.4s, v5.4s, v7.4s\n\tfadd v6.4s, v6.4s, v7.4s\n\t"                                                       \
+  "fmax v5.4s, v5.4s, v31.4s\n\tfmax v6.4s, v6.4s, v31.4s\n\t"                                                     \
+  "fmin v5.4s, v5.4s, v8.4s\n\tfmin v6.4s, v6.4s, v8.4s\n\t"
+#define W2A2_EPI_CODES                                                                                             \
+  W2A2_EPI_F32                                                                                                     \
+  "fmul v5.4s, v5.4s, v9.4s\n\tfmul v6.4s, v6.4s, v9.4s\n\t"                                                       \
+  "frintn v5.4s, v5.4s\n\tfrintn v6.4s, v6.4s\n\t"                                                                 \
+  "fadd v5.4s, v5.4s, v10.4s\n\tfadd v6.4s, v6.4s, v10.4s\n\t"                                                     \
+  "fmax v5.4s, v5.4s, v11.4s\n\tfmax v6.4s, v6.4s, v11.4s\n\t"                                                     \
+  "fmin v5.4s, v5.4s, v12.4s\n\tfmin v6.4s, v6.4s, v12.4s\n\t"                                                     \
+  "fcvtzs v5.4s, v5.4s\n\tfcvtzs v6.4s, v6.4s\n\t"
+/* one-byte codes (they fit their byte; int8 stores the same bits): a channel's pixel pair as 16 bits */
+#define W2A2_STORE8                                                                                               \
+  "xtn v7.4h, v7.4s\n\txtn2 v7.8h, v16.4s\n\txtn v7.8b, v7.8h\n\t"                                                 \
+  "st1 {v7.h}[0], [%[out]], %[os]\n\tst1 {v7.h}[1], [%[out]], %[os]\n\t"                                           \
+  "st1 {v7.h}[2], [%[out]], %[os]\n\tst1 {v7.h}[3], [%[out]], %[os]\n\t"
+W2A2_PAIR_BLOCKS(w2a2_pair_blocks_tc_f32, W2A2_TC_CONSTS W2A2_EPI_CONSTS, "v18", "v19", "saddlp", "sadalp", "saddw",
+                 "saddw2", "sxtl", "sxtl2", W2A2_EPI_F32, W2A2_STORE32, 4, "v8", "v9", "v10", "v11", "v12", "memory")
+W2A2_PAIR_BLOCKS(w2a2_pair_blocks_tc_codes, W2A2_TC_CONSTS W2A2_EPI_CONSTS, "v18", "v19", "saddlp", "sadalp",
+                 "saddw", "saddw2", "sxtl", "sxtl2", W2A2_EPI_CODES, W2A2_STORE8, 1, "v8", "v9", "v10", "v11", "v12",
+                 "memory")
 
 /* out[ob * ostride + p] = dot(pixel p's row, channel ob) + obias[ob] + base[p] for OB
  * channels and NP pixels (rows r0, r1) */
@@ -524,8 +567,16 @@ INLINE void conv_row_impl(const row_args* ra, const int A, const int W) {
     /* two's complement planes in the W2A2 block layout: og is a multiple of 4 */
     for (; p < ra->npix; p += 2) {
       const uint8_t* row = ra->rows + (size_t)p * A * rb;
-      w2a2_pair_blocks_tc(row, p + 1 < ra->npix ? row + A * rb : row, ra->w, rb, og / 4, ra->obias, ra->base + p,
-                          ra->out + p, ostride);
+      const uint8_t* twin = p + 1 < ra->npix ? row + A * rb : row;
+      if (ra->fused == FUSED_F32)
+        w2a2_pair_blocks_tc_f32(row, twin, ra->w, rb, og / 4, ra->obias, ra->base + p, ra->out + p, ostride, ra->scale,
+                                ra->bias, ra->e);
+      else if (ra->fused == FUSED_CODES) /* out: one-byte codes */
+        w2a2_pair_blocks_tc_codes(row, twin, ra->w, rb, og / 4, ra->obias, ra->base + p,
+                                  (int32_t*)(void*)((uint8_t*)ra->out + p), ostride, ra->scale, ra->bias, ra->e);
+      else
+        w2a2_pair_blocks_tc(row, twin, ra->w, rb, og / 4, ra->obias, ra->base + p, ra->out + p, ostride, NULL, NULL,
+                            NULL);
     }
     return;
   }
@@ -537,7 +588,7 @@ INLINE void conv_row_impl(const row_args* ra, const int A, const int W) {
     for (; p < ra->npix; p += 2) {
       const uint8_t* row = ra->rows + (size_t)p * A * rb;
       w2a2_pair_blocks(row, p + 1 < ra->npix ? row + A * rb : row, ra->w, rb, nb, ra->obias, ra->base + p, ra->out + p,
-                       ostride);
+                       ostride, NULL, NULL, NULL);
     }
     for (p = 0; p < ra->npix; p++) {
       const uint8_t* row = ra->rows + (size_t)p * A * rb;
@@ -1010,6 +1061,10 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
     return fail("sliver_lowbit_bitserial: the weights are not in the layout this kernel reads (meta LAYOUT): "
                 "the library was built by a different sliver");
   const int OWS = OW + (OW & 1); /* the row sums' stride: an odd row gets a padding column */
+  /* the W2A2 asm applies the epilogue and writes the output itself (an even row: its
+   * pixel pairs never spill over) */
+  const int fused = layout != LAYOUT_W2A2_TC || OW % 2 ? FUSED_NONE : epi.kind == OUT_F32 ? FUSED_F32 : FUSED_CODES;
+  const float e6[6] = {epi.lo, epi.hi, epi.inv, epi.zp, epi.qmin, epi.qmax};
 
   /* The padded input of one group, bit-packed: per input row hp and plane i, the WP
    * pixels' TAPB-byte taps in a row (pk[(hp*AB + i)*PSTR + wq*TAPB]), so the KW taps of
@@ -1060,11 +1115,13 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
         im2col_row(&b, oh);
         if (wz) window_sums(&b, oh, wz);
         /* 3. popcount dot products, zero points folded, written to out[n, g*Og + o, oh, ow] */
-        const row_args ra = {b.rows, wg, RB, Og, OW, acc, OWS, obias + g * Og, b.sx, layout};
+        uint8_t* orow = out + ((((size_t)n * O + (size_t)g * Og) * OH + oh) * OW) * osz;
+        const row_args ra = {b.rows, wg, RB, Og, OW, fused ? (int32_t*)(void*)orow : acc, fused ? ostride : OWS,
+                             obias + g * Og, b.sx, layout, fused, epi.scale + g * Og, epi.bias + g * Og, e6};
         fn(&ra);
-        /* 4. the epilogue into out[n, g*Og + o, oh, :] */
+        /* 4. the epilogue into out[n, g*Og + o, oh, :] (unless fused into 3) */
         const epilogue eg = {epi.scale + g * Og, epi.bias + g * Og, epi.lo, epi.hi, epi.inv, epi.zp, epi.qmin, epi.qmax, epi.kind};
-        apply_epilogue(&eg, acc, OWS, Og, OW, out + ((((size_t)n * O + (size_t)g * Og) * OH + oh) * OW) * osz, ostride);
+        if (!fused) apply_epilogue(&eg, acc, OWS, Og, OW, orow, ostride);
       }
     }
   }
@@ -1241,7 +1298,7 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
           sx[ow] = -wz * i8_row_sum(r, RB);
         }
         /* 3. dot products, zero points folded, written to out[n, g*Og + o, oh, ow] */
-        const row_args ra = {(const uint8_t*)rows, (const uint8_t*)wg, RB, Og, OW, acc, OW, obias + g * Og, sx, 0};
+        const row_args ra = {(const uint8_t*)rows, (const uint8_t*)wg, RB, Og, OW, acc, OW, obias + g * Og, sx, 0, 0, NULL, NULL, NULL};
         fn(&ra);
         /* 4. the epilogue into out[n, g*Og + o, oh, :] */
         const epilogue eg = {epi.scale + g * Og, epi.bias + g * Og, epi.lo, epi.hi, epi.inv, epi.zp, epi.qmin, epi.qmax, epi.kind};
