@@ -13,6 +13,7 @@ sys.path.insert(0, str(TESTS))  # `import helpers`
 
 import torch  # noqa: E402
 
+import precompile  # noqa: E402
 from sliver.runtime import emulate  # noqa: E402
 
 # Tests run small tensors: torch's second OpenMP thread only adds barrier waits, and on a
@@ -35,6 +36,29 @@ def _private_tuning_cache(tmp_path_factory):
     ``lower`` applies whatever records it finds there."""
     os.environ["SLIVER_TUNING_DIR"] = str(tmp_path_factory.mktemp("tuning-cache"))
     yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "precompiled(keys): keys(params) names the tests/precompile.py jobs the test reads")
+
+
+def pytest_collection_finish(session):
+    """Start the compiles the selected tests will read, in the order the tests run,
+    on a worker process (tests/precompile.py)."""
+    if session.config.option.collectonly:
+        return
+    keys = []
+    for item in session.items:
+        if item.get_closest_marker("skip"):
+            continue
+        for mark in item.iter_markers("precompiled"):
+            keys += mark.args[0](getattr(getattr(item, "callspec", None), "params", {}))
+    precompile.start(keys)
+
+
+def pytest_unconfigure(config):
+    precompile.stop()
 
 
 def pytest_collection_modifyitems(config, items):
