@@ -528,6 +528,36 @@ def count_params_and_macs(module) -> tuple[int, int]:
     return params, macs
 
 
+def pruned(module, **options) -> tuple[Module, dict]:
+    """A pruned copy of ``module`` (the ``prune`` pass with ``options``) and its report
+    (:meth:`PruneReport.as_dict`)."""
+    from sliver.passes.manager import PassManager
+
+    copy = module.clone()
+    (record,) = PassManager([Prune(**options)]).run(copy)
+    return copy, record.notes["report"]
+
+
+def matched_constrained(module, params: int, steps: int = 10, **options) -> tuple[Module, dict, float]:
+    """``(pruned copy, report, amount)`` of the constrained pruning of ``module`` whose
+    parameter count is closest to ``params`` (a bisection over the amount, ``steps``
+    prunings): constrained pruning at the same *amount* as an unconstrained one
+    removes more (whole coupled groups), so comparisons of the two are fair only at
+    the same size.  ``options``: the other ``prune`` options (method, activations…)."""
+    lo, hi = 0.0, 0.99
+    best = None
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        copy, report = pruned(module, amount=mid, constrained=True, **options)
+        if best is None or abs(report["params_after"] - params) < abs(best[1]["params_after"] - params):
+            best = (copy, report, mid)
+        if report["params_after"] > params:
+            lo = mid
+        else:
+            hi = mid
+    return best
+
+
 def rewrite(module, plan: PrunePlan) -> PruneReport:
     """Rebuild ``module`` with pruned channels removed; returns the report."""
     a = plan.analysis

@@ -12,6 +12,7 @@ emulation, unlike ``-singlestep -d exec`` (one log line per instruction).
     c = icount.count_artifact("model.sliver")            # golden inputs
     c.per_call            # instructions executed inside one vm["main"](...) call
     c.functions           # {PrimFunc name: instructions per call}, e.g. fused_conv2d_add_relu
+    c.blocks[:3]          # the hottest blocks: Block(function, offset, insns, times)
     c = icount.count_library("kernel.so", [a, b, out], function="default_function")
 
 **What is counted.**  The emulated Python starts, loads the library, converts the
@@ -24,6 +25,11 @@ therefore excluded exactly, not estimated.  Per-function counts attribute every
 executed block inside the library to the function symbol it starts in: TVM emits
 a PrimFunc ``f`` as ``__tvm_ffi_f`` (argument checks), ``f_compute_`` (the body)
 and unnamed parallel-loop bodies placed right after it, all reported as ``f``.
+Static C functions linked into the library (the low-bit kernels' phases) are
+symbols too and get their own counts.  ``blocks`` goes one level finer: every
+executed block of the library with its function, offset, size and execution count,
+hottest first, so a loop body shows as one block run many times (the offset is
+from the symbol the block starts in, as ``objdump -d`` of the library shows it).
 Blocks outside the library (libm's ``expf``, the TVM runtime's workspace and
 thread-pool code, the VM interpreter, Python) are reported per shared object in
 ``outside``.  ``per_call`` includes the cost of calling from Python through the
@@ -60,6 +66,22 @@ MARK_BASE = 0x51100000
 PLUGIN_SOURCE = pathlib.Path(__file__).with_name("qemu_icount.c")
 
 
+@dataclass(frozen=True)
+class Block:
+    """One executed translation block of the library: straight-line code from ``offset``
+    bytes into ``function`` (its symbol, as in :attr:`InstructionCount.functions`)."""
+
+    function: str
+    offset: int
+    #: instructions in the block, and how often it ran
+    insns: int
+    times: int
+
+    @property
+    def total(self) -> int:
+        return self.insns * self.times
+
+
 @dataclass
 class InstructionCount:
     """What :func:`count_library` measured (all counts are executed aarch64 instructions)."""
@@ -76,6 +98,9 @@ class InstructionCount:
     functions: dict[str, int] = field(default_factory=dict)
     #: {other shared object or "python": instructions per call} (last measured call)
     outside: dict[str, int] = field(default_factory=dict)
+    #: the library's executed blocks (last measured call), most instructions first: where
+    #: inside a function the instructions go (a hot loop is one block executed many times)
+    blocks: list[Block] = field(default_factory=list)
     #: the function's results of the last call (VM outputs, or every argument after the
     #: call for a plain packed function: destination-passing style writes into them)
     results: list = field(default_factory=list)
@@ -244,18 +269,20 @@ def _summarize(marks, maps: str, library: bytes, lib_path: str, repeat: int, res
     calls, marker_cost, startup = segments(marks, repeat)
     blocks = marks[-1][2]
     empty = marks[1][2]  # blocks of the empty pair: the marker code itself
-    functions, outside = _attribute(blocks, empty, maps, library, lib_path)
+    functions, outside, lib_blocks = _attribute(blocks, empty, maps, library, lib_path)
     return InstructionCount(per_call=min(calls), calls=calls, startup=startup, marker_cost=marker_cost,
-                            functions=functions, outside=outside, results=results)
+                            functions=functions, outside=outside, blocks=lib_blocks, results=results)
 
 
 def _attribute(blocks: dict, empty: dict, maps: str, library: bytes, lib_path: str):
-    """Instructions per function of the library and per other mapped object."""
+    """Instructions per function of the library and per other mapped object, and the
+    library's blocks (:class:`Block`, most instructions first)."""
     regions = _parse_maps(maps)
     base = min((start - off for start, end, off, path in regions if path == lib_path), default=None)
     starts, names = _function_symbols(library)
     functions: dict[str, int] = {}
     outside: dict[str, int] = {}
+    lib_blocks: list[Block] = []
     for (vaddr, n), times in blocks.items():
         times -= empty.get((vaddr, n), 0)  # the closing marker's own code
         if times <= 0:
@@ -266,11 +293,13 @@ def _attribute(blocks: dict, empty: dict, maps: str, library: bytes, lib_path: s
             i = bisect.bisect_right(starts, vaddr - base) - 1
             name = _primfunc_name(names[i]) if i >= 0 else "?"
             functions[name] = functions.get(name, 0) + n * times
+            lib_blocks.append(Block(name, vaddr - base - (starts[i] if i >= 0 else 0), n, times))
         else:
             key = os.path.basename(path) or "?"
             outside[key] = outside.get(key, 0) + n * times
     order = lambda d: dict(sorted(d.items(), key=lambda kv: -kv[1]))  # noqa: E731
-    return order(functions), order(outside)
+    lib_blocks.sort(key=lambda b: (-b.total, b.function, b.offset))
+    return order(functions), order(outside), lib_blocks
 
 
 def _parse_maps(text: str):

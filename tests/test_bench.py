@@ -165,10 +165,15 @@ def test_bench_prune_prints_copies_for_each_export(capsys):
     assert lines[0].startswith("output-side l2 masks, amount 0.3")
     rows = {line.split()[1]: line.split()[2:] for line in lines[2:6]}
     assert list(rows) == ["unpruned", "naive", "reordered", "constrained"]
-    assert lines[6].split()[0] == "reorder:" and "ordered exactly (consecutive-ones)" in lines[6]
+    # constrained pruning of the unconstrained exports' size, with the amount that got there
+    matched = lines[6].split()
+    assert matched[1] == "constrained=params" and matched[-2] == "amount" and 0 < float(matched[-1]) < 0.99
+    assert matched[2:5] == ["0", "0", "0"]
+    assert lines[7].split()[0] == "reorder:" and "ordered exactly (consecutive-ones)" in lines[7]
     assert rows["constrained"][:3] == ["0", "0", "0"]  # constrained never gathers
     params = {k: int(v[-2].replace(",", "")) for k, v in rows.items()}
     assert params["naive"] == params["reordered"] < params["unpruned"]
+    assert abs(int(matched[-4].replace(",", "")) - params["naive"]) <= 0.05 * params["naive"]
     macs = {k: float(v[-1].rstrip("x")) for k, v in rows.items()}  # as a fraction of the unpruned model's
     assert macs["unpruned"] == 1.0 and macs["naive"] == macs["reordered"] < 1.0
 

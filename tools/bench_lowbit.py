@@ -17,7 +17,10 @@ Everything is measured side by side in one run and printed as ratios:
   counts of one call, start-up excluded, a TCG plugin so full-size layers take
   seconds) for the same layers and the small CNN, fp32 vs int8 (W8A8 on the int8 NEON
   kernel: smull/smlal2 + sadalp) vs W2A2 (bit-serial NEON); ``--arm-size`` counts
-  smaller spatial sizes instead.  Rows are printed as they are measured.
+  smaller spatial sizes instead.  Rows are printed as they are measured, each conv
+  with the W2A2 call's breakdown: instructions per phase of the bit-serial kernel (its
+  functions: packing, im2col, the Sx sums of a weight zero point, the dot products,
+  the epilogue) and its hottest blocks (the dot products' inner loop).
 
 8-bit weights are drawn from [-127, 127] (symmetric, as TFLite's int8 scheme has them),
 which lets the int8 kernel pair two products per 16-bit lane: the faster int8 baseline.
@@ -225,16 +228,19 @@ def bench_arm(layers, size: int, say, show=lambda row: None, cnn: bool = True) -
     for hw in layers:
         c = LAYERS[hw]
         size_hw = size or hw
-        counts = {}
+        counts, breakdown = {}, None
         for label, kind, kernel in variants:
             module, inputs = conv_layer(kind, size_hw, c)
             say(f"counting conv {size_hw}x{size_hw}x{c} {label} on the emulated Pi")
             lib, k = _compile(module, "arm64", kernel)
-            counts[label] = icount.count_library(lib, inputs).per_call
+            counted = icount.count_library(lib, inputs)
+            counts[label] = counted.per_call
             if label == "fp32":
                 say(f"fp32 conv: {k.get('fp32 convs', 'direct')}")
+            if kernel == "bitserial":
+                breakdown = counted
         where = f"{hw}x{hw}x{c}" if size_hw == hw else f"{size_hw}x{size_hw}x{c} (stage {hw}x{hw}, reduced)"
-        rows.append({"layer": f"conv 3x3 {where}", "counts": counts})
+        rows.append({"layer": f"conv 3x3 {where}", "counts": counts, "breakdown": breakdown})
         show(rows[-1])
     if not cnn:
         return rows
@@ -249,11 +255,33 @@ def bench_arm(layers, size: int, say, show=lambda row: None, cnn: bool = True) -
     return rows
 
 
+#: the bit-serial kernel's functions (kernels/lowbit.c) by phase, for the breakdown
+PHASES = {"pack_input": "1 bit-pack input", "pack_pixels": "1 bit-pack input", "pixel_sums": "Sx: pixel sums",
+          "im2col_row": "2 im2col", "window_sums": "Sx: window sums", "conv_row_2_2": "3 dot products",
+          "apply_epilogue": "4 epilogue", "sliver_lowbit_bitserial": "setup"}
+
+
 def print_arm_row(r) -> None:
     c = r["counts"]
     w2 = c["W2A2 bitserial"]
     cells = "  ".join(f"{k}: {v / 1e6:8.2f}M ({v / w2:4.2f}x)" for k, v in c.items())
     print(f"{r['layer']:<44} {cells}", flush=True)
+    if r.get("breakdown") is not None:
+        print_breakdown(r["breakdown"])
+
+
+def print_breakdown(counted, hot: int = 3) -> None:
+    """Where a W2A2 call's instructions go: per function of the kernel (its phases), and
+    the hottest blocks (a loop body executed many times: instructions x executions)."""
+    total = counted.per_call
+    parts = [f"{PHASES.get(name, name)} ({name}) {n / 1e6:.2f}M {100 * n / total:.1f}%"
+             for name, n in counted.functions.items() if n >= 0.001 * total]
+    rest = total - sum(counted.functions.values())
+    parts.append(f"outside the library {rest / 1e6:.2f}M")
+    print("    W2A2 by function: " + "; ".join(parts), flush=True)
+    blocks = [f"{b.function}+{b.offset:#x} {b.insns} insns x {b.times} = {b.total / 1e6:.2f}M"
+              for b in counted.blocks[:hot]]
+    print("    hottest blocks: " + "; ".join(blocks), flush=True)
 
 
 def sizes(say) -> list[dict]:

@@ -8,12 +8,15 @@ For each model: the same L2 masks (on each layer's input channels, or with
 ``--side output`` on its output channels) exported naively (natural channel order:
 every consumer reading a subset gathers), reordered (UPSCALE export-time
 reordering) and, for comparison, constrained (whole coupled channel groups pruned:
-no copies, but other masks).  Prints gathers, gathered channels and bytes copied
+no copies, but other masks) twice: at the same amount (which removes more than the
+unconstrained masks: a group goes whole) and, row ``constrained=params``, at the
+amount whose parameter count matches the unconstrained exports'
+(:func:`~sliver.passes.prune.matched_constrained`; its amount ends the row).  Prints gathers, gathered channels and bytes copied
 per inference, MACs as a fraction of the unpruned model's (what a copy-free export of
 those masks could reach at best), how the reordered layout was found (groups ordered exactly by the
 consecutive-ones test, by the greedy heuristic and its distance from the optimum,
 and bytes no order can avoid), and with --latency the compiled x86_64 latency (sliver's default
-schedules) of each plus the unpruned model.  The four artifacts of a model are
+schedules) of each plus the unpruned model.  The five artifacts of a model are
 compiled first and then timed round-robin, one run each in turn, so load from
 other processes hits them alike; medians and minima are printed as ratios to the
 unpruned model.
@@ -36,6 +39,15 @@ import statistics
 import sys
 
 MODES = {"naive": dict(reorder=False), "reordered": dict(reorder=True), "constrained": dict(constrained=True)}
+#: the row of constrained pruning whose parameter count matches the unconstrained exports'
+MATCHED = "constrained=params"
+EXPORT = 20  # the export column's width
+
+
+def _row(model: str, export: str, r: dict, macs0: int) -> str:
+    """A row's copy columns from a prune report."""
+    return (f"{model:<14}{export:<{EXPORT}}{r['gathers']:>8}{r['gathered_channels']:>10}"
+            f"{r['bytes_copied']:>14,}{r['params_after']:>12,}{r['macs_after'] / macs0:>7.2f}x")
 
 
 def _compiled(module, inputs):
@@ -77,8 +89,7 @@ def selection_ms(model, inputs, repeat: int) -> float:
 
 def main(argv=None) -> int:
     import sliver
-    from sliver.passes.manager import PassManager, make_pass
-    from sliver.passes.prune import count_params_and_macs, format_reorder
+    from sliver.passes.prune import count_params_and_macs, format_reorder, matched_constrained, pruned
     from sliver.tools.bench import time_interleaved
     from sliver.tools import zoo
 
@@ -97,7 +108,7 @@ def main(argv=None) -> int:
 
     print(f"{args.side}-side {args.method} masks, amount {args.amount}, resolution {args.resolution}"
           + (", holes zero-filled" if args.holes == "zero" else ""))
-    header = f"{'model':<14}{'export':<13}{'gathers':>8}{'channels':>10}{'bytes copied':>14}{'params':>12}{'MACs':>8}"
+    header = f"{'model':<14}{'export':<{EXPORT}}{'gathers':>8}{'channels':>10}{'bytes copied':>14}{'params':>12}{'MACs':>8}"
     if args.latency:
         header += f"{'median ms':>11}{'min ms':>9}{'median':>9}{'min':>8}{'sel ms':>8}{'gather ms':>11}"
     print(header)
@@ -108,17 +119,17 @@ def main(argv=None) -> int:
         rows, modules = {}, {"unpruned": base}
         params0, macs0 = count_params_and_macs(base)
         for mode, opts in MODES.items():
-            module = base.clone()
             side = {} if mode == "constrained" else {"side": args.side, "holes": args.holes}
-            (rec,) = PassManager([make_pass("prune", method=args.method, amount=args.amount, **side, **opts)]).run(
-                module)
-            r = rec.notes["report"]
-            rows[mode] = (f"{name:<14}{mode:<13}{r['gathers']:>8}{r['gathered_channels']:>10}"
-                          f"{r['bytes_copied']:>14,}{r['params_after']:>12,}{r['macs_after'] / macs0:>7.2f}x")
-            modules[mode] = module
+            modules[mode], r = pruned(base, method=args.method, amount=args.amount, **side, **opts)
+            rows[mode] = _row(name, mode, r, macs0)
             if mode == "reordered":
                 reorder_line = f"{'':<14}{format_reorder(r['reorder'])}"
-        rows = {"unpruned": f"{name:<14}{'unpruned':<13}{'':>8}{'':>10}{'':>14}{params0:>12,}{1:>7.2f}x", **rows}
+                unconstrained_params = r["params_after"]  # naive's too: the same masks
+        # constrained pruning of the unconstrained exports' size (at the same amount it removes more)
+        modules[MATCHED], r, amount = matched_constrained(base, unconstrained_params, method=args.method)
+        rows[MATCHED] = _row(name, MATCHED, r, macs0)
+        rows = {"unpruned": f"{name:<14}{'unpruned':<{EXPORT}}{'':>8}{'':>10}{'':>14}{params0:>12,}{1:>7.2f}x",
+                **rows}
         if args.latency:
             twins = {k + "~views": views_twin(m) for k, m in modules.items()
                      if any(op.kind == "take" for op in m.ops)}
@@ -133,6 +144,7 @@ def main(argv=None) -> int:
                 gather = mn - min(times[k + "~views"]) if k + "~views" in times else 0.0
                 rows[k] += (f"{med:>11.3f}{mn:>9.3f}{med / med0:>8.2f}x{mn / min0:>7.2f}x"
                             f"{sel:>8.3f}{gather:>11.3f}")
+        rows[MATCHED] += f"  amount {amount:.3f}"
         for line in rows.values():
             print(line, flush=True)
         print(reorder_line, flush=True)

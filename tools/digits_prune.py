@@ -70,30 +70,6 @@ def _accuracy(module, x, y) -> float:
     return float((run(module, [x])[0].argmax(1) == y).mean())
 
 
-def _pruned(base, **options):
-    from sliver.passes.manager import PassManager, make_pass
-
-    module = base.clone()
-    (record,) = PassManager([make_pass("prune", **options)]).run(module)
-    return module, record.notes["report"]["params_after"]
-
-
-def matched_constrained(base, params: int, steps: int = 10, **options):
-    """The constrained pruning whose parameter count is closest to ``params``."""
-    lo, hi = 0.0, 0.99
-    best = None
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        module, p = _pruned(base, amount=mid, constrained=True, **options)
-        if best is None or abs(p - params) < abs(best[1] - params):
-            best = (module, p, mid)
-        if p > params:
-            lo = mid
-        else:
-            hi = mid
-    return best
-
-
 def evaluate(name: str, sparsities, *, epochs: int, seed: int, scores=("l2",), size: int | None = None) -> list[dict]:
     """One trained net, pruned at each sparsity with each score: unconstrained and
     constrained (matched parameter count) accuracies.  ``size``: the ResNet's width
@@ -101,7 +77,7 @@ def evaluate(name: str, sparsities, *, epochs: int, seed: int, scores=("l2",), s
     import torch
 
     import sliver
-    from sliver.passes.prune import count_params_and_macs, input_rms
+    from sliver.passes.prune import count_params_and_macs, input_rms, matched_constrained, pruned
     from sliver.tools.train_digits_qat import fit, load_digits
 
     data = load_digits(seed)
@@ -126,8 +102,10 @@ def evaluate(name: str, sparsities, *, epochs: int, seed: int, scores=("l2",), s
         rows.append(dict(model=name, score=score, seed=seed, sparsity=0.0, params=params0, unconstrained=acc0,
                          constrained=acc0, constrained_params=params0, constrained_amount=0.0))
         for s in sparsities:
-            free, p_free = _pruned(base, amount=s, **options)
-            cons, p_cons, amount = matched_constrained(base, p_free, **options)
+            free, report = pruned(base, amount=s, **options)
+            p_free = report["params_after"]
+            cons, report, amount = matched_constrained(base, p_free, **options)
+            p_cons = report["params_after"]
             rows.append(dict(model=name, score=score, seed=seed, sparsity=s, params=p_free,
                              unconstrained=_accuracy(free, x, y), constrained=_accuracy(cons, x, y),
                              constrained_params=p_cons, constrained_amount=amount))

@@ -64,6 +64,12 @@ ROW_ALIGN = 8
 #: W2A2 rows of at most this many bytes get the W2A2 block layout on aarch64
 #: (``W2A2_MAX_RB`` in the C file: 16-bit sums).
 W2A2_MAX_RB = 904
+#: ... and signed W2 weights of whole four-channel blocks in rows of at most this many
+#: bytes get it with two's complement planes (LAYOUT 2, ``W2A2_TC_MAX_RB`` in the C
+#: file): no weight zero point to fold for symmetric weights, so no Sx sums at run time.
+W2A2_TC_MAX_RB = 680
+#: meta ``LAYOUT`` values (the C file's ``LAYOUT_*``)
+LAYOUT_PLAIN, LAYOUT_W2A2, LAYOUT_W2A2_TC = 0, 1, 2
 
 #: Kernel per target architecture for operands below 8 bits, picked by
 #: ``python -m sliver.tools.bench_lowbit`` (README, "Low-bit kernels"): on aarch64
@@ -262,6 +268,18 @@ def w2a2_blocks(packed: np.ndarray, groups: int) -> np.ndarray:
     return out
 
 
+def bitserial_layout(arch: str, abits: int, wbits: int, wsigned: bool, rb: int, og: int) -> int:
+    """The bit-serial kernel's weight layout (meta ``LAYOUT``) for a layer: on aarch64,
+    W2A2 rows of 16..``W2A2_MAX_RB`` bytes with at least four output channels per group
+    take the W2A2 block layout (:func:`w2a2_blocks`), with two's complement planes
+    (``LAYOUT_W2A2_TC``) when the weights are signed, the rows at most
+    ``W2A2_TC_MAX_RB`` bytes and the channels whole blocks of four, else offset-binary
+    planes (``LAYOUT_W2A2``); everything else is ``LAYOUT_PLAIN``."""
+    if arch != "aarch64" or (abits, wbits) != (2, 2) or not 16 <= rb <= W2A2_MAX_RB or og < 4:
+        return LAYOUT_PLAIN
+    return LAYOUT_W2A2_TC if wsigned and rb <= W2A2_TC_MAX_RB and og % 4 == 0 else LAYOUT_W2A2
+
+
 def pack_weights_int8(w: np.ndarray, align: int = INT8_ROW_ALIGN) -> tuple[np.ndarray, int]:
     """Weight codes ``[O, Cg, KH, KW]`` (already signed bytes) as the int8 kernel's rows:
     ``int8 [O, RB]``, taps (kh, kw) in order, Cg bytes each, zero-filled to RB (a multiple
@@ -288,7 +306,16 @@ def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, 
     wbits, wsigned = code_bits(op.operands[1].type.dtype)
     a = op.attrs
     w_codes = w_codes.astype(np.int64)
+    n, c, h, wd = xshape
+    o, cg, kh, kw = w_codes.shape
+    tapb = -(-cg // 8)
+    layout = LAYOUT_PLAIN
     if kernel == "bitserial":
+        rb = -(-(kh * kw * tapb) // ROW_ALIGN) * ROW_ALIGN
+        layout = bitserial_layout(_arch(), abits, wbits, wsigned, rb, o // groups)
+    if layout == LAYOUT_W2A2_TC:
+        shift = 0  # two's complement planes: the top one weighs -2 (the kernel's LAYOUT 2)
+    elif kernel == "bitserial":
         # Signed weights as offset binary (w + 2^(W-1), the zero point moving with them):
         # (w - wz) is unchanged and every bit plane weighs +2^j, which lets the kernel fuse
         # plane pairs (the kernel does the same to signed activations at run time).
@@ -299,20 +326,15 @@ def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, 
         shift = 0 if wsigned else -128
     w_codes = w_codes + shift
     wz = a["w_zero_point"] + shift
-    n, c, h, wd = xshape
-    o, cg, kh, kw = w_codes.shape
     if kernel == "bitserial":
-        tapb = -(-cg // 8)
         packed, rb = pack_weights(w_codes, wbits, tapb, ROW_ALIGN)
-        narrow = 0  # WSIGNED: the planes are unsigned
-        layout = int(_arch() == "aarch64" and abits == 2 and wbits == 2 and 16 <= rb <= W2A2_MAX_RB and o // groups >= 4)
+        narrow = 0  # WSIGNED: 0 for bit planes (two's complement ones say so in LAYOUT)
         if layout:
             packed = w2a2_blocks(packed, groups)
     else:
         tapb = cg
         packed, rb = pack_weights_int8(w_codes)
         narrow = int((w_codes > -128).all())  # WSIGNED: no weight is -128 (two products fit int16)
-        layout = 0
     wsum = w_codes.reshape(o, -1).sum(axis=1).astype(np.int32)
     quantized = a["out_dtype"] != "f32"
     qmin, qmax = int_range(a["out_dtype"]) if quantized else (0, 0)

@@ -505,10 +505,14 @@ def _to_relax(module):
                             and v.producer.kind == "param" and _channel_extent(op, v) not in (None, 1):
                         arg = _pad_param(emitter, op, v, arg, env, pads)
                     args.append(arg)
-                out = LOWERING[op.kind](emitter, op, *args)
+                out = _widened_selection(emitter, module, op, args)
+                if out is not None:  # extra real channels, read through zero weights: their value is unknown
+                    pads[id(op.result)] = math.nan
+                else:
+                    out = LOWERING[op.kind](emitter, op, *args)
                 env[id(op.result)] = out
                 if isinstance(out, relax.Expr) and op.results[0].type.rank in (2, 4) \
-                        and _channels(out) > op.results[0].type.shape[1]:
+                        and _channels(out) > op.results[0].type.shape[1] and id(op.result) not in pads:
                     pads[id(op.result)] = kept if kept is not None else 0.0  # a conv's own zero filters
             outs = [_unpad(bb, env[id(v)], v) if id(v) in pads else env[id(v)] for v in module.outputs]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
@@ -548,6 +552,46 @@ def _pad_param(bb, op, v, expr, env, pads):
     shape[axis] = have - shape[axis]
     zeros = relax.const(np.zeros(shape, np.dtype(_dtype(v.type.dtype))))
     return bb.emit(_R().concat(relax.Tuple([expr, zeros]), axis=axis))
+
+
+def _widened_selection(bb, module, op, args):
+    """A channel ``slice`` or ``take`` whose users are all dense convs, widened to a
+    multiple of :data:`CHANNEL_MULTIPLE` channels with more real channels of its
+    input (the slice's run extended within the input's channels, else a gather
+    with the last index repeated; a take with its last index repeated); None for
+    any other op.  The convs read the extra channels through zero weight columns
+    (:func:`_conv2d`), as they read a producer's padding channels, so results do
+    not change; but a conv reading 45 of 64 channels copies and transforms its
+    input with scalar loops, and a Winograd conv then took minutes to compile.  The
+    selection stays part of the conv's function
+    (:mod:`~sliver.backends.tvm.schedules.channel_select`)."""
+    from tvm import relax
+
+    t = op.results[0].type
+    if op.kind not in ("slice", "take") or t.rank != 4 or op.attrs["axis"] % 4 != 1 \
+            or any(o is op.result for o in module.outputs) \
+            or not op.result.uses or any(u.kind != "conv2d" or u.attrs["groups"] != 1 or u.operands[0] is not op.result
+                                         for u, _ in op.result.uses):
+        return None
+    n = t.shape[1]
+    extra = -n % CHANNEL_MULTIPLE
+    if n < CHANNEL_MULTIPLE or not extra:
+        return None
+    x = args[0]
+    have = _channels(x)
+    if op.kind == "slice":
+        a = op.attrs
+        if a["step"] != 1:
+            return None
+        if a["end"] + extra <= have:
+            return bb.emit(_R().strided_slice(x, [1], [a["start"]], [a["end"] + extra], assume_inbound=True))
+        idx = np.arange(a["start"], a["end"])
+    else:
+        idx = module.param_data(op.operands[1])
+        if idx is None or idx.ndim != 1:
+            return None
+    idx = np.concatenate([idx, np.full(extra, idx[-1])]).astype(np.int64)
+    return bb.emit(_R().take(x, relax.const(idx), axis=1, mode="clip"))
 
 
 def _padding_kept(module, op, env, pads) -> float | None:

@@ -303,3 +303,52 @@ def test_views_and_gathers_read_the_padded_value_in_place():
     names = sorted(_primfuncs(_front(module)))
     assert not [n for n in names if "strided_slice" in n or "take" in n], names
     assert _compiled_error(module, (1, 8, 4, 4)) <= 1e-5
+
+
+# the first 3x3 conv of a pruned residual block reads 45 of the block input's 64 channels
+# (a slice, or a gather): it must still get the Winograd kernel its unpruned twin gets, and
+# the selection must be widened to 48 real channels (zero weights for the extra ones) so the
+# input copy and transform run on vectors (45 channels: scalar, and minutes to compile)
+SELECTED_3X3 = dedent("""
+    func @m(%x: f32[1,64,8,8]) {
+      %w0 = param : f32[64,64,1,1]
+      %w1 = param : f32[48,45,3,3]
+      %b1 = param : f32[48]
+      %w2 = param : f32[48,45,3,3]
+      %w3 = param : f32[48,45,3,3]
+      %idx = param : i64[45]
+      %y = conv2d(%x, %w0) : f32[1,64,8,8]
+      %r = relu(%y) : f32[1,64,8,8]
+      %s = slice(%r) {axis=1, start=7, end=52} : f32[1,45,8,8]
+      %a = conv2d(%s, %w1, %b1) {padding=[1, 1, 1, 1]} : f32[1,48,8,8]
+      %t = take(%r, %idx) {axis=1} : f32[1,45,8,8]
+      %b = conv2d(%t, %w2) {padding=[1, 1, 1, 1]} : f32[1,48,8,8]
+      %e = slice(%r) {axis=1, start=19, end=64} : f32[1,45,8,8]
+      %c = conv2d(%e, %w3) {padding=[1, 1, 1, 1]} : f32[1,48,8,8]
+      %o = add(%a, %b) : f32[1,48,8,8]
+      %o2 = add(%o, %c) : f32[1,48,8,8]
+      return %o2
+    }
+""")
+
+
+def test_selected_3x3_convs_take_the_winograd_kernel_on_widened_selections():
+    idx = sorted(np.random.default_rng(2).choice(64, 45, replace=False))
+    module = _module(SELECTED_3X3, idx=idx)
+    funcs = _primfuncs(_front(module))
+    names = sorted(funcs)
+    assert not [n for n in names if "strided_slice" in n or "take" in n], names
+    winograd = [f for f in funcs.values() if "winograd_gemm" in f.script()]
+    assert len(winograd) == 3, names  # all three selected convs, none direct
+    for f in winograd:  # each reads the unselected 64-channel value, the selection is a stage of the conv
+        assert [int(p.ty.shape[3]) for p in f.params if len(p.ty.shape) == 4][0] == 64
+        assert "T_take" in f.script() or "T_strided_slice" in f.script()
+    # the input transform of the selection reads 48 channels (45 real + 3 more real ones, zero weights)
+    assert all("(T.int64(36), T.int64(4), T.int64(48))" in f.script() for f in winograd)
+    x = np.random.default_rng(1).standard_normal((1, 64, 8, 8)).astype(np.float32)
+    want = run(module, [x])[0]
+    report = {}
+    ex = build_relax(to_relax(module), X86, report=report)
+    assert {v for k, v in report.items() if "winograd" in k} == {"winograd"}  # scheduled by the Winograd rule
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

@@ -22,13 +22,20 @@ from sliver.ir.types import TensorType, int_range
 # name, x dtype, w dtype, input shape, out channels, kernel, attrs
 CONV_CASES = [
     ("w1a1", "u1", "u1", (2, 13, 7, 6), 5, 3, dict(stride=[2, 2], padding=[1, 0, 2, 1], x_zero_point=1, w_zero_point=1)),
-    ("w2a2", "u2", "i2", (1, 16, 9, 9), 8, 3, dict(padding=[1, 1, 1, 1], x_zero_point=1, clamp_min=0.0, out_dtype="u2",
+    ("w2a2", "u2", "i2", (1, 16, 9, 8), 8, 3, dict(padding=[1, 1, 1, 1], x_zero_point=1, clamp_min=0.0, out_dtype="u2",
                                                   out_scale=0.37, out_zero_point=0)),
     # W2A2 in the aarch64 block layout: 72-byte rows (four 16-byte steps and a tail),
     # 10 channels (two left in the plain layout), an odd output width; and 32-byte rows
     # (two steps, no tail) of unsigned weights with a zero point
     ("w2a2_rows", "u2", "i2", (1, 64, 5, 7), 10, 3, dict(padding=[1, 1, 1, 1], x_zero_point=2, clamp_min=-0.5)),
     ("w2a2_1x1", "u2", "u2", (1, 256, 3, 3), 4, 1, dict(x_zero_point=1, w_zero_point=1)),
+    # signed weights of whole four-channel blocks: two's complement planes on aarch64
+    # (LAYOUT 2; with an even output width the asm applies the epilogue: f32 here, codes
+    # in w2a2 above), here with a weight zero point (48-byte rows: three steps, no tail);
+    # and at the limit of its 16-bit sums: every product -6 over a 680-byte row (-32400),
+    # requantized to signed codes
+    ("w2a2_tc", "u2", "i2", (1, 40, 5, 6), 8, 3, dict(padding=[1, 1, 1, 1], x_zero_point=2, w_zero_point=1)),
+    ("w2a2_extreme", "u2", "i2", (1, 600, 3, 4), 4, 3, dict(out_dtype="i4", out_scale=500.0, out_zero_point=0)),
     ("w2a2_groups", "u2", "i2", (1, 32, 6, 5), 12, 3, dict(padding=[1, 1, 1, 1], groups=2, x_zero_point=3)),
     ("w3a3", "u3", "i3", (1, 70, 8, 8), 9, 3, dict(stride=[1, 2], padding=[2, 2, 2, 2], dilation=[2, 1], x_zero_point=5,
                                                   w_zero_point=-1)),
@@ -74,6 +81,8 @@ def _layer(m, g, name, xd, wd, xshape, wshape, kind, attrs):
     q = m.add_op("quantize", [x], {"scale": 0.5, "zero_point": attrs.get("x_zero_point", 0), "dtype": xd}).result
     o = wshape[0]
     w = _codes(g, wd, wshape)
+    if name.endswith("extreme"):
+        w = np.full(wshape, int_range(wd)[0], w.dtype)
     if name.endswith("narrow"):
         w = np.maximum(w, -127).astype(w.dtype)
     operands = [q, _code_param(m, f"w_{name}", w, wd),
@@ -84,6 +93,8 @@ def _layer(m, g, name, xd, wd, xshape, wshape, kind, attrs):
     if attrs.get("out_dtype", "f32") != "f32":
         y = m.add_op("dequantize", [y], {"scale": attrs["out_scale"], "zero_point": attrs["out_zero_point"]}).result
     zp = attrs.get("x_zero_point", 0)  # inputs cover the code range and a little beyond (clamping)
+    if name.endswith("extreme"):
+        return y, np.full(xshape, 0.5 * (hi - zp), np.float32)
     return y, (0.5 * g.uniform(lo - zp - 0.7, hi - zp + 0.7, size=xshape)).astype(np.float32)
 
 
@@ -180,6 +191,24 @@ def test_w2a2_block_layout():
     for k, (ch, plane) in enumerate((c, p) for c in range(4) for p in range(2)):
         assert list(block[256 + 8 * k: 264 + 8 * k]) == list(packed[ch, plane, 32:40])
     assert (out[4] == packed[4].reshape(-1)).all()
+
+
+def test_w2a2_weight_layout_choice():
+    """aarch64 W2A2: two's complement block planes for signed weights in whole blocks of four
+    channels and rows of at most W2A2_TC_MAX_RB bytes (16-bit sums), offset-binary blocks
+    for the other W2A2 layers, the plain layout elsewhere; the cases above cover each."""
+    from sliver.backends.tvm.lowbit import LAYOUT_PLAIN, LAYOUT_W2A2, LAYOUT_W2A2_TC, W2A2_TC_MAX_RB, bitserial_layout
+
+    tc = W2A2_TC_MAX_RB
+    assert bitserial_layout("aarch64", 2, 2, True, 24, 8) == LAYOUT_W2A2_TC  # case w2a2
+    assert bitserial_layout("aarch64", 2, 2, True, 48, 8) == LAYOUT_W2A2_TC  # case w2a2_tc
+    assert bitserial_layout("aarch64", 2, 2, True, tc, 4) == LAYOUT_W2A2_TC  # case w2a2_extreme
+    assert bitserial_layout("aarch64", 2, 2, True, tc + 8, 4) == LAYOUT_W2A2
+    assert bitserial_layout("aarch64", 2, 2, True, 72, 10) == LAYOUT_W2A2  # case w2a2_rows: 10 channels
+    assert bitserial_layout("aarch64", 2, 2, False, 32, 4) == LAYOUT_W2A2  # case w2a2_1x1: unsigned
+    assert bitserial_layout("aarch64", 2, 2, True, 8, 4) == LAYOUT_PLAIN  # rows under 16 bytes
+    assert bitserial_layout("aarch64", 2, 4, True, 72, 8) == LAYOUT_PLAIN
+    assert bitserial_layout("x86_64", 2, 2, True, 72, 8) == LAYOUT_PLAIN
 
 
 def test_kernel_choice_per_target():

@@ -304,6 +304,24 @@ def test_bad_input_errors():
         PassManager("prune").run(parse_module(no_layers))
 
 
+def test_matched_constrained_reaches_the_unconstrained_size():
+    # at the same amount constrained pruning removes more (whole coupled groups); the
+    # bisection finds the amount whose parameter count matches the unconstrained export's
+    from sliver.passes.prune import matched_constrained, pruned
+
+    model, inputs = zoo.resnet18(width=16)
+    base = sliver.trace(model, inputs)
+    sliver.api.optimize(base)
+    free, free_report = pruned(base, method="l2", amount=0.3)
+    same_amount = pruned(base, method="l2", amount=0.3, constrained=True)[1]["params_after"]
+    target = free_report["params_after"]
+    assert same_amount < target
+    module, report, amount = matched_constrained(base, target, method="l2")
+    assert abs(report["params_after"] - target) <= 0.03 * target
+    assert 0.0 < amount < 0.3 and report["gathers"] == 0
+    assert sliver.passes.prune.count_params_and_macs(module)[0] == report["params_after"]
+
+
 def test_pipeline_option_syntax():
     (p,) = PassManager("prune{method=fpgm,amount=0.5,constrained=true}").passes
     assert (p.method, p.amount, p.constrained) == ("fpgm", 0.5, True)

@@ -63,6 +63,12 @@ def test_artifact_counts_per_call_and_per_primfunc(example_arm64, counted):
     # every instruction of the call is attributed: library functions + other objects
     attributed = sum(c.functions.values()) + sum(c.outside.values())
     assert abs(attributed - c.calls[-1]) <= c.marker_cost
+    # ... and within the library, block by block (hottest first), each inside its function
+    assert sum(b.total for b in c.blocks) == sum(c.functions.values())
+    assert [b.total for b in c.blocks] == sorted((b.total for b in c.blocks), reverse=True)
+    for name, n in c.functions.items():
+        assert sum(b.total for b in c.blocks if b.function == name) == n
+    assert all(b.offset >= 0 and b.insns >= 1 and b.times >= 1 for b in c.blocks)
     # the convolutions are PrimFuncs of their own and dominate the count
     convs = {k: v for k, v in c.functions.items() if "conv2d" in k}
     assert convs and sum(convs.values()) > 0.5 * c.per_call

@@ -11,8 +11,11 @@
  *   Sxw = sum_ij 2^(i+j) * popcount(xplane_i AND wplane_j).
  * Every plane weighs +2^i because signed codes are re-based to offset binary first
  * (w + 2^(W-1) at compile time in lowbit.py, x + 2^(A-1) here by flipping the top bit),
- * the zero points moving with them, so (x - xz)(w - wz) is unchanged.  Sx (per output
- * pixel) comes from the activation planes' popcounts; Sw[o] is computed at compile time.
+ * the zero points moving with them, so (x - xz)(w - wz) is unchanged.  (Exception: the
+ * aarch64 W2A2 kernel takes signed weights as two's complement planes, the top one
+ * weighing -2 (LAYOUT 2), so symmetric weights keep wz = 0.)  Sx (per output pixel, only
+ * needed when wz != 0) comes from the activation planes' popcounts; Sw[o] is computed
+ * at compile time.
  *
  * Layout.  Weights are packed at compile time (backends/tvm/lowbit.py) as
  * uint8 [O][WB][RB]: for output channel o and weight plane j, one "row" of RB bytes
@@ -94,9 +97,14 @@ static void* data_of(const sliver_Any* a) {
 }
 
 /* Weights of W2A2 layers in the W2A2 block layout (aarch64 only; lowbit.py packs them
- * so when this holds and says so in meta LAYOUT): see w2a2_pair_blocks. */
+ * so when this holds and says so in meta LAYOUT): see w2a2_pair_blocks.  LAYOUT 1:
+ * offset-binary planes; LAYOUT 2 (signed weights, rows of at most W2A2_TC_MAX_RB bytes,
+ * whole blocks of four channels): two's complement planes. */
 #define W2A2_MAX_RB 904
+#define W2A2_TC_MAX_RB 680
 #define W2A2_BLOCKS(A, W, rb, og) ((A) == 2 && (W) == 2 && (rb) >= 16 && (rb) <= W2A2_MAX_RB && (og) >= 4)
+#define W2A2_TC_OK(rb, og) ((rb) <= W2A2_TC_MAX_RB && (og) % 4 == 0)
+enum { LAYOUT_PLAIN = 0, LAYOUT_W2A2 = 1, LAYOUT_W2A2_TC = 2 };
 
 /* ---- meta layout (kept in sync with lowbit.py: META_FIELDS) ---- */
 enum {
@@ -153,7 +161,7 @@ static inline int32_t code1(const epilogue* e, float y) {
   return (int32_t)(q > e->qmax ? e->qmax : q);
 }
 /* out[o * ostride + p] (element index) for o < og, p < npix, from acc[o * astride + p] */
-static void apply_epilogue(const epilogue* e, const int32_t* acc, int astride, int og, int npix, void* out,
+static __attribute__((noinline)) void apply_epilogue(const epilogue* e, const int32_t* acc, int astride, int og, int npix, void* out,
                            ptrdiff_t ostride) {
 #if defined(__aarch64__)
   const float32x4_t lo = vdupq_n_f32(e->lo), hi = vdupq_n_f32(e->hi), inv = vdupq_n_f32(e->inv),
@@ -241,7 +249,14 @@ typedef struct {
   ptrdiff_t ostride;
   const int32_t* obias;
   const int32_t* base;
+  int layout; /* LAYOUT_*: the weights' layout (meta LAYOUT) */
+  /* fused (FUSED_*, LAYOUT_W2A2_TC only): the epilogue is applied here; out is then the
+   * output row itself (f32 or one-byte codes), with the group's scale[og], bias[og] and
+   * e = {clamp_min, clamp_max, 1/out_scale, out_zero_point, qmin, qmax} */
+  int fused;
+  const float *scale, *bias, *e;
 } row_args;
+enum { FUSED_NONE = 0, FUSED_F32 = 1, FUSED_CODES = 2 };
 
 #if defined(__aarch64__)
 /* Narrow planes (FUSABLE: (2^A - 1)(2^W - 1) <= 31) fuse all plane pairs of an output
@@ -379,87 +394,136 @@ INLINE void dot_chunk(const uint8_t* r0, const uint8_t* r1, const uint8_t* w, in
  * The 16-bit lane sums of pixel p, channel ob are in v20+ob (p = 0) and v24+ob (p = 1)
  * and are reduced in 16 bits (pairwise adds): a channel's total is at most 72 * rb (8
  * bits per byte, plane weights 1+2+2+4), which fits 16 bits for rb <= W2A2_MAX_RB. */
-#define W2A2_OB(ACC, A0, A1)                                                                      \
+#define W2A2_OB(ACC, A0, A1, K01, K11)                                                            \
   "ldp q4, q5, [%[w]], #32\n\t"                                                                     \
   "and v6.16b, v0.16b, v4.16b\n\tcnt v6.16b, v6.16b\n\t"                                           \
   "and v7.16b, v2.16b, v4.16b\n\tcnt v7.16b, v7.16b\n\t"                                           \
   "and v16.16b, v1.16b, v4.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
   "and v17.16b, v3.16b, v4.16b\n\tcnt v17.16b, v17.16b\n\tmla v7.16b, v17.16b, v30.16b\n\t"         \
-  "and v16.16b, v0.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
-  "and v17.16b, v2.16b, v5.16b\n\tcnt v17.16b, v17.16b\n\tmla v7.16b, v17.16b, v30.16b\n\t"         \
-  "and v16.16b, v1.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v31.16b\n\t"         \
-  "and v17.16b, v3.16b, v5.16b\n\tcnt v17.16b, v17.16b\n\tmla v7.16b, v17.16b, v31.16b\n\t"         \
+  "and v16.16b, v0.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, " K01 ".16b\n\t"     \
+  "and v17.16b, v2.16b, v5.16b\n\tcnt v17.16b, v17.16b\n\tmla v7.16b, v17.16b, " K01 ".16b\n\t"     \
+  "and v16.16b, v1.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, " K11 ".16b\n\t"     \
+  "and v17.16b, v3.16b, v5.16b\n\tcnt v17.16b, v17.16b\n\tmla v7.16b, v17.16b, " K11 ".16b\n\t"     \
   ACC " " A0 ".8h, v6.16b\n\t"                                                                      \
   ACC " " A1 ".8h, v7.16b\n\t"
-#define W2A2_STEP(ACC)                                                                            \
+#define W2A2_STEP(ACC, K01, K11)                                                                  \
   "ldr q0, [%[p0]], #16\n\tldr q1, [%[p1]], #16\n\tldr q2, [%[p2]], #16\n\tldr q3, [%[p3]], #16\n\t" \
-  W2A2_OB(ACC, "v20", "v24") W2A2_OB(ACC, "v21", "v25") W2A2_OB(ACC, "v22", "v26") W2A2_OB(ACC, "v23", "v27")
+  W2A2_OB(ACC, "v20", "v24", K01, K11) W2A2_OB(ACC, "v21", "v25", K01, K11)                         \
+  W2A2_OB(ACC, "v22", "v26", K01, K11) W2A2_OB(ACC, "v23", "v27", K01, K11)
 /* the last 8 bytes: both pixels in one register, each weight plane's tail duplicated */
-#define W2A2_TAIL_OB(A0, A1)                                                                      \
+#define W2A2_TAIL_OB(A0, A1, K01, K11, ADDW, ADDW2)                                               \
   "ld2r {v4.2d, v5.2d}, [%[w]], #16\n\t"                                                            \
   "and v6.16b, v0.16b, v4.16b\n\tcnt v6.16b, v6.16b\n\t"                                           \
   "and v16.16b, v1.16b, v4.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
-  "and v16.16b, v0.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v30.16b\n\t"         \
-  "and v16.16b, v1.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, v31.16b\n\t"         \
-  "uaddw " A0 ".8h, " A0 ".8h, v6.8b\n\t"                                                           \
-  "uaddw2 " A1 ".8h, " A1 ".8h, v6.16b\n\t"
+  "and v16.16b, v0.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, " K01 ".16b\n\t"     \
+  "and v16.16b, v1.16b, v5.16b\n\tcnt v16.16b, v16.16b\n\tmla v6.16b, v16.16b, " K11 ".16b\n\t"     \
+  ADDW " " A0 ".8h, " A0 ".8h, v6.8b\n\t"                                                           \
+  ADDW2 " " A1 ".8h, " A1 ".8h, v6.16b\n\t"
 
 /* All nblk four-channel blocks of a pixel pair in one asm loop (no C between blocks):
  * out[(4k + ob) * ostride + p] = dot(pixel p, channel 4k + ob) + obias[4k + ob] + base[p]
  * for p = 0, 1 (adjacent outputs), w the first block (W2A2 block layout), rows of
- * 16..W2A2_MAX_RB bytes. */
-static inline __attribute__((always_inline)) void w2a2_pair_blocks(const uint8_t* r0, const uint8_t* r1,
-                                                                   const uint8_t* w, int rb, long nblk,
-                                                                   const int32_t* obias, const int32_t* base,
-                                                                   int32_t* out, ptrdiff_t ostride) {
-  const long tail = rb & 8, more = (rb >> 4) - 1, ostride_b = (long)ostride * 4;
-  const uint8_t* x01 = r0 + rb;
-  const uint8_t* x11 = r1 + rb;
-  long n;
-  const uint8_t *p0, *p1, *p2, *p3, *t;
-  __asm__ volatile(
-      "movi v30.16b, #2\n\tmovi v31.16b, #4\n\t"
-      "ld1r {v28.4s}, [%[base]]\n\t"
-      "add %[t], %[base], #4\n\t"
-      "ld1r {v29.4s}, [%[t]]\n\t"
-      "0:\n\t"
-      "mov %[p0], %[x00]\n\tmov %[p1], %[x01]\n\tmov %[p2], %[x10]\n\tmov %[p3], %[x11]\n\t"
-      W2A2_STEP("uaddlp")
-      "mov %[n], %[more]\n\t"
-      "cbz %[n], 2f\n\t"
-      "1:\n\t"
-      W2A2_STEP("uadalp")
-      "subs %[n], %[n], #1\n\t"
-      "b.ne 1b\n\t"
-      "2:\n\t"
-      "cbz %[tail], 3f\n\t"
-      "ldr d0, [%[p0]]\n\tld1 {v0.d}[1], [%[p2]]\n\t"
-      "ldr d1, [%[p1]]\n\tld1 {v1.d}[1], [%[p3]]\n\t"
-      W2A2_TAIL_OB("v20", "v24") W2A2_TAIL_OB("v21", "v25") W2A2_TAIL_OB("v22", "v26") W2A2_TAIL_OB("v23", "v27")
-      "3:\n\t"
-      /* 16-bit pairwise adds: lanes 0-3 of v20 = channels 0-3 of pixel 0, lanes 4-7 of pixel 1 */
-      "addp v20.8h, v20.8h, v21.8h\n\taddp v22.8h, v22.8h, v23.8h\n\taddp v20.8h, v20.8h, v22.8h\n\t"
-      "addp v24.8h, v24.8h, v25.8h\n\taddp v26.8h, v26.8h, v27.8h\n\taddp v24.8h, v24.8h, v26.8h\n\t"
-      "addp v20.8h, v20.8h, v24.8h\n\t"
-      "uxtl v5.4s, v20.4h\n\tuxtl2 v6.4s, v20.8h\n\t"
-      "ldr q4, [%[obias]], #16\n\t"
-      "add v5.4s, v5.4s, v4.4s\n\tadd v5.4s, v5.4s, v28.4s\n\t"
-      "add v6.4s, v6.4s, v4.4s\n\tadd v6.4s, v6.4s, v29.4s\n\t"
-      /* channel ob's two pixels are adjacent in out: store them as one 64-bit pair */
-      "zip1 v7.4s, v5.4s, v6.4s\n\tzip2 v16.4s, v5.4s, v6.4s\n\t"
-      "st1 {v7.d}[0], [%[out]], %[os]\n\t"
-      "st1 {v7.d}[1], [%[out]], %[os]\n\t"
-      "st1 {v16.d}[0], [%[out]], %[os]\n\t"
-      "st1 {v16.d}[1], [%[out]], %[os]\n\t"
-      "subs %[nblk], %[nblk], #1\n\t"
-      "b.ne 0b\n\t"
-      : [nblk] "+r"(nblk), [w] "+r"(w), [out] "+r"(out), [obias] "+r"(obias), [n] "=&r"(n), [t] "=&r"(t),
-        [p0] "=&r"(p0), [p1] "=&r"(p1), [p2] "=&r"(p2), [p3] "=&r"(p3)
-      : [x00] "r"(r0), [x10] "r"(r1), [x01] "r"(x01), [x11] "r"(x11), [tail] "r"(tail), [more] "r"(more),
-        [base] "r"(base), [os] "r"(ostride_b)
-      : "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v16", "v17", "v20", "v21", "v22", "v23", "v24", "v25",
-        "v26", "v27", "v28", "v29", "v30", "v31", "memory", "cc");
-}
+ * 16..W2A2_MAX_RB bytes.  Two variants (W2A2_PAIR_BLOCKS): offset-binary weight planes
+ * (LAYOUT 1: plane pairs weigh 1, 2, 2, 4; unsigned byte and 16-bit sums), and two's
+ * complement ones (LAYOUT 2, signed weights: the top weight plane weighs -2, so the pairs
+ * weigh 1, 2, -2, -4 and a byte t lies in [-48, 24]: signed widening, sadalp / saddw /
+ * sxtl; a channel's total lies in [-48 * rb, 24 * rb], which fits 16 bits for
+ * rb <= W2A2_TC_MAX_RB).  Two's complement needs no weight zero point for symmetric
+ * weights, so the kernel skips the Sx sums. */
+#define W2A2_PAIR_BLOCKS(NAME, CONSTS, K01, K11, ACC0, ACC, ADDW, ADDW2, XTL, XTL2, EPI, STORE, ESIZE, ...)        \
+  static inline __attribute__((always_inline)) void NAME(const uint8_t* r0, const uint8_t* r1, const uint8_t* w,     \
+                                                         int rb, long nblk, const int32_t* obias,                    \
+                                                         const int32_t* base, int32_t* out, ptrdiff_t ostride,       \
+                                                         const float* scale, const float* bias, const float* e) {    \
+    const long tail = rb & 8, more = (rb >> 4) - 1, ostride_b = (long)ostride * ESIZE;                              \
+    const uint8_t* x01 = r0 + rb;                                                                                    \
+    const uint8_t* x11 = r1 + rb;                                                                                    \
+    long n;                                                                                                          \
+    const uint8_t *p0, *p1, *p2, *p3, *t;                                                                            \
+    __asm__ volatile(                                                                                                \
+        CONSTS                                                                                                       \
+        "ld1r {v28.4s}, [%[base]]\n\t"                                                                               \
+        "add %[t], %[base], #4\n\t"                                                                                  \
+        "ld1r {v29.4s}, [%[t]]\n\t"                                                                                  \
+        "0:\n\t"                                                                                                     \
+        "mov %[p0], %[x00]\n\tmov %[p1], %[x01]\n\tmov %[p2], %[x10]\n\tmov %[p3], %[x11]\n\t"                       \
+        W2A2_STEP(ACC0, K01, K11)                                                                                    \
+        "mov %[n], %[more]\n\t"                                                                                      \
+        "cbz %[n], 2f\n\t"                                                                                           \
+        "1:\n\t"                                                                                                     \
+        W2A2_STEP(ACC, K01, K11)                                                                                     \
+        "subs %[n], %[n], #1\n\t"                                                                                    \
+        "b.ne 1b\n\t"                                                                                                \
+        "2:\n\t"                                                                                                     \
+        "cbz %[tail], 3f\n\t"                                                                                        \
+        "ldr d0, [%[p0]]\n\tld1 {v0.d}[1], [%[p2]]\n\t"                                                              \
+        "ldr d1, [%[p1]]\n\tld1 {v1.d}[1], [%[p3]]\n\t"                                                              \
+        W2A2_TAIL_OB("v20", "v24", K01, K11, ADDW, ADDW2) W2A2_TAIL_OB("v21", "v25", K01, K11, ADDW, ADDW2)          \
+        W2A2_TAIL_OB("v22", "v26", K01, K11, ADDW, ADDW2) W2A2_TAIL_OB("v23", "v27", K01, K11, ADDW, ADDW2)          \
+        "3:\n\t"                                                                                                     \
+        /* 16-bit pairwise adds: lanes 0-3 of v20 = channels 0-3 of pixel 0, lanes 4-7 of pixel 1 */                 \
+        "addp v20.8h, v20.8h, v21.8h\n\taddp v22.8h, v22.8h, v23.8h\n\taddp v20.8h, v20.8h, v22.8h\n\t"              \
+        "addp v24.8h, v24.8h, v25.8h\n\taddp v26.8h, v26.8h, v27.8h\n\taddp v24.8h, v24.8h, v26.8h\n\t"              \
+        "addp v20.8h, v20.8h, v24.8h\n\t"                                                                            \
+        XTL " v5.4s, v20.4h\n\t" XTL2 " v6.4s, v20.8h\n\t"                                                           \
+        "ldr q4, [%[obias]], #16\n\t"                                                                                \
+        "add v5.4s, v5.4s, v4.4s\n\tadd v5.4s, v5.4s, v28.4s\n\t"                                                    \
+        "add v6.4s, v6.4s, v4.4s\n\tadd v6.4s, v6.4s, v29.4s\n\t"                                                    \
+        EPI                                                                                                          \
+        /* channel ob's two pixels are adjacent in out: store them as one pair */                                    \
+        "zip1 v7.4s, v5.4s, v6.4s\n\tzip2 v16.4s, v5.4s, v6.4s\n\t"                                                  \
+        STORE                                                                                                        \
+        "subs %[nblk], %[nblk], #1\n\t"                                                                              \
+        "b.ne 0b\n\t"                                                                                                \
+        : [nblk] "+r"(nblk), [w] "+r"(w), [out] "+r"(out), [obias] "+r"(obias), [n] "=&r"(n), [t] "=&r"(t),          \
+          [p0] "=&r"(p0), [p1] "=&r"(p1), [p2] "=&r"(p2), [p3] "=&r"(p3), [scale] "+r"(scale), [bias] "+r"(bias)     \
+        : [x00] "r"(r0), [x10] "r"(r1), [x01] "r"(x01), [x11] "r"(x11), [tail] "r"(tail), [more] "r"(more),          \
+          [base] "r"(base), [os] "r"(ostride_b), [e] "r"(e)                                                          \
+        : "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v16", "v17", "v18", "v19", "v20", "v21", "v22", "v23",    \
+          "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31", __VA_ARGS__, "cc");                                  \
+  }
+/* the int32 (or f32) results of a channel pair as 64-bit pairs */
+#define W2A2_STORE32                                                                                              \
+  "st1 {v7.d}[0], [%[out]], %[os]\n\tst1 {v7.d}[1], [%[out]], %[os]\n\t"                                           \
+  "st1 {v16.d}[0], [%[out]], %[os]\n\tst1 {v16.d}[1], [%[out]], %[os]\n\t"
+W2A2_PAIR_BLOCKS(w2a2_pair_blocks, "movi v30.16b, #2\n\tmovi v31.16b, #4\n\t", "v30", "v31", "uaddlp", "uadalp",
+                 "uaddw", "uaddw2", "uxtl", "uxtl2", "", W2A2_STORE32, 4, "memory")
+#define W2A2_TC_CONSTS "movi v30.16b, #2\n\tmovi v18.16b, #0xfe\n\tmovi v19.16b, #0xfc\n\t"
+W2A2_PAIR_BLOCKS(w2a2_pair_blocks_tc, W2A2_TC_CONSTS, "v18", "v19", "saddlp", "sadalp", "saddw", "saddw2", "sxtl",
+                 "sxtl2", "", W2A2_STORE32, 4, "memory")
+/* ... and with the epilogue fused (apply_epilogue's steps, in its order): float(acc) *
+ * scale[o] + bias[o], max clamp_min, min clamp_max; for codes then roundeven(y * inv) + zp,
+ * max qmin, min qmax, to int.  out is then the output itself, scale and bias the block's
+ * first channel's, e = {clamp_min, clamp_max, inv, zp, qmin, qmax} (f32). */
+#define W2A2_EPI_CONSTS                                                                                            \
+  "ld1r {v31.4s}, [%[e]]\n\tadd %[t], %[e], #4\n\tld1r {v8.4s}, [%[t]]\n\t"                                       \
+  "add %[t], %[e], #8\n\tld1r {v9.4s}, [%[t]]\n\tadd %[t], %[e], #12\n\tld1r {v10.4s}, [%[t]]\n\t"                 \
+  "add %[t], %[e], #16\n\tld1r {v11.4s}, [%[t]]\n\tadd %[t], %[e], #20\n\tld1r {v12.4s}, [%[t]]\n\t"
+#define W2A2_EPI_F32                                                                                               \
+  "scvtf v5.4s, v5.4s\n\tscvtf v6.4s, v6.4s\n\t"                                                                   \
+  "ldr q4, [%[scale]], #16\n\tldr q7, [%[bias]], #16\n\t"                                                          \
+  "fmul v5.4s, v5.4s, v4.4s\n\tfmul v6.4s, v6.4s, v4.4s\n\t"                                                       \
+  "fadd v5.4s, v5.4s, v7.4s\n\tfadd v6.4s, v6.4s, v7.4s\n\t"                                                       \
+  "fmax v5.4s, v5.4s, v31.4s\n\tfmax v6.4s, v6.4s, v31.4s\n\t"                                                     \
+  "fmin v5.4s, v5.4s, v8.4s\n\tfmin v6.4s, v6.4s, v8.4s\n\t"
+#define W2A2_EPI_CODES                                                                                             \
+  W2A2_EPI_F32                                                                                                     \
+  "fmul v5.4s, v5.4s, v9.4s\n\tfmul v6.4s, v6.4s, v9.4s\n\t"                                                       \
+  "frintn v5.4s, v5.4s\n\tfrintn v6.4s, v6.4s\n\t"                                                                 \
+  "fadd v5.4s, v5.4s, v10.4s\n\tfadd v6.4s, v6.4s, v10.4s\n\t"                                                     \
+  "fmax v5.4s, v5.4s, v11.4s\n\tfmax v6.4s, v6.4s, v11.4s\n\t"                                                     \
+  "fmin v5.4s, v5.4s, v12.4s\n\tfmin v6.4s, v6.4s, v12.4s\n\t"                                                     \
+  "fcvtzs v5.4s, v5.4s\n\tfcvtzs v6.4s, v6.4s\n\t"
+/* one-byte codes (they fit their byte; int8 stores the same bits): a channel's pixel pair as 16 bits */
+#define W2A2_STORE8                                                                                               \
+  "xtn v7.4h, v7.4s\n\txtn2 v7.8h, v16.4s\n\txtn v7.8b, v7.8h\n\t"                                                 \
+  "st1 {v7.h}[0], [%[out]], %[os]\n\tst1 {v7.h}[1], [%[out]], %[os]\n\t"                                           \
+  "st1 {v7.h}[2], [%[out]], %[os]\n\tst1 {v7.h}[3], [%[out]], %[os]\n\t"
+W2A2_PAIR_BLOCKS(w2a2_pair_blocks_tc_f32, W2A2_TC_CONSTS W2A2_EPI_CONSTS, "v18", "v19", "saddlp", "sadalp", "saddw",
+                 "saddw2", "sxtl", "sxtl2", W2A2_EPI_F32, W2A2_STORE32, 4, "v8", "v9", "v10", "v11", "v12", "memory")
+W2A2_PAIR_BLOCKS(w2a2_pair_blocks_tc_codes, W2A2_TC_CONSTS W2A2_EPI_CONSTS, "v18", "v19", "saddlp", "sadalp",
+                 "saddw", "saddw2", "sxtl", "sxtl2", W2A2_EPI_CODES, W2A2_STORE8, 1, "v8", "v9", "v10", "v11", "v12",
+                 "memory")
 
 /* out[ob * ostride + p] = dot(pixel p's row, channel ob) + obias[ob] + base[p] for OB
  * channels and NP pixels (rows r0, r1) */
@@ -499,7 +563,24 @@ INLINE void conv_row_impl(const row_args* ra, const int A, const int W) {
   const int OB = OB_OF(A, W), NP = FUSABLE(A, W) ? 2 : 1, rb = ra->rb, og = ra->og;
   const ptrdiff_t ostride = ra->ostride;
   int p = 0;
-  if (A == 2 && W == 2 && W2A2_BLOCKS(A, W, rb, og)) {
+  if (A == 2 && W == 2 && ra->layout == LAYOUT_W2A2_TC) {
+    /* two's complement planes in the W2A2 block layout: og is a multiple of 4 */
+    for (; p < ra->npix; p += 2) {
+      const uint8_t* row = ra->rows + (size_t)p * A * rb;
+      const uint8_t* twin = p + 1 < ra->npix ? row + A * rb : row;
+      if (ra->fused == FUSED_F32)
+        w2a2_pair_blocks_tc_f32(row, twin, ra->w, rb, og / 4, ra->obias, ra->base + p, ra->out + p, ostride, ra->scale,
+                                ra->bias, ra->e);
+      else if (ra->fused == FUSED_CODES) /* out: one-byte codes */
+        w2a2_pair_blocks_tc_codes(row, twin, ra->w, rb, og / 4, ra->obias, ra->base + p,
+                                  (int32_t*)(void*)((uint8_t*)ra->out + p), ostride, ra->scale, ra->bias, ra->e);
+      else
+        w2a2_pair_blocks_tc(row, twin, ra->w, rb, og / 4, ra->obias, ra->base + p, ra->out + p, ostride, NULL, NULL,
+                            NULL);
+    }
+    return;
+  }
+  if (A == 2 && W == 2 && ra->layout == LAYOUT_W2A2) {
     /* weights in the W2A2 block layout: every pixel through the asm, an odd last one
      * paired with itself (its twin lands in the padding column: ostride > npix), then
      * the og % 4 channels left in the plain layout */
@@ -507,7 +588,7 @@ INLINE void conv_row_impl(const row_args* ra, const int A, const int W) {
     for (; p < ra->npix; p += 2) {
       const uint8_t* row = ra->rows + (size_t)p * A * rb;
       w2a2_pair_blocks(row, p + 1 < ra->npix ? row + A * rb : row, ra->w, rb, nb, ra->obias, ra->base + p, ra->out + p,
-                       ostride);
+                       ostride, NULL, NULL, NULL);
     }
     for (p = 0; p < ra->npix; p++) {
       const uint8_t* row = ra->rows + (size_t)p * A * rb;
@@ -810,6 +891,134 @@ static inline __attribute__((optimize("no-tree-loop-distribute-patterns"))) void
 #undef COPY_N
 }
 
+/* The bit-serial kernel's geometry and buffers for one call.  Its phases are functions
+ * of their own (noinline: one call per image and group, or per output row), so the
+ * instruction counter (sliver.runtime.icount, bench_lowbit's breakdown) attributes
+ * the executed instructions to them: pack_input (1), pixel_sums and window_sums (the
+ * Sx of the zero-point fold, only with a weight zero point), im2col_row (2),
+ * conv_row_A_W (3: the dot products), apply_epilogue (4). */
+typedef struct {
+  int C, H, W, KH, KW, SH, SW, PT, PL, DH, DW, Cg, OW, HP, WP, AB, TAPB, RB, aflip;
+  size_t PSTR;              /* bytes of one padded input row of one plane */
+  uint8_t* pk;              /* the padded, bit-packed input of a group [HP][AB][PSTR] */
+  uint8_t* rows;            /* the im2col rows of one output row [OW][AB][RB] */
+  uint8_t* flat;            /* NULL, or the packed input as one run of H*W pixels [AB][H*W*TAPB] (pack_input) */
+  int32_t *px, *colsum, *sx; /* code sums per padded pixel [HP*WP], per column [WP], -wz*Sx per output [OWS] */
+} bs_call;
+
+/* Bit-pack `width` consecutive pixels (src: channel 0 of the first; channels HW apart)
+ * into dst + i*pstride (plane i) + p*TAPB (pixel p). */
+static inline void pack_pixels(const bs_call* b, const uint8_t* src, int width, uint8_t* dst, size_t pstride) {
+  const int AB = b->AB, TAPB = b->TAPB, Cg = b->Cg, aflip = b->aflip;
+  const size_t HW = (size_t)b->H * b->W;
+  const uint64_t flip8 = 0x0101010101010101ull * (uint64_t)aflip;
+  int cb = 0;
+#if defined(__aarch64__)
+  /* 64 channels (8 channel bytes) and 16 pixels at a time, taps written whole */
+  if (width >= 16 && TAPB % 8 == 0)
+    for (; cb < TAPB; cb += 8)
+      for (int ww = 0; ww < width; ww += 16) {
+        const int w0 = ww + 16 <= width ? ww : width - 16;
+        pack16x8(src + (size_t)cb * 8 * HW + w0, HW, Cg - cb * 8, (uint8_t)aflip, AB, dst + (size_t)w0 * TAPB + cb,
+                 pstride, TAPB);
+      }
+#endif
+  for (; cb < TAPB; cb++) {
+    const int c0 = cb * 8, nc = Cg - c0 < 8 ? Cg - c0 : 8;
+    const uint8_t* s8 = src + (size_t)c0 * HW;
+    int ww = 0;
+#if defined(__aarch64__)
+    /* 16 pixels at a time; a last partial group overlaps the previous one */
+    if (width >= 16) {
+      for (; ww < width; ww += 16) {
+        const int w0 = ww + 16 <= width ? ww : width - 16;
+        pack16(s8 + w0, HW, nc, (uint8_t)aflip, AB, dst + (size_t)w0 * TAPB + cb, pstride, TAPB);
+      }
+    }
+#endif
+    for (; ww < width; ww++) {
+      /* 8 channels' codes as the bytes of one word, then plane i's bits gathered
+       * into one byte by a multiply (byte k's bit 0 -> bit k of the top byte) */
+      uint64_t v = 0;
+      for (int k = 0; k < nc; k++) v |= (uint64_t)s8[k * HW + ww] << (8 * k);
+      v ^= flip8 & (nc == 8 ? ~0ull : (1ull << (8 * nc)) - 1);
+      planes_of_word(v, AB, dst + (size_t)ww * TAPB + cb, pstride);
+    }
+  }
+}
+
+/* 1. bit-pack the input pixels of one group (xg: its first channel) into pk's interior:
+ * row by row, or, for rows narrower than the 16 pixels the NEON packing takes at a
+ * time (14x14, 7x7 layers), the whole image as one run of H*W pixels into b->flat,
+ * then its rows copied into place */
+static __attribute__((noinline, optimize("no-tree-loop-distribute-patterns"))) void pack_input(const bs_call* b,
+                                                                                              const uint8_t* xg) {
+  const int H = b->H, W = b->W, AB = b->AB, TAPB = b->TAPB;
+  const size_t PSTR = b->PSTR, row = (size_t)W * TAPB;
+  uint8_t* interior = b->pk + (size_t)b->PT * AB * PSTR + (size_t)b->PL * TAPB;
+  if (b->flat) {
+    const size_t fstr = (size_t)H * row;
+    pack_pixels(b, xg, H * W, b->flat, fstr);
+    for (int h = 0; h < H; h++)
+      for (int i = 0; i < AB; i++)
+        copy_bytes(interior + ((size_t)h * AB + i) * PSTR, b->flat + i * fstr + (size_t)h * row, (int)row);
+    return;
+  }
+  for (int h = 0; h < H; h++) pack_pixels(b, xg + (size_t)h * W, W, interior + (size_t)h * AB * PSTR, PSTR);
+}
+
+/* the code sum of every padded input pixel (its planes' popcounts, plane i weighing 2^i) */
+static __attribute__((noinline)) void pixel_sums(const bs_call* b) {
+  const int HP = b->HP, WP = b->WP, AB = b->AB, TAPB = b->TAPB;
+  const size_t PSTR = b->PSTR;
+  const uint8_t* pk = b->pk;
+  int32_t* px = b->px;
+  for (int hp = 0; hp < HP; hp++)
+    for (int wq = 0; wq < WP; wq++) {
+      int32_t t = 0;
+      for (int i = 0; i < AB; i++) t += (int32_t)count_bytes(pk + (hp * AB + i) * PSTR + (size_t)wq * TAPB, TAPB) << i;
+      px[(size_t)hp * WP + wq] = t;
+    }
+}
+
+/* 2. the im2col rows of output row oh: per kernel row and plane, KW*TAPB contiguous
+ * bytes (one copy), or a copy per tap when the width is dilated */
+static __attribute__((noinline, optimize("no-tree-loop-distribute-patterns"))) void im2col_row(const bs_call* b, int oh) {
+  const int AB = b->AB, RB = b->RB, TAPB = b->TAPB, KW = b->KW;
+  for (int kh = 0; kh < b->KH; kh++) {
+    const uint8_t* s = b->pk + (size_t)(oh * b->SH + kh * b->DH) * AB * b->PSTR;
+    for (int i = 0; i < AB; i++) {
+      uint8_t* d = b->rows + (size_t)i * RB + kh * KW * TAPB;
+      const uint8_t* si = s + i * b->PSTR;
+      if (b->DW == 1) {
+        copy_strided(d, (ptrdiff_t)AB * RB, si, (ptrdiff_t)b->SW * TAPB, KW * TAPB, b->OW);
+      } else {
+        for (int kw = 0; kw < KW; kw++)
+          copy_strided(d + kw * TAPB, (ptrdiff_t)AB * RB, si + (size_t)kw * b->DW * TAPB, (ptrdiff_t)b->SW * TAPB, TAPB,
+                       b->OW);
+      }
+    }
+  }
+}
+
+/* -wz * Sx of each output pixel of row oh: its window's sum of the input pixels' code sums */
+static __attribute__((noinline)) void window_sums(const bs_call* b, int oh, int wz) {
+  const int WP = b->WP, OW = b->OW, KH = b->KH, KW = b->KW, SW = b->SW, DW = b->DW;
+  const int32_t* px = b->px + (size_t)oh * b->SH * WP;
+  const size_t rstep = (size_t)b->DH * WP;
+  int32_t *colsum = b->colsum, *sx = b->sx;
+  for (int wq = 0; wq < WP; wq++) {
+    int32_t t = 0;
+    for (int kh = 0; kh < KH; kh++) t += px[kh * rstep + wq];
+    colsum[wq] = t;
+  }
+  for (int ow = 0; ow < OW; ow++) {
+    int32_t t = 0;
+    for (int kw = 0; kw < KW; kw++) t += colsum[ow * SW + kw * DW];
+    sx[ow] = -wz * t;
+  }
+}
+
 /* args: x codes int8/uint8 [N][C][H][W], packed weights uint8 [O][WB][RB],
  * wsum int32 [O], meta int32 [META_LEN], scale/bias f32 [O], epi f32 [4], out f32 or codes [N][O][OH][OW]. */
 /* (no-tree-loop-distribute-patterns: the short copies stay inline moves instead of
@@ -840,30 +1049,46 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   if (!fn)
     return fail("sliver_lowbit_bitserial: this library was built without the kernel for the layer's bit widths "
                 "(SLIVER_LOWBIT_PAIR_<A>_<W>): the library was built by a different sliver");
+  const int layout = m[M_LAYOUT];
 #if defined(__aarch64__)
-  const int layout = W2A2_BLOCKS(AB, WB, RB, Og);
+  const int blocks = W2A2_BLOCKS(AB, WB, RB, Og);
+  const int layout_ok = blocks ? layout == LAYOUT_W2A2 || (layout == LAYOUT_W2A2_TC && W2A2_TC_OK(RB, Og))
+                               : layout == LAYOUT_PLAIN;
 #else
-  const int layout = 0;
+  const int layout_ok = layout == LAYOUT_PLAIN;
 #endif
-  if (m[M_LAYOUT] != layout)
+  if (!layout_ok)
     return fail("sliver_lowbit_bitserial: the weights are not in the layout this kernel reads (meta LAYOUT): "
                 "the library was built by a different sliver");
   const int OWS = OW + (OW & 1); /* the row sums' stride: an odd row gets a padding column */
+  /* the W2A2 asm applies the epilogue and writes the output itself (an even row: its
+   * pixel pairs never spill over) */
+  const int fused = layout != LAYOUT_W2A2_TC || OW % 2 ? FUSED_NONE : epi.kind == OUT_F32 ? FUSED_F32 : FUSED_CODES;
+  const float e6[6] = {epi.lo, epi.hi, epi.inv, epi.zp, epi.qmin, epi.qmax};
 
   /* The padded input of one group, bit-packed: per input row hp and plane i, the WP
    * pixels' TAPB-byte taps in a row (pk[(hp*AB + i)*PSTR + wq*TAPB]), so the KW taps of
    * one kernel row are contiguous (stride-1 width, no dilation: one copy per row). */
-  const size_t PSTR = (size_t)WP * TAPB;
-  uint8_t* pk = (uint8_t*)calloc((size_t)HP * AB * PSTR, 1);
-  uint8_t* rows = (uint8_t*)calloc((size_t)OW * AB * RB, 1);
-  int32_t* sx = (int32_t*)calloc(OWS, sizeof(int32_t));
+  bs_call b = {C, H, W, KH, KW, SH, SW, PT, PL, DH, DW, Cg, OW, HP, WP, AB, TAPB, RB, aflip, (size_t)WP * TAPB,
+               NULL, NULL, NULL, NULL, NULL, NULL};
+  const size_t PSTR = b.PSTR;
+  b.pk = (uint8_t*)calloc((size_t)HP * AB * PSTR, 1);
+  b.rows = (uint8_t*)calloc((size_t)OW * AB * RB, 1);
+#if defined(__aarch64__)
+  const int flat = W < 16 && H * W >= 16;
+#else
+  const int flat = 0;
+#endif
+  b.flat = flat ? (uint8_t*)malloc((size_t)AB * H * W * TAPB) : NULL;
+  b.sx = (int32_t*)calloc(OWS, sizeof(int32_t));
   int32_t* obias = (int32_t*)malloc(sizeof(int32_t) * O);
   int32_t* acc = (int32_t*)malloc(sizeof(int32_t) * (size_t)Og * OWS);
   uint8_t* zpat = (uint8_t*)calloc((size_t)AB * TAPB, 1);
-  int32_t* px = (int32_t*)malloc(sizeof(int32_t) * ((size_t)HP * WP + WP));
-  int32_t* colsum = px ? px + (size_t)HP * WP : NULL;
-  if (!pk || !rows || !sx || !obias || !zpat || !px || !acc) {
-    free(pk); free(rows); free(sx); free(obias); free(zpat); free(px); free(acc);
+  b.px = (int32_t*)malloc(sizeof(int32_t) * ((size_t)HP * WP + WP));
+  b.colsum = b.px ? b.px + (size_t)HP * WP : NULL;
+  uint8_t* const pk = b.pk;
+  if (!pk || !b.rows || !b.sx || !obias || !zpat || !b.px || !acc || (flat && !b.flat)) {
+    free(pk); free(b.rows); free(b.flat); free(b.sx); free(obias); free(zpat); free(b.px); free(acc);
     return fail("sliver_lowbit_bitserial: out of memory for the packed activations");
   }
   /* acc = Sxw - wz*Sx - xz*Sw[o] + K*xz*wz: the last two per output channel */
@@ -880,97 +1105,27 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
         if (wq < WP) copy_bytes(pk + (hp * AB + i) * PSTR + (size_t)wq * TAPB, zpat + i * TAPB, TAPB);
       }
   }
-  const size_t HW = (size_t)H * W;
   const ptrdiff_t ostride = (ptrdiff_t)OH * OW;
-  const uint64_t flip8 = 0x0101010101010101ull * (uint64_t)aflip;
   for (int n = 0; n < N; n++) {
     for (int g = 0; g < G; g++) {
-      /* 1. bit-pack the input pixels of this group */
-      for (int h = 0; h < H; h++) {
-        uint8_t* prow = pk + (size_t)(h + PT) * AB * PSTR + (size_t)PL * TAPB;
-        const uint8_t* srow = x + (((size_t)n * C + (size_t)g * Cg) * H + h) * W;
-        int cb = 0;
-#if defined(__aarch64__)
-        /* 64 channels (8 channel bytes) and 16 pixels at a time, taps written whole */
-        if (W >= 16 && TAPB % 8 == 0)
-          for (; cb < TAPB; cb += 8)
-            for (int ww = 0; ww < W; ww += 16) {
-              const int w0 = ww + 16 <= W ? ww : W - 16;
-              pack16x8(srow + (size_t)cb * 8 * HW + w0, HW, Cg - cb * 8, (uint8_t)aflip, AB, prow + (size_t)w0 * TAPB + cb,
-                       PSTR, TAPB);
-            }
-#endif
-        for (; cb < TAPB; cb++) {
-          const int c0 = cb * 8, nc = Cg - c0 < 8 ? Cg - c0 : 8;
-          const uint8_t* s8 = srow + (size_t)c0 * HW;
-          int ww = 0;
-#if defined(__aarch64__)
-          /* 16 pixels at a time; a last partial group overlaps the previous one */
-          if (W >= 16) {
-            for (; ww < W; ww += 16) {
-              const int w0 = ww + 16 <= W ? ww : W - 16;
-              pack16(s8 + w0, HW, nc, (uint8_t)aflip, AB, prow + (size_t)w0 * TAPB + cb, PSTR, TAPB);
-            }
-          }
-#endif
-          for (; ww < W; ww++) {
-            /* 8 channels' codes as the bytes of one word, then plane i's bits gathered
-             * into one byte by a multiply (byte k's bit 0 -> bit k of the top byte) */
-            uint64_t v = 0;
-            for (int k = 0; k < nc; k++) v |= (uint64_t)s8[k * HW + ww] << (8 * k);
-            v ^= flip8 & (nc == 8 ? ~0ull : (1ull << (8 * nc)) - 1);
-            planes_of_word(v, AB, prow + (size_t)ww * TAPB + cb, PSTR);
-          }
-        }
-      }
-      /* the code sum of every padded input pixel (its planes' popcounts, plane i weighing 2^i) */
-      if (wz)
-        for (int hp = 0; hp < HP; hp++)
-          for (int wq = 0; wq < WP; wq++) {
-            int32_t t = 0;
-            for (int i = 0; i < AB; i++) t += (int32_t)count_bytes(pk + (hp * AB + i) * PSTR + (size_t)wq * TAPB, TAPB) << i;
-            px[(size_t)hp * WP + wq] = t;
-          }
+      pack_input(&b, x + ((size_t)n * C + (size_t)g * Cg) * H * W);
+      if (wz) pixel_sums(&b);
       const uint8_t* wg = wp + (size_t)g * Og * WB * RB;
       for (int oh = 0; oh < OH; oh++) {
-        /* 2. the im2col rows of this output row: per kernel row and plane, KW*TAPB
-         * contiguous bytes (one copy), or a copy per tap when the width is dilated */
-        for (int kh = 0; kh < KH; kh++) {
-          const uint8_t* s = pk + (size_t)(oh * SH + kh * DH) * AB * PSTR;
-          for (int i = 0; i < AB; i++) {
-            uint8_t* d = rows + (size_t)i * RB + kh * KW * TAPB;
-            const uint8_t* si = s + i * PSTR;
-            if (DW == 1) {
-              copy_strided(d, (ptrdiff_t)AB * RB, si, (ptrdiff_t)SW * TAPB, KW * TAPB, OW);
-            } else {
-              for (int kw = 0; kw < KW; kw++)
-                copy_strided(d + kw * TAPB, (ptrdiff_t)AB * RB, si + (size_t)kw * DW * TAPB, (ptrdiff_t)SW * TAPB, TAPB, OW);
-            }
-          }
-        }
-        /* Sx of each output pixel: its window's sum of the input pixels' code sums */
-        if (wz) {
-          for (int wq = 0; wq < WP; wq++) {
-            int32_t t = 0;
-            for (int kh = 0; kh < KH; kh++) t += px[(size_t)(oh * SH + kh * DH) * WP + wq];
-            colsum[wq] = t;
-          }
-          for (int ow = 0; ow < OW; ow++) {
-            int32_t t = 0;
-            for (int kw = 0; kw < KW; kw++) t += colsum[ow * SW + kw * DW];
-            sx[ow] = -wz * t;
-          }
-        }
+        im2col_row(&b, oh);
+        if (wz) window_sums(&b, oh, wz);
         /* 3. popcount dot products, zero points folded, written to out[n, g*Og + o, oh, ow] */
-        const row_args ra = {rows, wg, RB, Og, OW, acc, OWS, obias + g * Og, sx};
+        uint8_t* orow = out + ((((size_t)n * O + (size_t)g * Og) * OH + oh) * OW) * osz;
+        const row_args ra = {b.rows, wg, RB, Og, OW, fused ? (int32_t*)(void*)orow : acc, fused ? ostride : OWS,
+                             obias + g * Og, b.sx, layout, fused, epi.scale + g * Og, epi.bias + g * Og, e6};
         fn(&ra);
-        /* 4. the epilogue into out[n, g*Og + o, oh, :] */
+        /* 4. the epilogue into out[n, g*Og + o, oh, :] (unless fused into 3) */
         const epilogue eg = {epi.scale + g * Og, epi.bias + g * Og, epi.lo, epi.hi, epi.inv, epi.zp, epi.qmin, epi.qmax, epi.kind};
-        apply_epilogue(&eg, acc, OWS, Og, OW, out + ((((size_t)n * O + (size_t)g * Og) * OH + oh) * OW) * osz, ostride);
+        if (!fused) apply_epilogue(&eg, acc, OWS, Og, OW, orow, ostride);
       }
     }
   }
-  free(pk); free(rows); free(sx); free(obias); free(zpat); free(px); free(acc);
+  free(pk); free(b.rows); free(b.flat); free(b.sx); free(obias); free(zpat); free(b.px); free(acc);
   result->type_index = kAnyNone;
   result->u.v_int64 = 0;
   return 0;
@@ -1143,7 +1298,7 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
           sx[ow] = -wz * i8_row_sum(r, RB);
         }
         /* 3. dot products, zero points folded, written to out[n, g*Og + o, oh, ow] */
-        const row_args ra = {(const uint8_t*)rows, (const uint8_t*)wg, RB, Og, OW, acc, OW, obias + g * Og, sx};
+        const row_args ra = {(const uint8_t*)rows, (const uint8_t*)wg, RB, Og, OW, acc, OW, obias + g * Og, sx, 0, 0, NULL, NULL, NULL};
         fn(&ra);
         /* 4. the epilogue into out[n, g*Og + o, oh, :] */
         const epilogue eg = {epi.scale + g * Og, epi.bias + g * Og, epi.lo, epi.hi, epi.inv, epi.zp, epi.qmin, epi.qmax, epi.kind};

@@ -190,7 +190,7 @@ def front_passes(*, layout: bool = True, target=None, winograd: bool = True) -> 
     from sliver.backends.tvm.schedules.channel_select import FuseChannelSelect
 
     front = [layout_passes.ClipToMinMax(), layout_passes.channels_last()] if layout else []
-    front.append(FuseChannelSelect(target))
+    front.append(FuseChannelSelect(target, winograd=winograd))
     custom = {"relax.nn.conv2d": conv2d.legalize(target, winograd=winograd)} if layout else None
     return front + [
         relax.transform.LegalizeOps(customize_legalize_map=custom),

@@ -19,10 +19,15 @@ schedules inline into the conv's padding copy (which exists anyway) or, without
 padding, into the conv's input reads.  The function keeps the conv's name hint
 and its reduction block name (``conv2d_nhwc``…), so AnnotateTIROpPattern marks it
 out-elementwise-fusable, FuseOps still fuses the bias/relu/residual epilogue into
-it and the conv rule schedules it.  Unused selections and transposes are dropped.
+it and the conv rule schedules it.  A dense conv gets the kernel the conv
+legalization would give it without the selection (:func:`.conv2d.kernel_choice`):
+packed weights, or, for 3x3 stride-1 convs, a Winograd conv whose input padding
+copy reads the selection (a pruned ResNet-18's first conv of each block reads a
+slice or gather of the block input: direct, they ran at half the Winograd speed).
+Unused selections and transposes are dropped.
 A channel pad is merged into the conv's spatial padding (one padded copy, as
 before).  Only selections and pads on the conv's channel axis are rewritten;
-results are unchanged (the same loads, in the same arithmetic order).
+results are unchanged (the same loads, in the same arithmetic order as the unselected conv).
 
 A gather of features before a linear layer (a pruned classifier reading part of
 the pooled features), ``matmul(take(x, idx, axis=-1), w)`` with constant in-range
@@ -70,30 +75,6 @@ def _gather_in_range(x, idx, axis: int):
     return te.compute(shape, lambda *i: x[i[:axis] + (idx[i[axis]],) + i[axis + 1:]], name="T_take")
 
 
-def _packed_width(call, target) -> int | None:
-    """The packed weights' block width ``b`` when :func:`.conv2d.legalize` would give
-    this conv2d call (float32, NHWC/HWIO, dense, static shapes, an LLVM target) packed
-    weights; None when it would not."""
-    import tvm
-
-    from sliver.backends.tvm.schedules.common import NotApplicable, cpu_of, register_tile
-
-    a = call.attrs
-    target = target or tvm.target.Target.current(allow_none=True)
-    if target is None or str(target.kind.name) != "llvm" or str(a.data_layout) != "NHWC" \
-            or str(a.kernel_layout) != "HWIO" or int(a.groups) != 1:
-        return None
-    x, w = call.args
-    if {str(x.ty.dtype), str(w.ty.dtype), str(call.ty.dtype)} != {"float32"}:
-        return None
-    try:
-        out_w, n_out = int(call.ty.shape[2]), int(w.ty.shape[3])
-        rt, nv = register_tile(out_w, n_out, cpu_of(target))
-    except (TypeError, NotApplicable):
-        return None
-    return nv * cpu_of(target).lanes
-
-
 def _constant_indices_in_range(idx, size) -> bool:
     """``idx`` is a 1-D constant whose values all index into ``size`` (so reads need no clamp)."""
     import tvm
@@ -118,13 +99,15 @@ def gathered_matmul_te(x, idx, w):
     return te.compute(shape, lambda *i: te.sum(gathered[i[:-1] + (k,)] * w[k, i[-1]], axis=k), name="matmul")
 
 
-def FuseChannelSelect(target=None):  # noqa: N802 - TVM pass naming
-    """The pass; ``target`` (else the current one) decides, like the conv
-    legalization (:func:`.conv2d.legalize`), whether dense convs get packed weights."""
+def FuseChannelSelect(target=None, *, winograd: bool = True):  # noqa: N802 - TVM pass naming
+    """The pass; ``target`` (else the current one) and ``winograd`` decide, as for
+    the conv legalization (:func:`.conv2d.kernel_choice`), which kernel a dense conv
+    gets: a Winograd conv or packed weights."""
     import tvm
     from tvm import relax, topi
 
     from sliver.backends.tvm.schedules import conv2d
+    from sliver.backends.tvm.schedules import winograd as winograd_rules
     from sliver.backends.tvm.schedules.layout import mutator_pass
 
     conv_op = tvm.ir.Op.get("relax.nn.conv2d")
@@ -250,9 +233,13 @@ def FuseChannelSelect(target=None):  # noqa: N802 - TVM pass naming
                     return topi.nn.pad(x, before, after, 0.0, name="pad_temp")
 
             w = call.args[1]
-            b = _packed_width(call, target)
-            if b is not None and channel_pad is None:  # the packed-weight kernel dense convs get
-                w = self.builder_.emit_te(conv2d.pack_weight_te, w, b, primfunc_name_hint="pack_weight")
+            kind, size, cpu = conv2d.kernel_choice(call, target, winograd=winograd) or (None, None, None)
+            if kind == "winograd" and channel_pad is None:  # as the conv legalization would, on the selection
+                xs = [int(d) for d in call.args[0].ty.shape]
+                return winograd_rules.legalize_call(self.builder_, source, w, xs, int(w.ty.shape[3]), padding, size,
+                                                    cpu, select=select, extra=extra)
+            if kind == "packed" and channel_pad is None:  # the packed-weight kernel dense convs get
+                w = self.builder_.emit_te(conv2d.pack_weight_te, w, size, primfunc_name_hint="pack_weight")
 
                 def conv(x, wp, *rest):
                     return conv2d.packed_conv2d_te(select(x, *rest), wp, strides, padding, dilation, "float32")

@@ -126,46 +126,70 @@ def pack_weight_te(w, b: int):
     return te.compute((cout // b, kh, kw, cin, b), lambda o, y, x, c, j: w[y, x, c, o * b + j], name="pack_weight")
 
 
-def legalize(target=None, *, winograd: bool = True):
-    """A ``relax.nn.conv2d`` legalization for ``LegalizeOps(customize_legalize_map=…)``:
-    dense float32 NHWC/HWIO convolutions with static shapes become a weight-packing
-    ``call_tir`` plus a packed convolution, or, for 3x3 stride-1 ones that
-    :func:`.winograd.choose` picks (unless ``winograd=False``), a weight transform
-    plus a Winograd convolution; everything else goes to TVM's own rule.
-    ``target`` (else the current one) decides the tile width."""
+def kernel_choice(call, target=None, *, winograd: bool = True):
+    """Which float kernel sliver gives the ``relax.nn.conv2d`` ``call`` (its shapes as
+    the call's arguments have them): ``("winograd", m, cpu)`` for the dense 3x3
+    stride-1 convs :func:`.winograd.choose` picks (unless ``winograd=False``),
+    ``("packed", b, cpu)`` for other dense float32 NHWC/HWIO convs with static
+    shapes (weights packed ``b`` output channels wide), None for the rest (TVM's own
+    legalization).  ``target``: else the current one.  The conv legalization
+    (:func:`legalize`) and the channel-selection fusion
+    (:mod:`~sliver.backends.tvm.schedules.channel_select`) both decide with it."""
     import tvm
 
     from sliver.backends.tvm.schedules import winograd as winograd_rules
     from sliver.backends.tvm.schedules.common import cpu_of
 
+    a = call.attrs
+    x, w = call.args
+    tgt = target or tvm.target.Target.current(allow_none=True)
+    xt, wt, yt = (_ty(e) for e in (x, w, call))
+    xs, ws, ys = (_static(getattr(t, "shape", None) or []) for t in (xt, wt, yt))
+    out_dtype = str(a.out_dtype) if a.out_dtype not in (None, "", "void") else str(xt.dtype)
+    if (tgt is None or str(tgt.kind.name) != "llvm" or a.data_layout != "NHWC" or a.kernel_layout != "HWIO"
+            or a.out_layout not in ("", "NHWC") or int(a.groups) != 1 or not xs or not ws or not ys
+            or len(ws) != 4 or str(xt.dtype) != "float32" or str(wt.dtype) != "float32"
+            or out_dtype != "float32"):
+        return None
+    cpu = cpu_of(tgt)
+    if (winograd and ws[:2] == [3, 3] and [int(s) for s in a.strides] == [1, 1]
+            and [int(d) for d in a.dilation] == [1, 1]):
+        m = winograd_rules.choose(ws[2], ws[3], ys[1], ys[2], cpu)
+        if m is not None:
+            return "winograd", m, cpu
+    try:
+        rt, nv = register_tile(ys[2], ws[3], cpu)
+    except NotApplicable:
+        return None
+    return "packed", nv * cpu.lanes, cpu
+
+
+def legalize(target=None, *, winograd: bool = True):
+    """A ``relax.nn.conv2d`` legalization for ``LegalizeOps(customize_legalize_map=…)``:
+    dense float32 NHWC/HWIO convolutions with static shapes become a weight-packing
+    ``call_tir`` plus a packed convolution, or, for 3x3 stride-1 ones that
+    :func:`.winograd.choose` picks (unless ``winograd=False``), a weight transform
+    plus a Winograd convolution; everything else goes to TVM's own rule
+    (:func:`kernel_choice`).  ``target`` (else the current one) decides the tile width."""
+    import tvm
+
+    from sliver.backends.tvm.schedules import winograd as winograd_rules
+
     default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
 
     def rule(bb, call):
+        choice = kernel_choice(call, target, winograd=winograd)
+        if choice is None:
+            return default(bb, call)
         a = call.attrs
         x, w = call.args
-        tgt = target or tvm.target.Target.current(allow_none=True)
-        xt, wt, yt = (_ty(e) for e in (x, w, call))
-        xs, ws, ys = (_static(getattr(t, "shape", None) or []) for t in (xt, wt, yt))
-        out_dtype = str(a.out_dtype) if a.out_dtype not in (None, "", "void") else str(xt.dtype)
-        if (tgt is None or str(tgt.kind.name) != "llvm" or a.data_layout != "NHWC" or a.kernel_layout != "HWIO"
-                or a.out_layout not in ("", "NHWC") or int(a.groups) != 1 or not xs or not ws or not ys
-                or len(ws) != 4 or str(xt.dtype) != "float32" or str(wt.dtype) != "float32"
-                or out_dtype != "float32"):
-            return default(bb, call)
-        cpu = cpu_of(tgt)
-        pad = [int(p) for p in a.padding]
-        if (winograd and ws[:2] == [3, 3] and [int(s) for s in a.strides] == [1, 1]
-                and [int(d) for d in a.dilation] == [1, 1]):
-            m = winograd_rules.choose(ws[2], ws[3], ys[1], ys[2], cpu)
-            if m is not None:
-                return winograd_rules.legalize_call(bb, x, w, xs, ws[3], pad, m, cpu)
-        try:
-            rt, nv = register_tile(ys[2], ws[3], cpu)
-        except NotApplicable:
-            return default(bb, call)
-        b = nv * cpu.lanes
-        wp = bb.emit_te(pack_weight_te, w, b, primfunc_name_hint="pack_weight")
+        kind, size, cpu = choice
+        if kind == "winograd":
+            xs = [int(d) for d in _ty(x).shape]
+            return winograd_rules.legalize_call(bb, x, w, xs, int(_ty(w).shape[3]), [int(p) for p in a.padding],
+                                                size, cpu)
+        wp = bb.emit_te(pack_weight_te, w, size, primfunc_name_hint="pack_weight")
         return bb.call_te(packed_conv2d_te, x, wp, [int(s) for s in a.strides], [int(p) for p in a.padding],
-                          [int(d) for d in a.dilation], out_dtype, primfunc_name_hint="conv2d")
+                          [int(d) for d in a.dilation], "float32", primfunc_name_hint="conv2d")
 
     return rule

@@ -70,8 +70,8 @@ def matrices(m: int):
 def choose(cin: int, cout: int, oh: int, ow: int, cpu: CPU) -> int | None:
     """The tile size ``m`` for a dense 3x3 stride-1 conv with these channels and
     output size, or None to keep it direct."""
-    if cin < MIN_CHANNELS or cout < MIN_CHANNELS or cout % cpu.lanes:
-        return None
+    if cin < MIN_CHANNELS or cout < MIN_CHANNELS or cout % cpu.lanes or cin % 4:
+        return None  # (an input transform over 45 channels is scalar; its unrolled code took minutes to compile)
     if min(oh, ow) < 4:
         return None
     # multiplications per channel pair: tiles x a²; F(2x2) on ties (smaller weights,
@@ -186,17 +186,24 @@ def conv2d_te(data, u, padding, m: int):
     return te.compute(_i64(n, oh, ow, cout), y, name=OUTPUT)
 
 
-def legalize_call(bb, x, w, xs, cout: int, padding, m: int, cpu: CPU):
+def legalize_call(bb, x, w, xs, cout: int, padding, m: int, cpu: CPU, select=None, extra=()):
     """Emit the weight transform and the Winograd conv for ``relax.nn.conv2d(x, w)``
     (NHWC input of static shape ``xs``, HWIO weights with ``cout`` outputs); returns
-    the conv's output expression."""
+    the conv's output expression.  ``select`` (a TE function of ``x`` and the Relax
+    values ``extra``, e.g. a channel gather and its indices) computes the conv's
+    input from ``x`` inside the same PrimFunc: :func:`schedule` inlines it into the
+    input's padding copy (:mod:`.channel_select`)."""
     n, h, wd, _ = xs
     oh, ow = h + padding[0] + padding[2] - 2, wd + padding[1] + padding[3] - 2
     tiles = n * (-(-oh // m)) * (-(-ow // m))
     _, nv = register_tile(tiles, cout, cpu)
     b = nv * cpu.lanes
     u = bb.emit_te(weight_te, w, m, b, primfunc_name_hint="winograd_weight")
-    call = bb.call_te(conv2d_te, x, u, padding, m, primfunc_name_hint=f"conv2d_winograd{m}x{m}")
+    if select is None:
+        call = bb.call_te(conv2d_te, x, u, padding, m, primfunc_name_hint=f"conv2d_winograd{m}x{m}")
+    else:
+        call = bb.call_te(lambda data, u_, *rest: conv2d_te(select(data, *rest), u_, padding, m), x, u, *extra,
+                          primfunc_name_hint=f"conv2d_winograd{m}x{m}")
     gv = call.args[0]
     func = bb.get()[gv].with_attr("op_pattern", OUT_EWISE_FUSABLE)
     bb.update_func(gv, func)
@@ -234,7 +241,8 @@ def _block(sch, name):
 
 def schedule(sch, cpu: CPU) -> list[str]:
     """Schedule the three stages; returns the names of the blocks it scheduled (the
-    padding is left to the generic injective rule).
+    padding, with any input selection inlined into it, is left to the generic
+    injective rule).
 
     * input transform: parallel over tiles, the ``a²`` positions unrolled, vectorized
       over input channels;
@@ -245,6 +253,9 @@ def schedule(sch, cpu: CPU) -> list[str]:
     from sliver.backends.tvm.schedules.common import inline_epilogue
 
     vin, gemm, out = _block(sch, INPUT), _block(sch, GEMM), _block(sch, OUTPUT)
+    # a channel selection of the input (a fused slice or gather) is read by the padding copy
+    for producer in sch.get_producers(_block(sch, PAD)):
+        sch.compute_inline(producer)
     u_buf = [r.buffer if hasattr(r, "buffer") else r.source for r in sch.get(gemm).reads][1]
     b = int(u_buf.shape[-1])
     m = int(round((int(u_buf.shape[0]) ** 0.5))) - 2
