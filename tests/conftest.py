@@ -52,6 +52,8 @@ def pytest_collection_finish(session):
     for item in session.items:
         if item.get_closest_marker("skip"):
             continue
+        for name in item.fixturenames:
+            keys += precompile.FIXTURES.get(name, [])
         for mark in item.iter_markers("precompiled"):
             keys += mark.args[0](getattr(getattr(item, "callspec", None), "params", {}))
     precompile.start(keys)
@@ -79,20 +81,15 @@ def example():
 
 
 @pytest.fixture(scope="session")
-def example_x86(example, tmp_path_factory):
-    """The bundled example lowered for x86_64 and saved: path of the .sliver file."""
-    import sliver
-
-    model, inputs = example
-    return sliver.lower(model, inputs, target="x86_64").save(tmp_path_factory.mktemp("x86") / "tiny.sliver")
+def example_x86():
+    """The bundled example lowered for x86_64 and saved: path of the .sliver file
+    (compiled ahead on the worker process, tests/precompile.py)."""
+    return precompile.get(("example", "x86_64"))
 
 
 @pytest.fixture(scope="session")
-def example_arm64(example, tmp_path_factory):
-    import sliver
-
-    model, inputs = example
-    return sliver.lower(model, inputs, target="arm64").save(tmp_path_factory.mktemp("arm") / "tiny.sliver")
+def example_arm64():
+    return precompile.get(("example", "arm64"))
 
 
 @pytest.fixture

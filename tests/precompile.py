@@ -14,7 +14,15 @@ test then loads the saved library and makes every check itself.
 
 A job key is a tuple: ``("zoo", name, target)`` → saved artifact path;
 ``("fuzz", seed)`` → saved x86_64 artifact path of ``random_convnet(seed)``;
-``("relax", builder, schedules)`` → (exported library path, schedule report).
+``("example", target)`` → saved artifact path of the bundled example;
+``("relax", builder, schedules)`` → (exported library path, schedule report);
+``("call", module, function, *args)`` → ``module.function(*args)``, for a builder
+defined in a test module (the worker imports it: it is spawned after collection,
+with the test folders on ``sys.path``).  Jobs save their files under :func:`out`.
+
+Tests name the jobs they read with ``@pytest.mark.precompiled.with_args(keys)``
+(``keys(params)`` → list of keys; ``params`` are the test's parameters), or by
+using a fixture listed in :data:`FIXTURES`.
 """
 
 from __future__ import annotations
@@ -39,7 +47,12 @@ def _workdir() -> Path:
 
 
 def _file(key: tuple, suffix: str) -> Path:
-    return _workdir() / ("-".join(str(k) for k in key) + suffix)
+    return out("-".join(str(k) for k in key) + suffix)
+
+
+def out(name: str) -> Path:
+    """Where a job saves its file ``name`` (removed at the end of the session)."""
+    return _workdir() / name
 
 
 def _zoo(name, target):
@@ -56,6 +69,20 @@ def _fuzz(seed):
 
     model, inputs = random_convnet(seed)
     return sliver.lower(model, inputs, target="x86_64").save(_file(("fuzz", seed), ".sliver"))
+
+
+def _example(target):
+    import sliver
+    from sliver.tools.demo import _example as example
+
+    model, inputs = example()[1]
+    return sliver.lower(model, inputs, target=target).save(_file(("example", target), ".sliver"))
+
+
+def _call(module, function, *args):
+    import importlib
+
+    return getattr(importlib.import_module(module), function)(*args)
 
 
 def _relax(builder, schedules):
@@ -78,7 +105,10 @@ def _relax(builder, schedules):
     return path, report
 
 
-JOBS = {"zoo": _zoo, "fuzz": _fuzz, "relax": _relax}
+JOBS = {"zoo": _zoo, "fuzz": _fuzz, "example": _example, "relax": _relax, "call": _call}
+
+#: session fixtures (tests/conftest.py) → the jobs they read
+FIXTURES = {"example_x86": [("example", "x86_64")], "example_arm64": [("example", "arm64")]}
 
 
 def run(key: tuple):
