@@ -13,6 +13,7 @@ sys.path.insert(0, str(TESTS))  # `import helpers`
 
 import torch  # noqa: E402
 
+import precompile  # noqa: E402
 from sliver.runtime import emulate  # noqa: E402
 
 # Tests run small tensors: torch's second OpenMP thread only adds barrier waits, and on a
@@ -37,6 +38,31 @@ def _private_tuning_cache(tmp_path_factory):
     yield
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "precompiled(keys): keys(params) names the tests/precompile.py jobs the test reads")
+
+
+def pytest_collection_finish(session):
+    """Start the compiles the selected tests will read, in the order the tests run,
+    on a worker process (tests/precompile.py)."""
+    if session.config.option.collectonly:
+        return
+    keys = []
+    for item in session.items:
+        if item.get_closest_marker("skip"):
+            continue
+        for name in item.fixturenames:
+            keys += precompile.FIXTURES.get(name, [])
+        for mark in item.iter_markers("precompiled"):
+            keys += mark.args[0](getattr(getattr(item, "callspec", None), "params", {}))
+    precompile.start(keys)
+
+
+def pytest_unconfigure(config):
+    precompile.stop()
+
+
 def pytest_collection_modifyitems(config, items):
     if emulate.is_ready():
         return
@@ -55,20 +81,15 @@ def example():
 
 
 @pytest.fixture(scope="session")
-def example_x86(example, tmp_path_factory):
-    """The bundled example lowered for x86_64 and saved: path of the .sliver file."""
-    import sliver
-
-    model, inputs = example
-    return sliver.lower(model, inputs, target="x86_64").save(tmp_path_factory.mktemp("x86") / "tiny.sliver")
+def example_x86():
+    """The bundled example lowered for x86_64 and saved: path of the .sliver file
+    (compiled ahead on the worker process, tests/precompile.py)."""
+    return precompile.get(("example", "x86_64"))
 
 
 @pytest.fixture(scope="session")
-def example_arm64(example, tmp_path_factory):
-    import sliver
-
-    model, inputs = example
-    return sliver.lower(model, inputs, target="arm64").save(tmp_path_factory.mktemp("arm") / "tiny.sliver")
+def example_arm64():
+    return precompile.get(("example", "arm64"))
 
 
 @pytest.fixture

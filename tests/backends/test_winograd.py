@@ -12,6 +12,7 @@ import pytest
 tvm = pytest.importorskip("tvm")
 torch = pytest.importorskip("torch")
 
+import precompile  # noqa: E402
 import sliver  # noqa: E402
 from sliver.backends.tvm import schedules as S  # noqa: E402
 from sliver.backends.tvm.schedules import common, winograd  # noqa: E402
@@ -43,14 +44,30 @@ class Net(nn.Module):
 WINOGRAD_CONVS = 3
 
 
+def _net():
+    torch.manual_seed(0)
+    return Net().eval(), torch.randn(2, 36, 7, 7)
+
+
 @pytest.fixture(scope="session")
 def net():
-    torch.manual_seed(0)
-    model = Net().eval()
-    x = torch.randn(2, 36, 7, 7)
+    model, x = _net()
     with torch.no_grad():
         want = model.double()(x.double()).numpy()
     return model.float(), x, want
+
+
+def lowered(target, winograd):
+    """Net lowered for ``target`` (a precompile job): the saved artifact's path."""
+    model, x = _net()
+    art = sliver.lower(model, (x,), target=target, tune=False, winograd=winograd)
+    return art.save(precompile.out(f"winograd-{target}-{winograd}.sliver"))
+
+
+def _lowered(target, winograd):
+    from sliver.runtime.artifact import read
+
+    return read(precompile.get(("call", "test_winograd", "lowered", target, winograd)))
 
 
 @pytest.fixture(scope="session")
@@ -108,10 +125,15 @@ def test_matrices_compute_a_correlation():
 
 @pytest.fixture(scope="session")
 def artifacts(net):
-    model, x, _ = net
-    return {w: sliver.lower(model, (x,), target="x86_64", tune=False, winograd=w) for w in (True, False)}
+    """{winograd: Net's x86_64 artifact}, compiled ahead (tests/precompile.py)."""
+    return {w: _lowered("x86_64", w) for w in (True, False)}
 
 
+X86_JOBS = pytest.mark.precompiled.with_args(
+    lambda params: [("call", "test_winograd", "lowered", "x86_64", w) for w in (True, False)])
+
+
+@X86_JOBS
 def test_compiled_winograd_model_matches_torch(net, artifacts):
     _, x, want = net
     art = artifacts[True]
@@ -120,6 +142,7 @@ def test_compiled_winograd_model_matches_torch(net, artifacts):
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
+@X86_JOBS
 def test_compiled_direct_model_matches_torch(net, artifacts):
     _, x, want = net
     art = artifacts[False]
@@ -153,11 +176,14 @@ def test_neon_schedule_is_vectorized_by_4():
 
 @pytest.mark.slow
 @pytest.mark.emulated
+@pytest.mark.precompiled.with_args(lambda params: [("call", "test_winograd", "lowered", "arm64", True)])
 def test_arm64_winograd_artifact_matches_torch_on_emulated_pi(net, tmp_path):
     from helpers import emulated_first_output
 
-    model, x, want = net
-    art = sliver.lower(model, (x,), target="arm64", tune=False)
-    assert len(art.manifest["winograd"]) == WINOGRAD_CONVS
-    got = emulated_first_output(art.save(tmp_path / "wino.sliver"), tmp_path)
+    _, _, want = net
+    path = precompile.get(("call", "test_winograd", "lowered", "arm64", True))  # lowered(): compiled ahead
+    from sliver.runtime.artifact import read
+
+    assert len(read(path).manifest["winograd"]) == WINOGRAD_CONVS
+    got = emulated_first_output(path, tmp_path)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import precompile
 import sliver
 from helpers import dedent, emulated_first_output
 from sliver.api import optimize, trace
@@ -29,14 +30,18 @@ class MLP(nn.Module):
         return self.down(torch.nn.functional.gelu(self.up(x)))
 
 
-@pytest.fixture(scope="module")
-def model():
+def _model():
     torch.manual_seed(0)
     m = MLP().eval()
     with torch.no_grad():
         m.down.weight[5, 7] = 30.0  # a super weight, kept as a float outlier
         m.up.weight[11, 3] = -4.0
     return m, torch.randn(2, 3, 256)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
 
 
 KEEP = (("down.weight", 5, 7), ("up.weight", 11, 3))
@@ -57,18 +62,27 @@ PIPELINES = {
 }
 
 
+def lowered(bits, target):
+    """The MLP quantized to ``bits`` (32: not at all), lowered for ``target`` (a
+    precompile job): the saved artifact's path."""
+    m, x = model = _model()
+    module = quantized(model, PIPELINES.get(bits))
+    return sliver.lower(module, (x.numpy(),), target=target).save(precompile.out(f"wq-{bits}-{target}.sliver"))
+
+
+def _jobs(params):
+    return [("call", "test_wq_linear", "lowered", bits, "x86_64") for bits in (32, *PIPELINES)]
+
+
 @pytest.fixture(scope="module")
-def artifacts(model, tmp_path_factory):
-    """{bits or 32: (module, saved x86_64 artifact path)}."""
-    m, x = model
-    out = {}
-    for bits, pipeline in [(32, None), *PIPELINES.items()]:
-        module = quantized(model, pipeline)
-        path = sliver.lower(module, (x.numpy(),), target="x86_64").save(tmp_path_factory.mktemp("wq") / "m.sliver")
-        out[bits] = module, path
-    return out
+def artifacts(model):
+    """{bits or 32: (module, saved x86_64 artifact path)}; compiled ahead (tests/precompile.py)."""
+    return {bits: (quantized(model, PIPELINES.get(bits)), precompile.get(("call", "test_wq_linear", "lowered", bits,
+                                                                           "x86_64")))
+            for bits in (32, *PIPELINES)}
 
 
+@pytest.mark.precompiled.with_args(_jobs)
 @pytest.mark.parametrize("bits", [3, 4, 8])
 def test_x86_matches_the_interpreter(model, artifacts, bits):
     _, x = model
@@ -81,6 +95,7 @@ def test_x86_matches_the_interpreter(model, artifacts, bits):
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
+@pytest.mark.precompiled.with_args(_jobs)
 def test_artifact_carries_packed_weights(artifacts):
     """The library holds the codes, not float32 weights: its size falls with the bits."""
     size = {bits: sliver.load(path).manifest["library"]["bytes"] for bits, (_, path) in artifacts.items()}
@@ -93,10 +108,11 @@ def test_artifact_carries_packed_weights(artifacts):
 
 @pytest.mark.slow
 @pytest.mark.emulated
+@pytest.mark.precompiled.with_args(lambda params: [("call", "test_wq_linear", "lowered", 3, "arm64")])
 def test_arm64_on_the_emulated_pi(model, tmp_path):
     _, x = model
     module = quantized(model, PIPELINES[3])
-    path = sliver.lower(module, (x.numpy(),), target="arm64").save(tmp_path / "m.sliver")
+    path = precompile.get(("call", "test_wq_linear", "lowered", 3, "arm64"))  # lowered(): compiled ahead
     want = run(module, [x.numpy()])[0]
     assert np.abs(emulated_first_output(path, tmp_path) - want).max() <= 1e-5 * np.abs(want).max()
 

@@ -388,14 +388,26 @@ class AllCases(nn.Module):
         return tuple(layer(x) for layer, x in zip(self.layers, xs))
 
 
-@pytest.fixture(scope="module")
-def all_cases():
+def _all_cases():
     model = AllCases().eval()
     g = torch.Generator().manual_seed(8)
-    xs = tuple(torch.randn(CASES[n][4], generator=g) * 1.5 + 0.5 for n in model.names[:-1]) + (pool_net()[1],)
+    return model, tuple(torch.randn(CASES[n][4], generator=g) * 1.5 + 0.5 for n in model.names[:-1]) + (pool_net()[1],)
+
+
+@pytest.fixture(scope="module")
+def all_cases():
+    model, xs = _all_cases()
     with torch.no_grad():
         want = [y.numpy() for y in model(*xs)]
     return model, xs, want
+
+
+def lowered_all_cases_arm64():
+    """AllCases lowered for arm64 (a tests/precompile.py job): the saved artifact's path."""
+    import precompile
+
+    model, xs = _all_cases()
+    return sliver.lower(model, xs, target="arm64", rtol=1e-5, atol=1e-5).save(precompile.out("cases-arm64.sliver"))
 
 
 @pytest.mark.slow
@@ -414,13 +426,14 @@ def test_all_cases_compiled_for_x86_match_fake_quant_torch(all_cases, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.emulated
-def test_all_cases_arm64_artifact_matches_fake_quant_torch_on_emulated_pi(all_cases, tmp_path, capsys):
+@pytest.mark.precompiled.with_args(lambda params: [("call", "test_fold_fake_quant", "lowered_all_cases_arm64")])
+def test_all_cases_arm64_artifact_matches_fake_quant_torch_on_emulated_pi(capsys):
     """The arm64 artifact's golden outputs are the torch model's; --verify checks them on
     the emulated Pi at 1e-5 (relative to each output's magnitude)."""
+    import precompile
     from sliver.tools.cli import main
 
-    model, xs, _ = all_cases
-    path = sliver.lower(model, xs, target="arm64", rtol=1e-5, atol=1e-5).save(tmp_path / "cases.sliver")
+    path = precompile.get(("call", "test_fold_fake_quant", "lowered_all_cases_arm64"))  # compiled ahead
     assert main(["run", str(path), "--verify", "--emulate"]) == 0
     assert "verify: passed (arm64 artifact on aarch64)" in capsys.readouterr().out
 
