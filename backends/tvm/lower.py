@@ -133,8 +133,22 @@ def _channel_vector(bb, v, rank: int):
     return bb.emit(_R().reshape(v, [1, -1] + [1] * (rank - 2)))
 
 
-#: Output channels of a conv2d are padded up to a multiple of this (see :func:`_conv2d`).
+#: Output channels of a conv2d are padded up to a multiple of this (see :func:`_conv2d`)…
 CHANNEL_MULTIPLE = 8
+#: … and from this many on, to a multiple of twice that: a count of an odd number of
+#: 8-wide vectors (247 -> 248, 471 -> 472) leaves the micro-kernel one vector of output
+#: channels, and on small maps (a Winograd conv on 7x7 has 4 tiles) too few
+#: accumulators.  One thread, AVX2: Winograd 3x3 on 7x7, 180 -> 248 channels 0.49 ms vs
+#: 180 -> 256 0.33 ms; 184 -> 184 0.34 ms vs 184 -> 192 0.18 ms; on 4x4, 360 -> 472
+#: 0.63 ms vs 360 -> 480 0.46 ms.
+WIDE_CHANNELS = 128
+
+
+def channel_padding(n: int) -> int:
+    """How many zero channels the lowering appends to a conv output of ``n`` channels."""
+    if n <= CHANNEL_MULTIPLE:
+        return 0
+    return -n % (2 * CHANNEL_MULTIPLE if n >= WIDE_CHANNELS else CHANNEL_MULTIPLE)
 
 
 def _channels(expr) -> int:
@@ -146,7 +160,7 @@ def _channels(expr) -> int:
 def _conv2d(bb, op, x, w, b=None):
     """A conv2d (+ bias).  A dense or depthwise conv whose output channel count is
     not a multiple of :data:`CHANNEL_MULTIPLE` (pruned layers: 45, 47, 89 channels)
-    is computed with zero filters appended: the schedules vectorize over output
+    is computed with zero filters appended (:func:`channel_padding`): the schedules vectorize over output
     channels, and a count with no factor of 4 leaves them scalar loops (a 47-channel
     3x3 conv ran ~20x slower than a 48-channel one).  The extra channels stay on the
     result (zero: zero filters, zero bias): :func:`_to_relax` carries them through
@@ -174,9 +188,9 @@ def _conv2d(bb, op, x, w, b=None):
         w = bb.emit(R.concat(relax.Tuple([w, relax.const(np.zeros(shape, dtype))]), axis=1))
         w_shape[1] = have
     if depthwise:
-        extra = have - n_out if have > n_in else (-n_out % CHANNEL_MULTIPLE if n_out > CHANNEL_MULTIPLE else 0)
+        extra = have - n_out if have > n_in else channel_padding(n_out)
     else:
-        extra = -n_out % CHANNEL_MULTIPLE if groups == 1 and n_out > CHANNEL_MULTIPLE else 0
+        extra = channel_padding(n_out) if groups == 1 else 0
     if extra:
         shape = (extra,) + tuple(w_shape[1:])
         w = bb.emit(R.concat(relax.Tuple([w, relax.const(np.zeros(shape, dtype))]), axis=0))
@@ -555,8 +569,8 @@ def _pad_param(bb, op, v, expr, env, pads):
 
 
 def _widened_selection(bb, module, op, args):
-    """A channel ``slice`` or ``take`` whose users are all dense convs, widened to a
-    multiple of :data:`CHANNEL_MULTIPLE` channels with more real channels of its
+    """A channel ``slice`` or ``take`` whose users are all dense convs, widened as a
+    conv output would be padded (:func:`channel_padding`) with more real channels of its
     input (the slice's run extended within the input's channels, else a gather
     with the last index repeated; a take with its last index repeated); None for
     any other op.  The convs read the extra channels through zero weight columns
@@ -574,8 +588,8 @@ def _widened_selection(bb, module, op, args):
                                          for u, _ in op.result.uses):
         return None
     n = t.shape[1]
-    extra = -n % CHANNEL_MULTIPLE
-    if n < CHANNEL_MULTIPLE or not extra:
+    extra = channel_padding(n)
+    if not extra:
         return None
     x = args[0]
     have = _channels(x)
