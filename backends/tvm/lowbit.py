@@ -69,7 +69,7 @@ W2A2_MAX_RB = 904
 #: file): no weight zero point to fold for symmetric weights, so no Sx sums at run time.
 W2A2_TC_MAX_RB = 680
 #: meta ``LAYOUT`` values (the C file's ``LAYOUT_*``)
-LAYOUT_PLAIN, LAYOUT_W2A2, LAYOUT_W2A2_TC = 0, 1, 2
+LAYOUT_PLAIN, LAYOUT_W2A2, LAYOUT_W2A2_TC, LAYOUT_W2A2_TC8 = 0, 1, 2, 3
 
 #: Kernel per target architecture for operands below 8 bits, picked by
 #: ``python -m sliver.tools.bench_lowbit`` (README, "Low-bit kernels"): on aarch64
@@ -249,22 +249,23 @@ def pack_weights(w: np.ndarray, wbits: int, tapb: int, align: int = ROW_ALIGN) -
     return out, rb
 
 
-def w2a2_blocks(packed: np.ndarray, groups: int) -> np.ndarray:
+def w2a2_blocks(packed: np.ndarray, groups: int, block: int = 4) -> np.ndarray:
     """The aarch64 W2A2 kernel's block layout of ``pack_weights``' rows ``[O, 2, RB]``:
-    per group, the first ``Og // 4 * 4`` channels in blocks of four, each block's eight
-    rows (channel-major, plane-minor) interleaved in the order its inner loop reads them:
-    per 16-byte step the eight rows' 16 bytes, then the eight 8-byte tails (RB % 16).
-    The blocks keep their byte ranges; the other channels stay as they are."""
+    per group, the first ``Og // block * block`` channels in blocks of ``block`` (4 or 8),
+    each block's rows (channel-major, plane-minor) interleaved in the order its inner
+    loop reads them: per 16-byte step the rows' 16 bytes, then their 8-byte tails
+    (RB % 16). The blocks keep their byte ranges; the other channels stay as they are."""
     o, wb, rb = packed.shape
     og = o // groups
     steps = rb // 16
     out = packed.copy()
     for g in range(groups):
-        for b in range(og // 4):
-            blk = packed[g * og + 4 * b: g * og + 4 * b + 4]  # [4, 2, rb]
-            main = blk[:, :, : steps * 16].reshape(4, wb, steps, 16).transpose(2, 0, 1, 3).reshape(-1)
+        for b in range(og // block):
+            lo = g * og + block * b
+            blk = packed[lo: lo + block]  # [block, 2, rb]
+            main = blk[:, :, : steps * 16].reshape(block, wb, steps, 16).transpose(2, 0, 1, 3).reshape(-1)
             tail = blk[:, :, steps * 16:].reshape(-1)
-            out[g * og + 4 * b: g * og + 4 * b + 4] = np.concatenate([main, tail]).reshape(4, wb, rb)
+            out[lo: lo + block] = np.concatenate([main, tail]).reshape(block, wb, rb)
     return out
 
 
@@ -272,12 +273,15 @@ def bitserial_layout(arch: str, abits: int, wbits: int, wsigned: bool, rb: int, 
     """The bit-serial kernel's weight layout (meta ``LAYOUT``) for a layer: on aarch64,
     W2A2 rows of 16..``W2A2_MAX_RB`` bytes with at least four output channels per group
     take the W2A2 block layout (:func:`w2a2_blocks`), with two's complement planes
-    (``LAYOUT_W2A2_TC``) when the weights are signed, the rows at most
-    ``W2A2_TC_MAX_RB`` bytes and the channels whole blocks of four, else offset-binary
-    planes (``LAYOUT_W2A2``); everything else is ``LAYOUT_PLAIN``."""
+    when the weights are signed, the rows at most ``W2A2_TC_MAX_RB`` bytes and the
+    channels whole blocks of eight (``LAYOUT_W2A2_TC8``) or four (``LAYOUT_W2A2_TC``),
+    else offset-binary planes in blocks of four (``LAYOUT_W2A2``); everything else is
+    ``LAYOUT_PLAIN``."""
     if arch != "aarch64" or (abits, wbits) != (2, 2) or not 16 <= rb <= W2A2_MAX_RB or og < 4:
         return LAYOUT_PLAIN
-    return LAYOUT_W2A2_TC if wsigned and rb <= W2A2_TC_MAX_RB and og % 4 == 0 else LAYOUT_W2A2
+    if wsigned and rb <= W2A2_TC_MAX_RB and og % 4 == 0:
+        return LAYOUT_W2A2_TC8 if og % 8 == 0 else LAYOUT_W2A2_TC
+    return LAYOUT_W2A2
 
 
 def pack_weights_int8(w: np.ndarray, align: int = INT8_ROW_ALIGN) -> tuple[np.ndarray, int]:
@@ -313,7 +317,7 @@ def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, 
     if kernel == "bitserial":
         rb = -(-(kh * kw * tapb) // ROW_ALIGN) * ROW_ALIGN
         layout = bitserial_layout(_arch(), abits, wbits, wsigned, rb, o // groups)
-    if layout == LAYOUT_W2A2_TC:
+    if layout in (LAYOUT_W2A2_TC, LAYOUT_W2A2_TC8):
         shift = 0  # two's complement planes: the top one weighs -2 (the kernel's LAYOUT 2)
     elif kernel == "bitserial":
         # Signed weights as offset binary (w + 2^(W-1), the zero point moving with them):
@@ -330,7 +334,7 @@ def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, 
         packed, rb = pack_weights(w_codes, wbits, tapb, ROW_ALIGN)
         narrow = 0  # WSIGNED: 0 for bit planes (two's complement ones say so in LAYOUT)
         if layout:
-            packed = w2a2_blocks(packed, groups)
+            packed = w2a2_blocks(packed, groups, 8 if layout == LAYOUT_W2A2_TC8 else 4)
     else:
         tapb = cg
         packed, rb = pack_weights_int8(w_codes)

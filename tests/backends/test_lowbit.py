@@ -51,6 +51,13 @@ CONV_CASES = [
     ("w8a8_uw", "i8", "u8", (2, 5, 7, 7), 3, 3, dict(stride=[2, 2], padding=[1, 1, 1, 1], x_zero_point=-5,
                                                     w_zero_point=100)),
     ("w8a8_narrow", "u8", "i8", (1, 20, 5, 5), 6, 3, dict(padding=[2, 1, 0, 1], x_zero_point=17)),
+    # W2A2 two's complement planes in blocks of four (12 channels; f32 fused) and of eight with an odd output width
+    # (no fused epilogue), requantized
+    ("w2a2_tc4", "u2", "i2", (1, 24, 4, 6), 12, 3, dict(padding=[1, 1, 1, 1], clamp_max=2.0)),
+    ("w2a2_tc8_odd", "u2", "i2", (1, 24, 3, 5), 8, 3, dict(padding=[1, 1, 1, 1], x_zero_point=1, out_dtype="i3",
+                                                           out_scale=4.0, out_zero_point=0)),
+    # offset-binary W2A2 blocks (unsigned weights), two blocks of four and three steps
+    ("w2a2_nblk", "u2", "u2", (1, 40, 4, 4), 8, 3, dict(padding=[1, 1, 1, 1], x_zero_point=1, w_zero_point=1)),
 ]
 # name, x dtype, w dtype, input shape, out features, attrs
 DENSE_CASES = [
@@ -175,33 +182,38 @@ def test_weight_packing_layout():
     assert not packed[..., 4:].any()
 
 
-def test_w2a2_block_layout():
-    """Four channels' two planes interleaved per 16-byte step, then their 8-byte tails in
-    the same order; a fifth channel (no full block) stays as packed."""
+@pytest.mark.parametrize("size", [4, 8])
+def test_w2a2_block_layout(size):
+    """A block's channels' two planes interleaved per 16-byte step, then their 8-byte
+    tails in the same order; a channel left over (no full block) stays as packed."""
     from sliver.backends.tvm.lowbit import w2a2_blocks
 
     rb = 40  # two steps and a tail
-    packed = np.arange(5 * 2 * rb, dtype=np.int64).reshape(5, 2, rb).astype(np.uint8)
-    out = w2a2_blocks(packed, groups=1).reshape(5, -1)
-    block = out[:4].reshape(-1)
+    packed = (np.arange((size + 1) * 2 * rb, dtype=np.int64) * 7).reshape(size + 1, 2, rb).astype(np.uint8)
+    out = w2a2_blocks(packed, groups=1, block=size).reshape(size + 1, -1)
+    block = out[:size].reshape(-1)
+    rows = [(c, p) for c in range(size) for p in range(2)]
     for step in range(2):
-        for k, (ch, plane) in enumerate((c, p) for c in range(4) for p in range(2)):
-            start = step * 128 + k * 16
+        for k, (ch, plane) in enumerate(rows):
+            start = step * 32 * size + k * 16
             assert list(block[start:start + 16]) == list(packed[ch, plane, step * 16: step * 16 + 16])
-    for k, (ch, plane) in enumerate((c, p) for c in range(4) for p in range(2)):
-        assert list(block[256 + 8 * k: 264 + 8 * k]) == list(packed[ch, plane, 32:40])
-    assert (out[4] == packed[4].reshape(-1)).all()
+    for k, (ch, plane) in enumerate(rows):
+        assert list(block[64 * size + 8 * k: 64 * size + 8 * k + 8]) == list(packed[ch, plane, 32:40])
+    assert (out[size] == packed[size].reshape(-1)).all()
 
 
 def test_w2a2_weight_layout_choice():
     """aarch64 W2A2: two's complement block planes for signed weights in whole blocks of four
     channels and rows of at most W2A2_TC_MAX_RB bytes (16-bit sums), offset-binary blocks
     for the other W2A2 layers, the plain layout elsewhere; the cases above cover each."""
-    from sliver.backends.tvm.lowbit import LAYOUT_PLAIN, LAYOUT_W2A2, LAYOUT_W2A2_TC, W2A2_TC_MAX_RB, bitserial_layout
+    from sliver.backends.tvm.lowbit import (LAYOUT_PLAIN, LAYOUT_W2A2, LAYOUT_W2A2_TC, LAYOUT_W2A2_TC8, W2A2_TC_MAX_RB,
+                                            bitserial_layout)
 
     tc = W2A2_TC_MAX_RB
-    assert bitserial_layout("aarch64", 2, 2, True, 24, 8) == LAYOUT_W2A2_TC  # case w2a2
-    assert bitserial_layout("aarch64", 2, 2, True, 48, 8) == LAYOUT_W2A2_TC  # case w2a2_tc
+    assert bitserial_layout("aarch64", 2, 2, True, 24, 8) == LAYOUT_W2A2_TC8  # case w2a2: blocks of eight
+    assert bitserial_layout("aarch64", 2, 2, True, 48, 8) == LAYOUT_W2A2_TC8  # case w2a2_tc
+    assert bitserial_layout("aarch64", 2, 2, True, 32, 12) == LAYOUT_W2A2_TC  # case w2a2_tc4
+    assert bitserial_layout("aarch64", 2, 2, True, 32, 8) == LAYOUT_W2A2_TC8  # case w2a2_tc8_odd
     assert bitserial_layout("aarch64", 2, 2, True, tc, 4) == LAYOUT_W2A2_TC  # case w2a2_extreme
     assert bitserial_layout("aarch64", 2, 2, True, tc + 8, 4) == LAYOUT_W2A2
     assert bitserial_layout("aarch64", 2, 2, True, 72, 10) == LAYOUT_W2A2  # case w2a2_rows: 10 channels

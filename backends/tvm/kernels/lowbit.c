@@ -104,7 +104,7 @@ static void* data_of(const sliver_Any* a) {
 #define W2A2_TC_MAX_RB 680
 #define W2A2_BLOCKS(A, W, rb, og) ((A) == 2 && (W) == 2 && (rb) >= 16 && (rb) <= W2A2_MAX_RB && (og) >= 4)
 #define W2A2_TC_OK(rb, og) ((rb) <= W2A2_TC_MAX_RB && (og) % 4 == 0)
-enum { LAYOUT_PLAIN = 0, LAYOUT_W2A2 = 1, LAYOUT_W2A2_TC = 2 };
+enum { LAYOUT_PLAIN = 0, LAYOUT_W2A2 = 1, LAYOUT_W2A2_TC = 2, LAYOUT_W2A2_TC8 = 3 };
 
 /* ---- meta layout (kept in sync with lowbit.py: META_FIELDS) ---- */
 enum {
@@ -250,7 +250,7 @@ typedef struct {
   const int32_t* obias;
   const int32_t* base;
   int layout; /* LAYOUT_*: the weights' layout (meta LAYOUT) */
-  /* fused (FUSED_*, LAYOUT_W2A2_TC only): the epilogue is applied here; out is then the
+  /* fused (FUSED_*, LAYOUT_W2A2_TC and _TC8 only): the epilogue is applied here; out is then the
    * output row itself (f32 or one-byte codes), with the group's scale[og], bias[og] and
    * e = {clamp_min, clamp_max, 1/out_scale, out_zero_point, qmin, qmax} */
   int fused;
@@ -423,14 +423,19 @@ INLINE void dot_chunk(const uint8_t* r0, const uint8_t* r1, const uint8_t* w, in
 /* All nblk four-channel blocks of a pixel pair in one asm loop (no C between blocks):
  * out[(4k + ob) * ostride + p] = dot(pixel p, channel 4k + ob) + obias[4k + ob] + base[p]
  * for p = 0, 1 (adjacent outputs), w the first block (W2A2 block layout), rows of
- * 16..W2A2_MAX_RB bytes.  Two variants (W2A2_PAIR_BLOCKS): offset-binary weight planes
+ * 16..W2A2_MAX_RB bytes (w2a2_pair_blocks*, below).  Offset-binary weight planes
  * (LAYOUT 1: plane pairs weigh 1, 2, 2, 4; unsigned byte and 16-bit sums), and two's
  * complement ones (LAYOUT 2, signed weights: the top weight plane weighs -2, so the pairs
  * weigh 1, 2, -2, -4 and a byte t lies in [-48, 24]: signed widening, sadalp / saddw /
  * sxtl; a channel's total lies in [-48 * rb, 24 * rb], which fits 16 bits for
  * rb <= W2A2_TC_MAX_RB).  Two's complement needs no weight zero point for symmetric
  * weights, so the kernel skips the Sx sums. */
-#define W2A2_PAIR_BLOCKS(NAME, CONSTS, K01, K11, ACC0, ACC, ADDW, ADDW2, XTL, XTL2, EPI, STORE, ESIZE, ...)        \
+/* The asm function of every variant: arguments as above, plus (fused epilogue)
+ * scale, bias of the first channel and e = {clamp_min, clamp_max, inv, zp, qmin, qmax};
+ * BODY is its asm (W2A2_LOOP), the rest its vector clobbers.  In/out operands are
+ * early-clobber: they change while inputs are still read (GCC may otherwise give an input
+ * holding the same value the same register). */
+#define W2A2_ASM_FN(NAME, ESIZE, BODY, ...)                                                                        \
   static inline __attribute__((always_inline)) void NAME(const uint8_t* r0, const uint8_t* r1, const uint8_t* w,     \
                                                          int rb, long nblk, const int32_t* obias,                    \
                                                          const int32_t* base, int32_t* out, ptrdiff_t ostride,       \
@@ -438,59 +443,74 @@ INLINE void dot_chunk(const uint8_t* r0, const uint8_t* r1, const uint8_t* w, in
     const long tail = rb & 8, more = (rb >> 4) - 1, ostride_b = (long)ostride * ESIZE;                              \
     const uint8_t* x01 = r0 + rb;                                                                                    \
     const uint8_t* x11 = r1 + rb;                                                                                    \
+    const float* e16 = e ? e + 4 : e;                                                                                \
     long n;                                                                                                          \
     const uint8_t *p0, *p1, *p2, *p3, *t;                                                                            \
-    __asm__ volatile(                                                                                                \
-        CONSTS                                                                                                       \
-        "ld1r {v28.4s}, [%[base]]\n\t"                                                                               \
-        "add %[t], %[base], #4\n\t"                                                                                  \
-        "ld1r {v29.4s}, [%[t]]\n\t"                                                                                  \
-        "0:\n\t"                                                                                                     \
-        "mov %[p0], %[x00]\n\tmov %[p1], %[x01]\n\tmov %[p2], %[x10]\n\tmov %[p3], %[x11]\n\t"                       \
-        W2A2_STEP(ACC0, K01, K11)                                                                                    \
-        "mov %[n], %[more]\n\t"                                                                                      \
-        "cbz %[n], 2f\n\t"                                                                                           \
-        "1:\n\t"                                                                                                     \
-        W2A2_STEP(ACC, K01, K11)                                                                                     \
-        "subs %[n], %[n], #1\n\t"                                                                                    \
-        "b.ne 1b\n\t"                                                                                                \
-        "2:\n\t"                                                                                                     \
-        "cbz %[tail], 3f\n\t"                                                                                        \
-        "ldr d0, [%[p0]]\n\tld1 {v0.d}[1], [%[p2]]\n\t"                                                              \
-        "ldr d1, [%[p1]]\n\tld1 {v1.d}[1], [%[p3]]\n\t"                                                              \
-        W2A2_TAIL_OB("v20", "v24", K01, K11, ADDW, ADDW2) W2A2_TAIL_OB("v21", "v25", K01, K11, ADDW, ADDW2)          \
-        W2A2_TAIL_OB("v22", "v26", K01, K11, ADDW, ADDW2) W2A2_TAIL_OB("v23", "v27", K01, K11, ADDW, ADDW2)          \
-        "3:\n\t"                                                                                                     \
-        /* 16-bit pairwise adds: lanes 0-3 of v20 = channels 0-3 of pixel 0, lanes 4-7 of pixel 1 */                 \
-        "addp v20.8h, v20.8h, v21.8h\n\taddp v22.8h, v22.8h, v23.8h\n\taddp v20.8h, v20.8h, v22.8h\n\t"              \
-        "addp v24.8h, v24.8h, v25.8h\n\taddp v26.8h, v26.8h, v27.8h\n\taddp v24.8h, v24.8h, v26.8h\n\t"              \
-        "addp v20.8h, v20.8h, v24.8h\n\t"                                                                            \
-        XTL " v5.4s, v20.4h\n\t" XTL2 " v6.4s, v20.8h\n\t"                                                           \
-        "ldr q4, [%[obias]], #16\n\t"                                                                                \
-        "add v5.4s, v5.4s, v4.4s\n\tadd v5.4s, v5.4s, v28.4s\n\t"                                                    \
-        "add v6.4s, v6.4s, v4.4s\n\tadd v6.4s, v6.4s, v29.4s\n\t"                                                    \
-        EPI                                                                                                          \
-        /* channel ob's two pixels are adjacent in out: store them as one pair */                                    \
-        "zip1 v7.4s, v5.4s, v6.4s\n\tzip2 v16.4s, v5.4s, v6.4s\n\t"                                                  \
-        STORE                                                                                                        \
-        "subs %[nblk], %[nblk], #1\n\t"                                                                              \
-        "b.ne 0b\n\t"                                                                                                \
-        : [nblk] "+r"(nblk), [w] "+r"(w), [out] "+r"(out), [obias] "+r"(obias), [n] "=&r"(n), [t] "=&r"(t),          \
-          [p0] "=&r"(p0), [p1] "=&r"(p1), [p2] "=&r"(p2), [p3] "=&r"(p3), [scale] "+r"(scale), [bias] "+r"(bias)     \
+    __asm__ volatile(BODY                                                                                            \
+        : [nblk] "+&r"(nblk), [w] "+&r"(w), [out] "+&r"(out), [obias] "+&r"(obias), [n] "=&r"(n), [t] "=&r"(t),      \
+          [p0] "=&r"(p0), [p1] "=&r"(p1), [p2] "=&r"(p2), [p3] "=&r"(p3), [scale] "+&r"(scale), [bias] "+&r"(bias)   \
         : [x00] "r"(r0), [x10] "r"(r1), [x01] "r"(x01), [x11] "r"(x11), [tail] "r"(tail), [more] "r"(more),          \
-          [base] "r"(base), [os] "r"(ostride_b), [e] "r"(e)                                                          \
+          [base] "r"(base), [os] "r"(ostride_b), [e] "r"(e), [e16] "r"(e16)                                          \
         : "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v16", "v17", "v18", "v19", "v20", "v21", "v22", "v23",    \
-          "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31", __VA_ARGS__, "cc");                                  \
+          "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31", __VA_ARGS__, "cc");                                \
   }
+/* The loop over the blocks: the first 16-byte step (STEP0: initialising the sums), the
+ * others (STEP), the 8-byte tail (TAIL: both pixels in v0 and v1), then FINISH (the
+ * block's sums to out) */
+#define W2A2_LOOP(CONSTS, STEP0, STEP, TAIL, FINISH)                                                               \
+  CONSTS                                                                                                           \
+  "ld1r {v28.4s}, [%[base]]\n\t"                                                                                   \
+  "add %[t], %[base], #4\n\t"                                                                                      \
+  "ld1r {v29.4s}, [%[t]]\n\t"                                                                                      \
+  "0:\n\t"                                                                                                         \
+  "mov %[p0], %[x00]\n\tmov %[p1], %[x01]\n\tmov %[p2], %[x10]\n\tmov %[p3], %[x11]\n\t"                           \
+  STEP0                                                                                                            \
+  "mov %[n], %[more]\n\t"                                                                                          \
+  "cbz %[n], 2f\n\t"                                                                                               \
+  "1:\n\t"                                                                                                         \
+  STEP                                                                                                             \
+  "subs %[n], %[n], #1\n\t"                                                                                        \
+  "b.ne 1b\n\t"                                                                                                    \
+  "2:\n\t"                                                                                                         \
+  "cbz %[tail], 3f\n\t"                                                                                            \
+  "ldr d0, [%[p0]]\n\tld1 {v0.d}[1], [%[p2]]\n\t"                                                                  \
+  "ldr d1, [%[p1]]\n\tld1 {v1.d}[1], [%[p3]]\n\t"                                                                  \
+  TAIL                                                                                                             \
+  "3:\n\t"                                                                                                         \
+  FINISH                                                                                                           \
+  "subs %[nblk], %[nblk], #1\n\t"                                                                                  \
+  "b.ne 0b\n\t"
+/* four channels' sums (lanes 0-3: pixel 0, 4-7: pixel 1, 16 bits in R) widened, + obias
+ * + base, the epilogue EPI if fused, to out (channel ob's two pixels are adjacent in out:
+ * STORE writes them as one pair) */
+#define W2A2_HALF(R, XTL, XTL2, EPI, STORE)                                                                        \
+  XTL " v5.4s, " R ".4h\n\t" XTL2 " v6.4s, " R ".8h\n\t"                                                           \
+  "ldr q4, [%[obias]], #16\n\t"                                                                                    \
+  "add v5.4s, v5.4s, v4.4s\n\tadd v5.4s, v5.4s, v28.4s\n\t"                                                        \
+  "add v6.4s, v6.4s, v4.4s\n\tadd v6.4s, v6.4s, v29.4s\n\t"                                                        \
+  EPI "zip1 v7.4s, v5.4s, v6.4s\n\tzip2 v16.4s, v5.4s, v6.4s\n\t" STORE
+/* blocks of four: 16-bit pairwise adds, lanes 0-3 of v20 = channels 0-3 of pixel 0, 4-7 of pixel 1 */
+#define W2A2_FINISH4(XTL, XTL2, EPI, STORE)                                                                        \
+  "addp v20.8h, v20.8h, v21.8h\n\taddp v22.8h, v22.8h, v23.8h\n\taddp v20.8h, v20.8h, v22.8h\n\t"                  \
+  "addp v24.8h, v24.8h, v25.8h\n\taddp v26.8h, v26.8h, v27.8h\n\taddp v24.8h, v24.8h, v26.8h\n\t"                  \
+  "addp v20.8h, v20.8h, v24.8h\n\t" W2A2_HALF("v20", XTL, XTL2, EPI, STORE)
+#define W2A2_BODY4(CONSTS, K01, K11, ACC0, ACC, ADDW, ADDW2, XTL, XTL2, EPI, STORE)                                \
+  W2A2_LOOP(CONSTS, W2A2_STEP(ACC0, K01, K11), W2A2_STEP(ACC, K01, K11),                                           \
+            W2A2_TAIL_OB("v20", "v24", K01, K11, ADDW, ADDW2) W2A2_TAIL_OB("v21", "v25", K01, K11, ADDW, ADDW2)    \
+            W2A2_TAIL_OB("v22", "v26", K01, K11, ADDW, ADDW2) W2A2_TAIL_OB("v23", "v27", K01, K11, ADDW, ADDW2),   \
+            W2A2_FINISH4(XTL, XTL2, EPI, STORE))
 /* the int32 (or f32) results of a channel pair as 64-bit pairs */
 #define W2A2_STORE32                                                                                              \
   "st1 {v7.d}[0], [%[out]], %[os]\n\tst1 {v7.d}[1], [%[out]], %[os]\n\t"                                           \
   "st1 {v16.d}[0], [%[out]], %[os]\n\tst1 {v16.d}[1], [%[out]], %[os]\n\t"
-W2A2_PAIR_BLOCKS(w2a2_pair_blocks, "movi v30.16b, #2\n\tmovi v31.16b, #4\n\t", "v30", "v31", "uaddlp", "uadalp",
-                 "uaddw", "uaddw2", "uxtl", "uxtl2", "", W2A2_STORE32, 4, "memory")
+W2A2_ASM_FN(w2a2_pair_blocks, 4,
+            W2A2_BODY4("movi v30.16b, #2\n\tmovi v31.16b, #4\n\t", "v30", "v31", "uaddlp", "uadalp", "uaddw", "uaddw2",
+                       "uxtl", "uxtl2", "", W2A2_STORE32),
+            "memory")
 #define W2A2_TC_CONSTS "movi v30.16b, #2\n\tmovi v18.16b, #0xfe\n\tmovi v19.16b, #0xfc\n\t"
-W2A2_PAIR_BLOCKS(w2a2_pair_blocks_tc, W2A2_TC_CONSTS, "v18", "v19", "saddlp", "sadalp", "saddw", "saddw2", "sxtl",
-                 "sxtl2", "", W2A2_STORE32, 4, "memory")
+#define W2A2_BODY4_TC(CONSTS, EPI, STORE)                                                                          \
+  W2A2_BODY4(W2A2_TC_CONSTS CONSTS, "v18", "v19", "saddlp", "sadalp", "saddw", "saddw2", "sxtl", "sxtl2", EPI, STORE)
+W2A2_ASM_FN(w2a2_pair_blocks_tc, 4, W2A2_BODY4_TC("", "", W2A2_STORE32), "memory")
 /* ... and with the epilogue fused (apply_epilogue's steps, in its order): float(acc) *
  * scale[o] + bias[o], max clamp_min, min clamp_max; for codes then roundeven(y * inv) + zp,
  * max qmin, min qmax, to int.  out is then the output itself, scale and bias the block's
@@ -499,31 +519,71 @@ W2A2_PAIR_BLOCKS(w2a2_pair_blocks_tc, W2A2_TC_CONSTS, "v18", "v19", "saddlp", "s
   "ld1r {v31.4s}, [%[e]]\n\tadd %[t], %[e], #4\n\tld1r {v8.4s}, [%[t]]\n\t"                                       \
   "add %[t], %[e], #8\n\tld1r {v9.4s}, [%[t]]\n\tadd %[t], %[e], #12\n\tld1r {v10.4s}, [%[t]]\n\t"                 \
   "add %[t], %[e], #16\n\tld1r {v11.4s}, [%[t]]\n\tadd %[t], %[e], #20\n\tld1r {v12.4s}, [%[t]]\n\t"
-#define W2A2_EPI_F32                                                                                               \
+/* (the constants' registers as arguments: the 8-channel asm keeps them elsewhere) */
+#define W2A2_EPI_F32_R(LO, HI)                                                                                     \
   "scvtf v5.4s, v5.4s\n\tscvtf v6.4s, v6.4s\n\t"                                                                   \
   "ldr q4, [%[scale]], #16\n\tldr q7, [%[bias]], #16\n\t"                                                          \
   "fmul v5.4s, v5.4s, v4.4s\n\tfmul v6.4s, v6.4s, v4.4s\n\t"                                                       \
   "fadd v5.4s, v5.4s, v7.4s\n\tfadd v6.4s, v6.4s, v7.4s\n\t"                                                       \
-  "fmax v5.4s, v5.4s, v31.4s\n\tfmax v6.4s, v6.4s, v31.4s\n\t"                                                     \
-  "fmin v5.4s, v5.4s, v8.4s\n\tfmin v6.4s, v6.4s, v8.4s\n\t"
-#define W2A2_EPI_CODES                                                                                             \
-  W2A2_EPI_F32                                                                                                     \
-  "fmul v5.4s, v5.4s, v9.4s\n\tfmul v6.4s, v6.4s, v9.4s\n\t"                                                       \
+  "fmax v5.4s, v5.4s, " LO ".4s\n\tfmax v6.4s, v6.4s, " LO ".4s\n\t"                                                 \
+  "fmin v5.4s, v5.4s, " HI ".4s\n\tfmin v6.4s, v6.4s, " HI ".4s\n\t"
+#define W2A2_EPI_CODES_R(LO, HI, INV, ZP, QMIN, QMAX)                                                              \
+  W2A2_EPI_F32_R(LO, HI)                                                                                           \
+  "fmul v5.4s, v5.4s, " INV ".4s\n\tfmul v6.4s, v6.4s, " INV ".4s\n\t"                                               \
   "frintn v5.4s, v5.4s\n\tfrintn v6.4s, v6.4s\n\t"                                                                 \
-  "fadd v5.4s, v5.4s, v10.4s\n\tfadd v6.4s, v6.4s, v10.4s\n\t"                                                     \
-  "fmax v5.4s, v5.4s, v11.4s\n\tfmax v6.4s, v6.4s, v11.4s\n\t"                                                     \
-  "fmin v5.4s, v5.4s, v12.4s\n\tfmin v6.4s, v6.4s, v12.4s\n\t"                                                     \
+  "fadd v5.4s, v5.4s, " ZP ".4s\n\tfadd v6.4s, v6.4s, " ZP ".4s\n\t"                                                 \
+  "fmax v5.4s, v5.4s, " QMIN ".4s\n\tfmax v6.4s, v6.4s, " QMIN ".4s\n\t"                                             \
+  "fmin v5.4s, v5.4s, " QMAX ".4s\n\tfmin v6.4s, v6.4s, " QMAX ".4s\n\t"                                             \
   "fcvtzs v5.4s, v5.4s\n\tfcvtzs v6.4s, v6.4s\n\t"
+#define W2A2_EPI_F32 W2A2_EPI_F32_R("v31", "v8")
+#define W2A2_EPI_CODES W2A2_EPI_CODES_R("v31", "v8", "v9", "v10", "v11", "v12")
 /* one-byte codes (they fit their byte; int8 stores the same bits): a channel's pixel pair as 16 bits */
 #define W2A2_STORE8                                                                                               \
   "xtn v7.4h, v7.4s\n\txtn2 v7.8h, v16.4s\n\txtn v7.8b, v7.8h\n\t"                                                 \
   "st1 {v7.h}[0], [%[out]], %[os]\n\tst1 {v7.h}[1], [%[out]], %[os]\n\t"                                           \
   "st1 {v7.h}[2], [%[out]], %[os]\n\tst1 {v7.h}[3], [%[out]], %[os]\n\t"
-W2A2_PAIR_BLOCKS(w2a2_pair_blocks_tc_f32, W2A2_TC_CONSTS W2A2_EPI_CONSTS, "v18", "v19", "saddlp", "sadalp", "saddw",
-                 "saddw2", "sxtl", "sxtl2", W2A2_EPI_F32, W2A2_STORE32, 4, "v8", "v9", "v10", "v11", "v12", "memory")
-W2A2_PAIR_BLOCKS(w2a2_pair_blocks_tc_codes, W2A2_TC_CONSTS W2A2_EPI_CONSTS, "v18", "v19", "saddlp", "sadalp",
-                 "saddw", "saddw2", "sxtl", "sxtl2", W2A2_EPI_CODES, W2A2_STORE8, 1, "v8", "v9", "v10", "v11", "v12",
-                 "memory")
+W2A2_ASM_FN(w2a2_pair_blocks_tc_f32, 4, W2A2_BODY4_TC(W2A2_EPI_CONSTS, W2A2_EPI_F32, W2A2_STORE32), "v8", "v9",
+            "v10", "v11", "v12", "memory")
+W2A2_ASM_FN(w2a2_pair_blocks_tc_codes, 1, W2A2_BODY4_TC(W2A2_EPI_CONSTS, W2A2_EPI_CODES, W2A2_STORE8), "v8", "v9",
+            "v10", "v11", "v12", "memory")
+
+/* Blocks of eight channels (two's complement planes, LAYOUT_W2A2_TC8: og a multiple of 8):
+ * the same arithmetic, the four activation loads of a step shared by twice the channels
+ * (12 loads per 16 pixel-channel pairs instead of 16) and the pointer resets, loop
+ * control and tail loads per 16 outputs instead of 8.  Accumulators: pixel 0 in v20-v27,
+ * pixel 1 in v8-v15; the epilogue's constants are loaded into the freed v8-v13 after
+ * each block's reduction (EPI_LOAD). */
+#define W2A2_STEP8(ACC)                                                                                           \
+  "ldr q0, [%[p0]], #16\n\tldr q1, [%[p1]], #16\n\tldr q2, [%[p2]], #16\n\tldr q3, [%[p3]], #16\n\t"                 \
+  W2A2_OB(ACC, "v20", "v8", "v18", "v19") W2A2_OB(ACC, "v21", "v9", "v18", "v19")                                   \
+  W2A2_OB(ACC, "v22", "v10", "v18", "v19") W2A2_OB(ACC, "v23", "v11", "v18", "v19")                                 \
+  W2A2_OB(ACC, "v24", "v12", "v18", "v19") W2A2_OB(ACC, "v25", "v13", "v18", "v19")                                 \
+  W2A2_OB(ACC, "v26", "v14", "v18", "v19") W2A2_OB(ACC, "v27", "v15", "v18", "v19")
+#define W2A2_TAIL8_OB(A0, A1) W2A2_TAIL_OB(A0, A1, "v18", "v19", "saddw", "saddw2")
+/* channels 0-3 (pixel 0 | pixel 1) into v20, channels 4-7 into v24 */
+#define W2A2_FINISH8(EPI_LOAD, EPI, STORE)                                                                         \
+  "addp v20.8h, v20.8h, v21.8h\n\taddp v22.8h, v22.8h, v23.8h\n\taddp v20.8h, v20.8h, v22.8h\n\t"                  \
+  "addp v8.8h, v8.8h, v9.8h\n\taddp v10.8h, v10.8h, v11.8h\n\taddp v8.8h, v8.8h, v10.8h\n\t"                       \
+  "addp v20.8h, v20.8h, v8.8h\n\t"                                                                                 \
+  "addp v24.8h, v24.8h, v25.8h\n\taddp v26.8h, v26.8h, v27.8h\n\taddp v24.8h, v24.8h, v26.8h\n\t"                  \
+  "addp v12.8h, v12.8h, v13.8h\n\taddp v14.8h, v14.8h, v15.8h\n\taddp v12.8h, v12.8h, v14.8h\n\t"                  \
+  "addp v24.8h, v24.8h, v12.8h\n\t" EPI_LOAD                                                                       \
+  W2A2_HALF("v20", "sxtl", "sxtl2", EPI, STORE) W2A2_HALF("v24", "sxtl", "sxtl2", EPI, STORE)
+#define W2A2_BODY8(EPI_LOAD, EPI, STORE)                                                                           \
+  W2A2_LOOP(W2A2_TC_CONSTS, W2A2_STEP8("saddlp"), W2A2_STEP8("sadalp"),                                            \
+            W2A2_TAIL8_OB("v20", "v8") W2A2_TAIL8_OB("v21", "v9") W2A2_TAIL8_OB("v22", "v10")                     \
+            W2A2_TAIL8_OB("v23", "v11") W2A2_TAIL8_OB("v24", "v12") W2A2_TAIL8_OB("v25", "v13")                   \
+            W2A2_TAIL8_OB("v26", "v14") W2A2_TAIL8_OB("v27", "v15"),                                              \
+            W2A2_FINISH8(EPI_LOAD, EPI, STORE))
+#define W2A2_V8_15 "v8", "v9", "v10", "v11", "v12", "v13", "v14", "v15"
+W2A2_ASM_FN(w2a2_pair_blocks8_tc, 4, W2A2_BODY8("", "", W2A2_STORE32), W2A2_V8_15, "memory")
+W2A2_ASM_FN(w2a2_pair_blocks8_tc_f32, 4,
+            W2A2_BODY8("ld2r {v8.4s, v9.4s}, [%[e]]\n\t", W2A2_EPI_F32_R("v8", "v9"), W2A2_STORE32), W2A2_V8_15,
+            "memory")
+W2A2_ASM_FN(w2a2_pair_blocks8_tc_codes, 1,
+            W2A2_BODY8("ld4r {v8.4s, v9.4s, v10.4s, v11.4s}, [%[e]]\n\tld2r {v12.4s, v13.4s}, [%[e16]]\n\t",
+                       W2A2_EPI_CODES_R("v8", "v9", "v10", "v11", "v12", "v13"), W2A2_STORE8),
+            W2A2_V8_15, "memory")
 
 /* out[ob * ostride + p] = dot(pixel p's row, channel ob) + obias[ob] + base[p] for OB
  * channels and NP pixels (rows r0, r1) */
@@ -563,23 +623,29 @@ INLINE void conv_row_impl(const row_args* ra, const int A, const int W) {
   const int OB = OB_OF(A, W), NP = FUSABLE(A, W) ? 2 : 1, rb = ra->rb, og = ra->og;
   const ptrdiff_t ostride = ra->ostride;
   int p = 0;
-  if (A == 2 && W == 2 && ra->layout == LAYOUT_W2A2_TC) {
-    /* two's complement planes in the W2A2 block layout: og is a multiple of 4 */
-    for (; p < ra->npix; p += 2) {
-      const uint8_t* row = ra->rows + (size_t)p * A * rb;
-      const uint8_t* twin = p + 1 < ra->npix ? row + A * rb : row;
-      if (ra->fused == FUSED_F32)
-        w2a2_pair_blocks_tc_f32(row, twin, ra->w, rb, og / 4, ra->obias, ra->base + p, ra->out + p, ostride, ra->scale,
-                                ra->bias, ra->e);
-      else if (ra->fused == FUSED_CODES) /* out: one-byte codes */
-        w2a2_pair_blocks_tc_codes(row, twin, ra->w, rb, og / 4, ra->obias, ra->base + p,
-                                  (int32_t*)(void*)((uint8_t*)ra->out + p), ostride, ra->scale, ra->bias, ra->e);
-      else
-        w2a2_pair_blocks_tc(row, twin, ra->w, rb, og / 4, ra->obias, ra->base + p, ra->out + p, ostride, NULL, NULL,
-                            NULL);
-    }
+  /* two's complement planes in the W2A2 block layout (og a multiple of the block size):
+   * every pixel pair through the asm variant for the block size and the fused epilogue */
+#define W2A2_TC_PAIRS(FN, NB)                                                                                     \
+  for (; p < ra->npix; p += 2) {                                                                                  \
+    const uint8_t* row = ra->rows + (size_t)p * A * rb;                                                           \
+    const uint8_t* twin = p + 1 < ra->npix ? row + A * rb : row;                                                  \
+    if (ra->fused == FUSED_F32)                                                                                   \
+      FN##_f32(row, twin, ra->w, rb, NB, ra->obias, ra->base + p, ra->out + p, ostride, ra->scale, ra->bias, ra->e); \
+    else if (ra->fused == FUSED_CODES) /* out: one-byte codes */                                                  \
+      FN##_codes(row, twin, ra->w, rb, NB, ra->obias, ra->base + p, (int32_t*)(void*)((uint8_t*)ra->out + p),     \
+                 ostride, ra->scale, ra->bias, ra->e);                                                            \
+    else                                                                                                          \
+      FN(row, twin, ra->w, rb, NB, ra->obias, ra->base + p, ra->out + p, ostride, NULL, NULL, NULL);              \
+  }
+  if (A == 2 && W == 2 && ra->layout == LAYOUT_W2A2_TC8) {
+    W2A2_TC_PAIRS(w2a2_pair_blocks8_tc, og / 8);
     return;
   }
+  if (A == 2 && W == 2 && ra->layout == LAYOUT_W2A2_TC) {
+    W2A2_TC_PAIRS(w2a2_pair_blocks_tc, og / 4);
+    return;
+  }
+#undef W2A2_TC_PAIRS
   if (A == 2 && W == 2 && ra->layout == LAYOUT_W2A2) {
     /* weights in the W2A2 block layout: every pixel through the asm, an odd last one
      * paired with itself (its twin lands in the padding column: ostride > npix), then
@@ -1052,7 +1118,8 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   const int layout = m[M_LAYOUT];
 #if defined(__aarch64__)
   const int blocks = W2A2_BLOCKS(AB, WB, RB, Og);
-  const int layout_ok = blocks ? layout == LAYOUT_W2A2 || (layout == LAYOUT_W2A2_TC && W2A2_TC_OK(RB, Og))
+  const int layout_ok = blocks ? layout == LAYOUT_W2A2 || (layout == LAYOUT_W2A2_TC && W2A2_TC_OK(RB, Og)) ||
+                                     (layout == LAYOUT_W2A2_TC8 && W2A2_TC_OK(RB, Og) && Og % 8 == 0)
                                : layout == LAYOUT_PLAIN;
 #else
   const int layout_ok = layout == LAYOUT_PLAIN;
@@ -1063,7 +1130,9 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   const int OWS = OW + (OW & 1); /* the row sums' stride: an odd row gets a padding column */
   /* the W2A2 asm applies the epilogue and writes the output itself (an even row: its
    * pixel pairs never spill over) */
-  const int fused = layout != LAYOUT_W2A2_TC || OW % 2 ? FUSED_NONE : epi.kind == OUT_F32 ? FUSED_F32 : FUSED_CODES;
+  const int fused = (layout != LAYOUT_W2A2_TC && layout != LAYOUT_W2A2_TC8) || OW % 2 ? FUSED_NONE
+                    : epi.kind == OUT_F32                                         ? FUSED_F32
+                                                                                  : FUSED_CODES;
   const float e6[6] = {epi.lo, epi.hi, epi.inv, epi.zp, epi.qmin, epi.qmax};
 
   /* The padded input of one group, bit-packed: per input row hp and plane i, the WP

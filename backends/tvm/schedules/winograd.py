@@ -261,9 +261,13 @@ def schedule(sch, cpu: CPU) -> list[str]:
     m = int(round((int(u_buf.shape[0]) ** 0.5))) - 2
     done = []
 
-    # output transform + epilogue: one block
+    # output transform + epilogue: one block, unless the epilogue ends in a slice to a
+    # channel count that does not vectorize (a pruned conv's 45 real channels of 48 read by a
+    # model output or a concat): the unrolled transform as scalar code took LLVM minutes, so
+    # the transform keeps its own vectorized block and the epilogue gets the injective rule
     last = inline_epilogue(sch, out)
-    if last is not None:
+    if last is not None and pick_lanes(extent(sch, sch.get_loops(last)[-1]), cpu) >= pick_lanes(
+            extent(sch, sch.get_loops(out)[-1]), cpu):
         sch.compute_inline(out)
         out = last
     n_, h_, w_, k_ = sch.get_loops(out)
