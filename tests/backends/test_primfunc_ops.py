@@ -21,21 +21,37 @@ class Block(nn.Module):
         return torch.relu(self.conv2(torch.relu(self.conv1(x))) + x)
 
 
+def _module():
+    torch.manual_seed(0)
+    model = nn.Sequential(Block(4), Block(4), nn.Conv2d(4, 8, 1)).eval()
+    module = sliver.trace(model, (torch.randn(1, 4, 8, 8),))
+    optimize(module)
+    return module
+
+
+def compiled_layers(schedules):
+    """compile_module(layers=...) of the two-block model (a tests/precompile.py job)."""
+    layers = {}
+    compile_module(_module(), "x86_64", schedules=schedules, layers=layers)
+    return layers
+
+
 @pytest.mark.slow
+@pytest.mark.precompiled.with_args(lambda params: [("call", "test_primfunc_ops", "compiled_layers", s)
+                                                   for s in (True, False)])
 def test_every_conv_maps_to_the_function_of_its_own_call():
     """Two identical blocks: TVM makes one function per distinct fused group and
     calls it twice, keeping the names of the first call only.  Every conv still maps
     to exactly its own group's function (its weights identify the call), in sliver's
     fused build and in TVM's unfused one."""
-    torch.manual_seed(0)
-    model = nn.Sequential(Block(4), Block(4), nn.Conv2d(4, 8, 1)).eval()
-    module = sliver.trace(model, (torch.randn(1, 4, 8, 8),))
-    optimize(module)
+    import precompile
+
+    module = _module()
     conv = {op.operands[1].name.removesuffix(".weight"): op.results[0].name for op in module.ops if op.kind == "conv2d"}
     assert sorted(conv) == ["0.conv1", "0.conv2", "1.conv1", "1.conv2", "2"]
     for schedules in (True, False):
-        layers = {}
-        compile_module(module, "x86_64", schedules=schedules, layers=layers)
+        # compile_module(module, "x86_64", schedules=schedules, layers=layers), compiled ahead
+        layers = precompile.get(("call", "test_primfunc_ops", "compiled_layers", schedules))
         claimed = {layer: {f for f, ops in layers.items() if op in ops} for layer, op in conv.items()}
         assert all(claimed.values()), (schedules, layers)
         assert claimed["0.conv1"] == claimed["1.conv1"]  # one function (or two) per group, shared

@@ -410,15 +410,28 @@ def lowered_all_cases_arm64():
     return sliver.lower(model, xs, target="arm64", rtol=1e-5, atol=1e-5).save(precompile.out("cases-arm64.sliver"))
 
 
+def lowered_all_cases_x86():
+    """AllCases lowered for x86_64 (a tests/precompile.py job): the saved artifact's path."""
+    import precompile
+
+    model, xs = _all_cases()
+    return sliver.lower(model, xs, target="x86_64", rtol=1e-5, atol=1e-5).save(precompile.out("cases-x86.sliver"))
+
+
 @pytest.mark.slow
-def test_all_cases_compiled_for_x86_match_fake_quant_torch(all_cases, tmp_path):
+@pytest.mark.precompiled.with_args(lambda params: [("call", "test_fold_fake_quant", "lowered_all_cases_x86")])
+def test_all_cases_compiled_for_x86_match_fake_quant_torch(all_cases):
     """The default pipeline end to end on x86_64: folded layers use the low-bit lowering;
     PoolNet's layer left in float keeps its input fake_quant (lowered as float simulation)."""
+    import precompile
+    from sliver.runtime.artifact import read
+
     model, xs, want = all_cases
-    art = sliver.lower(model, xs, target="x86_64", rtol=1e-5, atol=1e-5)
-    rows = art.records[0].notes["layers"]
+    art = read(precompile.get(("call", "test_fold_fake_quant", "lowered_all_cases_x86")))  # compiled ahead
+    rows = art.manifest["passes"][0]["notes"]["layers"]  # the fold-fake-quant record, as saved
     assert [r["layer"] for r in rows if not r["folded"]] == [f"layers.{len(CASES)}.c2.layer"]
-    assert sum(op.kind == "fake_quant" for op in art.module.ops) == 1  # its input; its weight was const-folded
+    # its input; its weight was const-folded
+    assert sum(op["kind"] == "fake_quant" for op in art.manifest["ops"]) == 1
     got = art.load()(*[x.numpy() for x in xs])
     for name, g_, w_ in zip(model.names, got, want):
         np.testing.assert_allclose(g_, w_, rtol=1e-5, atol=1e-5 * np.abs(w_).max(), err_msg=name)
@@ -457,7 +470,17 @@ def qat_zoo_model(name, bits):
     return q.eval(), x
 
 
+def lowered_spine(name, bits):
+    """qat_zoo_model(name, bits) lowered for x86_64 (a tests/precompile.py job): the path."""
+    import precompile
+
+    model, x = qat_zoo_model(name, tuple(bits))
+    return sliver.lower(model, (x,), target="x86_64").save(precompile.out(f"spine-{name}.sliver"))
+
+
 @pytest.mark.slow
+@pytest.mark.precompiled.with_args(lambda params: [("call", "test_fold_fake_quant", "lowered_spine", params["name"],
+                                                    params["bits"])] if params["compiled"] else [])
 @pytest.mark.parametrize("name,bits,compiled", [("resnet18", (2, 2), True), ("mobilenet_v2", (4, 4), False)])
 def test_spine_cnns_fold_completely_and_match_fake_quant_torch(name, bits, compiled):
     from sliver.api import DEFAULT_PIPELINE
@@ -471,8 +494,11 @@ def test_spine_cnns_fold_completely_and_match_fake_quant_torch(name, bits, compi
     with torch.no_grad():
         want = model(x).numpy()
     outs = [run(module, [x.numpy()])[0]]
-    if compiled:
-        outs.append(sliver.lower(model, (x,), target="x86_64").load()(x.numpy()))
+    if compiled:  # sliver.lower(model, (x,), target="x86_64"), compiled ahead
+        import precompile
+
+        outs.append(sliver.load(precompile.get(("call", "test_fold_fake_quant", "lowered_spine", name, bits)))(
+            x.numpy()))
     for got in outs:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 

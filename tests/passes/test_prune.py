@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+import precompile
 import sliver
 from helpers import dedent, numpy_inputs
 from sliver.errors import SliverError
@@ -327,12 +328,7 @@ def test_pipeline_option_syntax():
     assert (p.method, p.amount, p.constrained) == ("fpgm", 0.5, True)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name,side", [("resnet18", "input"), ("topologies", "input"), ("topologies", "output"),
-                                       ("mobilenet_v2", "output"), ("efficientnet", "input")])
-def test_compiled_x86_equals_masked_model(name, side):
-    # the EfficientNet-style net: odd channel counts whose padding channels the lowering
-    # carries through silu, depthwise convs, squeeze-and-excite (sigmoid(0) = 0.5) and adds
+def _pruned_for_compile(name, side):
     model, inputs = {"topologies": _topologies, "resnet18": lambda: zoo.resnet18(width=16),
                      "mobilenet_v2": lambda: zoo.mobilenet_v2(width_mult=0.25),
                      "efficientnet": lambda: zoo.efficientnet(resolution=16)}[name]()
@@ -340,8 +336,26 @@ def test_compiled_x86_equals_masked_model(name, side):
     sliver.api.optimize(module)
     original = module.clone()
     (record,) = PassManager(f"prune{{amount=0.4,side={side}}}").run(module)
+    return inputs, original, module, record
+
+
+def lowered_pruned(name, side):
+    """The pruned module lowered for x86_64 (a tests/precompile.py job): the saved path."""
+    inputs, _, module, _ = _pruned_for_compile(name, side)
+    return sliver.lower(module, inputs, target="x86_64", passes="").save(precompile.out(f"pruned-{name}-{side}.sliver"))
+
+
+@pytest.mark.slow
+@pytest.mark.precompiled.with_args(lambda params: [("call", "test_prune", "lowered_pruned", params["name"], params["side"])])
+@pytest.mark.parametrize("name,side", [("resnet18", "input"), ("topologies", "input"), ("topologies", "output"),
+                                       ("mobilenet_v2", "output"), ("efficientnet", "input")])
+def test_compiled_x86_equals_masked_model(name, side):
+    # the EfficientNet-style net: odd channel counts whose padding channels the lowering
+    # carries through silu, depthwise convs, squeeze-and-excite (sigmoid(0) = 0.5) and adds
+    inputs, original, module, record = _pruned_for_compile(name, side)
     want = run(masked_copy(original, record.notes["masks"], side), numpy_inputs(inputs))
-    got = sliver.lower(module, inputs, target="x86_64", passes="").load().run(*numpy_inputs(inputs))
+    # lowered_pruned(name, side): compiled ahead on the precompile worker (tests/precompile.py)
+    got = sliver.load(precompile.get(("call", "test_prune", "lowered_pruned", name, side))).run(*numpy_inputs(inputs))
     for g, w in zip(got, want):
         assert np.abs(g - w).max() <= 1e-5 * max(1.0, np.abs(w).max())
 
