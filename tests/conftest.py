@@ -59,6 +59,12 @@ def pytest_collection_finish(session):
     precompile.start(keys)
 
 
+def pytest_terminal_summary(terminalreporter):
+    line = precompile.summary()
+    if line:
+        terminalreporter.write_line(line)
+
+
 def pytest_unconfigure(config):
     precompile.stop()
 

@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 _pool: cf.ProcessPoolExecutor | None = None
@@ -116,6 +117,27 @@ def run(key: tuple):
     return JOBS[key[0]](*key[1:])
 
 
+def _timed(key: tuple):
+    t0 = time.perf_counter()
+    result = run(key)
+    return result, time.perf_counter() - t0
+
+
+#: what each job cost: key → (where it ran: "worker" or "here", seconds it took, seconds a test waited)
+stats: dict[tuple, tuple[str, float, float]] = {}
+
+
+def summary() -> str | None:
+    """One line for the terminal summary: where the jobs ran and how long tests waited."""
+    if not stats:
+        return None
+    worker = [s for s in stats.values() if s[0] == "worker"]
+    here = [s for s in stats.values() if s[0] == "here"]
+    return (f"precompile: {len(worker)} jobs on the worker ({sum(s[1] for s in worker):.0f} s), "
+            f"{len(here)} in-process ({sum(s[1] for s in here):.0f} s); tests waited "
+            f"{sum(s[2] for s in stats.values()):.0f} s for the worker")
+
+
 def _init(workdir: str, tuning_dir: str):
     global _dir
     _dir = workdir
@@ -137,7 +159,7 @@ def start(keys) -> None:
         _pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_init,
                                        initargs=(str(_workdir()), tuning))
     for k in keys:
-        _futures[k] = _pool.submit(run, k)
+        _futures[k] = _pool.submit(_timed, k)
 
 
 def get(key: tuple):
@@ -146,8 +168,13 @@ def get(key: tuple):
     jobs the worker has not reached)."""
     fut = _futures.get(key)
     if fut is None or fut.cancel():
-        return run(key)
-    return fut.result()
+        result, seconds = _timed(key)
+        stats[key] = ("here", seconds, 0.0)
+        return result
+    t0 = time.perf_counter()
+    result, seconds = fut.result()
+    stats[key] = ("worker", seconds, time.perf_counter() - t0)
+    return result
 
 
 def stop() -> None:
@@ -156,6 +183,7 @@ def stop() -> None:
         _pool.shutdown(wait=True, cancel_futures=True)
         _pool = None
     _futures.clear()
+    stats.clear()
     if _dir is not None:
         shutil.rmtree(_dir, ignore_errors=True)
         _dir = None
