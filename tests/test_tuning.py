@@ -167,6 +167,40 @@ def test_records_are_reused_across_models(tuned, tmp_path):
 
 
 @pytest.mark.slow
+def test_untuned_modules_do_not_open_the_database(tuned, tmp_path):
+    """apply() asks the workload index in sliver.json first: opening TVM's JSON
+    database parses every workload (tens of seconds for a real one), which a module
+    with no tuned function should not pay.  The index is rebuilt when the files change."""
+    import shutil
+
+    root = tmp_path / "db"
+    shutil.copytree(tuned["root"], root)
+    db = TuningDatabase("x86_64", root)
+    assert db.workload_hashes() == set(db.stats())
+    meta = json.loads((db.dir / "sliver.json").read_text())
+    assert sorted(meta["workload_index"]["hashes"]) == sorted(db.stats())
+
+    import tvm
+
+    from sliver.backends.tvm.schedules import unscheduled_primfuncs
+
+    fresh = TuningDatabase("x86_64", root)
+    funcs = unscheduled_primfuncs(tuning.fused_module(_module(tuning_models.second), "x86_64"))
+    untuned = {gv: f for gv, f in funcs if tuning.workload_hash(tuning._normalize(f)) not in fresh.workload_hashes()}
+    assert 0 < len(untuned) < len(funcs), "second shares one kernel with first and has others"
+    mod = tvm.IRModule(untuned)
+    report = {}
+    fresh.apply(mod, report)
+    assert report == {} and fresh._db is None, "the database was opened for a module with no tuned function"
+
+    records = db.dir / RECORDS
+    st = records.stat()
+    os.utime(records, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    again = TuningDatabase("x86_64", root)
+    assert again.workload_hashes() == set(db.stats()) and again._db is not None  # stale stamp: rebuilt
+
+
+@pytest.mark.slow
 def test_export_import_roundtrip(tuned, tmp_path):
     src = TuningDatabase("x86_64", tuned["root"])
     path = src.export(tmp_path / "x86.tuning")

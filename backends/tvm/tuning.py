@@ -211,6 +211,13 @@ def workload_hash(mod) -> str:
     return f"{tvm_ffi.structural_hash(mod) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
+def _stat(path: Path):
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
+
+
 def _repair_json_lines(path: Path) -> int:
     """Drop lines that do not parse (a run killed while appending leaves a torn last
     line, which TVM's loader would reject); returns how many were dropped."""
@@ -325,6 +332,29 @@ class TuningDatabase:
     def __len__(self) -> int:
         return len(self.db)
 
+    def _files_stamp(self) -> list:
+        return [[st.st_size, st.st_mtime_ns] if (st := _stat(self.dir / name)) else None
+                for name in (WORKLOADS, RECORDS)]
+
+    def workload_hashes(self) -> set[str]:
+        """:func:`workload_hash` of every workload a record of this database tunes.
+
+        Opening TVM's JSON database parses every workload in it (27 s for a
+        database of two tuned CNNs), so :meth:`apply` asks this set first and
+        opens the database only for a module that has a tuned function.  The set
+        is kept in the meta file, stamped with the size and modification time of
+        the records and workloads files, and rebuilt (opening the database once)
+        when they change."""
+        stamp = self._files_stamp()
+        index = self.meta.get("workload_index") or {}
+        if index.get("stamp") == stamp:
+            return set(index["hashes"])
+        hashes = set(self.stats())  # opens the database (and may repair torn lines: stamp it after)
+        stamp = self._files_stamp()
+        self.meta["workload_index"] = {"stamp": stamp, "hashes": sorted(hashes)}
+        self._write_meta()
+        return hashes
+
     # applying ----------------------------------------------------------------
     def apply(self, mod, report: dict | None = None):
         """Replace every unscheduled PrimFunc of ``mod`` this database has a record for
@@ -334,10 +364,12 @@ class TuningDatabase:
 
         if not self.exists():
             return mod
-        target = tvm_target(self.target)
+        known = self.workload_hashes()
+        candidates = [(gv, func, wl) for gv, func in unscheduled_primfuncs(mod)
+                      if workload_hash(wl := _normalize(func)) in known]
+        target = tvm_target(self.target) if candidates else None
         updates = {}
-        for gv, func in unscheduled_primfuncs(mod):
-            wl = _normalize(func)
+        for gv, func, wl in candidates:
             if not self.db.has_workload(wl):
                 continue
             sch = self.db.query_schedule(wl, target, gv.name_hint)
