@@ -16,6 +16,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 SPAN = re.compile(r"`([^`]+)`")
+FLAG = re.compile(r"(?<![\w-])(--[a-z][\w-]*)")
 
 
 def _rel(path):
@@ -32,6 +33,11 @@ def _anchors(md: Path) -> set:
             slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
             out.add(slug)
     return out
+
+
+def _flags_not_in(source: str, args: str) -> list[str]:
+    """The ``--flags`` of a quoted command's ``args`` that a tool's ``source`` does not declare."""
+    return [flag for flag in FLAG.findall(args) if f'"{flag}"' not in source]
 
 
 def _spans(md: Path):
@@ -72,10 +78,8 @@ def test_quoted_tool_commands_name_existing_modules_and_flags(md):
             if not module.exists():
                 bad.append(f"{span}: no module sliver.tools.{m.group(1)}")
                 continue
-            source = module.read_text()
-            for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", m.group(2)):
-                if f'"{flag}"' not in source:
-                    bad.append(f"{span}: {flag} is not an option of sliver.tools.{m.group(1)}")
+            bad += [f"{span}: {flag} is not an option of sliver.tools.{m.group(1)}"
+                    for flag in _flags_not_in(module.read_text(), m.group(2))]
     assert not bad, f"{_rel(md)}: {bad}"
 
 
@@ -100,8 +104,7 @@ def test_quoted_sliver_commands_name_existing_subcommands_and_flags(md):
             continue
         if name in PASSTHROUGH:  # `sliver bench ...` is `python -m sliver.tools.bench ...`
             source = (ROOT / "tools" / (PASSTHROUGH[name].rsplit(".", 1)[1] + ".py")).read_text()
-            bad += [f"{span}: {flag} is not an option of {PASSTHROUGH[name]}"
-                    for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", rest) if f'"{flag}"' not in source]
+            bad += [f"{span}: {flag} is not an option of {PASSTHROUGH[name]}" for flag in _flags_not_in(source, rest)]
             continue
         sub = commands[name]
         nested = _subparsers(sub)
@@ -109,7 +112,7 @@ def test_quoted_sliver_commands_name_existing_subcommands_and_flags(md):
         if nested and words and words[0] in nested:
             sub = nested[words[0]]
         options = {o for a in sub._actions for o in a.option_strings}
-        for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", rest):
+        for flag in FLAG.findall(rest):
             if flag not in options:
                 bad.append(f"{span}: {flag} is not an option of `sliver {name}`")
     assert not bad, f"{_rel(md)}: {bad}"
@@ -119,5 +122,5 @@ def test_the_readme_links_the_moved_results():
     """The history moved out of the README must stay reachable from its Results section."""
     readme = (ROOT / "README.md").read_text()
     results = readme.split("\n## Results\n", 1)[1]
-    for topic in ("latency", "arm", "schedules", "winograd", "tuning", "outliers", "lowbit"):
+    for topic in ("latency", "arm", "schedules", "winograd", "tuning", "outliers", "pruning", "lowbit"):
         assert f"(docs/results/{topic}.md)" in results, topic

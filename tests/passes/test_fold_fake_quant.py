@@ -402,24 +402,16 @@ def all_cases():
     return model, xs, want
 
 
-def lowered_all_cases_arm64():
-    """AllCases lowered for arm64 (a tests/precompile.py job): the saved artifact's path."""
+def lowered_all_cases(target):
+    """AllCases lowered for ``target`` (a tests/precompile.py job): the saved artifact's path."""
     import precompile
 
     model, xs = _all_cases()
-    return sliver.lower(model, xs, target="arm64", rtol=1e-5, atol=1e-5).save(precompile.out("cases-arm64.sliver"))
-
-
-def lowered_all_cases_x86():
-    """AllCases lowered for x86_64 (a tests/precompile.py job): the saved artifact's path."""
-    import precompile
-
-    model, xs = _all_cases()
-    return sliver.lower(model, xs, target="x86_64", rtol=1e-5, atol=1e-5).save(precompile.out("cases-x86.sliver"))
+    return sliver.lower(model, xs, target=target, rtol=1e-5, atol=1e-5).save(precompile.out(f"cases-{target}.sliver"))
 
 
 @pytest.mark.slow
-@pytest.mark.precompiled.with_args(lambda params: [("call", "test_fold_fake_quant", "lowered_all_cases_x86")])
+@pytest.mark.precompiled.with_args(lambda params: [("call", "test_fold_fake_quant", "lowered_all_cases", "x86_64")])
 def test_all_cases_compiled_for_x86_match_fake_quant_torch(all_cases):
     """The default pipeline end to end on x86_64: folded layers use the low-bit lowering;
     PoolNet's layer left in float keeps its input fake_quant (lowered as float simulation)."""
@@ -427,7 +419,7 @@ def test_all_cases_compiled_for_x86_match_fake_quant_torch(all_cases):
     from sliver.runtime.artifact import read
 
     model, xs, want = all_cases
-    art = read(precompile.get(("call", "test_fold_fake_quant", "lowered_all_cases_x86")))  # compiled ahead
+    art = read(precompile.get(("call", "test_fold_fake_quant", "lowered_all_cases", "x86_64")))  # compiled ahead
     rows = art.manifest["passes"][0]["notes"]["layers"]  # the fold-fake-quant record, as saved
     assert [r["layer"] for r in rows if not r["folded"]] == [f"layers.{len(CASES)}.c2.layer"]
     # its input; its weight was const-folded
@@ -439,14 +431,14 @@ def test_all_cases_compiled_for_x86_match_fake_quant_torch(all_cases):
 
 @pytest.mark.slow
 @pytest.mark.emulated
-@pytest.mark.precompiled.with_args(lambda params: [("call", "test_fold_fake_quant", "lowered_all_cases_arm64")])
+@pytest.mark.precompiled.with_args(lambda params: [("call", "test_fold_fake_quant", "lowered_all_cases", "arm64")])
 def test_all_cases_arm64_artifact_matches_fake_quant_torch_on_emulated_pi(capsys):
     """The arm64 artifact's golden outputs are the torch model's; --verify checks them on
     the emulated Pi at 1e-5 (relative to each output's magnitude)."""
     import precompile
     from sliver.tools.cli import main
 
-    path = precompile.get(("call", "test_fold_fake_quant", "lowered_all_cases_arm64"))  # compiled ahead
+    path = precompile.get(("call", "test_fold_fake_quant", "lowered_all_cases", "arm64"))  # compiled ahead
     assert main(["run", str(path), "--verify", "--emulate"]) == 0
     assert "verify: passed (arm64 artifact on aarch64)" in capsys.readouterr().out
 
