@@ -331,6 +331,7 @@ def test_pipeline_option_syntax():
 def _pruned_for_compile(name, side):
     model, inputs = {"topologies": _topologies, "resnet18": lambda: zoo.resnet18(width=16),
                      "mobilenet_v2": lambda: zoo.mobilenet_v2(width_mult=0.25),
+                     "densenet": lambda: zoo.densenet(resolution=16),
                      "efficientnet": lambda: zoo.efficientnet(resolution=16)}[name]()
     module = sliver.trace(model, inputs)
     sliver.api.optimize(module)
@@ -347,8 +348,8 @@ def lowered_pruned(name, side):
 
 @pytest.mark.slow
 @pytest.mark.precompiled.with_args(lambda params: [("call", "test_prune", "lowered_pruned", params["name"], params["side"])])
-@pytest.mark.parametrize("name,side", [("resnet18", "input"), ("topologies", "input"), ("topologies", "output"),
-                                       ("mobilenet_v2", "output"), ("efficientnet", "input")])
+@pytest.mark.parametrize("side", ["input", "output"])
+@pytest.mark.parametrize("name", ["topologies", "resnet18", "mobilenet_v2", "densenet", "efficientnet"])
 def test_compiled_x86_equals_masked_model(name, side):
     # the EfficientNet-style net: odd channel counts whose padding channels the lowering
     # carries through silu, depthwise convs, squeeze-and-excite (sigmoid(0) = 0.5) and adds
