@@ -76,6 +76,8 @@ class Block:
     #: instructions in the block, and how often it ran
     insns: int
     times: int
+    #: where the block starts in the library (its virtual address, as ``objdump -d`` prints it)
+    address: int = 0
 
     @property
     def total(self) -> int:
@@ -293,7 +295,7 @@ def _attribute(blocks: dict, empty: dict, maps: str, library: bytes, lib_path: s
             i = bisect.bisect_right(starts, vaddr - base) - 1
             name = _primfunc_name(names[i]) if i >= 0 else "?"
             functions[name] = functions.get(name, 0) + n * times
-            lib_blocks.append(Block(name, vaddr - base - (starts[i] if i >= 0 else 0), n, times))
+            lib_blocks.append(Block(name, vaddr - base - (starts[i] if i >= 0 else 0), n, times, vaddr - base))
         else:
             key = os.path.basename(path) or "?"
             outside[key] = outside.get(key, 0) + n * times

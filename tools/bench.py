@@ -686,6 +686,11 @@ def _artifact_rows(rows: list[dict], unit: str) -> str:
         table = [("function", "calls", "median ms", "min", "max", "share", "sliver layers")]
         table += [(r["function"], str(r["calls"]), f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f}",
                    f"{r['max_ms']:.3f}", f"{r['share']:.1%}", r["label"]) for r in rows]
+    elif any("cycles" in r for r in rows):
+        table = [("function", "instructions", "share", "modeled cycles", "IPC", "sliver layers")]
+        table += [(r["function"], f"{r['instructions']:,}", f"{r['share']:.1%}",
+                   f"{r['cycles']:,.0f}" if "cycles" in r else "-",
+                   f"{r['instructions'] / r['cycles']:.2f}" if r.get("cycles") else "-", r["label"]) for r in rows]
     else:
         table = [("function", "instructions", "share", "sliver layers")]
         table += [(r["function"], f"{r['instructions']:,}", f"{r['share']:.1%}", r["label"]) for r in rows]
@@ -716,12 +721,20 @@ def bench_artifact(args) -> dict:
         print(f"  per call      {c.per_call:,} instructions (over {repeat} call(s): {', '.join(f'{x:,}' for x in c.calls)})")
         print(f"  not counted   {c.startup:,} instructions of interpreter start-up, imports and loading")
         report.update(instructions=c.per_call, calls=c.calls, startup=c.startup)
+        est = _modeled_cycles(c, art.library)
+        if est is not None:
+            print(f"  modeled       {est.cycles:,.0f} cycles of the library's code, {est.ipc:.2f} instructions per "
+                  f"cycle ({est.model}; a static model for comparing builds, not a Pi wall time: "
+                  f"see sliver.runtime.cycles)")
+            report.update(modeled_cycles=est.cycles, cycle_model=est.model)
         if args.per_layer:
             rows = []
             for name, n in c.functions.items():
                 ops, layers = profile.describe(m, name)
                 rows.append({"function": name, "instructions": n, "share": n / c.per_call,
                              "label": profile.label(ops, layers), "ops": ops, "layers": layers})
+                if est is not None:
+                    rows[-1]["cycles"] = est.functions.get(name, 0.0)
             for name, n in c.outside.items():
                 rows.append({"function": f"[{name}]", "instructions": n, "share": n / c.per_call,
                              "label": "(outside the library)", "ops": [], "layers": []})
@@ -749,6 +762,20 @@ def bench_artifact(args) -> dict:
         print(_artifact_rows(rows, "ms"))
         report["functions"] = rows
     return report
+
+
+def _modeled_cycles(counted, library):
+    """llvm-mca's Cortex-A72 cycles for a counted call (:mod:`sliver.runtime.cycles`), or
+    None with a note when llvm is not installed (the count itself does not need it)."""
+    from sliver.errors import SliverError
+    from sliver.runtime import cycles
+
+    try:
+        cycles.ensure_ready()
+    except SliverError as e:
+        print(f"  (no modeled cycles: {e})")
+        return None
+    return cycles.estimate(counted, library)
 
 
 def parse_args(argv=None):

@@ -17,7 +17,11 @@ Everything is measured side by side in one run and printed as ratios:
   counts of one call, start-up excluded, a TCG plugin so full-size layers take
   seconds) for the same layers and the small CNN, fp32 vs int8 (W8A8 on the int8 NEON
   kernel: smull/smlal2 + sadalp) vs W2A2 (bit-serial NEON); ``--arm-size`` counts
-  smaller spatial sizes instead.  Rows are printed as they are measured, each conv
+  smaller spatial sizes instead.  Beside each count, the **modeled Cortex-A72 cycles** of
+  the same call's library code (``sliver.runtime.cycles``: llvm-mca's scheduling model
+  per executed block x executions), because instructions of different kernels differ in
+  cost (a NEON ``mla`` or ``tbl`` is not an ``and``); the instructions the model leaves
+  out (outside the library) are printed too.  Rows are printed as they are measured, each conv
   with the W2A2 call's breakdown: instructions per phase of the bit-serial kernel (its
   functions: packing, im2col, the Sx sums of a weight zero point, the dot products,
   the epilogue) and its hottest blocks (the dot products' inner loop).
@@ -223,36 +227,56 @@ def bench_arm(layers, size: int, say, show=lambda row: None, cnn: bool = True) -
     from sliver.runtime import icount
 
     rows = []
+    measure = _arm_measure()
     variants = [("fp32", "fp32", None), ("fp32 direct", "fp32", "direct"), ("int8 (W8A8)", "W8A8", None),
                 ("W2A2 bitserial", "W2A2", "bitserial")]
     for hw in layers:
         c = LAYERS[hw]
         size_hw = size or hw
-        counts, breakdown = {}, None
+        row = {"counts": {}, "cycles": {}, "outside": {}, "breakdown": None}
         for label, kind, kernel in variants:
             module, inputs = conv_layer(kind, size_hw, c)
             say(f"counting conv {size_hw}x{size_hw}x{c} {label} on the emulated Pi")
             lib, k = _compile(module, "arm64", kernel)
-            counted = icount.count_library(lib, inputs)
-            counts[label] = counted.per_call
+            counted = measure(row, label, lib, inputs)
             if label == "fp32":
                 say(f"fp32 conv: {k.get('fp32 convs', 'direct')}")
             if kernel == "bitserial":
-                breakdown = counted
+                row["breakdown"] = counted
         where = f"{hw}x{hw}x{c}" if size_hw == hw else f"{size_hw}x{size_hw}x{c} (stage {hw}x{hw}, reduced)"
-        rows.append({"layer": f"conv 3x3 {where}", "counts": counts, "breakdown": breakdown})
+        rows.append({"layer": f"conv 3x3 {where}", **row})
         show(rows[-1])
     if not cnn:
         return rows
-    counts = {}
+    row = {"counts": {}, "cycles": {}, "outside": {}}
     for label, kind, kernel in variants:
         module, inputs = small_cnn(kind)
         say(f"counting the small CNN {label} on the emulated Pi")
         lib, _ = _compile(module, "arm64", kernel)
-        counts[label] = icount.count_library(lib, inputs).per_call
-    rows.append({"layer": "small CNN end to end", "counts": counts})
+        measure(row, label, lib, inputs)
+    rows.append({"layer": "small CNN end to end", **row})
     show(rows[-1])
     return rows
+
+
+def _arm_measure():
+    """``measure(row, label, lib, inputs)``: count one call of ``lib`` on the emulated Pi
+    into ``row`` (instructions per call; the library code's modeled Cortex-A72 cycles and
+    the instructions outside the library, which the model does not cover) and return the
+    count."""
+    from sliver.runtime import cycles, icount
+
+    cycles.ensure_ready()
+
+    def measure(row, label, lib, inputs):
+        counted = icount.count_library(lib, inputs)
+        est = cycles.estimate(counted, lib)
+        row["counts"][label] = counted.per_call
+        row["cycles"][label] = est.cycles
+        row["outside"][label] = sum(est.outside.values())
+        return counted
+
+    return measure
 
 
 #: the bit-serial kernel's functions (kernels/lowbit.c) by phase, for the breakdown
@@ -262,10 +286,15 @@ PHASES = {"pack_input": "1 bit-pack input", "pack_pixels": "1 bit-pack input", "
 
 
 def print_arm_row(r) -> None:
-    c = r["counts"]
-    w2 = c["W2A2 bitserial"]
-    cells = "  ".join(f"{k}: {v / 1e6:8.2f}M ({v / w2:4.2f}x)" for k, v in c.items())
-    print(f"{r['layer']:<44} {cells}", flush=True)
+    """Instructions per call, then modeled cycles (library code), each with its ratio to
+    W2A2's, then the instructions outside the library that the cycles leave out."""
+    print(r["layer"], flush=True)
+    for what, values in (("instructions", r["counts"]), ("modeled cycles", r["cycles"])):
+        w2 = values["W2A2 bitserial"]
+        cells = "  ".join(f"{k}: {v / 1e6:8.2f}M ({v / w2:4.2f}x)" for k, v in values.items())
+        print(f"  {what:<16}{cells}", flush=True)
+    print("  not modeled: " + "  ".join(f"{k} {v / 1e6:.2f}M instructions outside the library"
+                                       for k, v in r["outside"].items()), flush=True)
     if r.get("breakdown") is not None:
         print_breakdown(r["breakdown"])
 
@@ -343,7 +372,8 @@ def main(argv=None) -> int:
     if not args.no_x86:
         print_x86(bench_x86(layers, args.repeat, say))
     if not args.no_arm:
-        print("\n== arm64 (Cortex-A72, emulated) executed instructions per call; ratio = variant / W2A2 ==", flush=True)
+        print("\n== arm64 (Cortex-A72, emulated): executed instructions per call, and the library code's cycles "
+              "modeled by llvm-mca (sliver.runtime.cycles); ratio = variant / W2A2 ==", flush=True)
         bench_arm(layers, args.arm_size, say, show=print_arm_row, cnn=not args.no_cnn)
     if not args.no_sizes:
         print_sizes(sizes(say))

@@ -72,7 +72,7 @@ root_is_current() {
 
 # -- host tools -------------------------------------------------------------------
 # qemu-aarch64-static runs the emulated Pi; the cross gcc links the .so files sliver
-# compiles for it; qemu-aarch64 (qemu-user) counts instructions.  All come from Debian;
+# compiles for it; qemu-aarch64 (qemu-user) counts instructions; llvm models their cycles.  All come from Debian;
 # `apt-get update` runs at most once.
 ensure_host_packages() {
     local missing=()
@@ -83,6 +83,8 @@ ensure_host_packages() {
     # the dynamically linked qemu-aarch64 loads TCG plugins (sliver.runtime.icount counts
     # executed instructions with one); the static build cannot
     command -v qemu-aarch64 >/dev/null || missing+=(qemu-user)
+    # llvm-mca and llvm-objdump model the counted code's Cortex-A72 cycles (sliver.runtime.cycles)
+    { command -v llvm-mca && command -v llvm-objdump; } >/dev/null || missing+=(llvm)
     ((${#missing[@]} == 0)) && return 0
     command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them (a Debian host is needed)"
     local sudo=()

@@ -75,6 +75,29 @@ def test_artifact_counts_per_call_and_per_primfunc(example_arm64, counted):
     assert not any(k.startswith("__tvm_ffi_") or k.endswith("_compute_") for k in c.functions)
 
 
+@pytest.mark.emulated
+@pytest.mark.slow
+@needs_counter
+@pytest.mark.skipif(any(__import__("shutil").which(t) is None for t in ("llvm-mca", "llvm-objdump")),
+                    reason="needs llvm-mca and llvm-objdump: bash tools/setup_pi_emulator.sh installs them")
+def test_counted_call_gets_modeled_cycles_block_by_block(example_arm64, counted):
+    """sliver.runtime.cycles models every executed block of the library the count saw."""
+    from sliver.runtime import cycles
+    from sliver.runtime.artifact import read
+
+    est = cycles.estimate(counted, read(example_arm64).library)
+    assert est.instructions == sum(counted.functions.values())
+    assert est.unmodeled == 0  # every executed instruction assembled for llvm-mca
+    assert set(est.functions) == set(counted.functions)
+    assert est.cycles == pytest.approx(sum(c * b.times for b, c in est.blocks))
+    assert est.cycles == pytest.approx(sum(est.functions.values()))
+    assert 0.2 < est.ipc <= 3  # the A72 dispatches at most 3 instructions per cycle
+    # the convolutions dominate the modeled cycles as they dominate the count
+    convs = sum(v for k, v in est.functions.items() if "conv2d" in k)
+    assert convs > 0.5 * est.cycles
+    assert "cortex-a72" in est.model and est.outside == counted.outside
+
+
 def test_refuses_an_x86_library(example_x86):
     from sliver.runtime.artifact import read
 
@@ -105,3 +128,7 @@ def test_bench_emulate_reports_instructions_per_layer(example_arm64, counted, tm
     conv_layers = {o["layer"] for o in manifest["ops"] if o["kind"] == "conv2d"}
     named = {layer for r in rows.values() for layer in r["layers"]}
     assert conv_layers and conv_layers <= named
+    # ... and the library's modeled cycles, in total and per function, when llvm is installed
+    if all(__import__("shutil").which(t) for t in ("llvm-mca", "llvm-objdump")):
+        assert "modeled cycles" in out and "cortex-a72" in report["cycle_model"]
+        assert report["modeled_cycles"] == pytest.approx(sum(rows[name]["cycles"] for name in counted.functions))
