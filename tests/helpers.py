@@ -84,3 +84,31 @@ class MLPBlock(nn.Module):
 
     def forward(self, x):
         return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x))))
+
+
+
+def workspace_allocs_in_parallel_loops(func, target) -> list[str]:
+    """The buffers a scheduled PrimFunc allocates with ``TVMBackendAllocWorkspace``
+    inside a parallel loop once TVM lowers it for ``target`` (a ``tvm.target.Target``;
+    the TIR that ``tvm.tirx.build`` hands to LLVM): each one costs a pair of TVM runtime
+    calls on every iteration (every tile), not one per call of the function.  (Read
+    from the lowered TIR's text: TVM 0.27 has no Python statement visitor.)"""
+    import re
+
+    import tvm
+    from tvm import tirx
+
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    pipeline, finalize_host, _ = tirx.get_tir_pipeline("default")
+    with tvm.transform.PassContext(opt_level=3):
+        mod = finalize_host()(pipeline(tirx.transform.BindTarget(tvm.target.Target(target).with_host(target))(mod)))
+    found, parallel = [], []  # indents of the enclosing parallel loops
+    for line in mod["main"].script().splitlines():
+        indent = len(line) - len(line.lstrip())
+        while parallel and indent <= parallel[-1]:
+            parallel.pop()
+        if re.match(r"\s*for .* in T\.parallel\(", line):
+            parallel.append(indent)
+        elif parallel and "TVMBackendAllocWorkspace(" in line:
+            found.append(line.strip().split(" ")[0])
+    return found

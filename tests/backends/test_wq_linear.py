@@ -103,7 +103,9 @@ def test_artifact_carries_packed_weights(artifacts):
     for bits in (8, 4, 3):
         # the codes save (1 - bits/32) of the float32 weight bytes; scales and kernel code cost some back
         assert size[32] - size[bits] > (1 - bits / 32) * weights_f32 * 0.8, (bits, size)
-    assert size[8] > size[4] > size[3]
+    # the file grows in 4 KB pages: the 3-bit codes save ~6 KB of constants over the 4-bit ones (scales per block
+    # of 48 eat the rest) but take ~1 KB more code, so the two files can round to the same size
+    assert size[8] > size[4] >= size[3]
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from sliver.backends.tvm.schedules import common
 from sliver.backends.tvm.schedules.common import (CPU, NotApplicable, block_name, extent, pick_lanes, register_tile,
                                                   tile_reduction)
 
@@ -309,7 +310,7 @@ def _rows_at(sch, rows, loop, lanes: int):
     ``loop``, in a local buffer (registers / stack), its ``a x a`` (or ``a x m``)
     entries unrolled."""
     sch.compute_at(rows, loop, preserve_unit_loops=False)
-    sch.set_scope(rows, 0, "local")
+    sch.set_scope(rows, 0, common.SCRATCH_SCOPE)
     loops = sch.get_loops(rows)
     inner = loops[-3:]  # i, column, channels
     for lp in inner[:2]:
