@@ -300,3 +300,140 @@ def test_computed_weight_is_refused_with_the_layer_named():
     m.set_outputs([y])
     with pytest.raises(SliverError, match=r"qconv2d %layer3: the weight must be a param"):
         to_relax(m)
+
+
+# -- threads: the C kernels split a call's output rows over TVM's thread pool ---------------
+#
+# Layers above the kernels' MIN_WORK (kernels/lowbit.c; smaller calls stay serial), inputs
+# given as codes, so the C kernels are the library's only compute and TVM's pool starts
+# only if they launch it.  Slices cross groups and images (mt_groups, depthwise, batch 2),
+# pack only the input rows their output rows read (strides, dilation, uneven padding) and
+# sum them for a weight zero point.
+# name, x dtype, w dtype, input shape, out channels, kernel, attrs
+THREAD_CONV_CASES = [
+    ("mt_w2a2", "u2", "i2", (1, 64, 14, 10), 32, 3, dict(padding=[1, 1, 1, 1], x_zero_point=1, w_zero_point=1)),
+    # symmetric weights, an even row: on aarch64 the W2A2 asm writes the output rows itself;
+    # 12 pixels wide: packed as one run of pixels per slice there
+    ("mt_fused", "u2", "i2", (1, 64, 12, 12), 32, 3, dict(padding=[1, 1, 1, 1], clamp_min=0.0)),
+    ("mt_groups", "u2", "i2", (2, 64, 12, 9), 64, 3, dict(stride=[2, 1], dilation=[1, 2], padding=[2, 1, 1, 2],
+                                                         groups=4, x_zero_point=2, w_zero_point=1, out_dtype="u2",
+                                                         out_scale=3.0, out_zero_point=1)),
+    ("mt_depthwise", "u4", "u2", (1, 64, 16, 16), 64, 3, dict(padding=[1, 1, 1, 1], groups=64, x_zero_point=7,
+                                                             w_zero_point=2)),
+    ("mt_w8a8", "u8", "i8", (2, 32, 12, 12), 32, 3, dict(padding=[1, 1, 1, 1], x_zero_point=128)),
+    ("mt_w8a8_groups", "u8", "u8", (2, 48, 25, 23), 48, 3, dict(stride=[2, 2], padding=[1, 0, 1, 2], groups=3,
+                                                               x_zero_point=3, w_zero_point=100)),
+]
+THREAD_DENSE_CASES = [("mt_dense", "u2", "i2", (48, 256), 128, dict(x_zero_point=1))]
+
+# Runs a library's main on .npz inputs, saves the outputs, prints the process's thread
+# count before and after (TVM's pool starts on its first parallel launch).  Works on the
+# emulated Pi too (tvm runtime + numpy).
+_RUN_LIB = """
+import os, sys
+import numpy as np
+import tvm
+from tvm.runtime import vm as tvm_vm
+lib, inp, out = sys.argv[1:4]
+with np.load(inp) as z:
+    inputs = [z[f"arr_{i}"] for i in range(len(z.files))]
+vm = tvm_vm.VirtualMachine(tvm.runtime.load_module(lib), tvm.cpu())
+args = [tvm.runtime.tensor(x) for x in inputs]
+before = len(os.listdir("/proc/self/task"))
+got = vm["main"](*args)
+after = len(os.listdir("/proc/self/task"))
+np.savez(out, *[got[i].numpy() for i in range(len(inputs))])
+print("threads", before, after)
+"""
+
+
+def build_thread_cases(names=None, seed=3):
+    """(module, code inputs) of the THREAD_*_CASES (those in ``names``), outputs straight
+    from the q-layers (f32, or codes when they requantize)."""
+    g = np.random.default_rng(seed)
+    m = Module("lowbit_threads")
+    outs, inputs = [], []
+    cases = [(n, xd, wd, xs, (o, xs[1] // a.get("groups", 1), k, k), "qconv2d", a)
+             for n, xd, wd, xs, o, k, a in THREAD_CONV_CASES]
+    cases += [(n, xd, wd, xs, (o, xs[-1]), "qdense", a) for n, xd, wd, xs, o, a in THREAD_DENSE_CASES]
+    for name, xd, wd, xshape, wshape, kind, attrs in cases:
+        if names is not None and name not in names:
+            continue
+        x = m.add_input(TensorType(xshape, xd), f"x_{name}")
+        ops = [x, _code_param(m, f"w_{name}", _codes(g, wd, wshape), wd),
+               m.add_param(f"s_{name}", (g.random(wshape[0]) * 0.05 + 0.01).astype(np.float32)),
+               m.add_param(f"b_{name}", g.standard_normal(wshape[0]).astype(np.float32))]
+        outs.append(m.add_op(kind, ops, attrs, names=[name]).result)
+        inputs.append(_codes(g, xd, xshape))
+    m.set_outputs(outs)
+    return m, inputs
+
+
+def _run_lib_with_threads(run, lib: bytes, inputs, tmp_path, threads: int, tag: str):
+    """(outputs, threads before, threads after) of ``lib`` run by ``run(argv, env)`` with TVM_NUM_THREADS=threads."""
+    path, inp, out = tmp_path / f"{tag}.so", tmp_path / f"{tag}_in.npz", tmp_path / f"{tag}_out{threads}.npz"
+    path.write_bytes(lib)
+    np.savez(inp, *inputs)
+    proc = run(["-c", _RUN_LIB, str(path), str(inp), str(out)], {"TVM_NUM_THREADS": str(threads)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    before, after = (int(v) for v in proc.stdout.split("threads")[-1].split())
+    with np.load(out) as z:
+        return [z[f"arr_{i}"] for i in range(len(z.files))], before, after
+
+
+def _assert_exact(got, want, what):
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.shape == b.shape and np.array_equal(a.astype(np.float64), b.astype(np.float64)), \
+            f"{what}: output {i} differs (max abs {np.abs(a.astype(np.float64) - b).max():.3g})"
+
+
+@pytest.mark.slow
+def test_x86_kernels_on_two_threads_match_one_thread_exactly(tmp_path):
+    """Bit-serial (W2A2, W4A2 depthwise, a W2A2 linear) and int8 (W8A8) layers give the
+    same bits with TVM_NUM_THREADS=1 and 2, equal to the interpreter; with 2 the kernels
+    launched TVM's pool (its worker thread exists after the call), with 1 they did not."""
+    import subprocess
+    import sys
+
+    from sliver.backends.tvm import lowbit
+    from sliver.backends.tvm.build import compile_module
+
+    module, inputs = build_thread_cases()
+    want = run(module, inputs)
+    kernels = {}
+    with lowbit.kernel_override("bitserial"):
+        lib = compile_module(module, "x86_64", kernels=kernels)
+    assert kernels == {"mt_w2a2": "bitserial", "mt_fused": "bitserial", "mt_groups": "bitserial", "mt_depthwise": "bitserial",
+                       "mt_w8a8": "int8", "mt_w8a8_groups": "int8", "mt_dense": "bitserial"}
+
+    def host(argv, env):
+        return subprocess.run([sys.executable, *argv], env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=300)
+
+    one, before1, after1 = _run_lib_with_threads(host, lib, inputs, tmp_path, 1, "x86")
+    two, before2, after2 = _run_lib_with_threads(host, lib, inputs, tmp_path, 2, "x86")
+    _assert_exact(one, want, "1 thread vs the interpreter")
+    _assert_exact(two, one, "2 threads vs 1 thread")
+    assert after1 == before1, "TVM_NUM_THREADS=1: the kernels should not start TVM's pool"
+    assert after2 > before2, "TVM_NUM_THREADS=2: the kernels ran serially (TVM's pool never started)"
+
+
+@pytest.mark.slow
+@pytest.mark.emulated
+def test_arm64_bitserial_on_four_threads_matches_interpreter_on_emulated_pi(tmp_path):
+    """The NEON bit-serial kernel (W2A2 asm with the epilogue fused, and with a weight zero
+    point) and the int8 kernel split over four guest threads on the emulated Pi (qemu-user
+    runs them as host threads) give exactly the interpreter's outputs."""
+    from sliver.backends.tvm.build import compile_module
+    from sliver.runtime import emulate
+
+    module, inputs = build_thread_cases({"mt_fused", "mt_w2a2", "mt_w8a8"})
+    want = run(module, inputs)
+    lib = compile_module(module, "arm64")
+
+    def pi(argv, env):
+        return emulate.run_python(argv, env=env, pi_cpuinfo=True)
+
+    got, before, after = _run_lib_with_threads(pi, lib, inputs, tmp_path, 4, "arm64")
+    _assert_exact(got, want, "arm64, 4 threads vs the interpreter")
+    assert after > before, "TVM_NUM_THREADS=4: the kernels ran serially on the emulated Pi"

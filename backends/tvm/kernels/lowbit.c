@@ -40,6 +40,13 @@
  * nibble-table popcount (vpshufb), bytes summed with vpsadbw, the last rb % 32 bytes
  * with the scalar popcount.  Elsewhere: 64-bit words and the scalar popcount.
  *
+ * Threads.  Both kernels cut a call's output rows (of all images and groups, in order)
+ * into contiguous slices run on TVM's thread pool (TVMBackendParallelLaunch, the pool the
+ * library's TVM-generated loops use: TVM_NUM_THREADS), one slice per thread, each with
+ * its own scratch and packing only the input rows its output rows read; a row is
+ * computed the same way whatever slice it falls in, so the output is bit-identical for
+ * any thread count.  Calls too small to pay for the pool run serially (*_MIN_WORK).
+ *
  * meta (int32[META_LEN]): see enum below; scale, bias, epi: the fused epilogue (see
  * apply_epilogue); out: f32 or one-byte codes [N][O][OH][OW].
  */
@@ -85,6 +92,71 @@ SLIVER_EXTERN void TVMFFIErrorSetRaisedFromCStr(const char* kind, const char* me
 static int fail(const char* message) {
   if (TVMFFIErrorSetRaisedFromCStr) TVMFFIErrorSetRaisedFromCStr("RuntimeError", message);
   return -1;
+}
+
+/* ---- TVM's thread pool (tvm/runtime/c_backend_api.h), the pool TVM-generated parallel
+ * loops of the same library run on (TVM_NUM_THREADS threads).  Weak like the above: a
+ * library loaded without libtvm_runtime runs the kernels serially. ---- */
+typedef struct { void* sync_handle; int32_t num_task; } sliver_ParallelGroupEnv;
+typedef int (*sliver_ParallelLambda)(int task_id, sliver_ParallelGroupEnv* penv, void* cdata);
+SLIVER_EXTERN int TVMBackendParallelLaunch(sliver_ParallelLambda flambda, void* cdata, int num_task)
+    __attribute__((weak));
+
+/* A kernel call's work cut into `nslice` slices, each with its own scratch: run(job, s, nslice)
+ * computes slice s.  Slices never share what they write, so results do not depend on how
+ * many there are or which thread runs which. */
+typedef struct {
+  void (*run)(void* job, int slice, int nslice);
+  void* job;
+  int nslice;
+} pool_job;
+static int pool_task(int task_id, sliver_ParallelGroupEnv* penv, void* cdata) {
+  const pool_job* p = (const pool_job*)cdata;
+  const int step = penv->num_task > 0 ? penv->num_task : 1; /* fewer tasks than slices: each takes several */
+  for (int s = task_id; s < p->nslice; s += step) p->run(p->job, s, p->nslice);
+  return 0;
+}
+static int pool_probe(int task_id, sliver_ParallelGroupEnv* penv, void* cdata) {
+  if (task_id == 0) *(int*)cdata = penv->num_task;
+  return 0;
+}
+/* How many slices to cut `items` independent pieces of work (output rows) into: the
+ * pool's thread count (asked with an empty launch, so the scratch of every slice can be
+ * allocated before any output is written), at most `items`, and 1 (serial) without a
+ * pool or when the work is too small to pay for waking it (`work` below `min_work`). */
+static int pool_slices(long items, double work, double min_work) {
+  if (!TVMBackendParallelLaunch || items < 2 || work < min_work) return 1;
+  int n = 1;
+  if (TVMBackendParallelLaunch(pool_probe, &n, 0) != 0 || n < 1) return 1;
+  return n < items ? n : (int)items;
+}
+static void pool_run(pool_job* p) {
+  if (p->nslice > 1 && TVMBackendParallelLaunch(pool_task, p, 0) == 0) return; /* tasks never fail */
+  for (int s = 0; s < p->nslice; s++) p->run(p->job, s, p->nslice);
+}
+/* slice s of nslice of [0, items): [*lo, *hi) */
+static void slice_range(long items, int s, int nslice, long* lo, long* hi) {
+  *lo = items * s / nslice;
+  *hi = items * (s + 1) / nslice;
+}
+/* The input rows [*h0, *h1) that output rows [oh0, oh1) read (padded rows oh*SH + kh*DH,
+ * minus the top padding), and the padded rows [*hp0, *hp1) they span. */
+static void rows_read(int oh0, int oh1, int SH, int KH, int DH, int PT, int H, int* hp0, int* hp1, int* h0,
+                      int* h1) {
+  *hp0 = oh0 * SH;
+  *hp1 = (oh1 - 1) * SH + (KH - 1) * DH + 1;
+  *h0 = *hp0 - PT > 0 ? *hp0 - PT : 0;
+  *h1 = *hp1 - PT < H ? *hp1 - PT : H;
+}
+/* Carve n pieces of sizes[i] bytes (each rounded up to 64: no two slices share a cache
+ * line) out of base; returns the total, so call with base = NULL to size the block. */
+static size_t carve(uint8_t* base, const size_t* sizes, void** ptrs, int n) {
+  size_t at = 0;
+  for (int i = 0; i < n; i++) {
+    if (ptrs) ptrs[i] = sizes[i] ? base + at : NULL;
+    at += (sizes[i] + 63) & ~(size_t)63;
+  }
+  return at;
 }
 
 static sliver_DLTensor* as_tensor(const sliver_Any* a) {
@@ -970,6 +1042,7 @@ typedef struct {
   uint8_t* rows;            /* the im2col rows of one output row [OW][AB][RB] */
   uint8_t* flat;            /* NULL, or the packed input as one run of H*W pixels [AB][H*W*TAPB] (pack_input) */
   int32_t *px, *colsum, *sx; /* code sums per padded pixel [HP*WP], per column [WP], -wz*Sx per output [OWS] */
+  int32_t* acc;             /* the sums of one output row [Og][OWS] (unless the row function applies the epilogue) */
 } bs_call;
 
 /* Bit-pack `width` consecutive pixels (src: channel 0 of the first; channels HW apart)
@@ -1013,33 +1086,35 @@ static inline void pack_pixels(const bs_call* b, const uint8_t* src, int width, 
   }
 }
 
-/* 1. bit-pack the input pixels of one group (xg: its first channel) into pk's interior:
- * row by row, or, for rows narrower than the 16 pixels the NEON packing takes at a
- * time (14x14, 7x7 layers), the whole image as one run of H*W pixels into b->flat,
- * then its rows copied into place */
+/* 1. bit-pack input rows [h0, h1) of one group (xg: its first channel) into pk's interior
+ * (a slice packs the rows its output rows read): row by row, or, for rows narrower than
+ * the 16 pixels the NEON packing takes at a time (14x14, 7x7 layers), the rows as one run
+ * of pixels into b->flat, then copied into place */
 static __attribute__((noinline, optimize("no-tree-loop-distribute-patterns"))) void pack_input(const bs_call* b,
-                                                                                              const uint8_t* xg) {
-  const int H = b->H, W = b->W, AB = b->AB, TAPB = b->TAPB;
+                                                                                              const uint8_t* xg,
+                                                                                              int h0, int h1) {
+  const int W = b->W, AB = b->AB, TAPB = b->TAPB;
   const size_t PSTR = b->PSTR, row = (size_t)W * TAPB;
   uint8_t* interior = b->pk + (size_t)b->PT * AB * PSTR + (size_t)b->PL * TAPB;
   if (b->flat) {
-    const size_t fstr = (size_t)H * row;
-    pack_pixels(b, xg, H * W, b->flat, fstr);
-    for (int h = 0; h < H; h++)
+    const size_t fstr = (size_t)(h1 - h0) * row;
+    pack_pixels(b, xg + (size_t)h0 * W, (h1 - h0) * W, b->flat, fstr);
+    for (int h = h0; h < h1; h++)
       for (int i = 0; i < AB; i++)
-        copy_bytes(interior + ((size_t)h * AB + i) * PSTR, b->flat + i * fstr + (size_t)h * row, (int)row);
+        copy_bytes(interior + ((size_t)h * AB + i) * PSTR, b->flat + i * fstr + (size_t)(h - h0) * row, (int)row);
     return;
   }
-  for (int h = 0; h < H; h++) pack_pixels(b, xg + (size_t)h * W, W, interior + (size_t)h * AB * PSTR, PSTR);
+  for (int h = h0; h < h1; h++) pack_pixels(b, xg + (size_t)h * W, W, interior + (size_t)h * AB * PSTR, PSTR);
 }
 
-/* the code sum of every padded input pixel (its planes' popcounts, plane i weighing 2^i) */
-static __attribute__((noinline)) void pixel_sums(const bs_call* b) {
-  const int HP = b->HP, WP = b->WP, AB = b->AB, TAPB = b->TAPB;
+/* the code sum of every padded input pixel of rows [hp0, hp1) (its planes' popcounts,
+ * plane i weighing 2^i) */
+static __attribute__((noinline)) void pixel_sums(const bs_call* b, int hp0, int hp1) {
+  const int WP = b->WP, AB = b->AB, TAPB = b->TAPB;
   const size_t PSTR = b->PSTR;
   const uint8_t* pk = b->pk;
   int32_t* px = b->px;
-  for (int hp = 0; hp < HP; hp++)
+  for (int hp = hp0; hp < hp1; hp++)
     for (int wq = 0; wq < WP; wq++) {
       int32_t t = 0;
       for (int i = 0; i < AB; i++) t += (int32_t)count_bytes(pk + (hp * AB + i) * PSTR + (size_t)wq * TAPB, TAPB) << i;
@@ -1082,6 +1157,74 @@ static __attribute__((noinline)) void window_sums(const bs_call* b, int oh, int 
     int32_t t = 0;
     for (int kw = 0; kw < KW; kw++) t += colsum[ow * SW + kw * DW];
     sx[ow] = -wz * t;
+  }
+}
+
+/* What a bit-serial call's slices share, and their scratch (one bs_call each). */
+typedef struct {
+  const uint8_t *x, *wp, *zpat;
+  uint8_t* out;
+  const int32_t* obias;
+  epilogue epi;
+  const float* e6;
+  row_fn fn;
+  int N, G, O, OH, Og, WB, wz, layout, fused, OWS;
+  size_t osz;
+  const bs_call* slices;
+} bs_job;
+/* Calls of fewer byte ANDs (output pixels x output channels x row bytes x plane pairs)
+ * than this run serially: waking the pool (tens of microseconds on a busy x86) costs
+ * more than it gains (about 75 us of work on this x86 at one thread); see docs/lowbit-kernels.md. */
+#define BITSERIAL_MIN_WORK 5e5
+
+/* Slice s of nslice: its share of the output rows of every (image, group), in order.
+ * For each (image, group) it meets it packs the input rows those output rows read, then
+ * per output row: 2. im2col, 3. dot products, 4. epilogue. */
+static __attribute__((optimize("no-tree-loop-distribute-patterns"))) void bitserial_slice(void* job, int s,
+                                                                                        int nslice) {
+  const bs_job* j = (const bs_job*)job;
+  const bs_call* b = &j->slices[s];
+  const int H = b->H, W = b->W, C = b->C, Cg = b->Cg, OW = b->OW, AB = b->AB, TAPB = b->TAPB, RB = b->RB;
+  const int HP = b->HP, WP = b->WP, PT = b->PT, PL = b->PL, G = j->G, OH = j->OH, Og = j->Og, wz = j->wz;
+  const size_t PSTR = b->PSTR;
+  long lo, hi;
+  slice_range((long)j->N * G * OH, s, nslice, &lo, &hi);
+  if (lo >= hi) return;
+  /* the border of the padded input: written once, the interior is packed per image and group */
+  for (int hp = 0; hp < HP; hp++) {
+    const int inside = hp >= PT && hp < PT + H; /* interior rows: only the left and right border */
+    for (int i = 0; i < AB; i++)
+      for (int wq = 0; wq < WP; wq++) {
+        if (inside && wq == PL) wq = PL + W;
+        if (wq < WP) copy_bytes(b->pk + (hp * AB + i) * PSTR + (size_t)wq * TAPB, j->zpat + i * TAPB, TAPB);
+      }
+  }
+  const epilogue* epi = &j->epi;
+  const ptrdiff_t ostride = (ptrdiff_t)OH * OW;
+  for (long item = lo; item < hi;) {
+    const long ng = item / OH;
+    const int n = (int)(ng / G), g = (int)(ng % G);
+    const int oh0 = (int)(item - ng * OH), oh1 = hi - ng * OH < OH ? (int)(hi - ng * OH) : OH;
+    int hp0, hp1, h0, h1;
+    rows_read(oh0, oh1, b->SH, b->KH, b->DH, PT, H, &hp0, &hp1, &h0, &h1);
+    if (h0 < h1) pack_input(b, j->x + ((size_t)n * C + (size_t)g * Cg) * H * W, h0, h1);
+    if (wz) pixel_sums(b, hp0, hp1);
+    const uint8_t* wg = j->wp + (size_t)g * Og * j->WB * RB;
+    for (int oh = oh0; oh < oh1; oh++) {
+      im2col_row(b, oh);
+      if (wz) window_sums(b, oh, wz);
+      /* 3. popcount dot products, zero points folded, written to out[n, g*Og + o, oh, ow] */
+      uint8_t* orow = j->out + ((((size_t)n * j->O + (size_t)g * Og) * OH + oh) * OW) * j->osz;
+      const row_args ra = {b->rows, wg, RB, Og, OW, j->fused ? (int32_t*)(void*)orow : b->acc,
+                           j->fused ? ostride : j->OWS, j->obias + g * Og, b->sx, j->layout, j->fused,
+                           epi->scale + g * Og, epi->bias + g * Og, j->e6};
+      j->fn(&ra);
+      /* 4. the epilogue into out[n, g*Og + o, oh, :] (unless fused into 3) */
+      const epilogue eg = {epi->scale + g * Og, epi->bias + g * Og, epi->lo, epi->hi, epi->inv, epi->zp,
+                           epi->qmin, epi->qmax, epi->kind};
+      if (!j->fused) apply_epilogue(&eg, b->acc, j->OWS, Og, OW, orow, ostride);
+    }
+    item = ng * OH + oh1;
   }
 }
 
@@ -1138,63 +1281,53 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   /* The padded input of one group, bit-packed: per input row hp and plane i, the WP
    * pixels' TAPB-byte taps in a row (pk[(hp*AB + i)*PSTR + wq*TAPB]), so the KW taps of
    * one kernel row are contiguous (stride-1 width, no dilation: one copy per row). */
-  bs_call b = {C, H, W, KH, KW, SH, SW, PT, PL, DH, DW, Cg, OW, HP, WP, AB, TAPB, RB, aflip, (size_t)WP * TAPB,
-               NULL, NULL, NULL, NULL, NULL, NULL};
-  const size_t PSTR = b.PSTR;
-  b.pk = (uint8_t*)calloc((size_t)HP * AB * PSTR, 1);
-  b.rows = (uint8_t*)calloc((size_t)OW * AB * RB, 1);
+  const bs_call geo = {C, H, W, KH, KW, SH, SW, PT, PL, DH, DW, Cg, OW, HP, WP, AB, TAPB, RB, aflip, (size_t)WP * TAPB,
+                       NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+  /* The output rows of all images and groups are cut into slices run on TVM's pool, each
+   * with its own scratch (bs_call): packed input, im2col rows, sums.  All of it is
+   * allocated here, before any output is written. */
+  const long items = (long)N * G * OH;
+  const int nslice = pool_slices(items, (double)items * OW * Og * RB * AB * WB, BITSERIAL_MIN_WORK);
 #if defined(__aarch64__)
   const int flat = W < 16 && H * W >= 16;
 #else
   const int flat = 0;
 #endif
-  b.flat = flat ? (uint8_t*)malloc((size_t)AB * H * W * TAPB) : NULL;
-  b.sx = (int32_t*)calloc(OWS, sizeof(int32_t));
+  enum { S_PK, S_ROWS, S_FLAT, S_SX, S_PX, S_ACC, S_N };
+  const size_t sizes[S_N] = {(size_t)HP * AB * geo.PSTR, (size_t)OW * AB * RB, flat ? (size_t)AB * H * W * TAPB : 0,
+                             sizeof(int32_t) * OWS, sizeof(int32_t) * ((size_t)HP * WP + WP),
+                             sizeof(int32_t) * (size_t)Og * OWS};
+  const size_t slice_bytes = carve(NULL, sizes, NULL, S_N);
+  uint8_t* scratch = (uint8_t*)calloc(nslice, slice_bytes);
+  bs_call* slices = (bs_call*)malloc(sizeof(bs_call) * nslice);
   int32_t* obias = (int32_t*)malloc(sizeof(int32_t) * O);
-  int32_t* acc = (int32_t*)malloc(sizeof(int32_t) * (size_t)Og * OWS);
   uint8_t* zpat = (uint8_t*)calloc((size_t)AB * TAPB, 1);
-  b.px = (int32_t*)malloc(sizeof(int32_t) * ((size_t)HP * WP + WP));
-  b.colsum = b.px ? b.px + (size_t)HP * WP : NULL;
-  uint8_t* const pk = b.pk;
-  if (!pk || !b.rows || !b.sx || !obias || !zpat || !b.px || !acc || (flat && !b.flat)) {
-    free(pk); free(b.rows); free(b.flat); free(b.sx); free(obias); free(zpat); free(b.px); free(acc);
+  if (!scratch || !slices || !obias || !zpat) {
+    free(scratch); free(slices); free(obias); free(zpat);
     return fail("sliver_lowbit_bitserial: out of memory for the packed activations");
+  }
+  for (int s = 0; s < nslice; s++) {
+    void* p[S_N];
+    carve(scratch + (size_t)s * slice_bytes, sizes, p, S_N);
+    bs_call* b = &slices[s];
+    *b = geo;
+    b->pk = (uint8_t*)p[S_PK];
+    b->rows = (uint8_t*)p[S_ROWS];
+    b->flat = (uint8_t*)p[S_FLAT];
+    b->sx = (int32_t*)p[S_SX];
+    b->px = (int32_t*)p[S_PX];
+    b->colsum = b->px + (size_t)HP * WP;
+    b->acc = (int32_t*)p[S_ACC];
   }
   /* acc = Sxw - wz*Sx - xz*Sw[o] + K*xz*wz: the last two per output channel */
   for (int o = 0; o < O; o++) obias[o] = K * xz * wz - xz * wsum[o];
-  /* a padded pixel holds the code xz in every real channel of the group; the border
-   * stays as written here, the interior is packed per image and group */
+  /* a padded pixel holds the code xz in every real channel of the group */
   for (int c = 0; c < Cg; c++)
     for (int i = 0; i < AB; i++) zpat[i * TAPB + c / 8] |= (uint8_t)((((unsigned)xz >> i) & 1u) << (c % 8));
-  for (int hp = 0; hp < HP; hp++) {
-    const int inside = hp >= PT && hp < PT + H; /* interior rows: only the left and right border */
-    for (int i = 0; i < AB; i++)
-      for (int wq = 0; wq < WP; wq++) {
-        if (inside && wq == PL) wq = PL + W;
-        if (wq < WP) copy_bytes(pk + (hp * AB + i) * PSTR + (size_t)wq * TAPB, zpat + i * TAPB, TAPB);
-      }
-  }
-  const ptrdiff_t ostride = (ptrdiff_t)OH * OW;
-  for (int n = 0; n < N; n++) {
-    for (int g = 0; g < G; g++) {
-      pack_input(&b, x + ((size_t)n * C + (size_t)g * Cg) * H * W);
-      if (wz) pixel_sums(&b);
-      const uint8_t* wg = wp + (size_t)g * Og * WB * RB;
-      for (int oh = 0; oh < OH; oh++) {
-        im2col_row(&b, oh);
-        if (wz) window_sums(&b, oh, wz);
-        /* 3. popcount dot products, zero points folded, written to out[n, g*Og + o, oh, ow] */
-        uint8_t* orow = out + ((((size_t)n * O + (size_t)g * Og) * OH + oh) * OW) * osz;
-        const row_args ra = {b.rows, wg, RB, Og, OW, fused ? (int32_t*)(void*)orow : acc, fused ? ostride : OWS,
-                             obias + g * Og, b.sx, layout, fused, epi.scale + g * Og, epi.bias + g * Og, e6};
-        fn(&ra);
-        /* 4. the epilogue into out[n, g*Og + o, oh, :] (unless fused into 3) */
-        const epilogue eg = {epi.scale + g * Og, epi.bias + g * Og, epi.lo, epi.hi, epi.inv, epi.zp, epi.qmin, epi.qmax, epi.kind};
-        if (!fused) apply_epilogue(&eg, acc, OWS, Og, OW, orow, ostride);
-      }
-    }
-  }
-  free(pk); free(b.rows); free(b.flat); free(b.sx); free(obias); free(zpat); free(b.px); free(acc);
+  const bs_job job = {x, wp, zpat, out, obias, epi, e6, fn, N, G, O, OH, Og, WB, wz, layout, fused, OWS, osz, slices};
+  pool_job pj = {bitserial_slice, (void*)&job, nslice};
+  pool_run(&pj);
+  free(scratch); free(slices); free(obias); free(zpat);
   result->type_index = kAnyNone;
   result->u.v_int64 = 0;
   return 0;
@@ -1305,6 +1438,86 @@ INLINE void i8_row_impl(const row_args* ra, const int NARROW) {
 static void i8_row_narrow(const row_args* ra) { i8_row_impl(ra, 1); }
 static void i8_row_wide(const row_args* ra) { i8_row_impl(ra, 0); }
 
+/* One int8 slice's scratch, and what a call's slices share. */
+typedef struct {
+  int8_t* pk;   /* the padded input of a group [HP][WP][Cg] */
+  int8_t* rows; /* the im2col rows of one output row [OW][RB] */
+  int32_t *sx, *acc;
+} i8_scratch;
+typedef struct {
+  const uint8_t* x;
+  const int8_t* wp;
+  uint8_t* out;
+  const int32_t *obias, *m;
+  epilogue epi;
+  row_fn fn;
+  uint8_t flip;
+  int xz, wz;
+  size_t osz;
+  const i8_scratch* slices;
+} i8_job;
+/* Calls of fewer byte products than this run serially (see BITSERIAL_MIN_WORK; about
+ * 80 us of work on this x86 at one thread). */
+#define INT8_MIN_WORK 2e6
+
+/* Slice s of nslice of an int8 call: as bitserial_slice. */
+static __attribute__((optimize("no-tree-loop-distribute-patterns"))) void int8_slice(void* job, int s, int nslice) {
+  const i8_job* j = (const i8_job*)job;
+  const int32_t* m = j->m;
+  CONV_GEOMETRY(m);
+  (void)K;
+  const i8_scratch* sc = &j->slices[s];
+  int8_t *pk = sc->pk, *rows = sc->rows;
+  const size_t PIX = (size_t)Cg, HW = (size_t)H * W;
+  const ptrdiff_t ostride = (ptrdiff_t)OH * OW;
+  long lo, hi;
+  slice_range((long)N * G * OH, s, nslice, &lo, &hi);
+  if (lo >= hi) return;
+  memset(pk, (int8_t)j->xz, (size_t)HP * WP * PIX); /* padded pixels hold xz' */
+  const epilogue* epi = &j->epi;
+  for (long item = lo; item < hi;) {
+    const long ng = item / OH;
+    const int n = (int)(ng / G), g = (int)(ng % G);
+    const int oh0 = (int)(item - ng * OH), oh1 = hi - ng * OH < OH ? (int)(hi - ng * OH) : OH;
+    int hp0, hp1, h0, h1;
+    rows_read(oh0, oh1, SH, KH, DH, PT, H, &hp0, &hp1, &h0, &h1);
+    /* 1. the input rows these output rows read, channels last */
+    for (int h = h0; h < h1; h++) {
+      const uint8_t* src = j->x + (((size_t)n * C + (size_t)g * Cg) * H + h) * W;
+      int8_t* dst = pk + ((size_t)(h + PT) * WP + PL) * PIX;
+      for (int ww = 0; ww < W; ww++)
+        for (int c = 0; c < Cg; c++) dst[(size_t)ww * PIX + c] = (int8_t)(src[c * HW + ww] ^ j->flip);
+    }
+    const int8_t* wg = j->wp + (size_t)g * Og * RB;
+    for (int oh = oh0; oh < oh1; oh++) {
+      /* 2. the im2col rows of this output row */
+      for (int ow = 0; ow < OW; ow++) {
+        int8_t* r = rows + (size_t)ow * RB;
+        for (int kh = 0; kh < KH; kh++) {
+          const int8_t* src = pk + ((size_t)(oh * SH + kh * DH) * WP + (size_t)ow * SW) * PIX;
+          if (DW == 1) {
+            copy_bytes((uint8_t*)r + kh * KW * Cg, (const uint8_t*)src, KW * Cg);
+          } else {
+            for (int kw = 0; kw < KW; kw++)
+              copy_bytes((uint8_t*)r + (kh * KW + kw) * Cg, (const uint8_t*)src + (size_t)kw * DW * PIX, Cg);
+          }
+        }
+        sc->sx[ow] = -j->wz * i8_row_sum(r, RB);
+      }
+      /* 3. dot products, zero points folded, written to out[n, g*Og + o, oh, ow] */
+      const row_args ra = {(const uint8_t*)rows, (const uint8_t*)wg, RB, Og, OW, sc->acc, OW, j->obias + g * Og, sc->sx,
+                           0, 0, NULL, NULL, NULL};
+      j->fn(&ra);
+      /* 4. the epilogue into out[n, g*Og + o, oh, :] */
+      const epilogue eg = {epi->scale + g * Og, epi->bias + g * Og, epi->lo, epi->hi, epi->inv, epi->zp, epi->qmin,
+                           epi->qmax, epi->kind};
+      apply_epilogue(&eg, sc->acc, OW, Og, OW, j->out + ((((size_t)n * O + (size_t)g * Og) * OH + oh) * OW) * j->osz,
+                     ostride);
+    }
+    item = ng * OH + oh1;
+  }
+}
+
 /* args: x codes int8/uint8 [N][C][H][W], weights int8 [O][RB], wsum int32 [O] (of w'),
  * meta int32 [META_LEN] (ABITS/WBITS unused; WSIGNED=1: no weight is -128; XZ the
  * activation zero point of the codes as given, WZ that of w'), scale, bias, epi, out as the bit-serial kernel. */
@@ -1320,6 +1533,7 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   make_epilogue(&ka, &epi);
   const size_t osz = out_size(m);
   CONV_GEOMETRY(m);
+  (void)SH, (void)SW, (void)DH, (void)DW; /* int8_slice reads them */
   const int wz = m[M_WZ];
   const uint8_t flip = m[M_ASIGNED] ? 0 : 0x80; /* unsigned codes: x' = x - 128 */
   const int xz = m[M_XZ] - (flip ? 128 : 0);
@@ -1327,55 +1541,31 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
     return fail("sliver_lowbit_int8: bad meta (row bytes a multiple of 16 holding KH*KW*Cg bytes, one byte per "
                 "channel): the library was built by a different sliver");
   const row_fn fn = m[M_WSIGNED] ? i8_row_narrow : i8_row_wide;
-  const size_t PIX = (size_t)Cg;
-  int8_t* pk = (int8_t*)malloc((size_t)HP * WP * PIX);
-  int8_t* rows = (int8_t*)calloc((size_t)OW * RB, 1);
-  int32_t* sx = (int32_t*)malloc(sizeof(int32_t) * OW);
+  /* output rows cut into slices on TVM's pool as in the bit-serial kernel, each with its
+   * own padded input [HP][WP][Cg], im2col rows, sums: all allocated before any output is written */
+  const long items = (long)N * G * OH;
+  const int nslice = pool_slices(items, (double)items * OW * Og * RB, INT8_MIN_WORK);
+  enum { S_PK, S_ROWS, S_SX, S_ACC, S_N };
+  const size_t sizes[S_N] = {(size_t)HP * WP * Cg, (size_t)OW * RB, sizeof(int32_t) * OW,
+                             sizeof(int32_t) * (size_t)Og * OW};
+  const size_t slice_bytes = carve(NULL, sizes, NULL, S_N);
+  uint8_t* scratch = (uint8_t*)calloc(nslice, slice_bytes);
+  i8_scratch* slices = (i8_scratch*)malloc(sizeof(i8_scratch) * nslice);
   int32_t* obias = (int32_t*)malloc(sizeof(int32_t) * O);
-  int32_t* acc = (int32_t*)malloc(sizeof(int32_t) * (size_t)Og * OW);
-  if (!pk || !rows || !sx || !obias || !acc) {
-    free(pk); free(rows); free(sx); free(obias); free(acc);
+  if (!scratch || !slices || !obias) {
+    free(scratch); free(slices); free(obias);
     return fail("sliver_lowbit_int8: out of memory for the packed activations");
   }
-  for (int o = 0; o < O; o++) obias[o] = K * xz * wz - xz * wsum[o];
-  memset(pk, (int8_t)xz, (size_t)HP * WP * PIX); /* padded pixels hold xz' */
-  const size_t HW = (size_t)H * W;
-  const ptrdiff_t ostride = (ptrdiff_t)OH * OW;
-  for (int n = 0; n < N; n++) {
-    for (int g = 0; g < G; g++) {
-      /* 1. the interior, channels last */
-      for (int h = 0; h < H; h++) {
-        const uint8_t* src = x + (((size_t)n * C + (size_t)g * Cg) * H + h) * W;
-        int8_t* dst = pk + ((size_t)(h + PT) * WP + PL) * PIX;
-        for (int ww = 0; ww < W; ww++)
-          for (int c = 0; c < Cg; c++) dst[(size_t)ww * PIX + c] = (int8_t)(src[c * HW + ww] ^ flip);
-      }
-      const int8_t* wg = (const int8_t*)wp + (size_t)g * Og * RB;
-      for (int oh = 0; oh < OH; oh++) {
-        /* 2. the im2col rows of this output row */
-        for (int ow = 0; ow < OW; ow++) {
-          int8_t* r = rows + (size_t)ow * RB;
-          for (int kh = 0; kh < KH; kh++) {
-            const int8_t* s = pk + ((size_t)(oh * SH + kh * DH) * WP + (size_t)ow * SW) * PIX;
-            if (DW == 1) {
-              copy_bytes((uint8_t*)r + kh * KW * Cg, (const uint8_t*)s, KW * Cg);
-            } else {
-              for (int kw = 0; kw < KW; kw++)
-                copy_bytes((uint8_t*)r + (kh * KW + kw) * Cg, (const uint8_t*)s + (size_t)kw * DW * PIX, Cg);
-            }
-          }
-          sx[ow] = -wz * i8_row_sum(r, RB);
-        }
-        /* 3. dot products, zero points folded, written to out[n, g*Og + o, oh, ow] */
-        const row_args ra = {(const uint8_t*)rows, (const uint8_t*)wg, RB, Og, OW, acc, OW, obias + g * Og, sx, 0, 0, NULL, NULL, NULL};
-        fn(&ra);
-        /* 4. the epilogue into out[n, g*Og + o, oh, :] */
-        const epilogue eg = {epi.scale + g * Og, epi.bias + g * Og, epi.lo, epi.hi, epi.inv, epi.zp, epi.qmin, epi.qmax, epi.kind};
-        apply_epilogue(&eg, acc, OW, Og, OW, out + ((((size_t)n * O + (size_t)g * Og) * OH + oh) * OW) * osz, ostride);
-      }
-    }
+  for (int s = 0; s < nslice; s++) {
+    void* p[S_N];
+    carve(scratch + (size_t)s * slice_bytes, sizes, p, S_N);
+    slices[s] = (i8_scratch){(int8_t*)p[S_PK], (int8_t*)p[S_ROWS], (int32_t*)p[S_SX], (int32_t*)p[S_ACC]};
   }
-  free(pk); free(rows); free(sx); free(obias); free(acc);
+  for (int o = 0; o < O; o++) obias[o] = K * xz * wz - xz * wsum[o];
+  const i8_job job = {x, (const int8_t*)wp, out, obias, m, epi, fn, flip, xz, wz, osz, slices};
+  pool_job pj = {int8_slice, (void*)&job, nslice};
+  pool_run(&pj);
+  free(scratch); free(slices); free(obias);
   result->type_index = kAnyNone;
   result->u.v_int64 = 0;
   return 0;
