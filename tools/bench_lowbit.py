@@ -1,12 +1,14 @@
 """Low-bit kernel benchmark: fp32 vs W8A8 vs W2A2 (and W4A4) per layer, end to end, and sizes.
 
-    python -m sliver.tools.bench_lowbit [--repeat 20] [--no-arm] [--arm-size 14] [--layers 56,28,14]
+    python -m sliver.tools.bench_lowbit [--repeat 20] [--no-arm] [--arm-size 14] [--layers 56,28,14] [--threads 1]
 
 Everything is measured side by side in one run and printed as ratios:
 
-* **x86-64 wall time** (this machine, one thread: ``TVM_NUM_THREADS=1``; the C kernel
-  is single-threaded) of ResNet-18-style 3x3 convolutions (56x56x64, 28x28x128,
-  14x14x256, stride 1, padding 1, batch 1) and of a small CNN end to end: sliver's
+* **x86-64 wall time** (this machine, one thread by default: ``TVM_NUM_THREADS=1``;
+  ``--threads N`` runs TVM's pool, which the C kernels split their output rows over too,
+  with N threads; each row says how many CPUs other processes kept busy meanwhile) of
+  ResNet-18-style 3x3 convolutions (56x56x64, 28x28x128, 14x14x256, stride 1, padding
+  1, batch 1) and of a small CNN end to end: sliver's
   fp32 build (Winograd for wide 3x3 stride-1 convs) and its direct convs, W8A8 with the
   int8 C kernel and with the generic int16 path (int16 operands, int32 sums, TVM
   schedules), W2A2 with the bit-serial C kernel, unpacked to the int8 kernel's byte dot
@@ -178,7 +180,7 @@ VARIANTS = [("fp32", "fp32", None), ("fp32 direct", "fp32", "direct"), ("W8A8 in
 
 def bench_x86(layers, repeat: int, say) -> list[dict]:
     from sliver.ir.interp import run
-    from sliver.tools.bench import stats, time_interleaved
+    from sliver.tools.bench import OtherLoad, stats, time_interleaved
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="sliver-bench-lowbit-") as tmp:
@@ -199,24 +201,29 @@ def bench_x86(layers, repeat: int, say) -> list[dict]:
                         raise SystemExit(f"{title} {label}: compiled output differs from the interpreter ({err:.2e})")
                 fns[label] = _runner(vm, inputs)
                 kernels[label] = sorted(set(k.values())) or ["fp32"]
-            times = time_interleaved(fns, warmup=3, repeat=repeat, budget_s=20.0)
+            with OtherLoad() as load:
+                times = time_interleaved(fns, warmup=3, repeat=repeat, budget_s=20.0)
             med = {k: stats(v[1])["median_ms"] for k, v in times.items()}
-            rows.append({"layer": title, "ms": med, "kernels": kernels})
+            rows.append({"layer": title, "ms": med, "kernels": kernels, "other_load": load.value})
     return rows
 
 
-def print_x86(rows) -> None:
+def print_x86(rows, threads: int = 1) -> None:
     from sliver.backends.tvm import lowbit
+    from sliver.tools.bench import tvm_threads
 
     labels = [v[0] for v in VARIANTS]
-    print(f"\n== x86-64 wall time, 1 thread, median ms (ratio = fp32 / variant; >1 is faster) ==")
+    pool = tvm_threads()
+    print(f"\n== x86-64 wall time, TVM_NUM_THREADS={threads} (TVM's pool: {pool} threads), median ms "
+          f"(ratio = fp32 / variant; >1 is faster) ==")
     print(f"x86 policy for < 8 bits: {lowbit.POLICY['x86_64']} for bit-plane rows of >= "
           f"{lowbit.BITSERIAL_MIN_ROW.get('x86_64', 0)} bytes, else int8; 8 bits: the int8 kernel")
     head = f"{'layer':<26}" + "".join(f"{l:>22}" for l in labels)
     print(head)
     for r in rows:
         cells = "".join(f"{r['ms'][l]:>10.3f} ({r['ms']['fp32'] / r['ms'][l]:>5.2f}x)    " for l in labels)
-        print(f"{r['layer']:<26}{cells}")
+        load = "?" if r["other_load"] is None else f"{r['other_load']:.2f}"
+        print(f"{r['layer']:<26}{cells}  other load {load} CPUs")
     for r in rows:
         print(f"kernels, {r['layer']}: " + "; ".join(f"{l}: {'+'.join(r['kernels'][l])}" for l in labels))
 
@@ -364,13 +371,19 @@ def main(argv=None) -> int:
     p.add_argument("--no-x86", action="store_true", help="skip the x86 timings")
     p.add_argument("--no-cnn", action="store_true", help="skip the small CNN's arm64 count")
     p.add_argument("--no-sizes", action="store_true", help="skip the artifact sizes")
+    p.add_argument("--threads", type=int, default=1,
+                   help="TVM_NUM_THREADS for the x86 timings (default 1; the arm64 counts always run one thread)")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
-    os.environ["TVM_NUM_THREADS"] = "1"
+    if args.threads < 1:
+        p.error("--threads must be at least 1")
+    from sliver.tools.bench import set_tvm_threads
+
+    set_tvm_threads(args.threads)  # before TVM's pool starts
     layers = [int(s) for s in args.layers.split(",")]
     say = (lambda m: None) if args.quiet else (lambda m: print(f"[bench_lowbit] {m}", file=sys.stderr, flush=True))
     if not args.no_x86:
-        print_x86(bench_x86(layers, args.repeat, say))
+        print_x86(bench_x86(layers, args.repeat, say), args.threads)
     if not args.no_arm:
         print("\n== arm64 (Cortex-A72, emulated): executed instructions per call, and the library code's cycles "
               "modeled by llvm-mca (sliver.runtime.cycles); ratio = variant / W2A2 ==", flush=True)
