@@ -21,6 +21,11 @@ from dataclasses import dataclass
 #: parallel loop's body, which LLVM keeps in registers.  (A 28x28x128 F(4x4) conv on the
 #: emulated Pi executed 2.5M of its 19.1M instructions in the TVM runtime with "local".)
 SCRATCH_SCOPE = "global"
+#: ... and the size limit for that (TVM's ``runtime::kMaxStackAlloca``): a scratch buffer of this
+#: many bytes or more is a workspace call per iteration even in "global" scope.  The Winograd
+#: transforms stay under it (:func:`.winograd._stack_columns`); an AVX-512 register tile of 16 or
+#: more zmm accumulators (8x2, the usual direct-conv tile) does not (not measured: no AVX-512 host).
+STACK_ALLOCA_BYTES = 1024
 
 
 class NotApplicable(Exception):
@@ -247,7 +252,7 @@ def tile_reduction(sch, block, cpu: CPU, *, max_vectors: int = 2, reg_tile: int 
                     for v in 0..nv (unrolled): acc[.., v] += … (vectorized)
             epilogue (bias, residual add, relu, …) on acc, vectorized, stored
 
-    ``acc`` is a local buffer of rt * nv vectors: LLVM keeps it in registers.
+    ``acc`` is a buffer of rt * nv vectors on the task's stack (:data:`SCRATCH_SCOPE`): LLVM keeps it in registers.
     ``nv <= max_vectors`` (the most that divides the axis) and ``rt`` is the largest
     divisor of the row extent that fits the remaining accumulator budget
     (``cpu.max_acc``), or of ``reg_tile`` when given.  Measured on Zen 4 (AVX-512,

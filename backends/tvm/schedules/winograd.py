@@ -7,9 +7,9 @@ A 3x3 conv computes each ``m x m`` output tile from an ``a x a`` input tile
 channel pair, summed over input channels: the sum is a batched GEMM over the ``a²``
 tile positions.  One PrimFunc (:func:`conv2d_te`) holds the three stages:
 
-1. ``winograd_input``: ``V[e, p, c] = (Bᵀ d_p B)[e]`` for every tile ``p`` of the
-   zero-padded input (``winograd_pad``), channel ``c`` and tile position ``e``;
-2. ``winograd_gemm``: ``M[e, p, k] = Σ_c V[e, p, c] · U[e, k // b, c, k % b]``, with
+1. ``winograd_input``: ``V[i, j, p, c] = (Bᵀ d_p B)[i, j]`` for every tile ``p`` of the
+   zero-padded input (``winograd_pad``), channel ``c`` and tile position ``(i, j)``;
+2. ``winograd_gemm``: ``M[e, p, k] = Σ_c V[e // a, e % a, p, c] · U[e, k // b, c, k % b]``, with
    ``U = G g Gᵀ`` the transformed weights, packed ``[a², K / b, C, b]`` (``b`` the
    register tile's width) by :func:`weight_te`, a ``call_tir`` on the constant weight
    that FoldConstant evaluates at compile time (in float64, rounded once);
@@ -19,7 +19,7 @@ The transforms are separable (``Bᵀ (d B)``: ``winograd_input_rows`` then
 ``winograd_input``; ``(Aᵀ (M A))``: ``winograd_output_rows`` then the output), each
 half written out term by term (the matrices' zeros dropped, ±1 as adds) and
 selected by the tile position; the schedule computes the first half per tile in a
-local buffer and unrolls the positions, so the selections fold to constants.
+stack buffer (a group of columns at a time) and unrolls the positions, so the selections fold to constants.
 (Unseparated, the unrolled expressions took TVM's CSE pass ~8 s per conv to
 compile — ResNet-18 146 s instead of 36 s — for no runtime gain.)  The
 function is annotated ``op_pattern = kOutEWiseFusable``, like a conv, so FuseOps
@@ -170,11 +170,13 @@ def conv2d_te(data, u, padding, m: int):
         return _half(b_, lambda j: dp[bn, th * m + i, tw * m + j, c], nu)
 
     dr = te.compute(_i64(tiles, a, a, cin), rows, name=INPUT_ROWS)
-    vt = te.compute(_i64(e2, tiles, cin), lambda e, p, c: _half(b_, lambda i: dr[p, i, e % a, c], e // a),
+    # V by row and column of the tile (not by e = row * a + column): the schedule computes
+    # (d B) a group of columns at a time, which needs the columns V reads to be plain indices
+    vt = te.compute(_i64(a, a, tiles, cin), lambda r, col, p, c: _half(b_, lambda i: dr[p, i, col, c], r),
                     name=INPUT)
     rc = te.reduce_axis((0, cin), "rc")
-    mt = te.compute(_i64(e2, tiles, cout), lambda e, p, k: te.sum(vt[e, p, rc] * u[e, k // b, rc, k % b], axis=rc),
-                    name=GEMM)
+    mt = te.compute(_i64(e2, tiles, cout),
+                    lambda e, p, k: te.sum(vt[e // a, e % a, p, rc] * u[e, k // b, rc, k % b], axis=rc), name=GEMM)
 
     # (M A)[i, vw] of tile p
     mr = te.compute(_i64(tiles, a, m, cout), lambda p, i, vw, k: _half(a_, lambda j: mt[i * a + j, p, k], vw),
@@ -245,12 +247,17 @@ def schedule(sch, cpu: CPU) -> list[str]:
     padding, with any input selection inlined into it, is left to the generic
     injective rule).
 
-    * input transform: parallel over tiles, the ``a²`` positions unrolled, vectorized
-      over input channels;
+    * input transform: parallel over tiles x channel vectors, the ``a²`` positions
+      unrolled (by groups of columns: :func:`_stack_columns`), vectorized over input
+      channels;
     * GEMM: :func:`~.common.tile_reduction` (rt tiles x b output channels in
       registers, parallel over positions x tiles x channel blocks), staged to memory;
     * output transform with the epilogue inlined: parallel over tiles x channel
-      vectors, the ``m x m`` outputs unrolled, vectorized over output channels."""
+      vectors, the ``m x m`` outputs unrolled (by groups of columns), vectorized over
+      output channels.
+
+    The first halves of both transforms are computed per tile (and group of columns)
+    into buffers on the stack: see :data:`~.common.SCRATCH_SCOPE`."""
     from sliver.backends.tvm.schedules.common import inline_epilogue
 
     vin, gemm, out = _block(sch, INPUT), _block(sch, GEMM), _block(sch, OUTPUT)
@@ -277,14 +284,16 @@ def schedule(sch, cpu: CPU) -> list[str]:
     wt, vw = sch.split(w_, [None, m])
     lanes = pick_lanes(extent(sch, k_), cpu)
     ko, ki = sch.split(k_, [None, lanes])
-    sch.reorder(n_, ht, wt, ko, vh, vw, ki)
+    # the output columns in groups whose half-transformed tile (a x group vectors) fits the stack
+    vwo, vwi = sch.split(vw, [None, _stack_columns(m + 2, m, lanes)])
+    sch.reorder(n_, ht, wt, ko, vwo, vh, vwi, ki)
     par = sch.fuse(n_, ht, wt, ko)
     sch.parallel(par)
-    sch.unroll(vh)
-    sch.unroll(vw)
+    for loop in (vwo, vh, vwi):
+        sch.unroll(loop)
     if lanes > 1:
         sch.vectorize(ki)
-    _rows_at(sch, _block(sch, OUTPUT_ROWS), par, lanes)
+    _rows_at(sch, _block(sch, OUTPUT_ROWS), vwo, lanes)
 
     # GEMM: staged register tiles
     tiles, cout = extent(sch, sch.get_loops(gemm)[1]), extent(sch, sch.get_loops(gemm)[2])
@@ -292,22 +301,33 @@ def schedule(sch, cpu: CPU) -> list[str]:
     done += [block_name(sch, x) for x in tile_reduction(sch, gemm, cpu, width=b, reg_tile=rt, stage=True)]
 
     # input transform
-    e_, p_, c_ = sch.get_loops(vin)
+    row, col, p_, c_ = sch.get_loops(vin)
     lanes = pick_lanes(extent(sch, c_), cpu)
     co, ci = sch.split(c_, [None, lanes])
-    sch.reorder(p_, co, e_, ci)
+    # by groups of columns whose (d B) columns fit the stack
+    col_o, col_i = sch.split(col, [None, _stack_columns(m + 2, m + 2, lanes)])
+    sch.reorder(p_, co, col_o, row, col_i, ci)
     par = sch.fuse(p_, co)
     sch.parallel(par)
-    sch.unroll(e_)
+    for loop in (col_o, row, col_i):
+        sch.unroll(loop)
     if lanes > 1:
         sch.vectorize(ci)
-    _rows_at(sch, _block(sch, INPUT_ROWS), par, lanes)
+    _rows_at(sch, _block(sch, INPUT_ROWS), col_o, lanes)
     return done + [INPUT, INPUT_ROWS, OUTPUT_ROWS]
 
 
+def _stack_columns(a: int, n: int, lanes: int) -> int:
+    """The most of a transform's ``n`` columns (a divisor of ``n``) whose first half, ``a``
+    vectors of ``lanes`` floats per column, stays under the stack-allocation limit
+    (:data:`~.common.STACK_ALLOCA_BYTES`): on AVX2 the input tile's 6 x 6 x 8 floats (1152
+    bytes) would be a TVM workspace allocated and freed per tile, 6 x 3 are on the stack."""
+    return common.largest_divisor(n, max(1, (common.STACK_ALLOCA_BYTES - 1) // (a * max(lanes, 1) * 4)))
+
+
 def _rows_at(sch, rows, loop, lanes: int):
-    """Compute a transform's first half for one tile and channel vector under
-    ``loop``, in a local buffer (registers / stack), its ``a x a`` (or ``a x m``)
+    """Compute a transform's first half for one tile, channel vector and group of
+    columns under ``loop``, in a buffer on the stack (registers), its ``a x columns``
     entries unrolled."""
     sch.compute_at(rows, loop, preserve_unit_loops=False)
     sch.set_scope(rows, 0, common.SCRATCH_SCOPE)
