@@ -327,8 +327,8 @@ THREAD_CONV_CASES = [
 THREAD_DENSE_CASES = [("mt_dense", "u2", "i2", (48, 256), 128, dict(x_zero_point=1))]
 
 # Runs a library's main on .npz inputs, saves the outputs, prints the process's thread
-# count before and after (TVM's pool starts on its first parallel launch).  Works on the
-# emulated Pi too (tvm runtime + numpy).
+# count before and after (TVM's pool starts on its first parallel launch) and the pool's
+# size.  Works on the emulated Pi too (tvm runtime + numpy).
 _RUN_LIB = """
 import os, sys
 import numpy as np
@@ -342,8 +342,8 @@ args = [tvm.runtime.tensor(x) for x in inputs]
 before = len(os.listdir("/proc/self/task"))
 got = vm["main"](*args)
 after = len(os.listdir("/proc/self/task"))
-np.savez(out, *[got[i].numpy() for i in range(len(inputs))])
-print("threads", before, after)
+np.savez(out, *[y.numpy() for y in ([got] if hasattr(got, "numpy") else got)])
+print("threads", before, after, tvm.get_global_func("runtime.NumThreads")())
 """
 
 
@@ -370,13 +370,15 @@ def build_thread_cases(names=None, seed=3):
 
 
 def _run_lib_with_threads(run, lib: bytes, inputs, tmp_path, threads: int, tag: str):
-    """(outputs, threads before, threads after) of ``lib`` run by ``run(argv, env)`` with TVM_NUM_THREADS=threads."""
+    """(outputs, threads before, threads after) of ``lib`` run by ``run(argv, env)`` with
+    TVM_NUM_THREADS=threads (checked: TVM's pool has that many threads)."""
     path, inp, out = tmp_path / f"{tag}.so", tmp_path / f"{tag}_in.npz", tmp_path / f"{tag}_out{threads}.npz"
     path.write_bytes(lib)
     np.savez(inp, *inputs)
     proc = run(["-c", _RUN_LIB, str(path), str(inp), str(out)], {"TVM_NUM_THREADS": str(threads)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    before, after = (int(v) for v in proc.stdout.split("threads")[-1].split())
+    before, after, pool = (int(v) for v in proc.stdout.split("threads")[-1].split())
+    assert pool == threads, f"TVM's pool has {pool} threads, not TVM_NUM_THREADS={threads}"
     with np.load(out) as z:
         return [z[f"arr_{i}"] for i in range(len(z.files))], before, after
 
