@@ -1178,10 +1178,14 @@ typedef struct {
   size_t osz;
   const bs_call* slices;
 } bs_job;
-/* Calls of fewer byte ANDs (output pixels x output channels x row bytes x plane pairs)
- * than this run serially: waking the pool (tens of microseconds on a busy x86) costs
- * more than it gains (about 75 us of work on this x86 at one thread); see docs/lowbit-kernels.md. */
-#define BITSERIAL_MIN_WORK 5e5
+/* A call's work, for deciding whether to wake the pool: per output value (pixel x
+ * channel) its row's byte ANDs plus a fixed cost worth BITSERIAL_PER_OUTPUT of them (the
+ * horizontal sums, im2col and epilogue; fitted on x86 to the small CNN's layers, 0.34-0.66
+ * ms at one thread: about 36 ns per output value there, with 46 byte ANDs per ns).  Calls
+ * below BITSERIAL_MIN_WORK (about 85 us of work there) run serially: waking the pool costs
+ * tens of microseconds on a busy machine; see docs/lowbit-kernels.md. */
+#define BITSERIAL_PER_OUTPUT 1600.0
+#define BITSERIAL_MIN_WORK 4e6
 
 /* Slice s of nslice: its share of the output rows of every (image, group), in order.
  * For each (image, group) it meets it packs the input rows those output rows read, then
@@ -1293,7 +1297,8 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
    * with its own scratch (bs_call): packed input, im2col rows, sums.  All of it is
    * allocated here, before any output is written. */
   const long items = (long)N * G * OH;
-  const int nslice = pool_slices(items, (double)items * OW * Og * RB * AB * WB, BITSERIAL_MIN_WORK);
+  const int nslice =
+      pool_slices(items, (double)items * OW * Og * ((double)RB * AB * WB + BITSERIAL_PER_OUTPUT), BITSERIAL_MIN_WORK);
 #if defined(__aarch64__)
   const int flat = W < 16 && H * W >= 16;
 #else
@@ -1462,9 +1467,12 @@ typedef struct {
   size_t osz;
   const i8_scratch* slices;
 } i8_job;
-/* Calls of fewer byte products than this run serially (see BITSERIAL_MIN_WORK; about
- * 80 us of work on this x86 at one thread). */
-#define INT8_MIN_WORK 2e6
+/* As BITSERIAL_*: per output value, its row's byte products plus a fixed cost worth
+ * INT8_PER_OUTPUT of them (fitted on x86 to the small CNN's layers: the 3-channel stem,
+ * 32-byte rows, takes 0.4 ms at one thread, 12 ns per output value; 38 byte products per
+ * ns); below INT8_MIN_WORK (about 80 us there) serially. */
+#define INT8_PER_OUTPUT 430.0
+#define INT8_MIN_WORK 3e6
 
 /* Slice s of nslice of an int8 call: as bitserial_slice. */
 static __attribute__((optimize("no-tree-loop-distribute-patterns"))) void int8_slice(void* job, int s, int nslice) {
@@ -1550,7 +1558,7 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   /* output rows cut into slices on TVM's pool as in the bit-serial kernel, each with its
    * own padded input [HP][WP][Cg], im2col rows, sums: all allocated before any output is written */
   const long items = (long)N * G * OH;
-  const int nslice = pool_slices(items, (double)items * OW * Og * RB, INT8_MIN_WORK);
+  const int nslice = pool_slices(items, (double)items * OW * Og * ((double)RB + INT8_PER_OUTPUT), INT8_MIN_WORK);
   enum { S_PK, S_ROWS, S_SX, S_ACC, S_N };
   const size_t sizes[S_N] = {(size_t)HP * WP * Cg, (size_t)OW * RB, sizeof(int32_t) * OW,
                              sizeof(int32_t) * (size_t)Og * OW};
