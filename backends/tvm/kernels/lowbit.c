@@ -123,17 +123,14 @@ static int pool_probe(int task_id, sliver_ParallelGroupEnv* penv, void* cdata) {
 /* How many slices to cut `items` independent pieces of work (output rows) into: the
  * pool's thread count, at most `items`, and 1 (serial) without a pool or when the work is
  * too small to pay for waking it (`work` below `min_work`).  The thread count is asked
- * once with an empty launch (before any output is written, so the scratch of every slice
- * can be allocated first) and remembered: it only changes if the pool is reconfigured,
- * and then a stale count costs balance, not correctness (pool_task takes any number). */
-static int pool_threads = 0;
+ * with an empty launch (before any output is written, so the scratch of every slice can
+ * be allocated first), on every call: remembering it would keep a call serial after the
+ * pool was resized up (runtime.config_threadpool), and the launch costs microseconds on
+ * calls of tens of microseconds and more. */
 static int pool_slices(long items, double work, double min_work) {
   if (!TVMBackendParallelLaunch || items < 2 || work < min_work) return 1;
-  int n = __atomic_load_n(&pool_threads, __ATOMIC_RELAXED);
-  if (n < 1) {
-    if (TVMBackendParallelLaunch(pool_probe, &n, 0) != 0 || n < 1) return 1;
-    __atomic_store_n(&pool_threads, n, __ATOMIC_RELAXED);
-  }
+  int n = 1;
+  if (TVMBackendParallelLaunch(pool_probe, &n, 0) != 0 || n < 1) return 1;
   return n < items ? n : (int)items;
 }
 static void pool_run(pool_job* p) {
