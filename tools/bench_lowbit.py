@@ -1,12 +1,13 @@
 """Low-bit kernel benchmark: fp32 vs W8A8 vs W2A2 (and W4A4) per layer, end to end, and sizes.
 
-    python -m sliver.tools.bench_lowbit [--repeat 20] [--no-arm] [--arm-size 14] [--layers 56,28,14] [--threads 1]
+    python -m sliver.tools.bench_lowbit [--repeat 20] [--no-arm] [--arm-size 14] [--layers 56,28,14] [--threads 1,2]
 
 Everything is measured side by side in one run and printed as ratios:
 
 * **x86-64 wall time** (this machine, one thread by default: ``TVM_NUM_THREADS=1``;
   ``--threads N`` runs TVM's pool, which the C kernels split their output rows over too,
-  with N threads; each row says how many CPUs other processes kept busy meanwhile) of
+  with N threads, ``--threads 1,2`` both in one run, pool resized between rounds, with
+  the speed-ups; each row says how many CPUs other processes kept busy meanwhile) of
   ResNet-18-style 3x3 convolutions (56x56x64, 28x28x128, 14x14x256, stride 1, padding
   1, batch 1) and of a small CNN end to end: sliver's
   fp32 build (Winograd for wide 3x3 stride-1 convs) and its direct convs, W8A8 with the
@@ -178,7 +179,28 @@ VARIANTS = [("fp32", "fp32", None), ("fp32 direct", "fp32", "direct"), ("W8A8 in
             ("W2A2 int16 path", "W2A2", "generic"), ("W2A2 policy", "W2A2", None)]
 
 
-def bench_x86(layers, repeat: int, say) -> list[dict]:
+def _time_pool_sizes(fns: dict, threads, repeat: int, budget_s: float) -> dict:
+    """``{n: {label: times in ms}}`` for each pool size n in ``threads``: rounds of
+    :func:`~sliver.tools.bench.time_interleaved` (one warm-up and one timed run of every
+    function), TVM's pool resized between them (``runtime.config_threadpool``, the order
+    of sizes alternating), so every thread count sees the same machine load."""
+    import tvm
+
+    from sliver.tools.bench import time_interleaved
+
+    resize = tvm.get_global_func("runtime.config_threadpool")
+    out = {n: {k: [] for k in fns} for n in threads}
+    for r in range(max(repeat, 1)):
+        for n in (threads if r % 2 == 0 else threads[::-1]):
+            resize(1, n)
+            for k, (_, times, _) in time_interleaved(fns, 3 if r == 0 else 1, 1, budget_s).items():
+                out[n][k] += times
+    return out
+
+
+def bench_x86(layers, repeat: int, say, threads=(1,)) -> list[dict]:
+    """Rows of median ms per variant (``ms``), and with several ``threads`` per pool size
+    (``ms_by_threads``, timed by :func:`_time_pool_sizes`; ``ms`` is then the first size's)."""
     from sliver.ir.interp import run
     from sliver.tools.bench import OtherLoad, stats, time_interleaved
 
@@ -201,29 +223,49 @@ def bench_x86(layers, repeat: int, say) -> list[dict]:
                         raise SystemExit(f"{title} {label}: compiled output differs from the interpreter ({err:.2e})")
                 fns[label] = _runner(vm, inputs)
                 kernels[label] = sorted(set(k.values())) or ["fp32"]
+            row = {"layer": title, "kernels": kernels}
             with OtherLoad() as load:
-                times = time_interleaved(fns, warmup=3, repeat=repeat, budget_s=20.0)
-            med = {k: stats(v[1])["median_ms"] for k, v in times.items()}
-            rows.append({"layer": title, "ms": med, "kernels": kernels, "other_load": load.value})
+                if len(threads) == 1:
+                    times = time_interleaved(fns, warmup=3, repeat=repeat, budget_s=20.0)
+                    row["ms"] = {k: stats(v[1])["median_ms"] for k, v in times.items()}
+                else:
+                    by_n = _time_pool_sizes(fns, list(threads), repeat, 20.0)
+                    row["ms_by_threads"] = {n: {k: stats(v)["median_ms"] for k, v in t.items()} for n, t in by_n.items()}
+                    row["ms"] = row["ms_by_threads"][threads[0]]
+            row["other_load"] = load.value
+            rows.append(row)
     return rows
 
 
-def print_x86(rows, threads: int = 1) -> None:
+def print_x86(rows, threads=(1,)) -> None:
+    """One table per thread count (ratio to fp32 at that count), then, with several, each
+    variant's speed-up from the first count."""
     from sliver.backends.tvm import lowbit
     from sliver.tools.bench import tvm_threads
 
     labels = [v[0] for v in VARIANTS]
-    pool = tvm_threads()
-    print(f"\n== x86-64 wall time, TVM_NUM_THREADS={threads} (TVM's pool: {pool} threads), median ms "
-          f"(ratio = fp32 / variant; >1 is faster) ==")
-    print(f"x86 policy for < 8 bits: {lowbit.POLICY['x86_64']} for bit-plane rows of >= "
-          f"{lowbit.BITSERIAL_MIN_ROW.get('x86_64', 0)} bytes, else int8; 8 bits: the int8 kernel")
     head = f"{'layer':<26}" + "".join(f"{l:>22}" for l in labels)
-    print(head)
-    for r in rows:
-        cells = "".join(f"{r['ms'][l]:>10.3f} ({r['ms']['fp32'] / r['ms'][l]:>5.2f}x)    " for l in labels)
-        load = "?" if r["other_load"] is None else f"{r['other_load']:.2f}"
-        print(f"{r['layer']:<26}{cells}  other load {load} CPUs")
+    load = {r["layer"]: "?" if r["other_load"] is None else f"{r['other_load']:.2f}" for r in rows}
+    for n in threads:
+        if len(threads) == 1:
+            pool = f"TVM_NUM_THREADS={n} (TVM's pool: {tvm_threads()} threads)"
+        else:
+            pool = f"TVM's pool resized to {n} of TVM_NUM_THREADS={max(threads)} threads, interleaved"
+        print(f"\n== x86-64 wall time, {pool}, median ms (ratio = fp32 / variant; >1 is faster) ==")
+        if n == threads[0]:
+            print(f"x86 policy for < 8 bits: {lowbit.POLICY['x86_64']} for bit-plane rows of >= "
+                  f"{lowbit.BITSERIAL_MIN_ROW.get('x86_64', 0)} bytes, else int8; 8 bits: the int8 kernel")
+        print(head)
+        for r in rows:
+            ms = r["ms_by_threads"][n] if len(threads) > 1 else r["ms"]
+            cells = "".join(f"{ms[l]:>10.3f} ({ms['fp32'] / ms[l]:>5.2f}x)    " for l in labels)
+            print(f"{r['layer']:<26}{cells}  other load {load[r['layer']]} CPUs")
+    for n in threads[1:]:
+        print(f"\n== x86-64 speed-up from {threads[0]} to {n} threads (ms at {threads[0]} / ms at {n}), same run ==")
+        print(head)
+        for r in rows:
+            t0, t1 = r["ms_by_threads"][threads[0]], r["ms_by_threads"][n]
+            print(f"{r['layer']:<26}" + "".join(f"{t0[l] / t1[l]:>21.2f}x" for l in labels))
     for r in rows:
         print(f"kernels, {r['layer']}: " + "; ".join(f"{l}: {'+'.join(r['kernels'][l])}" for l in labels))
 
@@ -371,19 +413,25 @@ def main(argv=None) -> int:
     p.add_argument("--no-x86", action="store_true", help="skip the x86 timings")
     p.add_argument("--no-cnn", action="store_true", help="skip the small CNN's arm64 count")
     p.add_argument("--no-sizes", action="store_true", help="skip the artifact sizes")
-    p.add_argument("--threads", type=int, default=1,
-                   help="TVM_NUM_THREADS for the x86 timings (default 1; the arm64 counts always run one thread)")
+    p.add_argument("--threads", default="1",
+                   help="TVM_NUM_THREADS for the x86 timings (default 1; the arm64 counts always run one thread); "
+                        "several, e.g. 1,2: one run with TVM's pool resized between rounds, and the speed-ups "
+                        "(the C kernels keep the largest count's slices, run by fewer threads)")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
-    if args.threads < 1:
-        p.error("--threads must be at least 1")
+    try:
+        threads = tuple(int(t) for t in args.threads.split(","))
+    except ValueError:
+        threads = ()
+    if not threads or min(threads) < 1:
+        p.error(f"--threads takes thread counts of at least 1, comma-separated, not {args.threads!r}")
     from sliver.tools.bench import set_tvm_threads
 
-    set_tvm_threads(args.threads)  # before TVM's pool starts
+    set_tvm_threads(max(threads))  # before TVM's pool starts
     layers = [int(s) for s in args.layers.split(",")]
     say = (lambda m: None) if args.quiet else (lambda m: print(f"[bench_lowbit] {m}", file=sys.stderr, flush=True))
     if not args.no_x86:
-        print_x86(bench_x86(layers, args.repeat, say), args.threads)
+        print_x86(bench_x86(layers, args.repeat, say, threads), threads)
     if not args.no_arm:
         print("\n== arm64 (Cortex-A72, emulated): executed instructions per call, and the library code's cycles "
               "modeled by llvm-mca (sliver.runtime.cycles); ratio = variant / W2A2 ==", flush=True)
