@@ -331,7 +331,7 @@ def _arm_measure():
 #: the bit-serial kernel's functions (kernels/lowbit.c) by phase, for the breakdown
 PHASES = {"pack_input": "1 bit-pack input", "pack_pixels": "1 bit-pack input", "pixel_sums": "Sx: pixel sums",
           "im2col_row": "2 im2col", "window_sums": "Sx: window sums", "conv_row_2_2": "3 dot products",
-          "apply_epilogue": "4 epilogue", "sliver_lowbit_bitserial": "setup"}
+          "apply_epilogue": "4 epilogue", "sliver_lowbit_bitserial": "setup", "bitserial_slice": "setup"}
 
 
 def print_arm_row(r) -> None:
