@@ -78,9 +78,14 @@ class CycleEstimate:
         return self.instructions / self.cycles if self.cycles else 0.0
 
 
+def missing_tools() -> list[str]:
+    """The tools of :data:`TOOLS` not on PATH (none: cycles can be modeled here)."""
+    return [t for t in TOOLS if shutil.which(t) is None]
+
+
 def ensure_ready() -> None:
     """Fail with the fix when llvm-mca or llvm-objdump is missing."""
-    missing = [t for t in TOOLS if shutil.which(t) is None]
+    missing = missing_tools()
     if missing:
         raise SliverError(
             f"modeling cycles needs {' and '.join(missing)} (Debian's llvm package). Install it with: "

@@ -2,15 +2,13 @@
 input, llvm-mca's model tells cheap instructions from expensive ones, and a counted call
 is modeled block by block (the shared emulated run of the example: test_icount.py)."""
 
-import shutil
-
 import pytest
 
 from sliver.errors import SliverError
 from sliver.runtime import cycles
 
 needs_mca = pytest.mark.skipif(
-    any(shutil.which(t) is None for t in cycles.TOOLS),
+    bool(cycles.missing_tools()),
     reason="needs llvm-mca and llvm-objdump: bash tools/setup_pi_emulator.sh installs them",
 )
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sliver.errors import SliverError
-from sliver.runtime import emulate, icount
+from sliver.runtime import cycles, emulate, icount
 
 LOOP = r"""
 void _start(void) {
@@ -78,11 +78,10 @@ def test_artifact_counts_per_call_and_per_primfunc(example_arm64, counted):
 @pytest.mark.emulated
 @pytest.mark.slow
 @needs_counter
-@pytest.mark.skipif(any(__import__("shutil").which(t) is None for t in ("llvm-mca", "llvm-objdump")),
+@pytest.mark.skipif(bool(cycles.missing_tools()),
                     reason="needs llvm-mca and llvm-objdump: bash tools/setup_pi_emulator.sh installs them")
 def test_counted_call_gets_modeled_cycles_block_by_block(example_arm64, counted):
     """sliver.runtime.cycles models every executed block of the library the count saw."""
-    from sliver.runtime import cycles
     from sliver.runtime.artifact import read
 
     est = cycles.estimate(counted, read(example_arm64).library)
@@ -129,6 +128,6 @@ def test_bench_emulate_reports_instructions_per_layer(example_arm64, counted, tm
     named = {layer for r in rows.values() for layer in r["layers"]}
     assert conv_layers and conv_layers <= named
     # ... and the library's modeled cycles, in total and per function, when llvm is installed
-    if all(__import__("shutil").which(t) for t in ("llvm-mca", "llvm-objdump")):
+    if not cycles.missing_tools():
         assert "modeled cycles" in out and "cortex-a72" in report["cycle_model"]
         assert report["modeled_cycles"] == pytest.approx(sum(rows[name]["cycles"] for name in counted.functions))
