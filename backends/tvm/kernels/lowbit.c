@@ -142,6 +142,16 @@ static void slice_range(long items, int s, int nslice, long* lo, long* hi) {
   *lo = items * s / nslice;
   *hi = items * (s + 1) / nslice;
 }
+/* The run of a slice's items [item, hi) (item = (n*G + g)*OH + oh) that starts at item:
+ * image *n, group *g, output rows [*oh0, *oh1); returns the item after the run. */
+static long next_run(long item, long hi, int G, int OH, int* n, int* g, int* oh0, int* oh1) {
+  const long ng = item / OH;
+  *n = (int)(ng / G);
+  *g = (int)(ng % G);
+  *oh0 = (int)(item - ng * OH);
+  *oh1 = hi - ng * OH < OH ? (int)(hi - ng * OH) : OH;
+  return ng * OH + *oh1;
+}
 /* The input rows [*h0, *h1) that output rows [oh0, oh1) read (padded rows oh*SH + kh*DH,
  * minus the top padding), and the padded rows [*hp0, *hp1) they span. */
 static void rows_read(int oh0, int oh1, int SH, int KH, int DH, int PT, int H, int* hp0, int* hp1, int* h0,
@@ -287,6 +297,13 @@ static void make_epilogue(const kernel_args* k, epilogue* e) {
   e->kind = k->m[M_OUT];
 }
 /* bytes of one output element */
+/* e for the output channels of group g (Og each): its scale and bias from channel g*Og */
+static inline epilogue group_epilogue(const epilogue* e, int g, int Og) {
+  epilogue eg = *e;
+  eg.scale += (size_t)g * Og;
+  eg.bias += (size_t)g * Og;
+  return eg;
+}
 static size_t out_size(const int32_t* m) { return m[M_OUT] == OUT_F32 ? 4 : 1; }
 
 /* the convolution geometry from meta, as locals */
@@ -1209,14 +1226,13 @@ static __attribute__((optimize("no-tree-loop-distribute-patterns"))) void bitser
   const epilogue* epi = &j->epi;
   const ptrdiff_t ostride = (ptrdiff_t)OH * OW;
   for (long item = lo; item < hi;) {
-    const long ng = item / OH;
-    const int n = (int)(ng / G), g = (int)(ng % G);
-    const int oh0 = (int)(item - ng * OH), oh1 = hi - ng * OH < OH ? (int)(hi - ng * OH) : OH;
-    int hp0, hp1, h0, h1;
+    int n, g, oh0, oh1, hp0, hp1, h0, h1;
+    const long next = next_run(item, hi, G, OH, &n, &g, &oh0, &oh1);
     rows_read(oh0, oh1, b->SH, b->KH, b->DH, PT, H, &hp0, &hp1, &h0, &h1);
     if (h0 < h1) pack_input(b, j->x + ((size_t)n * C + (size_t)g * Cg) * H * W, h0, h1);
     if (wz) pixel_sums(b, hp0, hp1);
     const uint8_t* wg = j->wp + (size_t)g * Og * j->WB * RB;
+    const epilogue eg = group_epilogue(epi, g, Og);
     for (int oh = oh0; oh < oh1; oh++) {
       im2col_row(b, oh);
       if (wz) window_sums(b, oh, wz);
@@ -1224,14 +1240,12 @@ static __attribute__((optimize("no-tree-loop-distribute-patterns"))) void bitser
       uint8_t* orow = j->out + ((((size_t)n * j->O + (size_t)g * Og) * OH + oh) * OW) * j->osz;
       const row_args ra = {b->rows, wg, RB, Og, OW, j->fused ? (int32_t*)(void*)orow : b->acc,
                            j->fused ? ostride : j->OWS, j->obias + g * Og, b->sx, j->layout, j->fused,
-                           epi->scale + g * Og, epi->bias + g * Og, j->e6};
+                           eg.scale, eg.bias, j->e6};
       j->fn(&ra);
       /* 4. the epilogue into out[n, g*Og + o, oh, :] (unless fused into 3) */
-      const epilogue eg = {epi->scale + g * Og, epi->bias + g * Og, epi->lo, epi->hi, epi->inv, epi->zp,
-                           epi->qmin, epi->qmax, epi->kind};
       if (!j->fused) apply_epilogue(&eg, b->acc, j->OWS, Og, OW, orow, ostride);
     }
-    item = ng * OH + oh1;
+    item = next;
   }
 }
 
@@ -1485,12 +1499,9 @@ static __attribute__((optimize("no-tree-loop-distribute-patterns"))) void int8_s
   slice_range((long)N * G * OH, s, nslice, &lo, &hi);
   if (lo >= hi) return;
   memset(pk, (int8_t)j->xz, (size_t)HP * WP * PIX); /* padded pixels hold xz' */
-  const epilogue* epi = &j->epi;
   for (long item = lo; item < hi;) {
-    const long ng = item / OH;
-    const int n = (int)(ng / G), g = (int)(ng % G);
-    const int oh0 = (int)(item - ng * OH), oh1 = hi - ng * OH < OH ? (int)(hi - ng * OH) : OH;
-    int hp0, hp1, h0, h1;
+    int n, g, oh0, oh1, hp0, hp1, h0, h1;
+    const long next = next_run(item, hi, G, OH, &n, &g, &oh0, &oh1);
     rows_read(oh0, oh1, SH, KH, DH, PT, H, &hp0, &hp1, &h0, &h1);
     /* 1. the input rows these output rows read, channels last */
     for (int h = h0; h < h1; h++) {
@@ -1500,6 +1511,7 @@ static __attribute__((optimize("no-tree-loop-distribute-patterns"))) void int8_s
         for (int c = 0; c < Cg; c++) dst[(size_t)ww * PIX + c] = (int8_t)(src[c * HW + ww] ^ j->flip);
     }
     const int8_t* wg = j->wp + (size_t)g * Og * RB;
+    const epilogue eg = group_epilogue(&j->epi, g, Og);
     for (int oh = oh0; oh < oh1; oh++) {
       /* 2. the im2col rows of this output row */
       for (int ow = 0; ow < OW; ow++) {
@@ -1520,12 +1532,10 @@ static __attribute__((optimize("no-tree-loop-distribute-patterns"))) void int8_s
                            0, 0, NULL, NULL, NULL};
       j->fn(&ra);
       /* 4. the epilogue into out[n, g*Og + o, oh, :] */
-      const epilogue eg = {epi->scale + g * Og, epi->bias + g * Og, epi->lo, epi->hi, epi->inv, epi->zp, epi->qmin,
-                           epi->qmax, epi->kind};
       apply_epilogue(&eg, sc->acc, OW, Og, OW, j->out + ((((size_t)n * O + (size_t)g * Og) * OH + oh) * OW) * j->osz,
                      ostride);
     }
-    item = ng * OH + oh1;
+    item = next;
   }
 }
 
