@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.ir.attrs import normalize
 from sliver.ir.types import TensorType
 

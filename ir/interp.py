@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sliver.errors import InputError
+from sliver.common.errors import InputError
 from sliver.ir.types import is_float
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sliver.errors import SliverError
-from sliver.files import atomic_write
+from sliver.common.errors import SliverError
+from sliver.common.files import atomic_write
 
 
 def params_path(path) -> Path:

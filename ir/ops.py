@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.ir.attrs import normalize
 from sliver.ir.types import DTYPES, TensorType, is_float
 

@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from sliver.errors import IRParseError, SliverError
+from sliver.common.errors import IRParseError, SliverError
 from sliver.ir.core import Module
 from sliver.ir.types import QuantParams, TensorType
 

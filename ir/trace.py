@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from sliver.errors import SliverError, UnsupportedOpError
+from sliver.common.errors import SliverError, UnsupportedOpError
 from sliver.ir.core import Module, Value
 from sliver.ir.ops import TypeRuleError
 from sliver.ir.types import TensorType, from_numpy

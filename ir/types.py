@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 
 _NUMPY = {
     "f64": np.float64,

@@ -5,7 +5,7 @@ where it broke the IR rather than three passes later in a backend.
 
 from __future__ import annotations
 
-from sliver.errors import SliverError, VerifyError
+from sliver.common.errors import SliverError, VerifyError
 from sliver.ir.ops import get_op
 from sliver.ir.printer import format_op
 from sliver.ir.types import to_numpy

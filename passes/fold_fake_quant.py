@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.ir.types import int_range
 from sliver.passes.manager import Pass, register
-from sliver.text import table_lines
+from sliver.common.text import table_lines
 
 
 class NotFoldable(Exception):

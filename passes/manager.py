@@ -23,8 +23,8 @@ from typing import ClassVar, Sequence, TextIO
 
 import numpy as np
 
-from sliver.errors import SliverError
-from sliver.text import table_lines
+from sliver.common.errors import SliverError
+from sliver.common.text import table_lines
 
 _PASSES: dict[str, type["Pass"]] = {}
 
@@ -211,7 +211,7 @@ class DumpDir(Instrument):
 
 def max_relative_error(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> float:
     """max |got - want| / max |want| over all outputs (see runtime's output_error)."""
-    from sliver.runtime.artifact import output_error
+    from sliver.common.numerics import output_error
 
     return max((output_error(g, w)[1] for g, w in zip(got, want)), default=0.0)
 

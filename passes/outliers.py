@@ -52,9 +52,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.passes.manager import Pass, max_relative_error, register
-from sliver.text import table_lines
+from sliver.common.text import table_lines
 
 # ----------------------------------------------------------------------------
 # projections and their [tokens, channels] views

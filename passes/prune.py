@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.ir.core import Module
 from sliver.passes.channels import ChannelAnalysis, channel_axis, constant_channels, is_depthwise
 from sliver.passes.manager import Pass, register
-from sliver.text import table_lines
+from sliver.common.text import table_lines
 
 METHODS = ("l1", "l2", "fpgm", "act")
 

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.passes.manager import Pass, register
 
 GRANULARITIES = ("tensor", "channel", "block")

@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -28,8 +27,10 @@ from typing import Sequence
 
 import numpy as np
 
-from sliver.errors import ArtifactError, InputError
-from sliver.files import atomic_write
+from sliver.common.errors import ArtifactError, InputError
+from sliver.common.files import atomic_write
+from sliver.common.numerics import output_error
+from sliver.common.platform import elf_arch, host_arch
 
 FORMAT = "sliver-artifact"
 FORMAT_VERSION = 1
@@ -40,40 +41,10 @@ GOLDEN = "golden.npz"
 # sliver element type → numpy dtype (the runtime does not import sliver.ir)
 _NUMPY = {"f64": "float64", "f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "i16": "int16",
           "i8": "int8", "u8": "uint8", "bool": "bool"}
-_ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
 
 
 def numpy_dtype(dtype: str) -> np.dtype:
     return np.dtype(_NUMPY[dtype])
-
-
-def host_arch() -> str:
-    m = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
-
-
-def elf_arch(data: bytes) -> str | None:
-    """The CPU architecture an ELF shared object was built for (None if not ELF)."""
-    if len(data) < 20 or data[:4] != b"\x7fELF":
-        return None
-    order = "little" if data[5] == 1 else "big"
-    machine = int.from_bytes(data[18:20], order)
-    return _ELF_MACHINES.get(machine, f"elf-machine-{machine}")
-
-
-def output_error(got, want) -> tuple[float, float]:
-    """(max |got - want|, that divided by max |want|): inf when the shapes differ or a
-    value is not finite; the relative error is the absolute one when want is all zero."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    if got.shape != want.shape:
-        return float("inf"), float("inf")
-    if want.size == 0:
-        return 0.0, 0.0
-    diff = np.abs(got - want)
-    if not np.all(np.isfinite(diff)):
-        return float("inf"), float("inf")
-    err, scale = float(diff.max()), float(np.abs(want).max())
-    return err, (err / scale if scale else err)
 
 
 @dataclass

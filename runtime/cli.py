@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from sliver.errors import InputError, SliverError
+from sliver.common.errors import InputError, SliverError
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -92,7 +92,7 @@ def run(args) -> int:
 
 
 def _machine() -> str:
-    from sliver.runtime.artifact import host_arch
+    from sliver.common.platform import host_arch
 
     return host_arch()
 

@@ -43,7 +43,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.runtime.icount import Block, InstructionCount
 
 #: The Pi 4's core.  LLVM models it with its Cortex-A57 scheduling model.

@@ -39,7 +39,7 @@ import sys
 import tempfile
 from typing import Sequence
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 
 QEMU = "qemu-aarch64-static"
 #: The CPU qemu emulates by default: the Raspberry Pi 4's.  The Pi 5 is "cortex-a76".
@@ -140,11 +140,12 @@ def ensure_ready(install: bool = False) -> None:
 
 
 def _stage_deploy_packages(dest: pathlib.Path) -> None:
-    """Copy what a Pi would have of sliver into ``dest``: ``sliver/`` and ``sliver/runtime/``.
+    """Copy what a Pi would have of sliver into ``dest``: ``sliver/``, ``sliver/common/``
+    and ``sliver/runtime/``.
 
-    Only the top-level modules of ``sliver`` are copied (``__init__`` and ``errors``
-    are light and lazy); its subpackages are compiler-side and stay behind, whatever
-    the install layout.
+    Only the top-level modules of ``sliver`` are copied (``__init__`` is light and
+    lazy); of its subpackages only the ground floor (``common``) and the device runtime
+    come along: the rest are compiler-side and stay behind, whatever the install layout.
     """
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     pkg = dest / "sliver"
@@ -152,6 +153,7 @@ def _stage_deploy_packages(dest: pathlib.Path) -> None:
     for entry in _package_dir("sliver").iterdir():
         if entry.is_file() and entry.suffix == ".py":
             shutil.copy2(entry, pkg / entry.name)
+    shutil.copytree(_package_dir("sliver.common"), pkg / "common", ignore=ignore)
     shutil.copytree(_package_dir("sliver.runtime"), pkg / "runtime", ignore=ignore)
 
 

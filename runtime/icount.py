@@ -57,7 +57,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 
 #: the plugin-capable qemu (Debian's qemu-user); the static build has no plugin loader
 QEMU_PLUGIN_HOST = "qemu-aarch64"
@@ -196,7 +196,7 @@ def count_library(
     if repeat < 1 or warmup < 0:
         raise SliverError(f"repeat must be >= 1 and warmup >= 0 (got repeat={repeat}, warmup={warmup})")
     ensure_ready()
-    from sliver.runtime.artifact import elf_arch
+    from sliver.common.platform import elf_arch
 
     data = library if isinstance(library, (bytes, bytearray)) else pathlib.Path(library).read_bytes()
     if elf_arch(bytes(data[:64])) != "aarch64":

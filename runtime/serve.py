@@ -25,7 +25,7 @@ import socket
 import sys
 from pathlib import Path
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 
 
 def _split_addr(text: str, what: str) -> tuple[str, int]:

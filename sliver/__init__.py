@@ -11,7 +11,7 @@ TVM's compiler.
 
 __version__ = "0.1.0"
 
-from sliver.errors import SliverError  # noqa: E402  (cheap, always available)
+from sliver.common.errors import SliverError  # noqa: E402  (cheap, always available)
 
 _LAZY = {
     "lower": ("sliver.api", "lower"),

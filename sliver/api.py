@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 import sliver
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 
 #: what ``lower`` runs when no pipeline is given.  fold-fake-quant goes first: it turns QAT
 #: layers into low-bit ops (absorbing their batch norms) before fold-batchnorm and

@@ -37,8 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sliver.errors import SliverError
-from sliver.text import table_lines
+from sliver.common.errors import SliverError
+from sliver.common.text import table_lines
 
 EPS = 1e-8
 

@@ -151,7 +151,7 @@ def test_bench_artifact_flags_need_an_artifact(capsys):
 
 
 def test_bench_arm64_artifact_without_emulate_says_how(example_arm64, capsys):
-    from sliver.errors import SliverError
+    from sliver.common.errors import SliverError
 
     with pytest.raises(SliverError, match="--emulate"):
         bench.main([str(example_arm64)])

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import sliver
-from sliver.errors import ArtifactError, InputError, SliverError, TargetError, UnsupportedOpError
+from sliver.common.errors import ArtifactError, InputError, SliverError, TargetError, UnsupportedOpError
 
 
 class UsesUnsupported(nn.Module):

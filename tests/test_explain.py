@@ -124,7 +124,7 @@ def test_notes_of_any_pass_reach_their_layers():
 def test_artifact_without_pass_records_says_relower():
     m = _manifest([])
     del m["passes"]
-    from sliver.errors import SliverError
+    from sliver.common.errors import SliverError
 
     with pytest.raises(SliverError, match="lower it again"):
         explain.build_report(Artifact(b"", m), source="old.sliver", cost={}, unit="ms")

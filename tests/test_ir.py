@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from helpers import dedent, roundtrip
-from sliver.errors import IRParseError, SliverError, VerifyError
+from sliver.common.errors import IRParseError, SliverError, VerifyError
 from sliver.ir.core import Module
 from sliver.ir.interp import run
 from sliver.ir.parser import parse_module

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 import sliver
 import sliver.qat
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.ir.interp import run
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import dedent, roundtrip
-from sliver.errors import IRParseError
+from sliver.common.errors import IRParseError
 from sliver.ir.core import Module
 from sliver.ir.interp import run
 from sliver.ir.ops import TypeRuleError, get_op

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sliver
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.ir.interp import run
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import sliver
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.ir.interp import run
 
 

@@ -70,7 +70,8 @@ from typing import Callable
 
 import numpy as np
 
-from sliver.runtime.artifact import host_arch, output_error
+from sliver.common.numerics import output_error
+from sliver.common.platform import host_arch
 
 DEFAULT_MODELS = ("resnet18", "mobilenet_v2")
 BACKENDS = ("torch", "sliver", "sliver-tuned", "onnxruntime")
@@ -680,7 +681,7 @@ def format_table(report: dict) -> str:
 
 def _artifact_rows(rows: list[dict], unit: str) -> str:
     """The per-function table of :func:`bench_artifact` (``unit``: "ms" or "instructions")."""
-    from sliver.text import table_lines
+    from sliver.common.text import table_lines
 
     if unit == "ms":
         table = [("function", "calls", "median ms", "min", "max", "share", "sliver layers")]
@@ -703,7 +704,7 @@ def bench_artifact(args) -> dict:
     tables and returns the JSON-able report."""
     from dataclasses import asdict as _asdict
 
-    from sliver.errors import SliverError
+    from sliver.common.errors import SliverError
     from sliver.runtime import profile
     from sliver.runtime.artifact import read
 
@@ -767,7 +768,7 @@ def bench_artifact(args) -> dict:
 def _modeled_cycles(counted, library):
     """llvm-mca's Cortex-A72 cycles for a counted call (:mod:`sliver.runtime.cycles`), or
     None with a note when llvm is not installed (the count itself does not need it)."""
-    from sliver.errors import SliverError
+    from sliver.common.errors import SliverError
     from sliver.runtime import cycles
 
     try:

@@ -207,7 +207,7 @@ def run(args) -> dict:
     from sliver.api import optimize
     from sliver.backends.tvm.build import compile_module
     from sliver.runtime import emulate, icount
-    from sliver.runtime.artifact import output_error
+    from sliver.common.numerics import output_error
     from sliver.tools import zoo
 
     icount.ensure_ready()
@@ -250,7 +250,7 @@ def run(args) -> dict:
 def _ort(model, x, want, convs, args) -> dict:
     import torch
 
-    from sliver.runtime.artifact import output_error
+    from sliver.common.numerics import output_error
 
     site = ort_site(args.ort_version)
     with tempfile.TemporaryDirectory(prefix="sliver-bench-arm-") as tmp:
@@ -280,7 +280,7 @@ def _ort(model, x, want, convs, args) -> dict:
 
 
 def format_report(report: dict) -> str:
-    from sliver.text import table_lines
+    from sliver.common.text import table_lines
 
     cfg, builds = report["config"], report["builds"]
     s, n = builds["sliver"], builds["tvm_naive"]

@@ -260,7 +260,7 @@ def main(argv=None) -> int:
     print(format_report(rep))
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.json:
-        from sliver.files import atomic_write
+        from sliver.common.files import atomic_write
 
         atomic_write(args.json, lambda f: f.write(json.dumps(rep, indent=1).encode()))
     return 0

@@ -23,7 +23,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.runtime import cli as runtime_cli
 
 
@@ -232,7 +232,7 @@ def cmd_prune(args) -> int:
     (record,) = optimize(module, [prune])
     sys.stdout.write(record.notes["text"])
     if args.report:
-        from sliver.files import atomic_write
+        from sliver.common.files import atomic_write
 
         data = {k: v for k, v in record.notes.items() if k not in ("report", "text")} | record.notes["report"]
         atomic_write(args.report, lambda f: f.write(json.dumps(data, indent=2).encode()))

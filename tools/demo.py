@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sliver.runtime.artifact import output_error
+from sliver.common.numerics import output_error
 
 
 def _example():

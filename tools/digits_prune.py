@@ -128,7 +128,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def format_rows(rows: list[dict]) -> str:
     """The table, one line per (model, score, sparsity); accuracies as mean ± std over seeds."""
-    from sliver.text import table_lines
+    from sliver.common.text import table_lines
 
     table = [("model", "score", "input channels dropped", "params (unconstrained / constrained)",
               "unconstrained acc", "constrained acc")]

@@ -35,7 +35,7 @@ import html
 import sys
 from pathlib import Path
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 
 BITS = "bits"
 OUTLIER_KEYS = ("outlier", "super")
@@ -226,7 +226,7 @@ def _functions_of(manifest) -> dict[str, list[str]]:
 def measure(artifact, *, emulate: bool, repeat: int) -> tuple[dict, str]:
     """({function: (value, share)}, unit) — ms here, instructions on the emulated Pi —
     or ({}, why not) when the artifact cannot run here."""
-    from sliver.runtime.artifact import host_arch
+    from sliver.common.platform import host_arch
 
     arch = artifact.manifest["target"]["arch"]
     if emulate:
@@ -363,7 +363,7 @@ def run(args) -> int:
         args.model = spec
         art, source = _lower_model(args)
     doc = explain(art, source=source, emulate=args.emulate, repeat=args.repeat)
-    from sliver.files import atomic_write
+    from sliver.common.files import atomic_write
 
     text = doc.markdown()
     if args.output:

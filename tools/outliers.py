@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 
 
 @dataclass
@@ -180,7 +180,7 @@ def _run_artifact(art, x: np.ndarray) -> np.ndarray | None:
     from pathlib import Path
 
     from sliver.runtime import emulate
-    from sliver.runtime.artifact import host_arch
+    from sliver.common.platform import host_arch
 
     if art.manifest["target"]["arch"] == host_arch():
         return np.asarray(art.load()(x))

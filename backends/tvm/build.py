@@ -10,7 +10,7 @@ import os
 import tempfile
 import time
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.backends.tvm.targets import Target, check_toolchain, resolve, tvm_target
 
 

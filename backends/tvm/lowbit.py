@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from sliver.backends.tvm.lower import _channel_vector, _const, _R, _scalar, current, lowers
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 
 #: The C source linked into libraries that use the bit-serial kernel.
 KERNEL_SOURCE = Path(__file__).with_name("kernels") / "lowbit.c"
@@ -136,7 +136,7 @@ def _choose(op) -> str:
 
 def _arch() -> str:
     """The architecture being lowered for (the host's when lowering outside a build)."""
-    from sliver.runtime.artifact import host_arch
+    from sliver.common.platform import host_arch
 
     ctx = current()
     return ctx.target.arch if ctx is not None and ctx.target is not None else host_arch()

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 
 LOWERING: dict[str, Callable] = {}
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 
-from sliver.errors import TargetError
-from sliver.runtime.artifact import host_arch
+from sliver.common.errors import TargetError
+from sliver.common.platform import host_arch
 
 
 @dataclass(frozen=True)

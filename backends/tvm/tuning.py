@@ -49,8 +49,8 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
-from sliver.errors import SliverError
-from sliver.files import atomic_write
+from sliver.common.errors import SliverError
+from sliver.common.files import atomic_write
 from sliver.backends.tvm.targets import Target, check_toolchain, resolve, tvm_target
 
 ENV_DIR = "SLIVER_TUNING_DIR"

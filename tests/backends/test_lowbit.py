@@ -254,7 +254,7 @@ def test_arm64_library_of_kernels_only_links(tmp_path):
     """A module whose only compute is one fused qconv2d (no TIR function at all) links for
     arm64: the packed imports are built for the cross target, not the host."""
     from sliver.backends.tvm.build import compile_module
-    from sliver.runtime.artifact import elf_arch
+    from sliver.common.platform import elf_arch
 
     g = np.random.default_rng(1)
     m = Module("kernel_only")
@@ -288,7 +288,7 @@ def test_computed_weight_is_refused_with_the_layer_named():
     clear error naming the layer, not a TVM traceback."""
     pytest.importorskip("tvm")
     from sliver.backends.tvm.lower import to_relax
-    from sliver.errors import SliverError
+    from sliver.common.errors import SliverError
 
     m = Module("computed_weight")
     x = m.add_input(TensorType((1, 4, 5, 5), "f32"), "x")

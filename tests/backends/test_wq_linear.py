@@ -10,7 +10,7 @@ import precompile
 import sliver
 from helpers import dedent, emulated_first_output
 from sliver.api import optimize, trace
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.ir.interp import run
 from sliver.ir.parser import parse_module
 from sliver.passes.manager import make_pass

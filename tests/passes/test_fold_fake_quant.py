@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import sliver
 from helpers import dedent
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.ir.interp import run
 from sliver.ir.parser import parse_module
 from sliver.passes.fold_fake_quant import code_dtype

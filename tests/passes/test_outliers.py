@@ -11,7 +11,7 @@ from torch import nn
 from helpers import MLPBlock as Block
 from helpers import dedent, run_pass
 from sliver.api import trace
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.ir.parser import parse_module
 from sliver.passes.manager import PassManager, make_pass, parse_pipeline
 from sliver.passes.outliers import default_inputs, find_outliers, format_report

@@ -8,7 +8,7 @@ from torch import nn
 import precompile
 import sliver
 from helpers import dedent, numpy_inputs
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.ir.interp import run
 from sliver.ir.parser import parse_module
 from sliver.passes.manager import PassManager, make_pass

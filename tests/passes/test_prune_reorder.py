@@ -11,7 +11,7 @@ from torch import nn
 
 import sliver
 from helpers import dedent
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.ir.interp import run
 from sliver.ir.parser import parse_module
 from sliver.passes.consecutive import Read, arrange, consecutive_order, is_run

@@ -9,7 +9,7 @@ from torch import nn
 import sliver
 from helpers import MLPBlock, dedent, run_pass
 from sliver.api import optimize, trace
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.ir.interp import run
 from sliver.ir.parser import parse_module
 from sliver.passes.manager import PassManager, make_pass

@@ -4,7 +4,7 @@ is modeled block by block (the shared emulated run of the example: test_icount.p
 
 import pytest
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.runtime import cycles
 
 needs_mca = pytest.mark.skipif(

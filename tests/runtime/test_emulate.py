@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.runtime import emulate
 
 needs_pi = pytest.mark.skipif(
@@ -38,7 +38,7 @@ PROBE = textwrap.dedent(
         info["relax"] = True
     except Exception:  # runtime-only mode: AttributeError from missing compiler FFI
         info["relax"] = False
-    import sliver, sliver.errors, sliver.runtime
+    import sliver, sliver.common.errors, sliver.runtime
     info["sliver"] = [sliver.__file__, sliver.runtime.__file__]
     info["torch"] = importlib.util.find_spec("torch") is not None
     print(json.dumps(info))

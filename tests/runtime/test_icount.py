@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from sliver.errors import SliverError
+from sliver.common.errors import SliverError
 from sliver.runtime import cycles, emulate, icount
 
 LOOP = r"""
