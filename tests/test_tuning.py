@@ -127,6 +127,24 @@ def test_tuned_artifact_is_correct_and_uses_the_records(tuned, monkeypatch):
 
 
 @pytest.mark.slow
+def test_lower_with_a_budget_lowers_the_model_once(tmp_path, monkeypatch):
+    """lower(tune=N) tunes the Relax module it lowered and compiles that same module."""
+    import sliver
+    from sliver.backends.tvm import lower as lowering
+
+    monkeypatch.setenv("SLIVER_TUNING_DIR", str(tmp_path))
+    monkeypatch.setattr(tuning.search, "TRIALS_PER_BATCH", 2)
+    calls = []
+    real = lowering.to_relax
+    monkeypatch.setattr(lowering, "to_relax", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model, inputs = tuning_models.first()
+    art = sliver.lower(model, inputs, target="x86_64", tune=2)
+    assert len(calls) == 1
+    assert len(art.manifest["tuning"]["tuned"]) == art.manifest["tuning"]["kernels"] == 4
+    assert_close(art.load().run(*numpy_inputs(inputs)), torch_outputs(model, inputs))
+
+
+@pytest.mark.slow
 def test_records_are_keyed_by_target(tuned, monkeypatch):
     """An x86 record is never applied to arm64 (TVM's database alone would: #15549)."""
     import sliver
