@@ -357,7 +357,7 @@ def test_device_that_drops_mid_tuning_resumes(tracker, tmp_path, monkeypatch):
 def test_rpc_tuning_on_the_emulated_pi(tracker, tmp_path, monkeypatch):
     """`sliver device serve` on the emulated Pi (qemu, runtime only), `sliver tune
     --rpc` against it, then the tuned arm64 artifact checked on the Pi."""
-    from sliver.runtime import emulate
+    from sliver.tools.emulator import emulate
     from sliver.tools.cli import main
 
     monkeypatch.setenv("SLIVER_TUNING_DIR", str(tmp_path / "db"))
