@@ -303,8 +303,15 @@ def _wait_for(rpc, proc, seconds=180):
     raise AssertionError(f"the RPC server did not register with the tracker\n{log}")
 
 
+RPC_SECRET = "tuning-test-secret-0123456789"
+
+
 @pytest.fixture
-def tracker():
+def tracker(monkeypatch):
+    """A tracker, and the shared RPC secret in the environment (servers started here inherit it)."""
+    from sliver.common.rpcauth import ENV
+
+    monkeypatch.setenv(ENV, RPC_SECRET)
     port = _free_port()
     tr = tuning.start_tracker("127.0.0.1", port, port + 10)
     yield tr
@@ -467,3 +474,24 @@ def test_an_unreadable_database_is_a_warning_in_lower(tuned, tmp_path, monkeypat
         art = sliver.lower(model, inputs, target="x86_64")
     assert art.manifest["tuning"]["tuned"] == []
     assert_close(art.load().run(*numpy_inputs(inputs)), torch_outputs(model, inputs))
+
+
+@pytest.mark.slow
+def test_tuning_against_a_device_with_another_secret_fails_before_any_work(tracker, tmp_path, monkeypatch):
+    from sliver.common.rpcauth import ENV, RPCAuthError
+
+    server = _serve(tracker, "host")  # holds RPC_SECRET
+    try:
+        rpc = tuning.RPC(f"127.0.0.1:{tracker.port}", "host")
+        _wait_for(rpc, server)
+        monkeypatch.setenv(ENV, "not-the-device-secret-0123")
+        with pytest.raises(RPCAuthError, match="does not share this secret"):
+            tuning.tune(_module(tuning_models.first), "x86_64", Budget(trials=2),
+                        rpc=tuning.RPC(f"127.0.0.1:{tracker.port}", "host"), root=tmp_path)
+        assert not TuningDatabase("x86_64", tmp_path, create=False).exists()
+        monkeypatch.delenv(ENV)
+        with pytest.raises(RPCAuthError, match="SLIVER_RPC_SECRET"):
+            tuning.RPC(f"127.0.0.1:{tracker.port}", "host")
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
