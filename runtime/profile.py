@@ -44,10 +44,10 @@ def stats_ms(times_s) -> dict:
     return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms)}
 
 
-def describe(manifest: dict, function: str) -> tuple[list, list]:
+def describe(manifest, function: str) -> tuple[list, list]:
     """(sliver ops, their distinct layers) that compiled ``function`` computes."""
-    ops = list(manifest.get("primfuncs", {}).get(function, []))
-    layer_of = {o["name"]: o.get("layer") for o in manifest.get("ops", [])}
+    ops = list(manifest.primfuncs.get(function, []))
+    layer_of = {o.name: o.layer for o in manifest.ops}
     layers = []
     for name in ops:
         layer = layer_of.get(name)

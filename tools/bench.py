@@ -340,9 +340,9 @@ def prepare_sliver(model, x: np.ndarray, res: Result, verbose: bool, tuned: bool
     t0 = time.perf_counter()
     compiled = art.load()
     res.load_s = time.perf_counter() - t0
-    res.note = f"pipeline {art.manifest.get('pipeline', '?')}"
+    res.note = f"pipeline {art.manifest.pipeline}"
     if tuned:
-        info = art.manifest["tuning"]
+        info = art.manifest.tuning
         res.note += (f"; tuning database: {cov['trials']} MetaSchedule trials over {cov['searched']} of the "
                      f"{cov['tasks']} kernels (+ each kernel's default schedule measured); {len(info['tuned'])} of "
                      f"{info['kernels']} kernels use database schedules (the fastest measured, default included)")
@@ -710,8 +710,8 @@ def bench_artifact(args) -> dict:
 
     art = read(args.artifact)
     m = art.manifest
-    head = f"{args.artifact}: @{m['model']} for {m['target']['name']} ({m['target']['arch']})"
-    report = {"artifact": str(args.artifact), "model": m["model"], "target": m["target"]["name"]}
+    head = f"{args.artifact}: @{m.model} for {m.target.name} ({m.target.arch})"
+    report = {"artifact": str(args.artifact), "model": m.model, "target": m.target.name}
     if args.emulate:
         from sliver.runtime import emulate, icount
 
@@ -743,8 +743,8 @@ def bench_artifact(args) -> dict:
             print(_artifact_rows(rows, "instructions"))
             report["functions"] = rows
         return report
-    if m["target"]["arch"] != host_arch():
-        raise SliverError(f"{args.artifact} is built for {m['target']['arch']}; this machine is {host_arch()}: "
+    if m.target.arch != host_arch():
+        raise SliverError(f"{args.artifact} is built for {m.target.arch}; this machine is {host_arch()}: "
                           "add --emulate to count its instructions on the emulated Pi")
     repeat = args.repeat or 30
     set_tvm_threads(args.threads)
