@@ -12,12 +12,12 @@ loads it, fills its arguments and times it.  So the server is safe by default:
 - every session needs the shared secret (``$SLIVER_RPC_SECRET`` or
   ``--secret-file``), proven by a challenge-response before TVM sees the socket
   (:mod:`sliver.common.rpcauth`); TVM's ``--key`` only matches devices to tuners;
-- uploads, downloads, listings and removals stay inside the session's own work
-  folder (absolute paths and ``..`` are refused), and linking uploaded objects on
+- uploads, downloads, listings and removals stay inside a per-session
+  work folder (absolute paths and ``..`` are refused), and linking uploaded objects on
   the device is not served;
 - a connection that does not finish its handshake within ``handshake_timeout`` is
-  dropped, handshakes run beside each other (an idle connection blocks nobody), a
-  session's socket has TCP keep-alive (a vanished peer is noticed) and no session
+  dropped, handshakes run beside each other (an idle connection blocks nobody), every
+  session socket has TCP keep-alive (a vanished peer is noticed) and no session
   runs longer than ``session_timeout``.
 
 It needs what the deploy side has (the TVM runtime, numpy): no compiler, no torch.
@@ -57,7 +57,7 @@ HANDSHAKE_TIMEOUT_S = 10.0
 SESSION_TIMEOUT_S = 600.0
 #: handshakes in progress at once (more connections are closed at once)
 MAX_HANDSHAKES = 32
-#: TCP keep-alive of a session's socket: a peer that vanished is noticed after ~IDLE + INTVL * CNT s
+#: TCP keep-alive of each session socket: a peer that vanished is noticed after ~IDLE + INTVL * CNT s
 KEEPALIVE = {"TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3}
 WARNING = ("an RPC server runs the code its clients send; only clients that hold the shared secret get a "
            "session")
@@ -119,7 +119,7 @@ def _bind(host: str, port: int, port_end: int) -> tuple[socket.socket, int]:
 
 
 def confine(work: str, name) -> str:
-    """``name`` inside the session's work folder, or PermissionError for an absolute
+    """``name`` inside its own work folder, or PermissionError for an absolute
     path, a ``..`` component or a symbolic link out of it."""
     if not isinstance(name, str) or not name or "\0" in name:
         raise PermissionError(f"{name!r}: give a file name inside the RPC server's work folder")

@@ -1,6 +1,6 @@
 """`sliver device serve` is safe by default (runtime/serve.py, common/rpcauth.py):
 loopback unless told otherwise, sessions only for clients holding the shared secret,
-files confined to the session's work folder, idle connections blocking nobody.
+files confined to its own work folder, idle connections blocking nobody.
 
 Every server here is a `python -m sliver.runtime serve` process on 127.0.0.1.
 """
