@@ -119,10 +119,13 @@ def _bind(host: str, port: int, port_end: int) -> tuple[socket.socket, int]:
 
 
 def confine(work: str, name) -> str:
-    """``name`` inside its own work folder, or PermissionError for an absolute
-    path, a ``..`` component or a symbolic link out of it."""
-    if not isinstance(name, str) or not name or "\0" in name:
+    """``name`` inside the work folder ``work`` (``""``: the folder itself, which TVM's
+    runner removes when it is done), or PermissionError for an absolute path, a ``..``
+    component or a symbolic link out of it."""
+    if not isinstance(name, str) or "\0" in name:
         raise PermissionError(f"{name!r}: give a file name inside the RPC server's work folder")
+    if name in ("", "."):
+        return work
     parts = PurePosixPath(name.replace("\\", "/"))
     if parts.is_absolute() or ".." in parts.parts:
         raise PermissionError(f"{name!r}: the RPC server reads and writes only inside its work folder; give a "

@@ -157,7 +157,8 @@ def test_confine_refuses_links_out(tmp_path):
     work.mkdir()
     (work / "out").symlink_to("/etc")
     assert confine(str(work), "lib.so") == str(work / "lib.so")
-    for bad in ("out/hostname", "/etc/hostname", "..", "a/../../b", ""):
+    assert confine(str(work), "") == str(work)  # TVM's runner removes the folder when it is done
+    for bad in ("out/hostname", "/etc/hostname", "..", "a/../../b", "/"):
         with pytest.raises(PermissionError):
             confine(str(work), bad)
 
