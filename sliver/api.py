@@ -15,6 +15,7 @@ import numpy as np
 
 import sliver
 from sliver.common.errors import SliverError
+from sliver.common.numerics import as_numpy
 
 #: what ``lower`` runs when no pipeline is given.  fold-fake-quant goes first: it turns QAT
 #: layers into low-bit ops (absorbing their batch norms) before fold-batchnorm and
@@ -33,12 +34,6 @@ def _torch_inputs(example_inputs) -> tuple:
 
     return tuple(torch.from_numpy(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
                  for x in _as_tuple(example_inputs))
-
-
-def _numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.ascontiguousarray(np.asarray(x))
 
 
 def layer_of(op) -> str | None:
@@ -107,10 +102,10 @@ def _reference_outputs(model, module, inputs) -> list[np.ndarray]:
         with torch.no_grad():
             out = model(*_torch_inputs(inputs))
         # the same flat order torch.export gives the outputs (dicts and ModelOutputs included)
-        return [_numpy(o) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+        return [as_numpy(o) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
     from sliver.ir.interp import run
 
-    return run(module, [_numpy(x) for x in inputs])
+    return run(module, [as_numpy(x) for x in inputs])
 
 
 def _tuning_database(module, target, tune, rpc, progress, winograd=True):
@@ -188,7 +183,7 @@ def lower(
             raise SliverError("lower() of a traced Module needs example inputs for the golden data")
     else:
         module = trace(model, inputs)
-    golden_inputs = [_numpy(x) for x in inputs]
+    golden_inputs = [as_numpy(x) for x in inputs]
     golden_outputs = _reference_outputs(model, module, inputs)
 
     records = optimize(module, pipeline, verify=verify, instruments=instruments)
