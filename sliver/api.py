@@ -78,7 +78,7 @@ def record_dict(record) -> dict:
 
 def trace(model, example_inputs=(), *, name: str | None = None):
     """Trace an ``nn.Module`` (or a ``torch.export.ExportedProgram``) into sliver IR."""
-    from sliver.ir.trace import trace as _trace
+    from sliver.frontend import trace as _trace
     from sliver.ir.verifier import verify
 
     module = _trace(model, _torch_inputs(example_inputs), name=name)

@@ -41,12 +41,12 @@ def cmd_trace(args) -> int:
     from sliver.ir.io import save_module
 
     if args.check:
-        from sliver.ir.trace import _scan_unsupported, export
+        from sliver.frontend import export, scan_unsupported
         from sliver.api import _torch_inputs
 
         model, inputs = load_model(args.model)
         ep = export(model, _torch_inputs(inputs))
-        problems = _scan_unsupported(ep.graph)
+        problems = scan_unsupported(ep.graph)
         if not problems:
             print(f"{args.model}: every operator is supported")
             return 0
@@ -273,7 +273,7 @@ def cmd_passes(args) -> int:
 
 def cmd_ops(args) -> int:
     from sliver.ir.ops import all_ops
-    from sliver.ir.trace import supported_ops
+    from sliver.frontend import supported_ops
 
     for name, decl in all_ops().items():
         print(f"{name:<20} ({', '.join(decl.operands)})  {decl.doc}")
