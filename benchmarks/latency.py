@@ -276,12 +276,12 @@ def prepare_sliver(model, x: np.ndarray, res: Result, verbose: bool, tuned: bool
     t0 = time.perf_counter()
     compiled = art.load()
     res.load_s = time.perf_counter() - t0
-    res.note = f"pipeline {art.manifest.get('pipeline', '?')}"
+    res.note = f"pipeline {art.manifest.pipeline}"
     if tuned:
-        info = art.manifest["tuning"]
+        info = art.manifest.tuning
         res.note += (f"; tuning database: {cov['trials']} MetaSchedule trials over {cov['searched']} of the "
-                     f"{cov['tasks']} kernels (+ each kernel's default schedule measured); {len(info['tuned'])} of "
-                     f"{info['kernels']} kernels use database schedules (the fastest measured, default included)")
+                     f"{cov['tasks']} kernels (+ each kernel's default schedule measured); {len(info.tuned)} of "
+                     f"{info.kernels} kernels use database schedules (the fastest measured, default included)")
 
     def run(x: np.ndarray) -> np.ndarray:
         return compiled.run(x)[0]

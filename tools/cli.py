@@ -273,8 +273,8 @@ def cmd_tune(args) -> int:
 
             art = lower(model, inputs, target, passes=args.passes, progress=_say)
             path = art.save(args.output)
-            tuned = art.manifest["tuning"]["tuned"]
-            _say(f"wrote {path} (target {art.target}; {len(tuned)} of {art.manifest['tuning']['kernels']} "
+            tuned = art.manifest.tuning.tuned
+            _say(f"wrote {path} (target {art.target}; {len(tuned)} of {art.manifest.tuning.kernels} "
                  "kernels use tuned schedules)")
     elif args.trials is not None or args.time_budget is not None or args.output:
         raise SliverError("--trials, --time-budget and -o need a MODEL to tune")
