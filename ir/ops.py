@@ -189,7 +189,9 @@ def _param_infer(types):
     raise TypeRuleError("a param's type comes from its data: create params with Module.add_param")
 
 
-declare("param", (), infer=_param_infer, ref=None, doc="A weight; its data is Module.params[result name].")
+declare("param", (), infer=_param_infer, ref=None, doc="A weight; its data is Module.params[result name].",
+        opt_out={"ref": "a param is its data (Module.params), nothing to compute",
+                 "lower": "the backend binds each param as a constant itself"})
 
 
 def _constant_infer(types, *, value, dtype, shape):
@@ -595,14 +597,14 @@ declare("softmax", ("x",), {"axis": -1}, infer=_softmax_infer,
         ref=lambda x, axis: _torch().softmax(x, axis), doc="softmax along an axis")
 
 
-def _reduce(name, fn, doc):
+def _reduce(name, fn, doc, opt_out=None):
     def infer(types, *, axes, keepdim):
         x = types[0]
         norm = {_axis(a, x.rank, name) for a in axes}
         shape = [1 if i in norm else d for i, d in enumerate(x.shape) if keepdim or i not in norm]
         return x.with_shape(shape)
 
-    declare(name, ("x",), {"axes": REQUIRED, "keepdim": False}, infer=infer, ref=fn, doc=doc)
+    declare(name, ("x",), {"axes": REQUIRED, "keepdim": False}, infer=infer, ref=fn, doc=doc, opt_out=opt_out)
 
 
 _reduce("mean", lambda x, axes, keepdim: x.mean(axes, keepdim=keepdim), "mean over axes")
@@ -656,6 +658,8 @@ declare(
 # Integer products in qconv2d / qdense are accumulated exactly (float64 holds every
 # int32 sum exactly), then rescaled in the input's float type.
 
+#: the quantization ops come from the fake-quant folding and activation quantization passes
+_MADE_BY_PASSES = "made by the quantization passes from fake-quantized or float layers, never traced from torch"
 
 def _qcheck_zero_point(op: str, what: str, zp: int, dtype: str) -> None:
     from sliver.ir.types import int_range
@@ -755,7 +759,7 @@ declare(
     "quantize", ("x",), {"scale": REQUIRED, "zero_point": 0, "dtype": REQUIRED},
     # elementwise, but not declared channelwise: channel analysis marks an unknown channel
     # value NaN, which quantize would turn into the code qmin; pruning runs on float graphs
-    infer=_quantize_infer, ref=_quantize_ref, traits=("elementwise",),
+    infer=_quantize_infer, ref=_quantize_ref, traits=("elementwise",), opt_out={"trace": _MADE_BY_PASSES},
     doc="integer codes clamp(round(x / scale) + zero_point, qmin, qmax) of dtype (u1..u8, i1..i8); "
         "torch's fake-quant rounding: x * (1.0f / scale), half to even",
 )
@@ -776,7 +780,7 @@ def _dequantize_ref(q, *, scale, zero_point):
 
 declare(
     "dequantize", ("q",), {"scale": REQUIRED, "zero_point": 0},
-    infer=_dequantize_infer, ref=_dequantize_ref, traits=("elementwise",),
+    infer=_dequantize_infer, ref=_dequantize_ref, traits=("elementwise",), opt_out={"trace": _MADE_BY_PASSES},
     doc="(q - zero_point) * scale as f32",  # not channelwise, as quantize
 )
 
@@ -854,7 +858,7 @@ def _qconv2d_ref(x, w, scale, bias=None, *, stride, padding, dilation, groups, x
 declare(
     "qconv2d", ("x", "w", "scale", "b?"),
     {"stride": (1, 1), "padding": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1, **_QEPILOGUE},
-    infer=_qconv2d_infer, ref=_qconv2d_ref,
+    infer=_qconv2d_infer, ref=_qconv2d_ref, opt_out={"trace": _MADE_BY_PASSES},
     doc="low-bit conv2d on integer codes: acc = Σ (x - x_zero_point)(w - w_zero_point) exactly (padding holds "
         "x_zero_point), y = clamp(acc * scale[o] + b[o], clamp_min, clamp_max), then f32 or quantized to "
         "out_dtype with out_scale/out_zero_point",
@@ -875,7 +879,7 @@ def _qdense_ref(x, w, scale, bias=None, *, x_zero_point, w_zero_point, **attrs):
 
 declare(
     "qdense", ("x", "w", "scale", "b?"), dict(_QEPILOGUE),
-    infer=_qdense_infer, ref=_qdense_ref,
+    infer=_qdense_infer, ref=_qdense_ref, opt_out={"trace": _MADE_BY_PASSES},
     doc="low-bit linear on integer codes: acc = Σ_k (x - x_zero_point)(w[o,k] - w_zero_point) exactly, then the "
         "qconv2d epilogue (scale, bias, clamp, f32 or requantized out_dtype)",
 )
@@ -941,6 +945,7 @@ declare(
     "wq_linear", ("x", "codes", "scale", "zero", "out_index", "out_value", "b?"),
     {"bits": REQUIRED, "block": REQUIRED, "out_features": REQUIRED},
     infer=_wq_linear_infer, ref=_wq_linear_ref,
+    opt_out={"trace": "made by the outlier-preserving weight quantization pass, never traced from torch"},
     doc="weight-only quantized linear: x @ W.T + b with W[out_features, K] = (code - zero[i // block]) * "
         "scale[i // block] at flat index i (codes: bits-bit, packed little-endian into u8), plus the float "
         "outliers out_value added at flat indices out_index",
@@ -948,4 +953,5 @@ declare(
 
 
 _reduce("amax", lambda x, axes, keepdim: x.amax(axes, keepdim=keepdim),
-        "max over axes (dynamic activation ranges: amax(abs(x)))")
+        "max over axes (dynamic activation ranges: amax(abs(x)))",
+        opt_out={"trace": "made by activation quantization for dynamic ranges; torch's amax is not traced yet"})
