@@ -255,6 +255,8 @@ _unary("rsqrt", lambda x: _torch().rsqrt(x), "1 / sqrt(x)", aten=("rsqrt",))
 _unary("erf", lambda x: _torch().erf(x), "the error function", aten=("erf",))
 _unary("sin", lambda x: _torch().sin(x), "sine", aten=("sin",))
 _unary("cos", lambda x: _torch().cos(x), "cosine", aten=("cos",))
+_unary("leaky_relu", lambda x, negative_slope: _torch().nn.functional.leaky_relu(x, negative_slope),
+       "x if x >= 0 else negative_slope * x", {"negative_slope": 0.01}, aten=("leaky_relu",))
 _unary("neg", lambda x: -x, "-x", floats=False, aten=("neg",))
 _unary("abs", lambda x: x.abs(), "|x|", floats=False, aten=("abs",))
 _unary("clamp", lambda x, min, max: x.clamp(min, max), "min(max(x, min), max); either bound may be none",

@@ -90,6 +90,11 @@ def _hardsigmoid(bb, x):
     return bb.emit(R.divide(clipped, _scalar(6.0, x)))
 
 
+@lowers("leaky_relu")
+def _leaky_relu(bb, op, x):
+    return bb.emit(_R().nn.leakyrelu(x, float(op.attrs["negative_slope"])))
+
+
 @lowers("hardsigmoid")
 def _hardsigmoid_rule(bb, op, x):
     return _hardsigmoid(bb, x)
