@@ -148,7 +148,10 @@ def lower(
     :class:`~sliver.runtime.artifact.Artifact` (``.save(path)``, ``.load()``).
 
     ``model`` may also be a sliver ``Module`` (already traced).  ``target`` is
-    ``"x86_64"``, ``"arm64"``, ``"rpi5"`` or a TVM target dict.  The example
+    ``"x86_64"`` (this machine's exact CPU: the artifact may not run on another x86-64
+    CPU), ``"x86-64-v2"``, ``"x86-64-v3"``, ``"x86-64-v4"`` (any x86-64 CPU of that
+    level), ``"arm64"``, ``"rpi5"`` or a TVM target dict (see
+    :mod:`sliver.backends.tvm.targets`; the manifest's ``target.runs_on`` says which CPUs).  The example
     inputs and the model's outputs on them are stored as golden data, so the
     device can check itself (``sliver run --verify``).  ``atol`` is relative to
     the largest output magnitude.
@@ -202,7 +205,7 @@ def lower(
         "tvm_version": tvm_version(),
         "python": ".".join(map(str, sys.version_info[:3])),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "target": {"name": tgt.name, "arch": tgt.arch, "tvm": tgt.spec},
+        "target": tgt.facts(),  # which CPUs the library runs on: name, arch, cpu, level, portable
         "pipeline": pipeline_string(pipeline),
         "inputs": [{"name": v.name, "shape": list(v.type.shape), "dtype": v.type.dtype} for v in module.inputs],
         "outputs": [{"name": v.name, "shape": list(v.type.shape), "dtype": v.type.dtype} for v in module.outputs],
