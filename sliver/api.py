@@ -83,7 +83,7 @@ def record_dict(record) -> dict:
 
 def trace(model, example_inputs=(), *, name: str | None = None):
     """Trace an ``nn.Module`` (or a ``torch.export.ExportedProgram``) into sliver IR."""
-    from sliver.ir.trace import trace as _trace
+    from sliver.frontend import trace as _trace
     from sliver.ir.verifier import verify
 
     module = _trace(model, _torch_inputs(example_inputs), name=name)
@@ -114,19 +114,27 @@ def _reference_outputs(model, module, inputs) -> list[np.ndarray]:
 
 
 def _tuning_database(module, target, tune, rpc, progress, winograd=True):
-    """The tuning database ``lower`` applies (None: default schedules only), after
-    tuning first when ``tune`` is a budget."""
+    """``(database, lowered)``: the tuning database ``lower`` applies (None: default
+    schedules only), after tuning first when ``tune`` is a budget; ``lowered`` is
+    the ``(Relax module, LowerContext)`` the tuner worked on (None when it did not
+    run), for the compiler to take instead of lowering ``module`` again."""
     if tune is False:
-        return None
+        return None, None
     from sliver.backends.tvm import tuning
 
+    lowered = None
     if tune is not None:
+        from sliver.backends.tvm.lower import LowerContext, to_relax
+
         budget = tuning.Budget.of(tune)
         if rpc is not None and not isinstance(rpc, tuning.RPC):
             rpc = tuning.RPC(*rpc)
-        tuning.tune(module, target, budget, rpc=rpc, progress=tuning.Progress(say=progress), winograd=winograd)
+        tuning.check_measurable(target, rpc)
+        context = LowerContext(target=target)
+        lowered = (to_relax(module, context), context)
+        tuning.tune(lowered[0], target, budget, rpc=rpc, progress=tuning.Progress(say=progress), winograd=winograd)
     db = tuning.TuningDatabase(target, create=False)
-    return db if db.exists() else None
+    return (db if db.exists() else None), lowered
 
 
 def lower(
@@ -191,12 +199,12 @@ def lower(
         from sliver.ir.interp import run
 
         golden_outputs = run(module, golden_inputs)
-    tuning = _tuning_database(module, tgt, tune, rpc, progress, winograd)
+    tuning, lowered = _tuning_database(module, tgt, tune, rpc, progress, winograd)
     kernels: dict = {}
     primfuncs: dict = {}
     schedules: dict = {}
     library = compile_module(module, tgt, progress=progress, kernels=kernels, layers=primfuncs, tuning=tuning,
-                             report=schedules, winograd=winograd)
+                             report=schedules, winograd=winograd, lowered=lowered)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

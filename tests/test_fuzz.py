@@ -15,7 +15,7 @@ import precompile
 import sliver
 from helpers import assert_close, numpy_inputs, torch_outputs
 from sliver.ir.interp import run
-from sliver.tools.zoo import random_convnet
+from zoo import random_convnet
 
 _start, _stop = (int(s) for s in os.environ.get("SLIVER_FUZZ_SEEDS", "0:200").split(":"))
 SEEDS = list(range(_start, _stop))

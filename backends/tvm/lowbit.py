@@ -28,7 +28,7 @@ the other two:
 
 Which kernel a layer gets is decided per target (``Target.lowbit_kernel`` and
 ``Target.bitserial_min_row``, :mod:`~sliver.backends.tvm.targets`, measured by
-``python -m sliver.tools.bench_lowbit``); :func:`kernel_override` forces one (the
+``python -m sliver.benchmarks.bench_lowbit``); :func:`kernel_override` forces one (the
 benchmark uses it to compare).  The choice per layer lands in the lowering report
 (``lower.current().report``) and from there in the artifact's manifest.
 """

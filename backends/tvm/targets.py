@@ -302,7 +302,7 @@ def check_toolchain(target: Target) -> None:
         package = "gcc-aarch64-linux-gnu" if target.arch == "aarch64" else "gcc-x86-64-linux-gnu"
         raise TargetError(
             f"compiling for {target.name} needs the cross compiler {target.cross_compiler}, which is not installed; "
-            f"run `bash tools/setup_pi_emulator.sh` (or `apt-get install {package}`)"
+            f"run `bash tools/emulator/setup_pi_emulator.sh` (or `apt-get install {package}`)"
         )
 
 
