@@ -253,12 +253,12 @@ def _arm(name: str, mcpu: str, mattr: list[str], cores: int, board: str) -> Targ
 
 NAMES = {
     "x86_64": _host_x86,
-    "x86-64-v2": lambda: _level("x86-64-v2"),
-    "x86-64-v3": lambda: _level("x86-64-v3"),
-    "x86-64-v4": lambda: _level("x86-64-v4"),
     "arm64": lambda: _arm("arm64", "cortex-a72", ["+neon"], 4, "Raspberry Pi 4 class boards (Cortex-A72)"),
     "rpi4": lambda: _arm("rpi4", "cortex-a72", ["+neon"], 4, "Raspberry Pi 4 class boards (Cortex-A72)"),
     "rpi5": lambda: _arm("rpi5", "cortex-a76", ["+neon", "+dotprod"], 4, "Raspberry Pi 5 (Cortex-A76)"),
+    "x86-64-v2": lambda: _level("x86-64-v2"),
+    "x86-64-v3": lambda: _level("x86-64-v3"),
+    "x86-64-v4": lambda: _level("x86-64-v4"),
 }
 ALIASES = {"x86": "x86_64", "x86-64": "x86_64", "host-x86_64": "x86_64", "aarch64": "arm64"}
 
