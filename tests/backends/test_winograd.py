@@ -168,7 +168,7 @@ def test_compiled_winograd_model_matches_torch(net, target):
         pytest.skip(f"this machine cannot run {target} code")
     _, x, want = net
     art = _lowered(target, True)
-    assert len(art.manifest["winograd"]) == n_winograd(target), art.manifest["winograd"]
+    assert len(art.manifest.winograd) == n_winograd(target), art.manifest.winograd
     got = art.load().run(x.numpy())[0]
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
@@ -180,7 +180,7 @@ def test_compiled_direct_model_matches_torch(net, target):
         pytest.skip(f"this machine cannot run {target} code")
     _, x, want = net
     art = _lowered(target, False)
-    assert art.manifest["winograd"] == []
+    assert art.manifest.winograd == []
     got = art.load().run(x.numpy())[0]
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
@@ -242,7 +242,7 @@ def test_arm64_winograd_artifact_matches_torch_on_emulated_pi(net, tmp_path):
     path = precompile.get(("call", "test_winograd", "lowered", "arm64", True))  # lowered(): compiled ahead
     from sliver.runtime.artifact import read
 
-    assert len(read(path).manifest["winograd"]) == n_winograd("arm64")
+    assert len(read(path).manifest.winograd) == n_winograd("arm64")
     got = emulated_first_output(path, tmp_path)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 

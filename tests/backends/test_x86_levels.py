@@ -150,9 +150,10 @@ def test_lowbit_model_lowers_for_each_x86_target(target):
 
     art = read(_artifact(target))
     t = resolve(target)
-    assert art.manifest["kernels"] == {"q2": "bitserial", "q8": "int8", "fc": "bitserial"}
-    assert art.manifest["target"]["name"] == t.name and art.manifest["target"]["portable"] == t.portable
-    assert art.manifest["target"]["level"] == t.level
+    assert art.manifest.kernels == {"q2": "bitserial", "q8": "int8", "fc": "bitserial"}
+    facts = art.manifest.target
+    assert (facts.name, facts.cpu, facts.level, facts.portable) == (t.name, t.cpu, t.level, t.portable)
+    assert facts.runs_on == t.runs_on
     if not _can_run(target):
         pytest.skip(f"this machine cannot run {target} code")
     module, inputs = lowbit_model()
