@@ -260,6 +260,8 @@ NAMES = {
     "x86-64-v3": lambda: _level("x86-64-v3"),
     "x86-64-v4": lambda: _level("x86-64-v4"),
 }
+#: every named target's architecture (known without building the target, which asks TVM about the host)
+ARCH = {name: "x86_64" if name.startswith(("x86_64", "x86-64")) else "aarch64" for name in NAMES}
 ALIASES = {"x86": "x86_64", "x86-64": "x86_64", "host-x86_64": "x86_64", "aarch64": "arm64"}
 
 
