@@ -40,7 +40,7 @@ X86_LEVEL_FEATURES = {
 X86_LEVELS = tuple(X86_LEVEL_FEATURES)
 
 #: The kernel a low-bit layer below 8 bits gets per architecture, picked by
-#: ``python -m sliver.tools.bench_lowbit`` (README, "Low-bit kernels"): on aarch64
+#: ``python -m sliver.benchmarks.bench_lowbit`` (docs/results/lowbit.md): on aarch64
 #: bit-serial (NEON cnt) executes 2.8-2.9x fewer instructions than the int8 kernel on
 #: ResNet-18 3x3 convs; on x86-64 (AVX2 nibble-table popcount, no vector popcount
 #: instruction) bit-serial beat unpacking to the int8 kernel's byte dot products only on
