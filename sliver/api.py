@@ -85,18 +85,18 @@ def _inference(model, what: str):
     A forward pass that changes a parameter in place is refused."""
     import torch
 
+    _check_model(model)
     if not isinstance(model, torch.nn.Module):
         yield
         return
-    _check_model(model)
     flags = [(m, m.training) for m in model.modules()]
     training = [f"{type(m).__name__} {name!r}" if name else type(m).__name__ for name, m in model.named_modules()
                 if m.training and isinstance(m, _mode_dependent())]
     if training:
         shown = ", ".join(training[:5]) + (f" and {len(training) - 5} more" if len(training) > 5 else "")
         warnings.warn(
-            f"{what}(): the model is in training mode; sliver compiles inference, so it traced and evaluated the "
-            f"model in eval mode (BatchNorm uses its running statistics, Dropout is off) for {shown}. The model "
+            f"{what}(): the model is in training mode; sliver compiles inference, so it "
+            f"{'traced and evaluated' if what == 'lower' else 'traced'} the model in eval mode (BatchNorm uses its running statistics, Dropout is off) for {shown}. The model "
             "itself is left in the mode it was in; call model.eval() first to silence this note.",
             SliverWarning, stacklevel=4,  # the caller of trace()/lower()
         )
@@ -181,7 +181,7 @@ def trace(model, example_inputs=(), *, name: str | None = None):
 
 
 def _trace_verified(model, example_inputs, name=None):
-    from sliver.ir.trace import trace as _trace
+    from sliver.frontend import trace as _trace
     from sliver.ir.verifier import verify
 
     module = _trace(model, _torch_inputs(example_inputs), name=name)
@@ -217,19 +217,27 @@ def _reference_outputs(model, module, inputs) -> list[np.ndarray]:
 
 
 def _tuning_database(module, target, tune, rpc, progress, winograd=True):
-    """The tuning database ``lower`` applies (None: default schedules only), after
-    tuning first when ``tune`` is a budget."""
+    """``(database, lowered)``: the tuning database ``lower`` applies (None: default
+    schedules only), after tuning first when ``tune`` is a budget; ``lowered`` is
+    the ``(Relax module, LowerContext)`` the tuner worked on (None when it did not
+    run), for the compiler to take instead of lowering ``module`` again."""
     if tune is False:
-        return None
+        return None, None
     from sliver.backends.tvm import tuning
 
+    lowered = None
     if tune is not None:
+        from sliver.backends.tvm.lower import LowerContext, to_relax
+
         budget = tuning.Budget.of(tune)
         if rpc is not None and not isinstance(rpc, tuning.RPC):
             rpc = tuning.RPC(*rpc)
-        tuning.tune(module, target, budget, rpc=rpc, progress=tuning.Progress(say=progress), winograd=winograd)
+        tuning.check_measurable(target, rpc)
+        context = LowerContext(target=target)
+        lowered = (to_relax(module, context), context)
+        tuning.tune(lowered[0], target, budget, rpc=rpc, progress=tuning.Progress(say=progress), winograd=winograd)
     db = tuning.TuningDatabase(target, create=False)
-    return db if db.exists() else None
+    return (db if db.exists() else None), lowered
 
 
 def lower(
@@ -303,12 +311,12 @@ def lower(
         from sliver.ir.interp import run
 
         golden_outputs = run(module, golden_inputs)
-    tuning = _tuning_database(module, tgt, tune, rpc, progress, winograd)
+    tuning, lowered = _tuning_database(module, tgt, tune, rpc, progress, winograd)
     kernels: dict = {}
     primfuncs: dict = {}
     schedules: dict = {}
     library = compile_module(module, tgt, progress=progress, kernels=kernels, layers=primfuncs, tuning=tuning,
-                             report=schedules, winograd=winograd)
+                             report=schedules, winograd=winograd, lowered=lowered)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -14,7 +14,7 @@ sys.path.insert(0, str(TESTS))  # `import helpers`
 import torch  # noqa: E402
 
 import precompile  # noqa: E402
-from sliver.runtime import emulate  # noqa: E402
+from sliver.tools.emulator import emulate  # noqa: E402
 
 # Tests run small tensors: torch's second OpenMP thread only adds barrier waits, and on a
 # shared 2-core machine (CI, parallel jobs) those cost 10-20x (measured: 30 random conv
@@ -72,7 +72,7 @@ def pytest_unconfigure(config):
 def pytest_collection_modifyitems(config, items):
     if emulate.is_ready():
         return
-    skip = pytest.mark.skip(reason="emulated Pi not installed: run bash tools/setup_pi_emulator.sh")
+    skip = pytest.mark.skip(reason="emulated Pi not installed: run bash tools/emulator/setup_pi_emulator.sh")
     for item in items:
         if "emulated" in item.keywords:
             item.add_marker(skip)

@@ -58,7 +58,7 @@ def dedent(text: str) -> str:
 
 def emulated_first_output(artifact_path, tmp_path, timeout=900):
     """Run a saved artifact on its golden inputs on the emulated Pi; its first output."""
-    from sliver.runtime import emulate
+    from sliver.tools.emulator import emulate
 
     script = tmp_path / "run_first_output.py"
     script.write_text(

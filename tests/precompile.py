@@ -59,7 +59,7 @@ def out(name: str) -> Path:
 
 def _zoo(name, target):
     import sliver
-    from sliver.tools import zoo
+    import zoo
 
     model, inputs = zoo.MODELS[name]()
     return sliver.lower(model, inputs, target=target).save(_file(("zoo", name, target), ".sliver"))
@@ -67,7 +67,7 @@ def _zoo(name, target):
 
 def _fuzz(seed):
     import sliver
-    from sliver.tools.zoo import random_convnet
+    from zoo import random_convnet
 
     model, inputs = random_convnet(seed)
     return sliver.lower(model, inputs, target="x86_64").save(_file(("fuzz", seed), ".sliver"))
@@ -95,7 +95,7 @@ def _relax(builder, schedules):
     from sliver.backends.tvm.lower import to_relax
     from sliver.backends.tvm.targets import resolve, tvm_target
     from sliver.passes.manager import parse_pipeline
-    from sliver.tools import zoo
+    import zoo
 
     model, inputs = getattr(zoo, builder)()
     m = trace(model, inputs)

@@ -1,12 +1,15 @@
-"""The latency benchmark (tools/bench.py) end to end, small: one model at 32x32,
-a couple of runs per backend.  The end-to-end test compiles with TVM and exports
+"""The latency benchmark (benchmarks/latency.py) end to end, small: one model at 32x32,
+a couple of runs per backend; `sliver bench ARTIFACT` (tools/bench.py); the timing loops
+(tools/profile.py).  The end-to-end test compiles with TVM and exports
 ONNX (when onnxruntime is installed: ``pip install -e '.[bench]'``), ~15-20 s."""
 
 import json
 
 import pytest
 
-from sliver.tools import bench
+from sliver.benchmarks import latency as bench
+from sliver.tools import profile
+from sliver.tools.cli import main as sliver
 
 
 @pytest.fixture(autouse=True)
@@ -18,16 +21,16 @@ def _no_pauses(monkeypatch):
 
 
 def test_stats_and_budget():
-    s = bench.stats([3.0, 1.0, 2.0])
+    s = profile.stats([3.0, 1.0, 2.0])
     assert (s["min_ms"], s["median_ms"], s["max_ms"]) == (1.0, 2.0, 3.0)
     assert 2.0 <= s["p90_ms"] <= 3.0
     calls = []
-    warm, times, cut = bench.time_runs(lambda: calls.append(1), warmup=2, repeat=3, budget_s=60)
+    warm, times, cut = profile.time_runs(lambda: calls.append(1), warmup=2, repeat=3, budget_s=60)
     assert (warm, len(times), cut, len(calls)) == (2, 3, False, 5)
     # a tiny budget still gives one timed run and says it was cut short
     import time
 
-    warm, times, cut = bench.time_runs(lambda: time.sleep(0.02), warmup=5, repeat=50, budget_s=0.01)
+    warm, times, cut = profile.time_runs(lambda: time.sleep(0.02), warmup=5, repeat=50, budget_s=0.01)
     assert len(times) >= 1 and len(times) < 50 and cut
 
 
@@ -123,8 +126,8 @@ def test_bench_artifact_per_layer(example_x86, tmp_path, capsys):
     from sliver.runtime.artifact import read
 
     manifest = read(example_x86).manifest
-    code = bench.main([str(example_x86), "--per-layer", "--repeat", "3", "--warmup", "1",
-                       "--json", str(tmp_path / "a.json")])
+    code = sliver(["bench", str(example_x86), "--per-layer", "--repeat", "3", "--warmup", "1",
+                   "--json", str(tmp_path / "a.json")])
     assert code == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "a.json").read_text())
@@ -145,20 +148,20 @@ def test_bench_artifact_per_layer(example_x86, tmp_path, capsys):
 
 
 def test_bench_artifact_flags_need_an_artifact(capsys):
-    with pytest.raises(SystemExit):
-        bench.main(["--per-layer"])
-    assert "give ARTIFACT" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        sliver(["bench", "--per-layer"])
+    assert e.value.code == 2
+    assert "artifact" in capsys.readouterr().err
 
 
 def test_bench_arm64_artifact_without_emulate_says_how(example_arm64, capsys):
-    from sliver.common.errors import SliverError
-
-    with pytest.raises(SliverError, match="--emulate"):
-        bench.main([str(example_arm64)])
+    assert sliver(["bench", str(example_arm64)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sliver: error:") and "--emulate" in err
 
 
 def test_bench_prune_prints_copies_for_each_export(capsys):
-    from sliver.tools import bench_prune
+    from sliver.benchmarks import bench_prune
 
     assert bench_prune.main(["--models", "densenet", "--resolution", "16", "--side", "output"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -182,7 +185,9 @@ def test_bench_prune_views_twin_keeps_shapes_and_macs_without_gathers():
     import sliver
     from sliver.passes.manager import PassManager, make_pass
     from sliver.passes.prune import count_params_and_macs
-    from sliver.tools import bench_prune, zoo
+    import zoo
+
+    from sliver.benchmarks import bench_prune
 
     model, inputs = zoo.MODELS["densenet"](resolution=16)
     module = sliver.trace(model, inputs)

@@ -1,7 +1,7 @@
 """The ARM instruction-count benchmark's bookkeeping (the emulated runs themselves are
 exercised by tests/runtime/test_icount.py; the benchmark is run by hand, see README)."""
 
-from sliver.tools import bench_arm
+from sliver.benchmarks import bench_arm
 
 
 def test_per_op_splits_shared_functions_and_keeps_the_rest_apart():

@@ -1,8 +1,8 @@
-"""tools/bench_convs.py: the distinct layer shapes it benchmarks, and its report."""
+"""benchmarks/bench_convs.py: the distinct layer shapes it benchmarks, and its report."""
 
 from __future__ import annotations
 
-from sliver.tools import bench_convs as B
+from sliver.benchmarks import bench_convs as B
 
 
 def test_layers_of_resnet18_are_its_distinct_shapes_with_counts():

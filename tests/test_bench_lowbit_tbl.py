@@ -2,8 +2,10 @@
 layers, matches its scalar reference conv exactly under qemu and reports its counts and
 its modeled Cortex-A72 cycles."""
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,8 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "lowbit_tbl" / 
 
 @pytest.mark.emulated
 def test_table_lookup_prototype_is_exact_on_the_benchmark_layers():
-    out = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHON": sys.executable})
     assert out.returncode == 0, out.stdout + out.stderr
     assert re.findall(r"(\d+x\d+x\d+) mismatches: (\d+)", out.stdout) == [
         ("56x56x64", "0"), ("28x28x128", "0"), ("14x14x256", "0")], out.stdout

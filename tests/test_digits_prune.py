@@ -1,4 +1,4 @@
-"""tools/digits_prune: constrained vs unconstrained pruning at matched parameter counts."""
+"""benchmarks/digits_prune: constrained vs unconstrained pruning at matched parameter counts."""
 
 import pytest
 
@@ -7,7 +7,7 @@ pytest.importorskip("sklearn")
 
 @pytest.mark.slow
 def test_digits_prune_matches_parameter_counts():
-    from sliver.tools import digits_prune
+    from sliver.benchmarks import digits_prune
 
     rows = digits_prune.evaluate("resnet", [0.3], epochs=2, seed=0, scores=("l2", "act"))
     assert [(r["score"], r["sparsity"]) for r in rows] == [("l2", 0.0), ("l2", 0.3), ("act", 0.0), ("act", 0.3)]
@@ -23,7 +23,7 @@ def test_digits_prune_matches_parameter_counts():
 
 
 def test_digits_prune_table_is_mean_and_std_over_seeds():
-    from sliver.tools import digits_prune
+    from sliver.benchmarks import digits_prune
 
     rows = [dict(model="resnet", score="l2", seed=seed, sparsity=0.1, params=p, constrained_params=p + 10,
                  unconstrained=u, constrained=c, constrained_amount=0.1)
@@ -45,7 +45,7 @@ def test_densenet_digits_prunes_exactly():
     from sliver.ir.interp import run
     from sliver.passes.manager import PassManager, make_pass
     from sliver.passes.prune import masked_copy
-    from sliver.tools import digits_prune
+    from sliver.benchmarks import digits_prune
 
     torch.manual_seed(0)
     x = torch.rand(2, 1, 8, 8)

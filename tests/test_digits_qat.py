@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from sliver.tools import train_digits_qat as T  # noqa: E402
+from sliver.benchmarks import train_digits_qat as T  # noqa: E402
 
 
 @pytest.fixture(scope="module")

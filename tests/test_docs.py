@@ -1,7 +1,7 @@
 """The README and docs/: links resolve, and the commands they quote name real modules and flags.
 
 Cheap on purpose (no compiles, no subprocesses): it reads the Markdown, the CLI's argparse
-parser and the benchmark scripts' sources.
+parser and the tools' and benchmarks' sources.
 """
 
 import re
@@ -73,13 +73,13 @@ def test_every_results_topic_file_is_linked_from_the_readme():
 def test_quoted_tool_commands_name_existing_modules_and_flags(md):
     bad = []
     for span in _spans(md):
-        for m in re.finditer(r"python3? -m sliver\.tools\.(\w+)((?: [^`]*)?)", span):
-            module = ROOT / "tools" / f"{m.group(1)}.py"
+        for m in re.finditer(r"python3? -m sliver\.(tools|benchmarks)\.(\w+)((?: [^`]*)?)", span):
+            module = ROOT / m.group(1) / f"{m.group(2)}.py"
+            name = f"sliver.{m.group(1)}.{m.group(2)}"
             if not module.exists():
-                bad.append(f"{span}: no module sliver.tools.{m.group(1)}")
+                bad.append(f"{span}: no module {name}")
                 continue
-            bad += [f"{span}: {flag} is not an option of sliver.tools.{m.group(1)}"
-                    for flag in _flags_not_in(module.read_text(), m.group(2))]
+            bad += [f"{span}: {flag} is not an option of {name}" for flag in _flags_not_in(module.read_text(), m.group(3))]
     assert not bad, f"{_rel(md)}: {bad}"
 
 
@@ -102,7 +102,7 @@ def test_quoted_sliver_commands_name_existing_subcommands_and_flags(md):
         if name not in commands:
             bad.append(f"{span}: no subcommand `sliver {name}`")
             continue
-        if name in PASSTHROUGH:  # `sliver bench ...` is `python -m sliver.tools.bench ...`
+        if name in PASSTHROUGH:  # `sliver outliers ...` is `python -m sliver.tools.outliers ...`
             source = (ROOT / "tools" / (PASSTHROUGH[name].rsplit(".", 1)[1] + ".py")).read_text()
             bad += [f"{span}: {flag} is not an option of {PASSTHROUGH[name]}" for flag in _flags_not_in(source, rest)]
             continue

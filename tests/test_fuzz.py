@@ -32,7 +32,7 @@ import precompile
 import sliver
 from helpers import assert_close, numpy_inputs, torch_outputs
 from sliver.ir.interp import run
-from sliver.tools.zoo import random_convnet
+from zoo import random_convnet
 
 _start, _stop = (int(s) for s in os.environ.get("SLIVER_FUZZ_SEEDS", "0:200").split(":"))
 SEEDS = list(range(_start, _stop))
@@ -173,7 +173,7 @@ def _ir_corpus():
     """Printed modules of real models: (name, text, params)."""
     import sliver.qat
     from sliver.passes.manager import PassManager
-    from sliver.tools import zoo
+    import zoo
 
     corpus = []
 

@@ -8,10 +8,10 @@ import pytest
 
 import precompile
 import sliver
-from sliver.tools import zoo
+import zoo
 from helpers import assert_close, numpy_inputs, roundtrip, torch_outputs
 from sliver.ir.interp import run
-from sliver.runtime import emulate
+from sliver.tools.emulator import emulate
 
 NAMES = list(zoo.MODELS)
 

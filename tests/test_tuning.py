@@ -1,4 +1,4 @@
-"""Autotuning (backends/tvm/tuning.py, `sliver tune`, `sliver device serve`).
+"""Autotuning (backends/tvm/tuning/, `sliver tune`, `sliver device serve`).
 
 One expensive session fixture tunes tests/tuning_models.py:first for x86_64 the way a
 user would: `sliver tune` in a subprocess, killed (with its worker processes) once
@@ -25,7 +25,10 @@ import tuning_models
 from helpers import assert_close, numpy_inputs, torch_outputs
 
 from sliver.backends.tvm import tuning
+from sliver.backends.tvm.build import tvm_version
+from sliver.backends.tvm.targets import tvm_target
 from sliver.backends.tvm.tuning import RECORDS, Budget, TuningDatabase, TuningError
+from sliver.backends.tvm.tuning.database import _normalize
 
 # a small evolutionary search: these tests check plumbing, not the quality of schedules
 os.environ.setdefault("SLIVER_TUNE_POPULATION", "32")
@@ -124,6 +127,24 @@ def test_tuned_artifact_is_correct_and_uses_the_records(tuned, monkeypatch):
 
 
 @pytest.mark.slow
+def test_lower_with_a_budget_lowers_the_model_once(tmp_path, monkeypatch):
+    """lower(tune=N) tunes the Relax module it lowered and compiles that same module."""
+    import sliver
+    from sliver.backends.tvm import lower as lowering
+
+    monkeypatch.setenv("SLIVER_TUNING_DIR", str(tmp_path))
+    monkeypatch.setattr(tuning.search, "TRIALS_PER_BATCH", 2)
+    calls = []
+    real = lowering.to_relax
+    monkeypatch.setattr(lowering, "to_relax", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model, inputs = tuning_models.first()
+    art = sliver.lower(model, inputs, target="x86_64", tune=2)
+    assert len(calls) == 1
+    assert len(art.manifest["tuning"]["tuned"]) == art.manifest["tuning"]["kernels"] == 4
+    assert_close(art.load().run(*numpy_inputs(inputs)), torch_outputs(model, inputs))
+
+
+@pytest.mark.slow
 def test_records_are_keyed_by_target(tuned, monkeypatch):
     """An x86 record is never applied to arm64 (TVM's database alone would: #15549)."""
     import sliver
@@ -132,12 +153,12 @@ def test_records_are_keyed_by_target(tuned, monkeypatch):
     monkeypatch.setenv("SLIVER_TUNING_DIR", str(root))
     x86, arm = TuningDatabase("x86_64", root), TuningDatabase("arm64", root, create=False)
     assert x86.exists() and not arm.exists() and x86.dir != arm.dir
-    assert x86.dir.parent.name == f"tvm-{tuning.tvm_version()}"
+    assert x86.dir.parent.name == f"tvm-{tvm_version()}"
     other_cpu = dict(x86.target.spec, mcpu="skylake-avx512")
     assert tuning.target_key(other_cpu) != x86.key  # another CPU model, another database
     # TVM's own database answers for any target: the folder is what keeps them apart
     wl = next(r.workload.mod for r in x86.db.get_all_tuning_records())
-    assert x86.db.query_schedule(wl, tuning.tvm_target(arm.target), "main") is not None
+    assert x86.db.query_schedule(wl, tvm_target(arm.target), "main") is not None
     model, inputs = tuning_models.first()
     art = sliver.lower(model, inputs, target="arm64")
     assert art.manifest["tuning"]["tuned"] == [] and art.manifest["tuning"]["database"] is None
@@ -186,7 +207,7 @@ def test_untuned_modules_do_not_open_the_database(tuned, tmp_path):
 
     fresh = TuningDatabase("x86_64", root)
     funcs = unscheduled_primfuncs(tuning.fused_module(_module(tuning_models.second), "x86_64"))
-    untuned = {gv: f for gv, f in funcs if tuning.workload_hash(tuning._normalize(f)) not in fresh.workload_hashes()}
+    untuned = {gv: f for gv, f in funcs if tuning.workload_hash(_normalize(f)) not in fresh.workload_hashes()}
     assert 0 < len(untuned) < len(funcs), "second shares one kernel with first and has others"
     mod = tvm.IRModule(untuned)
     report = {}
@@ -301,7 +322,7 @@ def _serve(tracker, key):
 def test_device_that_drops_mid_tuning_resumes(tracker, tmp_path, monkeypatch):
     """Kill the RPC server after the first search batch: tuning retries, gives up
     with everything saved, and the same call finishes once the device is back."""
-    monkeypatch.setattr(tuning, "TRIALS_PER_BATCH", 2)
+    monkeypatch.setattr(tuning.search, "TRIALS_PER_BATCH", 2)
     rpc = tuning.RPC(f"127.0.0.1:{tracker.port}", "host", session_timeout_s=15, retries=2, backoff_s=0.5)
     module = _module(tuning_models.first)
     server = _serve(tracker, "host")
@@ -336,11 +357,11 @@ def test_device_that_drops_mid_tuning_resumes(tracker, tmp_path, monkeypatch):
 def test_rpc_tuning_on_the_emulated_pi(tracker, tmp_path, monkeypatch):
     """`sliver device serve` on the emulated Pi (qemu, runtime only), `sliver tune
     --rpc` against it, then the tuned arm64 artifact checked on the Pi."""
-    from sliver.runtime import emulate
+    from sliver.tools.emulator import emulate
     from sliver.tools.cli import main
 
     monkeypatch.setenv("SLIVER_TUNING_DIR", str(tmp_path / "db"))
-    monkeypatch.setattr(tuning, "TRIALS_PER_BATCH", 2)
+    monkeypatch.setattr(tuning.search, "TRIALS_PER_BATCH", 2)
     rpc = tuning.RPC(f"127.0.0.1:{tracker.port}", "pi")
     out = tmp_path / "tuned.sliver"
     with emulate.background(["-m", "sliver.runtime", "serve", "--tracker", f"127.0.0.1:{tracker.port}",

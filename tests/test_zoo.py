@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sliver.tools import zoo
+import zoo
 
 EXPECTED_OUTPUT_SHAPES = {
     "resnet18": (1, 10),

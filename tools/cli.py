@@ -7,7 +7,7 @@
     sliver device serve [--tracker HOST:PORT] --key pi | sliver device tracker
     sliver run model.sliver [--verify] [--emulate]
     sliver inspect model.sliver
-    sliver bench [model.sliver [--per-layer] [--emulate]]
+    sliver bench model.sliver [--per-layer] [--emulate]
     sliver explain model.sliver [-o report.md] [--html report.html] [--emulate]
     sliver passes | sliver ops | sliver demo
 
@@ -93,12 +93,12 @@ def cmd_trace(args) -> int:
     from sliver.ir.io import save_module
 
     if args.check:
-        from sliver.ir.trace import _scan_unsupported, export
+        from sliver.frontend import export, scan_unsupported
         from sliver.api import _torch_inputs
 
         model, inputs = load_model(args.model)
         ep = export(model, _torch_inputs(inputs))
-        problems = _scan_unsupported(ep.graph)
+        problems = scan_unsupported(ep.graph)
         if not problems:
             print(f"{args.model}: every operator is supported")
             return 0
@@ -192,7 +192,7 @@ def cmd_lower(args) -> int:
 
 def cmd_run(args) -> int:
     if args.emulate:
-        from sliver.runtime import emulate
+        from sliver.tools.emulator import emulate
 
         emulate.ensure_ready()
         argv = ["run", str(Path(args.artifact).resolve())]
@@ -305,8 +305,8 @@ def cmd_device_tracker(args) -> int:
         tracker.terminate()
 
 
-#: commands with a parser of their own: `sliver bench ...` is `python -m sliver.tools.bench ...`
-PASSTHROUGH = {"bench": "sliver.tools.bench", "outliers": "sliver.tools.outliers"}
+#: commands with a parser of their own: `sliver outliers ...` is `python -m sliver.tools.outliers ...`
+PASSTHROUGH = {"outliers": "sliver.tools.outliers"}
 
 
 def cmd_passes(args) -> int:
@@ -325,7 +325,7 @@ def cmd_passes(args) -> int:
 
 def cmd_ops(args) -> int:
     from sliver.ir.ops import all_ops
-    from sliver.ir.trace import supported_ops
+    from sliver.frontend import supported_ops
 
     for name, decl in all_ops().items():
         print(f"{name:<20} ({', '.join(decl.operands)})  {decl.doc}")
@@ -440,8 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     _explain.add_arguments(p)
     p.set_defaults(func=_explain.run)
 
-    sub.add_parser("bench", help="latency of torch, sliver and onnxruntime side by side, or profile an "
-                                 "artifact per layer (see bench --help)")
+    p = sub.add_parser("bench", help="an artifact's latency (or executed instructions on the emulated Pi), "
+                                     "per layer with --per-layer")
+    from sliver.tools import bench as _bench
+
+    _bench.add_arguments(p)
+    p.set_defaults(func=_bench.run)
     sub.add_parser("outliers", help="find super weights and super activations (see outliers --help)")
 
     p = sub.add_parser("passes", help="list the passes")

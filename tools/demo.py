@@ -37,7 +37,7 @@ def main(*, emulate: bool = True, out_dir: str = "out") -> int:
     import torch
 
     import sliver
-    from sliver.runtime import emulate as emu
+    from sliver.tools.emulator import emulate as emu
 
     path, (model, inputs) = _example()
     out = Path(out_dir)

@@ -16,9 +16,9 @@ by its weight without ``.weight``, as the pruning report does):
   naming ``outlier``/``super``) get columns of their own, everything else a
   compact "notes" cell and a per-pass section;
 * the compiled function that computes the layer (the manifest's ``primfuncs``) and
-  its latency (a VM call instrument, :mod:`sliver.runtime.profile`) when the
+  its latency (a VM call instrument, :mod:`sliver.tools.profile`) when the
   artifact runs here, or its executed instructions on the emulated Pi with
-  ``--emulate`` (:mod:`sliver.runtime.icount`);
+  ``--emulate`` (:mod:`sliver.tools.emulator.icount`);
 * numeric drift: the output drift after each pass (max error relative to the
   largest output, vs the model before the pipeline) as the ``NumericDrift``
   instrument measured it — always for a MODEL, for an artifact when it was lowered
@@ -214,7 +214,7 @@ def _layer_ops(manifest) -> dict[str, dict]:
 def _functions_of(manifest) -> dict[str, list[str]]:
     """{layer: the compiled functions computing it} (a quantized linear layer may
     have a dequantize function besides its matmul)."""
-    from sliver.runtime.profile import describe
+    from sliver.tools.profile import describe
 
     out: dict[str, list[str]] = {}
     for fn in manifest.get("primfuncs", {}):
@@ -230,13 +230,13 @@ def measure(artifact, *, emulate: bool, repeat: int) -> tuple[dict, str]:
 
     arch = artifact.manifest["target"]["arch"]
     if emulate:
-        from sliver.runtime import icount
+        from sliver.tools.emulator import icount
 
         c = icount.count_artifact(artifact)
         return {f: (n, n / c.per_call) for f, n in c.functions.items()}, "instructions"
     if arch != host_arch():
         return {}, f"not measured: the artifact is built for {arch}; add --emulate to count instructions"
-    from sliver.runtime.profile import layer_times
+    from sliver.tools.profile import layer_times
 
     rows = layer_times(artifact.load(), repeat=repeat)
     return {r.function: (r.median_ms, r.share) for r in rows}, "ms"

@@ -81,7 +81,7 @@ else
 fi
 
 echo "[setup] installing the emulated Raspberry Pi (cross compiler, qemu, arm64 sysroot)"
-bash tools/setup_pi_emulator.sh
+bash tools/emulator/setup_pi_emulator.sh
 
 $PYTHON - <<'PY'
 import torch, tvm, numpy

@@ -16,7 +16,7 @@ from sliver.backends.tvm.targets import Target, check_toolchain, resolve, tvm_ta
 
 def compile_module(module, target, *, progress=None, schedules: bool = True, kernels: dict | None = None,
                    layers: dict | None = None, tuning=None, report: dict | None = None,
-                   winograd: bool = True) -> bytes:
+                   winograd: bool = True, lowered=None) -> bytes:
     """Lower ``module`` through Relax, compile it for ``target`` and return the
     bytes of the shared library (``.so``) the runtime loads.
 
@@ -36,7 +36,11 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, ker
     ``tuning`` (a :class:`~sliver.backends.tvm.tuning.TuningDatabase` for this
     target) replaces the default schedule of every function it holds records for
     by the fastest one (each function's default schedule is one of them);
-    ``report`` receives ``{PrimFunc name: "tuned" or the default rule}``."""
+    ``report`` receives ``{PrimFunc name: "tuned" or the default rule}``.
+
+    ``lowered``: ``(Relax module, LowerContext)`` when the caller already ran
+    :func:`~sliver.backends.tvm.lower.to_relax` on ``module`` (to tune it first): it
+    is compiled as is, not lowered again."""
     from sliver.backends.tvm.lower import LowerContext, to_relax
 
     target = resolve(target)
@@ -44,8 +48,11 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, ker
     say = progress or (lambda msg: None)
 
     t0 = time.perf_counter()
-    context = LowerContext(target=target)
-    mod = to_relax(module, context)
+    if lowered is None:
+        context = LowerContext(target=target)
+        mod = to_relax(module, context)
+    else:
+        mod, context = lowered
     if kernels is not None:
         kernels.update(context.report)
     say(f"lowered {len(module.ops)} ops to Relax in {time.perf_counter() - t0:.1f}s")

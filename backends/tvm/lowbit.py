@@ -27,7 +27,7 @@ the other two:
                width up to 8; the kernel for 8-bit operands.
 
 Which kernel a layer gets is decided per target (:data:`POLICY`, measured by
-``python -m sliver.tools.bench_lowbit``); :func:`kernel_override` forces one (the
+``python -m sliver.benchmarks.bench_lowbit``); :func:`kernel_override` forces one (the
 benchmark uses it to compare).  The choice per layer lands in the lowering report
 (``lower.current().report``) and from there in the artifact's manifest.
 """
@@ -72,7 +72,7 @@ W2A2_TC_MAX_RB = 680
 LAYOUT_PLAIN, LAYOUT_W2A2, LAYOUT_W2A2_TC, LAYOUT_W2A2_TC8 = 0, 1, 2, 3
 
 #: Kernel per target architecture for operands below 8 bits, picked by
-#: ``python -m sliver.tools.bench_lowbit`` (README, "Low-bit kernels"): on aarch64
+#: ``python -m sliver.benchmarks.bench_lowbit`` (README, "Low-bit kernels"): on aarch64
 #: bit-serial (NEON cnt) executes 2.8-2.9x fewer instructions than the int8 kernel on
 #: ResNet-18 3x3 convs; on x86-64 (AVX2 nibble-table popcount, no vector popcount
 #: instruction) bit-serial beat unpacking to the int8 kernel's byte dot products only on

@@ -86,7 +86,7 @@ def check_toolchain(target: Target) -> None:
     if target.cross_compiler and shutil.which(target.cross_compiler) is None:
         raise TargetError(
             f"compiling for {target.name} needs the cross compiler {target.cross_compiler}, which is not installed; "
-            "run `bash tools/setup_pi_emulator.sh` (or `apt-get install gcc-aarch64-linux-gnu`)"
+            "run `bash tools/emulator/setup_pi_emulator.sh` (or `apt-get install gcc-aarch64-linux-gnu`)"
         )
 
 

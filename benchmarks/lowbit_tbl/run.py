@@ -1,7 +1,7 @@
-"""Count the spike's phases under the same qemu plugin as sliver.runtime.icount, and
-model their Cortex-A72 cycles with sliver.runtime.cycles (llvm-mca)."""
+"""Count the spike's phases under the same qemu plugin as sliver.tools.emulator.icount, and
+model their Cortex-A72 cycles with sliver.tools.emulator.cycles (llvm-mca)."""
 import pathlib, subprocess, sys, tempfile
-from sliver.runtime import cycles, emulate, icount
+from sliver.tools.emulator import cycles, emulate, icount
 
 prog = pathlib.Path(sys.argv[1])
 with tempfile.TemporaryDirectory() as tmp:

@@ -272,7 +272,7 @@ def test_arm64_artifact_matches_interpreter_on_emulated_pi(cases, tmp_path):
     """One arm64 artifact (bit-serial NEON kernel for < 8 bits, the int8 NEON kernel for
     8 bits) verified on the Pi."""
     import sliver
-    from sliver.runtime import emulate
+    from sliver.tools.emulator import emulate
 
     module, inputs, _ = cases
     art = sliver.lower(module, inputs, target="arm64", rtol=1e-5, atol=1e-5)
@@ -427,7 +427,7 @@ def test_arm64_bitserial_on_four_threads_matches_interpreter_on_emulated_pi(tmp_
     point) and the int8 kernel split over four guest threads on the emulated Pi (qemu-user
     runs them as host threads) give exactly the interpreter's outputs."""
     from sliver.backends.tvm.build import compile_module
-    from sliver.runtime import emulate
+    from sliver.tools.emulator import emulate
 
     module, inputs = build_thread_cases({"mt_fused", "mt_w2a2", "mt_w8a8"})
     want = run(module, inputs)

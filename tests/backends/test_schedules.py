@@ -276,7 +276,7 @@ def test_resnet_and_mobilenet_scheduled_match_torch_and_unscheduled():
     import torch
 
     import precompile
-    from sliver.tools import zoo
+    import zoo
 
     for builder in ("resnet18", "mobilenet_v2"):
         model, (x,) = getattr(zoo, builder)()

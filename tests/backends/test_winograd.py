@@ -218,7 +218,7 @@ def conv_library(hw, c):
     """A lone fp32 3x3 conv c→c (+ bias) on a hw x hw map, compiled for arm64 (a
     precompile job): the saved library's path."""
     from sliver.backends.tvm.build import compile_module
-    from sliver.tools.bench_lowbit import conv_layer
+    from sliver.benchmarks.bench_lowbit import conv_layer
 
     module, _ = conv_layer("fp32", hw, c)
     path = precompile.out(f"winograd-conv{hw}x{c}-arm64.so")
@@ -235,8 +235,8 @@ def test_winograd_conv_executes_in_the_library_on_emulated_pi():
     instructions are the library's own — with per-tile workspace buffers 22% of them
     were TVM runtime calls (1.82M per call, 0.40M outside; now 1.40M, 0.02M: the VM's
     call and the one-per-call workspaces)."""
-    from sliver.runtime import icount
-    from sliver.tools.bench_lowbit import conv_layer
+    from sliver.tools.emulator import icount
+    from sliver.benchmarks.bench_lowbit import conv_layer
 
     module, (x,) = conv_layer("fp32", 16, 64)
     c = icount.count_library(precompile.get(("call", "test_winograd", "conv_library", 16, 64)), [x])

@@ -447,7 +447,7 @@ def qat_zoo_model(name, bits):
     """A spine CNN prepared with sliver.qat; one training-mode batch initialises the
     scales (batch norms kept in eval mode, so their statistics stay calibrated)."""
     import sliver.qat
-    from sliver.tools import zoo
+    import zoo
 
     model, _ = zoo.resnet18(width=8, resolution=32) if name == "resnet18" else zoo.mobilenet_v2(
         width_mult=0.25, resolution=32)

@@ -15,7 +15,7 @@ from sliver.common.errors import SliverError
 from sliver.ir.parser import parse_module
 from sliver.passes.manager import PassManager, make_pass, parse_pipeline
 from sliver.passes.outliers import default_inputs, find_outliers, format_report
-from sliver.tools import zoo
+import zoo
 
 TEXT = dedent("""
     func @m(%x: f32[1,8,16]) {

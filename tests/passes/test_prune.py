@@ -13,7 +13,7 @@ from sliver.ir.interp import run
 from sliver.ir.parser import parse_module
 from sliver.passes.manager import PassManager, make_pass
 from sliver.passes.prune import masked_copy
-from sliver.tools import zoo
+import zoo
 
 BEFORE = dedent("""
     func @m(%x: f32[1,3,8,8]) {

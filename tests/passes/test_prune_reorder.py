@@ -226,7 +226,7 @@ def test_golden_holes_zero_reads_the_run_around_the_channels():
 
 
 def test_holes_zero_on_densenet_copies_nothing_and_reorder_shrinks_the_holes():
-    from sliver.tools import zoo
+    import zoo
 
     model, inputs = zoo.densenet(resolution=16)
     base = sliver.trace(model, inputs)

@@ -1,15 +1,15 @@
-"""Modeled Cortex-A72 cycles (sliver.runtime.cycles): objdump lines become assembler
+"""Modeled Cortex-A72 cycles (sliver.tools.emulator.cycles): objdump lines become assembler
 input, llvm-mca's model tells cheap instructions from expensive ones, and a counted call
 is modeled block by block (the shared emulated run of the example: test_icount.py)."""
 
 import pytest
 
 from sliver.common.errors import SliverError
-from sliver.runtime import cycles
+from sliver.tools.emulator import cycles
 
 needs_mca = pytest.mark.skipif(
     bool(cycles.missing_tools()),
-    reason="needs llvm-mca and llvm-objdump: bash tools/setup_pi_emulator.sh installs them",
+    reason="needs llvm-mca and llvm-objdump: bash tools/emulator/setup_pi_emulator.sh installs them",
 )
 
 

@@ -1,6 +1,6 @@
-"""The emulated Raspberry Pi (sliver.runtime.emulate) behaves like the device.
+"""The emulated Raspberry Pi (sliver.tools.emulator.emulate) behaves like the device.
 
-Tests marked ``emulated`` need ``tools/setup_pi_emulator.sh`` to have run (CI runs it
+Tests marked ``emulated`` need ``tools/emulator/setup_pi_emulator.sh`` to have run (CI runs it
 before the tests); without it they skip and say how to install it.  Each qemu start
 costs a second or two, so the environment checks share one probe run.
 """
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sliver.common.errors import SliverError
-from sliver.runtime import emulate
+from sliver.tools.emulator import emulate
 
 needs_pi = pytest.mark.skipif(
     not emulate.is_ready(),

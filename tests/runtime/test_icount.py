@@ -1,4 +1,4 @@
-"""Instruction counts on the emulated Pi (sliver.runtime.icount).
+"""Instruction counts on the emulated Pi (sliver.tools.emulator.icount).
 
 Two qemu runs in all: a tiny static program whose count is checked against the
 reference method of DESIGN.md (`-singlestep -d exec`, one log line per executed
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sliver.common.errors import SliverError
-from sliver.runtime import cycles, emulate, icount
+from sliver.tools.emulator import cycles, emulate, icount
 
 LOOP = r"""
 void _start(void) {
@@ -24,7 +24,7 @@ void _start(void) {
 
 needs_counter = pytest.mark.skipif(
     not emulate.is_ready() or not __import__("shutil").which(icount.QEMU_PLUGIN_HOST),
-    reason="needs the emulated Pi and qemu-user: bash tools/setup_pi_emulator.sh",
+    reason="needs the emulated Pi and qemu-user: bash tools/emulator/setup_pi_emulator.sh",
 )
 
 
@@ -79,9 +79,9 @@ def test_artifact_counts_per_call_and_per_primfunc(example_arm64, counted):
 @pytest.mark.slow
 @needs_counter
 @pytest.mark.skipif(bool(cycles.missing_tools()),
-                    reason="needs llvm-mca and llvm-objdump: bash tools/setup_pi_emulator.sh installs them")
+                    reason="needs llvm-mca and llvm-objdump: bash tools/emulator/setup_pi_emulator.sh installs them")
 def test_counted_call_gets_modeled_cycles_block_by_block(example_arm64, counted):
-    """sliver.runtime.cycles models every executed block of the library the count saw."""
+    """sliver.tools.emulator.cycles models every executed block of the library the count saw."""
     from sliver.runtime.artifact import read
 
     est = cycles.estimate(counted, read(example_arm64).library)
@@ -113,10 +113,10 @@ def test_bench_emulate_reports_instructions_per_layer(example_arm64, counted, tm
     import json
 
     from sliver.runtime.artifact import read
-    from sliver.tools import bench
+    from sliver.tools.cli import main as sliver
 
     monkeypatch.setattr(icount, "count_artifact", lambda art, repeat: counted)
-    assert bench.main([str(example_arm64), "--emulate", "--per-layer", "--json", str(tmp_path / "e.json")]) == 0
+    assert sliver(["bench", str(example_arm64), "--emulate", "--per-layer", "--json", str(tmp_path / "e.json")]) == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["instructions"] == counted.per_call and f"{counted.per_call:,}" in out

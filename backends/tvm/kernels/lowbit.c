@@ -1051,7 +1051,7 @@ static inline __attribute__((optimize("no-tree-loop-distribute-patterns"))) void
 
 /* The bit-serial kernel's geometry and buffers for one call.  Its phases are functions
  * of their own (noinline: one call per image and group, or per output row), so the
- * instruction counter (sliver.runtime.icount, bench_lowbit's breakdown) attributes
+ * instruction counter (sliver.tools.emulator.icount, bench_lowbit's breakdown) attributes
  * the executed instructions to them: pack_input (1), pixel_sums and window_sums (the
  * Sx of the zero-point fold, only with a weight zero point), im2col_row (2),
  * conv_row_A_W (3: the dot products), apply_epilogue (4). */

@@ -1,6 +1,6 @@
 """Modeled Cortex-A72 cycles of code counted on the emulated Pi.
 
-:mod:`sliver.runtime.icount` counts executed instructions exactly, but an instruction
+:mod:`sliver.tools.emulator.icount` counts executed instructions exactly, but an instruction
 count is a poor proxy for time when kernels use instructions of very different cost: on
 the Pi 4's Cortex-A72 a 64-byte ``tbl`` lookup occupies both NEON pipes for several
 cycles while an ``and`` or ``cnt`` takes half a cycle of one.  qemu has no timing model;
@@ -8,7 +8,7 @@ cycles while an ``and`` or ``cnt`` takes half a cycle of one.  qemu has no timin
 counted call executed, asks ``llvm-mca`` how many cycles one pass of each block takes in
 steady state on the CPU's scheduling model, and sums ``cycles x executions``:
 
-    from sliver.runtime import cycles, icount
+    from sliver.tools.emulator import cycles, icount
     counted = icount.count_library(lib, inputs)
     est = cycles.estimate(counted, lib)
     est.cycles        # modeled cycles per call in the library's code
@@ -30,7 +30,7 @@ Use it to compare kernels that execute similar code paths (the same layer throug
 kernels), where the model's blind spots cancel; do not read it as a Pi wall time.
 
 Needs ``llvm-mca`` and ``llvm-objdump`` (Debian's ``llvm``), which
-``tools/setup_pi_emulator.sh`` installs with the rest of the emulated Pi.
+``tools/emulator/setup_pi_emulator.sh`` installs with the rest of the emulated Pi.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sliver.common.errors import SliverError
-from sliver.runtime.icount import Block, InstructionCount
+from sliver.tools.emulator.icount import Block, InstructionCount
 
 #: The Pi 4's core.  LLVM models it with its Cortex-A57 scheduling model.
 MCPU = "cortex-a72"
@@ -89,13 +89,13 @@ def ensure_ready() -> None:
     if missing:
         raise SliverError(
             f"modeling cycles needs {' and '.join(missing)} (Debian's llvm package). Install it with: "
-            f"apt-get install llvm (or rerun bash tools/setup_pi_emulator.sh)"
+            f"apt-get install llvm (or rerun bash tools/emulator/setup_pi_emulator.sh)"
         )
 
 
 def estimate(counted: InstructionCount, library, *, mcpu: str = MCPU, iterations: int = ITERATIONS) -> CycleEstimate:
     """Model the cycles of the library code in ``counted`` (from
-    :func:`sliver.runtime.icount.count_library` or ``count_artifact``); ``library`` is the
+    :func:`sliver.tools.emulator.icount.count_library` or ``count_artifact``); ``library`` is the
     same ``.so`` (bytes or path) that was counted."""
     ensure_ready()
     data = library if isinstance(library, (bytes, bytearray)) else Path(library).read_bytes()

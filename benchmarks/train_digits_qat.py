@@ -1,7 +1,7 @@
 """Train a small CNN on scikit-learn's digits with sliver.qat at W2A2, then compile it.
 
-    python -m sliver.tools.train_digits_qat                  # W2A2, x86_64
-    python -m sliver.tools.train_digits_qat --bits 4,4 --target arm64 --out digits.sliver
+    python -m sliver.benchmarks.train_digits_qat                  # W2A2, x86_64
+    python -m sliver.benchmarks.train_digits_qat --bits 4,4 --target arm64 --out digits.sliver
 
 Prints the fp32 and the fake-quant (QAT) test accuracy, the fold-fake-quant report,
 and how often the compiled artifact (and sliver's reference interpreter) predict the
@@ -115,7 +115,7 @@ def agreement(a, b) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sliver.tools.train_digits_qat", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sliver.benchmarks.train_digits_qat", description=__doc__.split("\n\n")[0])
     p.add_argument("--bits", default="2,2", help="W,A bit widths (default 2,2)")
     p.add_argument("--epochs", type=int, default=10, help="fp32 training epochs")
     p.add_argument("--qat-epochs", type=int, default=10, help="QAT fine-tuning epochs")
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     logits = _run_artifact(art, data.x_test.numpy())
     if logits is None:
         print(f"(not run: {art.target} artifacts run here only on the emulated Pi; "
-              "bash tools/setup_pi_emulator.sh installs it)")
+              "bash tools/emulator/setup_pi_emulator.sh installs it)")
         return 0
     comp_pred = logits.argmax(1)
     print(f"compiled ({art.target}) vs fake-quant torch: same prediction on {agreement(comp_pred, fq_pred):.2%} "
@@ -179,7 +179,7 @@ def _run_artifact(art, x: np.ndarray) -> np.ndarray | None:
     import tempfile
     from pathlib import Path
 
-    from sliver.runtime import emulate
+    from sliver.tools.emulator import emulate
     from sliver.common.platform import host_arch
 
     if art.manifest["target"]["arch"] == host_arch():

@@ -2,17 +2,17 @@
 
 There is no Arm hardware in development or CI, yet what sliver ships must load and
 run on a 64-bit Raspberry Pi with nothing but the TVM runtime, numpy and sliver's
-deploy-side packages.  ``tools/setup_pi_emulator.sh`` installs the closest thing we can
+deploy-side packages.  ``tools/emulator/setup_pi_emulator.sh`` installs the closest thing we can
 run anywhere: Debian bookworm's arm64 userland (what Raspberry Pi OS bookworm is
 built on, with the same Python 3.11) plus aarch64 wheels of TVM and numpy, executed
 by ``qemu-aarch64-static`` in user mode.  This module runs that Python:
 
-    from sliver.runtime import emulate
+    from sliver.tools.emulator import emulate
     emulate.ensure_ready()
     proc = emulate.run_module(["run", "model.sliver", ...])   # python -m sliver.runtime
     proc = emulate.run_python(["check.py"])
 
-Every call stages a fresh copy of the ``sliver`` and ``sliver.runtime`` packages, so
+Every call stages a fresh copy of the ``sliver``, ``sliver.common`` and ``sliver.runtime`` packages, so
 the emulated side always runs the current source tree and sees nothing else of
 sliver (no compiler, no torch): an accidental compiler-side import fails here just as
 it would on a real Pi.
@@ -92,7 +92,7 @@ def _package_dir(name: str) -> pathlib.Path:
 
     Found through the import system rather than relative to this file because
     pyproject maps packages onto unrelated folders (``sliver.runtime`` is
-    ``runtime/``, ``sliver.tools`` is ``tools/``), and an editable install keeps that
+    ``runtime/``, ``sliver.common`` is ``common/``), and an editable install keeps that
     mapping while a wheel install nests them.
     """
     spec = importlib.util.find_spec(name)
@@ -102,8 +102,8 @@ def _package_dir(name: str) -> pathlib.Path:
 
 
 def setup_script() -> pathlib.Path:
-    """Path of ``setup_pi_emulator.sh``, shipped as package data of ``sliver.tools``."""
-    return _package_dir("sliver.tools") / "setup_pi_emulator.sh"
+    """Path of ``setup_pi_emulator.sh``, shipped beside this module (package data)."""
+    return pathlib.Path(__file__).resolve().with_name("setup_pi_emulator.sh")
 
 
 def install_command() -> str:
@@ -139,9 +139,10 @@ def ensure_ready(install: bool = False) -> None:
     )
 
 
-def _stage_deploy_packages(dest: pathlib.Path) -> None:
+def _stage_deploy_packages(dest: pathlib.Path, emulator: bool = False) -> None:
     """Copy what a Pi would have of sliver into ``dest``: ``sliver/``, ``sliver/common/``
-    and ``sliver/runtime/``.
+    and ``sliver/runtime/``; with ``emulator``, also this package's Python modules
+    (``sliver/tools/emulator/``: the instruction counter's guest side and markers).
 
     Only the top-level modules of ``sliver`` are copied (``__init__`` is light and
     lazy); of its subpackages only the ground floor (``common``) and the device runtime
@@ -155,6 +156,11 @@ def _stage_deploy_packages(dest: pathlib.Path) -> None:
             shutil.copy2(entry, pkg / entry.name)
     shutil.copytree(_package_dir("sliver.common"), pkg / "common", ignore=ignore)
     shutil.copytree(_package_dir("sliver.runtime"), pkg / "runtime", ignore=ignore)
+    if emulator:
+        (pkg / "tools" / "emulator").mkdir(parents=True)
+        (pkg / "tools" / "__init__.py").write_text("")
+        for entry in pathlib.Path(__file__).resolve().parent.glob("*.py"):
+            shutil.copy2(entry, pkg / "tools" / "emulator" / entry.name)
 
 
 def _emulated_env(stage: pathlib.Path, extra: dict | None) -> dict:
@@ -191,6 +197,7 @@ def run_python(
     qemu_args: Sequence[str] = (),
     extra_path: Sequence[str] = (),
     pi_cpuinfo: bool = False,
+    stage_emulator: bool = False,
 ) -> subprocess.CompletedProcess:
     """Run the emulated Pi's ``python3.11 *argv`` and return its result (text, captured).
 
@@ -200,17 +207,19 @@ def run_python(
     is returned, not raised; a timeout raises :class:`subprocess.TimeoutExpired`.
     binfmt_misc is not assumed: qemu is invoked explicitly.  ``qemu`` and
     ``qemu_args`` pick another qemu binary and add options before the program (the
-    instruction counter, :mod:`sliver.runtime.icount`, loads a plugin this way).
+    instruction counter, :mod:`sliver.tools.emulator.icount`, loads a plugin this way).
     ``extra_path`` adds folders (e.g. of other aarch64 wheels) to ``sys.path``.
     ``pi_cpuinfo`` shows the program a Raspberry Pi 4's ``/proc/cpuinfo`` and CPU
     list instead of the host's (:func:`_pi_view`): qemu 7.2 passes the host's through,
     and code that parses them, such as onnxruntime's cpuinfo, crashes on x86 text.
+    ``stage_emulator`` also stages this package for the program (the instruction
+    counter's guest side imports :mod:`sliver.tools.emulator.icount`).
     """
     ensure_ready()
     sysroot = pi_root() / "sysroot"
     with tempfile.TemporaryDirectory(prefix="sliver-pi-stage-") as tmp:
         stage = pathlib.Path(tmp)
-        _stage_deploy_packages(stage)
+        _stage_deploy_packages(stage, emulator=stage_emulator)
         prefix = _pi_view(sysroot, stage / "root") if pi_cpuinfo else sysroot
         cmd = [qemu, "-cpu", cpu, *qemu_args, "-L", str(prefix), str(sysroot / PI_PYTHON), *argv]
         environ = _emulated_env(stage, env)

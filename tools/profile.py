@@ -1,4 +1,4 @@
-"""Where an artifact spends its time: latency statistics and per-layer profiles.
+"""Where an artifact spends its time: timing loops, latency statistics and per-layer profiles.
 
 TVM 0.27's Relax VM has no profiler in its Python API (``VirtualMachine`` lost its
 ``profile=True``; ``vm_profiler_load_executable`` is not in the runtime), but it
@@ -18,10 +18,12 @@ compiler.
 
 from __future__ import annotations
 
-import statistics
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+import numpy as np
 
 
 @dataclass
@@ -38,10 +40,64 @@ class FunctionTime:
     share: float = 0.0  # of the summed per-function medians
 
 
-def stats_ms(times_s) -> dict:
-    """median, min and max of times in seconds, in milliseconds."""
-    ms = [t * 1e3 for t in times_s]
-    return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms)}
+def stats(times_ms) -> dict:
+    """median, min, p90, max and mean of times in milliseconds."""
+    a = np.asarray(times_ms, dtype=np.float64)
+    return {
+        "median_ms": float(np.median(a)),
+        "min_ms": float(a.min()),
+        "p90_ms": float(np.percentile(a, 90)),
+        "max_ms": float(a.max()),
+        "mean_ms": float(a.mean()),
+    }
+
+
+def set_tvm_threads(n: int) -> None:
+    """Set ``TVM_NUM_THREADS``: must happen before TVM's thread pool starts (its first
+    parallel kernel); importing tvm alone does not start it."""
+    os.environ["TVM_NUM_THREADS"] = str(n)
+
+
+def tvm_threads() -> int | None:
+    """The number of threads TVM's runtime pool uses (None if it can't be asked)."""
+    try:
+        import tvm
+
+        f = tvm.get_global_func("runtime.NumThreads", allow_missing=True)
+        return int(f()) if f is not None else None
+    except Exception:
+        return None
+
+
+def warm_up(fn, warmup: int, budget_s: float) -> tuple[int, bool]:
+    """Run ``fn`` up to ``warmup`` times within a quarter of ``budget_s``; returns
+    (runs done, whether the budget cut the warm-up short)."""
+    t_start = time.perf_counter()
+    for done in range(warmup):
+        if time.perf_counter() - t_start >= 0.25 * budget_s:
+            return done, True
+        fn()
+    return warmup, False
+
+
+def time_runs(fn: Callable[[], object], warmup: int, repeat: int, budget_s: float,
+              clock: Callable[[], int] = time.perf_counter_ns) -> tuple[int, list[float], bool]:
+    """Run ``fn`` ``warmup`` times, then time it ``repeat`` times with ``clock``
+    (nanoseconds; ``time.process_time_ns`` gives CPU time).  Warm-up stops after a
+    quarter of ``budget_s``; timing stops once ``budget_s`` of wall time in timed runs
+    is spent (always at least one timed run).  Returns (warm-up runs done, times in ms,
+    whether the budget cut anything short)."""
+    done_warmup, cut = warm_up(fn, warmup, budget_s)
+    times: list[float] = []
+    t_start = time.perf_counter()
+    for _ in range(max(repeat, 1)):
+        if times and time.perf_counter() - t_start >= budget_s:
+            cut = True
+            break
+        t0 = clock()
+        fn()
+        times.append((clock() - t0) / 1e6)
+    return done_warmup, times, cut
 
 
 def describe(manifest: dict, function: str) -> tuple[list, list]:
@@ -109,7 +165,7 @@ def layer_times(model, inputs=None, *, repeat: int = 10, warmup: int = 1) -> lis
     rows = []
     for name in names:
         sums = [sum(run.get(name, [0.0])) for run in per_run]
-        s = stats_ms(sums)
+        s = stats([x * 1e3 for x in sums])
         ops, layers = describe(model.manifest, name)
         rows.append(FunctionTime(name, len(per_run[-1][name]), s["median_ms"], s["min_ms"], s["max_ms"],
                                  ops, layers))

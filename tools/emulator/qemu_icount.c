@@ -1,7 +1,7 @@
 /* A QEMU TCG plugin that counts executed guest instructions, in total and per
  * translation block, between markers the guest program sets.
  *
- * Built by sliver.runtime.icount with the host C compiler and loaded with
+ * Built by sliver.tools.emulator.icount with the host C compiler and loaded with
  *     qemu-aarch64 -plugin ./qemu_icount.so,out=FILE PROG
  * (the dynamically linked qemu-aarch64 from Debian's qemu-user; the static build
  * cannot load plugins).  Counting is inline (one add per executed block), so it runs

@@ -1,14 +1,14 @@
 """ARM cost without Arm hardware: executed aarch64 instructions of ResNet-18 on the emulated Pi.
 
-    python -m sliver.tools.bench_arm                       # ResNet-18 at 224x224, 1000 classes (~15 min)
-    python -m sliver.tools.bench_arm --resolution 64 --skip-ort --json arm.json   # a few minutes
+    python -m sliver.benchmarks.bench_arm                       # ResNet-18 at 224x224, 1000 classes (~15 min)
+    python -m sliver.benchmarks.bench_arm --resolution 64 --skip-ort --json arm.json   # a few minutes
 
 Wall time under qemu says nothing about a Pi, but the number of instructions a
 kernel executes is exact and deterministic, and on the same ISA a proxy for cost
 (it ignores memory stalls and instruction latencies: a NEON FMA counts as one
 instruction like a scalar one, which is exactly why vectorized code wins).  In one
 run this script counts, on the emulated Raspberry Pi 4 (Cortex-A72, one thread;
-:mod:`sliver.runtime.icount`):
+:mod:`sliver.tools.emulator.icount`):
 
 1. **sliver**: the model traced and optimized with the default pipeline, compiled
    for ``arm64`` with sliver's default schedules (what ``sliver lower --target
@@ -35,7 +35,7 @@ while its ReLU is not (it is in "other").  onnxruntime runs each distinct conv
 shape as a one-node model (Conv + ReLU, which onnxruntime fuses), and the
 instructions of an Identity model's run (session overhead) are subtracted.
 
-ResNet-18 is torchvision's architecture (:mod:`sliver.tools.zoo`, real widths) at
+ResNet-18 is torchvision's architecture (``tests/zoo.py``, real widths) at
 224x224 by default; ``--resolution`` shrinks the input to shorten the emulation
 (instruction counts of convolutions scale with the output area, so the per-layer
 ratios roughly carry over, though small feature maps change what the schedules do).
@@ -65,7 +65,7 @@ def _say(msg: str) -> None:
 def ort_site(version: str = ORT_VERSION) -> pathlib.Path:
     """A folder holding the aarch64 onnxruntime wheel (installed on first use with
     pip, without dependencies: numpy comes from the emulated Pi's site)."""
-    from sliver.runtime import emulate
+    from sliver.tools.emulator import emulate
 
     site = emulate.pi_root().parent / f"onnxruntime-aarch64-{version}"
     if (site / "onnxruntime" / "__init__.py").is_file():
@@ -123,7 +123,7 @@ ORT_GUEST = textwrap.dedent(
     import json, sys
     import numpy as np
     import onnxruntime as ort
-    from sliver.runtime.icount import mark
+    from sliver.tools.emulator.icount import mark
 
     job = json.load(open(sys.argv[1]))
     so = ort.SessionOptions()
@@ -155,7 +155,7 @@ ORT_GUEST = textwrap.dedent(
 def count_ort(models: list[tuple[str, np.ndarray]], work: pathlib.Path, site: pathlib.Path):
     """Instructions of one run of each ONNX model (path, input) under onnxruntime on
     the emulated Pi, and the first model's output."""
-    from sliver.runtime import icount
+    from sliver.tools.emulator import icount
 
     specs = []
     for i, (path, x) in enumerate(models):
@@ -206,11 +206,12 @@ def run(args) -> dict:
     import sliver
     from sliver.api import optimize
     from sliver.backends.tvm.build import compile_module
-    from sliver.runtime import emulate, icount
+    from sliver.tools.emulator import emulate, icount
     from sliver.common.numerics import output_error
-    from sliver.tools import zoo
+    from sliver.benchmarks import zoo as _zoo
 
     icount.ensure_ready()
+    zoo = _zoo()
     model, inputs = zoo.resnet18(num_classes=args.num_classes, resolution=args.resolution)
     model.eval()
     x = np.ascontiguousarray(inputs[0].numpy())
@@ -325,7 +326,7 @@ def format_report(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sliver.tools.bench_arm", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sliver.benchmarks.bench_arm", description=__doc__.split("\n\n")[0])
     p.add_argument("--resolution", type=int, default=224, help="input height and width (default %(default)s)")
     p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default %(default)s)")
     p.add_argument("--skip-ort", action="store_true", help="do not count onnxruntime")

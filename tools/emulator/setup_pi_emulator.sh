@@ -2,8 +2,8 @@
 # Install an emulated Raspberry Pi (64-bit Raspberry Pi OS bookworm userland) for
 # sliver's deploy-side tests: no Arm hardware is needed.
 #
-#   bash tools/setup_pi_emulator.sh            # build it (quick no-op when already built)
-#   bash tools/setup_pi_emulator.sh --force    # rebuild from scratch
+#   bash tools/emulator/setup_pi_emulator.sh            # build it (quick no-op when already built)
+#   bash tools/emulator/setup_pi_emulator.sh --force    # rebuild from scratch
 #
 # What it builds, under ${SLIVER_PI_ROOT:-$HOME/.cache/sliver/pi}:
 #   sysroot/   Debian bookworm arm64 packages (glibc, Python 3.11, ...) unpacked with
@@ -14,7 +14,7 @@
 #              without it is incomplete and gets rebuilt.
 # Raspberry Pi OS bookworm is Debian bookworm with the same Python 3.11, so the
 # emulated userland matches what a real Pi runs.  binfmt_misc is not assumed: callers
-# run qemu-aarch64-static explicitly (see sliver.runtime.emulate).
+# run qemu-aarch64-static explicitly (see sliver.tools.emulator.emulate).
 #
 # Downloads are unpacked in a temp folder next to the root and moved into place only
 # when complete; READY follows once the emulated Python has precompiled its modules
@@ -80,10 +80,10 @@ ensure_host_packages() {
     command -v aarch64-linux-gnu-gcc >/dev/null || missing+=(gcc-aarch64-linux-gnu)
     # crti.o & co: without them (a Recommends of the cross gcc) linking arm64 .so files fails
     [[ -f /usr/aarch64-linux-gnu/lib/crti.o ]] || missing+=(libc6-dev-arm64-cross)
-    # the dynamically linked qemu-aarch64 loads TCG plugins (sliver.runtime.icount counts
+    # the dynamically linked qemu-aarch64 loads TCG plugins (sliver.tools.emulator.icount counts
     # executed instructions with one); the static build cannot
     command -v qemu-aarch64 >/dev/null || missing+=(qemu-user)
-    # llvm-mca and llvm-objdump model the counted code's Cortex-A72 cycles (sliver.runtime.cycles)
+    # llvm-mca and llvm-objdump model the counted code's Cortex-A72 cycles (sliver.tools.emulator.cycles)
     { command -v llvm-mca && command -v llvm-objdump; } >/dev/null || missing+=(llvm)
     ((${#missing[@]} == 0)) && return 0
     command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them (a Debian host is needed)"

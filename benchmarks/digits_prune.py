@@ -1,6 +1,6 @@
 """Post-training accuracy of constrained vs unconstrained channel pruning on digits.
 
-    python -m sliver.tools.digits_prune [--sparsities 0.05,0.1,0.2,0.3,0.4] [--scores l2,act]
+    python -m sliver.benchmarks.digits_prune [--sparsities 0.05,0.1,0.2,0.3,0.4] [--scores l2,act]
                                         [--seeds 0,1,2] [--epochs 8] [--models resnet] [--size 48]
 
 Trains a small ResNet-style net (residual adds couple its channels) and a small
@@ -30,10 +30,13 @@ import numpy as np
 
 
 def resnet_digits(width: int = 16):
-    """Stem + two stages of two ResNet basic blocks (``sliver.tools.zoo``) + linear head."""
+    """Stem + two stages of two ResNet basic blocks (``tests/zoo.py``) + linear head."""
     from torch import nn
 
-    from sliver.tools.zoo import BasicBlock, classifier_head, conv_bn_act
+    from sliver.benchmarks import zoo
+
+    z = zoo()
+    BasicBlock, classifier_head, conv_bn_act = z.BasicBlock, z.classifier_head, z.conv_bn_act
 
     return nn.Sequential(
         conv_bn_act(1, width, 3),
@@ -44,10 +47,13 @@ def resnet_digits(width: int = 16):
 
 
 def densenet_digits(growth: int = 8, layers: int = 3):
-    """Stem + two dense blocks (``sliver.tools.zoo``'s bottleneck layers) + linear head."""
+    """Stem + two dense blocks (``tests/zoo.py``'s bottleneck layers) + linear head."""
     from torch import nn
 
-    from sliver.tools.zoo import DenseLayer, _transition, classifier_head, conv_bn_act
+    from sliver.benchmarks import zoo
+
+    z = zoo()
+    DenseLayer, _transition, classifier_head, conv_bn_act = z.DenseLayer, z._transition, z.classifier_head, z.conv_bn_act
 
     c = 2 * growth
     features = [conv_bn_act(1, c, 3)]
@@ -78,7 +84,7 @@ def evaluate(name: str, sparsities, *, epochs: int, seed: int, scores=("l2",), s
 
     import sliver
     from sliver.passes.prune import count_params_and_macs, input_rms, matched_constrained, pruned
-    from sliver.tools.train_digits_qat import fit, load_digits
+    from sliver.benchmarks.train_digits_qat import fit, load_digits
 
     data = load_digits(seed)
     torch.manual_seed(seed)
@@ -141,7 +147,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sliver.tools.digits_prune", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sliver.benchmarks.digits_prune", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="resnet,densenet")
     p.add_argument("--sparsities", default="0.05,0.1,0.2,0.3,0.4")
     p.add_argument("--scores", default="l2,act", help="channel scores to compare (l1, l2, fpgm, act)")

@@ -13,7 +13,7 @@ The ``kernel`` column says which conv sliver chose (``direct``, or ``wino4x4`` /
 functions are); ``--direct`` also times the Winograd layers and models compiled
 direct (``lower(..., winograd=False)``) beside them.
 
-    python -m sliver.tools.bench_convs [--models resnet18,mobilenet_v2] [--only 3x3s1] [--direct]
+    python -m sliver.benchmarks.bench_convs [--models resnet18,mobilenet_v2] [--only 3x3s1] [--direct]
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sliver.tools.bench import build_model, prepare_ort, set_tvm_threads, stats, time_runs, Result
+from sliver.benchmarks.latency import Result, build_model, prepare_ort
+from sliver.tools.profile import set_tvm_threads, stats, time_runs
 
 
 @dataclass
@@ -126,7 +127,7 @@ def kernel_cpu_times(compiled, x, warmup: int, repeat: int) -> list[float]:
     sliver ops: a one-layer artifact also transposes its NCHW input and output to and
     from NHWC, which in a whole model happens once at its ends.  One TVM thread: the
     kernels run on the calling thread."""
-    from sliver.runtime.profile import call_times, describe
+    from sliver.tools.profile import call_times, describe
 
     runs = call_times(compiled, [x], repeat=max(repeat, 1), warmup=warmup, clock=time.thread_time_ns)
     return [sum(sum(secs) for name, secs in run.items() if describe(compiled.manifest, name)[0]) * 1e3
@@ -233,7 +234,7 @@ def format_report(rep: dict) -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m sliver.tools.bench_convs", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sliver.benchmarks.bench_convs", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="resnet18,mobilenet_v2")
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--threads", type=int, default=2)

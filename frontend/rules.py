@@ -1,24 +1,22 @@
-"""torch.export → sliver IR.
+"""The trace rules: one translation rule per supported aten op, all in this table.
 
-Each supported aten op has one translation rule in :data:`RULES`; a rule reads
-the fx node's arguments and emits sliver ops through a :class:`_Builder`.  Before
-anything is emitted the whole graph is scanned, so an unsupported op is reported
-with every other unsupported op at once, each with the user's source line.
+A rule reads an fx node's (already translated) arguments and emits sliver ops through
+a :class:`~sliver.frontend.builder.Builder`.  :data:`RULES` maps an aten op name to its
+rule; :data:`IDENTITY`, :data:`IGNORED` and :data:`FACTORIES` name the ops the driver
+handles without a rule.
 """
 
 from __future__ import annotations
 
 import math
-import operator
-import os
 from typing import Callable
 
 import numpy as np
 
-from sliver.common.errors import SliverError, UnsupportedOpError
-from sliver.ir.core import Module, Value
+from sliver.frontend.builder import Builder, constant_data, fold_constant
+from sliver.ir.core import Value
 from sliver.ir.ops import TypeRuleError
-from sliver.ir.types import TensorType, from_numpy
+from sliver.ir.types import from_numpy
 
 RULES: dict[str, Callable] = {}
 # ops that are the identity in inference (their first argument is the result)
@@ -54,57 +52,7 @@ def supported_ops() -> list[str]:
     return sorted(set(RULES) | IDENTITY | FACTORIES | {"operator.getitem"})
 
 
-def _op_name(target) -> str:
-    if target is operator.getitem:
-        return "operator.getitem"
-    return str(target)
-
-
-def _source_line(node) -> tuple[str | None, str | None]:
-    """The user's file:line (and source text) that produced ``node``: the innermost
-    stack frame outside torch itself."""
-    trace = node.meta.get("stack_trace") or ""
-    lines = trace.strip().splitlines()
-    torch_dir = os.sep + "torch" + os.sep
-    best = None
-    for i, line in enumerate(lines):
-        line = line.strip()
-        if line.startswith('File "') and torch_dir not in line:
-            path = line.split('"')[1]
-            lineno = line.split(", line ")[1].split(",")[0] if ", line " in line else "?"
-            src = lines[i + 1].strip() if i + 1 < len(lines) and not lines[i + 1].strip().startswith("File") else None
-            best = (f"{path}:{lineno}", src)
-    return best or (None, None)
-
-
-class _Builder:
-    """Emits sliver ops for one fx node; names results after the node."""
-
-    def __init__(self, module: Module):
-        self.m = module
-        self.hint = None
-        self.node_target = ""
-
-    def emit(self, kind: str, operands, attrs=None) -> Value:
-        return self.m.add_op(kind, operands, attrs or {}, names=[self.m.fresh_name(self.hint)]).result
-
-    def const(self, value, dtype: str, shape=()) -> Value:
-        if isinstance(value, bool):
-            value = int(value)
-        attrs = {"value": value, "dtype": dtype, "shape": tuple(shape)}
-        return self.m.add_op("constant", [], attrs, names=[self.m.fresh_name("cst")]).result
-
-    def tensor_or_scalar(self, x, like: Value) -> Value:
-        """A Value for a binary op's operand: scalars become constants of like's dtype."""
-        if isinstance(x, Value):
-            if x.type.dtype != like.type.dtype:
-                return self.emit("cast", [x], {"dtype": like.type.dtype})
-            return x
-        dtype = like.type.dtype
-        return self.const(float(x) if dtype.startswith("f") else int(x), dtype)
-
-
-def _binary_operands(b: _Builder, x, y):
+def _binary_operands(b: Builder, x, y):
     """Promote like torch does for the cases models use: tensor ⊕ scalar keeps the
     tensor's dtype; int tensor ⊕ float tensor/scalar goes to float."""
     if not isinstance(x, Value):
@@ -293,7 +241,7 @@ def _addmm(b, bias, x, y, beta=1, alpha=1):
 # so their zero point must be a constant (a param), as it is after training.
 
 
-def _qparam(b: _Builder, v, dtype: str, shape: tuple, what: str) -> Value:
+def _qparam(b: Builder, v, dtype: str, shape: tuple, what: str) -> Value:
     """A scale/zero-point operand of ``dtype`` and ``shape`` (a Python number becomes a param)."""
     from sliver.ir.types import to_numpy
 
@@ -303,7 +251,7 @@ def _qparam(b: _Builder, v, dtype: str, shape: tuple, what: str) -> Value:
         raise TypeRuleError(f"fake-quant {what} {v.type} does not fit the expected shape {list(shape)}")
     if v.type.shape == tuple(shape) and v.type.dtype == dtype:
         return v
-    data = _constant_data(b, v)
+    data = constant_data(b, v)
     if data is not None:  # a param: reshape/cast it now (named after it, e.g. conv.act_quant.scale)
         name = v.name if b.m.param_data(v) is not None else f"{b.hint}_{what}"
         return b.m.add_param(b.m.fresh_name(name), data.reshape(shape).astype(to_numpy(dtype)))
@@ -312,9 +260,9 @@ def _qparam(b: _Builder, v, dtype: str, shape: tuple, what: str) -> Value:
     return v if v.type.dtype == dtype else b.emit("cast", [v], {"dtype": dtype})
 
 
-def _learned_zero_point(b: _Builder, zp, qmin, qmax, shape) -> Value:
+def _learned_zero_point(b: Builder, zp, qmin, qmax, shape) -> Value:
     """torch's forward of a learnable zero point: round half to even, clamp, as int32."""
-    data = _constant_data(b, zp) if isinstance(zp, Value) else np.asarray(zp, np.float32)
+    data = constant_data(b, zp) if isinstance(zp, Value) else np.asarray(zp, np.float32)
     if data is None:
         raise TypeRuleError("a learnable fake-quant zero point computed from the inputs is not supported "
                             "(it must be a parameter)")
@@ -344,7 +292,7 @@ def _fake_quant_per_channel(b, x, scale, zero_point, axis, qmin, qmax, grad_fact
     elif isinstance(zero_point, Value) and zero_point.type.dtype.startswith("f"):
         # torch's per-channel op also takes float zero points, added before rounding
         # (round(x / s + z)), which rounds differently from round(x / s) + z unless z is 0
-        data = _constant_data(b, zero_point)
+        data = constant_data(b, zero_point)
         if data is None or np.any(data != 0):
             raise TypeRuleError("fake_quantize_per_channel_affine with float zero points is supported only when they "
                                 "are all zero (torch rounds x / scale + zero_point for them); pass int32 zero points")
@@ -585,176 +533,6 @@ def _sdpa(b, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None
     return b.emit("attention", ops, {"causal": bool(is_causal), "scale": None if scale is None else float(scale)})
 
 
-# -- the walk -------------------------------------------------------------------------------
-
-
-def _meta_type(node) -> TensorType | None:
-    val = node.meta.get("val")
-    if val is None or not hasattr(val, "shape"):
-        return None
-    return TensorType(tuple(int(d) for d in val.shape), from_numpy(val.dtype))
-
-
-def _scan_unsupported(graph) -> list[tuple[str, str | None, str | None]]:
-    problems = []
-    for node in graph.nodes:
-        if node.op != "call_function":
-            continue
-        name = _op_name(node.target)
-        if name in RULES or name in IDENTITY or name in IGNORED or name in FACTORIES or name == "operator.getitem":
-            continue
-        problems.append((name, *_source_line(node)))
-    return problems
-
-
-def export(model, example_inputs):
-    """torch.export the model (in eval mode) with a clear error when export fails."""
-    import torch
-
-    if isinstance(model, torch.export.ExportedProgram):
-        return model
-    if not isinstance(example_inputs, tuple):
-        example_inputs = tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,)
-    was_training = model.training
-    model.eval()
-    patched = _export_friendly_fake_quant(model)
-    try:
-        return torch.export.export(model, example_inputs)
-    except Exception as e:  # torch raises many types here
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SliverError(
-            f"torch.export could not capture the model: {first}\n"
-            "sliver traces with torch.export; make the forward pass export-friendly "
-            "(no data-dependent control flow) and try again."
-        ) from e
-    finally:
-        model.train(was_training)
-        for m in patched:
-            del m.forward
-
-
-def _export_friendly_fake_quant(model) -> list:
-    """torch.ao's FakeQuantize modules branch on buffers (``observer_enabled``…), which
-    torch.export cannot capture.  For the export each one runs as the fake-quant op it
-    applies, with its current scale and zero point and its observer off (inference);
-    returns the patched modules (the caller removes the patch).  A module whose observer
-    is still enabled keeps re-estimating its qparams in torch's own eval forward; call
-    ``model.apply(torch.ao.quantization.disable_observer)`` to compare like with like."""
-    import torch
-    from torch.ao.quantization import FakeQuantizeBase
-
-    patched = []
-    for m in model.modules():
-        if not isinstance(m, FakeQuantizeBase):
-            continue
-        per_channel = m.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
-        learnable = not isinstance(m, torch.ao.quantization.FakeQuantize)
-        symmetric = m.qscheme in (torch.per_channel_symmetric, torch.per_tensor_symmetric)
-
-        def forward(x, m=m, on=bool(m.fake_quant_enabled[0]), per_channel=per_channel, learnable=learnable,
-                    symmetric=symmetric):
-            if not on:
-                return x
-            zp = torch.zeros_like(m.zero_point) if learnable and symmetric else m.zero_point
-            if learnable and per_channel:
-                return torch._fake_quantize_learnable_per_channel_affine(x, m.scale, zp, m.ch_axis, m.quant_min,
-                                                                        m.quant_max, 1.0)
-            if learnable:
-                return torch._fake_quantize_learnable_per_tensor_affine(x, m.scale, zp, m.quant_min, m.quant_max, 1.0)
-            if per_channel:
-                return torch.fake_quantize_per_channel_affine(x, m.scale, zp, m.ch_axis, m.quant_min, m.quant_max)
-            return torch.fake_quantize_per_tensor_affine(x, m.scale, zp, m.quant_min, m.quant_max)
-
-        m.forward = forward
-        patched.append(m)
-    return patched
-
-
-def trace(model, example_inputs=(), *, name: str | None = None) -> Module:
-    """Trace ``model`` (an nn.Module or an ExportedProgram) into a sliver Module.
-
-    Raises :class:`UnsupportedOpError` naming every unsupported op and its source
-    line before emitting anything.
-    """
-    import torch
-
-    ep = export(model, example_inputs)
-    problems = _scan_unsupported(ep.graph)
-    if problems:
-        raise UnsupportedOpError(problems)
-
-    sig = ep.graph_signature
-    state = dict(ep.state_dict)
-    state.update(getattr(ep, "constants", {}) or {})
-    param_of = {**sig.inputs_to_parameters, **sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}
-    user_inputs = [s.arg.name for s in sig.input_specs if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
-
-    mname = name or (type(model).__name__ if isinstance(model, torch.nn.Module) else "main")
-    module = Module("".join(c if c.isalnum() or c in "_." else "_" for c in mname) or "main")
-    b = _Builder(module)
-    env: dict[str, object] = {}
-
-    def arg(a):
-        if isinstance(a, torch.fx.Node):
-            return env[a.name]
-        if isinstance(a, (list, tuple)):
-            return type(a)(arg(x) for x in a)
-        if isinstance(a, torch.dtype):
-            return a
-        return a
-
-    for node in ep.graph.nodes:
-        b.hint = node.name
-        if node.op == "placeholder":
-            if node.name in param_of:
-                data = state[param_of[node.name]].detach().cpu().contiguous().numpy()
-                env[node.name] = module.add_param(param_of[node.name], data)
-            elif node.name in user_inputs:
-                env[node.name] = module.add_input(_meta_type(node), name=module.fresh_name(node.name))
-            else:
-                raise SliverError(f"unexpected graph input {node.name} (a mutated buffer?); sliver traces inference only")
-        elif node.op == "call_function":
-            target = _op_name(node.target)
-            b.node_target = target
-            args = [arg(a) for a in node.args]
-            kwargs = {k: arg(v) for k, v in node.kwargs.items()}
-            try:
-                if target == "operator.getitem":
-                    result = args[0][args[1]]
-                elif target in IGNORED:
-                    continue
-                elif target in IDENTITY:
-                    result = args[0]
-                elif target in FACTORIES:
-                    # evaluated now; `*_like` factories only read their argument's shape
-                    like = target.split(".")[1].endswith("_like")
-                    result = _fold_constant(b, target, node.target, *args, shape_only=like, **kwargs)
-                else:
-                    result = RULES[target](b, *args, **kwargs)
-            except (TypeRuleError, SliverError, TypeError, ValueError) as e:
-                where, src = _source_line(node)
-                at = f" at {where}" if where else ""
-                code = f"\n    {src}" if src else ""
-                raise SliverError(f"cannot translate {target}{at}: {e}{code}") from e
-            expected = _meta_type(node)
-            if isinstance(result, Value) and expected is not None and result.type.shape != expected.shape:
-                raise SliverError(
-                    f"internal tracer error on {target}: sliver computed {result.type}, torch says {expected}"
-                )
-            env[node.name] = result
-        elif node.op == "output":
-            outs = node.args[0]
-            values = [env[o.name] for o in outs]
-            for v in values:
-                if not isinstance(v, Value):
-                    raise SliverError("the model returns a non-tensor output; sliver compiles tensor outputs only")
-            module.set_outputs(values)
-    from sliver.passes.dce import dce
-
-    dce(module)
-    return module
-
-
 # -- masks and indexing built from constants (e.g. transformers' attention masks) ---------
 #
 # Hugging Face models build their attention masks from arange/ones buffers with
@@ -762,53 +540,6 @@ def trace(model, example_inputs=(), *, name: str | None = None) -> Module:
 # constants is evaluated at trace time into a param; `x & all-true` is x
 # (broadcast); `x[const_idx, ...]` becomes a reshape + take.  Anything else that
 # would need a comparison or a logical op at run time is refused clearly.
-
-
-def _constant_data(b: _Builder, v) -> np.ndarray | None:
-    """The data of ``v`` when it is computed from params and constants only, else None."""
-    import torch
-
-    if not isinstance(v, Value):
-        return None
-    data = b.m.param_data(v)
-    if data is not None:
-        return data
-    op = v.producer
-    if op is None or len(op.results) != 1 or not op.decl.pure or op.decl.ref is None:
-        return None
-    args = []
-    for o in op.operands:
-        d = _constant_data(b, o)
-        if d is None:
-            return None
-        args.append(torch.from_numpy(np.ascontiguousarray(d)))
-    with torch.no_grad():
-        return op.decl.ref(*args, **op.attrs).contiguous().numpy()
-
-
-def _fold_constant(b: _Builder, what: str, fn, *args, shape_only: bool = False, **kwargs) -> Value:
-    """``fn(*args, **kwargs)`` evaluated now as a param.  Every tensor argument must
-    be constant, unless ``shape_only``: then ``fn`` only reads shapes and dtypes
-    (``zeros_like``), and a computed tensor stands in as zeros of its type."""
-    import torch
-
-    from sliver.ir.types import to_numpy
-
-    def concrete(a):
-        if isinstance(a, Value):
-            d = _constant_data(b, a)
-            if d is None and shape_only:
-                d = np.zeros(a.type.shape, to_numpy(a.type.dtype))
-            if d is None:
-                raise TypeRuleError(f"{what} of a tensor computed from the inputs is not supported (only of constants)")
-            return torch.from_numpy(np.ascontiguousarray(d))
-        if isinstance(a, (list, tuple)):
-            return type(a)(concrete(x) for x in a)
-        return a
-
-    with torch.no_grad():
-        out = fn(*concrete(args), **{k: concrete(v) for k, v in kwargs.items()})
-    return b.m.add_param(b.m.fresh_name(b.hint), out.contiguous().numpy())
 
 
 @rule("aten.to.device")
@@ -839,7 +570,7 @@ for _name in ("ge", "gt", "le", "lt", "eq", "ne"):
     def _compare_rule(b, x, y, _name=_name):
         import torch
 
-        return _fold_constant(b, f"comparison {_name}", getattr(torch, _name), x, y)
+        return fold_constant(b, f"comparison {_name}", getattr(torch, _name), x, y)
 
     rule(f"aten.{_name}.Scalar", f"aten.{_name}.Tensor")(_compare_rule)
 
@@ -848,18 +579,18 @@ for _name in ("ge", "gt", "le", "lt", "eq", "ne"):
 def _gather(b, x, dim, index, sparse_grad=False):
     import torch
 
-    return _fold_constant(b, "gather", torch.gather, x, dim, index)
+    return fold_constant(b, "gather", torch.gather, x, dim, index)
 
 
 @rule("aten.__and__.Tensor", "aten.bitwise_and.Tensor", "aten.logical_and.default")
 def _and(b, x, y):
     import torch
 
-    cx = _constant_data(b, x) if isinstance(x, Value) else np.asarray(x)
-    cy = _constant_data(b, y) if isinstance(y, Value) else np.asarray(y)
+    cx = constant_data(b, x) if isinstance(x, Value) else np.asarray(x)
+    cy = constant_data(b, y) if isinstance(y, Value) else np.asarray(y)
     if cx is not None and cy is not None:
-        return _fold_constant(b, "logical and", lambda p, q: torch.logical_and(torch.as_tensor(p), torch.as_tensor(q)),
-                              x, y)
+        return fold_constant(b, "logical and", lambda p, q: torch.logical_and(torch.as_tensor(p), torch.as_tensor(q)),
+                             x, y)
     const, other = (cx, y) if cx is not None else (cy, x)
     if const is not None and other.type.dtype == "bool" and const.dtype == np.bool_:
         shape = tuple(np.broadcast_shapes(const.shape, other.type.shape))
@@ -875,12 +606,12 @@ def _and(b, x, y):
 def _index(b, x, indices):
     import torch
 
-    idx = [None if i is None else _constant_data(b, i) for i in indices]
+    idx = [None if i is None else constant_data(b, i) for i in indices]
     if any(i is not None and d is None for i, d in zip(indices, idx)):
         raise TypeRuleError("indexing with indices computed from the inputs is not supported (only constant indices)")
-    if _constant_data(b, x) is not None:
-        return _fold_constant(b, "indexing", lambda t, *ix: t[tuple(slice(None) if i is None else i for i in ix)],
-                              x, *indices)
+    if constant_data(b, x) is not None:
+        return fold_constant(b, "indexing", lambda t, *ix: t[tuple(slice(None) if i is None else i for i in ix)],
+                             x, *indices)
     k = 0
     while k < len(idx) and idx[k] is None:
         k += 1

@@ -1,6 +1,6 @@
 """Low-bit kernel benchmark: fp32 vs W8A8 vs W2A2 (and W4A4) per layer, end to end, and sizes.
 
-    python -m sliver.tools.bench_lowbit [--repeat 20] [--no-arm] [--arm-size 14] [--layers 56,28,14] [--threads 1,2]
+    python -m sliver.benchmarks.bench_lowbit [--repeat 20] [--no-arm] [--arm-size 14] [--layers 56,28,14] [--threads 1,2]
 
 Everything is measured side by side in one run and printed as ratios:
 
@@ -16,12 +16,12 @@ Everything is measured side by side in one run and printed as ratios:
   products, with the int16 path, and with the kernel x86's policy picks per layer
   (``lowbit.POLICY``, ``lowbit.BITSERIAL_MIN_ROW``), timed interleaved; the kernels each
   variant used are printed.
-* **arm64 executed instructions** under qemu (``sliver.runtime.icount``: exact
+* **arm64 executed instructions** under qemu (``sliver.tools.emulator.icount``: exact
   counts of one call, start-up excluded, a TCG plugin so full-size layers take
   seconds) for the same layers and the small CNN, fp32 vs int8 (W8A8 on the int8 NEON
   kernel: smull/smlal2 + sadalp) vs W2A2 (bit-serial NEON); ``--arm-size`` counts
   smaller spatial sizes instead.  Beside each count, the **modeled Cortex-A72 cycles** of
-  the same call's library code (``sliver.runtime.cycles``: llvm-mca's scheduling model
+  the same call's library code (``sliver.tools.emulator.cycles``: llvm-mca's scheduling model
   per executed block x executions), because instructions of different kernels differ in
   cost (a NEON ``mla`` or ``tbl`` is not an ``and``); the instructions the model leaves
   out (outside the library) are printed too.  Rows are printed as they are measured, each conv
@@ -181,12 +181,12 @@ VARIANTS = [("fp32", "fp32", None), ("fp32 direct", "fp32", "direct"), ("W8A8 in
 
 def _time_pool_sizes(fns: dict, threads, repeat: int, budget_s: float) -> dict:
     """``{n: {label: times in ms}}`` for each pool size n in ``threads``: rounds of
-    :func:`~sliver.tools.bench.time_interleaved` (one warm-up and one timed run of every
+    :func:`~sliver.benchmarks.latency.time_interleaved` (one warm-up and one timed run of every
     function), TVM's pool resized between them (``runtime.config_threadpool``, the order
     of sizes alternating), so every thread count sees the same machine load."""
     import tvm
 
-    from sliver.tools.bench import time_interleaved
+    from sliver.benchmarks.latency import time_interleaved
 
     resize = tvm.get_global_func("runtime.config_threadpool")
     out = {n: {k: [] for k in fns} for n in threads}
@@ -202,7 +202,8 @@ def bench_x86(layers, repeat: int, say, threads=(1,)) -> list[dict]:
     """Rows of median ms per variant (``ms``), and with several ``threads`` per pool size
     (``ms_by_threads``, timed by :func:`_time_pool_sizes`; ``ms`` is then the first size's)."""
     from sliver.ir.interp import run
-    from sliver.tools.bench import OtherLoad, stats, time_interleaved
+    from sliver.benchmarks.latency import OtherLoad, time_interleaved
+    from sliver.tools.profile import stats
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="sliver-bench-lowbit-") as tmp:
@@ -241,7 +242,7 @@ def print_x86(rows, threads=(1,)) -> None:
     """One table per thread count (ratio to fp32 at that count), then, with several, each
     variant's speed-up from the first count."""
     from sliver.backends.tvm import lowbit
-    from sliver.tools.bench import tvm_threads
+    from sliver.tools.profile import tvm_threads
 
     labels = [v[0] for v in VARIANTS]
     head = f"{'layer':<26}" + "".join(f"{l:>22}" for l in labels)
@@ -273,7 +274,7 @@ def print_x86(rows, threads=(1,)) -> None:
 def bench_arm(layers, size: int, say, show=lambda row: None, cnn: bool = True) -> list[dict]:
     """Executed instructions of one call per variant, layers at size x size; ``show`` gets
     each row as soon as it is measured."""
-    from sliver.runtime import icount
+    from sliver.tools.emulator import icount
 
     rows = []
     measure = _arm_measure()
@@ -313,7 +314,7 @@ def _arm_measure():
     into ``row`` (instructions per call; the library code's modeled Cortex-A72 cycles and
     the instructions outside the library, which the model does not cover) and return the
     count."""
-    from sliver.runtime import cycles, icount
+    from sliver.tools.emulator import cycles, icount
 
     cycles.ensure_ready()
 
@@ -404,7 +405,7 @@ def print_sizes(rows) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sliver.tools.bench_lowbit", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sliver.benchmarks.bench_lowbit", description=__doc__.split("\n")[0])
     p.add_argument("--layers", default="56,28,14", help="ResNet-18 stages by spatial size (56, 28, 14)")
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--arm-size", type=int, default=0,
@@ -425,7 +426,7 @@ def main(argv=None) -> int:
         threads = ()
     if not threads or min(threads) < 1:
         p.error(f"--threads takes thread counts of at least 1, comma-separated, not {args.threads!r}")
-    from sliver.tools.bench import set_tvm_threads
+    from sliver.tools.profile import set_tvm_threads
 
     set_tvm_threads(max(threads))  # before TVM's pool starts
     layers = [int(s) for s in args.layers.split(",")]
@@ -434,7 +435,7 @@ def main(argv=None) -> int:
         print_x86(bench_x86(layers, args.repeat, say, threads), threads)
     if not args.no_arm:
         print("\n== arm64 (Cortex-A72, emulated): executed instructions per call, and the library code's cycles "
-              "modeled by llvm-mca (sliver.runtime.cycles); ratio = variant / W2A2 ==", flush=True)
+              "modeled by llvm-mca (sliver.tools.emulator.cycles); ratio = variant / W2A2 ==", flush=True)
         bench_arm(layers, args.arm_size, say, show=print_arm_row, cnn=not args.no_cnn)
     if not args.no_sizes:
         print_sizes(sizes(say))

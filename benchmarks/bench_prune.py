@@ -1,6 +1,6 @@
 """Pruning benchmark: memory copies and latency of naive vs reordered vs constrained export.
 
-    python -m sliver.tools.bench_prune [--models resnet18,mobilenet_v2,densenet,efficientnet]
+    python -m sliver.benchmarks.bench_prune [--models resnet18,mobilenet_v2,densenet,efficientnet]
                                        [--amount 0.3] [--side input] [--holes gather] [--resolution 32]
                                        [--latency] [--repeat 30]
 
@@ -24,7 +24,7 @@ unpruned model.
 Where the copies' time goes (``--latency``): *sel ms* is the time per inference
 spent in compiled functions that only select channels (a ``take``/``slice`` that
 no conv absorbed, e.g. before a linear), from the VM's call instrument
-(:mod:`sliver.runtime.profile`, min over ``--repeat`` runs of the per-run sum);
+(:mod:`sliver.tools.profile`, min over ``--repeat`` runs of the per-run sum);
 *gather ms* is what the export's gathers cost in all: its minimum latency minus
 that of its *views twin*, the same export with every gather replaced by a view of
 the same width (same shapes and MACs, no copy; wrong numbers, timed only), timed
@@ -78,7 +78,7 @@ def views_twin(module):
 def selection_ms(model, inputs, repeat: int) -> float:
     """Min over ``repeat`` runs of the per-run time in compiled functions that compute
     only channel selections (sliver ``take``/``slice`` ops)."""
-    from sliver.runtime.profile import call_times
+    from sliver.tools.profile import call_times
 
     kinds = {o["name"]: o["kind"] for o in model.manifest.get("ops", [])}
     selecting = {f for f, ops in model.manifest.get("primfuncs", {}).items()
@@ -90,10 +90,12 @@ def selection_ms(model, inputs, repeat: int) -> float:
 def main(argv=None) -> int:
     import sliver
     from sliver.passes.prune import count_params_and_macs, format_reorder, matched_constrained, pruned
-    from sliver.tools.bench import time_interleaved
-    from sliver.tools import zoo
+    from sliver.benchmarks import zoo as _zoo
+    from sliver.benchmarks.latency import time_interleaved
 
-    p = argparse.ArgumentParser(prog="python -m sliver.tools.bench_prune", description=__doc__.split("\n\n")[0])
+    zoo = _zoo()
+
+    p = argparse.ArgumentParser(prog="python -m sliver.benchmarks.bench_prune", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="resnet18,mobilenet_v2,densenet,efficientnet")
     p.add_argument("--amount", type=float, default=0.3)
     p.add_argument("--method", default="l2")
