@@ -10,6 +10,11 @@ from sliver.common.errors import IRParseError, SliverError
 from sliver.common.files import atomic_write
 
 
+#: the largest IR text file ``load_module`` reads (the text of a 100M-parameter model
+#: is a few hundred kB: its weights are in the params file)
+MAX_TEXT_BYTES = 64 << 20
+
+
 def params_path(path) -> Path:
     return Path(path).with_suffix(".npz")
 
@@ -34,6 +39,9 @@ def load_module(path):
     if not path.is_file():
         raise SliverError(f"{path}: no such IR file")
     ppath = params_path(path)
+    if path.stat().st_size > MAX_TEXT_BYTES:
+        raise IRParseError(f"{path}: {path.stat().st_size} bytes is no IR text (at most {MAX_TEXT_BYTES}; "
+                           "the weights belong in the .npz beside it)")
     try:
         text = path.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError) as e:

@@ -676,11 +676,12 @@ def _fake_quant_ref(x, scale, zero_point, *, qmin, qmax, axis):
     # even when const-fold or the float64 interpreter evaluates them.
     torch = _torch()
     scale, zero_point, xf = scale.float(), zero_point.int(), x.float()
-    if zero_point.numel() and not (qmin <= int(zero_point.min()) and int(zero_point.max()) <= qmax):
-        raise TypeRuleError(f"fake_quant: zero_point {zero_point.tolist()} lies outside [qmin, qmax] = "
-                            f"[{qmin}, {qmax}]")
     if axis is None:
         return torch.fake_quantize_per_tensor_affine(xf, scale, zero_point, qmin, qmax).to(x.dtype)
+    if zero_point.numel() and not (qmin <= int(zero_point.min()) and int(zero_point.max()) <= qmax):
+        # torch refuses these (per tensor it accepts them); a hand-edited module gets a named error
+        raise TypeRuleError(f"fake_quant: per-channel zero points {zero_point.tolist()[:8]} must lie in [qmin, qmax] "
+                            f"= [{qmin}, {qmax}]")
     return torch.fake_quantize_per_channel_affine(xf, scale, zero_point, axis % x.dim(), qmin, qmax).to(x.dtype)
 
 

@@ -234,6 +234,8 @@ def _ir_case(text, params):
     for v, y in zip(module.outputs, outputs, strict=True):
         assert y.shape == v.type.shape and y.dtype == to_numpy(v.type.dtype), (
             f"output %{v.name} is typed {v.type} but the interpreter gives {y.dtype}{list(y.shape)}")
+    again = str(module)
+    assert str(parse_module(again, params=module.params)) == again, "print → parse → print changed the module"
     return "runs"
 
 

@@ -221,6 +221,11 @@ def test_load_module_checks_the_params_file_against_the_text_before_reading_it(t
         np.savez(npz, **params)
         with pytest.raises(IRParseError, match=match):
             load_module(path)
+    with open(path, "ab") as f:  # a text too large to be IR: refused before it is read
+        f.truncate(65 << 20)
+    with pytest.raises(IRParseError, match="is no IR text"):
+        load_module(path)
+    path.write_text(TEXT)
     npz.write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(IRParseError, match="not a readable .npz file"):
         load_module(path)
