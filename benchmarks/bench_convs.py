@@ -158,7 +158,7 @@ def run(args) -> dict:
         art = sliver.lower(model, (torch.from_numpy(x),), target="x86_64", tune=False)
         compiled = art.load()
         fns = {"sliver": lambda: compiled.run(x)[0]}
-        wino = art.manifest.get("winograd", [])
+        wino = art.manifest.winograd
         kernel = "direct" if not wino else "wino" + ("4x4" if "winograd4x4" in wino[0] else "2x2")
         direct = None
         if args.direct and wino:

@@ -168,7 +168,7 @@ def emulated_w4(base, inputs, super_weights, mask, ref) -> str:
         with np.load(out) as z:
             got = [z[k] for k in z.files]
     verdict = [line for line in proc.stdout.splitlines() if line.startswith("verify:")]
-    return (f"arm64 W4 artifact ({art.manifest['library']['bytes']:,} bytes) on the emulated Raspberry Pi "
+    return (f"arm64 W4 artifact ({art.manifest.library.bytes:,} bytes) on the emulated Raspberry Pi "
             f"({seconds:.0f} s under qemu): {' '.join(verdict)}; max rel err vs the interpreter "
             f"{max_relative_error(got, run(m, inputs)):.1e}, cosine vs float (first sentence) "
             f"{mean_cosine(embeddings(got[0], mask), ref):.4f}")
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
                 compiled = loaded.run(*one_in)
                 latency = median_ms(lambda: loaded.run(*one_in))
             got = embeddings(compiled[0], mask1)
-            size = art.manifest["library"]["bytes"]
+            size = art.manifest.library.bytes
             fp32 = fp32 or size
             weights = {"linear": slice(1, 2), "wq_linear": slice(1, 6)}  # the weight / codes, scales, outliers
             linear = sum(art.module.params[v.name].nbytes for op in art.module.ops if op.kind in weights

@@ -53,9 +53,9 @@ def _row(model: str, export: str, r: dict, macs0: int) -> str:
 def _compiled(module, inputs):
     """(the loaded x86_64 artifact, its inputs as numpy arrays)."""
     import sliver
-    from sliver.api import _numpy
+    from sliver.common.numerics import as_numpy
 
-    return sliver.lower(module, inputs, target="x86_64", passes="dce").load(), [_numpy(x) for x in inputs]
+    return sliver.lower(module, inputs, target="x86_64", passes="dce").load(), [as_numpy(x) for x in inputs]
 
 
 def views_twin(module):
@@ -80,8 +80,8 @@ def selection_ms(model, inputs, repeat: int) -> float:
     only channel selections (sliver ``take``/``slice`` ops)."""
     from sliver.tools.profile import call_times
 
-    kinds = {o["name"]: o["kind"] for o in model.manifest.get("ops", [])}
-    selecting = {f for f, ops in model.manifest.get("primfuncs", {}).items()
+    kinds = {o.name: o.kind for o in model.manifest.ops}
+    selecting = {f for f, ops in model.manifest.primfuncs.items()
                  if ops and all(kinds.get(o) in ("take", "slice") for o in ops)}
     runs = call_times(model, inputs, repeat=repeat)
     return min(sum(sum(ts) for f, ts in run.items() if f in selecting) for run in runs) * 1e3

@@ -182,9 +182,9 @@ def _run_artifact(art, x: np.ndarray) -> np.ndarray | None:
     from sliver.tools.emulator import emulate
     from sliver.common.platform import host_arch
 
-    if art.manifest["target"]["arch"] == host_arch():
+    if art.manifest.target.arch == host_arch():
         return np.asarray(art.load()(x))
-    if art.manifest["target"]["arch"] != "aarch64" or not emulate.is_ready():
+    if art.manifest.target.arch != "aarch64" or not emulate.is_ready():
         return None
     with tempfile.TemporaryDirectory(prefix="sliver-digits-") as tmp:
         path = art.save(Path(tmp) / "digits.sliver")

@@ -604,7 +604,7 @@ declare(
 )
 
 # ----------------------------------------------------------------------------
-# quantization (issue 4; the op contract is /work/notes/LOWBIT_CONTRACT.md)
+# quantization (the op contract is in each op's doc below)
 #
 # Rounding follows torch's fake-quant kernels bit for bit:
 #     q = clamp(zero_point + nearbyint(x * inv_scale), qmin, qmax),  inv_scale = 1.0f / float(scale)

@@ -17,13 +17,14 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence, TextIO
 
 import numpy as np
 
 from sliver.common.errors import SliverError
+from sliver.common.records import PassRecord  # noqa: F401  (part of this module's API)
 from sliver.common.text import table_lines
 
 _PASSES: dict[str, type["Pass"]] = {}
@@ -140,22 +141,6 @@ def pipeline_string(passes: Sequence[Pass]) -> str:
 
 # ----------------------------------------------------------------------------
 # records and instruments
-
-
-@dataclass
-class PassRecord:
-    """What one pass did: the manager fills one per pass; instruments add to it."""
-
-    name: str
-    spec: str
-    seconds: float
-    changed: bool
-    ops_before: int
-    ops_after: int
-    params_before: int
-    params_after: int
-    drift: float | None = None  # max relative error of the outputs vs the input module
-    notes: dict = field(default_factory=dict)  # a pass's own report (e.g. layers folded)
 
 
 class Instrument:

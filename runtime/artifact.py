@@ -15,9 +15,9 @@ imports neither torch nor TVM's compiler; set ``TVM_USE_RUNTIME_LIB=1`` (as
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
-import json
 import os
 import tempfile
 import zipfile
@@ -32,19 +32,15 @@ from sliver.common.files import atomic_write
 from sliver.common.numerics import output_error
 from sliver.common.platform import elf_arch, host_arch
 
-FORMAT = "sliver-artifact"
-FORMAT_VERSION = 1
+from sliver.runtime.manifest import FORMAT, FORMAT_VERSION, NUMPY_DTYPES, Manifest, parse  # noqa: F401
+
 LIBRARY = "lib.so"
 MANIFEST = "manifest.json"
 GOLDEN = "golden.npz"
 
-# sliver element type → numpy dtype (the runtime does not import sliver.ir)
-_NUMPY = {"f64": "float64", "f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "i16": "int16",
-          "i8": "int8", "u8": "uint8", "bool": "bool"}
-
 
 def numpy_dtype(dtype: str) -> np.dtype:
-    return np.dtype(_NUMPY[dtype])
+    return np.dtype(NUMPY_DTYPES[dtype])
 
 
 @dataclass
@@ -52,24 +48,32 @@ class Artifact:
     """A compiled model before or after it is written to disk."""
 
     library: bytes
-    manifest: dict
+    manifest: Manifest  # a dict is checked and converted (Manifest.from_json)
     golden: dict[str, np.ndarray] = field(default_factory=dict)
     #: compiler-side extras (not saved): the optimized IR and the pass records
     module: object = None
     records: list = field(default_factory=list)
 
+    def __post_init__(self):
+        if isinstance(self.manifest, dict):
+            self.manifest = Manifest.from_json(self.manifest)
+
     @property
     def target(self) -> str:
-        return self.manifest["target"]["name"]
+        return self.manifest.target.name
 
     def save(self, path) -> Path:
         """Write the artifact atomically: a crash never leaves a half-written file."""
         golden = io.BytesIO()
         np.savez(golden, **self.golden)
+        # the manifest carries the golden data's hash, so that a signature over the
+        # manifest covers every byte of the archive
+        digest = hashlib.sha256(golden.getvalue()).hexdigest()
+        manifest = dataclasses.replace(self.manifest, golden=dataclasses.replace(self.manifest.golden, sha256=digest))
 
         def write(f):
             with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
-                z.writestr(MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=True))
+                z.writestr(MANIFEST, manifest.dumps())
                 z.writestr(LIBRARY, self.library)
                 z.writestr(GOLDEN, golden.getvalue())
 
@@ -94,7 +98,7 @@ def read(path) -> Artifact:
             missing = {MANIFEST, LIBRARY, GOLDEN} - names
             if missing:
                 raise ArtifactError(f"{path}: not a complete sliver artifact (missing {', '.join(sorted(missing))})")
-            manifest = json.loads(z.read(MANIFEST))
+            manifest_bytes = z.read(MANIFEST)
             library = z.read(LIBRARY)
             golden_bytes = z.read(GOLDEN)
     except ArtifactError:
@@ -103,17 +107,39 @@ def read(path) -> Artifact:
         raise ArtifactError(
             f"{path}: the artifact is corrupt or truncated ({e}); copy it again or rebuild it with `sliver lower`"
         ) from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: not a sliver artifact of format version {FORMAT_VERSION}")
+    try:
+        manifest = parse(manifest_bytes)
+    except ArtifactError as e:
+        raise ArtifactError(f"{path}: {e}") from None
     digest = hashlib.sha256(library).hexdigest()
-    if digest != manifest["library"]["sha256"]:
+    if digest != manifest.library.sha256:
         raise ArtifactError(
-            f"{path}: the library's sha256 is {digest[:16]}…, the manifest says {manifest['library']['sha256'][:16]}…: "
+            f"{path}: the library's sha256 is {digest[:16]}…, the manifest says {manifest.library.sha256[:16]}…: "
             "the file was modified or damaged; rebuild it with `sliver lower`"
         )
-    with np.load(io.BytesIO(golden_bytes)) as g:
-        golden = {k: g[k] for k in g.files}
+    if manifest.golden.sha256 is not None and hashlib.sha256(golden_bytes).hexdigest() != manifest.golden.sha256:
+        raise ArtifactError(f"{path}: {GOLDEN} does not match the manifest's sha256: the file was modified or "
+                            "damaged; rebuild it with `sliver lower`")
+    golden = _read_golden(path, golden_bytes, manifest)
     return Artifact(library, manifest, golden)
+
+
+def _read_golden(path, data: bytes, manifest: Manifest) -> dict[str, np.ndarray]:
+    """The golden arrays, checked against the manifest's inputs and outputs."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as g:
+            golden = {k: g[k] for k in g.files}
+    except Exception as e:  # numpy raises ValueError, OSError, zipfile and pickle errors for a damaged npz
+        raise ArtifactError(f"{path}: {GOLDEN} is damaged ({type(e).__name__}: {e}); rebuild it with `sliver lower`")
+    for kind, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
+        for i, spec in enumerate(specs):
+            a = golden.get(f"{kind}_{i}")
+            if a is None:
+                raise ArtifactError(f"{path}: {GOLDEN} has no {kind}_{i} ({spec.name}); rebuild it with `sliver lower`")
+            if list(a.shape) != spec.shape or (kind == "input" and a.dtype != numpy_dtype(spec.dtype)):
+                raise ArtifactError(f"{path}: {GOLDEN}'s {kind}_{i} is {a.dtype}{list(a.shape)}, the manifest says "
+                                    f"{numpy_dtype(spec.dtype)}{spec.shape}; rebuild it with `sliver lower`")
+    return golden
 
 
 def load(path) -> "CompiledModel":
@@ -140,13 +166,13 @@ class CompiledModel:
         self.artifact = artifact
         self.manifest = artifact.manifest
         self.source = source
-        want = self.manifest["target"]["arch"]
+        want = self.manifest.target.arch
         built = elf_arch(artifact.library)
         if built != want:
             raise ArtifactError(f"{source}: the library is built for {built}, the manifest says {want}")
         if want != host_arch():
             raise ArtifactError(
-                f"{source} was compiled for {want} ({self.manifest['target']['name']}) but this machine is "
+                f"{source} was compiled for {want} ({self.manifest.target.name}) but this machine is "
                 f"{host_arch()}; lower the model with --target for this machine, or run it with --emulate"
             )
         tvm = _import_tvm_runtime()
@@ -160,25 +186,25 @@ class CompiledModel:
         except Exception as e:
             raise ArtifactError(f"{source}: the TVM runtime could not load the library: {e}") from e
         self._tvm = tvm
-        self.inputs = self.manifest["inputs"]
-        self.outputs = self.manifest["outputs"]
+        self.inputs = self.manifest.inputs
+        self.outputs = self.manifest.outputs
 
     def _check(self, inputs: Sequence) -> list[np.ndarray]:
         if len(inputs) != len(self.inputs):
-            names = ", ".join(i["name"] for i in self.inputs)
+            names = ", ".join(i.name for i in self.inputs)
             raise InputError(f"the model takes {len(self.inputs)} input(s) ({names}), got {len(inputs)}")
         out = []
         for spec, x in zip(self.inputs, inputs):
             x = np.asarray(x)
-            want_dtype = numpy_dtype(spec["dtype"])
-            if list(x.shape) != list(spec["shape"]):
+            want_dtype = numpy_dtype(spec.dtype)
+            if list(x.shape) != spec.shape:
                 raise InputError(
-                    f"input {spec['name']!r} must have shape {spec['shape']}, got {list(x.shape)} "
+                    f"input {spec.name!r} must have shape {spec.shape}, got {list(x.shape)} "
                     "(artifacts are compiled for fixed shapes: lower again for a new shape)"
                 )
             if x.dtype != want_dtype:
                 raise InputError(
-                    f"input {spec['name']!r} must be {want_dtype}, got {x.dtype} (convert with .astype(np.{want_dtype}))"
+                    f"input {spec.name!r} must be {want_dtype}, got {x.dtype} (convert with .astype(np.{want_dtype}))"
                 )
             out.append(np.ascontiguousarray(x))
         return out
@@ -201,13 +227,13 @@ class CompiledModel:
     def verify(self) -> list[dict]:
         """Run the golden inputs and compare with the golden outputs.  Returns one
         report per output (max abs error, max rel error, ok)."""
-        tol = self.manifest["golden"]
+        tol = self.manifest.golden
         outs = self.run(*self.golden_inputs())
         reports = []
         for i, (spec, got) in enumerate(zip(self.outputs, outs)):
             want = self.artifact.golden[f"output_{i}"]
             err, rel = output_error(got, want)
             scale = float(np.abs(want).max()) if want.size else 0.0
-            ok = bool(np.allclose(got, want, rtol=tol["rtol"], atol=tol["atol"] * max(scale, 1e-30)))
-            reports.append({"output": spec["name"], "max_abs_err": err, "max_rel_err": rel, "ok": ok})
+            ok = bool(np.allclose(got, want, rtol=tol.rtol, atol=tol.atol * max(scale, 1e-30)))
+            reports.append({"output": spec.name, "max_abs_err": err, "max_rel_err": rel, "ok": ok})
         return reports

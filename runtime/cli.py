@@ -47,7 +47,7 @@ def serve(args) -> int:
 
 def _read_inputs(model, path: str) -> list[np.ndarray]:
     with np.load(path) as z:
-        names = [spec["name"] for spec in model.inputs]
+        names = [spec.name for spec in model.inputs]
         if all(n in z.files for n in names):
             return [z[n] for n in names]
         if len(z.files) != len(names):
@@ -66,20 +66,20 @@ def run(args) -> int:
             status = "ok" if r["ok"] else "MISMATCH"
             print(f"{r['output']}: max abs err {r['max_abs_err']:.3g}, max rel err {r['max_rel_err']:.3g}  {status}")
         ok = all(r["ok"] for r in reports)
-        print(f"verify: {'passed' if ok else 'FAILED'} ({model.manifest['target']['name']} artifact on "
+        print(f"verify: {'passed' if ok else 'FAILED'} ({model.manifest.target.name} artifact on "
               f"{_machine()})")
         if not ok:
             return 1
     inputs = _read_inputs(model, args.inputs) if args.inputs else model.golden_inputs()
     outputs = model.run(*inputs)
     if args.output:
-        np.savez(args.output, **{spec["name"]: y for spec, y in zip(model.outputs, outputs)})
+        np.savez(args.output, **{spec.name: y for spec, y in zip(model.outputs, outputs)})
         print(f"wrote {len(outputs)} output(s) to {args.output}")
     elif not args.verify:
         for spec, y in zip(model.outputs, outputs):
             flat = y.reshape(-1)
             head = np.array2string(flat[:8], precision=5, separator=", ")
-            print(f"{spec['name']}: {y.dtype}{list(y.shape)} {head}{' …' if flat.size > 8 else ''}")
+            print(f"{spec.name}: {y.dtype}{list(y.shape)} {head}{' …' if flat.size > 8 else ''}")
     if args.repeat:
         times = []
         for _ in range(args.repeat):
@@ -103,18 +103,18 @@ def inspect(args) -> int:
     art = read(args.artifact)
     m = art.manifest
     if args.json:
-        print(json.dumps(m, indent=2, sort_keys=True))
+        print(m.dumps())
         return 0
-    print(f"{args.artifact}: model @{m['model']}")
-    print(f"  target    {m['target']['name']} ({m['target']['arch']}) {json.dumps(m['target']['tvm'])}")
-    print(f"  built by  sliver {m['sliver_version']}, TVM {m['tvm_version']}, {m['created']}")
-    print(f"  pipeline  {m['pipeline'] or '(none)'}")
+    print(f"{args.artifact}: model @{m.model}")
+    print(f"  target    {m.target.name} ({m.target.arch}) {json.dumps(m.target.tvm)}")
+    print(f"  built by  sliver {m.sliver_version}, TVM {m.tvm_version}, {m.created}")
+    print(f"  pipeline  {m.pipeline or '(none)'}")
     for kind in ("inputs", "outputs"):
-        for spec in m[kind]:
-            print(f"  {kind[:-1]:<9} {spec['name']}: {spec['dtype']}{spec['shape']}")
-    lib = m["library"]
-    print(f"  library   {lib['bytes']:,} bytes, sha256 {lib['sha256'][:16]}… (checked)")
-    print(f"  params    {m['params']['count']} tensors, {m['params']['bytes']:,} bytes")
+        for spec in getattr(m, kind):
+            print(f"  {kind[:-1]:<9} {spec.name}: {spec.dtype}{spec.shape}")
+    lib = m.library
+    print(f"  library   {lib.bytes:,} bytes, sha256 {lib.sha256[:16]}… (checked)")
+    print(f"  params    {m.params.count} tensors, {m.params.bytes:,} bytes")
     return 0
 
 

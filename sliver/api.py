@@ -7,16 +7,14 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
-import hashlib
-import sys
 import warnings
 from typing import Callable, Sequence
 
 import numpy as np
 
-import sliver
 from sliver.common.errors import InputError, SliverError, SliverWarning
+from sliver.common.numerics import as_numpy
+from sliver.package import check_tolerances, jsonable, layer_of, package, param_operands, record_dict  # noqa: F401
 
 #: what ``lower`` runs when no pipeline is given.  fold-fake-quant goes first: it turns QAT
 #: layers into low-bit ops (absorbing their batch norms) before fold-batchnorm and
@@ -94,10 +92,11 @@ def _inference(model, what: str):
                 if m.training and isinstance(m, _mode_dependent())]
     if training:
         shown = ", ".join(training[:5]) + (f" and {len(training) - 5} more" if len(training) > 5 else "")
+        done = "traced and evaluated" if what == "lower" else "traced"
         warnings.warn(
-            f"{what}(): the model is in training mode; sliver compiles inference, so it "
-            f"{'traced and evaluated' if what == 'lower' else 'traced'} the model in eval mode (BatchNorm uses its running statistics, Dropout is off) for {shown}. The model "
-            "itself is left in the mode it was in; call model.eval() first to silence this note.",
+            f"{what}(): the model is in training mode; sliver compiles inference, so it {done} the model in eval "
+            f"mode (BatchNorm uses its running statistics, Dropout is off) for {shown}. The model itself is left in "
+            "the mode it was in; call model.eval() first to silence this note.",
             SliverWarning, stacklevel=4,  # the caller of trace()/lower()
         )
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
@@ -122,52 +121,6 @@ def _mode_dependent():
     import torch.nn as nn
 
     return (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.modules.instancenorm._InstanceNorm)
-
-
-def _numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.ascontiguousarray(np.asarray(x))
-
-
-def layer_of(op) -> str | None:
-    """The layer an op belongs to: its first param operand's name without the last
-    component (``layer1.0.conv1.weight`` → ``layer1.0.conv1``, as the pruning report
-    names layers); None for ops without params."""
-    params = param_operands(op)
-    name = next((n for n in params if n.endswith(".weight")), params[0] if params else None)
-    if name is None:
-        return None
-    return name.rsplit(".", 1)[0] if "." in name else name
-
-
-def param_operands(op) -> list[str]:
-    return [v.name for v in op.operands if v.producer is not None and v.producer.kind == "param"]
-
-
-def jsonable(x):
-    """``x`` with numpy values, tuples, sets and dataclasses turned into JSON types
-    (anything else becomes its ``str``)."""
-    import dataclasses
-
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        return x.item()
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return jsonable(dataclasses.asdict(x))
-    if x is None or isinstance(x, (bool, int, float, str)):
-        return x
-    return str(x)
-
-
-def record_dict(record) -> dict:
-    """A :class:`~sliver.passes.manager.PassRecord` as a JSON-safe dict (notes included)."""
-    return jsonable(record)
 
 
 def trace(model, example_inputs=(), *, name: str | None = None):
@@ -210,10 +163,10 @@ def _reference_outputs(model, module, inputs) -> list[np.ndarray]:
         except Exception as e:  # the user's forward may raise anything
             raise SliverError(f"the model's forward raised {type(e).__name__} on the example inputs: {e}") from e
         # the same flat order torch.export gives the outputs (dicts and ModelOutputs included)
-        return [_numpy(o) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+        return [as_numpy(o) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
     from sliver.ir.interp import run
 
-    return run(module, [_numpy(x) for x in inputs])
+    return run(module, [as_numpy(x) for x in inputs])
 
 
 def _tuning_database(module, target, tune, rpc, progress, winograd=True):
@@ -288,8 +241,8 @@ def lower(
     from sliver.backends.tvm.targets import check_toolchain, resolve
     from sliver.ir.core import Module
     from sliver.passes.manager import parse_pipeline, pipeline_string
-    from sliver.runtime.artifact import FORMAT, FORMAT_VERSION, Artifact
 
+    check_tolerances(rtol, atol)
     tgt = resolve(target)  # bad targets fail before any work
     check_toolchain(tgt)
     pipeline = parse_pipeline(passes)
@@ -298,12 +251,12 @@ def lower(
         module = model.clone()
         if not inputs:
             raise SliverError("lower() of a traced Module needs example inputs for the golden data")
-        golden_inputs = [_numpy(x) for x in _torch_inputs(inputs)]
+        golden_inputs = [as_numpy(x) for x in _torch_inputs(inputs)]
         golden_outputs = _reference_outputs(model, module, inputs)
     else:
         with _inference(model, "lower"):  # eval mode; the caller's model and tensors are left as they were
             module = _trace_verified(model, inputs)
-            golden_inputs = [_numpy(x) for x in _torch_inputs(inputs)]
+            golden_inputs = [as_numpy(x) for x in _torch_inputs(inputs)]
             golden_outputs = _reference_outputs(model, module, inputs)
 
     records = optimize(module, pipeline, verify=verify, instruments=instruments)
@@ -317,36 +270,10 @@ def lower(
     schedules: dict = {}
     library = compile_module(module, tgt, progress=progress, kernels=kernels, layers=primfuncs, tuning=tuning,
                              report=schedules, winograd=winograd, lowered=lowered)
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model": module.name,
-        "sliver_version": sliver.__version__,
-        "tvm_version": tvm_version(),
-        "python": ".".join(map(str, sys.version_info[:3])),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "target": {"name": tgt.name, "arch": tgt.arch, "tvm": tgt.spec},
-        "pipeline": pipeline_string(pipeline),
-        "inputs": [{"name": v.name, "shape": list(v.type.shape), "dtype": v.type.dtype} for v in module.inputs],
-        "outputs": [{"name": v.name, "shape": list(v.type.shape), "dtype": v.type.dtype} for v in module.outputs],
-        "library": {"file": "lib.so", "sha256": hashlib.sha256(library).hexdigest(), "bytes": len(library)},
-        "golden": {"file": "golden.npz", "rtol": rtol, "atol": atol},
-        "params": {"count": len(module.params), "bytes": int(sum(a.nbytes for a in module.params.values()))},
-        # for `sliver explain` and per-layer profiles: what each pass did, the ops of
-        # the optimized module and which compiled function computes which ops
-        "passes": [record_dict(r) for r in records],
-        "ops": [{"name": op.results[0].name, "kind": op.kind, "layer": layer_of(op), "params": param_operands(op),
-                 "shape": list(op.results[0].type.shape)} for op in module.ops if op.kind != "param"],
-        "primfuncs": primfuncs,
-        # which compiled functions got their schedule from the tuning database (sliver tune)
-        "tuning": {"database": tuning.key if tuning is not None else None,
-                   "tuned": sorted(k for k, v in schedules.items() if v == "tuned"),
-                   "kernels": len(schedules)},
-        # which compiled functions are Winograd convolutions (tuned or not)
-        "winograd": sorted(k for k in schedules if "winograd" in k),
-    }
-    if kernels:  # which kernel each low-bit layer got (qconv2d / qdense)
-        manifest["kernels"] = kernels
     golden = {f"input_{i}": x for i, x in enumerate(golden_inputs)}
     golden.update({f"output_{i}": y for i, y in enumerate(golden_outputs)})
-    return Artifact(library, manifest, golden, module=module, records=records)
+    art = package(module, tgt, pipeline_string(pipeline), library, golden, records=records, primfuncs=primfuncs,
+                  schedules=schedules, kernels=kernels, tuning_key=tuning.key if tuning is not None else None,
+                  tvm_version=tvm_version(), rtol=rtol, atol=atol)
+    art.records = records
+    return art

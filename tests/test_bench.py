@@ -119,7 +119,7 @@ def test_missing_onnxruntime_says_how_to_install(tmp_path, capsys, monkeypatch):
 
 
 def _conv_layers(manifest):
-    return {o["layer"] for o in manifest["ops"] if o["kind"] == "conv2d"}
+    return {o.layer for o in manifest.ops if o.kind == "conv2d"}
 
 
 def test_bench_artifact_per_layer(example_x86, tmp_path, capsys):
@@ -144,7 +144,7 @@ def test_bench_artifact_per_layer(example_x86, tmp_path, capsys):
     for layer in conv_layers:
         assert layer in out
     # the functions are the ones the manifest maps
-    assert {r["function"] for r in rows} <= set(manifest["primfuncs"])
+    assert {r["function"] for r in rows} <= set(manifest.primfuncs)
 
 
 def test_bench_artifact_flags_need_an_artifact(capsys):

@@ -14,7 +14,7 @@ from sliver.tools.cli import PASSTHROUGH, build_parser
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+FENCE = re.compile(r"^[ \t]*```.*?^[ \t]*```", re.S | re.M)  # fences may be indented (in list items)
 SPAN = re.compile(r"`([^`]+)`")
 FLAG = re.compile(r"(?<![\w-])(--[a-z][\w-]*)")
 
@@ -124,3 +124,217 @@ def test_the_readme_links_the_moved_results():
     results = readme.split("\n## Results\n", 1)[1]
     for topic in ("latency", "arm", "schedules", "winograd", "tuning", "outliers", "pruning", "lowbit"):
         assert f"(docs/results/{topic}.md)" in results, topic
+
+
+# --------------------------------------------------------------------------- the README's code blocks
+#
+# Every fenced block of the README (and every ``bash`` block under docs/) is checked:
+# Python blocks run on their tiny model, `sliver ...` and `python3 -m sliver.runtime ...`
+# lines parse and their `--help` exits 0 with every flag they use, the install and test
+# commands are the ones CI runs, pinned versions match pyproject.toml.  The quickstart's
+# CLI block is also executed on the bundled example (slow: it compiles).
+
+import os  # noqa: E402
+import shlex  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+README = ROOT / "README.md"
+BLOCK = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
+
+
+def _blocks(md: Path, lang: str) -> list[str]:
+    return [body for kind, body in BLOCK.findall(md.read_text()) if kind == lang]
+
+
+def _commands(body: str) -> list[list[str]]:
+    """The commands of a shell block: continuation lines joined, comments dropped, `a | b`
+    split into two commands, optional ``[...]`` brackets unwrapped."""
+    out = []
+    for line in body.replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        if not words:
+            continue
+        cmd: list[str] = []
+        for w in words + ["|"]:
+            if w == "|":
+                if cmd:
+                    out.append(cmd)
+                cmd = []
+            else:
+                cmd.append(w.strip("[]") if w.startswith("[") or w.endswith("]") else w)
+        out = [[w for w in c if w] for c in out]
+    return out
+
+
+def _sliver_script() -> list[str]:
+    script = Path(sys.executable).with_name("sliver")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sliver.tools.cli"]
+
+
+def _help(argv: list[str]) -> str:
+    proc = subprocess.run(argv + ["--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{' '.join(argv)} --help exited {proc.returncode}: {proc.stderr[-500:]}"
+    return proc.stdout
+
+
+def _pyproject_pins() -> dict:
+    text = (ROOT / "pyproject.toml").read_text()
+    return dict(re.findall(r'"([A-Za-z0-9_.-]+)==([^"]+)"', text))
+
+
+def _check_command(cmd: list[str], helps: dict) -> list[str]:
+    """Problems with one documented command (empty if it checks out)."""
+    flags = [w.split("=", 1)[0] for w in cmd if w.startswith("--")]
+    if cmd[0] == "sliver":
+        commands = _subparsers(build_parser())
+        name = cmd[1] if len(cmd) > 1 else ""
+        if name not in commands:
+            return [f"{shlex.join(cmd)}: no subcommand `sliver {name}`"]
+        prefix = cmd[:2]
+        nested = _subparsers(commands[name])
+        if nested and len(cmd) > 2 and cmd[2] in nested:
+            prefix = cmd[:3]
+        key = tuple(prefix)
+        if key not in helps:
+            helps[key] = _help(_sliver_script() + prefix[1:])
+        bad = [f"{shlex.join(cmd)}: {f} is not in `{' '.join(prefix)} --help`" for f in flags if f not in helps[key]]
+        if name not in PASSTHROUGH:
+            try:
+                build_parser().parse_args(cmd[1:])
+            except SystemExit:
+                bad.append(f"{shlex.join(cmd)}: the `sliver` argument parser rejects it")
+        return bad
+    if cmd[:3] in (["python3", "-m", "sliver.runtime"], ["python", "-m", "sliver.runtime"]):
+        key = ("runtime", cmd[3])
+        if key not in helps:
+            helps[key] = _help([sys.executable, "-m", "sliver.runtime", cmd[3]])
+        return [f"{shlex.join(cmd)}: {f} is not an option" for f in flags if f not in helps[key]]
+    if cmd[0] == "bash" and cmd[1].startswith("tools/"):
+        script = ROOT / cmd[1]
+        if not script.exists():
+            return [f"{shlex.join(cmd)}: no such script"]
+        usage = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=60)
+        if usage.returncode != 0:
+            return [f"{shlex.join(cmd)}: --help exited {usage.returncode}"]
+        return [f"{shlex.join(cmd)}: {f} is not in its --help" for f in flags if f not in usage.stdout]
+    if cmd[:3] == ["python3", "-m", "pytest"]:
+        ci = (ROOT / ".ci" / "run").read_text()
+        return [] if "python3 -m pytest -q" in ci else ["`python3 -m pytest -q` is not what .ci/run runs"]
+    if cmd[:2] == ["pip", "install"]:
+        pins = _pyproject_pins()
+        bad = []
+        for word in cmd[2:]:
+            name, _, version = word.partition("==")
+            if version and pins.get(name) != version:
+                bad.append(f"{word}: pyproject.toml pins {name}=={pins.get(name)}")
+            wheel = re.match(r"\./sliver-([^-]+)-py3-none-any\.whl$", word)
+            if wheel and f'version = "{wheel.group(1)}"' not in (ROOT / "pyproject.toml").read_text():
+                bad.append(f"{word}: not the version in pyproject.toml")
+        return bad
+    return [f"{shlex.join(cmd)}: a command tests/test_docs.py does not know how to check"]
+
+
+@pytest.mark.parametrize("md", DOCS, ids=_rel)
+def test_shell_blocks_run(md):
+    """Every command in a ``bash`` block: the subcommand exists, its --help exits 0 and
+    lists every flag used, the arguments parse; setup/test/install lines match the repo."""
+    helps: dict = {}
+    bad = []
+    for body in _blocks(md, "bash"):
+        for cmd in _commands(body):
+            bad += _check_command(cmd, helps)
+    assert not bad, f"{_rel(md)}: {bad}"
+
+
+def test_readme_has_the_two_commands_and_a_quickstart():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 300, f"README.md is {len(text.splitlines())} lines (at most 300)"
+    shells = [c for body in _blocks(README, "bash") for c in _commands(body)]
+    assert ["bash", "tools/setup.sh"] in shells and ["python3", "-m", "pytest", "-q"] in shells
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "bash tools/setup.sh" in ci and "python3 -m pytest -q" in ci
+    assert any("sliver.lower(" in b and "sliver.load(" in b for b in _blocks(README, "python"))
+
+
+def test_check_command_rejects_what_is_wrong():
+    """The checker itself can fail: unknown subcommands, unknown flags, wrong pins."""
+    helps: dict = {}
+    assert _check_command(["sliver", "frobnicate"], helps)
+    assert _check_command(["sliver", "lower", "m.py:f", "--no-such-flag"], helps)
+    assert _check_command(["sliver", "run"], helps)  # the artifact is required
+    assert _check_command(["pip", "install", "apache-tvm==0.1"], helps)
+    assert _check_command(["make", "all"], helps)
+    assert not _check_command(["sliver", "device", "serve", "--key", "pi"], helps)
+
+
+def _cross_compiler() -> bool:
+    return shutil.which("aarch64-linux-gnu-gcc") is not None
+
+
+@pytest.mark.slow
+def test_readme_python_blocks_run(tmp_path):
+    """The quickstart runs as written (its model is tiny), in a scratch directory."""
+    if not _cross_compiler():
+        pytest.skip("the quickstart lowers for arm64: needs aarch64-linux-gnu-gcc (bash tools/setup.sh)")
+    blocks = _blocks(README, "python")
+    assert blocks
+    for i, code in enumerate(blocks):
+        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "SLIVER_TUNING_DIR": str(tmp_path / "tuning")})
+        assert proc.returncode == 0, f"README python block {i} failed:\n{proc.stderr[-2000:]}"
+        if "print(abs(" in code:  # the quickstart prints the artifact's max error vs torch
+            assert float(proc.stdout.split()[-1]) < 1e-3, proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.emulated
+def test_readme_cli_quickstart_runs(tmp_path):
+    """The CLI quickstart block, executed on the bundled example (arm64 on the emulated Pi)."""
+    if not _cross_compiler():
+        pytest.skip("needs aarch64-linux-gnu-gcc (bash tools/setup.sh)")
+    block = next(b for b in _blocks(README, "bash") if "tools/examples/" in b and "sliver lower" in b)
+    (tmp_path / "tools").symlink_to(ROOT / "tools")
+    env = {**os.environ, "SLIVER_TUNING_DIR": str(tmp_path / "tuning")}
+    for cmd in _commands(block):
+        assert cmd[0] == "sliver", cmd
+        proc = subprocess.run(_sliver_script() + cmd[1:], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600, env=env)
+        assert proc.returncode == 0, f"{shlex.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-2000:]}"
+
+
+# --------------------------------------------------------------------------- no work history
+
+# Built from pieces so that this file does not match itself.
+_HISTORY = re.compile("|".join([
+    r"\bsessions? \d", r"\bsession's\b", r"\bthis session\b", r"\bnext session\b",
+    r"\bby the " + "lead\\b", r"\bthe " + "lead's\\b", r"\bengineers?\b",
+    r"(?<![\w.])/" + "work/", r"(?<![\w.])/" + "root/",
+]), re.I)
+
+
+def _tracked_text_files():
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    for name in out.decode().split("\0"):
+        path = ROOT / name
+        if name and path.is_file() and path.suffix not in (".npz", ".so", ".whl", ".png", ".pt2"):
+            try:
+                yield name, path.read_text()
+            except UnicodeDecodeError:
+                continue
+
+
+def test_no_work_history_or_machine_paths_in_the_repository():
+    """The repository speaks of the project: no development sessions, no who-did-what, no
+    paths of a development machine; measurement history is dated in docs/results/."""
+    bad = []
+    for name, text in _tracked_text_files():
+        for n, line in enumerate(text.splitlines(), 1):
+            m = _HISTORY.search(line)
+            if m:
+                bad.append(f"{name}:{n}: {m.group(0)!r}")
+    assert not bad, "work history or machine paths:\n" + "\n".join(bad[:40])

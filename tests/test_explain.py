@@ -28,11 +28,12 @@ def table(markdown: str, title: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def pruned(example, tmp_path_factory):
     """The example lowered with pruning and output drift measured, and its report."""
-    from sliver.api import _numpy, lower
+    from sliver.api import lower
+    from sliver.common.numerics import as_numpy
     from sliver.passes.manager import NumericDrift
 
     model, inputs = example
-    art = lower(model, inputs, "x86_64", passes=PIPELINE, instruments=[NumericDrift([_numpy(x) for x in inputs])])
+    art = lower(model, inputs, "x86_64", passes=PIPELINE, instruments=[NumericDrift([as_numpy(x) for x in inputs])])
     path = art.save(tmp_path_factory.mktemp("explain") / "pruned.sliver")
     from sliver.runtime.artifact import read
 
@@ -71,7 +72,7 @@ def test_report_channels_equal_the_prune_report(pruned):
     for name, row in layers.items():
         if row["op"] in ("conv2d", "wq_linear"):
             assert row["compiled function"]
-            assert set(row["compiled function"].split(" + ")) <= set(saved.manifest["primfuncs"])
+            assert set(row["compiled function"].split(" + ")) <= set(saved.manifest.primfuncs)
             assert row["latency ms (share)"].endswith("%)")
     # the prune pass's own text report is included verbatim, and the HTML has the same rows
     assert prune_record.notes["text"].strip() in md
@@ -88,9 +89,14 @@ def _manifest(notes_by_pass: list[tuple[str, dict]]) -> dict:
     ]
     passes = [{"name": name, "spec": name, "seconds": 0.001, "changed": True, "ops_before": 3, "ops_after": 3,
                "params_before": 2, "params_after": 2, "drift": None, "notes": notes} for name, notes in notes_by_pass]
-    return {"model": "M", "target": {"name": "x86_64", "arch": "x86_64"}, "created": "now", "sliver_version": "0",
-            "tvm_version": "0", "pipeline": ",".join(n for n, _ in notes_by_pass),
-            "params": {"count": 2, "bytes": 8}, "library": {"bytes": 0}, "ops": ops, "passes": passes,
+    return {"format": "sliver-artifact", "format_version": 2, "model": "M",
+            "target": {"name": "x86_64", "arch": "x86_64", "tvm": {}}, "created": "now", "sliver_version": "0",
+            "tvm_version": "0", "python": "3", "pipeline": ",".join(n for n, _ in notes_by_pass),
+            "inputs": [{"name": "x", "shape": [1, 3, 4, 4], "dtype": "f32"}],
+            "outputs": [{"name": "y", "shape": [1, 2], "dtype": "f32"}],
+            "golden": {"file": "golden.npz", "rtol": 1e-3, "atol": 1e-4},
+            "params": {"count": 2, "bytes": 8}, "library": {"file": "lib.so", "sha256": "0" * 64, "bytes": 0},
+            "ops": ops, "passes": passes,
             "primfuncs": {"fused_conv2d_relu": ["conv2d", "relu"], "fused_matmul": ["linear"]}}
 
 
@@ -142,4 +148,4 @@ def test_cli_explain_writes_markdown_and_html(pruned, tmp_path):
     assert md.startswith("# sliver explain: @TinyCNN for x86_64")
     assert "## Pass prune{amount=0.5}" in md and "## Pass quantize-weights{bits=4}" in md
     assert "<table>" in (tmp_path / "r.html").read_text()
-    json.dumps(saved.manifest["passes"])  # the records in the manifest are plain JSON
+    json.dumps(saved.manifest.to_json()["passes"])  # the records in the manifest are plain JSON

@@ -29,6 +29,7 @@ from sliver.backends.tvm.build import tvm_version
 from sliver.backends.tvm.targets import tvm_target
 from sliver.backends.tvm.tuning import RECORDS, Budget, TuningDatabase, TuningError
 from sliver.backends.tvm.tuning.database import _normalize
+from sliver.runtime.manifest import Tuning
 
 # a small evolutionary search: these tests check plumbing, not the quality of schedules
 os.environ.setdefault("SLIVER_TUNE_POPULATION", "32")
@@ -118,12 +119,12 @@ def test_tuned_artifact_is_correct_and_uses_the_records(tuned, monkeypatch):
     monkeypatch.setenv("SLIVER_TUNING_DIR", str(tuned["root"]))
     model, inputs = tuning_models.first()
     art = sliver.lower(model, inputs, target="x86_64")
-    info = art.manifest["tuning"]
+    info = art.manifest.tuning
     assert info["database"] == tuning.target_key("x86_64")
     assert "fused_conv2d_add_relu" in info["tuned"] and len(info["tuned"]) == info["kernels"] == 4
     assert_close(art.load().run(*numpy_inputs(inputs)), torch_outputs(model, inputs))
     untuned = sliver.lower(model, inputs, target="x86_64", tune=False)
-    assert untuned.manifest["tuning"] == {"database": None, "tuned": [], "kernels": 4}
+    assert untuned.manifest.tuning == Tuning(database=None, tuned=[], kernels=4)
 
 
 @pytest.mark.slow
@@ -140,7 +141,7 @@ def test_lower_with_a_budget_lowers_the_model_once(tmp_path, monkeypatch):
     model, inputs = tuning_models.first()
     art = sliver.lower(model, inputs, target="x86_64", tune=2)
     assert len(calls) == 1
-    assert len(art.manifest["tuning"]["tuned"]) == art.manifest["tuning"]["kernels"] == 4
+    assert len(art.manifest.tuning.tuned) == art.manifest.tuning.kernels == 4
     assert_close(art.load().run(*numpy_inputs(inputs)), torch_outputs(model, inputs))
 
 
@@ -161,7 +162,7 @@ def test_records_are_keyed_by_target(tuned, monkeypatch):
     assert x86.db.query_schedule(wl, tvm_target(arm.target), "main") is not None
     model, inputs = tuning_models.first()
     art = sliver.lower(model, inputs, target="arm64")
-    assert art.manifest["tuning"]["tuned"] == [] and art.manifest["tuning"]["database"] is None
+    assert art.manifest.tuning.tuned == [] and art.manifest.tuning.database is None
 
 
 @pytest.mark.slow
@@ -375,7 +376,7 @@ def test_rpc_tuning_on_the_emulated_pi(tracker, tmp_path, monkeypatch):
     assert all(s["best"] is not None for s in stats.values())  # every kernel measured on the device
     from sliver.runtime.artifact import read
 
-    assert read(out).manifest["tuning"]["database"] == db.key
-    assert len(read(out).manifest["tuning"]["tuned"]) == 4
+    assert read(out).manifest.tuning.database == db.key
+    assert len(read(out).manifest.tuning.tuned) == 4
     proc = emulate.run_module(["run", str(out), "--verify"])
     assert proc.returncode == 0 and "verify: passed" in proc.stdout, proc.stdout + proc.stderr

@@ -54,8 +54,8 @@ def bench_artifact(args) -> dict:
 
     art = read(args.artifact)
     m = art.manifest
-    head = f"{args.artifact}: @{m['model']} for {m['target']['name']} ({m['target']['arch']})"
-    report = {"artifact": str(args.artifact), "model": m["model"], "target": m["target"]["name"]}
+    head = f"{args.artifact}: @{m.model} for {m.target.name} ({m.target.arch})"
+    report = {"artifact": str(args.artifact), "model": m.model, "target": m.target.name}
     if args.emulate:
         from sliver.tools.emulator import emulate, icount
 
@@ -87,8 +87,8 @@ def bench_artifact(args) -> dict:
             print(_artifact_rows(rows, "instructions"))
             report["functions"] = rows
         return report
-    if m["target"]["arch"] != host_arch():
-        raise SliverError(f"{args.artifact} is built for {m['target']['arch']}; this machine is {host_arch()}: "
+    if m.target.arch != host_arch():
+        raise SliverError(f"{args.artifact} is built for {m.target.arch}; this machine is {host_arch()}: "
                           "add --emulate to count its instructions on the emulated Pi")
     repeat = args.repeat or 30
     set_tvm_threads(args.threads)

@@ -201,11 +201,11 @@ def _layer_ops(manifest) -> dict[str, dict]:
     """{layer: its main op (kind, shape, name)}, in module order: the op reading the
     layer's ``.weight``, else its first op (a pruned layer may start with a gather)."""
     out = {}
-    for o in manifest.get("ops", []):
-        layer = o.get("layer")
+    for o in manifest.ops:
+        layer = o.layer
         if not layer:
             continue
-        weighty = any(p.endswith(".weight") for p in o.get("params", []))
+        weighty = any(p.endswith(".weight") for p in o.params)
         if layer not in out or (weighty and not out[layer][1]):
             out[layer] = (o, weighty)
     return {k: v[0] for k, v in out.items()}
@@ -217,7 +217,7 @@ def _functions_of(manifest) -> dict[str, list[str]]:
     from sliver.tools.profile import describe
 
     out: dict[str, list[str]] = {}
-    for fn in manifest.get("primfuncs", {}):
+    for fn in manifest.primfuncs:
         for layer in describe(manifest, fn)[1]:
             out.setdefault(layer, []).append(fn)
     return out
@@ -228,7 +228,7 @@ def measure(artifact, *, emulate: bool, repeat: int) -> tuple[dict, str]:
     or ({}, why not) when the artifact cannot run here."""
     from sliver.common.platform import host_arch
 
-    arch = artifact.manifest["target"]["arch"]
+    arch = artifact.manifest.target.arch
     if emulate:
         from sliver.tools.emulator import icount
 
@@ -244,28 +244,28 @@ def measure(artifact, *, emulate: bool, repeat: int) -> tuple[dict, str]:
 
 def build_report(artifact, *, source: str, cost: dict, unit: str) -> Doc:
     m = artifact.manifest
-    records = m.get("passes")
+    records = m.passes
     if records is None:
         raise SliverError(f"{source} carries no pass records (built by an older sliver): lower it again")
     layer_ops = _layer_ops(m)
     layers = set(layer_ops)
-    per_pass = [(r, layer_notes(r.get("notes", {}), layers)) for r in records]
+    per_pass = [(r, layer_notes(r.notes, layers)) for r in records]
     fns_of = _functions_of(m)
 
     doc = Doc()
-    doc.h(1, f"sliver explain: @{m['model']} for {m['target']['name']}")
-    doc.p(f"Artifact `{source}`, built {m['created']} by sliver {m['sliver_version']} with TVM {m['tvm_version']}; "
-          f"pipeline `{m['pipeline'] or '(none)'}`; {m['params']['count']} params, {m['params']['bytes']:,} bytes; "
-          f"library {m['library']['bytes']:,} bytes.")
+    doc.h(1, f"sliver explain: @{m.model} for {m.target.name}")
+    doc.p(f"Artifact `{source}`, built {m.created} by sliver {m.sliver_version} with TVM {m.tvm_version}; "
+          f"pipeline `{m.pipeline or '(none)'}`; {m.params.count} params, {m.params.bytes:,} bytes; "
+          f"library {m.library.bytes:,} bytes.")
 
     doc.h(2, "Passes")
     rows = [("#", "pass", "changed", "ops", "params", "output drift", "time")]
     for i, r in enumerate(records):
-        drift = "—" if r.get("drift") is None else f"{r['drift']:.3g}"
-        rows.append((str(i + 1), r["spec"], "yes" if r["changed"] else "no", f"{r['ops_before']} → {r['ops_after']}",
-                     f"{r['params_before']} → {r['params_after']}", drift, f"{r['seconds'] * 1e3:.1f} ms"))
+        drift = "—" if r.drift is None else f"{r.drift:.3g}"
+        rows.append((str(i + 1), r.spec, "yes" if r.changed else "no", f"{r.ops_before} → {r.ops_after}",
+                     f"{r.params_before} → {r.params_after}", drift, f"{r.seconds * 1e3:.1f} ms"))
     doc.table(rows)
-    if all(r.get("drift") is None for r in records):
+    if all(r.drift is None for r in records):
         doc.p("Output drift was not measured (lower with --drift, or explain the MODEL).")
     else:
         doc.p("Output drift: max |error| of the outputs relative to their largest magnitude, vs the model "
@@ -285,17 +285,17 @@ def build_report(artifact, *, source: str, cost: dict, unit: str) -> Doc:
                 continue
             chans = chans or _channels(entries)
             # bit widths per entry, else the pass's own (e.g. quantize-weights{bits=4})
-            bits += _bits(entries) or _bits({"": [{k: v for k, v in r.get("notes", {}).items()
+            bits += _bits(entries) or _bits({"": [{k: v for k, v in r.notes.items()
                                                    if not isinstance(v, (dict, list))}]})
             outl += _outliers(entries)
             if not _channels(entries):
-                notes += [f"{r['name']}: {_summary(k, v)}" for k, v in entries.items()
+                notes += [f"{r.name}: {_summary(k, v)}" for k, v in entries.items()
                           if not any(w in k.lower() for w in OUTLIER_KEYS)]
         fns = fns_of.get(layer, [])
         measured = [cost[f] for f in fns if f in cost]
         value, share = sum(c[0] for c in measured), sum(c[1] for c in measured)
         c_text = "" if not measured else (f"{value:.3f} ({share:.0%})" if unit == "ms" else f"{value:,} ({share:.0%})")
-        rows.append((layer, op["kind"], "×".join(map(str, op["shape"])), chans[0] if chans else "",
+        rows.append((layer, op.kind, "×".join(map(str, op.shape)), chans[0] if chans else "",
                      chans[1] if chans else "", ", ".join(bits), str(outl) if outl else "", "; ".join(notes),
                      " + ".join(fns), c_text))
     doc.table(rows)
@@ -305,10 +305,10 @@ def build_report(artifact, *, source: str, cost: dict, unit: str) -> Doc:
             f"{f} {v[0]:.3f} ms" if unit == "ms" else f"{f} {v[0]:,}" for f, v in others.items()) + ".")
 
     for r, found in per_pass:
-        text = r.get("notes", {}).get("text") if isinstance(r.get("notes"), dict) else None
+        text = r.notes.get("text")
         if not (found or text):
             continue
-        doc.h(2, f"Pass {r['spec']}")
+        doc.h(2, f"Pass {r.spec}")
         if text:
             doc.pre(text)
         else:
@@ -325,17 +325,18 @@ def explain(artifact, *, source: str, emulate: bool = False, repeat: int = 10) -
 
 
 def _lower_model(args):
-    from sliver.api import _numpy, lower
+    from sliver.api import lower
+    from sliver.common.numerics import as_numpy
     from sliver.passes.manager import NumericDrift
-    from sliver.tools.cli import _say, load_model
+    from sliver.tools.shared import load_model, say
 
     model, inputs = load_model(args.model)
-    _say(f"lowering {args.model} for {args.target} with {args.passes} (output drift measured)")
+    say(f"lowering {args.model} for {args.target} with {args.passes} (output drift measured)")
     art = lower(model, inputs, args.target, passes=args.passes,
-                instruments=[NumericDrift([_numpy(x) for x in inputs])], progress=_say)
+                instruments=[NumericDrift([as_numpy(x) for x in inputs])], progress=say)
     path = Path(args.artifact_out or (Path(args.output).with_suffix(".sliver") if args.output else "explain.sliver"))
     art.save(path)
-    _say(f"wrote {path}")
+    say(f"wrote {path}")
     return art, str(path)
 
 
@@ -372,7 +373,7 @@ def run(args) -> int:
     else:
         sys.stdout.write(text)
     if args.html:
-        page = doc.html(f"sliver explain {art.manifest['model']}")
+        page = doc.html(f"sliver explain {art.manifest.model}")
         atomic_write(args.html, lambda f: f.write(page.encode()))
         print(f"wrote {args.html}", file=sys.stderr)
     return 0

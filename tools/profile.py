@@ -100,10 +100,10 @@ def time_runs(fn: Callable[[], object], warmup: int, repeat: int, budget_s: floa
     return done_warmup, times, cut
 
 
-def describe(manifest: dict, function: str) -> tuple[list, list]:
+def describe(manifest, function: str) -> tuple[list, list]:
     """(sliver ops, their distinct layers) that compiled ``function`` computes."""
-    ops = list(manifest.get("primfuncs", {}).get(function, []))
-    layer_of = {o["name"]: o.get("layer") for o in manifest.get("ops", [])}
+    ops = list(manifest.primfuncs.get(function, []))
+    layer_of = {o.name: o.layer for o in manifest.ops}
     layers = []
     for name in ops:
         layer = layer_of.get(name)

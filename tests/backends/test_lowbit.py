@@ -276,7 +276,7 @@ def test_arm64_artifact_matches_interpreter_on_emulated_pi(cases, tmp_path):
 
     module, inputs, _ = cases
     art = sliver.lower(module, inputs, target="arm64", rtol=1e-5, atol=1e-5)
-    assert art.manifest["kernels"]["w2a2"] == "bitserial" and art.manifest["kernels"]["w8a8"] == "int8"
+    assert art.manifest.kernels["w2a2"] == "bitserial" and art.manifest.kernels["w8a8"] == "int8"
     path = art.save(tmp_path / "cases.sliver")
     proc = emulate.run_module(["run", str(path), "--verify"])
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -138,7 +138,7 @@ X86_JOBS = pytest.mark.precompiled.with_args(
 def test_compiled_winograd_model_matches_torch(net, artifacts):
     _, x, want = net
     art = artifacts[True]
-    assert len(art.manifest["winograd"]) == WINOGRAD_CONVS, art.manifest["winograd"]
+    assert len(art.manifest.winograd) == WINOGRAD_CONVS, art.manifest.winograd
     got = art.load().run(x.numpy())[0]
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
@@ -147,7 +147,7 @@ def test_compiled_winograd_model_matches_torch(net, artifacts):
 def test_compiled_direct_model_matches_torch(net, artifacts):
     _, x, want = net
     art = artifacts[False]
-    assert art.manifest["winograd"] == []
+    assert art.manifest.winograd == []
     got = art.load().run(x.numpy())[0]
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
@@ -209,7 +209,7 @@ def test_arm64_winograd_artifact_matches_torch_on_emulated_pi(net, tmp_path):
     path = precompile.get(("call", "test_winograd", "lowered", "arm64", True))  # lowered(): compiled ahead
     from sliver.runtime.artifact import read
 
-    assert len(read(path).manifest["winograd"]) == WINOGRAD_CONVS
+    assert len(read(path).manifest.winograd) == WINOGRAD_CONVS
     got = emulated_first_output(path, tmp_path)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 

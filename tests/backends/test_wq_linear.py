@@ -98,7 +98,7 @@ def test_x86_matches_the_interpreter(model, artifacts, bits):
 @pytest.mark.precompiled.with_args(_jobs)
 def test_artifact_carries_packed_weights(artifacts):
     """The library holds the codes, not float32 weights: its size falls with the bits."""
-    size = {bits: sliver.load(path).manifest["library"]["bytes"] for bits, (_, path) in artifacts.items()}
+    size = {bits: sliver.load(path).manifest.library.bytes for bits, (_, path) in artifacts.items()}
     weights_f32 = (256 * 384 + 384 * 120) * 4
     for bits in (8, 4, 3):
         # the codes save (1 - bits/32) of the float32 weight bytes; scales and kernel code cost some back
@@ -156,4 +156,4 @@ def test_cli_lower_with_quantize_weights_verifies_against_the_quantized_module(t
     assert main(["lower", f"{spec}:build", "--target", "x86_64", "--passes", passes, "-o", str(art)]) == 0
     assert main(["run", str(art), "--verify"]) == 0
     assert "verify: passed" in capsys.readouterr().out
-    assert sliver.load(art).manifest["pipeline"].startswith("quantize-weights{bits=3")
+    assert sliver.load(art).manifest.pipeline.startswith("quantize-weights{bits=3")

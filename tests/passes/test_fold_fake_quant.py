@@ -420,10 +420,10 @@ def test_all_cases_compiled_for_x86_match_fake_quant_torch(all_cases):
 
     model, xs, want = all_cases
     art = read(precompile.get(("call", "test_fold_fake_quant", "lowered_all_cases", "x86_64")))  # compiled ahead
-    rows = art.manifest["passes"][0]["notes"]["layers"]  # the fold-fake-quant record, as saved
+    rows = art.manifest.passes[0].notes["layers"]  # the fold-fake-quant record, as saved
     assert [r["layer"] for r in rows if not r["folded"]] == [f"layers.{len(CASES)}.c2.layer"]
     # its input; its weight was const-folded
-    assert sum(op["kind"] == "fake_quant" for op in art.manifest["ops"]) == 1
+    assert sum(op.kind == "fake_quant" for op in art.manifest.ops) == 1
     got = art.load()(*[x.numpy() for x in xs])
     for name, g_, w_ in zip(model.names, got, want):
         np.testing.assert_allclose(g_, w_, rtol=1e-5, atol=1e-5 * np.abs(w_).max(), err_msg=name)

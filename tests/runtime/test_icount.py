@@ -124,7 +124,7 @@ def test_bench_emulate_reports_instructions_per_layer(example_arm64, counted, tm
     manifest = read(example_arm64).manifest
     for name, n in counted.functions.items():
         assert rows[name]["instructions"] == n
-    conv_layers = {o["layer"] for o in manifest["ops"] if o["kind"] == "conv2d"}
+    conv_layers = {o.layer for o in manifest.ops if o.kind == "conv2d"}
     named = {layer for r in rows.values() for layer in r["layers"]}
     assert conv_layers and conv_layers <= named
     # ... and the library's modeled cycles, in total and per function, when llvm is installed

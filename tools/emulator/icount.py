@@ -163,13 +163,13 @@ def count_artifact(artifact, inputs: Sequence | None = None, **kw) -> Instructio
     from sliver.runtime.artifact import Artifact, read
 
     art = artifact if isinstance(artifact, Artifact) else read(artifact)
-    if art.manifest["target"]["arch"] != "aarch64":
+    if art.manifest.target.arch != "aarch64":
         raise SliverError(
             f"instruction counts are measured on the emulated Pi: the artifact is built for "
-            f"{art.manifest['target']['arch']} ({art.target}); lower it with --target arm64"
+            f"{art.manifest.target.arch} ({art.target}); lower it with --target arm64"
         )
     if inputs is None:
-        inputs = [art.golden[f"input_{i}"] for i in range(len(art.manifest["inputs"]))]
+        inputs = [art.golden[f"input_{i}"] for i in range(len(art.manifest.inputs))]
     return count_library(art.library, inputs, function="main", **kw)
 
 

@@ -1,0 +1,393 @@
+"""The artifact manifest: one typed schema, written by the compiler, checked on read.
+
+``manifest.json`` inside a ``.sliver`` file is the JSON form of :class:`Manifest`.
+The compiler (``sliver.package``) builds a ``Manifest`` and writes ``to_json()``;
+the runtime reads it with :func:`parse` (bytes) or :meth:`Manifest.from_json` (a
+decoded object), which check every field against the schema before anything else
+in the archive is used: a missing field, a value of the wrong type, an unknown enum
+value, an unexpected key, NaN, an oversized or too deeply nested document are all an
+:class:`~sliver.common.errors.ArtifactError` that names the field
+(``manifest field inputs[0].shape[1]: expected an integer ≥ 0, got -3``), never a
+``KeyError`` or ``TypeError`` further down.
+
+Older formats are migrated on read (:data:`MIGRATIONS`): format version 1 had no
+hash of ``golden.npz`` and wrote ``kernels`` only when the model had low-bit layers.
+
+This module imports only the standard library and ``sliver.common``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+from sliver.common.errors import ArtifactError
+from sliver.common.records import PassRecord
+
+FORMAT = "sliver-artifact"
+FORMAT_VERSION = 2
+
+#: a manifest larger than this is refused before it is parsed
+MAX_MANIFEST_BYTES = 32 << 20
+#: how deeply free-form JSON (pass notes, the TVM target dict) may nest
+MAX_JSON_DEPTH = 32
+#: an input or output may hold at most this many elements (2 Gi: larger shapes are junk)
+MAX_ELEMENTS = 1 << 31
+#: the largest tolerances ``--verify`` accepts from a manifest: beyond them any output
+#: would pass (give wider ones to ``CompiledModel.verify`` explicitly if you mean it)
+MAX_RTOL = 0.1
+MAX_ATOL = 0.1
+
+Arch = Literal["x86_64", "aarch64", "arm"]
+DType = Literal["f64", "f32", "f16", "i64", "i32", "i16", "i8", "u8", "bool"]
+
+#: sliver element type → numpy dtype name (the runtime does not import sliver.ir)
+NUMPY_DTYPES = {"f64": "float64", "f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32",
+                "i16": "int16", "i8": "int8", "u8": "uint8", "bool": "bool"}
+
+
+class JSON:
+    """Annotation for a free-form JSON value (checked: JSON types only, finite
+    numbers, string keys, nesting at most :data:`MAX_JSON_DEPTH`)."""
+
+
+def _fail(where: str, problem: str) -> ArtifactError:
+    return ArtifactError(f"manifest field {where}: {problem}; rebuild the artifact with `sliver lower`")
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Schema:
+    """Shared (de)serialisation of the manifest's dataclasses."""
+
+    def to_json(self) -> dict:
+        return _dump(self)
+
+    @classmethod
+    def from_json(cls, data, where: str = ""):
+        return _load_dataclass(cls, data, where)
+
+    def check(self, where: str) -> None:
+        """Checks across fields (after every field has its type)."""
+
+
+@dataclass
+class Target(_Schema):
+    name: str
+    arch: Arch
+    tvm: JSON  # the TVM target dict (or string) the library was compiled for
+
+
+@dataclass
+class TensorSpec(_Schema):
+    name: str
+    shape: list[int]
+    dtype: DType
+
+    def check(self, where: str) -> None:
+        n = 1
+        for i, d in enumerate(self.shape):
+            if d < 0:
+                raise _fail(f"{where}.shape[{i}]", f"expected a size ≥ 0, got {d}")
+            n *= d
+            if n > MAX_ELEMENTS:
+                raise _fail(f"{where}.shape", f"{self.shape} has more than {MAX_ELEMENTS:,} elements")
+        if len(self.shape) > 16:
+            raise _fail(f"{where}.shape", f"{len(self.shape)} dimensions (at most 16)")
+
+    @property
+    def numpy_dtype(self) -> str:
+        return NUMPY_DTYPES[self.dtype]
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass
+class Library(_Schema):
+    file: Literal["lib.so"]
+    sha256: str
+    bytes: int
+
+    def check(self, where: str) -> None:
+        if not _SHA256.fullmatch(self.sha256):
+            raise _fail(f"{where}.sha256", f"expected 64 lowercase hex digits, got {_short(self.sha256)}")
+        if self.bytes < 0:
+            raise _fail(f"{where}.bytes", f"expected a size ≥ 0, got {self.bytes}")
+
+
+@dataclass
+class Golden(_Schema):
+    file: Literal["golden.npz"]
+    rtol: float
+    atol: float  # relative to the largest golden output magnitude
+    sha256: str | None = None  # None only in artifacts migrated from format version 1
+
+    def check(self, where: str) -> None:
+        for name, limit in (("rtol", MAX_RTOL), ("atol", MAX_ATOL)):
+            v = getattr(self, name)
+            if not 0.0 <= v <= limit:
+                raise _fail(f"{where}.{name}", f"expected a tolerance in [0, {limit}], got {v}")
+        if self.sha256 is not None and not _SHA256.fullmatch(self.sha256):
+            raise _fail(f"{where}.sha256", f"expected 64 lowercase hex digits, got {_short(self.sha256)}")
+
+
+@dataclass
+class Params(_Schema):
+    count: int
+    bytes: int
+
+
+@dataclass
+class OpInfo(_Schema):
+    """One op of the optimized module (for per-layer reports)."""
+
+    name: str
+    kind: str
+    layer: str | None
+    params: list[str]
+    shape: list[int]
+
+
+@dataclass
+class Tuning(_Schema):
+    database: str | None  # the tuning database's key, None without one
+    tuned: list[str]  # compiled functions whose schedule came from it
+    kernels: int  # compiled functions in all
+
+
+@dataclass
+class Manifest(_Schema):
+    """Everything ``manifest.json`` says about an artifact."""
+
+    format: Literal["sliver-artifact"]
+    format_version: int
+    model: str
+    sliver_version: str
+    tvm_version: str
+    python: str
+    created: str
+    target: Target
+    pipeline: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    library: Library
+    golden: Golden
+    params: Params
+    #: what each pass did (None: built before pass records were kept)
+    passes: list[PassRecord] | None = None
+    ops: list[OpInfo] = field(default_factory=list)
+    #: compiled function → the sliver ops (result names) it computes
+    primfuncs: dict[str, list[str]] = field(default_factory=dict)
+    tuning: Tuning = field(default_factory=lambda: Tuning(None, [], 0))
+    #: compiled functions that are Winograd convolutions
+    winograd: list[str] = field(default_factory=list)
+    #: low-bit layer → the kernel it got (``bitserial``, ``int8``)
+    kernels: dict[str, str] = field(default_factory=dict)
+
+    def check(self, where: str) -> None:
+        if self.format_version != FORMAT_VERSION:
+            raise _fail("format_version", f"expected {FORMAT_VERSION}, got {self.format_version}")
+        for kind in ("inputs", "outputs"):
+            names = [s.name for s in getattr(self, kind)]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise _fail(kind, f"the name(s) {', '.join(map(repr, dup))} occur more than once")
+
+    @classmethod
+    def from_json(cls, data, where: str = "") -> "Manifest":
+        """Check (and migrate, if older) a decoded manifest."""
+        if not isinstance(data, dict):
+            raise ArtifactError(f"manifest: expected a JSON object, got {_kind(data)}")
+        if data.get("format") != FORMAT:
+            raise _fail("format", f"expected {FORMAT!r}, got {_short(data.get('format'))} (not a sliver artifact)")
+        version = data.get("format_version")
+        if type(version) is not int:
+            raise _fail("format_version", f"expected an integer, got {_kind(version)}")
+        if version > FORMAT_VERSION:
+            raise _fail("format_version", f"version {version} is newer than this sliver reads ({FORMAT_VERSION}); "
+                                          "upgrade sliver on this machine")
+        while version in MIGRATIONS:
+            data = MIGRATIONS[version](data)
+            version = data["format_version"]
+        return _load_dataclass(cls, data, where)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True)
+
+
+def _from_v1(data: dict) -> dict:
+    """Format version 1 → 2: ``golden.sha256`` (unknown: None) and ``kernels`` always present."""
+    data = dict(data)
+    data["format_version"] = 2
+    data.setdefault("kernels", {})
+    return data
+
+
+#: format version → the function that turns it into the next version
+MIGRATIONS = {1: _from_v1}
+
+
+def parse(raw: bytes) -> Manifest:
+    """The manifest in ``raw`` (the bytes of ``manifest.json``), checked."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"manifest: {len(raw):,} bytes is more than the {MAX_MANIFEST_BYTES:,} a manifest may have")
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except RecursionError:
+        raise ArtifactError("manifest: the JSON is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ArtifactError(f"manifest: not valid JSON ({e})") from None
+    return Manifest.from_json(data)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+# --- the checker ------------------------------------------------------------------------
+
+
+def from_json(cls, data, where: str = ""):
+    """An instance of the dataclass ``cls`` from decoded JSON, every field checked
+    against its annotation (an :class:`ArtifactError` naming ``where.field`` if not)."""
+    return _load_dataclass(cls, data, where)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _load_dataclass(cls, data, where: str):
+    if not isinstance(data, dict):
+        raise _fail(where or "(top level)", f"expected an object, got {_kind(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    extra = sorted(set(data) - set(fields), key=str)
+    if extra:
+        name = extra[0]
+        raise _fail(_join(where, str(name)), "not a field of this format (a damaged or foreign manifest)")
+    hints = _hints(cls)
+    values = {}
+    for name, f in fields.items():
+        here = _join(where, name)
+        if name not in data:
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                continue
+            raise _fail(here, "missing")
+        values[name] = _convert(hints[name], data[name], here)
+    obj = cls(**values)
+    if isinstance(obj, _Schema):
+        obj.check(where or "manifest")
+    return obj
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _convert(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    if tp is JSON:
+        _check_json(value, where, 0)
+        return value
+    if origin is Union or origin is types.UnionType:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        if value is None:
+            raise _fail(where, f"expected {_describe(inner)}, got null")
+        return _convert(inner, value, where)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if not isinstance(value, str) or value not in allowed:
+            raise _fail(where, f"expected one of {', '.join(map(repr, allowed))}, got {_short(value)}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise _fail(where, f"expected a string, got {_kind(value)}")
+        return value
+    if tp is bool:
+        if type(value) is not bool:
+            raise _fail(where, f"expected a boolean, got {_kind(value)}")
+        return value
+    if tp is int:
+        if type(value) is not int:
+            raise _fail(where, f"expected an integer, got {_kind(value)}")
+        return value
+    if tp is float:
+        if type(value) not in (int, float) or not math.isfinite(value):
+            raise _fail(where, f"expected a finite number, got {_short(value) if type(value) is float else _kind(value)}")
+        return float(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise _fail(where, f"expected a list, got {_kind(value)}")
+        (item,) = typing.get_args(tp)
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _fail(where, f"expected an object, got {_kind(value)}")
+        _, item = typing.get_args(tp) or (str, JSON)
+        return {k: _convert(item, v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _load_dataclass(tp, value, where)
+    raise TypeError(f"manifest schema: unsupported annotation {tp!r}")  # a bug in this module, not in the file
+
+
+def _describe(tp) -> str:
+    if typing.get_origin(tp) is list:
+        return "a list"
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}.get(tp, "an object")
+
+
+def _check_json(value, where: str, depth: int) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise _fail(where, f"nested more than {MAX_JSON_DEPTH} levels deep")
+    if value is None or type(value) in (bool, int, str):
+        return
+    if type(value) is float:
+        if not math.isfinite(value):
+            raise _fail(where, f"expected a finite number, got {value}")
+        return
+    if type(value) is list:
+        for i, v in enumerate(value):
+            _check_json(v, f"{where}[{i}]", depth + 1)
+        return
+    if type(value) is dict:
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise _fail(where, f"expected string keys, got {_kind(k)}")
+            _check_json(v, f"{where}[{k!r}]", depth + 1)
+        return
+    raise _fail(where, f"expected a JSON value, got {type(value).__name__}")
+
+
+def _dump(x):
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: _dump(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, dict):
+        return {k: _dump(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_dump(v) for v in x]
+    return x
