@@ -96,6 +96,8 @@ def _read_params(ppath: Path, types: dict) -> dict[str, np.ndarray]:
                         raise bad(f"param %{name} is {want} in the IR text but {dtype}{list(shape)} in the params file")
                 with zf.open(info) as f:
                     data = np.lib.format.read_array(f, allow_pickle=False)
+                    if f.read(1):  # also reaches the end of the entry, where zipfile checks its CRC-32
+                        raise ValueError("bytes after the array")
             except IRParseError:
                 raise
             except Exception as e:  # zlib, zipfile and numpy raise many types for a damaged entry

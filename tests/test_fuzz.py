@@ -282,3 +282,35 @@ def test_ir_text_mutations():
     assert texts >= min(1000, 11 * MUTATIONS_PER_MODULE)
     assert not failures, "\n".join(f"{n} / {k} / params={p}: {e[:300]}\n--- text:\n{t[:2000]}"
                                     for n, k, p, e, t in failures[:5])
+
+
+def test_params_file_mutations(tmp_path):
+    """Truncated and byte-flipped ``.npz`` params files beside a module's text: each
+    loads the very same weights or is an IRParseError (zipfile's CRC-32 catches a
+    flipped weight byte)."""
+    from sliver.common.errors import SliverError
+    from sliver.ir.io import load_module, params_path, save_module
+
+    model, inputs = random_convnet(0)
+    path = save_module(sliver.trace(model, inputs), tmp_path / "m.sir")
+    good = load_module(path).params
+    blob = params_path(path).read_bytes()
+    rng = random.Random(0)
+    cases = [blob[:n] for n in sorted(rng.sample(range(len(blob)), 60))]
+    for _ in range(240):
+        flipped = bytearray(blob)
+        for p in rng.sample(range(len(blob)), rng.choice([1, 1, 2, 8])):
+            flipped[p] ^= 1 << rng.randrange(8)
+        cases.append(bytes(flipped))
+    counts = collections.Counter()
+    for data in cases:
+        params_path(path).write_bytes(data)
+        try:
+            params = load_module(path).params
+        except SliverError as e:
+            counts[type(e).__name__] += 1
+            continue
+        assert params.keys() == good.keys() and all(np.array_equal(params[k], good[k]) for k in good)
+        counts["same weights"] += 1
+    print(f"\nparams file mutations: {len(cases)}: " + ", ".join(f"{k} {n}" for k, n in counts.most_common()))
+    assert sum(counts.values()) == len(cases) == 300

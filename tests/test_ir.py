@@ -212,7 +212,8 @@ def test_load_module_checks_the_params_file_against_the_text_before_reading_it(t
     assert str(again) == TEXT and np.array_equal(again.params["c.weight"], module.params["c.weight"])
     npz = tmp_path / "m.npz"
     for params, match in [
-        ({"c.weight": np.zeros((3,), np.float32)}, r"param %c.weight is f32\[4,3,3,3\] in the IR text but float32\[3\]"),
+        ({"c.weight": np.zeros((3,), np.float32)},
+         r"param %c.weight is f32\[4,3,3,3\] in the IR text but float32\[3\]"),
         ({"c.weight": np.zeros((4, 3, 3, 3), np.int64)}, "but int64"),
         ({"c.weight": np.array([None] * 108, dtype=object).reshape(4, 3, 3, 3)}, "but object"),
         ({"c.weight": module.params["c.weight"], "extra": np.zeros(2)}, "entry 'extra.npy' is no param of the IR text"),
