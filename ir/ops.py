@@ -1081,6 +1081,7 @@ ATTR_KINDS: dict[str, dict[str, Callable]] = {
     "constant": {"value": _num(), "dtype": _dtype, "shape": _ints(lo=0)},
     "gelu": {"approximate": _choice("none", "tanh")},
     "clamp": {"min": _bound(), "max": _bound()},
+    "leaky_relu": {"negative_slope": _num(finite=True)},
     "cast": {"dtype": _dtype},
     "conv2d": _CONV,
     "batch_norm": {"eps": _num(finite=True)},
