@@ -44,6 +44,7 @@ ratios roughly carry over, though small feature maps change what the schedules d
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -55,11 +56,12 @@ import time
 
 import numpy as np
 
+from sliver.tools.shared import say
+
 ORT_VERSION = "1.32.0"  # has cp311 manylinux_2_28 aarch64 wheels (Debian bookworm: glibc 2.36)
 
 
-def _say(msg: str) -> None:
-    print(f"[bench_arm] {msg}", file=sys.stderr, flush=True)
+_say = functools.partial(say, who="bench_arm")
 
 
 def ort_site(version: str = ORT_VERSION) -> pathlib.Path:

@@ -53,9 +53,9 @@ def _row(model: str, export: str, r: dict, macs0: int) -> str:
 def _compiled(module, inputs):
     """(the loaded x86_64 artifact, its inputs as numpy arrays)."""
     import sliver
-    from sliver.api import _numpy
+    from sliver.common.numerics import as_numpy
 
-    return sliver.lower(module, inputs, target="x86_64", passes="dce").load(), [_numpy(x) for x in inputs]
+    return sliver.lower(module, inputs, target="x86_64", passes="dce").load(), [as_numpy(x) for x in inputs]
 
 
 def views_twin(module):

@@ -46,6 +46,7 @@ onnxruntime is optional: without it the table says how to install it
 from __future__ import annotations
 
 import argparse
+import functools
 import contextlib
 import gc
 import inspect
@@ -64,6 +65,7 @@ from typing import Callable
 import numpy as np
 
 from sliver.common.numerics import output_error
+from sliver.tools.shared import say
 from sliver.tools.profile import set_tvm_threads, stats, time_runs, tvm_threads, warm_up
 
 DEFAULT_MODELS = ("resnet18", "mobilenet_v2")
@@ -211,8 +213,7 @@ def _loadavg() -> str:
         return "?"
 
 
-def _say(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+_say = functools.partial(say, who="bench")
 
 
 # --------------------------------------------------------------------------- backends

@@ -1,9 +1,18 @@
-"""How far one output is from another: the one metric the pass manager's drift
-instrument, the artifact's ``verify`` and the benchmarks all report."""
+"""Arrays in, and how far one output is from another: the one metric the pass
+manager's drift instrument, the artifact's ``verify`` and the benchmarks all report."""
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def as_numpy(x) -> np.ndarray:
+    """A C-contiguous numpy array of ``x``: a torch tensor (detached, on the CPU), an
+    array or anything ``np.asarray`` takes.  Needs no torch: tensors are recognised by
+    their ``detach``."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(x))
 
 
 def output_error(got, want) -> tuple[float, float]:

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sliver.common.errors import SliverError
+from sliver.common.numerics import as_numpy
 from sliver.package import check_tolerances, jsonable, layer_of, package, param_operands, record_dict  # noqa: F401
 
 #: what ``lower`` runs when no pipeline is given.  fold-fake-quant goes first: it turns QAT
@@ -30,12 +31,6 @@ def _torch_inputs(example_inputs) -> tuple:
 
     return tuple(torch.from_numpy(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
                  for x in _as_tuple(example_inputs))
-
-
-def _numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.ascontiguousarray(np.asarray(x))
 
 
 def trace(model, example_inputs=(), *, name: str | None = None):
@@ -64,10 +59,10 @@ def _reference_outputs(model, module, inputs) -> list[np.ndarray]:
         with torch.no_grad():
             out = model(*_torch_inputs(inputs))
         # the same flat order torch.export gives the outputs (dicts and ModelOutputs included)
-        return [_numpy(o) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+        return [as_numpy(o) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
     from sliver.ir.interp import run
 
-    return run(module, [_numpy(x) for x in inputs])
+    return run(module, [as_numpy(x) for x in inputs])
 
 
 def _tuning_database(module, target, tune, rpc, progress, winograd=True):
@@ -145,7 +140,7 @@ def lower(
             raise SliverError("lower() of a traced Module needs example inputs for the golden data")
     else:
         module = trace(model, inputs)
-    golden_inputs = [_numpy(x) for x in inputs]
+    golden_inputs = [as_numpy(x) for x in inputs]
     golden_outputs = _reference_outputs(model, module, inputs)
 
     records = optimize(module, pipeline, verify=verify, instruments=instruments)

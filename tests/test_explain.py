@@ -28,11 +28,12 @@ def table(markdown: str, title: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def pruned(example, tmp_path_factory):
     """The example lowered with pruning and output drift measured, and its report."""
-    from sliver.api import _numpy, lower
+    from sliver.api import lower
+    from sliver.common.numerics import as_numpy
     from sliver.passes.manager import NumericDrift
 
     model, inputs = example
-    art = lower(model, inputs, "x86_64", passes=PIPELINE, instruments=[NumericDrift([_numpy(x) for x in inputs])])
+    art = lower(model, inputs, "x86_64", passes=PIPELINE, instruments=[NumericDrift([as_numpy(x) for x in inputs])])
     path = art.save(tmp_path_factory.mktemp("explain") / "pruned.sliver")
     from sliver.runtime.artifact import read
 

@@ -19,64 +19,12 @@ an exported program ``file.pt2`` (``torch.export.save``), or sliver IR ``file.si
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
 from sliver.common.errors import SliverError
 from sliver.runtime import cli as runtime_cli
-
-
-def _say(msg: str) -> None:
-    print(f"[sliver] {msg}", file=sys.stderr, flush=True)
-
-
-def load_model(spec: str):
-    """``(model_or_module, example_inputs)`` from a MODEL argument."""
-    if spec.endswith(".sir"):
-        import numpy as np
-
-        from sliver.ir.io import load_module
-        from sliver.ir.types import is_float, to_numpy
-
-        module = load_module(spec)
-        rng = np.random.default_rng(0)
-        inputs = []
-        for v in module.inputs:
-            t = v.type
-            if is_float(t.dtype):
-                inputs.append(rng.standard_normal(t.shape).astype(to_numpy(t.dtype)))
-            else:
-                inputs.append(np.zeros(t.shape, to_numpy(t.dtype)))
-        return module, tuple(inputs)
-    if spec.endswith(".pt2"):
-        import torch
-
-        if not Path(spec).is_file():
-            raise SliverError(f"{spec}: no such file")
-        ep = torch.export.load(spec)
-        args, kwargs = ep.example_inputs or ((), {})
-        if not args:
-            raise SliverError(f"{spec} carries no example inputs; export it with example args")
-        return ep, args
-    path, _, func = spec.partition(":")
-    if not path.endswith(".py") or not func:
-        raise SliverError(f"MODEL {spec!r}: give file.py:function, file.pt2 or file.sir")
-    if not Path(path).is_file():
-        raise SliverError(f"{path}: no such file")
-    mod_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(mod_spec)
-    sys.path.insert(0, str(Path(path).resolve().parent))
-    try:
-        mod_spec.loader.exec_module(module)
-    finally:
-        sys.path.pop(0)
-    if not hasattr(module, func):
-        raise SliverError(f"{path} has no function {func!r}")
-    result = getattr(module, func)()
-    if not (isinstance(result, tuple) and len(result) == 2):
-        raise SliverError(f"{spec} must return (model, example_inputs)")
-    return result
+from sliver.tools.shared import load_model, say
 
 
 def _trace(spec: str):
@@ -109,14 +57,14 @@ def cmd_trace(args) -> int:
     module, _, _ = _trace(args.model)
     if args.output:
         save_module(module, args.output)
-        _say(f"wrote {args.output} and its params {Path(args.output).with_suffix('.npz')}")
+        say(f"wrote {args.output} and its params {Path(args.output).with_suffix('.npz')}")
     else:
         sys.stdout.write(str(module))
     return 0
 
 
 def _instruments(args, inputs):
-    from sliver.api import _numpy
+    from sliver.common.numerics import as_numpy
     from sliver.passes.manager import DumpDir, NumericDrift, PrintIR
 
     out = []
@@ -126,7 +74,7 @@ def _instruments(args, inputs):
     if args.dump_dir:
         out.append(DumpDir(args.dump_dir))
     if args.drift:
-        out.append(NumericDrift([_numpy(x) for x in inputs]))
+        out.append(NumericDrift([as_numpy(x) for x in inputs]))
     return out
 
 
@@ -151,7 +99,7 @@ def cmd_opt(args) -> int:
         sys.stderr.write(format_records(records))
     if args.output:
         save_module(module, args.output)
-        _say(f"wrote {args.output}")
+        say(f"wrote {args.output}")
     elif not (args.print_after_all or args.print_after or args.print_after_change):
         sys.stdout.write(str(module))
     return 0
@@ -179,14 +127,14 @@ def cmd_lower(args) -> int:
 
     target = _target(args.target)
     model, inputs = load_model(args.model)
-    _say(f"lowering {args.model} for {args.target}")
+    say(f"lowering {args.model} for {args.target}")
     art = lower(model, inputs, target, passes=args.passes, verify=not args.no_verify,
-                instruments=_instruments(args, inputs), progress=_say, winograd=not args.no_winograd)
+                instruments=_instruments(args, inputs), progress=say, winograd=not args.no_winograd)
     _pass_reports(art.records)
     if args.timing or args.drift:
         sys.stderr.write(format_records(art.records))
     path = art.save(args.output)
-    _say(f"wrote {path} ({path.stat().st_size:,} bytes, target {art.target})")
+    say(f"wrote {path} ({path.stat().st_size:,} bytes, target {art.target})")
     return 0
 
 
@@ -209,7 +157,7 @@ def cmd_run(args) -> int:
         for tol in ("rtol", "atol"):
             if getattr(args, tol) is not None:
                 argv += [f"--{tol}", repr(getattr(args, tol))]
-        _say("running on the emulated Raspberry Pi (qemu-aarch64, Cortex-A72)")
+        say("running on the emulated Raspberry Pi (qemu-aarch64, Cortex-A72)")
         proc = emulate.run_module(argv)
         sys.stdout.write(proc.stdout)
         sys.stderr.write(proc.stderr)
@@ -241,10 +189,10 @@ def cmd_prune(args) -> int:
 
         data = {k: v for k, v in record.notes.items() if k not in ("report", "text")} | record.notes["report"]
         atomic_write(args.report, lambda f: f.write(json.dumps(data, indent=2).encode()))
-        _say(f"wrote {args.report}")
+        say(f"wrote {args.report}")
     if args.output:
         save_module(module, args.output)
-        _say(f"wrote {args.output}")
+        say(f"wrote {args.output}")
     return 0
 
 
@@ -258,7 +206,7 @@ def cmd_tune(args) -> int:
         raise SliverError("sliver tune needs a MODEL to tune, or --import FILE / --export FILE")
     if args.import_file:
         db, added = tuning.import_file(args.import_file)
-        _say(f"imported {added} new record(s) from {args.import_file} into {db.dir}")
+        say(f"imported {added} new record(s) from {args.import_file} into {db.dir}")
     if args.model:
         budget = tuning.Budget.parse(args.trials, args.time_budget)  # bad budgets fail before any work
         rpc = tuning.RPC(args.rpc, args.key) if args.rpc else None
@@ -269,23 +217,23 @@ def cmd_tune(args) -> int:
 
         module, inputs, model = _trace(args.model)
         optimize(module, args.passes)
-        report = tuning.tune(module, target, budget, rpc=rpc, progress=tuning.Progress(say=_say))
+        report = tuning.tune(module, target, budget, rpc=rpc, progress=tuning.Progress(say=say))
         if args.json:
             Path(args.json).write_text(json.dumps(dataclasses_asdict(report), indent=2))
-            _say(f"wrote {args.json}")
+            say(f"wrote {args.json}")
         if args.output:
             from sliver.api import lower
 
-            art = lower(model, inputs, target, passes=args.passes, progress=_say)
+            art = lower(model, inputs, target, passes=args.passes, progress=say)
             path = art.save(args.output)
             tuned = art.manifest.tuning.tuned
-            _say(f"wrote {path} (target {art.target}; {len(tuned)} of {art.manifest.tuning.kernels} "
+            say(f"wrote {path} (target {art.target}; {len(tuned)} of {art.manifest.tuning.kernels} "
                  "kernels use tuned schedules)")
     elif args.trials is not None or args.time_budget is not None or args.output:
         raise SliverError("--trials, --time-budget and -o need a MODEL to tune")
     if args.export:
         path = tuning.TuningDatabase(target).export(args.export)
-        _say(f"wrote {path}")
+        say(f"wrote {path}")
     return 0
 
 
@@ -301,7 +249,7 @@ def cmd_device_tracker(args) -> int:
     from sliver.backends.tvm.tuning import start_tracker
 
     tracker = start_tracker(args.host, args.port, args.port + 9, silent=False)
-    _say(f"RPC tracker on {tracker.host}:{tracker.port}; devices register with "
+    say(f"RPC tracker on {tracker.host}:{tracker.port}; devices register with "
          f"`sliver device serve --tracker HOST:{tracker.port} --key pi`; Ctrl-C stops it")
     try:
         while True:

@@ -325,17 +325,18 @@ def explain(artifact, *, source: str, emulate: bool = False, repeat: int = 10) -
 
 
 def _lower_model(args):
-    from sliver.api import _numpy, lower
+    from sliver.api import lower
+    from sliver.common.numerics import as_numpy
     from sliver.passes.manager import NumericDrift
-    from sliver.tools.cli import _say, load_model
+    from sliver.tools.shared import load_model, say
 
     model, inputs = load_model(args.model)
-    _say(f"lowering {args.model} for {args.target} with {args.passes} (output drift measured)")
+    say(f"lowering {args.model} for {args.target} with {args.passes} (output drift measured)")
     art = lower(model, inputs, args.target, passes=args.passes,
-                instruments=[NumericDrift([_numpy(x) for x in inputs])], progress=_say)
+                instruments=[NumericDrift([as_numpy(x) for x in inputs])], progress=say)
     path = Path(args.artifact_out or (Path(args.output).with_suffix(".sliver") if args.output else "explain.sliver"))
     art.save(path)
-    _say(f"wrote {path}")
+    say(f"wrote {path}")
     return art, str(path)
 
 

@@ -42,12 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    import numpy as np
-
     from sliver.api import trace
+    from sliver.common.numerics import as_numpy
     from sliver.ir.core import Module
     from sliver.passes.outliers import find_outliers, format_report
-    from sliver.tools.cli import load_model
+    from sliver.tools.shared import load_model
 
     model, inputs = load_model(args.model)
     if not isinstance(inputs, (tuple, list)):
@@ -55,8 +54,7 @@ def run(args) -> int:
     module = model if isinstance(model, Module) else trace(model, inputs)
     given = None
     if not args.synthetic and not args.model.endswith(".sir"):  # a .sir file carries no example inputs
-        given = [np.ascontiguousarray(x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x))
-                 for x in inputs]
+        given = [as_numpy(x) for x in inputs]
     report = find_outliers(
         module, given, ratio=args.ratio, abs_threshold=args.abs_threshold, max_weights=args.max_weights,
         shrink=args.shrink, max_spikes=args.max_spikes, seed=args.seed, tokens=args.tokens,
