@@ -40,7 +40,7 @@ import numpy as np
 
 from sliver.common.errors import SliverError
 from sliver.ir.types import int_range
-from sliver.passes.manager import Pass, register
+from sliver.passes.base import Pass, register
 from sliver.common.text import table_lines
 
 
