@@ -48,3 +48,8 @@ class ArtifactError(SliverError):
 
 class InputError(SliverError):
     """Inputs whose count, shape or dtype do not match what the model was compiled for."""
+
+
+class SliverWarning(UserWarning):
+    """Something sliver did differently from what the caller may expect, and did on purpose
+    (e.g. a model in training mode traced and evaluated in eval mode)."""
