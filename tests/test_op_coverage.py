@@ -71,11 +71,11 @@ def coverage_problems(decls: dict, rule_table: dict, lowering: dict, policy: dic
 
 def _archs() -> dict:
     # every named target's architecture, without TVM (the x86 target asks TVM for the host CPU)
-    return {name: "x86_64" if name == "x86_64" else "aarch64" for name in targets.NAMES}
+    return dict(targets.ARCH)
 
 
 def _check(**changes) -> list[str]:
-    kw = dict(decls=all_ops(), rule_table=rules.RULES, lowering=lower.LOWERING, policy=lowbit.POLICY,
+    kw = dict(decls=all_ops(), rule_table=rules.RULES, lowering=lower.LOWERING, policy=targets.LOWBIT_KERNEL,
               kernels=lowbit.KERNELS, archs=_archs())
     kw.update(changes)
     return coverage_problems(**kw)
@@ -104,7 +104,7 @@ def test_a_removed_lowering_is_named_when_patched_in_place(monkeypatch):
 
 
 def test_a_dispatch_to_a_missing_kernel_is_named():
-    problems = _check(policy={**lowbit.POLICY, "aarch64": "vanished"})
+    problems = _check(policy={**targets.LOWBIT_KERNEL, "aarch64": "vanished"})
     assert "qconv2d: no TVM lowering for target rpi5 (aarch64)" in problems
     assert "qdense: no TVM lowering for target arm64 (aarch64)" in problems
     assert not [p for p in problems if "x86_64" in p]

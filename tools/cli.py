@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lower", help="compile a model into a .sliver artifact")
     p.add_argument("model", help="file.py:function, file.pt2 or file.sir")
-    p.add_argument("-t", "--target", default="x86_64", help="x86_64, arm64, rpi5 or a TVM target dict as JSON")
+    p.add_argument("-t", "--target", default="x86_64", help="x86_64 (this machine's exact CPU), x86-64-v2/-v3/-v4 (any x86-64 CPU of that level), arm64, rpi5 or a TVM target dict as JSON")
     p.add_argument("-o", "--output", default="model.sliver", help="artifact path (default model.sliver)")
     p.add_argument("--no-winograd", action="store_true", help="compile every conv directly (no Winograd 3x3 convs)")
     _add_ir_debug_flags(p)
@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="autotune a model's kernels with MetaSchedule (resumable, cached per target)")
     p.add_argument("model", nargs="?", help="file.py:function, file.pt2 or file.sir")
-    p.add_argument("-t", "--target", default="x86_64", help="x86_64, arm64, rpi5 or a TVM target dict as JSON")
+    p.add_argument("-t", "--target", default="x86_64", help="x86_64 (this machine's exact CPU), x86-64-v2/-v3/-v4 (any x86-64 CPU of that level), arm64, rpi5 or a TVM target dict as JSON")
     p.add_argument("--trials", metavar="N", help="search trials over the model's kernels (those already in the "
                    "database count: rerunning resumes)")
     p.add_argument("--time-budget", metavar="T", help="tune for this long instead, e.g. 90s, 10m, 1h30m")
