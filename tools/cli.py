@@ -152,6 +152,11 @@ def cmd_run(args) -> int:
             argv += ["--output", str(Path(args.output).resolve())]
         if args.repeat:
             argv += ["--repeat", str(args.repeat)]
+        for key in args.trusted_key or ():
+            argv += ["--trusted-key", str(Path(key).resolve())]
+        for tol in ("rtol", "atol"):
+            if getattr(args, tol) is not None:
+                argv += [f"--{tol}", repr(getattr(args, tol))]
         say("running on the emulated Raspberry Pi (qemu-aarch64, Cortex-A72)")
         proc = emulate.run_module(argv)
         sys.stdout.write(proc.stdout)
@@ -395,6 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="show an artifact's manifest")
     runtime_cli.add_inspect_arguments(p)
     p.set_defaults(func=runtime_cli.inspect)
+
+    p = sub.add_parser("sign", help="sign an artifact with an ed25519 key (`sliver run --trusted-key` checks it)")
+    runtime_cli.add_sign_arguments(p)
+    p.set_defaults(func=runtime_cli.sign)
+
+    p = sub.add_parser("keygen", help="make an ed25519 key pair for signing artifacts")
+    runtime_cli.add_keygen_arguments(p)
+    p.set_defaults(func=runtime_cli.keygen)
 
     p = sub.add_parser("explain", help="a per-layer report of what each pass did, with latency and drift")
     from sliver.tools import explain as _explain
