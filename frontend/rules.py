@@ -25,7 +25,7 @@ RULES: dict[str, Callable] = {}
 IDENTITY = {
     "aten.contiguous.default", "aten.clone.default", "aten.dropout.default", "aten.detach.default",
     "aten.alias.default", "aten.feature_dropout.default", "aten.lift_fresh_copy.default",
-    "aten.dropout_.default", "aten.alpha_dropout.default",
+    "aten.dropout_.default", "aten.alpha_dropout.default", "aten.detach_.default",
 }
 # ops with no effect on the result: asserts and metadata checks
 IGNORED = {
@@ -380,6 +380,15 @@ def _adaptive(b, x, output_size):
     return b.emit("adaptive_avg_pool2d", [x], {"output_size": _pair(output_size)})
 
 
+@rule("aten.adaptive_avg_pool1d.default")
+def _adaptive_1d(b, x, output_size):
+    """As a 2-D pool over a height of one: (..., L) → (..., 1, L) → (..., 1, out) → (..., out)."""
+    (out,) = output_size if isinstance(output_size, (list, tuple)) else (output_size,)
+    y = b.emit("adaptive_avg_pool2d", [_reshape_to(b, x, x.type.shape[:-1] + (1, x.type.shape[-1]))],
+               {"output_size": (1, out)})
+    return _reshape_to(b, y, x.type.shape[:-1] + (out,))
+
+
 # -- shape and data movement ------------------------------------------------------------
 
 
@@ -406,6 +415,53 @@ def _flatten(b, x, start=0, end=-1):
     s, e = _axis(start, r), _axis(end, r)
     shape = x.type.shape[:s] + (math.prod(x.type.shape[s:e + 1]),) + x.type.shape[e + 1:]
     return _reshape_to(b, x, shape)
+
+
+@rule("aten.pad.default", "aten.constant_pad_nd.default")
+def _pad(b, x, pad, mode="constant", value=None):
+    """F.pad, one axis at a time from the last: constant mode joins constant blocks to
+    both sides (a negative amount crops); reflect, replicate and circular gather along
+    the axis with constant indices."""
+    if len(pad) % 2 or len(pad) // 2 > x.type.rank:
+        raise TypeRuleError(f"pad: {list(pad)} must hold a (before, after) pair per padded axis of {x.type}")
+    if mode not in ("constant", "reflect", "replicate", "circular"):
+        raise TypeRuleError(f"pad: unknown mode {mode!r}")
+    for i in range(len(pad) // 2):
+        axis, before, after = x.type.rank - 1 - i, pad[2 * i], pad[2 * i + 1]
+        n = x.type.shape[axis]
+        if mode == "constant":
+            if before < 0 or after < 0:
+                x = b.emit("slice", [x], {"axis": axis, "start": max(0, -before), "end": n - max(0, -after)})
+            pieces = []
+            for amount in (before, after):
+                shape = list(x.type.shape)
+                shape[axis] = amount
+                pieces.append(b.const(0 if value is None else value, x.type.dtype, shape) if amount > 0 else None)
+            if pieces[0] is not None or pieces[1] is not None:
+                x = b.emit("concat", [p for p in (pieces[0], x, pieces[1]) if p is not None], {"axis": axis})
+            continue
+        if before == after == 0:
+            continue
+        if before < 0 or after < 0 or (mode == "reflect" and max(before, after) >= n) or (
+                mode == "circular" and max(before, after) > n):
+            raise TypeRuleError(f"pad: {mode} padding of {before}, {after} does not fit an axis of size {n}")
+        index = np.arange(-before, n + after)
+        if mode == "replicate":
+            index = np.clip(index, 0, n - 1)
+        elif mode == "circular":
+            index = index % n
+        else:
+            index = np.abs(index)
+            index = np.where(index >= n, 2 * (n - 1) - index, index)
+        x = b.emit("take", [x, b.m.add_param(b.m.fresh_name(f"{b.hint}_index"), index.astype(np.int64))],
+                   {"axis": axis})
+    return x
+
+
+@rule("aten.unflatten.int")
+def _unflatten(b, x, dim, sizes):
+    d = _axis(dim, x.type.rank)
+    return _reshape_to(b, x, x.type.shape[:d] + tuple(sizes) + x.type.shape[d + 1:])
 
 
 @rule("aten.unsqueeze.default")
