@@ -163,10 +163,11 @@ def trace(model, example_inputs=(), *, name: str | None = None) -> Module:
             env[node.name] = result
         elif node.op == "output":
             outs = node.args[0]
-            values = [env[o.name] for o in outs]
-            for v in values:
+            values = [env[o.name] if isinstance(o, torch.fx.Node) else o for o in outs]
+            for k, v in enumerate(values):
                 if not isinstance(v, Value):
-                    raise SliverError("the model returns a non-tensor output; sliver compiles tensor outputs only")
+                    raise SliverError(f"the model returns {'None' if v is None else type(v).__name__} as output {k}; "
+                                      "sliver compiles tensor outputs only: make forward return tensors")
             module.set_outputs(values)
     dce(module)
     return module
