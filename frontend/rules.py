@@ -1,6 +1,8 @@
 """The trace rules: one translation rule per supported aten op, all in this table.
 
-A rule reads an fx node's (already translated) arguments and emits sliver ops through
+Ops that declare the aten ops they come from (``OpDecl.aten``: simple elementwise
+functions) get their rule from the declaration (:func:`declared_rule`); the rest are
+written here.  A rule reads an fx node's (already translated) arguments and emits sliver ops through
 a :class:`~sliver.frontend.builder.Builder`.  :data:`RULES` maps an aten op name to its
 rule; :data:`IDENTITY`, :data:`IGNORED` and :data:`FACTORIES` name the ops the driver
 handles without a rule.
@@ -15,7 +17,7 @@ import numpy as np
 
 from sliver.frontend.builder import Builder, constant_data, fold_constant
 from sliver.ir.core import Value
-from sliver.ir.ops import TypeRuleError
+from sliver.ir.ops import TypeRuleError, all_ops
 from sliver.ir.types import from_numpy
 
 RULES: dict[str, Callable] = {}
@@ -81,20 +83,28 @@ def _pair(v):
 
 # -- elementwise ---------------------------------------------------------------
 
-for _name, _kind in [
-    ("relu", "relu"), ("sigmoid", "sigmoid"), ("tanh", "tanh"), ("silu", "silu"), ("hardswish", "hardswish"),
-    ("hardsigmoid", "hardsigmoid"), ("exp", "exp"), ("log", "log"), ("sqrt", "sqrt"), ("rsqrt", "rsqrt"),
-    ("erf", "erf"), ("sin", "sin"), ("cos", "cos"), ("neg", "neg"), ("abs", "abs"),
-]:
-    def _unary_rule(b, x, *_, _kind=_kind):
-        return b.emit(_kind, [x])
-
-    rule(f"aten.{_name}.default", f"aten.{_name}_.default")(_unary_rule)
 
 
-@rule("aten.gelu.default", "aten.gelu_.default")
-def _gelu(b, x, approximate="none"):
-    return b.emit("gelu", [x], {"approximate": approximate})
+def declared_rule(decl):
+    """The rule of an op that names the aten ops it traces from (``OpDecl.aten``): the
+    node's first arguments are the operands, the rest its attributes in declaration
+    order, or by keyword."""
+    n, names = len(decl.operands), list(decl.attrs)
+
+    def fn(b, *args, **kwargs):
+        if len(args) > n + len(names):
+            raise TypeRuleError(f"{decl.name} takes {n} operand(s) and the attribute(s) {names}, "
+                                f"got {len(args)} arguments")
+        attrs = dict(zip(names, args[n:]))
+        attrs.update(kwargs)
+        return b.emit(decl.name, list(args[:n]), attrs)
+
+    return fn
+
+
+for _decl in all_ops().values():
+    for _aten in _decl.aten:
+        rule(f"aten.{_aten}.default", f"aten.{_aten}_.default")(declared_rule(_decl))
 
 
 @rule("aten.hardtanh.default", "aten.hardtanh_.default")

@@ -240,11 +240,26 @@ class Module:
         return None
 
     def clone(self) -> "Module":
-        """A deep copy (param arrays are shared: passes replace params, never mutate them)."""
-        from sliver.ir.printer import print_module
-        from sliver.ir.parser import parse_module
+        """A deep copy: the same names, types and attributes in new values and ops (param
+        arrays are shared: passes replace params, never mutate them)."""
+        out = Module(self.name)
+        new: dict[int, Value] = {id(v): out.add_input(v.type, name=v.name) for v in self.inputs}
 
-        return parse_module(print_module(self), params=dict(self.params))
+        def copied(v: Value) -> Value:
+            if id(v) not in new:
+                raise SliverError(f"cannot copy the module: %{v.name} is used before it is defined")
+            return new[id(v)]
+
+        for op in self.ops:
+            results = [Value(out._claim(r.name), r.type) for r in op.results]
+            copy = Op(op.kind, [copied(v) for v in op.operands], dict(op.attrs), results)
+            copy.module = out
+            out.ops.append(copy)
+            new.update(zip(map(id, op.results), results))
+            if op.kind == "param":
+                out.params[op.result.name] = self.params[op.result.name]
+        out.outputs = [copied(v) for v in self.outputs]
+        return out
 
     def __str__(self) -> str:
         from sliver.ir.printer import print_module

@@ -2,9 +2,10 @@
 
 A declaration (:class:`OpDecl`) holds the op's operand names (a trailing ``?``
 marks an optional operand), its attributes with defaults (:data:`REQUIRED` for
-none), its type rule and its reference semantics.  The printer, parser,
-verifier, interpreter and every backend read these declarations; adding an op is
-one declaration here plus one lowering rule per backend.
+none), its type rule, its reference semantics, its traits (:data:`TRAITS`) and
+the aten ops the torch frontend traces into it.  The printer, parser, verifier,
+interpreter, the passes and every backend read these declarations; adding an op
+is one declaration here plus one lowering rule per backend (and a test).
 
 Reference semantics run on torch tensors (float64 or float32): they are the
 oracle that every pass and every backend is checked against.
@@ -22,6 +23,22 @@ from sliver.ir.types import DTYPES, TensorType, is_float
 
 REQUIRED = object()
 
+#: The properties an op may declare; passes and backends read them (:meth:`OpDecl.has`)
+#: instead of keeping their own lists of op names.  A trait is a promise about the op's
+#: semantics: leaving one out is always safe (the op is then treated conservatively).
+TRAITS = {
+    # each result element is computed from the operands' elements at the same position
+    # (after broadcasting) alone: channel analysis couples the channels of a binary one
+    "elementwise": "result[i] depends only on the operands' elements at i (broadcasting)",
+    # channel analysis and pruning pass channels (and their constant values) through it;
+    # the backend's channel padding may run it on padding channels
+    "channelwise": "result channel c is computed from channel c of the operand x alone "
+                   "(with per-channel params); the channel count and order are kept",
+    # fold-fake-quant hoists a quantize above it so that the layer before emits codes
+    "commutes_with_quantize": "quantize(op(x)) == op(quantize(x)): the op only moves or selects "
+                              "elements (a monotone elementwise map passes through it)",
+}
+
 
 class TypeRuleError(SliverError):
     """Operands or attributes that an op's type rule rejects."""
@@ -35,9 +52,28 @@ class OpDecl:
     infer: Callable  # (types: list[TensorType], **attrs) -> TensorType | list[TensorType]
     ref: Callable | None  # (*tensors, **attrs) -> tensor | tuple of tensors
     doc: str = ""
-    elementwise: bool = False
     pure: bool = True
     extra_verify: Callable | None = field(default=None)
+    traits: frozenset = frozenset()
+    #: aten ops (``"leaky_relu"`` for ``aten.leaky_relu.default`` and its in-place
+    #: ``aten.leaky_relu_.default``) the frontend traces into this op by the generic rule:
+    #: the operands first, then the attributes in declaration order (or by keyword)
+    aten: tuple[str, ...] = ()
+    #: reasoned exemptions from the op-coverage test: ``{"trace" | "ref" | "lower": why}``
+    #: (e.g. an op only passes create has no trace rule)
+    opt_out: dict = field(default_factory=dict)
+
+    def has(self, *traits: str) -> bool:
+        """Whether the op declares every one of ``traits``."""
+        unknown = set(traits) - set(TRAITS)
+        if unknown:
+            raise ValueError(f"unknown op trait(s) {sorted(unknown)}; traits are {sorted(TRAITS)}")
+        return set(traits) <= self.traits
+
+    @property
+    def unary(self) -> bool:
+        """One operand, no optional ones."""
+        return len(self.operands) == 1 and self.operands != ("*",)
 
     @property
     def min_operands(self) -> int:
@@ -80,12 +116,18 @@ class OpDecl:
 _REGISTRY: dict[str, OpDecl] = {}
 
 
-def declare(name, operands, attrs=None, *, infer, ref, doc="", elementwise=False, pure=True, verify=None):
+def declare(name, operands, attrs=None, *, infer, ref, doc="", traits=(), aten=(), opt_out=None, pure=True,
+            verify=None):
     if name in _REGISTRY:
         raise ValueError(f"op {name} declared twice")
+    unknown = set(traits) - set(TRAITS)
+    bad = set(opt_out or {}) - {"trace", "ref", "lower"}
+    if unknown or bad:
+        raise ValueError(f"op {name}: unknown trait(s) {sorted(unknown)} or opt-out(s) {sorted(bad)}; "
+                         f"traits are {sorted(TRAITS)}, opt-outs trace, ref, lower")
     _REGISTRY[name] = OpDecl(
         name, tuple(operands), {k: (v if v is REQUIRED else normalize(v)) for k, v in (attrs or {}).items()},
-        infer, ref, doc, elementwise, pure, verify,
+        infer, ref, doc, pure, verify, frozenset(traits), tuple(aten), dict(opt_out or {}),
     )
     return _REGISTRY[name]
 
@@ -147,7 +189,9 @@ def _param_infer(types):
     raise TypeRuleError("a param's type comes from its data: create params with Module.add_param")
 
 
-declare("param", (), infer=_param_infer, ref=None, doc="A weight; its data is Module.params[result name].")
+declare("param", (), infer=_param_infer, ref=None, doc="A weight; its data is Module.params[result name].",
+        opt_out={"ref": "a param is its data (Module.params), nothing to compute",
+                 "lower": "the backend binds each param as a constant itself"})
 
 
 def _constant_infer(types, *, value, dtype, shape):
@@ -174,13 +218,14 @@ declare(
 # elementwise
 
 
-def _unary(name, fn, doc, attrs=None, floats=True):
+def _unary(name, fn, doc, attrs=None, floats=True, aten=()):
+    """An elementwise function of one tensor: channel-wise, the result of its operand's type."""
     def infer(types, **attrs):
         if floats:
             _float_only(name, types[0])
         return types[0].with_dtype(types[0].dtype)
 
-    declare(name, ("x",), attrs, infer=infer, ref=fn, doc=doc, elementwise=True)
+    declare(name, ("x",), attrs, infer=infer, ref=fn, doc=doc, traits=("elementwise", "channelwise"), aten=aten)
 
 
 def _binary(name, fn, doc):
@@ -188,30 +233,32 @@ def _binary(name, fn, doc):
         a, b = types
         return TensorType(broadcast_shapes(name, a.shape, b.shape), _same_dtype(name, a, b))
 
-    declare(name, ("a", "b"), infer=infer, ref=fn, doc=doc, elementwise=True)
+    declare(name, ("a", "b"), infer=infer, ref=fn, doc=doc, traits=("elementwise",))
 
 
 def _hardswish(x):
     return x * (x + 3).clamp(0, 6) / 6
 
 
-_unary("relu", lambda x: x.clamp_min(0), "max(x, 0)", floats=False)
+_unary("relu", lambda x: x.clamp_min(0), "max(x, 0)", floats=False, aten=("relu",))
 _unary("gelu", lambda x, approximate: _torch().nn.functional.gelu(x, approximate=approximate),
-       "Gaussian error linear unit; approximate='tanh' for the tanh form", {"approximate": "none"})
-_unary("silu", lambda x: x * _torch().sigmoid(x), "x * sigmoid(x)")
-_unary("sigmoid", lambda x: _torch().sigmoid(x), "1 / (1 + exp(-x))")
-_unary("tanh", lambda x: _torch().tanh(x), "tanh(x)")
-_unary("hardswish", _hardswish, "x * clamp(x + 3, 0, 6) / 6")
-_unary("hardsigmoid", lambda x: (x + 3).clamp(0, 6) / 6, "clamp(x + 3, 0, 6) / 6")
-_unary("exp", lambda x: _torch().exp(x), "e^x")
-_unary("log", lambda x: _torch().log(x), "natural logarithm")
-_unary("sqrt", lambda x: _torch().sqrt(x), "square root")
-_unary("rsqrt", lambda x: _torch().rsqrt(x), "1 / sqrt(x)")
-_unary("erf", lambda x: _torch().erf(x), "the error function")
-_unary("sin", lambda x: _torch().sin(x), "sine")
-_unary("cos", lambda x: _torch().cos(x), "cosine")
-_unary("neg", lambda x: -x, "-x", floats=False)
-_unary("abs", lambda x: x.abs(), "|x|", floats=False)
+       "Gaussian error linear unit; approximate='tanh' for the tanh form", {"approximate": "none"}, aten=("gelu",))
+_unary("silu", lambda x: x * _torch().sigmoid(x), "x * sigmoid(x)", aten=("silu",))
+_unary("sigmoid", lambda x: _torch().sigmoid(x), "1 / (1 + exp(-x))", aten=("sigmoid",))
+_unary("tanh", lambda x: _torch().tanh(x), "tanh(x)", aten=("tanh",))
+_unary("hardswish", _hardswish, "x * clamp(x + 3, 0, 6) / 6", aten=("hardswish",))
+_unary("hardsigmoid", lambda x: (x + 3).clamp(0, 6) / 6, "clamp(x + 3, 0, 6) / 6", aten=("hardsigmoid",))
+_unary("exp", lambda x: _torch().exp(x), "e^x", aten=("exp",))
+_unary("log", lambda x: _torch().log(x), "natural logarithm", aten=("log",))
+_unary("sqrt", lambda x: _torch().sqrt(x), "square root", aten=("sqrt",))
+_unary("rsqrt", lambda x: _torch().rsqrt(x), "1 / sqrt(x)", aten=("rsqrt",))
+_unary("erf", lambda x: _torch().erf(x), "the error function", aten=("erf",))
+_unary("sin", lambda x: _torch().sin(x), "sine", aten=("sin",))
+_unary("cos", lambda x: _torch().cos(x), "cosine", aten=("cos",))
+_unary("leaky_relu", lambda x, negative_slope: _torch().nn.functional.leaky_relu(x, negative_slope),
+       "x if x >= 0 else negative_slope * x", {"negative_slope": 0.01}, aten=("leaky_relu",))
+_unary("neg", lambda x: -x, "-x", floats=False, aten=("neg",))
+_unary("abs", lambda x: x.abs(), "|x|", floats=False, aten=("abs",))
 _unary("clamp", lambda x, min, max: x.clamp(min, max), "min(max(x, min), max); either bound may be none",
        {"min": None, "max": None}, floats=False)
 
@@ -234,7 +281,7 @@ def _cast_ref(x, *, dtype):
 declare(
     "cast", ("x",), {"dtype": REQUIRED},
     infer=lambda types, dtype: types[0].with_dtype(dtype), ref=_cast_ref,
-    doc="convert the element type", elementwise=True,
+    doc="convert the element type", traits=("elementwise", "channelwise"),
 )
 
 # ----------------------------------------------------------------------------
@@ -331,7 +378,7 @@ def _batch_norm_ref(x, mean, var, w=None, b=None, *, eps):
 
 declare(
     "batch_norm", ("x", "mean", "var", "w?", "b?"), {"eps": 1e-5},
-    infer=_batch_norm_infer, ref=_batch_norm_ref,
+    infer=_batch_norm_infer, ref=_batch_norm_ref, traits=("channelwise",),
     doc="inference batch norm over axis 1: (x - mean) / sqrt(var + eps) * w + b",
 )
 
@@ -419,11 +466,13 @@ declare(
     "max_pool2d", ("x",),
     {"kernel": REQUIRED, "stride": REQUIRED, "padding": (0, 0, 0, 0), "dilation": (1, 1), "ceil_mode": False},
     infer=_pool_infer("max_pool2d"), ref=_max_pool_ref, doc="2-D max pooling, NCHW",
+    # padding never wins a window (it is -inf), so a monotone quantize passes through
+    traits=("channelwise", "commutes_with_quantize"),
 )
 declare(
     "avg_pool2d", ("x",),
     {"kernel": REQUIRED, "stride": REQUIRED, "padding": (0, 0, 0, 0), "ceil_mode": False, "count_include_pad": True},
-    infer=_pool_infer("avg_pool2d"), ref=_avg_pool_ref, doc="2-D average pooling, NCHW",
+    infer=_pool_infer("avg_pool2d"), ref=_avg_pool_ref, doc="2-D average pooling, NCHW", traits=("channelwise",),
 )
 
 
@@ -437,7 +486,7 @@ def _adaptive_infer(types, *, output_size):
 declare(
     "adaptive_avg_pool2d", ("x",), {"output_size": REQUIRED}, infer=_adaptive_infer,
     ref=lambda x, output_size: _torch().nn.functional.adaptive_avg_pool2d(x, output_size),
-    doc="average pooling to a fixed output size, NCHW",
+    doc="average pooling to a fixed output size, NCHW", traits=("channelwise",),
 )
 
 # ----------------------------------------------------------------------------
@@ -511,7 +560,8 @@ def _reshape_infer(types, *, shape):
 
 
 declare("reshape", ("x",), {"shape": REQUIRED}, infer=_reshape_infer,
-        ref=lambda x, shape: x.reshape(shape), doc="same elements, new shape (no -1: the tracer resolves it)")
+        ref=lambda x, shape: x.reshape(shape), doc="same elements, new shape (no -1: the tracer resolves it)",
+        traits=("commutes_with_quantize",))
 
 
 def _permute_infer(types, *, dims):
@@ -549,14 +599,14 @@ declare("softmax", ("x",), {"axis": -1}, infer=_softmax_infer,
         ref=lambda x, axis: _torch().softmax(x, axis), doc="softmax along an axis")
 
 
-def _reduce(name, fn, doc):
+def _reduce(name, fn, doc, opt_out=None):
     def infer(types, *, axes, keepdim):
         x = types[0]
         norm = {_axis(a, x.rank, name) for a in axes}
         shape = [1 if i in norm else d for i, d in enumerate(x.shape) if keepdim or i not in norm]
         return x.with_shape(shape)
 
-    declare(name, ("x",), {"axes": REQUIRED, "keepdim": False}, infer=infer, ref=fn, doc=doc)
+    declare(name, ("x",), {"axes": REQUIRED, "keepdim": False}, infer=infer, ref=fn, doc=doc, opt_out=opt_out)
 
 
 _reduce("mean", lambda x, axes, keepdim: x.mean(axes, keepdim=keepdim), "mean over axes")
@@ -610,6 +660,8 @@ declare(
 # Integer products in qconv2d / qdense are accumulated exactly (float64 holds every
 # int32 sum exactly), then rescaled in the input's float type.
 
+#: the quantization ops come from the fake-quant folding and activation quantization passes
+_MADE_BY_PASSES = "made by the quantization passes from fake-quantized or float layers, never traced from torch"
 
 def _qcheck_zero_point(op: str, what: str, zp: int, dtype: str) -> None:
     from sliver.ir.types import int_range
@@ -707,7 +759,9 @@ def _quantize_ref(x, *, scale, zero_point, dtype):
 
 declare(
     "quantize", ("x",), {"scale": REQUIRED, "zero_point": 0, "dtype": REQUIRED},
-    infer=_quantize_infer, ref=_quantize_ref, elementwise=True,
+    # elementwise, but not declared channelwise: channel analysis marks an unknown channel
+    # value NaN, which quantize would turn into the code qmin; pruning runs on float graphs
+    infer=_quantize_infer, ref=_quantize_ref, traits=("elementwise",), opt_out={"trace": _MADE_BY_PASSES},
     doc="integer codes clamp(round(x / scale) + zero_point, qmin, qmax) of dtype (u1..u8, i1..i8); "
         "torch's fake-quant rounding: x * (1.0f / scale), half to even",
 )
@@ -728,8 +782,8 @@ def _dequantize_ref(q, *, scale, zero_point):
 
 declare(
     "dequantize", ("q",), {"scale": REQUIRED, "zero_point": 0},
-    infer=_dequantize_infer, ref=_dequantize_ref, elementwise=True,
-    doc="(q - zero_point) * scale as f32",
+    infer=_dequantize_infer, ref=_dequantize_ref, traits=("elementwise",), opt_out={"trace": _MADE_BY_PASSES},
+    doc="(q - zero_point) * scale as f32",  # not channelwise, as quantize
 )
 
 _QEPILOGUE = {
@@ -806,7 +860,7 @@ def _qconv2d_ref(x, w, scale, bias=None, *, stride, padding, dilation, groups, x
 declare(
     "qconv2d", ("x", "w", "scale", "b?"),
     {"stride": (1, 1), "padding": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1, **_QEPILOGUE},
-    infer=_qconv2d_infer, ref=_qconv2d_ref,
+    infer=_qconv2d_infer, ref=_qconv2d_ref, opt_out={"trace": _MADE_BY_PASSES},
     doc="low-bit conv2d on integer codes: acc = Σ (x - x_zero_point)(w - w_zero_point) exactly (padding holds "
         "x_zero_point), y = clamp(acc * scale[o] + b[o], clamp_min, clamp_max), then f32 or quantized to "
         "out_dtype with out_scale/out_zero_point",
@@ -827,7 +881,7 @@ def _qdense_ref(x, w, scale, bias=None, *, x_zero_point, w_zero_point, **attrs):
 
 declare(
     "qdense", ("x", "w", "scale", "b?"), dict(_QEPILOGUE),
-    infer=_qdense_infer, ref=_qdense_ref,
+    infer=_qdense_infer, ref=_qdense_ref, opt_out={"trace": _MADE_BY_PASSES},
     doc="low-bit linear on integer codes: acc = Σ_k (x - x_zero_point)(w[o,k] - w_zero_point) exactly, then the "
         "qconv2d epilogue (scale, bias, clamp, f32 or requantized out_dtype)",
 )
@@ -893,6 +947,7 @@ declare(
     "wq_linear", ("x", "codes", "scale", "zero", "out_index", "out_value", "b?"),
     {"bits": REQUIRED, "block": REQUIRED, "out_features": REQUIRED},
     infer=_wq_linear_infer, ref=_wq_linear_ref,
+    opt_out={"trace": "made by the outlier-preserving weight quantization pass, never traced from torch"},
     doc="weight-only quantized linear: x @ W.T + b with W[out_features, K] = (code - zero[i // block]) * "
         "scale[i // block] at flat index i (codes: bits-bit, packed little-endian into u8), plus the float "
         "outliers out_value added at flat indices out_index",
@@ -900,4 +955,5 @@ declare(
 
 
 _reduce("amax", lambda x, axes, keepdim: x.amax(axes, keepdim=keepdim),
-        "max over axes (dynamic activation ranges: amax(abs(x)))")
+        "max over axes (dynamic activation ranges: amax(abs(x)))",
+        opt_out={"trace": "made by activation quantization for dynamic ranges; torch's amax is not traced yet"})

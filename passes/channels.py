@@ -1,13 +1,13 @@
 """Channel analysis: where every channel of every value comes from.
 
 Each output channel of a conv2d/linear (a *producer*) is a fresh channel node.
-Channel-wise ops pass nodes through (activations, batch norm, depthwise convs,
-pooling, global means); concatenation along channels concatenates the node
-lists; a channel slice takes a sub-list; flattening ``[N, C, H, W]`` into
-``[N, C*H*W]`` repeats each channel's node H*W times.  Elementwise ops on two
-channel tensors (residual adds, SE gating) *couple* the nodes at each position:
-they are merged with a union-find, and a merged set is a *channel class* — the
-unit pruning keeps or drops.
+Channel-wise ops (ops declared ``channelwise``: activations, batch norm, pooling; and
+depthwise convs, global means) pass nodes through; concatenation along channels
+concatenates the node lists; a channel slice takes a sub-list; flattening
+``[N, C, H, W]`` into ``[N, C*H*W]`` repeats each channel's node H*W times.
+Elementwise ops (declared ``elementwise``) on two channel tensors (residual adds, SE
+gating) *couple* the nodes at each position: they are merged with a union-find, and a
+merged set is a *channel class* — the unit pruning keeps or drops.
 
 Any other use of a channel tensor is a *barrier*: the analysis does not guess
 how the op mixes channels, so every class the barrier reads is pinned (kept),
@@ -24,12 +24,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from networkx.utils import UnionFind
 
-ELEMENTWISE_UNARY = {
-    "relu", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "exp", "log", "sqrt", "rsqrt",
-    "erf", "sin", "cos", "neg", "abs", "clamp", "cast",
-}
-ELEMENTWISE_BINARY = {"add", "sub", "mul", "div", "pow", "maximum", "minimum"}
-POOLS = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"}
+
+def _couples(op) -> bool:
+    """An elementwise op of two tensors: it couples their channels position by position."""
+    return op.decl.has("elementwise") and len(op.decl.operands) == 2
+
+
+def _maps_values(op) -> bool:
+    """A channel-wise op whose constant channels map through its reference semantics
+    (elementwise maps of one tensor, batch norm); pooling keeps or loses them itself."""
+    return op.decl.has("channelwise") and (op.decl.has("elementwise") or op.kind == "batch_norm")
 
 
 def channel_axis(rank: int) -> int | None:
@@ -125,12 +129,12 @@ class ChannelAnalysis:
         if kind == "conv2d" and is_depthwise(op):
             self.origin[id(out)] = list(self.nodes(ins[0]))
             return
-        if kind in ELEMENTWISE_UNARY or kind in POOLS or kind == "batch_norm":
+        if op.decl.has("channelwise"):
             if self.nodes(ins[0]) is None or out.type.rank != ins[0].type.rank:
                 return self._barrier(op, "channel axis changes")
             self.origin[id(out)] = list(self.nodes(ins[0]))
             return
-        if kind in ELEMENTWISE_BINARY:
+        if _couples(op):
             return self._binary(op)
         if kind in ("mean", "sum"):
             x = ins[0]
@@ -292,7 +296,7 @@ def constant_channels(module, analysis: ChannelAnalysis) -> dict:
                     c = xin * w.reshape(n, -1).sum(1).numpy() + bias
                 else:  # zero padding around a constant: only a zero channel stays constant
                     c = np.where(xin == 0, bias, np.nan)
-        elif kind in ELEMENTWISE_UNARY or kind == "batch_norm":
+        elif _maps_values(op):
             args = [_channel_tensor(vec(x, n), rank)] + [_param(module, v) for v in op.operands[1:]]
             if all(a is not None for a in args):
                 c = op.decl.ref(*args, **op.attrs).reshape(-1).numpy().astype(np.float64)
@@ -304,7 +308,7 @@ def constant_channels(module, analysis: ChannelAnalysis) -> dict:
             c = xin if exact else np.where(xin == 0, 0.0, np.nan)
         elif kind == "sum":
             c = vec(x, n) * int(np.prod([x.type.shape[a] for a in op.attrs["axes"]]))
-        elif kind in ELEMENTWISE_BINARY:
+        elif _couples(op):
             args, zero = [], np.zeros(n, bool)
             for v in op.operands:
                 if analysis.nodes(v) is not None and v.type.rank == rank:

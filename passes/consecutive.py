@@ -146,9 +146,14 @@ def consecutive_order(universe, sets, prefixes=(), suffixes=()) -> list | None:
     return order
 
 
+def counts_up(idx) -> bool:
+    """Whether the integers ``idx`` count up by one (``[3, 4, 5]``: a slice's indices)."""
+    return all(b == a + 1 for a, b in zip(idx, idx[1:]))
+
+
 def is_run(order: list, s) -> bool:
-    pos = sorted(order.index(e) for e in s)
-    return not pos or pos[-1] - pos[0] == len(pos) - 1
+    """Whether the elements of ``s`` stand together in ``order``."""
+    return counts_up(sorted(order.index(e) for e in s))
 
 
 # ------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sliver.ir.types import is_float, to_numpy
-from sliver.passes.manager import Pass, register
+from sliver.passes.base import Pass, register
 
 _SOURCES = ("param", "constant")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sliver.passes.manager import Pass, register
+from sliver.passes.base import Pass, register
 
 
 def cse(module) -> bool:

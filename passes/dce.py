@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sliver.passes.manager import Pass, register
+from sliver.passes.base import Pass, register
 
 
 def dce(module) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sliver.passes.manager import Pass, register
+from sliver.passes.base import Pass, register
 from sliver.passes.rewrite import RewritePattern, apply_patterns, single_user
 
 

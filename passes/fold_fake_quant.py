@@ -40,7 +40,7 @@ import numpy as np
 
 from sliver.common.errors import SliverError
 from sliver.ir.types import int_range
-from sliver.passes.manager import Pass, register
+from sliver.passes.base import Pass, register
 from sliver.common.text import table_lines
 
 
@@ -306,18 +306,13 @@ def _rewrite(module, plan: Plan):
     return new
 
 
-#: ops that commute with quantize exactly: it is elementwise and monotone (non-decreasing),
-#: so it moves through reshapes and max pooling (whose padding never wins a window)
-_COMMUTES = ("reshape", "max_pool2d")
-
-
 def _hoist_quantize(module, q) -> bool:
-    """quantize(reshape(y)) → reshape(quantize(y)) (and max_pool2d; clamp likewise) when
-    that op feeds only the quantize: the codes are the same, and the layer before can
-    then emit them."""
+    """quantize(reshape(y)) → reshape(quantize(y)) (and every op declared
+    ``commutes_with_quantize``, e.g. max_pool2d; clamp likewise) when that op feeds only
+    the quantize: the codes are the same, and the layer before can then emit them."""
     src = q.operands[0]
     r = src.producer
-    if r is None or r.kind not in _COMMUTES or len(src.uses) != 1 or any(v is src for v in module.outputs):
+    if r is None or not r.decl.has("commutes_with_quantize") or len(src.uses) != 1 or any(v is src for v in module.outputs):
         return False
     inner = module.add_op(q.kind, [r.operands[0]], q.attrs, before=r, names=[module.fresh_name(q.result.name)])
     out = module.add_op(r.kind, [inner.result], r.attrs, before=q, names=[module.fresh_name(r.result.name)])

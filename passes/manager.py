@@ -1,8 +1,9 @@
-"""Passes, their registry, pipelines and the pass manager with its instruments.
+"""The pass registry, pipelines and the pass manager with its instruments.
 
-A pass is a frozen dataclass with a ``name`` (the CLI name) and its options as
-fields; ``run(module)`` rewrites the module in place and returns whether it changed
-anything.  Pipelines are strings: ``"fold-batchnorm,dce,cse"``; options go in
+Every built-in pass is imported here and registers itself (:mod:`sliver.passes.base`;
+no pass imports this module).  A pass is a frozen dataclass with a ``name`` (the CLI
+name) and its options as fields; ``run(module)`` rewrites the module in place and
+returns whether it changed anything.  Pipelines are strings: ``"fold-batchnorm,dce,cse"``; options go in
 braces: ``"const-fold{max_elements=65536}"``.
 
 The manager verifies the IR after every pass (on by default), times each pass
@@ -17,61 +18,22 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence, TextIO
+from typing import Sequence, TextIO
 
 import numpy as np
 
 from sliver.common.errors import SliverError
 from sliver.common.records import PassRecord  # noqa: F401  (part of this module's API)
 from sliver.common.text import table_lines
-
-_PASSES: dict[str, type["Pass"]] = {}
-
-
-@dataclass(frozen=True)
-class Pass:
-    name: ClassVar[str] = ""
-    #: True for passes that change what the module computes on purpose (quantization):
-    #: an artifact's golden outputs then come from the optimized module, not the model
-    lossy: ClassVar[bool] = False
-
-    def run(self, module) -> bool:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def spec(self) -> str:
-        """This pass as a pipeline element (name plus non-default options).  Fields
-        declared ``repr=False`` (data handed over by the API, e.g. inputs) are not
-        options and are left out."""
-        opts = []
-        for f in dataclasses.fields(self):
-            if not f.repr:
-                continue
-            v = getattr(self, f.name)
-            if f.default is dataclasses.MISSING or v != f.default:
-                opts.append(f"{f.name}={v}")
-        return self.name + ("{" + ",".join(opts) + "}" if opts else "")
-
-
-def register(cls):
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _PASSES:
-        raise ValueError(f"pass {cls.name} registered twice")
-    _PASSES[cls.name] = cls
-    return cls
-
-
-def _load_builtin_passes() -> None:
-    # Importing each module registers its pass.
-    from sliver.passes import cse, const_fold, dce, fold_batchnorm, fold_fake_quant, outliers, prune  # noqa: F401
-    from sliver.passes import quantize_activations, quantize_weights  # noqa: F401
+# Importing each pass module registers its pass; the passes import only the base.
+from sliver.passes import cse, const_fold, dce, fold_batchnorm, fold_fake_quant, outliers, prune  # noqa: F401
+from sliver.passes import quantize_activations, quantize_weights  # noqa: F401
+from sliver.passes.base import Pass, max_relative_error, register, registered  # noqa: F401  (part of the API)
 
 
 def all_passes() -> dict[str, type[Pass]]:
-    _load_builtin_passes()
-    return dict(sorted(_PASSES.items()))
+    return dict(sorted(registered().items()))
 
 
 def _coerce(text: str, field_type, pass_name: str, key: str):
@@ -192,13 +154,6 @@ class DumpDir(Instrument):
 
     def after(self, index, pass_, module, record):
         (self.path / f"{index + 1:02d}-{pass_.name}.sir").write_text(str(module))
-
-
-def max_relative_error(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> float:
-    """max |got - want| / max |want| over all outputs (see runtime's output_error)."""
-    from sliver.common.numerics import output_error
-
-    return max((output_error(g, w)[1] for g, w in zip(got, want)), default=0.0)
 
 
 class NumericDrift(Instrument):

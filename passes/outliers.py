@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sliver.common.errors import SliverError
-from sliver.passes.manager import Pass, max_relative_error, register
+from sliver.passes.base import Pass, max_relative_error, register
 from sliver.common.text import table_lines
 
 # ----------------------------------------------------------------------------

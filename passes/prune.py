@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sliver.common.errors import SliverError
-from sliver.ir.core import Module
-from sliver.passes.channels import ChannelAnalysis, channel_axis, constant_channels, is_depthwise
-from sliver.passes.manager import Pass, register
 from sliver.common.text import table_lines
+from sliver.ir.core import Module
+from sliver.passes.base import Pass, register
+from sliver.passes.channels import ChannelAnalysis, channel_axis, constant_channels, is_depthwise
+from sliver.passes.consecutive import counts_up
 
 METHODS = ("l1", "l2", "fpgm", "act")
 
@@ -461,10 +462,6 @@ def _take(data: np.ndarray, positions, axis: int) -> np.ndarray:
     return np.ascontiguousarray(np.take(data, positions, axis=axis))
 
 
-def _is_run(idx: list[int]) -> bool:
-    return all(b == a + 1 for a, b in zip(idx, idx[1:]))
-
-
 @dataclass
 class LayerReport:
     name: str
@@ -531,11 +528,12 @@ def count_params_and_macs(module) -> tuple[int, int]:
 def pruned(module, **options) -> tuple[Module, dict]:
     """A pruned copy of ``module`` (the ``prune`` pass with ``options``) and its report
     (:meth:`PruneReport.as_dict`)."""
-    from sliver.passes.manager import PassManager
+    from sliver.ir.verifier import verify
 
-    copy = module.clone()
-    (record,) = PassManager([Prune(**options)]).run(copy)
-    return copy, record.notes["report"]
+    copy, p = module.clone(), Prune(**options)
+    _, notes = p.run(copy)
+    verify(copy, after=p.spec())
+    return copy, notes["report"]
 
 
 def matched_constrained(module, params: int, steps: int = 10, **options) -> tuple[Module, dict, float]:
@@ -681,12 +679,12 @@ def _rewrite_consumer(new, module, op, operands, plan, report, order_of) -> list
     idx = sorted(where[p] for p in mask)
     xin = operands[0]
     zero = []  # holes=zero: columns read through a view only to meet zero weights
-    if plan.holes == "zero" and not _is_run(idx):
+    if plan.holes == "zero" and not counts_up(idx):
         zero = [kept_in[i] for i in range(idx[0], idx[-1] + 1) if i not in set(idx)]
         idx = list(range(idx[0], idx[-1] + 1))
     if idx == list(range(len(kept_in))):
         read, gathered = "all", 0
-    elif _is_run(idx):
+    elif counts_up(idx):
         xin = new.add_op("slice", [xin], {"axis": ax, "start": idx[0], "end": idx[-1] + 1},
                          names=[new.fresh_name(x.name + ".view")]).result
         read, gathered = "view", 0

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sliver.common.errors import SliverError
-from sliver.passes.manager import Pass, register
+from sliver.passes.base import Pass, register
 from sliver.passes.quantize_weights import check_bits, load_report
 
 MODES = ("calibrated", "dynamic")

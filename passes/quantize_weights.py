@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from sliver.common.errors import SliverError
-from sliver.passes.manager import Pass, register
+from sliver.passes.base import Pass, register
 
 GRANULARITIES = ("tensor", "channel", "block")
 

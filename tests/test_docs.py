@@ -338,3 +338,20 @@ def test_no_work_history_or_machine_paths_in_the_repository():
             if m:
                 bad.append(f"{name}:{n}: {m.group(0)!r}")
     assert not bad, "work history or machine paths:\n" + "\n".join(bad[:40])
+
+
+_TOP = ("ir/", "passes/", "backends/", "runtime/", "tools/", "tests/", "benchmarks/", "common/", "frontend/",
+        "sliver/", "docs/", ".ci/")
+
+
+@pytest.mark.parametrize("md", [*DOCS, *sorted((ROOT / "benchmarks").rglob("README.md"))], ids=_rel)
+def test_quoted_repository_paths_exist(md):
+    """A file or folder of the repository named in backticks (`tools/emulator/icount.py`,
+    `tests/test_bench*.py`, `tools/examples/tiny_cnn.py:build`) exists: files move, the
+    docs must follow."""
+    bad = []
+    for span in SPAN.findall(FENCE.sub("", md.read_text())):
+        path = re.split(r"[:(\s]", span)[0].rstrip(",.")
+        if path.startswith(_TOP) and not any(ROOT.glob(path)):
+            bad.append(span)
+    assert not bad, f"{_rel(md)}: no such file in the repository: {bad}"

@@ -144,11 +144,7 @@ KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 #: Circles of files still to be cut; the list only ever shrinks.
 KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset({"sliver.ir.core", "sliver.ir.parser"}),
     frozenset({"sliver.backends.tvm.lowbit", "sliver.backends.tvm.lower", "sliver.backends.tvm.wq_linear"}),
-    frozenset({"sliver.passes." + m for m in (
-        "const_fold", "cse", "dce", "fold_batchnorm", "fold_fake_quant", "manager", "outliers", "prune",
-        "quantize_activations", "quantize_weights")}),
 }
 
 

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from sliver.common.errors import SliverError
+from sliver.ir.ops import all_ops
 
 LOWERING: dict[str, Callable] = {}
 
@@ -87,6 +88,11 @@ def _hardsigmoid(bb, x):
     shifted = bb.emit(R.add(x, _scalar(3.0, x)))
     clipped = bb.emit(R.clip(shifted, 0.0, 6.0))
     return bb.emit(R.divide(clipped, _scalar(6.0, x)))
+
+
+@lowers("leaky_relu")
+def _leaky_relu(bb, op, x):
+    return bb.emit(_R().nn.leakyrelu(x, float(op.attrs["negative_slope"])))
 
 
 @lowers("hardsigmoid")
@@ -537,8 +543,9 @@ def _to_relax(module):
 
 #: Channel-wise ops that may run on a value with padding channels: the padding
 #: channels stay apart from the real ones (they are sliced off before anything that
-#: mixes channels, except convs, which read them through zero weights).
-_PAD_UNARY = set(_UNARY) | {"gelu", "hardsigmoid", "hardswish", "clamp"}
+#: mixes channels, except convs, which read them through zero weights).  The unary
+#: ones are the elementwise maps the op declarations mark channel-wise.
+_PAD_UNARY = {name for name, decl in all_ops().items() if decl.unary and decl.has("elementwise", "channelwise")}
 _PAD_BINARY = {"add", "sub", "mul", "maximum", "minimum"}
 _PAD_POOLS = {"max_pool2d", "adaptive_avg_pool2d", "mean"}
 
