@@ -1,5 +1,5 @@
 """The ARM instruction-count benchmark's bookkeeping (the emulated runs themselves are
-exercised by tests/runtime/test_icount.py; the benchmark is run by hand, see README)."""
+exercised by tests/runtime/test_icount.py; the benchmark is run by hand, see benchmarks/README.md)."""
 
 from sliver.benchmarks import bench_arm
 

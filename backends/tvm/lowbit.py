@@ -72,7 +72,7 @@ W2A2_TC_MAX_RB = 680
 LAYOUT_PLAIN, LAYOUT_W2A2, LAYOUT_W2A2_TC, LAYOUT_W2A2_TC8 = 0, 1, 2, 3
 
 #: Kernel per target architecture for operands below 8 bits, picked by
-#: ``python -m sliver.benchmarks.bench_lowbit`` (README, "Low-bit kernels"): on aarch64
+#: ``python -m sliver.benchmarks.bench_lowbit`` (docs/results/lowbit.md): on aarch64
 #: bit-serial (NEON cnt) executes 2.8-2.9x fewer instructions than the int8 kernel on
 #: ResNet-18 3x3 convs; on x86-64 (AVX2 nibble-table popcount, no vector popcount
 #: instruction) bit-serial beat unpacking to the int8 kernel's byte dot products only on
