@@ -57,3 +57,8 @@ class ModelError(SliverError):
 
 class UsageError(SliverError):
     """A command-line option with a bad value, or naming something that does not exist."""
+
+
+class SliverWarning(UserWarning):
+    """Something sliver did differently from what the caller may expect, and did on purpose
+    (e.g. a model in training mode traced and evaluated in eval mode)."""

@@ -164,10 +164,15 @@ def trace(model, example_inputs=(), *, name: str | None = None) -> Module:
         elif node.op == "output":
             outs = node.args[0]
             values = [env[o.name] if isinstance(o, torch.fx.Node) else o for o in outs]
-            for k, v in enumerate(values):
+            if all(v is None for v in values):
+                raise SliverError("the model returns no tensor (None, or empty containers: a forward without "
+                                  "`return`?); return its output tensors")
+            for i, v in enumerate(values):
                 if not isinstance(v, Value):
-                    raise SliverError(f"the model returns {'None' if v is None else type(v).__name__} as output {k}; "
-                                      "sliver compiles tensor outputs only: make forward return tensors")
+                    raise SliverError(
+                        f"the model returns a non-tensor output ({type(v).__name__} {str(v)[:40]} as output {i}); "
+                        "sliver compiles tensor outputs only: return it as a tensor (torch.tensor(...)) or drop it"
+                    )
             module.set_outputs(values)
     dce(module)
     return module

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from sliver.common.errors import SliverError
-from sliver.ir.attrs import normalize
+from sliver.ir.attrs import format_attr, normalize
 from sliver.ir.types import DTYPES, TensorType, is_float
 
 REQUIRED = object()
@@ -109,6 +109,7 @@ class OpDecl:
 
     def infer_types(self, types: list[TensorType], attrs: dict) -> list[TensorType]:
         self.check_arity(len(types))
+        check_attr_kinds(self.name, attrs, types)
         out = self.infer(types, **attrs)
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
@@ -197,6 +198,9 @@ declare("param", (), infer=_param_infer, ref=None, doc="A weight; its data is Mo
 def _constant_infer(types, *, value, dtype, shape):
     if dtype not in DTYPES:
         raise TypeRuleError(f"constant: unknown dtype {dtype!r}")
+    problem = _outside(value, dtype)
+    if problem:
+        raise TypeRuleError(f"constant: value {value!r} must be {problem}")
     return TensorType(shape, dtype)
 
 
@@ -726,6 +730,10 @@ def _fake_quant_ref(x, scale, zero_point, *, qmin, qmax, axis):
     scale, zero_point, xf = scale.float(), zero_point.int(), x.float()
     if axis is None:
         return torch.fake_quantize_per_tensor_affine(xf, scale, zero_point, qmin, qmax).to(x.dtype)
+    if zero_point.numel() and not (qmin <= int(zero_point.min()) and int(zero_point.max()) <= qmax):
+        # torch refuses these (per tensor it accepts them); a hand-edited module gets a named error
+        raise TypeRuleError(f"fake_quant: per-channel zero points {zero_point.tolist()[:8]} must lie in [qmin, qmax] "
+                            f"= [{qmin}, {qmax}]")
     return torch.fake_quantize_per_channel_affine(xf, scale, zero_point, axis % x.dim(), qmin, qmax).to(x.dtype)
 
 
@@ -957,3 +965,158 @@ declare(
 _reduce("amax", lambda x, axes, keepdim: x.amax(axes, keepdim=keepdim),
         "max over axes (dynamic activation ranges: amax(abs(x)))",
         opt_out={"trace": "made by activation quantization for dynamic ranges; torch's amax is not traced yet"})
+
+
+# ----------------------------------------------------------------------------
+# attribute kinds: what each attribute may hold, checked before an op's type rule
+# runs, so that a hand-edited or hostile IR text (``padding=[1.5, 1, 1, 1]``,
+# ``stride=[0, 0]``, ``keepdim="yes"``) is a TypeRuleError naming the attribute, never
+# a crash inside a type rule, the interpreter or a backend.
+
+_INT64 = 2**63
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and -_INT64 <= v < _INT64
+
+
+def _is_num(v) -> bool:
+    return (isinstance(v, float) or _is_int(v)) and not isinstance(v, bool)
+
+
+def _outside(value, dtype: str) -> str | None:
+    """None when ``value`` is a value of element type ``dtype``, else what it must be:
+    floats finite within the type's range (or ±inf, nan), integers integral and
+    within the type's range."""
+    import numpy as np
+
+    from sliver.ir.types import int_range, is_lowbit, to_numpy
+
+    if is_float(dtype):
+        big = float(np.finfo(to_numpy(dtype)).max)
+        if _is_num(value) and (not math.isfinite(value) or abs(value) <= big):
+            return None
+        return f"a {dtype} value (a number of magnitude at most {big:g}, inf or nan)"
+    if dtype == "bool":
+        lo, hi = 0, 1
+    elif is_lowbit(dtype):
+        lo, hi = int_range(dtype)
+    else:
+        lo, hi = int(np.iinfo(to_numpy(dtype)).min), int(np.iinfo(to_numpy(dtype)).max)
+    return None if _is_int(value) and lo <= value <= hi else f"a {dtype} value (an integer in [{lo}, {hi}])"
+
+
+def _int(lo=None, optional=False):
+    what = "an integer" + (f" >= {lo}" if lo is not None else "") + (" or none" if optional else "")
+
+    def check(v, types):
+        if v is None and optional:
+            return None
+        return None if _is_int(v) and (lo is None or v >= lo) else what
+
+    return check
+
+
+def _ints(n=None, lo=None):
+    what = (f"a list of {n} integers" if n else "a list of integers") + (f" >= {lo}" if lo is not None else "")
+
+    def check(v, types):
+        ok = isinstance(v, tuple) and (n is None or len(v) == n) and len(v) <= 64
+        ok = ok and all(_is_int(d) and (lo is None or d >= lo) for d in v)
+        return None if ok else what
+
+    return check
+
+
+def _num(optional=False, positive=False, finite=False):
+    what = ("a positive " if positive else "a ") + ("finite number" if finite else "number") + (
+        " or none" if optional else "")
+
+    def check(v, types):
+        if v is None and optional:
+            return None
+        ok = _is_num(v) and (not positive or v > 0) and (not finite or math.isfinite(v))
+        return None if ok else what
+
+    return check
+
+
+def _bound(dtype=None):
+    """A clamp bound: none, or a value (not nan) of ``dtype`` (default: the first operand's type)."""
+
+    def check(v, types):
+        if v is None:
+            return None
+        t = dtype or types[0].dtype
+        if isinstance(v, float) and math.isnan(v):
+            return f"none or a {t} value, not nan"
+        problem = _outside(v, t)
+        return problem and f"none or {problem}"
+
+    return check
+
+
+def _bool(v, types):
+    return None if isinstance(v, bool) else "true or false"
+
+
+def _choice(*names):
+    what = "one of " + ", ".join(f'"{n}"' for n in names)
+    return lambda v, types: None if isinstance(v, str) and v in names else what
+
+
+def _dtype(v, types):
+    return None if isinstance(v, str) and v in DTYPES else "an element type (" + ", ".join(sorted(DTYPES)) + ")"
+
+
+_CONV = {"stride": _ints(2, 1), "padding": _ints(4, 0), "dilation": _ints(2, 1), "groups": _int(1)}
+_EPILOGUE = {"x_zero_point": _int(), "w_zero_point": _int(), "clamp_min": _bound("f32"), "clamp_max": _bound("f32"),
+             "out_dtype": _dtype, "out_scale": _num(True), "out_zero_point": _int()}
+_NORM = {"axes": _int(1), "eps": _num(finite=True)}
+_REDUCE = {"axes": _ints(), "keepdim": _bool}
+_POOL = {"kernel": _ints(2, 1), "stride": _ints(2, 1), "padding": _ints(4, 0), "ceil_mode": _bool}
+
+#: op name → attribute name → check (returns None, or what the attribute must be)
+ATTR_KINDS: dict[str, dict[str, Callable]] = {
+    "constant": {"value": _num(), "dtype": _dtype, "shape": _ints(lo=0)},
+    "gelu": {"approximate": _choice("none", "tanh")},
+    "clamp": {"min": _bound(), "max": _bound()},
+    "leaky_relu": {"negative_slope": _num(finite=True)},
+    "cast": {"dtype": _dtype},
+    "conv2d": _CONV,
+    "batch_norm": {"eps": _num(finite=True)},
+    "layer_norm": _NORM,
+    "rms_norm": _NORM,
+    "max_pool2d": {**_POOL, "dilation": _ints(2, 1)},
+    "avg_pool2d": {**_POOL, "count_include_pad": _bool},
+    "adaptive_avg_pool2d": {"output_size": _ints(2, 1)},
+    "concat": {"axis": _int()},
+    "slice": {"axis": _int(), "start": _int(), "end": _int(), "step": _int(1)},
+    "take": {"axis": _int()},
+    "reshape": {"shape": _ints(lo=0)},
+    "permute": {"dims": _ints()},
+    "expand": {"shape": _ints(lo=0)},
+    "softmax": {"axis": _int()},
+    "mean": _REDUCE,
+    "sum": _REDUCE,
+    "amax": _REDUCE,
+    "attention": {"causal": _bool, "scale": _num(True, finite=True)},
+    "fake_quant": {"qmin": _int(), "qmax": _int(), "axis": _int(optional=True)},
+    "quantize": {"scale": _num(), "zero_point": _int(), "dtype": _dtype},
+    "dequantize": {"scale": _num(), "zero_point": _int()},
+    "qconv2d": {**_CONV, **_EPILOGUE},
+    "qdense": _EPILOGUE,
+    "wq_linear": {"bits": _int(), "block": _int(1), "out_features": _int(1)},
+}
+
+
+def check_attr_kinds(op: str, attrs: dict, types: list[TensorType]) -> None:
+    """Raise :class:`TypeRuleError` when an attribute of ``op`` holds the wrong kind of
+    value (a float where an int belongs, a list of the wrong length, a zero stride, a
+    clamp bound its operand's type cannot hold…); ``types`` are the operand types."""
+    kinds = ATTR_KINDS.get(op, {})
+    for name, value in attrs.items():
+        check = kinds.get(name)
+        problem = check(value, types) if check is not None else None
+        if problem:
+            raise TypeRuleError(f"{op}: attribute {name} must be {problem}, got {format_attr(value)}")

@@ -3,6 +3,14 @@
 Errors name the line and column and what was expected there.  Types written in
 the text are checked against each op's type rule, so a hand-edited file with a
 wrong shape fails here rather than deep in a backend.
+
+IR text may come from anywhere, so every error it can cause is an
+:class:`IRParseError`: numbers are range-checked (integers fit in 64 bits, shape
+dimensions are plain non-negative integers), a tensor holds at most
+:data:`MAX_ELEMENTS` elements in at most :data:`MAX_RANK` dimensions, attribute
+lists nest at most :data:`MAX_NESTING` deep, each attribute must be of its kind
+(:data:`sliver.ir.ops.ATTR_KINDS`), and no param data is allocated or bound
+before the whole text has been checked.
 """
 
 from __future__ import annotations
@@ -13,7 +21,18 @@ import numpy as np
 
 from sliver.common.errors import IRParseError, SliverError
 from sliver.ir.core import Module
-from sliver.ir.types import QuantParams, TensorType
+from sliver.ir.types import QuantParams, TensorType, to_numpy
+
+#: the most elements one tensor of a parsed module may hold
+MAX_ELEMENTS = 2**31 - 1
+#: the most dimensions one tensor may have
+MAX_RANK = 16
+#: how deep attribute lists may nest (``[[1, 2], [3, 4]]`` is 2)
+MAX_NESTING = 8
+#: the most bytes of zero-filled placeholder params ``parse_module`` creates
+#: when no params are given
+MAX_PLACEHOLDER_BYTES = 2**30
+_INT64 = 2**63
 
 _TOKEN = re.compile(
     r"""
@@ -74,22 +93,31 @@ class _Lexer:
         return False
 
 
-def _parse_attr(lx: _Lexer):
+def _number(lx: _Lexer, tok):
+    text = tok[1]
+    if text in ("inf", "-inf") or any(c in text for c in ".eE"):
+        return float(text)  # out-of-range floats become ±inf, as in C
+    if len(text.lstrip("-")) > 19 or not -_INT64 <= int(text) < _INT64:
+        raise lx.error("integer out of the 64-bit range", tok)
+    return int(text)
+
+
+def _parse_attr(lx: _Lexer, depth: int = 0):
     kind, text, *_ = lx.peek()
     if text == "[" and kind == "punct":
+        if depth >= MAX_NESTING:
+            raise lx.error(f"attribute lists nest at most {MAX_NESTING} deep")
         lx.next()
         items = []
         while not lx.accept("]"):
-            items.append(_parse_attr(lx))
+            items.append(_parse_attr(lx, depth + 1))
             if not lx.accept(","):
                 lx.expect("punct", "]")
                 break
         return tuple(items)
     lx.next()
     if kind == "number":
-        if text in ("inf", "-inf"):
-            return float(text)
-        return float(text) if any(c in text for c in ".eE") else int(text)
+        return _number(lx, lx.tokens[lx.i - 1])
     if kind == "string":
         return re.sub(r"\\(.)", r"\1", text[1:-1])
     if kind == "word":
@@ -100,16 +128,59 @@ def _parse_attr(lx: _Lexer):
     raise lx.error("expected an attribute value")
 
 
+def _dimension(lx: _Lexer) -> int:
+    tok = lx.peek()
+    if tok[0] != "number" or not tok[1].isdigit():
+        raise lx.error("expected a dimension (a non-negative integer)")
+    if len(tok[1]) > 19 or int(tok[1]) > MAX_ELEMENTS:
+        raise lx.error(f"dimension larger than {MAX_ELEMENTS}")
+    lx.next()
+    return int(tok[1])
+
+
+def _quant_params(lx: _Lexer, fields: dict, shape: tuple, tok) -> QuantParams:
+    def bad(message):
+        return lx.error(f"bad quantization parameters: {message}", tok)
+
+    unknown = set(fields) - {"scale", "zero_point", "axis"}
+    if unknown or "scale" not in fields:
+        raise bad(f"q(...) takes scale, zero_point and axis, got {', '.join(sorted(fields)) or 'nothing'}")
+    scale, zp, axis = fields["scale"], fields.get("zero_point", 0), fields.get("axis")
+    if axis is None:
+        scales, zps = (scale,), (zp,)
+    else:
+        if not isinstance(axis, int) or isinstance(axis, bool) or not 0 <= axis < len(shape):
+            raise bad(f"axis {axis!r} is not an axis of a rank-{len(shape)} tensor")
+        if not isinstance(scale, tuple) or not isinstance(zp, tuple) or not len(scale) == len(zp) == shape[axis]:
+            raise bad(f"per-channel scale and zero_point need {shape[axis]} entries each (axis {axis})")
+        scales, zps = scale, zp
+    if not all(isinstance(s, float) and s > 0 and s != float("inf") for s in scales):
+        raise bad(f"scale must be positive finite floats, got {scale!r}")
+    if not all(isinstance(z, int) and not isinstance(z, bool) for z in zps):
+        raise bad(f"zero_point must be integers, got {zp!r}")
+    try:
+        return QuantParams(scale, zp, axis)
+    except SliverError as e:
+        raise bad(str(e)) from None
+
+
 def _parse_type(lx: _Lexer) -> TensorType:
     tok = lx.peek()
     dtype = lx.expect("word")
     lx.expect("punct", "[")
     shape = []
     while not lx.accept("]"):
-        shape.append(int(lx.expect("number")))
+        if len(shape) == MAX_RANK:
+            raise lx.error(f"a tensor has at most {MAX_RANK} dimensions")
+        shape.append(_dimension(lx))
         if not lx.accept(","):
             lx.expect("punct", "]")
             break
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel > MAX_ELEMENTS:
+        raise lx.error(f"{dtype}{shape} has {numel} elements; sliver handles at most {MAX_ELEMENTS} per tensor", tok)
     quant = None
     if lx.peek()[1] == "q" and lx.peek(1)[1] == "(":
         lx.next(), lx.next()
@@ -118,11 +189,10 @@ def _parse_type(lx: _Lexer) -> TensorType:
             key = lx.expect("word")
             lx.expect("punct", "=")
             fields[key] = _parse_attr(lx)
-            lx.accept(",")
-        try:
-            quant = QuantParams(**fields)
-        except (TypeError, SliverError) as e:
-            raise lx.error(f"bad quantization parameters: {e}", tok) from None
+            if not lx.accept(","):
+                lx.expect("punct", ")")
+                break
+        quant = _quant_params(lx, fields, tuple(shape), tok)
     try:
         return TensorType(tuple(shape), dtype, quant)
     except SliverError as e:
@@ -132,11 +202,49 @@ def _parse_type(lx: _Lexer) -> TensorType:
 def parse_module(text: str, params: dict[str, np.ndarray] | None = None) -> Module:
     """Parse IR text.  ``params`` supplies the data of ``param`` ops by name;
     without it, params are zero-filled placeholders of the printed type (enough
-    for structural tests and golden-text comparisons)."""
+    for structural tests and golden-text comparisons; at most
+    :data:`MAX_PLACEHOLDER_BYTES` in all).  Every problem is an
+    :class:`IRParseError`."""
+    module, pending = parse_structure(text)
+    if params is None:
+        total = sum(t.numel * to_numpy(t.dtype).itemsize for _, t, _ in pending)
+        if total > MAX_PLACEHOLDER_BYTES:
+            raise IRParseError(
+                f"the params of @{module.name} take {total} bytes; zero placeholders are capped at "
+                f"{MAX_PLACEHOLDER_BYTES} bytes: parse it with its params (its .npz file)"
+            )
+        params = {name: np.zeros(t.shape, to_numpy(t.dtype)) for name, t, _ in pending}
+    bind_params(module, pending, params)
+    return module
+
+
+def bind_params(module: Module, pending, params) -> None:
+    """Give each param op of ``pending`` (from :func:`parse_structure`) its data from
+    ``params``, which must hold an array of exactly the printed type for each."""
+    for name, t, (line, col) in pending:
+        where = f"line {line}, column {col}: param %{name}"
+        if name not in params:
+            raise IRParseError(f"{where} has no data in the params")
+        data = params[name]
+        if isinstance(data, np.generic):  # a numpy scalar: the data of a 0-d param
+            data = np.asarray(data)
+        if not isinstance(data, np.ndarray):
+            raise IRParseError(f"{where}: its data is a {type(data).__name__}, not a numpy array")
+        if data.shape != t.shape or data.dtype != to_numpy(t.dtype):
+            raise IRParseError(f"{where} is {t} in the text but {data.dtype}{list(data.shape)} in the params")
+        module.params[name] = data
+
+
+def parse_structure(text: str):
+    """Parse and check IR text without binding param data: returns the module and
+    its param ops still to be bound, as ``(name, type, (line, column))``."""
+    if not isinstance(text, str):
+        raise IRParseError(f"IR text must be a str, got {type(text).__name__}")
     lx = _Lexer(text)
     lx.expect("word", "func")
     module = Module(lx.expect("symbol")[1:])
     env = {}
+    pending = []
 
     def define(tok, value):
         env[tok[1][1:]] = value
@@ -152,10 +260,9 @@ def parse_module(text: str, params: dict[str, np.ndarray] | None = None) -> Modu
         tok = lx.peek()
         lx.expect("value")
         lx.expect("punct", ":")
+        t = _parse_type(lx)
         try:
-            define(tok, module.add_input(_parse_type(lx), name=tok[1][1:]))
-        except IRParseError:
-            raise
+            define(tok, module.add_input(t, name=tok[1][1:]))
         except SliverError as e:
             raise lx.error(str(e), tok) from None
         if not lx.accept(","):
@@ -185,8 +292,11 @@ def parse_module(text: str, params: dict[str, np.ndarray] | None = None) -> Modu
         attrs = {}
         if lx.accept("{"):
             while not lx.accept("}"):
+                key_tok = lx.peek()
                 key = lx.expect("word")
                 lx.expect("punct", "=")
+                if key in attrs:
+                    raise lx.error(f"attribute {key} is given twice", key_tok)
                 attrs[key] = _parse_attr(lx)
                 if not lx.accept(","):
                     lx.expect("punct", "}")
@@ -200,17 +310,12 @@ def parse_module(text: str, params: dict[str, np.ndarray] | None = None) -> Modu
         names = [t[1][1:] for t in lhs]
         try:
             if kind == "param":
-                if params is not None and names[0] not in params:
-                    raise SliverError(f"no data for param %{names[0]} in the params file")
-                data = params[names[0]] if params is not None else np.zeros(types[0].shape, _np_dtype(types[0]))
-                if data.shape != types[0].shape or data.dtype != _np_dtype(types[0]):
-                    raise SliverError(
-                        f"param %{names[0]} is {types[0]} in the text but {data.dtype}{list(data.shape)} in the params file"
-                    )
                 if operands or attrs:
                     raise SliverError("param takes no operands or attributes")
+                if len(types) != 1:
+                    raise SliverError("a param defines one value")
                 op = module.add_op("param", types=types, names=names)
-                module.params[names[0]] = data
+                pending.append((names[0], types[0], kind_tok[2:]))
             else:
                 op = module.add_op(kind, operands, attrs, types=types, names=names)
                 inferred = op.decl.infer_types([v.type for v in operands], op.attrs)
@@ -236,10 +341,4 @@ def parse_module(text: str, params: dict[str, np.ndarray] | None = None) -> Modu
     module.set_outputs(outputs)
     lx.expect("punct", "}")
     lx.expect("eof")
-    return module
-
-
-def _np_dtype(t: TensorType):
-    from sliver.ir.types import to_numpy
-
-    return to_numpy(t.dtype)
+    return module, pending

@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
 
-from sliver.common.errors import SliverError
+from sliver.common.errors import InputError, SliverError, SliverWarning
 from sliver.common.numerics import as_numpy
 from sliver.package import check_tolerances, jsonable, layer_of, package, param_operands, record_dict  # noqa: F401
 
@@ -27,14 +29,111 @@ def _as_tuple(example_inputs) -> tuple:
 
 
 def _torch_inputs(example_inputs) -> tuple:
+    """Private copies of the example inputs as torch tensors: the model never sees (and
+    so never changes) the caller's own tensors or arrays."""
     import torch
 
-    return tuple(torch.from_numpy(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
-                 for x in _as_tuple(example_inputs))
+    from sliver.ir.types import from_numpy
+
+    out = []
+    for i, x in enumerate(_as_tuple(example_inputs)):
+        if isinstance(x, np.generic):
+            x = np.asarray(x)
+        if not isinstance(x, (torch.Tensor, np.ndarray)):
+            raise InputError(f"example input {i} is a {type(x).__name__}; pass a torch.Tensor or a numpy array "
+                             f"(e.g. torch.tensor(...)) for each input of the model")
+        try:
+            from_numpy(x.dtype)
+        except SliverError:
+            raise InputError(f"example input {i} holds {x.dtype}, which sliver has no element type for; convert it "
+                             "to float32 (or an integer type for indices) first") from None
+        if (x.size if isinstance(x, np.ndarray) else x.numel()) == 0:
+            raise InputError(f"example input {i} has shape {list(x.shape)}, which holds no elements; sliver compiles "
+                             "for the shapes of the example inputs: give one of the real shape")
+        if isinstance(x, np.ndarray):
+            out.append(torch.from_numpy(np.array(x, copy=True)))
+        else:
+            if x.device.type != "cpu":
+                raise InputError(f"example input {i} is on {x.device}; pass it on the CPU (x.cpu())")
+            out.append(x.detach().clone())
+    return tuple(out)
+
+
+def _check_model(model) -> None:
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        return
+    if not isinstance(model, torch.nn.Module):
+        what = "a plain function" if callable(model) else f"a {type(model).__name__}"
+        raise SliverError(f"sliver compiles a torch.nn.Module (or a torch.export.ExportedProgram); got {what}. "
+                          "Wrap a function in a Module: class M(torch.nn.Module): def forward(self, x): return f(x)")
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.device.type != "cpu":
+            fix = ("load real weights first (model.to_empty(device='cpu'), then model.load_state_dict(...))"
+                   if t.device.type == "meta" else "move the model to the CPU first (model.cpu())")
+            raise SliverError(f"{name} is on the {t.device.type} device; sliver reads the weights on the CPU: {fix}")
+
+
+@contextlib.contextmanager
+def _inference(model, what: str):
+    """Run ``model`` for tracing and golden outputs as inference: in eval mode (with a
+    :class:`SliverWarning` when it was training), with every module's own ``training``
+    flag and every buffer restored afterwards, so the caller's model is left as it was.
+    A forward pass that changes a parameter in place is refused."""
+    import torch
+
+    _check_model(model)
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    training = [f"{type(m).__name__} {name!r}" if name else type(m).__name__ for name, m in model.named_modules()
+                if m.training and isinstance(m, _mode_dependent())]
+    if training:
+        shown = ", ".join(training[:5]) + (f" and {len(training) - 5} more" if len(training) > 5 else "")
+        done = "traced and evaluated" if what == "lower" else "traced"
+        warnings.warn(
+            f"{what}(): the model is in training mode; sliver compiles inference, so it {done} the model in eval "
+            f"mode (BatchNorm uses its running statistics, Dropout is off) for {shown}. The model itself is left in "
+            "the mode it was in; call model.eval() first to silence this note.",
+            SliverWarning, stacklevel=4,  # the caller of trace()/lower()
+        )
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    versions = [(name, p, p._version) for name, p in model.named_parameters()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+        with torch.no_grad():
+            for b, saved in buffers:
+                if not torch.equal(b, saved):
+                    b.copy_(saved)
+    changed = [name for name, p, v in versions if p._version != v]
+    if changed:
+        raise SliverError(f"the model's forward changes its parameters in place ({', '.join(changed[:5])}); sliver "
+                          "compiles a pure function of the inputs: compute new tensors instead of updating weights")
+
+
+def _mode_dependent():
+    import torch.nn as nn
+
+    return (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.modules.instancenorm._InstanceNorm)
 
 
 def trace(model, example_inputs=(), *, name: str | None = None):
-    """Trace an ``nn.Module`` (or a ``torch.export.ExportedProgram``) into sliver IR."""
+    """Trace an ``nn.Module`` (or a ``torch.export.ExportedProgram``) into sliver IR.
+
+    sliver compiles inference: a model in training mode is traced in eval mode (a
+    :class:`~sliver.common.errors.SliverWarning` says so), and the model (its modes,
+    parameters and buffers) and the example inputs are left exactly as they were."""
+    with _inference(model, "trace"):
+        return _trace_verified(model, example_inputs, name)
+
+
+def _trace_verified(model, example_inputs, name=None):
     from sliver.frontend import trace as _trace
     from sliver.ir.verifier import verify
 
@@ -56,8 +155,13 @@ def _reference_outputs(model, module, inputs) -> list[np.ndarray]:
     if isinstance(model, torch.nn.Module):
         from torch.utils._pytree import tree_flatten
 
-        with torch.no_grad():
-            out = model(*_torch_inputs(inputs))
+        try:
+            with torch.no_grad():
+                out = model(*_torch_inputs(inputs))
+        except SliverError:
+            raise
+        except Exception as e:  # the user's forward may raise anything
+            raise SliverError(f"the model's forward raised {type(e).__name__} on the example inputs: {e}") from e
         # the same flat order torch.export gives the outputs (dicts and ModelOutputs included)
         return [as_numpy(o) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
     from sliver.ir.interp import run
@@ -123,6 +227,15 @@ def lower(
     ``winograd``: 3x3 stride-1 float convs with enough channels compile as Winograd
     convolutions (fewer multiplications, ~1e-6 relative rounding difference);
     ``False`` keeps every conv direct.
+
+    ``lower`` never changes its arguments.  sliver compiles inference: a model in
+    training mode is traced *and* its golden outputs computed in eval mode (BatchNorm
+    with its running statistics, Dropout off), with a
+    :class:`~sliver.common.errors.SliverWarning` saying so; every module's
+    ``training`` flag, every buffer (e.g. BatchNorm's running statistics) and the
+    example inputs are left bit-identical (the model runs on copies of the inputs,
+    so a forward that updates its input in place changes neither the caller's tensor
+    nor the golden data).  Bad models and inputs are :class:`SliverError` s.
     """
     from sliver.backends.tvm.build import compile_module, tvm_version
     from sliver.backends.tvm.targets import check_toolchain, resolve
@@ -138,10 +251,13 @@ def lower(
         module = model.clone()
         if not inputs:
             raise SliverError("lower() of a traced Module needs example inputs for the golden data")
+        golden_inputs = [as_numpy(x) for x in _torch_inputs(inputs)]
+        golden_outputs = _reference_outputs(model, module, inputs)
     else:
-        module = trace(model, inputs)
-    golden_inputs = [as_numpy(x) for x in inputs]
-    golden_outputs = _reference_outputs(model, module, inputs)
+        with _inference(model, "lower"):  # eval mode; the caller's model and tensors are left as they were
+            module = _trace_verified(model, inputs)
+            golden_inputs = [as_numpy(x) for x in _torch_inputs(inputs)]
+            golden_outputs = _reference_outputs(model, module, inputs)
 
     records = optimize(module, pipeline, verify=verify, instruments=instruments)
     if any(p.lossy for p in pipeline):  # quantized on purpose: the device checks the compile, not the passes

@@ -190,9 +190,9 @@ BAD_MODELS = {
     "plain_function": ("import torch\ndef build():\n    return (lambda x: x + 1), (torch.ones(1, 4),)\n",
                        "build", ["returned a function as the model", "torch.nn.Module"]),
     "none_output": ("import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n        return None\n"
-                    "def build():\n    return M(), (torch.ones(1, 4),)\n", "build", ["returns None as output 0"]),
+                    "def build():\n    return M(), (torch.ones(1, 4),)\n", "build", ["returns no tensor"]),
     "scalar_output": ("import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n        return 3.0\n"
-                      "def build():\n    return M(), (torch.ones(1, 4),)\n", "build", ["returns float as output 0"]),
+                      "def build():\n    return M(), (torch.ones(1, 4),)\n", "build", ["non-tensor output (float 3.0 as output 0)"]),
     "returns_none": ("def build():\n    return None\n", "build", ["must return (model, example_inputs)", "NoneType"]),
     "raises": ("def build():\n    x = 1\n    raise RuntimeError('no weights here')\n", "build",
                ["line 3", "RuntimeError: no weights here"]),

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import sliver
-from sliver.common.errors import ArtifactError, InputError, SliverError, TargetError, UnsupportedOpError
+from sliver.common.errors import ArtifactError, InputError, SliverError, SliverWarning, TargetError, UnsupportedOpError
 
 
 class UsesUnsupported(nn.Module):
@@ -131,7 +131,8 @@ def test_save_is_atomic(example_x86, tmp_path, monkeypatch):
 
 def test_training_mode_batchnorm_is_evaluated_in_eval_mode():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
-    module = sliver.trace(model, (torch.randn(1, 3, 8, 8),))
+    with pytest.warns(SliverWarning, match="training mode"):
+        module = sliver.trace(model, (torch.randn(1, 3, 8, 8),))
     assert model.training  # left as the user had it
     assert any(op.kind == "batch_norm" for op in module.ops)
 

@@ -125,3 +125,115 @@ def test_clone_is_independent():
     copy.rename(copy.outputs[1], "renamed")
     assert "%renamed" in str(copy)
     assert str(module) == TEXT
+
+
+# -- hostile text: every problem is an IRParseError, found before anything is allocated
+
+
+@pytest.mark.parametrize("old,new,match", [
+    ("%c.weight = param : f32[4,3,3,3]", "%c.weight = param : f32[99999999999]",
+     "dimension larger than 2147483647"),
+    ("%c.weight = param : f32[4,3,3,3]", "%c.weight = param : f32[65536,65536,4]", "at most 2147483647 per tensor"),
+    ("f32[1,3,8,8]", "f32[1,3,8,1.5]", "expected a dimension"),
+    ("f32[1,3,8,8]", "f32[1,3,8,-8]", "expected a dimension"),
+    ("f32[1,3,8,8]", "f32[" + ",".join(["1"] * 17) + "]", "at most 16 dimensions"),
+    ("f32[1,3,8,8]", "f32[1,3,8," + "9" * 5000 + "]", "dimension larger than"),
+    ("stride=[2, 2]", "stride=[0, 0]", r"conv2d: attribute stride must be a list of 2 integers >= 1, got \[0, 0\]"),
+    ("padding=[1, 1, 1, 1]", "padding=[1.5, 1, 1, 1]", "attribute padding must be a list of 4 integers >= 0"),
+    ("padding=[1, 1, 1, 1]", "padding=[1, 1, 1]", "attribute padding must be a list of 4 integers"),
+    ("stride=[2, 2]", "stride=2", "attribute stride must be a list of 2 integers"),
+    ("{axis=1}", "{axis=1.0}", "take: attribute axis must be an integer, got 1.0"),
+    ("{axis=1}", '{axis="1"}', "take: attribute axis must be an integer"),
+    ("{shape=[1, 32]}", "{shape=[1, 32.0]}", "reshape: attribute shape must be a list of integers >= 0"),
+    ('approximate="tanh"', 'approximate="fast"', 'attribute approximate must be one of "none", "tanh"'),
+    ("{axis=1}", "{axis=9223372036854775808}", "integer out of the 64-bit range"),
+    ("{shape=[1, 32]}", "{shape=" + "[" * 9 + "1" + "]" * 9 + "}", "attribute lists nest at most 8 deep"),
+    ("{shape=[1, 32]}", "{shape=" + "[" * 100000 + "1" + "]" * 100000 + "}", "nest at most 8 deep"),
+    ("{value=0.5}", "{value=1e308}", r"constant: value 1e\+308 must be a f32 value \(a number of magnitude at most"),
+    ("{min=-1.5, max=inf}", "{min=-1e300, max=inf}", "clamp: attribute min must be none or a f32 value"),
+    ("{min=-1.5, max=inf}", "{min=nan, max=inf}", "clamp: attribute min must be none or a f32 value, not nan"),
+    ("{axis=1}", "{axis=1, axis=1}", "attribute axis is given twice"),
+    ("%x: f32[1,3,8,8]", "%x: f32[1,3,8,8]q(scale=-1.0)", "scale must be positive finite floats"),
+    ("%x: f32[1,3,8,8]", "%x: f32[1,3,8,8]q(scale=0.5, axis=7)", "axis 7 is not an axis"),
+    ("%x: f32[1,3,8,8]", "%x: f32[1,3,8,8]q(scale=0.5, bogus=1)", "q\\(...\\) takes scale, zero_point and axis"),
+    ("%x: f32", "%x: f32\u200b", "unexpected character"),
+])
+def test_parse_rejects_hostile_numbers_shapes_and_attributes(old, new, match):
+    assert old in TEXT
+    with pytest.raises(IRParseError, match=match):
+        parse_module(TEXT.replace(old, new, 1))
+
+
+def test_attribute_kinds_hold_for_modules_built_in_python_too():
+    """The parser and the verifier share the checks: a module built (or edited) in Python
+    with a float padding or a zero stride is refused too."""
+    from sliver.ir.ops import TypeRuleError
+
+    m = Module("m")
+    x = m.add_input(TensorType((1, 3, 8, 8), "f32"), name="x")
+    w = m.add_param("w", np.zeros((4, 3, 3, 3), np.float32))
+    with pytest.raises(TypeRuleError, match="stride must be a list of 2 integers >= 1"):
+        m.add_op("conv2d", [x, w], {"stride": (0, 0)})
+    conv = m.add_op("conv2d", [x, w], {"padding": (1, 1, 1, 1)})
+    m.set_outputs([conv.result])
+    verify(m)
+    conv.attrs["padding"] = (1.5, 1, 1, 1)
+    with pytest.raises(VerifyError, match="attribute padding must be a list of 4 integers >= 0"):
+        verify(m)
+
+
+def test_every_attribute_of_every_op_has_a_kind():
+    from sliver.ir.ops import ATTR_KINDS, all_ops
+
+    missing = [f"{name}.{attr}" for name, decl in all_ops().items() for attr in decl.attrs
+               if attr not in ATTR_KINDS.get(name, {})]
+    assert not missing, f"give these attributes a kind in sliver.ir.ops.ATTR_KINDS: {missing}"
+
+
+def test_placeholder_params_are_capped_and_given_params_are_checked():
+    big = TEXT.replace("param : f32[4,3,3,3]\n", "param : f32[4,3,3,3]\n  %big = param : f32[300000000]\n")
+    with pytest.raises(IRParseError, match="placeholders are capped .* parse it with its params"):
+        parse_module(big)
+    with pytest.raises(IRParseError, match=r"line 2, column \d+: param %c.weight is f32\[4,3,3,3\] in the text "
+                                           r"but float64\[4, 3, 3, 3\]"):
+        parse_module(TEXT, params={"c.weight": np.zeros((4, 3, 3, 3))})
+    with pytest.raises(IRParseError, match="param %c.weight has no data"):
+        parse_module(TEXT, params={})
+    with pytest.raises(IRParseError, match="its data is a list, not a numpy array"):
+        parse_module(TEXT, params={"c.weight": [[0.0]]})
+
+
+def test_load_module_checks_the_params_file_against_the_text_before_reading_it(tmp_path):
+    from sliver.ir.io import load_module, save_module
+
+    module = parse_module(TEXT, params={"c.weight": np.arange(108, dtype=np.float32).reshape(4, 3, 3, 3)})
+    path = save_module(module, tmp_path / "m.sir")
+    again = load_module(path)
+    assert str(again) == TEXT and np.array_equal(again.params["c.weight"], module.params["c.weight"])
+    npz = tmp_path / "m.npz"
+    for params, match in [
+        ({"c.weight": np.zeros((3,), np.float32)},
+         r"param %c.weight is f32\[4,3,3,3\] in the IR text but float32\[3\]"),
+        ({"c.weight": np.zeros((4, 3, 3, 3), np.int64)}, "but int64"),
+        ({"c.weight": np.array([None] * 108, dtype=object).reshape(4, 3, 3, 3)}, "but object"),
+        ({"c.weight": module.params["c.weight"], "extra": np.zeros(2)}, "entry 'extra.npy' is no param of the IR text"),
+        ({}, "param %c.weight has no data"),
+    ]:
+        np.savez(npz, **params)
+        with pytest.raises(IRParseError, match=match):
+            load_module(path)
+    with open(path, "ab") as f:  # a text too large to be IR: refused before it is read
+        f.truncate(65 << 20)
+    with pytest.raises(IRParseError, match="is no IR text"):
+        load_module(path)
+    path.write_text(TEXT)
+    npz.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(IRParseError, match="not a readable .npz file"):
+        load_module(path)
+    # a zip bomb: the entry claims to be far larger than the f32[4,3,3,3] it should hold
+    import zipfile
+
+    with zipfile.ZipFile(npz, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("c.weight.npy", b"\0" * (50 << 20))
+    with pytest.raises(IRParseError, match="holds 52428800 bytes, more than a f32\\[4,3,3,3\\] needs"):
+        load_module(path)
