@@ -14,7 +14,7 @@ Everything is measured side by side in one run and printed as ratios:
   int8 C kernel and with the generic int16 path (int16 operands, int32 sums, TVM
   schedules), W2A2 with the bit-serial C kernel, unpacked to the int8 kernel's byte dot
   products, with the int16 path, and with the kernel x86's policy picks per layer
-  (``lowbit.POLICY``, ``lowbit.BITSERIAL_MIN_ROW``), timed interleaved; the kernels each
+  (``Target.lowbit_kernel``, ``Target.bitserial_min_row``), timed interleaved; the kernels each
   variant used are printed.
 * **arm64 executed instructions** under qemu (``sliver.tools.emulator.icount``: exact
   counts of one call, start-up excluded, a TCG plugin so full-size layers take
@@ -241,7 +241,7 @@ def bench_x86(layers, repeat: int, say, threads=(1,)) -> list[dict]:
 def print_x86(rows, threads=(1,)) -> None:
     """One table per thread count (ratio to fp32 at that count), then, with several, each
     variant's speed-up from the first count."""
-    from sliver.backends.tvm import lowbit
+    from sliver.backends.tvm.targets import host_target
     from sliver.tools.profile import tvm_threads
 
     labels = [v[0] for v in VARIANTS]
@@ -254,8 +254,9 @@ def print_x86(rows, threads=(1,)) -> None:
             pool = f"TVM's pool resized to {n} of TVM_NUM_THREADS={max(threads)} threads, interleaved"
         print(f"\n== x86-64 wall time, {pool}, median ms (ratio = fp32 / variant; >1 is faster) ==")
         if n == threads[0]:
-            print(f"x86 policy for < 8 bits: {lowbit.POLICY['x86_64']} for bit-plane rows of >= "
-                  f"{lowbit.BITSERIAL_MIN_ROW.get('x86_64', 0)} bytes, else int8; 8 bits: the int8 kernel")
+            x86 = host_target()
+            print(f"x86 policy for < 8 bits: {x86.lowbit_kernel} for bit-plane rows of >= "
+                  f"{x86.bitserial_min_row} bytes, else int8; 8 bits: the int8 kernel")
         print(head)
         for r in rows:
             ms = r["ms_by_threads"][n] if len(threads) > 1 else r["ms"]

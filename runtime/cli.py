@@ -23,6 +23,23 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inputs", metavar="NPZ", help="inputs as an .npz (arrays in input order, or by input name)")
     p.add_argument("--output", metavar="NPZ", help="write the outputs to this .npz")
     p.add_argument("--repeat", type=int, default=0, metavar="N", help="also time N runs and print the median")
+    p.add_argument("--trusted-key", action="append", metavar="PUB",
+                   help="refuse the artifact unless it is signed by this public key (`sliver keygen`; repeatable). "
+                        "An artifact is executable code: without a trusted key, only run artifacts you built")
+    p.add_argument("--rtol", type=float, metavar="X", help="--verify's relative tolerance (default: the artifact's, "
+                                                           "at most 0.1)")
+    p.add_argument("--atol", type=float, metavar="X", help="--verify's absolute tolerance, relative to the largest "
+                                                           "output (default: the artifact's, at most 0.1)")
+
+
+def add_sign_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", help="a .sliver file")
+    p.add_argument("--key", required=True, metavar="KEY", help="the ed25519 private key (from `sliver keygen`)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the signed artifact here (default: in place)")
+
+
+def add_keygen_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("key", help="write the private key here (mode 0600) and the public key to KEY.pub")
 
 
 def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,12 +73,29 @@ def _read_inputs(model, path: str) -> list[np.ndarray]:
         return [z[k] for k in z.files]
 
 
+def sign(args) -> int:
+    from sliver.runtime.artifact import sign as _sign
+
+    path = _sign(args.artifact, args.key, output=args.output)
+    print(f"signed {path}")
+    return 0
+
+
+def keygen(args) -> int:
+    from sliver.runtime.signing import generate_key, load_public_key
+
+    private, public = generate_key(args.key)
+    print(f"wrote {private} (private: keep it secret) and {public} (public: copy it to devices; "
+          f"fingerprint {load_public_key(public).fingerprint})")
+    return 0
+
+
 def run(args) -> int:
     from sliver.runtime.artifact import load
 
-    model = load(args.artifact)
+    model = load(args.artifact, trusted_keys=args.trusted_key)
     if args.verify:
-        reports = model.verify()
+        reports = model.verify(rtol=args.rtol, atol=args.atol)
         for r in reports:
             status = "ok" if r["ok"] else "MISMATCH"
             print(f"{r['output']}: max abs err {r['max_abs_err']:.3g}, max rel err {r['max_rel_err']:.3g}  {status}")
@@ -124,9 +158,11 @@ def main(argv=None) -> int:
     add_run_arguments(sub.add_parser("run", help="run an artifact"))
     add_inspect_arguments(sub.add_parser("inspect", help="show an artifact's manifest"))
     add_serve_arguments(sub.add_parser("serve", help="TVM RPC server for `sliver tune --rpc` (runtime only)"))
+    add_sign_arguments(sub.add_parser("sign", help="sign an artifact with an ed25519 key"))
+    add_keygen_arguments(sub.add_parser("keygen", help="make an ed25519 key pair for signing artifacts"))
     args = parser.parse_args(argv)
     try:
-        return {"run": run, "inspect": inspect, "serve": serve}[args.command](args)
+        return {"run": run, "inspect": inspect, "serve": serve, "sign": sign, "keygen": keygen}[args.command](args)
     except SliverError as e:
         print(f"sliver: error: {e}", file=sys.stderr)
         return 2

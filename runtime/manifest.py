@@ -92,6 +92,10 @@ class Target(_Schema):
     name: str
     arch: Arch
     tvm: JSON  # the TVM target dict (or string) the library was compiled for
+    cpu: str | None = None  # LLVM's CPU name the code is for ("znver5", "x86-64-v3", "cortex-a72")
+    level: str | None = None  # x86-64: the micro-architecture level the code needs ("x86-64-v3")
+    portable: bool | None = None  # True: any CPU of that level/CPU; False: the build machine's exact CPU
+    runs_on: str = ""  # which CPUs the library runs on, for people
 
 
 @dataclass

@@ -212,7 +212,10 @@ def lower(
     :class:`~sliver.runtime.artifact.Artifact` (``.save(path)``, ``.load()``).
 
     ``model`` may also be a sliver ``Module`` (already traced).  ``target`` is
-    ``"x86_64"``, ``"arm64"``, ``"rpi5"`` or a TVM target dict.  The example
+    ``"x86_64"`` (this machine's exact CPU: the artifact may not run on another x86-64
+    CPU), ``"x86-64-v2"``, ``"x86-64-v3"``, ``"x86-64-v4"`` (any x86-64 CPU of that
+    level), ``"arm64"``, ``"rpi5"`` or a TVM target dict (see
+    :mod:`sliver.backends.tvm.targets`; the manifest's ``target.runs_on`` says which CPUs).  The example
     inputs and the model's outputs on them are stored as golden data, so the
     device can check itself (``sliver run --verify``).  ``atol`` is relative to
     the largest output magnitude.

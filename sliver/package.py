@@ -104,7 +104,7 @@ def package(module, target, pipeline: str, library: bytes, golden: dict[str, np.
         tvm_version=tvm_version,
         python=".".join(map(str, sys.version_info[:3])),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        target=Target(target.name, target.arch, jsonable(target.spec)),
+        target=Target(**{**target.facts(), "tvm": jsonable(target.spec)}),  # which CPUs the library runs on
         pipeline=pipeline,
         inputs=[_spec(v) for v in module.inputs],
         outputs=[_spec(v) for v in module.outputs],

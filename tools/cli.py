@@ -152,6 +152,11 @@ def cmd_run(args) -> int:
             argv += ["--output", str(Path(args.output).resolve())]
         if args.repeat:
             argv += ["--repeat", str(args.repeat)]
+        for key in args.trusted_key or ():
+            argv += ["--trusted-key", str(Path(key).resolve())]
+        for tol in ("rtol", "atol"):
+            if getattr(args, tol) is not None:
+                argv += [f"--{tol}", repr(getattr(args, tol))]
         say("running on the emulated Raspberry Pi (qemu-aarch64, Cortex-A72)")
         proc = emulate.run_module(argv)
         sys.stdout.write(proc.stdout)
@@ -323,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lower", help="compile a model into a .sliver artifact")
     p.add_argument("model", help="file.py:function, file.pt2 or file.sir")
-    p.add_argument("-t", "--target", default="x86_64", help="x86_64, arm64, rpi5 or a TVM target dict as JSON")
+    p.add_argument("-t", "--target", default="x86_64", help="x86_64 (this machine's exact CPU), x86-64-v2/-v3/-v4 (any x86-64 CPU of that level), arm64, rpi5 or a TVM target dict as JSON")
     p.add_argument("-o", "--output", default="model.sliver", help="artifact path (default model.sliver)")
     p.add_argument("--no-winograd", action="store_true", help="compile every conv directly (no Winograd 3x3 convs)")
     _add_ir_debug_flags(p)
@@ -333,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="autotune a model's kernels with MetaSchedule (resumable, cached per target)")
     p.add_argument("model", nargs="?", help="file.py:function, file.pt2 or file.sir")
-    p.add_argument("-t", "--target", default="x86_64", help="x86_64, arm64, rpi5 or a TVM target dict as JSON")
+    p.add_argument("-t", "--target", default="x86_64", help="x86_64 (this machine's exact CPU), x86-64-v2/-v3/-v4 (any x86-64 CPU of that level), arm64, rpi5 or a TVM target dict as JSON")
     p.add_argument("--trials", metavar="N", help="search trials over the model's kernels (those already in the "
                    "database count: rerunning resumes)")
     p.add_argument("--time-budget", metavar="T", help="tune for this long instead, e.g. 90s, 10m, 1h30m")
@@ -381,6 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="show an artifact's manifest")
     runtime_cli.add_inspect_arguments(p)
     p.set_defaults(func=runtime_cli.inspect)
+
+    p = sub.add_parser("sign", help="sign an artifact with an ed25519 key (`sliver run --trusted-key` checks it)")
+    runtime_cli.add_sign_arguments(p)
+    p.set_defaults(func=runtime_cli.sign)
+
+    p = sub.add_parser("keygen", help="make an ed25519 key pair for signing artifacts")
+    runtime_cli.add_keygen_arguments(p)
+    p.set_defaults(func=runtime_cli.keygen)
 
     p = sub.add_parser("explain", help="a per-layer report of what each pass did, with latency and drift")
     from sliver.tools import explain as _explain

@@ -76,7 +76,7 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, ker
             from sliver.backends.tvm.lowbit import compile_flags
 
             extra = {"addons": sorted(context.sources),
-                     "options": compile_flags(target.arch, target.spec, context.defines)}
+                     "options": compile_flags(target, context.defines)}
         try:
             if target.cross_compiler:
                 from tvm.support import cc

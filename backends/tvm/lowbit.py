@@ -26,7 +26,8 @@ the other two:
                ARMv8.0 — and AVX2 ``vpmaddwd`` on x86); weights stored as int8.  Any
                width up to 8; the kernel for 8-bit operands.
 
-Which kernel a layer gets is decided per target (:data:`POLICY`, measured by
+Which kernel a layer gets is decided per target (``Target.lowbit_kernel`` and
+``Target.bitserial_min_row``, :mod:`~sliver.backends.tvm.targets`, measured by
 ``python -m sliver.benchmarks.bench_lowbit``); :func:`kernel_override` forces one (the
 benchmark uses it to compare).  The choice per layer lands in the lowering report
 (``lower.current().report``) and from there in the artifact's manifest.
@@ -71,19 +72,6 @@ W2A2_TC_MAX_RB = 680
 #: meta ``LAYOUT`` values (the C file's ``LAYOUT_*``)
 LAYOUT_PLAIN, LAYOUT_W2A2, LAYOUT_W2A2_TC, LAYOUT_W2A2_TC8 = 0, 1, 2, 3
 
-#: Kernel per target architecture for operands below 8 bits, picked by
-#: ``python -m sliver.benchmarks.bench_lowbit`` (docs/results/lowbit.md): on aarch64
-#: bit-serial (NEON cnt) executes 2.8-2.9x fewer instructions than the int8 kernel on
-#: ResNet-18 3x3 convs; on x86-64 (AVX2 nibble-table popcount, no vector popcount
-#: instruction) bit-serial beat unpacking to the int8 kernel's byte dot products only on
-#: long rows (3x3x128: 1.13x, 3x3x256: 1.35x) and lost on 3x3x64 (0.78x) and the small
-#: CNN end to end (0.66x): there a layer gets bit-serial only when one bit plane of its
-#: row has at least ``BITSERIAL_MIN_ROW`` bytes, else the int8 kernel.
-POLICY = {"aarch64": "bitserial", "x86_64": "bitserial"}
-#: Per architecture: the shortest bit-plane row (KH*KW*ceil(Cg/8) bytes) given to the
-#: bit-serial kernel; shorter ones go to the int8 kernel.
-BITSERIAL_MIN_ROW = {"x86_64": 128}
-
 _OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("sliver_lowbit_kernel", default=None)
 
 
@@ -124,22 +112,23 @@ def _choose(op) -> str:
         return "int8"  # 8 bits: the int8 kernel
     if forced:
         return forced
-    arch = _arch()
-    kernel = POLICY.get(arch, "generic")
+    target = _target()
+    kernel = target.lowbit_kernel
     if kernel == "bitserial":
         w = op.operands[1].type.shape  # [O, Cg, KH, KW] or [O, K]
         row = (-(-w[1] // 8)) * (w[2] * w[3] if len(w) == 4 else 1)
-        if row < BITSERIAL_MIN_ROW.get(arch, 0):
+        if row < target.bitserial_min_row:
             return "int8"
     return kernel
 
 
-def _arch() -> str:
-    """The architecture being lowered for (the host's when lowering outside a build)."""
-    from sliver.common.platform import host_arch
+def _target():
+    """The :class:`~sliver.backends.tvm.targets.Target` being lowered for (this machine's
+    when lowering outside a build)."""
+    from sliver.backends.tvm.targets import host_target
 
     ctx = current()
-    return ctx.target.arch if ctx is not None and ctx.target is not None else host_arch()
+    return ctx.target if ctx is not None and ctx.target is not None else host_target()
 
 
 def _record(op, kernel: str) -> None:
@@ -316,7 +305,7 @@ def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, 
     layout = LAYOUT_PLAIN
     if kernel == "bitserial":
         rb = -(-(kh * kw * tapb) // ROW_ALIGN) * ROW_ALIGN
-        layout = bitserial_layout(_arch(), abits, wbits, wsigned, rb, o // groups)
+        layout = bitserial_layout(_target().arch, abits, wbits, wsigned, rb, o // groups)
     if layout in (LAYOUT_W2A2_TC, LAYOUT_W2A2_TC8):
         shift = 0  # two's complement planes: the top one weighs -2 (the kernel's LAYOUT 2)
     elif kernel == "bitserial":
@@ -406,14 +395,10 @@ def _qdense(bb, op, x, w, scale, bias=None):
     return _epilogue(bb, op, acc, scale, bias, len(xshape))
 
 
-def compile_flags(arch: str, spec: dict, defines=()) -> list[str]:
-    """gcc flags for the C kernel: optimized, for the target's CPU, with only the
-    bit-serial width pairs in ``defines`` (``LowerContext.defines``) built in."""
+def compile_flags(target, defines=()) -> list[str]:
+    """gcc flags for the C kernel: optimized, for the target's CPU (``Target.gcc_flags``,
+    only flags the compiler accepts), with only the bit-serial width pairs in ``defines``
+    (``LowerContext.defines``) built in."""
     # no fused multiply-add: the fused epilogue rounds like the interpreter
-    flags = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
-    mcpu = spec.get("mcpu")
-    if arch == "aarch64":
-        flags.append(f"-mcpu={mcpu or 'cortex-a72'}")
-    elif mcpu:
-        flags.append(f"-march={mcpu}")
+    flags = ["-O3", "-fno-math-errno", "-ffp-contract=off", *target.gcc_flags]
     return flags + ["-DSLIVER_LOWBIT_SELECT"] + [f"-D{d}" for d in sorted(defines)]

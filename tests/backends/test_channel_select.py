@@ -63,8 +63,8 @@ def _module(text=SELECTIONS, idx=(0, 2, 5, 7, 15)):
     return parse_module(text, params)
 
 
-def _front(module, layout=True):
-    with X86:
+def _front(module, layout=True, target=X86):
+    with target:
         return tvm.transform.Sequential(S.front_passes(layout=layout))(to_relax(module))
 
 
@@ -72,9 +72,11 @@ def _primfuncs(mod):
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
 
 
+@pytest.mark.parametrize("target", ["x86-64-v3", "x86-64-v4"])  # AVX2 and AVX-512 decisions, on any host
 @pytest.mark.parametrize("layout", [True, False])
-def test_selections_fuse_into_the_conv_without_transposes(layout):
-    funcs = _primfuncs(_front(_module(), layout=layout))
+def test_selections_fuse_into_the_conv_without_transposes(layout, target):
+    tgt = resolve(target)
+    funcs = _primfuncs(_front(_module(), layout=layout, target=tvm_target(tgt)))
     names = sorted(funcs)
     assert not [n for n in names if "strided_slice" in n or "take" in n], names
     # NHWC: only the input's and the output's layout changes remain (no pair around the gather)
@@ -86,10 +88,16 @@ def test_selections_fuse_into_the_conv_without_transposes(layout):
     readers = [n for n, f in convs.items() if int(f.params[0].ty.shape[c_axis]) == 16 and "_add" in n]
     assert len(readers) == 4, names  # the first conv and the three consumers, each with its bias fused
     for name, f in convs.items():  # the NHWC conv rule still schedules them (NCHW convs have none)
-        _, rule = S.schedule_primfunc(f, X86, name=name)
+        _, rule = S.schedule_primfunc(f, tvm_target(tgt), name=name)
         assert rule == ("conv2d" if layout else "reduction"), (name, rule)
-        # and, like every dense NHWC conv, they read packed weights (folded at compile time)
-        assert ('T.sblock("conv2d_nhwc_packed")' in f.script()) == layout, name
+        # and, like every dense NHWC conv whose output channels fill whole vectors of the
+        # target (16 and 8 channels on AVX2; only the 16-channel one on AVX-512), they read
+        # packed weights (folded at compile time)
+        n_out = int(f.params[-1].ty.shape[c_axis])  # the output buffer
+        packed = layout and n_out % tgt.lanes == 0
+        assert ('T.sblock("conv2d_nhwc_packed")' in f.script()) == packed, (name, n_out, tgt.lanes)
+    if tgt.lanes == 8:
+        assert all('T.sblock("conv2d_nhwc_packed")' in f.script() for f in convs.values()) == layout
     assert not [n for n in names if "pack_weight" in n], names
 
 

@@ -31,7 +31,7 @@ class Net(nn.Module):
         super().__init__()
         self.a = nn.Conv2d(36, 48, 3, padding=1)  # F(4x4) on 7x7; 36 inputs: 4-lane input transform on AVX2
         self.b = nn.Conv2d(48, 48, 3, padding=1)  # F(4x4), + residual + ReLU
-        self.e = nn.Conv2d(48, 40, 3)  # no padding: 5x5 outputs, F(2x2)
+        self.e = nn.Conv2d(48, 40, 3)  # no padding: 5x5 outputs, F(2x2) (direct on AVX-512: 40 = 2.5 vectors)
         self.s = nn.Conv2d(40, 16, 1)
         self.f = nn.Conv2d(16, 32, 3, padding=1)  # too few channels: direct
 
@@ -42,7 +42,21 @@ class Net(nn.Module):
         return self.f(self.s(e))
 
 
-WINOGRAD_CONVS = 3
+def winograd_convs(target) -> dict[str, int]:
+    """How many of Net's convs are Winograd ones for ``target``, per tile size: a and b
+    (48 output channels, 7x7) take F(4x4) and e (40 output channels, 5x5) F(2x2) when
+    their output channels fill whole vectors of the target (4 lanes on NEON, 8 on AVX2:
+    all three; 16 on AVX-512: 40 does not, so e stays direct)."""
+    lanes = resolve(target).lanes
+    return {"winograd4x4": 2 * (48 % lanes == 0), "winograd2x2": int(40 % lanes == 0)}
+
+
+def n_winograd(target) -> int:
+    return sum(winograd_convs(target).values())
+
+
+#: Net's convs
+CONVS = 5
 
 
 def _net():
@@ -77,19 +91,23 @@ def traced(net):
     return sliver.trace(model, (x,))
 
 
-def _kernels(module, **kw):
+def _kernels(module, target="x86_64", **kw):
     from tvm import tirx
 
-    mod = fused_module(module, "x86_64", **kw)
+    mod = fused_module(module, target, **kw)
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
 
 
-def test_dispatch_picks_winograd_only_for_wide_3x3_stride1_convs(traced):
-    names = list(_kernels(traced))
+@pytest.mark.parametrize("target", ["x86-64-v3", "x86-64-v4", "arm64"])  # 8, 16 and 4 lanes, on any host
+def test_dispatch_picks_winograd_only_for_wide_3x3_stride1_convs(traced, target):
+    names = list(_kernels(traced, target))
     wino = [n for n in names if "winograd" in n]
     direct = [n for n in names if "conv2d" in n and "winograd" not in n]
-    assert len(wino) == WINOGRAD_CONVS and len(direct) == 2, names
-    assert sum("winograd4x4" in n for n in wino) == 2 and sum("winograd2x2" in n for n in wino) == 1, wino
+    want = winograd_convs(target)
+    assert len(wino) == n_winograd(target) and len(direct) == CONVS - n_winograd(target), names
+    assert {m: sum(m in n for n in wino) for m in want} == want, wino
+    if resolve(target).lanes == 8:  # AVX2: all three wide 3x3 stride-1 convs
+        assert want == {"winograd4x4": 2, "winograd2x2": 1}
     # the epilogues fuse into the Winograd function like into a direct conv
     assert any("add" in n and "relu" in n for n in wino), wino
 
@@ -97,7 +115,7 @@ def test_dispatch_picks_winograd_only_for_wide_3x3_stride1_convs(traced):
 def test_option_turns_winograd_off(traced):
     names = list(_kernels(traced, winograd=False))
     assert not any("winograd" in n for n in names), names
-    assert sum("conv2d" in n for n in names) == 5, names
+    assert sum("conv2d" in n for n in names) == CONVS, names
 
 
 @pytest.mark.parametrize("cin,cout,oh,lanes,want", [
@@ -124,29 +142,44 @@ def test_matrices_compute_a_correlation():
         np.testing.assert_allclose(a.T @ ((g @ k) * (b.T @ d)), want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.fixture(scope="session")
-def artifacts(net):
-    """{winograd: Net's x86_64 artifact}, compiled ahead (tests/precompile.py)."""
-    return {w: _lowered("x86_64", w) for w in (True, False)}
+def _runs_here(target) -> bool:
+    """Whether this machine can run ``target``'s code (an x86-64-v3 artifact needs AVX2)."""
+    from sliver.backends.tvm.targets import X86_LEVELS, host_target
+
+    tgt, host = resolve(target), host_target()
+    if tgt.portable and tgt.level is not None:
+        return host.level is not None and X86_LEVELS.index(host.level) >= X86_LEVELS.index(tgt.level)
+    return tgt.arch == host.arch
+
+
+#: the host's own CPU and the portable AVX2 level (on an AVX-512 host: the other vector width)
+X86_TARGETS = ["x86_64", "x86-64-v3"]
 
 
 X86_JOBS = pytest.mark.precompiled.with_args(
-    lambda params: [("call", "test_winograd", "lowered", "x86_64", w) for w in (True, False)])
+    lambda params: [("call", "test_winograd", "lowered", params["target"], w) for w in (True, False)
+                    if _runs_here(params["target"])])
 
 
 @X86_JOBS
-def test_compiled_winograd_model_matches_torch(net, artifacts):
+@pytest.mark.parametrize("target", X86_TARGETS)
+def test_compiled_winograd_model_matches_torch(net, target):
+    if not _runs_here(target):
+        pytest.skip(f"this machine cannot run {target} code")
     _, x, want = net
-    art = artifacts[True]
-    assert len(art.manifest.winograd) == WINOGRAD_CONVS, art.manifest.winograd
+    art = _lowered(target, True)
+    assert len(art.manifest.winograd) == n_winograd(target), art.manifest.winograd
     got = art.load().run(x.numpy())[0]
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
 @X86_JOBS
-def test_compiled_direct_model_matches_torch(net, artifacts):
+@pytest.mark.parametrize("target", X86_TARGETS)
+def test_compiled_direct_model_matches_torch(net, target):
+    if not _runs_here(target):
+        pytest.skip(f"this machine cannot run {target} code")
     _, x, want = net
-    art = artifacts[False]
+    art = _lowered(target, False)
     assert art.manifest.winograd == []
     got = art.load().run(x.numpy())[0]
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
@@ -209,7 +242,7 @@ def test_arm64_winograd_artifact_matches_torch_on_emulated_pi(net, tmp_path):
     path = precompile.get(("call", "test_winograd", "lowered", "arm64", True))  # lowered(): compiled ahead
     from sliver.runtime.artifact import read
 
-    assert len(read(path).manifest.winograd) == WINOGRAD_CONVS
+    assert len(read(path).manifest.winograd) == n_winograd("arm64")
     got = emulated_first_output(path, tmp_path)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
