@@ -6,9 +6,14 @@ A zip archive (stored, not compressed: the library is mostly weights) of
                     the pass pipeline, sha256 of the library, tolerances
     lib.so          the compiled TVM library (weights included)
     golden.npz      example inputs and the reference outputs for them
+    signature.json  optional: an ed25519 signature over manifest.json (``sliver sign``)
 
-``load`` checks the archive, the hash and the CPU architecture before any code
-is loaded, and only then opens the library with the TVM runtime.  This module
+An artifact is executable code: loading it runs its library.  ``load`` checks the
+archive's structure and sizes, the signature (with ``trusted_keys``), the manifest's
+schema, the hashes and the CPU architecture before any code is loaded, and only then
+opens the library with the TVM runtime.  The hashes catch damage, not tampering
+(whoever edits the library can edit its hash): only a signature checked against a
+key you trust says who built it (docs/security.md).  This module
 imports neither torch nor TVM's compiler; set ``TVM_USE_RUNTIME_LIB=1`` (as
 ``sliver run`` does) to load only TVM's runtime library.
 """
@@ -18,9 +23,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import math
 import os
+import struct
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -32,11 +40,14 @@ from sliver.common.files import atomic_write
 from sliver.common.numerics import output_error
 from sliver.common.platform import elf_arch, host_arch
 
-from sliver.runtime.manifest import FORMAT, FORMAT_VERSION, NUMPY_DTYPES, Manifest, parse  # noqa: F401
+from sliver.runtime.manifest import (  # noqa: F401  (FORMAT*: part of this module's API)
+    FORMAT, FORMAT_VERSION, MAX_MANIFEST_BYTES, NUMPY_DTYPES, Manifest, parse,
+)
 
 LIBRARY = "lib.so"
 MANIFEST = "manifest.json"
 GOLDEN = "golden.npz"
+SIGNATURE = "signature.json"
 
 
 def numpy_dtype(dtype: str) -> np.dtype:
@@ -87,30 +98,54 @@ class Artifact:
         return self.load()(*inputs)
 
 
-def read(path) -> Artifact:
-    """Read and check a ``.sliver`` file without loading its code."""
+def read(path, *, trusted_keys=None) -> Artifact:
+    """Read and check a ``.sliver`` file without loading its code.
+
+    The archive's structure is checked first (exactly the known entries, once each, no
+    links, no paths, every entry's size declared within its limit before a byte of it
+    is read), then, with ``trusted_keys`` (key files or
+    :class:`~sliver.runtime.signing.PublicKey` objects), the signature, then the
+    manifest against its schema, then the library's and the golden data's sha256."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such artifact file")
+    keys = None
+    if trusted_keys is not None:
+        from sliver.runtime import signing
+
+        keys = signing.trusted(trusted_keys)
+        if not keys:
+            raise ArtifactError("trusted_keys is empty: no artifact could be trusted (pass the signer's public key)")
     try:
         with zipfile.ZipFile(path) as z:
-            names = set(z.namelist())
-            missing = {MANIFEST, LIBRARY, GOLDEN} - names
-            if missing:
-                raise ArtifactError(f"{path}: not a complete sliver artifact (missing {', '.join(sorted(missing))})")
-            manifest_bytes = z.read(MANIFEST)
-            library = z.read(LIBRARY)
-            golden_bytes = z.read(GOLDEN)
+            entries = _entries(path, z)
+            manifest_bytes = _read_entry(z, entries[MANIFEST])
+            if keys is not None:
+                signing.check(str(path), manifest_bytes,
+                              _read_entry(z, entries[SIGNATURE]) if SIGNATURE in entries else None, keys)
+            try:
+                manifest = parse(manifest_bytes)
+            except ArtifactError as e:
+                raise ArtifactError(f"{path}: {e}") from None
+            if keys is not None and manifest.golden.sha256 is None:
+                raise ArtifactError(f"{path}: the signed manifest has no sha256 of {GOLDEN}; sign it again")
+            size = entries[LIBRARY].file_size
+            if size != manifest.library.bytes:
+                raise ArtifactError(f"{path}: {LIBRARY} holds {size:,} bytes, the manifest says "
+                                    f"{manifest.library.bytes:,}: the file was modified or damaged")
+            limit = _golden_limit(manifest)
+            if entries[GOLDEN].file_size > limit:
+                raise ArtifactError(f"{path}: {GOLDEN} would unpack to {entries[GOLDEN].file_size:,} bytes, more "
+                                    f"than the {limit:,} its inputs and outputs need: refused (a zip bomb?)")
+            library = _read_entry(z, entries[LIBRARY])
+            golden_bytes = _read_entry(z, entries[GOLDEN])
     except ArtifactError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, KeyError, ValueError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, KeyError, ValueError, NotImplementedError,
+            RuntimeError, zlib.error, struct.error, OverflowError) as e:
         raise ArtifactError(
             f"{path}: the artifact is corrupt or truncated ({e}); copy it again or rebuild it with `sliver lower`"
         ) from None
-    try:
-        manifest = parse(manifest_bytes)
-    except ArtifactError as e:
-        raise ArtifactError(f"{path}: {e}") from None
     digest = hashlib.sha256(library).hexdigest()
     if digest != manifest.library.sha256:
         raise ArtifactError(
@@ -124,27 +159,149 @@ def read(path) -> Artifact:
     return Artifact(library, manifest, golden)
 
 
+#: the entries an artifact may hold, and the most bytes each may unpack to
+#: (the library's and the golden data's sizes are checked against the manifest too)
+ENTRY_LIMITS = {MANIFEST: MAX_MANIFEST_BYTES, LIBRARY: 8 << 30, GOLDEN: 8 << 30, SIGNATURE: 4096}
+_S_IFMT, _S_IFLNK, _S_IFREG = 0o170000, 0o120000, 0o100000
+
+
+def _entries(path, z: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """The archive's entries by name, after refusing anything but the known entries
+    stored once each as plain files within their size limits."""
+    out: dict[str, zipfile.ZipInfo] = {}
+    infos = z.infolist()
+    if len(infos) > 2 * len(ENTRY_LIMITS):
+        raise ArtifactError(f"{path}: {len(infos):,} entries; an artifact has {len(ENTRY_LIMITS)} at most")
+    for info in infos:
+        name = info.filename
+        if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") or ":" in name:
+            raise ArtifactError(f"{path}: entry {name!r} is a path outside the archive: refused")
+        if name in out:
+            raise ArtifactError(f"{path}: the entry {name} occurs twice (a tampered archive): refused")
+        mode = (info.external_attr >> 16) & _S_IFMT
+        if mode == _S_IFLNK:
+            raise ArtifactError(f"{path}: entry {name!r} is a symbolic link: refused")
+        if name not in ENTRY_LIMITS or info.is_dir() or mode not in (0, _S_IFREG):
+            raise ArtifactError(f"{path}: unexpected entry {name!r} (an artifact holds only "
+                                f"{', '.join(ENTRY_LIMITS)}): refused")
+        if info.flag_bits & 0x1:
+            raise ArtifactError(f"{path}: entry {name} is encrypted: refused")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ArtifactError(f"{path}: entry {name} uses compression method {info.compress_type}: refused")
+        if info.file_size > ENTRY_LIMITS[name]:
+            raise ArtifactError(f"{path}: entry {name} would unpack to {info.file_size:,} bytes (at most "
+                                f"{ENTRY_LIMITS[name]:,}): refused")
+        out[name] = info
+    missing = [n for n in (MANIFEST, LIBRARY, GOLDEN) if n not in out]
+    if missing:
+        raise ArtifactError(f"{path}: not a complete sliver artifact (missing {', '.join(missing)})")
+    return out
+
+
+def _read_entry(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """The entry's bytes; never more than its declared size (zipfile stops there and
+    checks the CRC)."""
+    with z.open(info) as f:
+        data = f.read(info.file_size + 1)
+    if len(data) != info.file_size:
+        raise ValueError(f"entry {info.filename} holds {len(data):,} bytes, its header says {info.file_size:,}")
+    return data
+
+
+_NPY_SLACK = 64 * 1024  # an .npy header, and the zip's own bookkeeping, per array
+
+
+def _golden_limit(manifest: Manifest) -> int:
+    specs = manifest.inputs + manifest.outputs
+    return sum(8 * math.prod(s.shape) + 2 * _NPY_SLACK for s in specs) + _NPY_SLACK
+
+
 def _read_golden(path, data: bytes, manifest: Manifest) -> dict[str, np.ndarray]:
-    """The golden arrays, checked against the manifest's inputs and outputs."""
+    """The golden arrays, checked against the manifest's inputs and outputs before
+    any is allocated: the names, each array's header (shape, dtype) and size."""
+    want = {f"input_{i}": (s, True) for i, s in enumerate(manifest.inputs)}
+    want.update({f"output_{i}": (s, False) for i, s in enumerate(manifest.outputs)})
+    golden = {}
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as g:
-            golden = {k: g[k] for k in g.files}
-    except Exception as e:  # numpy raises ValueError, OSError, zipfile and pickle errors for a damaged npz
-        raise ArtifactError(f"{path}: {GOLDEN} is damaged ({type(e).__name__}: {e}); rebuild it with `sliver lower`")
-    for kind, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
-        for i, spec in enumerate(specs):
-            a = golden.get(f"{kind}_{i}")
-            if a is None:
-                raise ArtifactError(f"{path}: {GOLDEN} has no {kind}_{i} ({spec.name}); rebuild it with `sliver lower`")
-            if list(a.shape) != spec.shape or (kind == "input" and a.dtype != numpy_dtype(spec.dtype)):
-                raise ArtifactError(f"{path}: {GOLDEN}'s {kind}_{i} is {a.dtype}{list(a.shape)}, the manifest says "
-                                    f"{numpy_dtype(spec.dtype)}{spec.shape}; rebuild it with `sliver lower`")
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            infos = z.infolist()
+            names = [i.filename for i in infos]
+            extra = [n for n in names if n[:-4] not in want or not n.endswith(".npy")]
+            if extra or len(set(names)) != len(names):
+                raise ArtifactError(f"{GOLDEN} holds unexpected or repeated arrays ({', '.join(names[:8])})")
+            for info in infos:
+                key = info.filename[:-4]
+                spec, is_input = want[key]
+                if info.file_size > 8 * math.prod(spec.shape) + _NPY_SLACK:
+                    raise ArtifactError(f"{GOLDEN}'s {key} would unpack to {info.file_size:,} bytes: refused")
+                golden[key] = _read_npy(z, info, spec, is_input)
+    except ArtifactError as e:
+        raise ArtifactError(f"{path}: {e}") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError,
+            RuntimeError, zlib.error, struct.error, OverflowError, TypeError, SyntaxError) as e:
+        raise ArtifactError(f"{path}: {GOLDEN} is damaged ({type(e).__name__}: {e}); rebuild it with `sliver lower`") \
+            from None
+    missing = [k for k in want if k not in golden]
+    if missing:
+        raise ArtifactError(f"{path}: {GOLDEN} has no {', '.join(missing)}; rebuild it with `sliver lower`")
     return golden
 
 
-def load(path) -> "CompiledModel":
-    """Load a ``.sliver`` artifact for running on this machine."""
-    return CompiledModel(read(path), source=str(path))
+def _read_npy(z: zipfile.ZipFile, info: zipfile.ZipInfo, spec, is_input: bool) -> np.ndarray:
+    fmt = np.lib.format
+    with z.open(info) as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"npy format version {version}")
+        key = info.filename[:-4]
+        if list(shape) != spec.shape or dtype.hasobject or (is_input and dtype != numpy_dtype(spec.dtype)) \
+                or dtype.itemsize > 8 or dtype.kind not in "biuf":
+            raise ArtifactError(f"{GOLDEN}'s {key} is {dtype}{list(shape)}, the manifest says "
+                                f"{numpy_dtype(spec.dtype)}{spec.shape}; rebuild it with `sliver lower`")
+        n = math.prod(shape) * dtype.itemsize
+        raw = bytearray(f.read(n + 1))
+    if len(raw) != n:
+        raise ValueError(f"{key}: {len(raw):,} bytes of data, the header says {n:,}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def load(path, *, trusted_keys=None) -> "CompiledModel":
+    """Load a ``.sliver`` artifact for running on this machine.  With ``trusted_keys``
+    (public key files from ``sliver keygen``), an artifact that is not signed by one
+    of them is refused before any of its code is mapped."""
+    return CompiledModel(read(path, trusted_keys=trusted_keys), source=str(path))
+
+
+def sign(path, key, *, output=None) -> Path:
+    """Sign the artifact at ``path`` with the ed25519 private key file ``key``, in
+    place or into ``output``; a signature already there is replaced.  The artifact is
+    read and checked first; an older format is written in the current one (with the
+    golden data's hash, which the signature covers)."""
+    from sliver.runtime import signing
+
+    path = Path(path)
+    art = read(path)
+    with zipfile.ZipFile(path) as z:
+        entries = _entries(path, z)
+        library = _read_entry(z, entries[LIBRARY])
+        golden = _read_entry(z, entries[GOLDEN])
+    manifest = dataclasses.replace(
+        art.manifest, golden=dataclasses.replace(art.manifest.golden, sha256=hashlib.sha256(golden).hexdigest()))
+    manifest_bytes = manifest.dumps().encode()
+    signature = signing.signature_entry(manifest_bytes, key)
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+            z.writestr(MANIFEST, manifest_bytes)
+            z.writestr(LIBRARY, library)
+            z.writestr(GOLDEN, golden)
+            z.writestr(SIGNATURE, signature)
+
+    return atomic_write(output if output is not None else path, write)
 
 
 def _import_tvm_runtime():
@@ -224,16 +381,25 @@ class CompiledModel:
     def golden_inputs(self) -> list[np.ndarray]:
         return [self.artifact.golden[f"input_{i}"] for i in range(len(self.inputs))]
 
-    def verify(self) -> list[dict]:
+    def verify(self, *, rtol: float | None = None, atol: float | None = None) -> list[dict]:
         """Run the golden inputs and compare with the golden outputs.  Returns one
-        report per output (max abs error, max rel error, ok)."""
+        report per output (max abs error, max rel error, ok).  The tolerances are the
+        manifest's (at most ``MAX_RTOL``/``MAX_ATOL``) unless given here."""
         tol = self.manifest.golden
+        rtol = tol.rtol if rtol is None else _tolerance("rtol", rtol)
+        atol = tol.atol if atol is None else _tolerance("atol", atol)
         outs = self.run(*self.golden_inputs())
         reports = []
         for i, (spec, got) in enumerate(zip(self.outputs, outs)):
             want = self.artifact.golden[f"output_{i}"]
             err, rel = output_error(got, want)
             scale = float(np.abs(want).max()) if want.size else 0.0
-            ok = bool(np.allclose(got, want, rtol=tol.rtol, atol=tol.atol * max(scale, 1e-30)))
+            ok = bool(np.allclose(got, want, rtol=rtol, atol=atol * max(scale, 1e-30)))
             reports.append({"output": spec.name, "max_abs_err": err, "max_rel_err": rel, "ok": ok})
         return reports
+
+
+def _tolerance(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
+        raise InputError(f"{name}={value!r}: a tolerance is a finite number ≥ 0")
+    return float(value)

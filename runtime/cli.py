@@ -23,6 +23,23 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inputs", metavar="NPZ", help="inputs as an .npz (arrays in input order, or by input name)")
     p.add_argument("--output", metavar="NPZ", help="write the outputs to this .npz")
     p.add_argument("--repeat", type=int, default=0, metavar="N", help="also time N runs and print the median")
+    p.add_argument("--trusted-key", action="append", metavar="PUB",
+                   help="refuse the artifact unless it is signed by this public key (`sliver keygen`; repeatable). "
+                        "An artifact is executable code: without a trusted key, only run artifacts you built")
+    p.add_argument("--rtol", type=float, metavar="X", help="--verify's relative tolerance (default: the artifact's, "
+                                                           "at most 0.1)")
+    p.add_argument("--atol", type=float, metavar="X", help="--verify's absolute tolerance, relative to the largest "
+                                                           "output (default: the artifact's, at most 0.1)")
+
+
+def add_sign_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", help="a .sliver file")
+    p.add_argument("--key", required=True, metavar="KEY", help="the ed25519 private key (from `sliver keygen`)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the signed artifact here (default: in place)")
+
+
+def add_keygen_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("key", help="write the private key here (mode 0600) and the public key to KEY.pub")
 
 
 def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,18 +47,39 @@ def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
 
 
+SERVE_HELP = "TVM RPC server for `sliver tune --rpc` (runtime only); it runs the code its clients send"
+SERVE_EPILOG = """\
+An RPC server runs the code it is sent: a tuner uploads shared libraries and this
+server loads and runs them as your user. So it listens on 127.0.0.1 unless --host
+names another address (it warns then), and it serves only clients that prove they
+hold the shared secret: set SLIVER_RPC_SECRET (or --secret-file FILE) to the same
+value here and where you run `sliver tune --rpc`, e.g. from
+  python3 -c "import secrets; print(secrets.token_hex(16))"
+Files a session uploads or downloads stay in its own work folder. The connection is
+not encrypted: on a network you do not trust, tunnel it (ssh -L)."""
+
+
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = SERVE_EPILOG
     p.add_argument("--tracker", metavar="HOST:PORT", help="register with this RPC tracker (else serve directly)")
-    p.add_argument("--key", default="pi", help="the key tuners ask the tracker for (default pi)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--key", default="pi", help="the key tuners ask the tracker for (default pi); it matches "
+                   "devices to tuners, it is not a password")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; another address, "
+                   "e.g. 0.0.0.0 for a tuner on another machine, prints a warning)")
     p.add_argument("--port", type=int, default=9090, help="port (default 9090; the next free one up to +9)")
     p.add_argument("--custom-addr", help="the address the tracker hands out for this device (behind NAT)")
+    p.add_argument("--secret-file", metavar="FILE", help="read the shared secret from FILE (default: the "
+                   "SLIVER_RPC_SECRET environment variable); required")
+    p.add_argument("--session-timeout", type=float, default=600, metavar="S",
+                   help="end any session after S seconds (default 600)")
 
 
 def serve(args) -> int:
     from sliver.runtime.serve import serve as _serve
 
-    _serve(args.host, args.port, args.key, args.tracker, custom_addr=args.custom_addr)
+    _serve(args.host, args.port, args.key, args.tracker, custom_addr=args.custom_addr, secret_file=args.secret_file,
+           session_timeout=args.session_timeout)
     return 0
 
 
@@ -56,12 +94,29 @@ def _read_inputs(model, path: str) -> list[np.ndarray]:
         return [z[k] for k in z.files]
 
 
+def sign(args) -> int:
+    from sliver.runtime.artifact import sign as _sign
+
+    path = _sign(args.artifact, args.key, output=args.output)
+    print(f"signed {path}")
+    return 0
+
+
+def keygen(args) -> int:
+    from sliver.runtime.signing import generate_key, load_public_key
+
+    private, public = generate_key(args.key)
+    print(f"wrote {private} (private: keep it secret) and {public} (public: copy it to devices; "
+          f"fingerprint {load_public_key(public).fingerprint})")
+    return 0
+
+
 def run(args) -> int:
     from sliver.runtime.artifact import load
 
-    model = load(args.artifact)
+    model = load(args.artifact, trusted_keys=args.trusted_key)
     if args.verify:
-        reports = model.verify()
+        reports = model.verify(rtol=args.rtol, atol=args.atol)
         for r in reports:
             status = "ok" if r["ok"] else "MISMATCH"
             print(f"{r['output']}: max abs err {r['max_abs_err']:.3g}, max rel err {r['max_rel_err']:.3g}  {status}")
@@ -123,10 +178,12 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_run_arguments(sub.add_parser("run", help="run an artifact"))
     add_inspect_arguments(sub.add_parser("inspect", help="show an artifact's manifest"))
-    add_serve_arguments(sub.add_parser("serve", help="TVM RPC server for `sliver tune --rpc` (runtime only)"))
+    add_serve_arguments(sub.add_parser("serve", help=SERVE_HELP))
+    add_sign_arguments(sub.add_parser("sign", help="sign an artifact with an ed25519 key"))
+    add_keygen_arguments(sub.add_parser("keygen", help="make an ed25519 key pair for signing artifacts"))
     args = parser.parse_args(argv)
     try:
-        return {"run": run, "inspect": inspect, "serve": serve}[args.command](args)
+        return {"run": run, "inspect": inspect, "serve": serve, "sign": sign, "keygen": keygen}[args.command](args)
     except SliverError as e:
         print(f"sliver: error: {e}", file=sys.stderr)
         return 2

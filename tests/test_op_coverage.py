@@ -1,6 +1,6 @@
 """Every declared op is complete: the torch frontend traces into it, the TVM backend
-lowers it for every target, and it has reference semantics — or its declaration says
-why not (``OpDecl.opt_out``)."""
+lowers it for every target, it has reference semantics — or its declaration says why
+not (``OpDecl.opt_out``) — and each of its attributes has a kind check."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from sliver.backends.tvm import lowbit, lower, targets
 from sliver.frontend import rules
-from sliver.ir.ops import all_ops
+from sliver.ir.ops import ATTR_KINDS, all_ops
 
 FRONTEND = Path(rules.__file__).parent
 
@@ -45,11 +45,14 @@ def lowered_for(kind: str, arch: str, lowering: dict, policy: dict, kernels: tup
 
 
 def coverage_problems(decls: dict, rule_table: dict, lowering: dict, policy: dict, kernels: tuple,
-                      archs: dict) -> list[str]:
+                      archs: dict, attr_kinds: dict) -> list[str]:
     """What is missing, op by op, unless the declaration opts out with a reason."""
     problems = []
     traced = traced_ops(decls, rule_table)
     for name, d in sorted(decls.items()):
+        unchecked = sorted(set(d.attrs) - set(attr_kinds.get(name, {})))
+        if unchecked:
+            problems.append(f"{name}: no kind check (ATTR_KINDS) for the attribute(s) {', '.join(unchecked)}")
         for what, why in d.opt_out.items():
             if not why or len(why.split()) < 3:
                 problems.append(f"{name}: the opt-out of {what} needs a reason, got {why!r}")
@@ -76,7 +79,7 @@ def _archs() -> dict:
 
 def _check(**changes) -> list[str]:
     kw = dict(decls=all_ops(), rule_table=rules.RULES, lowering=lower.LOWERING, policy=targets.LOWBIT_KERNEL,
-              kernels=lowbit.KERNELS, archs=_archs())
+              kernels=lowbit.KERNELS, archs=_archs(), attr_kinds=ATTR_KINDS)
     kw.update(changes)
     return coverage_problems(**kw)
 
@@ -130,3 +133,8 @@ def test_an_opt_out_needs_a_reason_and_a_reason_to_exist(what):
     problems = _check(decls=decls)
     assert f"tanh: the opt-out of {what} needs a reason, got 'no'" in problems
     assert f"tanh: opts out of {what} but has one; remove the opt-out" in problems
+
+
+def test_an_attribute_without_a_kind_check_is_named():
+    kinds = {**ATTR_KINDS, "slice": {k: v for k, v in ATTR_KINDS["slice"].items() if k != "step"}}
+    assert _check(attr_kinds=kinds) == ["slice: no kind check (ATTR_KINDS) for the attribute(s) step"]

@@ -152,6 +152,11 @@ def cmd_run(args) -> int:
             argv += ["--output", str(Path(args.output).resolve())]
         if args.repeat:
             argv += ["--repeat", str(args.repeat)]
+        for key in args.trusted_key or ():
+            argv += ["--trusted-key", str(Path(key).resolve())]
+        for tol in ("rtol", "atol"):
+            if getattr(args, tol) is not None:
+                argv += [f"--{tol}", repr(getattr(args, tol))]
         say("running on the emulated Raspberry Pi (qemu-aarch64, Cortex-A72)")
         proc = emulate.run_module(argv)
         sys.stdout.write(proc.stdout)
@@ -204,7 +209,12 @@ def cmd_tune(args) -> int:
         say(f"imported {added} new record(s) from {args.import_file} into {db.dir}")
     if args.model:
         budget = tuning.Budget.parse(args.trials, args.time_budget)  # bad budgets fail before any work
-        rpc = tuning.RPC(args.rpc, args.key) if args.rpc else None
+        rpc = None
+        if args.rpc:
+            from sliver.common.rpcauth import load_secret
+
+            secret = load_secret(args.secret_file) if args.secret_file else None
+            rpc = tuning.RPC(args.rpc, args.key, secret=secret)
         if args.key and not args.rpc:
             raise SliverError("--key names a device behind an RPC tracker: give --rpc HOST:PORT as well")
         tuning.check_measurable(target, rpc)
@@ -243,7 +253,11 @@ def cmd_device_tracker(args) -> int:
 
     from sliver.backends.tvm.tuning import start_tracker
 
-    tracker = start_tracker(args.host, args.port, args.port + 9, silent=False)
+    from sliver.runtime.serve import listen_host
+
+    host = listen_host(args.host, "RPC tracker", "anyone who reaches it can list and register devices (the "
+                       "devices' servers still refuse sessions without the shared secret)")
+    tracker = start_tracker(host, args.port, args.port + 9, silent=False)
     say(f"RPC tracker on {tracker.host}:{tracker.port}; devices register with "
          f"`sliver device serve --tracker HOST:{tracker.port} --key pi`; Ctrl-C stops it")
     try:
@@ -339,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", metavar="T", help="tune for this long instead, e.g. 90s, 10m, 1h30m")
     p.add_argument("--rpc", metavar="HOST:PORT", help="measure on the device registered with this RPC tracker")
     p.add_argument("--key", help="the device's key at the tracker (sliver device serve --key)")
+    p.add_argument("--secret-file", metavar="FILE", help="the device's shared RPC secret (default: the "
+                   "SLIVER_RPC_SECRET environment variable); needed with --rpc")
     p.add_argument("-o", "--output", help="then lower the model with the tuned schedules into this artifact")
     p.add_argument("--export", metavar="FILE", help="write the target's tuning database to FILE")
     p.add_argument("--import", dest="import_file", metavar="FILE", help="merge an exported database first")
@@ -348,11 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("device", help="serve this machine (a Pi) to `sliver tune --rpc`, or run a tracker")
     dsub = p.add_subparsers(dest="device_command", required=True, metavar="COMMAND")
-    d = dsub.add_parser("serve", help="TVM RPC server with the runtime only (what `tune --rpc` measures on)")
+    d = dsub.add_parser("serve", help=runtime_cli.SERVE_HELP)
     runtime_cli.add_serve_arguments(d)
     d.set_defaults(func=runtime_cli.serve)
-    d = dsub.add_parser("tracker", help="a TVM RPC tracker that devices register with")
-    d.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    d = dsub.add_parser("tracker", help="a TVM RPC tracker that devices register with",
+                        description="The tracker only matches tuners to devices by key; it runs no code and "
+                        "authenticates nobody (the devices' servers check the shared secret).")
+    d.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; another address, "
+                   "e.g. 0.0.0.0 for devices on the network, prints a warning)")
     d.add_argument("--port", type=int, default=9190, help="port (default 9190; the next free one up to +9)")
     d.set_defaults(func=cmd_device_tracker)
 
@@ -381,6 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="show an artifact's manifest")
     runtime_cli.add_inspect_arguments(p)
     p.set_defaults(func=runtime_cli.inspect)
+
+    p = sub.add_parser("sign", help="sign an artifact with an ed25519 key (`sliver run --trusted-key` checks it)")
+    runtime_cli.add_sign_arguments(p)
+    p.set_defaults(func=runtime_cli.sign)
+
+    p = sub.add_parser("keygen", help="make an ed25519 key pair for signing artifacts")
+    runtime_cli.add_keygen_arguments(p)
+    p.set_defaults(func=runtime_cli.keygen)
 
     p = sub.add_parser("explain", help="a per-layer report of what each pass did, with latency and drift")
     from sliver.tools import explain as _explain
