@@ -207,11 +207,29 @@ def _conv2d(b, x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return b.emit("conv2d", ops, {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups})
 
 
+@rule("aten.conv1d.default", "aten.conv1d.padding")
+def _conv1d(b, x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """As a 2-D convolution over a height of one: (N, C, L) → (N, C, 1, L)."""
+    def one(v):
+        return v if isinstance(v, (int, str)) else v[0]
+
+    unbatched = x.type.rank == 2
+    if unbatched:
+        x = _reshape_to(b, x, (1,) + x.type.shape)
+    x2 = _reshape_to(b, x, x.type.shape[:2] + (1, x.type.shape[2]))
+    w2 = _reshape_to(b, w, w.type.shape[:2] + (1, w.type.shape[2]))
+    pad = padding if isinstance(padding, str) else (0, one(padding))
+    y = _conv2d(b, x2, w2, bias, (1, one(stride)), pad, (1, one(dilation)), groups)
+    y = _reshape_to(b, y, y.type.shape[:2] + y.type.shape[3:])
+    return _reshape_to(b, y, y.type.shape[1:]) if unbatched else y
+
+
 @rule("aten.convolution.default")
 def _convolution(b, x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
-    if transposed or len(w.type.shape) != 4:
-        raise TypeRuleError("only 2-D, non-transposed convolutions are supported")
-    return _conv2d(b, x, w, bias, stride, padding, dilation, groups)
+    if transposed or len(w.type.shape) not in (3, 4):
+        raise TypeRuleError("only 1-D and 2-D, non-transposed convolutions are supported")
+    conv = _conv1d if len(w.type.shape) == 3 else _conv2d
+    return conv(b, x, w, bias, stride, padding, dilation, groups)
 
 
 @rule("aten.linear.default")
@@ -343,6 +361,29 @@ def _layer_norm(b, x, shape, w=None, bias=None, eps=1e-5, cudnn_enable=False):
     return b.emit("layer_norm", ops, {"axes": len(shape), "eps": float(eps)})
 
 
+@rule("aten.group_norm.default")
+def _group_norm(b, x, groups, w=None, bias=None, eps=1e-5, cudnn_enabled=True):
+    """A layer norm over each group, (N, G, C/G·spatial), then the per-channel affine."""
+    n, c, rest = x.type.shape[0], x.type.shape[1], x.type.shape[2:]
+    if c % groups:
+        raise TypeRuleError(f"group_norm: {c} channels do not split into {groups} groups")
+    y = _reshape_to(b, x, (n, groups, x.type.numel // (n * groups)))
+    y = _reshape_to(b, b.emit("layer_norm", [y], {"axes": 1, "eps": float(eps)}), x.type.shape)
+    for v, kind in ((w, "mul"), (bias, "add")):
+        if v is not None:
+            y = b.emit(kind, [y, _reshape_to(b, v, (c,) + (1,) * len(rest))])
+    return y
+
+
+@rule("aten._weight_norm.default")
+def _weight_norm(b, v, g, dim=0):
+    """A weight-normalized weight (``nn.utils.weight_norm``, parametrizations): its
+    direction and magnitude are params, so the weight is computed now."""
+    import torch
+
+    return fold_constant(b, "weight norm", torch._weight_norm, v, g, dim)
+
+
 @rule("aten.rms_norm.default")
 def _rms_norm(b, x, shape, w=None, eps=None):
     if eps is None:
@@ -458,6 +499,44 @@ def _pad(b, x, pad, mode="constant", value=None):
     return x
 
 
+@rule("aten.pixel_shuffle.default")
+def _pixel_shuffle(b, x, r):
+    """(N, C·r·r, H, W) → (N, C, r, r, H, W) → (N, C, H, r, W, r) → (N, C, H·r, W·r)."""
+    *lead, c, h, w = x.type.shape
+    y = _reshape_to(b, x, (*lead, c // (r * r), r, r, h, w))
+    k = len(lead)
+    y = b.emit("permute", [y], {"dims": tuple(range(k)) + tuple(k + d for d in (0, 3, 1, 4, 2))})
+    return _reshape_to(b, y, (*lead, c // (r * r), h * r, w * r))
+
+
+@rule("aten.pixel_unshuffle.default")
+def _pixel_unshuffle(b, x, r):
+    """(N, C, H·r, W·r) → (N, C, H, r, W, r) → (N, C, r, r, H, W) → (N, C·r·r, H, W)."""
+    *lead, c, h, w = x.type.shape
+    y = _reshape_to(b, x, (*lead, c, h // r, r, w // r, r))
+    k = len(lead)
+    y = b.emit("permute", [y], {"dims": tuple(range(k)) + tuple(k + d for d in (0, 2, 4, 1, 3))})
+    return _reshape_to(b, y, (*lead, c * r * r, h // r, w // r))
+
+
+@rule("aten.roll.default")
+def _roll(b, x, shifts, dims=()):
+    """Each axis as two slices joined in swapped order; no dims: the flattened tensor."""
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not dims:
+        return _reshape_to(b, _roll(b, _reshape_to(b, x, (x.type.numel,)), shifts, [0]), x.type.shape)
+    for shift, d in zip(shifts, dims):
+        axis = _axis(d, x.type.rank)
+        n = x.type.shape[axis]
+        shift %= n
+        if shift:
+            tail = b.emit("slice", [x], {"axis": axis, "start": n - shift, "end": n})
+            head = b.emit("slice", [x], {"axis": axis, "start": 0, "end": n - shift})
+            x = b.emit("concat", [tail, head], {"axis": axis})
+    return x
+
+
 @rule("aten.unflatten.int")
 def _unflatten(b, x, dim, sizes):
     d = _axis(dim, x.type.rank)
@@ -510,6 +589,11 @@ def _expand(b, x, shape):
     if x.type.rank < len(shape):
         x = _reshape_to(b, x, (1,) * offset + x.type.shape)
     return x if tuple(shape) == x.type.shape else b.emit("expand", [x], {"shape": tuple(shape)})
+
+
+@rule("aten.expand_as.default")
+def _expand_as(b, x, other):
+    return _expand(b, x, other.type.shape)
 
 
 @rule("aten.cat.default", "aten.concat.default")
@@ -591,6 +675,18 @@ def _reduce_rule(kind):
 
 rule("aten.mean.dim", "aten.mean.default")(_reduce_rule("mean"))
 rule("aten.sum.dim_IntList", "aten.sum.default")(_reduce_rule("sum"))
+
+
+@rule("aten.linalg_vector_norm.default")
+def _vector_norm(b, x, ord=2, dim=None, keepdim=False, dtype=None):
+    """ord 2: sqrt(sum(x·x)); ord 1: sum(|x|); ord ∞: amax(|x|)."""
+    if ord == 2:
+        return b.emit("sqrt", [_reduce_rule("sum")(b, b.emit("mul", [x, x]), dim, keepdim)])
+    if ord == 1:
+        return _reduce_rule("sum")(b, b.emit("abs", [x]), dim, keepdim)
+    if ord == float("inf"):
+        return _reduce_rule("amax")(b, b.emit("abs", [x]), dim, keepdim)
+    raise TypeRuleError(f"vector_norm: ord {ord} is not supported (2, 1 and inf are)")
 
 
 @rule("aten.scaled_dot_product_attention.default")
