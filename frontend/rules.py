@@ -250,6 +250,62 @@ def _matmul(b, x, y):
     return b.emit("matmul", [x, y])
 
 
+@rule("aten.einsum.default")
+def _einsum(b, equation, operands, path=None):
+    """Sums out the labels one operand alone has, then contracts operands pairwise, left
+    to right, as one batched matmul each: (batch, free, contracted) @ (batch,
+    contracted, free), then reshape and permute to the requested label order."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, out = eq.partition("->")
+    labels = lhs.split(",")
+    if "." in eq or len(labels) != len(operands) or any(len(set(t)) != len(t) for t in labels):
+        raise TypeRuleError(f"einsum {equation!r}: ellipses and repeated labels in one operand (diagonals) "
+                            "are not supported; write it with matmul, permute and reshape")
+    if not arrow:
+        out = "".join(sorted(c for c in set(lhs) - {","} if lhs.count(c) == 1))
+    terms = list(zip(labels, operands))
+    for t, x in terms:
+        if x.type.rank != len(t):
+            raise TypeRuleError(f"einsum {equation!r}: operand {t} has rank {x.type.rank}")
+    size = {c: x.type.shape[i] for t, x in terms for i, c in enumerate(t)}
+    if any(x.type.shape[i] != size[c] for t, x in terms for i, c in enumerate(t)):
+        raise TypeRuleError(f"einsum {equation!r}: a label has different sizes (broadcasting is not supported)")
+
+    def keep(t, x, needed):  # sum out the labels nothing later needs
+        drop = [i for i, c in enumerate(t) if c not in needed]
+        if drop:
+            x = b.emit("sum", [x], {"axes": tuple(drop), "keepdim": False})
+            t = "".join(c for c in t if c in needed)
+        return t, x
+
+    def arrange(t, x, order):
+        dims = tuple(t.index(c) for c in order)
+        return x if dims == tuple(range(len(t))) else b.emit("permute", [x], {"dims": dims})
+
+    t, x = terms[0]
+    for k in range(1, len(terms) + (len(terms) == 1)):
+        later = set(out).union(*[set(u) for u, _ in terms[k + 1:]]) if k < len(terms) else set(out)
+        if k == len(terms):  # one operand: sums and a permute
+            t, x = keep(t, x, set(out))
+            break
+        u, y = terms[k]
+        t, x = keep(t, x, later | set(u))
+        u, y = keep(u, y, later | set(t))
+        batch = [c for c in t if c in u and c in later]
+        contract = [c for c in t if c in u and c not in later]
+        left = [c for c in t if c not in u]
+        right = [c for c in u if c not in t]
+        n = math.prod
+
+        xs = _reshape_to(b, arrange(t, x, batch + left + contract),
+                         (n(size[c] for c in batch), n(size[c] for c in left), n(size[c] for c in contract)))
+        ys = _reshape_to(b, arrange(u, y, batch + contract + right),
+                         (n(size[c] for c in batch), n(size[c] for c in contract), n(size[c] for c in right)))
+        x = _reshape_to(b, b.emit("matmul", [xs, ys]), tuple(size[c] for c in batch + left + right))
+        t = "".join(batch + left + right)
+    return arrange(t, x, list(out))
+
+
 @rule("aten.addmm.default")
 def _addmm(b, bias, x, y, beta=1, alpha=1):
     out = b.emit("matmul", [x, y])
