@@ -215,7 +215,9 @@ def main(argv=None) -> int:
         for name in args.names or list(zoo.ENTRIES):
             start = time.perf_counter()
             rows.append(check(zoo.ENTRIES[name], compile=not args.no_compile, arm64=args.arm64, workdir=Path(tmp)))
-            print(f"{name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+            print(f"{name}: {time.perf_counter() - start:.1f} s  " + table(rows[-1:], width=args.width,
+                                                                           arm64=args.arm64).splitlines()[-1],
+                  file=sys.stderr, flush=True)
     print(table(rows, width=args.width, arm64=args.arm64))
     print()
     print(summary(rows))

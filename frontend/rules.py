@@ -149,6 +149,10 @@ for _name, _kind in [("add", "add"), ("sub", "sub"), ("mul", "mul"), ("maximum",
     )
 
 
+rule("aten.min.other")(_binary_rule("minimum"))
+rule("aten.max.other")(_binary_rule("maximum"))
+
+
 @rule("aten.div.Tensor", "aten.div_.Tensor", "aten.div.Scalar")
 def _div(b, x, y):
     if isinstance(x, Value) and not x.type.dtype.startswith("f"):
@@ -791,6 +795,31 @@ for _name in ("ge", "gt", "le", "lt", "eq", "ne"):
         return fold_constant(b, f"comparison {_name}", getattr(torch, _name), x, y)
 
     rule(f"aten.{_name}.Scalar", f"aten.{_name}.Tensor")(_compare_rule)
+
+
+@rule("aten.where.self", "aten.where.ScalarOther", "aten.where.ScalarSelf", "aten.where.Scalar")
+def _where(b, cond, x, y):
+    """With a constant condition (T5's relative-position buckets, masks built from
+    aranges): folded when both branches are constant too, else the branch an all-true
+    or all-false condition picks."""
+    import torch
+
+    c = constant_data(b, cond)
+    if c is None:
+        raise TypeRuleError("where() with a condition computed from the inputs is not supported (only a constant "
+                            "condition)")
+    if all(not isinstance(v, Value) or constant_data(b, v) is not None for v in (x, y)):
+        return fold_constant(b, "where", lambda p, q, r: torch.where(p, torch.as_tensor(q), torch.as_tensor(r)),
+                             cond, x, y)
+    if c.all() or not c.any():
+        pick = x if c.all() else y
+        if isinstance(pick, Value):
+            other = y if c.all() else x
+            shape = tuple(np.broadcast_shapes(c.shape, pick.type.shape,
+                                              other.type.shape if isinstance(other, Value) else ()))
+            return _expand(b, pick, shape)
+    raise TypeRuleError("where() choosing between tensors computed from the inputs is not supported (only when "
+                        "the condition is constant and all true or all false)")
 
 
 @rule("aten.gather.default")

@@ -111,3 +111,37 @@ def test_weight_norm_is_computed_at_trace_time():
     conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 4, 3, padding=1), dim=2)
     module = _check(Fn(lambda m, x: m.conv(x), conv=conv), torch.randn(1, 4, 9))
     assert "mul" not in {op.kind for op in module.ops}  # no norm computed at run time
+
+
+def test_min_and_max_of_two_tensors():
+    x, y = torch.randn(2, 5), torch.randn(1, 5)
+    _check(Fn(lambda m, x, y: torch.min(x, y) + torch.max(x * 2, y)), x, y, kinds={"minimum", "maximum", "add", "mul"})
+
+
+class RelativeBuckets(nn.Module):
+    """T5-style: a where() on constants from aranges, then added to the input."""
+
+    def forward(self, x):
+        n = x.shape[-1]
+        rel = torch.arange(n)[None, :] - torch.arange(n)[:, None]
+        big = torch.where(rel > 2, torch.full_like(rel, 3), rel)
+        big = torch.min(big, torch.full_like(big, 1))
+        return x + torch.where(big < 0, big, 0).to(x.dtype)
+
+
+def test_where_of_constants_is_folded():
+    module = _check(RelativeBuckets(), torch.randn(2, 6, 6), kinds={"add", "cast"})
+    assert sum(op.kind == "param" for op in module.ops) == 1
+
+
+def test_where_with_a_constant_all_true_condition_picks_a_branch():
+    class Pick(nn.Module):
+        def forward(self, x, y):
+            return torch.where(torch.ones(3, 1, dtype=torch.bool), x * 2, y)
+
+    _check(Pick(), torch.randn(1, 4), torch.randn(3, 4), kinds={"mul", "expand"})
+
+
+def test_where_on_the_inputs_is_a_named_error():
+    with pytest.raises(SliverError, match="where"):
+        sliver.trace(Fn(lambda m, c, x: torch.where(c, x, 0.0)), (torch.rand(4) > 0.5, torch.randn(4)))
