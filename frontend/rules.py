@@ -735,6 +735,7 @@ def _reduce_rule(kind):
 
 rule("aten.mean.dim", "aten.mean.default")(_reduce_rule("mean"))
 rule("aten.sum.dim_IntList", "aten.sum.default")(_reduce_rule("sum"))
+rule("aten.amax.default")(_reduce_rule("amax"))
 
 
 @rule("aten.linalg_vector_norm.default")

@@ -145,3 +145,8 @@ def test_where_with_a_constant_all_true_condition_picks_a_branch():
 def test_where_on_the_inputs_is_a_named_error():
     with pytest.raises(SliverError, match="where"):
         sliver.trace(Fn(lambda m, c, x: torch.where(c, x, 0.0)), (torch.rand(4) > 0.5, torch.randn(4)))
+
+
+@pytest.mark.parametrize("dim, keepdim", [((-1,), True), ((0, 2), False)])
+def test_amax(dim, keepdim):
+    _check(Fn(lambda m, x: torch.amax(x * 3, dim=dim, keepdim=keepdim)), torch.randn(2, 3, 5), kinds={"mul", "amax"})
