@@ -83,15 +83,36 @@ def serve(args) -> int:
     return 0
 
 
+def _open_npz(path: str):
+    """``np.load`` of an .npz the user named, with every way it can be wrong an InputError
+    (pickled object arrays are refused: loading them would run code)."""
+    import zipfile
+
+    try:
+        z = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"--inputs {path}: no such file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        why = "pickled Python objects, or not a numpy file at all" if "pickle" in str(e) else str(e)
+        raise InputError(f"--inputs {path}: not an .npz of arrays ({why}); write one with numpy.savez") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise InputError(f"--inputs {path}: a single .npy array, not an .npz; write the inputs with numpy.savez")
+    return z
+
+
 def _read_inputs(model, path: str) -> list[np.ndarray]:
-    with np.load(path) as z:
+    import zipfile
+
+    with _open_npz(path) as z:
         names = [spec.name for spec in model.inputs]
-        if all(n in z.files for n in names):
-            return [z[n] for n in names]
-        if len(z.files) != len(names):
+        keys = names if all(n in z.files for n in names) else list(z.files)
+        if len(keys) != len(names):
             raise InputError(f"{path} holds {len(z.files)} array(s) ({', '.join(z.files)}); the model takes "
                              f"{len(names)} input(s): {', '.join(names)}")
-        return [z[k] for k in z.files]
+        try:
+            return [z[k] for k in keys]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise InputError(f"--inputs {path}: an array cannot be read ({e})") from None
 
 
 def sign(args) -> int:
@@ -114,6 +135,8 @@ def keygen(args) -> int:
 def run(args) -> int:
     from sliver.runtime.artifact import load
 
+    if args.repeat < 0:
+        raise InputError(f"--repeat {args.repeat}: give a number of timed runs >= 0")
     model = load(args.artifact, trusted_keys=args.trusted_key)
     if args.verify:
         reports = model.verify(rtol=args.rtol, atol=args.atol)

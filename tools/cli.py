@@ -22,9 +22,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from sliver.common.errors import SliverError
+from sliver.common.errors import SliverError, UsageError
 from sliver.runtime import cli as runtime_cli
-from sliver.tools.shared import load_model, say
+from sliver.tools.shared import Parser, load_model, say
 
 
 def _trace(spec: str):
@@ -63,10 +63,26 @@ def cmd_trace(args) -> int:
     return 0
 
 
+def _check_print_after(args) -> None:
+    """--print-after names passes of the pipeline: anything else would print nothing."""
+    from sliver.passes.manager import all_passes, parse_pipeline
+
+    known = all_passes()
+    in_pipeline = [p.name for p in parse_pipeline(args.passes)]
+    for name in args.print_after or ():
+        if name not in known:
+            raise UsageError(f"--print-after {name}: no such pass; the passes are {', '.join(known)} "
+                             "(`sliver passes` describes them)")
+        if name not in in_pipeline:
+            raise UsageError(f"--print-after {name}: {name} is not in the pipeline "
+                             f"({', '.join(in_pipeline) or 'empty'}); add it to --passes")
+
+
 def _instruments(args, inputs):
     from sliver.common.numerics import as_numpy
     from sliver.passes.manager import DumpDir, NumericDrift, PrintIR
 
+    _check_print_after(args)
     out = []
     if args.print_after_all or args.print_after or args.print_after_change:
         out.append(PrintIR(after_all=args.print_after_all, after=args.print_after or (),
@@ -319,8 +335,8 @@ def _add_ir_debug_flags(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sliver", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="sliver", description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("trace", help="trace a model into sliver IR")
@@ -452,6 +468,11 @@ def main(argv=None) -> int:
         return args.func(args)
     except SliverError as e:
         print(f"sliver: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is None:  # not about a file the user named: a bug, keep its traceback
+            raise
+        print(f"sliver: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sliver: interrupted", file=sys.stderr)
