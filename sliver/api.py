@@ -278,15 +278,12 @@ def lower(
 
         golden_outputs = run(module, golden_inputs)
     tuning, lowered = _tuning_database(module, tgt, tune, rpc, progress, winograd)
-    kernels: dict = {}
-    primfuncs: dict = {}
-    schedules: dict = {}
-    library = compile_module(module, tgt, progress=progress, kernels=kernels, layers=primfuncs, tuning=tuning,
-                             report=schedules, winograd=winograd, lowered=lowered)
+    compiled = compile_module(module, tgt, progress=progress, tuning=tuning, winograd=winograd, lowered=lowered)
     golden = {f"input_{i}": x for i, x in enumerate(golden_inputs)}
     golden.update({f"output_{i}": y for i, y in enumerate(golden_outputs)})
-    art = package(module, tgt, pipeline_string(pipeline), library, golden, records=records, primfuncs=primfuncs,
-                  schedules=schedules, kernels=kernels, tuning_key=tuning.key if tuning is not None else None,
+    art = package(module, tgt, pipeline_string(pipeline), compiled.library, golden, records=records,
+                  primfuncs=compiled.primfuncs, schedules=compiled.schedules, kernels=compiled.kernels,
+                  tuning_key=tuning.key if tuning is not None else None,
                   tvm_version=tvm_version(), rtol=rtol, atol=atol)
     art.records = records
     return art
