@@ -86,7 +86,24 @@ def _hf(model_cls, config, inputs, field="last_hidden_state", seed=0) -> Built:
     transformers.logging.set_verbosity_error()  # tiny vocabularies: no warnings about special token ids
     with _seeded(seed):
         model = model_cls(config)
+        _rescale(model)
     return Output(model, field).eval(), inputs
+
+
+def _rescale(model: nn.Module) -> None:
+    """torch's default initialization for convolutions, and random batch-norm affines and
+    statistics: transformers initializes weights for training (normal, std 0.02), under
+    which a deep CNN's activations vanish (a tiny EfficientNet's output is exactly zero),
+    and a batch norm of mean 0, variance 1, weight 1, bias 0 would make folding it trivial."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.reset_parameters()
+        elif isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.1)
+                m.running_mean.normal_(0.0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
 
 
 # --------------------------------------------------------------------------- vision (transformers)

@@ -49,6 +49,16 @@ def test_builders_are_deterministic_and_leave_the_global_rng_alone():
         assert not torch.equal(m1(*x1), m3(*x1))
 
 
+@pytest.mark.slow
+def test_every_entry_computes_something():
+    """No entry's output is constant (a degenerate model would match anything)."""
+    for name, entry in realzoo.ENTRIES.items():
+        model, inputs = entry.build()
+        with torch.no_grad():
+            out = model(*inputs)
+        assert torch.isfinite(out).all() and out.std() > 1e-3, name
+
+
 @pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in sorted(PASSING)])
 def test_passing_entry_traces_round_trips_and_matches_torch(name):
     row = check(realzoo.ENTRIES[name], compile=False)
