@@ -228,8 +228,8 @@ def run(args) -> dict:
 
     for name, schedules in (("sliver", True), ("tvm_naive", False)):
         t0 = time.perf_counter()
-        primfuncs: dict = {}
-        lib = compile_module(module, "arm64", schedules=schedules, layers=primfuncs)
+        compiled = compile_module(module, "arm64", schedules=schedules)
+        lib, primfuncs = compiled.library, compiled.primfuncs
         _say(f"{name}: compiled for arm64 in {time.perf_counter() - t0:.0f} s; counting on the emulated Pi")
         t0 = time.perf_counter()
         c = icount.count_library(lib, [x], timeout=7200)

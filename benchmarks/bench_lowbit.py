@@ -149,13 +149,12 @@ def _compile(module, target: str, kernel: str | None):
     from sliver.backends.tvm import lowbit
     from sliver.backends.tvm.build import compile_module
 
-    kernels: dict = {}
-    report: dict = {}
     with lowbit.kernel_override(None if kernel == "direct" else kernel):
-        lib = compile_module(module, target, kernels=kernels, report=report, winograd=kernel != "direct")
-    if any("winograd" in rule for rule in report.values()):
+        compiled = compile_module(module, target, winograd=kernel != "direct")
+    kernels = dict(compiled.kernels)
+    if compiled.winograd:
         kernels["fp32 convs"] = "winograd"
-    return lib, kernels
+    return compiled.library, kernels
 
 
 def _vm(lib: bytes, tmp: str, name: str):

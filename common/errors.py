@@ -50,6 +50,15 @@ class InputError(SliverError):
     """Inputs whose count, shape or dtype do not match what the model was compiled for."""
 
 
+class ModelError(SliverError):
+    """A MODEL that cannot be loaded: a missing or broken file, a function that fails, or
+    one that returns something other than (an nn.Module, example inputs)."""
+
+
+class UsageError(SliverError):
+    """A command-line option with a bad value, or naming something that does not exist."""
+
+
 class SliverWarning(UserWarning):
     """Something sliver did differently from what the caller may expect, and did on purpose
     (e.g. a model in training mode traced and evaluated in eval mode)."""

@@ -607,6 +607,10 @@ def _reduce(name, fn, doc, opt_out=None):
     def infer(types, *, axes, keepdim):
         x = types[0]
         norm = {_axis(a, x.rank, name) for a in axes}
+        if len(norm) != len(axes):
+            raise TypeRuleError(f"{name}: axes {list(axes)} name an axis twice")
+        if not axes and x.rank:
+            raise TypeRuleError(f"{name}: name the axes to reduce (torch reads an empty list as all of them)")
         shape = [1 if i in norm else d for i, d in enumerate(x.shape) if keepdim or i not in norm]
         return x.with_shape(shape)
 

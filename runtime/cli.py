@@ -49,30 +49,72 @@ def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
 
 
+SERVE_HELP = "TVM RPC server for `sliver tune --rpc` (runtime only); it runs the code its clients send"
+SERVE_EPILOG = """\
+An RPC server runs the code it is sent: a tuner uploads shared libraries and this
+server loads and runs them as your user. So it listens on 127.0.0.1 unless --host
+names another address (it warns then), and it serves only clients that prove they
+hold the shared secret: set SLIVER_RPC_SECRET (or --secret-file FILE) to the same
+value here and where you run `sliver tune --rpc`, e.g. from
+  python3 -c "import secrets; print(secrets.token_hex(16))"
+Files a session uploads or downloads stay in its own work folder. The connection is
+not encrypted: on a network you do not trust, tunnel it (ssh -L)."""
+
+
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = SERVE_EPILOG
     p.add_argument("--tracker", metavar="HOST:PORT", help="register with this RPC tracker (else serve directly)")
-    p.add_argument("--key", default="pi", help="the key tuners ask the tracker for (default pi)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--key", default="pi", help="the key tuners ask the tracker for (default pi); it matches "
+                   "devices to tuners, it is not a password")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; another address, "
+                   "e.g. 0.0.0.0 for a tuner on another machine, prints a warning)")
     p.add_argument("--port", type=int, default=9090, help="port (default 9090; the next free one up to +9)")
     p.add_argument("--custom-addr", help="the address the tracker hands out for this device (behind NAT)")
+    p.add_argument("--secret-file", metavar="FILE", help="read the shared secret from FILE (default: the "
+                   "SLIVER_RPC_SECRET environment variable); required")
+    p.add_argument("--session-timeout", type=float, default=600, metavar="S",
+                   help="end any session after S seconds (default 600)")
 
 
 def serve(args) -> int:
     from sliver.runtime.serve import serve as _serve
 
-    _serve(args.host, args.port, args.key, args.tracker, custom_addr=args.custom_addr)
+    _serve(args.host, args.port, args.key, args.tracker, custom_addr=args.custom_addr, secret_file=args.secret_file,
+           session_timeout=args.session_timeout)
     return 0
 
 
+def _open_npz(path: str):
+    """``np.load`` of an .npz the user named, with every way it can be wrong an InputError
+    (pickled object arrays are refused: loading them would run code)."""
+    import zipfile
+
+    try:
+        z = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"--inputs {path}: no such file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        why = "pickled Python objects, or not a numpy file at all" if "pickle" in str(e) else str(e)
+        raise InputError(f"--inputs {path}: not an .npz of arrays ({why}); write one with numpy.savez") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise InputError(f"--inputs {path}: a single .npy array, not an .npz; write the inputs with numpy.savez")
+    return z
+
+
 def _read_inputs(model, path: str) -> list[np.ndarray]:
-    with np.load(path) as z:
+    import zipfile
+
+    with _open_npz(path) as z:
         names = [spec.name for spec in model.inputs]
-        if all(n in z.files for n in names):
-            return [z[n] for n in names]
-        if len(z.files) != len(names):
+        keys = names if all(n in z.files for n in names) else list(z.files)
+        if len(keys) != len(names):
             raise InputError(f"{path} holds {len(z.files)} array(s) ({', '.join(z.files)}); the model takes "
                              f"{len(names)} input(s): {', '.join(names)}")
-        return [z[k] for k in z.files]
+        try:
+            return [z[k] for k in keys]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise InputError(f"--inputs {path}: an array cannot be read ({e})") from None
 
 
 def sign(args) -> int:
@@ -95,6 +137,8 @@ def keygen(args) -> int:
 def run(args) -> int:
     from sliver.runtime.artifact import load
 
+    if args.repeat < 0:
+        raise InputError(f"--repeat {args.repeat}: give a number of timed runs >= 0")
     model = load(args.artifact, trusted_keys=args.trusted_key, threads=args.threads)
     if args.verify:
         reports = model.verify(rtol=args.rtol, atol=args.atol)
@@ -159,7 +203,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_run_arguments(sub.add_parser("run", help="run an artifact"))
     add_inspect_arguments(sub.add_parser("inspect", help="show an artifact's manifest"))
-    add_serve_arguments(sub.add_parser("serve", help="TVM RPC server for `sliver tune --rpc` (runtime only)"))
+    add_serve_arguments(sub.add_parser("serve", help=SERVE_HELP))
     add_sign_arguments(sub.add_parser("sign", help="sign an artifact with an ed25519 key"))
     add_keygen_arguments(sub.add_parser("keygen", help="make an ed25519 key pair for signing artifacts"))
     args = parser.parse_args(argv)

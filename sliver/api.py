@@ -133,6 +133,16 @@ def trace(model, example_inputs=(), *, name: str | None = None):
         return _trace_verified(model, example_inputs, name)
 
 
+def unsupported_ops(model, example_inputs=()) -> list[tuple[str, str | None, str | None]]:
+    """The operator uses of ``model`` sliver cannot trace, each as (aten op, ``file:line``
+    or None, that source line or None): empty when every one is supported.  The model is
+    exported only (nothing is translated or compiled) and left as it was."""
+    from sliver.frontend import export, scan_unsupported
+
+    with _inference(model, "unsupported_ops"):
+        return scan_unsupported(export(model, _torch_inputs(example_inputs)).graph)
+
+
 def _trace_verified(model, example_inputs, name=None):
     from sliver.frontend import trace as _trace
     from sliver.ir.verifier import verify
@@ -268,15 +278,12 @@ def lower(
 
         golden_outputs = run(module, golden_inputs)
     tuning, lowered = _tuning_database(module, tgt, tune, rpc, progress, winograd)
-    kernels: dict = {}
-    primfuncs: dict = {}
-    schedules: dict = {}
-    library = compile_module(module, tgt, progress=progress, kernels=kernels, layers=primfuncs, tuning=tuning,
-                             report=schedules, winograd=winograd, lowered=lowered)
+    compiled = compile_module(module, tgt, progress=progress, tuning=tuning, winograd=winograd, lowered=lowered)
     golden = {f"input_{i}": x for i, x in enumerate(golden_inputs)}
     golden.update({f"output_{i}": y for i, y in enumerate(golden_outputs)})
-    art = package(module, tgt, pipeline_string(pipeline), library, golden, records=records, primfuncs=primfuncs,
-                  schedules=schedules, kernels=kernels, tuning_key=tuning.key if tuning is not None else None,
+    art = package(module, tgt, pipeline_string(pipeline), compiled.library, golden, records=records,
+                  primfuncs=compiled.primfuncs, schedules=compiled.schedules, kernels=compiled.kernels,
+                  tuning_key=tuning.key if tuning is not None else None,
                   tvm_version=tvm_version(), rtol=rtol, atol=atol)
     art.records = records
     return art

@@ -100,8 +100,8 @@ def _relax(builder, schedules):
     model, inputs = getattr(zoo, builder)()
     m = trace(model, inputs)
     optimize(m, parse_pipeline(DEFAULT_PIPELINE))
-    report = {}
-    ex = build_relax(to_relax(m), tvm_target(resolve("x86_64")), schedules=schedules, report=report)
+    built = build_relax(to_relax(m), tvm_target(resolve("x86_64")), schedules=schedules)
+    ex, report = built.executable, built.schedules
     path = _file(("relax", builder, schedules), ".so")
     ex.export_library(str(path))
     return path, report

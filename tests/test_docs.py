@@ -355,3 +355,35 @@ def test_quoted_repository_paths_exist(md):
         if path.startswith(_TOP) and not any(ROOT.glob(path)):
             bad.append(span)
     assert not bad, f"{_rel(md)}: no such file in the repository: {bad}"
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether ``sliver.a.b.c`` names a module, or an attribute of one."""
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for name in parts[i:]:
+                obj = getattr(obj, name)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+@pytest.mark.parametrize("md", [*DOCS, *sorted((ROOT / "benchmarks").rglob("README.md"))], ids=_rel)
+def test_quoted_python_names_exist(md):
+    """`sliver.tools.emulator.icount`, `sliver.qat.prepare`, `python -m sliver.benchmarks.X`:
+    every dotted sliver name the docs quote is a module or an attribute of one (modules
+    move, the docs follow)."""
+    names = {m.group(1) for span in SPAN.findall(FENCE.sub("", md.read_text()))
+             for m in [re.match(r"(sliver(?:\.\w+)+)(?:\(|$)", span)] if m}
+    names |= set(re.findall(r"python3? -m (sliver(?:\.\w+)+)", md.read_text()))  # fenced blocks too
+    bad = sorted(n for n in names if not _resolves(n))
+    assert not bad, f"{_rel(md)}: no such module or attribute: {bad}"
+    assert not _resolves("sliver.tools.no_such_module") and not _resolves("sliver.qat.no_such_function")

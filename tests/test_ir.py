@@ -157,6 +157,12 @@ def test_clone_is_independent():
     ("%x: f32[1,3,8,8]", "%x: f32[1,3,8,8]q(scale=0.5, axis=7)", "axis 7 is not an axis"),
     ("%x: f32[1,3,8,8]", "%x: f32[1,3,8,8]q(scale=0.5, bogus=1)", "q\\(...\\) takes scale, zero_point and axis"),
     ("%x: f32", "%x: f32\u200b", "unexpected character"),
+    ("%flat = reshape(%rows) {shape=[1, 32]} : f32[1,32]",
+     "%flat = reshape(%rows) {shape=[1, 32]} : f32[1,32]\n  %m = mean(%flat) {axes=[1, -1]} : f32[1]",
+     r"mean: axes \[1, -1\] name an axis twice"),
+    ("%flat = reshape(%rows) {shape=[1, 32]} : f32[1,32]",
+     "%flat = reshape(%rows) {shape=[1, 32]} : f32[1,32]\n  %m = sum(%flat) {axes=[]} : f32[1,32]",
+     "sum: name the axes to reduce"),
 ])
 def test_parse_rejects_hostile_numbers_shapes_and_attributes(old, new, match):
     assert old in TEXT

@@ -281,6 +281,6 @@ def test_fake_quant_lowering_matches_torch_bit_for_bit():
     x = (g.standard_normal((2, 6, 5, 5)) * 2).astype(np.float32)
     x.flat[:50] = (np.arange(50) - 25 + 0.5) / 3  # exact ties of the per-tensor grid
     (want,) = run(module, [x])
-    vm = tvm.relax.VirtualMachine(build_relax(to_relax(module), tvm_target(resolve("x86_64"))), tvm.cpu())
+    vm = tvm.relax.VirtualMachine(build_relax(to_relax(module), tvm_target(resolve("x86_64"))).executable, tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
     assert np.array_equal(got, want)

@@ -27,7 +27,7 @@ from helpers import assert_close, numpy_inputs, torch_outputs
 from sliver.backends.tvm import tuning
 from sliver.backends.tvm.build import tvm_version
 from sliver.backends.tvm.targets import tvm_target
-from sliver.backends.tvm.tuning import RECORDS, Budget, TuningDatabase, TuningError
+from sliver.backends.tvm.tuning import RECORDS, WORKLOADS, Budget, TuningDatabase, TuningError, workload_hash
 from sliver.backends.tvm.tuning.database import _normalize
 from sliver.runtime.manifest import Tuning
 
@@ -304,8 +304,15 @@ def _wait_for(rpc, proc, seconds=180):
     raise AssertionError(f"the RPC server did not register with the tracker\n{log}")
 
 
+RPC_SECRET = "tuning-test-secret-0123456789"
+
+
 @pytest.fixture
-def tracker():
+def tracker(monkeypatch):
+    """A tracker, and the shared RPC secret in the environment (servers started here inherit it)."""
+    from sliver.common.rpcauth import ENV
+
+    monkeypatch.setenv(ENV, RPC_SECRET)
     port = _free_port()
     tr = tuning.start_tracker("127.0.0.1", port, port + 10)
     yield tr
@@ -380,3 +387,112 @@ def test_rpc_tuning_on_the_emulated_pi(tracker, tmp_path, monkeypatch):
     assert len(read(out).manifest.tuning.tuned) == 4
     proc = emulate.run_module(["run", str(out), "--verify"])
     assert proc.returncode == 0 and "verify: passed" in proc.stdout, proc.stdout + proc.stderr
+
+
+def _tasks_of(*builders):
+    return [t for b in builders for t in tuning.extract_tasks(_module(b), "x86_64")]
+
+
+@pytest.mark.slow
+def test_interleaved_writers_keep_the_database_readable(tmp_path):
+    """Two writers with their own view of one folder (as two processes have), each
+    adding workloads the other does not know: TVM's own JSON database numbers
+    workloads by its in-memory count, so run B's records would name run A's lines."""
+    import tvm
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    from sliver.backends.tvm.schedules import default_schedule
+
+    first, second = _tasks_of(tuning_models.first), _tasks_of(tuning_models.second)
+    target = tvm_target(tuning.check_measurable("x86_64", None))
+    a, b = TuningDatabase("x86_64", tmp_path), TuningDatabase("x86_64", tmp_path)
+    len(a), len(b)  # both open their view before either writes
+    for i in range(max(len(first), len(second))):
+        for db, tasks, secs in ((a, first, 1e-3), (b, second, 2e-3)):
+            if i < len(tasks):
+                t = tasks[i]
+                sch = default_schedule(t.mod["main"], target, name=t.name)[0] or tvm.s_tir.Schedule(t.mod)
+                db.commit(t.mod, sch.trace, [secs], ArgInfo.from_prim_func(t.mod["main"]), target)
+    fresh = TuningDatabase("x86_64", tmp_path)
+    assert len(fresh) == len(first) + len(second)
+    stats = fresh.stats()
+    assert {t.hash for t in first + second} == set(stats)
+    # every record is filed under its own workload: the times say which writer made it
+    for rec in fresh.db.get_all_tuning_records():
+        h = workload_hash(rec.workload.mod)
+        assert float(rec.run_secs[0]) in ({1e-3} if h in {t.hash for t in first} else set()) | (
+            {2e-3} if h in {t.hash for t in second} else set())
+
+
+@pytest.mark.slow
+def test_two_concurrent_tune_runs_leave_a_database_lower_uses(tmp_path, monkeypatch):
+    """`sliver tune first` and `sliver tune second` at once on one database."""
+    import sliver
+
+    env = dict(os.environ, SLIVER_TUNING_DIR=str(tmp_path), SLIVER_TUNE_BATCH="2")
+    procs = [subprocess.Popen([sys.executable, "-m", "sliver.tools.cli", "tune", f"{MODELS}:{name}", "--trials", "3"],
+                              env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for name in ("first", "second")]
+    outs = [p.communicate(timeout=900)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)
+    db = TuningDatabase("x86_64", tmp_path)
+    tasks = _tasks_of(tuning_models.first) + _tasks_of(tuning_models.second)
+    stats = db.stats()
+    assert {t.hash for t in tasks} <= set(stats)
+    monkeypatch.setenv("SLIVER_TUNING_DIR", str(tmp_path))
+    for builder in (tuning_models.first, tuning_models.second):
+        model, inputs = builder()
+        art = sliver.lower(model, inputs, target="x86_64")
+        assert len(art.manifest["tuning"]["tuned"]) == art.manifest["tuning"]["kernels"] > 0
+        assert_close(art.load().run(*numpy_inputs(inputs)), torch_outputs(model, inputs))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["workload line", "record of another workload", "not a folder"])
+def test_an_unreadable_database_is_a_warning_in_lower(tuned, tmp_path, monkeypatch, damage):
+    import shutil
+
+    import sliver
+
+    root = tmp_path / "db"
+    shutil.copytree(tuned["root"], root)
+    db = TuningDatabase("x86_64", root)
+    if damage == "workload line":
+        lines = (db.dir / WORKLOADS).read_bytes().split(b"\n")
+        lines[1] = lines[1][: len(lines[1]) // 2]
+        (db.dir / WORKLOADS).write_bytes(b"\n".join(lines))
+    elif damage == "record of another workload":
+        lines = _lines(db.dir / RECORDS)
+        index, record = json.loads(lines[0])
+        lines[0] = json.dumps([(index + 1) % 4, record])  # the old concurrent writers' corruption
+        (db.dir / RECORDS).write_text("\n".join(lines) + "\n")
+    else:
+        (db.dir / RECORDS).unlink()
+        (db.dir / RECORDS).mkdir()
+    monkeypatch.setenv("SLIVER_TUNING_DIR", str(root))
+    model, inputs = tuning_models.first()
+    with pytest.warns(tuning.TuningDatabaseWarning, match="cannot be read.*default schedules"):
+        art = sliver.lower(model, inputs, target="x86_64")
+    assert art.manifest["tuning"]["tuned"] == []
+    assert_close(art.load().run(*numpy_inputs(inputs)), torch_outputs(model, inputs))
+
+
+@pytest.mark.slow
+def test_tuning_against_a_device_with_another_secret_fails_before_any_work(tracker, tmp_path, monkeypatch):
+    from sliver.common.rpcauth import ENV, RPCAuthError
+
+    server = _serve(tracker, "host")  # holds RPC_SECRET
+    try:
+        rpc = tuning.RPC(f"127.0.0.1:{tracker.port}", "host")
+        _wait_for(rpc, server)
+        monkeypatch.setenv(ENV, "not-the-device-secret-0123")
+        with pytest.raises(RPCAuthError, match="does not share this secret"):
+            tuning.tune(_module(tuning_models.first), "x86_64", Budget(trials=2),
+                        rpc=tuning.RPC(f"127.0.0.1:{tracker.port}", "host"), root=tmp_path)
+        assert not TuningDatabase("x86_64", tmp_path, create=False).exists()
+        monkeypatch.delenv(ENV)
+        with pytest.raises(RPCAuthError, match="SLIVER_RPC_SECRET"):
+            tuning.RPC(f"127.0.0.1:{tracker.port}", "host")
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()

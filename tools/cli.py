@@ -22,9 +22,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from sliver.common.errors import SliverError
+from sliver.common.errors import SliverError, UsageError
 from sliver.runtime import cli as runtime_cli
-from sliver.tools.shared import load_model, say
+from sliver.tools.shared import Parser, load_model, say
 
 
 def _trace(spec: str):
@@ -41,12 +41,13 @@ def cmd_trace(args) -> int:
     from sliver.ir.io import save_module
 
     if args.check:
-        from sliver.frontend import export, scan_unsupported
-        from sliver.api import _torch_inputs
+        from sliver.api import unsupported_ops
 
         model, inputs = load_model(args.model)
-        ep = export(model, _torch_inputs(inputs))
-        problems = scan_unsupported(ep.graph)
+        if args.model.endswith(".sir"):
+            raise UsageError(f"--check lists the operators of a torch model sliver cannot trace; {args.model} "
+                             "is sliver IR already")
+        problems = unsupported_ops(model, inputs)
         if not problems:
             print(f"{args.model}: every operator is supported")
             return 0
@@ -63,10 +64,26 @@ def cmd_trace(args) -> int:
     return 0
 
 
+def _check_print_after(args) -> None:
+    """--print-after names passes of the pipeline: anything else would print nothing."""
+    from sliver.passes.manager import all_passes, parse_pipeline
+
+    known = all_passes()
+    in_pipeline = [p.name for p in parse_pipeline(args.passes)]
+    for name in args.print_after or ():
+        if name not in known:
+            raise UsageError(f"--print-after {name}: no such pass; the passes are {', '.join(known)} "
+                             "(`sliver passes` describes them)")
+        if name not in in_pipeline:
+            raise UsageError(f"--print-after {name}: {name} is not in the pipeline "
+                             f"({', '.join(in_pipeline) or 'empty'}); add it to --passes")
+
+
 def _instruments(args, inputs):
     from sliver.common.numerics import as_numpy
     from sliver.passes.manager import DumpDir, NumericDrift, PrintIR
 
+    _check_print_after(args)
     out = []
     if args.print_after_all or args.print_after or args.print_after_change:
         out.append(PrintIR(after_all=args.print_after_all, after=args.print_after or (),
@@ -211,7 +228,12 @@ def cmd_tune(args) -> int:
         say(f"imported {added} new record(s) from {args.import_file} into {db.dir}")
     if args.model:
         budget = tuning.Budget.parse(args.trials, args.time_budget)  # bad budgets fail before any work
-        rpc = tuning.RPC(args.rpc, args.key) if args.rpc else None
+        rpc = None
+        if args.rpc:
+            from sliver.common.rpcauth import load_secret
+
+            secret = load_secret(args.secret_file) if args.secret_file else None
+            rpc = tuning.RPC(args.rpc, args.key, secret=secret)
         if args.key and not args.rpc:
             raise SliverError("--key names a device behind an RPC tracker: give --rpc HOST:PORT as well")
         tuning.check_measurable(target, rpc)
@@ -250,7 +272,11 @@ def cmd_device_tracker(args) -> int:
 
     from sliver.backends.tvm.tuning import start_tracker
 
-    tracker = start_tracker(args.host, args.port, args.port + 9, silent=False)
+    from sliver.runtime.serve import listen_host
+
+    host = listen_host(args.host, "RPC tracker", "anyone who reaches it can list and register devices (the "
+                       "devices' servers still refuse sessions without the shared secret)")
+    tracker = start_tracker(host, args.port, args.port + 9, silent=False)
     say(f"RPC tracker on {tracker.host}:{tracker.port}; devices register with "
          f"`sliver device serve --tracker HOST:{tracker.port} --key pi`; Ctrl-C stops it")
     try:
@@ -312,8 +338,8 @@ def _add_ir_debug_flags(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sliver", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="sliver", description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("trace", help="trace a model into sliver IR")
@@ -346,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", metavar="T", help="tune for this long instead, e.g. 90s, 10m, 1h30m")
     p.add_argument("--rpc", metavar="HOST:PORT", help="measure on the device registered with this RPC tracker")
     p.add_argument("--key", help="the device's key at the tracker (sliver device serve --key)")
+    p.add_argument("--secret-file", metavar="FILE", help="the device's shared RPC secret (default: the "
+                   "SLIVER_RPC_SECRET environment variable); needed with --rpc")
     p.add_argument("-o", "--output", help="then lower the model with the tuned schedules into this artifact")
     p.add_argument("--export", metavar="FILE", help="write the target's tuning database to FILE")
     p.add_argument("--import", dest="import_file", metavar="FILE", help="merge an exported database first")
@@ -355,11 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("device", help="serve this machine (a Pi) to `sliver tune --rpc`, or run a tracker")
     dsub = p.add_subparsers(dest="device_command", required=True, metavar="COMMAND")
-    d = dsub.add_parser("serve", help="TVM RPC server with the runtime only (what `tune --rpc` measures on)")
+    d = dsub.add_parser("serve", help=runtime_cli.SERVE_HELP)
     runtime_cli.add_serve_arguments(d)
     d.set_defaults(func=runtime_cli.serve)
-    d = dsub.add_parser("tracker", help="a TVM RPC tracker that devices register with")
-    d.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    d = dsub.add_parser("tracker", help="a TVM RPC tracker that devices register with",
+                        description="The tracker only matches tuners to devices by key; it runs no code and "
+                        "authenticates nobody (the devices' servers check the shared secret).")
+    d.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; another address, "
+                   "e.g. 0.0.0.0 for devices on the network, prints a warning)")
     d.add_argument("--port", type=int, default=9190, help="port (default 9190; the next free one up to +9)")
     d.set_defaults(func=cmd_device_tracker)
 
@@ -385,30 +416,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emulate", action="store_true", help="run on the emulated Raspberry Pi (arm64 artifacts)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("inspect", help="show an artifact's manifest")
-    runtime_cli.add_inspect_arguments(p)
-    p.set_defaults(func=runtime_cli.inspect)
-
-    p = sub.add_parser("sign", help="sign an artifact with an ed25519 key (`sliver run --trusted-key` checks it)")
-    runtime_cli.add_sign_arguments(p)
-    p.set_defaults(func=runtime_cli.sign)
-
-    p = sub.add_parser("keygen", help="make an ed25519 key pair for signing artifacts")
-    runtime_cli.add_keygen_arguments(p)
-    p.set_defaults(func=runtime_cli.keygen)
-
-    p = sub.add_parser("explain", help="a per-layer report of what each pass did, with latency and drift")
+    from sliver.tools import bench as _bench
     from sliver.tools import explain as _explain
 
-    _explain.add_arguments(p)
-    p.set_defaults(func=_explain.run)
+    # commands whose arguments and body live in their own module: (name, help, add arguments, run)
+    for name, help_, add_arguments, func in (
+        ("inspect", "show an artifact's manifest", runtime_cli.add_inspect_arguments, runtime_cli.inspect),
+        ("sign", "sign an artifact with an ed25519 key (`sliver run --trusted-key` checks it)",
+         runtime_cli.add_sign_arguments, runtime_cli.sign),
+        ("keygen", "make an ed25519 key pair for signing artifacts", runtime_cli.add_keygen_arguments,
+         runtime_cli.keygen),
+        ("explain", "a per-layer report of what each pass did, with latency and drift", _explain.add_arguments,
+         _explain.run),
+        ("bench", "an artifact's latency (or executed instructions on the emulated Pi), per layer with --per-layer",
+         _bench.add_arguments, _bench.run),
+    ):
+        p = sub.add_parser(name, help=help_)
+        add_arguments(p)
+        p.set_defaults(func=func)
 
-    p = sub.add_parser("bench", help="an artifact's latency (or executed instructions on the emulated Pi), "
-                                     "per layer with --per-layer")
-    from sliver.tools import bench as _bench
-
-    _bench.add_arguments(p)
-    p.set_defaults(func=_bench.run)
     sub.add_parser("outliers", help="find super weights and super activations (see outliers --help)")
 
     p = sub.add_parser("passes", help="list the passes")
@@ -440,6 +466,11 @@ def main(argv=None) -> int:
         return args.func(args)
     except SliverError as e:
         print(f"sliver: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is None:  # not about a file the user named: a bug, keep its traceback
+            raise
+        print(f"sliver: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sliver: interrupted", file=sys.stderr)

@@ -19,7 +19,9 @@ from sliver.common.errors import SliverError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from sliver.tools.shared import Parser
+
+    p = Parser(
         prog="sliver outliers",
         description="Find super weights (single weights creating massive activations) and the super activations "
                     "they create: one forward pass, attribution by contribution, verification by ablation.",

@@ -6,11 +6,22 @@ it; it imports none of them.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from pathlib import Path
 
-from sliver.common.errors import SliverError
+from sliver.common.errors import ModelError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse for the ``sliver`` commands: a bad flag or value is ``sliver: error: ...``
+    after the usage line, exit status 2, like every other user error (its subcommand
+    parsers are of this class too)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"sliver: error: {message}\n")
 
 
 def say(msg: str, who: str = "sliver") -> None:
@@ -18,8 +29,39 @@ def say(msg: str, who: str = "sliver") -> None:
     print(f"[{who}] {msg}", file=sys.stderr, flush=True)
 
 
+def quiet_torch() -> None:
+    """Keep torch's own error logs (a traceback logged by the fake-tensor mode when
+    torch.export hits a shape error, or torch.export.load a broken file) off the terminal: the error sliver raises says it.
+    torch sets its loggers' levels on import, so this imports it first."""
+    import logging
+
+    import torch  # noqa: F401
+
+    for name in ("torch._subclasses.fake_tensor", "torch.export"):  # torch.export.load logs before raising
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _where(e: BaseException, path: str) -> str:
+    """`` (file.py, line N)``: the last line of ``path`` in ``e``'s traceback, if any."""
+    import traceback
+
+    here = Path(path).resolve()
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == here]
+    return f" ({Path(path).name}, line {lines[-1]})" if lines else ""
+
+
+def _model_kind_ok(model) -> bool:
+    import torch
+
+    from sliver.ir.core import Module
+
+    return isinstance(model, (torch.nn.Module, torch.export.ExportedProgram, Module))
+
+
 def load_model(spec: str):
-    """``(model_or_module, example_inputs)`` from a MODEL argument."""
+    """``(model_or_module, example_inputs)`` from a MODEL argument: ``file.py:function``
+    (the function returns ``(nn.Module, example_inputs)``), ``file.pt2`` or ``file.sir``.
+    Every way the file can be wrong is a :class:`ModelError`."""
     if spec.endswith(".sir"):
         import numpy as np
 
@@ -39,28 +81,47 @@ def load_model(spec: str):
     if spec.endswith(".pt2"):
         import torch
 
+        quiet_torch()
         if not Path(spec).is_file():
-            raise SliverError(f"{spec}: no such file")
-        ep = torch.export.load(spec)
+            raise ModelError(f"{spec}: no such file")
+        try:
+            ep = torch.export.load(spec)
+        except Exception as e:  # torch raises many types for a file it cannot read
+            raise ModelError(f"{spec} is not a program saved with torch.export.save "
+                             f"({type(e).__name__}: {e})") from None
         args, kwargs = ep.example_inputs or ((), {})
         if not args:
-            raise SliverError(f"{spec} carries no example inputs; export it with example args")
+            raise ModelError(f"{spec} carries no example inputs; export it with example args")
         return ep, args
     path, _, func = spec.partition(":")
     if not path.endswith(".py") or not func:
-        raise SliverError(f"MODEL {spec!r}: give file.py:function, file.pt2 or file.sir")
+        raise ModelError(f"MODEL {spec!r}: give file.py:function, file.pt2 or file.sir")
     if not Path(path).is_file():
-        raise SliverError(f"{path}: no such file")
+        raise ModelError(f"{path}: no such file")
     mod_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
     module = importlib.util.module_from_spec(mod_spec)
     sys.path.insert(0, str(Path(path).resolve().parent))
     try:
         mod_spec.loader.exec_module(module)
+    except Exception as e:  # the user's file: any error it raises is theirs to fix
+        where = "" if isinstance(e, SyntaxError) else _where(e, path)  # a SyntaxError names its line
+        raise ModelError(f"running {path} failed{where}: {type(e).__name__}: {e}") from None
     finally:
         sys.path.pop(0)
-    if not hasattr(module, func):
-        raise SliverError(f"{path} has no function {func!r}")
-    result = getattr(module, func)()
+    builder = getattr(module, func, None)
+    if builder is None:
+        raise ModelError(f"{path} has no function {func!r}")
+    if not callable(builder):
+        raise ModelError(f"{path}: {func} is a {type(builder).__name__}, not a function returning "
+                         "(model, example_inputs)")
+    try:
+        result = builder()
+    except Exception as e:
+        raise ModelError(f"{spec} raised{_where(e, path)} {type(e).__name__}: {e}") from None
+    quiet_torch()
     if not (isinstance(result, tuple) and len(result) == 2):
-        raise SliverError(f"{spec} must return (model, example_inputs)")
+        raise ModelError(f"{spec} must return (model, example_inputs), got {type(result).__name__}")
+    if not _model_kind_ok(result[0]):
+        raise ModelError(f"{spec} returned a {type(result[0]).__name__} as the model; sliver compiles a "
+                         "torch.nn.Module (wrap a plain function in a Module whose forward calls it)")
     return result

@@ -30,7 +30,7 @@ Which kernel a layer gets is decided per target (``Target.lowbit_kernel`` and
 ``Target.bitserial_min_row``, :mod:`~sliver.backends.tvm.targets`, measured by
 ``python -m sliver.benchmarks.bench_lowbit``); :func:`kernel_override` forces one (the
 benchmark uses it to compare).  The choice per layer lands in the lowering report
-(``lower.current().report``) and from there in the artifact's manifest.
+(``LowerContext.kernels``) and from there in the artifact's manifest.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sliver.backends.tvm.lower import _channel_vector, _const, _R, _scalar, current, lowers
+from sliver.backends.tvm.lower import _channel_vector, _const, _R, _scalar, lowers
 from sliver.common.errors import SliverError
 
 #: The C source linked into libraries that use the bit-serial kernel.
@@ -102,7 +102,7 @@ def storage_dtype(dtype: str) -> str:
     return "int8" if code_bits(dtype)[1] else "uint8"
 
 
-def _choose(op) -> str:
+def _choose(bb, op) -> str:
     abits, _ = code_bits(op.operands[0].type.dtype)
     wbits, _ = code_bits(op.operands[1].type.dtype)
     forced = _OVERRIDE.get()
@@ -112,7 +112,7 @@ def _choose(op) -> str:
         return "int8"  # 8 bits: the int8 kernel
     if forced:
         return forced
-    target = _target()
+    target = bb.context.target
     kernel = target.lowbit_kernel
     if kernel == "bitserial":
         w = op.operands[1].type.shape  # [O, Cg, KH, KW] or [O, K]
@@ -122,21 +122,11 @@ def _choose(op) -> str:
     return kernel
 
 
-def _target():
-    """The :class:`~sliver.backends.tvm.targets.Target` being lowered for (this machine's
-    when lowering outside a build)."""
-    from sliver.backends.tvm.targets import host_target
-
-    ctx = current()
-    return ctx.target if ctx is not None and ctx.target is not None else host_target()
-
-
-def _record(op, kernel: str) -> None:
-    ctx = current()
-    if ctx is not None:
-        ctx.report[op.result.name] = kernel
-        if kernel in ("bitserial", "int8"):
-            ctx.sources.add(str(KERNEL_SOURCE))
+def _record(bb, op, kernel: str) -> None:
+    ctx = bb.context
+    ctx.kernels[op.result.name] = kernel
+    if kernel in ("bitserial", "int8"):
+        ctx.sources.add(str(KERNEL_SOURCE))
 
 
 def _weights(op, w_expr) -> np.ndarray:
@@ -305,7 +295,7 @@ def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, 
     layout = LAYOUT_PLAIN
     if kernel == "bitserial":
         rb = -(-(kh * kw * tapb) // ROW_ALIGN) * ROW_ALIGN
-        layout = bitserial_layout(_target().arch, abits, wbits, wsigned, rb, o // groups)
+        layout = bitserial_layout(bb.context.target.arch, abits, wbits, wsigned, rb, o // groups)
     if layout in (LAYOUT_W2A2_TC, LAYOUT_W2A2_TC8):
         shift = 0  # two's complement planes: the top one weighs -2 (the kernel's LAYOUT 2)
     elif kernel == "bitserial":
@@ -346,9 +336,8 @@ def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, 
     if bias is None:
         bias = _const(np.zeros(o, np.float32))
     out = relax.TensorType((n, o, out_hw[0], out_hw[1]), out_dtype)
-    ctx = current()
-    if kernel == "bitserial" and ctx is not None:
-        ctx.defines.add(f"SLIVER_LOWBIT_PAIR_{abits}_{wbits}=1")  # the library carries this width pair's kernel
+    if kernel == "bitserial":
+        bb.context.defines.add(f"SLIVER_LOWBIT_PAIR_{abits}_{wbits}=1")  # the library carries this width pair's kernel
     fn = BITSERIAL if kernel == "bitserial" else INT8
     return bb.emit(relax.call_dps_packed(fn, [x, _const(packed), _const(wsum), _const(meta_arr), scale, bias,
                                               _const(epi)], out))
@@ -359,8 +348,8 @@ def _qconv2d(bb, op, x, w, scale, bias=None):
     R = _R()
     a = op.attrs
     codes = _weights(op, w)
-    kernel = _choose(op)
-    _record(op, kernel)
+    kernel = _choose(bb, op)
+    _record(bb, op, kernel)
     if kernel != "generic":
         oshape = op.result.type.shape
         return _packed_kernel(bb, op, kernel, x, codes, scale, bias, xshape=op.operands[0].type.shape,
@@ -378,8 +367,8 @@ def _qdense(bb, op, x, w, scale, bias=None):
     R = _R()
     a = op.attrs
     codes = _weights(op, w)
-    kernel = _choose(op)
-    _record(op, kernel)
+    kernel = _choose(bb, op)
+    _record(bb, op, kernel)
     xshape = op.operands[0].type.shape
     k = xshape[-1]
     o = codes.shape[0]

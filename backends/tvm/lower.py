@@ -6,14 +6,13 @@ torch model.  Params become Relax constants; the compiled library carries them.
 
 from __future__ import annotations
 
-import contextvars
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from sliver.backends.tvm.provenance import var_name
 from sliver.common.errors import SliverError
 from sliver.ir.ops import all_ops
 
@@ -415,25 +414,13 @@ def _attention(bb, op, q, k, v, mask=None):
 # -- the module ---------------------------------------------------------------------------
 
 
-def var_name(op, index: int) -> str:
-    """The Relax name of every var the lowering of ``module.ops[index]`` emits: its
-    result's name as an identifier, then ``__INDEX_``.  Relax appends digits to
-    repeated names; the trailing underscore keeps the index readable
-    (:func:`op_index`), so fused PrimFuncs can be traced back to sliver ops."""
-    return "".join(c if c.isalnum() else "_" for c in op.results[0].name) + f"__{index}_"
-
-
-def op_index(name: str) -> int | None:
-    """The sliver op index in a Relax var name made by :func:`var_name` (None if not one)."""
-    m = re.search(r"__(\d+)_\d*$", name)
-    return int(m.group(1)) if m else None
-
-
 class _NamedEmitter:
-    """The BlockBuilder a lowering rule sees: ``emit`` and ``emit_te`` name vars after the op."""
+    """The BlockBuilder a lowering rule sees: ``emit`` and ``emit_te`` name vars after the op
+    (:func:`~sliver.backends.tvm.provenance.var_name`); ``context`` is the
+    :class:`LowerContext` the rule may consult and record its choices in."""
 
-    def __init__(self, bb, name: str):
-        self._bb, self._name = bb, name
+    def __init__(self, bb, name: str, context: "LowerContext"):
+        self._bb, self._name, self.context = bb, name, context
 
     def emit(self, expr, name_hint: str = ""):
         return self._bb.emit(self._bind_nested(expr), name_hint=name_hint or self._name)
@@ -468,37 +455,30 @@ def unsupported_ops(module) -> list[str]:
 
 @dataclass
 class LowerContext:
-    """What lowering rules may consult and record: the target (a
-    :class:`~sliver.backends.tvm.targets.Target`, or None), ``report`` (``{layer:
-    kernel}`` for layers with a choice of kernels), ``sources`` (C files the
-    library must link, for kernels called as packed functions) and ``defines``
-    (``NAME=VALUE`` macros those C files are compiled with)."""
+    """What lowering rules may consult and record (a rule sees it as ``bb.context``):
+    the target (a :class:`~sliver.backends.tvm.targets.Target`; None: this machine's),
+    ``kernels`` (``{layer: kernel}`` for layers with a choice of kernels), ``sources``
+    (C files the library must link, for kernels called as packed functions) and
+    ``defines`` (``NAME=VALUE`` macros those C files are compiled with)."""
 
     target: object = None
-    report: dict = field(default_factory=dict)
+    kernels: dict = field(default_factory=dict)
     sources: set = field(default_factory=set)
     defines: set = field(default_factory=set)
 
 
-_CONTEXT: contextvars.ContextVar[LowerContext | None] = contextvars.ContextVar("sliver_lower", default=None)
-
-
-def current() -> LowerContext | None:
-    """The :class:`LowerContext` of the ``to_relax`` call in progress."""
-    return _CONTEXT.get()
-
-
 def to_relax(module, context: LowerContext | None = None):
     """Build a Relax IRModule whose ``main`` computes ``module``; rules see ``context``
-    (what ``current()`` returns) and record their choices in it."""
-    token = _CONTEXT.set(context if context is not None else LowerContext())
-    try:
-        return _to_relax(module)
-    finally:
-        _CONTEXT.reset(token)
+    (``bb.context``) and record their choices in it."""
+    from sliver.backends.tvm.targets import host_target
+
+    context = context if context is not None else LowerContext()
+    if context.target is None:
+        context.target = host_target()
+    return _to_relax(module, context)
 
 
-def _to_relax(module):
+def _to_relax(module, context: LowerContext):
     from tvm import relax
 
     missing = unsupported_ops(module)
@@ -514,7 +494,7 @@ def _to_relax(module):
                 if op.kind == "param":
                     env[id(op.result)] = _const(module.params[op.result.name])
                     continue
-                emitter = _NamedEmitter(bb, var_name(op, index))
+                emitter = _NamedEmitter(bb, var_name(op, index), context)
                 kept = _padding_kept(module, op, env, pads)
                 args = []
                 for v in op.operands:

@@ -298,6 +298,33 @@ def resolve(target) -> Target:
     return NAMES[key]()
 
 
+def of(target) -> Target:
+    """The :class:`Target` of anything the backend is handed: a Target, a name, a target
+    dict, or a ``tvm.target.Target`` (its llvm attributes; no ``mcpu`` means LLVM's
+    generic CPU, as TVM compiles it)."""
+    if isinstance(target, (Target, str, dict)):
+        return resolve(target)
+    return _of_tvm(str(target), _tvm_spec(target))
+
+
+def _tvm_spec(target) -> tuple:
+    attrs = target.attrs if target.attrs is not None else {}
+    if str(target.kind.name) != "llvm":
+        raise TargetError(f"sliver compiles for CPUs (llvm targets), not {target.kind.name}")
+    spec = {"kind": "llvm", "mtriple": str(attrs.get("mtriple", "")) or "x86_64-linux-gnu",
+            "mcpu": str(attrs.get("mcpu", "")) or "generic"}
+    if "mattr" in attrs and attrs["mattr"]:
+        spec["mattr"] = [str(a) for a in attrs["mattr"]]
+    if "num-cores" in attrs:
+        spec["num-cores"] = int(attrs["num-cores"])
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in spec.items()))
+
+
+@functools.lru_cache(maxsize=64)
+def _of_tvm(_text: str, spec: tuple) -> Target:
+    return resolve({k: list(v) if isinstance(v, tuple) else v for k, v in spec})
+
+
 def check_toolchain(target: Target) -> None:
     """Fail early, with the fix, when the cross compiler is missing."""
     if target.cross_compiler and shutil.which(target.cross_compiler) is None:

@@ -125,8 +125,8 @@ def test_compiled_selections_match_the_interpreter():
     module = _module()
     x = np.random.default_rng(1).standard_normal((1, 16, 8, 8)).astype(np.float32)
     want = run(module, [x])[0]
-    report = {}
-    ex = build_relax(to_relax(module), X86, report=report)
+    built = build_relax(to_relax(module), X86)
+    ex, report = built.executable, built.schedules
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     assert not [n for n in report if "strided_slice" in n or "take" in n], report
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
@@ -154,7 +154,7 @@ DEPTHWISE = dedent("""
 def _compiled_error(module, shape):
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     want = run(module, [x])
-    ex = build_relax(to_relax(module), X86)
+    ex = build_relax(to_relax(module), X86).executable
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x))
     got = [got] if len(want) == 1 else list(got)
     return max(np.abs(g.numpy() - w).max() / np.abs(w).max() for g, w in zip(got, want))
@@ -249,7 +249,7 @@ def test_padding_is_sliced_off_before_ops_that_mix_channels():
     assert any(int(p.ty.shape[3]) == 16 for f in funcs.values() for p in f.params if len(p.ty.shape) == 4)
     x = np.random.default_rng(1).standard_normal((1, 8, 4, 4)).astype(np.float32)
     want = run(module, [x])
-    ex = build_relax(to_relax(module), X86)
+    ex = build_relax(to_relax(module), X86).executable
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x))
     for g, w in zip(got, want):
         assert np.abs(g.numpy() - w).max() <= 1e-5 * np.abs(w).max()
@@ -283,7 +283,7 @@ def test_gather_before_a_linear_is_part_of_the_matmul():
     assert 'T.sblock("T_take")' not in sched.script()  # the gather is inlined into the matmul's loads
     x = np.random.default_rng(1).standard_normal((1, 16, 4, 4)).astype(np.float32)
     want = run(module, [x])[0]
-    ex = build_relax(to_relax(module), X86)
+    ex = build_relax(to_relax(module), X86).executable
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
@@ -355,8 +355,8 @@ def test_selected_3x3_convs_take_the_winograd_kernel_on_widened_selections():
     assert all("(T.int64(36), T.int64(4), T.int64(48))" in f.script() for f in winograd)
     x = np.random.default_rng(1).standard_normal((1, 64, 8, 8)).astype(np.float32)
     want = run(module, [x])[0]
-    report = {}
-    ex = build_relax(to_relax(module), X86, report=report)
+    built = build_relax(to_relax(module), X86)
+    ex, report = built.executable, built.schedules
     assert {v for k, v in report.items() if "winograd" in k} == {"winograd"}  # scheduled by the Winograd rule
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

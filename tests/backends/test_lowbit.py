@@ -135,9 +135,9 @@ def _compile_x86(module, kernel):
     from sliver.backends.tvm import lowbit
     from sliver.backends.tvm.build import compile_module
 
-    kernels = {}
     with lowbit.kernel_override(kernel):
-        lib = compile_module(module, "x86_64", kernels=kernels)
+        compiled = compile_module(module, "x86_64")
+    lib, kernels = compiled.library, compiled.kernels
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "lib.so")
         with open(path, "wb") as f:
@@ -244,7 +244,7 @@ def test_kernel_choice_per_target():
     for target in ("x86_64", "arm64"):
         ctx = LowerContext(target=resolve(target))
         to_relax(m, ctx)
-        picks[target] = ctx.report
+        picks[target] = ctx.kernels
     assert picks["x86_64"] == {"c64": "int8", "c128": "bitserial", "c64w8": "int8"}
     assert picks["arm64"] == {"c64": "bitserial", "c128": "bitserial", "c64w8": "int8"}
 
@@ -262,7 +262,7 @@ def test_arm64_library_of_kernels_only_links(tmp_path):
     y = m.add_op("qconv2d", [x, _code_param(m, "w", _codes(g, "i2", (8, 16, 3, 3)), "i2"),
                              m.add_param("s", np.ones(8, np.float32))], {"padding": [1, 1, 1, 1]}).result
     m.set_outputs([y])
-    lib = compile_module(m, "arm64")
+    lib = compile_module(m, "arm64").library
     assert elf_arch(bytes(lib[:64])) == "aarch64"
 
 
@@ -402,10 +402,10 @@ def test_x86_kernels_on_two_threads_match_one_thread_exactly(tmp_path):
 
     module, inputs = build_thread_cases()
     want = run(module, inputs)
-    kernels = {}
     with lowbit.kernel_override("bitserial"):
-        lib = compile_module(module, "x86_64", kernels=kernels)
-    assert kernels == {"mt_w2a2": "bitserial", "mt_fused": "bitserial", "mt_groups": "bitserial", "mt_depthwise": "bitserial",
+        compiled = compile_module(module, "x86_64")
+    lib = compiled.library
+    assert compiled.kernels == {"mt_w2a2": "bitserial", "mt_fused": "bitserial", "mt_groups": "bitserial", "mt_depthwise": "bitserial",
                        "mt_w8a8": "int8", "mt_w8a8_groups": "int8", "mt_dense": "bitserial"}
 
     def host(argv, env):
@@ -431,7 +431,7 @@ def test_arm64_bitserial_on_four_threads_matches_interpreter_on_emulated_pi(tmp_
 
     module, inputs = build_thread_cases({"mt_fused", "mt_w2a2", "mt_w8a8"})
     want = run(module, inputs)
-    lib = compile_module(module, "arm64")
+    lib = compile_module(module, "arm64").library
 
     def pi(argv, env):
         return emulate.run_python(argv, env=env, pi_cpuinfo=True)

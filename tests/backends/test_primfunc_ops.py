@@ -1,4 +1,4 @@
-"""compile_module(layers=...): which sliver ops each compiled function computes."""
+"""compile_module(...).primfuncs: which sliver ops each compiled function computes."""
 
 import pytest
 import torch
@@ -30,10 +30,8 @@ def _module():
 
 
 def compiled_layers(schedules):
-    """compile_module(layers=...) of the two-block model (a tests/precompile.py job)."""
-    layers = {}
-    compile_module(_module(), "x86_64", schedules=schedules, layers=layers)
-    return layers
+    """compile_module(...).primfuncs of the two-block model (a tests/precompile.py job)."""
+    return compile_module(_module(), "x86_64", schedules=schedules).primfuncs
 
 
 @pytest.mark.slow
@@ -50,7 +48,7 @@ def test_every_conv_maps_to_the_function_of_its_own_call():
     conv = {op.operands[1].name.removesuffix(".weight"): op.results[0].name for op in module.ops if op.kind == "conv2d"}
     assert sorted(conv) == ["0.conv1", "0.conv2", "1.conv1", "1.conv2", "2"]
     for schedules in (True, False):
-        # compile_module(module, "x86_64", schedules=schedules, layers=layers), compiled ahead
+        # compile_module(module, "x86_64", schedules=schedules).primfuncs, compiled ahead
         layers = precompile.get(("call", "test_primfunc_ops", "compiled_layers", schedules))
         claimed = {layer: {f for f, ops in layers.items() if op in ops} for layer, op in conv.items()}
         assert all(claimed.values()), (schedules, layers)

@@ -255,7 +255,7 @@ def conv_library(hw, c):
 
     module, _ = conv_layer("fp32", hw, c)
     path = precompile.out(f"winograd-conv{hw}x{c}-arm64.so")
-    path.write_bytes(compile_module(module, "arm64"))
+    path.write_bytes(compile_module(module, "arm64").library)
     return path
 
 

@@ -49,24 +49,12 @@ class CPU:
 
 
 def cpu_of(target) -> CPU:
-    """The :class:`CPU` of a ``tvm.target.Target`` (an LLVM CPU target)."""
-    from tvm.target import codegen
+    """The :class:`CPU` of a target (a :class:`~sliver.backends.tvm.targets.Target`, a
+    name or a ``tvm.target.Target``): the vector facts its Target carries."""
+    from sliver.backends.tvm.targets import of
 
-    triple = str(target.attrs.get("mtriple", "")) if target.attrs else ""
-    cores = int(target.attrs.get("num-cores", 1)) if target.attrs and "num-cores" in target.attrs else 1
-    if triple.startswith("aarch64") or triple.startswith("arm64"):
-        return CPU(lanes=4, registers=32, cores=cores)  # NEON: 32 x 128-bit
-    if triple.startswith("x86_64") or not triple:
-        try:
-            if codegen.llvm_cpu_has_features(["avx512f"], target):
-                return CPU(lanes=16, registers=32, cores=cores)
-            if codegen.llvm_cpu_has_features(["avx2"], target) or codegen.llvm_cpu_has_features(["avx"], target):
-                return CPU(lanes=8, registers=16, cores=cores)
-        except Exception:  # an LLVM without x86 feature queries: stay safe
-            pass
-        return CPU(lanes=4, registers=16, cores=cores)
-    bits = int(codegen.llvm_get_vector_width(target) or 128)
-    return CPU(lanes=max(1, bits // 32), registers=16, cores=cores)
+    t = of(target)
+    return CPU(lanes=t.lanes, registers=t.registers, cores=t.cores)
 
 
 # -- reading a block ------------------------------------------------------------------------

@@ -142,11 +142,13 @@ def kernel_choice(call, target=None, *, winograd: bool = True):
 
     a = call.attrs
     x, w = call.args
-    tgt = target or tvm.target.Target.current(allow_none=True)
+    tgt = target if target is not None else tvm.target.Target.current(allow_none=True)
     xt, wt, yt = (_ty(e) for e in (x, w, call))
     xs, ws, ys = (_static(getattr(t, "shape", None) or []) for t in (xt, wt, yt))
     out_dtype = str(a.out_dtype) if a.out_dtype not in (None, "", "void") else str(xt.dtype)
-    if (tgt is None or str(tgt.kind.name) != "llvm" or a.data_layout != "NHWC" or a.kernel_layout != "HWIO"
+    if isinstance(tgt, tvm.target.Target) and str(tgt.kind.name) != "llvm":
+        return None
+    if (tgt is None or a.data_layout != "NHWC" or a.kernel_layout != "HWIO"
             or a.out_layout not in ("", "NHWC") or int(a.groups) != 1 or not xs or not ws or not ys
             or len(ws) != 4 or str(xt.dtype) != "float32" or str(wt.dtype) != "float32"
             or out_dtype != "float32"):

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from sliver.backends.tvm.tuning.budget import Budget, TuningError, format_duration, parse_duration
 from sliver.backends.tvm.tuning.database import (
-    RECORDS, WORKLOADS, TuningDatabase, cache_root, import_file, target_key, workload_hash,
+    RECORDS, WORKLOADS, TuningDatabase, TuningDatabaseWarning, cache_root, import_file, target_key, workload_hash,
 )
 from sliver.backends.tvm.tuning.measure import RPC, DeviceLost, device_present
 from sliver.backends.tvm.tuning.progress import Progress
@@ -49,7 +49,7 @@ from sliver.backends.tvm.tuning.search import TuneReport, check_measurable, cove
 from sliver.backends.tvm.tuning.tasks import Task, allocate, extract_tasks, fused_module
 from sliver.backends.tvm.tuning.tracker import start_tracker
 
-__all__ = ["Budget", "RPC", "TuningDatabase", "TuningError", "DeviceLost", "Progress", "Task", "TuneReport",
+__all__ = ["Budget", "RPC", "TuningDatabase", "TuningDatabaseWarning", "TuningError", "DeviceLost", "Progress", "Task", "TuneReport",
            "RECORDS", "WORKLOADS", "allocate", "cache_root", "check_measurable", "coverage", "device_present",
            "extract_tasks", "format_duration", "fused_module", "import_file", "parse_duration", "start_tracker",
            "target_key", "tune", "workload_hash"]

@@ -7,15 +7,30 @@ were measured on (apache/tvm#15549).  sliver keeps one database per (TVM version
 target) in its own folder, ``<root>/tvm-<version>/<arch>-<cpu>-<hash of the full
 target dict>/``, so an x86 record can never be applied to arm64, nor a record from
 another TVM.  ``root`` is ``$SLIVER_TUNING_DIR`` or ``~/.cache/sliver/tuning``.
+
+Concurrent writers: TVM's JSON database refers to a record's workload by its line
+number in the workloads file, counted in the memory of the process that wrote it,
+so two runs appending to one folder corrupt it (run B's record says "workload 3",
+line 3 is run A's).  sliver therefore never lets TVM write the shared files: each
+process opens TVM's database on a private snapshot of the files (taken under a
+shared ``flock`` on ``.lock``), and :meth:`TuningDatabase.commit` appends the
+workload (if the shared file lacks it) and the record line itself, under an
+exclusive lock, numbering the workload by the shared file.  A writer killed
+mid-line leaves a torn tail, which the next writer cuts off (under the lock) and
+readers skip.  The meta file (``sliver.json``: measured defaults, the workload
+index) is read, merged and replaced under the same lock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -30,6 +45,7 @@ EXPORT_VERSION = 1
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 META = "sliver.json"
+LOCK = ".lock"
 FAILED = 1e10  # seconds: a record that failed to build or run
 
 
@@ -72,25 +88,88 @@ def _stat(path: Path):
         return None
 
 
-def _repair_json_lines(path: Path) -> int:
-    """Drop lines that do not parse (a run killed while appending leaves a torn last
-    line, which TVM's loader would reject); returns how many were dropped."""
-    if not path.is_file():
-        return 0
-    lines = path.read_text().splitlines()
+class TuningDatabaseWarning(UserWarning):
+    """The tuning database could not be read: compiling goes on with the default schedules."""
+
+
+@contextlib.contextmanager
+def _locked(folder: Path, exclusive: bool):
+    """``flock`` on ``folder/.lock`` (released when the block ends or the process dies)."""
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:  # a read-only database: readers need no lock from writers that cannot exist
+        if exclusive:
+            raise
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _complete_lines(data: bytes) -> list[bytes]:
+    """The complete non-blank lines of a JSON-lines file (a killed writer's torn tail dropped)."""
+    return [ln for ln in data[: data.rfind(b"\n") + 1].split(b"\n") if ln.strip()]
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def _snapshot(workloads: bytes, records: bytes, folder: Path) -> int:
+    """Write the readable part of a database's files into ``folder`` for TVM's loader;
+    returns how many record lines were dropped (unparsable, or naming no workload).
+    A workload line that does not parse cannot be dropped (records count lines), so
+    it makes the database unreadable."""
+    wl = _complete_lines(workloads)
+    for i, line in enumerate(wl):
+        if not _parses(line):
+            raise TuningError(f"line {i + 1} of {WORKLOADS} is not JSON")
     good = []
-    for line in lines:
-        if not line.strip():
-            continue
+    for line in _complete_lines(records):
         try:
-            json.loads(line)
-        except json.JSONDecodeError:
+            index = json.loads(line)[0]
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, IndexError):
             continue
-        good.append(line)
-    dropped = len([ln for ln in lines if ln.strip()]) - len(good)
-    if dropped:
-        atomic_write(path, lambda f: f.write(("\n".join(good) + "\n" if good else "").encode()))
-    return dropped
+        if isinstance(index, int) and 0 <= index < len(wl):
+            good.append(line)
+    (folder / WORKLOADS).write_bytes(b"".join(ln + b"\n" for ln in wl))
+    (folder / RECORDS).write_bytes(b"".join(ln + b"\n" for ln in good))
+    return len(_complete_lines(records)) - len(good)
+
+
+def _cut_torn_tail(fd: int) -> None:
+    """Cut the unfinished last line a killed writer left (call under the exclusive
+    lock: then no live writer is mid-line)."""
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        os.ftruncate(fd, os.pread(fd, size, 0).rfind(b"\n") + 1)
+
+
+def _append_line(path: Path, line: bytes) -> None:
+    """Append one line (call under the exclusive lock), after cutting a torn tail so
+    the new line does not join it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        _cut_torn_tail(fd)
+        view = memoryview(line + b"\n")
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 class TuningDatabase:
@@ -106,62 +185,146 @@ class TuningDatabase:
             self.dir.mkdir(parents=True, exist_ok=True)
         self._db = None
         self._meta = None
+        self._private = None  # the folder of the snapshot TVM's database reads (and writes)
+        self._snapshot_stamp = None
+        self._shared = []  # (structural hash, JSON text) of each line of the shared workloads file read so far
+        self._shared_read = (None, 0)  # (inode, bytes) of the shared workloads file behind _shared
 
     # the files ---------------------------------------------------------------
     def exists(self) -> bool:
-        return (self.dir / RECORDS).is_file()
+        return (self.dir / RECORDS).exists()
 
     @property
     def db(self):
-        """TVM's JSON database over this folder (opened on first use)."""
+        """TVM's JSON database over a private snapshot of this folder (taken on first
+        use, after cutting a torn last line a killed run left): TVM may write to the
+        snapshot, never to the shared files."""
         if self._db is None:
             from tvm.s_tir import meta_schedule as ms
 
             self.dir.mkdir(parents=True, exist_ok=True)
-            for name in (WORKLOADS, RECORDS):
-                _repair_json_lines(self.dir / name)
+            self._private = tempfile.TemporaryDirectory(prefix="sliver-tuning-db-")
+            folder = Path(self._private.name)
             try:
-                self._db = ms.database.JSONDatabase(str(self.dir / WORKLOADS), str(self.dir / RECORDS),
+                writable = os.access(self.dir, os.W_OK)
+                with _locked(self.dir, exclusive=writable):
+                    for name in (WORKLOADS, RECORDS) if writable else ():
+                        if (self.dir / name).is_file():
+                            fd = os.open(self.dir / name, os.O_RDWR)
+                            try:
+                                _cut_torn_tail(fd)
+                            finally:
+                                os.close(fd)
+                    self._snapshot_stamp = self._files_stamp()
+                    _snapshot(_read(self.dir / WORKLOADS), _read(self.dir / RECORDS), folder)
+                self._db = ms.database.JSONDatabase(str(folder / WORKLOADS), str(folder / RECORDS),
                                                     allow_missing=True, module_equality="structural")
             except Exception as e:
                 raise TuningError(f"the tuning database in {self.dir} cannot be read ({type(e).__name__}: "
                                   f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}); move the "
                                   "folder away to start afresh") from e
-            self._write_meta()
         return self._db
+
+    def _read_meta(self) -> dict:
+        path = self.dir / META
+        meta = {}
+        if path.is_file():
+            try:
+                meta = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                meta = {}
+        if not isinstance(meta, dict):
+            meta = {}
+        meta.setdefault("format", EXPORT_FORMAT)
+        meta["tvm_version"] = self.tvm_version
+        meta["target"] = {"name": self.target.name, "arch": self.target.arch, "tvm": self.target.spec}
+        if not isinstance(meta.get("defaults"), dict):
+            meta["defaults"] = {}
+        return meta
 
     @property
     def meta(self) -> dict:
         if self._meta is None:
-            path = self.dir / META
-            meta = {}
-            if path.is_file():
-                try:
-                    meta = json.loads(path.read_text())
-                except json.JSONDecodeError:
-                    meta = {}
-            meta.setdefault("format", EXPORT_FORMAT)
-            meta["tvm_version"] = self.tvm_version
-            meta["target"] = {"name": self.target.name, "arch": self.target.arch, "tvm": self.target.spec}
-            meta.setdefault("defaults", {})
-            self._meta = meta
+            self._meta = self._read_meta()
         return self._meta
 
-    def _write_meta(self):
-        data = json.dumps(self.meta, indent=1, sort_keys=True).encode()
-        atomic_write(self.dir / META, lambda f: f.write(data))
+    def _update_meta(self, change) -> None:
+        """Re-read the meta file, apply ``change(meta)`` and write it, all under the
+        exclusive lock (another run may have added its defaults meanwhile)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with _locked(self.dir, exclusive=True):
+            meta = self._read_meta()
+            change(meta)
+            data = json.dumps(meta, indent=1, sort_keys=True).encode()
+            atomic_write(self.dir / META, lambda f: f.write(data))
+        self._meta = meta
 
     # records -----------------------------------------------------------------
     def commit(self, workload_mod, trace, run_secs, args_info, target_obj):
-        """Append one record (``run_secs`` None: failed)."""
+        """Append one record (``run_secs`` None: failed) to the shared files and to
+        this process's view of them."""
         from tvm.s_tir import meta_schedule as ms
 
         wl = self.db.commit_workload(workload_mod)
-        self.db.commit_tuning_record(ms.database.TuningRecord(trace, wl, run_secs, target_obj, args_info))
+        record = ms.database.TuningRecord(trace, wl, run_secs, target_obj, args_info)
+        self.db.commit_tuning_record(record)
+        self._append(wl, record)
+
+    def _append(self, workload, record) -> None:
+        """Write ``record`` to the shared files under the exclusive lock, numbering its
+        workload by the shared workloads file (appending the workload if it lacks it)."""
+        wl_json = workload.as_json()
+        with _locked(self.dir, exclusive=True):
+            index = self._shared_index(wl_json)
+            if index is None:
+                _append_line(self.dir / WORKLOADS, json.dumps(wl_json).encode())
+                self._sync_shared()
+                index = self._shared_index(wl_json)
+            _append_line(self.dir / RECORDS, json.dumps([index, record.as_json()]).encode())
+
+    def _sync_shared(self) -> None:
+        """Read the lines other writers appended to the shared workloads file since the
+        last call (all of it if the file was replaced)."""
+        path = self.dir / WORKLOADS
+        st = _stat(path)
+        inode, done = self._shared_read
+        if st is None or st.st_ino != inode or st.st_size < done:
+            self._shared, done = [], 0
+        try:
+            with open(path, "rb") as f:
+                f.seek(done)
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        end = data.rfind(b"\n") + 1
+        for line in data[:end].split(b"\n"):
+            if line.strip():
+                try:
+                    self._shared.append(tuple(json.loads(line)))
+                except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+                    self._shared.append((None, None))  # keeps the numbering
+        self._shared_read = (st.st_ino if st else None, done + end)
+
+    def _shared_index(self, wl_json):
+        """The line of the shared workloads file holding this workload, or None."""
+        import tvm_ffi
+        from tvm.s_tir import meta_schedule as ms
+
+        self._sync_shared()
+        mod = None
+        for i, (shash, text) in enumerate(self._shared):
+            if shash != wl_json[0]:
+                continue
+            if text == wl_json[1]:
+                return i
+            if mod is None:
+                mod = ms.database.Workload.from_json(wl_json).mod
+            if tvm_ffi.structural_equal(ms.database.Workload.from_json([shash, text]).mod, mod):
+                return i
+        return None
 
     def set_default(self, task_hash: str, name: str, seconds: float | None):
-        self.meta["defaults"][task_hash] = {"name": name, "seconds": seconds}
-        self._write_meta()
+        self._update_meta(lambda meta: meta["defaults"].__setitem__(task_hash, {"name": name, "seconds": seconds}))
 
     def default_of(self, task_hash: str):
         return self.meta["defaults"].get(task_hash)
@@ -199,14 +362,21 @@ class TuningDatabase:
         is kept in the meta file, stamped with the size and modification time of
         the records and workloads files, and rebuilt (opening the database once)
         when they change."""
-        stamp = self._files_stamp()
         index = self.meta.get("workload_index") or {}
-        if index.get("stamp") == stamp:
+        if isinstance(index, dict) and index.get("stamp") == self._files_stamp():
             return set(index["hashes"])
-        hashes = set(self.stats())  # opens the database (and may repair torn lines: stamp it after)
-        stamp = self._files_stamp()
-        self.meta["workload_index"] = {"stamp": stamp, "hashes": sorted(hashes)}
-        self._write_meta()
+        if self._db is not None and self._snapshot_stamp != self._files_stamp():
+            self._db = None  # a fresh snapshot: the index is valid for the files it was taken from
+        hashes = set(self.stats())
+        stamp = self._snapshot_stamp
+
+        def change(meta):
+            meta["workload_index"] = {"stamp": stamp, "hashes": sorted(hashes)}
+
+        try:
+            self._update_meta(change)
+        except OSError:  # a database this user may only read: no index, the next call opens it again
+            pass
         return hashes
 
     # applying ----------------------------------------------------------------
@@ -218,15 +388,20 @@ class TuningDatabase:
 
         if not self.exists():
             return mod
-        known = self.workload_hashes()
-        candidates = [(gv, func, wl) for gv, func in unscheduled_primfuncs(mod)
-                      if workload_hash(wl := _normalize(func)) in known]
+        try:
+            known = self.workload_hashes()
+            candidates = [(gv, func, wl) for gv, func in unscheduled_primfuncs(mod)
+                          if workload_hash(wl := _normalize(func)) in known]
+            db = self.db if candidates else None
+        except (TuningError, OSError) as e:
+            warnings.warn(TuningDatabaseWarning(f"{e}; compiling with the default schedules"), stacklevel=2)
+            return mod
         target = tvm_target(self.target) if candidates else None
         updates = {}
         for gv, func, wl in candidates:
-            if not self.db.has_workload(wl):
+            if not db.has_workload(wl):
                 continue
-            sch = self.db.query_schedule(wl, target, gv.name_hint)
+            sch = db.query_schedule(wl, target, gv.name_hint)
             if sch is None:
                 continue
             new = sch.mod["main"]
@@ -260,11 +435,15 @@ class TuningDatabase:
                               "tune first (sliver tune MODEL --target ...)")
         meta = dict(self.meta, format=EXPORT_FORMAT, format_version=EXPORT_VERSION, key=self.key)
 
+        with _locked(self.dir, exclusive=False):
+            files = {name: b"".join(ln + b"\n" for ln in _complete_lines(_read(self.dir / name)))
+                     for name in (WORKLOADS, RECORDS)}
+
         def write(f):
             with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
                 z.writestr(META, json.dumps(meta, indent=1, sort_keys=True))
-                for name in (WORKLOADS, RECORDS):
-                    z.write(self.dir / name, name)
+                for name, data in files.items():
+                    z.writestr(name, data)
 
         return atomic_write(path, write)
 
@@ -304,12 +483,13 @@ def import_file(path, root=None) -> tuple[TuningDatabase, int]:
         raise TuningError(f"{path} names no target")
     local = TuningDatabase(spec, root)
     with tempfile.TemporaryDirectory(prefix="sliver-import-") as tmp:
-        for name, data in files.items():
-            Path(tmp, name).write_bytes(data)
-        _repair_json_lines(Path(tmp, WORKLOADS))
-        _repair_json_lines(Path(tmp, RECORDS))
-        theirs = ms.database.JSONDatabase(str(Path(tmp, WORKLOADS)), str(Path(tmp, RECORDS)),
-                                          allow_missing=False, module_equality="structural")
+        try:
+            _snapshot(files[WORKLOADS], files[RECORDS], Path(tmp))
+            theirs = ms.database.JSONDatabase(str(Path(tmp, WORKLOADS)), str(Path(tmp, RECORDS)),
+                                              allow_missing=False, module_equality="structural")
+        except Exception as e:  # noqa: BLE001 - TVM's loader raises what it likes
+            raise TuningError(f"{path} holds records that cannot be read ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''})") from None
         ours = local.db
         seen = {_record_key(r) for r in ours.get_all_tuning_records()}
         added = 0
@@ -319,11 +499,17 @@ def import_file(path, root=None) -> tuple[TuningDatabase, int]:
                 continue
             seen.add(k)
             wl = ours.commit_workload(rec.workload.mod)
-            ours.commit_tuning_record(ms.database.TuningRecord(rec.trace, wl, rec.run_secs, rec.target, rec.args_info))
+            record = ms.database.TuningRecord(rec.trace, wl, rec.run_secs, rec.target, rec.args_info)
+            ours.commit_tuning_record(record)
+            local._append(wl, record)
             added += 1
-    for h, d in meta.get("defaults", {}).items():
-        local.meta["defaults"].setdefault(h, d)
-    local._write_meta()
+    defaults = meta.get("defaults", {})
+
+    def change(local_meta):
+        for h, d in (defaults.items() if isinstance(defaults, dict) else ()):
+            local_meta["defaults"].setdefault(h, d)
+
+    local._update_meta(change)
     return local, added
 
 

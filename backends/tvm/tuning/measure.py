@@ -4,25 +4,30 @@ on a device behind a TVM RPC tracker (retried while the device is away)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import tempfile
 import time
 from typing import Callable
 
+from sliver.common.rpcauth import client_option, load_secret
 from sliver.backends.tvm.targets import Target
 from sliver.backends.tvm.tuning.budget import TuningError
 
 
 @dataclasses.dataclass(frozen=True)
 class RPC:
-    """Measure on a device registered with a TVM RPC tracker under ``key``."""
+    """Measure on a device registered with a TVM RPC tracker under ``key``; sessions
+    prove they hold the device's shared ``secret`` (default ``$SLIVER_RPC_SECRET``,
+    see :mod:`sliver.common.rpcauth`)."""
 
     tracker: str  # "host:port"
     key: str
     session_timeout_s: int = 120
     retries: int = 3
     backoff_s: float = 2.0
+    secret: bytes | str | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         host, _, port = str(self.tracker).rpartition(":")
@@ -30,6 +35,7 @@ class RPC:
             raise TuningError(f"--rpc {self.tracker!r}: give the tracker as HOST:PORT, e.g. 127.0.0.1:9190")
         if not self.key:
             raise TuningError("--rpc needs --key: the key the device registered with (sliver device serve --key pi)")
+        object.__setattr__(self, "secret", load_secret(value=self.secret))
 
     @property
     def host(self) -> str:
@@ -95,17 +101,49 @@ def device_present(rpc: RPC) -> bool:
         return False
 
 
-def _create_session(rpc_config):
-    """The RPC runner's session factory (runs in its worker process): like TVM's,
-    but fails at once when no server is registered under the key, where TVM's waits
-    for one forever."""
+def connect(host: str, port: int, key: str, secret: bytes, session_timeout: float = 0):
+    """A TVM RPC session with the sliver RPC server at ``host:port`` (``key``: its
+    device key, or the match key a tracker handed out), after proving ``secret``."""
     from tvm import rpc as tvm_rpc
+
+    return tvm_rpc.connect(host, port, f"{key} {client_option(host, port, key, secret)}", session_timeout)
+
+
+def _create_session(rpc_config, secret: bytes):
+    """The RPC runner's session factory (runs in its worker process): like TVM's
+    tracker request, but fails at once when no server is registered under the key
+    (TVM's waits for one forever), and proves the secret before the session."""
+    from tvm import rpc as tvm_rpc
+    from tvm.rpc import base
 
     tracker = tvm_rpc.connect_tracker(rpc_config.tracker_host, rpc_config.tracker_port)
     if not _listed(tracker.summary(), rpc_config.tracker_key):
         raise ConnectionError(f"no RPC server is registered with the tracker under {rpc_config.tracker_key!r}")
-    return tracker.request(rpc_config.tracker_key, priority=rpc_config.session_priority,
-                           session_timeout=rpc_config.session_timeout_sec)
+    base.sendjson(tracker._sock, [base.TrackerCode.REQUEST, rpc_config.tracker_key, "", rpc_config.session_priority])
+    value = base.recvjson(tracker._sock)
+    if value[0] != base.TrackerCode.SUCCESS:
+        raise ConnectionError(f"the tracker answered {value!r} to a request for {rpc_config.tracker_key!r}")
+    host, port, matchkey = value[1]
+    return connect(host, port, matchkey, secret, rpc_config.session_timeout_sec)
+
+
+def check_secret(rpc: RPC) -> None:
+    """Before any work: every server the tracker lists under ``rpc.key`` must prove it
+    holds ``rpc.secret`` (:class:`~sliver.common.rpcauth.RPCAuthError` otherwise).
+    A tracker or server that cannot be reached is left to the runner's retries."""
+    from tvm import rpc as tvm_rpc
+
+    try:
+        servers = [s for s in tvm_rpc.connect_tracker(rpc.host, rpc.port).summary().get("server_info", [])
+                   if str(s.get("key", "")).split(":", 1)[-1] == rpc.key]
+    except Exception:  # noqa: BLE001 - no tracker now: the runner reports it
+        return
+    for s in servers:
+        host, port = s["addr"][0], int(s["addr"][1])
+        try:
+            client_option(host, port, rpc.key, rpc.secret)
+        except OSError:
+            continue
 
 
 #: each measurement: ``repeat`` timings of ``number`` runs (at least ``min_repeat_ms``);
@@ -135,7 +173,7 @@ def _runner(target: Target, rpc: RPC | None, say: Callable[[str], None], aborted
             rpc_config=ms.runner.RPCConfig(tracker_host=rpc.host, tracker_port=rpc.port, tracker_key=rpc.key,
                                            session_timeout_sec=rpc.session_timeout_s),
             evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR),
-            f_create_session=_create_session,
+            f_create_session=functools.partial(_create_session, secret=rpc.secret),
             max_workers=1,
         )
 

@@ -14,7 +14,7 @@ from typing import Callable
 from sliver.backends.tvm.targets import Target, check_toolchain, resolve, tvm_target
 from sliver.backends.tvm.tuning.budget import Budget, TuningError, format_duration
 from sliver.backends.tvm.tuning.database import TuningDatabase, _mean_secs
-from sliver.backends.tvm.tuning.measure import RPC, DeviceLost, _builder, _fastest, _runner
+from sliver.backends.tvm.tuning.measure import RPC, DeviceLost, _builder, _fastest, _runner, check_secret
 from sliver.backends.tvm.tuning.progress import Progress
 from sliver.backends.tvm.tuning.tasks import Task, allocate, extract_tasks
 
@@ -103,6 +103,8 @@ def tune(module, target, budget: Budget, *, rpc: RPC | None = None, root=None, p
     if not isinstance(budget, Budget):
         budget = Budget.of(budget)
     tgt = check_measurable(target, rpc)
+    if rpc is not None:
+        check_secret(rpc)  # a device with another secret: say so now, not as failed trials
     progress = progress or Progress()
     t_start = time.perf_counter()
     deadline = t_start + budget.seconds if budget.seconds is not None else None
