@@ -607,6 +607,10 @@ def _reduce(name, fn, doc, opt_out=None):
     def infer(types, *, axes, keepdim):
         x = types[0]
         norm = {_axis(a, x.rank, name) for a in axes}
+        if len(norm) != len(axes):
+            raise TypeRuleError(f"{name}: axes {list(axes)} name an axis twice")
+        if not axes and x.rank:
+            raise TypeRuleError(f"{name}: name the axes to reduce (torch reads an empty list as all of them)")
         shape = [1 if i in norm else d for i, d in enumerate(x.shape) if keepdim or i not in norm]
         return x.with_shape(shape)
 
@@ -974,6 +978,7 @@ _reduce("amax", lambda x, axes, keepdim: x.amax(axes, keepdim=keepdim),
 # a crash inside a type rule, the interpreter or a backend.
 
 _INT64 = 2**63
+_INT32 = 2**31
 
 
 def _is_int(v) -> bool:
@@ -1018,11 +1023,13 @@ def _int(lo=None, optional=False):
 
 
 def _ints(n=None, lo=None):
-    what = (f"a list of {n} integers" if n else "a list of integers") + (f" >= {lo}" if lo is not None else "")
+    """A list of sizes, strides or axes: each an int32 (like every tensor dimension)."""
+    what = (f"a list of {n} integers" if n else "a list of integers") + (
+        f" in [{lo}, {_INT32 - 1}]" if lo is not None else f" of magnitude below {_INT32}")
 
     def check(v, types):
         ok = isinstance(v, tuple) and (n is None or len(v) == n) and len(v) <= 64
-        ok = ok and all(_is_int(d) and (lo is None or d >= lo) for d in v)
+        ok = ok and all(_is_int(d) and (lo if lo is not None else -_INT32) <= d < _INT32 for d in v)
         return None if ok else what
 
     return check

@@ -133,6 +133,16 @@ def trace(model, example_inputs=(), *, name: str | None = None):
         return _trace_verified(model, example_inputs, name)
 
 
+def unsupported_ops(model, example_inputs=()) -> list[tuple[str, str | None, str | None]]:
+    """The operator uses of ``model`` sliver cannot trace, each as (aten op, ``file:line``
+    or None, that source line or None): empty when every one is supported.  The model is
+    exported only (nothing is translated or compiled) and left as it was."""
+    from sliver.frontend import export, scan_unsupported
+
+    with _inference(model, "unsupported_ops"):
+        return scan_unsupported(export(model, _torch_inputs(example_inputs)).graph)
+
+
 def _trace_verified(model, example_inputs, name=None):
     from sliver.frontend import trace as _trace
     from sliver.ir.verifier import verify

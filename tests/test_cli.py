@@ -217,6 +217,8 @@ def test_bad_model_paths(tmp_path, capsys):
     _user_error(capsys, ["trace", str(tmp_path / "nope.sir")], "no such IR file")
     (tmp_path / "junk.pt2").write_bytes(b"not a zip")
     _user_error(capsys, ["trace", str(tmp_path / "junk.pt2")], "not a program saved with torch.export.save")
+    assert main(["trace", EXAMPLE, "-o", str(tmp_path / "ok.sir")]) == 0
+    _user_error(capsys, ["trace", str(tmp_path / "ok.sir"), "--check"], "is sliver IR already")
     (tmp_path / "junk.sir").write_text("func @m(")
     _user_error(capsys, ["opt", str(tmp_path / "junk.sir")], "junk.sir: line 1")
 

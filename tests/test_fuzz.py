@@ -11,8 +11,9 @@ Hostile IR text: ``test_ir_text_mutations`` mutates the printed form of real mod
 deterministically — token deletions, duplications and swaps, number edits (huge,
 negative, float, zero), truncations, deep nesting, unicode, attribute kind changes,
 shape edits, line shuffles — and parses each result with and without its params.
-Every case must end in a named sliver error or in a module that verifies and runs
-in the interpreter with outputs of its declared types; it prints its counts
+Every case must end in a named sliver error or in a module that verifies, runs in
+the interpreter with outputs of its declared types, prints and parses back, and
+computes the same after the default pass pipeline; it prints its counts
 (``pytest -s tests/test_fuzz.py -k mutations``); ``SLIVER_IR_MUTATIONS=COUNT[:SEED]``
 mutates each module COUNT times (default 110) from another seed.
 """
@@ -228,7 +229,8 @@ def _ir_case(text, params):
     try:
         module = parse_module(text, params=params)
         verify(module)
-        outputs = run(module, _inputs(module))
+        inputs = _inputs(module)
+        outputs = run(module, inputs)
     except SliverError as e:
         return type(e).__name__
     for v, y in zip(module.outputs, outputs, strict=True):
@@ -236,7 +238,18 @@ def _ir_case(text, params):
             f"output %{v.name} is typed {v.type} but the interpreter gives {y.dtype}{list(y.shape)}")
     again = str(module)
     assert str(parse_module(again, params=module.params)) == again, "print → parse → print changed the module"
-    return "runs"
+    for name in module.params:  # the corpus' arrays stay as they are, whatever a pass does
+        module.params[name] = module.params[name].copy()
+    try:
+        sliver.api.optimize(module)  # the default pipeline, verifier on
+    except SliverError as e:
+        return f"runs; optimize: {type(e).__name__}"
+    optimized = run(module, inputs)
+    for y, z in zip(outputs, optimized, strict=True):
+        scale = float(np.abs(y[np.isfinite(y)]).max(initial=0.0)) if y.dtype.kind == "f" else 0.0
+        np.testing.assert_allclose(z, y, rtol=1e-4, atol=1e-5 * max(scale, 1e-12), equal_nan=True,
+                                   err_msg="the optimized module computes something else")
+    return "runs, optimizes"
 
 
 #: mutated texts per corpus module, and the seed of the first module's mutations;
@@ -256,7 +269,7 @@ def test_ir_text_mutations():
     previous = signal.signal(signal.SIGALRM, hang)
     try:
         for index, (name, text, params) in enumerate(_ir_corpus()):
-            assert _ir_case(text, params) == "runs", name  # the unmutated module is valid
+            assert _ir_case(text, params) == "runs, optimizes", name  # the unmutated module is valid
             for kind, mutated in ir_mutations(text, random.Random(MUTATION_SEED + index), MUTATIONS_PER_MODULE):
                 kinds[kind] += 1
                 for with_params in (True, False):

@@ -41,12 +41,13 @@ def cmd_trace(args) -> int:
     from sliver.ir.io import save_module
 
     if args.check:
-        from sliver.frontend import export, scan_unsupported
-        from sliver.api import _torch_inputs
+        from sliver.api import unsupported_ops
 
         model, inputs = load_model(args.model)
-        ep = export(model, _torch_inputs(inputs))
-        problems = scan_unsupported(ep.graph)
+        if args.model.endswith(".sir"):
+            raise UsageError(f"--check lists the operators of a torch model sliver cannot trace; {args.model} "
+                             "is sliver IR already")
+        problems = unsupported_ops(model, inputs)
         if not problems:
             print(f"{args.model}: every operator is supported")
             return 0
@@ -413,30 +414,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emulate", action="store_true", help="run on the emulated Raspberry Pi (arm64 artifacts)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("inspect", help="show an artifact's manifest")
-    runtime_cli.add_inspect_arguments(p)
-    p.set_defaults(func=runtime_cli.inspect)
-
-    p = sub.add_parser("sign", help="sign an artifact with an ed25519 key (`sliver run --trusted-key` checks it)")
-    runtime_cli.add_sign_arguments(p)
-    p.set_defaults(func=runtime_cli.sign)
-
-    p = sub.add_parser("keygen", help="make an ed25519 key pair for signing artifacts")
-    runtime_cli.add_keygen_arguments(p)
-    p.set_defaults(func=runtime_cli.keygen)
-
-    p = sub.add_parser("explain", help="a per-layer report of what each pass did, with latency and drift")
+    from sliver.tools import bench as _bench
     from sliver.tools import explain as _explain
 
-    _explain.add_arguments(p)
-    p.set_defaults(func=_explain.run)
+    # commands whose arguments and body live in their own module: (name, help, add arguments, run)
+    for name, help_, add_arguments, func in (
+        ("inspect", "show an artifact's manifest", runtime_cli.add_inspect_arguments, runtime_cli.inspect),
+        ("sign", "sign an artifact with an ed25519 key (`sliver run --trusted-key` checks it)",
+         runtime_cli.add_sign_arguments, runtime_cli.sign),
+        ("keygen", "make an ed25519 key pair for signing artifacts", runtime_cli.add_keygen_arguments,
+         runtime_cli.keygen),
+        ("explain", "a per-layer report of what each pass did, with latency and drift", _explain.add_arguments,
+         _explain.run),
+        ("bench", "an artifact's latency (or executed instructions on the emulated Pi), per layer with --per-layer",
+         _bench.add_arguments, _bench.run),
+    ):
+        p = sub.add_parser(name, help=help_)
+        add_arguments(p)
+        p.set_defaults(func=func)
 
-    p = sub.add_parser("bench", help="an artifact's latency (or executed instructions on the emulated Pi), "
-                                     "per layer with --per-layer")
-    from sliver.tools import bench as _bench
-
-    _bench.add_arguments(p)
-    p.set_defaults(func=_bench.run)
     sub.add_parser("outliers", help="find super weights and super activations (see outliers --help)")
 
     p = sub.add_parser("passes", help="list the passes")
