@@ -191,7 +191,9 @@ def front_passes(*, layout: bool = True, target=None, winograd: bool = True) -> 
 
     front = [layout_passes.ClipToMinMax(), layout_passes.channels_last()] if layout else []
     front.append(FuseChannelSelect(target, winograd=winograd))
-    custom = {"relax.nn.conv2d": conv2d.legalize(target, winograd=winograd)} if layout else None
+    custom = {**elementwise.LEGALIZE, **pool.LEGALIZE}  # IEEE NaN semantics for max/min
+    if layout:
+        custom["relax.nn.conv2d"] = conv2d.legalize(target, winograd=winograd)
     return front + [
         relax.transform.LegalizeOps(customize_legalize_map=custom),
         relax.transform.AnnotateTIROpPattern(),

@@ -9,22 +9,6 @@ from sliver.backends.tvm.schedules.common import CPU, NotApplicable, extent, ite
 MIN_PARALLEL = 4096
 
 
-def inline_injective(sch, blocks) -> list:
-    """Inline every injective block that is not an output of the function into its
-    consumers (TVM refuses when that is unsafe, and the block is kept). Returns the
-    blocks still present."""
-    kept = []
-    for b in blocks:
-        if "R" not in iter_kinds(sch, b) and sch.get_consumers(b):
-            try:
-                sch.compute_inline(b)
-                continue
-            except Exception:  # noqa: BLE001 - e.g. padding read by a reduction at shifted indices
-                pass
-        kept.append(b)
-    return kept
-
-
 def schedule_injective(sch, block, cpu: CPU) -> None:
     """``for …, c: out[…, c] = f(…)`` → ``parallel for fused(…): vectorized for c``.
 
@@ -76,3 +60,130 @@ def schedule_reduction_outer(sch, block, cpu: CPU) -> None:
     par = sch.fuse(*lead) if len(lead) > 1 else lead[0]
     if extent(sch, par) > 1:
         sch.parallel(par)
+
+
+# ------------------------------------------------------------------ IEEE NaN semantics
+#
+# TVM lowers max/min to an ordered compare and select (x86 ``maxps``), which returns
+# the *other* operand when one is NaN: relu(NaN) = 0, clamp(NaN) = a bound.  torch (and
+# sliver's interpreter) propagate NaN.  These legalizations replace TVM's for float
+# tensors with selects that keep NaN, written so LLVM still emits one ``maxps``/``minps``
+# (operands swapped) when one side is a number: ``select(x < c, c, x)`` is NaN for a NaN
+# x.  A max of two tensors needs one more test (``isnan(b)``).  Ints keep TVM's rules.
+
+
+def is_float(dtype) -> bool:
+    return str(dtype).startswith(("float", "bfloat"))
+
+
+def _number(v) -> bool:
+    """A float literal that is not NaN (then ``isnan`` of it need not be tested)."""
+    import math
+
+    from tvm import tirx
+
+    return isinstance(v, tirx.FloatImm) and not math.isnan(v.value)
+
+
+def nan_max(a, b):
+    """max(a, b), NaN when either is NaN (torch.maximum).  A reduction combines
+    ``nan_max(accumulator, value)``: the value is read twice, the accumulator (a
+    register) three times."""
+    from tvm import tirx
+
+    if _number(a) and not _number(b):
+        a, b = b, a
+    if _number(b):
+        return tirx.Select(a < b, b, a)
+    return tirx.Select(tirx.Or(a >= b, tirx.isnan(a)), a, b)
+
+
+def nan_min(a, b):
+    """min(a, b), NaN when either is NaN (torch.minimum)."""
+    from tvm import tirx
+
+    if _number(a) and not _number(b):
+        a, b = b, a
+    if _number(b):
+        return tirx.Select(b < a, b, a)
+    return tirx.Select(tirx.Or(a <= b, tirx.isnan(a)), a, b)
+
+
+def _tvm_legalize(bb, call):
+    """TVM's own legalization of ``call`` (for the dtypes that have no NaN)."""
+    return call.op.get_attr("FLegalize")(bb, call)
+
+
+def _scalar_of(expr):
+    """A shape-() relax constant as a TIR literal, else ``expr``."""
+    from tvm.relax.transform.legalize_ops.common import _try_convert_to_scalar_const
+
+    return _try_convert_to_scalar_const(expr)
+
+
+def _broadcast_load(t, out_shape, index):
+    """``t`` (a te tensor, or a TIR literal) at output ``index`` under numpy broadcasting."""
+    from tvm import te
+
+    if not isinstance(t, te.Tensor):
+        return t
+    lead = len(out_shape) - len(t.shape)
+    return t[tuple(0 if int(d) == 1 and int(out_shape[lead + k]) != 1 else index[lead + k]
+                   for k, d in enumerate(t.shape))]
+
+
+def _binary_legalize(combine, name):
+    def legalize(bb, call):
+        from tvm import te
+
+        if not is_float(call.ty.dtype):
+            return _tvm_legalize(bb, call)
+        out_shape = [int(v) for v in call.ty.shape.values]
+
+        def f(a, b):
+            return te.compute(out_shape, lambda *i: combine(_broadcast_load(a, out_shape, i),
+                                                            _broadcast_load(b, out_shape, i)),
+                              name="T_" + name, tag="broadcast")
+
+        return bb.call_te(f, _scalar_of(call.args[0]), _scalar_of(call.args[1]), primfunc_name_hint=name)
+
+    return legalize
+
+
+def _relu_legalize(bb, call):
+    from tvm import te, tirx
+
+    if not is_float(call.ty.dtype):
+        return _tvm_legalize(bb, call)
+
+    def relu(x):
+        zero = tirx.const(0.0, x.dtype)
+        return te.compute(x.shape, lambda *i: nan_max(x(*i), zero), name="compute", tag="elemwise")
+
+    return bb.call_te(relu, call.args[0], primfunc_name_hint="relu")
+
+
+def _clip_legalize(bb, call):
+    from tvm import relax, te, tirx
+
+    if not is_float(call.ty.dtype):
+        return _tvm_legalize(bb, call)
+
+    def bound(arg, dtype):
+        v = arg.value if isinstance(arg, relax.PrimValue) else arg
+        return tirx.const(float(v.value), dtype)
+
+    def clip(x):
+        lo, hi = bound(call.args[1], x.dtype), bound(call.args[2], x.dtype)
+        return te.compute(x.shape, lambda *i: nan_min(nan_max(x(*i), lo), hi), name="compute", tag="elemwise")
+
+    return bb.call_te(clip, call.args[0], primfunc_name_hint="tir_clip")
+
+
+#: relax op → NaN-keeping legalization (LegalizeOps' customize_legalize_map)
+LEGALIZE = {
+    "relax.nn.relu": _relu_legalize,
+    "relax.maximum": _binary_legalize(nan_max, "maximum"),
+    "relax.minimum": _binary_legalize(nan_min, "minimum"),
+    "relax.clip": _clip_legalize,
+}
