@@ -26,6 +26,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trusted-key", action="append", metavar="PUB",
                    help="refuse the artifact unless it is signed by this public key (`sliver keygen`; repeatable). "
                         "An artifact is executable code: without a trusted key, only run artifacts you built")
+    p.add_argument("--threads", type=int, metavar="N", help="TVM worker threads per call (default: TVM's, "
+                                                            "TVM_NUM_THREADS or the number of physical cores)")
     p.add_argument("--rtol", type=float, metavar="X", help="--verify's relative tolerance (default: the artifact's, "
                                                            "at most 0.1)")
     p.add_argument("--atol", type=float, metavar="X", help="--verify's absolute tolerance, relative to the largest "
@@ -137,7 +139,7 @@ def run(args) -> int:
 
     if args.repeat < 0:
         raise InputError(f"--repeat {args.repeat}: give a number of timed runs >= 0")
-    model = load(args.artifact, trusted_keys=args.trusted_key)
+    model = load(args.artifact, trusted_keys=args.trusted_key, threads=args.threads)
     if args.verify:
         reports = model.verify(rtol=args.rtol, atol=args.atol)
         for r in reports:

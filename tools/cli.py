@@ -169,6 +169,8 @@ def cmd_run(args) -> int:
             argv += ["--output", str(Path(args.output).resolve())]
         if args.repeat:
             argv += ["--repeat", str(args.repeat)]
+        if args.threads is not None:
+            argv += ["--threads", str(args.threads)]
         for key in args.trusted_key or ():
             argv += ["--trusted-key", str(Path(key).resolve())]
         for tol in ("rtol", "atol"):
