@@ -143,9 +143,7 @@ def file_cycles(g: nx.DiGraph) -> set[frozenset[str]]:
 KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 #: Circles of files still to be cut; the list only ever shrinks.
-KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset({"sliver.backends.tvm.lowbit", "sliver.backends.tvm.lower", "sliver.backends.tvm.wq_linear"}),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def _fmt(g, a, b):

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sliver.backends.tvm.lower import _channel_vector, _const, _R, _scalar, lowers
+from sliver.backends.tvm.registry import _channel_vector, _const, _R, _scalar, lowers
 from sliver.common.errors import SliverError
 
 #: The C source linked into libraries that use the bit-serial kernel.

@@ -16,7 +16,7 @@ Three steps, each a TE function emitted with ``bb.emit_te``:
 
 from __future__ import annotations
 
-from sliver.backends.tvm.lower import _R, lowers
+from sliver.backends.tvm.registry import _R, lowers
 
 
 def _dequantize_te(x, codes, scale, zero, *, bits, block, out_features):

@@ -38,6 +38,8 @@ own); the dense rule schedules it and the bias epilogue still fuses.
 
 from __future__ import annotations
 
+from sliver.backends.tvm.schedules.common import OUT_EWISE_FUSABLE
+
 
 def _ints(expr) -> list[int] | None:
     """A relax tuple of constant integers → list (None when not constant)."""
@@ -56,8 +58,6 @@ def _ints(expr) -> list[int] | None:
     return out
 
 
-#: TVM's ``OpPatternKind::kOutEWiseFusable`` (a conv: elementwise consumers fuse into it).
-OUT_ELEMWISE_FUSABLE = 4
 
 
 def _perm(call) -> list[int] | None:
@@ -189,7 +189,7 @@ def FuseChannelSelect(target=None, *, winograd: bool = True):  # noqa: N802 - TV
             AnnotateTIROpPattern calls a data-dependent read (the gather) opaque, which
             would stop FuseOps from fusing the epilogue."""
             gv = new.args[0]
-            self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", OUT_ELEMWISE_FUSABLE))
+            self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", OUT_EWISE_FUSABLE))
             return new
 
         def _matmul(self, call):

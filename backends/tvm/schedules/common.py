@@ -29,6 +29,12 @@ SCRATCH_SCOPE = "global"
 STACK_ALLOCA_BYTES = 1024
 
 
+#: Relax's ``OpPatternKind::kOutEWiseFusable``: the pattern of a conv, into which FuseOps
+#: fuses the elementwise ops that follow (bias, residual add, relu).  The PrimFuncs sliver
+#: writes for convs (Winograd, convs of channel selections) carry it.
+OUT_EWISE_FUSABLE = 4
+
+
 class NotApplicable(Exception):
     """A rule does not fit this PrimFunc (not an error: the next rule is tried)."""
 

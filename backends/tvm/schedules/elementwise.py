@@ -9,22 +9,6 @@ from sliver.backends.tvm.schedules.common import CPU, NotApplicable, extent, ite
 MIN_PARALLEL = 4096
 
 
-def inline_injective(sch, blocks) -> list:
-    """Inline every injective block that is not an output of the function into its
-    consumers (TVM refuses when that is unsafe, and the block is kept). Returns the
-    blocks still present."""
-    kept = []
-    for b in blocks:
-        if "R" not in iter_kinds(sch, b) and sch.get_consumers(b):
-            try:
-                sch.compute_inline(b)
-                continue
-            except Exception:  # noqa: BLE001 - e.g. padding read by a reduction at shifted indices
-                pass
-        kept.append(b)
-    return kept
-
-
 def schedule_injective(sch, block, cpu: CPU) -> None:
     """``for …, c: out[…, c] = f(…)`` → ``parallel for fused(…): vectorized for c``.
 

@@ -35,14 +35,12 @@ from __future__ import annotations
 from functools import lru_cache
 
 from sliver.backends.tvm.schedules import common
-from sliver.backends.tvm.schedules.common import (CPU, NotApplicable, block_name, extent, pick_lanes, register_tile,
-                                                  tile_reduction)
+from sliver.backends.tvm.schedules.common import (CPU, OUT_EWISE_FUSABLE, NotApplicable, block_name, extent,
+                                                  pick_lanes, register_tile, tile_reduction)
 
 INPUT, GEMM, OUTPUT, PAD = "winograd_input", "winograd_gemm", "winograd_output", "winograd_pad"
 #: the first (row) halves of the separable transforms, computed per tile in registers
 INPUT_ROWS, OUTPUT_ROWS = "winograd_input_rows", "winograd_output_rows"
-#: relax's OpPatternKind.kOutEWiseFusable: FuseOps fuses following elementwise ops in.
-OUT_EWISE_FUSABLE = 4
 #: Convs with fewer input or output channels stay direct: the transforms cost
 #: O(C + K) per tile, the GEMM O(C K).  Measured on 56x56 maps, one Zen 3 core
 #: (thread CPU time, F(4x4) vs direct): 32->32 0.46 vs 0.87 ms, 24->24 0.32 vs

@@ -1,0 +1,83 @@
+"""The lowering rule table and what rules build Relax with, shared by every file of
+rules (:mod:`.lower` for the float ops, :mod:`.lowbit`, :mod:`.wq_linear`).
+
+A rule is ``rule(bb, op, *operands) -> relax.Expr``, registered with :func:`lowers`;
+``bb`` is a BlockBuilder whose ``context`` is the :class:`LowerContext` of the module
+being lowered.  The driver (:func:`~sliver.backends.tvm.lower.to_relax`) imports every
+file of rules; the rule files import only this module, so none of them imports another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+LOWERING: dict[str, Callable] = {}
+
+
+def lowers(*kinds):
+    def deco(fn):
+        for k in kinds:
+            LOWERING[k] = fn
+        return fn
+
+    return deco
+
+
+def _R():
+    from tvm import relax
+
+    return relax.op
+
+
+def _scalar(value, like):
+    from tvm import relax
+
+    return relax.const(value, like.ty.dtype)
+
+
+def _const(array: np.ndarray):
+    from tvm import relax
+
+    return relax.const(array)
+
+
+def _dtype(kind: str) -> str:
+    """sliver element type → TVM dtype string (sub-byte codes ``u2``, ``i4``… are held
+    one per byte, as ``uint8`` / ``int8``)."""
+    if kind == "bool":
+        return "bool"
+    if kind[0] in "iu" and int(kind[1:]) < 8:
+        kind = kind[0] + "8"
+    letter = {"f": "float", "i": "int", "u": "uint"}[kind[0]]
+    return f"{letter}{kind[1:]}"
+
+
+def _channel_vector(bb, v, rank: int):
+    """[C] → [1, C, 1, …] so it broadcasts over NCHW."""
+    return bb.emit(_R().reshape(v, [1, -1] + [1] * (rank - 2)))
+
+
+def _channels(expr) -> int:
+    """The channel count (axis 1) of a lowered NCHW value."""
+    return int(expr.ty.shape[1])
+
+
+def unsupported_ops(module) -> list[str]:
+    return sorted({op.kind for op in module.ops if op.kind != "param" and op.kind not in LOWERING})
+
+
+@dataclass
+class LowerContext:
+    """What lowering rules may consult and record (a rule sees it as ``bb.context``):
+    the target (a :class:`~sliver.backends.tvm.targets.Target`; None: this machine's),
+    ``kernels`` (``{layer: kernel}`` for layers with a choice of kernels), ``sources``
+    (C files the library must link, for kernels called as packed functions) and
+    ``defines`` (``NAME=VALUE`` macros those C files are compiled with)."""
+
+    target: object = None
+    kernels: dict = field(default_factory=dict)
+    sources: set = field(default_factory=set)
+    defines: set = field(default_factory=set)
