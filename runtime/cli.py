@@ -61,6 +61,19 @@ Files a session uploads or downloads stay in its own work folder. The connection
 not encrypted: on a network you do not trust, tunnel it (ssh -L)."""
 
 
+def port(text: str) -> int:
+    """An argparse type: a TCP port a server can listen on, with room for the nine after
+    it (tried in turn when it is busy)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= n <= 65535 - 9:
+        raise argparse.ArgumentTypeError(f"{n} is not a port from 1 to {65535 - 9} (the next nine are tried "
+                                         "when it is busy)")
+    return n
+
+
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = SERVE_EPILOG
@@ -69,7 +82,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    "devices to tuners, it is not a password")
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; another address, "
                    "e.g. 0.0.0.0 for a tuner on another machine, prints a warning)")
-    p.add_argument("--port", type=int, default=9090, help="port (default 9090; the next free one up to +9)")
+    p.add_argument("--port", type=port, default=9090, help="port (default 9090; the next free one up to +9)")
     p.add_argument("--custom-addr", help="the address the tracker hands out for this device (behind NAT)")
     p.add_argument("--secret-file", metavar="FILE", help="read the shared secret from FILE (default: the "
                    "SLIVER_RPC_SECRET environment variable); required")

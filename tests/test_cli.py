@@ -177,8 +177,17 @@ def test_bad_flags_and_values(capsys, tmp_path):
     _user_error(capsys, ["prune", EXAMPLE, "--method", "l7"], "invalid choice: 'l7'")
     _user_error(capsys, ["bench"], "required: artifact")
     _user_error(capsys, ["bench", str(tmp_path / "a.sliver"), "--repeat", "0"], "--repeat")
-    _user_error(capsys, ["device", "serve", "--port", "http"], "--port", "invalid int value")
+    _user_error(capsys, ["device", "serve", "--port", "http"], "--port", "not a port number")
     _user_error(capsys, ["opt", EXAMPLE, "--passes", "prune{amount=x}"], "amount")
+    for cmd in (["device", "serve"], ["device", "tracker"]):  # the socket's OverflowError, the tracker's crash
+        _user_error(capsys, [*cmd, "--port", "99999999"], "--port", "not a port from 1 to")
+        _user_error(capsys, [*cmd, "--port", "0"], "not a port from 1 to")
+    _user_error(capsys, ["lower", EXAMPLE, "-o", str(tmp_path)], "-o/--output", "is a folder")
+    _user_error(capsys, ["prune", EXAMPLE, "--report", str(tmp_path)], "--report", "is a folder")
+
+
+def test_explain_with_a_bad_repeat(example_x86, capsys):
+    _user_error(capsys, ["explain", str(example_x86), "--repeat", "0"], "--repeat 0")
 
 
 def test_run_with_a_bad_repeat(example_x86, capsys):

@@ -387,3 +387,11 @@ def test_quoted_python_names_exist(md):
     bad = sorted(n for n in names if not _resolves(n))
     assert not bad, f"{_rel(md)}: no such module or attribute: {bad}"
     assert not _resolves("sliver.tools.no_such_module") and not _resolves("sliver.qat.no_such_function")
+
+
+def test_the_readme_lists_every_subcommand():
+    """A new `sliver` subcommand appears in the README's command table."""
+    text = README.read_text()
+    table = text.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
+    missing = [name for name in _subparsers(build_parser()) if f"`sliver {name}" not in table]
+    assert not missing, f"README.md's Command line table lacks: {missing}"

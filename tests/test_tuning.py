@@ -443,7 +443,7 @@ def test_two_concurrent_tune_runs_leave_a_database_lower_uses(tmp_path, monkeypa
     for builder in (tuning_models.first, tuning_models.second):
         model, inputs = builder()
         art = sliver.lower(model, inputs, target="x86_64")
-        assert len(art.manifest["tuning"]["tuned"]) == art.manifest["tuning"]["kernels"] > 0
+        assert len(art.manifest.tuning.tuned) == art.manifest.tuning.kernels > 0
         assert_close(art.load().run(*numpy_inputs(inputs)), torch_outputs(model, inputs))
 
 
@@ -473,7 +473,7 @@ def test_an_unreadable_database_is_a_warning_in_lower(tuned, tmp_path, monkeypat
     model, inputs = tuning_models.first()
     with pytest.warns(tuning.TuningDatabaseWarning, match="cannot be read.*default schedules"):
         art = sliver.lower(model, inputs, target="x86_64")
-    assert art.manifest["tuning"]["tuned"] == []
+    assert art.manifest.tuning.tuned == []
     assert_close(art.load().run(*numpy_inputs(inputs)), torch_outputs(model, inputs))
 
 

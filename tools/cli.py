@@ -391,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "authenticates nobody (the devices' servers check the shared secret).")
     d.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; another address, "
                    "e.g. 0.0.0.0 for devices on the network, prints a warning)")
-    d.add_argument("--port", type=int, default=9190, help="port (default 9190; the next free one up to +9)")
+    d.add_argument("--port", type=runtime_cli.port, default=9190,
+                   help="port (default 9190; the next free one up to +9)")
     d.set_defaults(func=cmd_device_tracker)
 
     p = sub.add_parser("prune", help="prune channels and print a per-layer report")
@@ -451,6 +452,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: options that name a file a command writes
+OUTPUT_FILES = {"output": "-o/--output", "report": "--report", "json": "--json", "html": "--html",
+                "artifact_out": "--artifact-out", "export": "--export"}
+
+
+def _check_output_files(args) -> None:
+    """A file to write must not be an existing folder: found before any work is done."""
+    for attr, flag in OUTPUT_FILES.items():
+        value = getattr(args, attr, None)
+        if isinstance(value, str) and Path(value).is_dir():
+            raise UsageError(f"{flag} {value} is a folder; give the path of the file to write")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PASSTHROUGH:
@@ -463,6 +477,7 @@ def main(argv=None) -> int:
             return 2
     args = build_parser().parse_args(argv)
     try:
+        _check_output_files(args)
         return args.func(args)
     except SliverError as e:
         print(f"sliver: error: {e}", file=sys.stderr)

@@ -357,6 +357,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from sliver.runtime.artifact import read
 
+    if args.repeat < 1:
+        raise SliverError(f"--repeat {args.repeat}: give the number of timed runs per layer, >= 1")
     spec = args.target_file
     if spec.endswith(".sliver"):
         art, source = read(spec), spec
