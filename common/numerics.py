@@ -12,7 +12,8 @@ def as_numpy(x) -> np.ndarray:
     their ``detach``."""
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
-    return np.ascontiguousarray(np.asarray(x))
+    x = np.asarray(x)
+    return np.ascontiguousarray(x).reshape(x.shape)  # ascontiguousarray alone makes a 0-d array 1-d
 
 
 def output_error(got, want) -> tuple[float, float]:

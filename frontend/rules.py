@@ -25,7 +25,7 @@ RULES: dict[str, Callable] = {}
 IDENTITY = {
     "aten.contiguous.default", "aten.clone.default", "aten.dropout.default", "aten.detach.default",
     "aten.alias.default", "aten.feature_dropout.default", "aten.lift_fresh_copy.default",
-    "aten.dropout_.default", "aten.alpha_dropout.default",
+    "aten.dropout_.default", "aten.alpha_dropout.default", "aten.detach_.default",
 }
 # ops with no effect on the result: asserts and metadata checks
 IGNORED = {
@@ -149,6 +149,10 @@ for _name, _kind in [("add", "add"), ("sub", "sub"), ("mul", "mul"), ("maximum",
     )
 
 
+rule("aten.min.other")(_binary_rule("minimum"))
+rule("aten.max.other")(_binary_rule("maximum"))
+
+
 @rule("aten.div.Tensor", "aten.div_.Tensor", "aten.div.Scalar")
 def _div(b, x, y):
     if isinstance(x, Value) and not x.type.dtype.startswith("f"):
@@ -207,11 +211,29 @@ def _conv2d(b, x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return b.emit("conv2d", ops, {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups})
 
 
+@rule("aten.conv1d.default", "aten.conv1d.padding")
+def _conv1d(b, x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """As a 2-D convolution over a height of one: (N, C, L) → (N, C, 1, L)."""
+    def one(v):
+        return v if isinstance(v, (int, str)) else v[0]
+
+    unbatched = x.type.rank == 2
+    if unbatched:
+        x = _reshape_to(b, x, (1,) + x.type.shape)
+    x2 = _reshape_to(b, x, x.type.shape[:2] + (1, x.type.shape[2]))
+    w2 = _reshape_to(b, w, w.type.shape[:2] + (1, w.type.shape[2]))
+    pad = padding if isinstance(padding, str) else (0, one(padding))
+    y = _conv2d(b, x2, w2, bias, (1, one(stride)), pad, (1, one(dilation)), groups)
+    y = _reshape_to(b, y, y.type.shape[:2] + y.type.shape[3:])
+    return _reshape_to(b, y, y.type.shape[1:]) if unbatched else y
+
+
 @rule("aten.convolution.default")
 def _convolution(b, x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
-    if transposed or len(w.type.shape) != 4:
-        raise TypeRuleError("only 2-D, non-transposed convolutions are supported")
-    return _conv2d(b, x, w, bias, stride, padding, dilation, groups)
+    if transposed or len(w.type.shape) not in (3, 4):
+        raise TypeRuleError("only 1-D and 2-D, non-transposed convolutions are supported")
+    conv = _conv1d if len(w.type.shape) == 3 else _conv2d
+    return conv(b, x, w, bias, stride, padding, dilation, groups)
 
 
 @rule("aten.linear.default")
@@ -230,6 +252,62 @@ def _matmul(b, x, y):
         out = b.emit("matmul", [x2, y])
         return b.emit("reshape", [out], {"shape": out.type.shape[:-2] + out.type.shape[-1:]})
     return b.emit("matmul", [x, y])
+
+
+@rule("aten.einsum.default")
+def _einsum(b, equation, operands, path=None):
+    """Sums out the labels one operand alone has, then contracts operands pairwise, left
+    to right, as one batched matmul each: (batch, free, contracted) @ (batch,
+    contracted, free), then reshape and permute to the requested label order."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, out = eq.partition("->")
+    labels = lhs.split(",")
+    if "." in eq or len(labels) != len(operands) or any(len(set(t)) != len(t) for t in labels):
+        raise TypeRuleError(f"einsum {equation!r}: ellipses and repeated labels in one operand (diagonals) "
+                            "are not supported; write it with matmul, permute and reshape")
+    if not arrow:
+        out = "".join(sorted(c for c in set(lhs) - {","} if lhs.count(c) == 1))
+    terms = list(zip(labels, operands))
+    for t, x in terms:
+        if x.type.rank != len(t):
+            raise TypeRuleError(f"einsum {equation!r}: operand {t} has rank {x.type.rank}")
+    size = {c: x.type.shape[i] for t, x in terms for i, c in enumerate(t)}
+    if any(x.type.shape[i] != size[c] for t, x in terms for i, c in enumerate(t)):
+        raise TypeRuleError(f"einsum {equation!r}: a label has different sizes (broadcasting is not supported)")
+
+    def keep(t, x, needed):  # sum out the labels nothing later needs
+        drop = [i for i, c in enumerate(t) if c not in needed]
+        if drop:
+            x = b.emit("sum", [x], {"axes": tuple(drop), "keepdim": False})
+            t = "".join(c for c in t if c in needed)
+        return t, x
+
+    def arrange(t, x, order):
+        dims = tuple(t.index(c) for c in order)
+        return x if dims == tuple(range(len(t))) else b.emit("permute", [x], {"dims": dims})
+
+    t, x = terms[0]
+    for k in range(1, len(terms) + (len(terms) == 1)):
+        later = set(out).union(*[set(u) for u, _ in terms[k + 1:]]) if k < len(terms) else set(out)
+        if k == len(terms):  # one operand: sums and a permute
+            t, x = keep(t, x, set(out))
+            break
+        u, y = terms[k]
+        t, x = keep(t, x, later | set(u))
+        u, y = keep(u, y, later | set(t))
+        batch = [c for c in t if c in u and c in later]
+        contract = [c for c in t if c in u and c not in later]
+        left = [c for c in t if c not in u]
+        right = [c for c in u if c not in t]
+        n = math.prod
+
+        xs = _reshape_to(b, arrange(t, x, batch + left + contract),
+                         (n(size[c] for c in batch), n(size[c] for c in left), n(size[c] for c in contract)))
+        ys = _reshape_to(b, arrange(u, y, batch + contract + right),
+                         (n(size[c] for c in batch), n(size[c] for c in contract), n(size[c] for c in right)))
+        x = _reshape_to(b, b.emit("matmul", [xs, ys]), tuple(size[c] for c in batch + left + right))
+        t = "".join(batch + left + right)
+    return arrange(t, x, list(out))
 
 
 @rule("aten.addmm.default")
@@ -343,6 +421,29 @@ def _layer_norm(b, x, shape, w=None, bias=None, eps=1e-5, cudnn_enable=False):
     return b.emit("layer_norm", ops, {"axes": len(shape), "eps": float(eps)})
 
 
+@rule("aten.group_norm.default")
+def _group_norm(b, x, groups, w=None, bias=None, eps=1e-5, cudnn_enabled=True):
+    """A layer norm over each group, (N, G, C/G·spatial), then the per-channel affine."""
+    n, c, rest = x.type.shape[0], x.type.shape[1], x.type.shape[2:]
+    if c % groups:
+        raise TypeRuleError(f"group_norm: {c} channels do not split into {groups} groups")
+    y = _reshape_to(b, x, (n, groups, x.type.numel // (n * groups)))
+    y = _reshape_to(b, b.emit("layer_norm", [y], {"axes": 1, "eps": float(eps)}), x.type.shape)
+    for v, kind in ((w, "mul"), (bias, "add")):
+        if v is not None:
+            y = b.emit(kind, [y, _reshape_to(b, v, (c,) + (1,) * len(rest))])
+    return y
+
+
+@rule("aten._weight_norm.default")
+def _weight_norm(b, v, g, dim=0):
+    """A weight-normalized weight (``nn.utils.weight_norm``, parametrizations): its
+    direction and magnitude are params, so the weight is computed now."""
+    import torch
+
+    return fold_constant(b, "weight norm", torch._weight_norm, v, g, dim)
+
+
 @rule("aten.rms_norm.default")
 def _rms_norm(b, x, shape, w=None, eps=None):
     if eps is None:
@@ -380,6 +481,15 @@ def _adaptive(b, x, output_size):
     return b.emit("adaptive_avg_pool2d", [x], {"output_size": _pair(output_size)})
 
 
+@rule("aten.adaptive_avg_pool1d.default")
+def _adaptive_1d(b, x, output_size):
+    """As a 2-D pool over a height of one: (..., L) → (..., 1, L) → (..., 1, out) → (..., out)."""
+    (out,) = output_size if isinstance(output_size, (list, tuple)) else (output_size,)
+    y = b.emit("adaptive_avg_pool2d", [_reshape_to(b, x, x.type.shape[:-1] + (1, x.type.shape[-1]))],
+               {"output_size": (1, out)})
+    return _reshape_to(b, y, x.type.shape[:-1] + (out,))
+
+
 # -- shape and data movement ------------------------------------------------------------
 
 
@@ -406,6 +516,91 @@ def _flatten(b, x, start=0, end=-1):
     s, e = _axis(start, r), _axis(end, r)
     shape = x.type.shape[:s] + (math.prod(x.type.shape[s:e + 1]),) + x.type.shape[e + 1:]
     return _reshape_to(b, x, shape)
+
+
+@rule("aten.pad.default", "aten.constant_pad_nd.default")
+def _pad(b, x, pad, mode="constant", value=None):
+    """F.pad, one axis at a time from the last: constant mode joins constant blocks to
+    both sides (a negative amount crops); reflect, replicate and circular gather along
+    the axis with constant indices."""
+    if len(pad) % 2 or len(pad) // 2 > x.type.rank:
+        raise TypeRuleError(f"pad: {list(pad)} must hold a (before, after) pair per padded axis of {x.type}")
+    if mode not in ("constant", "reflect", "replicate", "circular"):
+        raise TypeRuleError(f"pad: unknown mode {mode!r}")
+    for i in range(len(pad) // 2):
+        axis, before, after = x.type.rank - 1 - i, pad[2 * i], pad[2 * i + 1]
+        n = x.type.shape[axis]
+        if mode == "constant":
+            if before < 0 or after < 0:
+                x = b.emit("slice", [x], {"axis": axis, "start": max(0, -before), "end": n - max(0, -after)})
+            pieces = []
+            for amount in (before, after):
+                shape = list(x.type.shape)
+                shape[axis] = amount
+                pieces.append(b.const(0 if value is None else value, x.type.dtype, shape) if amount > 0 else None)
+            if pieces[0] is not None or pieces[1] is not None:
+                x = b.emit("concat", [p for p in (pieces[0], x, pieces[1]) if p is not None], {"axis": axis})
+            continue
+        if before == after == 0:
+            continue
+        if before < 0 or after < 0 or (mode == "reflect" and max(before, after) >= n) or (
+                mode == "circular" and max(before, after) > n):
+            raise TypeRuleError(f"pad: {mode} padding of {before}, {after} does not fit an axis of size {n}")
+        index = np.arange(-before, n + after)
+        if mode == "replicate":
+            index = np.clip(index, 0, n - 1)
+        elif mode == "circular":
+            index = index % n
+        else:
+            index = np.abs(index)
+            index = np.where(index >= n, 2 * (n - 1) - index, index)
+        x = b.emit("take", [x, b.m.add_param(b.m.fresh_name(f"{b.hint}_index"), index.astype(np.int64))],
+                   {"axis": axis})
+    return x
+
+
+@rule("aten.pixel_shuffle.default")
+def _pixel_shuffle(b, x, r):
+    """(N, C·r·r, H, W) → (N, C, r, r, H, W) → (N, C, H, r, W, r) → (N, C, H·r, W·r)."""
+    *lead, c, h, w = x.type.shape
+    y = _reshape_to(b, x, (*lead, c // (r * r), r, r, h, w))
+    k = len(lead)
+    y = b.emit("permute", [y], {"dims": tuple(range(k)) + tuple(k + d for d in (0, 3, 1, 4, 2))})
+    return _reshape_to(b, y, (*lead, c // (r * r), h * r, w * r))
+
+
+@rule("aten.pixel_unshuffle.default")
+def _pixel_unshuffle(b, x, r):
+    """(N, C, H·r, W·r) → (N, C, H, r, W, r) → (N, C, r, r, H, W) → (N, C·r·r, H, W)."""
+    *lead, c, h, w = x.type.shape
+    y = _reshape_to(b, x, (*lead, c, h // r, r, w // r, r))
+    k = len(lead)
+    y = b.emit("permute", [y], {"dims": tuple(range(k)) + tuple(k + d for d in (0, 2, 4, 1, 3))})
+    return _reshape_to(b, y, (*lead, c * r * r, h // r, w // r))
+
+
+@rule("aten.roll.default")
+def _roll(b, x, shifts, dims=()):
+    """Each axis as two slices joined in swapped order; no dims: the flattened tensor."""
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not dims:
+        return _reshape_to(b, _roll(b, _reshape_to(b, x, (x.type.numel,)), shifts, [0]), x.type.shape)
+    for shift, d in zip(shifts, dims):
+        axis = _axis(d, x.type.rank)
+        n = x.type.shape[axis]
+        shift %= n
+        if shift:
+            tail = b.emit("slice", [x], {"axis": axis, "start": n - shift, "end": n})
+            head = b.emit("slice", [x], {"axis": axis, "start": 0, "end": n - shift})
+            x = b.emit("concat", [tail, head], {"axis": axis})
+    return x
+
+
+@rule("aten.unflatten.int")
+def _unflatten(b, x, dim, sizes):
+    d = _axis(dim, x.type.rank)
+    return _reshape_to(b, x, x.type.shape[:d] + tuple(sizes) + x.type.shape[d + 1:])
 
 
 @rule("aten.unsqueeze.default")
@@ -454,6 +649,11 @@ def _expand(b, x, shape):
     if x.type.rank < len(shape):
         x = _reshape_to(b, x, (1,) * offset + x.type.shape)
     return x if tuple(shape) == x.type.shape else b.emit("expand", [x], {"shape": tuple(shape)})
+
+
+@rule("aten.expand_as.default")
+def _expand_as(b, x, other):
+    return _expand(b, x, other.type.shape)
 
 
 @rule("aten.cat.default", "aten.concat.default")
@@ -535,6 +735,19 @@ def _reduce_rule(kind):
 
 rule("aten.mean.dim", "aten.mean.default")(_reduce_rule("mean"))
 rule("aten.sum.dim_IntList", "aten.sum.default")(_reduce_rule("sum"))
+rule("aten.amax.default")(_reduce_rule("amax"))
+
+
+@rule("aten.linalg_vector_norm.default")
+def _vector_norm(b, x, ord=2, dim=None, keepdim=False, dtype=None):
+    """ord 2: sqrt(sum(x·x)); ord 1: sum(|x|); ord ∞: amax(|x|)."""
+    if ord == 2:
+        return b.emit("sqrt", [_reduce_rule("sum")(b, b.emit("mul", [x, x]), dim, keepdim)])
+    if ord == 1:
+        return _reduce_rule("sum")(b, b.emit("abs", [x]), dim, keepdim)
+    if ord == float("inf"):
+        return _reduce_rule("amax")(b, b.emit("abs", [x]), dim, keepdim)
+    raise TypeRuleError(f"vector_norm: ord {ord} is not supported (2, 1 and inf are)")
 
 
 @rule("aten.scaled_dot_product_attention.default")
@@ -583,6 +796,31 @@ for _name in ("ge", "gt", "le", "lt", "eq", "ne"):
         return fold_constant(b, f"comparison {_name}", getattr(torch, _name), x, y)
 
     rule(f"aten.{_name}.Scalar", f"aten.{_name}.Tensor")(_compare_rule)
+
+
+@rule("aten.where.self", "aten.where.ScalarOther", "aten.where.ScalarSelf", "aten.where.Scalar")
+def _where(b, cond, x, y):
+    """With a constant condition (T5's relative-position buckets, masks built from
+    aranges): folded when both branches are constant too, else the branch an all-true
+    or all-false condition picks."""
+    import torch
+
+    c = constant_data(b, cond)
+    if c is None:
+        raise TypeRuleError("where() with a condition computed from the inputs is not supported (only a constant "
+                            "condition)")
+    if all(not isinstance(v, Value) or constant_data(b, v) is not None for v in (x, y)):
+        return fold_constant(b, "where", lambda p, q, r: torch.where(p, torch.as_tensor(q), torch.as_tensor(r)),
+                             cond, x, y)
+    if c.all() or not c.any():
+        pick = x if c.all() else y
+        if isinstance(pick, Value):
+            other = y if c.all() else x
+            shape = tuple(np.broadcast_shapes(c.shape, pick.type.shape,
+                                              other.type.shape if isinstance(other, Value) else ()))
+            return _expand(b, pick, shape)
+    raise TypeRuleError("where() choosing between tensors computed from the inputs is not supported (only when "
+                        "the condition is constant and all true or all false)")
 
 
 @rule("aten.gather.default")

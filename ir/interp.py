@@ -49,7 +49,7 @@ def run(
     inputs = check_inputs(module, inputs)
 
     def tensor(a: np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = torch.from_numpy(np.ascontiguousarray(a).reshape(a.shape))  # a 0-d array stays 0-d
         if dtype == "f64" and t.is_floating_point():
             t = t.double()
         return t

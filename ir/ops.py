@@ -967,8 +967,7 @@ declare(
 
 
 _reduce("amax", lambda x, axes, keepdim: x.amax(axes, keepdim=keepdim),
-        "max over axes (dynamic activation ranges: amax(abs(x)))",
-        opt_out={"trace": "made by activation quantization for dynamic ranges; torch's amax is not traced yet"})
+        "max over axes (dynamic activation ranges: amax(abs(x)))")
 
 
 # ----------------------------------------------------------------------------

@@ -246,3 +246,21 @@ def test_load_module_checks_the_params_file_against_the_text_before_reading_it(t
         z.writestr("c.weight.npy", b"\0" * (50 << 20))
     with pytest.raises(IRParseError, match="holds 52428800 bytes, more than a f32\\[4,3,3,3\\] needs"):
         load_module(path)
+
+
+def test_zero_dim_inputs_params_and_outputs_keep_their_shape():
+    """np.ascontiguousarray turns a 0-d array into a 1-d one; the interpreter and the
+    golden data must not."""
+    from sliver.common.numerics import as_numpy
+
+    text = dedent("""
+        func @s(%x: f32[]) {
+          %p = param : i32[]
+          %y = neg(%x) : f32[]
+          return %y, %p
+        }
+    """)
+    module = parse_module(text, params={"p": np.array(7, np.int32)})
+    y, p = run(module, [np.array(2.0, np.float32)])
+    assert y.shape == () and p.shape == () and y == -2.0 and p == 7
+    assert as_numpy(np.float32(3)).shape == () and as_numpy(np.zeros((2, 3)).T).flags.c_contiguous
