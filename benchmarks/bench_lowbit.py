@@ -146,11 +146,10 @@ def _compile(module, target: str, kernel: str | None):
     """(library bytes, {layer: kernel}); ``kernel`` forces a low-bit kernel, or is
     ``"direct"``: fp32 convs without Winograd (the default build runs 3x3 stride-1
     convs with >= 32 channels as Winograd F(4x4) / F(2x2))."""
-    from sliver.backends.tvm import lowbit
     from sliver.backends.tvm.build import compile_module
 
-    with lowbit.kernel_override(None if kernel == "direct" else kernel):
-        compiled = compile_module(module, target, winograd=kernel != "direct")
+    compiled = compile_module(module, target, winograd=kernel != "direct",
+                              lowbit_kernel=None if kernel == "direct" else kernel)
     kernels = dict(compiled.kernels)
     if compiled.winograd:
         kernels["fp32 convs"] = "winograd"

@@ -120,8 +120,8 @@ def test_tuned_artifact_is_correct_and_uses_the_records(tuned, monkeypatch):
     model, inputs = tuning_models.first()
     art = sliver.lower(model, inputs, target="x86_64")
     info = art.manifest.tuning
-    assert info["database"] == tuning.target_key("x86_64")
-    assert "fused_conv2d_add_relu" in info["tuned"] and len(info["tuned"]) == info["kernels"] == 4
+    assert info.database == tuning.target_key("x86_64")
+    assert "fused_conv2d_add_relu" in info.tuned and len(info.tuned) == info.kernels == 4
     assert_close(art.load().run(*numpy_inputs(inputs)), torch_outputs(model, inputs))
     untuned = sliver.lower(model, inputs, target="x86_64", tune=False)
     assert untuned.manifest.tuning == Tuning(database=None, tuned=[], kernels=4)

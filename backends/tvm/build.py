@@ -58,7 +58,7 @@ class BuildResult:
 
 
 def compile_module(module, target, *, progress=None, schedules: bool = True, tuning=None, winograd: bool = True,
-                   lowered=None) -> CompileResult:
+                   lowered=None, lowbit_kernel: str | None = None) -> CompileResult:
     """Lower ``module`` through Relax, compile it for ``target`` and return a
     :class:`CompileResult` (the shared library's bytes and what the compiler chose).
 
@@ -73,18 +73,23 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, tun
     target) replaces the default schedule of every function it holds records for
     by the fastest one (each function's default schedule is one of them).
 
+    ``lowbit_kernel``: ``"generic"``, ``"bitserial"`` or ``"int8"`` forced on every
+    eligible low-bit layer (the low-bit benchmark compares them); None: the target's policy.
+
     ``lowered``: ``(Relax module, LowerContext)`` when the caller already ran
     :func:`~sliver.backends.tvm.lower.to_relax` on ``module`` (to tune it first): it
     is compiled as is, not lowered again."""
     from sliver.backends.tvm.lower import LowerContext, to_relax
+    from sliver.backends.tvm.lowbit import check_kernel
 
+    check_kernel(lowbit_kernel)
     target = resolve(target)
     check_toolchain(target)
     say = progress or (lambda msg: None)
 
     t0 = time.perf_counter()
     if lowered is None:
-        context = LowerContext(target=target)
+        context = LowerContext(target=target, lowbit_kernel=lowbit_kernel)
         mod = to_relax(module, context)
     else:
         mod, context = lowered

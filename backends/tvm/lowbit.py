@@ -13,7 +13,7 @@ the other two:
                ``conv2d`` is exactly "padding with the activation zero point"), an
                int16 x int16 → int32 ``conv2d`` / ``matmul`` with the weights'
                ``w − w_zero_point`` folded at compile time.  Runs through sliver's default schedules like any conv.
-               The reference the benchmark compares with (``kernel_override("generic")``).
+               The reference the benchmark compares with (``compile_module(..., lowbit_kernel="generic")``).
 ``bitserial``  the C kernel ``kernels/lowbit.c`` (bit planes, AND + popcount, int32
                accumulators; NEON ``cnt`` + ``uadalp`` on aarch64), called with
                ``relax.call_dps_packed`` and linked into the artifact's library.  The
@@ -28,15 +28,13 @@ the other two:
 
 Which kernel a layer gets is decided per target (``Target.lowbit_kernel`` and
 ``Target.bitserial_min_row``, :mod:`~sliver.backends.tvm.targets`, measured by
-``python -m sliver.benchmarks.bench_lowbit``); :func:`kernel_override` forces one (the
+``python -m sliver.benchmarks.bench_lowbit``); :func:`~sliver.backends.tvm.build.compile_module`'s ``lowbit_kernel`` forces one (the
 benchmark uses it to compare).  The choice per layer lands in the lowering report
 (``LowerContext.kernels``) and from there in the artifact's manifest.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from pathlib import Path
 
 import numpy as np
@@ -72,20 +70,10 @@ W2A2_TC_MAX_RB = 680
 #: meta ``LAYOUT`` values (the C file's ``LAYOUT_*``)
 LAYOUT_PLAIN, LAYOUT_W2A2, LAYOUT_W2A2_TC, LAYOUT_W2A2_TC8 = 0, 1, 2, 3
 
-_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("sliver_lowbit_kernel", default=None)
-
-
-@contextlib.contextmanager
-def kernel_override(kernel: str | None):
-    """Force ``"generic"``, ``"bitserial"`` or ``"int8"`` for every eligible layer lowered
-    inside (``"bitserial"`` takes widths below 8; 8-bit layers then get ``"int8"``)."""
+def check_kernel(kernel: str | None) -> None:
+    """``kernel`` is None or one of :data:`KERNELS` (``LowerContext.lowbit_kernel``)."""
     if kernel not in (None,) + KERNELS:
         raise SliverError(f"unknown low-bit kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
-    token = _OVERRIDE.set(kernel)
-    try:
-        yield
-    finally:
-        _OVERRIDE.reset(token)
 
 
 def code_bits(dtype: str) -> tuple[int, bool]:
@@ -105,7 +93,7 @@ def storage_dtype(dtype: str) -> str:
 def _choose(bb, op) -> str:
     abits, _ = code_bits(op.operands[0].type.dtype)
     wbits, _ = code_bits(op.operands[1].type.dtype)
-    forced = _OVERRIDE.get()
+    forced = bb.context.lowbit_kernel
     if forced in ("generic", "int8"):
         return forced
     if max(abits, wbits) >= 8:

@@ -186,7 +186,10 @@ def _fake_quant(bb, op, x, scale, zero_point):
     if dt != "float32":
         inv, scale = bb.emit(R.astype(inv, dt)), bb.emit(R.astype(scale, dt))
     q = bb.emit(R.add(R.round(R.multiply(x, inv)), zp))
-    q = bb.emit(R.clip(q, float(a["qmin"]), float(a["qmax"])))
+    # torch's kernels cast the rounded value to an integer before clamping: NaN lands on qmin, and so does
+    # +Inf per channel (per tensor +Inf clamps to qmax); the clip itself keeps NaN (IEEE max/min)
+    kept = R.isfinite(q) if a["axis"] is not None else R.logical_not(R.isnan(q))
+    q = bb.emit(R.where(kept, R.clip(q, float(a["qmin"]), float(a["qmax"])), _scalar(float(a["qmin"]), q)))
     return bb.emit(R.multiply(R.subtract(q, zp), scale))
 
 

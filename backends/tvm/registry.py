@@ -75,9 +75,14 @@ class LowerContext:
     the target (a :class:`~sliver.backends.tvm.targets.Target`; None: this machine's),
     ``kernels`` (``{layer: kernel}`` for layers with a choice of kernels), ``sources``
     (C files the library must link, for kernels called as packed functions) and
-    ``defines`` (``NAME=VALUE`` macros those C files are compiled with)."""
+    ``defines`` (``NAME=VALUE`` macros those C files are compiled with) and
+    ``lowbit_kernel``, a kernel forced on every low-bit layer."""
 
     target: object = None
     kernels: dict = field(default_factory=dict)
     sources: set = field(default_factory=set)
     defines: set = field(default_factory=set)
+    #: forces ``"generic"``, ``"bitserial"`` or ``"int8"`` for every eligible low-bit layer
+    #: (``"bitserial"`` takes widths below 8; 8-bit layers then get ``"int8"``); None: the
+    #: target's policy (``Target.lowbit_kernel``)
+    lowbit_kernel: str | None = None

@@ -132,11 +132,9 @@ def cases():
 def _compile_x86(module, kernel):
     import tvm
 
-    from sliver.backends.tvm import lowbit
     from sliver.backends.tvm.build import compile_module
 
-    with lowbit.kernel_override(kernel):
-        compiled = compile_module(module, "x86_64")
+    compiled = compile_module(module, "x86_64", lowbit_kernel=kernel)
     lib, kernels = compiled.library, compiled.kernels
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "lib.so")
@@ -397,13 +395,11 @@ def test_x86_kernels_on_two_threads_match_one_thread_exactly(tmp_path):
     import subprocess
     import sys
 
-    from sliver.backends.tvm import lowbit
     from sliver.backends.tvm.build import compile_module
 
     module, inputs = build_thread_cases()
     want = run(module, inputs)
-    with lowbit.kernel_override("bitserial"):
-        compiled = compile_module(module, "x86_64")
+    compiled = compile_module(module, "x86_64", lowbit_kernel="bitserial")
     lib = compiled.library
     assert compiled.kernels == {"mt_w2a2": "bitserial", "mt_fused": "bitserial", "mt_groups": "bitserial", "mt_depthwise": "bitserial",
                        "mt_w8a8": "int8", "mt_w8a8_groups": "int8", "mt_dense": "bitserial"}

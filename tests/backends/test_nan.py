@@ -174,3 +174,38 @@ def test_compiled_arm64_propagates_nan_and_inf_on_the_emulated_pi(model_and_inpu
     with np.load(tmp_path / "out.npz") as z:
         outputs = [z[k] for k in z.files]
     _check(outputs, ref)
+
+
+FAKE_QUANT = dedent("""
+    func @m(%x: f32[1,8,6,6]) {
+      %s = param : f32[]
+      %zp = param : i32[]
+      %sc = param : f32[8]
+      %zc = param : i32[8]
+      %a = fake_quant(%x, %s, %zp) {qmin=-128, qmax=127} : f32[1,8,6,6]
+      %b = fake_quant(%x, %sc, %zc) {qmin=0, qmax=255, axis=1} : f32[1,8,6,6]
+      return %a, %b
+    }
+""")
+
+
+@pytest.mark.slow
+def test_compiled_fake_quant_maps_nan_and_inf_like_torch():
+    """Not a max/min: torch's fake quantization turns NaN into qmin and ±Inf into the
+    bounds, and the compiled float simulation must agree (its clip keeps NaN now)."""
+    import sliver
+    from sliver.ir.interp import run
+
+    x = special_input()
+    module = parse_module(FAKE_QUANT)
+    module.params.update(s=np.array(0.05, np.float32), zp=np.array(3, np.int32),
+                         sc=np.linspace(0.01, 0.08, 8).astype(np.float32), zc=np.arange(8, dtype=np.int32) * 10)
+    want = [torch.fake_quantize_per_tensor_affine(x, 0.05, 3, -128, 127).numpy(),
+            torch.fake_quantize_per_channel_affine(x, torch.from_numpy(module.params["sc"]),
+                                                   torch.from_numpy(module.params["zc"]), 1, 0, 255).numpy()]
+    assert not np.isnan(want[0]).any()
+    for got, w, what in zip(run(module, [x.numpy()]), want, ("per tensor", "per channel")):
+        assert_same(got, w, f"interpreter {what}")
+    art = sliver.lower(module, (x,), target="x86_64", tune=False)
+    for got, w, what in zip(art.load().run(x.numpy()), want, ("per tensor", "per channel")):
+        assert_same(got, w, f"compiled {what}")
