@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sliver.common.numerics import as_numpy
 from sliver.ir.core import Module, Value
 from sliver.ir.ops import TypeRuleError
 
@@ -57,7 +58,7 @@ def constant_data(b: Builder, v) -> np.ndarray | None:
         d = constant_data(b, o)
         if d is None:
             return None
-        args.append(torch.from_numpy(np.ascontiguousarray(d)))
+        args.append(torch.from_numpy(as_numpy(d)))
     with torch.no_grad():
         return op.decl.ref(*args, **op.attrs).contiguous().numpy()
 
@@ -77,7 +78,7 @@ def fold_constant(b: Builder, what: str, fn, *args, shape_only: bool = False, **
                 d = np.zeros(a.type.shape, to_numpy(a.type.dtype))
             if d is None:
                 raise TypeRuleError(f"{what} of a tensor computed from the inputs is not supported (only of constants)")
-            return torch.from_numpy(np.ascontiguousarray(d))
+            return torch.from_numpy(as_numpy(d))
         if isinstance(a, (list, tuple)):
             return type(a)(concrete(x) for x in a)
         return a

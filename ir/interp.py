@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sliver.common.errors import InputError
+from sliver.common.numerics import as_numpy
 from sliver.ir.types import is_float
 
 
@@ -49,7 +50,7 @@ def run(
     inputs = check_inputs(module, inputs)
 
     def tensor(a: np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(a).reshape(a.shape))  # a 0-d array stays 0-d
+        t = torch.from_numpy(as_numpy(a))
         if dtype == "f64" and t.is_floating_point():
             t = t.double()
         return t

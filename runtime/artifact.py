@@ -39,7 +39,7 @@ import numpy as np
 
 from sliver.common.errors import ArtifactError, InputError
 from sliver.common.files import atomic_write
-from sliver.common.numerics import output_error
+from sliver.common.numerics import as_numpy, output_error
 from sliver.common.platform import elf_arch, host_arch
 
 from sliver.runtime.manifest import (  # noqa: F401  (FORMAT*: part of this module's API)
@@ -418,7 +418,7 @@ class CompiledModel:
                 raise InputError(
                     f"input {spec.name!r} must be {want_dtype}, got {x.dtype} (convert with .astype(np.{want_dtype}))"
                 )
-            out.append(np.ascontiguousarray(x))
+            out.append(as_numpy(x))  # a 0-d input stays 0-d
         return out
 
     def run(self, *inputs) -> list[np.ndarray]:
