@@ -28,7 +28,7 @@ from sliver.common.records import PassRecord  # noqa: F401  (part of this module
 from sliver.common.text import table_lines
 # Importing each pass module registers its pass; the passes import only the base.
 from sliver.passes import cse, const_fold, dce, fold_batchnorm, fold_fake_quant, outliers, prune  # noqa: F401
-from sliver.passes import quantize_activations, quantize_weights  # noqa: F401
+from sliver.passes import quantize_activations, quantize_static, quantize_weights  # noqa: F401
 from sliver.passes.base import Pass, max_relative_error, register, registered  # noqa: F401  (part of the API)
 
 

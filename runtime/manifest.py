@@ -96,6 +96,7 @@ class Target(_Schema):
     level: str | None = None  # x86-64: the micro-architecture level the code needs ("x86-64-v3")
     portable: bool | None = None  # True: any CPU of that level/CPU; False: the build machine's exact CPU
     runs_on: str = ""  # which CPUs the library runs on, for people
+    int8_dot: str | None = None  # the int8 kernel's instructions ("avx512-vnni", "sdot", "neon"...)
 
 
 @dataclass

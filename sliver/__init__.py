@@ -17,6 +17,7 @@ _LAZY = {
     "lower": ("sliver.api", "lower"),
     "trace": ("sliver.api", "trace"),
     "compile": ("sliver.api", "compile"),
+    "quantize": ("sliver.api", "quantize"),
     "load": ("sliver.runtime.artifact", "load"),
 }
 
@@ -37,4 +38,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'sliver' has no attribute {name!r}")
 
 
-__all__ = ["SliverError", "lower", "trace", "compile", "load", "__version__"]
+__all__ = ["SliverError", "lower", "trace", "compile", "quantize", "load", "__version__"]

@@ -179,6 +179,86 @@ def _reference_outputs(model, module, inputs) -> list[np.ndarray]:
     return run(module, [as_numpy(x) for x in inputs])
 
 
+QUANTIZE_KINDS = ("int8",)
+
+
+def with_calibration(pipeline: list, target, quantize: str | None, calibration) -> list:
+    """``pipeline`` with the calibration data handed to its ``quantize-static`` pass
+    (added after ``fold-batchnorm``, or first, when ``quantize="int8"`` and the pipeline
+    has none); activation codes of the target's kind unless the pass names them."""
+    import dataclasses
+
+    from sliver.passes.quantize_static import QuantizeError, QuantizeStatic
+
+    if quantize is not None and quantize not in QUANTIZE_KINDS:
+        raise QuantizeError(f"quantize={quantize!r}: sliver quantizes to {', '.join(QUANTIZE_KINDS)}")
+    has = any(isinstance(p, QuantizeStatic) for p in pipeline)
+    if calibration is not None and quantize is None and not has:
+        raise QuantizeError("calibration data was given without quantize=\"int8\" (or a quantize-static pass)")
+    if quantize is None and not has:
+        return pipeline
+    if calibration is None and not any(isinstance(p, QuantizeStatic) and p.calibration is not None for p in pipeline):
+        raise QuantizeError("int8 quantization needs calibration data: calibration=[samples] (or an .npz / "
+                            "a folder of .npy files; `sliver lower --quantize int8 --calibration data.npz`)")
+    out = list(pipeline)
+    if not has:
+        names = [p.name for p in out]
+        at = names.index("fold-batchnorm") + 1 if "fold-batchnorm" in names else 0
+        out.insert(at, QuantizeStatic(activations=target.int8_activations))
+    for i, p in enumerate(out):
+        if isinstance(p, QuantizeStatic) and p.calibration is None:
+            out[i] = dataclasses.replace(p, calibration=calibration)
+    return out
+
+
+def quantize(model, calibration, example_inputs=(), *, target="x86_64", method: str = "minmax",
+             activations: str | None = None, percentile: float = 99.99, max_error: float = 0.1,
+             skip: Sequence[str] = (), keep_super: bool = False, super_activations=None,
+             passes: str = "fold-batchnorm"):
+    """Post-training int8 of ``model`` (a torch module or a traced sliver ``Module``,
+    which is not changed) from ``calibration`` data; returns the quantized sliver
+    ``Module`` (``lower(module, example_inputs, target)`` compiles it) and the
+    per-layer report as ``(module, report)``; ``report["text"]`` is the table.
+
+    ``calibration``: an iterable of samples (an array per model input, or a tuple of
+    them), an ``.npz`` file or a folder of ``.npy`` files.  ``example_inputs`` (for
+    tracing) default to the first sample.  ``method``: ``minmax``, ``percentile`` or
+    ``mse`` activation ranges; ``activations``: ``uint8`` (asymmetric) or ``int8``
+    (symmetric), by default the target's kind; weights are per-output-channel symmetric
+    int8.  Layers named in ``skip``, layers whose own error exceeds ``max_error`` and,
+    with ``keep_super``, layers fed by a super activation stay in float.  ``passes``
+    run first (batch norms folded into the weights before they are quantized)."""
+    from sliver.backends.tvm.targets import resolve
+    from sliver.ir.core import Module
+    from sliver.passes.manager import parse_pipeline
+    from sliver.passes.quantize_static import QuantizeStatic, calibration_samples
+
+    tgt = resolve(target)
+    opts = dict(method=method, activations=activations or tgt.int8_activations, percentile=percentile,
+                max_error=max_error, skip=";".join(skip), keep_super=keep_super)
+    if isinstance(model, Module):
+        module = model.clone()
+    else:
+        if not _as_tuple(example_inputs) or example_inputs is None:
+            if isinstance(calibration, (str, bytes)) or not hasattr(calibration, "__iter__"):
+                raise SliverError("quantize(): give example_inputs to trace the model with when the calibration "
+                                  "data is a file")
+            samples = list(calibration)
+            if not samples:
+                from sliver.passes.quantize_static import QuantizeError
+
+                raise QuantizeError("the calibration set is empty: give at least one sample")
+            calibration = samples
+            example_inputs = samples[0]
+        with _inference(model, "quantize"):
+            module = _trace_verified(model, _as_tuple(example_inputs))
+    samples = calibration_samples(calibration, module)  # checked before any pass runs
+    pipeline = parse_pipeline(passes) + [QuantizeStatic(**opts, calibration=samples,
+                                                        super_activations=super_activations)]
+    records = optimize(module, pipeline)
+    return module, records[-1].notes
+
+
 def _tuning_database(module, target, tune, rpc, progress, winograd=True):
     """``(database, lowered)``: the tuning database ``lower`` applies (None: default
     schedules only), after tuning first when ``tune`` is a budget; ``lowered`` is
@@ -217,6 +297,8 @@ def lower(
     tune=None,
     rpc=None,
     winograd: bool = True,
+    quantize: str | None = None,
+    calibration=None,
 ):
     """Trace, optimize and compile ``model`` for ``target``; returns an
     :class:`~sliver.runtime.artifact.Artifact` (``.save(path)``, ``.load()``).
@@ -241,6 +323,10 @@ def lower(
     convolutions (fewer multiplications, ~1e-6 relative rounding difference);
     ``False`` keeps every conv direct.
 
+    ``quantize="int8"`` with ``calibration`` (samples or an ``.npz`` / folder of ``.npy``,
+    see :func:`quantize`) adds post-training int8 (``quantize-static``, with the target's
+    kind of activation codes) to the pipeline after ``fold-batchnorm``.
+
     ``lower`` never changes its arguments.  sliver compiles inference: a model in
     training mode is traced *and* its golden outputs computed in eval mode (BatchNorm
     with its running statistics, Dropout off), with a
@@ -258,7 +344,7 @@ def lower(
     check_tolerances(rtol, atol)
     tgt = resolve(target)  # bad targets fail before any work
     check_toolchain(tgt)
-    pipeline = parse_pipeline(passes)
+    pipeline = with_calibration(parse_pipeline(passes), tgt, quantize, calibration)
     inputs = _as_tuple(example_inputs)
     if isinstance(model, Module):
         module = model.clone()

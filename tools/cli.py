@@ -102,6 +102,8 @@ def _pass_reports(records) -> None:
         layers = r.notes.get("layers") if r.name == "fold-fake-quant" else None
         if layers and any(row["folded"] or row["reason"] != "not quantized" for row in layers):
             sys.stderr.write(r.notes["text"])
+        if r.name == "quantize-static":
+            sys.stderr.write(r.notes["text"])
 
 
 def cmd_opt(args) -> int:
@@ -145,8 +147,14 @@ def cmd_lower(args) -> int:
     target = _target(args.target)
     model, inputs = load_model(args.model)
     say(f"lowering {args.model} for {args.target}")
+    if args.calibration and not args.quantize:
+        raise UsageError("--calibration needs --quantize int8")
+    if args.quantize and not args.calibration:
+        raise UsageError("--quantize int8 needs --calibration data.npz (one array per input, stacked) or a folder "
+                         "of .npy files (one sample each)")
     art = lower(model, inputs, target, passes=args.passes, verify=not args.no_verify,
-                instruments=_instruments(args, inputs), progress=say, winograd=not args.no_winograd)
+                instruments=_instruments(args, inputs), progress=say, winograd=not args.no_winograd,
+                quantize=args.quantize, calibration=args.calibration)
     _pass_reports(art.records)
     if args.timing or args.drift:
         sys.stderr.write(format_records(art.records))
@@ -359,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--target", default="x86_64", help="x86_64 (this machine's exact CPU), x86-64-v2/-v3/-v4 (any x86-64 CPU of that level), arm64, rpi5 or a TVM target dict as JSON")
     p.add_argument("-o", "--output", default="model.sliver", help="artifact path (default model.sliver)")
     p.add_argument("--no-winograd", action="store_true", help="compile every conv directly (no Winograd 3x3 convs)")
+    p.add_argument("--quantize", choices=["int8"], help="post-training int8 (the quantize-static pass; options such "
+                   "as method=mse go in --passes '...,quantize-static{method=mse},...')")
+    p.add_argument("--calibration", metavar="DATA", help="calibration data for --quantize: an .npz with one array per "
+                   "input (a stack [S, ...] of samples) or a folder of .npy files (one sample each)")
     _add_ir_debug_flags(p)
     p.set_defaults(func=cmd_lower)
 

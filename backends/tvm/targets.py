@@ -71,6 +71,11 @@ class Target:
     lowbit_kernel: str = "generic"  # the kernel for low-bit layers below 8 bits (LOWBIT_KERNEL)
     bitserial_min_row: int = 0  # ... when one bit plane of a row has at least this many bytes
     runs_on: str = ""  # which CPUs the artifact runs on, for people
+    #: the int8 kernel's dot-product instructions (INT8_DOT), chosen from the CPU's features
+    int8_dot: str = "scalar"
+    #: post-training int8 activation codes: "uint8" (asymmetric, u8 x s8 products as
+    #: vpdpbusd / vpmaddubsw take them) or "int8" (symmetric, s8 x s8 as sdot / smull)
+    int8_activations: str = "uint8"
 
     @property
     def triple(self) -> str:
@@ -79,7 +84,7 @@ class Target:
     def facts(self) -> dict:
         """What the artifact's manifest records about the target."""
         return {"name": self.name, "arch": self.arch, "tvm": self.spec, "cpu": self.cpu, "level": self.level,
-                "portable": self.portable, "runs_on": self.runs_on}
+                "portable": self.portable, "runs_on": self.runs_on, "int8_dot": self.int8_dot}
 
 
 # -- the C compiler -------------------------------------------------------------------------
@@ -189,6 +194,24 @@ _LEVEL_WORDS = {
 }
 
 
+#: the int8 kernel's inner product per instruction set (``kernels/lowbit.c`` picks the same
+#: one from the compiler's macros, which follow the target's flags):
+INT8_DOT = {
+    "avx2": "bytes widened to int16, vpmaddwd (AVX2)",
+    "neon": "smull + smlal2 + sadalp (Armv8.0 NEON): s8 x s8 into int16 pairs, then int32",
+    "scalar": "scalar C",
+}
+
+
+def int8_dot(arch: str, features) -> str:
+    """The int8 kernel's instructions (a key of :data:`INT8_DOT`) for a CPU's features
+    (LLVM feature names for x86, the target's ``mattr`` for aarch64)."""
+    f = set(features)
+    if arch == "aarch64":
+        return "neon"
+    return "avx2" if "avx2" in f else "scalar"
+
+
 def _host_cpu() -> str:
     from tvm.target import codegen  # the wheel's LLVM knows the host CPU; "native" is ignored
 
@@ -217,7 +240,7 @@ def _x86(name: str, spec: dict, *, native: bool, features: set[str] | None = Non
                   lanes=lanes, registers=registers, cores=int(spec.get("num-cores", 1)),
                   gcc_flags=_gcc_flags("x86_64", cpu, level, native=native, cross=cross),
                   lowbit_kernel=LOWBIT_KERNEL["x86_64"], bitserial_min_row=BITSERIAL_MIN_ROW["x86_64"],
-                  runs_on=runs_on)
+                  runs_on=runs_on, int8_dot=int8_dot("x86_64", features), int8_activations="uint8")
 
 
 @functools.lru_cache(maxsize=None)
@@ -243,7 +266,7 @@ def _aarch64(name: str, spec: dict, runs_on: str) -> Target:
                   cores=int(spec.get("num-cores", 1)),
                   gcc_flags=_gcc_flags("aarch64", cpu, None, native=False, cross=cross, mattr=mattr),
                   lowbit_kernel=LOWBIT_KERNEL["aarch64"], bitserial_min_row=BITSERIAL_MIN_ROW.get("aarch64", 0),
-                  runs_on=runs_on)
+                  runs_on=runs_on, int8_dot=int8_dot("aarch64", mattr), int8_activations="int8")
 
 
 def _arm(name: str, mcpu: str, mattr: list[str], cores: int, board: str) -> Target:

@@ -1,0 +1,349 @@
+"""quantize-static: post-training int8 from calibration data (conv2d / linear →
+qconv2d / qdense), its range choices, its report, its errors, and the compiled int8
+artifacts against the interpreter's integer semantics (x86 here, the emulated Pi 4 and
+Pi 5 in the emulated tests)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import sliver
+from helpers import dedent
+from sliver.common.errors import SliverError
+from sliver.ir.interp import run
+from sliver.ir.parser import parse_module
+from sliver.passes.manager import PassManager, make_pass
+from sliver.passes.quantize_static import Observer, QuantizeError, choose_range, quant_params
+
+TEXT = dedent("""
+    func @m(%x: f32[2,4]) {
+      %fc1.weight = param : f32[3,4]
+      %fc1.bias = param : f32[3]
+      %fc1 = linear(%x, %fc1.weight, %fc1.bias) : f32[2,3]
+      %relu = relu(%fc1) : f32[2,3]
+      %fc2.weight = param : f32[2,3]
+      %fc2 = linear(%relu, %fc2.weight) : f32[2,2]
+      return %fc2
+    }
+""")
+
+# x in [-1, 1.55] (asymmetric u8: scale 2.55/255 = 0.01, zero point 100); relu(fc1) in
+# [0, 2] (fc1 = [x0, x1 + 0.5, (x0+x1+x2+x3)/2]): scale 2/255, zero point 0, emitted by
+# fc1 itself (requantize fusion); weights per channel: max |w| -> 127
+QUANTIZED = dedent("""
+    func @m(%x: f32[2,4]) {
+      %fc1.input_q = quantize(%x) {scale=0.009999999776482582, zero_point=100, dtype="u8"} : u8[2,4]
+      %fc1.qweight = param : i8[3,4]
+      %fc1.qscale = param : f32[3]
+      %fc1.qbias = param : f32[3]
+      %fc1 = qdense(%fc1.input_q, %fc1.qweight, %fc1.qscale, %fc1.qbias) {x_zero_point=100, clamp_min=0.0, out_dtype="u8", out_scale=0.007843137718737125} : u8[2,3]
+      %fc2.qweight = param : i8[2,3]
+      %fc2.qscale = param : f32[2]
+      %fc2 = qdense(%fc1, %fc2.qweight, %fc2.qscale) : f32[2,2]
+      return %fc2
+    }
+""")
+
+PARAMS = {
+    "fc1.weight": np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0.5, 0.5, 0.5, 0.5]], np.float32),
+    "fc1.bias": np.array([0, 0.5, 0], np.float32),
+    "fc2.weight": np.array([[1, -1, 0.25], [0, 2, -2]], np.float32),
+}
+CALIBRATION = [np.array([[-1.0, 0.2, 0.1, 0.0], [1.55, 0.3, 0.2, 0.0]], np.float32),
+               np.array([[0.5, 1.0, 0.1, 0.0], [1.0, 1.5, 1.0, 0.0]], np.float32)]
+
+
+def _quantize(text=TEXT, params=PARAMS, calibration=CALIBRATION, **options):
+    module = parse_module(text, params={k: v.copy() for k, v in params.items()})
+    (record,) = PassManager([make_pass("quantize-static", calibration=calibration, **options)]).run(module)
+    return module, record.notes
+
+
+def test_golden_text():
+    module, notes = _quantize()
+    assert str(module) == QUANTIZED
+    assert module.params["fc1.qweight"].tolist() == [[127, 0, 0, 0], [0, 127, 0, 0], [127, 127, 127, 127]]
+    rows = {r["layer"]: r for r in notes["layers"]}
+    assert rows["fc1"]["range"] == [-1.0, pytest.approx(1.55)] and rows["fc1"]["zero_point"] == 100
+    assert rows["fc2"]["out"] == "f32" and rows["fc1"]["out"] == "u8"
+    assert "2 of 2 layers int8" in notes["text"]
+
+
+def test_symmetric_int8_activations_golden_text():
+    module, _ = _quantize(activations="int8")
+    text = str(module)
+    # max |x| = 1.55 over 127 levels; relu(fc1) max 2 over 127
+    scale = float(np.float32(float(np.float32(1.55)) / 127))
+    assert f'quantize(%x) {{scale={scale!r}, dtype="i8"}}' in text
+    assert f'out_dtype="i8", out_scale={float(np.float32(2 / 127))!r}' in text
+
+
+def test_numeric_close_to_float_and_per_layer_error():
+    module, notes = _quantize()
+    float_module = parse_module(TEXT, params=PARAMS)
+    for x in CALIBRATION:
+        want = run(float_module, [x])[0]
+        got = run(module, [x])[0]
+        assert np.abs(got - want).max() <= 0.02 * np.abs(want).max()
+    assert all(0 < r["error"] < 0.02 for r in notes["layers"])
+    assert 0 < notes["model_error"] < 0.02
+
+
+def test_range_choices():
+    rng = np.random.default_rng(0)
+    obs = Observer(100_000, rng)
+    for _ in range(4):
+        a = rng.standard_normal(50_000)
+        obs.add(a)
+    obs.add(np.array([40.0]))  # one outlier sets the min-max range
+    lo, hi = choose_range(obs, "minmax", "uint8", 99.99)
+    assert hi == 40.0
+    plo, phi = choose_range(obs, "percentile", "uint8", 99.9)
+    assert 2.5 < phi < 4.0 and -4.0 < plo < -2.5
+    mlo, mhi = choose_range(obs, "mse", "uint8", 99.99)
+    assert mhi < 40.0
+    v = obs.values()
+
+    def mse(lo, hi):
+        s, z, qmin, qmax = quant_params(lo, hi, "uint8")
+        return np.mean(((np.clip(np.rint(v / s) + z, qmin, qmax) - z) * s - v) ** 2)
+
+    assert mse(mlo, mhi) < mse(lo, hi)
+    # symmetric int8 codes: zero point 0, the larger magnitude sets the scale
+    assert quant_params(-1.0, 0.5, "int8") == (pytest.approx(1 / 127), 0, -128, 127)
+    # a range that does not hold 0 is widened to hold it (0 must be exact: padding)
+    s, z, _, _ = quant_params(1.0, 2.0, "uint8")
+    assert z == 0 and s == pytest.approx(2 / 255)
+
+
+def test_observer_keeps_a_bounded_sample():
+    obs = Observer(1000, np.random.default_rng(0))
+    for _ in range(20):
+        obs.add(np.arange(5000, dtype=np.float64))
+    assert obs.values().size <= 2000 and obs.lo == 0 and obs.hi == 4999
+
+
+class Mixed(nn.Module):
+    """Every case the int8 lowering must get exactly right: an odd channel count, a
+    stride, padding of an input with a nonzero zero point (the residual add's output is
+    signed), depthwise and grouped convs, a residual add, a concat, max pooling between
+    quantized layers, a linear head; plus an attention-style matmul of two activations
+    (kept in float)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 13, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(13)
+        self.dw = nn.Conv2d(13, 13, 3, padding=1, groups=13)
+        self.grouped = nn.Conv2d(13, 26, 3, padding=(1, 2), dilation=(1, 2), groups=13)
+        self.pw = nn.Conv2d(26, 7, 1)
+        self.side = nn.Conv2d(13, 5, 3, padding=1, stride=1)
+        self.mix = nn.Conv2d(12, 9, 3, stride=(2, 1), padding=1)
+        self.head = nn.Linear(9, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.stem(x)))
+        y = self.dw(y) + y  # residual: signed, so the next conv pads with a nonzero zero point
+        z = torch.cat([self.pw(torch.relu(self.grouped(y))), self.side(y)], dim=1)
+        z = torch.max_pool2d(torch.relu(self.mix(z)), 2)
+        t = z.flatten(2).transpose(1, 2)  # [1, HW, 9]
+        att = torch.softmax(t @ t.transpose(1, 2), dim=-1) @ t
+        return self.head(att.mean(1))
+
+
+def _mixed():
+    torch.manual_seed(0)
+    model = Mixed().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    g = torch.Generator().manual_seed(1)
+    cal = [torch.randn(1, 3, 18, 17, generator=g) * 1.5 + 0.3 for _ in range(6)]
+    return model, cal
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    model, cal = _mixed()
+    module, report = sliver.quantize(model, cal, target="x86_64")
+    return model, cal, module, report
+
+
+def test_mixed_model_report(mixed):
+    model, cal, module, report = mixed
+    rows = {r["layer"]: r for r in report["layers"]}
+    quantized = {k for k, r in rows.items() if r["quantized"]}
+    assert quantized == {"stem", "dw", "grouped", "pw", "side", "mix", "head"}
+    kinds = [op.kind for op in module.ops]
+    assert kinds.count("qconv2d") == 6 and kinds.count("qdense") == 1
+    assert "conv2d" not in kinds and "linear" not in kinds and "batch_norm" not in kinds
+    matmuls = [r for r in report["layers"] if r["op"] == "matmul"]
+    assert len(matmuls) == 2 and all("two activations" in r["reason"] for r in matmuls)
+    # the residual add's output is signed: the grouped conv pads with a nonzero zero point
+    g = next(op for op in module.ops if op.kind == "qconv2d" and op.result.name == "grouped")
+    assert g.attrs["x_zero_point"] not in (0, 128) and g.attrs["groups"] == 13
+    with torch.no_grad():
+        want = model(cal[0]).numpy()
+    got = run(module, [cal[0].numpy()])[0]
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
+def test_skip_and_sensitive_layers_stay_float():
+    model, cal = _mixed()
+    module, report = sliver.quantize(model, cal, skip=["side"], max_error=0.01)
+    rows = {r["layer"]: r for r in report["layers"]}
+    assert not rows["side"]["quantized"] and "skip" in rows["side"]["reason"]
+    sensitive = [r for r in report["layers"] if "sensitive" in r.get("reason", "")]
+    assert sensitive and all(r["error"] > 0.01 for r in sensitive)
+    assert all(r["error"] <= 0.01 for r in report["layers"] if r["quantized"])
+    assert any(op.kind == "conv2d" for op in module.ops)
+
+
+def test_super_activations_keep_their_layer_float():
+    model, cal = _mixed()
+    report = {"super_activations": [{"value": "relu", "channel": 2, "consumers": ["pw.weight"]}]}
+    module, notes = sliver.quantize(model, cal, keep_super=True, super_activations=report)
+    row = next(r for r in notes["layers"] if r["layer"] == "pw")
+    assert not row["quantized"] and "super activation" in row["reason"] and "[2]" in row["reason"]
+
+
+def test_model_is_not_changed():
+    model, cal = _mixed()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sliver.quantize(model, cal)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+def test_bad_calibration_data():
+    module = parse_module(TEXT, params=PARAMS)
+    with pytest.raises(QuantizeError, match=r"must have shape \[2, 4\].*got \[2, 5\]"):
+        _quantize(calibration=[np.zeros((2, 5), np.float32)])
+    with pytest.raises(QuantizeError, match=r"must be f32 \(float32\), got float64.*astype"):
+        _quantize(calibration=[np.zeros((2, 4))])
+    with pytest.raises(QuantizeError, match="calibration set is empty"):
+        _quantize(calibration=[])
+    with pytest.raises(QuantizeError, match="not one array"):
+        _quantize(calibration=np.zeros((2, 4), np.float32))
+    with pytest.raises(QuantizeError, match="needs calibration data"):
+        _quantize(calibration=None)
+    with pytest.raises(QuantizeError, match="has 2 array"):
+        _quantize(calibration=[(np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32))])
+    with pytest.raises(SliverError, match="method must be one of"):
+        _quantize(method="entropyy")
+    assert str(module) == str(parse_module(TEXT, params=PARAMS))
+
+
+def test_nothing_quantizable():
+    text = dedent("""
+        func @m(%x: f32[2,4]) {
+          %r = relu(%x) : f32[2,4]
+          return %r
+        }
+    """)
+    with pytest.raises(QuantizeError, match="no layer to quantize"):
+        _quantize(text=text, params={})
+
+
+def test_calibration_files(tmp_path):
+    stack = np.stack(CALIBRATION)
+    np.savez(tmp_path / "cal.npz", x=stack)
+    module, notes = _quantize(calibration=str(tmp_path / "cal.npz"))
+    assert str(module) == QUANTIZED and notes["samples"] == 2
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i, a in enumerate(CALIBRATION):
+        np.save(folder / f"{i:03d}.npy", a)
+    module, _ = _quantize(calibration=folder)
+    assert str(module) == QUANTIZED
+    np.savez(tmp_path / "bad.npz", x=stack[:, :, :3])
+    with pytest.raises(QuantizeError, match=r"neither input %x's shape"):
+        _quantize(calibration=tmp_path / "bad.npz")
+    np.savez(tmp_path / "empty.npz")
+    with pytest.raises(QuantizeError, match="empty calibration set"):
+        _quantize(calibration=tmp_path / "empty.npz")
+    (tmp_path / "none").mkdir()
+    with pytest.raises(QuantizeError, match="no .npy files"):
+        _quantize(calibration=tmp_path / "none")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(QuantizeError, match="not a readable numpy file"):
+        _quantize(calibration=tmp_path / "junk.npz")
+
+
+def test_cli_bad_calibration_writes_nothing(tmp_path):
+    from sliver.tools.cli import main
+
+    np.savez(tmp_path / "bad.npz", x=np.zeros((4, 1, 3, 31, 32), np.float32))
+    out = tmp_path / "q.sliver"
+    rc = main(["lower", "tools/examples/tiny_cnn.py:build", "--quantize", "int8", "--calibration",
+               str(tmp_path / "bad.npz"), "-o", str(out)])
+    assert rc != 0 and not out.exists()
+    rc = main(["lower", "tools/examples/tiny_cnn.py:build", "--quantize", "int8", "-o", str(out)])
+    assert rc != 0 and not out.exists()
+
+
+def test_pass_is_listed():
+    from sliver.passes.manager import all_passes
+
+    assert "quantize-static" in all_passes()
+
+
+# -- compiled int8 equals the interpreter ----------------------------------------------------------
+
+
+def _rel(got, want):
+    return float(np.abs(np.asarray(got, np.float64) - want).max() / max(np.abs(want).max(), 1e-12))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activations", ["uint8", "int8"])
+def test_x86_int8_matches_interpreter(activations):
+    model, cal = _mixed()
+    module, _ = sliver.quantize(model, cal, activations=activations)
+    x = cal[1].numpy()
+    art = sliver.lower(module, (x,), "x86_64")
+    assert art.manifest.target.int8_dot
+    assert set(art.manifest.kernels.values()) == {"int8"}
+    m = art.load()
+    for sample in cal[:3]:
+        want = run(module, [sample.numpy()])[0]
+        assert _rel(m(sample.numpy()), want) <= 1e-5
+
+
+@pytest.mark.slow
+def test_cli_lower_quantize_int8(tmp_path):
+    from sliver.tools.cli import main
+
+    g = np.random.default_rng(0)
+    np.savez(tmp_path / "cal.npz", x=g.standard_normal((8, 1, 3, 32, 32)).astype(np.float32))
+    out = tmp_path / "q.sliver"
+    assert main(["lower", "tools/examples/tiny_cnn.py:build", "--quantize", "int8", "--calibration",
+                 str(tmp_path / "cal.npz"), "-o", str(out)]) == 0
+    art = sliver.load(out)
+    assert art.manifest.pipeline.startswith("fold-fake-quant,fold-batchnorm,quantize-static")
+    assert art.verify()
+
+
+@pytest.mark.slow
+@pytest.mark.emulated
+@pytest.mark.parametrize("target,cpu", [("rpi4", "cortex-a72"), ("rpi5", "cortex-a76")])
+def test_emulated_pi_int8_matches_interpreter(target, cpu, tmp_path):
+    from sliver.tools.emulator import emulate
+
+    model, cal = _mixed()
+    module, _ = sliver.quantize(model, cal, target=target)
+    x = cal[1].numpy()
+    art = sliver.lower(module, (x,), target)
+    assert art.manifest.target.int8_dot == "neon"
+    path = art.save(tmp_path / "q.sliver")
+    script = tmp_path / "first.py"
+    script.write_text("import sys, numpy as np\nfrom sliver.runtime.artifact import load\n"
+                      "m = load(sys.argv[1])\nnp.save(sys.argv[2], m.run(*m.golden_inputs())[0])\n")
+    out = tmp_path / "out.npy"
+    proc = emulate.run_python([str(script), str(path), str(out)], cpu=cpu, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    want = run(module, [x])[0]
+    assert _rel(np.load(out), want) <= 1e-5
