@@ -68,7 +68,12 @@ W2A2_MAX_RB = 904
 #: file): no weight zero point to fold for symmetric weights, so no Sx sums at run time.
 W2A2_TC_MAX_RB = 680
 #: meta ``LAYOUT`` values (the C file's ``LAYOUT_*``)
-LAYOUT_PLAIN, LAYOUT_W2A2, LAYOUT_W2A2_TC, LAYOUT_W2A2_TC8 = 0, 1, 2, 3
+LAYOUT_PLAIN, LAYOUT_W2A2, LAYOUT_W2A2_TC, LAYOUT_W2A2_TC8, LAYOUT_I8_TILE = 0, 1, 2, 3, 4
+#: The int8 kernel's register tiles (LAYOUT_I8_TILE) exist for these ``Target.int8_dot``
+#: instruction sets; they take groups of at least I8_TILE_MIN_OG output channels (the
+#: weights are stored in blocks of 16 channels: fewer would mostly multiply zeros)
+I8_TILE_DOTS = ("avx512-vnni", "sdot")
+I8_TILE_MIN_OG = 8
 
 def check_kernel(kernel: str | None) -> None:
     """``kernel`` is None or one of :data:`KERNELS` (``LowerContext.lowbit_kernel``)."""
@@ -263,6 +268,21 @@ def pack_weights_int8(w: np.ndarray, align: int = INT8_ROW_ALIGN) -> tuple[np.nd
     return out, rb
 
 
+def pack_weights_int8_tiled(w: np.ndarray, groups: int) -> tuple[np.ndarray, int]:
+    """The int8 kernel's rows (:func:`pack_weights_int8`) in its register tiles' layout
+    (``LAYOUT_I8_TILE``): per group, blocks of 16 output channels (zero channels fill the
+    last), each ``[RB/4][16][4]``: for every 4 consecutive row bytes, those bytes of the
+    16 channels in turn (what one ``vpdpbusd`` / four ``sdot`` by element multiply)."""
+    rows, rb = pack_weights_int8(w)
+    o = rows.shape[0]
+    og = o // groups
+    blocks = -(-og // 16)
+    out = np.zeros((groups, blocks * 16, rb), np.int8)
+    out[:, :og] = rows.reshape(groups, og, rb)
+    out = out.reshape(groups, blocks, 16, rb // 4, 4).transpose(0, 1, 3, 2, 4)
+    return np.ascontiguousarray(out).reshape(groups * blocks * 16, rb), rb
+
+
 def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, xshape, stride, padding, dilation,
                    groups, out_hw):
     """The result [N, O, OH, OW] (f32, or the requantized codes) from one of the C kernels
@@ -304,7 +324,11 @@ def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, 
             packed = w2a2_blocks(packed, groups, 8 if layout == LAYOUT_W2A2_TC8 else 4)
     else:
         tapb = cg
-        packed, rb = pack_weights_int8(w_codes)
+        if bb.context.target.int8_dot in I8_TILE_DOTS and o // groups >= I8_TILE_MIN_OG:
+            layout = LAYOUT_I8_TILE
+            packed, rb = pack_weights_int8_tiled(w_codes, groups)
+        else:
+            packed, rb = pack_weights_int8(w_codes)
         narrow = int((w_codes > -128).all())  # WSIGNED: no weight is -128 (two products fit int16)
     wsum = w_codes.reshape(o, -1).sum(axis=1).astype(np.int32)
     quantized = a["out_dtype"] != "f32"

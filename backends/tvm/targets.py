@@ -197,7 +197,10 @@ _LEVEL_WORDS = {
 #: the int8 kernel's inner product per instruction set (``kernels/lowbit.c`` picks the same
 #: one from the compiler's macros, which follow the target's flags):
 INT8_DOT = {
-    "avx2": "bytes widened to int16, vpmaddwd (AVX2)",
+    "avx512-vnni": "vpdpbusd zmm (AVX-512 VNNI): u8 x s8, four products into each int32 lane",
+    "avx-vnni": "vpdpbusd ymm (AVX-VNNI): u8 x s8, four products into each int32 lane",
+    "avx2": "bytes widened to int16, vpmaddwd (AVX2; exact, where vpmaddubsw would saturate)",
+    "sdot": "sdot (Armv8.2 dot product): s8 x s8, four products into each int32 lane",
     "neon": "smull + smlal2 + sadalp (Armv8.0 NEON): s8 x s8 into int16 pairs, then int32",
     "scalar": "scalar C",
 }
@@ -208,7 +211,11 @@ def int8_dot(arch: str, features) -> str:
     (LLVM feature names for x86, the target's ``mattr`` for aarch64)."""
     f = set(features)
     if arch == "aarch64":
-        return "neon"
+        return "sdot" if ("+dotprod" in f or "dotprod" in f) else "neon"
+    if "avx512vnni" in f and "avx512bw" in f:
+        return "avx512-vnni"
+    if "avxvnni" in f:
+        return "avx-vnni"
     return "avx2" if "avx2" in f else "scalar"
 
 

@@ -181,9 +181,11 @@ def count_library(
     repeat: int = 1,
     warmup: int = 1,
     timeout: float | None = 1800,
+    cpu: str | None = None,
 ) -> InstructionCount:
     """Run ``function`` of an aarch64 TVM library on the emulated Pi and count the
-    instructions executed inside each call.
+    instructions executed inside each call.  ``cpu`` is the CPU qemu emulates (default
+    the Pi 4's ``cortex-a72``; ``cortex-a76`` for a Pi 5 library that uses its dot product).
 
     ``library`` is the bytes or path of an exported ``.so``: a Relax VM executable
     (``function`` is a VM function, usually ``main``; ``inputs`` are its arguments)
@@ -206,7 +208,8 @@ def count_library(
         (job / "lib.so").write_bytes(data)
         np.savez(job / "inputs.npz", *[np.ascontiguousarray(np.asarray(x)) for x in inputs])
         (job / "job.json").write_text(json.dumps({"function": function, "repeat": repeat, "warmup": warmup}))
-        marks = run_counted(["-m", "sliver.tools.emulator.icount", str(job)], timeout=timeout)
+        marks = run_counted(["-m", "sliver.tools.emulator.icount", str(job)], timeout=timeout,
+                            **({"cpu": cpu} if cpu else {}))
         maps = (job / "maps.txt").read_text()
         with np.load(job / "results.npz") as z:
             results = [z[f"arr_{i}"] for i in range(len(z.files))]

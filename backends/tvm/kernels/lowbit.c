@@ -189,7 +189,7 @@ static void* data_of(const sliver_Any* a) {
 #define W2A2_TC_MAX_RB 680
 #define W2A2_BLOCKS(A, W, rb, og) ((A) == 2 && (W) == 2 && (rb) >= 16 && (rb) <= W2A2_MAX_RB && (og) >= 4)
 #define W2A2_TC_OK(rb, og) ((rb) <= W2A2_TC_MAX_RB && (og) % 4 == 0)
-enum { LAYOUT_PLAIN = 0, LAYOUT_W2A2 = 1, LAYOUT_W2A2_TC = 2, LAYOUT_W2A2_TC8 = 3 };
+enum { LAYOUT_PLAIN = 0, LAYOUT_W2A2 = 1, LAYOUT_W2A2_TC = 2, LAYOUT_W2A2_TC8 = 3, LAYOUT_I8_TILE = 4 };
 
 /* ---- meta layout (kept in sync with lowbit.py: META_FIELDS) ---- */
 enum {
@@ -1365,11 +1365,17 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
  * (TAPB = Cg), zero-filled to RB (a multiple of 16).  Activations: the padded input of
  * a group as [hp][wp][Cg] bytes (the border holds xz'), im2col rows built per output row
  * as in the bit-serial kernel; Sx' per row.
- * aarch64 (Cortex-A72 is ARMv8.0: no sdot): per 16 bytes and output channel `smull` +
- * `smlal2` (two products per 16-bit lane: safe when no weight is -128, which the
- * compiler checks and states in WSIGNED=1; otherwise `smull` + `smull2`) and `sadalp`
- * into 32-bit lanes, four output channels per block.  x86 AVX2: bytes widened to int16
- * and `vpmaddwd`.  Elsewhere: scalar. */
+ * aarch64 with the dot product extension (Cortex-A76, the Pi 5): per 16 bytes and output
+ * channel one `sdot` (four s8 x s8 products into each int32 lane, exact).  ARMv8.0
+ * (Cortex-A72, the Pi 4: no sdot): `smull` + `smlal2` (two products per 16-bit lane:
+ * safe when no weight is -128, which the compiler checks and states in WSIGNED=1;
+ * otherwise `smull` + `smull2`) and `sadalp` into 32-bit lanes; four output channels per
+ * block.  x86 with AVX-512 VNNI / AVX-VNNI: activations stay unsigned (signed codes
+ * become x + 128, I8_UNSIGNED_X) and `vpdpbusd` multiplies u8 x s8, four products into
+ * each int32 lane, exact (no saturation: that is `vpdpbusds`).  x86 AVX2: bytes widened
+ * to int16 and `vpmaddwd` (exact; `vpmaddubsw` would saturate its int16 pair sums on
+ * 8-bit activations).  Elsewhere: scalar.  The compiler records the choice
+ * (``Target.int8_dot``) from the same features. */
 #if defined(__aarch64__)
 INLINE void i8_block(const int8_t* row, const int8_t* w, int rb, const int OB, const int NARROW, int32_t* out,
                      ptrdiff_t ostride, const int32_t* obias, int32_t base) {
@@ -1379,6 +1385,11 @@ INLINE void i8_block(const int8_t* row, const int8_t* w, int rb, const int OB, c
     const int8x16_t xv = vld1q_s8(row + v);
     _Pragma("GCC unroll 4") for (int ob = 0; ob < OB; ob++) {
       const int8x16_t wv = vld1q_s8(w + (size_t)ob * rb + v);
+#if defined(__ARM_FEATURE_DOTPROD)
+      (void)NARROW;
+      tot[ob] = vdotq_s32(tot[ob], xv, wv);
+      continue;
+#endif
       if (NARROW) {
         tot[ob] = vpadalq_s16(tot[ob], vmlal_high_s8(vmull_s8(vget_low_s8(xv), vget_low_s8(wv)), xv, wv));
       } else {
@@ -1402,6 +1413,52 @@ static inline int32_t i8_row_sum(const int8_t* row, int rb) {
   int32x4_t s = vdupq_n_s32(0);
   for (int v = 0; v < rb; v += 16) s = vpadalq_s16(s, vpaddlq_s8(vld1q_s8(row + v)));
   return vaddvq_s32(s);
+}
+#elif (defined(__AVX512VNNI__) && defined(__AVX512BW__)) || defined(__AVXVNNI__)
+#define I8_UNSIGNED_X 1
+/* rows of unsigned bytes (x'), weights signed; a vector of bytes per step, the rest (RB is
+ * a multiple of 16) through a masked (AVX-512) or half (AVX-VNNI: 16 bytes) load */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+typedef __m512i i8v;
+#define I8V_BYTES 64
+#define I8V_ZERO() _mm512_setzero_si512()
+#define I8V_LOAD(p) _mm512_loadu_si512((const void*)(p))
+#define I8V_TAIL(p, n) _mm512_maskz_loadu_epi8((~0ull) >> (64 - (n)), (p))
+#define I8V_DOT(a, x, w) _mm512_dpbusd_epi32((a), (x), (w))
+#else
+typedef __m256i i8v;
+#define I8V_BYTES 32
+#define I8V_ZERO() _mm256_setzero_si256()
+#define I8V_LOAD(p) _mm256_loadu_si256((const __m256i*)(p))
+#define I8V_TAIL(p, n) _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i*)(p))) /* n == 16 */
+#define I8V_DOT(a, x, w) _mm256_dpbusd_avx_epi32((a), (x), (w))
+#endif
+INLINE void i8_block(const int8_t* row, const int8_t* w, int rb, const int OB, const int NARROW, int32_t* out,
+                     ptrdiff_t ostride, const int32_t* obias, int32_t base) {
+  (void)NARROW;
+  i8v tot[4];
+  _Pragma("GCC unroll 4") for (int ob = 0; ob < OB; ob++) tot[ob] = I8V_ZERO();
+  int v = 0;
+  for (; v + I8V_BYTES <= rb; v += I8V_BYTES) {
+    const i8v xv = I8V_LOAD(row + v);
+    _Pragma("GCC unroll 4") for (int ob = 0; ob < OB; ob++) tot[ob] = I8V_DOT(tot[ob], xv, I8V_LOAD(w + (size_t)ob * rb + v));
+  }
+  if (v < rb) {
+    const i8v xv = I8V_TAIL(row + v, rb - v);
+    _Pragma("GCC unroll 4") for (int ob = 0; ob < OB; ob++)
+      tot[ob] = I8V_DOT(tot[ob], xv, I8V_TAIL(w + (size_t)ob * rb + v, rb - v));
+  }
+  for (int ob = 0; ob < OB; ob++) {
+    int32_t q[I8V_BYTES / 4], sum = 0;
+    memcpy(q, &tot[ob], sizeof(q));
+    for (int i = 0; i < I8V_BYTES / 4; i++) sum += q[i];
+    out[ob * ostride] = sum + obias[ob] + base;
+  }
+}
+static inline int32_t i8_row_sum(const int8_t* row, int rb) {
+  int32_t s = 0;
+  for (int v = 0; v < rb; v++) s += (uint8_t)row[v];
+  return s;
 }
 #elif defined(__AVX2__)
 INLINE void i8_block(const int8_t* row, const int8_t* w, int rb, const int OB, const int NARROW, int32_t* out,
@@ -1444,6 +1501,117 @@ static inline int32_t i8_row_sum(const int8_t* row, int rb) {
 }
 #endif
 
+/* ---- the tiled int8 kernel (meta LAYOUT = LAYOUT_I8_TILE): a register tile of P pixels x
+ * NB blocks of 16 output channels, the whole reduction in registers, no horizontal sums.
+ * Weights of a group: [ceil(Og/16)][RB/4][16][4] bytes (per block of 16 channels and 4
+ * consecutive row bytes, 16 channels x 4 bytes), zero channels filling the last block.
+ * AVX-512 VNNI (this is oneDNN's and MLAS's scheme): per 4 row bytes one vpbroadcastd of
+ * each pixel's 4 bytes and one vpdpbusd per (pixel, block): 6 x 4 accumulators.
+ * aarch64 dot product: per 16 row bytes of each pixel one load, and per 4 of them one
+ * sdot by element (vdotq_laneq_s32) per (pixel, 4 channels): 4 pixels x 16 channels. */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define I8_TILE 1
+#define TILE_P 6
+#define TILE_NB 4
+INLINE void i8_tile(const int8_t* rows, int rb, const int8_t* wb, int32_t* acc, ptrdiff_t astride, int og_left,
+                    const int32_t* obias, const int32_t* base, const int P, const int NB) {
+  __m512i a[TILE_P][TILE_NB];
+  const size_t bstride = (size_t)rb * 16;
+  _Pragma("GCC unroll 6") for (int p = 0; p < P; p++)
+    _Pragma("GCC unroll 4") for (int nb = 0; nb < NB; nb++) a[p][nb] = _mm512_setzero_si512();
+  for (int q = 0; q < rb; q += 4) {
+    __m512i wv[TILE_NB];
+    _Pragma("GCC unroll 4") for (int nb = 0; nb < NB; nb++) wv[nb] = _mm512_loadu_si512((const void*)(wb + nb * bstride + (size_t)q * 16));
+    _Pragma("GCC unroll 6") for (int p = 0; p < P; p++) {
+      int32_t x4;
+      memcpy(&x4, rows + (size_t)p * rb + q, 4);
+      const __m512i xb = _mm512_set1_epi32(x4);
+      _Pragma("GCC unroll 4") for (int nb = 0; nb < NB; nb++) a[p][nb] = _mm512_dpbusd_epi32(a[p][nb], xb, wv[nb]);
+    }
+  }
+  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                         _mm512_set1_epi32((int)astride));
+  _Pragma("GCC unroll 4") for (int nb = 0; nb < NB; nb++) {
+    const int left = og_left - nb * 16;
+    const __mmask16 k = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+    const __m512i ob = _mm512_maskz_loadu_epi32(k, obias + nb * 16);
+    _Pragma("GCC unroll 6") for (int p = 0; p < P; p++)
+      _mm512_mask_i32scatter_epi32(acc + (size_t)nb * 16 * astride + p, k, idx,
+                                   _mm512_add_epi32(_mm512_add_epi32(a[p][nb], ob), _mm512_set1_epi32(base[p])), 4);
+  }
+}
+#elif defined(__aarch64__) && defined(__ARM_FEATURE_DOTPROD)
+#define I8_TILE 1
+#define TILE_P 4
+#define TILE_NB 1
+INLINE void i8_tile(const int8_t* rows, int rb, const int8_t* wb, int32_t* acc, ptrdiff_t astride, int og_left,
+                    const int32_t* obias, const int32_t* base, const int P, const int NB) {
+  (void)NB;
+  int32x4_t a[TILE_P][4];
+  _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)
+    _Pragma("GCC unroll 4") for (int cb = 0; cb < 4; cb++) a[p][cb] = vdupq_n_s32(0);
+  for (int s = 0; s < rb; s += 16) {
+    int8x16_t xv[TILE_P];
+    _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) xv[p] = vld1q_s8(rows + (size_t)p * rb + s);
+    const int8_t* wq = wb + (size_t)s * 16;
+#define I8_SDOT_LANE(J)                                                                                    \
+    {                                                                                                      \
+      int8x16_t w4[4];                                                                                     \
+      _Pragma("GCC unroll 4") for (int cb = 0; cb < 4; cb++) w4[cb] = vld1q_s8(wq + (J) * 64 + cb * 16);  \
+      _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)                                                  \
+        _Pragma("GCC unroll 4") for (int cb = 0; cb < 4; cb++) a[p][cb] = vdotq_laneq_s32(a[p][cb], w4[cb], xv[p], (J)); \
+    }
+    I8_SDOT_LANE(0)
+    I8_SDOT_LANE(1)
+    I8_SDOT_LANE(2)
+    I8_SDOT_LANE(3)
+#undef I8_SDOT_LANE
+  }
+  _Pragma("GCC unroll 4") for (int cb = 0; cb < 4; cb++) {
+    int32_t v[TILE_P][4];
+    _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) vst1q_s32(v[p], a[p][cb]);
+    for (int i = 0; i < 4; i++) {
+      const int o = cb * 4 + i;
+      if (o >= og_left) break;
+      for (int p = 0; p < P; p++) acc[(size_t)o * astride + p] = v[p][i] + obias[o] + base[p];
+    }
+  }
+}
+#endif
+
+#ifdef I8_TILE
+/* rows [npix][RB] against the group's tiled weights, into out[o * ostride + p] */
+static void i8_row_tile(const row_args* ra) {
+  const int rb = ra->rb, og = ra->og, nblk = (og + 15) / 16;
+  const int8_t* rows = (const int8_t*)ra->rows;
+  const int8_t* w = (const int8_t*)ra->w;
+  for (int b = 0; b < nblk; b += TILE_NB) {
+    const int nb = nblk - b < TILE_NB ? nblk - b : TILE_NB;
+    const int8_t* wb = w + (size_t)b * 16 * rb;
+    int32_t* out = ra->out + (size_t)b * 16 * ra->ostride;
+    const int og_left = og - b * 16;
+    for (int p = 0; p < ra->npix; p += TILE_P) {
+      const int np = ra->npix - p < TILE_P ? ra->npix - p : TILE_P;
+      const int8_t* r = rows + (size_t)p * rb;
+#define I8_TILE_CASE(PP, NN) \
+  case (PP) * 8 + (NN): i8_tile(r, rb, wb, out + p, ra->ostride, og_left, ra->obias + b * 16, ra->base + p, PP, NN); break;
+      switch (np * 8 + nb) {
+#if TILE_NB == 4
+        I8_TILE_CASE(1, 1) I8_TILE_CASE(2, 1) I8_TILE_CASE(3, 1) I8_TILE_CASE(4, 1) I8_TILE_CASE(5, 1) I8_TILE_CASE(6, 1)
+        I8_TILE_CASE(1, 2) I8_TILE_CASE(2, 2) I8_TILE_CASE(3, 2) I8_TILE_CASE(4, 2) I8_TILE_CASE(5, 2) I8_TILE_CASE(6, 2)
+        I8_TILE_CASE(1, 3) I8_TILE_CASE(2, 3) I8_TILE_CASE(3, 3) I8_TILE_CASE(4, 3) I8_TILE_CASE(5, 3) I8_TILE_CASE(6, 3)
+        I8_TILE_CASE(1, 4) I8_TILE_CASE(2, 4) I8_TILE_CASE(3, 4) I8_TILE_CASE(4, 4) I8_TILE_CASE(5, 4) I8_TILE_CASE(6, 4)
+#else
+        I8_TILE_CASE(1, 1) I8_TILE_CASE(2, 1) I8_TILE_CASE(3, 1) I8_TILE_CASE(4, 1)
+#endif
+        default: break;
+      }
+#undef I8_TILE_CASE
+    }
+  }
+}
+#endif
+
 INLINE void i8_row_impl(const row_args* ra, const int NARROW) {
   const int rb = ra->rb, og = ra->og;
   const ptrdiff_t ostride = ra->ostride;
@@ -1477,6 +1645,7 @@ typedef struct {
   int xz, wz;
   size_t osz;
   const i8_scratch* slices;
+  int og_stored; /* weight rows stored per group: Og, or Og rounded up to 16 (LAYOUT_I8_TILE) */
 } i8_job;
 /* As BITSERIAL_*: per output value, its row's byte products plus a fixed cost worth
  * INT8_PER_OUTPUT of them (fitted on x86 to the small CNN's layers: the 3-channel stem,
@@ -1510,7 +1679,7 @@ static __attribute__((optimize("no-tree-loop-distribute-patterns"))) void int8_s
       for (int ww = 0; ww < W; ww++)
         for (int c = 0; c < Cg; c++) dst[(size_t)ww * PIX + c] = (int8_t)(src[c * HW + ww] ^ j->flip);
     }
-    const int8_t* wg = j->wp + (size_t)g * Og * RB;
+    const int8_t* wg = j->wp + (size_t)g * j->og_stored * RB; /* the tiled layout pads Og to whole blocks of 16 */
     const epilogue eg = group_epilogue(&j->epi, g, Og);
     for (int oh = oh0; oh < oh1; oh++) {
       /* 2. the im2col rows of this output row */
@@ -1525,7 +1694,7 @@ static __attribute__((optimize("no-tree-loop-distribute-patterns"))) void int8_s
               copy_bytes((uint8_t*)r + (kh * KW + kw) * Cg, (const uint8_t*)src + (size_t)kw * DW * PIX, Cg);
           }
         }
-        sc->sx[ow] = -j->wz * i8_row_sum(r, RB);
+        sc->sx[ow] = j->wz ? -j->wz * i8_row_sum(r, RB) : 0; /* symmetric weights: no Sx term */
       }
       /* 3. dot products, zero points folded, written to out[n, g*Og + o, oh, ow] */
       const row_args ra = {(const uint8_t*)rows, (const uint8_t*)wg, RB, Og, OW, sc->acc, OW, j->obias + g * Og, sc->sx,
@@ -1556,12 +1725,27 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   CONV_GEOMETRY(m);
   (void)SH, (void)SW, (void)DH, (void)DW; /* int8_slice reads them */
   const int wz = m[M_WZ];
-  const uint8_t flip = m[M_ASIGNED] ? 0 : 0x80; /* unsigned codes: x' = x - 128 */
-  const int xz = m[M_XZ] - (flip ? 128 : 0);
-  if (RB % 16 || RB < K || m[M_TAPB] != Cg || xz < -128 || xz > 127)
+#ifdef I8_UNSIGNED_X
+  const uint8_t flip = m[M_ASIGNED] ? 0x80 : 0; /* u8 x s8 products: signed codes become x' = x + 128 */
+  const int xz = m[M_XZ] + (flip ? 128 : 0), xz_lo = 0, xz_hi = 255;
+#else
+  const uint8_t flip = m[M_ASIGNED] ? 0 : 0x80; /* s8 x s8 products: unsigned codes become x' = x - 128 */
+  const int xz = m[M_XZ] - (flip ? 128 : 0), xz_lo = -128, xz_hi = 127;
+#endif
+  if (RB % 16 || RB < K || m[M_TAPB] != Cg || xz < xz_lo || xz > xz_hi)
     return fail("sliver_lowbit_int8: bad meta (row bytes a multiple of 16 holding KH*KW*Cg bytes, one byte per "
                 "channel): the library was built by a different sliver");
+  const int layout = m[M_LAYOUT];
+#ifdef I8_TILE
+  const row_fn fn = layout == LAYOUT_I8_TILE ? i8_row_tile : m[M_WSIGNED] ? i8_row_narrow : i8_row_wide;
+#else
+  if (layout == LAYOUT_I8_TILE)
+    return fail("sliver_lowbit_int8: the weights are tiled for a dot-product kernel this library was built "
+                "without (the artifact was compiled for another CPU)");
   const row_fn fn = m[M_WSIGNED] ? i8_row_narrow : i8_row_wide;
+#endif
+  if (layout != LAYOUT_PLAIN && layout != LAYOUT_I8_TILE)
+    return fail("sliver_lowbit_int8: bad meta LAYOUT: the library was built by a different sliver");
   /* output rows cut into slices on TVM's pool as in the bit-serial kernel, each with its
    * own padded input [HP][WP][Cg], im2col rows, sums: all allocated before any output is written */
   const long items = (long)N * G * OH;
@@ -1583,7 +1767,8 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
     slices[s] = (i8_scratch){(int8_t*)p[S_PK], (int8_t*)p[S_ROWS], (int32_t*)p[S_SX], (int32_t*)p[S_ACC]};
   }
   for (int o = 0; o < O; o++) obias[o] = K * xz * wz - xz * wsum[o];
-  const i8_job job = {x, (const int8_t*)wp, out, obias, m, epi, fn, flip, xz, wz, osz, slices};
+  const i8_job job = {x, (const int8_t*)wp, out, obias, m, epi, fn, flip, xz, wz, osz, slices,
+                      layout == LAYOUT_I8_TILE ? (Og + 15) / 16 * 16 : Og};
   pool_job pj = {int8_slice, (void*)&job, nslice};
   pool_run(&pj);
   free(scratch); free(slices); free(obias);
