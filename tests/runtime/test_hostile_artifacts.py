@@ -334,7 +334,9 @@ def _input_cases(shape, dtype):
         ("five inputs", [x] * 5, "error"),
         ("None", [None], "error"),
         ("a string", ["hello"], "error"),
-        ("a dict", [{"x": x}], "error"),
+        ("a dict naming no input", [{"input": x}], "error"),  # {"x": x} is a call by name (test_api.py)
+        ("a dict naming an extra input", [{"x": x, "y": x}], "error"),
+        ("a dict of a dict", [{"x": {"x": x}}], "error"),
         ("a scalar", [1.0], "error"),
         ("0-d array", [np.float32(1.0)], "error"),
         ("nested list of floats", [x.tolist()], "error"),
