@@ -197,6 +197,17 @@ class Sym:
             return result
         raise SymbolicDimError(f"({self}) % {other!r}: only the remainder by a positive integer is supported")
 
+    def __rmod__(self, other):
+        """``i % size`` for an index: ``i`` when 0 <= i < size, ``i + size`` when -size <= i < 0
+        (python's modulo in the ranges indexing uses), else SymbolicDimError."""
+        if not isinstance(other, int) or isinstance(other, bool):
+            return NotImplemented
+        if other >= 0 and self > other:
+            return other
+        if other < 0 and self + other >= 0:
+            return self + other
+        raise SymbolicDimError(f"{other} % ({self}): the index may be out of range ({describe_vars(self)})")
+
     def __truediv__(self, other):
         raise SymbolicDimError(f"({self}) / {other}: a dimension divides only by floor division")
 

@@ -513,6 +513,14 @@ declare("concat", ("*",), {"axis": REQUIRED}, infer=_concat_infer,
         ref=lambda *xs, axis: _torch().cat(xs, axis), doc="join tensors along an axis")
 
 
+def _provably(condition) -> bool:
+    """Whether a comparison of dims holds for every size in the variables' ranges."""
+    try:
+        return bool(condition())
+    except SymbolicDimError:
+        return False
+
+
 def slice_bounds(size, start, end, step: int) -> tuple:
     """Clamp python-style bounds to [0, size]; returns (start, end, length).
 
@@ -528,9 +536,11 @@ def slice_bounds(size, start, end, step: int) -> tuple:
             i = i + size  # python's negative index from the end
         if isinstance(i, int) and i == 0:
             return 0
-        if i >= size:  # decided from the ranges, or SymbolicDimError
+        if _provably(lambda: i >= size):
             return size
-        return i if i >= 0 else 0
+        if _provably(lambda: i <= size):
+            return i if i >= 0 else 0  # decided from the ranges, or SymbolicDimError
+        raise SymbolicDimError(f"whether {i} is within the size {size} depends on the sizes")
 
     try:
         start, end = clamp(start), clamp(end)
