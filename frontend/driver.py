@@ -145,18 +145,19 @@ def _identifier(name: str) -> str:
     return out
 
 
+def _int_or_none(bound):
+    try:
+        return int(bound)
+    except Exception:  # sympy's infinities raise assorted errors here
+        return None
+
+
 def _range(vr, name: str) -> tuple[int, int]:
     if vr is None:
         raise SliverError(f"torch.export recorded no range for the dynamic dimension {name}")
     lo, hi = vr.lower, vr.upper
-    try:
-        lo = max(0, int(lo))
-    except (TypeError, ValueError, OverflowError):
-        lo = 0
-    try:
-        hi = int(hi)
-    except (TypeError, ValueError, OverflowError):
-        hi = None
+    lo, hi = _int_or_none(lo), _int_or_none(hi)  # None: torch's ±int_oo, no bound
+    lo = max(0, lo or 0)
     if hi is None or hi > MAX_DIM:
         raise SliverError(
             f"the dynamic dimension {name} has no maximum: sliver compiles for a range of sizes; give its "

@@ -369,6 +369,12 @@ def bounds(d) -> tuple[int, int]:
     return lo_sum, hi_sum
 
 
+def largest(d) -> int:
+    """The largest value of a dimension over its variables' ranges (an int stays as it
+    is): what size reports (MACs, bytes) count for a dynamic dimension."""
+    return bounds(d)[1]
+
+
 def evaluate(d, env: dict) -> int:
     """The value of a dimension for variable values ``env`` (name → int)."""
     if not isinstance(d, Sym):
