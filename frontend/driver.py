@@ -269,8 +269,9 @@ def export(model, example_inputs, dynamic_shapes=None):
         if dynamic_shapes is not None and "dynamic" in str(e).lower() or "Constraints violated" in str(e):
             raise SliverError(
                 f"torch.export could not keep the dimensions dynamic: {first}\n"
-                "check dynamic_shapes against the model (a dimension the model fixes cannot be dynamic; "
-                "torch.export's message above names it)") from e
+                "check dynamic_shapes against the model: a dimension the model fixes cannot be dynamic "
+                "(torch.export's message names it), and torch.export fixes a dimension whose example size is "
+                "0 or 1: give examples of size 2 or more in every dynamic dimension") from e
         raise SliverError(
             f"torch.export could not capture the model: {first}\n"
             "sliver traces with torch.export; make the forward pass export-friendly "

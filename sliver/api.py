@@ -138,6 +138,16 @@ def trace(model, example_inputs=(), *, name: str | None = None, dynamic_shapes=N
         return _trace_verified(model, example_inputs, name, dynamic_shapes)
 
 
+def export_dynamic(model, example_inputs, dynamic_shapes):
+    """``model`` exported by torch.export with ``dynamic_shapes`` (in eval mode, the
+    model left as it was): an ExportedProgram that :func:`trace` and :func:`lower` take
+    with its dimensions dynamic, as a ``.pt2`` file's."""
+    from sliver.frontend import export
+
+    with _inference(model, "export"):
+        return export(model, _torch_inputs(example_inputs), dynamic_shapes)
+
+
 def unsupported_ops(model, example_inputs=()) -> list[tuple[str, str | None, str | None]]:
     """The operator uses of ``model`` sliver cannot trace, each as (aten op, ``file:line``
     or None, that source line or None): empty when every one is supported.  The model is

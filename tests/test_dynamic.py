@@ -265,3 +265,23 @@ def test_pruning_report_counts_dynamic_dims_at_their_largest():
     assert report["macs_before"] == count_params_and_macs(at_16)[1] > report["macs_after"] > 0
     x = np.random.default_rng(0).standard_normal((5, 3, 16, 16)).astype(np.float32)
     assert run(small, [x])[0].shape == (5, 10)
+
+
+def test_cli_keeps_dynamic_dims_of_a_pt2_and_of_a_builder(tmp_path):
+    from sliver.tools.cli import main
+
+    model, inputs, dynamic = cnn()
+    torch.export.save(torch.export.export(model, inputs, dynamic_shapes=dynamic), tmp_path / "m.pt2")
+    assert main(["trace", str(tmp_path / "m.pt2"), "-o", str(tmp_path / "pt2.sir")]) == 0
+    text = (tmp_path / "pt2.sir").read_text()
+    assert " in [1, 16] {" in text.splitlines()[0] and ",3,16,16]" in text.splitlines()[0]
+    builder = tmp_path / "dyn.py"
+    builder.write_text(
+        "import torch\n"
+        "from torch.export import Dim\n"
+        "def build():\n"
+        "    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU())\n"
+        "    return model, (torch.zeros(2, 8),), ({0: Dim('batch', min=1, max=64)},)\n")
+    assert main(["trace", f"{builder}:build", "-o", str(tmp_path / "py.sir")]) == 0
+    first = (tmp_path / "py.sir").read_text().splitlines()[0]
+    assert first.endswith("(%input: f32[batch,8]) where batch in [1, 64] {"), first

@@ -187,3 +187,37 @@ def test_params_have_static_shapes():
     """)
     with pytest.raises(IRParseError, match="a param has a static shape"):
         parse_module(text)
+
+
+def test_const_fold_leaves_ops_with_symbolic_dims_to_run_time():
+    """Golden text: the position ids ``arange(seq)`` are a slice of a constant to the
+    symbolic length; const-fold folds the static cast and leaves the slice."""
+    from helpers import run_pass
+
+    text = dedent("""
+        func @pos(%x: f32[seq,4]) where seq in [1, 8] {
+          %table = param : i64[8]
+          %two = constant {value=2, dtype="i64"} : i64[]
+          %scaled = mul(%table, %two) : i64[8]
+          %ids = slice(%scaled) {axis=0, end=seq} : i64[seq]
+          %f = cast(%ids) {dtype="f32"} : f32[seq]
+          %y = reshape(%f) {shape=[seq, 1]} : f32[seq,1]
+          %z = add(%x, %y) : f32[seq,4]
+          return %z
+        }
+    """)
+    out = run_pass(text, "const-fold,dce")
+    assert out == dedent("""
+        func @pos(%x: f32[seq,4]) where seq in [1, 8] {
+          %scaled_folded = param : i64[8]
+          %ids = slice(%scaled_folded) {axis=0, end=seq} : i64[seq]
+          %f = cast(%ids) {dtype="f32"} : f32[seq]
+          %y = reshape(%f) {shape=[seq, 1]} : f32[seq,1]
+          %z = add(%x, %y) : f32[seq,4]
+          return %z
+        }
+    """)
+    module = parse_module(text, params={"table": np.arange(8, dtype=np.int64)})
+    x = np.zeros((5, 4), np.float32)
+    (y,) = run(module, [x])
+    np.testing.assert_array_equal(y, np.repeat((2 * np.arange(5.0))[:, None], 4, axis=1))
