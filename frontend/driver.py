@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 import os
 
-from sliver.common.errors import SliverError, UnsupportedOpError
+from sliver.common.errors import DataDependentShapeError, SliverError, UnsupportedOpError
 from sliver.frontend.builder import Builder, fold_constant
 from sliver.frontend.fake_quant import export_friendly_fake_quant
 from sliver.frontend.rules import FACTORIES, IDENTITY, IGNORED, RULES
@@ -63,6 +63,26 @@ def scan_unsupported(graph) -> list[tuple[str, str | None, str | None]]:
     return problems
 
 
+def scan_data_dependent(graph) -> list[tuple[str, str | None, str | None]]:
+    """The nodes that create a size torch.export could not know before running (an
+    unbacked symbol: ``nonzero``, boolean-mask indexing, ``.item()``), with source lines."""
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+
+    def unbacked(node) -> set:
+        try:
+            return set(free_unbacked_symbols(node.meta.get("val")))
+        except Exception:  # a value free_unbacked_symbols cannot read holds no symbols we made
+            return set()
+
+    problems, seen = [], set()
+    for node in graph.nodes:
+        new = unbacked(node) - seen if node.op == "call_function" else set()
+        if new:
+            problems.append((_op_name(node.target), *_source_line(node)))
+        seen |= unbacked(node)
+    return problems
+
+
 def export(model, example_inputs):
     """torch.export the model (in eval mode) with a clear error when export fails."""
     import torch
@@ -98,6 +118,9 @@ def trace(model, example_inputs=(), *, name: str | None = None) -> Module:
     import torch
 
     ep = export(model, example_inputs)
+    dependent = scan_data_dependent(ep.graph)
+    if dependent:
+        raise DataDependentShapeError(dependent)
     problems = scan_unsupported(ep.graph)
     if problems:
         raise UnsupportedOpError(problems)
