@@ -83,6 +83,18 @@ def scan_data_dependent(graph) -> list[tuple[str, str | None, str | None]]:
     return problems
 
 
+def writes_in_place(graph) -> bool:
+    """Whether the graph writes into a tensor in place with an op the rules do not take
+    as it is (``copy_``, ``fill_``, ``index_put_``): torch.export keeps those writes."""
+    for node in graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        if node.op == "call_function" and schema is not None and schema.is_mutable:
+            name = _op_name(node.target)
+            if name not in RULES and name not in IDENTITY:
+                return True
+    return False
+
+
 def export(model, example_inputs):
     """torch.export the model (in eval mode) with a clear error when export fails."""
     import torch
@@ -118,6 +130,8 @@ def trace(model, example_inputs=(), *, name: str | None = None) -> Module:
     import torch
 
     ep = export(model, example_inputs)
+    if writes_in_place(ep.graph):  # e.g. idx = zeros(...); idx[1:, 1:] = ...: make the writes functional
+        ep = ep.run_decompositions({})
     dependent = scan_data_dependent(ep.graph)
     if dependent:
         raise DataDependentShapeError(dependent)

@@ -1162,3 +1162,164 @@ def _index(b, x, indices):
             where = i if where is None else b.emit("add", [b.emit("mul", [where, b.const(d, "i64")]), i])
     xf = _reshape_to(b, x, x.type.shape[:k] + (math.prod(dims),) + x.type.shape[k + len(tail):])
     return b.emit("take", [xf, where], {"axis": k})
+
+
+# -- in-place writes into fresh tensors (BEiT's relative position index) ---------------------
+#
+# A model that writes into a tensor it just made (``idx = zeros(...); idx[1:, 1:] = ...``)
+# is functionalized first (frontend/driver.py): its writes become the scatter ops below,
+# usually on constants (folded now), else joins of slices.
+
+
+@rule("aten.stack.default")
+def _stack(b, xs, dim=0):
+    axis = dim % (xs[0].type.rank + 1)
+    return _cat(b, [_unsqueeze(b, x, axis) for x in xs], axis)
+
+
+@rule("aten.meshgrid.indexing", "aten.meshgrid.default")
+def _meshgrid(b, xs, indexing="ij"):
+    """Each 1-D tensor broadcast over the grid (``xy``: the first two axes swapped)."""
+    sizes = [x.type.numel for x in xs]
+    xy = indexing == "xy" and len(xs) >= 2
+    shape = ([sizes[1], sizes[0]] + sizes[2:]) if xy else sizes
+    out = []
+    for i, x in enumerate(xs):
+        at = {0: 1, 1: 0}.get(i, i) if xy else i
+        view = [1] * len(xs)
+        view[at] = sizes[i]
+        out.append(_expand(b, _reshape_to(b, x, view), shape))
+    return tuple(out)
+
+
+@rule("aten.slice_scatter.default")
+def _slice_scatter(b, x, src, dim=0, start=None, end=None, step=1):
+    """x with x[..., start:end:step, ...] replaced by src."""
+    import torch
+
+    if _all_constant(b, x, src):
+        return fold_constant(b, "slice_scatter", torch.slice_scatter, x, src, dim, start, end, step)
+    from sliver.ir.ops import slice_bounds
+
+    axis = _axis(dim, x.type.rank)
+    n = x.type.shape[axis]
+    s, e, count = slice_bounds(n, 0 if start is None else start, n if end is None else end, step)
+    if src.type.dtype != x.type.dtype:
+        src = b.emit("cast", [src], {"dtype": x.type.dtype})
+    if step != 1 and count > 1:
+        raise TypeRuleError("writing a strided slice of a tensor computed from the inputs is not supported")
+    parts = [_slice(b, x, axis, 0, s) if s > 0 else None, src, _slice(b, x, axis, s + count, n) if s + count < n else None]
+    return _cat(b, [p for p in parts if p is not None], axis)
+
+
+@rule("aten.select_scatter.default")
+def _select_scatter(b, x, src, dim, index):
+    import torch
+
+    if _all_constant(b, x, src):
+        return fold_constant(b, "select_scatter", torch.select_scatter, x, src, dim, index)
+    axis = _axis(dim, x.type.rank)
+    index %= x.type.shape[axis]
+    return _slice_scatter(b, x, _unsqueeze(b, src, axis), axis, index, index + 1)
+
+
+@rule("aten.copy.default")
+def _copy(b, x, src, non_blocking=False):
+    """The functional form of ``x.copy_(src)``: src in x's type and shape."""
+    if not isinstance(src, Value):
+        return _fill(b, x, src)
+    if src.type.dtype != x.type.dtype:
+        src = b.emit("cast", [src], {"dtype": x.type.dtype})
+    return _expand(b, src, x.type.shape)
+
+
+@rule("aten.fill.Tensor", "aten.fill.Scalar")
+def _fill(b, x, value):
+    """A tensor of x's type and shape holding ``value`` (a scalar or a 0-d tensor)."""
+    from sliver.ir.types import to_numpy
+
+    data = constant_data(b, value) if isinstance(value, Value) else np.asarray(value)
+    if data is not None:
+        return b.m.add_param(b.m.fresh_name(b.hint), np.full(x.type.shape, data, to_numpy(x.type.dtype)))
+    if value.type.dtype != x.type.dtype:
+        value = b.emit("cast", [value], {"dtype": x.type.dtype})
+    return _expand(b, _reshape_to(b, value, (1,) * x.type.rank), x.type.shape)
+
+
+# -- recurrent layers: nn.LSTM, nn.GRU and nn.RNN unrolled over the (fixed) sequence length --------
+
+
+def _rnn_cell(b, kind, xt, h, c, w_hh, b_hh, w_hr):
+    """One time step: ``xt`` is the input's projection (x W_ih^T + b_ih) at this step."""
+    hp = b.emit("linear", [h, w_hh] + ([b_hh] if b_hh is not None else []))
+    n = h.type.shape[-1] if kind != "lstm" or w_hr is None else w_hr.type.shape[1]
+    gates = lambda v, k, count: _slice(b, v, v.type.rank - 1, k * n, (k + 1) * n)  # noqa: E731
+    if kind == "lstm":
+        g = b.emit("add", [xt, hp])
+        i, f = b.emit("sigmoid", [gates(g, 0, 4)]), b.emit("sigmoid", [gates(g, 1, 4)])
+        cand, o = b.emit("tanh", [gates(g, 2, 4)]), b.emit("sigmoid", [gates(g, 3, 4)])
+        c = b.emit("add", [b.emit("mul", [f, c]), b.emit("mul", [i, cand])])
+        h = b.emit("mul", [o, b.emit("tanh", [c])])
+        if w_hr is not None:
+            h = b.emit("linear", [h, w_hr])
+        return h, c
+    if kind == "gru":  # r, z, n; n = tanh(x_n + r * (h W_hn^T + b_hn)); h' = (1 - z) * n + z * h
+        r = b.emit("sigmoid", [b.emit("add", [gates(xt, 0, 3), gates(hp, 0, 3)])])
+        z = b.emit("sigmoid", [b.emit("add", [gates(xt, 1, 3), gates(hp, 1, 3)])])
+        cand = b.emit("tanh", [b.emit("add", [gates(xt, 2, 3), b.emit("mul", [r, gates(hp, 2, 3)])])])
+        one_minus_z = b.emit("sub", [b.const(1.0, z.type.dtype), z])
+        return b.emit("add", [b.emit("mul", [one_minus_z, cand]), b.emit("mul", [z, h])]), None
+    return b.emit("tanh" if kind == "rnn_tanh" else "relu", [b.emit("add", [xt, hp])]), None
+
+
+def _rnn(kind):
+    """aten.lstm.input / gru.input / rnn_tanh.input / rnn_relu.input: the layers and
+    directions unrolled step by step over the sequence (its length is fixed at trace
+    time); each layer's input projection is one linear over all steps."""
+
+    def fn(b, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+        dirs = 2 if bidirectional else 1
+        unbatched = x.type.rank == 2
+        if unbatched:  # (L, H_in), whatever batch_first says
+            x = _reshape_to(b, x, (x.type.shape[0], 1, x.type.shape[1]))
+        elif batch_first:
+            x = _permute(b, x, (1, 0, 2))
+        states = list(hx) if kind == "lstm" else [hx]
+        if unbatched:
+            states = [_reshape_to(b, s, (s.type.shape[0], 1, s.type.shape[1])) for s in states]
+        per = len(params) // (num_layers * dirs)
+        steps = x.type.shape[0]
+        h_n, c_n = [], []
+        for layer in range(num_layers):
+            outs = []
+            for d in range(dirs):
+                w = params[(layer * dirs + d) * per:(layer * dirs + d + 1) * per]
+                w_ih, w_hh = w[0], w[1]
+                b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
+                w_hr = w[-1] if per - 2 - 2 * bool(has_biases) == 1 else None
+                xp = b.emit("linear", [x, w_ih] + ([b_ih] if b_ih is not None else []))
+                h = _select(b, states[0], 0, layer * dirs + d)
+                c = _select(b, states[1], 0, layer * dirs + d) if kind == "lstm" else None
+                ys = [None] * steps
+                for t in (range(steps) if d == 0 else reversed(range(steps))):
+                    h, c = _rnn_cell(b, kind, _select(b, xp, 0, t), h, c, w_hh, b_hh, w_hr)
+                    ys[t] = _reshape_to(b, h, (1,) + h.type.shape)
+                outs.append(_cat(b, ys, 0))
+                h_n.append(_reshape_to(b, h, (1,) + h.type.shape))
+                if c is not None:
+                    c_n.append(_reshape_to(b, c, (1,) + c.type.shape))
+            x = _cat(b, outs, 2)
+        results = [x, _cat(b, h_n, 0)] + ([_cat(b, c_n, 0)] if kind == "lstm" else [])
+        if unbatched:
+            return tuple(_reshape_to(b, r, (r.type.shape[0], r.type.shape[2])) for r in results)
+        if batch_first:
+            results[0] = _permute(b, results[0], (1, 0, 2))
+        return tuple(results)
+
+    return fn
+
+
+rule("aten.lstm.input")(_rnn("lstm"))
+rule("aten.gru.input")(_rnn("gru"))
+rule("aten.rnn_tanh.input")(_rnn("rnn_tanh"))
+rule("aten.rnn_relu.input")(_rnn("rnn_relu"))

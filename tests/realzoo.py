@@ -505,3 +505,8 @@ _torch("topk", lambda m, x: torch.topk(x, 3, dim=-1).values, _seq())
 _torch("sort", lambda m, x: torch.sort(x, dim=-1).values, _seq())
 _torch("lstm", lambda m, x: m.rnn(x)[0], _seq(), rnn=lambda: nn.LSTM(16, 8, batch_first=True))
 _torch("gru", lambda m, x: m.rnn(x)[0], _seq(), rnn=lambda: nn.GRU(16, 8, batch_first=True))
+
+# a detection head's post-processing: the boxes whose score passes a threshold, a number
+# known only from the data (sliver refuses it, naming the op, before compiling)
+_torch("detection_filter", lambda m, x: m.box(x)[m.score(x).squeeze(-1).sigmoid() > 0.5], _seq(),
+       score=lambda: nn.Linear(16, 1), box=lambda: nn.Linear(16, 4))
