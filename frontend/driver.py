@@ -131,7 +131,10 @@ def trace(model, example_inputs=(), *, name: str | None = None) -> Module:
 
     ep = export(model, example_inputs)
     if writes_in_place(ep.graph):  # e.g. idx = zeros(...); idx[1:, 1:] = ...: make the writes functional
+        unsupported = scan_unsupported(ep.graph)
         ep = ep.run_decompositions({})
+        if ep.graph_signature.buffers_to_mutate:  # a write that outlives the call: state sliver cannot keep
+            raise UnsupportedOpError(unsupported)
     dependent = scan_data_dependent(ep.graph)
     if dependent:
         raise DataDependentShapeError(dependent)

@@ -1269,7 +1269,7 @@ def _rnn_cell(b, kind, xt, h, c, w_hh, b_hh, w_hr):
         cand = b.emit("tanh", [b.emit("add", [gates(xt, 2, 3), b.emit("mul", [r, gates(hp, 2, 3)])])])
         one_minus_z = b.emit("sub", [b.const(1.0, z.type.dtype), z])
         return b.emit("add", [b.emit("mul", [one_minus_z, cand]), b.emit("mul", [z, h])]), None
-    return b.emit("tanh" if kind == "rnn_tanh" else "relu", [b.emit("add", [xt, hp])]), None
+    return b.emit(kind.removeprefix("rnn_"), [b.emit("add", [xt, hp])]), None  # rnn_tanh, rnn_relu
 
 
 def _rnn(kind):
