@@ -288,3 +288,10 @@ def test_cli_keeps_dynamic_dims_of_a_pt2_and_of_a_builder(tmp_path):
     assert main(["trace", f"{builder}:build", "-o", str(tmp_path / "py.sir")]) == 0
     first = (tmp_path / "py.sir").read_text().splitlines()[0]
     assert first.endswith("(%input: f32[batch,8]) where batch in [1, 64] {"), first
+
+
+def test_dynamic_shapes_with_a_traced_module_is_refused():
+    model, inputs, dynamic = cnn()
+    m = sliver.trace(model, inputs)
+    with pytest.raises(SliverError, match="a traced Module already has its dimensions"):
+        sliver.lower(m, inputs, dynamic_shapes=dynamic)
