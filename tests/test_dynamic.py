@@ -88,9 +88,8 @@ def _inputs(name: str, size) -> tuple[torch.Tensor, ...]:
 
 
 SIZES = {"cnn": BATCHES, "bert": TEXT_SIZES, "gpt2": TEXT_SIZES}
-#: the models the end-to-end tests lower (BERT's and GPT-2's masks need the comparison,
-#: logical and gather ops of input-derived tensors)
-MODELS = ["cnn"]
+#: the models the end-to-end tests lower
+MODELS = ["cnn", "bert", "gpt2"]
 
 
 def _job(target):
