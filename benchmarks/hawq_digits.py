@@ -79,6 +79,8 @@ def main(argv=None) -> int:
     p.add_argument("--qat-epochs", type=int, default=10, help="QAT epochs of every allocation")
     p.add_argument("--a-bits", type=int, default=None,
                    help="one activation width for every layer (default: each layer's weight width, W2A2 … W8A8)")
+    p.add_argument("--rtol", type=float, default=0.05, help="Hutchinson's stopping standard error (default 0.05)")
+    p.add_argument("--max-iters", type=int, default=500, help="Hutchinson samples at most (default 500)")
     p.add_argument("--no-cycles", action="store_true", help="skip the Pi-cycle budget (no emulated Pi needed)")
     p.add_argument("--no-compile", action="store_true", help="skip compiling the chosen models")
     p.add_argument("--json", help="write every number here")
@@ -131,7 +133,8 @@ def main(argv=None) -> int:
         fp32 = T.fit(T.make_cnn(), data, args.epochs, 3e-3, seed)
         fp_acc = T.agreement(T.predict(fp32, data.x_test), data.y_test.numpy())
         t0 = time.perf_counter()
-        sens = Q.sensitivity(fp32, (data.x_train, data.y_train), F.cross_entropy, widths=WIDTHS, rtol=0.05, seed=seed)
+        sens = Q.sensitivity(fp32, (data.x_train, data.y_train), F.cross_entropy, widths=WIDTHS, rtol=args.rtol,
+                             min_iters=min(10, args.max_iters), max_iters=args.max_iters, seed=seed)
         run = {"seed": seed, "fp32": fp_acc, "hutchinson_s": time.perf_counter() - t0,
                "hutchinson_iters": sens.iterations, "converged": sens.converged,
                "traces": {ls.name: [ls.trace, ls.trace_se] for ls in sens.layers}, "acc": {}}
