@@ -19,6 +19,7 @@ from typing import Callable
 
 from sliver.common.errors import SliverError
 from sliver.ir.attrs import format_attr, normalize
+from sliver.ir.dims import Sym, SymbolicDimError, bounds
 from sliver.ir.types import DTYPES, TensorType, is_float
 
 REQUIRED = object()
@@ -512,10 +513,43 @@ declare("concat", ("*",), {"axis": REQUIRED}, infer=_concat_infer,
         ref=lambda *xs, axis: _torch().cat(xs, axis), doc="join tensors along an axis")
 
 
-def slice_bounds(size: int, start: int, end: int, step: int) -> tuple[int, int, int]:
-    """Clamp python-style bounds to [0, size]; returns (start, end, length)."""
-    start, end, _ = slice(start, end, step).indices(size)
-    return start, end, max(0, -(-(end - start) // step))
+def _provably(condition) -> bool:
+    """Whether a comparison of dims holds for every size in the variables' ranges."""
+    try:
+        return bool(condition())
+    except SymbolicDimError:
+        return False
+
+
+def slice_bounds(size, start, end, step: int) -> tuple:
+    """Clamp python-style bounds to [0, size]; returns (start, end, length).
+
+    Symbolic sizes and bounds (``x[:, :seq]``) are resolved when the variables' ranges
+    decide every clamp (a bound that is at least ``size`` is ``size``; a non-negative
+    start within it stays), else :class:`SymbolicDimError`."""
+    if not any(isinstance(d, Sym) for d in (size, start, end)):
+        start, end, _ = slice(start, end, step).indices(size)
+        return start, end, max(0, -(-(end - start) // step))
+
+    def clamp(i):
+        if isinstance(i, int) and i < 0:
+            i = i + size  # python's negative index from the end
+        if isinstance(i, int) and i == 0:
+            return 0
+        if _provably(lambda: i >= size):
+            return size
+        if _provably(lambda: i <= size):
+            return i if i >= 0 else 0  # decided from the ranges, or SymbolicDimError
+        raise SymbolicDimError(f"whether {i} is within the size {size} depends on the sizes")
+
+    try:
+        start, end = clamp(start), clamp(end)
+        length = end - start
+        if length <= 0:
+            return start, end, 0
+        return start, end, (length + step - 1) // step if step > 1 else length
+    except SymbolicDimError as e:
+        raise TypeRuleError(f"slice [{start}:{end}:{step}] of a dimension of size {size}: {e}") from None
 
 
 def _slice_infer(types, *, axis, start, end, step):
@@ -558,7 +592,7 @@ declare("take", ("x", "indices"), {"axis": 0}, infer=_take_infer, ref=_take_ref,
 
 def _reshape_infer(types, *, shape):
     x = types[0]
-    if math.prod(shape) != x.numel:
+    if math.prod(shape, start=1) != x.numel:
         raise TypeRuleError(f"reshape: cannot view {x} as {list(shape)}")
     return x.with_shape(shape)
 
@@ -1034,6 +1068,27 @@ def _ints(n=None, lo=None):
     return check
 
 
+def _dims():
+    """A shape: each dimension an int in [0, 2^31 - 1] or a symbolic dimension within it."""
+    what = f"a list of integers in [0, {_INT32 - 1}] or symbolic dimensions within it"
+
+    def ok(d):
+        if isinstance(d, Sym):
+            lo, hi = bounds(d)
+            return 0 <= lo and hi < _INT32
+        return _is_int(d) and 0 <= d < _INT32
+
+    def check(v, types):
+        return None if isinstance(v, tuple) and len(v) <= 64 and all(ok(d) for d in v) else what
+
+    return check
+
+
+def _index(v, types):
+    """A position along an axis: an integer, or a symbolic dimension (``x[:seq]``)."""
+    return None if _is_int(v) or isinstance(v, Sym) else "an integer or a symbolic dimension"
+
+
 def _num(optional=False, positive=False, finite=False):
     what = ("a positive " if positive else "a ") + ("finite number" if finite else "number") + (
         " or none" if optional else "")
@@ -1084,7 +1139,7 @@ _POOL = {"kernel": _ints(2, 1), "stride": _ints(2, 1), "padding": _ints(4, 0), "
 
 #: op name → attribute name → check (returns None, or what the attribute must be)
 ATTR_KINDS: dict[str, dict[str, Callable]] = {
-    "constant": {"value": _num(), "dtype": _dtype, "shape": _ints(lo=0)},
+    "constant": {"value": _num(), "dtype": _dtype, "shape": _dims()},
     "gelu": {"approximate": _choice("none", "tanh")},
     "clamp": {"min": _bound(), "max": _bound()},
     "leaky_relu": {"negative_slope": _num(finite=True)},
@@ -1097,11 +1152,11 @@ ATTR_KINDS: dict[str, dict[str, Callable]] = {
     "avg_pool2d": {**_POOL, "count_include_pad": _bool},
     "adaptive_avg_pool2d": {"output_size": _ints(2, 1)},
     "concat": {"axis": _int()},
-    "slice": {"axis": _int(), "start": _int(), "end": _int(), "step": _int(1)},
+    "slice": {"axis": _int(), "start": _index, "end": _index, "step": _int(1)},
     "take": {"axis": _int()},
-    "reshape": {"shape": _ints(lo=0)},
+    "reshape": {"shape": _dims()},
     "permute": {"dims": _ints()},
-    "expand": {"shape": _ints(lo=0)},
+    "expand": {"shape": _dims()},
     "softmax": {"axis": _int()},
     "mean": _REDUCE,
     "sum": _REDUCE,

@@ -16,7 +16,6 @@ import pytest
 
 import deploy_models
 import precompile
-from sliver.tools import native
 from sliver.tools.emulator import emulate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,16 +24,6 @@ MODELS = ("cnn", "transformer", "lowbit")
 needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ on this machine")
 needs_cross = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or not emulate.device_ready(),
                                  reason=f"no aarch64 g++ or emulated Pi device view: run {emulate.install_command()}")
-
-
-@pytest.fixture(scope="session")
-def native_x86(tmp_path_factory):
-    return native.build("x86_64", tmp_path_factory.mktemp("native") / "x86_64")
-
-
-@pytest.fixture(scope="session")
-def native_arm64(tmp_path_factory):
-    return native.build("aarch64", tmp_path_factory.mktemp("native") / "aarch64")
 
 
 def _run(built, *argv) -> subprocess.CompletedProcess:

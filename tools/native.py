@@ -24,7 +24,7 @@ from pathlib import Path
 from sliver.common.errors import SliverError
 from sliver.common.files import atomic_directory
 from sliver.common.platform import host_arch
-from sliver.tools import bundle
+from sliver.tools import tvm_libs
 
 SOURCES = ("sliver.cc", "sliver_run.cc")
 HEADERS = ("sliver.h", "npy.hpp")
@@ -43,7 +43,7 @@ class Native:
 
 def sources() -> Path:
     """The folder of the C/C++ sources (shipped with the runtime package)."""
-    folder = bundle._package_dir("sliver.runtime") / "native"
+    folder = tvm_libs._package_dir("sliver.runtime") / "native"
     if not all((folder / n).is_file() for n in SOURCES + HEADERS):
         raise SliverError(f"{folder}: sliver's native sources are missing; reinstall sliver")
     return folder
@@ -63,7 +63,7 @@ def compiler(arch: str) -> str:
 def _ffi_include(site: Path) -> Path:
     include = site / "tvm_ffi" / "include"
     if not (include / "tvm" / "ffi" / "c_api.h").is_file() or not (include / "dlpack" / "dlpack.h").is_file():
-        raise SliverError(f"{site}: apache-tvm-ffi {bundle.TVM_FFI_VERSION} has no C++ headers (tvm_ffi/include)")
+        raise SliverError(f"{site}: apache-tvm-ffi {tvm_libs.TVM_FFI_VERSION} has no C++ headers (tvm_ffi/include)")
     return include
 
 
@@ -72,7 +72,7 @@ def build(arch: str, out_dir, *, verbose: bool = False) -> Native:
     earlier build); returns where everything is."""
     cxx = compiler(arch)
     src = sources()
-    libs, source = bundle.runtime_libraries(arch)
+    libs, source = tvm_libs.runtime_libraries(arch)
     include = _ffi_include(Path(source))
     out = Path(out_dir)
 
@@ -96,8 +96,8 @@ def build(arch: str, out_dir, *, verbose: bool = False) -> Native:
             if proc.returncode != 0:
                 raise SliverError(f"compiling the native runtime for {arch} failed:\n{' '.join(cmd)}\n"
                                   f"{proc.stderr[-4000:]}")
-        (tmp / "BUILD").write_text(f"native runtime for {arch}; TVM {bundle.TVM_VERSION}, TVM FFI "
-                                   f"{bundle.TVM_FFI_VERSION} from {source}; compiler {cxx}\n")
+        (tmp / "BUILD").write_text(f"native runtime for {arch}; TVM {tvm_libs.TVM_VERSION}, TVM FFI "
+                                   f"{tvm_libs.TVM_FFI_VERSION} from {source}; compiler {cxx}\n")
 
     def replaceable(p: Path) -> bool:
         return (p / "BUILD").is_file()

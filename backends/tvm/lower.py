@@ -14,8 +14,8 @@ from sliver.backends.tvm import lowbit as _lowbit  # noqa: F401 - registers quan
 from sliver.backends.tvm import wq_linear as _wq_linear  # noqa: F401 - registers wq_linear
 from sliver.backends.tvm.padding import ChannelPadding, channel_padding
 from sliver.backends.tvm.provenance import var_name
-from sliver.backends.tvm.registry import (LOWERING, LowerContext, _channel_vector, _channels, _const, _dtype, _R,
-                                          _scalar, lowers, unsupported_ops)
+from sliver.backends.tvm.registry import (LOWERING, LowerContext, _channel_vector, _channels, _const, _dtype, _prim,
+                                          _R, _scalar, _shape, lowers, unsupported_ops)
 from sliver.common.errors import SliverError
 
 # -- elementwise ---------------------------------------------------------------
@@ -88,6 +88,11 @@ def _constant(bb, op):
     from sliver.ir.types import to_numpy
 
     a = op.attrs
+    if not op.result.type.static:  # a symbolic shape: filled at run time
+        from tvm import relax
+
+        return bb.emit(_R().full(_shape(bb, a["shape"]), relax.const(a["value"], _dtype(a["dtype"])),
+                                 _dtype(a["dtype"])))
     return _const(np.full(a["shape"], a["value"], dtype=to_numpy(a["dtype"])))
 
 
@@ -273,7 +278,8 @@ def _concat(bb, op, *xs):
 @lowers("slice")
 def _slice(bb, op, x):
     a = op.attrs
-    return bb.emit(_R().strided_slice(x, [a["axis"]], [a["start"]], [a["end"]], [a["step"]], assume_inbound=True))
+    return bb.emit(_R().strided_slice(x, [a["axis"]], [_prim(bb, a["start"])], [_prim(bb, a["end"])], [a["step"]],
+                                      assume_inbound=True))
 
 
 @lowers("take")
@@ -283,7 +289,7 @@ def _take(bb, op, x, idx):
 
 @lowers("reshape")
 def _reshape(bb, op, x):
-    return bb.emit(_R().reshape(x, list(op.attrs["shape"])))
+    return bb.emit(_R().reshape(x, _shape(bb, op.attrs["shape"])))
 
 
 @lowers("permute")
@@ -293,7 +299,7 @@ def _permute(bb, op, x):
 
 @lowers("expand")
 def _expand(bb, op, x):
-    return bb.emit(_R().broadcast_to(x, list(op.attrs["shape"])))
+    return bb.emit(_R().broadcast_to(x, _shape(bb, op.attrs["shape"])))
 
 
 # -- reductions and attention -------------------------------------------------------------
@@ -337,7 +343,13 @@ def _attention(bb, op, q, k, v, mask=None):
             scores = bb.emit(R.where(mask, scores, neg))
         else:
             scores = bb.emit(R.add(scores, mask))
-    if op.attrs["causal"]:
+    if op.attrs["causal"] and not (qt.static and kt.static):  # the mask of this run's sizes
+        from tvm import relax
+
+        L, S = _prim(bb, qt.shape[-2]), _prim(bb, kt.shape[-2])
+        ones = bb.emit(R.full([L, S], relax.const(True, "bool"), "bool"))
+        scores = bb.emit(R.where(bb.emit(R.tril(ones)), scores, _scalar(float("-inf"), scores)))
+    elif op.attrs["causal"]:
         L, S = qt.shape[-2], kt.shape[-2]
         from sliver.ir.types import to_numpy
 
@@ -404,11 +416,21 @@ def _to_relax(module, context: LowerContext):
     missing = unsupported_ops(module)
     if missing:
         raise SliverError(f"the TVM backend has no lowering for: {', '.join(missing)}")
+    from tvm import tirx
+
+    from sliver.backends.tvm.registry import prim_expr
+
     bb = relax.BlockBuilder()
-    params = [relax.Var(v.name, relax.TensorType(v.type.shape, _dtype(v.type.dtype))) for v in module.inputs]
+    dims = module.dim_vars()  # symbolic dimensions: TIR shape variables with their ranges
+    context.tir_vars = {v.name: tirx.Var(v.name, "int64") for v in dims}
+    params = [relax.Var(v.name, relax.TensorType([prim_expr(d, context.tir_vars) if not isinstance(d, int) else d
+                                                  for d in v.type.shape], _dtype(v.type.dtype)))
+              for v in module.inputs]
     env = {id(v): p for v, p in zip(module.inputs, params)}
     padding = ChannelPadding(module, env)
-    with bb.function("main", params):
+    attrs = {"tir_var_upper_bound": {v.name: v.hi for v in dims},
+             "tir_non_negative_var": [v.name for v in dims]} if dims else None
+    with bb.function("main", params, attrs=attrs):
         with bb.dataflow():
             for index, op in enumerate(module.ops):
                 if op.kind == "param":
