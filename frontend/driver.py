@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 import os
 
-from sliver.common.errors import SliverError, UnsupportedOpError
+from sliver.common.errors import DataDependentShapeError, SliverError, UnsupportedOpError
 from sliver.frontend.builder import Builder, fold_constant
 from sliver.frontend.fake_quant import export_friendly_fake_quant
 from sliver.frontend.rules import FACTORIES, IDENTITY, IGNORED, RULES
@@ -245,6 +245,38 @@ def scan_unsupported(graph) -> list[tuple[str, str | None, str | None]]:
     return problems
 
 
+def scan_data_dependent(graph) -> list[tuple[str, str | None, str | None]]:
+    """The nodes that create a size torch.export could not know before running (an
+    unbacked symbol: ``nonzero``, boolean-mask indexing, ``.item()``), with source lines."""
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+
+    def unbacked(node) -> set:
+        try:
+            return set(free_unbacked_symbols(node.meta.get("val")))
+        except Exception:  # a value free_unbacked_symbols cannot read holds no symbols we made
+            return set()
+
+    problems, seen = [], set()
+    for node in graph.nodes:
+        new = unbacked(node) - seen if node.op == "call_function" else set()
+        if new:
+            problems.append((_op_name(node.target), *_source_line(node)))
+        seen |= unbacked(node)
+    return problems
+
+
+def writes_in_place(graph) -> bool:
+    """Whether the graph writes into a tensor in place with an op the rules do not take
+    as it is (``copy_``, ``fill_``, ``index_put_``): torch.export keeps those writes."""
+    for node in graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        if node.op == "call_function" and schema is not None and schema.is_mutable:
+            name = _op_name(node.target)
+            if name not in RULES and name not in IDENTITY:
+                return True
+    return False
+
+
 def export(model, example_inputs, dynamic_shapes=None):
     """torch.export the model (in eval mode) with a clear error when export fails.
     ``dynamic_shapes`` is torch.export's argument (``torch.export.Dim`` per dynamic axis)."""
@@ -295,6 +327,14 @@ def trace(model, example_inputs=(), *, name: str | None = None, dynamic_shapes=N
     import torch
 
     ep = export(model, example_inputs, dynamic_shapes)
+    if writes_in_place(ep.graph):  # e.g. idx = zeros(...); idx[1:, 1:] = ...: make the writes functional
+        unsupported = scan_unsupported(ep.graph)
+        ep = ep.run_decompositions({})
+        if ep.graph_signature.buffers_to_mutate:  # a write that outlives the call: state sliver cannot keep
+            raise UnsupportedOpError(unsupported)
+    dependent = scan_data_dependent(ep.graph)
+    if dependent:
+        raise DataDependentShapeError(dependent)
     problems = scan_unsupported(ep.graph)
     if problems:
         raise UnsupportedOpError(problems)

@@ -342,6 +342,9 @@ def lower(
     pipeline = parse_pipeline(passes)
     inputs = _as_tuple(example_inputs)
     if isinstance(model, Module):
+        if dynamic_shapes is not None:
+            raise SliverError("dynamic_shapes applies when sliver traces the model; a traced Module already has its "
+                              "dimensions (trace it with dynamic_shapes instead)")
         module = model.clone()
         if not inputs:
             raise SliverError("lower() of a traced Module needs example inputs for the golden data")

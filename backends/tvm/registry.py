@@ -39,9 +39,11 @@ def _scalar(value, like):
 
 
 def _const(array: np.ndarray):
+    """A Relax constant of the array's own dtype (``relax.const`` alone turns int64 data into int32)."""
     from tvm import relax
 
-    return relax.const(array)
+    array = np.asarray(array)
+    return relax.const(array, str(array.dtype))
 
 
 def _dtype(kind: str) -> str:
