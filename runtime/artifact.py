@@ -33,7 +33,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -86,8 +86,8 @@ class Artifact:
     def target(self) -> str:
         return self.manifest.target.name
 
-    def save(self, path) -> Path:
-        """Write the artifact atomically: a crash never leaves a half-written file."""
+    def _writer(self):
+        """A function writing the archive to an open binary file."""
         golden = io.BytesIO()
         np.savez(golden, **self.golden)
         # the manifest carries the golden data's hash, so that a signature over the
@@ -101,27 +101,78 @@ class Artifact:
                 z.writestr(LIBRARY, self.library)
                 z.writestr(GOLDEN, golden.getvalue())
 
-        return atomic_write(path, write)
+        return write
+
+    def save(self, path) -> Path:
+        """Write the artifact atomically: a crash never leaves a half-written file."""
+        return atomic_write(path, self._writer())
+
+    def to_bytes(self) -> bytes:
+        """The ``.sliver`` file's bytes (what :meth:`save` writes); ``sliver.load(data)``
+        reads them back with every check a file gets."""
+        buf = io.BytesIO()
+        self._writer()(buf)
+        return buf.getvalue()
 
     def load(self, *, threads: int | None = None) -> "CompiledModel":
         """Run this artifact in the current process (its target must be this machine)."""
         return CompiledModel(self, threads=threads)
 
-    def __call__(self, *inputs):
-        return self.load()(*inputs)
+    def __call__(self, *inputs, **named):
+        """Load (once per call: use :meth:`load` to keep it) and run; inputs and the
+        result as :meth:`CompiledModel.__call__`."""
+        return self.load()(*inputs, **named)
 
 
-def read(path, *, trusted_keys=None) -> Artifact:
-    """Read and check a ``.sliver`` file without loading its code.
+def _label(source) -> str:
+    """How messages name an artifact: its path, ``<bytes>`` or the file object's name."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return str(getattr(source, "name", "<file>"))
+
+
+def _source(source):
+    """``(label, what zipfile opens)`` for a path, bytes or a binary file object."""
+    label = _label(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return label, io.BytesIO(bytes(source))
+    if hasattr(source, "read"):
+        if isinstance(source, io.TextIOBase):
+            raise ArtifactError(f"{label}: a file opened in text mode; open the artifact with open(path, 'rb')")
+        try:
+            seekable = source.seekable()
+        except (AttributeError, OSError, ValueError):
+            seekable = False
+        if seekable:
+            return label, source
+        try:  # a pipe or socket: zipfile needs to seek, so the bytes are read first
+            data = source.read()
+        except (OSError, ValueError) as e:
+            raise ArtifactError(f"{label}: cannot read the artifact ({e})") from None
+        if not isinstance(data, (bytes, bytearray)):
+            raise ArtifactError(f"{label}: a file opened in text mode; open the artifact with open(path, 'rb')")
+        return label, io.BytesIO(bytes(data))
+    if not isinstance(source, (str, os.PathLike)):
+        raise ArtifactError(f"an artifact is a path, bytes or a binary file object, not a {type(source).__name__}")
+    path = Path(source)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such artifact file")
+    return str(path), path
+
+
+def read(source, *, trusted_keys=None) -> Artifact:
+    """Read and check a ``.sliver`` artifact without loading its code: ``source`` is a
+    path, the artifact's bytes (:meth:`Artifact.to_bytes`) or a binary file object;
+    all three get exactly the same checks.
 
     The archive's structure is checked first (exactly the known entries, once each, no
     links, no paths, every entry's size declared within its limit before a byte of it
     is read), then, with ``trusted_keys`` (key files or
     :class:`~sliver.runtime.signing.PublicKey` objects), the signature, then the
     manifest against its schema, then the library's and the golden data's sha256."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: no such artifact file")
+    path, opened = _source(source)
     keys = None
     if trusted_keys is not None:
         from sliver.runtime import signing
@@ -130,11 +181,11 @@ def read(path, *, trusted_keys=None) -> Artifact:
         if not keys:
             raise ArtifactError("trusted_keys is empty: no artifact could be trusted (pass the signer's public key)")
     try:
-        with zipfile.ZipFile(path) as z:
+        with zipfile.ZipFile(opened) as z:
             entries = _entries(path, z)
             manifest_bytes = _read_entry(z, entries[MANIFEST])
             if keys is not None:
-                signing.check(str(path), manifest_bytes,
+                signing.check(path, manifest_bytes,
                               _read_entry(z, entries[SIGNATURE]) if SIGNATURE in entries else None, keys)
             try:
                 manifest = parse(manifest_bytes)
@@ -282,12 +333,14 @@ def _read_npy(z: zipfile.ZipFile, info: zipfile.ZipInfo, spec, is_input: bool) -
     return np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C")
 
 
-def load(path, *, trusted_keys=None, threads: int | None = None) -> "CompiledModel":
-    """Load a ``.sliver`` artifact for running on this machine.  With ``trusted_keys``
-    (public key files from ``sliver keygen``), an artifact that is not signed by one
-    of them is refused before any of its code is mapped.  ``threads``: TVM's worker
-    threads per call (:class:`CompiledModel`)."""
-    return CompiledModel(read(path, trusted_keys=trusted_keys), source=str(path), threads=threads)
+def load(source, *, trusted_keys=None, threads: int | None = None) -> "CompiledModel":
+    """Load a ``.sliver`` artifact for running on this machine.  ``source`` is a path,
+    the artifact's bytes or a binary file object (checked alike: :func:`read`).  With
+    ``trusted_keys`` (public key files from ``sliver keygen``), an artifact that is not
+    signed by one of them is refused before any of its code is mapped.  ``threads``:
+    TVM's worker threads per call (:class:`CompiledModel`)."""
+    art = read(source, trusted_keys=trusted_keys)
+    return CompiledModel(art, source=_label(source), threads=threads)
 
 
 def sign(path, key, *, output=None) -> Path:
@@ -318,13 +371,25 @@ def sign(path, key, *, output=None) -> Path:
     return atomic_write(output if output is not None else path, write)
 
 
-def _load_library(path: str):
+def _load_library(tvm, path: str):
+    from sliver.runtime import tvm_c
+
+    if tvm is tvm_c.API:
+        return tvm.load_module(path)
     import tvm_ffi
 
     return tvm_ffi.load_module(path, keep_module_alive=False)
 
 
 def _import_tvm_runtime():
+    """TVM's Python runtime, or, when ``SLIVER_TVM_LIB_DIR`` names a folder holding
+    ``libtvm_runtime.so`` and ``libtvm_ffi.so`` (a device bundle's), the same calls over
+    their C ABI (:mod:`sliver.runtime.tvm_c`), without TVM's Python packages."""
+    from sliver.runtime import tvm_c
+
+    if tvm_c.selected():
+        tvm_c.library()
+        return tvm_c.API
     try:
         import tvm
         from tvm.runtime import vm  # noqa: F401
@@ -338,6 +403,14 @@ def _import_tvm_runtime():
 
 class CompiledModel:
     """A loaded artifact: call it with numpy arrays, get numpy arrays back.
+
+    Inputs, for every way of running it: arrays by position (``m(x)``), by name
+    (``m(x=a)``; the names are the traced ``forward``'s parameters, :attr:`input_names`),
+    or one dict of name → array (``m({"x": a})``).  What comes back is one rule per
+    method: ``m(...)`` returns what the torch model returned (the array for one output,
+    a tuple for several), ``m.run(...)`` a list of all outputs, always, and
+    ``m.run_dict(...)`` a dict of output name → array, always (:attr:`output_names`:
+    ``lower(output_names=...)``, else ``output`` / ``output_0``, … / a returned dict's keys).
 
     Thread-safe: one loaded model may be called from any number of threads and gives
     the single-thread results.  TVM's Relax VM is not (its register file is per VM: two
@@ -391,12 +464,46 @@ class CompiledModel:
             try:
                 # not kept alive for the whole process (TVM's default): the library is
                 # unmapped when the model is closed or collected (its VMs hold it till then)
-                self._lib = _load_library(lib_path)
+                self._lib = _load_library(tvm, lib_path)
                 self._vms[threading.current_thread()] = tvm.runtime.vm.VirtualMachine(self._lib, tvm.cpu())
             except Exception as e:
                 raise ArtifactError(f"{source}: the TVM runtime could not load the library: {e}") from e
         self.inputs = self.manifest.inputs
         self.outputs = self.manifest.outputs
+
+    @property
+    def input_names(self) -> list[str]:
+        """The inputs' names (the traced model's ``forward`` parameters), in order."""
+        return [s.name for s in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        """The outputs' names (``lower(output_names=...)``, or from the model's output
+        structure: ``output`` for one tensor, ``output_0``, … for a tuple, the keys of a
+        dict), in order."""
+        return [s.name for s in self.outputs]
+
+    def _bind(self, args: tuple, named: dict) -> list:
+        """The inputs in the manifest's order, from positional arrays, keywords, or one
+        dict of name → array (the three may not give an input twice)."""
+        names = self.input_names
+        if len(args) == 1 and isinstance(args[0], Mapping) and not named:
+            named, args = dict(args[0]), ()
+        if len(args) > len(names):
+            raise InputError(f"the model takes {len(names)} input(s) ({', '.join(names)}), got {len(args)}")
+        bound = dict(zip(names, args))
+        for key, value in named.items():
+            if key not in names:
+                raise InputError(f"the model has no input {key!r}; its inputs are {', '.join(names)}")
+            if key in bound:
+                raise InputError(f"input {key!r} is given twice (by position and by name)")
+            bound[key] = value
+        missing = [n for n in names if n not in bound]
+        if missing:
+            if not named:
+                raise InputError(f"the model takes {len(names)} input(s) ({', '.join(names)}), got {len(args)}")
+            raise InputError(f"input(s) {', '.join(missing)} missing: the model takes {', '.join(names)}")
+        return [bound[n] for n in names]
 
     def _check(self, inputs: Sequence) -> list[np.ndarray]:
         if len(inputs) != len(self.inputs):
@@ -421,13 +528,19 @@ class CompiledModel:
             out.append(as_numpy(x))  # a 0-d input stays 0-d
         return out
 
-    def run(self, *inputs) -> list[np.ndarray]:
-        """Always a list of outputs."""
-        tensors = [self._tvm.runtime.tensor(a) for a in self._check(inputs)]
+    def run(self, *inputs, **named) -> list[np.ndarray]:
+        """The outputs as a list in the manifest's order, always (even for one output).
+        Inputs as for :meth:`__call__`."""
+        tensors = [self._tvm.runtime.tensor(a) for a in self._check(self._bind(inputs, named))]
         self._use_threads()
         result = self._vm["main"](*tensors)
         results = list(result) if len(self.outputs) > 1 else [result]
         return [r.numpy() for r in results]
+
+    def run_dict(self, *inputs, **named) -> dict[str, np.ndarray]:
+        """The outputs as a dict of output name → array (in the manifest's order),
+        always.  Inputs as for :meth:`__call__`."""
+        return dict(zip(self.output_names, self.run(*inputs, **named)))
 
     @property
     def _vm(self):
@@ -461,9 +574,14 @@ class CompiledModel:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def __call__(self, *inputs):
-        """One output → the array; several → a tuple."""
-        outs = self.run(*inputs)
+    def __call__(self, *inputs, **named):
+        """Run the model.  Inputs: numpy arrays (or anything ``np.asarray`` takes) by
+        position, by name as keywords (``m(x=a)``), or one dict of name → array
+        (``m({"x": a})``); :attr:`input_names` are the traced ``forward``'s parameter
+        names.  Returns what a torch model returns: the array for one output, a tuple
+        of arrays (in the manifest's order) for several.  :meth:`run` always returns a
+        list, :meth:`run_dict` a dict by output name."""
+        outs = self.run(*inputs, **named)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def golden_inputs(self) -> list[np.ndarray]:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from typing import Callable, Sequence
 
@@ -159,11 +160,13 @@ def optimize(module, passes=DEFAULT_PIPELINE, *, verify: bool = True, instrument
     return PassManager(passes, verify=verify, instruments=instruments).run(module)
 
 
-def _reference_outputs(model, module, inputs) -> list[np.ndarray]:
+def _reference_outputs(model, module, inputs) -> tuple[list[np.ndarray], list[str] | None]:
+    """The reference outputs, and their names from the model's output structure (None
+    when the model is not an ``nn.Module`` run here)."""
     import torch
 
     if isinstance(model, torch.nn.Module):
-        from torch.utils._pytree import tree_flatten
+        from torch.utils._pytree import tree_flatten_with_path
 
         try:
             with torch.no_grad():
@@ -173,10 +176,58 @@ def _reference_outputs(model, module, inputs) -> list[np.ndarray]:
         except Exception as e:  # the user's forward may raise anything
             raise SliverError(f"the model's forward raised {type(e).__name__} on the example inputs: {e}") from e
         # the same flat order torch.export gives the outputs (dicts and ModelOutputs included)
-        return [as_numpy(o) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+        leaves = [(path, o) for path, o in tree_flatten_with_path(out)[0] if isinstance(o, torch.Tensor)]
+        return [as_numpy(o) for _, o in leaves], [output_name(path) for path, _ in leaves]
     from sliver.ir.interp import run
 
-    return run(module, [as_numpy(x) for x in inputs])
+    return run(module, [as_numpy(x) for x in inputs]), None
+
+
+def output_name(path) -> str:
+    """An output's default name from its place in the model's returned structure:
+    ``output`` for a lone tensor, ``output_1`` for a tuple's second, ``logits`` for a
+    dict's (or a ModelOutput's) ``"logits"``, ``output_0.a`` deeper down."""
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    if not parts:
+        return "output"
+    if parts[0].isdigit():
+        parts[0] = f"output_{parts[0]}"
+    return ".".join(parts)
+
+
+OUTPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}")
+
+
+def output_names_for(module, given, derived) -> list[str]:
+    """The manifest's output names: ``given`` (``lower(output_names=...)``, checked), else
+    ``derived`` from the model's output structure when it fits, else ``output`` /
+    ``output_0``, …"""
+    n = len(module.outputs)
+    if given is None:
+        names = derived
+        if names is None or len(names) != n or len(set(names)) != n or not all(map(OUTPUT_NAME.fullmatch, names)):
+            names = ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
+        return names
+    if isinstance(given, str):
+        given = [given]
+    given = list(given)
+    if len(given) != n:
+        raise InputError(f"output_names={given!r}: the model has {n} output(s), give {n} name(s)")
+    for name in given:
+        if not isinstance(name, str) or not OUTPUT_NAME.fullmatch(name):
+            raise InputError(f"output_names: {name!r} is not a usable name (letters, digits, _ . -, starting with "
+                             "a letter or _, at most 128 characters)")
+    dup = sorted({x for x in given if given.count(x) > 1})
+    if dup:
+        raise InputError(f"output_names: {', '.join(dup)} given more than once; each output needs its own name")
+    return given
 
 
 def _tuning_database(module, target, tune, rpc, progress, winograd=True):
@@ -217,6 +268,7 @@ def lower(
     tune=None,
     rpc=None,
     winograd: bool = True,
+    output_names: Sequence[str] | str | None = None,
 ):
     """Trace, optimize and compile ``model`` for ``target``; returns an
     :class:`~sliver.runtime.artifact.Artifact` (``.save(path)``, ``.load()``).
@@ -240,6 +292,14 @@ def lower(
     ``winograd``: 3x3 stride-1 float convs with enough channels compile as Winograd
     convolutions (fewer multiplications, ~1e-6 relative rounding difference);
     ``False`` keeps every conv direct.
+
+    ``output_names``: the artifact's output names (``CompiledModel.run_dict``,
+    ``sliver run --output``); by default they follow the model's returned structure:
+    ``output`` for one tensor, ``output_0``, ``output_1``, … for a tuple, the keys for a
+    dict or a ModelOutput.  Input names are the ``forward``'s parameter names.
+
+    ``progress``: ``True`` shows a progress display on stderr (the ``rich`` library)
+    while compiling; a function is called with each progress message instead.
 
     ``lower`` never changes its arguments.  sliver compiles inference: a model in
     training mode is traced *and* its golden outputs computed in eval mode (BatchNorm
@@ -265,13 +325,14 @@ def lower(
         if not inputs:
             raise SliverError("lower() of a traced Module needs example inputs for the golden data")
         golden_inputs = [as_numpy(x) for x in _torch_inputs(inputs)]
-        golden_outputs = _reference_outputs(model, module, inputs)
+        golden_outputs, derived = _reference_outputs(model, module, inputs)
     else:
         with _inference(model, "lower"):  # eval mode; the caller's model and tensors are left as they were
             module = _trace_verified(model, inputs)
             golden_inputs = [as_numpy(x) for x in _torch_inputs(inputs)]
-            golden_outputs = _reference_outputs(model, module, inputs)
+            golden_outputs, derived = _reference_outputs(model, module, inputs)
 
+    names = output_names_for(module, output_names, derived)  # bad names fail before compiling
     records = optimize(module, pipeline, verify=verify, instruments=instruments)
     if any(p.lossy for p in pipeline):  # quantized on purpose: the device checks the compile, not the passes
         from sliver.ir.interp import run
@@ -284,6 +345,6 @@ def lower(
     art = package(module, tgt, pipeline_string(pipeline), compiled.library, golden, records=records,
                   primfuncs=compiled.primfuncs, schedules=compiled.schedules, kernels=compiled.kernels,
                   tuning_key=tuning.key if tuning is not None else None,
-                  tvm_version=tvm_version(), rtol=rtol, atol=atol)
+                  tvm_version=tvm_version(), rtol=rtol, atol=atol, output_names=names)
     art.records = records
     return art

@@ -74,8 +74,8 @@ def _pass_summary(record) -> PassRecord:
     return from_json(PassRecord, d, "passes[]")
 
 
-def _spec(v) -> TensorSpec:
-    return TensorSpec(v.name, list(v.type.shape), v.type.dtype)
+def _spec(v, name: str | None = None) -> TensorSpec:
+    return TensorSpec(v.name if name is None else name, list(v.type.shape), v.type.dtype)
 
 
 def check_tolerances(rtol: float, atol: float) -> None:
@@ -88,12 +88,14 @@ def check_tolerances(rtol: float, atol: float) -> None:
 
 def package(module, target, pipeline: str, library: bytes, golden: dict[str, np.ndarray], *, records=(),
             primfuncs: dict | None = None, schedules: dict | None = None, kernels: dict | None = None,
-            tuning_key: str | None = None, tvm_version: str, rtol: float, atol: float) -> Artifact:
+            tuning_key: str | None = None, tvm_version: str, rtol: float, atol: float,
+            output_names: list[str] | None = None) -> Artifact:
     """The artifact of a compiled ``module``: ``library`` (the shared object's bytes)
     for ``target`` (a resolved :class:`~sliver.backends.tvm.targets.Target`),
     ``golden`` (``input_i`` / ``output_i`` arrays), and what the compiler reported:
     ``primfuncs`` (compiled function → ops), ``schedules`` (compiled function →
-    ``"tuned"`` or not), ``kernels`` (low-bit layer → kernel)."""
+    ``"tuned"`` or not), ``kernels`` (low-bit layer → kernel).  ``output_names``: the
+    outputs' names in the manifest (default: the module's output values' names)."""
     check_tolerances(rtol, atol)
     schedules = schedules or {}
     manifest = Manifest(
@@ -107,7 +109,7 @@ def package(module, target, pipeline: str, library: bytes, golden: dict[str, np.
         target=Target(**{**target.facts(), "tvm": jsonable(target.spec)}),  # which CPUs the library runs on
         pipeline=pipeline,
         inputs=[_spec(v) for v in module.inputs],
-        outputs=[_spec(v) for v in module.outputs],
+        outputs=[_spec(v, name) for v, name in zip(module.outputs, output_names or [v.name for v in module.outputs])],
         library=Library(LIBRARY, hashlib.sha256(library).hexdigest(), len(library)),
         golden=Golden(GOLDEN, float(rtol), float(atol)),
         params=Params(len(module.params), int(sum(a.nbytes for a in module.params.values()))),

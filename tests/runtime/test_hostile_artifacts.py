@@ -271,13 +271,25 @@ def test_artifact_mutations(example_x86, signed, tmp_path):
     for name, data, keys in cases:
         path.write_bytes(data)
         t0 = time.perf_counter()
+        # the same bytes given as bytes (sliver.load(data)) must meet exactly the same checks
+        try:
+            from_bytes = read(data, trusted_keys=[public] if keys else None).library
+        except SliverError as e:
+            from_bytes = str(e).replace("<bytes>", str(path))
+        except Exception as e:  # noqa: BLE001
+            from_bytes = None
+            outcome.fail("other exception (bytes)", name, f"{type(e).__name__}: {e}"[:200])
         try:
             art = read(path, trusted_keys=[public] if keys else None)
-        except SliverError:
+        except SliverError as e:
             outcome["named error"] += 1
+            if from_bytes != str(e):
+                outcome.fail("bytes checked differently", name, f"{str(e)[:100]} vs {str(from_bytes)[:100]}")
         except Exception as e:  # noqa: BLE001 — exactly what this suite counts
             outcome.fail("other exception", name, f"{type(e).__name__}: {e}"[:200])
         else:
+            if from_bytes != art.library:
+                outcome.fail("bytes checked differently", name, "read from the file, refused as bytes")
             if hashlib.sha256(art.library).hexdigest() != lib_sha:
                 outcome.fail("accepted another library", name, "")
             else:
@@ -322,7 +334,9 @@ def _input_cases(shape, dtype):
         ("five inputs", [x] * 5, "error"),
         ("None", [None], "error"),
         ("a string", ["hello"], "error"),
-        ("a dict", [{"x": x}], "error"),
+        ("a dict naming no input", [{"input": x}], "error"),  # {"x": x} is a call by name (test_api.py)
+        ("a dict naming an extra input", [{"x": x, "y": x}], "error"),
+        ("a dict of a dict", [{"x": {"x": x}}], "error"),
         ("a scalar", [1.0], "error"),
         ("0-d array", [np.float32(1.0)], "error"),
         ("nested list of floats", [x.tolist()], "error"),
