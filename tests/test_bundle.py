@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -170,10 +171,13 @@ needs_device = pytest.mark.skipif(not emulate.device_ready(), reason="the emulat
 @slow
 @pytest.mark.emulated
 @needs_device
-def test_arm64_bundle_runs_on_a_pi_with_only_debian_python_and_numpy(example_arm64, tmp_path):
-    b = bundle.make_bundle(example_arm64, tmp_path / "bundle")
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None, reason="no aarch64-linux-gnu-g++: run "
+                    f"{emulate.install_command()}")
+def test_arm64_bundle_runs_on_a_pi_with_only_debian_python_and_numpy(example_arm64, native_arm64, tmp_path):
+    b = bundle.make_bundle(example_arm64, tmp_path / "bundle", native=native_arm64)
     print(b.report())
     assert b.arch == "aarch64" and b.total <= LIMIT, b.report()
+    assert set(bundle.NATIVE_FILES) <= set(b.files) and b.sizes()["native"] < 1 << 20
     probe = emulate.run_device(["-c", "import importlib.util, numpy; print(numpy.__file__, "
                                 "[m for m in ('tvm', 'tvm_ffi', 'sliver') if importlib.util.find_spec(m)])"])
     assert probe.returncode == 0, probe.stderr
@@ -186,3 +190,9 @@ def test_arm64_bundle_runs_on_a_pi_with_only_debian_python_and_numpy(example_arm
     golden = read(example_arm64).golden
     with np.load(out) as got:
         np.testing.assert_allclose(got[got.files[0]], golden["output_0"], rtol=1e-5, atol=1e-5)
+        python_out = got[got.files[0]]
+    # the same bundle without Python: its native runner, same output bytes
+    proc = emulate.run_device([b.path / "sliver-run", b.path / "model.sliver", "--verify", "--output-dir", tmp_path],
+                              python=False)
+    assert proc.returncode == 0 and "verify: passed" in proc.stdout, proc.stdout + proc.stderr
+    assert np.load(tmp_path / "output_0.npy").tobytes() == python_out.tobytes()

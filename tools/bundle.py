@@ -8,6 +8,8 @@ bundle and nothing else installed:
     DIR/lib/             libtvm_runtime.so and libtvm_ffi.so for the artifact's CPU
     DIR/python/sliver/   sliver's device runtime: sliver.runtime and sliver.common
     DIR/bundle.json      what is inside: versions, each file's size and sha256
+    with --native:       DIR/sliver-run, DIR/lib/libsliver.so, DIR/include/sliver.h
+                         (the native runtime, sliver.tools.native: no Python needed)
 
 The two libraries come from the TVM and TVM FFI wheels sliver is pinned to
 (apache-tvm 0.27.0.post1, apache-tvm-ffi 0.1.14.post1), for the artifact's architecture:
@@ -25,32 +27,25 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
-import re
 import shutil
 import stat
-import zipfile
 from pathlib import Path
 
-from sliver.common.errors import ArtifactError, SliverError, UsageError
+from sliver.common.errors import ArtifactError, UsageError
 from sliver.common.files import atomic_directory
-from sliver.common.platform import elf_arch, host_arch
+from sliver.common.platform import elf_arch
+from sliver.tools.tvm_libs import (  # noqa: F401  (part of this module's API)
+    LIBRARIES, TVM_FFI_VERSION, TVM_VERSION, _installed_site, _package_dir, runtime_libraries,
+)
 
-TVM_VERSION = "0.27.0.post1"
-TVM_FFI_VERSION = "0.1.14.post1"
-#: library → (distribution, its path inside the wheel / site-packages, version)
-LIBRARIES = {
-    "libtvm_runtime.so": ("apache_tvm", "tvm/lib/libtvm_runtime.so", TVM_VERSION),
-    "libtvm_ffi.so": ("apache_tvm_ffi", "tvm_ffi/lib/libtvm_ffi.so", TVM_FFI_VERSION),
-}
 BUNDLE_FORMAT = "sliver-bundle"
 MANIFEST = "bundle.json"
 ARTIFACT = "model.sliver"
 LAUNCHER = "run.py"
-#: the most a library may weigh (the aarch64 runtime is ~3 MB): a bigger file is not the runtime
-_MAX_LIBRARY = 64 << 20
+#: what --native adds: the C++ runner, the C ABI's library and its header
+NATIVE_FILES = ("sliver-run", "lib/libsliver.so", "include/sliver.h")
 #: the sliver packages a device needs (dotted name → folder in the bundle)
 PACKAGES = {"sliver.common": "common", "sliver.runtime": "runtime"}
 
@@ -70,11 +65,11 @@ class Bundle:
 
     def sizes(self) -> dict[str, int]:
         """Bytes per part: artifact, TVM runtime, TVM FFI, Python code, launcher and manifest."""
-        parts = {"artifact": 0, "libtvm_runtime.so": 0, "libtvm_ffi.so": 0, "python": 0, "other": 0}
+        parts = {"artifact": 0, "libtvm_runtime.so": 0, "libtvm_ffi.so": 0, "python": 0}
         for name, n in self.files.items():
-            key = ("artifact" if name == ARTIFACT else Path(name).name if name.startswith("lib/")
-                   else "python" if name.startswith("python/") else "other")
-            parts[key] += n
+            key = ("artifact" if name == ARTIFACT else Path(name).name if name[4:] in LIBRARIES
+                   else "python" if name.startswith("python/") else "native" if name in NATIVE_FILES else "other")
+            parts[key] = parts.get(key, 0) + n
         return parts
 
     def report(self) -> str:
@@ -89,105 +84,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-# -- where the runtime libraries come from ------------------------------------------
-
-def _installed_site(dist: str) -> Path | None:
-    """The site-packages folder of this Python's installed ``dist`` (found without importing it)."""
-    spec = importlib.util.find_spec(dist.replace("apache_", ""))
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0]).parent
-
-
-def _from_site(site: Path, arch: str) -> tuple[dict[str, bytes], str]:
-    """The libraries from a site-packages folder holding both distributions, or ({}, why not)."""
-    out = {}
-    for lib, (dist, member, version) in LIBRARIES.items():
-        if not (site / f"{dist}-{version}.dist-info").is_dir():
-            found = sorted(p.name for p in site.glob(f"{dist}-*.dist-info"))
-            return {}, f"{site}: {dist} {version} is not installed there ({', '.join(found) or 'none'})"
-        path = site / member
-        if not path.is_file() or path.stat().st_size > _MAX_LIBRARY:
-            return {}, f"{site}: no {member}"
-        data = path.read_bytes()
-        if elf_arch(data) != arch:
-            return {}, f"{site}: {member} is built for {elf_arch(data)}, not {arch}"
-        out[lib] = data
-    return out, ""
-
-
-_WHEEL = re.compile(r"(?P<dist>[A-Za-z0-9_]+)-(?P<version>[^-]+)-.*\.whl")
-
-
-def _from_wheels(folder: Path, arch: str) -> tuple[dict[str, bytes], str]:
-    """The libraries from .whl files in ``folder`` (their platform tag must name ``arch``)."""
-    out, why = {}, []
-    for lib, (dist, member, version) in LIBRARIES.items():
-        for wheel in sorted(folder.glob(f"{dist}-{version}-*.whl")):
-            if not wheel.name.endswith(f"_{arch}.whl"):
-                why.append(f"{wheel.name} is not for {arch}")
-                continue
-            try:
-                with zipfile.ZipFile(wheel) as z:
-                    info = z.getinfo(member)
-                    if info.file_size > _MAX_LIBRARY:
-                        raise ValueError(f"{member} is {info.file_size:,} bytes")
-                    data = z.read(info)
-            except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-                why.append(f"{wheel.name}: unreadable ({e})")
-                continue
-            if elf_arch(data) != arch:
-                why.append(f"{wheel.name}: {member} is built for {elf_arch(data)}")
-                continue
-            out[lib] = data
-            break
-        else:
-            return {}, f"{folder}: no usable {dist}-{version} wheel for {arch}" + (f" ({'; '.join(why)})" if why else "")
-    return out, ""
-
-
-def runtime_libraries(arch: str, wheels=None) -> tuple[dict[str, bytes], str]:
-    """``{"libtvm_runtime.so": bytes, "libtvm_ffi.so": bytes}`` for ``arch`` and where they
-    came from.  Looks in ``wheels`` (a folder of .whl files) when given, else in this
-    Python's installed packages (``arch`` is this machine's) and in the emulated Pi's
-    aarch64 wheels."""
-    tried = []
-    if wheels is not None:
-        folder = Path(wheels)
-        if not folder.is_dir():
-            raise UsageError(f"--wheels {folder}: no such folder")
-        libs, why = _from_wheels(folder, arch)
-        if libs:
-            return libs, str(folder)
-        tried.append(why)
-    else:
-        sites = []
-        if arch == host_arch():
-            site = _installed_site("apache_tvm")
-            if site is not None:
-                sites.append(site)
-        if arch == "aarch64":
-            from sliver.tools.emulator import emulate
-
-            sites.append(emulate.pi_root() / "site")
-        for site in sites:
-            if not site.is_dir():
-                tried.append(f"{site}: not there")
-                continue
-            libs, why = _from_site(site, arch)
-            if libs:
-                return libs, str(site)
-            tried.append(why)
-    platform = {"aarch64": "manylinux_2_28_aarch64", "x86_64": "manylinux_2_28_x86_64"}.get(arch, arch)
-    raise SliverError(
-        f"no TVM {TVM_VERSION} / TVM FFI {TVM_FFI_VERSION} runtime libraries for {arch} found "
-        f"({'; '.join(tried) or 'nowhere to look'}). Fetch the wheels with: pip download --no-deps "
-        f"--only-binary=:all: --platform {platform} --python-version 3.11 apache-tvm=={TVM_VERSION} "
-        f"apache-tvm-ffi=={TVM_FFI_VERSION} -d wheels && sliver bundle ARTIFACT -o DIR --wheels wheels"
-        + (" (or run tools/emulator/setup_pi_emulator.sh, which fetches them)" if arch == "aarch64" else "")
-    )
 
 
 # -- the bundle ----------------------------------------------------------------------
@@ -240,11 +136,18 @@ if __name__ == "__main__":
 '''
 
 
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise SliverError(f"cannot locate the installed package {name!r}; reinstall sliver")
-    return Path(list(spec.submodule_search_locations)[0])
+def _copy_native(built, dest: Path) -> None:
+    if built.arch != dest_arch(dest):
+        raise UsageError(f"the native runtime in {built.path} is for {built.arch}, the artifact for {dest_arch(dest)}")
+    for name in NATIVE_FILES:
+        (dest / name).parent.mkdir(exist_ok=True)
+        shutil.copy2(built.path / name, dest / name)
+
+
+def dest_arch(folder: Path) -> str | None:
+    """The CPU architecture of the TVM runtime library in a bundle folder."""
+    with open(folder / "lib" / "libtvm_runtime.so", "rb") as f:
+        return elf_arch(f.read(64))
 
 
 def _is_bundle(path: Path) -> bool:
@@ -254,8 +157,11 @@ def _is_bundle(path: Path) -> bool:
         return False
 
 
-def make_bundle(artifact, out_dir, *, wheels=None) -> Bundle:
-    """Write the device bundle of ``artifact`` (a .sliver file) into ``out_dir``."""
+def make_bundle(artifact, out_dir, *, wheels=None, native=False) -> Bundle:
+    """Write the device bundle of ``artifact`` (a .sliver file) into ``out_dir``; with
+    ``native``, also the native runtime for its CPU (``sliver-run``, ``lib/libsliver.so``,
+    ``include/sliver.h``), built here (``native=True``) or taken from an earlier
+    :func:`sliver.tools.native.build` for that CPU (``native=`` its result)."""
     from sliver.runtime.artifact import read
 
     artifact = Path(artifact)
@@ -281,6 +187,15 @@ def make_bundle(artifact, out_dir, *, wheels=None) -> Bundle:
             shutil.copytree(_package_dir(name), pkg / folder, ignore=ignore)
         (tmp / LAUNCHER).write_text(LAUNCHER_SOURCE)
         os.chmod(tmp / LAUNCHER, 0o755)
+        if native is True:
+            import tempfile
+
+            from sliver.tools import native as _native
+
+            with tempfile.TemporaryDirectory(prefix="sliver-native-") as build_dir:
+                _copy_native(_native.build(arch, Path(build_dir) / "native"), tmp)
+        elif native:
+            _copy_native(native, tmp)
         files = {}
         for p in sorted(tmp.rglob("*")):
             if p.is_file() and not p.is_symlink():
@@ -308,10 +223,14 @@ def add_arguments(p) -> None:
     p.add_argument("--wheels", metavar="DIR", help="take libtvm_runtime.so and libtvm_ffi.so from the apache-tvm "
                    f"{TVM_VERSION} and apache-tvm-ffi {TVM_FFI_VERSION} wheels in DIR (default: the installed "
                    "packages, or the emulated Pi's aarch64 wheels)")
+    p.add_argument("--native", action="store_true", help="also build the native runtime for the artifact's CPU: "
+                   "sliver-run (run it without Python: ./sliver-run model.sliver --verify), lib/libsliver.so and "
+                   "include/sliver.h (needs g++, or aarch64-linux-gnu-g++ for arm64)")
 
 
 def run(args) -> int:
-    b = make_bundle(args.artifact, args.bundle_dir, wheels=args.wheels)
+    b = make_bundle(args.artifact, args.bundle_dir, wheels=args.wheels, native=args.native)
     print(b.report())
-    print(f"copy {b.path} to the device and run: python3 {b.path.name}/{LAUNCHER} --verify")
+    print(f"copy {b.path} to the device and run: python3 {b.path.name}/{LAUNCHER} --verify"
+          + (f" (or, without Python: {b.path.name}/sliver-run {b.path.name}/{ARTIFACT} --verify)" if args.native else ""))
     return 0
