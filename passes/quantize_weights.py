@@ -249,7 +249,7 @@ def linear_layers(module, who: str) -> list:
 @register
 @dataclass(frozen=True)
 class QuantizeWeights(Pass):
-    """Weight-only RTN of linear layers (wq_linear): super weights kept, outliers clipped by search."""
+    """Weight-only RTN of linear layers (wq_linear); with keep_super=true super weights stay exact, with clip=true outliers are clipped by search."""
 
     name = "quantize-weights"
     lossy = True
