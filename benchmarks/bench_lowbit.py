@@ -179,20 +179,20 @@ VARIANTS = [("fp32", "fp32", None), ("fp32 direct", "fp32", "direct"), ("W8A8 in
 
 def _time_pool_sizes(fns: dict, threads, repeat: int, budget_s: float) -> dict:
     """``{n: {label: times in ms}}`` for each pool size n in ``threads``: rounds of
-    :func:`~sliver.benchmarks.latency.time_interleaved` (one warm-up and one timed run of every
+    :func:`~sliver.benchmarks.latency.time_fair` (one warm-up and one timed run of every
     function), TVM's pool resized between them (``runtime.config_threadpool``, the order
     of sizes alternating), so every thread count sees the same machine load."""
     import tvm
 
-    from sliver.benchmarks.latency import time_interleaved
+    from sliver.benchmarks.latency import time_fair
 
     resize = tvm.get_global_func("runtime.config_threadpool")
     out = {n: {k: [] for k in fns} for n in threads}
     for r in range(max(repeat, 1)):
         for n in (threads if r % 2 == 0 else threads[::-1]):
             resize(1, n)
-            for k, (_, times, _) in time_interleaved(fns, 3 if r == 0 else 1, 1, budget_s).items():
-                out[n][k] += times
+            for k, t in time_fair(fns, 3 if r == 0 else 1, 1, budget_s).items():
+                out[n][k] += t.times
     return out
 
 
@@ -200,7 +200,7 @@ def bench_x86(layers, repeat: int, say, threads=(1,)) -> list[dict]:
     """Rows of median ms per variant (``ms``), and with several ``threads`` per pool size
     (``ms_by_threads``, timed by :func:`_time_pool_sizes`; ``ms`` is then the first size's)."""
     from sliver.ir.interp import run
-    from sliver.benchmarks.latency import OtherLoad, time_interleaved
+    from sliver.benchmarks.latency import OtherLoad, time_fair
     from sliver.tools.profile import stats
 
     rows = []
@@ -225,8 +225,8 @@ def bench_x86(layers, repeat: int, say, threads=(1,)) -> list[dict]:
             row = {"layer": title, "kernels": kernels}
             with OtherLoad() as load:
                 if len(threads) == 1:
-                    times = time_interleaved(fns, warmup=3, repeat=repeat, budget_s=20.0)
-                    row["ms"] = {k: stats(v[1])["median_ms"] for k, v in times.items()}
+                    times = time_fair(fns, warmup=3, repeat=repeat, budget_s=20.0)
+                    row["ms"] = {k: stats(v.times)["median_ms"] for k, v in times.items()}
                 else:
                     by_n = _time_pool_sizes(fns, list(threads), repeat, 20.0)
                     row["ms_by_threads"] = {n: {k: stats(v)["median_ms"] for k, v in t.items()} for n, t in by_n.items()}

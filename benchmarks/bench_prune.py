@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     import sliver
     from sliver.passes.prune import count_params_and_macs, format_reorder, matched_constrained, pruned
     from sliver.benchmarks import zoo as _zoo
-    from sliver.benchmarks.latency import time_interleaved
+    from sliver.benchmarks.latency import time_fair
 
     zoo = _zoo()
 
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
                      if any(op.kind == "take" for op in m.ops)}
             built = {k: _compiled(m, inputs) for k, m in {**modules, **twins}.items()}
             fns = {k: (lambda c=c, xs=xs: c.run(*xs)) for k, (c, xs) in built.items()}
-            times = {k: ms for k, (_, ms, _) in time_interleaved(fns, 3, args.repeat, float("inf")).items()}
+            times = {k: t.times for k, t in time_fair(fns, 3, args.repeat, float("inf")).items()}
             med0, min0 = statistics.median(times["unpruned"]), min(times["unpruned"])
             for k in modules:
                 ts = times[k]

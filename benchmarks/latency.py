@@ -2,7 +2,7 @@
 
     python -m sliver.benchmarks.latency                           # ResNet-18 + MobileNetV2, 224x224, 2 threads
     python -m sliver.benchmarks.latency --models resnet18 --threads 4 --repeat 50 --json out.json
-    python -m sliver.benchmarks.latency --skip-ort --budget 60
+    python -m sliver.benchmarks.latency --skip-ort --budget 60 --calls 5 --pause 0.3
     python -m sliver.benchmarks.latency --tune-budget 10m         # tune each model first (resumable), then time it
 
 One artifact's latency and per-layer profile is ``sliver bench ARTIFACT``
@@ -21,18 +21,22 @@ architecture) and every backend it
 2. runs it once on the same input as torch and reports the largest error relative to
    the largest torch output magnitude; above ``--tol`` it prints ``MISMATCH`` and the
    script exits with status 1;
-3. times it: ``--warmup`` runs, then ``--repeat`` timed runs, both cut short by the
-   per-backend time ``--budget`` (slow untuned artifacts), and prints median, min,
-   p90 and max latency and the ratio to torch eager.
+3. times them all together, fairly (:func:`time_fair`): ``--repeat`` rounds, each
+   giving every backend one turn in a new random order; every turn starts with a
+   ``--pause`` sleep (0.2 s: after a call returns, onnxruntime's worker threads spin
+   for ~45 ms and TVM's for ~75 ms, and on a 2-core machine they would steal a core
+   from whichever backend runs next), then makes ``--calls`` calls.  The first call of
+   a turn (threads just woken, caches cold) and the later ones ("warm") are reported
+   separately: median and min of each, p90, the ratio to torch eager, and the share of
+   the machine's fp32 peak (:func:`fp32_peak`: cores × FMA units × float32 lanes × 2
+   × clock) that the model's FLOPs (:func:`model_flops`) in the median time reach.
 
-The backends are timed one after another (torch, sliver, onnxruntime) in the same
-process on the same input, with a short pause between them so that one runtime's
-spinning worker threads do not eat into the next one's time; ``--interleave`` times
-them round-robin instead (one run each per round), so that a change in the
-machine's load hits all of them alike.  The ``others`` column says how many CPUs
-other processes kept busy meanwhile: on a shared 2-core machine a 2-thread run next
-to one busy process loses a core, and torch eager (OpenMP barriers) suffers most,
-with single runs of seconds.  The table warns when that happened.
+The ``others`` column says how many CPUs other processes kept busy meanwhile
+(:class:`OtherLoad`), and the JSON report records the load average: on a shared 2-core
+machine a 2-thread run next to one busy process loses a core, and torch eager (OpenMP
+barriers) suffers most.  The table warns when that happened.  The speed set (ten real
+architectures at real sizes) runs through this harness: ``python -m
+sliver.benchmarks.speed``.
 
 Threads: ``torch.set_num_threads(N)``; TVM's pool reads ``TVM_NUM_THREADS`` when it
 starts (lazily, at the first parallel kernel), so :func:`main` sets it before any
@@ -55,6 +59,7 @@ import json
 import logging
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -66,14 +71,14 @@ import numpy as np
 
 from sliver.common.numerics import output_error
 from sliver.tools.shared import say
-from sliver.tools.profile import set_tvm_threads, stats, time_runs, tvm_threads, warm_up
+from sliver.tools.profile import set_tvm_threads, stats, tvm_threads
 
 DEFAULT_MODELS = ("resnet18", "mobilenet_v2")
 BACKENDS = ("torch", "sliver", "sliver-tuned", "onnxruntime")
 LABELS = {"torch": "torch eager", "sliver": "sliver untuned", "sliver-tuned": "sliver tuned", "onnxruntime": "onnxruntime"}
 INSTALL_HINT = "pip install -e '.[bench]'   (or: pip install onnxruntime onnx onnxscript)"
 BUSY = 0.25  # other processes' CPU use (in CPUs) above which the table warns
-PAUSE_S = 0.3  # between timed blocks: let the previous runtime's worker threads go to sleep
+PAUSE_S = 0.2  # before every turn: let the previous runtime's worker threads go to sleep (they spin ~45-75 ms)
 
 
 @dataclass
@@ -92,7 +97,10 @@ class Result:
     p90_ms: float | None = None
     max_ms: float | None = None
     mean_ms: float | None = None
-    first_run_ms: float | None = None
+    first_run_ms: float | None = None  # the very first call after loading (the output check)
+    first_median_ms: float | None = None  # the first call of each turn, right after the pause
+    first_min_ms: float | None = None
+    first_times_ms: list = field(default_factory=list)
     times_ms: list = field(default_factory=list)
     max_rel_err: float | None = None
     max_abs_err: float | None = None
@@ -104,32 +112,69 @@ class Result:
     load_s: float | None = None
     threads: int | None = None  # what the runtime really uses, where it can be read
     other_load: float | None = None  # CPUs other processes kept busy while this row was timed
+    loadavg: str | None = None  # the 1/5/15-minute load average when the model's timing ended
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def time_interleaved(fns: dict, warmup: int, repeat: int, budget_s: float) -> dict:
-    """Round-robin version of :func:`time_runs`: warm each function up in turn, then
-    time one run of each per round, so that a change in the machine's load hits
-    every backend alike.  A function whose timed runs have used ``budget_s`` drops
-    out.  Returns ``{key: (warm-up runs, times in ms, cut short)}``."""
-    out = {}
-    for k, fn in fns.items():
-        done, cut = warm_up(fn, warmup, budget_s)
-        out[k] = [done, [], cut]
-    spent = dict.fromkeys(fns, 0.0)
+@dataclass
+class Timing:
+    """One function's calls in :func:`time_fair`.  Times in milliseconds."""
+
+    warmup: int  # warm-up calls done
+    first: list  # per turn: the first call after the pause (the runtime's threads asleep)
+    warm: list  # per turn: the calls after the first, back to back
+    cut: bool  # the budget cut the timing short
+
+    @property
+    def times(self) -> list:
+        """The warm calls, or the first calls when every turn made just one."""
+        return self.warm or self.first
+
+
+def time_fair(fns: dict, warmup: int, repeat: int, budget_s: float, *, calls: int = 1,
+              pause_s: float | None = None, seed: int = 0, orders: list | None = None,
+              clock: Callable[[], int] = time.perf_counter_ns) -> dict:
+    """Time every function of ``fns`` (``{key: fn()}``) fairly on a shared machine:
+    ``repeat`` rounds, each giving every function one turn in a new random order; each
+    turn sleeps ``pause_s`` first (default :data:`PAUSE_S`: the previous runtime's
+    worker threads spin for tens of ms after a call returns and would steal cores from
+    the next one), then makes ``calls`` calls, the first one timed as a "first call"
+    and the others as "warm calls".  Warm-up: ``warmup`` untimed turns each, in a
+    random order, with the same pauses.  A function whose timed calls have used
+    ``budget_s`` drops out (always at least one turn).  ``orders`` (a list), if given,
+    receives every round's order.  Returns ``{key: Timing}``."""
+    import random
+
+    pause = PAUSE_S if pause_s is None else pause_s
+    rng = random.Random(seed)
+    keys = list(fns)
+    out = {k: Timing(0, [], [], False) for k in keys}
+    spent = dict.fromkeys(keys, 0.0)
+    for _ in range(warmup):
+        for k in rng.sample(keys, len(keys)):
+            time.sleep(pause)
+            for _ in range(max(calls, 1)):
+                fns[k]()
+            out[k].warmup += 1
     for _ in range(max(repeat, 1)):
-        for k, fn in fns.items():
-            if out[k][1] and spent[k] >= budget_s:
-                out[k][2] = True
+        order = rng.sample(keys, len(keys))
+        if orders is not None:
+            orders.append(tuple(order))
+        for k in order:
+            t = out[k]
+            if t.first and spent[k] >= budget_s:
+                t.cut = True
                 continue
-            t0 = time.perf_counter_ns()
-            fn()
-            dt = time.perf_counter_ns() - t0
-            out[k][1].append(dt / 1e6)
-            spent[k] += dt / 1e9
-    return {k: tuple(v) for k, v in out.items()}
+            time.sleep(pause)
+            for i in range(max(calls, 1)):
+                t0 = clock()
+                fns[k]()
+                dt = (clock() - t0) / 1e6
+                (t.warm if i else t.first).append(dt)
+                spent[k] += dt / 1e3
+    return out
 
 
 class OtherLoad:
@@ -211,6 +256,77 @@ def _loadavg() -> str:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "?"
+
+
+# --------------------------------------------------------------------------- FLOPs and the peak
+
+
+def model_flops(model, x: np.ndarray) -> int:
+    """FLOPs of one forward pass on ``x``: 2 per multiply-add of the convolutions and
+    matrix products (``torch.utils.flop_counter``; elementwise work, norms and softmax
+    are not counted)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.from_numpy(x))
+    return int(counter.get_total_flops())
+
+
+#: fused multiply-add instructions a core starts per cycle at its full vector width, by
+#: LLVM CPU name; CPUs not listed count as 2 (every x86 core since Haswell with AVX2,
+#: Skylake-SP/Ice Lake/Sapphire Rapids servers with their two AVX-512 ports).  Zen 4
+#: splits a 512-bit FMA in two 256-bit halves (1 per cycle at 16 lanes); Zen 5 servers
+#: have two full 512-bit FMA pipes.  Cortex-A72: 2 × 128-bit NEON FMA.
+FMA_UNITS = {"znver4": 1, "znver5": 2, "cortex-a72": 2}
+
+
+def _clock_ghz() -> tuple[float | None, str]:
+    """The core clock and where it came from: cpufreq's maximum, else /proc/cpuinfo's
+    ``cpu MHz`` (virtual machines have no cpufreq; their ``cpu MHz`` is the nominal clock)."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") as f:
+            return int(f.read()) / 1e6, "cpufreq's cpuinfo_max_freq"
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^cpu MHz\s*:\s*([\d.]+)", f.read(), re.M)
+        if m:
+            return float(m.group(1)) / 1e3, "/proc/cpuinfo's cpu MHz"
+    except OSError:
+        pass
+    return None, "no clock found"
+
+
+def percent_of_peak(flops: int | None, median_ms: float | None, peak: "Peak") -> str:
+    """``flops`` in ``median_ms`` as a share of ``peak`` ("-" when a number is missing)."""
+    if not flops or not median_ms or not peak.gflops:
+        return "-"
+    return f"{100 * flops / (median_ms * 1e-3) / (peak.gflops * 1e9):.0f}%"
+
+
+@dataclass
+class Peak:
+    gflops: float | None  # fp32 GFLOP/s of the cores in use
+    how: str  # the formula with this machine's numbers
+
+
+def fp32_peak(threads: int, target: str = "x86_64") -> Peak:
+    """This machine's fp32 peak for ``threads`` cores: cores × FMA units × float32
+    lanes × 2 (a multiply and an add) × clock, with the lanes and the CPU name from
+    the target's CPU facts (``backends/tvm/targets.py``)."""
+    from sliver.backends.tvm import targets
+
+    t = targets.resolve(target)
+    cores = min(threads, os.cpu_count() or 1)
+    fma = FMA_UNITS.get(t.cpu, 2)
+    ghz, where = _clock_ghz()
+    if ghz is None:
+        return Peak(None, f"unknown: {where}")
+    g = cores * fma * t.lanes * 2 * ghz
+    return Peak(g, f"{cores} cores × {fma} FMA/cycle × {t.lanes} fp32 lanes × 2 × {ghz:.2f} GHz "
+                   f"({t.cpu}, clock from {where}) = {g:.0f} GFLOP/s")
 
 
 _say = functools.partial(say, who="bench")
@@ -379,15 +495,19 @@ def _fail(res: Result, p, e: Exception, when: str) -> None:
         p.cleanup()
 
 
-def _record(res: Result, warm: int, times: list[float], cut: bool) -> None:
-    res.warmup_runs, res.times_ms, res.budget_hit = warm, times, cut
-    res.runs = len(times)
-    for k, v in stats(times).items():
+def _record(res: Result, t: Timing) -> None:
+    res.warmup_runs, res.times_ms, res.budget_hit = t.warmup, t.times, t.cut
+    res.runs = len(t.times)
+    for k, v in stats(t.times).items():
         setattr(res, k, v)
+    res.first_times_ms = t.first
+    first = stats(t.first)
+    res.first_median_ms, res.first_min_ms = first["median_ms"], first["min_ms"]
 
 
-def run_benchmark(args) -> dict:
-    """Benchmark every model on every backend; returns the JSON-able report."""
+def run_benchmark(args, build=None) -> dict:
+    """Benchmark every model on every backend; returns the JSON-able report.  ``build(name)
+    -> (model, inputs)`` builds the models (default: the test zoo at ``--resolution``)."""
     import torch
 
     set_tvm_threads(args.threads)  # before any artifact runs: TVM's pool starts lazily
@@ -401,13 +521,14 @@ def run_benchmark(args) -> dict:
             "models": args.models, "resolution": args.resolution, "batch": 1, "num_classes": args.num_classes,
             "threads": args.threads, "warmup": args.warmup, "repeat": args.repeat, "budget_s": args.budget,
             "tol": args.tol, "onnx_exporter": args.onnx_exporter, "backends": backends,
-            "interleave": args.interleave,
+            "calls": args.calls, "pause_s": args.pause, "seed": args.seed,
         },
         "machine": {
             "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "loadavg_start": _loadavg(),
         },
         "results": [],
+        "flops": {},
         "ok": True,
     }
     try:
@@ -422,8 +543,16 @@ def run_benchmark(args) -> dict:
         report["machine"]["onnxruntime"] = onnxruntime.__version__
 
     for name in args.models:
-        _say(f"{name}: building the model ({args.resolution}x{args.resolution}, batch 1)")
-        model, x = build_model(name, args.resolution, args.num_classes)
+        if build is None:
+            _say(f"{name}: building the model ({args.resolution}x{args.resolution}, batch 1)")
+            model, x = build_model(name, args.resolution, args.num_classes)
+        else:
+            _say(f"{name}: building the model (batch 1)")
+            model, inputs = build(name)
+            if len(inputs) != 1:
+                raise SystemExit(f"bench: {name} takes {len(inputs)} inputs; the benchmark handles one")
+            model, x = model.eval(), np.ascontiguousarray(inputs[0].detach().cpu().numpy())
+        report["flops"][name] = model_flops(model, x)
         with torch.inference_mode():
             ref = _first(model(torch.from_numpy(x))).numpy().copy()
 
@@ -475,37 +604,24 @@ def run_benchmark(args) -> dict:
                 if res.threads is not None and res.threads != args.threads:
                     res.note += f"; TVM uses {res.threads} threads, not {args.threads} (pool started earlier?)"
 
-        # 3. time them: one after another (default) or round-robin (--interleave)
-        time.sleep(PAUSE_S)
+        # 3. time them: rounds in a new random order, a pause before every turn
         timed = {b: rows[b] for b in prepared}
-        if args.interleave:
-            _say(f"{name}: timing {', '.join(LABELS[b] for b in prepared)} interleaved")
-            try:
-                with OtherLoad() as load:
-                    got = time_interleaved({b: (lambda p=p: p.fn(x)) for b, p in prepared.items()},
-                                       args.warmup, args.repeat, args.budget)
-                for b, (warm, times, cut) in got.items():
-                    _record(timed[b], warm, times, cut)
-                    timed[b].other_load = load.value
-            except Exception as e:
-                for b, p in prepared.items():
-                    _fail(timed[b], p, e, "while timing")
-            for p in prepared.values():
-                p.cleanup()
-        else:
+        _say(f"{name}: timing {', '.join(LABELS[b] for b in prepared)} ({args.repeat} rounds, "
+             f"{args.calls} call(s) per turn, {args.pause:g} s pause before each)")
+        try:
+            with OtherLoad() as load:
+                got = time_fair({b: (lambda p=p: p.fn(x)) for b, p in prepared.items()}, args.warmup,
+                                args.repeat, args.budget, calls=args.calls, pause_s=args.pause, seed=args.seed)
+            for b, t in got.items():
+                _record(timed[b], t)
+                timed[b].other_load = load.value
+                timed[b].loadavg = _loadavg()
+        except Exception as e:
             for b, p in prepared.items():
-                _say(f"{name}: timing {LABELS[b]}")
-                try:
-                    with OtherLoad() as load:
-                        got = time_runs(lambda: p.fn(x), args.warmup, args.repeat, args.budget)
-                    _record(timed[b], *got)
-                    timed[b].other_load = load.value
-                except Exception as e:
-                    _fail(timed[b], p, e, "while timing")
-                finally:
-                    p.cleanup()
-                    gc.collect()
-                    time.sleep(PAUSE_S)
+                _fail(timed[b], None, e, "while timing")
+        for p in prepared.values():
+            p.cleanup()
+        gc.collect()
 
         base = rows.get("torch")
         for b in backends:
@@ -547,18 +663,19 @@ def format_table(report: dict) -> str:
     lines = [
         f"sliver bench: batch 1, {c['resolution']}x{c['resolution']}, {c['threads']} thread(s), "
         f"warmup {c['warmup']}, repeat {c['repeat']}, budget {c['budget_s']:g} s per backend, tol {c['tol']:g}, "
-        f"{'interleaved' if c.get('interleave') else 'one backend after another'}",
+        f"{c['calls']} call(s) per turn, rounds in random order, {c['pause_s']:g} s pause before every turn",
         f"machine: {m['cpu']}, {m['cpu_count']} CPUs, load average {m['loadavg_start']} -> {m.get('loadavg_end', '?')}; "
         f"torch {m['torch']}, tvm {m.get('tvm', '-')}, onnxruntime {m.get('onnxruntime', '-')}",
         "",
     ]
-    head = ("model", "backend", "thr", "runs", "median ms", "min ms", "p90 ms", "max ms", "vs torch (median)",
-            "vs torch (min)", "max rel err", "check", "others")
+    peak = fp32_peak(c["threads"])
+    head = ("model", "backend", "thr", "calls", "median ms", "min ms", "first median", "first min", "p90 ms",
+            "vs torch (median)", "vs torch (min)", "% peak", "max rel err", "check", "others")
     rows = []
     for r in report["results"]:
         if r["status"] in ("skipped", "failed") and r["median_ms"] is None:
             check = "SKIPPED" if r["status"] == "skipped" else "FAILED"
-            rows.append((r["model"], LABELS[r["backend"]], "-", "-", "-", "-", "-", "-", "-", "-", "-", check, "-"))
+            rows.append((r["model"], LABELS[r["backend"]], *["-"] * 11, check, "-"))
             continue
         runs = f"{r['runs']}{'*' if r['budget_hit'] else ''}"
         if r["backend"] == "torch" and r["matches_torch"] is not False:
@@ -567,11 +684,12 @@ def format_table(report: dict) -> str:
             err = f"{r['max_rel_err']:.1e}" if r["max_rel_err"] is not None else "-"
             check = "ok" if r["matches_torch"] else "MISMATCH"
         rows.append((r["model"], LABELS[r["backend"]], str(r["threads"] if r["threads"] is not None else "?"), runs,
-                     _ms(r["median_ms"]), _ms(r["min_ms"]), _ms(r["p90_ms"]), _ms(r["max_ms"]), _ratio(r),
-                     _ratio(r, "vs_torch_min"), err, check,
+                     _ms(r["median_ms"]), _ms(r["min_ms"]), _ms(r["first_median_ms"]), _ms(r["first_min_ms"]),
+                     _ms(r["p90_ms"]), _ratio(r), _ratio(r, "vs_torch_min"),
+                     percent_of_peak(report.get("flops", {}).get(r["model"]), r["median_ms"], peak), err, check,
                      "?" if r["other_load"] is None else f"{r['other_load']:.2f}"))
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-    left = {0, 1, 8, 9, 11}
+    left = {0, 1, 9, 10, 13}
 
     def fmt(row):
         return "  ".join(v.ljust(w) if i in left else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))).rstrip()
@@ -586,12 +704,15 @@ def format_table(report: dict) -> str:
         prev = row[0]
     if any(r["budget_hit"] for r in report["results"]):
         lines.append("* the time budget (--budget) cut the warm-up or the timed runs short")
+    lines.append("median/min: the warm calls (2nd and later of a turn); first: the first call of each turn, "
+                 "after the pause")
+    lines.append(f"% peak: FLOPs (convolutions and matrix products) / median time / fp32 peak; peak = {peak.how}")
     lines.append("others: CPUs that other processes kept busy, on average, while the row was timed")
     loads = [r["other_load"] for r in report["results"] if r["other_load"] is not None]
     if loads and max(loads) >= BUSY:
         lines.append(f"!!! BUSY MACHINE: other processes used up to {max(loads):.2f} of {m['cpu_count']} CPUs while "
-                     "timing; multi-threaded latencies are inflated and noisy (compare the min column, use "
-                     "--interleave, or rerun on an idle machine)")
+                     "timing; multi-threaded latencies are inflated and noisy (compare the min column, "
+                     "or rerun on an idle machine)")
 
     notes = []
     for r in report["results"]:
@@ -636,7 +757,15 @@ def parse_args(argv=None):
     p.add_argument("--onnx-exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
                    help="torch.onnx exporter; auto = dynamo (needs onnxscript), else TorchScript (default: %(default)s)")
     p.add_argument("--interleave", action="store_true",
-                   help="time the backends round-robin (one run each per round) instead of one after another")
+                   help="no effect (older records' commands use it): every run interleaves the backends, in "
+                        "shuffled rounds with a pause before every turn")
+    p.add_argument("--calls", type=int, default=3,
+                   help="calls per backend turn: the first one right after the pause, the others warm "
+                        "(default: %(default)s)")
+    p.add_argument("--pause", type=float, default=PAUSE_S,
+                   help="seconds of sleep before every backend's turn (default: %(default)s; below 0.15 the "
+                        "previous runtime's spinning threads steal cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the rounds' random orders (default: %(default)s)")
     p.add_argument("--skip-sliver", action="store_true", help="do not lower and time the sliver artifact")
     p.add_argument("--skip-ort", action="store_true", help="do not time onnxruntime")
     p.add_argument("--skip-tuned", action="store_true",
@@ -649,17 +778,21 @@ def parse_args(argv=None):
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not args.models:
         p.error("--models is empty")
-    if args.threads < 1 or args.repeat < 1 or args.warmup < 0 or args.budget <= 0 or args.resolution < 1:
-        p.error("--threads and --repeat must be >= 1, --warmup >= 0, --budget and --resolution > 0")
+    if args.threads < 1 or args.repeat < 1 or args.warmup < 0 or args.budget <= 0 or args.resolution < 1 \
+            or args.calls < 1 or args.pause < 0:
+        p.error("--threads, --repeat and --calls must be >= 1, --warmup and --pause >= 0, --budget and "
+                "--resolution > 0")
     return args
 
 
-def main(argv=None) -> int:
-    """Run the benchmark and print the table; 0 if every backend ran and matched torch, else 1."""
+def main(argv=None, build=None):
+    """Run the benchmark and print the table; 0 if every backend ran and matched torch, else 1.
+    ``build(name) -> (model, inputs)`` replaces the test zoo (the speed set uses it); then
+    the return value is ``(status, report)``."""
     args = parse_args(argv)
     set_tvm_threads(args.threads)  # as early as possible: before anything can start TVM's pool
     t0 = time.perf_counter()
-    report = run_benchmark(args)
+    report = run_benchmark(args, build)
     report["wall_s"] = time.perf_counter() - t0
     print(format_table(report))
     print(f"\ntotal {report['wall_s']:.0f} s", flush=True)
@@ -667,7 +800,8 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
         print(f"wrote {args.json}")
-    return 0 if report["ok"] else 1
+    code = 0 if report["ok"] else 1
+    return code if build is None else (code, report)
 
 
 if __name__ == "__main__":

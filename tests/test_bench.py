@@ -46,7 +46,7 @@ def test_compare_flags_shape_and_nan():
 @pytest.mark.slow
 def test_bench_main_small(tmp_path, capsys):
     backends = ["torch", "sliver"]
-    argv = ["--models", "resnet18", "--resolution", "32", "--warmup", "1", "--repeat", "2",
+    argv = ["--models", "resnet18", "--resolution", "32", "--warmup", "1", "--repeat", "2", "--calls", "2",
             "--threads", "2", "--json", str(tmp_path / "out.json")]
     try:
         import onnx  # noqa: F401
@@ -68,7 +68,8 @@ def test_bench_main_small(tmp_path, capsys):
     for b in backends:
         r = rows[("resnet18", b)]
         assert r["status"] == "ok", r
-        assert r["runs"] == 2 and len(r["times_ms"]) == 2
+        assert r["runs"] == 2 and len(r["times_ms"]) == 2 and len(r["first_times_ms"]) == 2
+        assert 0 < r["first_min_ms"] <= r["first_median_ms"]
         assert 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["max_ms"]
         assert r["vs_torch"] > 0
         assert bench.LABELS[b] in out
@@ -80,6 +81,7 @@ def test_bench_main_small(tmp_path, capsys):
     assert rows[("resnet18", "sliver")]["threads"] == 2  # TVM_NUM_THREADS reached TVM's pool
     assert "MISMATCH" not in out and "FAILED" not in out
     assert "compile (sliver.lower" in out
+    assert report["flops"]["resnet18"] > 0 and "% peak" in out and "fp32 lanes" in out
 
 
 def test_bench_reports_mismatch_loudly(tmp_path, capsys, monkeypatch):
@@ -201,3 +203,106 @@ def test_bench_prune_views_twin_keeps_shapes_and_macs_without_gathers():
         len([op for op in module.ops if op.kind == "slice"]) + len(takes)
     assert [v.type for v in twin.outputs] == [v.type for v in module.outputs]
     assert count_params_and_macs(twin)[1] == count_params_and_macs(module)[1]
+
+
+# -- the fair harness: pauses, shuffled rounds, first and warm calls ------------------------
+
+
+def test_time_fair_pauses_before_every_turn_and_shuffles_rounds():
+    import time
+
+    calls = []  # (backend, start, end)
+
+    def fn(k, ms):
+        def run():
+            t0 = time.perf_counter()
+            time.sleep(ms / 1e3)
+            calls.append((k, t0, time.perf_counter()))
+        return run
+
+    fns = {"a": fn("a", 1), "b": fn("b", 2), "c": fn("c", 3)}
+    orders = []
+    got = bench.time_fair(fns, warmup=1, repeat=12, budget_s=60, calls=3, pause_s=0.02, seed=1, orders=orders)
+    # every round gives every backend exactly one turn, in an order that changes
+    assert len(orders) == 12 and all(sorted(o) == ["a", "b", "c"] for o in orders)
+    assert len(set(orders)) > 1
+    # the calls ran turn by turn in those orders (after one warm-up turn each)
+    turns = [k for i, (k, _, _) in enumerate(calls) if i % 3 == 0]
+    assert [k for o in orders for k in o] == turns[3:]
+    assert all(calls[i][0] == calls[i + 1][0] == calls[i + 2][0] for i in range(0, len(calls), 3))
+    # a pause before every turn, none between the calls of one turn
+    for i in range(1, len(calls)):
+        gap = calls[i][1] - calls[i - 1][2]
+        if i % 3 == 0:
+            assert gap >= 0.02, (i, gap)
+        else:
+            assert gap < 0.02, (i, gap)
+    for k, ms in (("a", 1), ("b", 2), ("c", 3)):
+        t = got[k]
+        assert (t.warmup, len(t.first), len(t.warm), t.cut) == (1, 12, 24, False)
+        assert t.times is t.warm and min(t.first + t.warm) >= ms
+    # with one call per turn, the first calls are the times
+    one = bench.time_fair({"a": fns["a"]}, warmup=0, repeat=2, budget_s=60, pause_s=0.0)
+    assert one["a"].warm == [] and one["a"].times == one["a"].first and len(one["a"].first) == 2
+
+
+def test_time_fair_drops_a_backend_over_budget():
+    import time
+
+    got = bench.time_fair({"slow": lambda: time.sleep(0.02), "fast": lambda: None}, warmup=0, repeat=10,
+                          budget_s=0.03, pause_s=0.0)
+    assert got["slow"].cut and 1 <= len(got["slow"].first) < 10
+    assert not got["fast"].cut and len(got["fast"].first) == 10
+
+
+def test_peak_formula_and_percent(monkeypatch):
+    from sliver.backends.tvm import targets
+
+    monkeypatch.setattr(bench, "_clock_ghz", lambda: (3.0, "a test clock"))
+    t = targets.resolve("x86-64-v3")
+    peak = bench.fp32_peak(1, "x86-64-v3")
+    assert peak.gflops == pytest.approx(1 * 2 * t.lanes * 2 * 3.0) and t.lanes == 8
+    assert "1 cores × 2 FMA/cycle × 8 fp32 lanes × 2 × 3.00 GHz" in peak.how
+    # 9.6 GFLOP in 100 ms on a 96 GFLOP/s peak: everything
+    assert bench.percent_of_peak(int(9.6e9), 100.0, bench.Peak(96.0, "")) == "100%"
+    assert bench.percent_of_peak(None, 100.0, peak) == "-"
+    monkeypatch.setattr(bench, "_clock_ghz", lambda: (None, "no clock found"))
+    assert bench.fp32_peak(2).gflops is None
+
+
+def test_speed_table_from_a_report():
+    from sliver.benchmarks import speed
+
+    def row(b, med, mn, load=0.1):
+        return {"model": "bert_base", "backend": b, "status": "ok", "median_ms": med, "min_ms": mn, "other_load": load}
+
+    report = {"config": {"threads": 2}, "flops": {"bert_base": int(22.4e9)},
+              "results": [row("torch", 80.0, 70.0), row("onnxruntime", 40.0, 35.0), row("sliver", 50.0, 35.0, 0.4),
+                          {"model": "bert_base", "backend": "sliver-tuned", "status": "skipped", "median_ms": None}]}
+    table = speed.ratio_table(report)
+    line = [ln for ln in table.splitlines() if ln.startswith("| BERT-base")][0]
+    assert "| 22.40 |" in line and "50.0 (35.0)" in line and "| skipped |" in line
+    assert "1.25×, 1.00×" in line and "| 0.62× |" in line and line.endswith("| 0.40 |")
+    assert set(speed.SPEED_SET) == set(speed.BUILDERS) == set(speed.TITLES) and len(speed.SPEED_SET) == 10
+
+
+
+def test_speed_table_from_saved_reports(tmp_path, capsys):
+    from sliver.benchmarks import speed
+    from sliver.common.errors import SliverError
+
+    def report(model, threads, ms):
+        return {"config": {"threads": threads}, "machine": {}, "ok": True, "flops": {model: 10**9},
+                "results": [{"model": model, "backend": b, "status": "ok", "median_ms": ms, "min_ms": ms,
+                             "other_load": 0.0} for b in ("torch", "onnxruntime", "sliver")]}
+
+    paths = []
+    for model, threads in (("gpt2", 2), ("resnet18", 2), ("resnet50", 1)):
+        paths.append(tmp_path / f"{model}.json")
+        paths[-1].write_text(json.dumps(report(model, threads, 10.0)))
+    assert speed.main(["--table-from", str(paths[0]), str(paths[1]), "--markdown", str(tmp_path / "t.md")]) == 0
+    table = (tmp_path / "t.md").read_text()
+    assert table.index("| ResNet-18 |") < table.index("| GPT-2 small")  # the speed set's order
+    assert "1.00×, 1.00×" in capsys.readouterr().out
+    with pytest.raises(SliverError, match="thread counts"):
+        speed.main(["--table-from", str(paths[0]), str(paths[2])])
