@@ -141,10 +141,13 @@ def test_progress_display_in_the_api(capsys):
 def test_progress_display_in_the_cli(tmp_path):
     out = tmp_path / "tiny.sliver"
     # a terminal, as rich sees one (TTY_COMPATIBLE / TTY_INTERACTIVE): the live display is drawn
-    proc = _sliver("lower", "tools/examples/tiny_cnn.py:build", "-o", str(out),
+    proc = _sliver("lower", "tools/examples/tiny_cnn.py:build", "-o", str(out), "--output-names", "logits",
                    env={"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "120"})
     assert proc.returncode == 0, proc.stderr
     assert "\x1b[" in proc.stderr and "compiling with TVM" in proc.stderr and "━" in proc.stderr
+    assert sliver.load(out).output_names == ["logits"]
+    proc = _sliver("lower", "tools/examples/tiny_cnn.py:build", "-o", str(out), "--output-names", "a,b")
+    assert proc.returncode == 2 and "the model has 1 output(s), give 1 name(s)" in proc.stderr
     # a log file: the messages only, one line each
     proc = _sliver("lower", "tools/examples/tiny_cnn.py:build", "-o", str(out),
                    env={"TTY_COMPATIBLE": "0", "TTY_INTERACTIVE": "0"})

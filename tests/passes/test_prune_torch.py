@@ -51,7 +51,7 @@ def _fine_tuned():
     loss = torch.nn.functional.cross_entropy(model(batch), labels)
     loss.backward()
     optimizer.step()
-    return model.eval(), float(loss), inputs
+    return model.eval(), loss.detach().item(), inputs
 
 
 def lowered(kind):
