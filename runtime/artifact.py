@@ -371,13 +371,25 @@ def sign(path, key, *, output=None) -> Path:
     return atomic_write(output if output is not None else path, write)
 
 
-def _load_library(path: str):
+def _load_library(tvm, path: str):
+    from sliver.runtime import tvm_c
+
+    if tvm is tvm_c.API:
+        return tvm.load_module(path)
     import tvm_ffi
 
     return tvm_ffi.load_module(path, keep_module_alive=False)
 
 
 def _import_tvm_runtime():
+    """TVM's Python runtime, or, when ``SLIVER_TVM_LIB_DIR`` names a folder holding
+    ``libtvm_runtime.so`` and ``libtvm_ffi.so`` (a device bundle's), the same calls over
+    their C ABI (:mod:`sliver.runtime.tvm_c`), without TVM's Python packages."""
+    from sliver.runtime import tvm_c
+
+    if tvm_c.selected():
+        tvm_c.library()
+        return tvm_c.API
     try:
         import tvm
         from tvm.runtime import vm  # noqa: F401
@@ -452,7 +464,7 @@ class CompiledModel:
             try:
                 # not kept alive for the whole process (TVM's default): the library is
                 # unmapped when the model is closed or collected (its VMs hold it till then)
-                self._lib = _load_library(lib_path)
+                self._lib = _load_library(tvm, lib_path)
                 self._vms[threading.current_thread()] = tvm.runtime.vm.VirtualMachine(self._lib, tvm.cpu())
             except Exception as e:
                 raise ArtifactError(f"{source}: the TVM runtime could not load the library: {e}") from e

@@ -484,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     from sliver.tools import bench as _bench
+    from sliver.tools import bundle as _bundle
     from sliver.tools import explain as _explain
 
     # commands whose arguments and body live in their own module: (name, help, add arguments, run)
@@ -495,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
          runtime_cli.keygen),
         ("explain", "a per-layer report of what each pass did, with latency and drift", _explain.add_arguments,
          _explain.run),
+        ("bundle", "a folder with the artifact and exactly what a device needs to run it (Python 3 + numpy)",
+         _bundle.add_arguments, _bundle.run),
         ("bench", "an artifact's latency (or executed instructions on the emulated Pi), per layer with --per-layer",
          _bench.add_arguments, _bench.run),
     ):
