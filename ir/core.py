@@ -233,6 +233,19 @@ class Module:
         for op in self.ops:
             yield from op.results
 
+    def dim_vars(self) -> list:
+        """The dimension variables (:class:`~sliver.ir.dims.DimVar`) of every type and
+        attribute of the module, sorted by name (empty for a fully static module)."""
+        from sliver.ir.dims import vars_of
+
+        found = set()
+        for v in self.values():
+            found |= vars_of(v.type.shape)
+        for op in self.ops:
+            for a in op.attrs.values():
+                found |= vars_of(a)
+        return sorted(found)
+
     def param_data(self, value: Value) -> np.ndarray | None:
         """The data of a param value, or None when the value is not a param."""
         if value.producer is not None and value.producer.kind == "param":

@@ -7,6 +7,10 @@
       return %relu
     }
 
+A module with symbolic dimensions declares their variables after its arguments:
+
+    func @bert(%ids: i64[batch,seq]) where batch in [1, 16], seq in [1, 512] {
+
 Attributes equal to their declared default are left out; the parser fills them
 back in, so print → parse → print is the identity.  Param data is not printed:
 it travels in a side file (``.npz``) next to the text.
@@ -33,7 +37,9 @@ def format_op(op) -> str:
 
 def print_module(module) -> str:
     args = ", ".join(f"%{v.name}: {v.type}" for v in module.inputs)
-    lines = [f"func @{module.name}({args}) {{"]
+    dims = module.dim_vars()
+    where = (" where " + ", ".join(str(v) for v in dims)) if dims else ""
+    lines = [f"func @{module.name}({args}){where} {{"]
     lines += ["  " + format_op(op) for op in module.ops]
     lines.append("  return " + ", ".join(f"%{v.name}" for v in module.outputs))
     lines.append("}")
