@@ -21,6 +21,7 @@ import numpy as np
 
 from sliver.common.errors import IRParseError, SliverError
 from sliver.ir.core import Module
+from sliver.ir.names import parse_name
 from sliver.ir.dims import RESERVED, DimVar, Sym, bounds
 from sliver.ir.types import QuantParams, TensorType, to_numpy
 
@@ -39,7 +40,7 @@ _TOKEN = re.compile(
     r"""
     (?P<ws>[ \t]+|\#[^\n]*)
   | (?P<nl>\n)
-  | (?P<value>%[A-Za-z0-9_.]+)
+  | (?P<value>%(?:[A-Za-z0-9_.]+|"(?:[^"\\\n]|\\.)+"))
   | (?P<symbol>@[A-Za-z0-9_.]+)
   | (?P<string>"(?:[^"\\]|\\.)*")
   | (?P<number>-?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d+|inf))
@@ -381,11 +382,11 @@ def parse_structure(text: str):
     pending = []
 
     def define(tok, value):
-        env[tok[1][1:]] = value
+        env[parse_name(tok[1])] = value
 
     def lookup(tok):
         try:
-            return env[tok[1][1:]]
+            return env[parse_name(tok[1])]
         except KeyError:
             raise lx.error(f"use of undefined value {tok[1]}", tok) from None
 
@@ -396,7 +397,7 @@ def parse_structure(text: str):
         lx.expect("punct", ":")
         t = _parse_type(lx)
         try:
-            define(tok, module.add_input(t, name=tok[1][1:]))
+            define(tok, module.add_input(t, name=parse_name(tok[1])))
         except SliverError as e:
             raise lx.error(str(e), tok) from None
         if not lx.accept(","):
@@ -443,7 +444,7 @@ def parse_structure(text: str):
             types.append(_parse_type(lx))
         if len(types) != len(lhs):
             raise lx.error(f"{kind} defines {len(lhs)} value(s) but has {len(types)} type(s)", op_tok)
-        names = [t[1][1:] for t in lhs]
+        names = [parse_name(t[1]) for t in lhs]
         try:
             if kind == "param":
                 if operands or attrs:

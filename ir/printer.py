@@ -19,12 +19,13 @@ it travels in a side file (``.npz``) next to the text.
 from __future__ import annotations
 
 from sliver.ir.attrs import format_attr
+from sliver.ir.names import format_name
 
 
 def format_op(op) -> str:
     decl = op.decl
-    lhs = ", ".join(f"%{r.name}" for r in op.results)
-    args = ", ".join(f"%{v.name}" for v in op.operands)
+    lhs = ", ".join(format_name(r.name) for r in op.results)
+    args = ", ".join(format_name(v.name) for v in op.operands)
     attrs = {k: v for k, v in op.attrs.items() if v != decl.attrs.get(k)}
     text = f"{lhs} = {op.kind}"
     if op.operands:
@@ -36,11 +37,11 @@ def format_op(op) -> str:
 
 
 def print_module(module) -> str:
-    args = ", ".join(f"%{v.name}: {v.type}" for v in module.inputs)
+    args = ", ".join(f"{format_name(v.name)}: {v.type}" for v in module.inputs)
     dims = module.dim_vars()
     where = (" where " + ", ".join(str(v) for v in dims)) if dims else ""
     lines = [f"func @{module.name}({args}){where} {{"]
     lines += ["  " + format_op(op) for op in module.ops]
-    lines.append("  return " + ", ".join(f"%{v.name}" for v in module.outputs))
+    lines.append("  return " + ", ".join(format_name(v.name) for v in module.outputs))
     lines.append("}")
     return "\n".join(lines) + "\n"

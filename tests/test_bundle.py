@@ -145,6 +145,9 @@ def test_bundle_libraries_from_wheels_and_refusals(example_x86, tmp_path):
     lib.write_bytes(bytes(data))
     proc = _run_bare(tmp_path, b.path / "run.py", "--verify")
     assert proc.returncode != 0 and "damaged" in proc.stderr, proc.stderr
+    (b.path / "bundle.json").write_text("{")
+    proc = _run_bare(tmp_path, b.path / "run.py", "--verify")
+    assert proc.returncode != 0 and "not a complete sliver bundle" in proc.stderr, proc.stderr
 
 
 def test_bundle_checks_the_artifact_before_writing(tmp_path):
@@ -156,6 +159,27 @@ def test_bundle_checks_the_artifact_before_writing(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
     with pytest.raises(UsageError, match="no such folder"):
         bundle.runtime_libraries("x86_64", wheels=tmp_path / "none")
+
+
+def test_atomic_directory_leaves_nothing_half_written(tmp_path):
+    from sliver.common.files import atomic_directory
+
+    def broken(folder):
+        (folder / "part").write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_directory(tmp_path / "out", broken, replaceable=lambda p: True)
+    assert list(tmp_path.iterdir()) == []
+    atomic_directory(tmp_path / "out", lambda f: (f / "a").write_text("1"), replaceable=lambda p: False)
+    with pytest.raises(FileExistsError):  # not replaceable: kept as it was
+        atomic_directory(tmp_path / "out", lambda f: (f / "b").write_text("2"), replaceable=lambda p: False)
+    with pytest.raises(RuntimeError):  # replaceable, but the new one fails: the old one stays
+        atomic_directory(tmp_path / "out", broken, replaceable=lambda p: True)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a"]
+    atomic_directory(tmp_path / "out", lambda f: (f / "b").write_text("2"), replaceable=lambda p: True)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["b"]
 
 
 def test_c_abi_runtime_names_a_missing_library_folder(tmp_path, monkeypatch):

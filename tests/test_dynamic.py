@@ -88,9 +88,8 @@ def _inputs(name: str, size) -> tuple[torch.Tensor, ...]:
 
 
 SIZES = {"cnn": BATCHES, "bert": TEXT_SIZES, "gpt2": TEXT_SIZES}
-#: the models the end-to-end tests lower (BERT's and GPT-2's masks need the comparison,
-#: logical and gather ops of input-derived tensors)
-MODELS = ["cnn"]
+#: the models the end-to-end tests lower
+MODELS = ["cnn", "bert", "gpt2"]
 
 
 def _job(target):
@@ -239,11 +238,35 @@ def compiled_wide(dynamic: bool):
     return str(path), result.winograd
 
 
+def test_a_dynamic_batch_conv_gets_the_packed_kernel_never_winograd():
+    """sliver's kernel choice for a 3x3 stride-1 32→32 conv: Winograd when every shape
+    is static; the packed-weight kernel with a symbolic batch; TVM's generic conv2d
+    when another dimension is symbolic."""
+    from tvm import relax, tirx
+
+    from sliver.backends.tvm.schedules.conv2d import kernel_choice
+    from sliver.backends.tvm.targets import resolve, tvm_target
+
+    target = tvm_target(resolve("x86_64"))
+    w = relax.Var("w", relax.TensorType([3, 3, 32, 32], "float32"))
+
+    def choice(shape):
+        x = relax.Var("x", relax.TensorType(shape, "float32"))
+        call = relax.BlockBuilder().normalize(
+            relax.op.nn.conv2d(x, w, padding=1, data_layout="NHWC", kernel_layout="HWIO"))
+        picked = kernel_choice(call, target)
+        return picked and picked[0]
+
+    assert choice([2, 16, 16, 32]) == "winograd"
+    assert choice([tirx.Var("batch", "int64"), 16, 16, 32]) == "packed"
+    assert choice([2, tirx.Var("h", "int64"), 16, 32]) is None
+
+
 @pytest.mark.precompiled.with_args(lambda params: [("call", "test_dynamic", "compiled_wide", True),
                                                    ("call", "test_dynamic", "compiled_wide", False)])
 def test_winograd_and_channel_padding_with_a_dynamic_batch():
-    """A conv with a symbolic dimension is never a Winograd (nor a packed-weight) conv: it
-    keeps TVM's generic conv2d; channel padding (an axis the conv fixes) still applies."""
+    """A conv with a symbolic dimension is never a Winograd conv (a dynamic batch gets the
+    packed-weight kernel); channel padding (an axis the conv fixes) still applies."""
     path, winograd = precompile.get(("call", "test_dynamic", "compiled_wide", True))
     _, static_winograd = precompile.get(("call", "test_dynamic", "compiled_wide", False))
     assert static_winograd and not winograd

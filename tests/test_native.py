@@ -81,6 +81,13 @@ def test_runner_refuses_bad_inputs_and_damaged_artifacts(native_x86, example_x86
             dst.writestr(info.filename, src.read(info))
         dst.writestr("../evil.so", b"x")
     fails(tmp_path / "extra.sliver", match="unexpected entry")
+    with zipfile.ZipFile(example_x86) as src, zipfile.ZipFile(tmp_path / "v3.sliver", "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "manifest.json":
+                data = data.replace(b'"format_version": 2', b'"format_version": 3')
+            dst.writestr(info.filename, data)
+    fails(tmp_path / "v3.sliver", match="dynamic dimensions")
     assert _run(native_x86, "--bogus").returncode == 2
 
 

@@ -110,14 +110,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def check_libraries():
     """The runtime libraries must be the ones the bundle was made with (a damaged copy
     would otherwise crash inside the dynamic loader)."""
-    with open(os.path.join(HERE, "bundle.json")) as f:
-        files = json.load(f)["files"]
-    for name, meta in files.items():
-        if name.startswith("lib/"):
+    try:
+        with open(os.path.join(HERE, "bundle.json")) as f:
+            files = json.load(f)["files"]
+        libs = {name: files[name]["sha256"] for name in ("lib/libtvm_ffi.so", "lib/libtvm_runtime.so")}
+        for name, digest in libs.items():
             with open(os.path.join(HERE, name), "rb") as f:
-                if hashlib.sha256(f.read()).hexdigest() != meta["sha256"]:
+                if hashlib.sha256(f.read()).hexdigest() != digest:
                     sys.exit(f"sliver: error: {name} in {HERE} is damaged (its sha256 differs from bundle.json); "
                              "copy the bundle again")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"sliver: error: {HERE} is not a complete sliver bundle ({type(e).__name__}: {e}); copy it again "
+                 "or make it again with `sliver bundle`")
 
 
 if __name__ == "__main__":

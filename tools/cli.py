@@ -483,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emulate", action="store_true", help="run on the emulated Raspberry Pi (arm64 artifacts)")
     p.set_defaults(func=cmd_run)
 
+    from sliver.tools import allocate as _allocate
     from sliver.tools import bench as _bench
     from sliver.tools import bundle as _bundle
     from sliver.tools import explain as _explain
@@ -500,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
          _bundle.add_arguments, _bundle.run),
         ("bench", "an artifact's latency (or executed instructions on the emulated Pi), per layer with --per-layer",
          _bench.add_arguments, _bench.run),
+        ("allocate", "mixed-precision bit widths per layer from Hessian sensitivity and size or measured cost",
+         _allocate.add_arguments, _allocate.run),
     ):
         p = sub.add_parser(name, help=help_)
         add_arguments(p)

@@ -58,6 +58,32 @@ def _model_kind_ok(model) -> bool:
     return isinstance(model, (torch.nn.Module, torch.export.ExportedProgram, Module))
 
 
+def load_callable(spec: str, what: str = "MODEL"):
+    """The function ``file.py:function`` names (the file is run as a module); every
+    way the file can be wrong is a :class:`ModelError`."""
+    path, _, func = spec.partition(":")
+    if not path.endswith(".py") or not func:
+        raise ModelError(f"{what} {spec!r}: give file.py:function" + (", file.pt2 or file.sir" if what == "MODEL" else ""))
+    if not Path(path).is_file():
+        raise ModelError(f"{path}: no such file")
+    mod_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.path.insert(0, str(Path(path).resolve().parent))
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as e:  # the user's file: any error it raises is theirs to fix
+        where = "" if isinstance(e, SyntaxError) else _where(e, path)  # a SyntaxError names its line
+        raise ModelError(f"running {path} failed{where}: {type(e).__name__}: {e}") from None
+    finally:
+        sys.path.pop(0)
+    builder = getattr(module, func, None)
+    if builder is None:
+        raise ModelError(f"{path} has no function {func!r}")
+    if not callable(builder):
+        raise ModelError(f"{path}: {func} is a {type(builder).__name__}, not a function")
+    return builder
+
+
 def load_model(spec: str):
     """``(model_or_module, example_inputs)`` from a MODEL argument: ``file.py:function``
     (the function returns ``(nn.Module, example_inputs)``, or ``(nn.Module,
@@ -101,27 +127,8 @@ def load_model(spec: str):
         if not args:
             raise ModelError(f"{spec} carries no example inputs; export it with example args")
         return ep, args
-    path, _, func = spec.partition(":")
-    if not path.endswith(".py") or not func:
-        raise ModelError(f"MODEL {spec!r}: give file.py:function, file.pt2 or file.sir")
-    if not Path(path).is_file():
-        raise ModelError(f"{path}: no such file")
-    mod_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(mod_spec)
-    sys.path.insert(0, str(Path(path).resolve().parent))
-    try:
-        mod_spec.loader.exec_module(module)
-    except Exception as e:  # the user's file: any error it raises is theirs to fix
-        where = "" if isinstance(e, SyntaxError) else _where(e, path)  # a SyntaxError names its line
-        raise ModelError(f"running {path} failed{where}: {type(e).__name__}: {e}") from None
-    finally:
-        sys.path.pop(0)
-    builder = getattr(module, func, None)
-    if builder is None:
-        raise ModelError(f"{path} has no function {func!r}")
-    if not callable(builder):
-        raise ModelError(f"{path}: {func} is a {type(builder).__name__}, not a function returning "
-                         "(model, example_inputs)")
+    path = spec.partition(":")[0]
+    builder = load_callable(spec)
     try:
         result = builder()
     except Exception as e:

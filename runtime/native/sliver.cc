@@ -364,6 +364,9 @@ void Open(SliverModel* m) {
     ffi::json::Object man = Obj(root, "top level");
     if (Str(Field(man, "format", ""), "format") != "sliver-artifact") throw Error("not a sliver artifact manifest");
     int64_t version = Int(Field(man, "format_version", ""), "format_version");
+    if (version == 3)
+      throw Error("the artifact has dynamic dimensions (format version 3), which the native runtime does not run "
+                  "yet: lower the model with fixed shapes, or run it with sliver's Python runtime");
     if (version < 1 || version > 2)
       throw Error("format version " + std::to_string(version) + " is not one this runtime reads (1 or 2)");
     ffi::json::Object target = Obj(Field(man, "target", ""), "target");
