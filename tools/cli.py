@@ -525,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: the commands that trace, optimize or compile (the rest run artifacts: runtime only)
-COMPILER_COMMANDS = {"trace", "opt", "lower", "tune", "prune", "passes", "ops", "demo"}
+COMPILER_COMMANDS = {"trace", "opt", "lower", "tune", "prune", "allocate", "passes", "ops", "demo"}
 
 
 def _needs_compiler(args) -> bool:
