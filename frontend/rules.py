@@ -17,7 +17,7 @@ import numpy as np
 
 from sliver.frontend.builder import Builder, constant_data, fold_constant
 from sliver.ir.core import Value
-from sliver.ir.ops import TypeRuleError, all_ops
+from sliver.ir.ops import TypeRuleError, all_ops, broadcast_shapes
 from sliver.ir.types import from_numpy
 
 RULES: dict[str, Callable] = {}
@@ -969,8 +969,8 @@ def _where(b, cond, x, y):
     if c is not None and (c.all() or not c.any()):
         pick, other = (x, y) if c.all() else (y, x)
         if isinstance(pick, Value):
-            shape = tuple(np.broadcast_shapes(c.shape, pick.type.shape,
-                                              other.type.shape if isinstance(other, Value) else ()))
+            shape = broadcast_shapes("where", c.shape, pick.type.shape,
+                                     other.type.shape if isinstance(other, Value) else ())
             return _expand(b, pick, shape)
     if cond.type.dtype != "bool":
         cond = b.emit("ne", [cond, b.tensor_or_scalar(0, cond)])
@@ -1005,7 +1005,7 @@ def _logic_rule(kind: str):
                                 "only on bool tensors (masks)")
         c = constant_data(b, y)
         if c is not None and (c.all() or not c.any()):
-            shape = tuple(np.broadcast_shapes(c.shape, x.type.shape))
+            shape = broadcast_shapes(kind, c.shape, x.type.shape)
             result = absorb[bool(c.all())]
             if result == "x":
                 return _expand(b, x, shape)

@@ -151,3 +151,16 @@ def test_arm64_artifact_matches_torch_on_the_emulated_pi(tmp_path):
     model, inputs = build()
     got = emulated_first_output(precompile.get(("call", "test_masks", "compiled", "arm64")), tmp_path)
     assert_close([got], torch_outputs(model, inputs)[:1], rtol=1e-4, what="masks arm64")
+
+
+def test_constant_operands_broadcast_against_symbolic_dims():
+    class Sym(nn.Module):
+        def forward(self, x):
+            keep = (x > 0) & torch.ones((), dtype=torch.bool)  # x & all-true is x, of x's symbolic shape
+            return torch.where(torch.ones(1, dtype=torch.bool), torch.where(keep, x, 0.0), x)
+
+    batch = torch.export.Dim("batch", min=1, max=8)
+    module = sliver.trace(Sym(), (torch.randn(3, 4),), dynamic_shapes=({0: batch},))
+    for n in (1, 5):
+        x = torch.randn(n, 4)
+        np.testing.assert_array_equal(run(module, [x.numpy()])[0], Sym()(x).numpy())
