@@ -194,6 +194,7 @@ def front_passes(*, layout: bool = True, target=None, winograd: bool = True) -> 
     custom = {**elementwise.LEGALIZE, **pool.LEGALIZE}  # IEEE NaN semantics for max/min
     if layout:
         custom["relax.nn.conv2d"] = conv2d.legalize(target, winograd=winograd)
+        custom["relax.matmul"] = dense.legalize(target)
     return front + [
         relax.transform.LegalizeOps(customize_legalize_map=custom),
         relax.transform.AnnotateTIROpPattern(),
