@@ -150,8 +150,9 @@ def ratio_table(report: dict) -> str:
         lines.append("| " + " | ".join([TITLES.get(model, model), f"{f / 1e9:.2f}" if f else "—", ms(t), ms(o), ms(s),
                                          ms(rows.get("sliver-tuned")), vs_ort, vs_torch, pct,
                                          f"{max(loads):.2f}" if loads else "?"]) + " |")
-    lines += ["", f"fp32 peak: {peak.how}. median (min) of warm calls; others: CPUs other processes kept busy "
-                  "while the model was timed."]
+    clock = report["config"].get("clock", "wall time")
+    lines += ["", f"fp32 peak: {peak.how}. median (min) of warm calls ({clock}), {report['config']['threads']} "
+                  "thread(s); others: CPUs other processes kept busy while the model was timed."]
     return "\n".join(lines)
 
 
