@@ -178,3 +178,24 @@ def test_register_tiles_stay_stack_buffers(level, m, k, n):
     for name, f in funcs.items():
         sched, rule = S.schedule_primfunc(f, target)
         assert workspace_allocs_in_parallel_loops(sched, target) == [], (name, rule)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("model", ["bert", "gpt2", "efficientnet", "convnext"])
+def test_small_real_architectures_match_torch(level, model):
+    """End to end through the default pipeline for each level: GELU (erf and tanh forms),
+    SiLU, softmax, layer norms and packed linear layers in real transformers models."""
+    import torch
+
+    import realzoo
+    import sliver
+
+    m, inputs = realzoo.ENTRIES[model].build()
+    art = sliver.lower(m, inputs, target=level)
+    if not runs_here(level):
+        pytest.skip(f"this host cannot run {level} code")
+    with torch.no_grad():
+        want = m(*inputs).numpy()
+    got = art.load().run(*[t.numpy() for t in inputs])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
