@@ -13,6 +13,8 @@ where the host has its instructions (an AVX2-only host checks the v4 decisions w
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -199,3 +201,47 @@ def test_small_real_architectures_match_torch(level, model):
         want = m(*inputs).numpy()
     got = art.load().run(*[t.numpy() for t in inputs])[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+# -- zero pads before convolutions -------------------------------------------------------------------
+
+
+def _padded_convs(value: float):
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(8, 16, 1), torch.nn.ConstantPad2d((0, 1, 2, 1), value),
+        torch.nn.Conv2d(16, 16, 3, stride=2, groups=16), torch.nn.ConstantPad2d(1, value),
+        torch.nn.Conv2d(16, 32, 3, padding=1)).eval()
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_zero_pads_become_the_convs_own_padding(level, value):
+    """TensorFlow-style "same" padding (transformers' MobileNetV2/EfficientNet, nn.ZeroPad2d)
+    traces to concatenations with zero constants; they fold into the next conv's
+    asymmetric padding (no concat, no NCHW round trip left).  Other pad values stay."""
+    import torch
+
+    import sliver
+    from sliver.backends.tvm.lower import to_relax
+
+    m, x = _padded_convs(value), torch.randn(1, 8, 16, 16)
+    target = tvm_target(resolve(level))
+    with target:
+        mod = tvm.transform.Sequential(S.front_passes(target=target)[:4])(to_relax(sliver.trace(m, (x,))))
+    text = mod.script()
+    if value == 0.0:
+        assert "R.concat" not in text
+        pads = [p for p in re.findall(r"padding=\[([\d, ]+)\]", text)]
+        assert pads == ["0, 0, 0, 0", "2, 0, 1, 1", "2, 2, 2, 2"], pads  # [top, left, bottom, right]
+    else:
+        assert text.count("R.concat") == 4
+    art = sliver.lower(m, (x,), target=level)
+    if not runs_here(level):
+        pytest.skip(f"this host cannot run {level} code")
+    with torch.no_grad():
+        want = m(x).numpy()
+    got = art.load().run(x.numpy())[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
