@@ -62,12 +62,13 @@ def _error(e: BaseException) -> str:
     how often each occurs (not the source lines: they name files of this machine)."""
     from collections import Counter
 
-    from sliver.common.errors import UnsupportedOpError
+    from sliver.common.errors import DataDependentShapeError, UnsupportedOpError
 
-    if isinstance(e, UnsupportedOpError):
+    if isinstance(e, (UnsupportedOpError, DataDependentShapeError)):
         counts = Counter(op for op, _, _ in e.problems)
-        return "unsupported: " + ", ".join(f"{op.removeprefix('aten.')}" + (f" ×{n}" if n > 1 else "")
-                                           for op, n in counts.items())
+        what = "unsupported" if isinstance(e, UnsupportedOpError) else "DataDependentShapeError: size known only at run time"
+        return f"{what}: " + ", ".join(f"{op.removeprefix('aten.')}" + (f" ×{n}" if n > 1 else "")
+                                       for op, n in counts.items())
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text}"
 

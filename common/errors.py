@@ -30,6 +30,28 @@ class UnsupportedOpError(SliverError):
         super().__init__("\n".join(lines))
 
 
+class DataDependentShapeError(SliverError):
+    """The model computes a tensor whose size depends on the input values (``nonzero``,
+    boolean-mask indexing, ``unique``, ``.item()`` used as a size): sliver compiles graphs
+    whose sizes are known before they run (found while tracing, before anything compiles)."""
+
+    def __init__(self, problems):
+        # problems: list of (aten op name, "file:line" or None, source text or None)
+        self.problems = list(problems)
+        lines = [f"the model computes {len(self.problems)} tensor(s) whose size depends on the input values "
+                 "(a data-dependent number of elements):"]
+        for op, where, src in self.problems:
+            lines.append(f"  - {op}" + (f" at {where}" if where else ""))
+            if src:
+                lines.append(f"      {src}")
+        lines.append(
+            "sliver compiles graphs whose sizes are known before they run. Keep the size fixed, e.g. "
+            "torch.where(mask, x, 0) instead of x[mask], or a fixed-size topk instead of nonzero; or run that "
+            "part (detection post-processing) outside the model. Nothing was compiled."
+        )
+        super().__init__("\n".join(lines))
+
+
 class IRParseError(SliverError):
     """IR text that does not parse; the message points at the line and column."""
 

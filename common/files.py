@@ -97,3 +97,38 @@ def _umask() -> int:
     mask = os.umask(0o022)  # no /proc: read it by setting it (and put it back at once)
     os.umask(mask)
     return mask
+
+
+def atomic_directory(path, fill: Callable[[Path], object], *, replaceable: Callable[[Path], bool]) -> Path:
+    """Make the folder ``path`` through ``fill(folder)`` on a temporary folder beside it,
+    then move it into place: an error or a crash while filling never leaves a partial
+    folder at ``path``.  An existing ``path`` is replaced only if ``replaceable(path)``
+    says it may be (e.g. it is an earlier output of the same command); otherwise
+    ``FileExistsError`` is raised before anything is written.  The old folder is moved
+    aside first and removed after the new one is in place."""
+    import shutil
+
+    path = Path(path)
+    if path.is_symlink() or path.exists():
+        if not path.is_dir() or path.is_symlink() or (any(path.iterdir()) and not replaceable(path)):
+            raise FileExistsError(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        m = re.fullmatch(rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.tmp", stale.name)
+        if m and not _alive(int(m.group(1))):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    try:
+        fill(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+            os.replace(path, old / "old")
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path

@@ -53,6 +53,8 @@ def constant_data(b: Builder, v) -> np.ndarray | None:
     op = v.producer
     if op is None or len(op.results) != 1 or not op.decl.pure or op.decl.ref is None:
         return None
+    if not v.type.static:  # its data depends on the inputs' sizes
+        return None
     args = []
     for o in op.operands:
         d = constant_data(b, o)

@@ -17,7 +17,7 @@ import numpy as np
 
 from sliver.frontend.builder import Builder, constant_data, fold_constant
 from sliver.ir.core import Value
-from sliver.ir.ops import TypeRuleError, all_ops
+from sliver.ir.ops import TypeRuleError, all_ops, broadcast_shapes
 from sliver.ir.types import from_numpy
 
 RULES: dict[str, Callable] = {}
@@ -228,10 +228,38 @@ def _conv1d(b, x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return _reshape_to(b, y, y.type.shape[1:]) if unbatched else y
 
 
+@rule("aten.conv_transpose2d.input")
+def _conv_transpose2d(b, x, w, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    ph, pw = _pair(padding)
+    attrs = {"stride": _pair(stride), "padding": (ph, pw, ph, pw), "output_padding": _pair(output_padding),
+             "dilation": _pair(dilation), "groups": groups}
+    return b.emit("conv_transpose2d", [x, w] + ([bias] if bias is not None else []), attrs)
+
+
+@rule("aten.conv_transpose1d.default")
+def _conv_transpose1d(b, x, w, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """As a 2-D transposed convolution over a height of one: (N, C, L) → (N, C, 1, L)."""
+    def one(v):
+        return v if isinstance(v, int) else v[0]
+
+    unbatched = x.type.rank == 2
+    if unbatched:
+        x = _reshape_to(b, x, (1,) + x.type.shape)
+    x2 = _reshape_to(b, x, x.type.shape[:2] + (1, x.type.shape[2]))
+    w2 = _reshape_to(b, w, w.type.shape[:2] + (1, w.type.shape[2]))
+    y = _conv_transpose2d(b, x2, w2, bias, (1, one(stride)), (0, one(padding)), (0, one(output_padding)), groups,
+                          (1, one(dilation)))
+    y = _reshape_to(b, y, y.type.shape[:2] + y.type.shape[3:])
+    return _reshape_to(b, y, y.type.shape[1:]) if unbatched else y
+
+
 @rule("aten.convolution.default")
 def _convolution(b, x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
-    if transposed or len(w.type.shape) not in (3, 4):
-        raise TypeRuleError("only 1-D and 2-D, non-transposed convolutions are supported")
+    if len(w.type.shape) not in (3, 4):
+        raise TypeRuleError("only 1-D and 2-D convolutions are supported (3-D ones are not)")
+    if transposed:
+        conv = _conv_transpose1d if len(w.type.shape) == 3 else _conv_transpose2d
+        return conv(b, x, w, bias, stride, padding, output_padding, groups, dilation)
     conv = _conv1d if len(w.type.shape) == 3 else _conv2d
     return conv(b, x, w, bias, stride, padding, dilation, groups)
 
@@ -559,6 +587,114 @@ def _pad(b, x, pad, mode="constant", value=None):
     return x
 
 
+# -- F.interpolate: resizing as gathers with constant indices and weights ------------------
+#
+# Each resized axis is a weighted sum of taps, x[..., index_k, ...] * weight_k, whose
+# indices and weights depend only on the sizes and are computed now, with torch's
+# formulas (aten/src/ATen/native/UpSample.h) in float32 like its CPU kernels: one tap for
+# nearest, two for linear, four for cubic.  The axes are resized one after the other
+# (separable), the last first, as torch's kernels sum.
+
+
+def _resize_scale(n_in: int, n_out: int, align_corners: bool, scale) -> np.float32:
+    if align_corners:
+        return np.float32((n_in - 1) / (n_out - 1)) if n_out > 1 else np.float32(0)
+    return np.float32(1.0 / scale) if scale is not None and scale > 0 else np.float32(n_in) / np.float32(n_out)
+
+
+def _resize_taps(mode: str, n_in: int, n_out: int, align_corners: bool, scale) -> list:
+    """[(index[n_out], weight[n_out] or None), ...] for one axis."""
+    dst = np.arange(n_out, dtype=np.float32)
+    if mode in ("nearest", "nearest-exact"):
+        if n_out == n_in:
+            return [(np.arange(n_out), None)]
+        r = np.float32(1.0 / scale) if scale is not None and scale > 0 else np.float32(n_in) / np.float32(n_out)
+        src = np.floor((dst + np.float32(0.5 if mode == "nearest-exact" else 0)) * r)
+        return [(np.minimum(src.astype(np.int64), n_in - 1), None)]
+    r = _resize_scale(n_in, n_out, align_corners, scale)
+    src = r * dst if align_corners else r * (dst + np.float32(0.5)) - np.float32(0.5)
+    if mode == "linear":
+        src = np.maximum(src, np.float32(0)) if not align_corners else src
+        i0 = src.astype(np.int64)
+        l1 = (src - i0.astype(np.float32)).astype(np.float32)
+        i1 = i0 + (i0 < n_in - 1)
+        return [(i0, np.float32(1) - l1), (i1, l1)]
+    # cubic (A = -0.75), taps at floor(src) - 1 .. + 2, clamped into the axis
+    base = np.floor(src)
+    t = (src - base).astype(np.float32)
+    a = np.float32(-0.75)
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    weights = [far(t + 1), near(t), near(1 - t), far(2 - t)]
+    return [(np.clip(base.astype(np.int64) - 1 + k, 0, n_in - 1), w.astype(np.float32)) for k, w in enumerate(weights)]
+
+
+def _resize(b, x, sizes, mode: str, align_corners: bool = False, scales=None):
+    """Resize the last ``len(sizes)`` axes of ``x`` to ``sizes``."""
+    from sliver.ir.types import to_numpy
+
+    n = len(sizes)
+    scales = list(scales) if scales is not None else [None] * n
+    for j in reversed(range(n)):
+        axis = x.type.rank - n + j
+        n_in, n_out = x.type.shape[axis], int(sizes[j])
+        taps = _resize_taps(mode, n_in, n_out, bool(align_corners), scales[j])
+        if len(taps) == 1 and np.array_equal(taps[0][0], np.arange(n_in)):
+            continue
+        total = None
+        for index, weight in taps:
+            if weight is not None and not weight.any():
+                continue
+            y = b.emit("take", [x, b.m.add_param(b.m.fresh_name(f"{b.hint}_index"), index)], {"axis": axis})
+            if weight is not None and not (weight == 1).all():
+                shape = (n_out,) + (1,) * (x.type.rank - axis - 1)
+                w = b.m.add_param(b.m.fresh_name(f"{b.hint}_weight"),
+                                  weight.reshape(shape).astype(to_numpy(x.type.dtype)))
+                y = b.emit("mul", [y, w])
+            total = y if total is None else b.emit("add", [total, y])
+        x = total
+    return x
+
+
+def _out_sizes(x, output_size, scale_factors, n):
+    if output_size is not None:
+        return list(output_size), [None] * n if scale_factors is None else list(scale_factors)
+    return [int(math.floor(d * s)) for d, s in zip(x.type.shape[-n:], scale_factors)], list(scale_factors)
+
+
+def _upsample(mode: str, n: int, vec: bool):
+    def fn(b, x, output_size=None, *args):
+        if not x.type.dtype.startswith("f"):
+            raise TypeRuleError(f"interpolate needs a floating-point input, got {x.type}")
+        align = False
+        if mode not in ("nearest", "nearest-exact"):
+            align, args = (args[0] if args else False), args[1:]
+        if vec:
+            sizes, scales = _out_sizes(x, output_size, args[0] if args else None, n)
+        else:  # .default: explicit output size, then one optional scale per axis
+            sizes, scales = list(output_size), list(args) + [None] * (n - len(args))
+        return _resize(b, x, sizes, mode, align, scales)
+
+    return fn
+
+
+for _n, _d in ((1, "1d"), (2, "2d"), (3, "3d")):
+    for _vec in (True, False):
+        _ov = "vec" if _vec else "default"
+        rule(f"aten.upsample_nearest{_d}.{_ov}")(_upsample("nearest", _n, _vec))
+        rule(f"aten._upsample_nearest_exact{_d}.{_ov}")(_upsample("nearest-exact", _n, _vec))
+    _lin = {1: "linear1d", 2: "bilinear2d", 3: "trilinear3d"}[_n]
+    rule(f"aten.upsample_{_lin}.vec")(_upsample("linear", _n, True))
+    rule(f"aten.upsample_{_lin}.default")(_upsample("linear", _n, False))
+rule("aten.upsample_bicubic2d.vec")(_upsample("cubic", 2, True))
+rule("aten.upsample_bicubic2d.default")(_upsample("cubic", 2, False))
+
+
 @rule("aten.pixel_shuffle.default")
 def _pixel_shuffle(b, x, r):
     """(N, C·r·r, H, W) → (N, C, r, r, H, W) → (N, C, H, r, W, r) → (N, C, H·r, W·r)."""
@@ -720,7 +856,15 @@ def _embedding(b, w, indices, padding_idx=-1, *_):
 
 @rule("aten.softmax.int", "aten._softmax.default", "aten._safe_softmax.default")
 def _softmax(b, x, dim, dtype_or_half=None):
-    return b.emit("softmax", [x], {"axis": _axis(dim, x.type.rank)})
+    """``_safe_softmax`` (torch's attention decomposition) gives zeros, not NaN, where
+    every element along ``dim`` is -inf."""
+    axis = _axis(dim, x.type.rank)
+    y = b.emit("softmax", [x], {"axis": axis})
+    if b.node_target == "aten._safe_softmax.default":
+        top = b.emit("amax", [x], {"axes": (axis,), "keepdim": True})
+        dead = b.emit("eq", [top, b.const(float("-inf"), x.type.dtype)])
+        y = b.emit("where", [dead, b.const(0.0, x.type.dtype), y])
+    return y
 
 
 def _reduce_rule(kind):
@@ -728,6 +872,11 @@ def _reduce_rule(kind):
         if not dims:
             dims = range(x.type.rank)
         axes = tuple(sorted({_axis(d, x.type.rank) for d in dims}))
+        # torch sums bool and integer tensors as i64, and reduces in ``dtype`` when given
+        out = from_numpy(dtype) if dtype is not None else (
+            "i64" if kind == "sum" and not x.type.dtype.startswith("f") else x.type.dtype)
+        if out != x.type.dtype:
+            x = b.emit("cast", [x], {"dtype": out})
         return b.emit(kind, [x], {"axes": axes, "keepdim": bool(keepdim)})
 
     return fn
@@ -789,88 +938,388 @@ rule("aten.new_ones.default")(_new_filled(1))
 rule("aten.new_zeros.default")(_new_filled(0))
 rule("aten.new_full.default")(_new_filled(None))
 
+def _all_constant(b, *args) -> bool:
+    """Whether every tensor among ``args`` is computed from params and constants alone."""
+    return all(not isinstance(a, Value) or constant_data(b, a) is not None for a in args)
+
+
 for _name in ("ge", "gt", "le", "lt", "eq", "ne"):
     def _compare_rule(b, x, y, _name=_name):
+        """Folded into a param when both sides are constant (masks built from aranges),
+        else a run-time comparison (masks built from the inputs)."""
         import torch
 
-        return fold_constant(b, f"comparison {_name}", getattr(torch, _name), x, y)
+        if _all_constant(b, x, y):
+            return fold_constant(b, f"comparison {_name}", getattr(torch, _name), x, y)
+        return b.emit(_name, list(_binary_operands(b, x, y)))
 
     rule(f"aten.{_name}.Scalar", f"aten.{_name}.Tensor")(_compare_rule)
 
 
 @rule("aten.where.self", "aten.where.ScalarOther", "aten.where.ScalarSelf", "aten.where.Scalar")
 def _where(b, cond, x, y):
-    """With a constant condition (T5's relative-position buckets, masks built from
-    aranges): folded when both branches are constant too, else the branch an all-true
-    or all-false condition picks."""
+    """Folded when everything is constant; with a constant all-true or all-false
+    condition (T5's relative-position buckets), the branch it picks; else a `where` op."""
     import torch
 
-    c = constant_data(b, cond)
-    if c is None:
-        raise TypeRuleError("where() with a condition computed from the inputs is not supported (only a constant "
-                            "condition)")
-    if all(not isinstance(v, Value) or constant_data(b, v) is not None for v in (x, y)):
+    if _all_constant(b, cond, x, y):
         return fold_constant(b, "where", lambda p, q, r: torch.where(p, torch.as_tensor(q), torch.as_tensor(r)),
                              cond, x, y)
-    if c.all() or not c.any():
-        pick = x if c.all() else y
+    c = constant_data(b, cond)
+    if c is not None and (c.all() or not c.any()):
+        pick, other = (x, y) if c.all() else (y, x)
         if isinstance(pick, Value):
-            other = y if c.all() else x
-            shape = tuple(np.broadcast_shapes(c.shape, pick.type.shape,
-                                              other.type.shape if isinstance(other, Value) else ()))
+            shape = broadcast_shapes("where", c.shape, pick.type.shape,
+                                     other.type.shape if isinstance(other, Value) else ())
             return _expand(b, pick, shape)
-    raise TypeRuleError("where() choosing between tensors computed from the inputs is not supported (only when "
-                        "the condition is constant and all true or all false)")
+    if cond.type.dtype != "bool":
+        cond = b.emit("ne", [cond, b.tensor_or_scalar(0, cond)])
+    if not isinstance(x, Value) and not isinstance(y, Value):  # two scalars: torch's default types
+        kinds = {type(x), type(y)}
+        x = b.const(x, "f32" if float in kinds else "bool" if kinds == {bool} else "i64")
+    x, y = _binary_operands(b, x, y)
+    return b.emit("where", [cond, x, y])
+
+
+def _logic_rule(kind: str):
+    """``&``, ``|``, ``^`` of bool tensors (torch's bitwise ops on bools are the logical
+    ones); folded when both sides are constant, simplified against a constant all-true or
+    all-false side, else a run-time op."""
+    # the result when a constant side is all true / all false: the other side ("x"), its negation, or a constant
+    absorb = {"logical_and": {True: "x", False: False}, "logical_or": {True: True, False: "x"},
+              "logical_xor": {True: "not x", False: "x"}}[kind]
+
+    def fn(b, x, y):
+        import torch
+
+        if _all_constant(b, x, y):
+            fold = getattr(torch, kind)
+            return fold_constant(b, kind.replace("_", " "), lambda p, q: fold(torch.as_tensor(p), torch.as_tensor(q)),
+                                 x, y)
+        x, y = (y, x) if not isinstance(x, Value) or constant_data(b, x) is not None else (x, y)
+        if isinstance(y, bool):
+            y = b.const(y, "bool")
+        if not isinstance(y, Value) or x.type.dtype != "bool" or y.type.dtype != "bool":
+            other = y.type if isinstance(y, Value) else repr(y)
+            raise TypeRuleError(f"bitwise operations on integer tensors ({x.type}, {other}) are not supported; "
+                                "only on bool tensors (masks)")
+        c = constant_data(b, y)
+        if c is not None and (c.all() or not c.any()):
+            shape = broadcast_shapes(kind, c.shape, x.type.shape)
+            result = absorb[bool(c.all())]
+            if result == "x":
+                return _expand(b, x, shape)
+            if result == "not x":
+                return _expand(b, b.emit("logical_not", [x]), shape)
+            return b.m.add_param(b.m.fresh_name(b.hint), np.full(shape, result, np.bool_))
+        return b.emit(kind, [x, y])
+
+    return fn
+
+
+rule("aten.__and__.Tensor", "aten.bitwise_and.Tensor", "aten.logical_and.default", "aten.__and__.Scalar",
+     "aten.bitwise_and.Scalar")(_logic_rule("logical_and"))
+rule("aten.__or__.Tensor", "aten.bitwise_or.Tensor", "aten.logical_or.default", "aten.__or__.Scalar",
+     "aten.bitwise_or.Scalar")(_logic_rule("logical_or"))
+rule("aten.__xor__.Tensor", "aten.bitwise_xor.Tensor", "aten.logical_xor.default")(_logic_rule("logical_xor"))
+
+
+@rule("aten.bitwise_not.default", "aten.logical_not.default")
+def _not(b, x):
+    import torch
+
+    if constant_data(b, x) is not None:
+        return fold_constant(b, "logical not", torch.logical_not, x)
+    if x.type.dtype != "bool":
+        if b.node_target.startswith("aten.bitwise_not"):
+            raise TypeRuleError(f"bitwise not of an integer tensor ({x.type}) is not supported; only of bool masks")
+        return b.emit("eq", [x, b.tensor_or_scalar(0, x)])
+    return b.emit("logical_not", [x])
+
+
+@rule("aten.diff.default")
+def _diff(b, x, n=1, dim=-1, prepend=None, append=None):
+    """x[1:] - x[:-1] along ``dim``, ``n`` times, after joining ``prepend`` and ``append``
+    (bool tensors: x[1:] != x[:-1], as torch)."""
+    import torch
+
+    if _all_constant(b, x, prepend, append):
+        return fold_constant(b, "diff", lambda *a: torch.diff(*a), x, n, dim, prepend, append)
+    axis = _axis(dim, x.type.rank)
+    parts = [p for p in (prepend, x, append) if p is not None]
+    if len(parts) > 1:
+        x = _cat(b, [p if p.type.dtype == x.type.dtype else b.emit("cast", [p], {"dtype": x.type.dtype})
+                     for p in parts], axis)
+    for _ in range(n):
+        size = x.type.shape[axis]
+        hi = _slice(b, x, axis, 1, size)
+        lo = _slice(b, x, axis, 0, max(size - 1, 0))
+        x = b.emit("ne" if x.type.dtype == "bool" else "sub", [hi, lo])
+    return x
+
+
+@rule("aten.cumsum.default")
+def _cumsum(b, x, dim, dtype=None):
+    """torch sums bool and integer tensors as i64 (unless ``dtype`` says otherwise)."""
+    import torch
+
+    out = from_numpy(dtype) if dtype is not None else ("i64" if not x.type.dtype.startswith("f") else x.type.dtype)
+    if constant_data(b, x) is not None:
+        return fold_constant(b, "cumsum", lambda t: torch.cumsum(t, dim, dtype=dtype), x)
+    if x.type.dtype != out:
+        x = b.emit("cast", [x], {"dtype": out})
+    return b.emit("cumsum", [x], {"axis": _axis(dim, x.type.rank)})
 
 
 @rule("aten.gather.default")
 def _gather(b, x, dim, index, sparse_grad=False):
     import torch
 
-    return fold_constant(b, "gather", torch.gather, x, dim, index)
+    if _all_constant(b, x, index):
+        return fold_constant(b, "gather", torch.gather, x, dim, index)
+    return b.emit("gather", [x, index], {"axis": _axis(dim, x.type.rank)})
 
 
-@rule("aten.__and__.Tensor", "aten.bitwise_and.Tensor", "aten.logical_and.default")
-def _and(b, x, y):
-    import torch
+def _arg_rule(kind):
+    def fn(b, x, dim=None, keepdim=False):
+        import torch
 
-    cx = constant_data(b, x) if isinstance(x, Value) else np.asarray(x)
-    cy = constant_data(b, y) if isinstance(y, Value) else np.asarray(y)
-    if cx is not None and cy is not None:
-        return fold_constant(b, "logical and", lambda p, q: torch.logical_and(torch.as_tensor(p), torch.as_tensor(q)),
-                             x, y)
-    const, other = (cx, y) if cx is not None else (cy, x)
-    if const is not None and other.type.dtype == "bool" and const.dtype == np.bool_:
-        shape = tuple(np.broadcast_shapes(const.shape, other.type.shape))
-        if const.all():  # x & true = x
-            return _expand(b, other, shape)
-        if not const.any():  # x & false = false
-            return b.m.add_param(b.m.fresh_name(b.hint), np.zeros(shape, np.bool_))
-    raise TypeRuleError("`&` of tensors computed from the inputs is not supported (only with a constant all-true "
-                        "or all-false operand)")
+        if constant_data(b, x) is not None:
+            return fold_constant(b, kind, getattr(torch, kind), x, dim, keepdim)
+        if dim is None:  # over all elements, as one flat axis
+            y = b.emit(kind, [_reshape_to(b, x, (x.type.numel,))], {"axis": 0, "keepdim": False})
+            return _reshape_to(b, y, (1,) * x.type.rank) if keepdim else y
+        return b.emit(kind, [x], {"axis": _axis(dim, x.type.rank), "keepdim": bool(keepdim)})
+
+    return fn
+
+
+@rule("aten.sort.default", "aten.sort.stable")
+def _sort(b, x, *args, dim=-1, descending=False, stable=None):
+    """(values, indices); sliver sorts stably (equal elements keep their order)."""
+    if b.node_target == "aten.sort.default":
+        dim, descending = (list(args) + [dim, descending][len(args):])[:2]
+    return _sorted(b, x, _axis(dim, x.type.rank), bool(descending))
+
+
+def _sorted(b, x, axis: int, descending: bool):
+    attrs = {"axis": axis, "descending": descending}
+    return b.emit("sort", [x], attrs), b.emit("argsort", [x], attrs)
+
+
+@rule("aten.argsort.default", "aten.argsort.stable")
+def _argsort(b, x, *args, dim=-1, descending=False, stable=None):
+    if b.node_target == "aten.argsort.default":
+        dim, descending = (list(args) + [dim, descending][len(args):])[:2]
+    return b.emit("argsort", [x], {"axis": _axis(dim, x.type.rank), "descending": bool(descending)})
+
+
+@rule("aten.topk.default")
+def _topk(b, x, k, dim=-1, largest=True, sorted=True):
+    """The first k of a stable sort: (values, indices), the k largest (or smallest) in order."""
+    axis = _axis(dim, x.type.rank)
+    values, indices = _sorted(b, x, axis, bool(largest))
+    return _slice(b, values, axis, 0, k), _slice(b, indices, axis, 0, k)
+
+
+rule("aten.argmax.default")(_arg_rule("argmax"))
+rule("aten.argmin.default")(_arg_rule("argmin"))
 
 
 @rule("aten.index.Tensor")
 def _index(b, x, indices):
-    import torch
-
-    idx = [None if i is None else constant_data(b, i) for i in indices]
-    if any(i is not None and d is None for i, d in zip(indices, idx)):
-        raise TypeRuleError("indexing with indices computed from the inputs is not supported (only constant indices)")
-    if constant_data(b, x) is not None:
+    """``x[..., i, j, ...]`` with adjacent integer index tensors (constant or computed,
+    e.g. CLIP's pooler picks each sequence's end token by an argmax): one flat index
+    ``i * d_j + j`` (negative indices wrapped), then a take along the flattened axes."""
+    if _all_constant(b, x, *indices):
         return fold_constant(b, "indexing", lambda t, *ix: t[tuple(slice(None) if i is None else i for i in ix)],
                              x, *indices)
     k = 0
-    while k < len(idx) and idx[k] is None:
+    while k < len(indices) and indices[k] is None:
         k += 1
-    tail = idx[k:]
-    if any(i is None for i in tail) or any(i.dtype.kind not in "iu" for i in tail):
-        raise TypeRuleError("indexing is supported with adjacent integer index tensors only (no masks, no gaps)")
+    tail = list(indices[k:])
+    if any(i is None or i.type.dtype not in ("i64", "i32", "i16", "i8", "u8") for i in tail):
+        raise TypeRuleError("indexing is supported with adjacent integer index tensors only (no bool masks, which "
+                            "select a data-dependent number of elements, and no gaps between index tensors)")
     dims = x.type.shape[k:k + len(tail)]
-    arrays = np.broadcast_arrays(*[i.astype(np.int64) for i in tail])
-    flat = np.zeros(arrays[0].shape, np.int64)
-    for a, d in zip(arrays, dims):
-        flat = flat * d + a % d
+    consts = [constant_data(b, i) for i in tail]
+    if all(c is not None for c in consts):
+        arrays = np.broadcast_arrays(*[c.astype(np.int64) for c in consts])
+        flat = np.zeros(arrays[0].shape, np.int64)
+        for a, d in zip(arrays, dims):
+            flat = flat * d + a % d
+        where = b.m.add_param(b.m.fresh_name(f"{b.hint}_index"), np.ascontiguousarray(flat))
+    else:
+        where = None
+        for i, c, d in zip(tail, consts, dims):
+            if c is not None:
+                i = b.m.add_param(b.m.fresh_name(f"{b.hint}_index"), np.ascontiguousarray(c.astype(np.int64) % d))
+            else:
+                if i.type.dtype != "i64":
+                    i = b.emit("cast", [i], {"dtype": "i64"})
+                negative = b.emit("lt", [i, b.const(0, "i64")])
+                i = b.emit("where", [negative, b.emit("add", [i, b.const(d, "i64")]), i])
+            where = i if where is None else b.emit("add", [b.emit("mul", [where, b.const(d, "i64")]), i])
     xf = _reshape_to(b, x, x.type.shape[:k] + (math.prod(dims),) + x.type.shape[k + len(tail):])
-    where = b.m.add_param(b.m.fresh_name(f"{b.hint}_index"), np.ascontiguousarray(flat))
     return b.emit("take", [xf, where], {"axis": k})
+
+
+# -- in-place writes into fresh tensors (BEiT's relative position index) ---------------------
+#
+# A model that writes into a tensor it just made (``idx = zeros(...); idx[1:, 1:] = ...``)
+# is functionalized first (frontend/driver.py): its writes become the scatter ops below,
+# usually on constants (folded now), else joins of slices.
+
+
+@rule("aten.stack.default")
+def _stack(b, xs, dim=0):
+    axis = dim % (xs[0].type.rank + 1)
+    return _cat(b, [_unsqueeze(b, x, axis) for x in xs], axis)
+
+
+@rule("aten.meshgrid.indexing", "aten.meshgrid.default")
+def _meshgrid(b, xs, indexing="ij"):
+    """Each 1-D tensor broadcast over the grid (``xy``: the first two axes swapped)."""
+    sizes = [x.type.numel for x in xs]
+    xy = indexing == "xy" and len(xs) >= 2
+    shape = ([sizes[1], sizes[0]] + sizes[2:]) if xy else sizes
+    out = []
+    for i, x in enumerate(xs):
+        at = {0: 1, 1: 0}.get(i, i) if xy else i
+        view = [1] * len(xs)
+        view[at] = sizes[i]
+        out.append(_expand(b, _reshape_to(b, x, view), shape))
+    return tuple(out)
+
+
+@rule("aten.slice_scatter.default")
+def _slice_scatter(b, x, src, dim=0, start=None, end=None, step=1):
+    """x with x[..., start:end:step, ...] replaced by src."""
+    import torch
+
+    if _all_constant(b, x, src):
+        return fold_constant(b, "slice_scatter", torch.slice_scatter, x, src, dim, start, end, step)
+    from sliver.ir.ops import slice_bounds
+
+    axis = _axis(dim, x.type.rank)
+    n = x.type.shape[axis]
+    s, e, count = slice_bounds(n, 0 if start is None else start, n if end is None else end, step)
+    if src.type.dtype != x.type.dtype:
+        src = b.emit("cast", [src], {"dtype": x.type.dtype})
+    if step != 1 and count > 1:
+        raise TypeRuleError("writing a strided slice of a tensor computed from the inputs is not supported")
+    parts = [_slice(b, x, axis, 0, s) if s > 0 else None, src, _slice(b, x, axis, s + count, n) if s + count < n else None]
+    return _cat(b, [p for p in parts if p is not None], axis)
+
+
+@rule("aten.select_scatter.default")
+def _select_scatter(b, x, src, dim, index):
+    import torch
+
+    if _all_constant(b, x, src):
+        return fold_constant(b, "select_scatter", torch.select_scatter, x, src, dim, index)
+    axis = _axis(dim, x.type.rank)
+    index %= x.type.shape[axis]
+    return _slice_scatter(b, x, _unsqueeze(b, src, axis), axis, index, index + 1)
+
+
+@rule("aten.copy.default")
+def _copy(b, x, src, non_blocking=False):
+    """The functional form of ``x.copy_(src)``: src in x's type and shape."""
+    if not isinstance(src, Value):
+        return _fill(b, x, src)
+    if src.type.dtype != x.type.dtype:
+        src = b.emit("cast", [src], {"dtype": x.type.dtype})
+    return _expand(b, src, x.type.shape)
+
+
+@rule("aten.fill.Tensor", "aten.fill.Scalar")
+def _fill(b, x, value):
+    """A tensor of x's type and shape holding ``value`` (a scalar or a 0-d tensor)."""
+    from sliver.ir.types import to_numpy
+
+    data = constant_data(b, value) if isinstance(value, Value) else np.asarray(value)
+    if data is not None:
+        return b.m.add_param(b.m.fresh_name(b.hint), np.full(x.type.shape, data, to_numpy(x.type.dtype)))
+    if value.type.dtype != x.type.dtype:
+        value = b.emit("cast", [value], {"dtype": x.type.dtype})
+    return _expand(b, _reshape_to(b, value, (1,) * x.type.rank), x.type.shape)
+
+
+# -- recurrent layers: nn.LSTM, nn.GRU and nn.RNN unrolled over the (fixed) sequence length --------
+
+
+def _rnn_cell(b, kind, xt, h, c, w_hh, b_hh, w_hr):
+    """One time step: ``xt`` is the input's projection (x W_ih^T + b_ih) at this step."""
+    hp = b.emit("linear", [h, w_hh] + ([b_hh] if b_hh is not None else []))
+    n = h.type.shape[-1] if kind != "lstm" or w_hr is None else w_hr.type.shape[1]
+    gates = lambda v, k, count: _slice(b, v, v.type.rank - 1, k * n, (k + 1) * n)  # noqa: E731
+    if kind == "lstm":
+        g = b.emit("add", [xt, hp])
+        i, f = b.emit("sigmoid", [gates(g, 0, 4)]), b.emit("sigmoid", [gates(g, 1, 4)])
+        cand, o = b.emit("tanh", [gates(g, 2, 4)]), b.emit("sigmoid", [gates(g, 3, 4)])
+        c = b.emit("add", [b.emit("mul", [f, c]), b.emit("mul", [i, cand])])
+        h = b.emit("mul", [o, b.emit("tanh", [c])])
+        if w_hr is not None:
+            h = b.emit("linear", [h, w_hr])
+        return h, c
+    if kind == "gru":  # r, z, n; n = tanh(x_n + r * (h W_hn^T + b_hn)); h' = (1 - z) * n + z * h
+        r = b.emit("sigmoid", [b.emit("add", [gates(xt, 0, 3), gates(hp, 0, 3)])])
+        z = b.emit("sigmoid", [b.emit("add", [gates(xt, 1, 3), gates(hp, 1, 3)])])
+        cand = b.emit("tanh", [b.emit("add", [gates(xt, 2, 3), b.emit("mul", [r, gates(hp, 2, 3)])])])
+        one_minus_z = b.emit("sub", [b.const(1.0, z.type.dtype), z])
+        return b.emit("add", [b.emit("mul", [one_minus_z, cand]), b.emit("mul", [z, h])]), None
+    return b.emit(kind.removeprefix("rnn_"), [b.emit("add", [xt, hp])]), None  # rnn_tanh, rnn_relu
+
+
+def _rnn(kind):
+    """aten.lstm.input / gru.input / rnn_tanh.input / rnn_relu.input: the layers and
+    directions unrolled step by step over the sequence (its length is fixed at trace
+    time); each layer's input projection is one linear over all steps."""
+
+    def fn(b, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+        dirs = 2 if bidirectional else 1
+        unbatched = x.type.rank == 2
+        if unbatched:  # (L, H_in), whatever batch_first says
+            x = _reshape_to(b, x, (x.type.shape[0], 1, x.type.shape[1]))
+        elif batch_first:
+            x = _permute(b, x, (1, 0, 2))
+        states = list(hx) if kind == "lstm" else [hx]
+        if unbatched:
+            states = [_reshape_to(b, s, (s.type.shape[0], 1, s.type.shape[1])) for s in states]
+        per = len(params) // (num_layers * dirs)
+        steps = x.type.shape[0]
+        h_n, c_n = [], []
+        for layer in range(num_layers):
+            outs = []
+            for d in range(dirs):
+                w = params[(layer * dirs + d) * per:(layer * dirs + d + 1) * per]
+                w_ih, w_hh = w[0], w[1]
+                b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
+                w_hr = w[-1] if per - 2 - 2 * bool(has_biases) == 1 else None
+                xp = b.emit("linear", [x, w_ih] + ([b_ih] if b_ih is not None else []))
+                h = _select(b, states[0], 0, layer * dirs + d)
+                c = _select(b, states[1], 0, layer * dirs + d) if kind == "lstm" else None
+                ys = [None] * steps
+                for t in (range(steps) if d == 0 else reversed(range(steps))):
+                    h, c = _rnn_cell(b, kind, _select(b, xp, 0, t), h, c, w_hh, b_hh, w_hr)
+                    ys[t] = _reshape_to(b, h, (1,) + h.type.shape)
+                outs.append(_cat(b, ys, 0))
+                h_n.append(_reshape_to(b, h, (1,) + h.type.shape))
+                if c is not None:
+                    c_n.append(_reshape_to(b, c, (1,) + c.type.shape))
+            x = _cat(b, outs, 2)
+        results = [x, _cat(b, h_n, 0)] + ([_cat(b, c_n, 0)] if kind == "lstm" else [])
+        if unbatched:
+            return tuple(_reshape_to(b, r, (r.type.shape[0], r.type.shape[2])) for r in results)
+        if batch_first:
+            results[0] = _permute(b, results[0], (1, 0, 2))
+        return tuple(results)
+
+    return fn
+
+
+rule("aten.lstm.input")(_rnn("lstm"))
+rule("aten.gru.input")(_rnn("gru"))
+rule("aten.rnn_tanh.input")(_rnn("rnn_tanh"))
+rule("aten.rnn_relu.input")(_rnn("rnn_relu"))

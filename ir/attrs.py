@@ -1,6 +1,8 @@
 """Attribute values: what an op's ``{...}`` holds, and their one text form.
 
-Values are ints, floats, bools, strings, None and tuples of those.  Lists are
+Values are ints, floats, bools, strings, None, symbolic dimensions
+(:class:`~sliver.ir.dims.Sym`, printed as their expression: ``shape=[batch, seq, 768]``)
+and tuples of those.  Lists are
 normalized to tuples so that attributes hash (CSE keys on them).  Floats print with
 ``repr`` (always a ``.``, ``e``, ``inf`` or ``nan``), so ints and floats never blur and
 print → parse is exact.
@@ -10,13 +12,17 @@ from __future__ import annotations
 
 import math
 
+from sliver.ir.dims import DimVar, Sym
+
 
 def normalize(value):
     """Canonical, hashable form of an attribute value."""
     if isinstance(value, (list, tuple)):
         return tuple(normalize(v) for v in value)
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if isinstance(value, bool) or value is None or isinstance(value, (str, Sym)):
         return value
+    if isinstance(value, DimVar):
+        return Sym.var(value)
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
@@ -42,6 +48,8 @@ def format_attr(value) -> str:
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
         return repr(value)
+    if isinstance(value, Sym):
+        return str(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, tuple):

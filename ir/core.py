@@ -12,16 +12,15 @@ result is still used).  Nothing else should touch ``operands`` or ``uses``.
 
 from __future__ import annotations
 
-import re
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from sliver.common.errors import SliverError
 from sliver.ir.attrs import normalize
+from sliver.ir.names import PLAIN_NAME as _NAME_RE
+from sliver.ir.names import format_name
 from sliver.ir.types import TensorType
-
-_NAME_RE = re.compile(r"[A-Za-z0-9_.]+")
 
 
 class Value:
@@ -123,10 +122,10 @@ class Module:
         return name in self._names
 
     def _claim(self, name: str) -> str:
-        if not _NAME_RE.fullmatch(name):
-            raise SliverError(f"invalid value name %{name}: use letters, digits, '_' and '.'")
+        if not isinstance(name, str) or not name or not name.isprintable():
+            raise SliverError(f"invalid value name {name!r}: a name is a non-empty string without control characters")
         if name in self._names:
-            raise SliverError(f"value %{name} is defined twice")
+            raise SliverError(f"value {format_name(name)} is defined twice")
         self._names.add(name)
         return name
 
@@ -232,6 +231,19 @@ class Module:
         yield from self.inputs
         for op in self.ops:
             yield from op.results
+
+    def dim_vars(self) -> list:
+        """The dimension variables (:class:`~sliver.ir.dims.DimVar`) of every type and
+        attribute of the module, sorted by name (empty for a fully static module)."""
+        from sliver.ir.dims import vars_of
+
+        found = set()
+        for v in self.values():
+            found |= vars_of(v.type.shape)
+        for op in self.ops:
+            for a in op.attrs.values():
+                found |= vars_of(a)
+        return sorted(found)
 
     def param_data(self, value: Value) -> np.ndarray | None:
         """The data of a param value, or None when the value is not a param."""

@@ -13,23 +13,55 @@ import numpy as np
 
 from sliver.common.errors import InputError
 from sliver.common.numerics import as_numpy
+from sliver.ir.dims import Sym
+from sliver.ir.dims import substitute as _substitute
 from sliver.ir.types import is_float
 
 
+def substitute(attrs: dict, dims: dict) -> dict:
+    return {k: _substitute(v, dims) for k, v in attrs.items()}
+
+
+def bind_dims(module, shapes: Sequence[tuple]) -> dict[str, int]:
+    """The value of each dimension variable, read from the inputs' shapes; an
+    :class:`InputError` when a size is outside its range, two inputs disagree on a
+    variable, or a static dimension differs."""
+    env: dict[str, int] = {}
+    for v, shape in zip(module.inputs, shapes):
+        want = v.type.shape
+        text = "[" + ", ".join(map(str, want)) + "]"
+        if len(shape) != len(want):
+            raise InputError(f"input %{v.name} must have shape {text}, got {list(shape)}")
+        for axis, (d, n) in enumerate(zip(want, shape)):
+            var = d.as_var if isinstance(d, Sym) else None
+            if var is None:
+                if d != n:
+                    raise InputError(f"input %{v.name} must have shape {text}, got {list(shape)}")
+            elif not var.lo <= n <= var.hi:
+                raise InputError(f"input %{v.name}: dimension {axis} ({var.name}) must be in [{var.lo}, {var.hi}], "
+                                 f"got {n}: sizes outside the range the model was lowered for need a new "
+                                 f"`sliver lower` with a wider dynamic dimension")
+            elif env.setdefault(var.name, n) != n:
+                raise InputError(f"input %{v.name}: dimension {axis} ({var.name}) is {n}, but another input has "
+                                 f"{var.name} = {env[var.name]}; they must agree")
+    return env
+
+
 def check_inputs(module, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return check_and_bind(module, inputs)[0]
+
+
+def check_and_bind(module, inputs: Sequence[np.ndarray]) -> tuple[list[np.ndarray], dict[str, int]]:
     from sliver.ir.types import to_numpy
 
     if len(inputs) != len(module.inputs):
         raise InputError(f"@{module.name} takes {len(module.inputs)} input(s), got {len(inputs)}")
-    out = []
-    for v, x in zip(module.inputs, inputs):
-        x = np.asarray(x)
-        if tuple(x.shape) != v.type.shape:
-            raise InputError(f"input %{v.name} must have shape {list(v.type.shape)}, got {list(x.shape)}")
+    out = [np.asarray(x) for x in inputs]
+    env = bind_dims(module, [tuple(x.shape) for x in out])
+    for v, x in zip(module.inputs, out):
         if x.dtype != to_numpy(v.type.dtype):
             raise InputError(f"input %{v.name} must be {v.type.dtype} ({to_numpy(v.type.dtype)}), got {x.dtype}")
-        out.append(x)
-    return out
+    return out, env
 
 
 def run(
@@ -47,7 +79,7 @@ def run(
     """
     import torch
 
-    inputs = check_inputs(module, inputs)
+    inputs, dims = check_and_bind(module, inputs)
 
     def tensor(a: np.ndarray):
         t = torch.from_numpy(as_numpy(a))
@@ -62,10 +94,11 @@ def run(
                 out = (tensor(module.params[op.result.name]),)
             else:
                 args = [env[id(v)] for v in op.operands]
-                if dtype == "f64" and op.kind == "constant" and is_float(op.attrs["dtype"]):
-                    res = op.decl.ref(**op.attrs).double()
+                attrs = substitute(op.attrs, dims) if dims else op.attrs  # symbolic dims → this run's sizes
+                if dtype == "f64" and op.kind == "constant" and is_float(attrs["dtype"]):
+                    res = op.decl.ref(**attrs).double()
                 else:
-                    res = op.decl.ref(*args, **op.attrs)
+                    res = op.decl.ref(*args, **attrs)
                 out = res if isinstance(res, tuple) else (res,)
             for r, t in zip(op.results, out):
                 env[id(r)] = t

@@ -19,6 +19,7 @@ from typing import Callable
 
 from sliver.common.errors import SliverError
 from sliver.ir.attrs import format_attr, normalize
+from sliver.ir.dims import Sym, SymbolicDimError, bounds
 from sliver.ir.types import DTYPES, TensorType, is_float
 
 REQUIRED = object()
@@ -275,6 +276,77 @@ _binary("maximum", lambda a, b: _torch().maximum(a, b), "elementwise max")
 _binary("minimum", lambda a, b: _torch().minimum(a, b), "elementwise min")
 
 
+
+# comparisons and logic on run-time values (masks built from the inputs: a causal LM's
+# 2-D attention mask, RoBERTa's position ids from the padding tokens)
+
+
+def _compare(name, fn, doc):
+    def infer(types, **attrs):
+        a, b = types
+        _same_dtype(name, a, b)
+        return TensorType(broadcast_shapes(name, a.shape, b.shape), "bool")
+
+    declare(name, ("a", "b"), infer=infer, ref=fn, doc=doc + " (broadcasting; a bool tensor)",
+            traits=("elementwise",))
+
+
+_compare("eq", lambda a, b: a == b, "a == b")
+_compare("ne", lambda a, b: a != b, "a != b")
+_compare("lt", lambda a, b: a < b, "a < b")
+_compare("le", lambda a, b: a <= b, "a <= b")
+_compare("gt", lambda a, b: a > b, "a > b")
+_compare("ge", lambda a, b: a >= b, "a >= b")
+
+
+def _bool_only(op: str, *types: TensorType) -> None:
+    for t in types:
+        if t.dtype != "bool":
+            raise TypeRuleError(f"{op} needs bool operands, got {t}; compare or cast first")
+
+
+def _logical(name, fn, doc):
+    def infer(types, **attrs):
+        _bool_only(name, *types)
+        return TensorType(broadcast_shapes(name, *(t.shape for t in types)), "bool")
+
+    operands = ("x",) if name == "logical_not" else ("a", "b")
+    traits = ("elementwise", "channelwise") if name == "logical_not" else ("elementwise",)
+    declare(name, operands, infer=infer, ref=fn, doc=doc, traits=traits)
+
+
+_logical("logical_and", lambda a, b: a & b, "a and b on bool tensors (broadcasting)")
+_logical("logical_or", lambda a, b: a | b, "a or b on bool tensors (broadcasting)")
+_logical("logical_xor", lambda a, b: a ^ b, "a xor b on bool tensors (broadcasting)")
+_logical("logical_not", lambda x: ~x, "not x on a bool tensor")
+
+
+def _where_infer(types):
+    cond, a, b = types
+    _bool_only("where (condition)", cond)
+    return TensorType(broadcast_shapes("where", cond.shape, a.shape, b.shape), _same_dtype("where", a, b))
+
+
+declare("where", ("cond", "a", "b"), infer=_where_infer, ref=lambda c, a, b: _torch().where(c, a, b),
+        doc="a where cond is true, else b (broadcasting; cond is bool)", traits=("elementwise",))
+
+
+def _scan_infer(op):
+    def infer(types, *, axis):
+        x = types[0]
+        if x.dtype == "bool":
+            raise TypeRuleError(f"{op}: cast a bool operand to an integer type first (torch sums it as i64)")
+        _axis(axis, x.rank, op)
+        return x
+
+    return infer
+
+
+declare("cumsum", ("x",), {"axis": REQUIRED}, infer=_scan_infer("cumsum"),
+        ref=lambda x, axis: _torch().cumsum(x, axis, dtype=x.dtype),
+        doc="running sum along axis: y[..., i, ...] = x[..., 0, ...] + … + x[..., i, ...], in x's element type")
+
+
 def _cast_ref(x, *, dtype):
     from sliver.ir.types import to_numpy
 
@@ -326,6 +398,49 @@ declare(
     {"stride": (1, 1), "padding": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1},
     infer=_conv2d_infer, ref=_conv2d_ref,
     doc="2-D convolution, NCHW input, OIHW weight; padding = [top, left, bottom, right]",
+)
+
+
+def _conv_transpose2d_infer(types, *, stride, padding, output_padding, dilation, groups):
+    x, w = types[0], types[1]
+    if x.rank != 4 or w.rank != 4:
+        raise TypeRuleError(f"conv_transpose2d needs an NCHW input and an IOHW weight, got {x} and {w}")
+    n, c, h, wd = x.shape
+    ci, og, kh, kw = w.shape
+    if c != ci or ci % groups:
+        raise TypeRuleError(f"conv_transpose2d: input has {c} channels but weight {w} ([in, out/groups, kh, kw]) "
+                            f"with groups={groups} expects {ci}, a multiple of {groups}")
+    o = og * groups
+    if len(types) == 3 and types[2].shape != (o,):
+        raise TypeRuleError(f"conv_transpose2d: bias must be [{o}], got {types[2]}")
+    if any(p >= max(s, d) for p, s, d in zip(output_padding, stride, dilation)):
+        raise TypeRuleError(f"conv_transpose2d: output_padding {list(output_padding)} must be smaller than the "
+                            f"stride or the dilation")
+    pt, pl, pb, pr = padding
+    oh = (h - 1) * stride[0] - pt - pb + dilation[0] * (kh - 1) + output_padding[0] + 1
+    ow = (wd - 1) * stride[1] - pl - pr + dilation[1] * (kw - 1) + output_padding[1] + 1
+    if oh <= 0 or ow <= 0:
+        raise TypeRuleError(f"conv_transpose2d: padding {list(padding)} leaves no output for input {x}")
+    return TensorType((n, o, oh, ow), _same_dtype("conv_transpose2d", *types))
+
+
+def _conv_transpose2d_ref(x, w, b=None, *, stride, padding, output_padding, dilation, groups):
+    """The full transposed convolution, extended by output_padding at the bottom/right, then
+    cropped by padding on each side."""
+    F = _torch().nn.functional
+    full = F.conv_transpose2d(x, w, None, stride, 0, 0, groups, dilation)
+    full = F.pad(full, (0, output_padding[1], 0, output_padding[0]))
+    pt, pl, pb, pr = padding
+    y = full[:, :, pt:full.shape[2] - pb, pl:full.shape[3] - pr]
+    return y if b is None else y + b.reshape(1, -1, 1, 1)
+
+
+declare(
+    "conv_transpose2d", ("x", "w", "b?"),
+    {"stride": (1, 1), "padding": (0, 0, 0, 0), "output_padding": (0, 0), "dilation": (1, 1), "groups": 1},
+    infer=_conv_transpose2d_infer, ref=_conv_transpose2d_ref,
+    doc="2-D transposed convolution (the gradient of conv2d), NCHW input, IOHW weight ([in, out/groups, kh, kw]); "
+        "padding = [top, left, bottom, right] crops the full output, output_padding extends it at the bottom/right",
 )
 
 
@@ -512,10 +627,43 @@ declare("concat", ("*",), {"axis": REQUIRED}, infer=_concat_infer,
         ref=lambda *xs, axis: _torch().cat(xs, axis), doc="join tensors along an axis")
 
 
-def slice_bounds(size: int, start: int, end: int, step: int) -> tuple[int, int, int]:
-    """Clamp python-style bounds to [0, size]; returns (start, end, length)."""
-    start, end, _ = slice(start, end, step).indices(size)
-    return start, end, max(0, -(-(end - start) // step))
+def _provably(condition) -> bool:
+    """Whether a comparison of dims holds for every size in the variables' ranges."""
+    try:
+        return bool(condition())
+    except SymbolicDimError:
+        return False
+
+
+def slice_bounds(size, start, end, step: int) -> tuple:
+    """Clamp python-style bounds to [0, size]; returns (start, end, length).
+
+    Symbolic sizes and bounds (``x[:, :seq]``) are resolved when the variables' ranges
+    decide every clamp (a bound that is at least ``size`` is ``size``; a non-negative
+    start within it stays), else :class:`SymbolicDimError`."""
+    if not any(isinstance(d, Sym) for d in (size, start, end)):
+        start, end, _ = slice(start, end, step).indices(size)
+        return start, end, max(0, -(-(end - start) // step))
+
+    def clamp(i):
+        if isinstance(i, int) and i < 0:
+            i = i + size  # python's negative index from the end
+        if isinstance(i, int) and i == 0:
+            return 0
+        if _provably(lambda: i >= size):
+            return size
+        if _provably(lambda: i <= size):
+            return i if i >= 0 else 0  # decided from the ranges, or SymbolicDimError
+        raise SymbolicDimError(f"whether {i} is within the size {size} depends on the sizes")
+
+    try:
+        start, end = clamp(start), clamp(end)
+        length = end - start
+        if length <= 0:
+            return start, end, 0
+        return start, end, (length + step - 1) // step if step > 1 else length
+    except SymbolicDimError as e:
+        raise TypeRuleError(f"slice [{start}:{end}:{step}] of a dimension of size {size}: {e}") from None
 
 
 def _slice_infer(types, *, axis, start, end, step):
@@ -556,9 +704,25 @@ declare("take", ("x", "indices"), {"axis": 0}, infer=_take_infer, ref=_take_ref,
         doc="gather whole slices of x along axis by an index tensor (embedding, index_select)")
 
 
+def _gather_infer(types, *, axis):
+    x, idx = types
+    if idx.dtype not in ("i64", "i32"):
+        raise TypeRuleError(f"gather: indices must be i64 or i32, got {idx}")
+    ax = _axis(axis, x.rank, "gather")
+    if idx.rank != x.rank or any(i > d for a, (i, d) in enumerate(zip(idx.shape, x.shape)) if a != ax):
+        raise TypeRuleError(f"gather: indices {idx} must have the rank of {x} and no larger size off axis {axis}")
+    return x.with_shape(idx.shape)
+
+
+declare("gather", ("x", "indices"), {"axis": REQUIRED}, infer=_gather_infer,
+        ref=lambda x, idx, axis: _torch().gather(x, axis, idx.long()),
+        doc="y[i][j][k] = x[i][indices[i][j][k]][k] for axis 1 (torch.gather): one element per index, "
+            "indices in [0, x.shape[axis])")
+
+
 def _reshape_infer(types, *, shape):
     x = types[0]
-    if math.prod(shape) != x.numel:
+    if math.prod(shape, start=1) != x.numel:
         raise TypeRuleError(f"reshape: cannot view {x} as {list(shape)}")
     return x.with_shape(shape)
 
@@ -617,6 +781,45 @@ def _reduce(name, fn, doc, opt_out=None):
     declare(name, ("x",), {"axes": REQUIRED, "keepdim": False}, infer=infer, ref=fn, doc=doc, opt_out=opt_out)
 
 
+def _arg_infer(op):
+    def infer(types, *, axis, keepdim):
+        x = types[0]
+        ax = _axis(axis, x.rank, op)
+        if x.rank and x.shape[ax] == 0:
+            raise TypeRuleError(f"{op}: axis {axis} of {x} is empty")
+        shape = [1 if i == ax else d for i, d in enumerate(x.shape) if keepdim or i != ax]
+        return TensorType(shape, "i64")
+
+    return infer
+
+
+declare("argmax", ("x",), {"axis": REQUIRED, "keepdim": False}, infer=_arg_infer("argmax"),
+        ref=lambda x, axis, keepdim: _torch().argmax(x, axis, keepdim),
+        doc="index (i64) of the largest element along axis; the first one among equals")
+declare("argmin", ("x",), {"axis": REQUIRED, "keepdim": False}, infer=_arg_infer("argmin"),
+        ref=lambda x, axis, keepdim: _torch().argmin(x, axis, keepdim),
+        doc="index (i64) of the smallest element along axis; the first one among equals")
+
+
+def _sort_infer(op):
+    def infer(types, *, axis, descending):
+        x = types[0]
+        _axis(axis, x.rank, op)
+        if x.dtype == "bool":
+            raise TypeRuleError(f"{op}: cast a bool operand to an integer type first")
+        return x if op == "sort" else x.with_dtype("i64")
+
+    return infer
+
+
+declare("sort", ("x",), {"axis": -1, "descending": False}, infer=_sort_infer("sort"),
+        ref=lambda x, axis, descending: _torch().sort(x, dim=axis, descending=descending, stable=True).values,
+        doc="x's elements sorted along axis (ascending, or descending)")
+declare("argsort", ("x",), {"axis": -1, "descending": False}, infer=_sort_infer("argsort"),
+        ref=lambda x, axis, descending: _torch().sort(x, dim=axis, descending=descending, stable=True).indices,
+        doc="the indices (i64) that sort x along axis; stable: equal elements keep their order")
+
+
 _reduce("mean", lambda x, axes, keepdim: x.mean(axes, keepdim=keepdim), "mean over axes")
 _reduce("sum", lambda x, axes, keepdim: x.sum(axes, keepdim=keepdim), "sum over axes")
 
@@ -648,13 +851,17 @@ def _attention_ref(q, k, v, mask=None, *, causal, scale):
         L, S = q.shape[-2], k.shape[-2]
         keep = torch.ones(L, S, dtype=torch.bool).tril()
         scores = scores.masked_fill(~keep, float("-inf"))
-    return torch.softmax(scores, -1) @ v
+    probs = torch.softmax(scores, -1)
+    if mask is not None:  # as torch's SDPA: a query that may attend to nothing gets zeros, not NaN
+        probs = probs.masked_fill((scores == float("-inf")).all(-1, keepdim=True), 0.0)
+    return probs @ v
 
 
 declare(
     "attention", ("q", "k", "v", "mask?"), {"causal": False, "scale": None},
     infer=_attention_infer, ref=_attention_ref,
-    doc="softmax(q @ k^T * scale + mask) @ v on [batch, heads, seq, dim]; grouped k/v heads allowed",
+    doc="softmax(q @ k^T * scale + mask) @ v on [batch, heads, seq, dim]; grouped k/v heads allowed; a row the "
+        "mask hides entirely gives zeros (as torch's scaled_dot_product_attention)",
 )
 
 # ----------------------------------------------------------------------------
@@ -1034,6 +1241,27 @@ def _ints(n=None, lo=None):
     return check
 
 
+def _dims():
+    """A shape: each dimension an int in [0, 2^31 - 1] or a symbolic dimension within it."""
+    what = f"a list of integers in [0, {_INT32 - 1}] or symbolic dimensions within it"
+
+    def ok(d):
+        if isinstance(d, Sym):
+            lo, hi = bounds(d)
+            return 0 <= lo and hi < _INT32
+        return _is_int(d) and 0 <= d < _INT32
+
+    def check(v, types):
+        return None if isinstance(v, tuple) and len(v) <= 64 and all(ok(d) for d in v) else what
+
+    return check
+
+
+def _index(v, types):
+    """A position along an axis: an integer, or a symbolic dimension (``x[:seq]``)."""
+    return None if _is_int(v) or isinstance(v, Sym) else "an integer or a symbolic dimension"
+
+
 def _num(optional=False, positive=False, finite=False):
     what = ("a positive " if positive else "a ") + ("finite number" if finite else "number") + (
         " or none" if optional else "")
@@ -1084,12 +1312,14 @@ _POOL = {"kernel": _ints(2, 1), "stride": _ints(2, 1), "padding": _ints(4, 0), "
 
 #: op name → attribute name → check (returns None, or what the attribute must be)
 ATTR_KINDS: dict[str, dict[str, Callable]] = {
-    "constant": {"value": _num(), "dtype": _dtype, "shape": _ints(lo=0)},
+    "constant": {"value": _num(), "dtype": _dtype, "shape": _dims()},
     "gelu": {"approximate": _choice("none", "tanh")},
     "clamp": {"min": _bound(), "max": _bound()},
     "leaky_relu": {"negative_slope": _num(finite=True)},
     "cast": {"dtype": _dtype},
+    "cumsum": {"axis": _int()},
     "conv2d": _CONV,
+    "conv_transpose2d": {**_CONV, "output_padding": _ints(2, 0)},
     "batch_norm": {"eps": _num(finite=True)},
     "layer_norm": _NORM,
     "rms_norm": _NORM,
@@ -1097,11 +1327,16 @@ ATTR_KINDS: dict[str, dict[str, Callable]] = {
     "avg_pool2d": {**_POOL, "count_include_pad": _bool},
     "adaptive_avg_pool2d": {"output_size": _ints(2, 1)},
     "concat": {"axis": _int()},
-    "slice": {"axis": _int(), "start": _int(), "end": _int(), "step": _int(1)},
+    "slice": {"axis": _int(), "start": _index, "end": _index, "step": _int(1)},
     "take": {"axis": _int()},
-    "reshape": {"shape": _ints(lo=0)},
+    "gather": {"axis": _int()},
+    "argmax": {"axis": _int(), "keepdim": _bool},
+    "argmin": {"axis": _int(), "keepdim": _bool},
+    "sort": {"axis": _int(), "descending": _bool},
+    "argsort": {"axis": _int(), "descending": _bool},
+    "reshape": {"shape": _dims()},
     "permute": {"dims": _ints()},
-    "expand": {"shape": _ints(lo=0)},
+    "expand": {"shape": _dims()},
     "softmax": {"axis": _int()},
     "mean": _REDUCE,
     "sum": _REDUCE,

@@ -21,6 +21,8 @@ import numpy as np
 
 from sliver.common.errors import IRParseError, SliverError
 from sliver.ir.core import Module
+from sliver.ir.names import parse_name
+from sliver.ir.dims import RESERVED, DimVar, Sym, bounds
 from sliver.ir.types import QuantParams, TensorType, to_numpy
 
 #: the most elements one tensor of a parsed module may hold
@@ -38,12 +40,12 @@ _TOKEN = re.compile(
     r"""
     (?P<ws>[ \t]+|\#[^\n]*)
   | (?P<nl>\n)
-  | (?P<value>%[A-Za-z0-9_.]+)
+  | (?P<value>%(?:[A-Za-z0-9_.]+|"(?:[^"\\\n]|\\.)+"))
   | (?P<symbol>@[A-Za-z0-9_.]+)
   | (?P<string>"(?:[^"\\]|\\.)*")
   | (?P<number>-?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d+|inf))
   | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<punct>[(){}\[\],:=])
+  | (?P<punct>//|[(){}\[\],:=+*-])
     """,
     re.VERBOSE,
 )
@@ -65,6 +67,8 @@ class _Lexer:
             pos = m.end()
         self.tokens.append(("eof", "", line, pos - col_start + 1))
         self.i = 0
+        self.dims: dict[str, DimVar] = {}  # the module's dimension variables (its `where` clause)
+        self.in_shape = False
 
     def peek(self, offset=0):
         return self.tokens[min(self.i + offset, len(self.tokens) - 1)]
@@ -115,6 +119,10 @@ def _parse_attr(lx: _Lexer, depth: int = 0):
                 lx.expect("punct", "]")
                 break
         return tuple(items)
+    if kind == "number" and not any(c in text for c in ".eEn"):
+        return _dim_expr(lx)  # an int, or a symbolic dimension such as 12*seq
+    if kind == "word" and text in lx.dims or (kind == "punct" and text == "("):
+        return _dim_expr(lx)
     lx.next()
     if kind == "number":
         return _number(lx, lx.tokens[lx.i - 1])
@@ -128,14 +136,122 @@ def _parse_attr(lx: _Lexer, depth: int = 0):
     raise lx.error("expected an attribute value")
 
 
-def _dimension(lx: _Lexer) -> int:
+def _dim_factor(lx: _Lexer, depth: int):
     tok = lx.peek()
-    if tok[0] != "number" or not tok[1].isdigit():
-        raise lx.error("expected a dimension (a non-negative integer)")
-    if len(tok[1]) > 19 or int(tok[1]) > MAX_ELEMENTS:
-        raise lx.error(f"dimension larger than {MAX_ELEMENTS}")
-    lx.next()
-    return int(tok[1])
+    kind, text = tok[0], tok[1]
+    if kind == "number" and re.fullmatch(r"-?\d+", text):
+        if lx.in_shape and (len(text.lstrip("-")) > 19 or abs(int(text)) > MAX_ELEMENTS):
+            raise lx.error(f"dimension larger than {MAX_ELEMENTS}")
+        lx.next()
+        return _number(lx, tok)
+    if kind == "word":
+        if text not in lx.dims:
+            raise lx.error("expected a dimension: an integer or a dimension variable declared in the func's "
+                           "`where` clause")
+        lx.next()
+        return Sym.var(lx.dims[text])
+    if kind == "punct" and text == "(":
+        if depth >= MAX_NESTING:
+            raise lx.error(f"dimension expressions nest at most {MAX_NESTING} deep")
+        lx.next()
+        value = _dim_expr(lx, depth + 1)
+        lx.expect("punct", ")")
+        return value
+    if kind == "punct" and text == "-":
+        lx.next()
+        return -_dim_factor(lx, depth)
+    raise lx.error("expected a dimension (an integer, a dimension variable or a parenthesized expression)")
+
+
+def _dim_term(lx: _Lexer, depth: int):
+    value = _dim_factor(lx, depth)
+    while lx.peek()[0] == "punct" and lx.peek()[1] in ("*", "//"):
+        tok = lx.next()
+        rhs = _dim_factor(lx, depth)
+        try:
+            value = value * rhs if tok[1] == "*" else _floordiv(lx, value, rhs, tok)
+        except SliverError as e:
+            raise lx.error(str(e), tok) from None
+        _check_magnitude(lx, value, tok)
+    return value
+
+
+def _floordiv(lx, a, b, tok):
+    if isinstance(b, int) and b <= 0:
+        raise lx.error(f"a dimension divides only by a positive integer, not {b}", tok)
+    return a // b
+
+
+def _check_magnitude(lx, value, tok):
+    lo, hi = bounds(value)
+    if not -_INT64 <= lo and hi < _INT64:
+        raise lx.error("dimension expression out of the 64-bit range", tok)
+
+
+def _dim_expr(lx: _Lexer, depth: int = 0):
+    """A dimension: an integer or an expression over the declared dimension variables
+    (``batch``, ``12*seq``, ``(seq + -1)//2 + 1``)."""
+    value = _dim_term(lx, depth)
+    while True:
+        tok = lx.peek()
+        if tok[0] == "punct" and tok[1] in ("+", "-"):
+            lx.next()
+            rhs = _dim_term(lx, depth)
+        else:
+            break
+        try:
+            value = value + rhs if tok[1] != "-" else value - rhs
+        except SliverError as e:
+            raise lx.error(str(e), tok) from None
+        _check_magnitude(lx, value, tok)
+    return value
+
+
+def _dimension(lx: _Lexer):
+    tok = lx.peek()
+    lx.in_shape = True
+    try:
+        d = _dim_expr(lx)
+    finally:
+        lx.in_shape = False
+    lo, hi = bounds(d)
+    if lo < 0:
+        raise lx.error("expected a dimension (a non-negative integer or expression)", tok)
+    if hi > MAX_ELEMENTS:
+        raise lx.error(f"dimension larger than {MAX_ELEMENTS}", tok)
+    return d
+
+
+def _where_clause(lx: _Lexer) -> dict[str, DimVar]:
+    """``where batch in [1, 16], seq in [1, 512]``: the module's dimension variables."""
+    dims: dict[str, DimVar] = {}
+    while True:
+        tok = lx.peek()
+        name = lx.expect("word")
+        if name in RESERVED:
+            raise lx.error(f"{name!r} is a keyword, not a dimension name", tok)
+        if name in dims:
+            raise lx.error(f"dimension {name} is declared twice", tok)
+        lx.expect("word", "in")
+        lx.expect("punct", "[")
+        bound = []
+        for i in range(2):
+            btok = lx.peek()
+            if btok[0] != "number" or not btok[1].isdigit():
+                raise lx.error("expected a dimension bound (a non-negative integer)")
+            if len(btok[1]) > 19 or int(btok[1]) > MAX_ELEMENTS:
+                raise lx.error(f"dimension bound larger than {MAX_ELEMENTS}")
+            lx.next()
+            bound.append(int(btok[1]))
+            if i == 0:
+                lx.expect("punct", ",")
+        lx.expect("punct", "]")
+        try:
+            dims[name] = DimVar(name, *bound)
+        except SliverError as e:
+            raise lx.error(str(e), tok) from None
+        if not lx.accept(","):
+            return dims
 
 
 def _quant_params(lx: _Lexer, fields: dict, shape: tuple, tok) -> QuantParams:
@@ -178,7 +294,7 @@ def _parse_type(lx: _Lexer) -> TensorType:
             break
     numel = 1
     for d in shape:
-        numel *= d
+        numel *= bounds(d)[1]
     if numel > MAX_ELEMENTS:
         raise lx.error(f"{dtype}{shape} has {numel} elements; sliver handles at most {MAX_ELEMENTS} per tensor", tok)
     quant = None
@@ -223,6 +339,8 @@ def bind_params(module: Module, pending, params) -> None:
     ``params``, which must hold an array of exactly the printed type for each."""
     for name, t, (line, col) in pending:
         where = f"line {line}, column {col}: param %{name}"
+        if not t.static:
+            raise IRParseError(f"{where} is typed {t}: a param has a static shape")
         if name not in params:
             raise IRParseError(f"{where} has no data in the params")
         data = params[name]
@@ -235,6 +353,22 @@ def bind_params(module: Module, pending, params) -> None:
         module.params[name] = data
 
 
+def _lookahead_where(lx: _Lexer) -> dict[str, DimVar]:
+    """Read the signature's ``where`` clause (after the arguments, before ``{``) first:
+    the argument types use its dimension variables."""
+    start = lx.i
+    j = start
+    while lx.tokens[j][0] != "eof" and not (lx.tokens[j][0] == "punct" and lx.tokens[j][1] == "{"):
+        if lx.tokens[j][0] == "word" and lx.tokens[j][1] == "where":
+            lx.i = j + 1
+            try:
+                return _where_clause(lx)
+            finally:
+                lx.i = start
+        j += 1
+    return {}
+
+
 def parse_structure(text: str):
     """Parse and check IR text without binding param data: returns the module and
     its param ops still to be bound, as ``(name, type, (line, column))``."""
@@ -243,15 +377,16 @@ def parse_structure(text: str):
     lx = _Lexer(text)
     lx.expect("word", "func")
     module = Module(lx.expect("symbol")[1:])
+    lx.dims = _lookahead_where(lx)
     env = {}
     pending = []
 
     def define(tok, value):
-        env[tok[1][1:]] = value
+        env[parse_name(tok[1])] = value
 
     def lookup(tok):
         try:
-            return env[tok[1][1:]]
+            return env[parse_name(tok[1])]
         except KeyError:
             raise lx.error(f"use of undefined value {tok[1]}", tok) from None
 
@@ -262,12 +397,14 @@ def parse_structure(text: str):
         lx.expect("punct", ":")
         t = _parse_type(lx)
         try:
-            define(tok, module.add_input(t, name=tok[1][1:]))
+            define(tok, module.add_input(t, name=parse_name(tok[1])))
         except SliverError as e:
             raise lx.error(str(e), tok) from None
         if not lx.accept(","):
             lx.expect("punct", ")")
             break
+    if lx.accept("where"):
+        _where_clause(lx)  # already read by _lookahead_where
     lx.expect("punct", "{")
 
     while not (lx.peek()[0] == "word" and lx.peek()[1] == "return"):
@@ -307,13 +444,15 @@ def parse_structure(text: str):
             types.append(_parse_type(lx))
         if len(types) != len(lhs):
             raise lx.error(f"{kind} defines {len(lhs)} value(s) but has {len(types)} type(s)", op_tok)
-        names = [t[1][1:] for t in lhs]
+        names = [parse_name(t[1]) for t in lhs]
         try:
             if kind == "param":
                 if operands or attrs:
                     raise SliverError("param takes no operands or attributes")
                 if len(types) != 1:
                     raise SliverError("a param defines one value")
+                if not types[0].static:
+                    raise SliverError(f"param %{names[0]} is typed {types[0]}: a param has a static shape")
                 op = module.add_op("param", types=types, names=names)
                 pending.append((names[0], types[0], kind_tok[2:]))
             else:

@@ -7,6 +7,10 @@
       return %relu
     }
 
+A module with symbolic dimensions declares their variables after its arguments:
+
+    func @bert(%ids: i64[batch,seq]) where batch in [1, 16], seq in [1, 512] {
+
 Attributes equal to their declared default are left out; the parser fills them
 back in, so print → parse → print is the identity.  Param data is not printed:
 it travels in a side file (``.npz``) next to the text.
@@ -15,12 +19,13 @@ it travels in a side file (``.npz``) next to the text.
 from __future__ import annotations
 
 from sliver.ir.attrs import format_attr
+from sliver.ir.names import format_name
 
 
 def format_op(op) -> str:
     decl = op.decl
-    lhs = ", ".join(f"%{r.name}" for r in op.results)
-    args = ", ".join(f"%{v.name}" for v in op.operands)
+    lhs = ", ".join(format_name(r.name) for r in op.results)
+    args = ", ".join(format_name(v.name) for v in op.operands)
     attrs = {k: v for k, v in op.attrs.items() if v != decl.attrs.get(k)}
     text = f"{lhs} = {op.kind}"
     if op.operands:
@@ -32,9 +37,11 @@ def format_op(op) -> str:
 
 
 def print_module(module) -> str:
-    args = ", ".join(f"%{v.name}: {v.type}" for v in module.inputs)
-    lines = [f"func @{module.name}({args}) {{"]
+    args = ", ".join(f"{format_name(v.name)}: {v.type}" for v in module.inputs)
+    dims = module.dim_vars()
+    where = (" where " + ", ".join(str(v) for v in dims)) if dims else ""
+    lines = [f"func @{module.name}({args}){where} {{"]
     lines += ["  " + format_op(op) for op in module.ops]
-    lines.append("  return " + ", ".join(f"%{v.name}" for v in module.outputs))
+    lines.append("  return " + ", ".join(format_name(v.name) for v in module.outputs))
     lines.append("}")
     return "\n".join(lines) + "\n"

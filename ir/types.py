@@ -3,7 +3,27 @@
 Element types are short names (``f32``, ``i64``, ``u4``…).  Sub-byte integers
 (``i1``–``i7``, ``u1``–``u7``) exist for the low-bit passes; the interpreter holds
 them in the smallest numpy integer that fits.  Printed form: ``f32[1,3,32,32]``,
-``u4[8,16]q(scale=0.05, zero_point=3)``.
+``u4[8,16]q(scale=0.05, zero_point=3)``, ``f32[batch,seq,768]``.
+
+Symbolic dimensions
+-------------------
+A dimension is an ``int`` or a :class:`~sliver.ir.dims.Sym`: an integer expression
+over named dimension variables (``batch`` in ``[1, 16]``), which arise from
+``torch.export.Dim``.  Shapes are tuples of those.  An op's type rule handles symbolic
+dims by plain arithmetic, unchanged in most cases:
+
+- ``+``, ``-``, ``*``, ``//`` (by an int, or by a dim dividing exactly) keep working and
+  give a canonical expression (``numel`` of ``[batch, seq, 12]`` is ``12*batch*seq``),
+- ``==`` / ``!=`` / ``in`` / sets are structural (``batch != 1``: broadcasting treats a
+  symbolic dim as not 1; two dims are the same only when provably equal),
+- ``<``, ``<=``... decide from the variables' ranges or raise
+  :class:`~sliver.ir.dims.SymbolicDimError` (a :class:`SliverError`),
+- ``int(d)``, ``range(d)``, ``np.zeros(shape)`` raise ``SymbolicDimError``.
+
+So a rule that only does arithmetic and equality on dims needs no change; a rule that
+needs a static size says so with :func:`~sliver.ir.dims.static` /
+:func:`~sliver.ir.dims.static_shape` ("conv2d needs a static number of channels").
+A symbolic dim must never be resolved to an example size.
 """
 
 from __future__ import annotations
@@ -14,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sliver.common.errors import SliverError
+from sliver.ir.dims import Sym, bounds, dim, is_static
 
 _NUMPY = {
     "f64": np.float64,
@@ -113,18 +134,23 @@ class TensorType:
     quant: QuantParams | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "shape", tuple(dim(d) for d in self.shape))
         if self.dtype not in DTYPES:
             raise SliverError(f"unknown element type {self.dtype!r}; known: {', '.join(sorted(DTYPES))}")
-        if any(d < 0 for d in self.shape):
-            raise SliverError(f"negative dimension in shape {list(self.shape)}")
+        if any(bounds(d)[0] < 0 for d in self.shape):
+            raise SliverError(f"negative dimension in shape [{', '.join(map(str, self.shape))}]")
 
     @property
     def rank(self) -> int:
         return len(self.shape)
 
     @property
-    def numel(self) -> int:
+    def static(self) -> bool:
+        """Whether every dimension is an int (no symbolic dims)."""
+        return is_static(self.shape)
+
+    @property
+    def numel(self) -> "int | Sym":
         n = 1
         for d in self.shape:
             n *= d
@@ -142,7 +168,7 @@ class TensorType:
         return TensorType(self.shape, dtype, None)
 
     def __str__(self) -> str:
-        text = f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
+        text = f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"  # a Sym prints as its expression
         if self.quant is not None:
             text += str(self.quant)
         return text

@@ -25,6 +25,28 @@ def _fault(module, index: int | None, message: str, after: str | None) -> Verify
     return VerifyError("\n".join(lines))
 
 
+def _check_dim_vars(module, after) -> None:
+    """Symbolic dimensions: one range per variable name, and every variable bound by a
+    plain dimension of an input (so the interpreter and the runtime know its value)."""
+    from sliver.ir.dims import Sym
+
+    bound = set()
+    for v in module.inputs:
+        for d in v.type.shape:
+            if isinstance(d, Sym):
+                if d.as_var is None:
+                    raise _fault(module, None, f"input %{v.name}: dimension {d} is an expression; an input's "
+                                 "dimensions are integers or single dimension variables", after)
+                bound.add(d.as_var)
+    by_name: dict = {}
+    for var in module.dim_vars():
+        if var.name in by_name:
+            raise _fault(module, None, f"dimension {var.name} has two ranges: {by_name[var.name]} and {var}", after)
+        by_name[var.name] = var
+        if var not in bound:
+            raise _fault(module, None, f"dimension {var.name} is used but no input has it as a dimension", after)
+
+
 def verify(module, *, after: str | None = None) -> None:
     """Raise :class:`VerifyError` on the first broken invariant.
 
@@ -43,6 +65,7 @@ def verify(module, *, after: str | None = None) -> None:
         if v.producer is not None:
             raise _fault(module, None, f"input %{v.name} claims to be produced by an op", after)
         define(v, None)
+    _check_dim_vars(module, after)
 
     for index, op in enumerate(module.ops):
         try:

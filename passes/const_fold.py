@@ -4,7 +4,8 @@ as a param.
 Typical wins: the transposes and reshapes of weights that torch.export leaves in
 front of matmuls, and arithmetic on constant buffers (rotary tables, masks).
 Results larger than ``max_elements``, or much larger than their inputs (a
-broadcast that would bloat the artifact), stay as ops.
+broadcast that would bloat the artifact), stay as ops, and so do ops with a symbolic
+dimension (``slice(arange) {end=seq}``: the value depends on the run's sizes).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class ConstantFolding(Pass):
             if any(v.producer is None or v.producer.kind not in _SOURCES for v in op.operands):
                 continue
             out = op.result.type
+            if not out.static or not all(v.type.static for v in op.operands):
+                continue  # its value depends on the run's sizes (symbolic dimensions): computed at run time
             inputs = sum(v.type.numel for v in op.operands)
             if out.numel > self.max_elements or out.numel > self.max_growth * inputs + 64:
                 continue

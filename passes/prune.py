@@ -25,10 +25,16 @@ coupled group drops the same channels, as Torch-Pruning/DepGraph do): no gathers
 but the choice is no longer per layer.
 
 The pass's notes hold a per-layer report (:func:`format_report`).
+
+Symbolic dimensions (a dynamic batch or sequence length): channel counts are static
+(conv and linear weights fix them), so pruning works as on a fixed-shape model and
+keeps the other dimensions symbolic; the report's MACs and bytes count every dynamic
+dimension at its largest size.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +42,7 @@ import numpy as np
 from sliver.common.errors import SliverError
 from sliver.common.text import table_lines
 from sliver.ir.core import Module
+from sliver.ir.dims import largest
 from sliver.passes.base import Pass, register
 from sliver.passes.channels import ChannelAnalysis, channel_axis, constant_channels, is_depthwise
 from sliver.passes.consecutive import counts_up
@@ -411,7 +418,7 @@ def choose_order(module, plan) -> tuple[dict, dict]:
         live_positions = sum(1 for c in classes if c in plan.live)
         if len(mask) == live_positions:
             continue  # reads everything: free in any order
-        weight = len(mask) * (x.type.numel // len(classes)) * 4
+        weight = len(mask) * largest(x.type.numel // len(classes)) * 4  # dynamic dims at their largest
         parts, touched, offset = [], [], 0
         picked, split = set(mask), False
         for s in segs[id(x)]:
@@ -511,17 +518,19 @@ class PruneReport:
 
 
 def count_params_and_macs(module) -> tuple[int, int]:
-    """Weights (float params; gather indices are not weights) and multiply-adds."""
+    """Weights (float params; gather indices are not weights) and multiply-adds.  With
+    symbolic dimensions (a dynamic batch or sequence) the counts are for every dynamic
+    dimension at its largest size (:func:`~sliver.ir.dims.largest`)."""
     params = sum(int(a.size) for a in module.params.values() if a.dtype.kind == "f")
     macs = 0
     for op in module.ops:
         if op.kind == "conv2d":
             o, i, kh, kw = op.operands[1].type.shape
             out = op.results[0].type.shape
-            macs += out[0] * o * out[2] * out[3] * i * kh * kw
+            macs += largest(out[0] * o * out[2] * out[3] * i * kh * kw)
         elif op.kind == "linear":
             o, i = op.operands[1].type.shape
-            macs += int(np.prod(op.results[0].type.shape[:-1])) * o * i
+            macs += largest(math.prod(op.results[0].type.shape[:-1], start=1) * o * i)
     return params, macs
 
 
@@ -692,7 +701,7 @@ def _rewrite_consumer(new, module, op, operands, plan, report, order_of) -> list
         index = new.add_param(layer_name(op) + ".input_index", np.asarray(idx, np.int64))
         xin = new.add_op("take", [xin, index], {"axis": ax}, names=[new.fresh_name(x.name + ".gather")]).result
         read, gathered = "gather", len(idx)
-    per_channel = int(np.prod(x.type.shape)) // n_in
+    per_channel = largest(x.type.numel) // n_in  # dynamic dims at their largest
     columns = [kept_in[i] for i in idx]
     report.layers.append(LayerReport(
         layer_name(op), op.kind, n_in, len(columns), op.results[0].type.shape[-1 if op.kind == "linear" else 1],

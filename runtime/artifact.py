@@ -277,7 +277,7 @@ _NPY_SLACK = 64 * 1024  # an .npy header, and the zip's own bookkeeping, per arr
 
 def _golden_limit(manifest: Manifest) -> int:
     specs = manifest.inputs + manifest.outputs
-    return sum(8 * math.prod(s.shape) + 2 * _NPY_SLACK for s in specs) + _NPY_SLACK
+    return sum(8 * s.max_numel(manifest.dims) + 2 * _NPY_SLACK for s in specs) + _NPY_SLACK
 
 
 def _read_golden(path, data: bytes, manifest: Manifest) -> dict[str, np.ndarray]:
@@ -296,9 +296,9 @@ def _read_golden(path, data: bytes, manifest: Manifest) -> dict[str, np.ndarray]
             for info in infos:
                 key = info.filename[:-4]
                 spec, is_input = want[key]
-                if info.file_size > 8 * math.prod(spec.shape) + _NPY_SLACK:
+                if info.file_size > 8 * spec.max_numel(manifest.dims) + _NPY_SLACK:
                     raise ArtifactError(f"{GOLDEN}'s {key} would unpack to {info.file_size:,} bytes: refused")
-                golden[key] = _read_npy(z, info, spec, is_input)
+                golden[key] = _read_npy(z, info, spec, is_input, manifest.dims)
     except ArtifactError as e:
         raise ArtifactError(f"{path}: {e}") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError,
@@ -311,7 +311,7 @@ def _read_golden(path, data: bytes, manifest: Manifest) -> dict[str, np.ndarray]
     return golden
 
 
-def _read_npy(z: zipfile.ZipFile, info: zipfile.ZipInfo, spec, is_input: bool) -> np.ndarray:
+def _read_npy(z: zipfile.ZipFile, info: zipfile.ZipInfo, spec, is_input: bool, dims=()) -> np.ndarray:
     fmt = np.lib.format
     with z.open(info) as f:
         version = fmt.read_magic(f)
@@ -322,7 +322,7 @@ def _read_npy(z: zipfile.ZipFile, info: zipfile.ZipInfo, spec, is_input: bool) -
         else:
             raise ValueError(f"npy format version {version}")
         key = info.filename[:-4]
-        if list(shape) != spec.shape or dtype.hasobject or (is_input and dtype != numpy_dtype(spec.dtype)) \
+        if not spec.fits(list(shape), dims) or dtype.hasobject or (is_input and dtype != numpy_dtype(spec.dtype)) \
                 or dtype.itemsize > 8 or dtype.kind not in "biuf":
             raise ArtifactError(f"{GOLDEN}'s {key} is {dtype}{list(shape)}, the manifest says "
                                 f"{numpy_dtype(spec.dtype)}{spec.shape}; rebuild it with `sliver lower`")
@@ -371,13 +371,25 @@ def sign(path, key, *, output=None) -> Path:
     return atomic_write(output if output is not None else path, write)
 
 
-def _load_library(path: str):
+def _load_library(tvm, path: str):
+    from sliver.runtime import tvm_c
+
+    if tvm is tvm_c.API:
+        return tvm.load_module(path)
     import tvm_ffi
 
     return tvm_ffi.load_module(path, keep_module_alive=False)
 
 
 def _import_tvm_runtime():
+    """TVM's Python runtime, or, when ``SLIVER_TVM_LIB_DIR`` names a folder holding
+    ``libtvm_runtime.so`` and ``libtvm_ffi.so`` (a device bundle's), the same calls over
+    their C ABI (:mod:`sliver.runtime.tvm_c`), without TVM's Python packages."""
+    from sliver.runtime import tvm_c
+
+    if tvm_c.selected():
+        tvm_c.library()
+        return tvm_c.API
     try:
         import tvm
         from tvm.runtime import vm  # noqa: F401
@@ -452,7 +464,7 @@ class CompiledModel:
             try:
                 # not kept alive for the whole process (TVM's default): the library is
                 # unmapped when the model is closed or collected (its VMs hold it till then)
-                self._lib = _load_library(lib_path)
+                self._lib = _load_library(tvm, lib_path)
                 self._vms[threading.current_thread()] = tvm.runtime.vm.VirtualMachine(self._lib, tvm.cpu())
             except Exception as e:
                 raise ArtifactError(f"{source}: the TVM runtime could not load the library: {e}") from e
@@ -497,18 +509,16 @@ class CompiledModel:
         if len(inputs) != len(self.inputs):
             names = ", ".join(i.name for i in self.inputs)
             raise InputError(f"the model takes {len(self.inputs)} input(s) ({names}), got {len(inputs)}")
-        out = []
+        arrays = []
         for spec, x in zip(self.inputs, inputs):
             try:
-                x = np.asarray(x)
+                arrays.append(np.asarray(x))
             except (ValueError, TypeError) as e:  # ragged nested lists and the like
                 raise InputError(f"input {spec.name!r} is not an array ({e})") from None
+        self.manifest.bind([x.shape for x in arrays])  # fixed sizes, and dynamic ones within their ranges
+        out = []
+        for spec, x in zip(self.inputs, arrays):
             want_dtype = numpy_dtype(spec.dtype)
-            if list(x.shape) != spec.shape:
-                raise InputError(
-                    f"input {spec.name!r} must have shape {spec.shape}, got {list(x.shape)} "
-                    "(artifacts are compiled for fixed shapes: lower again for a new shape)"
-                )
             if x.dtype != want_dtype:
                 raise InputError(
                     f"input {spec.name!r} must be {want_dtype}, got {x.dtype} (convert with .astype(np.{want_dtype}))"

@@ -204,7 +204,9 @@ def inspect(args) -> int:
     print(f"  pipeline  {m.pipeline or '(none)'}")
     for kind in ("inputs", "outputs"):
         for spec in getattr(m, kind):
-            print(f"  {kind[:-1]:<9} {spec.name}: {spec.dtype}{spec.shape}")
+            print(f"  {kind[:-1]:<9} {spec.name}: {spec.dtype}[{', '.join(map(str, spec.shape))}]")
+    for d in m.dims:
+        print(f"  dim       {d.name} in [{d.min}, {d.max}] (dynamic: any size in range)")
     lib = m.library
     print(f"  library   {lib.bytes:,} bytes, sha256 {lib.sha256[:16]}… (checked)")
     print(f"  params    {m.params.count} tensors, {m.params.bytes:,} bytes")

@@ -11,7 +11,15 @@ value, an unexpected key, NaN, an oversized or too deeply nested document are al
 ``KeyError`` or ``TypeError`` further down.
 
 Older formats are migrated on read (:data:`MIGRATIONS`): format version 1 had no
-hash of ``golden.npz`` and wrote ``kernels`` only when the model had low-bit layers.
+hash of ``golden.npz`` and wrote ``kernels`` only when the model had low-bit layers;
+format version 2 had no dynamic dimensions.
+
+Dynamic dimensions (format version 3): ``dims`` lists each dimension variable with its
+range (``{"name": "batch", "min": 1, "max": 16}``), and a shape entry is an integer or
+a string: an input's is a dimension name, an output's (or an op's) may be an expression
+over them as sliver prints it (``"12*batch*seq"``, ``"(seq + 1)//2"``).  A manifest
+without dynamic dimensions is still written as format version 2, so runtimes that
+predate them keep reading fixed-shape artifacts.
 
 This module imports only the standard library and ``sliver.common``.
 """
@@ -31,7 +39,7 @@ from sliver.common.errors import ArtifactError
 from sliver.common.records import PassRecord
 
 FORMAT = "sliver-artifact"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 #: a manifest larger than this is refused before it is parsed
 MAX_MANIFEST_BYTES = 32 << 20
@@ -50,6 +58,104 @@ DType = Literal["f64", "f32", "f16", "i64", "i32", "i16", "i8", "u8", "bool"]
 #: sliver element type → numpy dtype name (the runtime does not import sliver.ir)
 NUMPY_DTYPES = {"f64": "float64", "f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32",
                 "i16": "int16", "i8": "int8", "u8": "uint8", "bool": "bool"}
+
+
+class Dim:
+    """Annotation for one shape entry: an integer ≥ 0, or a string naming a dynamic
+    dimension or an expression over them (checked against the grammar here; the
+    names against ``Manifest.dims`` by :meth:`Manifest.check`)."""
+
+
+#: the longest dimension expression a manifest may hold
+MAX_DIM_TEXT = 256
+MAX_DIM = 2**31 - 1
+_DIM_TOKEN = re.compile(r"\s*(?:(-?\d+)|([A-Za-z_][A-Za-z0-9_]*)|(//|[()+*]))")
+_DIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _dim_tokens(text: str) -> list[str]:
+    tokens, pos = [], 0
+    while pos < len(text.rstrip()):
+        m = _DIM_TOKEN.match(text, pos)
+        if not m:
+            raise ValueError(f"unexpected {text[pos:pos + 10]!r}")
+        tokens.append(m.group().strip())
+        pos = m.end()
+    return tokens
+
+
+def _dim_eval(text: str, value_of) -> int:
+    """Evaluate a dimension expression (``term (+ term)*``, ``term = factor (* factor)*``,
+    ``factor = int | name | ( expr )//int``); ``value_of(name)`` gives a name's value."""
+    tokens = _dim_tokens(text)
+    pos = 0
+
+    def peek():
+        return tokens[pos] if pos < len(tokens) else ""
+
+    def take(want=None):
+        nonlocal pos
+        tok = peek()
+        if not tok or (want is not None and tok != want):
+            raise ValueError(f"expected {want or 'more'} at {tok!r}" if tok else f"expected {want or 'more'}")
+        pos += 1
+        return tok
+
+    def factor(depth):
+        tok = take()
+        if tok == "(":
+            if depth > 8:
+                raise ValueError("nested too deeply")
+            inner = expr(depth + 1)
+            take(")")
+            take("//")
+            den = int(take())
+            if den <= 0:
+                raise ValueError("division by a non-positive number")
+            return inner // den
+        if re.fullmatch(r"-?\d+", tok):
+            if len(tok.lstrip("-")) > 18:
+                raise ValueError("number too large")
+            return int(tok)
+        if _DIM_NAME.fullmatch(tok):
+            return value_of(tok)
+        raise ValueError(f"unexpected {tok!r}")
+
+    def term(depth):
+        v = factor(depth)
+        while peek() == "*":
+            take()
+            v *= factor(depth)
+        return v
+
+    def expr(depth=0):
+        v = term(depth)
+        while peek() == "+":
+            take()
+            v += term(depth)
+        return v
+
+    value = expr()
+    if pos != len(tokens):
+        raise ValueError(f"unexpected {tokens[pos]!r}")
+    return value
+
+
+def dim_names(text: str) -> set[str]:
+    """The dimension names an expression uses (ValueError if it is not one)."""
+    names: set[str] = set()
+
+    def value_of(name):
+        names.add(name)
+        return 1
+
+    _dim_eval(text, value_of)
+    return names
+
+
+def dim_value(entry, sizes: dict) -> int:
+    """A shape entry's value for dimension sizes ``sizes`` (name → int)."""
+    return entry if isinstance(entry, int) else _dim_eval(entry, sizes.__getitem__)
 
 
 class JSON:
@@ -99,21 +205,72 @@ class Target(_Schema):
 
 
 @dataclass
+class DimRange(_Schema):
+    """A dynamic dimension: the artifact runs any size in ``[min, max]``."""
+
+    name: str
+    min: int
+    max: int
+
+    def check(self, where: str) -> None:
+        if not _DIM_NAME.fullmatch(self.name) or len(self.name) > 64:
+            raise _fail(f"{where}.name", f"expected an identifier, got {_short(self.name)}")
+        if not 0 <= self.min <= self.max <= MAX_DIM:
+            raise _fail(where, f"expected 0 ≤ min ≤ max ≤ {MAX_DIM}, got [{self.min}, {self.max}]")
+
+
+@dataclass
 class TensorSpec(_Schema):
     name: str
-    shape: list[int]
+    shape: list[Dim]
     dtype: DType
 
     def check(self, where: str) -> None:
-        n = 1
         for i, d in enumerate(self.shape):
-            if d < 0:
+            if isinstance(d, int) and d < 0:
                 raise _fail(f"{where}.shape[{i}]", f"expected a size ≥ 0, got {d}")
+        if not self.static:
+            return  # the sizes are checked against Manifest.dims (Manifest.check)
+        n = 1
+        for d in self.shape:
             n *= d
             if n > MAX_ELEMENTS:
                 raise _fail(f"{where}.shape", f"{self.shape} has more than {MAX_ELEMENTS:,} elements")
         if len(self.shape) > 16:
             raise _fail(f"{where}.shape", f"{len(self.shape)} dimensions (at most 16)")
+
+    @property
+    def static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    def shape_for(self, sizes: dict) -> list[int]:
+        """The shape for dynamic dimension sizes ``sizes`` (name → int)."""
+        return [dim_value(d, sizes) for d in self.shape]
+
+    def max_numel(self, dims: list) -> int:
+        """An upper bound of the elements (every dynamic dimension at its largest)."""
+        top = {d.name: d.max for d in dims}
+        n = 1
+        for d in self.shape:
+            n *= abs(dim_value(d, top)) if isinstance(d, str) else d
+        return n
+
+    def fits(self, shape, dims: list) -> bool:
+        """Whether a concrete ``shape`` can be this spec's: static entries equal, named
+        ones within their range, expressions at most their largest value."""
+        ranges = {d.name: d for d in dims}
+        if len(shape) != len(self.shape):
+            return False
+        for d, n in zip(self.shape, shape):
+            if isinstance(d, int):
+                if d != n:
+                    return False
+            elif d in ranges:
+                if not ranges[d].min <= n <= ranges[d].max:
+                    return False
+            elif not 0 <= n <= self.max_numel(dims):
+                return False
+        return True
 
     @property
     def numpy_dtype(self) -> str:
@@ -166,7 +323,7 @@ class OpInfo(_Schema):
     kind: str
     layer: str | None
     params: list[str]
-    shape: list[int]
+    shape: list[Dim]
 
 
 @dataclass
@@ -204,6 +361,8 @@ class Manifest(_Schema):
     winograd: list[str] = field(default_factory=list)
     #: low-bit layer → the kernel it got (``bitserial``, ``int8``)
     kernels: dict[str, str] = field(default_factory=dict)
+    #: the dynamic dimensions (empty: every shape is fixed)
+    dims: list[DimRange] = field(default_factory=list)
 
     def check(self, where: str) -> None:
         if self.format_version != FORMAT_VERSION:
@@ -213,6 +372,73 @@ class Manifest(_Schema):
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
                 raise _fail(kind, f"the name(s) {', '.join(map(repr, dup))} occur more than once")
+        declared = [d.name for d in self.dims]
+        if len(set(declared)) != len(declared):
+            raise _fail("dims", f"a dimension is declared twice ({', '.join(declared)})")
+        bound = set()
+        for kind in ("inputs", "outputs", "ops"):
+            for i, spec in enumerate(getattr(self, kind)):
+                for j, d in enumerate(spec.shape):
+                    if not isinstance(d, str):
+                        continue
+                    here = f"{kind}[{i}].shape[{j}]"
+                    if len(d) > MAX_DIM_TEXT:
+                        raise _fail(here, f"a dimension expression of {len(d)} characters (at most {MAX_DIM_TEXT})")
+                    try:
+                        names = dim_names(d)
+                    except (ValueError, OverflowError) as e:
+                        raise _fail(here, f"not a dimension expression ({e}): {_short(d)}") from None
+                    if names - set(declared):
+                        raise _fail(here, f"uses {', '.join(sorted(names - set(declared)))}, not in dims")
+                    if kind == "inputs":
+                        if d not in declared:
+                            raise _fail(here, f"an input dimension is a size or a name in dims, got {_short(d)}")
+                        bound.add(d)
+        if set(declared) - bound:
+            raise _fail("dims", f"{', '.join(sorted(set(declared) - bound))} is no input's dimension")
+        for kind in ("inputs", "outputs"):
+            for i, spec in enumerate(getattr(self, kind)):
+                if not spec.static and spec.max_numel(self.dims) > MAX_ELEMENTS:
+                    raise _fail(f"{kind}[{i}].shape", f"{spec.shape} may hold more than {MAX_ELEMENTS:,} elements")
+
+    def bind(self, shapes) -> dict[str, int]:
+        """The dynamic dimensions' sizes read from the inputs' ``shapes``, each checked
+        (:class:`~sliver.common.errors.InputError` for a wrong static size, a size outside
+        its range, or two inputs disagreeing on a dimension)."""
+        from sliver.common.errors import InputError
+
+        ranges = {d.name: d for d in self.dims}
+        sizes: dict[str, int] = {}
+        for spec, shape in zip(self.inputs, shapes):
+            shape = list(shape)
+            if len(shape) == len(spec.shape):
+                for axis, (d, n) in enumerate(zip(spec.shape, shape)):
+                    if isinstance(d, int) and d == n:
+                        continue
+                    if isinstance(d, int):
+                        break
+                    r = ranges[d]
+                    if not r.min <= n <= r.max:
+                        raise InputError(
+                            f"input {spec.name!r}: dimension {axis} ({d}) must be in [{r.min}, {r.max}], got {n} "
+                            f"(shape {shape}); the artifact was lowered for that range: lower again with a wider "
+                            "torch.export.Dim for other sizes")
+                    if sizes.setdefault(d, n) != n:
+                        raise InputError(f"input {spec.name!r}: dimension {axis} ({d}) is {n}, but an earlier input "
+                                         f"has {d} = {sizes[d]}; they must agree")
+                else:
+                    continue
+            want = "[" + ", ".join(map(str, spec.shape)) + "]"
+            fixed = "" if self.dims else " (artifacts are compiled for fixed shapes: lower again for a new shape)"
+            raise InputError(f"input {spec.name!r} must have shape {want}, got {shape}{fixed}")
+        return sizes
+
+    def to_json(self) -> dict:
+        data = _dump(self)
+        if not self.dims:  # fixed shapes: the version-2 form, which older runtimes read
+            data["format_version"] = 2
+            del data["dims"]
+        return data
 
     @classmethod
     def from_json(cls, data, where: str = "") -> "Manifest":
@@ -244,8 +470,18 @@ def _from_v1(data: dict) -> dict:
     return data
 
 
+def _from_v2(data: dict) -> dict:
+    """Format version 2 → 3: ``dims`` (none: every shape fixed)."""
+    data = dict(data)
+    data["format_version"] = 3
+    if "dims" in data:
+        raise _fail("dims", "not a field of format version 2 (a damaged or foreign manifest)")
+    data["dims"] = []
+    return data
+
+
 #: format version → the function that turns it into the next version
-MIGRATIONS = {1: _from_v1}
+MIGRATIONS = {1: _from_v1, 2: _from_v2}
 
 
 def parse(raw: bytes) -> Manifest:
@@ -315,6 +551,11 @@ def _convert(tp, value, where: str):
     if tp is JSON:
         _check_json(value, where, 0)
         return value
+    if tp is Dim:
+        if type(value) is int or (isinstance(value, str) and value):
+            return value
+        raise _fail(where, f"expected an integer, got {_kind(value)} (a shape entry is a size, or a dynamic "
+                           "dimension's name or expression)")
     if origin is Union or origin is types.UnionType:
         args = typing.get_args(tp)
         if value is None and type(None) in args:

@@ -21,7 +21,7 @@ _LAZY = {
 }
 
 
-_SUBMODULES = {"qat"}  # `sliver.qat` without importing torch at `import sliver`
+_SUBMODULES = {"qat", "quant"}  # `sliver.qat`, `sliver.quant` without importing torch at `import sliver`
 
 
 def __getattr__(name):

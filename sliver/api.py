@@ -124,14 +124,28 @@ def _mode_dependent():
     return (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.modules.instancenorm._InstanceNorm)
 
 
-def trace(model, example_inputs=(), *, name: str | None = None):
+def trace(model, example_inputs=(), *, name: str | None = None, dynamic_shapes=None):
     """Trace an ``nn.Module`` (or a ``torch.export.ExportedProgram``) into sliver IR.
+
+    ``dynamic_shapes`` is torch.export's argument: ``{"x": {0: Dim("batch", min=1,
+    max=16)}}`` (or a tuple in argument order) keeps those dimensions symbolic; every
+    other dimension is fixed to the example's size.  Each Dim needs a ``max``.
 
     sliver compiles inference: a model in training mode is traced in eval mode (a
     :class:`~sliver.common.errors.SliverWarning` says so), and the model (its modes,
     parameters and buffers) and the example inputs are left exactly as they were."""
     with _inference(model, "trace"):
-        return _trace_verified(model, example_inputs, name)
+        return _trace_verified(model, example_inputs, name, dynamic_shapes)
+
+
+def export_dynamic(model, example_inputs, dynamic_shapes):
+    """``model`` exported by torch.export with ``dynamic_shapes`` (in eval mode, the
+    model left as it was): an ExportedProgram that :func:`trace` and :func:`lower` take
+    with its dimensions dynamic, as a ``.pt2`` file's."""
+    from sliver.frontend import export
+
+    with _inference(model, "export"):
+        return export(model, _torch_inputs(example_inputs), dynamic_shapes)
 
 
 def unsupported_ops(model, example_inputs=()) -> list[tuple[str, str | None, str | None]]:
@@ -144,11 +158,11 @@ def unsupported_ops(model, example_inputs=()) -> list[tuple[str, str | None, str
         return scan_unsupported(export(model, _torch_inputs(example_inputs)).graph)
 
 
-def _trace_verified(model, example_inputs, name=None):
+def _trace_verified(model, example_inputs, name=None, dynamic_shapes=None):
     from sliver.frontend import trace as _trace
     from sliver.ir.verifier import verify
 
-    module = _trace(model, _torch_inputs(example_inputs), name=name)
+    module = _trace(model, _torch_inputs(example_inputs), name=name, dynamic_shapes=dynamic_shapes)
     verify(module)
     return module
 
@@ -269,6 +283,7 @@ def lower(
     rpc=None,
     winograd: bool = True,
     output_names: Sequence[str] | str | None = None,
+    dynamic_shapes=None,
 ):
     """Trace, optimize and compile ``model`` for ``target``; returns an
     :class:`~sliver.runtime.artifact.Artifact` (``.save(path)``, ``.load()``).
@@ -288,6 +303,12 @@ def lower(
     a budget (``200`` trials, ``"10m"``, a ``tuning.Budget``) tunes first, measuring
     on this machine or, with ``rpc=("HOST:PORT", "pi")``, on the device registered
     with that RPC tracker.  Kernels without a record keep their default schedule.
+
+    ``dynamic_shapes``: torch.export's argument (``{"x": {0: Dim("batch", min=1,
+    max=16)}}``, or a tuple in argument order): those dimensions stay symbolic, and
+    the artifact runs any size in each Dim's range (one outside it is an
+    :class:`~sliver.common.errors.InputError`).  Without it every dimension is fixed to
+    the example inputs' sizes.  An ExportedProgram exported with dynamic Dims keeps them.
 
     ``winograd``: 3x3 stride-1 float convs with enough channels compile as Winograd
     convolutions (fewer multiplications, ~1e-6 relative rounding difference);
@@ -321,6 +342,9 @@ def lower(
     pipeline = parse_pipeline(passes)
     inputs = _as_tuple(example_inputs)
     if isinstance(model, Module):
+        if dynamic_shapes is not None:
+            raise SliverError("dynamic_shapes applies when sliver traces the model; a traced Module already has its "
+                              "dimensions (trace it with dynamic_shapes instead)")
         module = model.clone()
         if not inputs:
             raise SliverError("lower() of a traced Module needs example inputs for the golden data")
@@ -328,7 +352,7 @@ def lower(
         golden_outputs, derived = _reference_outputs(model, module, inputs)
     else:
         with _inference(model, "lower"):  # eval mode; the caller's model and tensors are left as they were
-            module = _trace_verified(model, inputs)
+            module = _trace_verified(model, inputs, dynamic_shapes=dynamic_shapes)
             golden_inputs = [as_numpy(x) for x in _torch_inputs(inputs)]
             golden_outputs, derived = _reference_outputs(model, module, inputs)
 

@@ -21,7 +21,7 @@ from sliver.common.errors import SliverError
 from sliver.runtime.artifact import GOLDEN, LIBRARY, Artifact
 from sliver.runtime.manifest import (
     FORMAT, FORMAT_VERSION, MAX_ATOL, MAX_RTOL, Golden, Library, Manifest, OpInfo, Params, PassRecord, Target,
-    TensorSpec, Tuning, from_json,
+    TensorSpec, Tuning, from_json, DimRange,
 )
 
 
@@ -74,8 +74,13 @@ def _pass_summary(record) -> PassRecord:
     return from_json(PassRecord, d, "passes[]")
 
 
+def _shape(shape) -> list:
+    """A shape for the manifest: ints, and symbolic dimensions as their printed expression."""
+    return [d if isinstance(d, int) else str(d) for d in shape]
+
+
 def _spec(v, name: str | None = None) -> TensorSpec:
-    return TensorSpec(v.name if name is None else name, list(v.type.shape), v.type.dtype)
+    return TensorSpec(v.name if name is None else name, _shape(v.type.shape), v.type.dtype)
 
 
 def check_tolerances(rtol: float, atol: float) -> None:
@@ -116,7 +121,7 @@ def package(module, target, pipeline: str, library: bytes, golden: dict[str, np.
         # for `sliver explain` and per-layer profiles: what each pass did, the ops of
         # the optimized module and which compiled function computes which ops
         passes=[_pass_summary(r) for r in records],
-        ops=[OpInfo(op.results[0].name, op.kind, layer_of(op), param_operands(op), list(op.results[0].type.shape))
+        ops=[OpInfo(op.results[0].name, op.kind, layer_of(op), param_operands(op), _shape(op.results[0].type.shape))
              for op in module.ops if op.kind != "param"],
         primfuncs={str(k): [str(o) for o in v] for k, v in (primfuncs or {}).items()},
         # which compiled functions got their schedule from the tuning database (sliver tune)
@@ -124,6 +129,8 @@ def package(module, target, pipeline: str, library: bytes, golden: dict[str, np.
         # which compiled functions are Winograd convolutions (tuned or not)
         winograd=sorted(k for k in schedules if "winograd" in k),
         kernels={str(k): str(v) for k, v in (kernels or {}).items()},
+        # the dynamic dimensions and their ranges (the runtime accepts any size within them)
+        dims=[DimRange(v.name, v.lo, v.hi) for v in module.dim_vars()],
     )
     # what the runtime will check on read, checked now: a compiler bug shows here, not on the device
     manifest = Manifest.from_json(manifest.to_json())

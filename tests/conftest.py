@@ -98,6 +98,22 @@ def example_arm64():
     return precompile.get(("example", "arm64"))
 
 
+@pytest.fixture(scope="session")
+def native_x86(tmp_path_factory):
+    """The native runtime (sliver.tools.native) built for this machine, once per session."""
+    from sliver.tools import native
+
+    return native.build("x86_64", tmp_path_factory.mktemp("native") / "x86_64")
+
+
+@pytest.fixture(scope="session")
+def native_arm64(tmp_path_factory):
+    """The native runtime cross-compiled for aarch64, once per session."""
+    from sliver.tools import native
+
+    return native.build("aarch64", tmp_path_factory.mktemp("native") / "aarch64")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -318,6 +318,68 @@ def phi(seed: int = 0) -> Built:
     return _hf(t.PhiModel, t.PhiConfig(**_decoder_kwargs()), (_tokens(seed),), seed=seed)
 
 
+class _CausalLM(nn.Module):
+    """A transformers causal LM as users call it: token ids and a 2-D attention mask
+    (1 for tokens, 0 for padding) in, logits out; the model builds its 4-D mask itself."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def _padded_batch(seed: int, vocab: int = 96, length: int = 12):
+    """Two sequences, the first left-padded by 3 tokens and the second right-padded by 2."""
+    g = torch.Generator().manual_seed(seed + 1000)
+    ids = torch.randint(0, vocab, (2, length), generator=g)
+    mask = torch.ones(2, length, dtype=torch.long)
+    mask[0, :3] = 0
+    mask[1, -2:] = 0
+    return ids, mask
+
+
+def _causal_lm(model_cls, config, seed: int) -> Built:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    with _seeded(seed):
+        model = model_cls(config)
+    return _CausalLM(model).eval(), _padded_batch(seed)
+
+
+@_entry("llama_lm", "text")
+def llama_lm(seed: int = 0) -> Built:
+    import transformers as t
+    return _causal_lm(t.LlamaForCausalLM, t.LlamaConfig(**_decoder_kwargs()), seed)
+
+
+@_entry("qwen2_lm", "text")
+def qwen2_lm(seed: int = 0) -> Built:
+    import transformers as t
+    return _causal_lm(t.Qwen2ForCausalLM, t.Qwen2Config(**_decoder_kwargs()), seed)
+
+
+@_entry("mistral_lm", "text")
+def mistral_lm(seed: int = 0) -> Built:
+    import transformers as t
+    return _causal_lm(t.MistralForCausalLM, t.MistralConfig(**_decoder_kwargs()), seed)
+
+
+@_entry("phi_lm", "text")
+def phi_lm(seed: int = 0) -> Built:
+    import transformers as t
+    return _causal_lm(t.PhiForCausalLM, t.PhiConfig(**_decoder_kwargs()), seed)
+
+
+@_entry("gpt2_lm", "text")
+def gpt2_lm(seed: int = 0) -> Built:
+    import transformers as t
+    cfg = t.GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    return _causal_lm(t.GPT2LMHeadModel, cfg, seed)
+
+
 def _t5_config():
     import transformers as t
     return t.T5Config(vocab_size=96, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
@@ -443,3 +505,8 @@ _torch("topk", lambda m, x: torch.topk(x, 3, dim=-1).values, _seq())
 _torch("sort", lambda m, x: torch.sort(x, dim=-1).values, _seq())
 _torch("lstm", lambda m, x: m.rnn(x)[0], _seq(), rnn=lambda: nn.LSTM(16, 8, batch_first=True))
 _torch("gru", lambda m, x: m.rnn(x)[0], _seq(), rnn=lambda: nn.GRU(16, 8, batch_first=True))
+
+# a detection head's post-processing: the boxes whose score passes a threshold, a number
+# known only from the data (sliver refuses it, naming the op, before compiling)
+_torch("detection_filter", lambda m, x: m.box(x)[m.score(x).squeeze(-1).sigmoid() > 0.5], _seq(),
+       score=lambda: nn.Linear(16, 1), box=lambda: nn.Linear(16, 4))

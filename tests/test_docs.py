@@ -222,7 +222,13 @@ def _check_command(cmd: list[str], helps: dict) -> list[str]:
     if cmd[:3] == ["python3", "-m", "pytest"]:
         ci = (ROOT / ".ci" / "run").read_text()
         return [] if "python3 -m pytest -q" in ci else ["`python3 -m pytest -q` is not what .ci/run runs"]
-    if cmd[:2] == ["pip", "install"]:
+    if cmd[0] in ("python3", "python") and len(cmd) > 1 and cmd[1].endswith("/run.py"):
+        # a device bundle's launcher (sliver bundle): `python -m sliver.runtime run ARTIFACT`'s options
+        key = ("runtime", "run")
+        if key not in helps:
+            helps[key] = _help([sys.executable, "-m", "sliver.runtime", "run"])
+        return [f"{shlex.join(cmd)}: {f} is not an option of a bundle's run.py" for f in flags if f not in helps[key]]
+    if cmd[:2] in (["pip", "install"], ["pip", "download"]):
         pins = _pyproject_pins()
         bad = []
         for word in cmd[2:]:

@@ -127,6 +127,19 @@ def test_notes_of_any_pass_reach_their_layers():
     assert "## Pass keep-outliers" in doc.markdown()
 
 
+def test_mixed_widths_show_per_layer_with_their_kernel():
+    """A mixed-width QAT model (e.g. from `sliver allocate`): each layer's W/A widths
+    from fold-fake-quant's notes and the low-bit kernel the manifest says it got."""
+    notes = [("fold-fake-quant", {"layers": [{"name": "stem.0", "op": "qconv2d", "w_bits": 8, "a_bits": 8},
+                                             {"name": "head", "op": "qdense", "w_bits": 3, "a_bits": 2}]})]
+    m = _manifest(notes)
+    m["kernels"] = {"stem.0": "int8", "head": "bitserial"}
+    doc = explain.build_report(Artifact(b"", m), source="m.sliver", cost={}, unit="ms")
+    rows = {r["layer"]: r for r in table(doc.markdown(), "Layers")}
+    assert rows["stem.0"]["bits"] == "w_bits=8, a_bits=8, kernel=int8"
+    assert rows["head"]["bits"] == "w_bits=3, a_bits=2, kernel=bitserial"
+
+
 def test_artifact_without_pass_records_says_relower():
     m = _manifest([])
     del m["passes"]

@@ -75,13 +75,15 @@ _NUMBERS = ["0", "-1", "1", "2", "3", "-0", "1.5", "-2.5", "0.0", "1.", "007", "
             "18446744073709551617", "1e308", "1e309", "-1e309", "1e-320", "inf", "-inf", "nan", "9" * 40, "9" * 5000]
 _WORDS = ["f32", "f64", "f16", "i64", "i32", "i8", "u8", "u4", "i1", "bool", "true", "false", "none", "nan", "inf",
           "q", "func", "return", "param", "relu", "conv2d", "reshape", "concat", "attention", "qconv2d", "wq_linear",
-          "constant", "stride", "padding", "axis", "dtype", "shape", "x", "__class__"]
+          "constant", "stride", "padding", "axis", "dtype", "shape", "x", "__class__", "batch", "seq", "where", "in"]
 _UNICODE = ["\u00e9", "\u200b", "\ufeff", "\U0001F600", "\x00", "\u0661", "\uff10", "\u2212", "\r", "\t",
             "\x0c", "\\", '"', "'", "#", "\u0301"]
 _ATTR_VALUES = ['"1"', "true", "none", "[1]", "[1, 1, 1]", "[[1, 2]]", "1.0", "-1", "[]", "[1.5, 1, 1, 1]",
                 "[0, 0]", "[-1, -1, -1, -1]", "[true, false]", "nan", '"tanh"', '"x"', "[none]", "99999999999",
                 "[99999999999, 1]", "[2147483648, 2147483648]", "0", "1e308", "[1e308, 1]", "inf", "-inf"]
-_DIMS = ["0", "-1", "1.5", "99999999999", "", "1,1", "4294967296", "1e3", "2147483647", "65536,65536"]
+_DIMS = ["0", "-1", "1.5", "99999999999", "", "1,1", "4294967296", "1e3", "2147483647", "65536,65536",
+         "batch", "batch*batch*batch*batch", "(batch", "batch//0", "batch + -99", "nope", "batch*99999999999",
+         "(batch + 1)//2", "2*batch", "where", "-batch"]
 _QUANT = ["q(scale=0.5)", "q(scale=0.5, zero_point=3)", "q(scale=-1.0)", "q(scale=0.0)", "q(scale=inf)",
           "q(scale=1)", 'q(scale="a")', "q(scale=[0.5, 0.5], zero_point=[0, 0], axis=0)", "q(scale=0.5, axis=7)",
           "q(scale=0.5, zero_point=1.5)", "q(scale=0.5, bogus=1)", "q()", "q(scale=0.5,", "q(scale=[[[0.5]]])"]
@@ -190,6 +192,19 @@ def _ir_corpus():
     for build in (zoo.vit, zoo.bert_encoder):
         model, inputs = build(depth=1)
         add(build.__name__, sliver.trace(model, inputs))
+    # symbolic dimensions: a dynamic batch (and sequence length) in types and attributes
+    from torch.export import Dim
+
+    def two(inputs):  # torch.export fixes a dimension whose example size is 1
+        return tuple(torch.cat([x, x]) for x in inputs)
+
+    model, inputs = random_convnet(0)
+    add("random_convnet(0) dynamic batch",
+        sliver.trace(model, two(inputs), dynamic_shapes=({0: Dim("batch", min=1, max=8)},)))
+    model, inputs = zoo.bert_encoder(depth=1)
+    dims = {0: Dim("batch", min=1, max=4), 1: Dim("seq", min=2, max=16)}
+    add("bert_encoder dynamic", sliver.trace(model, two(inputs), dynamic_shapes=tuple(
+        dims if i == 0 else None for i in range(len(inputs)))))
     model, inputs = zoo.llama_decoder(depth=1)
     module = sliver.trace(model, inputs)
     add("llama_decoder", module)
@@ -211,12 +226,19 @@ class _Hang(Exception):
     pass
 
 
+def _sizes(module) -> dict:
+    """A size for each symbolic dimension of ``module`` (within its range)."""
+    return {v.name: min(v.hi, max(v.lo, 3)) for v in module.dim_vars()}
+
+
 def _inputs(module):
+    from sliver.ir.dims import substitute
     from sliver.ir.types import is_float, to_numpy
 
     rng = np.random.default_rng(0)
-    return [rng.standard_normal(v.type.shape).astype(to_numpy(v.type.dtype)) if is_float(v.type.dtype)
-            else np.zeros(v.type.shape, to_numpy(v.type.dtype)) for v in module.inputs]
+    shapes = [substitute(v.type.shape, _sizes(module)) for v in module.inputs]
+    return [rng.standard_normal(shape).astype(to_numpy(v.type.dtype)) if is_float(v.type.dtype)
+            else np.zeros(shape, to_numpy(v.type.dtype)) for v, shape in zip(module.inputs, shapes)]
 
 
 def _ir_case(text, params):
@@ -233,8 +255,10 @@ def _ir_case(text, params):
         outputs = run(module, inputs)
     except SliverError as e:
         return type(e).__name__
+    from sliver.ir.dims import substitute
+
     for v, y in zip(module.outputs, outputs, strict=True):
-        assert y.shape == v.type.shape and y.dtype == to_numpy(v.type.dtype), (
+        assert y.shape == substitute(v.type.shape, _sizes(module)) and y.dtype == to_numpy(v.type.dtype), (
             f"output %{v.name} is typed {v.type} but the interpreter gives {y.dtype}{list(y.shape)}")
     again = str(module)
     assert str(parse_module(again, params=module.params)) == again, "print → parse → print changed the module"

@@ -16,20 +16,23 @@ from sliver.common.errors import SliverError
 #: interpreter.  Add an entry here when a change makes it pass.
 PASSING = {
     "resnet", "convnext", "convnextv2", "efficientnet", "mobilenet_v1", "mobilenet_v2", "regnet", "vit", "deit",
-    "dinov2", "swin", "swinv2", "poolformer", "clip_vision",
-    "bert", "electra", "albert", "distilbert", "gpt2", "llama", "qwen2", "mistral", "gemma", "phi",
+    "dinov2", "swin", "swinv2", "poolformer", "clip_vision", "mobilevit", "segformer", "beit",
+    "bert", "roberta", "clip_text", "electra", "albert", "distilbert", "gpt2", "llama", "qwen2", "mistral", "gemma", "phi",
     "t5_encoder", "t5_decoder", "whisper_encoder", "wav2vec2",
+    "llama_lm", "qwen2_lm", "mistral_lm", "phi_lm", "gpt2_lm",
     "multihead_attention", "transformer_encoder_layer", "transformer_decoder_layer",
     "pad_constant", "pad_reflect", "pad_replicate", "pad_circular", "conv1d", "pixel_shuffle", "roll",
-    "einsum_attention",
+    "einsum_attention", "cumsum", "conv_transpose2d", "interpolate_nearest", "interpolate_bilinear",
+    "interpolate_bilinear_ac", "topk", "sort", "lstm", "gru",
 }
 #: checked by the quick suite (one or more per fixed failure class); the rest of PASSING is `slow`
 QUICK = {
     "resnet", "vit", "bert", "gpt2", "llama", "mobilenet_v1", "swin", "convnextv2", "poolformer", "whisper_encoder",
-    "wav2vec2", "t5_encoder", "multihead_attention", "einsum_attention", "pixel_shuffle", "roll", "pad_reflect",
+    "wav2vec2", "t5_encoder", "llama_lm", "gpt2_lm", "roberta", "clip_text", "segformer", "multihead_attention",
+    "einsum_attention", "pixel_shuffle", "roll", "pad_reflect", "beit", "lstm",
 }
 #: compiled for x86_64 in the slow test (a few per family; each compile takes seconds)
-COMPILED = ["mobilenet_v1", "vit", "bert", "llama", "whisper_encoder", "multihead_attention", "pad_reflect", "roll"]
+COMPILED = ["mobilenet_v1", "segformer", "vit", "bert", "llama", "qwen2_lm", "clip_text", "whisper_encoder", "multihead_attention", "pad_reflect", "roll"]
 
 
 def test_the_zoo_is_real_and_large_enough():
@@ -67,17 +70,26 @@ def test_passing_entry_traces_round_trips_and_matches_torch(name):
     assert isinstance(row.interp, float) and row.interp <= TOLERANCE, row.interp
 
 
-@pytest.mark.parametrize("name", ["topk", "lstm"])
-def test_unsupported_entries_say_which_ops_before_compiling(name):
-    import sliver
-    from sliver.common.errors import UnsupportedOpError
+#: the entries sliver refuses, each with the named error it must raise before compiling
+REFUSED = {"detection_filter": "DataDependentShapeError"}
 
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_refused_entries_say_why_before_compiling(name, monkeypatch):
+    import sliver
+    import sliver.backends.tvm.build as build
+
+    def no_compile(*a, **k):
+        raise AssertionError("nothing may be compiled")
+
+    assert set(realzoo.ENTRIES) == PASSING | set(REFUSED)
+    monkeypatch.setattr(build, "compile_module", no_compile)
     model, inputs = realzoo.ENTRIES[name].build()
-    with pytest.raises(UnsupportedOpError) as err:
-        sliver.trace(model, inputs)
-    assert isinstance(err.value, SliverError)
+    with pytest.raises(SliverError) as err:
+        sliver.lower(model, inputs, target="x86_64", tune=False)
+    assert type(err.value).__name__ == REFUSED[name]
     assert err.value.problems and all(op.startswith("aten.") for op, _, _ in err.value.problems)
-    assert check(realzoo.ENTRIES[name], compile=False).trace.startswith("unsupported: ")
+    assert check(realzoo.ENTRIES[name], compile=False).trace.startswith(REFUSED[name])
 
 
 def test_rel_error_and_round_trip_can_fail():

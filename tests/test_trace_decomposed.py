@@ -142,9 +142,10 @@ def test_where_with_a_constant_all_true_condition_picks_a_branch():
     _check(Pick(), torch.randn(1, 4), torch.randn(3, 4), kinds={"mul", "expand"})
 
 
-def test_where_on_the_inputs_is_a_named_error():
-    with pytest.raises(SliverError, match="where"):
-        sliver.trace(Fn(lambda m, c, x: torch.where(c, x, 0.0)), (torch.rand(4) > 0.5, torch.randn(4)))
+def test_where_on_the_inputs_is_a_where_op():
+    c = torch.tensor([True, False, True, False])
+    _check(Fn(lambda m, c, x: torch.where(c, x, 0.0)), c, torch.randn(4), kinds={"where"})
+    _check(Fn(lambda m, x: torch.where(x > 0, x, 2 * x)), torch.randn(3, 4), kinds={"gt", "mul", "where"})
 
 
 @pytest.mark.parametrize("dim, keepdim", [((-1,), True), ((0, 2), False)])

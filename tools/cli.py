@@ -417,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emulate", action="store_true", help="run on the emulated Raspberry Pi (arm64 artifacts)")
     p.set_defaults(func=cmd_run)
 
+    from sliver.tools import allocate as _allocate
     from sliver.tools import bench as _bench
+    from sliver.tools import bundle as _bundle
     from sliver.tools import explain as _explain
 
     # commands whose arguments and body live in their own module: (name, help, add arguments, run)
@@ -429,8 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
          runtime_cli.keygen),
         ("explain", "a per-layer report of what each pass did, with latency and drift", _explain.add_arguments,
          _explain.run),
+        ("bundle", "a folder with the artifact and exactly what a device needs to run it (Python 3 + numpy)",
+         _bundle.add_arguments, _bundle.run),
         ("bench", "an artifact's latency (or executed instructions on the emulated Pi), per layer with --per-layer",
          _bench.add_arguments, _bench.run),
+        ("allocate", "mixed-precision bit widths per layer from Hessian sensitivity and size or measured cost",
+         _allocate.add_arguments, _allocate.run),
     ):
         p = sub.add_parser(name, help=help_)
         add_arguments(p)

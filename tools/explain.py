@@ -291,6 +291,9 @@ def build_report(artifact, *, source: str, cost: dict, unit: str) -> Doc:
             if not _channels(entries):
                 notes += [f"{r.name}: {_summary(k, v)}" for k, v in entries.items()
                           if not any(w in k.lower() for w in OUTLIER_KEYS)]
+        kernel = (m.kernels or {}).get(layer)
+        if kernel:  # the low-bit kernel the layer's width got (bit-serial or int8)
+            bits.append(f"kernel={kernel}")
         fns = fns_of.get(layer, [])
         measured = [cost[f] for f in fns if f in cost]
         value, share = sum(c[0] for c in measured), sum(c[1] for c in measured)

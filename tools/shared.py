@@ -58,44 +58,12 @@ def _model_kind_ok(model) -> bool:
     return isinstance(model, (torch.nn.Module, torch.export.ExportedProgram, Module))
 
 
-def load_model(spec: str):
-    """``(model_or_module, example_inputs)`` from a MODEL argument: ``file.py:function``
-    (the function returns ``(nn.Module, example_inputs)``), ``file.pt2`` or ``file.sir``.
-    Every way the file can be wrong is a :class:`ModelError`."""
-    if spec.endswith(".sir"):
-        import numpy as np
-
-        from sliver.ir.io import load_module
-        from sliver.ir.types import is_float, to_numpy
-
-        module = load_module(spec)
-        rng = np.random.default_rng(0)
-        inputs = []
-        for v in module.inputs:
-            t = v.type
-            if is_float(t.dtype):
-                inputs.append(rng.standard_normal(t.shape).astype(to_numpy(t.dtype)))
-            else:
-                inputs.append(np.zeros(t.shape, to_numpy(t.dtype)))
-        return module, tuple(inputs)
-    if spec.endswith(".pt2"):
-        import torch
-
-        quiet_torch()
-        if not Path(spec).is_file():
-            raise ModelError(f"{spec}: no such file")
-        try:
-            ep = torch.export.load(spec)
-        except Exception as e:  # torch raises many types for a file it cannot read
-            raise ModelError(f"{spec} is not a program saved with torch.export.save "
-                             f"({type(e).__name__}: {e})") from None
-        args, kwargs = ep.example_inputs or ((), {})
-        if not args:
-            raise ModelError(f"{spec} carries no example inputs; export it with example args")
-        return ep, args
+def load_callable(spec: str, what: str = "MODEL"):
+    """The function ``file.py:function`` names (the file is run as a module); every
+    way the file can be wrong is a :class:`ModelError`."""
     path, _, func = spec.partition(":")
     if not path.endswith(".py") or not func:
-        raise ModelError(f"MODEL {spec!r}: give file.py:function, file.pt2 or file.sir")
+        raise ModelError(f"{what} {spec!r}: give file.py:function" + (", file.pt2 or file.sir" if what == "MODEL" else ""))
     if not Path(path).is_file():
         raise ModelError(f"{path}: no such file")
     mod_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
@@ -112,16 +80,69 @@ def load_model(spec: str):
     if builder is None:
         raise ModelError(f"{path} has no function {func!r}")
     if not callable(builder):
-        raise ModelError(f"{path}: {func} is a {type(builder).__name__}, not a function returning "
-                         "(model, example_inputs)")
+        raise ModelError(f"{path}: {func} is a {type(builder).__name__}, not a function")
+    return builder
+
+
+def load_model(spec: str):
+    """``(model_or_module, example_inputs)`` from a MODEL argument: ``file.py:function``
+    (the function returns ``(nn.Module, example_inputs)``, or ``(nn.Module,
+    example_inputs, dynamic_shapes)`` with torch.export's ``dynamic_shapes``: the model
+    is then exported with those dimensions dynamic), ``file.pt2`` (its dynamic
+    dimensions stay dynamic) or ``file.sir``.  Every way the file can be wrong is a
+    :class:`ModelError`."""
+    if spec.endswith(".sir"):
+        import numpy as np
+
+        from sliver.ir.io import load_module
+        from sliver.ir.types import is_float, to_numpy
+
+        from sliver.ir.dims import substitute
+
+        module = load_module(spec)
+        rng = np.random.default_rng(0)
+        # example sizes for symbolic dimensions (the module keeps them symbolic)
+        sizes = {v.name: min(v.hi, max(v.lo, 2)) for v in module.dim_vars()}
+        inputs = []
+        for v in module.inputs:
+            t = v.type
+            shape = substitute(t.shape, sizes)
+            if is_float(t.dtype):
+                inputs.append(rng.standard_normal(shape).astype(to_numpy(t.dtype)))
+            else:
+                inputs.append(np.zeros(shape, to_numpy(t.dtype)))
+        return module, tuple(inputs)
+    if spec.endswith(".pt2"):
+        import torch
+
+        quiet_torch()
+        if not Path(spec).is_file():
+            raise ModelError(f"{spec}: no such file")
+        try:
+            ep = torch.export.load(spec)
+        except Exception as e:  # torch raises many types for a file it cannot read
+            raise ModelError(f"{spec} is not a program saved with torch.export.save "
+                             f"({type(e).__name__}: {e})") from None
+        args, kwargs = ep.example_inputs or ((), {})
+        if not args:
+            raise ModelError(f"{spec} carries no example inputs; export it with example args")
+        return ep, args
+    path = spec.partition(":")[0]
+    builder = load_callable(spec)
     try:
         result = builder()
     except Exception as e:
         raise ModelError(f"{spec} raised{_where(e, path)} {type(e).__name__}: {e}") from None
     quiet_torch()
-    if not (isinstance(result, tuple) and len(result) == 2):
-        raise ModelError(f"{spec} must return (model, example_inputs), got {type(result).__name__}")
+    if not (isinstance(result, tuple) and len(result) in (2, 3)):
+        raise ModelError(f"{spec} must return (model, example_inputs) or (model, example_inputs, dynamic_shapes), "
+                         f"got {type(result).__name__}")
     if not _model_kind_ok(result[0]):
         raise ModelError(f"{spec} returned a {type(result[0]).__name__} as the model; sliver compiles a "
                          "torch.nn.Module (wrap a plain function in a Module whose forward calls it)")
+    if len(result) == 3:  # dynamic dimensions: export here; the program carries them from now on
+        from sliver.api import export_dynamic
+
+        model, inputs, dynamic_shapes = result
+        return export_dynamic(model, inputs, dynamic_shapes), inputs
     return result

@@ -14,8 +14,8 @@ from sliver.backends.tvm import lowbit as _lowbit  # noqa: F401 - registers quan
 from sliver.backends.tvm import wq_linear as _wq_linear  # noqa: F401 - registers wq_linear
 from sliver.backends.tvm.padding import ChannelPadding, channel_padding
 from sliver.backends.tvm.provenance import var_name
-from sliver.backends.tvm.registry import (LOWERING, LowerContext, _channel_vector, _channels, _const, _dtype, _R,
-                                          _scalar, lowers, unsupported_ops)
+from sliver.backends.tvm.registry import (LOWERING, LowerContext, _channel_vector, _channels, _const, _dtype, _prim,
+                                          _R, _scalar, _shape, lowers, unsupported_ops)
 from sliver.common.errors import SliverError
 
 # -- elementwise ---------------------------------------------------------------
@@ -78,6 +78,28 @@ def _clamp(bb, op, x):
     return x
 
 
+_COMPARE = {"eq": "equal", "ne": "not_equal", "lt": "less", "le": "less_equal", "gt": "greater",
+            "ge": "greater_equal", "logical_and": "logical_and", "logical_or": "logical_or",
+            "logical_xor": "logical_xor"}
+for _k, _f in _COMPARE.items():
+    lowers(_k)(lambda bb, op, a, b, _f=_f: bb.emit(getattr(_R(), _f)(a, b)))
+
+
+@lowers("logical_not")
+def _logical_not(bb, op, x):
+    return bb.emit(_R().logical_not(x))
+
+
+@lowers("where")
+def _where(bb, op, cond, a, b):
+    return bb.emit(_R().where(cond, a, b))
+
+
+@lowers("cumsum")
+def _cumsum(bb, op, x):
+    return bb.emit(_R().cumsum(x, axis=op.attrs["axis"], dtype=_dtype(op.operands[0].type.dtype)))
+
+
 @lowers("cast")
 def _cast(bb, op, x):
     return bb.emit(_R().astype(x, _dtype(op.attrs["dtype"])))
@@ -88,6 +110,11 @@ def _constant(bb, op):
     from sliver.ir.types import to_numpy
 
     a = op.attrs
+    if not op.result.type.static:  # a symbolic shape: filled at run time
+        from tvm import relax
+
+        return bb.emit(_R().full(_shape(bb, a["shape"]), relax.const(a["value"], _dtype(a["dtype"])),
+                                 _dtype(a["dtype"])))
     return _const(np.full(a["shape"], a["value"], dtype=to_numpy(a["dtype"])))
 
 
@@ -142,6 +169,17 @@ def _conv2d(bb, op, x, w, b=None):
                             groups=groups))
     if b is not None:
         y = bb.emit(R.add(y, _channel_vector(bb, b, 4)))
+    return y
+
+
+@lowers("conv_transpose2d")
+def _conv_transpose2d(bb, op, x, w, b=None):
+    a = op.attrs
+    y = bb.emit(_R().nn.conv2d_transpose(x, w, strides=a["stride"], padding=a["padding"],
+                                         output_padding=a["output_padding"], dilation=a["dilation"],
+                                         groups=a["groups"], data_layout="NCHW", kernel_layout="IOHW"))
+    if b is not None:
+        y = bb.emit(_R().add(y, _channel_vector(bb, b, 4)))
     return y
 
 
@@ -273,7 +311,8 @@ def _concat(bb, op, *xs):
 @lowers("slice")
 def _slice(bb, op, x):
     a = op.attrs
-    return bb.emit(_R().strided_slice(x, [a["axis"]], [a["start"]], [a["end"]], [a["step"]], assume_inbound=True))
+    return bb.emit(_R().strided_slice(x, [a["axis"]], [_prim(bb, a["start"])], [_prim(bb, a["end"])], [a["step"]],
+                                      assume_inbound=True))
 
 
 @lowers("take")
@@ -281,9 +320,14 @@ def _take(bb, op, x, idx):
     return bb.emit(_R().take(x, idx, axis=op.attrs["axis"], mode="clip"))  # never read out of bounds
 
 
+@lowers("gather")
+def _gather(bb, op, x, idx):
+    return bb.emit(_R().gather_elements(x, idx, axis=op.attrs["axis"]))
+
+
 @lowers("reshape")
 def _reshape(bb, op, x):
-    return bb.emit(_R().reshape(x, list(op.attrs["shape"])))
+    return bb.emit(_R().reshape(x, _shape(bb, op.attrs["shape"])))
 
 
 @lowers("permute")
@@ -293,7 +337,7 @@ def _permute(bb, op, x):
 
 @lowers("expand")
 def _expand(bb, op, x):
-    return bb.emit(_R().broadcast_to(x, list(op.attrs["shape"])))
+    return bb.emit(_R().broadcast_to(x, _shape(bb, op.attrs["shape"])))
 
 
 # -- reductions and attention -------------------------------------------------------------
@@ -319,6 +363,51 @@ def _amax(bb, op, x):
     return bb.emit(_R().max(x, axis=list(op.attrs["axes"]), keepdims=op.attrs["keepdim"]))
 
 
+@lowers("argmax", "argmin")
+def _arg(bb, op, x):
+    fn = _R().argmax if op.kind == "argmax" else _R().argmin
+    return bb.emit(fn(x, axis=op.attrs["axis"], keepdims=op.attrs["keepdim"]))
+
+
+def _sorted_order(bb, op, x):
+    """(x with the sorted axis last, the stable argsort along it, the permutation back).
+
+    Written in plain Relax ops, because TVM's sort calls ``tvm.contrib.sort``, which the
+    TVM runtime on a device does not carry: the rank of element i is the number of elements
+    that come before it (smaller, or equal and earlier); the k-th index is the i of rank k.
+    Both are [n, n] comparisons per row: fine for the axes models sort (scores, a few
+    hundred elements), quadratic for long ones."""
+    R = _R()
+    t = op.operands[0].type
+    axis, n = op.attrs["axis"] % t.rank, t.shape[op.attrs["axis"] % t.rank]
+    dims = [d for d in range(t.rank) if d != axis] + [axis]
+    back = [dims.index(d) for d in range(t.rank)]
+    if dims != list(range(t.rank)):
+        x = bb.emit(R.permute_dims(x, dims))
+    xi, xj = bb.emit(R.expand_dims(x, [-1])), bb.emit(R.expand_dims(x, [-2]))  # [.., n(i), 1], [.., 1, n(j)]
+    ahead = bb.emit((R.greater if op.attrs["descending"] else R.less)(xj, xi))
+    earlier = _const(np.tril(np.ones((n, n), bool), -1))  # [i, j]: j < i
+    before = bb.emit(R.logical_or(ahead, R.logical_and(R.equal(xj, xi), earlier)))
+    rank = bb.emit(R.sum(R.astype(before, "int64"), axis=[-1]))  # [.., n(i)]
+    positions = np.arange(n, dtype=np.int64)
+    hit = bb.emit(R.equal(R.expand_dims(rank, [-2]), _const(positions.reshape(n, 1))))  # [.., n(k), n(i)]
+    order = bb.emit(R.sum(R.where(hit, _const(positions.reshape(1, n)), _const(np.zeros((), np.int64))), axis=[-1]))
+    return x, order, back
+
+
+@lowers("sort")
+def _sort(bb, op, x):
+    x, order, back = _sorted_order(bb, op, x)
+    y = bb.emit(_R().gather_elements(x, order, axis=-1))
+    return y if back == list(range(len(back))) else bb.emit(_R().permute_dims(y, back))
+
+
+@lowers("argsort")
+def _argsort(bb, op, x):
+    _, order, back = _sorted_order(bb, op, x)
+    return order if back == list(range(len(back))) else bb.emit(_R().permute_dims(order, back))
+
+
 @lowers("attention")
 def _attention(bb, op, q, k, v, mask=None):
     """softmax(q k^T * scale + mask) v, written out in Relax ops on [B, H, S, D]."""
@@ -337,13 +426,22 @@ def _attention(bb, op, q, k, v, mask=None):
             scores = bb.emit(R.where(mask, scores, neg))
         else:
             scores = bb.emit(R.add(scores, mask))
-    if op.attrs["causal"]:
+    if op.attrs["causal"] and not (qt.static and kt.static):  # the mask of this run's sizes
+        from tvm import relax
+
+        L, S = _prim(bb, qt.shape[-2]), _prim(bb, kt.shape[-2])
+        ones = bb.emit(R.full([L, S], relax.const(True, "bool"), "bool"))
+        scores = bb.emit(R.where(bb.emit(R.tril(ones)), scores, _scalar(float("-inf"), scores)))
+    elif op.attrs["causal"]:
         L, S = qt.shape[-2], kt.shape[-2]
         from sliver.ir.types import to_numpy
 
         causal = np.where(np.tril(np.ones((L, S), bool)), 0.0, -np.inf).astype(to_numpy(qt.dtype))
         scores = bb.emit(R.add(scores, _const(causal)))
     probs = bb.emit(R.nn.softmax(scores, axis=-1))
+    if mask is not None:  # a row the mask hides entirely: zeros, as torch (softmax would give NaN)
+        dead = bb.emit(R.equal(R.max(scores, axis=-1, keepdims=True), _scalar(float("-inf"), scores)))
+        probs = bb.emit(R.where(dead, _scalar(0.0, probs), probs))
     return bb.emit(R.matmul(probs, v))
 
 
@@ -404,11 +502,21 @@ def _to_relax(module, context: LowerContext):
     missing = unsupported_ops(module)
     if missing:
         raise SliverError(f"the TVM backend has no lowering for: {', '.join(missing)}")
+    from tvm import tirx
+
+    from sliver.backends.tvm.registry import prim_expr
+
     bb = relax.BlockBuilder()
-    params = [relax.Var(v.name, relax.TensorType(v.type.shape, _dtype(v.type.dtype))) for v in module.inputs]
+    dims = module.dim_vars()  # symbolic dimensions: TIR shape variables with their ranges
+    context.tir_vars = {v.name: tirx.Var(v.name, "int64") for v in dims}
+    params = [relax.Var(v.name, relax.TensorType([prim_expr(d, context.tir_vars) if not isinstance(d, int) else d
+                                                  for d in v.type.shape], _dtype(v.type.dtype)))
+              for v in module.inputs]
     env = {id(v): p for v, p in zip(module.inputs, params)}
     padding = ChannelPadding(module, env)
-    with bb.function("main", params):
+    attrs = {"tir_var_upper_bound": {v.name: v.hi for v in dims},
+             "tir_non_negative_var": [v.name for v in dims]} if dims else None
+    with bb.function("main", params, attrs=attrs):
         with bb.dataflow():
             for index, op in enumerate(module.ops):
                 if op.kind == "param":

@@ -24,6 +24,10 @@ type says; its extra channels hold ``pads[id(value)]`` (finite, so zero weights 
 out of the real channels; NaN for a widened selection, whose extra channels are real
 ones of its input, read only through zero weights).  Every other lowered value has its
 IR shape.  Results never change.
+
+**Symbolic dimensions**: channels are static wherever a conv makes them (its weight fixes
+them), so a dynamic batch (or any other symbolic axis) leaves padding as it is; a value
+whose axis 1 is symbolic (``[batch, seq]``) is never taken for padded.
 """
 
 from __future__ import annotations
@@ -215,6 +219,7 @@ class ChannelPadding:
             return out
         out = rule(bb, op, *args)
         if isinstance(out, relax.Expr) and op.results[0].type.rank in (2, 4) \
+                and isinstance(op.results[0].type.shape[1], int) \
                 and _channels(out) > op.results[0].type.shape[1] and id(op.result) not in pads:
             pads[id(op.result)] = kept if kept is not None else 0.0  # a conv's own zero filters
         return out

@@ -39,9 +39,11 @@ def _scalar(value, like):
 
 
 def _const(array: np.ndarray):
+    """A Relax constant of the array's own dtype (``relax.const`` alone turns int64 data into int32)."""
     from tvm import relax
 
-    return relax.const(array)
+    array = np.asarray(array)
+    return relax.const(array, str(array.dtype))
 
 
 def _dtype(kind: str) -> str:
@@ -53,6 +55,41 @@ def _dtype(kind: str) -> str:
         kind = kind[0] + "8"
     letter = {"f": "float", "i": "int", "u": "uint"}[kind[0]]
     return f"{letter}{kind[1:]}"
+
+
+def _prim(bb, d):
+    """A sliver dimension as what Relax takes: an int, or for a symbolic dimension a
+    TIR expression over the function's shape variables (``bb.context.tir_vars``)."""
+    from sliver.ir.dims import Sym
+
+    if not isinstance(d, Sym):
+        return d
+    return prim_expr(d, bb.context.tir_vars)
+
+
+def prim_expr(d, tir_vars: dict):
+    """The int64 TIR expression of a dimension (an int or a Sym); ``tir_vars`` maps
+    each dimension variable's name to its ``tirx.Var``."""
+    from tvm import tirx
+
+    from sliver.ir.dims import DimVar, Sym
+
+    if not isinstance(d, Sym):
+        return tirx.IntImm("int64", d)
+    total = None
+    for atoms, coef in d.terms():
+        term = tirx.IntImm("int64", coef) if coef != 1 or not atoms else None
+        for a in atoms:
+            f = tir_vars[a.name] if isinstance(a, DimVar) else tirx.floordiv(prim_expr(a.num, tir_vars),
+                                                                              tirx.IntImm("int64", a.den))
+            term = f if term is None else term * f
+        total = term if total is None else total + term
+    return total
+
+
+def _shape(bb, shape) -> list:
+    """A shape attribute (ints and symbolic dimensions) for a Relax op."""
+    return [_prim(bb, d) for d in shape]
 
 
 def _channel_vector(bb, v, rank: int):
@@ -86,3 +123,5 @@ class LowerContext:
     #: (``"bitserial"`` takes widths below 8; 8-bit layers then get ``"int8"``); None: the
     #: target's policy (``Target.lowbit_kernel``)
     lowbit_kernel: str | None = None
+    #: the module's dimension variables as TIR shape variables (name → ``tirx.Var``, int64)
+    tir_vars: dict = field(default_factory=dict)

@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 import sliver
-from sliver.common.errors import ArtifactError
+from sliver.common.errors import ArtifactError, InputError
 from sliver.runtime import manifest as mf
 from sliver.runtime.artifact import read
 from sliver.runtime.manifest import Manifest, parse
@@ -34,7 +34,9 @@ def _rewrite(files: dict, dst, manifest) -> None:
 
 
 def test_the_compiler_writes_the_current_version_and_it_round_trips(good, example_x86):
-    assert good["format"] == "sliver-artifact" and good["format_version"] == mf.FORMAT_VERSION == 2
+    # a fixed-shape artifact is written in the version-2 form (older runtimes read it); read, it is current
+    assert good["format"] == "sliver-artifact" and good["format_version"] == 2 and "dims" not in good
+    assert mf.FORMAT_VERSION == 3
     m = read(example_x86).manifest
     assert isinstance(m, Manifest) and isinstance(m.inputs[0], mf.TensorSpec)
     assert m.to_json() == good
@@ -51,7 +53,8 @@ def test_version_1_is_migrated_on_read(good, saved, tmp_path):
     path = tmp_path / "v1.sliver"
     _rewrite(saved, path, v1)
     art = read(path)
-    assert art.manifest.format_version == 2 and art.manifest.kernels == {} and art.manifest.golden.sha256 is None
+    assert art.manifest.format_version == 3 and art.manifest.kernels == {} and art.manifest.golden.sha256 is None
+    assert art.manifest.dims == []
     assert all(r["ok"] for r in art.load().verify())
     # saved again, it is a version-2 artifact with the golden data's hash
     again = tmp_path / "v2.sliver"
@@ -60,9 +63,57 @@ def test_version_1_is_migrated_on_read(good, saved, tmp_path):
 
 
 def test_a_newer_version_asks_for_an_upgrade(good):
-    newer = dict(good, format_version=3)
-    with pytest.raises(ArtifactError, match="format_version: version 3 is newer.*upgrade sliver"):
+    newer = dict(good, format_version=4)
+    with pytest.raises(ArtifactError, match="format_version: version 4 is newer.*upgrade sliver"):
         Manifest.from_json(newer)
+
+
+def _dynamic(good) -> dict:
+    """The example's manifest with a dynamic batch dimension (format version 3)."""
+    d = copy.deepcopy(good)
+    d["format_version"] = 3
+    d["dims"] = [{"name": "batch", "min": 1, "max": 16}]
+    d["inputs"][0]["shape"][0] = "batch"
+    d["outputs"][0]["shape"][0] = "batch"
+    return d
+
+
+def test_dynamic_dimensions_round_trip_and_bind(good):
+    m = Manifest.from_json(_dynamic(good))
+    assert m.dims == [mf.DimRange("batch", 1, 16)] and m.inputs[0].shape == ["batch", 3, 32, 32]
+    assert m.to_json() == _dynamic(good)
+    assert m.bind([(5, 3, 32, 32)]) == {"batch": 5}
+    assert m.outputs[0].shape_for({"batch": 5})[0] == 5
+    with pytest.raises(InputError, match=r"dimension 0 \(batch\) must be in \[1, 16\], got 17"):
+        m.bind([(17, 3, 32, 32)])
+    with pytest.raises(InputError, match=r"must have shape \[batch, 3, 32, 32\], got \[2, 3, 32, 31\]"):
+        m.bind([(2, 3, 32, 31)])
+    # expressions as sliver prints them evaluate
+    assert mf.dim_value("12*batch*seq + (seq + -1)//2", {"batch": 2, "seq": 5}) == 122
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d["dims"].append({"name": "batch", "min": 1, "max": 4}), "declared twice"),
+    (lambda d: d["dims"].__setitem__(0, {"name": "b-1", "min": 1, "max": 4}), "expected an identifier"),
+    (lambda d: d["dims"].__setitem__(0, {"name": "batch", "min": 5, "max": 4}), "min ≤ max"),
+    (lambda d: d["dims"].__setitem__(0, {"name": "batch", "min": 1, "max": 2**40}), "min ≤ max"),
+    (lambda d: d["inputs"][0]["shape"].__setitem__(1, "seq"), "seq, not in dims"),
+    (lambda d: d["inputs"][0]["shape"].__setitem__(1, "2*batch"), "an input dimension is a size or a name"),
+    (lambda d: d["outputs"][0]["shape"].__setitem__(0, "batch ** 2"), "not a dimension expression"),
+    (lambda d: d["outputs"][0]["shape"].__setitem__(0, "(batch)//0"), "not a dimension expression"),
+    (lambda d: d["outputs"][0]["shape"].__setitem__(0, "(" * 40 + "batch"), "not a dimension expression"),
+    (lambda d: d["outputs"][0]["shape"].__setitem__(0, "batch*" * 60 + "1"), "at most 256"),
+    (lambda d: d["outputs"][0]["shape"].__setitem__(0, ""), "expected an integer, got"),
+    (lambda d: d["outputs"][0]["shape"].__setitem__(0, 1.5), "expected an integer, got"),
+    (lambda d: d["inputs"][0]["shape"].__setitem__(0, 1), "batch is no input's dimension"),
+    (lambda d: d.__setitem__("format_version", 2), "dims: not a field of format version 2"),
+    (lambda d: d["outputs"][0]["shape"].__setitem__(1, "99999999999*batch"), "may hold more than"),
+])
+def test_hostile_dynamic_dimensions(good, edit, match):
+    d = _dynamic(good)
+    edit(d)
+    with pytest.raises(ArtifactError, match=match):
+        Manifest.from_json(d)
 
 
 def _set(d, path, value):

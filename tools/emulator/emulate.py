@@ -284,6 +284,44 @@ def background(argv: list[str], *, env: dict | None = None, cpu: str = PI_CPU):
                 proc.wait()
 
 
+def device_root() -> pathlib.Path:
+    """The device view of the emulated Pi: its sysroot plus Debian's python3-numpy and
+    nothing of TVM (built by the setup script), where a device bundle must run."""
+    return pi_root() / "device"
+
+
+def device_ready() -> bool:
+    """Whether the device view is built (its stamp is written after its smoke test)."""
+    root = device_root()
+    return (root / "READY").is_file() and (root / PI_PYTHON).is_file() and shutil.which(QEMU) is not None
+
+
+def run_device(
+    argv: list[str],
+    *,
+    env: dict | None = None,
+    timeout: float | None = 600,
+    cwd=None,
+    cpu: str = PI_CPU,
+    python: bool = True,
+) -> subprocess.CompletedProcess:
+    """Run ``python3.11 *argv`` (or, with ``python=False``, the aarch64 program ``argv[0]``)
+    on the device view (:func:`device_root`): Debian's Python and numpy only, no sliver
+    and no TVM staged, no ``PYTHONPATH``: what a bundle finds on a freshly installed Pi.
+    Output is captured as text; a non-zero exit is returned, not raised."""
+    root = device_root()
+    if not device_ready():
+        raise SliverError(f"the emulated Pi's device view is not built (looked in {root}). "
+                          f"Build it with: {install_command()}")
+    environ = {k: v for k, v in os.environ.items() if k not in _HOST_ONLY_ENV and not k.startswith("SLIVER_TVM")}
+    environ.update(PYTHONNOUSERSITE="1", PYTHONDONTWRITEBYTECODE="1", PYTHONSAFEPATH="1")
+    if env:
+        environ.update(env)
+    program = [str(root / PI_PYTHON)] if python else []
+    cmd = [QEMU, "-cpu", cpu, "-L", str(root), *program, *map(str, argv)]
+    return subprocess.run(cmd, env=environ, cwd=cwd, timeout=timeout, capture_output=True, text=True)
+
+
 def run_module(args: list[str], **kw) -> subprocess.CompletedProcess:
     """Run ``python -m sliver.runtime *args`` on the emulated Pi (see :func:`run_python`)."""
     return run_python(["-m", "sliver.runtime", *args], **kw)

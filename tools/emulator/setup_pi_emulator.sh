@@ -12,6 +12,10 @@
 #              typing_extensions (what `pip install --no-deps` would need; PYTHONPATH).
 #   READY      stamp written last, after a smoke test, holding the versions: a root
 #              without it is incomplete and gets rebuilt.
+#   device/    a second view of the Pi as a user's would be: the sysroot (hard links)
+#              plus Debian's own python3-numpy, and no TVM anywhere.  A device bundle
+#              (`sliver bundle`) must run from it with nothing else on sys.path.
+#              Its own stamp, device/READY, follows a smoke test.
 # Raspberry Pi OS bookworm is Debian bookworm with the same Python 3.11, so the
 # emulated userland matches what a real Pi runs.  binfmt_misc is not assumed: callers
 # run qemu-aarch64-static explicitly (see sliver.tools.emulator.emulate).
@@ -41,6 +45,9 @@ DEBS=(
     libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libcom-err2 libkeyutils1
     libcrypt1 media-types libgomp1
 )
+# Debian's numpy for the device view (python3-numpy and the BLAS/LAPACK it links)
+DEVICE_DEBS=(python3-numpy libblas3 liblapack3 libgfortran5)
+DEVICE_RECIPE_REVISION=1
 WHEELS=(
     "apache-tvm==${TVM_VERSION}"
     "apache-tvm-ffi==${TVM_FFI_VERSION}"
@@ -51,9 +58,11 @@ WHEELS=(
 RECIPE="r${RECIPE_REVISION} ${PI_SUITE} ${PI_PYTHON} ${WHEELS[*]}"
 
 ROOT="${SLIVER_PI_ROOT:-$HOME/.cache/sliver/pi}"
+DEVICE_RECIPE="r${DEVICE_RECIPE_REVISION} ${PI_SUITE} ${DEVICE_DEBS[*]}"
 PYTHON="${PYTHON:-$(command -v python3 || command -v python || true)}"
 FORCE=0
 WORK=""  # temp build folder, removed on exit
+DEVICE_WORK=""  # temp build folder of the device view, removed on exit
 
 log() { printf '[pi-emulator] %s\n' "$*"; }
 die() { printf '[pi-emulator] error: %s\n' "$*" >&2; exit 1; }
@@ -78,6 +87,8 @@ ensure_host_packages() {
     local missing=()
     command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
     command -v aarch64-linux-gnu-gcc >/dev/null || missing+=(gcc-aarch64-linux-gnu)
+    # the C++ runner (native/) is cross-compiled for the Pi with it
+    command -v aarch64-linux-gnu-g++ >/dev/null || missing+=(g++-aarch64-linux-gnu)
     # crti.o & co: without them (a Recommends of the cross gcc) linking arm64 .so files fails
     [[ -f /usr/aarch64-linux-gnu/lib/crti.o ]] || missing+=(libc6-dev-arm64-cross)
     # the dynamically linked qemu-aarch64 loads TCG plugins (sliver.tools.emulator.icount counts
@@ -161,9 +172,12 @@ open(out, "w").write("\n\n".join(keep) + "\n")
 PY
 }
 
-build_sysroot() {
-    local work="$1" apt="$1/apt" debs="$1/debs" sysroot="$1/sysroot"
-    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/sources.list.d" "$debs" "$sysroot"
+# Downloads the arm64 .debs named after $1 (the work folder) into $1/debs, through a
+# private apt state in $1/apt.
+download_debs() {
+    local work="$1" apt="$1/apt" debs="$1/debs"
+    shift
+    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/sources.list.d" "$debs"
     : >"$apt/status"
     write_pi_sources "$apt/sources.list.d/pi.sources"
     local opts=(
@@ -175,9 +189,15 @@ build_sysroot() {
     )
     log "fetching arm64 package indexes ($(grep -h "^URIs:" "$apt/sources.list.d/pi.sources" | awk '{print $2}' | sort -u | tr '\n' ' '))"
     apt-get "${opts[@]}" update >"$work/apt-update.log" 2>&1 || { cat "$work/apt-update.log" >&2; die "apt-get update (arm64) failed"; }
-    log "downloading ${#DEBS[@]} arm64 packages"
-    (cd "$debs" && apt-get "${opts[@]}" download "${DEBS[@]}" >"$work/apt-download.log" 2>&1) ||
+    log "downloading $# arm64 packages"
+    (cd "$debs" && apt-get "${opts[@]}" download "$@" >"$work/apt-download.log" 2>&1) ||
         { cat "$work/apt-download.log" >&2; die "apt-get download (arm64) failed"; }
+}
+
+build_sysroot() {
+    local work="$1" debs="$1/debs" sysroot="$1/sysroot"
+    mkdir -p "$sysroot"
+    download_debs "$work" "${DEBS[@]}"
     log "unpacking into sysroot ($(du -sh "$debs" | cut -f1) of .debs)"
     local deb
     for deb in "$debs"/*.deb; do
@@ -227,10 +247,72 @@ print(f"[pi-emulator] smoke test: python {platform.python_version()} on {platfor
 PY
 }
 
+device_is_current() {
+    [[ -f "$ROOT/device/READY" ]] && [[ "$(head -n 1 "$ROOT/device/READY")" == "recipe: $DEVICE_RECIPE" ]]
+}
+
+# The device view: the sysroot (hard links: no copy) plus Debian's python3-numpy, with
+# no TVM and no site/ folder.  Built next to the root and moved into place when its
+# smoke test passed, so the main root is never touched (tests may be using it).
+build_device_root() {
+    local start=$SECONDS work
+    work="$(mktemp -d "$ROOT.device.XXXXXX")"
+    DEVICE_WORK="$work"
+    trap 'rm -rf "$WORK" "$DEVICE_WORK"' EXIT
+    log "building the device view (sysroot + Debian's python3-numpy, no TVM) in $work"
+    download_debs "$work" "${DEVICE_DEBS[@]}"
+    cp -al "$ROOT/sysroot" "$work/device"
+    local deb
+    for deb in "$work"/debs/*.deb; do
+        dpkg -x "$deb" "$work/device"
+    done
+    # dpkg -x runs no maintainer scripts: make the links update-alternatives would
+    local lib="$work/device/usr/lib/aarch64-linux-gnu" so
+    for so in blas/libblas.so.3 lapack/liblapack.so.3; do
+        [[ -e "$lib/$so" ]] || die "$so missing from the unpacked BLAS/LAPACK packages"
+        ln -sfn "$so" "$lib/$(basename "$so")"
+    done
+    rm -f "$work/device/READY"
+    env -u PYTHONPATH -u PYTHONHOME -u PYTHONSTARTUP -u PYTHONUSERBASE PYTHONNOUSERSITE=1 \
+        qemu-aarch64-static -cpu "$PI_CPU" -L "$work/device" "$work/device/usr/bin/$PI_PYTHON" \
+        -m compileall -q -j 0 "$work/device/usr/lib/python3/dist-packages" >/dev/null ||
+        log "note: compileall skipped files it cannot compile"
+    # Smoke test: numpy imports from Debian's dist-packages, and TVM is nowhere.
+    env -u PYTHONPATH -u PYTHONHOME -u PYTHONSTARTUP -u PYTHONUSERBASE PYTHONNOUSERSITE=1 \
+        qemu-aarch64-static -cpu "$PI_CPU" -L "$work/device" "$work/device/usr/bin/$PI_PYTHON" - <<'PY'
+import importlib.util, numpy
+assert numpy.__file__.startswith(__import__("sys").prefix), numpy.__file__
+assert importlib.util.find_spec("tvm") is None and importlib.util.find_spec("tvm_ffi") is None
+print(f"[pi-emulator] device view: numpy {numpy.__version__} (Debian), no TVM")
+PY
+    {
+        echo "recipe: $DEVICE_RECIPE"
+        echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        for deb in "$work"/debs/*.deb; do echo "deb: $(basename "$deb")"; done
+    } >"$work/device/READY.tmp"
+    mv "$work/device/READY.tmp" "$work/device/READY"
+    rm -rf "$ROOT/device"
+    mv "$work/device" "$ROOT/device"
+    rm -rf "$work"
+    log "device view ready: $ROOT/device (built in $((SECONDS - start)) s)"
+}
+
+ensure_device_root() {
+    if ((FORCE == 0)) && device_is_current; then
+        return 0
+    fi
+    exec 9>"$ROOT.lock"
+    flock 9
+    ((FORCE == 0)) && device_is_current && return 0
+    rm -rf "$ROOT".device.*  # leftovers of killed runs (we hold the lock)
+    build_device_root
+}
+
 main() {
     ensure_host_packages
     if ((FORCE == 0)) && root_is_current; then
         log "already set up at $ROOT ($(sed -n 's/^built: //p' "$ROOT/READY"))"
+        ensure_device_root
         return 0
     fi
 
@@ -240,6 +322,7 @@ main() {
     flock 9
     if ((FORCE == 0)) && root_is_current; then
         log "already set up at $ROOT (by a concurrent run)"
+        ensure_device_root
         return 0
     fi
     rm -rf "$ROOT".build.*  # leftovers of killed runs (we hold the lock)
@@ -278,6 +361,7 @@ main() {
     } >"$ROOT/READY.tmp"
     mv "$ROOT/READY.tmp" "$ROOT/READY"
     log "ready: $ROOT ($(du -sh "$ROOT" | cut -f1), built in $((SECONDS - start)) s)"
+    build_device_root
 }
 
 main

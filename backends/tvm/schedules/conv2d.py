@@ -131,8 +131,8 @@ def kernel_choice(call, target=None, *, winograd: bool = True):
     the call's arguments have them): ``("winograd", m, cpu)`` for the dense 3x3
     stride-1 convs :func:`.winograd.choose` picks (unless ``winograd=False``),
     ``("packed", b, cpu)`` for other dense float32 NHWC/HWIO convs with static
-    shapes (weights packed ``b`` output channels wide), None for the rest (TVM's own
-    legalization).  ``target``: else the current one.  The conv legalization
+    shapes, or static but for a symbolic batch (a dynamic ``torch.export.Dim``; weights
+    packed ``b`` output channels wide), None for the rest (TVM's own legalization).  ``target``: else the current one.  The conv legalization
     (:func:`legalize`) and the channel-selection fusion
     (:mod:`~sliver.backends.tvm.schedules.channel_select`) both decide with it."""
     import tvm
@@ -145,6 +145,12 @@ def kernel_choice(call, target=None, *, winograd: bool = True):
     tgt = target if target is not None else tvm.target.Target.current(allow_none=True)
     xt, wt, yt = (_ty(e) for e in (x, w, call))
     xs, ws, ys = (_static(getattr(t, "shape", None) or []) for t in (xt, wt, yt))
+    batch_dynamic = False
+    if xs is None and ys is None and ws is not None:  # a symbolic batch (axis 0) only: the packed kernel takes it
+        rest = [_static(list(getattr(t, "shape", None) or [])[1:]) for t in (xt, yt)]
+        if all(r is not None for r in rest):
+            xs, ys = [None] + rest[0], [None] + rest[1]
+            batch_dynamic = True
     out_dtype = str(a.out_dtype) if a.out_dtype not in (None, "", "void") else str(xt.dtype)
     if isinstance(tgt, tvm.target.Target) and str(tgt.kind.name) != "llvm":
         return None
@@ -154,7 +160,7 @@ def kernel_choice(call, target=None, *, winograd: bool = True):
             or out_dtype != "float32"):
         return None
     cpu = cpu_of(tgt)
-    if (winograd and ws[:2] == [3, 3] and [int(s) for s in a.strides] == [1, 1]
+    if (winograd and not batch_dynamic and ws[:2] == [3, 3] and [int(s) for s in a.strides] == [1, 1]
             and [int(d) for d in a.dilation] == [1, 1]):
         m = winograd_rules.choose(ws[2], ws[3], ys[1], ys[2], cpu)
         if m is not None:

@@ -128,17 +128,26 @@ def _broadcast_load(t, out_shape, index):
     if not isinstance(t, te.Tensor):
         return t
     lead = len(out_shape) - len(t.shape)
-    return t[tuple(0 if int(d) == 1 and int(out_shape[lead + k]) != 1 else index[lead + k]
+    return t[tuple(0 if _is_one(d) and not _is_one(out_shape[lead + k]) else index[lead + k]
                    for k, d in enumerate(t.shape))]
+
+
+def _is_one(d) -> bool:
+    """A dimension that is statically 1 (a symbolic one is not: it broadcasts as its own size)."""
+    from tvm import tirx
+
+    return isinstance(d, int) and d == 1 or isinstance(d, tirx.IntImm) and int(d) == 1
 
 
 def _binary_legalize(combine, name):
     def legalize(bb, call):
         from tvm import te
 
+        from tvm import tirx
+
         if not is_float(call.ty.dtype):
             return _tvm_legalize(bb, call)
-        out_shape = [int(v) for v in call.ty.shape.values]
+        out_shape = [int(v) if isinstance(v, tirx.IntImm) else v for v in call.ty.shape.values]  # symbolic: kept
 
         def f(a, b):
             return te.compute(out_shape, lambda *i: combine(_broadcast_load(a, out_shape, i),

@@ -19,7 +19,9 @@ from __future__ import annotations
 def channels_last():
     from tvm import relax
 
-    return relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})
+    # transposed convolutions stay NCHW: TVM legalizes them in that layout only
+    return relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"],
+                                          "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]})
 
 
 def ClipToMinMax():  # noqa: N802 - TVM pass naming

@@ -87,12 +87,14 @@ def max_pool2d_te(x, out_shape, *, kernel, stride, dilation, padding, layout):
 
 
 def _max_pool2d_legalize(bb, call):
+    from tvm import tirx
+
     from sliver.backends.tvm.schedules.elementwise import _tvm_legalize, is_float
 
     a = call.attrs
     if not is_float(call.ty.dtype) or a.layout != a.out_layout or a.layout not in ("NCHW", "NHWC"):
         return _tvm_legalize(bb, call)
-    out_shape = [int(v) for v in call.ty.shape.values]
+    out_shape = [int(v) if isinstance(v, tirx.IntImm) else v for v in call.ty.shape.values]  # symbolic: kept
     return bb.call_te(max_pool2d_te, call.args[0], out_shape, kernel=[int(k) for k in a.pool_size],
                       stride=[int(s) for s in a.strides], dilation=[int(d) for d in a.dilation],
                       padding=[int(p) for p in a.padding], layout=str(a.layout), primfunc_name_hint="max_pool2d")
