@@ -28,12 +28,22 @@ The pass changes nothing.  It returns a report (JSON-serializable notes):
    rather than pairing the argmax input channel with the argmax output channel).
    A spike that needs more than ``max_weights`` weights is *diffuse*: reported, not
    attributed.
-4. **Verification by ablation**: the candidate weights of a spike are zeroed in a
-   copy of the params and the interpreter is run again.  The group is kept when
-   the spike shrinks to at most ``shrink`` × its size (default: halved or more); in
-   a group of several, a member is kept only if the spike stays massive when every
-   other member is zeroed (it is needed).  Each kept weight is then ablated alone
-   to report: the spike before/after, the largest later massive activation
+4. **Verification by ablation**: zeroing the candidate weights of a spike changes
+   that output by exactly their contributions (the projection's input does not
+   depend on them), so no forward pass is needed to see whether the spike shrinks
+   to at most ``shrink`` × its size (default: halved or more); in a group of
+   several, a member is kept only if the spike stays massive when every other
+   member is zeroed (it is needed).
+5. **Confirmation on the model's own output** (``confirm``: a causal language
+   model's token ids, e.g. a tokenized fixed text): each candidate is zeroed alone
+   and the perplexity of the text measured (next-token loss; only the ops from the
+   first one reading the zeroed weight are recomputed).  The candidates whose
+   zeroing raises it at least ``confirm_factor`` times (default 10: catastrophic)
+   are the *super weights*, ranked by that perplexity; the others are reported as
+   *candidates* with their perplexity.  Without ``confirm`` every kept candidate is
+   reported as a super weight.  The search stays data-free; the text only confirms.
+6. **Measurement**: each super weight is ablated alone on the analysis input to
+   report the spike before/after, the largest later massive activation
    before/after, how many of the model's massive activations disappear, and the
    change of the module's outputs.
 
@@ -250,14 +260,25 @@ def find_outliers(
     max_spikes: int = 64,
     seed: int = 0,
     tokens: str | None = None,
+    confirm=None,
+    confirm_factor: float = 10.0,
 ) -> dict:
     """Find super activations and the super weights that create them (see the module
-    doc).  ``module`` is not changed.  Returns a JSON-serializable report."""
+    doc).  ``confirm`` (a causal LM's token ids, e.g. a tokenized text) confirms each
+    candidate by the perplexity of that text with the weight zeroed alone.
+    ``module`` is not changed.  Returns a JSON-serializable report."""
+    import time
+
     from sliver.ir.interp import check_inputs, run
 
-    if ratio <= 1 or not 0 < shrink < 1 or max_weights < 1:
-        raise SliverError(f"find-outliers: need ratio > 1, 0 < shrink < 1 and max_weights >= 1 "
-                          f"(got ratio={ratio}, shrink={shrink}, max_weights={max_weights})")
+    t0 = time.perf_counter()
+    if ratio <= 1 or not 0 < shrink < 1 or max_weights < 1 or not confirm_factor > 1:
+        raise SliverError(f"find-outliers: need ratio > 1, 0 < shrink < 1, max_weights >= 1 and confirm_factor > 1 "
+                          f"(got ratio={ratio}, shrink={shrink}, max_weights={max_weights}, "
+                          f"confirm_factor={confirm_factor})")
+    if confirm is not None:
+        causal_lm_vocab(module)
+        confirm = check_inputs(module, [np.asarray(x) for x in confirm])
     projs = projections(module)
     if not projs:
         raise SliverError(
@@ -348,7 +369,9 @@ def find_outliers(
                                 f"{(y - residual) / y:.0%} of it (largest single share {top / abs(y):.0%})"})
             continue
         group = [(p.weight, p.weight_index(r, c)) for c in chosen]
-        after = value_at(ablated(group)[0], key, t, r)
+        # zeroing weights of row r changes output r of this projection only, by exactly
+        # their contributions (its input does not depend on them): no forward pass needed
+        after = float(y - contrib[chosen].sum())
         if abs(after) > shrink * abs(y):
             unexplained.append({**where, "reason": f"ablating {len(group)} candidate weight(s) leaves {after:.4g}"})
             continue
@@ -357,8 +380,8 @@ def find_outliers(
             if len(group) == 1:
                 kept.append((c, g))
                 continue
-            rest = [h for h in group if h != g]
-            if abs(value_at(ablated(rest)[0], key, t, r)) > site.threshold:  # still massive without g: needed
+            rest = [cc for cc in chosen if cc != c]
+            if abs(y - contrib[rest].sum()) > site.threshold:  # still massive without g: needed
                 kept.append((c, g))
         for c, g in kept:
             k = (p.weight, r, c)
@@ -374,9 +397,16 @@ def find_outliers(
                         "contribution": float(contrib[c]), "spikes": [spike], "_key": key, "_index": p.index,
                         "_group": g}
 
-    # -- ablate each kept weight alone and measure -------------------------------------------
+    entries = sorted(found.values(), key=lambda e: (e["_index"], e["row"], e["column"]))
+
+    # -- confirmation on the model's own output: perplexity with each candidate zeroed ------
+    confirmation, candidates = None, []
+    if confirm is not None:
+        confirmation, entries, candidates = _confirm(module, confirm, entries, confirm_factor)
+
+    # -- ablate each reported weight alone and measure ----------------------------------------
     super_weights, groups = [], []
-    for entry in sorted(found.values(), key=lambda e: (e["_index"], e["row"], e["column"])):
+    for entry in entries:
         key, g = entry.pop("_key"), entry.pop("_group")
         index = entry.pop("_index")
         seen, outs = ablated([g])
@@ -441,12 +471,153 @@ def find_outliers(
                       "shrink": shrink, "max_spikes": max_spikes},
         "projections": len(projs),
         "forward_passes": len(runs),
+        "confirmation": confirmation,
         "super_weights": super_weights,
+        "candidates": candidates,
         "all_super_weights_ablated": together,
         "super_activations": activations,
         "unexplained_spikes": unexplained,
         "spikes_not_examined": skipped,
+        "seconds": time.perf_counter() - t0,
     }
+
+
+# ----------------------------------------------------------------------------
+# confirmation on a causal language model's own output
+
+
+def causal_lm_vocab(module, who: str = "find-outliers") -> int:
+    """The vocabulary size of ``module`` if it is a causal language model as the
+    confirmation needs it: one integer input of token ids ``[batch, n]`` that indexes a
+    param table of V rows, and a first output of logits ``[batch, n, V]``."""
+    if len(module.inputs) == 1 and module.outputs:
+        v, out = module.inputs[0], module.outputs[0]
+        size = _token_table_size(module, v) if v.type.dtype.startswith(("i", "u")) else None
+        if size is not None and len(v.type.shape) == 2 and tuple(out.type.shape) == (*v.type.shape, size) \
+                and v.type.shape[1] >= 2:
+            return size
+    got = ", ".join(f"%{v.name}: {v.type}" for v in module.inputs)
+    raise SliverError(
+        f"{who}: confirming super weights by perplexity needs a causal language model: one input of token ids "
+        f"[batch, n >= 2] indexing an embedding table, and logits [batch, n, vocabulary] as the first output; "
+        f"@{module.name} takes ({got}) and returns {module.outputs[0].type if module.outputs else 'nothing'}. "
+        "Leave out the confirmation text for other models"
+    )
+
+
+def is_causal_lm(module) -> bool:
+    """Whether :func:`causal_lm_vocab` accepts ``module``."""
+    try:
+        causal_lm_vocab(module)
+    except SliverError:
+        return False
+    return True
+
+
+def next_token_loss(logits: np.ndarray, ids: np.ndarray) -> float:
+    """Mean negative log-likelihood of ``ids[:, 1:]`` under ``logits[:, :-1]`` (nats;
+    inf when the logits are not finite)."""
+    import torch
+
+    lg = torch.from_numpy(np.asarray(logits, np.float32)[:, :-1]).double()
+    target = torch.from_numpy(np.asarray(ids, np.int64)[:, 1:])
+    nll = -torch.log_softmax(lg, -1).gather(-1, target[..., None]).mean()
+    value = float(nll)
+    return value if np.isfinite(value) else float("inf")
+
+
+class _Replay:
+    """Runs ``module`` with a few params replaced, recomputing only the ops from the
+    first one that reads a replaced param: the base run keeps the values that cross
+    each start point (the residual stream, rotary tables, ...), not every value."""
+
+    def __init__(self, module, inputs, params):
+        import torch
+
+        from sliver.common.numerics import as_numpy
+
+        self.module = module
+        self.values = {op.result.name: op.result for op in module.ops if op.kind == "param"}
+        self.pos = {id(v): -1 for v in module.inputs}
+        last = {}
+        for i, op in enumerate(module.ops):
+            for r in op.results:
+                self.pos[id(r)] = i
+            for v in op.operands:
+                last[id(v)] = i
+        starts = sorted({self.start_of(name) for name in params})
+        keep = {k for k, p in self.pos.items() if any(p < s <= last.get(k, -1) for s in starts)}
+        env = {id(v): torch.from_numpy(as_numpy(x)) for v, x in zip(module.inputs, inputs)}
+        self._run(env, 0, {})
+        self.base = self.output(env)
+        self.env = {k: env[k] for k in keep}
+
+    def start_of(self, param: str) -> int:
+        """Index of the first op reading ``param``."""
+        return min(self.pos[id(op.results[0])] for op, _ in self.values[param].uses)
+
+    def _run(self, env, start, params):
+        import torch
+
+        m = self.module
+        with torch.no_grad():
+            for op in m.ops[start:]:
+                if op.kind == "param":
+                    out = (torch.from_numpy(params.get(op.result.name, m.params[op.result.name])),)
+                else:
+                    res = op.decl.ref(*[env[id(v)] for v in op.operands], **op.attrs)
+                    out = res if isinstance(res, tuple) else (res,)
+                for r, t in zip(op.results, out):
+                    env[id(r)] = t
+
+    def output(self, env) -> np.ndarray:
+        return env[id(self.module.outputs[0])].contiguous().numpy()
+
+    def run(self, params: dict) -> np.ndarray:
+        """The first output with ``params`` ({name: array}) in place of the module's."""
+        import torch
+
+        start = min(self.start_of(name) for name in params)
+        env = {k: t for k, t in self.env.items() if self.pos[k] < start}
+        for name, data in params.items():
+            env[id(self.values[name])] = torch.from_numpy(data)
+        self._run(env, start, params)
+        return self.output(env)
+
+
+def _confirm(module, confirm, entries, factor):
+    """Perplexity of the ``confirm`` tokens with each candidate zeroed alone: returns
+    (summary, confirmed super weights ranked by effect, the other candidates ranked)."""
+    import time
+
+    from sliver.ir.interp import check_inputs
+
+    causal_lm_vocab(module)
+    ids = check_inputs(module, [np.asarray(x) for x in confirm])[0]
+    t0 = time.perf_counter()
+    replay = _Replay(module, [ids], {e["layer"] for e in entries})
+    base = next_token_loss(replay.base, ids)
+    if not np.isfinite(base):
+        raise SliverError("find-outliers: the model's logits on the confirmation text are not finite")
+    for e in entries:
+        name, idx = e["_group"]
+        w = module.params[name].copy()
+        w[idx] = 0
+        loss = next_token_loss(replay.run({name: w}), ids)
+        e["perplexity"] = float(np.exp(loss)) if loss < 700 else float("inf")
+        e["perplexity_ratio"] = e["perplexity"] / float(np.exp(base))
+    ranked = sorted(entries, key=lambda e: -e["perplexity"])
+    confirmed = [e for e in ranked if e["perplexity_ratio"] >= factor]
+    others = []
+    for e in ranked:
+        if e["perplexity_ratio"] < factor:
+            for k in [k for k in e if k.startswith("_")]:
+                del e[k]
+            others.append(e)
+    summary = {"tokens": int(ids.size), "perplexity": float(np.exp(base)), "factor": factor,
+               "threshold": factor * float(np.exp(base)), "candidates": len(entries), "runs": len(entries) + 1,
+               "seconds": time.perf_counter() - t0}
+    return summary, confirmed, others
 
 
 def _position(value, token: int, axis: int) -> list[int]:
@@ -476,30 +647,43 @@ class FindOutliers(Pass):
     max_spikes: int = 64
     seed: int = 0
     tokens: str = ""
+    confirm_factor: float = 10.0
     #: explicit inputs (numpy arrays) for the forward pass; not a CLI option
     inputs: tuple | None = field(default=None, compare=False, repr=False)
+    #: a causal LM's token ids (e.g. a tokenized text) confirming each candidate; not a CLI option
+    confirm: tuple | None = field(default=None, compare=False, repr=False)
 
     def run(self, module):
         report = find_outliers(
             module, self.inputs, ratio=self.ratio, abs_threshold=self.abs_threshold, max_weights=self.max_weights,
             shrink=self.shrink, max_spikes=self.max_spikes, seed=self.seed, tokens=self.tokens or None,
+            confirm=self.confirm, confirm_factor=self.confirm_factor,
         )
         return False, report
 
 
-def format_report(report: dict) -> str:
-    """A readable text form of :func:`find_outliers`' report."""
+def format_report(report: dict, max_activations: int = 40) -> str:
+    """A readable text form of :func:`find_outliers`' report (the ``max_activations``
+    largest super activations)."""
     lines = []
     c = report["criterion"]
     lines.append(f"inputs: " + "; ".join(f"%{k}: {v}" for k, v in report["inputs"].items()))
     lines.append(f"criterion: |a| > max({c['abs_threshold']:g}, {c['ratio']:g} x median |a| of its tensor); "
-                 f"{report['projections']} projections, {report['forward_passes']} forward passes")
+                 f"{report['projections']} projections, {report['forward_passes']} forward passes"
+                 + (f" (+{report['confirmation']['runs']} on the confirmation tokens)" if report.get("confirmation") else "")
+                 + f", {report['seconds']:.1f} s")
     sw = report["super_weights"]
+    conf = report.get("confirmation")
+    if conf:
+        lines.append(f"confirmation: perplexity of {conf['tokens']} given tokens {conf['perplexity']:.4g}; a candidate "
+                     f"is a super weight when zeroing it alone raises it {conf['factor']:g}x (to >= "
+                     f"{conf['threshold']:.4g}): {len(sw)} of {conf['candidates']} candidates "
+                     f"({conf['seconds']:.1f} s)")
     lines.append("")
-    lines.append(f"super weights: {len(sw)}")
+    lines.append(f"super weights: {len(sw)}" + (", ranked by the perplexity with each zeroed alone" if conf else ""))
     if sw:
         head = ("layer", "row", "col", "weight", "x median", "token", "spike", "ablated", "with group", "later max", "ablated",
-                "massive gone", "output change")
+                "massive gone", "output change") + (("perplexity",) if conf else ())
         rows = [head]
         for w in sw:
             rows.append((w["layer"], str(w["row"]), str(w["column"]), f"{w['weight']:.4g}", f"{w['weight_ratio']:.0f}",
@@ -507,20 +691,32 @@ def format_report(report: dict) -> str:
                          f"{w['spike_before']:.4g}", f"{w['spike_after']:.4g}", _group_text(w),
                          _num(w["downstream_before"]), _num(w["downstream_after"]),
                          f"{w['massive_removed']}/{w['massive_total']}",
-                         f"{w['output_change']:.3g}"))
+                         f"{w['output_change']:.3g}") + ((_ppl(w),) if conf else ()))
         lines += table_lines(rows, indent="  ")
         t = report["all_super_weights_ablated"]
         lines.append(f"  all {len(sw)} ablated together: {t['massive_removed']}/{t['massive_total']} massive activations "
                      f"gone, output change {t['output_change']:.3g} (max relative error)")
+    cands = report.get("candidates") or []
+    if cands:
+        lines.append("")
+        lines.append(f"candidates not confirmed (zeroed alone, perplexity below {conf['threshold']:.4g}): {len(cands)}")
+        rows = [("layer", "row", "col", "weight", "x median", "token", "contribution", "perplexity")]
+        for w in cands:
+            rows.append((w["layer"], str(w["row"]), str(w["column"]), f"{w['weight']:.4g}", f"{w['weight_ratio']:.0f}",
+                         str(w["token"]), f"{w['contribution']:.4g}", _ppl(w)))
+        lines += table_lines(rows, indent="  ")
     sa = report["super_activations"]
     lines.append("")
     lines.append(f"super activations: {len(sa)}")
     if sa:
         rows = [("value", "site", "layer", "position", "channel", "activation", "x median", "removed by")]
-        for a in sa:
+        shown = sa if len(sa) <= max_activations else sorted(sa, key=lambda a: -a["ratio"])[:max_activations]
+        for a in shown:
             rows.append((a["value"], a["site"], a["layer"], str(a["position"]), str(a["channel"]),
                          f"{a['activation']:.4g}", f"{a['ratio']:.0f}", ", ".join(a["removed_by"]) or "-"))
         lines += table_lines(rows, indent="  ")
+        if len(shown) < len(sa):
+            lines.append(f"  ({len(sa) - len(shown)} smaller ones not shown: the JSON report has all)")
     un = report["unexplained_spikes"]
     if un:
         lines.append("")
@@ -531,6 +727,10 @@ def format_report(report: dict) -> str:
     if report["spikes_not_examined"]:
         lines.append(f"({report['spikes_not_examined']} smaller spikes not examined: raise max_spikes)")
     return "\n".join(lines) + "\n"
+
+
+def _ppl(w) -> str:
+    return f"{w['perplexity']:.4g} ({w['perplexity_ratio']:.3g}x)"
 
 
 def _num(x: float) -> str:

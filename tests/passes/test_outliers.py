@@ -175,3 +175,103 @@ def test_default_inputs_for_token_models():
     assert ids.reshape(-1).tolist() == [5, 6, 7] * 5 + [5]
     with pytest.raises(SliverError, match=r"\[0, 1000\)"):
         default_inputs(module, tokens="5,1000")
+
+
+# ---------------------------------------------------------------------------- confirmation on a causal LM
+
+
+def planted_decoder():
+    """zoo's tiny Llama decoder with two planted weights in the FFN output projections,
+    and 16 tokens it predicts itself (its greedy continuation: a low perplexity)."""
+    model, (ids,) = zoo.MODELS["llama"](seed=1)
+    with torch.no_grad():
+        model.lm_head.weight *= 30  # confident predictions: a low perplexity that a lost spike raises
+        model.layers[0].down_proj.weight[5, 17] = 60.0
+        model.layers[1].down_proj.weight[9, 3] = -40.0
+        for i in range(1, ids.shape[1]):
+            ids[0, i] = model(ids)[0, i - 1].argmax()
+    return trace(model, (ids,)), ids.numpy()
+
+
+def perplexity_zeroed(module, ids, layer, row, col):
+    """The confirmation's number, computed independently: the whole interpreter run."""
+    from sliver.ir.interp import run
+    from sliver.passes.outliers import next_token_loss
+
+    work = module.clone()
+    work.params = dict(module.params)
+    if layer is not None:
+        work.params[layer] = module.params[layer].copy()
+        work.params[layer][row, col] = 0
+    return float(np.exp(next_token_loss(run(work, [ids])[0], ids)))
+
+
+def test_confirmation_splits_candidates_by_their_perplexity():
+    module, ids = planted_decoder()
+    plain = find_outliers(module)
+    found = {(w["layer"], w["row"], w["column"]) for w in plain["super_weights"]}
+    assert {("layers.0.down_proj.weight", 5, 17), ("layers.1.down_proj.weight", 9, 3)} <= found
+    assert plain["confirmation"] is None and plain["candidates"] == []
+
+    base = perplexity_zeroed(module, ids, None, 0, 0)
+    effect = {k: perplexity_zeroed(module, ids, *k) for k in found}
+    ranked = sorted(effect, key=lambda k: -effect[k])
+    assert effect[ranked[0]] > 2 * effect[ranked[1]]  # one dominates: confirm between the two
+    factor = (effect[ranked[0]] * effect[ranked[1]]) ** 0.5 / base
+    report = find_outliers(module, confirm=[ids], confirm_factor=factor)
+    json.dumps(report)
+    conf = report["confirmation"]
+    assert conf["perplexity"] == pytest.approx(base, rel=1e-5)
+    assert conf["candidates"] == len(found) and conf["tokens"] == ids.size
+    (sw,) = report["super_weights"]
+    assert (sw["layer"], sw["row"], sw["column"]) == ranked[0]
+    assert sw["perplexity"] == pytest.approx(effect[ranked[0]], rel=1e-4)  # the replay recomputes exactly
+    assert sw["perplexity_ratio"] >= factor and "output_change" in sw
+    cands = report["candidates"]
+    assert [(c["layer"], c["row"], c["column"]) for c in cands] == ranked[1:]  # ranked by effect
+    for c in cands:
+        assert c["perplexity"] == pytest.approx(effect[(c["layer"], c["row"], c["column"])], rel=1e-4)
+        assert c["perplexity_ratio"] < factor and not any(k.startswith("_") for k in c)
+    text = format_report(report)
+    assert "super weights: 1, ranked by the perplexity" in text
+    assert f"candidates not confirmed (zeroed alone, perplexity below" in text
+
+
+def test_confirmation_needs_a_causal_lm_and_matching_tokens():
+    module = planted_block({(3, 40): 100.0})
+    with pytest.raises(SliverError, match="causal language model"):
+        find_outliers(module, confirm=[np.zeros((1, 8), np.int64)])
+    module, ids = planted_decoder()
+    with pytest.raises(SliverError, match="shape"):
+        find_outliers(module, confirm=[ids[:, :8]])
+    with pytest.raises(SliverError, match="confirm_factor"):
+        find_outliers(module, confirm=[ids], confirm_factor=1.0)
+
+
+def test_cli_searches_data_free_and_confirms_on_the_example_tokens(tmp_path, capsys):
+    from sliver.tools.outliers import main
+
+    spec = tmp_path / "decoder.py"
+    spec.write_text(
+        "import torch, zoo\n"
+        "def model():\n"
+        "    model, (ids,) = zoo.MODELS['llama'](seed=1)\n"
+        "    with torch.no_grad():\n"
+        "        model.lm_head.weight *= 30\n"
+        "        model.layers[0].down_proj.weight[5, 17] = 60.0\n"
+        "        model.layers[1].down_proj.weight[9, 3] = -40.0\n"
+        "        for i in range(1, ids.shape[1]):\n"
+        "            ids[0, i] = model(ids)[0, i - 1].argmax()\n"
+        "    return model, (ids,)\n"
+    )
+    out_json = tmp_path / "outliers.json"
+    assert main([f"{spec}:model", "--json", str(out_json), "--confirm-factor", "1.5"]) == 0
+    text = capsys.readouterr().out
+    report = json.loads(out_json.read_text())
+    assert "pseudo-random tokens" in report["inputs"]["input_ids"]  # the search is data-free
+    module, ids = planted_decoder()
+    assert report["confirmation"]["perplexity"] == pytest.approx(perplexity_zeroed(module, ids, None, 0, 0),
+                                                                 rel=1e-5)  # the example tokens confirm
+    assert report["super_weights"] and "confirmation: perplexity of 16 given tokens" in text
+    assert main([f"{spec}:model", "--json", str(out_json), "--no-confirm"]) == 0
+    assert json.loads(out_json.read_text())["confirmation"] is None

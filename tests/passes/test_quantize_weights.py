@@ -15,7 +15,7 @@ from sliver.ir.interp import run
 from sliver.ir.parser import parse_module
 from sliver.passes.manager import PassManager, make_pass, parse_pipeline
 from sliver.passes.outliers import find_outliers
-from sliver.passes.quantize_weights import block_size, pack_codes, quantize_weight
+from sliver.passes.quantize_weights import QuantizedWeight, block_size, pack_codes, quantize_weight
 
 TEXT = dedent("""
     func @m(%x: f32[2,64]) {
@@ -235,3 +235,41 @@ def test_the_pass_is_listed(capsys):
 
     assert main(["passes"]) == 0
     assert "quantize-weights" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bits,block", [(4, 128), (3, 64), (5, 96)])
+def test_numpy_values_equal_the_reference_dequantization(bits, block):
+    w = np.random.default_rng(bits).standard_normal((24, 96)).astype(np.float32)
+    q = quantize_weight(w, bits=bits, block=block, symmetric=bits != 3, clip=True, keep=[5, 700])
+    assert np.array_equal(q.values(), q.dequantize())
+    back = QuantizedWeight.from_params(q.packed, q.scale, q.zero, q.index, q.value, bits=bits, block=block,
+                                       shape=w.shape)
+    assert np.array_equal(back.codes, q.codes) and np.array_equal(back.values(), q.values())
+
+
+LM = dedent("""
+    func @lm(%ids: i64[1,4]) {
+      %emb = param : f32[16,32]
+      %take = take(%emb, %ids) {axis=0} : f32[1,4,32]
+      %fc.weight = param : f32[32,32]
+      %fc = linear(%take, %fc.weight) : f32[1,4,32]
+      %head.weight = param : f32[16,32]
+      %head = linear(%fc, %head.weight) : f32[1,4,16]
+      return %head
+    }
+""")
+
+
+def test_the_lm_head_stays_float_unless_asked():
+    rng = np.random.default_rng(0)
+    params = {"emb": rng.standard_normal((16, 32)).astype(np.float32),
+              "fc.weight": rng.standard_normal((32, 32)).astype(np.float32),
+              "head.weight": rng.standard_normal((16, 32)).astype(np.float32)}
+    module = parse_module(LM, params=dict(params))
+    (record,) = PassManager("quantize-weights{bits=4,granularity=block,block=32}").run(module)
+    text = str(module)
+    assert "%fc = wq_linear(" in text and "%head = linear(%fc, %head.weight)" in text
+    assert record.notes["head_kept_float"] == ["head.weight"]
+    module = parse_module(LM, params=dict(params))
+    (record,) = PassManager("quantize-weights{bits=4,granularity=block,block=32,head=true}").run(module)
+    assert "%head = wq_linear(" in str(module) and record.notes["head_kept_float"] == []
