@@ -19,6 +19,7 @@ _LAZY = {
     "compile": ("sliver.api", "compile"),
     "quantize": ("sliver.api", "quantize"),
     "load": ("sliver.runtime.artifact", "load"),
+    "to_torch": ("sliver.ir.torch_module", "to_torch"),
 }
 
 
@@ -38,4 +39,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'sliver' has no attribute {name!r}")
 
 
-__all__ = ["SliverError", "lower", "trace", "compile", "quantize", "load", "__version__"]
+__all__ = ["SliverError", "lower", "trace", "compile", "quantize", "load", "to_torch", "__version__"]
