@@ -522,6 +522,7 @@ def run_benchmark(args, build=None) -> dict:
             "threads": args.threads, "warmup": args.warmup, "repeat": args.repeat, "budget_s": args.budget,
             "tol": args.tol, "onnx_exporter": args.onnx_exporter, "backends": backends,
             "calls": args.calls, "pause_s": args.pause, "seed": args.seed,
+            "clock": "thread CPU time" if args.cpu_time else "wall time",
         },
         "machine": {
             "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
@@ -611,7 +612,8 @@ def run_benchmark(args, build=None) -> dict:
         try:
             with OtherLoad() as load:
                 got = time_fair({b: (lambda p=p: p.fn(x)) for b, p in prepared.items()}, args.warmup,
-                                args.repeat, args.budget, calls=args.calls, pause_s=args.pause, seed=args.seed)
+                                args.repeat, args.budget, calls=args.calls, pause_s=args.pause, seed=args.seed,
+                                clock=time.thread_time_ns if args.cpu_time else time.perf_counter_ns)
             for b, t in got.items():
                 _record(timed[b], t)
                 timed[b].other_load = load.value
@@ -663,7 +665,8 @@ def format_table(report: dict) -> str:
     lines = [
         f"sliver bench: batch 1, {c['resolution']}x{c['resolution']}, {c['threads']} thread(s), "
         f"warmup {c['warmup']}, repeat {c['repeat']}, budget {c['budget_s']:g} s per backend, tol {c['tol']:g}, "
-        f"{c['calls']} call(s) per turn, rounds in random order, {c['pause_s']:g} s pause before every turn",
+        f"{c['calls']} call(s) per turn, rounds in random order, {c['pause_s']:g} s pause before every turn, "
+        f"{c.get('clock', 'wall time')}",
         f"machine: {m['cpu']}, {m['cpu_count']} CPUs, load average {m['loadavg_start']} -> {m.get('loadavg_end', '?')}; "
         f"torch {m['torch']}, tvm {m.get('tvm', '-')}, onnxruntime {m.get('onnxruntime', '-')}",
         "",
@@ -766,6 +769,10 @@ def parse_args(argv=None):
                    help="seconds of sleep before every backend's turn (default: %(default)s; below 0.15 the "
                         "previous runtime's spinning threads steal cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the rounds' random orders (default: %(default)s)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="with --threads 1: time each call by the calling thread's CPU time instead of wall time, "
+                        "which leaves out the time other processes held the core (torch, onnxruntime and TVM "
+                        "all compute in the calling thread at 1 thread); for busy machines")
     p.add_argument("--skip-sliver", action="store_true", help="do not lower and time the sliver artifact")
     p.add_argument("--skip-ort", action="store_true", help="do not time onnxruntime")
     p.add_argument("--skip-tuned", action="store_true",
@@ -778,6 +785,8 @@ def parse_args(argv=None):
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not args.models:
         p.error("--models is empty")
+    if args.cpu_time and args.threads != 1:
+        p.error("--cpu-time needs --threads 1: other threads' work is not the calling thread's CPU time")
     if args.threads < 1 or args.repeat < 1 or args.warmup < 0 or args.budget <= 0 or args.resolution < 1 \
             or args.calls < 1 or args.pause < 0:
         p.error("--threads, --repeat and --calls must be >= 1, --warmup and --pause >= 0, --budget and "

@@ -150,8 +150,9 @@ def ratio_table(report: dict) -> str:
         lines.append("| " + " | ".join([TITLES.get(model, model), f"{f / 1e9:.2f}" if f else "—", ms(t), ms(o), ms(s),
                                          ms(rows.get("sliver-tuned")), vs_ort, vs_torch, pct,
                                          f"{max(loads):.2f}" if loads else "?"]) + " |")
-    lines += ["", f"fp32 peak: {peak.how}. median (min) of warm calls; others: CPUs other processes kept busy "
-                  "while the model was timed."]
+    clock = report["config"].get("clock", "wall time")
+    lines += ["", f"fp32 peak: {peak.how}. median (min) of warm calls ({clock}), {report['config']['threads']} "
+                  "thread(s); others: CPUs other processes kept busy while the model was timed."]
     return "\n".join(lines)
 
 
@@ -189,6 +190,10 @@ def parse_args(argv=None):
                "--skip-tuned, --json.")
     p.add_argument("--models", default=",".join(SPEED_SET), help="comma-separated subset (default: all ten)")
     p.add_argument("--markdown", metavar="PATH", help="also write the README's table (markdown) to PATH")
+    p.add_argument("--threads", type=int, default=2, help="threads for every backend (default: %(default)s)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="with --threads 1: time by the calling thread's CPU time (busy machines)")
+    p.add_argument("--json", metavar="PATH", help="also write the full report as JSON")
     p.add_argument("--table-from", nargs="+", metavar="JSON",
                    help="time nothing: print the table of earlier runs' --json reports (one per model, "
                         "e.g. each timed alone on a quiet machine)")
@@ -210,8 +215,9 @@ def main(argv=None) -> int:
         report = merge_reports(args.table_from)
         code = 0 if report["ok"] else 1
     else:
+        own = ["--threads", str(args.threads)] + ["--cpu-time"] * args.cpu_time + (["--json", args.json] if args.json else [])
         code, report = latency.main(["--models", ",".join(args.models), "--budget", "60", "--repeat", "8",
-                                     "--warmup", "1", *rest], build=build)
+                                     "--warmup", "1", *own, *rest], build=build)
     table = ratio_table(report)
     print("\n" + table)
     if args.markdown:

@@ -77,6 +77,11 @@ class ModelError(SliverError):
     one that returns something other than (an nn.Module, example inputs)."""
 
 
+class DependencyError(SliverError):
+    """A part of sliver that needs a package this installation lacks (the compiler's
+    torch on a runtime-only install); the message names the pip command."""
+
+
 class UsageError(SliverError):
     """A command-line option with a bad value, or naming something that does not exist."""
 

@@ -545,6 +545,17 @@ def pruned(module, **options) -> tuple[Module, dict]:
     return copy, notes["report"]
 
 
+def to_torch(module, *, name: str | None = None):
+    """A pruned ``module`` back as a ``torch.nn.Module`` to fine-tune: the pruned weights
+    (trainable, under the original model's parameter names), the reordered channel layout
+    and its channel gathers as buffers; ``sliver.lower`` of it compiles the same ops the
+    pruned IR compiles to.  (:func:`sliver.ir.torch_module.to_torch`, which converts any
+    module; ``sliver prune MODEL --torch pruned.pt``.)"""
+    from sliver.ir.torch_module import to_torch as convert
+
+    return convert(module, name=name)
+
+
 def matched_constrained(module, params: int, steps: int = 10, **options) -> tuple[Module, dict, float]:
     """``(pruned copy, report, amount)`` of the constrained pruning of ``module`` whose
     parameter count is closest to ``params`` (a bisection over the amount, ``steps``

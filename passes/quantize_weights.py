@@ -286,7 +286,7 @@ def is_lm_head(module, op) -> bool:
 @register
 @dataclass(frozen=True)
 class QuantizeWeights(Pass):
-    """Weight-only RTN of linear layers (wq_linear): super weights kept, outliers clipped by search."""
+    """Weight-only RTN of linear layers (wq_linear); with keep_super=true super weights stay exact, with clip=true outliers are clipped by search."""
 
     name = "quantize-weights"
     lossy = True

@@ -214,7 +214,14 @@ def inspect(args) -> int:
 
 
 def main(argv=None) -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("sliver")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        ours = "(not installed)"
     parser = argparse.ArgumentParser(prog="python -m sliver.runtime", description="run sliver artifacts")
+    parser.add_argument("--version", action="version", version=f"sliver {ours}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_run_arguments(sub.add_parser("run", help="run an artifact"))
     add_inspect_arguments(sub.add_parser("inspect", help="show an artifact's manifest"))

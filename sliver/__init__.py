@@ -18,6 +18,7 @@ _LAZY = {
     "trace": ("sliver.api", "trace"),
     "compile": ("sliver.api", "compile"),
     "load": ("sliver.runtime.artifact", "load"),
+    "to_torch": ("sliver.ir.torch_module", "to_torch"),
 }
 
 
@@ -37,4 +38,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'sliver' has no attribute {name!r}")
 
 
-__all__ = ["SliverError", "lower", "trace", "compile", "load", "__version__"]
+__all__ = ["SliverError", "lower", "trace", "compile", "load", "to_torch", "__version__"]

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sliver.common.errors import InputError, SliverError, SliverWarning
+from sliver.common.errors import DependencyError, InputError, SliverError, SliverWarning
 from sliver.common.numerics import as_numpy
 from sliver.package import check_tolerances, jsonable, layer_of, package, param_operands, record_dict  # noqa: F401
 
@@ -21,6 +21,29 @@ from sliver.package import check_tolerances, jsonable, layer_of, package, param_
 #: layers into low-bit ops (absorbing their batch norms) before fold-batchnorm and
 #: const-fold would bake the fake-quantized weights into float params.
 DEFAULT_PIPELINE = "fold-fake-quant,fold-batchnorm,const-fold,cse,dce"
+
+
+#: the compiler's packages (``pip install 'sliver[compiler]'``): module → what needs it
+COMPILER_PACKAGES = ("torch", "networkx", "rich")
+
+
+def require_compiler(what: str = "the compiler") -> None:
+    """Raise a :class:`DependencyError` naming ``pip install 'sliver[compiler]'`` when a
+    compiler package is missing (a runtime-only install, e.g. on a Raspberry Pi)."""
+    import importlib.util
+
+    def absent(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is None
+        except (ImportError, ValueError):  # a broken install, or an import hook refusing it
+            return True
+
+    missing = [name for name in COMPILER_PACKAGES if absent(name)]
+    if missing:
+        raise DependencyError(
+            f"{what} needs sliver's compiler, which is not installed here (missing: {', '.join(missing)}): "
+            "pip install 'sliver[compiler]'. This installation runs artifacts only (sliver.load, sliver run, "
+            "sliver inspect).")
 
 
 def _as_tuple(example_inputs) -> tuple:
@@ -276,7 +299,7 @@ def lower(
     passes: str | Sequence = DEFAULT_PIPELINE,
     verify: bool = True,
     instruments: Sequence = (),
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | bool | None = None,
     rtol: float = 1e-3,
     atol: float = 1e-4,
     tune=None,
@@ -331,6 +354,15 @@ def lower(
     so a forward that updates its input in place changes neither the caller's tensor
     nor the golden data).  Bad models and inputs are :class:`SliverError` s.
     """
+    require_compiler("sliver.lower")
+    if isinstance(progress, bool):  # True: a progress display for this call; False: none
+        from sliver.progress import Display
+
+        with Display() if progress else contextlib.nullcontext() as shown:
+            return lower(model, example_inputs, target, passes=passes, verify=verify, instruments=instruments,
+                         progress=shown, rtol=rtol, atol=atol, tune=tune, rpc=rpc, winograd=winograd,
+                         output_names=output_names)
+    say = progress or (lambda msg: None)
     from sliver.backends.tvm.build import compile_module, tvm_version
     from sliver.backends.tvm.targets import check_toolchain, resolve
     from sliver.ir.core import Module
@@ -341,6 +373,7 @@ def lower(
     check_toolchain(tgt)
     pipeline = parse_pipeline(passes)
     inputs = _as_tuple(example_inputs)
+    say(f"tracing @{model.name}" if isinstance(model, Module) else f"tracing {type(model).__name__}")
     if isinstance(model, Module):
         if dynamic_shapes is not None:
             raise SliverError("dynamic_shapes applies when sliver traces the model; a traced Module already has its "
@@ -357,6 +390,7 @@ def lower(
             golden_outputs, derived = _reference_outputs(model, module, inputs)
 
     names = output_names_for(module, output_names, derived)  # bad names fail before compiling
+    say(f"running passes {pipeline_string(pipeline) or '(none)'} over {len(module.ops)} ops")
     records = optimize(module, pipeline, verify=verify, instruments=instruments)
     if any(p.lossy for p in pipeline):  # quantized on purpose: the device checks the compile, not the passes
         from sliver.ir.interp import run

@@ -112,3 +112,23 @@ def workspace_allocs_in_parallel_loops(func, target) -> list[str]:
         elif parallel and "TVMBackendAllocWorkspace(" in line:
             found.append(line.strip().split(" ")[0])
     return found
+
+
+def front_primfuncs(build, shapes, target) -> dict:
+    """Relax ``main(*inputs)`` (float32 inputs of ``shapes``) built by ``build(bb, *params)``,
+    through sliver's default front passes for ``target`` (legalize, fuse): ``{name: fused
+    PrimFunc}``, what the schedule rules see."""
+    import tvm
+    from tvm import relax, tirx
+
+    from sliver.backends.tvm import schedules
+
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"x{i}", relax.TensorType(s, "float32")) for i, s in enumerate(shapes)]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(build(bb, *params))
+        bb.emit_func_output(out)
+    with target:
+        mod = tvm.transform.Sequential(schedules.front_passes(target=target))(bb.finalize())
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}

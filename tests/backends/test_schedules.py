@@ -21,22 +21,14 @@ from tvm import relax, tirx  # noqa: E402
 from sliver.backends.tvm import schedules as S  # noqa: E402
 from sliver.backends.tvm.schedules import common, conv2d  # noqa: E402
 from sliver.backends.tvm.targets import resolve, tvm_target  # noqa: E402
-from helpers import workspace_allocs_in_parallel_loops  # noqa: E402
+from helpers import front_primfuncs, workspace_allocs_in_parallel_loops  # noqa: E402
 
 X86 = tvm_target(resolve("x86_64"))
 
 
 def fused_primfuncs(build, inputs):
     """Relax main(*inputs) built by ``build(bb, *params)`` → {name: fused PrimFunc}."""
-    bb = relax.BlockBuilder()
-    params = [relax.Var(f"x{i}", relax.TensorType(shape, "float32")) for i, shape in enumerate(inputs)]
-    with bb.function("main", params):
-        with bb.dataflow():
-            out = bb.emit_output(build(bb, *params))
-        bb.emit_func_output(out)
-    with X86:
-        mod = tvm.transform.Sequential(S.front_passes())(bb.finalize())
-    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+    return front_primfuncs(build, inputs, X86)
 
 
 def run(func, arrays):

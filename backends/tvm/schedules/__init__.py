@@ -189,11 +189,13 @@ def front_passes(*, layout: bool = True, target=None, winograd: bool = True) -> 
     from sliver.backends.tvm.schedules import layout as layout_passes
     from sliver.backends.tvm.schedules.channel_select import FuseChannelSelect
 
-    front = [layout_passes.ClipToMinMax(), layout_passes.channels_last()] if layout else []
+    front = ([layout_passes.ClipToMinMax(), layout_passes.ZeroPadIntoConv(), relax.transform.DeadCodeElimination(),
+              layout_passes.channels_last()] if layout else [])
     front.append(FuseChannelSelect(target, winograd=winograd))
     custom = {**elementwise.LEGALIZE, **pool.LEGALIZE}  # IEEE NaN semantics for max/min
     if layout:
         custom["relax.nn.conv2d"] = conv2d.legalize(target, winograd=winograd)
+        custom["relax.matmul"] = dense.legalize(target)
     return front + [
         relax.transform.LegalizeOps(customize_legalize_map=custom),
         relax.transform.AnnotateTIROpPattern(),

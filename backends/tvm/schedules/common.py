@@ -24,8 +24,8 @@ from dataclasses import dataclass
 SCRATCH_SCOPE = "global"
 #: ... and the size limit for that (TVM's ``runtime::kMaxStackAlloca``): a scratch buffer of this
 #: many bytes or more is a workspace call per iteration even in "global" scope.  The Winograd
-#: transforms stay under it (:func:`.winograd._stack_columns`); an AVX-512 register tile of 16 or
-#: more zmm accumulators (8x2, the usual direct-conv tile) does not (not measured: no AVX-512 host).
+#: transforms stay under it (:func:`.winograd._stack_columns`), and so do register tiles
+#: (:func:`stack_accumulators`: at most 15 zmm accumulators on AVX-512).
 STACK_ALLOCA_BYTES = 1024
 
 
@@ -50,8 +50,17 @@ class CPU:
     @property
     def max_acc(self) -> int:
         """How many vector accumulators a micro-kernel may keep in registers, leaving
-        room for the weight vectors and the broadcast operand."""
-        return self.registers - 8 if self.registers > 16 else self.registers - 4
+        room for the weight vectors and the broadcast operand, and small enough for
+        the tile to be a stack buffer (:func:`stack_accumulators`)."""
+        return min(self.registers - 8 if self.registers > 16 else self.registers - 4, stack_accumulators(self))
+
+
+def stack_accumulators(cpu: CPU) -> int:
+    """The most float32 vector accumulators a register tile may hold and still be a
+    stack buffer (under :data:`STACK_ALLOCA_BYTES`): 15 zmm on AVX-512 (16 x 64 bytes is
+    exactly 1 KB: a TVMBackendAllocWorkspace call per tile, and a heap pointer LLVM cannot
+    keep in registers), 31 ymm on AVX2, 63 NEON q registers."""
+    return (STACK_ALLOCA_BYTES - 1) // (4 * cpu.lanes)
 
 
 def cpu_of(target) -> CPU:
@@ -141,23 +150,26 @@ def largest_divisor(n: int, at_most: int) -> int:
 
 
 def inline_epilogue(sch, block):
-    """Inline the elementwise chain that consumes ``block`` down to one consumer
-    block (which writes the function output); return that block or None when the
-    reduction's result is the function output itself."""
-    consumers = list(sch.get_consumers(block))
-    if not consumers:
-        return None
+    """Inline the elementwise blocks that consume ``block`` (directly or through each
+    other) until one consumer block is left, the one that writes the function output;
+    return it, or None when the reduction's result is the function output itself.
+
+    The epilogue may be a DAG, not only a chain: GELU reads its input twice
+    (``x * (0.5 + 0.5 * erf(x / √2))``), so after a bias add is inlined the reduction has
+    two consumers, the erf's argument and the final product; each non-final one is
+    inlined in turn."""
     while True:
-        if len(consumers) != 1:
-            raise NotApplicable("reduction result has several consumers")
-        (c,) = consumers
-        nxt = list(sch.get_consumers(c))
-        if not nxt:
-            return c
-        if "R" in iter_kinds(sch, c):
-            raise NotApplicable("a reduction consumes the reduction")
-        sch.compute_inline(c)
         consumers = list(sch.get_consumers(block))
+        if not consumers:
+            return None
+        if any("R" in iter_kinds(sch, c) for c in consumers):
+            raise NotApplicable("a reduction consumes the reduction")
+        inner = [c for c in consumers if sch.get_consumers(c)]
+        if not inner:
+            if len(consumers) != 1:
+                raise NotApplicable("reduction result has several consumers")
+            return consumers[0]
+        sch.compute_inline(inner[0])
 
 
 def pads_last_axis(sch, block) -> bool:
@@ -216,7 +228,7 @@ def register_tile(rows: int, n_out: int, cpu: CPU) -> tuple[int, int]:
     lanes = cpu.lanes
     if n_out % lanes:
         raise NotApplicable(f"{n_out} output channels are not a multiple of {lanes} lanes")
-    cap = 8 if cpu.registers <= 16 else 24
+    cap = min(8 if cpu.registers <= 16 else 24, stack_accumulators(cpu))
     w_cost = 1.0 if cpu.registers > 16 and lanes == 4 else 1.5
     best, best_cost = (1, 1), None
     for nv in divisors(n_out // lanes, 8):
@@ -253,6 +265,8 @@ def tile_reduction(sch, block, cpu: CPU, *, max_vectors: int = 2, reg_tile: int 
     (``cpu.max_acc``), or of ``reg_tile`` when given.  Measured on Zen 4 (AVX-512,
     ResNet-18 3x3 convs): 8x2, 7x2, 14x2 and 7x4 tiles all run at the same
     compute-bound speed; tiles with fewer than ~8 accumulators are 1.3-8x slower.
+    Since 16 zmm accumulators are no stack buffer any more (:func:`stack_accumulators`),
+    AVX-512 tiles are 7x2, 4x3 and the like.
 
     ``stage=True``: the reduction's consumers are not an elementwise epilogue (they
     read other tiles, e.g. a Winograd output transform): each tile is written to

@@ -189,10 +189,100 @@ def _clip_legalize(bb, call):
     return bb.call_te(clip, call.args[0], primfunc_name_hint="tir_clip")
 
 
-#: relax op → NaN-keeping legalization (LegalizeOps' customize_legalize_map)
+# -- vectorizable transcendental functions ---------------------------------------------------------
+#
+# TVM lowers ``tirx.erf``, ``tirx.exp`` and ``tirx.tanh`` to LLVM intrinsics that LLVM turns
+# into one libm call per lane: on Zen 5, 393k float32 values took erf 3.7 ms, exp 0.53 ms and
+# tanh 1.23 ms, against 0.045-0.05 ms for TOPI's polynomial versions (fast_erf, fast_exp,
+# fast_tanh), which vectorize.  BERT-base spent ~44 ms per inference (one core) in the erf of
+# its GELUs alone.  Their error against float64 (measured over -100..100): fast_erf 4.2e-7,
+# fast_tanh 3.2e-7 (absolute; both saturate to ±1 exactly), fast_exp 1.1e-6 relative for
+# |x| < 20 (4e-6 near the float32 overflow, where it also rounds up to inf slightly early);
+# float32's own step is 1.2e-7.  So the activations and softmax use them; a plain ``exp``
+# op keeps the exact libm one.  NaN stays NaN (fast_erf alone would give ±1: tested and fixed here).
+
+
+def fast_erf(x):
+    """TOPI's polynomial erf, NaN-keeping."""
+    from tvm import te, tirx, topi
+
+    y = topi.fast_erf(x)
+    return te.compute(x.shape, lambda *i: tirx.Select(tirx.isnan(x(*i)), x(*i), y(*i)), name="T_fast_erf",
+                      tag="elemwise")
+
+
+def _fast_unary(name, build):
+    """A legalization of a float32 unary op as ``build(x)`` (TE); TVM's for other dtypes."""
+
+    def legalize(bb, call):
+        if str(call.ty.dtype) != "float32" or str(call.args[0].ty.dtype) != "float32":
+            return _tvm_legalize(bb, call)
+        return bb.call_te(build, call.args[0], primfunc_name_hint=name)
+
+    return legalize
+
+
+def _tanh(x):
+    from tvm import topi
+
+    return topi.fast_tanh(x)
+
+
+def _gelu(x):
+    from tvm import tirx, topi
+
+    half = tirx.const(0.5, "float32")
+    erf = fast_erf(topi.multiply(x, tirx.const(0.5 ** 0.5, "float32")))
+    return topi.multiply(x, topi.add(half, topi.multiply(erf, half)))
+
+
+def _gelu_tanh(x):
+    import math
+
+    from tvm import te, tirx, topi
+
+    c, k = tirx.const(math.sqrt(2.0 / math.pi), "float32"), tirx.const(0.044715, "float32")
+    inner = te.compute(x.shape, lambda *i: c * x(*i) * (tirx.const(1.0, "float32") + k * x(*i) * x(*i)),
+                       name="T_gelu_inner", tag="elemwise")
+    t = topi.fast_tanh(inner)
+    return te.compute(x.shape, lambda *i: tirx.const(0.5, "float32") * x(*i) * (tirx.const(1.0, "float32") + t(*i)),
+                      name="T_gelu_tanh", tag="elemwise")
+
+
+def _sigmoid(x):
+    from tvm import te, tirx, topi
+
+    e = topi.fast_exp(topi.negative(x))
+    return te.compute(x.shape, lambda *i: tirx.const(1.0, "float32") / (tirx.const(1.0, "float32") + e(*i)),
+                      name="T_sigmoid", tag="elemwise")
+
+
+def _silu(x):
+    from tvm import topi
+
+    return topi.multiply(x, _sigmoid(x))
+
+
+def _softmax_legalize(bb, call):
+    from tvm import topi
+
+    if str(call.ty.dtype) != "float32":
+        return _tvm_legalize(bb, call)
+    return bb.call_te(topi.nn.fast_softmax, call.args[0], int(call.attrs.axis), primfunc_name_hint="softmax")
+
+
+#: relax op → legalization (LegalizeOps' customize_legalize_map): NaN-keeping max/min/relu/clip,
+#: vectorizable activations and softmax
 LEGALIZE = {
     "relax.nn.relu": _relu_legalize,
     "relax.maximum": _binary_legalize(nan_max, "maximum"),
     "relax.minimum": _binary_legalize(nan_min, "minimum"),
     "relax.clip": _clip_legalize,
+    "relax.erf": _fast_unary("erf", fast_erf),
+    "relax.tanh": _fast_unary("tanh", _tanh),
+    "relax.nn.gelu": _fast_unary("gelu", _gelu),
+    "relax.nn.gelu_tanh": _fast_unary("gelu_tanh", _gelu_tanh),
+    "relax.sigmoid": _fast_unary("sigmoid", _sigmoid),
+    "relax.nn.silu": _fast_unary("silu", _silu),
+    "relax.nn.softmax": _softmax_legalize,
 }

@@ -3,6 +3,11 @@
 * :class:`ClipToMinMax`: ``clip(x, lo, hi)`` → ``minimum(maximum(x, lo), hi)``.
   ``relax.clip`` has no layout-inference rule, so ConvertLayout would wrap every
   ReLU6 in two transposes; maximum/minimum are broadcasting binaries it handles.
+* :class:`ZeroPadIntoConv`: ``conv2d(concat(x, zeros))`` → ``conv2d(x, padding=…)``.
+  A zero pad before a conv (TensorFlow's "same" padding in transformers' MobileNetV2 and
+  EfficientNet, ``nn.ZeroPad2d``) traces to concatenations with zero constants, which
+  ConvertLayout leaves in NCHW: a transpose, two concatenations and a transpose back per
+  pad, ~85% of MobileNetV2's time.  The conv's own (asymmetric) padding does the same.
 * :func:`channels_last`: every ``conv2d`` in NHWC with HWIO weights; the layout
   change propagates through elementwise ops, pooling and means, and FoldConstant
   transposes the constant weights at compile time.
@@ -49,6 +54,56 @@ def ClipToMinMax():  # noqa: N802 - TVM pass naming
             return relax.op.minimum(relax.op.maximum(x, relax.const(lo, dtype)), relax.const(hi, dtype))
 
     return mutator_pass("SliverClipToMinMax", _Rewriter)
+
+
+def ZeroPadIntoConv():  # noqa: N802 - TVM pass naming
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    from tvm.ir.expr import Constant
+
+    conv_op, concat_op = tvm.ir.Op.get("relax.nn.conv2d"), tvm.ir.Op.get("relax.concat")
+
+    def _zeros(e) -> bool:
+        return isinstance(e, Constant) and not np.any(e.value.numpy())
+
+    @relax.expr_functor.mutator
+    class _Rewriter(relax.PyExprMutator):
+        def _peel(self, x, pads):
+            """``x`` without the zero concatenations along H/W it is bound to; ``pads``
+            (top, left, bottom, right) grows by what they added."""
+            while isinstance(x, relax.Var):
+                e = self.lookup_binding(x)
+                if not (isinstance(e, relax.Call) and e.op.same_as(concat_op) and isinstance(e.args[0], relax.Tuple)):
+                    break
+                axis = int(e.attrs.axis) % 4
+                fields = list(e.args[0].fields)
+                data = [i for i, f in enumerate(fields) if not _zeros(f)]
+                if axis not in (2, 3) or len(data) != 1:
+                    break
+                (i,) = data
+                side = axis - 2  # 0: rows (top/bottom), 1: columns (left/right)
+                pads[side] += sum(int(f.ty.shape[axis]) for f in fields[:i])
+                pads[side + 2] += sum(int(f.ty.shape[axis]) for f in fields[i + 1:])
+                x = fields[i]
+            return x
+
+        def visit_call_(self, call):  # noqa: N802 - TVM visitor naming
+            call = self.visit_expr_post_order(call)
+            if not (isinstance(call, relax.Call) and call.op.same_as(conv_op)) or call.attrs.data_layout != "NCHW":
+                return call
+            pads = [0, 0, 0, 0]
+            x = self._peel(call.args[0], pads)
+            if not any(pads):
+                return call
+            a = call.attrs
+            padding = [int(p) + q for p, q in zip(a.padding, pads)]
+            return relax.op.nn.conv2d(x, call.args[1], strides=a.strides, padding=padding, dilation=a.dilation,
+                                      groups=a.groups, data_layout=a.data_layout, kernel_layout=a.kernel_layout,
+                                      out_layout=a.out_layout, out_dtype=a.out_dtype)
+
+    return mutator_pass("SliverZeroPadIntoConv", _Rewriter)
 
 
 def mutator_pass(name: str, rewriter_class):
