@@ -184,7 +184,7 @@ def parse_args(argv=None):
         prog="python -m sliver.benchmarks.speed",
         description="The speed set (ten real architectures at real sizes, batch 1) through the fair latency "
                     "harness (sliver.benchmarks.latency): torch eager, onnxruntime fp32, sliver default and "
-                    "tuned, with %% of the fp32 peak.",
+                    "tuned, with % of the fp32 peak.",
         epilog="Every other option goes to the harness (python -m sliver.benchmarks.latency --help): --threads, "
                "--repeat (rounds, default 8 here), --calls, --pause, --budget (default 60 here), --skip-ort, "
                "--skip-tuned, --json.")
