@@ -1,5 +1,5 @@
 """Masks computed from the inputs at run time: comparisons, logical ops, ``where``,
-``cumsum``, ``diff`` and attention rows the mask hides entirely (what a causal LM's
+``cumsum``, ``diff``, ``masked_fill`` and attention rows the mask hides entirely (what a causal LM's
 mask helper does with a 2-D attention mask, and RoBERTa with its padding tokens).
 Traced from torch, checked against torch in the interpreter, as x86_64 artifacts and
 on the emulated Pi, and the IR text of each op."""
@@ -37,6 +37,7 @@ class Masks(nn.Module):
         odd = (step == 1) ^ (ids <= 10)
         low = (x < 0.5) & ~(x >= 1.5)
         y = torch.where(keep[..., None], x, -x) * odd[..., None].float() + torch.where(low, 1.0, x)
+        y = y.masked_fill(~valid[..., None], -2.0)  # a where() with the padding rows' value
         causal = torch.ones(6, 6, dtype=torch.bool).tril()
         attend = causal[None, None] & valid[:, None, None, :]  # rows of left padding attend to nothing
         q = self.proj(y).reshape(2, 6, 2, 4).transpose(1, 2)
