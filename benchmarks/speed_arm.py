@@ -12,7 +12,7 @@ seeds as the x86 table), on the emulated Raspberry Pi 4 (Cortex-A72, one thread)
 2. **onnxruntime**: its aarch64 wheel (:func:`sliver.benchmarks.bench_arm.ort_site`) on the
    fp32 ONNX export the x86 harness times (``ORT_ENABLE_ALL``, one thread, no spinning),
    one ``run`` counted after a warm-up run, minus one run of an Identity model (the
-   session's own overhead per call).
+   InferenceSession's own cost per run).
 
 Instructions are exact counts of everything the call executes (the library, the runtime,
 libc, Python).  Cycles are :mod:`sliver.tools.emulator.cycles`' static model (llvm-mca's
