@@ -1750,22 +1750,39 @@ typedef struct {
 #define LANES_NO 8
 #define LANES_DW_PV 6
 
-/* the epilogue of one vector of sums (of output channel o) and the store of its real pixels */
-INLINE void lanes_store(const epilogue* e, int o, __m512i a, __mmask16 mask, void* out, size_t at) {
+/* the epilogue of one vector of sums (of output channel o) and the store of its real pixels.
+ * Codes: clamp(roundeven(clamp(y, lo, hi) * inv) + zp, qmin, qmax) is computed as
+ * clamp(roundeven(y * inv) + zp, qlo, qhi) with qlo = max(qmin, f(lo)), qhi = min(qmax, f(hi)),
+ * f(v) = roundeven(v * inv) + zp in the same float32 steps: f is non-decreasing (inv > 0), so
+ * f(max(y, lo)) = max(f(y), f(lo)) and likewise for min: the same codes, two operations fewer. */
+INLINE void lanes_store(const epilogue* e, float qlo, float qhi, int o, __m512i a, __mmask16 mask, void* out, size_t at) {
   __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(e->scale[o])), _mm512_set1_ps(e->bias[o]));
-  y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(e->lo)), _mm512_set1_ps(e->hi));
-  const int cnt = __builtin_popcount(mask);
-  const __mmask16 head = (__mmask16)((1u << cnt) - 1u);
   if (e->kind == OUT_F32) {
-    _mm512_mask_storeu_ps((float*)out + at, head, _mm512_maskz_compress_ps(mask, y));
+    y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(e->lo)), _mm512_set1_ps(e->hi));
+    if (mask == 0xFFFF) {
+      _mm512_storeu_ps((float*)out + at, y);
+    } else {
+      const __mmask16 head = (__mmask16)((1u << __builtin_popcount(mask)) - 1u);
+      _mm512_mask_storeu_ps((float*)out + at, head, _mm512_maskz_compress_ps(mask, y));
+    }
     return;
   }
   __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(e->inv)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   q = _mm512_add_ps(q, _mm512_set1_ps(e->zp));
-  q = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(e->qmin)), _mm512_set1_ps(e->qmax));
-  const __m512i c = _mm512_maskz_compress_epi32(mask, _mm512_cvttps_epi32(q));
-  _mm_mask_storeu_epi8((uint8_t*)out + at, head, _mm512_cvtepi32_epi8(c));
+  q = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(qlo)), _mm512_set1_ps(qhi));
+  const __m512i c = _mm512_cvttps_epi32(q);
+  if (mask == 0xFFFF) {
+    _mm_storeu_si128((__m128i*)((uint8_t*)out + at), _mm512_cvtepi32_epi8(c));
+  } else {
+    const __mmask16 head = (__mmask16)((1u << __builtin_popcount(mask)) - 1u);
+    _mm_mask_storeu_epi8((uint8_t*)out + at, head, _mm512_cvtepi32_epi8(_mm512_maskz_compress_epi32(mask, c)));
+  }
 }
+static inline float lanes_code_of(const epilogue* e, float v) {
+  return __builtin_roundevenf(v * e->inv) + e->zp;
+}
+#define LANES_QLO(e) (lanes_code_of((e), (e)->lo) > (e)->qmin ? lanes_code_of((e), (e)->lo) : (e)->qmin)
+#define LANES_QHI(e) (lanes_code_of((e), (e)->hi) < (e)->qmax ? lanes_code_of((e), (e)->hi) : (e)->qmax)
 
 /* dense: vectors [v0, v0+PV) x channels [8b, 8b+8) of group g */
 INLINE void lanes_dense(const lanes_job* j, const uint8_t* planes, const int8_t* wb, int v0, const int PV,
@@ -1787,11 +1804,12 @@ INLINE void lanes_dense(const lanes_job* j, const uint8_t* planes, const int8_t*
     }
   }
   const size_t osz = e->kind == OUT_F32 ? 4 : 1;
+  const float qlo = LANES_QLO(e), qhi = LANES_QHI(e);
   _Pragma("GCC unroll 8") for (int o = 0; o < LANES_NO; o++) {
     if (o >= og_left) break;
     const __m512i ob = _mm512_set1_epi32(obias[o]);
     _Pragma("GCC unroll 3") for (int v = 0; v < PV; v++)
-      lanes_store(e, o, _mm512_add_epi32(a[v][o], ob), j->vmask[v0 + v], out + (size_t)o * ostride * osz, j->vdst[v0 + v]);
+      lanes_store(e, qlo, qhi, o, _mm512_add_epi32(a[v][o], ob), j->vmask[v0 + v], out + (size_t)o * ostride * osz, j->vdst[v0 + v]);
   }
 }
 
@@ -1816,11 +1834,12 @@ INLINE void lanes_dw(const lanes_job* j, const uint8_t* planes, const int8_t* wq
     }
   }
   const size_t osz = e->kind == OUT_F32 ? 4 : 1;
+  const float qlo = LANES_QLO(e), qhi = LANES_QHI(e);
   _Pragma("GCC unroll 4") for (int o = 0; o < 4; o++) {
     if (o >= og_left) break;
     const __m512i ob = _mm512_set1_epi32(obias[o]);
     _Pragma("GCC unroll 6") for (int v = 0; v < PV; v++)
-      lanes_store(e, o, _mm512_add_epi32(a[v][o], ob), j->vmask[v0 + v], out + (size_t)o * ostride * osz, j->vdst[v0 + v]);
+      lanes_store(e, qlo, qhi, o, _mm512_add_epi32(a[v][o], ob), j->vmask[v0 + v], out + (size_t)o * ostride * osz, j->vdst[v0 + v]);
   }
 }
 
