@@ -89,28 +89,54 @@ def _constant(expr):
     return expr.value.numpy() if isinstance(expr, Constant) else None
 
 
+def _weight_at(codes, scale, zero, flat, *, bits, block, dtype):
+    """TE expression: the dequantized weight at flat index ``flat`` (codes of the op's
+    little-endian bit stream; ``(code - zero[blk]) * scale[blk]``)."""
+    from tvm import tirx as tir
+
+    nbytes = int(codes.shape[0])
+    mask = (1 << bits) - 1
+    pos = flat * bits
+    byte, shift = pos >> 3, pos & 7
+    word = codes[byte].astype("int32")
+    if 8 % bits != 0:  # 3, 5, 6, 7 bits: a code may span two bytes
+        nxt = tir.if_then_else(byte + 1 < nbytes, codes[tir.min(byte + 1, nbytes - 1)], tir.const(0, "uint8"))
+        word = word | (nxt.astype("int32") << 8)
+    code = (word >> shift.astype("int32")) & mask
+    blk = flat // block
+    return (code - zero[blk].astype("int32")).astype(dtype) * scale[blk]
+
+
 def _dequantize_te(x, codes, scale, zero, *, bits, block, out_features):
+    from tvm import te
+
+    K = int(x.shape[-1])
+    return te.compute((K, out_features),
+                      lambda k, o: _weight_at(codes, scale, zero, o * K + k, bits=bits, block=block, dtype=x.dtype),
+                      name="wq_dequantize")
+
+
+def _take_te(codes, scale, zero, index, value, ids, *, bits, block, rows, columns, outliers):
+    """The rows ``ids`` of the quantized table (ids clipped into range, as ``take`` lowers),
+    each element dequantized where it is read, plus the kept float outliers."""
     from tvm import te
     from tvm import tirx as tir
 
-    K = int(x.shape[-1])
-    nbytes = int(codes.shape[0])
-    mask = (1 << bits) - 1
-    straddles = 8 % bits != 0  # 3, 5, 6, 7 bits: a code may span two bytes
+    shape = [int(d) for d in ids.shape] + [columns]
 
-    def dequant(k, o):
-        flat = o * K + k
-        pos = flat * bits
-        byte, shift = pos >> 3, pos & 7
-        word = codes[byte].astype("int32")
-        if straddles:
-            nxt = tir.if_then_else(byte + 1 < nbytes, codes[tir.min(byte + 1, nbytes - 1)], tir.const(0, "uint8"))
-            word = word | (nxt.astype("int32") << 8)
-        code = (word >> shift.astype("int32")) & mask
-        blk = flat // block
-        return (code - zero[blk].astype("int32")).astype(x.dtype) * scale[blk]
+    def flat(*i):
+        return tir.max(tir.min(ids(*i[:-1]).astype("int64"), rows - 1), 0) * columns + i[-1]
 
-    return te.compute((K, out_features), dequant, name="wq_dequantize")
+    def weight(*i):
+        return _weight_at(codes, scale, zero, flat(*i), bits=bits, block=block, dtype=scale.dtype)
+
+    if not outliers:
+        return te.compute(shape, weight, name="wq_take")
+    j = te.reduce_axis((0, outliers), name="j")
+    extra = te.compute(shape, lambda *i: te.sum(tir.if_then_else(index[j].astype("int64") == flat(*i), value[j],
+                                                                 tir.const(0.0, scale.dtype)), axis=j),
+                       name="wq_take_outliers")
+    return te.compute(shape, lambda *i: weight(*i) + extra(*i), name="wq_take")
 
 
 def _epilogue_te(y, x, *rest, outliers, has_bias):
@@ -186,3 +212,11 @@ def _wq_linear(bb, op, x, codes, scale, zero, index, value, b=None):
         return y
     return bb.emit_te(_epilogue_te, y, x, *extra, outliers=n, has_bias=b is not None,
                       primfunc_name_hint="wq_epilogue")
+
+
+@lowers("wq_take")
+def _wq_take(bb, op, codes, scale, zero, index, value, ids):
+    a = op.attrs
+    n = op.operands[3].type.shape[0]
+    return bb.emit_te(_take_te, codes, scale, zero, index, value, ids, bits=a["bits"], block=a["block"],
+                      rows=a["rows"], columns=a["columns"], outliers=n, primfunc_name_hint="wq_take")

@@ -192,3 +192,32 @@ def test_cli_lower_with_quantize_weights_verifies_against_the_quantized_module(t
     assert main(["run", str(art), "--verify"]) == 0
     assert "verify: passed" in capsys.readouterr().out
     assert sliver.load(art).manifest.pipeline.startswith("quantize-weights{bits=3")
+
+
+def test_quantized_tied_embedding_and_head(tmp_path):
+    """embedding=true, head=true on a tied table: wq_take (with a kept outlier in the
+    table) and the fused head read the same codes; x86_64 matches the interpreter."""
+    rng = np.random.default_rng(3)
+    table = rng.standard_normal((64, 96)).astype(np.float32)
+    table[9, 40] = 12.0
+    text = dedent("""
+        func @lm(%ids: i64[1,5]) {
+          %head.weight = param : f32[64,96]
+          %take = take(%head.weight, %ids) {axis=0} : f32[1,5,96]
+          %fc.weight = param : f32[96,96]
+          %fc = linear(%take, %fc.weight) : f32[1,5,96]
+          %head = linear(%fc, %head.weight) : f32[1,5,64]
+          return %head
+        }
+    """)
+    module = parse_module(text, params={"head.weight": table, "fc.weight": rng.standard_normal((96, 96)).astype(
+        np.float32)})
+    optimize(module, [make_pass("quantize-weights", bits=4, symmetric=False, granularity="block", block=64,
+                                head=True, embedding=True, keep_super=True, super_weights=(("head.weight", 9, 40),))])
+    assert {op.kind for op in module.ops} >= {"wq_take", "wq_linear"}
+    ids = np.array([[9, 0, 63, 9, 17]], np.int64)
+    art = sliver.lower(module, (ids,), target="x86_64")
+    assert set(art.manifest.kernels.values()) == {"wq-fused"}
+    want = run(module, [ids])[0]
+    got = sliver.load(art.save(tmp_path / "lm.sliver")).run(ids)[0]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
