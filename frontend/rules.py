@@ -981,6 +981,23 @@ def _where(b, cond, x, y):
     return b.emit("where", [cond, x, y])
 
 
+@rule("aten.masked_fill.Scalar", "aten.masked_fill.Tensor")
+def _masked_fill(b, x, mask, value):
+    """``x.masked_fill(mask, value)`` is ``where(mask, value, x)`` with ``x``'s shape and
+    dtype (the mask broadcasts to ``x``; the value is cast to ``x``'s dtype).  Folded
+    when everything is constant (Swin's shifted-window attention mask is built from
+    slices of a constant image mask)."""
+    if isinstance(value, Value) and value.type.shape != ():
+        raise TypeRuleError(f"masked_fill needs a scalar or 0-dim value, got shape {list(value.type.shape)}")
+    if _all_constant(b, x, mask, value):
+        return fold_constant(b, "masked_fill", lambda p, m, v: p.masked_fill(m, v), x, mask, value)
+    if tuple(broadcast_shapes("masked_fill", mask.type.shape, x.type.shape)) != tuple(x.type.shape):
+        raise TypeRuleError(f"masked_fill: the mask's shape {list(mask.type.shape)} does not broadcast to the "
+                            f"input's {list(x.type.shape)}")
+    value = b.tensor_or_scalar(value, x)
+    return _where(b, mask, value, x)
+
+
 def _logic_rule(kind: str):
     """``&``, ``|``, ``^`` of bool tensors (torch's bitwise ops on bools are the logical
     ones); folded when both sides are constant, simplified against a constant all-true or

@@ -1173,6 +1173,47 @@ declare(
 )
 
 
+def _wq_take_infer(types, *, bits, block, rows, columns):
+    codes, scale, zero, index, value, idx = types
+    if not 2 <= bits <= 8:
+        raise TypeRuleError(f"wq_take: bits must lie in 2..8, got {bits}")
+    if rows < 1 or columns < 1 or block < 1:
+        raise TypeRuleError(f"wq_take: need rows, columns and block >= 1, got rows={rows}, columns={columns}, "
+                            f"block={block}")
+    if idx.dtype not in ("i64", "i32"):
+        raise TypeRuleError(f"wq_take: indices must be i64 or i32, got {idx}")
+    numel = rows * columns
+    blocks = -(-numel // block)
+    packed = TensorType((numel,), f"u{bits}").nbytes
+    want = [(codes, "codes", "u8", (packed,)), (scale, "scale", None, (blocks,)), (zero, "zero", "u8", (blocks,)),
+            (index, "out_index", "i32", None), (value, "out_value", scale.dtype, None)]
+    for t, what, dtype, shape in want:
+        if (dtype is not None and t.dtype != dtype) or t.rank != 1 or (shape is not None and t.shape != shape):
+            expect = f"{dtype or 'f32'}[{shape[0] if shape else 'n'}]"
+            raise TypeRuleError(f"wq_take: {what} must be {expect} for a [{rows},{columns}] table in blocks of "
+                                f"{block} at {bits} bits, got {t}")
+    _float_only("wq_take", scale)
+    if index.shape != value.shape:
+        raise TypeRuleError(f"wq_take: out_index {index} and out_value {value} differ in length")
+    return scale.with_shape(idx.shape + (columns,))
+
+
+def _wq_take_ref(codes, scale, zero, index, value, idx, *, bits, block, rows, columns):
+    table = wq_dequantize(codes, scale, zero, index, value, bits=bits, block=block, shape=(rows, columns))
+    return _take_ref(table, idx, axis=0)
+
+
+declare(
+    "wq_take", ("codes", "scale", "zero", "out_index", "out_value", "indices"),
+    {"bits": REQUIRED, "block": REQUIRED, "rows": REQUIRED, "columns": REQUIRED},
+    infer=_wq_take_infer, ref=_wq_take_ref,
+    opt_out={"trace": "made by the weight quantization pass (embedding=true), never traced from torch"},
+    doc="rows of a weight-only quantized table (a quantized embedding): take(W, indices, axis=0) with W[rows, "
+        "columns] dequantized as in wq_linear (codes packed little-endian, (code - zero) * scale per block of "
+        "flat indices, plus the float outliers)",
+)
+
+
 _reduce("amax", lambda x, axes, keepdim: x.amax(axes, keepdim=keepdim),
         "max over axes (dynamic activation ranges: amax(abs(x)))")
 
@@ -1348,6 +1389,7 @@ ATTR_KINDS: dict[str, dict[str, Callable]] = {
     "qconv2d": {**_CONV, **_EPILOGUE},
     "qdense": _EPILOGUE,
     "wq_linear": {"bits": _int(), "block": _int(1), "out_features": _int(1)},
+    "wq_take": {"bits": _int(), "block": _int(1), "rows": _int(1), "columns": _int(1)},
 }
 
 

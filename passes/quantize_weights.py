@@ -30,6 +30,10 @@ in :mod:`sliver.ir.ops`) whose weight is::
 * **The LM head** (a language model's last linear, mapping onto the vocabulary: see
   :func:`is_lm_head`) stays float32 unless ``head=true`` (a model whose only linear is
   its head has it quantized all the same).
+* **Embeddings** (``embedding=true``): every ``take`` of a 2-D float param table along
+  axis 0 becomes a ``wq_take`` of the same codes, scales and zero points (an embedding
+  read row by row, dequantized where it is read).  A table tied to a quantized head (one
+  param, as in SmolLM2 or GPT-2) is quantized once and both ops share its codes.
 * **Clipping** (``clip=true``): per block, the range is scaled by the ``alpha`` in
   ``clip_grid`` values evenly spaced over ``[clip_min, 1]`` that minimizes the squared
   reconstruction error of the block (the weights themselves, no data); ``alpha = 1``
@@ -302,6 +306,7 @@ class QuantizeWeights(Pass):
     keep_super: bool = False
     index: str = ""
     head: bool = False
+    embedding: bool = False
     #: super weights given directly ((layer, row, column) triples); not a CLI option
     super_weights: tuple | None = field(default=None, compare=False, repr=False)
 
@@ -336,9 +341,12 @@ class QuantizeWeights(Pass):
                 raise SliverError(f"{self.name}: super weight {layer}[{row},{col}] is outside its {list(shape)} weight")
             keep.setdefault(layer, []).append(row * shape[1] + col)
 
-        layers = []
-        for op in ops:
-            wv = op.operands[1]
+        layers, done = [], {}
+
+        def quantize(wv, **note):
+            """The QuantizedWeight of param ``wv`` (once per param) and its layer record."""
+            if wv.name in done:
+                return done[wv.name][0]
             w = module.params[wv.name]
             block = block_size(w.shape, self.granularity, self.block, self.pad, wv.name)
             q = quantize_weight(w, bits=self.bits, block=block, symmetric=self.symmetric, clip=self.clip,
@@ -349,26 +357,69 @@ class QuantizeWeights(Pass):
                 "kept": [[int(i) // w.shape[1], int(i) % w.shape[1]] for i in q.index],
                 "clip_alpha_mean": float(q.alpha.mean()), "clipped_blocks": int((q.alpha < 1).sum()),
                 "rel_error": float(np.linalg.norm(w_hat - w) / max(np.linalg.norm(w), 1e-30)),
-                "bytes": q.nbytes, "bytes_f32": int(w.size * 4),
+                "bytes": q.nbytes, "bytes_f32": int(w.size * 4), **note,
             })
-            _rewrite(module, op, q)
+            done[wv.name] = (q, None)
+            return q
+
+        # embeddings first: a table tied to the head is read by the first ops, so its codes
+        # are defined before them and the head's wq_linear reuses them
+        for op in embeddings(module) if self.embedding else []:
+            wv = op.operands[0]
+            q = quantize(wv, embedding=True)
+            done[wv.name] = (q, _rewrite_take(module, op, q, done[wv.name][1]))
+        for op in ops:
+            wv = op.operands[1]
+            q = quantize(wv)
+            done[wv.name] = (q, _rewrite(module, op, q, done[wv.name][1]))
         kept_float = [op.operands[1].name for op in heads if not self.head and op not in ops]
-        return True, {"layers": layers, "bits": self.bits, "symmetric": self.symmetric, "head_kept_float": kept_float}
+        embeddings_float = [] if self.embedding else [op.operands[0].name for op in embeddings(module)]
+        return True, {"layers": layers, "bits": self.bits, "symmetric": self.symmetric, "head_kept_float": kept_float,
+                      "embeddings_kept_float": embeddings_float}
 
 
-def _rewrite(module, op, q: QuantizedWeight) -> None:
-    """linear(x, W, b?) → wq_linear(x, codes, scale, zero, out_index, out_value, b?)."""
-    x, wv, *bias = op.operands
-    base = wv.name.removesuffix(".weight")
-    params = [module.add_param(f"{base}.{suffix}", data, before=op) for suffix, data in
-              (("codes", q.packed), ("scale", q.scale), ("zero", q.zero), ("out_index", q.index),
-               ("out_value", q.value))]
-    new = module.add_op("wq_linear", [x, *params, *bias],
-                        {"bits": q.bits, "block": q.block, "out_features": q.shape[0]}, before=op,
-                        names=[module.fresh_name(op.result.name)])
+def embeddings(module) -> list:
+    """The ``take`` ops reading rows (axis 0) of a 2-D float param table."""
+    return [op for op in module.ops if op.kind == "take" and op.attrs["axis"] == 0
+            and (t := module.param_data(op.operands[0])) is not None and t.ndim == 2
+            and np.issubdtype(t.dtype, np.floating)]
+
+
+def _params(module, base, q, before, params):
+    """The params holding ``q`` (made before op ``before``, or ``params`` made already)."""
+    if params is not None:
+        return params
+    return [module.add_param(f"{base}.{suffix}", data, before=before) for suffix, data in
+            (("codes", q.packed), ("scale", q.scale), ("zero", q.zero), ("out_index", q.index),
+             ("out_value", q.value))]
+
+
+def _replace(module, op, new, wv) -> None:
     name = op.result.name
     module.replace_all_uses_with(op.result, new.result)
     module.erase(op)
     if not wv.uses:
         module.erase(wv.producer)
     module.rename(new.result, name)
+
+
+def _rewrite_take(module, op, q: QuantizedWeight, params=None) -> list:
+    """take(table, ids) → wq_take(codes, scale, zero, out_index, out_value, ids); the params."""
+    wv, ids = op.operands
+    params = _params(module, wv.name.removesuffix(".weight"), q, op, params)
+    new = module.add_op("wq_take", [*params, ids], {"bits": q.bits, "block": q.block, "rows": q.shape[0],
+                                                     "columns": q.shape[1]},
+                        before=op, names=[module.fresh_name(op.result.name)])
+    _replace(module, op, new, wv)
+    return params
+
+
+def _rewrite(module, op, q: QuantizedWeight, params=None) -> list:
+    """linear(x, W, b?) → wq_linear(x, codes, scale, zero, out_index, out_value, b?); the params."""
+    x, wv, *bias = op.operands
+    params = _params(module, wv.name.removesuffix(".weight"), q, op, params)
+    new = module.add_op("wq_linear", [x, *params, *bias],
+                        {"bits": q.bits, "block": q.block, "out_features": q.shape[0]}, before=op,
+                        names=[module.fresh_name(op.result.name)])
+    _replace(module, op, new, wv)
+    return params

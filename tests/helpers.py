@@ -132,3 +132,45 @@ def front_primfuncs(build, shapes, target) -> dict:
     with target:
         mod = tvm.transform.Sequential(schedules.front_passes(target=target))(bb.finalize())
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+
+
+def artifact_tests(module: str, build, name: str, rtol: float, exact_after: int | None = None):
+    """The compile job and the two artifact tests a test module of ops shares: ``build()``
+    gives (model, inputs); the model lowered for x86_64 is checked here against torch on
+    every output, lowered for arm64 on the emulated Pi on its first output.  Outputs from
+    index ``exact_after`` on (integer results: indices, masks) must be equal, not close.
+
+    Use as ``compiled, test_x86_..., test_arm64_... = artifact_tests(__name__, build, ...)``:
+    the precompile worker calls ``<module>.compiled(target)``."""
+    import pytest
+
+    import precompile
+    import sliver
+
+    def compiled(target):
+        model, inputs = build()
+        return sliver.lower(model, inputs, target=target, tune=False).save(precompile.out(f"{name}-{target}.sliver"))
+
+    def key(target):
+        return ("call", module, "compiled", target)
+
+    @pytest.mark.slow
+    @pytest.mark.precompiled.with_args(lambda params: [key("x86_64")])
+    def test_x86_artifact_matches_torch():
+        model, inputs = build()
+        got = sliver.load(precompile.get(key("x86_64"))).run(*numpy_inputs(inputs))
+        want = torch_outputs(model, inputs)
+        close = len(want) if exact_after is None else exact_after
+        assert_close(got[:close], want[:close], rtol=rtol, what=f"{name} x86_64")
+        for g, w in zip(got[close:], want[close:]):
+            np.testing.assert_array_equal(g, w)
+
+    @pytest.mark.slow
+    @pytest.mark.emulated
+    @pytest.mark.precompiled.with_args(lambda params: [key("arm64")])
+    def test_arm64_artifact_matches_torch_on_the_emulated_pi(tmp_path):
+        model, inputs = build()
+        got = emulated_first_output(precompile.get(key("arm64")), tmp_path)
+        assert_close([got], torch_outputs(model, inputs)[:1], rtol=rtol, what=f"{name} arm64")
+
+    return compiled, test_x86_artifact_matches_torch, test_arm64_artifact_matches_torch_on_the_emulated_pi

@@ -199,7 +199,7 @@ def dinov2(seed: int = 0) -> Built:
 @_entry("swin", "vision")
 def swin(seed: int = 0) -> Built:
     import transformers as t
-    cfg = t.SwinConfig(image_size=32, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4)
+    cfg = t.SwinConfig(image_size=32, patch_size=2, embed_dim=16, depths=[2, 1], num_heads=[2, 2], window_size=4)
     return _hf(t.SwinModel, cfg, (_image(seed),), seed=seed)
 
 

@@ -7,9 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-import precompile
 import sliver
-from helpers import assert_close, dedent, emulated_first_output, numpy_inputs, roundtrip, torch_outputs
+from helpers import artifact_tests, assert_close, dedent, numpy_inputs, roundtrip, torch_outputs
 from sliver.common.errors import SliverError
 from sliver.ir.interp import run
 from sliver.ir.parser import parse_module
@@ -116,25 +115,5 @@ def test_sorting_is_stable_for_equal_elements():
         assert got.tolist() == [want]
 
 
-def compiled(target):
-    model, inputs = build()
-    return sliver.lower(model, inputs, target=target, tune=False).save(precompile.out(f"indexing-{target}.sliver"))
-
-
-@pytest.mark.slow
-@pytest.mark.precompiled.with_args(lambda params: [("call", "test_indexing", "compiled", "x86_64")])
-def test_x86_artifact_matches_torch():
-    model, inputs = build()
-    got = sliver.load(precompile.get(("call", "test_indexing", "compiled", "x86_64"))).run(*numpy_inputs(inputs))
-    want = torch_outputs(model, inputs)
-    assert_close(got[:1], want[:1], rtol=1e-5, what="indexing x86_64")
-    np.testing.assert_array_equal(got[1], want[1])
-
-
-@pytest.mark.slow
-@pytest.mark.emulated
-@pytest.mark.precompiled.with_args(lambda params: [("call", "test_indexing", "compiled", "arm64")])
-def test_arm64_artifact_matches_torch_on_the_emulated_pi(tmp_path):
-    model, inputs = build()
-    got = emulated_first_output(precompile.get(("call", "test_indexing", "compiled", "arm64")), tmp_path)
-    assert_close([got], torch_outputs(model, inputs)[:1], rtol=1e-5, what="indexing arm64")
+compiled, test_x86_artifact_matches_torch, test_arm64_artifact_matches_torch_on_the_emulated_pi = artifact_tests(
+    __name__, build, "indexing", rtol=1e-5, exact_after=1)

@@ -1,5 +1,5 @@
 """Masks computed from the inputs at run time: comparisons, logical ops, ``where``,
-``cumsum``, ``diff`` and attention rows the mask hides entirely (what a causal LM's
+``cumsum``, ``diff``, ``masked_fill`` and attention rows the mask hides entirely (what a causal LM's
 mask helper does with a 2-D attention mask, and RoBERTa with its padding tokens).
 Traced from torch, checked against torch in the interpreter, as x86_64 artifacts and
 on the emulated Pi, and the IR text of each op."""
@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import precompile
 import sliver
-from helpers import assert_close, dedent, emulated_first_output, numpy_inputs, roundtrip, torch_outputs
+from helpers import artifact_tests, assert_close, dedent, numpy_inputs, roundtrip, torch_outputs
 from sliver.common.errors import SliverError
 from sliver.ir.interp import run
 from sliver.ir.parser import parse_module
@@ -37,6 +36,7 @@ class Masks(nn.Module):
         odd = (step == 1) ^ (ids <= 10)
         low = (x < 0.5) & ~(x >= 1.5)
         y = torch.where(keep[..., None], x, -x) * odd[..., None].float() + torch.where(low, 1.0, x)
+        y = y.masked_fill(~valid[..., None], -2.0)  # a where() with the padding rows' value
         causal = torch.ones(6, 6, dtype=torch.bool).tril()
         attend = causal[None, None] & valid[:, None, None, :]  # rows of left padding attend to nothing
         q = self.proj(y).reshape(2, 6, 2, 4).transpose(1, 2)
@@ -129,28 +129,8 @@ def test_a_fully_masked_attention_row_is_zeros_as_in_torch():
     assert not got[0, 0, 0].any()
 
 
-def compiled(target):
-    model, inputs = build()
-    return sliver.lower(model, inputs, target=target, tune=False).save(precompile.out(f"masks-{target}.sliver"))
-
-
-@pytest.mark.slow
-@pytest.mark.precompiled.with_args(lambda params: [("call", "test_masks", "compiled", "x86_64")])
-def test_x86_artifact_matches_torch():
-    model, inputs = build()
-    got = sliver.load(precompile.get(("call", "test_masks", "compiled", "x86_64"))).run(*numpy_inputs(inputs))
-    want = torch_outputs(model, inputs)
-    assert_close(got[:1], want[:1], rtol=1e-4, what="masks x86_64")
-    np.testing.assert_array_equal(got[1], want[1])
-
-
-@pytest.mark.slow
-@pytest.mark.emulated
-@pytest.mark.precompiled.with_args(lambda params: [("call", "test_masks", "compiled", "arm64")])
-def test_arm64_artifact_matches_torch_on_the_emulated_pi(tmp_path):
-    model, inputs = build()
-    got = emulated_first_output(precompile.get(("call", "test_masks", "compiled", "arm64")), tmp_path)
-    assert_close([got], torch_outputs(model, inputs)[:1], rtol=1e-4, what="masks arm64")
+compiled, test_x86_artifact_matches_torch, test_arm64_artifact_matches_torch_on_the_emulated_pi = artifact_tests(
+    __name__, build, "masks", rtol=1e-4, exact_after=1)
 
 
 def test_constant_operands_broadcast_against_symbolic_dims():

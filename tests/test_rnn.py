@@ -7,9 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-import precompile
 import sliver
-from helpers import assert_close, emulated_first_output, numpy_inputs, roundtrip, torch_outputs
+from helpers import artifact_tests, assert_close, numpy_inputs, roundtrip, torch_outputs
 from sliver.ir.interp import run
 
 
@@ -85,23 +84,5 @@ def build():
     return Tagger().eval(), (torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(4)),)
 
 
-def compiled(target):
-    model, inputs = build()
-    return sliver.lower(model, inputs, target=target, tune=False).save(precompile.out(f"tagger-{target}.sliver"))
-
-
-@pytest.mark.slow
-@pytest.mark.precompiled.with_args(lambda params: [("call", "test_rnn", "compiled", "x86_64")])
-def test_x86_artifact_matches_torch():
-    model, inputs = build()
-    got = sliver.load(precompile.get(("call", "test_rnn", "compiled", "x86_64"))).run(*numpy_inputs(inputs))
-    assert_close(got, torch_outputs(model, inputs), rtol=1e-4, what="tagger x86_64")
-
-
-@pytest.mark.slow
-@pytest.mark.emulated
-@pytest.mark.precompiled.with_args(lambda params: [("call", "test_rnn", "compiled", "arm64")])
-def test_arm64_artifact_matches_torch_on_the_emulated_pi(tmp_path):
-    model, inputs = build()
-    got = emulated_first_output(precompile.get(("call", "test_rnn", "compiled", "arm64")), tmp_path)
-    assert_close([got], torch_outputs(model, inputs), rtol=1e-4, what="tagger arm64")
+compiled, test_x86_artifact_matches_torch, test_arm64_artifact_matches_torch_on_the_emulated_pi = artifact_tests(
+    __name__, build, "tagger", rtol=1e-4)

@@ -148,6 +148,44 @@ def test_where_on_the_inputs_is_a_where_op():
     _check(Fn(lambda m, x: torch.where(x > 0, x, 2 * x)), torch.randn(3, 4), kinds={"gt", "mul", "where"})
 
 
+class ShiftedWindowMask(nn.Module):
+    """Swin's attention mask: region ids painted into slices of a constant image, window
+    differences turned into -100/0 by two masked_fills, added to the scores."""
+
+    def forward(self, scores):
+        img = torch.zeros(1, 4, 4, 1)
+        count = 0
+        for h in (slice(0, -2), slice(-2, -1), slice(-1, None)):
+            for w in (slice(0, -2), slice(-2, -1), slice(-1, None)):
+                img[:, h, w, :] = count
+                count += 1
+        windows = img.view(1, 2, 2, 2, 2, 1).permute(0, 1, 3, 2, 4, 5).reshape(-1, 4)
+        mask = windows.unsqueeze(1) - windows.unsqueeze(2)
+        mask = mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+        return scores + mask
+
+
+def test_masked_fill_of_constants_is_folded():
+    module = _check(ShiftedWindowMask(), torch.randn(4, 4, 4), kinds={"add"})
+    assert sum(op.kind == "param" for op in module.ops) == 1
+
+
+def test_masked_fill_on_the_inputs_is_a_where_op():
+    # a mask that broadcasts to the input, a float scalar, a 0-dim tensor value, and an
+    # int tensor (the value takes the tensor's dtype, as in torch)
+    x = torch.randn(2, 3, 5)
+    _check(Fn(lambda m, x, c: x.masked_fill(c, float("-inf")).exp()), x, torch.rand(3, 1) > 0.5,
+           kinds={"where", "exp"})
+    _check(Fn(lambda m, x: x.masked_fill(x < 0, torch.tensor(0.5))), x, kinds={"lt", "where"})
+    _check(Fn(lambda m, x: x.masked_fill(x > 2, 7.9)), torch.arange(-3, 6).reshape(3, 3),
+           kinds={"gt", "where"})
+
+
+def test_masked_fill_with_a_mask_larger_than_the_input_is_refused():
+    with pytest.raises(SliverError, match="does not broadcast"):
+        sliver.trace(Fn(lambda m, x, c: x.masked_fill(c, 0.0)).eval(), (torch.randn(3), torch.rand(2, 3) > 0.5))
+
+
 @pytest.mark.parametrize("dim, keepdim", [((-1,), True), ((0, 2), False)])
 def test_amax(dim, keepdim):
     _check(Fn(lambda m, x: torch.amax(x * 3, dim=dim, keepdim=keepdim)), torch.randn(2, 3, 5), kinds={"mul", "amax"})

@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import precompile
 import sliver
-from helpers import assert_close, dedent, emulated_first_output, numpy_inputs, roundtrip, torch_outputs
+from helpers import artifact_tests, assert_close, dedent, numpy_inputs, roundtrip, torch_outputs
 from sliver.common.errors import SliverError, UnsupportedOpError
 from sliver.ir.interp import run
 from sliver.ir.parser import parse_module
@@ -118,23 +117,5 @@ def test_decoder_matches_torch_in_the_interpreter():
     assert_close(run(sliver.trace(model, inputs), numpy_inputs(inputs)), torch_outputs(model, inputs), rtol=1e-5)
 
 
-def compiled(target):
-    model, inputs = build()
-    return sliver.lower(model, inputs, target=target, tune=False).save(precompile.out(f"decoder-{target}.sliver"))
-
-
-@pytest.mark.slow
-@pytest.mark.precompiled.with_args(lambda params: [("call", "test_upsampling", "compiled", "x86_64")])
-def test_x86_artifact_matches_torch():
-    model, inputs = build()
-    got = sliver.load(precompile.get(("call", "test_upsampling", "compiled", "x86_64"))).run(*numpy_inputs(inputs))
-    assert_close(got, torch_outputs(model, inputs), rtol=1e-4, what="decoder x86_64")
-
-
-@pytest.mark.slow
-@pytest.mark.emulated
-@pytest.mark.precompiled.with_args(lambda params: [("call", "test_upsampling", "compiled", "arm64")])
-def test_arm64_artifact_matches_torch_on_the_emulated_pi(tmp_path):
-    model, inputs = build()
-    got = emulated_first_output(precompile.get(("call", "test_upsampling", "compiled", "arm64")), tmp_path)
-    assert_close([got], torch_outputs(model, inputs), rtol=1e-4, what="decoder arm64")
+compiled, test_x86_artifact_matches_torch, test_arm64_artifact_matches_torch_on_the_emulated_pi = artifact_tests(
+    __name__, build, "decoder", rtol=1e-4)

@@ -1,5 +1,6 @@
 """wq_linear (weight-only quantized linear): the op's type rule, and its TVM lowering
-for x86_64 and the emulated arm64 Pi against the reference interpreter."""
+(the fused kernel, and dequantize-then-matmul where it does not apply) for x86_64, the
+AVX2 and AVX-512 levels and the emulated arm64 Pi against the reference interpreter."""
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ pytest.importorskip("tvm")
 
 
 class MLP(nn.Module):
-    """Odd sizes on purpose: 3-bit codes straddle bytes, blocks straddle rows."""
+    """Odd sizes on purpose: 3-bit codes straddle bytes, blocks of 96 straddle rows of 256."""
 
     def __init__(self):
         super().__init__()
@@ -56,7 +57,7 @@ def quantized(model, options):
 
 
 PIPELINES = {
-    3: dict(bits=3, granularity="block", block=48, clip=True, keep_super=True, super_weights=KEEP),
+    3: dict(bits=3, granularity="block", block=96, clip=True, keep_super=True, super_weights=KEEP),
     4: dict(bits=4, symmetric=False, granularity="channel", keep_super=True, super_weights=KEEP),
     8: dict(bits=8, granularity="tensor"),
 }
@@ -97,15 +98,49 @@ def test_x86_matches_the_interpreter(model, artifacts, bits):
 
 @pytest.mark.precompiled.with_args(_jobs)
 def test_artifact_carries_packed_weights(artifacts):
-    """The library holds the codes, not float32 weights: its size falls with the bits."""
+    """The library holds the codes, not float32 weights: its size falls with the bits
+    (the fused kernel keeps 2..4-bit codes two to a byte, 5..8-bit ones one to a byte)."""
     size = {bits: sliver.load(path).manifest.library.bytes for bits, (_, path) in artifacts.items()}
+    kernels = {bits: set(sliver.load(path).manifest.kernels.values()) for bits, (_, path) in artifacts.items()
+               if bits != 32}
+    assert kernels == {3: {"wq-fused"}, 4: {"wq-fused"}, 8: {"wq-fused"}}
     weights_f32 = (256 * 384 + 384 * 120) * 4
-    for bits in (8, 4, 3):
-        # the codes save (1 - bits/32) of the float32 weight bytes; scales and kernel code cost some back
-        assert size[32] - size[bits] > (1 - bits / 32) * weights_f32 * 0.8, (bits, size)
-    # the file grows in 4 KB pages: the 3-bit codes save ~6 KB of constants over the 4-bit ones (scales per block
-    # of 48 eat the rest) but take ~1 KB more code, so the two files can round to the same size
-    assert size[8] > size[4] >= size[3]
+    for bits, stored in ((8, 8), (4, 4), (3, 4)):
+        # the codes save (1 - stored/32) of the float32 weight bytes; scales and kernel code cost some back
+        assert size[32] - size[bits] > (1 - stored / 32) * weights_f32 * 0.8, (bits, size)
+    assert size[8] > size[4]
+
+
+@pytest.mark.parametrize("level", ["x86-64-v3", "x86-64-v4"])
+def test_fused_kernel_per_x86_level(model, level, tmp_path):
+    """The AVX2 and AVX-512 builds of the fused kernel (each compiled whatever this CPU
+    is; run where it has the instructions) match the interpreter."""
+    from sliver.backends.tvm.targets import host_target
+
+    _, x = model
+    module = quantized(model, PIPELINES[4])
+    art = sliver.lower(module, (x.numpy(),), target=level)
+    assert set(art.manifest.kernels.values()) == {"wq-fused"}
+    if level == "x86-64-v4" and host_target().lanes < 16:
+        pytest.skip("built for AVX-512; this CPU cannot run it")
+    want = run(module, [x.numpy()])[0]
+    got = sliver.load(art.save(tmp_path / "m.sliver")).run(x.numpy())[0]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_dequantize_path_where_the_fused_layout_does_not_apply(model, tmp_path):
+    """Blocks of 48 on rows of 256 (gcd 16: no whole 32-code groups) and the forced
+    generic kernel lower to dequantize-then-matmul, matching the interpreter too."""
+    from sliver.backends.tvm.build import compile_module
+
+    _, x = model
+    module = quantized(model, dict(PIPELINES[3], block=48))
+    assert set(compile_module(module, "x86_64").kernels.values()) == {"wq-dequantize"}
+    module = quantized(model, PIPELINES[4])
+    assert set(compile_module(module, "x86_64", lowbit_kernel="generic").kernels.values()) == {"wq-dequantize"}
+    art = sliver.lower(quantized(model, dict(PIPELINES[3], block=48)), (x.numpy(),), target="x86_64")
+    want = run(quantized(model, dict(PIPELINES[3], block=48)), [x.numpy()])[0]
+    assert np.abs(sliver.load(art.save(tmp_path / "m.sliver")).run(x.numpy())[0] - want).max() <= 1e-5 * np.abs(want).max()
 
 
 @pytest.mark.slow
@@ -157,3 +192,32 @@ def test_cli_lower_with_quantize_weights_verifies_against_the_quantized_module(t
     assert main(["run", str(art), "--verify"]) == 0
     assert "verify: passed" in capsys.readouterr().out
     assert sliver.load(art).manifest.pipeline.startswith("quantize-weights{bits=3")
+
+
+def test_quantized_tied_embedding_and_head(tmp_path):
+    """embedding=true, head=true on a tied table: wq_take (with a kept outlier in the
+    table) and the fused head read the same codes; x86_64 matches the interpreter."""
+    rng = np.random.default_rng(3)
+    table = rng.standard_normal((64, 96)).astype(np.float32)
+    table[9, 40] = 12.0
+    text = dedent("""
+        func @lm(%ids: i64[1,5]) {
+          %head.weight = param : f32[64,96]
+          %take = take(%head.weight, %ids) {axis=0} : f32[1,5,96]
+          %fc.weight = param : f32[96,96]
+          %fc = linear(%take, %fc.weight) : f32[1,5,96]
+          %head = linear(%fc, %head.weight) : f32[1,5,64]
+          return %head
+        }
+    """)
+    module = parse_module(text, params={"head.weight": table, "fc.weight": rng.standard_normal((96, 96)).astype(
+        np.float32)})
+    optimize(module, [make_pass("quantize-weights", bits=4, symmetric=False, granularity="block", block=64,
+                                head=True, embedding=True, keep_super=True, super_weights=(("head.weight", 9, 40),))])
+    assert {op.kind for op in module.ops} >= {"wq_take", "wq_linear"}
+    ids = np.array([[9, 0, 63, 9, 17]], np.int64)
+    art = sliver.lower(module, (ids,), target="x86_64")
+    assert set(art.manifest.kernels.values()) == {"wq-fused"}
+    want = run(module, [ids])[0]
+    got = sliver.load(art.save(tmp_path / "lm.sliver")).run(ids)[0]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

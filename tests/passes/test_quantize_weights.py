@@ -273,3 +273,58 @@ def test_the_lm_head_stays_float_unless_asked():
     module = parse_module(LM, params=dict(params))
     (record,) = PassManager("quantize-weights{bits=4,granularity=block,block=32,head=true}").run(module)
     assert "%head = wq_linear(" in str(module) and record.notes["head_kept_float"] == []
+
+
+TIED = dedent("""
+    func @lm(%ids: i64[1,3]) {
+      %head.weight = param : f32[16,32]
+      %take = take(%head.weight, %ids) {axis=0} : f32[1,3,32]
+      %head = linear(%take, %head.weight) : f32[1,3,16]
+      return %head
+    }
+""")
+
+TIED_AFTER = dedent("""
+    func @lm(%ids: i64[1,3]) {
+      %head.codes = param : u8[256]
+      %head.scale = param : f32[16]
+      %head.zero = param : u8[16]
+      %head.out_index = param : i32[0]
+      %head.out_value = param : f32[0]
+      %take = wq_take(%head.codes, %head.scale, %head.zero, %head.out_index, %head.out_value, %ids) {bits=4, block=32, rows=16, columns=32} : f32[1,3,32]
+      %head = wq_linear(%take, %head.codes, %head.scale, %head.zero, %head.out_index, %head.out_value) {bits=4, block=32, out_features=16} : f32[1,3,16]
+      return %head
+    }
+""")
+
+
+def test_golden_text_tied_embedding_and_head_share_their_codes():
+    assert run_pass(TIED, "quantize-weights{bits=4,granularity=block,block=32,head=true,embedding=true}") == TIED_AFTER
+
+
+def test_embedding_alone_and_its_numerics():
+    """embedding=true without head=true: the table's codes feed wq_take and the head
+    keeps the float table; the interpreter's wq_take gives the dequantized rows."""
+    rng = np.random.default_rng(1)
+    table = rng.standard_normal((16, 32)).astype(np.float32)
+    fc = rng.standard_normal((32, 32)).astype(np.float32)
+    text = TIED.replace("%head = linear(%take,", "%fc.weight = param : f32[32,32]\n"
+                        "  %fc = linear(%take, %fc.weight) : f32[1,3,32]\n  %head = linear(%fc,")
+    module = parse_module(text, params={"head.weight": table.copy(), "fc.weight": fc})
+    (record,) = PassManager("quantize-weights{bits=4,granularity=block,block=32,embedding=true}").run(module)
+    text = str(module)
+    assert "%take = wq_take(" in text and "%head = linear(%fc, %head.weight)" in text
+    assert record.notes["head_kept_float"] == ["head.weight"] and record.notes["embeddings_kept_float"] == []
+    ids = np.array([[3, 0, 15]], np.int64)
+    rows = quantize_weight(table, bits=4, block=32).values()[ids[0]]
+    w_fc = quantize_weight(fc, bits=4, block=32).values()
+    want = torch.nn.functional.linear(torch.nn.functional.linear(torch.from_numpy(rows[None]), torch.from_numpy(w_fc)),
+                                      torch.from_numpy(table)).numpy()
+    got = run(module, [ids])[0]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_embeddings_stay_float_unless_asked():
+    module = parse_module(TIED, params={"head.weight": np.ones((16, 32), np.float32)})
+    (record,) = PassManager("quantize-weights{bits=4,granularity=block,block=32,head=true}").run(module)
+    assert "take(%head.weight, %ids)" in str(module) and record.notes["embeddings_kept_float"] == ["head.weight"]

@@ -228,18 +228,24 @@ def register_tile(rows: int, n_out: int, cpu: CPU) -> tuple[int, int]:
     lanes = cpu.lanes
     if n_out % lanes:
         raise NotApplicable(f"{n_out} output channels are not a multiple of {lanes} lanes")
-    cap = min(8 if cpu.registers <= 16 else 24, stack_accumulators(cpu))
-    w_cost = 1.0 if cpu.registers > 16 and lanes == 4 else 1.5
     best, best_cost = (1, 1), None
     for nv in divisors(n_out // lanes, 8):
         for rt in divisors(rows, 16):
-            acc = rt * nv
-            if acc > cap or acc + nv + 1 > cpu.registers - 1:
-                continue
-            cost = w_cost / rt + 1.0 / nv + max(0, 6 - acc) * 0.5
-            if best_cost is None or cost < best_cost - 1e-9:
+            cost = tile_cost(rt, nv, cpu)
+            if cost is not None and (best_cost is None or cost < best_cost - 1e-9):
                 best, best_cost = (rt, nv), cost
     return best
+
+
+def tile_cost(rt: int, nv: int, cpu: CPU) -> float | None:
+    """:func:`register_tile`'s cost of an ``rt`` x ``nv``-vector tile (loads per FMA, plus a
+    penalty under six accumulators); None when the tile does not fit the registers."""
+    acc = rt * nv
+    cap = min(8 if cpu.registers <= 16 else 24, stack_accumulators(cpu))
+    if acc > cap or acc + nv + 1 > cpu.registers - 1:
+        return None
+    w_cost = 1.0 if cpu.registers > 16 and cpu.lanes == 4 else 1.5
+    return w_cost / rt + 1.0 / nv + max(0, 6 - acc) * 0.5
 
 
 def tile_reduction(sch, block, cpu: CPU, *, max_vectors: int = 2, reg_tile: int | None = None,

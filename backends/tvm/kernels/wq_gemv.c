@@ -1,0 +1,372 @@
+/* sliver's fused kernel for wq_linear (weight-only quantized linear layers):
+ *
+ *   y[m, o] = sum_k x[m, k] * (code[o, k] - zero[o, g]) * scale[o, g]  + outliers + bias[o]
+ *
+ * with float32 activations and bits-bit weight codes, unpacked in registers: no
+ * dequantized weight matrix is ever written.  Exported as a TVM-FFI packed function
+ * (`sliver_wq_linear`, called with relax.call_dps_packed and linked into the artifact's
+ * library) and as a plain C function (`sliver_wq_linear_c`, serial) for tests and benchmarks.
+ *
+ * Layout (packed at compile time by backends/tvm/wq_linear.py).  Each output row o of K
+ * weights is cut into groups of G weights (G = gcd(K, block), a multiple of 32), each
+ * inside one of the op's quantization blocks, so one (scale, zero) pair holds for the
+ * whole group: scale float32 [O][K/G], zero uint8 [O][K/G].  A group is a run of chunks
+ * of 32 codes:
+ *   LAYOUT_NIBBLE (codes of 2..4 bits): 16 bytes per chunk; byte j holds code j in its
+ *     low nibble and code j + 16 in its high nibble (the two halves come out of one load
+ *     with an AND and a shift, as in llama.cpp's Q4_0 blocks);
+ *   LAYOUT_BYTE (5..8 bits): 32 bytes per chunk, one code per byte.
+ * Rows are K/2 (nibble) or K (byte) bytes, stored one after another.
+ *
+ * Arithmetic.  Per group, p = sum_k x[k] * float(code - zero) over the group's 32-code
+ * chunks (the integer code minus zero point, converted exactly to float), then
+ * acc += p * scale; the row's vector accumulator is summed at the end.  The products
+ * x * (code - zero) * scale are those of the op's reference semantics (dequantize, then
+ * x @ W.T) regrouped: the result agrees with it to float32 rounding (~1e-6 relative),
+ * not bit for bit.  The kept float outliers (whose codes are the zero point, so they
+ * contribute 0 above) and the bias are added last.
+ *
+ * Instructions per chunk of 32 codes (nibble layout), chosen by the compiler's macros,
+ * which follow the target's flags (Target.gcc_flags):
+ *   AVX-512 (F + BW): one 16-byte load, AND, shift + AND; per 16 codes vpmovzxbd, then
+ *     vpermps from a 16-float table of (c - zero) built once per group, one FMA per
+ *     activation row;
+ *   AVX2 + FMA: vpsubb of the zero point, per 8 codes vpmovsxbd + vcvtdq2ps, FMAs;
+ *   NEON (aarch64): and / ushr, sub, sxtl / sxtl2 to int16 then int32, scvtf, fmla;
+ *   elsewhere scalar C.
+ * Up to MT activation rows share each unpacked chunk (prefill: several tokens; decode: 1).
+ *
+ * Threads.  The output rows o are cut into contiguous slices run on TVM's thread pool
+ * (TVMBackendParallelLaunch: TVM_NUM_THREADS threads, the pool of the library's own
+ * loops); each row is computed the same way in any slice, so the output does not depend
+ * on the thread count.  Small calls run serially (WQ_MIN_WORK).
+ *
+ * meta int32[W_LEN]: M (activation rows), K, O, G, LAYOUT, NOUT (kept outliers), HAS_BIAS.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#elif defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#ifdef __cplusplus
+#define SLIVER_EXTERN extern "C"
+#else
+#define SLIVER_EXTERN
+#endif
+#define INLINE static inline __attribute__((always_inline))
+
+enum { W_M, W_K, W_O, W_G, W_LAYOUT, W_NOUT, W_HASBIAS, W_LEN };
+enum { WL_NIBBLE = 0, WL_BYTE = 1 };
+/* below this many multiply-adds a call runs serially (waking the pool costs microseconds) */
+#define WQ_MIN_WORK 65536.0
+
+typedef struct {
+  const float* x;
+  const uint8_t* w;
+  const float* scale;
+  const uint8_t* zero;
+  const int32_t* index;
+  const float* value;
+  const float* bias;
+  float* out;
+  int M, K, O, G, layout, nout, has_bias;
+} wq_job;
+
+/* ---- decoding one chunk of 32 codes into float vectors of (code - zero) ---- */
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#define WQ_ISA "avx512"
+#define VL 16
+#define MT 8
+typedef __m512 vf;
+typedef struct { __m512 table; __m512i z32; } zctx;
+INLINE zctx make_z(int z) {
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  zctx c;
+  c.z32 = _mm512_set1_epi32(z);
+  c.table = _mm512_cvtepi32_ps(_mm512_sub_epi32(iota, c.z32)); /* table[c] = c - zero, exact */
+  return c;
+}
+INLINE void decode_nibble(const uint8_t* src, const zctx* z, vf* w) {
+  const __m128i b = _mm_loadu_si128((const __m128i*)src), m = _mm_set1_epi8(0x0F);
+  w[0] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, m)), z->table);
+  w[1] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), m)), z->table);
+}
+INLINE void decode_byte(const uint8_t* src, const zctx* z, vf* w) {
+  for (int i = 0; i < 2; i++) {
+    const __m128i b = _mm_loadu_si128((const __m128i*)(src + 16 * i));
+    w[i] = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(b), z->z32));
+  }
+}
+INLINE vf vzero(void) { return _mm512_setzero_ps(); }
+INLINE vf vload(const float* p) { return _mm512_loadu_ps(p); }
+INLINE vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+INLINE vf vset1(float s) { return _mm512_set1_ps(s); }
+INLINE float vsum(vf a) { return _mm512_reduce_add_ps(a); }
+#elif defined(__AVX2__) && defined(__FMA__)
+#define WQ_ISA "avx2"
+#define VL 8
+#define MT 4
+typedef __m256 vf;
+typedef struct { __m128i z8; __m256i z32; } zctx;
+INLINE zctx make_z(int z) {
+  zctx c;
+  c.z8 = _mm_set1_epi8((char)z);
+  c.z32 = _mm256_set1_epi32(z);
+  return c;
+}
+INLINE void decode_nibble(const uint8_t* src, const zctx* z, vf* w) {
+  const __m128i b = _mm_loadu_si128((const __m128i*)src), m = _mm_set1_epi8(0x0F);
+  const __m128i lo = _mm_sub_epi8(_mm_and_si128(b, m), z->z8); /* codes and zero in 0..15: fits int8 */
+  const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), z->z8);
+  w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+  w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+  w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+  w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+}
+INLINE void decode_byte(const uint8_t* src, const zctx* z, vf* w) {
+  for (int i = 0; i < 4; i++) {
+    const __m128i b = _mm_loadl_epi64((const __m128i*)(src + 8 * i));
+    w[i] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(b), z->z32));
+  }
+}
+INLINE vf vzero(void) { return _mm256_setzero_ps(); }
+INLINE vf vload(const float* p) { return _mm256_loadu_ps(p); }
+INLINE vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+INLINE vf vset1(float s) { return _mm256_set1_ps(s); }
+INLINE float vsum(vf a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#elif defined(__aarch64__)
+#define WQ_ISA "neon"
+#define VL 4
+#define MT 4
+typedef float32x4_t vf;
+typedef struct { int8x16_t z8; int16x8_t z16; } zctx;
+INLINE zctx make_z(int z) {
+  zctx c;
+  c.z8 = vdupq_n_s8((int8_t)z);
+  c.z16 = vdupq_n_s16((int16_t)z);
+  return c;
+}
+INLINE void widen16(int16x8_t h, vf* w) {
+  w[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(h)));
+  w[1] = vcvtq_f32_s32(vmovl_high_s16(h));
+}
+INLINE void decode_nibble(const uint8_t* src, const zctx* z, vf* w) {
+  const uint8x16_t b = vld1q_u8(src);
+  const int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(0x0F))), z->z8);
+  const int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), z->z8);
+  widen16(vmovl_s8(vget_low_s8(lo)), w);
+  widen16(vmovl_high_s8(lo), w + 2);
+  widen16(vmovl_s8(vget_low_s8(hi)), w + 4);
+  widen16(vmovl_high_s8(hi), w + 6);
+}
+INLINE void decode_byte(const uint8_t* src, const zctx* z, vf* w) {
+  for (int i = 0; i < 2; i++) {
+    const uint8x16_t b = vld1q_u8(src + 16 * i);
+    widen16(vsubq_s16(vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(b))), z->z16), w + 4 * i);
+    widen16(vsubq_s16(vreinterpretq_s16_u16(vmovl_high_u8(b)), z->z16), w + 4 * i + 2);
+  }
+}
+INLINE vf vzero(void) { return vdupq_n_f32(0.0f); }
+INLINE vf vload(const float* p) { return vld1q_f32(p); }
+INLINE vf vfma(vf a, vf b, vf c) { return vfmaq_f32(c, a, b); }
+INLINE vf vset1(float s) { return vdupq_n_f32(s); }
+INLINE float vsum(vf a) { return vaddvq_f32(a); }
+#else
+#define WQ_ISA "scalar"
+#define VL 1
+#define MT 4
+typedef float vf;
+typedef struct { int z; } zctx;
+INLINE zctx make_z(int z) { zctx c = {z}; return c; }
+INLINE void decode_nibble(const uint8_t* src, const zctx* z, vf* w) {
+  for (int j = 0; j < 16; j++) {
+    w[j] = (float)((src[j] & 15) - z->z);
+    w[j + 16] = (float)((src[j] >> 4) - z->z);
+  }
+}
+INLINE void decode_byte(const uint8_t* src, const zctx* z, vf* w) {
+  for (int j = 0; j < 32; j++) w[j] = (float)(src[j] - z->z);
+}
+INLINE vf vzero(void) { return 0.0f; }
+INLINE vf vload(const float* p) { return *p; }
+INLINE vf vfma(vf a, vf b, vf c) { return a * b + c; }
+INLINE vf vset1(float s) { return s; }
+INLINE float vsum(vf a) { return a; }
+#endif
+#define NV (32 / VL) /* float vectors per chunk of 32 codes */
+
+/* Rows m0 .. m0+mt-1 of the output for weight row o (mt <= MT, a constant at every call
+ * site so the accumulators stay in registers). */
+INLINE void row_tile(const wq_job* j, int o, int m0, const int mt, const int layout) {
+  const int K = j->K, G = j->G, ngroups = K / G, chunks = G / 32;
+  const int rb = layout == WL_NIBBLE ? K / 2 : K, cb = layout == WL_NIBBLE ? 16 : 32;
+  const uint8_t* wrow = j->w + (size_t)o * rb;
+  const float* x = j->x + (size_t)m0 * K;
+  vf acc[MT];
+  for (int m = 0; m < mt; m++) acc[m] = vzero();
+  for (int g = 0; g < ngroups; g++) {
+    const zctx z = make_z(j->zero[(size_t)o * ngroups + g]);
+    vf p[MT];
+    for (int m = 0; m < mt; m++) p[m] = vzero();
+    for (int c = 0; c < chunks; c++) {
+      const int k = (g * chunks + c) * 32;
+      vf w[NV];
+      if (layout == WL_NIBBLE)
+        decode_nibble(wrow + (size_t)(g * chunks + c) * cb, &z, w);
+      else
+        decode_byte(wrow + (size_t)(g * chunks + c) * cb, &z, w);
+      for (int i = 0; i < NV; i++)
+        for (int m = 0; m < mt; m++) p[m] = vfma(vload(x + (size_t)m * K + k + i * VL), w[i], p[m]);
+    }
+    const vf s = vset1(j->scale[(size_t)o * ngroups + g]);
+    for (int m = 0; m < mt; m++) acc[m] = vfma(p[m], s, acc[m]);
+  }
+  for (int m = 0; m < mt; m++) j->out[(size_t)(m0 + m) * j->O + o] = vsum(acc[m]);
+}
+
+#define TILE_CASES(L)                                                                     \
+  switch (mt) {                                                                           \
+    case 1: row_tile(j, o, m0, 1, L); break;                                             \
+    case 2: row_tile(j, o, m0, 2 < MT ? 2 : MT, L); break;                               \
+    case 3: row_tile(j, o, m0, 3 < MT ? 3 : MT, L); break;                               \
+    case 4: row_tile(j, o, m0, 4 < MT ? 4 : MT, L); break;                               \
+    case 5: row_tile(j, o, m0, 5 < MT ? 5 : MT, L); break;                               \
+    case 6: row_tile(j, o, m0, 6 < MT ? 6 : MT, L); break;                               \
+    case 7: row_tile(j, o, m0, 7 < MT ? 7 : MT, L); break;                               \
+    default: row_tile(j, o, m0, MT, L); break;                                           \
+  }
+
+/* output rows [o0, o1) for every activation row */
+static void wq_rows(const wq_job* j, int o0, int o1) {
+  for (int o = o0; o < o1; o++) {
+    for (int m0 = 0; m0 < j->M; m0 += MT) {
+      const int mt = j->M - m0 < MT ? j->M - m0 : MT;
+      if (j->layout == WL_NIBBLE) {
+        TILE_CASES(WL_NIBBLE)
+      } else {
+        TILE_CASES(WL_BYTE)
+      }
+    }
+  }
+  /* kept float outliers (flat index o*K + k; their codes are the zero point), then the bias */
+  for (int i = 0; i < j->nout; i++) {
+    const int o = j->index[i] / j->K, k = j->index[i] % j->K;
+    if (o < o0 || o >= o1) continue;
+    for (int m = 0; m < j->M; m++) j->out[(size_t)m * j->O + o] += j->x[(size_t)m * j->K + k] * j->value[i];
+  }
+  if (j->has_bias)
+    for (int m = 0; m < j->M; m++)
+      for (int o = o0; o < o1; o++) j->out[(size_t)m * j->O + o] += j->bias[o];
+}
+
+static const char* check_meta(const int32_t* meta) {
+  const int K = meta[W_K], G = meta[W_G];
+  if (meta[W_M] < 0 || K < 32 || meta[W_O] < 1 || G < 32 || G % 32 || K % G || meta[W_NOUT] < 0 ||
+      (meta[W_LAYOUT] != WL_NIBBLE && meta[W_LAYOUT] != WL_BYTE))
+    return "sliver_wq_linear: bad meta (groups of a multiple of 32 codes dividing K, layout 0 or 1): the library "
+           "was built by a different sliver";
+  return NULL;
+}
+
+static wq_job make_job(const float* x, const uint8_t* w, const float* scale, const uint8_t* zero,
+                       const int32_t* index, const float* value, const float* bias, const int32_t* meta, float* out) {
+  wq_job j = {x, w, scale, zero, index, value, bias, out, meta[W_M], meta[W_K], meta[W_O], meta[W_G],
+              meta[W_LAYOUT], meta[W_NOUT], meta[W_HASBIAS]};
+  return j;
+}
+
+/* The instruction set this copy of the kernel was compiled for ("avx512", "avx2", "neon", "scalar"). */
+SLIVER_EXTERN const char* sliver_wq_isa(void) { return WQ_ISA; }
+
+/* Serial entry point for tests and benchmarks (ctypes): returns 0, or -1 on bad meta. */
+SLIVER_EXTERN int sliver_wq_linear_c(const float* x, const uint8_t* w, const float* scale, const uint8_t* zero,
+                                     const int32_t* index, const float* value, const float* bias,
+                                     const int32_t* meta, float* out) {
+  if (check_meta(meta)) return -1;
+  const wq_job j = make_job(x, w, scale, zero, index, value, bias, meta, out);
+  wq_rows(&j, 0, j.O);
+  return 0;
+}
+
+/* ---- the TVM-FFI packed function (tvm_ffi 0.1 C ABI, the parts used; see lowbit.c) ---- */
+typedef struct {
+  void* data;
+  struct { int32_t device_type; int32_t device_id; } device;
+  int32_t ndim;
+  struct { uint8_t code; uint8_t bits; uint16_t lanes; } dtype;
+  int64_t* shape;
+  int64_t* strides;
+  uint64_t byte_offset;
+} wq_DLTensor;
+typedef struct {
+  int32_t type_index;
+  uint32_t zero_padding;
+  union { int64_t v_int64; double v_float64; void* v_ptr; } u;
+} wq_Any;
+typedef struct { uint64_t ref; int32_t type_index; uint32_t pad; void* deleter; } wq_Object;
+enum { kWqAnyNone = 0, kWqAnyDLTensorPtr = 7 };
+SLIVER_EXTERN void TVMFFIErrorSetRaisedFromCStr(const char* kind, const char* message) __attribute__((weak));
+typedef struct { void* sync_handle; int32_t num_task; } wq_ParallelGroupEnv;
+typedef int (*wq_ParallelLambda)(int task_id, wq_ParallelGroupEnv* penv, void* cdata);
+SLIVER_EXTERN int TVMBackendParallelLaunch(wq_ParallelLambda flambda, void* cdata, int num_task)
+    __attribute__((weak));
+
+static void* wq_data(const wq_Any* a) {
+  wq_DLTensor* t = a->type_index == kWqAnyDLTensorPtr ? (wq_DLTensor*)a->u.v_ptr
+                                                       : (wq_DLTensor*)((char*)a->u.v_ptr + sizeof(wq_Object));
+  return (char*)t->data + t->byte_offset;
+}
+
+typedef struct { const wq_job* job; int nslice; } wq_pool;
+static int wq_task(int task_id, wq_ParallelGroupEnv* penv, void* cdata) {
+  const wq_pool* p = (const wq_pool*)cdata;
+  const int step = penv->num_task > 0 ? penv->num_task : 1;
+  const long O = p->job->O;
+  for (int s = task_id; s < p->nslice; s += step) wq_rows(p->job, (int)(O * s / p->nslice), (int)(O * (s + 1) / p->nslice));
+  return 0;
+}
+static int wq_probe(int task_id, wq_ParallelGroupEnv* penv, void* cdata) {
+  if (task_id == 0) *(int*)cdata = penv->num_task;
+  return 0;
+}
+
+/* args: x f32 [M][K], packed codes u8, scale f32 [O][K/G], zero u8 [O][K/G], out_index i32 [NOUT],
+ * out_value f32 [NOUT], bias f32 [O], meta i32 [W_LEN], out f32 [M][O] */
+SLIVER_EXTERN int __tvm_ffi_sliver_wq_linear(void* self, const wq_Any* args, int32_t nargs, wq_Any* result) {
+  (void)self;
+  if (nargs != 9) {
+    if (TVMFFIErrorSetRaisedFromCStr)
+      TVMFFIErrorSetRaisedFromCStr("RuntimeError", "sliver_wq_linear: expected 9 arguments (x, codes, scale, zero, "
+                                                   "out_index, out_value, bias, meta, out)");
+    return -1;
+  }
+  const int32_t* meta = (const int32_t*)wq_data(&args[7]);
+  const char* bad = check_meta(meta);
+  if (bad) {
+    if (TVMFFIErrorSetRaisedFromCStr) TVMFFIErrorSetRaisedFromCStr("RuntimeError", bad);
+    return -1;
+  }
+  const wq_job j = make_job((const float*)wq_data(&args[0]), (const uint8_t*)wq_data(&args[1]),
+                            (const float*)wq_data(&args[2]), (const uint8_t*)wq_data(&args[3]),
+                            (const int32_t*)wq_data(&args[4]), (const float*)wq_data(&args[5]),
+                            (const float*)wq_data(&args[6]), meta, (float*)wq_data(&args[8]));
+  int n = 1; /* slices: the pool's thread count, at most O; serial without a pool or for small calls */
+  if (!TVMBackendParallelLaunch || j.O < 2 || (double)j.M * j.K * j.O < WQ_MIN_WORK ||
+      TVMBackendParallelLaunch(wq_probe, &n, 0) != 0 || n < 1)
+    n = 1;
+  if (n > j.O) n = j.O;
+  wq_pool p = {&j, n};
+  if (n <= 1 || TVMBackendParallelLaunch(wq_task, &p, 0) != 0) wq_rows(&j, 0, j.O);
+  result->type_index = kWqAnyNone;
+  result->u.v_int64 = 0;
+  return 0;
+}

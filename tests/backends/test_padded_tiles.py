@@ -1,0 +1,142 @@
+"""Matrix products whose register tile does not divide the rows or the columns
+(:func:`sliver.backends.tvm.schedules.dense.padded_tile`): ViT's 197 tokens are prime,
+the attention scores have 197 (ViT) or 1500 (Whisper) columns.  The product is computed
+over rows and columns padded to the tile's multiple and sliced; padded rows read A's
+last row again, padded columns a zero-padded copy of B.
+
+Each scheduled PrimFunc must equal the unscheduled one, for the AVX2 (x86-64-v3) and
+AVX-512 (x86-64-v4) decisions alike, and the arm64 build must match torch on the
+emulated Pi."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from tvm import relax  # noqa: E402
+
+from sliver.backends.tvm.schedules import common, dense  # noqa: E402
+from sliver.backends.tvm.targets import resolve, tvm_target  # noqa: E402
+from helpers import front_primfuncs, workspace_allocs_in_parallel_loops  # noqa: E402
+from test_fast_float import LEVELS, check  # noqa: E402
+
+TARGETS = LEVELS + ["arm64"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_padded_tile_pads_prime_rows_and_keeps_good_exact_tiles(target):
+    cpu = common.cpu_of(tvm_target(resolve(target)))
+    rt, nv, rows, cols = dense.padded_tile(197, 768, cpu)
+    assert rows % rt == 0 and 197 <= rows < 197 + rt and rt > 1 and cols == 768
+    assert common.tile_cost(rt, nv, cpu) is not None  # fits the registers and the stack buffer
+    assert dense.padded_tile(1, 768, cpu)[2] == 1  # a GEMV is never padded
+    rt, nv, rows, cols = dense.padded_tile(128, 768, cpu)  # BERT's 128 rows: an exact tile is as good
+    assert (rows, cols) == (128, 768) and (rt, nv) == common.register_tile(128, 768, cpu)
+    with pytest.raises(common.NotApplicable):
+        dense.padded_tile(197, 23, cpu)  # a packed weight needs whole vectors of columns
+    rt, nv, rows, cols = dense.padded_tile(197, 197, cpu, pad_columns=True)
+    assert cols % (nv * cpu.lanes) == 0 and 197 <= cols < 197 + nv * cpu.lanes and rows % rt == 0
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("m,k,n", [(197, 37, 96), (7, 64, 48), (1, 40, 32), (13, 33, 23)])
+def test_linear_with_rows_the_tile_does_not_divide(level, m, k, n):
+    """Rows padded to the tile (197, 7, 13), one row (never padded), K not a vector multiple,
+    N not one (23: TVM's own matmul); bias + GELU stay fused into the product."""
+    target = tvm_target(resolve(level))
+    rng = np.random.default_rng(1)
+    w = relax.const(rng.standard_normal((n, k)).astype("float32"))
+    b = relax.const(rng.standard_normal((n,)).astype("float32"))
+    funcs = front_primfuncs(lambda bb, x: bb.emit(relax.op.nn.gelu(bb.emit(relax.op.linear(x, w, b)))), [(1, m, k)],
+                            target)
+    (name,) = [nm for nm in funcs if "matmul" in nm]
+    if n % common.cpu_of(target).lanes == 0:
+        assert "gelu" in name and "add" in name, list(funcs)
+        rows = dense.padded_tile(m, n, common.cpu_of(target))[2]
+        assert (rows != m) == ("T_matmul_unpad" in funcs[name].script())
+    used = check(funcs, target, level)
+    assert used[name] == "dense", used
+    assert workspace_allocs_in_parallel_loops(S_sched(funcs[name], target), target) == []
+
+
+def S_sched(func, target):
+    from sliver.backends.tvm import schedules as S
+
+    return S.schedule_primfunc(func, target)[0]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("a,c", [((1, 3, 197, 64), (1, 3, 64, 197)),  # ViT's QKᵀ (3 heads)
+                                 ((1, 3, 197, 197), (1, 3, 197, 64)),  # its ·V: rows only
+                                 ((2, 7, 33), (2, 33, 23)),
+                                 ((1, 1, 9), (1, 9, 20))])
+def test_attention_products_padded_to_the_tile(level, a, c):
+    """QKᵀ scaled and masked by an additive mask (the epilogue reads the padded scratch
+    through the slice), ·V, odd sizes, one row."""
+    target = tvm_target(resolve(level))
+    mask = relax.const(np.random.default_rng(2).standard_normal((1,) * (len(a) - 2) + (a[-2], c[-1]))
+                       .astype("float32"))
+
+    def build(bb, x, y):
+        s = bb.emit(relax.op.multiply(bb.emit(relax.op.matmul(x, y)), relax.const(np.float32(0.125))))
+        return bb.emit(relax.op.add(s, mask))
+
+    funcs = front_primfuncs(build, [a, c], target)
+    (name,) = [nm for nm in funcs if "matmul" in nm]
+    assert "multiply" in name and "add" in name, list(funcs)
+    cpu = common.cpu_of(target)
+    _, _, rows, cols = dense.padded_tile(a[-2], c[-1], cpu, pad_columns=True)
+    padded = (rows, cols) != (a[-2], c[-1])
+    assert (dense.PADDED in funcs[name].script()) == padded
+    assert ("T_pad_columns" in funcs[name].script()) == (cols != c[-1])
+    assert check(funcs, target, level)[name] == "dense"
+    assert workspace_allocs_in_parallel_loops(S_sched(funcs[name], target), target) == []
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_arm64_and_x86_pick_padded_kernels_for_vit_shapes(target):
+    """The decision for each target (NEON included): ViT-B/16's QKV and QKᵀ are padded."""
+    tgt = tvm_target(resolve(target))
+    rng = np.random.default_rng(3)
+    w = relax.const(rng.standard_normal((96, 32)).astype("float32"))
+    funcs = front_primfuncs(lambda bb, x: bb.emit(relax.op.linear(x, w)), [(1, 197, 32)], tgt)
+    (f,) = [f for nm, f in funcs.items() if "matmul" in nm]
+    assert dense.PACKED in f.script() and "T_matmul_unpad" in f.script()
+    funcs = front_primfuncs(lambda bb, x, y: bb.emit(relax.op.matmul(x, y)), [(1, 2, 197, 16), (1, 2, 16, 197)], tgt)
+    (f,) = funcs.values()
+    assert dense.PADDED in f.script()
+
+
+class _Attention(__import__("torch").nn.Module):
+    """One attention head over 13 tokens of width 24 (nothing divides a vector tile)."""
+
+    def __init__(self):
+        import torch
+
+        super().__init__()
+        self.qkv = torch.nn.Linear(24, 72)
+        self.out = torch.nn.Linear(24, 24)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.out(((q @ k.transpose(-1, -2)) * 0.2).softmax(-1) @ v)
+
+
+@pytest.mark.slow
+@pytest.mark.emulated
+def test_arm64_padded_products_match_torch_on_the_emulated_pi(tmp_path):
+    import torch
+
+    import sliver
+    from helpers import emulated_first_output
+
+    torch.manual_seed(0)
+    model = _Attention().eval()
+    x = torch.randn(1, 13, 24)
+    art = sliver.lower(model, (x,), target="arm64", tune=False)
+    got = emulated_first_output(art.save(tmp_path / "attn.sliver"), tmp_path)
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
