@@ -146,7 +146,7 @@ def lower_llm(model, tokenizer=None, *, max_len: int = 512, target="x86_64", pas
     prompt goes in one step per token; ``"dynamic"`` compiles it for any number of
     tokens (a symbolic dimension), and the prompt goes in one step.  sliver's matmul
     schedules tile static row counts only, so today the one-token step is the faster
-    for both decode and prefill (docs/generate.md).
+    for both decode and prefill (docs/deploy.md).
 
     ``passes`` is ``lower``'s pipeline (e.g. ``"quantize-weights{bits=4,block=32},dce"``
     after the default one); other keyword arguments go to :func:`sliver.lower`.
