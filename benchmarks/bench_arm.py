@@ -141,33 +141,40 @@ ORT_GUEST = textwrap.dedent(
         sess.run(None, feed)  # warm-up: allocations, first-run paths
         runs.append((sess, feed))
     mark(0)
-    mark(1)
+    mark(1, dump=job["blocks"])
     outs = []
     for i, (sess, feed) in enumerate(runs):
         mark(2 + 2 * i)
         y = sess.run(None, feed)[0]
-        mark(3 + 2 * i)
+        mark(3 + 2 * i, dump=job["blocks"])
         outs.append(y)
     np.save(job["output"], outs[0])
+    if job["blocks"]:
+        import shutil
+        shutil.copyfile("/proc/self/maps", job["maps"])
     print(ort.__version__)
     """
 )
 
 
-def count_ort(models: list[tuple[str, np.ndarray]], work: pathlib.Path, site: pathlib.Path):
+def count_ort(models: list[tuple[str, np.ndarray]], work: pathlib.Path, site: pathlib.Path, blocks: bool = False):
     """Instructions of one run of each ONNX model (path, input) under onnxruntime on
-    the emulated Pi, and the first model's output."""
+    the emulated Pi, and the first model's output; with ``blocks`` also the markers with
+    the blocks each run executed (:func:`icount.run_counted`) and the guest's memory map."""
     from sliver.tools.emulator import icount
 
     specs = []
     for i, (path, x) in enumerate(models):
         np.save(work / f"in{i}.npy", x)
         specs.append({"path": str(path), "input": str(work / f"in{i}.npy")})
-    (work / "job.json").write_text(json.dumps({"models": specs, "output": str(work / "out.npy")}))
+    (work / "job.json").write_text(json.dumps({"models": specs, "output": str(work / "out.npy"), "blocks": blocks,
+                                               "maps": str(work / "maps.txt")}))
     (work / "ort_guest.py").write_text(ORT_GUEST)
     marks = icount.run_counted([str(work / "ort_guest.py"), str(work / "job.json")], extra_path=[str(site)],
                                pi_cpuinfo=True, timeout=3600)
     calls, _, _ = icount.segments(marks, len(models))
+    if blocks:
+        return calls, np.load(work / "out.npy"), marks, (work / "maps.txt").read_text()
     return calls, np.load(work / "out.npy")
 
 

@@ -24,7 +24,10 @@ the other two:
 ``int8``       the int8 C kernel in the same file (one signed byte per code, NEON
                ``smull``/``smlal2`` + ``sadalp`` on aarch64 — no ``sdot`` on the Pi 4's
                ARMv8.0 — and AVX2 ``vpmaddwd`` on x86); weights stored as int8.  Any
-               width up to 8; the kernel for 8-bit operands.
+               width up to 8; the kernel for 8-bit operands.  With AVX-512 VNNI,
+               convs with symmetric weights take its lane kernel (output pixels in the
+               vector lanes, the input packed once per call, no im2col, the epilogue on
+               registers: :func:`lanes_layout`), depthwise ones included.
 
 Which kernel a layer gets is decided per target (``Target.lowbit_kernel`` and
 ``Target.bitserial_min_row``, :mod:`~sliver.backends.tvm.targets`, measured by
@@ -68,7 +71,7 @@ W2A2_MAX_RB = 904
 #: file): no weight zero point to fold for symmetric weights, so no Sx sums at run time.
 W2A2_TC_MAX_RB = 680
 #: meta ``LAYOUT`` values (the C file's ``LAYOUT_*``)
-LAYOUT_PLAIN, LAYOUT_W2A2, LAYOUT_W2A2_TC, LAYOUT_W2A2_TC8, LAYOUT_I8_TILE = 0, 1, 2, 3, 4
+LAYOUT_PLAIN, LAYOUT_W2A2, LAYOUT_W2A2_TC, LAYOUT_W2A2_TC8, LAYOUT_I8_TILE, LAYOUT_I8_LANES = 0, 1, 2, 3, 4, 5
 #: The int8 kernel's register tiles (LAYOUT_I8_TILE) exist for these ``Target.int8_dot``
 #: instruction sets; they take groups of at least I8_TILE_MIN_OG output channels (the
 #: weights are stored in blocks of 16 channels: fewer would mostly multiply zeros)
@@ -283,6 +286,51 @@ def pack_weights_int8_tiled(w: np.ndarray, groups: int) -> tuple[np.ndarray, int
     return np.ascontiguousarray(out).reshape(groups * blocks * 16, rb), rb
 
 
+#: The lane kernel (LAYOUT_I8_LANES: output pixels in the vector lanes, no im2col) exists
+#: for these ``Target.int8_dot``; its dense tiles take blocks of LANES_NO output channels.
+I8_LANES_DOTS = ("avx512-vnni",)
+LANES_NO = 8
+
+
+def lanes_layout(dot: str, wz: int, dilation, groups: int, cg: int, og: int, out_pixels: int) -> bool:
+    """Whether a qconv2d takes the lane kernel: an AVX-512 VNNI target, symmetric weights
+    (``wz`` 0 after the signed shift: no per-pixel sum of the activations), no dilation,
+    at least 16 output pixels (a vector), and groups of at least 8 output channels or a
+    depthwise conv (one input and one output channel per group)."""
+    depthwise = groups > 1 and cg == 1 and og == 1
+    return (dot in I8_LANES_DOTS and wz == 0 and tuple(dilation) == (1, 1) and out_pixels >= 16
+            and (og >= I8_TILE_MIN_OG or depthwise))
+
+
+def pack_weights_int8_lanes(w: np.ndarray, groups: int) -> tuple[np.ndarray, int]:
+    """Weight codes ``[O, Cg, KH, KW]`` (signed bytes) in the lane kernel's layout
+    (``LAYOUT_I8_LANES``); returns (bytes, RB: bytes per output channel's steps).
+
+    Dense groups: per group, blocks of ``LANES_NO`` output channels (zero channels fill
+    the last), each ``[KH*KW*Cq][LANES_NO][4]``: a step is one tap's quad of 4 input
+    channels (Cq = ceil(Cg/4) quads per tap, zero channels filling the last), and per step
+    the 4 bytes of each channel of the block (what one broadcast feeds to vpdpbusd).
+    Depthwise (Cg = 1 = O/groups): per quad of 4 channels ``[KH*KW][4][4]``, channel j's
+    weight in byte j of its 4 (the input is packed in quads of 4 channels)."""
+    o, cg, kh, kw = w.shape
+    taps = kh * kw
+    if groups > 1 and cg == 1 and o == groups:
+        cq = -(-o // 4)
+        out = np.zeros((cq * 4, taps, 4), np.int8)
+        t = w.reshape(o, taps)
+        out[np.arange(o), :, np.arange(o) % 4] = t
+        out = out.reshape(cq, 4, taps, 4).transpose(0, 2, 1, 3)  # [quad][tap][channel j][byte]
+        return np.ascontiguousarray(out).reshape(cq, taps * 16), taps * 16
+    og = o // groups
+    q = -(-cg // 4)
+    blocks = -(-og // LANES_NO)
+    wt = np.zeros((groups, blocks * LANES_NO, kh, kw, q * 4), np.int8)
+    wt[:, :og, :, :, :cg] = np.transpose(w, (0, 2, 3, 1)).reshape(groups, og, kh, kw, cg)
+    wt = wt.reshape(groups, blocks, LANES_NO, taps * q, 4).transpose(0, 1, 3, 2, 4)  # [g][b][step][ch][4]
+    rb = taps * q * 4
+    return np.ascontiguousarray(wt).reshape(groups * blocks * LANES_NO, rb), rb
+
+
 def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, xshape, stride, padding, dilation,
                    groups, out_hw):
     """The result [N, O, OH, OW] (f32, or the requantized codes) from one of the C kernels
@@ -324,7 +372,10 @@ def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, 
             packed = w2a2_blocks(packed, groups, 8 if layout == LAYOUT_W2A2_TC8 else 4)
     else:
         tapb = cg
-        if bb.context.target.int8_dot in I8_TILE_DOTS and o // groups >= I8_TILE_MIN_OG:
+        if lanes_layout(bb.context.target.int8_dot, wz, dilation, groups, cg, o // groups, out_hw[0] * out_hw[1]):
+            layout = LAYOUT_I8_LANES
+            packed, rb = pack_weights_int8_lanes(w_codes, groups)
+        elif bb.context.target.int8_dot in I8_TILE_DOTS and o // groups >= I8_TILE_MIN_OG:
             layout = LAYOUT_I8_TILE
             packed, rb = pack_weights_int8_tiled(w_codes, groups)
         else:

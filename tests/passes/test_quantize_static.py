@@ -303,18 +303,31 @@ def test_pass_is_listed():
 # -- compiled int8 equals the interpreter ----------------------------------------------------------
 
 
+def _host_flags() -> set[str]:
+    with open("/proc/cpuinfo") as f:
+        return set(next((line for line in f if line.startswith("flags")), "").split())
+
+
 def _rel(got, want):
     return float(np.abs(np.asarray(got, np.float64) - want).max() / max(np.abs(want).max(), 1e-12))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("activations", ["uint8", "int8"])
-def test_x86_int8_matches_interpreter(activations):
+@pytest.mark.parametrize("activations,target", [("uint8", "x86_64"), ("int8", "x86_64"), ("uint8", "x86-64-v3")])
+def test_x86_int8_matches_interpreter(activations, target):
+    """On this CPU's own target (the AVX-512 VNNI lane and tile kernels where it has them)
+    and on x86-64-v3 (AVX2: bytes widened to int16), whichever CPU runs the test."""
+    from sliver.backends.tvm.targets import host_target, resolve
+
+    t = resolve(target)
+    if host_target().arch != "x86_64" or (t.portable and "avx2" not in _host_flags()):
+        pytest.skip(f"this machine cannot run {target} code")
     model, cal = _mixed()
     module, _ = sliver.quantize(model, cal, activations=activations)
     x = cal[1].numpy()
-    art = sliver.lower(module, (x,), "x86_64")
-    assert art.manifest.target.int8_dot
+    art = sliver.lower(module, (x,), target)
+    assert art.manifest.target.int8_dot == t.int8_dot
+    assert target == "x86_64" or t.int8_dot == "avx2"
     assert set(art.manifest.kernels.values()) == {"int8"}
     m = art.load()
     for sample in cal[:3]:
@@ -372,3 +385,75 @@ def test_tiled_int8_weight_layout():
             b, c = divmod(o, 16)
             assert np.array_equal(t[grp, b, :, c, :].reshape(-1), rows[grp * 18 + o])
     assert not t[:, 1, :, 2:, :].any()  # the last block's missing channels are zero
+
+
+def test_lane_int8_weight_layout_and_choice():
+    from sliver.backends.tvm.lowbit import LANES_NO, lanes_layout, pack_weights_int8_lanes
+
+    g = np.random.default_rng(0)
+    w = g.integers(-127, 128, size=(2 * 10, 5, 3, 3)).astype(np.int8)  # two groups of 10: blocks of 8 + 2
+    lanes, rb = pack_weights_int8_lanes(w, groups=2)
+    q = 2  # quads of 4 channels per tap: 5 channels -> 2
+    assert rb == 9 * q * 4 and lanes.shape == (2 * 2 * LANES_NO, rb)
+    t = lanes.reshape(2, 2, 9 * q, LANES_NO, 4)  # [group][block][step (tap, quad)][channel][byte]
+    for grp in range(2):
+        for o in range(10):
+            b, c = divmod(o, LANES_NO)
+            got = t[grp, b, :, c, :].reshape(3, 3, q * 4)
+            assert np.array_equal(got[..., :5], np.transpose(w[grp * 10 + o], (1, 2, 0)))
+            assert not got[..., 5:].any()
+    assert not t[:, 1, :, 2:, :].any()  # the last block's missing channels are zero
+    dw = g.integers(-127, 128, size=(6, 1, 3, 3)).astype(np.int8)  # depthwise: quads of 4 channels
+    packed, rb = pack_weights_int8_lanes(dw, groups=6)
+    assert rb == 9 * 16 and packed.shape == (2, rb)
+    d = packed.reshape(2, 9, 4, 4)  # [quad][tap][channel j][byte]
+    for o in range(6):
+        quad, j = divmod(o, 4)
+        assert np.array_equal(d[quad, :, j, j], dw[o].reshape(-1))
+        assert not np.delete(d[quad, :, j, :], j, axis=1).any()
+    assert not d[1, :, 2:, :].any()
+    # the lane kernel only on AVX-512 VNNI, symmetric weights, no dilation, a vector of
+    # output pixels, groups of at least 8 output channels or depthwise
+    assert lanes_layout("avx512-vnni", 0, (1, 1), 1, 3, 13, 81)
+    assert lanes_layout("avx512-vnni", 0, (1, 1), 13, 1, 1, 81)
+    for args in [("avx2", 0, (1, 1), 1, 3, 13, 81), ("avx-vnni", 0, (1, 1), 1, 3, 13, 81),
+                 ("sdot", 0, (1, 1), 1, 3, 13, 81), ("avx512-vnni", 3, (1, 1), 1, 3, 13, 81),
+                 ("avx512-vnni", 0, (1, 2), 1, 3, 13, 81), ("avx512-vnni", 0, (1, 1), 1, 3, 7, 81),
+                 ("avx512-vnni", 0, (1, 1), 1, 3, 13, 9), ("avx512-vnni", 0, (1, 1), 13, 1, 2, 81)]:
+        assert not lanes_layout(*args), args
+
+
+PADDED = dedent("""
+    func @padded(%x: f32[1,2,4,4]) {
+      %w = param : f32[3,2,3,3]
+      %z3 = constant {value=0, shape=[1, 2, 4, 1]} : f32[1,2,4,1]
+      %p3 = concat(%x, %z3) {axis=3} : f32[1,2,4,5]
+      %z2a = constant {value=0, shape=[1, 2, 1, 5]} : f32[1,2,1,5]
+      %z2b = constant {value=0, shape=[1, 2, 2, 5]} : f32[1,2,2,5]
+      %p2 = concat(%z2a, %p3, %z2b) {axis=2} : f32[1,2,7,5]
+      %y = conv2d(%p2, %w) {stride=[2, 2], padding=[0, 1, 0, 0]} : f32[1,3,3,2]
+      return %y
+    }
+""")
+
+
+def test_zero_padding_by_concat_folds_into_the_conv():
+    """TensorFlow-style "same" padding traced as concats of zeros (MobileNetV2 in
+    transformers): the conv takes the padding itself, the concats go, so the conv's input
+    is quantized unpadded and its codes padded with the zero point in the kernel."""
+    g = np.random.default_rng(0)
+    params = {"w": g.standard_normal((3, 2, 3, 3)).astype(np.float32)}
+    cal = [g.standard_normal((1, 2, 4, 4)).astype(np.float32) for _ in range(3)]
+    module, notes = _quantize(PADDED, params, cal)
+    text = str(module)
+    assert "concat" not in text and "constant" not in text, text
+    assert "padding=[1, 1, 2, 1]" in text and "qconv2d(" in text, text
+    assert notes["padding_folded"] == 1
+    float_module = parse_module(PADDED, params=params)
+    for x in cal:
+        want = run(float_module, [x])[0]
+        assert np.abs(run(module, [x])[0] - want).max() <= 0.05 * np.abs(want).max()
+    # padding that is not zeros stays a concat
+    ones = PADDED.replace("{value=0, shape=[1, 2, 4, 1]}", "{value=1, shape=[1, 2, 4, 1]}")
+    module, notes = _quantize(ones, params, cal)
+    assert notes["padding_folded"] == 1 and "concat(%x, %z3)" in str(module)

@@ -102,8 +102,8 @@ def estimate(counted: InstructionCount, library, *, mcpu: str = MCPU, iterations
     with tempfile.TemporaryDirectory(prefix="sliver-cycles-") as tmp:
         lib = Path(tmp) / "lib.so"
         lib.write_bytes(data)
-        code = disassemble(lib)
-    blocks = counted.blocks
+        blocks = counted.blocks
+        code = disassemble(lib, only={b.address + 4 * i for b in blocks for i in range(b.insns)})
     listings = []
     for b in blocks:
         lines = []
@@ -144,17 +144,24 @@ _LINE = re.compile(r"^\s*([0-9a-f]+):\s+(.*)$")
 _PC_RELATIVE = re.compile(r"^(b|bl|b\.\w+|cbn?z|tbn?z|adrp?|ldr|ldrsw|prfm)$")
 
 
-def disassemble(lib: Path) -> dict[int, str]:
-    """{address: instruction} of an aarch64 ELF's code, in llvm-mca's assembler syntax."""
-    proc = subprocess.run(["llvm-objdump", "-d", "--no-show-raw-insn", "--triple=aarch64", str(lib)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SliverError(f"llvm-objdump could not disassemble the library: {proc.stderr.strip()[:500]}")
-    code = {}
-    for line in proc.stdout.splitlines():
-        m = _LINE.match(line)
-        if m:
-            code[int(m.group(1), 16)] = assembler_syntax(m.group(2))
+def disassemble(lib: Path, only: set[int] | None = None) -> dict[int, str]:
+    """{address: instruction} of an aarch64 ELF's code, in llvm-mca's assembler syntax
+    (with ``only``, just those addresses: a large library such as onnxruntime's has
+    millions of instructions, of which a run executes a few thousand blocks)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.run(["llvm-objdump", "-d", "--no-show-raw-insn", "--triple=aarch64", str(lib)],
+                              stdout=out, stderr=err, text=True)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SliverError(f"llvm-objdump could not disassemble the library: {err.read().strip()[:500]}")
+        out.seek(0)
+        code = {}
+        for line in out:
+            m = _LINE.match(line)
+            if m:
+                address = int(m.group(1), 16)
+                if only is None or address in only:
+                    code[address] = assembler_syntax(m.group(2))
     return code
 
 

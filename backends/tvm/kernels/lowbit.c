@@ -189,7 +189,7 @@ static void* data_of(const sliver_Any* a) {
 #define W2A2_TC_MAX_RB 680
 #define W2A2_BLOCKS(A, W, rb, og) ((A) == 2 && (W) == 2 && (rb) >= 16 && (rb) <= W2A2_MAX_RB && (og) >= 4)
 #define W2A2_TC_OK(rb, og) ((rb) <= W2A2_TC_MAX_RB && (og) % 4 == 0)
-enum { LAYOUT_PLAIN = 0, LAYOUT_W2A2 = 1, LAYOUT_W2A2_TC = 2, LAYOUT_W2A2_TC8 = 3, LAYOUT_I8_TILE = 4 };
+enum { LAYOUT_PLAIN = 0, LAYOUT_W2A2 = 1, LAYOUT_W2A2_TC = 2, LAYOUT_W2A2_TC8 = 3, LAYOUT_I8_TILE = 4, LAYOUT_I8_LANES = 5 };
 
 /* ---- meta layout (kept in sync with lowbit.py: META_FIELDS) ---- */
 enum {
@@ -1708,6 +1708,347 @@ static __attribute__((optimize("no-tree-loop-distribute-patterns"))) void int8_s
   }
 }
 
+/* ---- the lane kernel (meta LAYOUT = LAYOUT_I8_LANES; AVX-512 VNNI): output pixels in the
+ * vector lanes, read straight from a packed copy of the input, no im2col, no transposes.
+ *
+ * The input of a call is packed once: per group, per quad of 4 channels (the last quad
+ * filled with the zero point) and per phase (the row and column residues of the stride),
+ * a plane of 4-byte pixels [HPs][WPs] (HPs = ceil(HP/SH), WPs = ceil(WP/SW), the border
+ * holding xz').  Output pixel p = oh*WPs + ow of the "wide" grid (ow < WPs, of which the
+ * first OW are real) reads, for tap (kh, kw), the pixel p + (kh/SH)*WPs + kw/SW of phase
+ * (kh%SH, kw%SW): 16 consecutive output pixels are one 64-byte load, for any stride.
+ * One vpdpbusd multiplies them by a broadcast 4-byte weight (4 channels of one tap) of an
+ * output channel: 16 pixels x 4 products into the int32 lanes, exact.
+ *
+ * Dense groups (Og >= 8): a register tile of up to 3 vectors (48 pixels) x 8 output
+ * channels; weights of a group [ceil(Og/8)][KH*KW*Cq][8][4] (Cq = ceil(Cg/4) quads,
+ * zero channels filling the last quad and block).  Depthwise (Cg = Og = 1): the input
+ * packed as one group of C channels; per quad of 4 channels a tile of up to 6 vectors x
+ * 4 channels, weights [C/4][KH*KW][4][4] (channel j of a quad has its weight in byte j,
+ * zeros elsewhere).  The fused epilogue runs on the sums in registers and stores each
+ * vector's real pixels (ow < OW) with a compress: they are consecutive in the output.
+ * Symmetric weights only (WZ = 0: no sum of x' per pixel needed); lowbit.py asks for
+ * this layout only then. */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define I8_LANES 1
+typedef struct {
+  const uint8_t* x;
+  uint8_t* pk; /* packed input of all images */
+  const int8_t* wp;
+  uint8_t* out;
+  const int32_t* obias;
+  const int32_t* m;
+  epilogue epi;
+  const int32_t* soff; /* dword offset of each weight step (tap, quad) in a group's planes */
+  const uint16_t* vmask; /* per lane vector: the real pixels */
+  const int32_t* vdst;   /* per lane vector: output index of its first real pixel */
+  uint8_t flip, xz;
+  int Cq, HPs, WPs, PLEN, V, nsteps, nblk, ntile, depthwise;
+  size_t img_bytes; /* packed bytes per image */
+} lanes_job;
+#define LANES_PV 3
+#define LANES_NO 8
+#define LANES_DW_PV 6
+
+/* the epilogue of one vector of sums (of output channel o) and the store of its real pixels.
+ * Codes: clamp(roundeven(clamp(y, lo, hi) * inv) + zp, qmin, qmax) is computed as
+ * clamp(roundeven(y * inv) + zp, qlo, qhi) with qlo = max(qmin, f(lo)), qhi = min(qmax, f(hi)),
+ * f(v) = roundeven(v * inv) + zp in the same float32 steps: f is non-decreasing (inv > 0), so
+ * f(max(y, lo)) = max(f(y), f(lo)) and likewise for min: the same codes, two operations fewer. */
+INLINE void lanes_store(const epilogue* e, float qlo, float qhi, int o, __m512i a, __mmask16 mask, void* out, size_t at) {
+  __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(e->scale[o])), _mm512_set1_ps(e->bias[o]));
+  if (e->kind == OUT_F32) {
+    y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(e->lo)), _mm512_set1_ps(e->hi));
+    if (mask == 0xFFFF) {
+      _mm512_storeu_ps((float*)out + at, y);
+    } else {
+      const __mmask16 head = (__mmask16)((1u << __builtin_popcount(mask)) - 1u);
+      _mm512_mask_storeu_ps((float*)out + at, head, _mm512_maskz_compress_ps(mask, y));
+    }
+    return;
+  }
+  __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(e->inv)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  q = _mm512_add_ps(q, _mm512_set1_ps(e->zp));
+  q = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(qlo)), _mm512_set1_ps(qhi));
+  const __m512i c = _mm512_cvttps_epi32(q);
+  if (mask == 0xFFFF) {
+    _mm_storeu_si128((__m128i*)((uint8_t*)out + at), _mm512_cvtepi32_epi8(c));
+  } else {
+    const __mmask16 head = (__mmask16)((1u << __builtin_popcount(mask)) - 1u);
+    _mm_mask_storeu_epi8((uint8_t*)out + at, head, _mm512_cvtepi32_epi8(_mm512_maskz_compress_epi32(mask, c)));
+  }
+}
+static inline float lanes_code_of(const epilogue* e, float v) {
+  return __builtin_roundevenf(v * e->inv) + e->zp;
+}
+#define LANES_QLO(e) (lanes_code_of((e), (e)->lo) > (e)->qmin ? lanes_code_of((e), (e)->lo) : (e)->qmin)
+#define LANES_QHI(e) (lanes_code_of((e), (e)->hi) < (e)->qmax ? lanes_code_of((e), (e)->hi) : (e)->qmax)
+
+/* dense: vectors [v0, v0+PV) x channels [8b, 8b+8) of group g */
+INLINE void lanes_dense(const lanes_job* j, const uint8_t* planes, const int8_t* wb, int v0, const int PV,
+                        const epilogue* e, const int32_t* obias, int og_left, uint8_t* out, ptrdiff_t ostride) {
+  __m512i a[LANES_PV][LANES_NO];
+  _Pragma("GCC unroll 3") for (int v = 0; v < PV; v++)
+    _Pragma("GCC unroll 8") for (int o = 0; o < LANES_NO; o++) a[v][o] = _mm512_setzero_si512();
+  const uint8_t* xp = planes + (size_t)v0 * 64;
+  for (int s = 0; s < j->nsteps; s++) {
+    const uint8_t* xs = xp + (size_t)j->soff[s] * 4;
+    __m512i xv[LANES_PV];
+    _Pragma("GCC unroll 3") for (int v = 0; v < PV; v++) xv[v] = _mm512_loadu_si512((const void*)(xs + v * 64));
+    const int8_t* ws = wb + (size_t)s * LANES_NO * 4;
+    _Pragma("GCC unroll 8") for (int o = 0; o < LANES_NO; o++) {
+      int32_t w4;
+      memcpy(&w4, ws + o * 4, 4);
+      const __m512i wv = _mm512_set1_epi32(w4);
+      _Pragma("GCC unroll 3") for (int v = 0; v < PV; v++) a[v][o] = _mm512_dpbusd_epi32(a[v][o], xv[v], wv);
+    }
+  }
+  const size_t osz = e->kind == OUT_F32 ? 4 : 1;
+  const float qlo = LANES_QLO(e), qhi = LANES_QHI(e);
+  _Pragma("GCC unroll 8") for (int o = 0; o < LANES_NO; o++) {
+    if (o >= og_left) break;
+    const __m512i ob = _mm512_set1_epi32(obias[o]);
+    _Pragma("GCC unroll 3") for (int v = 0; v < PV; v++)
+      lanes_store(e, qlo, qhi, o, _mm512_add_epi32(a[v][o], ob), j->vmask[v0 + v], out + (size_t)o * ostride * osz, j->vdst[v0 + v]);
+  }
+}
+
+/* depthwise: vectors [v0, v0+PV) x the 4 channels of quad q */
+INLINE void lanes_dw(const lanes_job* j, const uint8_t* planes, const int8_t* wq, int v0, const int PV,
+                     const epilogue* e, const int32_t* obias, int og_left, uint8_t* out, ptrdiff_t ostride) {
+  __m512i a[LANES_DW_PV][4];
+  _Pragma("GCC unroll 6") for (int v = 0; v < PV; v++)
+    _Pragma("GCC unroll 4") for (int o = 0; o < 4; o++) a[v][o] = _mm512_setzero_si512();
+  const uint8_t* xp = planes + (size_t)v0 * 64;
+  for (int s = 0; s < j->nsteps; s++) { /* steps: taps (Cq = 1 per quad) */
+    const uint8_t* xs = xp + (size_t)j->soff[s] * 4;
+    __m512i wv[4];
+    _Pragma("GCC unroll 4") for (int o = 0; o < 4; o++) {
+      int32_t w4;
+      memcpy(&w4, wq + (size_t)s * 16 + o * 4, 4);
+      wv[o] = _mm512_set1_epi32(w4);
+    }
+    _Pragma("GCC unroll 6") for (int v = 0; v < PV; v++) {
+      const __m512i xv = _mm512_loadu_si512((const void*)(xs + v * 64));
+      _Pragma("GCC unroll 4") for (int o = 0; o < 4; o++) a[v][o] = _mm512_dpbusd_epi32(a[v][o], xv, wv[o]);
+    }
+  }
+  const size_t osz = e->kind == OUT_F32 ? 4 : 1;
+  const float qlo = LANES_QLO(e), qhi = LANES_QHI(e);
+  _Pragma("GCC unroll 4") for (int o = 0; o < 4; o++) {
+    if (o >= og_left) break;
+    const __m512i ob = _mm512_set1_epi32(obias[o]);
+    _Pragma("GCC unroll 6") for (int v = 0; v < PV; v++)
+      lanes_store(e, qlo, qhi, o, _mm512_add_epi32(a[v][o], ob), j->vmask[v0 + v], out + (size_t)o * ostride * osz, j->vdst[v0 + v]);
+  }
+}
+
+/* pack image n, quads [q0, q1) (over all groups: quad index g*Cq + cq) into its planes:
+ * per input row, 16 pixels at a time (a masked load for the last ones), the 4 channel rows
+ * interleaved into 4-byte pixels (channels past the group's last hold xz'), then copied
+ * to the row's place in its phase planes (split into column phases for strides > 1) */
+static void lanes_pack(const lanes_job* j, int n, long q0, long q1) {
+  const int32_t* m = j->m;
+  CONV_GEOMETRY(m);
+  (void)N, (void)O, (void)KH, (void)KW, (void)DH, (void)DW, (void)OH, (void)OW, (void)RB, (void)K, (void)Og, (void)HP, (void)WP;
+  const int cg = j->depthwise ? C : Cg, Cq = j->Cq, SS = SH * SW;
+  const size_t HW = (size_t)H * W;
+  uint32_t row[W + 48]; /* slack: whole vectors are stored and read */
+  const size_t PLEN = (size_t)j->PLEN, WPs = (size_t)j->WPs;
+  const __m128i flip = _mm_set1_epi8((char)j->flip), fill = _mm_set1_epi8((char)j->xz);
+  /* where input row h goes (dword offset of its first pixel's phase row), per column phase
+   * the first column and the count of columns it takes */
+  size_t rdst[H];
+  int s0[SW], cnt[SW];
+  size_t cdst[SW];
+  for (int h = 0; h < H; h++) {
+    const int hp = h + PT;
+    rdst[h] = (size_t)(hp % SH) * SW * PLEN + (size_t)(hp / SH) * WPs;
+  }
+  for (int pw = 0; pw < SW; pw++) {
+    s0[pw] = ((pw - PL) % SW + SW) % SW;
+    cnt[pw] = s0[pw] < W ? (W - s0[pw] + SW - 1) / SW : 0;
+    cdst[pw] = (size_t)pw * PLEN + (size_t)(s0[pw] + PL) / SW;
+  }
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (long qi = q0; qi < q1; qi++) {
+    const int g = (int)(qi / Cq), cq = (int)(qi % Cq);
+    uint32_t* base = (uint32_t*)(j->pk + (size_t)n * j->img_bytes) + (size_t)qi * SS * PLEN;
+    memset(base, j->xz, sizeof(uint32_t) * SS * PLEN);
+    const uint8_t* src[4];
+    int real[4];
+    for (int k = 0; k < 4; k++) {
+      const int c = cq * 4 + k;
+      real[k] = c < cg;
+      src[k] = real[k] ? j->x + ((size_t)n * C + (size_t)g * cg + c) * HW : NULL;
+    }
+    for (int h = 0; h < H; h++) {
+      for (int w = 0; w < W; w += 16) {
+        const __mmask16 k16 = W - w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (W - w)) - 1u);
+        __m128i r[4];
+        for (int k = 0; k < 4; k++)
+          r[k] = real[k] ? _mm_xor_si128(_mm_maskz_loadu_epi8(k16, src[k] + (size_t)h * W + w), flip) : fill;
+        const __m128i a = _mm_unpacklo_epi8(r[0], r[1]), b = _mm_unpackhi_epi8(r[0], r[1]);
+        const __m128i c = _mm_unpacklo_epi8(r[2], r[3]), d = _mm_unpackhi_epi8(r[2], r[3]);
+        _mm_storeu_si128((__m128i*)(row + w), _mm_unpacklo_epi16(a, c));
+        _mm_storeu_si128((__m128i*)(row + w + 4), _mm_unpackhi_epi16(a, c));
+        _mm_storeu_si128((__m128i*)(row + w + 8), _mm_unpacklo_epi16(b, d));
+        _mm_storeu_si128((__m128i*)(row + w + 12), _mm_unpackhi_epi16(b, d));
+      }
+      uint32_t* dst = base + rdst[h];
+      if (SW == 1) {
+        memcpy(dst + PL, row, sizeof(uint32_t) * W);
+        continue;
+      }
+      for (int pw = 0; pw < SW; pw++) {
+        uint32_t* d = dst + cdst[pw];
+        const uint32_t* r = row + s0[pw];
+        int k = 0;
+        if (SW == 2) {
+          for (; k + 16 <= cnt[pw]; k += 16)
+            _mm512_storeu_si512((void*)(d + k), _mm512_permutex2var_epi32(_mm512_loadu_si512((const void*)(r + 2 * k)), even,
+                                                                       _mm512_loadu_si512((const void*)(r + 2 * k + 16))));
+          if (k < cnt[pw]) {
+            const __mmask16 km = (__mmask16)((1u << (cnt[pw] - k)) - 1u);
+            _mm512_mask_storeu_epi32((void*)(d + k), km, _mm512_permutex2var_epi32(_mm512_loadu_si512((const void*)(r + 2 * k)), even,
+                                                                                 _mm512_loadu_si512((const void*)(r + 2 * k + 16))));
+            k = cnt[pw];
+          }
+        }
+        for (; k < cnt[pw]; k++) d[k] = r[(size_t)k * SW];
+      }
+    }
+  }
+}
+
+static void lanes_pack_slice(void* job, int s, int nslice) {
+  const lanes_job* j = (const lanes_job*)job;
+  const int N = j->m[M_N], G = j->depthwise ? 1 : j->m[M_G];
+  long lo, hi;
+  slice_range((long)N * G * j->Cq, s, nslice, &lo, &hi);
+  const long per = (long)G * j->Cq;
+  for (long it = lo; it < hi;) {
+    const int n = (int)(it / per);
+    const long end = ((long)n + 1) * per < hi ? ((long)n + 1) * per : hi;
+    lanes_pack(j, n, it - (long)n * per, end - (long)n * per);
+    it = end;
+  }
+}
+
+/* items (n, g, block, tile), tiles innermost: a slice keeps a weight block over its tiles */
+static void lanes_slice(void* job, int s, int nslice) {
+  const lanes_job* j = (const lanes_job*)job;
+  const int32_t* m = j->m;
+  CONV_GEOMETRY(m);
+  (void)H, (void)W, (void)KH, (void)KW, (void)SH, (void)SW, (void)PT, (void)PL, (void)DH, (void)DW, (void)RB, (void)K,
+      (void)HP, (void)WP, (void)Cg;
+  const ptrdiff_t ostride = (ptrdiff_t)OH * OW;
+  const size_t osz = j->epi.kind == OUT_F32 ? 4 : 1;
+  const int Gi = j->depthwise ? 1 : G; /* groups as the packing sees them */
+  const long per_g = (long)j->nblk * j->ntile;
+  long lo, hi;
+  slice_range((long)N * Gi * per_g, s, nslice, &lo, &hi);
+  const int PV = j->depthwise ? LANES_DW_PV : LANES_PV;
+  const size_t plane_group = (size_t)j->Cq * SH * SW * j->PLEN * 4;
+  for (long it = lo; it < hi; it++) {
+    const int t = (int)(it % j->ntile);
+    const int b = (int)(it / j->ntile % j->nblk);
+    const long ng = it / per_g;
+    const int n = (int)(ng / Gi), g = (int)(ng % Gi);
+    const int v0 = t * PV, pv = j->V - v0 < PV ? j->V - v0 : PV;
+    if (j->depthwise) {
+      /* quad b: channels 4b..4b+3, reading planes of quad b */
+      const uint8_t* planes = j->pk + (size_t)n * j->img_bytes + (size_t)b * SH * SW * j->PLEN * 4;
+      const int8_t* wq = j->wp + (size_t)b * j->nsteps * 16;
+      const epilogue eg = group_epilogue(&j->epi, 4 * b, 1);
+      uint8_t* out = j->out + ((size_t)n * O + 4 * b) * ostride * osz;
+      const int left = O - 4 * b;
+      switch (pv) {
+#define DW_CASE(P) case P: lanes_dw(j, planes, wq, v0, P, &eg, j->obias + 4 * b, left, out, ostride); break;
+        DW_CASE(1) DW_CASE(2) DW_CASE(3) DW_CASE(4) DW_CASE(5) DW_CASE(6)
+#undef DW_CASE
+        default: break;
+      }
+    } else {
+      const uint8_t* planes = j->pk + (size_t)n * j->img_bytes + (size_t)g * plane_group;
+      const int ogs = j->nblk * LANES_NO;
+      const int8_t* wb = j->wp + ((size_t)g * ogs + (size_t)b * LANES_NO) * j->nsteps * 4;
+      const epilogue eg = group_epilogue(&j->epi, g, Og);
+      const epilogue eb = group_epilogue(&eg, b, LANES_NO);
+      uint8_t* out = j->out + ((size_t)n * O + (size_t)g * Og + (size_t)b * LANES_NO) * ostride * osz;
+      const int32_t* ob = j->obias + (size_t)g * Og + (size_t)b * LANES_NO;
+      const int left = Og - b * LANES_NO;
+      switch (pv) {
+#define DENSE_CASE(P) case P: lanes_dense(j, planes, wb, v0, P, &eb, ob, left, out, ostride); break;
+        DENSE_CASE(1) DENSE_CASE(2) DENSE_CASE(3)
+#undef DENSE_CASE
+        default: break;
+      }
+    }
+  }
+}
+
+/* the whole call with LAYOUT_I8_LANES; 0, or -1 after fail() */
+static int int8_lanes(const kernel_args* ka, const epilogue* epi, uint8_t flip, int xz, const int32_t* obias) {
+  const int32_t* m = ka->m;
+  CONV_GEOMETRY(m);
+  (void)RB, (void)K;
+  const int depthwise = Cg == 1 && Og == 1 && G > 1;
+  const int cg = depthwise ? C : Cg;
+  const int Cq = (cg + 3) / 4;
+  const int HPs = (HP + SH - 1) / SH, WPs = (WP + SW - 1) / SW;
+  const int V = (OH * WPs + 15) / 16;
+  const int maxoff = ((KH - 1) / SH) * WPs + (KW - 1) / SW;
+  int PLEN = HPs * WPs;
+  if (PLEN < V * 16 + maxoff) PLEN = V * 16 + maxoff;
+  const int taps = KH * KW, nsteps = depthwise ? taps : taps * Cq;
+  if (DH != 1 || DW != 1 || m[M_WZ] != 0 || (depthwise ? m[M_RB] != taps * 16 : m[M_RB] != nsteps * 4))
+    return fail("sliver_lowbit_int8: bad meta for the lane layout: the library was built by a different sliver");
+  const int Gi = depthwise ? 1 : G;
+  const size_t img_bytes = (size_t)Gi * Cq * SH * SW * PLEN * 4;
+  int32_t* soff = (int32_t*)malloc(sizeof(int32_t) * nsteps);
+  uint16_t* vmask = (uint16_t*)malloc(sizeof(uint16_t) * V);
+  int32_t* vdst = (int32_t*)malloc(sizeof(int32_t) * V);
+  uint8_t* pk = (uint8_t*)aligned_alloc(64, (img_bytes * N + 63) / 64 * 64);
+  if (!soff || !vmask || !vdst || !pk) {
+    free(soff); free(vmask); free(vdst); free(pk);
+    return fail("sliver_lowbit_int8: out of memory for the packed activations");
+  }
+  for (int kh = 0, s = 0; kh < KH; kh++)
+    for (int kw = 0; kw < KW; kw++)
+      for (int cq = 0; cq < (depthwise ? 1 : Cq); cq++, s++)
+        soff[s] = (int32_t)(((size_t)cq * SH * SW + (size_t)(kh % SH) * SW + kw % SW) * PLEN +
+                            (size_t)(kh / SH) * WPs + kw / SW);
+  for (int v = 0; v < V; v++) {
+    uint16_t mk = 0;
+    int first = -1;
+    for (int l = 0; l < 16; l++) {
+      const int p = v * 16 + l, oh = p / WPs, ow = p % WPs;
+      if (oh < OH && ow < OW) {
+        mk |= (uint16_t)(1u << l);
+        if (first < 0) first = oh * OW + ow;
+      }
+    }
+    vmask[v] = mk;
+    vdst[v] = first < 0 ? 0 : first;
+  }
+  const int PV = depthwise ? LANES_DW_PV : LANES_PV;
+  lanes_job j = {ka->x, pk, (const int8_t*)ka->w, (uint8_t*)ka->out, obias, m, *epi, soff, vmask, vdst, flip,
+                 (uint8_t)xz, Cq, HPs, WPs, PLEN, V, nsteps, depthwise ? Cq : (Og + LANES_NO - 1) / LANES_NO,
+                 (V + PV - 1) / PV, depthwise, img_bytes};
+  const long pack_items = (long)N * Gi * Cq;
+  pool_job pp = {lanes_pack_slice, (void*)&j, pool_slices(pack_items, (double)N * C * H * W * 4, INT8_MIN_WORK)};
+  pool_run(&pp);
+  const long items = (long)N * Gi * j.nblk * j.ntile;
+  pool_job pj = {lanes_slice, (void*)&j,
+                 pool_slices(items, (double)N * O * OH * OW * ((double)(depthwise ? taps : K) + INT8_PER_OUTPUT),
+                             INT8_MIN_WORK)};
+  pool_run(&pj);
+  free(soff); free(vmask); free(vdst); free(pk);
+  return 0;
+}
+#endif
+
 /* args: x codes int8/uint8 [N][C][H][W], weights int8 [O][RB], wsum int32 [O] (of w'),
  * meta int32 [META_LEN] (ABITS/WBITS unused; WSIGNED=1: no weight is -128; XZ the
  * activation zero point of the codes as given, WZ that of w'), scale, bias, epi, out as the bit-serial kernel. */
@@ -1732,10 +2073,26 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   const uint8_t flip = m[M_ASIGNED] ? 0 : 0x80; /* s8 x s8 products: unsigned codes become x' = x - 128 */
   const int xz = m[M_XZ] - (flip ? 128 : 0), xz_lo = -128, xz_hi = 127;
 #endif
-  if (RB % 16 || RB < K || m[M_TAPB] != Cg || xz < xz_lo || xz > xz_hi)
+  const int layout = m[M_LAYOUT];
+  if ((layout != LAYOUT_I8_LANES && (RB % 16 || RB < K)) || m[M_TAPB] != Cg || xz < xz_lo || xz > xz_hi)
     return fail("sliver_lowbit_int8: bad meta (row bytes a multiple of 16 holding KH*KW*Cg bytes, one byte per "
                 "channel): the library was built by a different sliver");
-  const int layout = m[M_LAYOUT];
+  if (layout == LAYOUT_I8_LANES) {
+#ifdef I8_LANES
+    int32_t* lb = (int32_t*)malloc(sizeof(int32_t) * O);
+    if (!lb) return fail("sliver_lowbit_int8: out of memory");
+    for (int o = 0; o < O; o++) lb[o] = -xz * wsum[o]; /* WZ = 0 */
+    const int rc = int8_lanes(&ka, &epi, flip, xz, lb);
+    free(lb);
+    if (rc) return rc;
+    result->type_index = kAnyNone;
+    result->u.v_int64 = 0;
+    return 0;
+#else
+    return fail("sliver_lowbit_int8: the weights are laid out for the AVX-512 VNNI lane kernel this library was "
+                "built without (the artifact was compiled for another CPU)");
+#endif
+  }
 #ifdef I8_TILE
   const row_fn fn = layout == LAYOUT_I8_TILE ? i8_row_tile : m[M_WSIGNED] ? i8_row_narrow : i8_row_wide;
 #else
