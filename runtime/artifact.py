@@ -7,6 +7,8 @@ A zip archive (stored, not compressed: the library is mostly weights) of
     lib.so          the compiled TVM library (weights included)
     golden.npz      example inputs and the reference outputs for them
     signature.json  optional: an ed25519 signature over manifest.json (``sliver sign``)
+    tokenizer.json  a generating artifact's tokenizer (``tokenizers`` JSON; sha256 in
+                    the manifest's ``llm.tokenizer``)
 
 An artifact is executable code: loading it runs its library.  ``load`` checks the
 archive's structure and sizes, the signature (with ``trusted_keys``), the manifest's
@@ -43,13 +45,14 @@ from sliver.common.numerics import as_numpy, output_error
 from sliver.common.platform import elf_arch, host_arch
 
 from sliver.runtime.manifest import (  # noqa: F401  (FORMAT*: part of this module's API)
-    FORMAT, FORMAT_VERSION, MAX_MANIFEST_BYTES, NUMPY_DTYPES, Manifest, parse,
+    FORMAT, FORMAT_VERSION, MAX_MANIFEST_BYTES, MAX_TOKENIZER_BYTES, NUMPY_DTYPES, Manifest, parse,
 )
 
 LIBRARY = "lib.so"
 MANIFEST = "manifest.json"
 GOLDEN = "golden.npz"
 SIGNATURE = "signature.json"
+TOKENIZER = "tokenizer.json"
 
 
 #: the calling thread's TVM worker-pool setting (TVM's pool belongs to the calling thread)
@@ -77,6 +80,8 @@ class Artifact:
     #: compiler-side extras (not saved): the optimized IR and the pass records
     module: object = None
     records: list = field(default_factory=list)
+    #: a generating artifact's tokenizer.json (manifest.llm.tokenizer has its hash)
+    tokenizer: bytes | None = None
 
     def __post_init__(self):
         if isinstance(self.manifest, dict):
@@ -100,6 +105,8 @@ class Artifact:
                 z.writestr(MANIFEST, manifest.dumps())
                 z.writestr(LIBRARY, self.library)
                 z.writestr(GOLDEN, golden.getvalue())
+                if self.tokenizer is not None:
+                    z.writestr(TOKENIZER, self.tokenizer)
 
         return write
 
@@ -203,6 +210,7 @@ def read(source, *, trusted_keys=None) -> Artifact:
                                     f"than the {limit:,} its inputs and outputs need: refused (a zip bomb?)")
             library = _read_entry(z, entries[LIBRARY])
             golden_bytes = _read_entry(z, entries[GOLDEN])
+            tokenizer = _read_tokenizer(path, z, entries, manifest)
     except ArtifactError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, KeyError, ValueError, NotImplementedError,
@@ -220,12 +228,33 @@ def read(source, *, trusted_keys=None) -> Artifact:
         raise ArtifactError(f"{path}: {GOLDEN} does not match the manifest's sha256: the file was modified or "
                             "damaged; rebuild it with `sliver lower`")
     golden = _read_golden(path, golden_bytes, manifest)
-    return Artifact(library, manifest, golden)
+    return Artifact(library, manifest, golden, tokenizer=tokenizer)
+
+
+def _read_tokenizer(path, z: zipfile.ZipFile, entries: dict, manifest: Manifest) -> bytes | None:
+    """A generating artifact's tokenizer.json, checked against the manifest's size and
+    sha256 (an entry the manifest does not declare is refused)."""
+    declared = manifest.llm.tokenizer if manifest.llm is not None else None
+    if TOKENIZER not in entries:
+        if declared is not None:
+            raise ArtifactError(f"{path}: the manifest declares {TOKENIZER} but the archive has none: rebuild it")
+        return None
+    if declared is None:
+        raise ArtifactError(f"{path}: {TOKENIZER} is not declared by the manifest (a tampered archive): refused")
+    if entries[TOKENIZER].file_size != declared.bytes:
+        raise ArtifactError(f"{path}: {TOKENIZER} holds {entries[TOKENIZER].file_size:,} bytes, the manifest says "
+                            f"{declared.bytes:,}: the file was modified or damaged")
+    data = _read_entry(z, entries[TOKENIZER])
+    if hashlib.sha256(data).hexdigest() != declared.sha256:
+        raise ArtifactError(f"{path}: {TOKENIZER} does not match the manifest's sha256: the file was modified or "
+                            "damaged; rebuild it")
+    return data
 
 
 #: the entries an artifact may hold, and the most bytes each may unpack to
 #: (the library's and the golden data's sizes are checked against the manifest too)
-ENTRY_LIMITS = {MANIFEST: MAX_MANIFEST_BYTES, LIBRARY: 8 << 30, GOLDEN: 8 << 30, SIGNATURE: 4096}
+ENTRY_LIMITS = {MANIFEST: MAX_MANIFEST_BYTES, LIBRARY: 8 << 30, GOLDEN: 8 << 30, SIGNATURE: 4096,
+                TOKENIZER: MAX_TOKENIZER_BYTES}
 _S_IFMT, _S_IFLNK, _S_IFREG = 0o170000, 0o120000, 0o100000
 
 
@@ -356,6 +385,7 @@ def sign(path, key, *, output=None) -> Path:
         entries = _entries(path, z)
         library = _read_entry(z, entries[LIBRARY])
         golden = _read_entry(z, entries[GOLDEN])
+        tokenizer = _read_entry(z, entries[TOKENIZER]) if TOKENIZER in entries else None
     manifest = dataclasses.replace(
         art.manifest, golden=dataclasses.replace(art.manifest.golden, sha256=hashlib.sha256(golden).hexdigest()))
     manifest_bytes = manifest.dumps().encode()
@@ -366,6 +396,8 @@ def sign(path, key, *, output=None) -> Path:
             z.writestr(MANIFEST, manifest_bytes)
             z.writestr(LIBRARY, library)
             z.writestr(GOLDEN, golden)
+            if tokenizer is not None:
+                z.writestr(TOKENIZER, tokenizer)
             z.writestr(SIGNATURE, signature)
 
     return atomic_write(output if output is not None else path, write)
@@ -581,6 +613,47 @@ class CompiledModel:
         list, :meth:`run_dict` a dict by output name."""
         outs = self.run(*inputs, **named)
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    @property
+    def tokenizer(self):
+        """A generating artifact's tokenizer (:class:`~sliver.runtime.generate.Tokenizer`)."""
+        from sliver.runtime.generate import Tokenizer
+
+        self._generating()
+        if getattr(self, "_tokenizer", None) is None:
+            self._tokenizer = Tokenizer(self.artifact.tokenizer, self.source)
+        return self._tokenizer
+
+    def _generating(self) -> None:
+        if self.manifest.llm is None:
+            raise InputError(f"{self.source} is not a generating artifact (it has no KV cache and no step function): "
+                             "lower the causal LM with sliver.lower_llm(model, tokenizer) or `sliver lower ... "
+                             "--generate`")
+
+    def generate(self, prompt, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None, stop_at_eos: bool = True, callback=None):
+        """Generate text after ``prompt`` (a str, or token ids) with a generating
+        artifact (:func:`sliver.lower_llm`): greedy at ``temperature`` 0, else sampled
+        (``top_k``, ``top_p``; ``seed`` makes it reproducible), at most
+        ``max_new_tokens``, stopping after an end-of-sequence token.  ``callback`` is
+        called with each new piece of text as it is generated.  Returns a
+        :class:`~sliver.runtime.generate.Generation` (``.text``, ``.tokens``,
+        ``.time_to_first_token``, ``.decode_tokens_per_s``).  A prompt that does not fit
+        the KV cache is a :class:`~sliver.runtime.generate.ContextLengthError`."""
+        from sliver.runtime import generate
+
+        self._generating()
+        return generate.generate(self, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, seed=seed, stop_at_eos=stop_at_eos, callback=callback)
+
+    def stream(self, prompt, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int | None = None,
+               top_p: float | None = None, seed: int | None = None, stop_at_eos: bool = True):
+        """An iterator over the generated text's pieces, as :meth:`generate` makes them."""
+        from sliver.runtime import generate
+
+        self._generating()
+        return generate.stream(self, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                               top_p=top_p, seed=seed, stop_at_eos=stop_at_eos)
 
     def golden_inputs(self) -> list[np.ndarray]:
         return [self.artifact.golden[f"input_{i}"] for i in range(len(self.inputs))]

@@ -34,6 +34,61 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                                                            "output (default: the artifact's, at most 0.1)")
 
 
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", help="a generating .sliver file (sliver.lower_llm, `sliver lower --generate`)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="the prompt text (tokenized with the artifact's tokenizer)")
+    what.add_argument("--prompt-ids", metavar="IDS", help="the prompt as token ids, comma-separated (no tokenizer "
+                                                          "needed)")
+    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="at most N new tokens (default 64)")
+    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 (the default): greedy; > 0: sample")
+    p.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens only")
+    p.add_argument("--top-p", type=float, metavar="P", help="sample among the most likely tokens whose probability "
+                                                            "reaches P only")
+    p.add_argument("--seed", type=int, metavar="S", help="the sampling seed (the same seed gives the same text)")
+    p.add_argument("--no-stop", action="store_true", help="do not stop at an end-of-sequence token")
+    p.add_argument("--json", action="store_true", help="print one JSON object (tokens, text, timings) instead of "
+                                                       "streaming the text")
+    p.add_argument("--trusted-key", action="append", metavar="PUB",
+                   help="refuse the artifact unless it is signed by this public key (repeatable)")
+    p.add_argument("--threads", type=int, metavar="N", help="TVM worker threads per step (default: TVM's)")
+
+
+def _prompt_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise InputError(f"--prompt-ids {text!r}: give token ids as comma-separated whole numbers (1,2,3)") from None
+
+
+def generate(args) -> int:
+    """Generate from a prompt, streaming the text, then print the time to first token
+    and the decode speed (to stderr, so that stdout is the text alone)."""
+    from sliver.runtime.artifact import load
+
+    model = load(args.artifact, trusted_keys=args.trusted_key, threads=args.threads)
+    prompt = args.prompt if args.prompt is not None else _prompt_ids(args.prompt_ids)
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+              top_p=args.top_p, seed=args.seed, stop_at_eos=not args.no_stop)
+    if args.json:
+        g = model.generate(prompt, **kw)
+        print(json.dumps({"prompt_tokens": g.prompt_tokens, "tokens": g.tokens, "text": g.text,
+                          "stopped": g.stopped, "time_to_first_token": g.time_to_first_token,
+                          "decode_seconds": g.decode_seconds, "step_seconds": g.step_seconds}))
+        return 0
+
+    def show(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    g = model.generate(prompt, callback=show, **kw)
+    sys.stdout.write("\n")
+    speed = g.decode_tokens_per_s
+    print(f"{len(g.prompt_tokens)} prompt tokens, {len(g.tokens)} generated ({g.stopped}); time to first token "
+          f"{g.time_to_first_token * 1e3:.1f} ms, decode {speed:.2f} tokens/s", file=sys.stderr)
+    return 0
+
+
 def add_sign_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifact", help="a .sliver file")
     p.add_argument("--key", required=True, metavar="KEY", help="the ed25519 private key (from `sliver keygen`)")
@@ -207,6 +262,10 @@ def inspect(args) -> int:
             print(f"  {kind[:-1]:<9} {spec.name}: {spec.dtype}[{', '.join(map(str, spec.shape))}]")
     for d in m.dims:
         print(f"  dim       {d.name} in [{d.min}, {d.max}] (dynamic: any size in range)")
+    if m.llm is not None:
+        tok = f"tokenizer.json {m.llm.tokenizer.bytes:,} bytes" if m.llm.tokenizer else "no tokenizer"
+        print(f"  generates KV cache of {m.llm.max_len} positions ({m.llm.layers} layers, {m.llm.kv_heads} kv heads "
+              f"x {m.llm.head_dim}), vocabulary {m.llm.vocab}, eos {m.llm.eos}, {tok}")
     lib = m.library
     print(f"  library   {lib.bytes:,} bytes, sha256 {lib.sha256[:16]}… (checked)")
     print(f"  params    {m.params.count} tensors, {m.params.bytes:,} bytes")
@@ -227,10 +286,12 @@ def main(argv=None) -> int:
     add_inspect_arguments(sub.add_parser("inspect", help="show an artifact's manifest"))
     add_serve_arguments(sub.add_parser("serve", help=SERVE_HELP))
     add_sign_arguments(sub.add_parser("sign", help="sign an artifact with an ed25519 key"))
+    add_generate_arguments(sub.add_parser("generate", help="generate text with a generating artifact"))
     add_keygen_arguments(sub.add_parser("keygen", help="make an ed25519 key pair for signing artifacts"))
     args = parser.parse_args(argv)
     try:
-        return {"run": run, "inspect": inspect, "serve": serve, "sign": sign, "keygen": keygen}[args.command](args)
+        return {"run": run, "inspect": inspect, "serve": serve, "sign": sign, "keygen": keygen,
+                "generate": generate}[args.command](args)
     except SliverError as e:
         print(f"sliver: error: {e}", file=sys.stderr)
         return 2

@@ -21,6 +21,11 @@ over them as sliver prints it (``"12*batch*seq"``, ``"(seq + 1)//2"``).  A manif
 without dynamic dimensions is still written as format version 2, so runtimes that
 predate them keep reading fixed-shape artifacts.
 
+Generating artifacts (format version 4): ``llm`` describes a causal LM's step function
+(:mod:`sliver.llm`): the KV cache's size, the vocabulary, the end-of-sequence ids and
+the stored tokenizer (``tokenizer.json``, with its size and sha256).  A manifest
+without it is written as version 3 (or 2).
+
 This module imports only the standard library and ``sliver.common``.
 """
 
@@ -39,7 +44,7 @@ from sliver.common.errors import ArtifactError
 from sliver.common.records import PassRecord
 
 FORMAT = "sliver-artifact"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 #: a manifest larger than this is refused before it is parsed
 MAX_MANIFEST_BYTES = 32 << 20
@@ -328,6 +333,76 @@ class OpInfo(_Schema):
 
 
 @dataclass
+class TokenizerFile(_Schema):
+    """The tokenizer a generating artifact carries: the ``tokenizers`` library's JSON."""
+
+    file: Literal["tokenizer.json"]
+    sha256: str
+    bytes: int
+
+    def check(self, where: str) -> None:
+        if not _SHA256.fullmatch(self.sha256):
+            raise _fail(f"{where}.sha256", f"expected 64 lowercase hex digits, got {_short(self.sha256)}")
+        if not 0 < self.bytes <= MAX_TOKENIZER_BYTES:
+            raise _fail(f"{where}.bytes", f"expected a size in [1, {MAX_TOKENIZER_BYTES:,}], got {self.bytes}")
+
+
+#: the largest tokenizer.json an artifact may carry
+MAX_TOKENIZER_BYTES = 64 << 20
+
+#: a generating artifact's step function: inputs and outputs by name (sliver.llm)
+LLM_INPUTS = ("input_ids", "position", "k_cache", "v_cache")
+LLM_OUTPUTS = ("logits", "k_cache_out", "v_cache_out")
+
+
+@dataclass
+class LLM(_Schema):
+    """A generating artifact (a causal LM's step function over a static KV cache)."""
+
+    max_len: int  # cache positions: prompt plus generated tokens
+    layers: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    eos: list[int]  # end-of-sequence token ids (generation stops after one)
+    tokenizer: TokenizerFile | None = None
+
+    def check(self, where: str) -> None:
+        for name in ("max_len", "layers", "kv_heads", "head_dim", "vocab"):
+            if not 1 <= getattr(self, name) <= MAX_DIM:
+                raise _fail(f"{where}.{name}", f"expected a size in [1, {MAX_DIM}], got {getattr(self, name)}")
+        for i, e in enumerate(self.eos):
+            if not 0 <= e < self.vocab:
+                raise _fail(f"{where}.eos[{i}]", f"expected a token id in [0, {self.vocab}), got {e}")
+
+    def check_step(self, manifest: "Manifest") -> None:
+        """The step function's inputs and outputs are what the generation loop passes."""
+        cache = [self.layers, self.kv_heads, self.max_len, self.head_dim]
+        want_in = [("input_ids", None, "i64"), ("position", [1], "i64"), ("k_cache", cache, "f32"),
+                   ("v_cache", cache, "f32")]
+        want_out = [("logits", [1, self.vocab], "f32"), ("k_cache_out", cache, "f32"), ("v_cache_out", cache, "f32")]
+        for kind, want in (("inputs", want_in), ("outputs", want_out)):
+            specs = getattr(manifest, kind)
+            got = [(s.name, s.shape, s.dtype) for s in specs]
+            if len(got) != len(want) or any(
+                    g[0] != w[0] or g[2] != w[2] or (w[1] is not None and g[1] != w[1]) for g, w in zip(got, want)):
+                raise _fail("llm", f"a generating artifact's {kind} are {want}, got {got}")
+        ids = manifest.inputs[0].shape
+        ranges = {d.name: d for d in manifest.dims}
+        one_token = ids == [1, 1]
+        dynamic = (len(ids) == 2 and ids[0] == 1 and isinstance(ids[1], str) and ids[1] in ranges
+                   and ranges[ids[1]].min == 1 and ranges[ids[1]].max == self.max_len)
+        if not (one_token or dynamic):
+            raise _fail("inputs[0].shape", f"a generating artifact's input_ids are [1, 1] or [1, tokens] with tokens "
+                                           f"in [1, {self.max_len}], got {ids}")
+
+    @staticmethod
+    def prefill_tokens(manifest: "Manifest") -> int | None:
+        """How many tokens one step takes: 1, or None for any number (the whole prompt)."""
+        return 1 if manifest.inputs[0].shape == [1, 1] else None
+
+
+@dataclass
 class Tuning(_Schema):
     database: str | None  # the tuning database's key, None without one
     tuned: list[str]  # compiled functions whose schedule came from it
@@ -364,6 +439,8 @@ class Manifest(_Schema):
     kernels: dict[str, str] = field(default_factory=dict)
     #: the dynamic dimensions (empty: every shape is fixed)
     dims: list[DimRange] = field(default_factory=list)
+    #: a generating artifact's step function and tokenizer (None: an ordinary artifact)
+    llm: LLM | None = None
 
     def check(self, where: str) -> None:
         if self.format_version != FORMAT_VERSION:
@@ -401,6 +478,8 @@ class Manifest(_Schema):
             for i, spec in enumerate(getattr(self, kind)):
                 if not spec.static and spec.max_numel(self.dims) > MAX_ELEMENTS:
                     raise _fail(f"{kind}[{i}].shape", f"{spec.shape} may hold more than {MAX_ELEMENTS:,} elements")
+        if self.llm is not None:
+            self.llm.check_step(self)
 
     def bind(self, shapes) -> dict[str, int]:
         """The dynamic dimensions' sizes read from the inputs' ``shapes``, each checked
@@ -436,6 +515,10 @@ class Manifest(_Schema):
 
     def to_json(self) -> dict:
         data = _dump(self)
+        if self.llm is not None:
+            return data
+        data["format_version"] = 3  # no generation: the version-3 form, which older runtimes read
+        del data["llm"]
         if not self.dims:  # fixed shapes: the version-2 form, which older runtimes read
             data["format_version"] = 2
             del data["dims"]
@@ -481,8 +564,18 @@ def _from_v2(data: dict) -> dict:
     return data
 
 
+def _from_v3(data: dict) -> dict:
+    """Format version 3 → 4: ``llm`` (none: not a generating artifact)."""
+    data = dict(data)
+    data["format_version"] = 4
+    if "llm" in data:
+        raise _fail("llm", "not a field of format version 3 (a damaged or foreign manifest)")
+    data["llm"] = None
+    return data
+
+
 #: format version → the function that turns it into the next version
-MIGRATIONS = {1: _from_v1, 2: _from_v2}
+MIGRATIONS = {1: _from_v1, 2: _from_v2, 3: _from_v3}
 
 
 def parse(raw: bytes) -> Manifest:

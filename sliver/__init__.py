@@ -15,6 +15,7 @@ from sliver.common.errors import SliverError  # noqa: E402  (cheap, always avail
 
 _LAZY = {
     "lower": ("sliver.api", "lower"),
+    "lower_llm": ("sliver.llm", "lower_llm"),
     "trace": ("sliver.api", "trace"),
     "compile": ("sliver.api", "compile"),
     "quantize": ("sliver.api", "quantize"),
@@ -39,4 +40,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'sliver' has no attribute {name!r}")
 
 
-__all__ = ["SliverError", "lower", "trace", "compile", "quantize", "load", "to_torch", "__version__"]
+__all__ = ["SliverError", "lower", "lower_llm", "trace", "compile", "quantize", "load", "to_torch", "__version__"]

@@ -447,7 +447,8 @@ def lower(
         with Display() if progress else contextlib.nullcontext() as shown:
             return lower(model, example_inputs, target, passes=passes, verify=verify, instruments=instruments,
                          progress=shown, rtol=rtol, atol=atol, tune=tune, rpc=rpc, winograd=winograd,
-                         output_names=output_names)
+                         output_names=output_names, dynamic_shapes=dynamic_shapes, quantize=quantize,
+                         calibration=calibration)
     say = progress or (lambda msg: None)
     from sliver.backends.tvm.build import compile_module, tvm_version
     from sliver.backends.tvm.targets import check_toolchain, resolve

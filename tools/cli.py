@@ -6,6 +6,7 @@
     sliver tune MODEL --target x86_64 (--trials N | --time-budget 10m) [--rpc HOST:PORT --key pi] [-o model.sliver]
     sliver device serve [--tracker HOST:PORT] --key pi | sliver device tracker
     sliver run model.sliver [--verify] [--emulate]
+    sliver lower file.py:function --generate [--max-len N] -o llm.sliver
     sliver inspect model.sliver
     sliver bench model.sliver [--per-layer] [--emulate]
     sliver explain model.sliver [-o report.md] [--html report.html] [--emulate]
@@ -147,6 +148,10 @@ def cmd_lower(args) -> int:
     from sliver.progress import Display
 
     target = _target(args.target)
+    if args.generate:
+        return _lower_generate(args, target)
+    if args.max_len is not None:
+        raise UsageError("--max-len applies to generating artifacts: add --generate")
     names = [n.strip() for n in args.output_names.split(",")] if args.output_names else None
     model, inputs = load_model(args.model)
     if args.calibration and not args.quantize:
@@ -164,6 +169,79 @@ def cmd_lower(args) -> int:
         sys.stderr.write(format_records(art.records))
     path = art.save(args.output)
     say(f"wrote {path} ({path.stat().st_size:,} bytes, target {art.target})")
+    return 0
+
+
+def _lower_generate(args, target) -> int:
+    """``sliver lower file.py:function --generate``: the function returns a transformers
+    causal LM and its tokenizer, ``(model, tokenizer)``."""
+    from sliver.common.errors import ModelError
+    from sliver.llm import lower_llm
+    from sliver.progress import Display
+    from sliver.tools.shared import load_callable, quiet_torch
+
+    for flag, value in (("--output-names", args.output_names), ("--quantize", args.quantize)):
+        if value:
+            raise UsageError(f"{flag} does not apply to --generate (a generating artifact's inputs and outputs are "
+                             "fixed; weight quantization goes in --passes)")
+    builder = load_callable(args.model)
+    try:
+        result = builder()
+    except Exception as e:
+        raise ModelError(f"{args.model} raised {type(e).__name__}: {e}") from None
+    quiet_torch()
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise ModelError(f"with --generate, {args.model} must return (model, tokenizer): a transformers causal LM "
+                         f"and its tokenizer (or None), got {type(result).__name__}")
+    model, tokenizer = result
+    with Display() as display:
+        display(f"lowering {args.model} for {args.target} as a generating artifact")
+        art = lower_llm(model, tokenizer, max_len=args.max_len or 512, target=target, passes=args.passes,
+                        verify=not args.no_verify, progress=display, winograd=not args.no_winograd)
+    _pass_reports(art.records)
+    path = art.save(args.output)
+    say(f"wrote {path} ({path.stat().st_size:,} bytes, target {art.target}; `sliver generate {path} --prompt ...`)")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    if not args.emulate:
+        return runtime_cli.generate(args)
+    import json
+
+    from sliver.runtime.artifact import read
+    from sliver.runtime.generate import Tokenizer
+    from sliver.tools.emulator import emulate
+
+    emulate.ensure_ready()
+    art = read(args.artifact, trusted_keys=args.trusted_key)
+    tokenizer = Tokenizer(art.tokenizer, args.artifact)
+    # the emulated Pi has no tokenizers library: the text is tokenized and detokenized here
+    ids = tokenizer.encode(args.prompt) if args.prompt is not None else runtime_cli._prompt_ids(args.prompt_ids)
+    argv = ["generate", str(Path(args.artifact).resolve()), "--prompt-ids", ",".join(map(str, ids)), "--json",
+            "--max-new-tokens", str(args.max_new_tokens), "--temperature", repr(args.temperature)]
+    for flag in ("top_k", "top_p", "seed", "threads"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if args.no_stop:
+        argv.append("--no-stop")
+    for key in args.trusted_key or ():
+        argv += ["--trusted-key", str(Path(key).resolve())]
+    say("generating on the emulated Raspberry Pi (qemu-aarch64, Cortex-A72; times under qemu mean nothing)")
+    proc = emulate.run_module(argv, timeout=None)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        return proc.returncode
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if args.json:
+        result["text"] = tokenizer.decode(result["tokens"]) if tokenizer.available else None
+        print(json.dumps(result))
+        return 0
+    print(tokenizer.decode(result["tokens"]) if tokenizer.available else " ".join(map(str, result["tokens"])))
+    steps = result["step_seconds"]
+    print(f"{len(ids)} prompt tokens, {len(result['tokens'])} generated ({result['stopped']}); under qemu: time to "
+          f"first token {result['time_to_first_token'] * 1e3:.0f} ms, decode "
+          f"{len(steps) / max(sum(steps), 1e-9):.3f} tokens/s", file=sys.stderr)
     return 0
 
 
@@ -434,6 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "as method=mse go in --passes '...,quantize-static{method=mse},...')")
     p.add_argument("--calibration", metavar="DATA", help="calibration data for --quantize: an .npz with one array per "
                    "input (a stack [S, ...] of samples) or a folder of .npy files (one sample each)")
+    p.add_argument("--generate", action="store_true", help="a generating artifact of a causal LM (prefill and decode "
+                   "over a KV cache, tokenizer inside; `sliver generate`): MODEL's function returns (model, tokenizer)")
+    p.add_argument("--max-len", type=int, metavar="N", help="with --generate: KV cache positions, prompt plus "
+                   "generated tokens (default 512)")
     _add_ir_debug_flags(p)
     p.set_defaults(func=cmd_lower)
 

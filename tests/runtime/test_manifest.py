@@ -36,7 +36,7 @@ def _rewrite(files: dict, dst, manifest) -> None:
 def test_the_compiler_writes_the_current_version_and_it_round_trips(good, example_x86):
     # a fixed-shape artifact is written in the version-2 form (older runtimes read it); read, it is current
     assert good["format"] == "sliver-artifact" and good["format_version"] == 2 and "dims" not in good
-    assert mf.FORMAT_VERSION == 3
+    assert mf.FORMAT_VERSION == 4
     m = read(example_x86).manifest
     assert isinstance(m, Manifest) and isinstance(m.inputs[0], mf.TensorSpec)
     assert m.to_json() == good
@@ -53,7 +53,7 @@ def test_version_1_is_migrated_on_read(good, saved, tmp_path):
     path = tmp_path / "v1.sliver"
     _rewrite(saved, path, v1)
     art = read(path)
-    assert art.manifest.format_version == 3 and art.manifest.kernels == {} and art.manifest.golden.sha256 is None
+    assert art.manifest.format_version == 4 and art.manifest.kernels == {} and art.manifest.golden.sha256 is None
     assert art.manifest.dims == []
     assert all(r["ok"] for r in art.load().verify())
     # saved again, it is a version-2 artifact with the golden data's hash
@@ -63,8 +63,8 @@ def test_version_1_is_migrated_on_read(good, saved, tmp_path):
 
 
 def test_a_newer_version_asks_for_an_upgrade(good):
-    newer = dict(good, format_version=4)
-    with pytest.raises(ArtifactError, match="format_version: version 4 is newer.*upgrade sliver"):
+    newer = dict(good, format_version=5)
+    with pytest.raises(ArtifactError, match="format_version: version 5 is newer.*upgrade sliver"):
         Manifest.from_json(newer)
 
 

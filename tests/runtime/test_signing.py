@@ -97,7 +97,7 @@ def test_signing_a_version_1_artifact_records_the_golden_hash(example_x86, keys,
     signed = sign(old, keys["builder"][0])
     assert signed == old  # in place by default
     art = read(signed, trusted_keys=[keys["builder"][1]])
-    assert art.manifest.format_version == 3 and art.manifest.golden.sha256 is not None  # read: the current format
+    assert art.manifest.format_version == 4 and art.manifest.golden.sha256 is not None  # read: the current format
 
 
 def test_bad_key_files_are_sliver_errors(example_x86, tmp_path):

@@ -64,6 +64,9 @@ def _plan_rules(func, cpu: CPU):
     if winograd.match_func(sch):  # three stages; its input transform must not be inlined
         _schedule_rest(sch, set(winograd.schedule(sch, cpu)), cpu)
         return sch, "winograd"
+    if elementwise.match_softmax(sch):  # its exponentials are read twice: computed once per row
+        elementwise.schedule_softmax(sch, cpu)
+        return sch, "softmax"
     _inline_prologue(sch, root_blocks(sch))
     reductions = [b for b in root_blocks(sch) if "R" in iter_kinds(sch, b)]
     done = set()

