@@ -162,10 +162,21 @@ class LayerSensitivity:
     trace_se: float  # its standard error
     sq_err: dict = field(default_factory=dict)  # {bits: ‖Q_b(W) − W‖²}
     omega: dict = field(default_factory=dict)  # {bits: Tr(H)/n · ‖Q_b(W) − W‖²}
+    # the same for the layer's input activation X over the data (HAWQ-V2's activation
+    # term): m elements, Tr(H_X), and {a_bits: Tr(H_X)/m · ‖Q_a(X) − X‖²}; empty if not measured
+    a_numel: int = 0
+    a_trace: float = 0.0
+    a_trace_se: float = 0.0
+    a_omega: dict = field(default_factory=dict)
 
     @property
     def avg_trace(self) -> float:
         return self.trace / self.numel
+
+    def total_omega(self, w_bits: int, a_bits: int) -> float:
+        """Ω of the layer at W``w_bits``A``a_bits``: the weight term plus, when it was
+        measured, the input activation's."""
+        return self.omega[w_bits] + (self.a_omega[a_bits] if self.a_omega else 0.0)
 
 
 @dataclass
@@ -175,6 +186,7 @@ class Sensitivity:
     converged: bool
     rtol: float
     samples: int  # data samples in the loss
+    a_iterations: int = 0  # Hutchinson samples of the activation traces (per batch, summed)
 
     def __getitem__(self, name: str) -> LayerSensitivity:
         for ls in self.layers:
@@ -186,15 +198,22 @@ class Sensitivity:
     def widths(self) -> tuple[int, ...]:
         return tuple(sorted(self.layers[0].omega))
 
-    def omega(self) -> dict[str, dict[int, float]]:
-        return {ls.name: dict(ls.omega) for ls in self.layers}
+    def omega(self, pairs: dict | None = None) -> dict[str, dict[int, float]]:
+        """``{layer: {w_bits: Ω}}``; with ``pairs`` (``{w_bits: a_bits}``) Ω includes the
+        activation term at each weight width's activation width."""
+        if pairs is None:
+            return {ls.name: dict(ls.omega) for ls in self.layers}
+        return {ls.name: {b: ls.total_omega(b, pairs[b]) for b in pairs} for ls in self.layers}
 
     def table(self) -> str:
         ws = self.widths
-        rows = [("layer", "kind", "weights", "Tr(H)", "± se", "Tr(H)/n", *[f"Ω({w})" for w in ws])]
+        acts = all(ls.a_omega for ls in self.layers)
+        rows = [("layer", "kind", "weights", "Tr(H)", "± se", "Tr(H)/n", *[f"Ω({w})" for w in ws],
+                 *(("Tr(H_X)/m", *[f"Ω_X({w})" for w in ws]) if acts else ()))]
         for ls in self.layers:
             rows.append((ls.name, ls.kind, f"{ls.numel:,}", f"{ls.trace:.4g}", f"{ls.trace_se:.2g}",
-                         f"{ls.avg_trace:.4g}", *[f"{ls.omega[w]:.3g}" for w in ws]))
+                         f"{ls.avg_trace:.4g}", *[f"{ls.omega[w]:.3g}" for w in ws],
+                         *((f"{ls.a_trace / ls.a_numel:.4g}", *[f"{ls.a_omega[w]:.3g}" for w in ws]) if acts else ())))
         return "\n".join(table_lines(rows)) + "\n"
 
 
@@ -255,12 +274,19 @@ def hutchinson_trace(model: nn.Module, data, loss_fn: Callable, params: Sequence
 
 
 def sensitivity(model: nn.Module, data, loss_fn: Callable, *, widths: Sequence[int] = DEFAULT_WIDTHS,
-                rtol: float = 0.02, min_iters: int = 10, max_iters: int = 500, seed: int = 0) -> Sensitivity:
+                rtol: float = 0.02, min_iters: int = 10, max_iters: int = 500, seed: int = 0,
+                activations: bool = True) -> Sensitivity:
     """Per-layer Hessian trace (Hutchinson) and Ω_i(b) for each width b in ``widths``.
 
     ``data``: an ``(inputs, targets)`` pair or an iterable of them; ``loss_fn(outputs,
     targets)`` returns the scalar loss (e.g. ``F.cross_entropy``).  The model is
-    evaluated in eval mode on a copy: yours is not changed."""
+    evaluated in eval mode on a copy: yours is not changed.
+
+    ``activations``: also estimate, as HAWQ-V2 does for mixed-precision activations, the
+    trace of the Hessian with respect to each layer's input activation X over the data
+    and Ω_X(a) = Tr(H_X)/m · ‖Q_a(X) − X‖² for a = 1..8 (Q_a: the per-tensor quantizer
+    ``sliver.qat`` starts from); an allocation then adds Ω_X at each width's activation
+    width, so a layer whose input is sensitive is not given few activation bits."""
     _check_model(model)
     widths = _check_widths(widths)
     if not callable(loss_fn):
@@ -291,7 +317,84 @@ def sensitivity(model: nn.Module, data, loss_fn: Callable, *, widths: Sequence[i
         om = {b: max(tr, 0.0) / n * sq[b] for b in widths}
         kind = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear"
         out.append(LayerSensitivity(name, kind, n, tr, se, sq, om))
-    return Sensitivity(out, k, converged, rtol, sum(len(b[0]) for b in batches))
+    a_iters = 0
+    if activations:
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            a_iters, a_converged = _activation_terms(work, [m for _, m in layers], batches, loss_fn, out, rtol=rtol,
+                                                     min_iters=min_iters, max_iters=max_iters, seed=seed)
+        except RuntimeError as e:
+            raise QuantError(f"sliver.quant: running the model and loss on the data failed: {e}") from None
+        converged = converged and a_converged
+    return Sensitivity(out, k, converged, rtol, sum(len(b[0]) for b in batches), a_iters)
+
+
+def _activation_terms(model, modules, batches, loss_fn, out: list[LayerSensitivity], **hutchinson) -> tuple[int, bool]:
+    """Fill each layer's activation fields: Hutchinson on zero "probes" added to the
+    layers' inputs (the Hessian with respect to a probe at 0 is the one with respect to
+    the input, and the graph through earlier layers stays whole), one run per batch
+    (the loss is a weighted sum over batches, so the traces add).  Skipped — empty
+    ``a_omega`` for every layer — when a layer does not run exactly once per forward."""
+    total = sum(len(b[0]) for b in batches)
+    traces, variances, numel = [0.0] * len(modules), [0.0] * len(modules), [0] * len(modules)
+    sq = [dict.fromkeys(range(1, 9), 0.0) for _ in modules]
+    quants: list = [None] * len(modules)
+    iters, converged = 0, True
+    for bi, batch in enumerate(batches):
+        seen: dict = {}
+
+        def record(i):
+            return lambda m, args: seen.setdefault(i, []).append(args[0].detach())
+
+        hooks = [m.register_forward_pre_hook(record(i)) for i, m in enumerate(modules)]
+        try:
+            with torch.no_grad():
+                model(batch[0])
+        finally:
+            for h in hooks:
+                h.remove()
+        if any(len(seen.get(i, [])) != 1 for i in range(len(modules))):
+            return 0, True  # a layer used twice (or not at all): its input is not one activation
+        xs = [seen[i][0] for i in range(len(modules))]
+        probes = [torch.zeros_like(x, requires_grad=True) for x in xs]
+
+        def probe(i):
+            return lambda m, args: (args[0] + probes[i], *args[1:])
+
+        hooks = [m.register_forward_pre_hook(probe(i)) for i, m in enumerate(modules)]
+        weight = len(batch[0]) / total
+        try:
+            means, ses, k, ok = hutchinson_trace(model, [batch], lambda o, t: loss_fn(o, t) * weight, probes,
+                                                 **{**hutchinson, "seed": hutchinson["seed"] + bi})
+        finally:
+            for h in hooks:
+                h.remove()
+        iters, converged = iters + k, converged and ok
+        for i, x in enumerate(xs):
+            traces[i] += means[i]
+            variances[i] += ses[i] ** 2
+            numel[i] += x.numel()
+            if quants[i] is None:  # scales from the first batch, as sliver.qat's first training step
+                quants[i] = {a: _activation_quantizer(a, x) for a in sq[i]}
+            with torch.no_grad():
+                for a, q in quants[i].items():
+                    sq[i][a] += float(((q(x) - x) ** 2).sum())
+    for ls, tr, var, m, errs in zip(out, traces, variances, numel, sq):
+        ls.a_numel, ls.a_trace, ls.a_trace_se = m, tr, math.sqrt(var)
+        ls.a_omega = {a: max(tr, 0.0) / m * e for a, e in errs.items()}
+    return iters, converged
+
+
+@torch.no_grad()
+def _activation_quantizer(bits: int, x: torch.Tensor):
+    """Q_a: the per-tensor input quantizer ``sliver.qat`` starts a layer's training
+    from (sign and LSQ initial scale from ``x``)."""
+    from sliver.qat import LearnedQuant
+
+    q = LearnedQuant(bits)
+    q._init(x.float())
+    return q.eval()
 
 
 # -- cost -----------------------------------------------------------------------------------------
@@ -441,7 +544,10 @@ class Allocation:
                 "budget": self.budget, "budget_unit": self.budget_unit, "mean_bits": self.mean_bits,
                 "packed_bytes": self.packed_bytes, "ptq": self.ptq_config(),
                 "sensitivity": {ls.name: {"trace": ls.trace, "trace_se": ls.trace_se, "numel": ls.numel,
-                                          "omega": {str(b): o for b, o in ls.omega.items()}}
+                                          "omega": {str(b): o for b, o in ls.omega.items()},
+                                          "activation": {"trace": ls.a_trace, "trace_se": ls.a_trace_se,
+                                                         "numel": ls.a_numel,
+                                                         "omega": {str(a): o for a, o in ls.a_omega.items()}}}
                                 for ls in self.sensitivity.layers},
                 "hutchinson": {"iterations": self.sensitivity.iterations, "converged": self.sensitivity.converged,
                                "rtol": self.sensitivity.rtol},
@@ -459,11 +565,15 @@ class Allocation:
                  f"Hutchinson: {s.iterations} samples on {s.samples} data points, "
                  + ("converged" if s.converged else "NOT converged")
                  + f" (every layer's standard error ≤ {s.rtol:g} of its trace).", ""]
-        ws = s.widths
+        ws = [b for b in s.widths if b in t.a_bits]
+        lines += ["Ω(b): weights at b bits and the layer's input at a_bits(b) = "
+                  + ", ".join(f"{b}→{t.a_bits[b]}" for b in ws)
+                  + (" (weight term + activation term)." if all(ls.a_omega for ls in s.layers) else
+                     " (weight term only: the activation term was not measured)."), ""]
         rows = [("layer", "weights", "Tr(H)/n", *[f"Ω({b})" for b in ws], "w_bits", "a_bits", f"cost ({unit})")]
         for ls in s.layers:
             n = ls.name
-            rows.append((n, f"{ls.numel:,}", f"{ls.avg_trace:.3g}", *[f"{ls.omega[b]:.3g}" for b in ws],
+            rows.append((n, f"{ls.numel:,}", f"{ls.avg_trace:.3g}", *[f"{ls.total_omega(b, t.a_bits[b]):.3g}" for b in ws],
                          str(self.widths[n]), str(self.a_bits[n]), _fmt_cost(t.costs[n][self.widths[n]], unit)))
         lines += _md_table(rows) + [""]
         lines += [f"Pareto front: {len(self.front)} allocations (widths in layer order: {', '.join(self.names)})", ""]
@@ -582,7 +692,7 @@ def allocate(model: nn.Module, data=None, loss_fn: Callable | None = None, *, bu
         if [ls.name for ls in sensitivity.layers] != names or set(sensitivity.widths) < set(widths):
             raise QuantError("sliver.quant: the given sensitivity is for other layers or widths: "
                              "compute it for this model with the same widths")
-    omega = {ls.name: {b: ls.omega[b] for b in widths} for ls in sensitivity.layers}
+    omega = sensitivity.omega({b: pairs[b] for b in widths})
     costs = {n: {b: table.costs[n][b] for b in widths} for n in names}
     front = pareto_front(omega, costs)
     fits = [p for p in front if p.cost <= limit * (1 + 1e-9)]

@@ -53,6 +53,43 @@ def test_hutchinson_trace_of_a_small_mlp_within_5_percent_of_the_full_hessian():
     assert all(p.requires_grad for p in m.parameters()) and m.training
 
 
+def _exact_activation_traces(m, x, y):
+    """Tr of the Hessian of the loss with respect to each layer's input (all samples)."""
+    out = []
+    for _, layer in Q.quant_layers(m):
+        seen = []
+        h = layer.register_forward_pre_hook(lambda mod, a: seen.append(a[0].detach()))
+        m(x)
+        h.remove()
+
+        def f(probe, layer=layer):
+            hook = layer.register_forward_pre_hook(lambda mod, a: (a[0] + probe,))
+            try:
+                return F.cross_entropy(m(x), y)
+            finally:
+                hook.remove()
+
+        z = torch.zeros_like(seen[0])
+        out.append(float(torch.autograd.functional.hessian(f, z).reshape(z.numel(), z.numel()).diagonal().sum()))
+    return out
+
+
+def test_activation_traces_within_5_percent_of_the_full_hessian_and_omega_adds_them():
+    m, x, y = _mlp()
+    s = Q.sensitivity(m.eval(), (x, y), F.cross_entropy, rtol=0.02, max_iters=20000)
+    exact = _exact_activation_traces(m, x, y)
+    assert s.converged and s.a_iterations > 0
+    for ls, e, numel in zip(s.layers, exact, (64 * 6, 64 * 8, 64 * 5)):
+        assert e > 0 and ls.a_numel == numel
+        assert abs(ls.a_trace - e) <= 0.05 * e, (ls.name, ls.a_trace, e)
+        # Ω_X(a) = Tr(H_X)/m · ‖Q_a(X) − X‖², decreasing in a, added to the weight term
+        assert all(ls.a_omega[a] > ls.a_omega[a + 1] for a in range(1, 8))
+        assert ls.total_omega(4, 2) == pytest.approx(ls.omega[4] + ls.a_omega[2])
+    assert s.omega({2: 2, 8: 8})[s.layers[0].name][2] == pytest.approx(s.layers[0].total_omega(2, 2))
+    weights_only = Q.sensitivity(m, (x, y), F.cross_entropy, max_iters=50, activations=False)
+    assert all(not ls.a_omega and ls.total_omega(2, 2) == ls.omega[2] for ls in weights_only.layers)
+
+
 def test_hutchinson_over_batches_equals_one_batch_of_them_all():
     m, x, y = _mlp()
     one = Q.sensitivity(m, (x, y), F.cross_entropy, min_iters=20, max_iters=20)

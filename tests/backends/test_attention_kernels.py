@@ -6,7 +6,8 @@
   over rows and columns padded to the tile's multiple and sliced; padded rows read A's
   last row again, padded columns a zero-padded copy of B;
 - the softmax over the last axis (:func:`.elementwise.schedule_softmax`): one parallel loop
-  over rows, partial max and sum per vector lane, whatever the row length.
+  over rows, partial max and sum per vector lane, whatever the row length;
+- ``x ** 3`` of GPT-2's GELU as products, not a libm ``pow`` per element.
 
 Each scheduled PrimFunc must equal the unscheduled one, for the AVX2 (x86-64-v3) and
 AVX-512 (x86-64-v4) decisions alike, and the arm64 build must match torch on the
@@ -162,3 +163,25 @@ def test_softmax_rows_with_an_epilogue(level, shape):
     (name,) = [nm for nm in funcs if "softmax" in nm]
     assert "multiply" in name and "add" in name, list(funcs)
     assert check(funcs, target, level)[name] == "softmax"
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("exponent", [2.0, 3.0, 4.0, 2.5])
+def test_power_by_a_small_whole_constant_is_products(level, exponent):
+    from test_fast_float import run, runs_here
+
+    from sliver.backends.tvm import schedules as S
+
+    target = tvm_target(resolve(level))
+    x = np.concatenate([np.linspace(-30, 30, 250, dtype=np.float32),
+                        np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30], np.float32)]).reshape(2, 128)
+    (f,) = front_primfuncs(lambda bb, v: bb.emit(relax.op.power(v, relax.const(np.float32(exponent)))), [x.shape],
+                           target).values()
+    assert ("T.pow(" in f.script()) == (exponent == 2.5)
+    if not runs_here(level):
+        pytest.skip(f"this host cannot run {level} code")
+    got = run(S.schedule_primfunc(f, target)[0], [x, np.zeros_like(x)], target)
+    with np.errstate(invalid="ignore"):
+        want = np.power(x.astype(np.float64), exponent).astype(np.float32)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got[~np.isnan(want)], want[~np.isnan(want)], rtol=1e-6)
