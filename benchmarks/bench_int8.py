@@ -8,7 +8,8 @@ BERT-base (128 tokens) (:mod:`sliver.benchmarks.speed`: transformers classes, ra
 weights, since only latency is measured).  Both quantizers get the same calibration
 samples (random images / tokens).
 
-Timing: the fair harness (:func:`sliver.benchmarks.latency.time_fair`): warm-up turns,
+Timing (``--cpu-time --threads 1`` on a loaded machine: the calling thread's CPU time
+instead of wall time): the fair harness (:func:`sliver.benchmarks.latency.time_fair`): warm-up turns,
 then rounds in which every backend gets one turn in a new random order, each turn after
 a pause (``--pause-ms``, default 200) and made of ``--calls`` back-to-back calls, the
 first after the pause left out; the table gives each backend's median and min warm call,
@@ -24,6 +25,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -122,6 +124,7 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     out = {"cpu": _cpu_name(), "threads": args.threads, "rounds": args.rounds, "calls": args.calls,
+           "clock": "thread CPU time" if args.cpu_time else "wall time",
            "calibration": args.calibration, "models": {}}
     lock = _Lock(args.lock)
     for name in args.models.split(","):
@@ -137,7 +140,8 @@ def run(args) -> dict:
             lock.hold(exclusive=True)
             before = _loadavg()
             with OtherLoad() as load:
-                timed = time_fair(fns, args.warmup, args.rounds, 1e9, calls=args.calls, pause_s=args.pause_ms / 1e3)
+                timed = time_fair(fns, args.warmup, args.rounds, 1e9, calls=args.calls, pause_s=args.pause_ms / 1e3,
+                                  clock=time.thread_time_ns if args.cpu_time else time.perf_counter_ns)
         report = next(r for r in art.records if r.name == "quantize-static").notes
         row = {k: {"median_ms": statistics.median(t.times), "min_ms": min(t.times)} for k, t in timed.items()}
         ref = row["ort int8"]
@@ -174,10 +178,15 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--pause-ms", type=float, default=200.0)
     p.add_argument("--calibration", type=int, default=8, help="calibration samples for both quantizers")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time the calling thread's CPU time instead of wall time (needs --threads 1: a loaded "
+                        "machine's waiting is left out, other threads' work would be too)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--lock", metavar="FILE", help="hold a shared flock on FILE while compiling, an exclusive one "
                    "while timing (a machine shared with jobs that take the shared lock)")
     args = p.parse_args(argv)
+    if args.cpu_time and args.threads != 1:
+        p.error("--cpu-time needs --threads 1: other threads' work is not the calling thread's CPU time")
     out = run(args)
     if args.json:
         with open(args.json, "w") as f:

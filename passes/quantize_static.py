@@ -28,7 +28,9 @@ module, as ``quantize-activations`` does), a ``matmul`` of two activations (atte
 there is no integer op for it), and a *sensitive* layer: one whose output error from
 quantizing its own input and weight (on the first calibration sample, relative to the
 output's largest magnitude) exceeds ``max_error``.  Residual ``add`` and ``concat`` run
-in float between the integer layers (on their f32 epilogue outputs).
+in float between the integer layers (on their f32 epilogue outputs).  Zero padding traced
+as ``concat`` s with zero constants (``F.pad``, TensorFlow-style "same" padding) is first
+folded into the padding of the conv it feeds, so the conv's codes are padded in the kernel.
 
 The report has one row per layer: the activation range and codes, the layer's own error
 vs float, kept-float reasons; and the whole model's output error vs float on the first
@@ -252,6 +254,58 @@ def choose_range(obs: Observer, method: str, kind: str, percentile: float) -> tu
 # -- the pass ------------------------------------------------------------------------------------
 
 
+def _is_zero(module, v) -> bool:
+    p = v.producer
+    if p is not None and p.kind == "constant":
+        return float(p.attrs["value"]) == 0.0
+    data = module.param_data(v)
+    return data is not None and not np.any(data)
+
+
+def unpad(module, v):
+    """``(x, [top, left, bottom, right])`` when ``v`` is ``x`` zero-padded on its two
+    spatial axes by ``concat`` s with all-zero constants (how ``F.pad`` and TensorFlow-style
+    "same" padding trace), else ``(v, None)``."""
+    pads, found = [0, 0, 0, 0], False
+    while v.producer is not None and v.producer.kind == "concat" and len(v.type.shape) == 4:
+        op = v.producer
+        axis = op.attrs["axis"] % 4
+        inner = [i for i, o in enumerate(op.operands) if not _is_zero(module, o)]
+        sizes = [o.type.shape[axis] for o in op.operands]
+        if axis not in (2, 3) or len(inner) != 1 or not all(isinstance(n, int) for n in sizes):
+            break
+        i = inner[0]
+        before, after = sum(sizes[:i]), sum(sizes[i + 1:])
+        pads[axis - 2] += before
+        pads[axis] += after
+        v, found = op.operands[i], True
+    return v, (pads if found else None)
+
+
+def fold_zero_padding(module) -> int:
+    """Fold zero padding made of ``concat`` s into the ``conv2d`` s it feeds (their
+    ``padding``; the same values in float): the conv's input becomes the unpadded tensor,
+    the one quantized, and its codes are padded by the kernel with the zero point (the
+    code of 0.0), instead of a float concat and a quantize of the padded tensor.  Returns
+    how many convs changed."""
+    n = 0
+    for op in module.ops:
+        if op.kind != "conv2d":
+            continue
+        x, pads = unpad(module, op.operands[0])
+        if pads is None:
+            continue
+        op.set_operand(0, x)
+        old = op.attrs.get("padding", (0, 0, 0, 0))
+        op.attrs["padding"] = type(old)(int(a) + b for a, b in zip(old, pads))
+        n += 1
+    if n:
+        from sliver.passes.dce import dce
+
+        dce(module)
+    return n
+
+
 def _layer_name(w) -> str:
     return w.name.removesuffix(".weight")
 
@@ -336,6 +390,7 @@ class QuantizeStatic(Pass):
 
         self._check()
         samples = calibration_samples(self.calibration, module)
+        padding_folded = fold_zero_padding(module)
         skip = {s.strip() for s in self.skip.split(";") if s.strip()}
         supers = self._super_layers(module, samples)
         rows, sites = [], {}
@@ -415,7 +470,7 @@ class QuantizeStatic(Pass):
 
         model_error = max_relative_error(quant_out, float_out)
         notes = {"layers": rows, "method": self.method, "activations": self.activations,
-                 "samples": len(samples), "model_error": model_error}
+                 "samples": len(samples), "model_error": model_error, "padding_folded": padding_folded}
         notes["text"] = format_report(notes)
         return True, notes
 

@@ -27,6 +27,15 @@ in :mod:`sliver.ir.ops`) whose weight is::
   ``find-outliers`` analysis on the module — are excluded from their block's range,
   coded as the zero point and stored as float outliers added back: they come back
   bit-exact.
+* **Super activations' input channels** (``keep_activations=true``, with
+  ``keep_super=true``): for each super activation of the find-outliers report, the
+  column of its channel in every linear layer that reads it is held out and kept in
+  float like a super weight (the Super Weight paper keeps super activations in higher
+  precision; weight-only, the weights they multiply are what rounding can spoil).
+* **Scale search** (``search=true``): after the clip search, per block a search in the
+  manner of llama.cpp's k-quants: candidate ranges ``[lo * a, hi * b]`` (``a``, ``b``
+  from 1 down to 0.5; symmetric: one ratio), each rounded, its scale refit by least
+  squares for those codes and rounded again; the least squared error wins.
 * **The LM head** (a language model's last linear, mapping onto the vocabulary: see
   :func:`is_lm_head`) stays float32 unless ``head=true`` (a model whose only linear is
   its head has it quantized all the same).
@@ -160,34 +169,80 @@ def _blocks(flat: np.ndarray, block: int, fill) -> np.ndarray:
     return out.reshape(n, block)
 
 
-def _rtn(w, valid, lo, hi, alpha, bits, symmetric):
-    """Codes, float32 scales and zero points of blocks ``w`` [blocks, B] (float32)
-    for ranges ``[lo, hi] * alpha`` (per block), and each block's squared error over
-    its ``valid`` entries.  The one place the rounding is defined: the clip search
-    and the final codes both call it."""
+def _round(w, valid, scale, zero, bits):
+    """Codes of blocks ``w`` [blocks, B] for float32 ``scale`` and integer ``zero`` per
+    block, and each block's squared error over its ``valid`` entries: the one place the
+    rounding is defined (the clip and scale searches and the final codes all call it)."""
     levels = (1 << bits) - 1
-    if symmetric:
-        qmax = (1 << (bits - 1)) - 1
-        scale = (np.maximum(np.abs(lo), np.abs(hi)) * alpha / qmax).astype(np.float32)
-        scale[scale == 0] = 1.0
-        zero = np.full(scale.shape, 1 << (bits - 1), np.int64)
-    else:
-        scale = ((hi - lo) * alpha / levels).astype(np.float32)
-        scale[scale == 0] = 1.0
-        zero = np.clip(np.rint(-lo * alpha / scale), 0, levels).astype(np.int64)
     s = scale[:, None]
     codes = np.clip(np.rint(w / s) + zero[:, None], 0, levels)
     codes = np.where(valid, codes, zero[:, None])
     w_hat = (codes - zero[:, None]).astype(np.float32) * s  # float32, as wq_linear computes it
     err = np.where(valid, (w_hat.astype(np.float64) - w) ** 2, 0.0).sum(1)
+    return codes, err
+
+
+def _range_params(lo, hi, bits, symmetric):
+    """float32 scales and integer zero points mapping the ranges [lo, hi] onto the codes."""
+    levels = (1 << bits) - 1
+    if symmetric:
+        qmax = (1 << (bits - 1)) - 1
+        scale = (np.maximum(np.abs(lo), np.abs(hi)) / qmax).astype(np.float32)
+        scale[scale == 0] = 1.0
+        return scale, np.full(scale.shape, 1 << (bits - 1), np.int64)
+    scale = ((hi - lo) / levels).astype(np.float32)
+    scale[scale == 0] = 1.0
+    return scale, np.clip(np.rint(-lo / scale), 0, levels).astype(np.int64)
+
+
+def _rtn(w, valid, lo, hi, alpha, bits, symmetric):
+    """Codes, float32 scales and zero points of blocks ``w`` [blocks, B] (float32)
+    for ranges ``[lo, hi] * alpha`` (per block), and each block's squared error."""
+    scale, zero = _range_params(lo * alpha, hi * alpha, bits, symmetric)
+    codes, err = _round(w, valid, scale, zero, bits)
     return codes.astype(np.uint8), scale, zero.astype(np.uint8), err
 
 
+def _refit(w, valid, codes, zero):
+    """The least-squares scale of each block for its codes (zero point fixed):
+    sum(w q) / sum(q^2) with q = code - zero; 0 where every q is 0."""
+    q = codes - zero[:, None]
+    num = np.where(valid, w * q, 0.0).sum(1, dtype=np.float64)
+    den = np.where(valid, q * q, 0.0).sum(1, dtype=np.float64)
+    return np.where(den > 0, num / np.maximum(den, 1), 0.0)
+
+
+def _search(w, valid, lo, hi, bits, symmetric, best, grid):
+    """Improve ``best`` = (codes, scale, zero, err) per block by a search in the manner
+    of llama.cpp's k-quants (make_qkx2_quants): candidate ranges [lo * a, hi * b] (a, b
+    over ``grid`` steps from 1 to 0.5; symmetric: one ratio), each rounded, its scale
+    refit by least squares for those codes and the block rounded again; a candidate
+    replaces the best only where its squared error is strictly smaller."""
+    codes, scale, zero, err = (np.asarray(best[0], np.float64), best[1].copy(), best[2].astype(np.int64),
+                               best[3].copy())
+    steps = np.linspace(1.0, 0.5, grid)
+    pairs = [(a, a) for a in np.linspace(1.0, 0.3, 2 * grid)] if symmetric else [(a, b) for a in steps for b in steps]
+    for a, b in pairs:
+        s0, z = _range_params(lo * a, hi * b, bits, symmetric)
+        c, e = _round(w, valid, s0, z, bits)
+        s1 = _refit(w, valid, c, z).astype(np.float32)
+        ok = s1 > 0
+        s1 = np.where(ok, s1, s0).astype(np.float32)
+        c1, e1 = _round(w, valid, s1, z, bits)
+        for cand_c, cand_s, cand_e in ((c, s0, e), (c1, s1, e1)):
+            better = cand_e < err
+            if better.any():
+                codes[better], scale[better], zero[better], err[better] = (cand_c[better], cand_s[better],
+                                                                            z[better], cand_e[better])
+    return codes.astype(np.uint8), scale.astype(np.float32), zero.astype(np.uint8), err
+
+
 def quantize_weight(w: np.ndarray, *, bits: int, block: int, symmetric: bool = True, clip: bool = False,
-                    keep=(), clip_min: float = 0.2, clip_grid: int = 25) -> QuantizedWeight:
+                    keep=(), clip_min: float = 0.2, clip_grid: int = 25, search: bool = False,
+                    search_grid: int = 8) -> QuantizedWeight:
     """RTN-quantize a 2-D weight in blocks of ``block`` flat elements, holding out the
     flat indices ``keep`` (restored exactly) and, with ``clip``, searching a clip
-    ratio per block (see the module doc)."""
+    ratio per block, with ``search`` a scale and range per block (see the module doc)."""
     check_bits(bits, "quantize-weights")
     w = np.asarray(w, np.float32)
     if w.ndim != 2:
@@ -217,7 +272,9 @@ def quantize_weight(w: np.ndarray, *, bits: int, block: int, symmetric: bool = T
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_alpha = np.where(better, a, best_alpha)
-    codes, scale, zero, _ = _rtn(wb, valid, lo, hi, best_alpha, bits, symmetric)
+    codes, scale, zero, err = _rtn(wb, valid, lo, hi, best_alpha, bits, symmetric)
+    if search:
+        codes, scale, zero, err = _search(wb, valid, lo, hi, bits, symmetric, (codes, scale, zero, err), search_grid)
     return QuantizedWeight(
         shape=tuple(w.shape), bits=bits, block=block, codes=codes.reshape(-1)[:flat.size], scale=scale, zero=zero,
         index=keep.astype(np.int32), value=flat[keep].astype(np.float32), alpha=best_alpha,
@@ -258,6 +315,17 @@ def super_weight_index(source) -> list[tuple[str, int, int]]:
         except (KeyError, TypeError, ValueError):
             raise SliverError(f"quantize-weights: super-weight index entry {entry!r} needs layer, row and column") \
                 from None
+    return out
+
+
+def super_activation_columns(report) -> list[tuple[str, int]]:
+    """(weight, input column) of every linear that reads a super activation of a
+    find-outliers report: the activation's channel in each of its consumers."""
+    out = []
+    for a in report.get("super_activations", []) if isinstance(report, dict) else []:
+        for consumer in a.get("consumers", []):
+            if (consumer, int(a["channel"])) not in out:
+                out.append((consumer, int(a["channel"])))
     return out
 
 
@@ -307,8 +375,24 @@ class QuantizeWeights(Pass):
     index: str = ""
     head: bool = False
     embedding: bool = False
+    keep_activations: bool = False
+    search: bool = False
+    search_grid: int = 4
     #: super weights given directly ((layer, row, column) triples); not a CLI option
     super_weights: tuple | None = field(default=None, compare=False, repr=False)
+    #: input channels of super activations given directly ((layer, column) pairs); not a CLI option
+    super_columns: tuple | None = field(default=None, compare=False, repr=False)
+
+    def _columns(self, module) -> list[tuple[str, int]]:
+        if not (self.keep_super and self.keep_activations):
+            return []
+        if self.super_columns is not None:
+            return [(str(n), int(c)) for n, c in self.super_columns]
+        if self.index:
+            return super_activation_columns(load_report(self.index, self.name))
+        from sliver.passes.outliers import find_outliers
+
+        return super_activation_columns(find_outliers(module))
 
     def _index(self, module) -> list[tuple[str, int, int]]:
         if not self.keep_super:
@@ -340,6 +424,10 @@ class QuantizeWeights(Pass):
             if not (0 <= row < shape[0] and 0 <= col < shape[1]):
                 raise SliverError(f"{self.name}: super weight {layer}[{row},{col}] is outside its {list(shape)} weight")
             keep.setdefault(layer, []).append(row * shape[1] + col)
+        for layer, col in self._columns(module):
+            if layer in weights and 0 <= col < module.params[layer].shape[1]:
+                rows, cols = module.params[layer].shape
+                keep.setdefault(layer, []).extend(np.arange(rows, dtype=np.int64) * cols + col)
 
         layers, done = [], {}
 
@@ -350,7 +438,8 @@ class QuantizeWeights(Pass):
             w = module.params[wv.name]
             block = block_size(w.shape, self.granularity, self.block, self.pad, wv.name)
             q = quantize_weight(w, bits=self.bits, block=block, symmetric=self.symmetric, clip=self.clip,
-                                keep=keep.get(wv.name, ()), clip_min=self.clip_min, clip_grid=self.clip_grid)
+                                keep=keep.get(wv.name, ()), clip_min=self.clip_min, clip_grid=self.clip_grid,
+                                search=self.search, search_grid=self.search_grid)
             w_hat = q.values()
             layers.append({
                 "layer": wv.name, "shape": list(w.shape), "block": block, "blocks": int(q.scale.size),

@@ -421,3 +421,39 @@ def test_lane_int8_weight_layout_and_choice():
                  ("avx512-vnni", 0, (1, 2), 1, 3, 13, 81), ("avx512-vnni", 0, (1, 1), 1, 3, 7, 81),
                  ("avx512-vnni", 0, (1, 1), 1, 3, 13, 9), ("avx512-vnni", 0, (1, 1), 13, 1, 2, 81)]:
         assert not lanes_layout(*args), args
+
+
+PADDED = dedent("""
+    func @padded(%x: f32[1,2,4,4]) {
+      %w = param : f32[3,2,3,3]
+      %z3 = constant {value=0, shape=[1, 2, 4, 1]} : f32[1,2,4,1]
+      %p3 = concat(%x, %z3) {axis=3} : f32[1,2,4,5]
+      %z2a = constant {value=0, shape=[1, 2, 1, 5]} : f32[1,2,1,5]
+      %z2b = constant {value=0, shape=[1, 2, 2, 5]} : f32[1,2,2,5]
+      %p2 = concat(%z2a, %p3, %z2b) {axis=2} : f32[1,2,7,5]
+      %y = conv2d(%p2, %w) {stride=[2, 2], padding=[0, 1, 0, 0]} : f32[1,3,3,2]
+      return %y
+    }
+""")
+
+
+def test_zero_padding_by_concat_folds_into_the_conv():
+    """TensorFlow-style "same" padding traced as concats of zeros (MobileNetV2 in
+    transformers): the conv takes the padding itself, the concats go, so the conv's input
+    is quantized unpadded and its codes padded with the zero point in the kernel."""
+    g = np.random.default_rng(0)
+    params = {"w": g.standard_normal((3, 2, 3, 3)).astype(np.float32)}
+    cal = [g.standard_normal((1, 2, 4, 4)).astype(np.float32) for _ in range(3)]
+    module, notes = _quantize(PADDED, params, cal)
+    text = str(module)
+    assert "concat" not in text and "constant" not in text, text
+    assert "padding=[1, 1, 2, 1]" in text and "qconv2d(" in text, text
+    assert notes["padding_folded"] == 1
+    float_module = parse_module(PADDED, params=params)
+    for x in cal:
+        want = run(float_module, [x])[0]
+        assert np.abs(run(module, [x])[0] - want).max() <= 0.05 * np.abs(want).max()
+    # padding that is not zeros stays a concat
+    ones = PADDED.replace("{value=0, shape=[1, 2, 4, 1]}", "{value=1, shape=[1, 2, 4, 1]}")
+    module, notes = _quantize(ones, params, cal)
+    assert notes["padding_folded"] == 1 and "concat(%x, %z3)" in str(module)

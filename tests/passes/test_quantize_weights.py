@@ -328,3 +328,30 @@ def test_embeddings_stay_float_unless_asked():
     module = parse_module(TIED, params={"head.weight": np.ones((16, 32), np.float32)})
     (record,) = PassManager("quantize-weights{bits=4,granularity=block,block=32,head=true}").run(module)
     assert "take(%head.weight, %ids)" in str(module) and record.notes["embeddings_kept_float"] == ["head.weight"]
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_scale_search_never_increases_block_error(symmetric):
+    rng = np.random.default_rng(7)
+    w = (rng.standard_normal((24, 64)) * rng.gamma(2, size=(1, 64))).astype(np.float32)
+    base = quantize_weight(w, bits=4, block=32, symmetric=symmetric, clip=True)
+    found = quantize_weight(w, bits=4, block=32, symmetric=symmetric, clip=True, search=True, search_grid=3)
+
+    def block_err(q):
+        return ((q.values() - w).reshape(-1, 32).astype(np.float64) ** 2).sum(1)
+
+    assert (block_err(found) <= block_err(base) + 1e-12).all()
+    assert block_err(found).sum() < block_err(base).sum()  # the refit finds better scales somewhere
+    assert found.codes.max() <= 15 and (not symmetric or (found.zero == 8).all())
+
+
+def test_keep_activations_holds_out_the_columns_of_super_activations():
+    rng = np.random.default_rng(2)
+    module = parse_module(TEXT, params={"fc.weight": rng.standard_normal((8, 64)).astype(np.float32),
+                                        "fc.bias": np.zeros(8, np.float32)})
+    w = module.params["fc.weight"].copy()
+    PassManager([make_pass("quantize-weights", bits=3, granularity="block", block=32, keep_super=True,
+                           keep_activations=True, super_weights=(), super_columns=(("fc.weight", 5),))]).run(module)
+    index = module.params["fc.out_index"]
+    assert sorted(index.tolist()) == [r * 64 + 5 for r in range(8)]
+    assert np.array_equal(module.params["fc.out_value"], w.reshape(-1)[index])

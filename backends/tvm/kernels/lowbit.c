@@ -1750,22 +1750,39 @@ typedef struct {
 #define LANES_NO 8
 #define LANES_DW_PV 6
 
-/* the epilogue of one vector of sums (of output channel o) and the store of its real pixels */
-INLINE void lanes_store(const epilogue* e, int o, __m512i a, __mmask16 mask, void* out, size_t at) {
+/* the epilogue of one vector of sums (of output channel o) and the store of its real pixels.
+ * Codes: clamp(roundeven(clamp(y, lo, hi) * inv) + zp, qmin, qmax) is computed as
+ * clamp(roundeven(y * inv) + zp, qlo, qhi) with qlo = max(qmin, f(lo)), qhi = min(qmax, f(hi)),
+ * f(v) = roundeven(v * inv) + zp in the same float32 steps: f is non-decreasing (inv > 0), so
+ * f(max(y, lo)) = max(f(y), f(lo)) and likewise for min: the same codes, two operations fewer. */
+INLINE void lanes_store(const epilogue* e, float qlo, float qhi, int o, __m512i a, __mmask16 mask, void* out, size_t at) {
   __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(e->scale[o])), _mm512_set1_ps(e->bias[o]));
-  y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(e->lo)), _mm512_set1_ps(e->hi));
-  const int cnt = __builtin_popcount(mask);
-  const __mmask16 head = (__mmask16)((1u << cnt) - 1u);
   if (e->kind == OUT_F32) {
-    _mm512_mask_storeu_ps((float*)out + at, head, _mm512_maskz_compress_ps(mask, y));
+    y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(e->lo)), _mm512_set1_ps(e->hi));
+    if (mask == 0xFFFF) {
+      _mm512_storeu_ps((float*)out + at, y);
+    } else {
+      const __mmask16 head = (__mmask16)((1u << __builtin_popcount(mask)) - 1u);
+      _mm512_mask_storeu_ps((float*)out + at, head, _mm512_maskz_compress_ps(mask, y));
+    }
     return;
   }
   __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(e->inv)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   q = _mm512_add_ps(q, _mm512_set1_ps(e->zp));
-  q = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(e->qmin)), _mm512_set1_ps(e->qmax));
-  const __m512i c = _mm512_maskz_compress_epi32(mask, _mm512_cvttps_epi32(q));
-  _mm_mask_storeu_epi8((uint8_t*)out + at, head, _mm512_cvtepi32_epi8(c));
+  q = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(qlo)), _mm512_set1_ps(qhi));
+  const __m512i c = _mm512_cvttps_epi32(q);
+  if (mask == 0xFFFF) {
+    _mm_storeu_si128((__m128i*)((uint8_t*)out + at), _mm512_cvtepi32_epi8(c));
+  } else {
+    const __mmask16 head = (__mmask16)((1u << __builtin_popcount(mask)) - 1u);
+    _mm_mask_storeu_epi8((uint8_t*)out + at, head, _mm512_cvtepi32_epi8(_mm512_maskz_compress_epi32(mask, c)));
+  }
 }
+static inline float lanes_code_of(const epilogue* e, float v) {
+  return __builtin_roundevenf(v * e->inv) + e->zp;
+}
+#define LANES_QLO(e) (lanes_code_of((e), (e)->lo) > (e)->qmin ? lanes_code_of((e), (e)->lo) : (e)->qmin)
+#define LANES_QHI(e) (lanes_code_of((e), (e)->hi) < (e)->qmax ? lanes_code_of((e), (e)->hi) : (e)->qmax)
 
 /* dense: vectors [v0, v0+PV) x channels [8b, 8b+8) of group g */
 INLINE void lanes_dense(const lanes_job* j, const uint8_t* planes, const int8_t* wb, int v0, const int PV,
@@ -1787,11 +1804,12 @@ INLINE void lanes_dense(const lanes_job* j, const uint8_t* planes, const int8_t*
     }
   }
   const size_t osz = e->kind == OUT_F32 ? 4 : 1;
+  const float qlo = LANES_QLO(e), qhi = LANES_QHI(e);
   _Pragma("GCC unroll 8") for (int o = 0; o < LANES_NO; o++) {
     if (o >= og_left) break;
     const __m512i ob = _mm512_set1_epi32(obias[o]);
     _Pragma("GCC unroll 3") for (int v = 0; v < PV; v++)
-      lanes_store(e, o, _mm512_add_epi32(a[v][o], ob), j->vmask[v0 + v], out + (size_t)o * ostride * osz, j->vdst[v0 + v]);
+      lanes_store(e, qlo, qhi, o, _mm512_add_epi32(a[v][o], ob), j->vmask[v0 + v], out + (size_t)o * ostride * osz, j->vdst[v0 + v]);
   }
 }
 
@@ -1816,79 +1834,88 @@ INLINE void lanes_dw(const lanes_job* j, const uint8_t* planes, const int8_t* wq
     }
   }
   const size_t osz = e->kind == OUT_F32 ? 4 : 1;
+  const float qlo = LANES_QLO(e), qhi = LANES_QHI(e);
   _Pragma("GCC unroll 4") for (int o = 0; o < 4; o++) {
     if (o >= og_left) break;
     const __m512i ob = _mm512_set1_epi32(obias[o]);
     _Pragma("GCC unroll 6") for (int v = 0; v < PV; v++)
-      lanes_store(e, o, _mm512_add_epi32(a[v][o], ob), j->vmask[v0 + v], out + (size_t)o * ostride * osz, j->vdst[v0 + v]);
+      lanes_store(e, qlo, qhi, o, _mm512_add_epi32(a[v][o], ob), j->vmask[v0 + v], out + (size_t)o * ostride * osz, j->vdst[v0 + v]);
   }
 }
 
-/* pack image n, quads [q0, q1) (over all groups: quad index g*Cq + cq) into its planes */
+/* pack image n, quads [q0, q1) (over all groups: quad index g*Cq + cq) into its planes:
+ * per input row, 16 pixels at a time (a masked load for the last ones), the 4 channel rows
+ * interleaved into 4-byte pixels (channels past the group's last hold xz'), then copied
+ * to the row's place in its phase planes (split into column phases for strides > 1) */
 static void lanes_pack(const lanes_job* j, int n, long q0, long q1) {
   const int32_t* m = j->m;
   CONV_GEOMETRY(m);
   (void)N, (void)O, (void)KH, (void)KW, (void)DH, (void)DW, (void)OH, (void)OW, (void)RB, (void)K, (void)Og, (void)HP, (void)WP;
   const int cg = j->depthwise ? C : Cg, Cq = j->Cq, SS = SH * SW;
   const size_t HW = (size_t)H * W;
-  uint32_t row[W + 48]; /* slack: the stride-2 split reads whole vectors */
-  const uint8_t xz = j->xz, flip = j->flip;
+  uint32_t row[W + 48]; /* slack: whole vectors are stored and read */
   const size_t PLEN = (size_t)j->PLEN, WPs = (size_t)j->WPs;
+  const __m128i flip = _mm_set1_epi8((char)j->flip), fill = _mm_set1_epi8((char)j->xz);
+  /* where input row h goes (dword offset of its first pixel's phase row), per column phase
+   * the first column and the count of columns it takes */
+  size_t rdst[H];
+  int s0[SW], cnt[SW];
+  size_t cdst[SW];
+  for (int h = 0; h < H; h++) {
+    const int hp = h + PT;
+    rdst[h] = (size_t)(hp % SH) * SW * PLEN + (size_t)(hp / SH) * WPs;
+  }
+  for (int pw = 0; pw < SW; pw++) {
+    s0[pw] = ((pw - PL) % SW + SW) % SW;
+    cnt[pw] = s0[pw] < W ? (W - s0[pw] + SW - 1) / SW : 0;
+    cdst[pw] = (size_t)pw * PLEN + (size_t)(s0[pw] + PL) / SW;
+  }
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   for (long qi = q0; qi < q1; qi++) {
     const int g = (int)(qi / Cq), cq = (int)(qi % Cq);
     uint32_t* base = (uint32_t*)(j->pk + (size_t)n * j->img_bytes) + (size_t)qi * SS * PLEN;
-    memset(base, xz, sizeof(uint32_t) * SS * PLEN);
+    memset(base, j->xz, sizeof(uint32_t) * SS * PLEN);
     const uint8_t* src[4];
-    static const uint8_t none[1] = {0};
     int real[4];
     for (int k = 0; k < 4; k++) {
       const int c = cq * 4 + k;
       real[k] = c < cg;
-      src[k] = real[k] ? j->x + ((size_t)n * C + (size_t)g * cg + c) * HW : none;
+      src[k] = real[k] ? j->x + ((size_t)n * C + (size_t)g * cg + c) * HW : NULL;
     }
     for (int h = 0; h < H; h++) {
-      int w = 0;
-      if (real[0] && real[1] && real[2] && real[3]) {
-        const __m128i f = _mm_set1_epi8((char)flip);
-        for (; w + 16 <= W; w += 16) {
-          const __m128i r0 = _mm_xor_si128(_mm_loadu_si128((const __m128i*)(src[0] + (size_t)h * W + w)), f);
-          const __m128i r1 = _mm_xor_si128(_mm_loadu_si128((const __m128i*)(src[1] + (size_t)h * W + w)), f);
-          const __m128i r2 = _mm_xor_si128(_mm_loadu_si128((const __m128i*)(src[2] + (size_t)h * W + w)), f);
-          const __m128i r3 = _mm_xor_si128(_mm_loadu_si128((const __m128i*)(src[3] + (size_t)h * W + w)), f);
-          const __m128i a = _mm_unpacklo_epi8(r0, r1), b = _mm_unpackhi_epi8(r0, r1);
-          const __m128i c = _mm_unpacklo_epi8(r2, r3), d = _mm_unpackhi_epi8(r2, r3);
-          _mm_storeu_si128((__m128i*)(row + w), _mm_unpacklo_epi16(a, c));
-          _mm_storeu_si128((__m128i*)(row + w + 4), _mm_unpackhi_epi16(a, c));
-          _mm_storeu_si128((__m128i*)(row + w + 8), _mm_unpacklo_epi16(b, d));
-          _mm_storeu_si128((__m128i*)(row + w + 12), _mm_unpackhi_epi16(b, d));
-        }
-      }
-      for (; w < W; w++) {
-        uint32_t v = 0;
+      for (int w = 0; w < W; w += 16) {
+        const __mmask16 k16 = W - w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (W - w)) - 1u);
+        __m128i r[4];
         for (int k = 0; k < 4; k++)
-          v |= (uint32_t)(real[k] ? (uint8_t)(src[k][(size_t)h * W + w] ^ flip) : xz) << (8 * k);
-        row[w] = v;
+          r[k] = real[k] ? _mm_xor_si128(_mm_maskz_loadu_epi8(k16, src[k] + (size_t)h * W + w), flip) : fill;
+        const __m128i a = _mm_unpacklo_epi8(r[0], r[1]), b = _mm_unpackhi_epi8(r[0], r[1]);
+        const __m128i c = _mm_unpacklo_epi8(r[2], r[3]), d = _mm_unpackhi_epi8(r[2], r[3]);
+        _mm_storeu_si128((__m128i*)(row + w), _mm_unpacklo_epi16(a, c));
+        _mm_storeu_si128((__m128i*)(row + w + 4), _mm_unpackhi_epi16(a, c));
+        _mm_storeu_si128((__m128i*)(row + w + 8), _mm_unpacklo_epi16(b, d));
+        _mm_storeu_si128((__m128i*)(row + w + 12), _mm_unpackhi_epi16(b, d));
       }
-      const int hp = h + PT;
-      const int ph = hp % SH, hs = hp / SH;
+      uint32_t* dst = base + rdst[h];
       if (SW == 1) {
-        memcpy(base + (size_t)ph * PLEN + (size_t)hs * WPs + PL, row, sizeof(uint32_t) * W);
-      } else {
-        /* column phase pw holds the columns ww = s0, s0 + SW, ... with (ww + PL) % SW == pw */
-        for (int pw = 0; pw < SW; pw++) {
-          const int s0 = ((pw - PL) % SW + SW) % SW;
-          uint32_t* d = base + (size_t)(ph * SW + pw) * PLEN + (size_t)hs * WPs + (s0 + PL) / SW;
-          const uint32_t* r = row + s0;
-          const int cnt = s0 < W ? (W - s0 + SW - 1) / SW : 0;
-          int k = 0;
-          if (SW == 2) {
-            const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-            for (; k + 16 <= cnt; k += 16)
-              _mm512_storeu_si512((void*)(d + k), _mm512_permutex2var_epi32(_mm512_loadu_si512((const void*)(r + 2 * k)), even,
-                                                                         _mm512_loadu_si512((const void*)(r + 2 * k + 16))));
+        memcpy(dst + PL, row, sizeof(uint32_t) * W);
+        continue;
+      }
+      for (int pw = 0; pw < SW; pw++) {
+        uint32_t* d = dst + cdst[pw];
+        const uint32_t* r = row + s0[pw];
+        int k = 0;
+        if (SW == 2) {
+          for (; k + 16 <= cnt[pw]; k += 16)
+            _mm512_storeu_si512((void*)(d + k), _mm512_permutex2var_epi32(_mm512_loadu_si512((const void*)(r + 2 * k)), even,
+                                                                       _mm512_loadu_si512((const void*)(r + 2 * k + 16))));
+          if (k < cnt[pw]) {
+            const __mmask16 km = (__mmask16)((1u << (cnt[pw] - k)) - 1u);
+            _mm512_mask_storeu_epi32((void*)(d + k), km, _mm512_permutex2var_epi32(_mm512_loadu_si512((const void*)(r + 2 * k)), even,
+                                                                                 _mm512_loadu_si512((const void*)(r + 2 * k + 16))));
+            k = cnt[pw];
           }
-          for (; k < cnt; k++) d[k] = r[(size_t)k * SW];
         }
+        for (; k < cnt[pw]; k++) d[k] = r[(size_t)k * SW];
       }
     }
   }

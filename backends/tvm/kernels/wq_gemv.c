@@ -18,19 +18,19 @@
  *   LAYOUT_BYTE (5..8 bits): 32 bytes per chunk, one code per byte.
  * Rows are K/2 (nibble) or K (byte) bytes, stored one after another.
  *
- * Arithmetic.  Per group, p = sum_k x[k] * float(code - zero) over the group's 32-code
- * chunks (the integer code minus zero point, converted exactly to float), then
- * acc += p * scale; the row's vector accumulator is summed at the end.  The products
- * x * (code - zero) * scale are those of the op's reference semantics (dequantize, then
- * x @ W.T) regrouped: the result agrees with it to float32 rounding (~1e-6 relative),
- * not bit for bit.  The kept float outliers (whose codes are the zero point, so they
+ * Arithmetic.  Per group, p = sum_k x[k] * float(code - zero) (the integer difference
+ * converted exactly), then acc += p * scale.  Each activation row keeps one accumulator
+ * chain per vector of a chunk (a single chain would make a GEMV wait on every FMA's
+ * latency), summed at the end.  The sums are the
+ * op's reference semantics (dequantize, then x @ W.T) regrouped: they agree with it to
+ * float32 rounding (~1e-6 relative), not bit for bit.  The kept float outliers (whose codes are the zero point, so they
  * contribute 0 above) and the bias are added last.
  *
  * Instructions per chunk of 32 codes (nibble layout), chosen by the compiler's macros,
  * which follow the target's flags (Target.gcc_flags):
- *   AVX-512 (F + BW): one 16-byte load, AND, shift + AND; per 16 codes vpmovzxbd, then
- *     vpermps from a 16-float table of (c - zero) built once per group, one FMA per
- *     activation row;
+ *   AVX-512 (F + BW): one 16-byte load, AND, shift + AND, vpsubb of the zero point; per
+ *     16 codes vpmovsxbd + vcvtdq2ps, one FMA per activation row (a vpermps lookup in a
+ *     16-float table of the group's weights measured slower on Zen 4);
  *   AVX2 + FMA: vpsubb of the zero point, per 8 codes vpmovsxbd + vcvtdq2ps, FMAs;
  *   NEON (aarch64): and / ushr, sub, sxtl / sxtl2 to int16 then int32, scvtf, fmla;
  *   elsewhere scalar C.
@@ -80,20 +80,20 @@ typedef struct {
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define WQ_ISA "avx512"
 #define VL 16
-#define MT 8
+#define MT 4
 typedef __m512 vf;
-typedef struct { __m512 table; __m512i z32; } zctx;
-INLINE zctx make_z(int z) {
-  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+typedef struct { __m128i z8; __m512i z32; } zctx;
+INLINE zctx make_z(int z, float s) {
+  (void)s;
   zctx c;
+  c.z8 = _mm_set1_epi8((char)z);
   c.z32 = _mm512_set1_epi32(z);
-  c.table = _mm512_cvtepi32_ps(_mm512_sub_epi32(iota, c.z32)); /* table[c] = c - zero, exact */
   return c;
 }
 INLINE void decode_nibble(const uint8_t* src, const zctx* z, vf* w) {
   const __m128i b = _mm_loadu_si128((const __m128i*)src), m = _mm_set1_epi8(0x0F);
-  w[0] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, m)), z->table);
-  w[1] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), m)), z->table);
+  w[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_sub_epi8(_mm_and_si128(b, m), z->z8)));
+  w[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), z->z8)));
 }
 INLINE void decode_byte(const uint8_t* src, const zctx* z, vf* w) {
   for (int i = 0; i < 2; i++) {
@@ -102,6 +102,7 @@ INLINE void decode_byte(const uint8_t* src, const zctx* z, vf* w) {
   }
 }
 INLINE vf vzero(void) { return _mm512_setzero_ps(); }
+INLINE vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
 INLINE vf vload(const float* p) { return _mm512_loadu_ps(p); }
 INLINE vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 INLINE vf vset1(float s) { return _mm512_set1_ps(s); }
@@ -109,10 +110,11 @@ INLINE float vsum(vf a) { return _mm512_reduce_add_ps(a); }
 #elif defined(__AVX2__) && defined(__FMA__)
 #define WQ_ISA "avx2"
 #define VL 8
-#define MT 4
+#define MT 2
 typedef __m256 vf;
 typedef struct { __m128i z8; __m256i z32; } zctx;
-INLINE zctx make_z(int z) {
+INLINE zctx make_z(int z, float s) {
+  (void)s;
   zctx c;
   c.z8 = _mm_set1_epi8((char)z);
   c.z32 = _mm256_set1_epi32(z);
@@ -134,6 +136,7 @@ INLINE void decode_byte(const uint8_t* src, const zctx* z, vf* w) {
   }
 }
 INLINE vf vzero(void) { return _mm256_setzero_ps(); }
+INLINE vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
 INLINE vf vload(const float* p) { return _mm256_loadu_ps(p); }
 INLINE vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 INLINE vf vset1(float s) { return _mm256_set1_ps(s); }
@@ -146,10 +149,11 @@ INLINE float vsum(vf a) {
 #elif defined(__aarch64__)
 #define WQ_ISA "neon"
 #define VL 4
-#define MT 4
+#define MT 2
 typedef float32x4_t vf;
 typedef struct { int8x16_t z8; int16x8_t z16; } zctx;
-INLINE zctx make_z(int z) {
+INLINE zctx make_z(int z, float s) {
+  (void)s;
   zctx c;
   c.z8 = vdupq_n_s8((int8_t)z);
   c.z16 = vdupq_n_s16((int16_t)z);
@@ -176,6 +180,7 @@ INLINE void decode_byte(const uint8_t* src, const zctx* z, vf* w) {
   }
 }
 INLINE vf vzero(void) { return vdupq_n_f32(0.0f); }
+INLINE vf vadd(vf a, vf b) { return vaddq_f32(a, b); }
 INLINE vf vload(const float* p) { return vld1q_f32(p); }
 INLINE vf vfma(vf a, vf b, vf c) { return vfmaq_f32(c, a, b); }
 INLINE vf vset1(float s) { return vdupq_n_f32(s); }
@@ -186,7 +191,11 @@ INLINE float vsum(vf a) { return vaddvq_f32(a); }
 #define MT 4
 typedef float vf;
 typedef struct { int z; } zctx;
-INLINE zctx make_z(int z) { zctx c = {z}; return c; }
+INLINE zctx make_z(int z, float s) {
+  (void)s;
+  zctx c = {z};
+  return c;
+}
 INLINE void decode_nibble(const uint8_t* src, const zctx* z, vf* w) {
   for (int j = 0; j < 16; j++) {
     w[j] = (float)((src[j] & 15) - z->z);
@@ -197,26 +206,32 @@ INLINE void decode_byte(const uint8_t* src, const zctx* z, vf* w) {
   for (int j = 0; j < 32; j++) w[j] = (float)(src[j] - z->z);
 }
 INLINE vf vzero(void) { return 0.0f; }
+INLINE vf vadd(vf a, vf b) { return a + b; }
 INLINE vf vload(const float* p) { return *p; }
 INLINE vf vfma(vf a, vf b, vf c) { return a * b + c; }
 INLINE vf vset1(float s) { return s; }
 INLINE float vsum(vf a) { return a; }
 #endif
 #define NV (32 / VL) /* float vectors per chunk of 32 codes */
+#define NA NV /* accumulator chains per activation row: one per vector of a chunk */
 
 /* Rows m0 .. m0+mt-1 of the output for weight row o (mt <= MT, a constant at every call
- * site so the accumulators stay in registers). */
+ * site so the accumulators stay in registers).  Each activation row keeps NA independent
+ * accumulator chains (one FMA's latency would otherwise bound a GEMV). */
 INLINE void row_tile(const wq_job* j, int o, int m0, const int mt, const int layout) {
   const int K = j->K, G = j->G, ngroups = K / G, chunks = G / 32;
   const int rb = layout == WL_NIBBLE ? K / 2 : K, cb = layout == WL_NIBBLE ? 16 : 32;
   const uint8_t* wrow = j->w + (size_t)o * rb;
   const float* x = j->x + (size_t)m0 * K;
-  vf acc[MT];
-  for (int m = 0; m < mt; m++) acc[m] = vzero();
+  vf acc[MT][NA];
+  for (int m = 0; m < mt; m++)
+    for (int a = 0; a < NA; a++) acc[m][a] = vzero();
   for (int g = 0; g < ngroups; g++) {
-    const zctx z = make_z(j->zero[(size_t)o * ngroups + g]);
-    vf p[MT];
-    for (int m = 0; m < mt; m++) p[m] = vzero();
+    const float sc = j->scale[(size_t)o * ngroups + g];
+    const zctx z = make_z(j->zero[(size_t)o * ngroups + g], sc);
+    vf p[MT][NA];
+    for (int m = 0; m < mt; m++)
+      for (int a = 0; a < NA; a++) p[m][a] = vzero();
     for (int c = 0; c < chunks; c++) {
       const int k = (g * chunks + c) * 32;
       vf w[NV];
@@ -225,12 +240,18 @@ INLINE void row_tile(const wq_job* j, int o, int m0, const int mt, const int lay
       else
         decode_byte(wrow + (size_t)(g * chunks + c) * cb, &z, w);
       for (int i = 0; i < NV; i++)
-        for (int m = 0; m < mt; m++) p[m] = vfma(vload(x + (size_t)m * K + k + i * VL), w[i], p[m]);
+        for (int m = 0; m < mt; m++)
+          p[m][i] = vfma(vload(x + (size_t)m * K + k + i * VL), w[i], p[m][i]);
     }
-    const vf s = vset1(j->scale[(size_t)o * ngroups + g]);
-    for (int m = 0; m < mt; m++) acc[m] = vfma(p[m], s, acc[m]);
+    const vf s = vset1(sc);
+    for (int m = 0; m < mt; m++)
+      for (int a = 0; a < NA; a++) acc[m][a] = vfma(p[m][a], s, acc[m][a]);
   }
-  for (int m = 0; m < mt; m++) j->out[(size_t)(m0 + m) * j->O + o] = vsum(acc[m]);
+  for (int m = 0; m < mt; m++) {
+    vf t = acc[m][0];
+    for (int a = 1; a < NA; a++) t = vadd(t, acc[m][a]);
+    j->out[(size_t)(m0 + m) * j->O + o] = vsum(t);
+  }
 }
 
 #define TILE_CASES(L)                                                                     \
