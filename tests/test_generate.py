@@ -273,3 +273,24 @@ def test_weight_quantization_passes_compose(tiny_model):
     assert all(r["ok"] for r in m.verify())  # golden outputs: the quantized IR's, from the interpreter
     g = m.generate(PROMPTS[0], max_new_tokens=8, stop_at_eos=False)
     assert len(g.tokens) == 8 and g.text
+
+
+@_job("x86_64", "arm64")
+@emulated
+def test_the_sliver_command_generates_here_and_on_the_emulated_pi(capsys, tiny_model):
+    """`sliver generate` streams here; with --emulate the Pi runs the steps and the text is
+    tokenized and detokenized on this machine (the Pi has no tokenizers library)."""
+    from sliver.tools.cli import main
+
+    model, tok = tiny_model
+    ids = tok.encode(PROMPTS[2]).ids
+    want = reference(model, ids, 8)
+    path = precompile.get(("call", "test_generate", "lowered", "x86_64"))
+    assert main(["generate", path, "--prompt", PROMPTS[2], "--max-new-tokens", "8"]) == 0
+    out, err = capsys.readouterr()
+    assert out == tok.decode(want) + "\n" and "time to first token" in err
+    arm = precompile.get(("call", "test_generate", "lowered", "arm64"))
+    assert main(["generate", arm, "--prompt", PROMPTS[2], "--max-new-tokens", "8", "--emulate"]) == 0
+    out, err = capsys.readouterr()
+    assert out == tok.decode(want) + "\n" and "under qemu" in err
+    assert main(["generate", path, "--prompt", "x", "--emulate"]) == 2  # an x86 artifact is refused on the Pi

@@ -193,7 +193,8 @@ def front_passes(*, layout: bool = True, target=None, winograd: bool = True) -> 
     from sliver.backends.tvm.schedules.channel_select import FuseChannelSelect
 
     front = ([layout_passes.ClipToMinMax(), layout_passes.ZeroPadIntoConv(), relax.transform.DeadCodeElimination(),
-              layout_passes.channels_last()] if layout else [])
+              layout_passes.channels_last(), layout_passes.CancelTransposes(),
+              relax.transform.DeadCodeElimination()] if layout else [])
     front.append(FuseChannelSelect(target, winograd=winograd))
     custom = {**elementwise.LEGALIZE, **pool.LEGALIZE}  # IEEE NaN semantics for max/min
     if layout:

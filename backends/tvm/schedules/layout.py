@@ -11,6 +11,14 @@
 * :func:`channels_last`: every ``conv2d`` in NHWC with HWIO weights; the layout
   change propagates through elementwise ops, pooling and means, and FoldConstant
   transposes the constant weights at compile time.
+* :class:`CancelTransposes`: ``permute_dims(permute_dims(x, p), q)`` → ``x`` (or one
+  permutation), and ``add(permute_dims(a, p), permute_dims(b, p))`` →
+  ``permute_dims(add(a, b), p)`` (and the other same-shape elementwise binaries).
+  A model that goes channels last itself (ConvNeXt: ``x.permute(0, 2, 3, 1)`` before
+  its LayerNorm and linear layers, back before the residual add) meets the NHWC
+  convolutions with transposes in both directions: per block, a transpose of the
+  residual stream to NCHW for the add and one back to NHWC for the next conv.  Moved
+  past the add, they meet and cancel; the residual stream stays NHWC.
 """
 
 from __future__ import annotations
@@ -104,6 +112,66 @@ def ZeroPadIntoConv():  # noqa: N802 - TVM pass naming
                                       out_layout=a.out_layout, out_dtype=a.out_dtype)
 
     return mutator_pass("SliverZeroPadIntoConv", _Rewriter)
+
+
+def CancelTransposes():  # noqa: N802 - TVM pass naming
+    import tvm
+    import tvm_ffi
+    from tvm import relax
+
+    permute_op = tvm.ir.Op.get("relax.permute_dims")
+    binaries = {tvm.ir.Op.get(f"relax.{n}") for n in ("add", "subtract", "multiply", "maximum", "minimum")}
+
+    def _ty(e):
+        return e.ty if hasattr(e, "ty") else e.struct_info
+
+    def _axes(call) -> list[int] | None:
+        """The permutation of a ``permute_dims`` call (None: its rank is unknown)."""
+        rank = getattr(_ty(call.args[0]), "ndim", -1)
+        if call.attrs.axes is None:
+            return list(range(rank))[::-1] if rank >= 0 else None
+        return [int(a) % rank for a in call.attrs.axes] if rank >= 0 else None
+
+    @relax.expr_functor.mutator
+    class _Rewriter(relax.PyExprMutator):
+        def _permuted(self, x):
+            """``(y, p)`` when ``x`` is bound to ``permute_dims(y, p)``, else None."""
+            if not isinstance(x, relax.Var):
+                return None
+            e = self.lookup_binding(x)
+            if isinstance(e, relax.Call) and e.op.same_as(permute_op):
+                p = _axes(e)
+                return (e.args[0], p) if p is not None else None
+            return None
+
+        def visit_call_(self, call):  # noqa: N802 - TVM visitor naming
+            call = self.visit_expr_post_order(call)
+            if not isinstance(call, relax.Call):
+                return call
+            if call.op.same_as(permute_op):
+                inner, q = self._permuted(call.args[0]), _axes(call)
+                if q == list(range(len(q or [None]))):  # ConvertLayout leaves identities behind
+                    return call.args[0]
+                if inner is None or q is None:
+                    return call
+                y, p = inner
+                composed = [p[i] for i in q]  # out[..., i, ...] = y[..., p[q[i]], ...]
+                if composed == list(range(len(composed))):
+                    return y
+                return relax.op.permute_dims(y, composed)
+            if any(call.op.same_as(op) for op in binaries) and len(call.args) == 2:
+                a, b = (self._permuted(x) for x in call.args)
+                if a is None or b is None or a[1] != b[1]:
+                    return call
+                ta, tb = _ty(a[0]), _ty(b[0])
+                shapes = [getattr(t, "shape", None) for t in (ta, tb)]
+                if any(s is None for s in shapes) or str(ta.dtype) != str(tb.dtype) or \
+                        not tvm_ffi.structural_equal(shapes[0], shapes[1]):
+                    return call  # broadcasting: the permutation would apply to different shapes
+                return relax.op.permute_dims(relax.Call(call.op, [a[0], b[0]], call.attrs), a[1])
+            return call
+
+    return mutator_pass("SliverCancelTransposes", _Rewriter)
 
 
 def mutator_pass(name: str, rewriter_class):
