@@ -294,3 +294,24 @@ def test_sliver_lower_generate_builds_a_generating_artifact(tmp_path, tiny_model
     assert "--max-len applies to generating artifacts" in capsys.readouterr().err
     assert main(["lower", f"{here}:tokenizer", "--generate", "-o", str(tmp_path / "y.sliver")]) == 2
     assert "must return (model, tokenizer)" in capsys.readouterr().err
+
+
+@_job("x86_64", "arm64")
+@emulated
+def test_the_sliver_command_generates_here_and_on_the_emulated_pi(capsys, tiny_model):
+    """`sliver generate` streams here; with --emulate the Pi runs the steps and the text is
+    tokenized and detokenized on this machine (the Pi has no tokenizers library)."""
+    from sliver.tools.cli import main
+
+    model, tok = tiny_model
+    ids = tok.encode(PROMPTS[2]).ids
+    want = reference(model, ids, 8)
+    path = precompile.get(("call", "test_generate", "lowered", "x86_64"))
+    assert main(["generate", path, "--prompt", PROMPTS[2], "--max-new-tokens", "8"]) == 0
+    out, err = capsys.readouterr()
+    assert out == tok.decode(want) + "\n" and "time to first token" in err
+    arm = precompile.get(("call", "test_generate", "lowered", "arm64"))
+    assert main(["generate", arm, "--prompt", PROMPTS[2], "--max-new-tokens", "8", "--emulate"]) == 0
+    out, err = capsys.readouterr()
+    assert out == tok.decode(want) + "\n" and "under qemu" in err
+    assert main(["generate", path, "--prompt", "x", "--emulate"]) == 2  # an x86 artifact is refused on the Pi

@@ -6,7 +6,7 @@
     sliver tune MODEL --target x86_64 (--trials N | --time-budget 10m) [--rpc HOST:PORT --key pi] [-o model.sliver]
     sliver device serve [--tracker HOST:PORT] --key pi | sliver device tracker
     sliver run model.sliver [--verify] [--emulate]
-    sliver lower file.py:function --generate [--max-len N] -o llm.sliver
+    sliver lower file.py:function --generate [--max-len N] -o llm.sliver; sliver generate llm.sliver --prompt TEXT
     sliver inspect model.sliver
     sliver bench model.sliver [--per-layer] [--emulate]
     sliver explain model.sliver [-o report.md] [--html report.html] [--emulate]
@@ -570,6 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch", metavar="FILE", help="write the pruned model as a torch module to fine-tune: FILE.pt "
                    "(torch.save of an nn.Module) or FILE.pt2 (torch.export.save; `sliver lower FILE.pt2` reads it)")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("generate", help="generate text with a generating artifact, streaming it (here, or on the "
+                                        "emulated Pi)")
+    runtime_cli.add_generate_arguments(p)
+    p.add_argument("--emulate", action="store_true", help="run on the emulated Raspberry Pi (arm64 artifacts)")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("run", help="run an artifact (here, or on the emulated Pi)")
     runtime_cli.add_run_arguments(p)

@@ -457,3 +457,68 @@ def test_zero_padding_by_concat_folds_into_the_conv():
     ones = PADDED.replace("{value=0, shape=[1, 2, 4, 1]}", "{value=1, shape=[1, 2, 4, 1]}")
     module, notes = _quantize(ones, params, cal)
     assert notes["padding_folded"] == 1 and "concat(%x, %z3)" in str(module)
+
+
+@pytest.mark.slow
+def test_max_pool_of_codes_lowers_exactly():
+    """Max pooling between int8 layers runs on their codes (ResNet's stem -> pool -> two
+    convs): the pooling te with a plain max, edge reads instead of padding, and with
+    dilation padding by the type's least value; the same codes as the interpreter."""
+    from sliver.ir.core import Module
+    from sliver.ir.types import TensorType
+
+    m = Module("codes_pool")
+    x = m.add_input(TensorType((1, 5, 11, 10), "f32"), "x")
+    outs = []
+    for dtype, zp in (("u8", 3), ("i8", 0)):
+        q = m.add_op("quantize", [x], {"scale": 0.05, "zero_point": zp, "dtype": dtype}).result
+        a = m.add_op("max_pool2d", [q], {"kernel": [3, 3], "stride": [2, 2], "padding": [1, 1, 1, 1]}).result
+        b = m.add_op("max_pool2d", [q], {"kernel": [2, 2], "stride": [1, 2], "padding": [1, 1, 1, 1],
+                                         "dilation": [2, 1]}).result
+        outs += [m.add_op("dequantize", [v], {"scale": 0.05, "zero_point": zp}).result for v in (a, b)]
+    m.set_outputs(outs)
+    xs = np.random.default_rng(0).standard_normal((1, 5, 11, 10)).astype(np.float32) * 3
+    got = sliver.lower(m, [xs], "x86_64", tune=False).load()(xs)
+    for g, w in zip(got if isinstance(got, (list, tuple)) else [got], run(m, [xs])):
+        assert np.array_equal(np.asarray(g), w)
+
+
+# -- real architectures: the zoo's CNNs ------------------------------------------------------------
+
+
+def _zoo_int8(name: str, target: str):
+    """A realzoo CNN (transformers class, random weights) through quantize-static for
+    ``target``: the quantized module and one input outside the calibration set."""
+    import realzoo
+
+    model, (x,) = realzoo.ENTRIES[name].build()
+    g = torch.Generator().manual_seed(7)
+    cal = [torch.randn(x.shape, generator=g) for _ in range(4)]
+    module, report = sliver.quantize(model, cal, target=target)
+    return module, torch.randn(x.shape, generator=g).numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,target", [("resnet", "x86_64"), ("mobilenet_v2", "x86_64"), ("resnet", "x86-64-v3")])
+def test_zoo_cnn_int8_on_x86_matches_interpreter(name, target):
+    from sliver.backends.tvm.targets import host_target, resolve
+
+    if host_target().arch != "x86_64" or (resolve(target).portable and "avx2" not in _host_flags()):
+        pytest.skip(f"this machine cannot run {target} code")
+    module, x = _zoo_int8(name, target)
+    art = sliver.lower(module, (x,), target)
+    assert list(art.manifest.kernels.values()).count("int8") >= 3  # the convs run on integer kernels
+    assert _rel(art.load()(x), run(module, [x])[0]) <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.emulated
+@pytest.mark.parametrize("name,target,cpu", [("resnet", "rpi4", "cortex-a72"), ("mobilenet_v2", "rpi5", "cortex-a76")])
+def test_zoo_cnn_int8_on_the_emulated_pi_matches_interpreter(name, target, cpu, tmp_path):
+    from helpers import emulated_first_output
+
+    module, x = _zoo_int8(name, target)
+    art = sliver.lower(module, (x,), target)
+    assert list(art.manifest.kernels.values()).count("int8") >= 3
+    got = emulated_first_output(art.save(tmp_path / "q.sliver"), tmp_path, cpu=cpu)
+    assert _rel(got, run(module, [x])[0]) <= 1e-5

@@ -250,7 +250,7 @@ def tile_cost(rt: int, nv: int, cpu: CPU) -> float | None:
 
 def tile_reduction(sch, block, cpu: CPU, *, max_vectors: int = 2, reg_tile: int | None = None,
                    width: int | None = None, channels_inner: bool = False, unroll_reduction: int = 1,
-                   stage: bool = False):
+                   stage: bool = False, vector_epilogue: bool = True):
     """Schedule a reduction block ``out[s0, …, sr, sv] += f(… r …)`` whose last
     spatial iterator ``sv`` is the output's contiguous axis (NHWC convolutions over
     output channels, matmuls over N, NHWC pooling over C).
@@ -277,6 +277,12 @@ def tile_reduction(sch, block, cpu: CPU, *, max_vectors: int = 2, reg_tile: int 
     ``stage=True``: the reduction's consumers are not an elementwise epilogue (they
     read other tiles, e.g. a Winograd output transform): each tile is written to
     the reduction's own buffer and the consumers are left alone.
+
+    ``vector_epilogue=False``: the epilogue's column loop is left to LLVM's vectorizer.
+    When the tile's columns pass the output's end (a product padded to the tile), the
+    epilogue stores under a per-lane condition, which TVM's vectorizer turns into a
+    scalar loop of tests; LLVM vectorizes it with masked stores (Whisper's 1500-column
+    attention scores, one Zen 4 core: 37.9 -> 29.8 ms).
     """
     kinds = iter_kinds(sch, block)
     if "O" in kinds or "R" not in kinds:
@@ -357,6 +363,6 @@ def tile_reduction(sch, block, cpu: CPU, *, max_vectors: int = 2, reg_tile: int 
     if lanes > 1:
         vectorize_tail(sch, init_loops[-1], lanes)
     epi_loops = sch.get_loops(epilogue)
-    if lanes > 1 and len(epi_loops) > 1:
+    if lanes > 1 and len(epi_loops) > 1 and vector_epilogue:
         vectorize_tail(sch, epi_loops[-1], lanes)
     return [block, init, epilogue]

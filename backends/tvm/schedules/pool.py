@@ -61,7 +61,8 @@ def max_pool2d_te(x, out_shape, *, kernel, stride, dilation, padding, layout):
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     top, left, bottom, right = padding
     rh, rw = te.reduce_axis((0, kh), name="rv0"), te.reduce_axis((0, kw), name="rv1")
-    reduce = _reducer("max")
+    floating = "float" in str(x.dtype)
+    reduce = _reducer("max") if floating else te.max  # integer codes (int8 models): no NaN
     if (dh, dw) == (1, 1):
         H, W = int(x.shape[h]), int(x.shape[w])
 
@@ -75,7 +76,8 @@ def max_pool2d_te(x, out_shape, *, kernel, stride, dilation, padding, layout):
         before[h], before[w] = top, left
         after[h] = max(bottom, (out_shape[h] - 1) * sh + dh * (kh - 1) + 1 - int(x.shape[h]) - top)
         after[w] = max(right, (out_shape[w] - 1) * sw + dw * (kw - 1) + 1 - int(x.shape[w]) - left)
-        padded = topi.nn.pad(x, before, after, pad_value=tirx.const(float("-inf"), x.dtype), name="pad_temp")
+        low = tirx.const(float("-inf"), x.dtype) if floating else tirx.min_value(x.dtype)
+        padded = topi.nn.pad(x, before, after, pad_value=low, name="pad_temp")
 
         def window(*i):
             idx = list(i)
@@ -92,7 +94,8 @@ def _max_pool2d_legalize(bb, call):
     from sliver.backends.tvm.schedules.elementwise import _tvm_legalize, is_float
 
     a = call.attrs
-    if not is_float(call.ty.dtype) or a.layout != a.out_layout or a.layout not in ("NCHW", "NHWC"):
+    integer = str(call.ty.dtype) in ("uint8", "int8")  # codes between int8 layers: same te, plain max
+    if not (is_float(call.ty.dtype) or integer) or a.layout != a.out_layout or a.layout not in ("NCHW", "NHWC"):
         return _tvm_legalize(bb, call)
     out_shape = [int(v) if isinstance(v, tirx.IntImm) else v for v in call.ty.shape.values]  # symbolic: kept
     return bb.call_te(max_pool2d_te, call.args[0], out_shape, kernel=[int(k) for k in a.pool_size],
