@@ -258,10 +258,11 @@ def _fusable(bb, call):
 
     gv = call.args[0]
     func = bb.get()[gv].with_attr("op_pattern", OUT_EWISE_FUSABLE)
-    bb.update_func(gv, func)
-    # call_te deduplicates functions only as it made them (without the attribute): share
-    # the first equal one (the unused copy is dropped by dead-code elimination)
-    for other, f in bb.get().functions_items():
+    # call_te deduplicates functions only as it made them (without the attribute): share an
+    # equal marked one, the same one every time (else FuseOps makes a fused copy per
+    # function: ViT-B/16 compiled twice the kernels); the unmarked copy is dropped later
+    for other, f in sorted(bb.get().functions_items(), key=lambda item: item[0].name_hint):
         if not other.same_as(gv) and other.name_hint.startswith("matmul") and tvm_ffi.structural_equal(f, func):
             return relax.Call(call.op, [other, *call.args[1:]], call.attrs, call.ty_args)
+    bb.update_func(gv, func)
     return call
