@@ -97,8 +97,10 @@ def _torch_module():
 def _grouped_attention():
     """transformers' SDPA attention with grouped key/value heads passed as they are
     (``enable_gqa``, which sliver's attention op takes) instead of repeated to every
-    query head: the repeat copies the whole cache at every step (on the Pi, 23% of a
-    SmolLM2 decode step's modeled cycles)."""
+    query head in the traced graph.  The TVM lowering of ``attention`` still repeats
+    them (a copy of the cache per layer and step: ~23% of a SmolLM2 decode step's
+    modeled cycles on the Pi, docs/results/llm.md); computing grouped heads without
+    the repeat belongs in that rule."""
     import os
 
     key = "TRANSFORMERS_SDPA_FORCE_GQA"

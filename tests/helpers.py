@@ -56,8 +56,9 @@ def dedent(text: str) -> str:
     return textwrap.dedent(text).lstrip("\n")
 
 
-def emulated_first_output(artifact_path, tmp_path, timeout=900):
-    """Run a saved artifact on its golden inputs on the emulated Pi; its first output."""
+def emulated_first_output(artifact_path, tmp_path, timeout=900, cpu=None):
+    """Run a saved artifact on its golden inputs on the emulated Pi (the Pi 4's CPU unless
+    ``cpu`` names another); its first output."""
     from sliver.tools.emulator import emulate
 
     script = tmp_path / "run_first_output.py"
@@ -68,7 +69,8 @@ def emulated_first_output(artifact_path, tmp_path, timeout=900):
         "np.save(sys.argv[2], m.run(*m.golden_inputs())[0])\n"
     )
     out = tmp_path / "first_output.npy"
-    proc = emulate.run_python([str(script), str(artifact_path), str(out)], timeout=timeout)
+    proc = emulate.run_python([str(script), str(artifact_path), str(out)], timeout=timeout,
+                              **({"cpu": cpu} if cpu else {}))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return np.load(out)
 

@@ -275,6 +275,27 @@ def test_weight_quantization_passes_compose(tiny_model):
     assert len(g.tokens) == 8 and g.text
 
 
+def test_sliver_lower_generate_builds_a_generating_artifact(tmp_path, tiny_model, capsys):
+    """`sliver lower file.py:function --generate`: the function returns (model, tokenizer)."""
+    from pathlib import Path
+
+    from sliver.tools.cli import main
+
+    model, tok = tiny_model
+    here = Path(__file__)
+    out = tmp_path / "tiny.sliver"
+    assert main(["lower", f"{here}:tiny", "--generate", "--max-len", "24", "-o", str(out)]) == 0
+    m = sliver.load(out)
+    assert m.manifest.llm.max_len == 24 and m.tokenizer.available
+    ids = tok.encode(PROMPTS[0]).ids
+    assert m.generate(PROMPTS[0], max_new_tokens=6).tokens == reference(model, ids, 6)
+    capsys.readouterr()
+    assert main(["lower", f"{here}:tiny", "--max-len", "24", "-o", str(tmp_path / "x.sliver")]) == 2
+    assert "--max-len applies to generating artifacts" in capsys.readouterr().err
+    assert main(["lower", f"{here}:tokenizer", "--generate", "-o", str(tmp_path / "y.sliver")]) == 2
+    assert "must return (model, tokenizer)" in capsys.readouterr().err
+
+
 @_job("x86_64", "arm64")
 @emulated
 def test_the_sliver_command_generates_here_and_on_the_emulated_pi(capsys, tiny_model):

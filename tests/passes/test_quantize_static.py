@@ -481,3 +481,44 @@ def test_max_pool_of_codes_lowers_exactly():
     got = sliver.lower(m, [xs], "x86_64", tune=False).load()(xs)
     for g, w in zip(got if isinstance(got, (list, tuple)) else [got], run(m, [xs])):
         assert np.array_equal(np.asarray(g), w)
+
+
+# -- real architectures: the zoo's CNNs ------------------------------------------------------------
+
+
+def _zoo_int8(name: str, target: str):
+    """A realzoo CNN (transformers class, random weights) through quantize-static for
+    ``target``: the quantized module and one input outside the calibration set."""
+    import realzoo
+
+    model, (x,) = realzoo.ENTRIES[name].build()
+    g = torch.Generator().manual_seed(7)
+    cal = [torch.randn(x.shape, generator=g) for _ in range(4)]
+    module, report = sliver.quantize(model, cal, target=target)
+    return module, torch.randn(x.shape, generator=g).numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,target", [("resnet", "x86_64"), ("mobilenet_v2", "x86_64"), ("resnet", "x86-64-v3")])
+def test_zoo_cnn_int8_on_x86_matches_interpreter(name, target):
+    from sliver.backends.tvm.targets import host_target, resolve
+
+    if host_target().arch != "x86_64" or (resolve(target).portable and "avx2" not in _host_flags()):
+        pytest.skip(f"this machine cannot run {target} code")
+    module, x = _zoo_int8(name, target)
+    art = sliver.lower(module, (x,), target)
+    assert list(art.manifest.kernels.values()).count("int8") >= 3  # the convs run on integer kernels
+    assert _rel(art.load()(x), run(module, [x])[0]) <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.emulated
+@pytest.mark.parametrize("name,target,cpu", [("resnet", "rpi4", "cortex-a72"), ("mobilenet_v2", "rpi5", "cortex-a76")])
+def test_zoo_cnn_int8_on_the_emulated_pi_matches_interpreter(name, target, cpu, tmp_path):
+    from helpers import emulated_first_output
+
+    module, x = _zoo_int8(name, target)
+    art = sliver.lower(module, (x,), target)
+    assert list(art.manifest.kernels.values()).count("int8") >= 3
+    got = emulated_first_output(art.save(tmp_path / "q.sliver"), tmp_path, cpu=cpu)
+    assert _rel(got, run(module, [x])[0]) <= 1e-5
