@@ -116,14 +116,10 @@ def workspace_allocs_in_parallel_loops(func, target) -> list[str]:
     return found
 
 
-def front_primfuncs(build, shapes, target) -> dict:
-    """Relax ``main(*inputs)`` (float32 inputs of ``shapes``) built by ``build(bb, *params)``,
-    through sliver's default front passes for ``target`` (legalize, fuse): ``{name: fused
-    PrimFunc}``, what the schedule rules see."""
-    import tvm
-    from tvm import relax, tirx
-
-    from sliver.backends.tvm import schedules
+def relax_module(build, shapes):
+    """A Relax module whose ``main(*inputs)`` (float32 inputs of ``shapes``) returns what
+    ``build(bb, *params)`` emits."""
+    from tvm import relax
 
     bb = relax.BlockBuilder()
     params = [relax.Var(f"x{i}", relax.TensorType(s, "float32")) for i, s in enumerate(shapes)]
@@ -131,8 +127,19 @@ def front_primfuncs(build, shapes, target) -> dict:
         with bb.dataflow():
             out = bb.emit_output(build(bb, *params))
         bb.emit_func_output(out)
+    return bb.finalize()
+
+
+def front_primfuncs(build, shapes, target) -> dict:
+    """:func:`relax_module` through sliver's default front passes for ``target`` (legalize,
+    fuse): ``{name: fused PrimFunc}``, what the schedule rules see."""
+    import tvm
+    from tvm import tirx
+
+    from sliver.backends.tvm import schedules
+
     with target:
-        mod = tvm.transform.Sequential(schedules.front_passes(target=target))(bb.finalize())
+        mod = tvm.transform.Sequential(schedules.front_passes(target=target))(relax_module(build, shapes))
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
 
 

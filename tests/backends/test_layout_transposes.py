@@ -14,19 +14,10 @@ tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
 import sliver  # noqa: E402
+from helpers import relax_module  # noqa: E402
 from sliver.backends.tvm.schedules import layout  # noqa: E402
 
 P, BACK = [0, 2, 3, 1], [0, 3, 1, 2]
-
-
-def _module(build, shapes):
-    bb = relax.BlockBuilder()
-    params = [relax.Var(f"x{i}", relax.TensorType(s, "float32")) for i, s in enumerate(shapes)]
-    with bb.function("main", params):
-        with bb.dataflow():
-            out = bb.emit_output(build(bb, *params))
-        bb.emit_func_output(out)
-    return bb.finalize()
 
 
 def _permutes(mod) -> list:
@@ -58,7 +49,7 @@ def test_inverse_permutations_cancel_and_others_compose():
         swap = bb.emit(relax.op.permute_dims(there, [0, 2, 1, 3]))  # = permute(x, [0, 3, 2, 1])
         return bb.emit(relax.op.add(relax.op.permute_dims(back, [0, 3, 2, 1]), swap))
 
-    mod = _module(build, [(1, 3, 5, 7)])
+    mod = relax_module(build, [(1, 3, 5, 7)])
     new = _cancel(mod)
     assert _permutes(new) == [[0, 3, 2, 1]]  # the two permutations of x are one, moved past the add
     x = np.random.default_rng(0).standard_normal((1, 3, 5, 7)).astype("float32")
@@ -72,7 +63,7 @@ def test_a_binary_of_two_equal_permutations_is_permuted_once():
         return bb.emit(relax.op.permute_dims(m, P))  # all NHWC again: no permutation is left
 
     shapes = [(1, 5, 6, 4)] * 3
-    mod = _module(build, shapes)
+    mod = relax_module(build, shapes)
     new = _cancel(mod)
     assert _permutes(new) == []
     rng = np.random.default_rng(1)
@@ -85,7 +76,7 @@ def test_broadcasting_operands_and_different_permutations_are_left_alone():
         s = bb.emit(relax.op.add(relax.op.permute_dims(a, BACK), relax.op.permute_dims(b, BACK)))  # b broadcasts
         return bb.emit(relax.op.subtract(s, relax.op.permute_dims(c, [0, 3, 2, 1])))  # another permutation
 
-    mod = _module(build, [(1, 5, 6, 4), (1, 1, 1, 4), (1, 6, 5, 4)])
+    mod = relax_module(build, [(1, 5, 6, 4), (1, 1, 1, 4), (1, 6, 5, 4)])
     assert len(_permutes(_cancel(mod))) == 3
 
 
@@ -93,7 +84,7 @@ def test_identity_permutations_are_dropped():
     def build(bb, x):
         return bb.emit(relax.op.exp(relax.op.permute_dims(x, [0, 1, 2])))
 
-    assert _permutes(_cancel(_module(build, [(2, 3, 4)]))) == []
+    assert _permutes(_cancel(relax_module(build, [(2, 3, 4)]))) == []
 
 
 def test_convnext_keeps_its_residual_stream_channels_last():
