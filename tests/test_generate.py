@@ -321,10 +321,19 @@ def test_w4_generation_equals_torch_on_the_dequantized_weights(which):
     assert set(m.manifest.kernels.values()) >= {"wq-fused"} and "wq-dequantize" not in m.manifest.kernels.values()
     assert all(r["ok"] for r in m.verify())  # golden outputs: the quantized IR's, from the interpreter
     model, tok = tiny()
-    if which.endswith("int8"):  # int8 activations: the interpreter's reference semantics
+    if which.endswith("int8"):  # int8 activations: the interpreter's reference semantics, and torch's
+        from sliver.benchmarks.bench_generate import fake_quantized, int8_activations
+        from sliver.benchmarks.bench_llm import Weights
+
+        weights = fake_quantized(model, w4_pipeline(which))
+        Weights(model).put(weights)
+        hooks = int8_activations(model, weights, w4_pipeline(which))
+        assert len(hooks) == 14
         for prompt in PROMPTS:
             ids = tok.encode(prompt).ids
-            assert m.generate(ids, max_new_tokens=12).tokens == interpreted(model, w4_pipeline(which), ids, 12)
+            got = m.generate(ids, max_new_tokens=12).tokens
+            assert got == reference(model, ids, 12), prompt
+            assert got == interpreted(tiny()[0], w4_pipeline(which), ids, 12), prompt
         return
     weights = fake_quantized(model, w4_pipeline(which))
     assert ("lm_head" in weights) != head_float
