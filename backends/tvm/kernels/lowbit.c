@@ -1544,28 +1544,61 @@ INLINE void i8_tile(const int8_t* rows, int rb, const int8_t* wb, int32_t* acc, 
 #define I8_TILE 1
 #define TILE_P 4
 #define TILE_NB 1
+/* Per 16 row bytes: one load of each pixel's 16 bytes, and per 4 of them (J) one 64-byte
+ * `ld1` of the block's 16 channels x 4 bytes feeding P x 4 `sdot`s: 16 accumulators, 4
+ * pixel and 4 weight registers (no spills).  A full tile leaves through 4x4 transposes:
+ * one vector store of 4 pixels per channel. */
 INLINE void i8_tile(const int8_t* rows, int rb, const int8_t* wb, int32_t* acc, ptrdiff_t astride, int og_left,
                     const int32_t* obias, const int32_t* base, const int P, const int NB) {
   (void)NB;
   int32x4_t a[TILE_P][4];
   _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)
     _Pragma("GCC unroll 4") for (int cb = 0; cb < 4; cb++) a[p][cb] = vdupq_n_s32(0);
+  const int8_t* wq = wb;
   for (int s = 0; s < rb; s += 16) {
     int8x16_t xv[TILE_P];
     _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) xv[p] = vld1q_s8(rows + (size_t)p * rb + s);
-    const int8_t* wq = wb + (size_t)s * 16;
 #define I8_SDOT_LANE(J)                                                                                    \
     {                                                                                                      \
-      int8x16_t w4[4];                                                                                     \
-      _Pragma("GCC unroll 4") for (int cb = 0; cb < 4; cb++) w4[cb] = vld1q_s8(wq + (J) * 64 + cb * 16);  \
-      _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)                                                  \
-        _Pragma("GCC unroll 4") for (int cb = 0; cb < 4; cb++) a[p][cb] = vdotq_laneq_s32(a[p][cb], w4[cb], xv[p], (J)); \
+      const int8x16x4_t w4 = vld1q_s8_x4(wq + (J) * 64);                                                   \
+      _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) {                                                \
+        a[p][0] = vdotq_laneq_s32(a[p][0], w4.val[0], xv[p], (J));                                         \
+        a[p][1] = vdotq_laneq_s32(a[p][1], w4.val[1], xv[p], (J));                                         \
+        a[p][2] = vdotq_laneq_s32(a[p][2], w4.val[2], xv[p], (J));                                         \
+        a[p][3] = vdotq_laneq_s32(a[p][3], w4.val[3], xv[p], (J));                                         \
+      }                                                                                                    \
     }
     I8_SDOT_LANE(0)
     I8_SDOT_LANE(1)
     I8_SDOT_LANE(2)
     I8_SDOT_LANE(3)
 #undef I8_SDOT_LANE
+    wq += 256;
+  }
+  if (P == 4) {
+    const int32x4_t bv = vld1q_s32(base);
+    _Pragma("GCC unroll 4") for (int cb = 0; cb < 4; cb++) {
+      const int o0 = cb * 4;
+      if (o0 >= og_left) break;
+      int32x4_t ob;
+      if (og_left - o0 >= 4) {
+        ob = vld1q_s32(obias + o0);
+      } else {
+        int32_t t[4] = {0, 0, 0, 0};
+        for (int i = 0; i < og_left - o0; i++) t[i] = obias[o0 + i];
+        ob = vld1q_s32(t);
+      }
+      /* r[p] = channels o0..o0+3 of pixel p; c[i] = pixels 0..3 of channel o0+i */
+      const int32x4_t r0 = vaddq_s32(a[0][cb], ob), r1 = vaddq_s32(a[1][cb], ob), r2 = vaddq_s32(a[2][cb], ob),
+                      r3 = vaddq_s32(a[3][cb], ob);
+      const int64x2_t l01 = vreinterpretq_s64_s32(vtrn1q_s32(r0, r1)), h01 = vreinterpretq_s64_s32(vtrn2q_s32(r0, r1)),
+                      l23 = vreinterpretq_s64_s32(vtrn1q_s32(r2, r3)), h23 = vreinterpretq_s64_s32(vtrn2q_s32(r2, r3));
+      const int32x4_t c[4] = {vreinterpretq_s32_s64(vtrn1q_s64(l01, l23)), vreinterpretq_s32_s64(vtrn1q_s64(h01, h23)),
+                              vreinterpretq_s32_s64(vtrn2q_s64(l01, l23)), vreinterpretq_s32_s64(vtrn2q_s64(h01, h23))};
+      _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++)
+        if (o0 + i < og_left) vst1q_s32(acc + (size_t)(o0 + i) * astride, vaddq_s32(c[i], bv));
+    }
+    return;
   }
   _Pragma("GCC unroll 4") for (int cb = 0; cb < 4; cb++) {
     int32_t v[TILE_P][4];
