@@ -59,89 +59,11 @@
 #elif defined(__AVX2__)
 #include <immintrin.h>
 #endif
+#include "tvm_abi.h"
 #define ROW_ALIGN 8 /* packed rows are a whole number of 64-bit words */
-
-#ifdef __cplusplus
-#define SLIVER_EXTERN extern "C"
-#else
-#define SLIVER_EXTERN
-#endif
 
 #define INLINE static inline __attribute__((always_inline))
 
-/* ---- the TVM-FFI C ABI (tvm_ffi 0.1, include/tvm/ffi/c_api.h), the parts we use ---- */
-typedef struct {
-  void* data;
-  struct { int32_t device_type; int32_t device_id; } device;
-  int32_t ndim;
-  struct { uint8_t code; uint8_t bits; uint16_t lanes; } dtype;
-  int64_t* shape;
-  int64_t* strides;
-  uint64_t byte_offset;
-} sliver_DLTensor;
-typedef struct {
-  int32_t type_index;
-  uint32_t zero_padding;
-  union { int64_t v_int64; double v_float64; void* v_ptr; } u;
-} sliver_Any;
-typedef struct { uint64_t ref; int32_t type_index; uint32_t pad; void* deleter; } sliver_Object;
-enum { kAnyNone = 0, kAnyDLTensorPtr = 7 };
-/* Raise an error the caller sees as a Python exception (libtvm_ffi, already loaded in
- * the process; weak, so the library still loads if it is not). */
-SLIVER_EXTERN void TVMFFIErrorSetRaisedFromCStr(const char* kind, const char* message) __attribute__((weak));
-static int fail(const char* message) {
-  if (TVMFFIErrorSetRaisedFromCStr) TVMFFIErrorSetRaisedFromCStr("RuntimeError", message);
-  return -1;
-}
-
-/* ---- TVM's thread pool (tvm/runtime/c_backend_api.h), the pool TVM-generated parallel
- * loops of the same library run on (TVM_NUM_THREADS threads).  Weak like the above: a
- * library loaded without libtvm_runtime runs the kernels serially. ---- */
-typedef struct { void* sync_handle; int32_t num_task; } sliver_ParallelGroupEnv;
-typedef int (*sliver_ParallelLambda)(int task_id, sliver_ParallelGroupEnv* penv, void* cdata);
-SLIVER_EXTERN int TVMBackendParallelLaunch(sliver_ParallelLambda flambda, void* cdata, int num_task)
-    __attribute__((weak));
-
-/* A kernel call's work cut into `nslice` slices, each with its own scratch: run(job, s, nslice)
- * computes slice s.  Slices never share what they write, so results do not depend on how
- * many there are or which thread runs which. */
-typedef struct {
-  void (*run)(void* job, int slice, int nslice);
-  void* job;
-  int nslice;
-} pool_job;
-static int pool_task(int task_id, sliver_ParallelGroupEnv* penv, void* cdata) {
-  const pool_job* p = (const pool_job*)cdata;
-  const int step = penv->num_task > 0 ? penv->num_task : 1; /* fewer tasks than slices: each takes several */
-  for (int s = task_id; s < p->nslice; s += step) p->run(p->job, s, p->nslice);
-  return 0;
-}
-static int pool_probe(int task_id, sliver_ParallelGroupEnv* penv, void* cdata) {
-  if (task_id == 0) *(int*)cdata = penv->num_task;
-  return 0;
-}
-/* How many slices to cut `items` independent pieces of work (output rows) into: the
- * pool's thread count, at most `items`, and 1 (serial) without a pool or when the work is
- * too small to pay for waking it (`work` below `min_work`).  The thread count is asked
- * with an empty launch (before any output is written, so the scratch of every slice can
- * be allocated first), on every call: remembering it would keep a call serial after the
- * pool was resized up (runtime.config_threadpool), and the launch costs microseconds on
- * calls of tens of microseconds and more. */
-static int pool_slices(long items, double work, double min_work) {
-  if (!TVMBackendParallelLaunch || items < 2 || work < min_work) return 1;
-  int n = 1;
-  if (TVMBackendParallelLaunch(pool_probe, &n, 0) != 0 || n < 1) return 1;
-  return n < items ? n : (int)items;
-}
-static void pool_run(pool_job* p) {
-  if (p->nslice > 1 && TVMBackendParallelLaunch(pool_task, p, 0) == 0) return; /* tasks never fail */
-  for (int s = 0; s < p->nslice; s++) p->run(p->job, s, p->nslice);
-}
-/* slice s of nslice of [0, items): [*lo, *hi) */
-static void slice_range(long items, int s, int nslice, long* lo, long* hi) {
-  *lo = items * s / nslice;
-  *hi = items * (s + 1) / nslice;
-}
 /* The run of a slice's items [item, hi) (item = (n*G + g)*OH + oh) that starts at item:
  * image *n, group *g, output rows [*oh0, *oh1); returns the item after the run. */
 static long next_run(long item, long hi, int G, int OH, int* n, int* g, int* oh0, int* oh1) {
@@ -170,15 +92,6 @@ static size_t carve(uint8_t* base, const size_t* sizes, void** ptrs, int n) {
     at += (sizes[i] + 63) & ~(size_t)63;
   }
   return at;
-}
-
-static sliver_DLTensor* as_tensor(const sliver_Any* a) {
-  if (a->type_index == kAnyDLTensorPtr) return (sliver_DLTensor*)a->u.v_ptr;
-  return (sliver_DLTensor*)((char*)a->u.v_ptr + sizeof(sliver_Object)); /* ffi::Tensor object */
-}
-static void* data_of(const sliver_Any* a) {
-  sliver_DLTensor* t = as_tensor(a);
-  return (char*)t->data + t->byte_offset;
 }
 
 /* Weights of W2A2 layers in the W2A2 block layout (aarch64 only; lowbit.py packs them
@@ -1350,9 +1263,7 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   pool_job pj = {bitserial_slice, (void*)&job, nslice};
   pool_run(&pj);
   free(scratch); free(slices); free(obias); free(zpat);
-  result->type_index = kAnyNone;
-  result->u.v_int64 = 0;
-  return 0;
+  return return_none(result);
 }
 
 /* ---- the int8 kernel: qconv2d / qdense with codes of up to 8 bits, byte per code ----
@@ -2222,9 +2133,7 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
     const int rc = int8_lanes(&ka, &epi, flip, xz, lb);
     free(lb);
     if (rc) return rc;
-    result->type_index = kAnyNone;
-    result->u.v_int64 = 0;
-    return 0;
+    return return_none(result);
 #else
     return fail("sliver_lowbit_int8: the weights are laid out for the AVX-512 VNNI lane kernel this library was "
                 "built without (the artifact was compiled for another CPU)");
@@ -2281,7 +2190,5 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   pool_job pj = {int8_slice, (void*)&job, nslice};
   pool_run(&pj);
   free(scratch); free(slices); free(obias);
-  result->type_index = kAnyNone;
-  result->u.v_int64 = 0;
-  return 0;
+  return return_none(result);
 }
