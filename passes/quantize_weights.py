@@ -340,11 +340,33 @@ def linear_layers(module, who: str) -> list:
     return ops
 
 
+#: ops that only select or reshape a head's logits on their way to the output (a
+#: generating step keeps the last position's: ``slice`` then ``reshape``)
+_LOGITS_VIEWS = ("slice", "reshape", "squeeze")
+
+
+def _is_output(module, value) -> bool:
+    """Whether ``value`` is an output of ``module``, directly or through a chain of
+    single-use :data:`_LOGITS_VIEWS` that keep its last axis."""
+    last = value.type.shape[-1] if value.type.shape else None
+    while not any(value is v for v in module.outputs):
+        users = value.users
+        if len(users) != 1 or users[0].kind not in _LOGITS_VIEWS or len(users[0].results) != 1:
+            return False
+        nxt = users[0].result
+        if not nxt.type.shape or nxt.type.shape[-1] != last:
+            return False
+        value = nxt
+    return True
+
+
 def is_lm_head(module, op) -> bool:
     """Whether the linear ``op`` is a language model's head: its result is an output of
-    ``module`` and it has as many output features as an embedding table (a ``take`` of
-    a param table, read by token ids) has rows: the vocabulary."""
-    if not any(op.result is v for v in module.outputs):
+    ``module`` (or reaches one through slices and reshapes of its positions, as a
+    generating step's last-token logits do) and it has as many output features as an
+    embedding table (a ``take`` of a param table, read by token ids) has rows: the
+    vocabulary."""
+    if not _is_output(module, op.result):
         return False
     out = op.operands[1].type.shape[0]
     return any(o.kind == "take" and module.param_data(o.operands[0]) is not None

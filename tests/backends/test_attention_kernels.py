@@ -187,6 +187,37 @@ def test_power_by_a_small_whole_constant_is_products(level, exponent):
     np.testing.assert_allclose(got[~np.isnan(want)], want[~np.isnan(want)], rtol=1e-6)
 
 
+class _GroupedAttention(__import__("torch").nn.Module):
+    """Grouped key/value heads (6 query heads reading 2 kv heads) under a boolean mask."""
+
+    def forward(self, q, k, v, mask):
+        import torch
+
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_grouped_kv_heads_are_read_as_they_are_not_repeated(rows):
+    """The queries of a kv head's group are stacked as rows of one product with that head's
+    keys and values (no copy of the keys and values per query head), and the result is
+    torch's, one decode row or several, with a mask that hides some positions."""
+    import torch
+
+    import sliver
+    from sliver.backends.tvm.lower import to_relax
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, n, 8, generator=g) for h, n in ((6, rows), (2, 7), (2, 7)))
+    mask = torch.arange(7)[None, :] <= torch.arange(rows)[:, None] + 3
+    inputs = (q, k, v, mask[None, None])
+    module = sliver.trace(_GroupedAttention(), inputs)
+    assert "repeat" not in str(to_relax(module)), "the grouped heads were repeated"
+    art = sliver.lower(module, inputs, target="x86_64", tune=False)
+    with torch.no_grad():
+        want = _GroupedAttention()(*inputs).numpy()
+    np.testing.assert_allclose(art.load().run(*[t.numpy() for t in inputs])[0], want, rtol=1e-5, atol=1e-6)
+
+
 def _attention_graph(axes, scale_first: bool):
     """``matmul(softmax(matmul(q, permute_dims(k, axes)) * 0.25), v)``, the scale on either side."""
     def build(bb, q, k, v):

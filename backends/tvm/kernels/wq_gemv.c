@@ -52,11 +52,7 @@
 #include <immintrin.h>
 #endif
 
-#ifdef __cplusplus
-#define SLIVER_EXTERN extern "C"
-#else
-#define SLIVER_EXTERN
-#endif
+#include "tvm_abi.h"
 #define INLINE static inline __attribute__((always_inline))
 
 enum { W_M, W_K, W_O, W_G, W_LAYOUT, W_NOUT, W_HASBIAS, W_LEN };
@@ -318,76 +314,29 @@ SLIVER_EXTERN int sliver_wq_linear_c(const float* x, const uint8_t* w, const flo
   return 0;
 }
 
-/* ---- the TVM-FFI packed function (tvm_ffi 0.1 C ABI, the parts used; see lowbit.c) ---- */
-typedef struct {
-  void* data;
-  struct { int32_t device_type; int32_t device_id; } device;
-  int32_t ndim;
-  struct { uint8_t code; uint8_t bits; uint16_t lanes; } dtype;
-  int64_t* shape;
-  int64_t* strides;
-  uint64_t byte_offset;
-} wq_DLTensor;
-typedef struct {
-  int32_t type_index;
-  uint32_t zero_padding;
-  union { int64_t v_int64; double v_float64; void* v_ptr; } u;
-} wq_Any;
-typedef struct { uint64_t ref; int32_t type_index; uint32_t pad; void* deleter; } wq_Object;
-enum { kWqAnyNone = 0, kWqAnyDLTensorPtr = 7 };
-SLIVER_EXTERN void TVMFFIErrorSetRaisedFromCStr(const char* kind, const char* message) __attribute__((weak));
-typedef struct { void* sync_handle; int32_t num_task; } wq_ParallelGroupEnv;
-typedef int (*wq_ParallelLambda)(int task_id, wq_ParallelGroupEnv* penv, void* cdata);
-SLIVER_EXTERN int TVMBackendParallelLaunch(wq_ParallelLambda flambda, void* cdata, int num_task)
-    __attribute__((weak));
-
-static void* wq_data(const wq_Any* a) {
-  wq_DLTensor* t = a->type_index == kWqAnyDLTensorPtr ? (wq_DLTensor*)a->u.v_ptr
-                                                       : (wq_DLTensor*)((char*)a->u.v_ptr + sizeof(wq_Object));
-  return (char*)t->data + t->byte_offset;
-}
-
-typedef struct { const wq_job* job; int nslice; } wq_pool;
-static int wq_task(int task_id, wq_ParallelGroupEnv* penv, void* cdata) {
-  const wq_pool* p = (const wq_pool*)cdata;
-  const int step = penv->num_task > 0 ? penv->num_task : 1;
-  const long O = p->job->O;
-  for (int s = task_id; s < p->nslice; s += step) wq_rows(p->job, (int)(O * s / p->nslice), (int)(O * (s + 1) / p->nslice));
-  return 0;
-}
-static int wq_probe(int task_id, wq_ParallelGroupEnv* penv, void* cdata) {
-  if (task_id == 0) *(int*)cdata = penv->num_task;
-  return 0;
+/* ---- the TVM-FFI packed function (tvm_abi.h) ---- */
+static void wq_slice(void* job, int s, int nslice) {
+  const wq_job* j = (const wq_job*)job;
+  long lo, hi;
+  slice_range(j->O, s, nslice, &lo, &hi);
+  wq_rows(j, (int)lo, (int)hi);
 }
 
 /* args: x f32 [M][K], packed codes u8, scale f32 [O][K/G], zero u8 [O][K/G], out_index i32 [NOUT],
  * out_value f32 [NOUT], bias f32 [O], meta i32 [W_LEN], out f32 [M][O] */
-SLIVER_EXTERN int __tvm_ffi_sliver_wq_linear(void* self, const wq_Any* args, int32_t nargs, wq_Any* result) {
+SLIVER_EXTERN int __tvm_ffi_sliver_wq_linear(void* self, const sliver_Any* args, int32_t nargs, sliver_Any* result) {
   (void)self;
-  if (nargs != 9) {
-    if (TVMFFIErrorSetRaisedFromCStr)
-      TVMFFIErrorSetRaisedFromCStr("RuntimeError", "sliver_wq_linear: expected 9 arguments (x, codes, scale, zero, "
-                                                   "out_index, out_value, bias, meta, out)");
-    return -1;
-  }
-  const int32_t* meta = (const int32_t*)wq_data(&args[7]);
+  if (nargs != 9)
+    return fail("sliver_wq_linear: expected 9 arguments (x, codes, scale, zero, out_index, out_value, bias, meta, out)");
+  const int32_t* meta = (const int32_t*)data_of(&args[7]);
   const char* bad = check_meta(meta);
-  if (bad) {
-    if (TVMFFIErrorSetRaisedFromCStr) TVMFFIErrorSetRaisedFromCStr("RuntimeError", bad);
-    return -1;
-  }
-  const wq_job j = make_job((const float*)wq_data(&args[0]), (const uint8_t*)wq_data(&args[1]),
-                            (const float*)wq_data(&args[2]), (const uint8_t*)wq_data(&args[3]),
-                            (const int32_t*)wq_data(&args[4]), (const float*)wq_data(&args[5]),
-                            (const float*)wq_data(&args[6]), meta, (float*)wq_data(&args[8]));
-  int n = 1; /* slices: the pool's thread count, at most O; serial without a pool or for small calls */
-  if (!TVMBackendParallelLaunch || j.O < 2 || (double)j.M * j.K * j.O < WQ_MIN_WORK ||
-      TVMBackendParallelLaunch(wq_probe, &n, 0) != 0 || n < 1)
-    n = 1;
-  if (n > j.O) n = j.O;
-  wq_pool p = {&j, n};
-  if (n <= 1 || TVMBackendParallelLaunch(wq_task, &p, 0) != 0) wq_rows(&j, 0, j.O);
-  result->type_index = kWqAnyNone;
-  result->u.v_int64 = 0;
-  return 0;
+  if (bad) return fail(bad);
+  const wq_job j = make_job((const float*)data_of(&args[0]), (const uint8_t*)data_of(&args[1]),
+                            (const float*)data_of(&args[2]), (const uint8_t*)data_of(&args[3]),
+                            (const int32_t*)data_of(&args[4]), (const float*)data_of(&args[5]),
+                            (const float*)data_of(&args[6]), meta, (float*)data_of(&args[8]));
+  /* slices: the pool's thread count, at most O; serial without a pool or for small calls */
+  pool_job p = {wq_slice, (void*)&j, pool_slices(j.O, (double)j.M * j.K * j.O, WQ_MIN_WORK)};
+  pool_run(&p);
+  return return_none(result);
 }
