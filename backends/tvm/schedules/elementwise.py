@@ -7,6 +7,9 @@ from sliver.backends.tvm.schedules.common import CPU, NotApplicable, extent, ite
 
 #: Below this many elements a parallel loop costs more (thread wake-up) than it saves.
 MIN_PARALLEL = 4096
+#: An innermost axis this short and no multiple of 4 lanes is unrolled, not vectorized
+#: (:func:`schedule_injective`).
+SHORT_AXIS = 4
 
 
 def schedule_injective(sch, block, cpu: CPU) -> None:
@@ -27,6 +30,16 @@ def schedule_injective(sch, block, cpu: CPU) -> None:
     for s in sizes:
         total *= s
     lanes = pick_lanes(sizes[-1], cpu)
+    if lanes == 1 and 1 < sizes[-1] <= SHORT_AXIS and len(loops) >= 3:
+        # a short innermost axis (an image's 3 channels going channels last): unrolled, the
+        # loop around it left to LLVM's vectorizer (interleaved stores); fused with the outer
+        # loops, every lane's indices took a division (1x3x224x224 NCHW → NHWC, one Zen 5
+        # core: 0.150 → 0.021 ms)
+        sch.unroll(loops[-1])
+        par = sch.fuse(*loops[:-2]) if len(loops) > 3 else loops[0]
+        if total >= MIN_PARALLEL and cpu.cores > 1:
+            sch.parallel(par)
+        return
     if lanes > 1:
         outer, vec = sch.split(loops[-1], [None, lanes])
         body = loops[:-1] + [outer]
