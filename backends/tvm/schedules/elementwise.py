@@ -344,6 +344,18 @@ def _vector_loop(sch, loop, lanes: int) -> None:
     sch.vectorize(inner)
 
 
+def vectorize_partial_reductions(sch, names) -> None:
+    """The partial max / sum blocks ``names`` (``part[…, lane] = combine over o of x[…, o * lanes + lane]``):
+    the lanes innermost and vectorized, the initialization too."""
+    for name in names:
+        b = sch.get_sblock(name)
+        lane, o = sch.get_loops(b)[-2:]
+        sch.reorder(o, lane)
+        sch.vectorize(lane)
+        init = sch.decompose_reduction(b, o)
+        sch.vectorize(sch.get_loops(init)[-1])
+
+
 def schedule_softmax(sch, cpu: CPU) -> set:
     """One parallel loop over rows; in it the row's partial max (vectorized over its lanes), max,
     exponentials (vectorized), partial sum, sum and the output with the fused epilogue
@@ -367,13 +379,7 @@ def schedule_softmax(sch, cpu: CPU) -> set:
         sch.compute_at(b, rows, preserve_unit_loops=True)
     if cpu.cores > 1:
         sch.parallel(rows)
-    for name in ("softmax_max_part", "softmax_sum_part"):
-        b = sch.get_sblock(name)
-        lane, o = sch.get_loops(b)[-2:]
-        sch.reorder(o, lane)
-        sch.vectorize(lane)
-        init = sch.decompose_reduction(b, o)
-        sch.vectorize(sch.get_loops(init)[-1])
+    vectorize_partial_reductions(sch, ("softmax_max_part", "softmax_sum_part"))
     for b in (sch.get_sblock("softmax_exp"), out):  # last: a partition makes opaque blocks
         _vector_loop(sch, sch.get_loops(b)[-1], SOFTMAX_LANES)
     return {sch.get(b).name_hint for b in root_blocks_of(sch)}
