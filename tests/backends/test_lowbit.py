@@ -284,9 +284,9 @@ def test_arm64_artifact_matches_interpreter_on_emulated_pi(cases, tmp_path):
     assert "verify: passed" in proc.stdout
 
 
-# The int8 kernel's direct form on aarch64 with the dot product (sdot tiles reading the
-# padded channels-last input, no im2col rows): symmetric weights, channels per group a
-# multiple of 16.  Input rows of 19 pixels (a 16 x 16 transpose and 3 left), tiles
+# The int8 kernel's direct form on aarch64 (register tiles reading the padded channels-last
+# input, no im2col rows; sdot on rpi5, smull/smlal2/sadalp on rpi4, without -128 weights
+# in direct_narrow): symmetric weights, channels per group a multiple of 16.  Input rows of 19 pixels (a 16 x 16 transpose and 3 left), tiles
 # crossing output rows with a 3-pixel tail, last blocks of 4 and 1
 # channels, strides, dilation, asymmetric padding with a nonzero zero point, groups and a
 # batch of 2, and 272 channels (the pixels in chunks of 60).
@@ -298,12 +298,14 @@ DIRECT_CASES = [
                                                             out_dtype="i8", out_scale=0.8, out_zero_point=3)),
     ("direct_chunks", "u8", "i8", (1, 16, 9, 11), 272, 3, dict(padding=[1, 1, 1, 1], x_zero_point=128)),
     ("direct_1x1", "i8", "i8", (1, 48, 7, 5), 24, 1, dict(stride=[2, 2], x_zero_point=5, clamp_min=0.0)),
+    ("direct_narrow", "u8", "i8", (1, 16, 6, 7), 9, 3, dict(padding=[0, 1, 2, 1], x_zero_point=250)),
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.emulated
-def test_rpi5_int8_direct_matches_interpreter_on_emulated_pi(tmp_path):
+@pytest.mark.parametrize("target,cpu,dot", [("rpi4", "cortex-a72", "neon"), ("rpi5", "cortex-a76", "sdot")])
+def test_int8_direct_matches_interpreter_on_emulated_pi(target, cpu, dot, tmp_path):
     import sliver
     from sliver.tools.emulator import emulate
 
@@ -315,9 +317,9 @@ def test_rpi5_int8_direct_matches_interpreter_on_emulated_pi(tmp_path):
         outs.append(y)
         inputs.append(x)
     m.set_outputs(outs)
-    art = sliver.lower(m, inputs, target="rpi5", rtol=1e-5, atol=1e-5)
-    assert set(art.manifest.kernels.values()) == {"int8"} and art.manifest.target.int8_dot == "sdot"
-    proc = emulate.run_module(["run", str(art.save(tmp_path / "direct.sliver")), "--verify"], cpu="cortex-a76")
+    art = sliver.lower(m, inputs, target=target, rtol=1e-5, atol=1e-5)
+    assert set(art.manifest.kernels.values()) == {"int8"} and art.manifest.target.int8_dot == dot
+    proc = emulate.run_module(["run", str(art.save(tmp_path / "direct.sliver")), "--verify"], cpu=cpu)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "verify: passed" in proc.stdout
 

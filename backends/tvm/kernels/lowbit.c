@@ -1412,6 +1412,21 @@ static inline int32_t i8_row_sum(const int8_t* row, int rb) {
 }
 #endif
 
+#if defined(__aarch64__)
+/* r[p] = the sums of channels o0..o0+3 of pixel p (p < 4), + ob (per channel) and bv (per
+ * pixel): acc[(o0 + i) * astride + p] for i < nch, one vector store of 4 pixels per channel */
+INLINE void i8_store4x4(int32x4_t r0, int32x4_t r1, int32x4_t r2, int32x4_t r3, int32x4_t ob, int32x4_t bv,
+                        int32_t* acc, ptrdiff_t astride, int nch) {
+  r0 = vaddq_s32(r0, ob), r1 = vaddq_s32(r1, ob), r2 = vaddq_s32(r2, ob), r3 = vaddq_s32(r3, ob);
+  const int64x2_t l01 = vreinterpretq_s64_s32(vtrn1q_s32(r0, r1)), h01 = vreinterpretq_s64_s32(vtrn2q_s32(r0, r1)),
+                  l23 = vreinterpretq_s64_s32(vtrn1q_s32(r2, r3)), h23 = vreinterpretq_s64_s32(vtrn2q_s32(r2, r3));
+  const int32x4_t c[4] = {vreinterpretq_s32_s64(vtrn1q_s64(l01, l23)), vreinterpretq_s32_s64(vtrn1q_s64(h01, h23)),
+                          vreinterpretq_s32_s64(vtrn2q_s64(l01, l23)), vreinterpretq_s32_s64(vtrn2q_s64(h01, h23))};
+  _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++)
+    if (i < nch) vst1q_s32(acc + (size_t)i * astride, vaddq_s32(c[i], bv));
+}
+#endif
+
 /* ---- the tiled int8 kernel (meta LAYOUT = LAYOUT_I8_TILE): a register tile of P pixels x
  * NB blocks of 16 output channels, the whole reduction in registers, no horizontal sums.
  * Weights of a group: [ceil(Og/16)][RB/4][16][4] bytes (per block of 16 channels and 4
@@ -1487,15 +1502,7 @@ INLINE void i8_tile_store(int32x4_t a[TILE_P][4], int32_t* acc, ptrdiff_t astrid
         for (int i = 0; i < og_left - o0; i++) t[i] = obias[o0 + i];
         ob = vld1q_s32(t);
       }
-      /* r[p] = channels o0..o0+3 of pixel p; c[i] = pixels 0..3 of channel o0+i */
-      const int32x4_t r0 = vaddq_s32(a[0][cb], ob), r1 = vaddq_s32(a[1][cb], ob), r2 = vaddq_s32(a[2][cb], ob),
-                      r3 = vaddq_s32(a[3][cb], ob);
-      const int64x2_t l01 = vreinterpretq_s64_s32(vtrn1q_s32(r0, r1)), h01 = vreinterpretq_s64_s32(vtrn2q_s32(r0, r1)),
-                      l23 = vreinterpretq_s64_s32(vtrn1q_s32(r2, r3)), h23 = vreinterpretq_s64_s32(vtrn2q_s32(r2, r3));
-      const int32x4_t c[4] = {vreinterpretq_s32_s64(vtrn1q_s64(l01, l23)), vreinterpretq_s32_s64(vtrn1q_s64(h01, h23)),
-                              vreinterpretq_s32_s64(vtrn2q_s64(l01, l23)), vreinterpretq_s32_s64(vtrn2q_s64(h01, h23))};
-      _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++)
-        if (o0 + i < og_left) vst1q_s32(acc + (size_t)(o0 + i) * astride, vaddq_s32(c[i], bv));
+      i8_store4x4(a[0][cb], a[1][cb], a[2][cb], a[3][cb], ob, bv, acc + (size_t)o0 * astride, astride, og_left - o0);
     }
     return;
   }
@@ -1549,7 +1556,8 @@ INLINE void i8_tile_direct(const int8_t* const* px, const int32_t* tapoff, int n
 }
 /* pixels [0, npix) (pointers px) x the group's og channels into acc[o * astride + p] */
 static void i8_direct(const int8_t* const* px, int npix, const int32_t* tapoff, int ntap, int cg, const int8_t* w,
-                      int og, int32_t* acc, ptrdiff_t astride, const int32_t* obias) {
+                      int og, int32_t* acc, ptrdiff_t astride, const int32_t* obias, int narrow) {
+  (void)narrow; /* sdot: exact for any weight */
   const int rb = ntap * cg, nblk = (og + 15) / 16;
   for (int b = 0; b < nblk; b++) {
     const int8_t* wb = w + (size_t)b * 16 * rb;
@@ -1613,8 +1621,120 @@ INLINE void i8_row_impl(const row_args* ra, const int NARROW) {
       i8_block(row, w + (size_t)o * rb, rb, 1, NARROW, ra->out + o * ostride + p, ostride, ra->obias + o, ra->base[p]);
   }
 }
+#if defined(__aarch64__) && !defined(__ARM_FEATURE_DOTPROD)
+/* ARMv8.0 (the Pi 4): a register tile of 4 pixels x 4 output channels, 16 int32x4 sums;
+ * per 16 row bytes one load of each pixel and of each channel, then per (pixel, channel)
+ * `smull` + `smlal2` + `sadalp` (NARROW: no weight is -128, so two products fit a 16-bit
+ * lane) or `smull` + `sadalp` + `smull2` + `sadalp`.  Pixel p's bytes are xp[p] + v, channel
+ * ob's w + ob * rb + v, for v < len. */
+INLINE void i8n_span(int32x4_t a[4][4], const int8_t* const* xp, const int8_t* w, size_t rb, int len, const int P,
+                     const int OB, const int NARROW) {
+  for (int v = 0; v < len; v += 16) {
+    int8x16_t xv[4];
+    _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) xv[p] = vld1q_s8(xp[p] + v);
+    _Pragma("GCC unroll 4") for (int ob = 0; ob < OB; ob++) {
+      const int8x16_t wv = vld1q_s8(w + (size_t)ob * rb + v);
+      _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) {
+        if (NARROW) {
+          a[p][ob] = vpadalq_s16(a[p][ob], vmlal_high_s8(vmull_s8(vget_low_s8(xv[p]), vget_low_s8(wv)), xv[p], wv));
+        } else {
+          a[p][ob] = vpadalq_s16(a[p][ob], vmull_s8(vget_low_s8(xv[p]), vget_low_s8(wv)));
+          a[p][ob] = vpadalq_s16(a[p][ob], vmull_high_s8(xv[p], wv));
+        }
+      }
+    }
+  }
+}
+/* acc[ob * astride + p] = the sum of a[p][ob] + obias[ob] + base[p] */
+INLINE void i8n_store(int32x4_t a[4][4], int32_t* acc, ptrdiff_t astride, const int32_t* obias, const int32_t* base,
+                      const int P, const int OB) {
+  if (P == 4 && OB == 4) {
+    int32x4_t r[4];
+    _Pragma("GCC unroll 4") for (int p = 0; p < 4; p++)
+      r[p] = vpaddq_s32(vpaddq_s32(a[p][0], a[p][1]), vpaddq_s32(a[p][2], a[p][3]));
+    i8_store4x4(r[0], r[1], r[2], r[3], vld1q_s32(obias), vld1q_s32(base), acc, astride, 4);
+    return;
+  }
+  _Pragma("GCC unroll 4") for (int ob = 0; ob < OB; ob++)
+    _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) acc[ob * astride + p] = vaddvq_s32(a[p][ob]) + obias[ob] + base[p];
+}
+/* P pixels x OB channels: im2col rows (ntap == 0: pixel p's row at px[0] + p * rb, of rb
+ * bytes) or the direct form (pixel p's tap t at px[p] + tapoff[t], cg bytes) */
+INLINE void i8n_tile(const int8_t* const* px, int rb, const int32_t* tapoff, int ntap, int cg, const int8_t* w,
+                     int32_t* acc, ptrdiff_t astride, const int32_t* obias, const int32_t* base, const int P, const int OB,
+                     const int NARROW) {
+  int32x4_t a[4][4];
+  _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)
+    _Pragma("GCC unroll 4") for (int ob = 0; ob < OB; ob++) a[p][ob] = vdupq_n_s32(0);
+  const int8_t* xp[4];
+  if (!ntap) {
+    _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) xp[p] = px[0] + (size_t)p * rb;
+    i8n_span(a, xp, w, rb, rb, P, OB, NARROW);
+  } else {
+    for (int t = 0; t < ntap; t++) {
+      _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) xp[p] = px[p] + tapoff[t];
+      i8n_span(a, xp, w + (size_t)t * cg, rb, cg, P, OB, NARROW);
+    }
+  }
+  i8n_store(a, acc, astride, obias, base, P, OB);
+}
+/* pixels [0, npix) x og channels into acc[o * astride + p], tiles of 4 x 4 */
+INLINE void i8n_run(const int8_t* const* px, int npix, int rb, const int32_t* tapoff, int ntap, int cg, const int8_t* w,
+                    int og, int32_t* acc, ptrdiff_t astride, const int32_t* obias, const int32_t* base, const int NARROW) {
+#define I8N_TILE(PP, OO)                                                                                           \
+  i8n_tile(ntap ? px + p : &r, rb, tapoff, ntap, cg, w + (size_t)o * rb, acc + (size_t)o * astride + p, astride, \
+           obias + o, base + p, PP, OO, NARROW)
+  for (int p = 0; p < npix; p += 4) {
+    const int8_t* r = px[0] + (size_t)p * rb;
+    const int np = npix - p < 4 ? npix - p : 4;
+    int o = 0;
+    for (; o + 4 <= og; o += 4) {
+      switch (np) {
+        case 4: I8N_TILE(4, 4); break;
+        case 3: I8N_TILE(3, 4); break;
+        case 2: I8N_TILE(2, 4); break;
+        default: I8N_TILE(1, 4); break;
+      }
+    }
+    for (; o < og; o++) {
+      switch (np) {
+        case 4: I8N_TILE(4, 1); break;
+        case 3: I8N_TILE(3, 1); break;
+        case 2: I8N_TILE(2, 1); break;
+        default: I8N_TILE(1, 1); break;
+      }
+    }
+  }
+#undef I8N_TILE
+}
+/* (no pre-allocation scheduling: it interleaves the products until the 16 sums spill) */
+#define I8N_FN static __attribute__((optimize("no-schedule-insns"))) void
+I8N_FN i8_row_narrow(const row_args* ra) {
+  const int8_t* r = (const int8_t*)ra->rows;
+  i8n_run(&r, ra->npix, ra->rb, NULL, 0, 0, (const int8_t*)ra->w, ra->og, ra->out, ra->ostride, ra->obias, ra->base, 1);
+}
+I8N_FN i8_row_wide(const row_args* ra) {
+  const int8_t* r = (const int8_t*)ra->rows;
+  i8n_run(&r, ra->npix, ra->rb, NULL, 0, 0, (const int8_t*)ra->w, ra->og, ra->out, ra->ostride, ra->obias, ra->base, 0);
+}
+/* The direct form (as with sdot): plain weights [Og][RB], RB = KH*KW*Cg, Cg a multiple of 16 */
+#define I8_DIRECT 1
+I8N_FN i8_direct(const int8_t* const* px, int npix, const int32_t* tapoff, int ntap, int cg, const int8_t* w,
+                      int og, int32_t* acc, ptrdiff_t astride, const int32_t* obias, int narrow) {
+  static const int32_t zero[4] = {0, 0, 0, 0}; /* base: symmetric weights, no Sx term */
+  const int rb = ntap * cg;
+  for (int p = 0; p < npix; p += 4) {
+    const int np = npix - p < 4 ? npix - p : 4;
+    if (narrow)
+      i8n_run(px + p, np, rb, tapoff, ntap, cg, w, og, acc + p, astride, obias, zero, 1);
+    else
+      i8n_run(px + p, np, rb, tapoff, ntap, cg, w, og, acc + p, astride, obias, zero, 0);
+  }
+}
+#else
 static void i8_row_narrow(const row_args* ra) { i8_row_impl(ra, 1); }
 static void i8_row_wide(const row_args* ra) { i8_row_impl(ra, 0); }
+#endif
 
 /* Input row h of a group (src: channel 0, channels hw apart) channels last into dst
  * (pixels pix bytes apart), each byte ^ flip; on aarch64 by 16 x 16 byte transposes. */
@@ -1722,7 +1842,7 @@ static __attribute__((optimize("no-tree-loop-distribute-patterns"))) void int8_s
           const int oh = oh0 + (int)(q / OW), ow = (int)(q % OW);
           sc->px[i] = pk + ((size_t)oh * SH * WP + (size_t)ow * SW) * PIX;
         }
-        i8_direct(sc->px, cnt, j->tapoff, KH * KW, Cg, wg, Og, sc->acc, cnt, j->obias + g * Og);
+        i8_direct(sc->px, cnt, j->tapoff, KH * KW, Cg, wg, Og, sc->acc, cnt, j->obias + g * Og, m[M_WSIGNED]);
         apply_epilogue(&eg, sc->acc, cnt, Og, cnt, og0 + (size_t)q0 * j->osz, ostride);
       }
       item = next;
@@ -2153,12 +2273,17 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
    * own padded input [HP][WP][Cg], im2col rows, sums: all allocated before any output is written */
   const long items = (long)N * G * OH;
   const int nslice = pool_slices(items, (double)items * OW * Og * ((double)RB + INT8_PER_OUTPUT), INT8_MIN_WORK);
-  /* the direct form (sdot tiles reading the padded input, no im2col rows): tiled weights,
-   * symmetric (no Sx term), whole 16-byte steps per tap; output pixels in chunks whose
-   * sums (Og x chunk int32) stay near 64 KB */
+  /* the direct form on aarch64 (tiles reading the padded input, no im2col rows): symmetric
+   * weights (no Sx term), whole 16-byte steps per tap; output pixels in chunks whose sums
+   * (Og x chunk int32) stay near 64 KB */
   int direct = 0;
 #ifdef I8_DIRECT
-  if (layout == LAYOUT_I8_TILE && wz == 0 && Cg % 16 == 0 && RB == K && KH * KW <= I8_MAX_TAPS) {
+#ifdef I8_TILE
+  const int direct_layout = LAYOUT_I8_TILE; /* sdot: the tiled weights */
+#else
+  const int direct_layout = LAYOUT_PLAIN; /* ARMv8.0: weight rows */
+#endif
+  if (layout == direct_layout && wz == 0 && Cg % 16 == 0 && RB == K && KH * KW <= I8_MAX_TAPS) {
     direct = (16384 / Og) & ~3;
     direct = direct < 4 ? 4 : direct;
   }
