@@ -216,3 +216,51 @@ def test_grouped_kv_heads_are_read_as_they_are_not_repeated(rows):
     with torch.no_grad():
         want = _GroupedAttention()(*inputs).numpy()
     np.testing.assert_allclose(art.load().run(*[t.numpy() for t in inputs])[0], want, rtol=1e-5, atol=1e-6)
+
+
+def _attention_graph(axes, scale_first: bool):
+    """``matmul(softmax(matmul(q, permute_dims(k, axes)) * 0.25), v)``, the scale on either side."""
+    def build(bb, q, k, v):
+        s = bb.emit(relax.op.matmul(q, bb.emit(relax.op.permute_dims(k, axes))))
+        c = relax.const(np.float32(0.25))
+        s = bb.emit(relax.op.multiply(c, s) if scale_first else relax.op.multiply(s, c))
+        return bb.emit(relax.op.matmul(bb.emit(relax.op.nn.softmax(s, axis=-1)), v))
+
+    return build
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("k_shape,axes,scale_first", [((1, 2, 260, 16), [0, 1, 3, 2], False),  # k [B, H, N, D]
+                                                      ((1, 260, 2, 16), [0, 2, 3, 1], True)])  # Whisper's [B, N, H, D]
+def test_long_attention_is_one_kernel_per_block_of_rows(level, k_shape, axes, scale_first):
+    """Over ≥ MIN_KEYS keys (260: no multiple of a tile's columns) the scores, softmax and
+    product with v are one function reading k through its transpose; scheduled ==
+    unscheduled == numpy's softmax(q kᵀ / 4) v."""
+    from test_fast_float import run, runs_here
+
+    from sliver.backends.tvm import schedules as S
+    from sliver.backends.tvm.schedules import attention
+
+    target = tvm_target(resolve(level))
+    funcs = front_primfuncs(_attention_graph(axes, scale_first), [(1, 2, 12, 16), k_shape, (1, 2, 260, 32)], target)
+    assert list(funcs) == ["attention"], list(funcs)
+    assert check(funcs, target, level) == {"attention": "attention"}
+    assert attention.choose_tiles(12, 260, 32, common.cpu_of(target)) is not None
+    if not runs_here(level):
+        pytest.skip(f"this host cannot run {level} code")
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal(s).astype("float32") * 2 for s in [(1, 2, 12, 16), k_shape, (1, 2, 260, 32)])
+    got = run(S.schedule_primfunc(funcs["attention"], target)[0], [q, k, v, np.zeros((1, 2, 12, 32), "float32")],
+              target)
+    s = q.astype(np.float64) @ np.transpose(k, axes).astype(np.float64) * 0.25
+    p = np.exp(s - s.max(-1, keepdims=True))
+    np.testing.assert_allclose(got, (p / p.sum(-1, keepdims=True)) @ v, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_short_attention_stays_three_functions(level):
+    """Under MIN_KEYS keys (ViT's 197) the scores fit the caches: product, softmax, product."""
+    target = tvm_target(resolve(level))
+    funcs = front_primfuncs(_attention_graph([0, 1, 3, 2], False), [(1, 2, 12, 16), (1, 2, 197, 16), (1, 2, 197, 32)],
+                            target)
+    assert "attention" not in funcs and any("softmax" in n for n in funcs), list(funcs)
