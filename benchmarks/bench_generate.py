@@ -89,6 +89,43 @@ def pipeline(opts: dict, index: str | None) -> str | None:
     return f"{DEFAULT_PIPELINE},quantize-weights{{{text}}},dce"
 
 
+def int8_activations(model, weights, passes: str) -> list:
+    """With ``activations=int8`` in ``passes``: forward hooks on the quantized linear layers
+    of ``model`` (whose weights ``weights`` are :func:`fake_quantized`'s, put in) that make
+    them compute ``wq_linear``'s reference semantics, the codes' part on the input rounded
+    to int8 per run of gcd(K, block) (``sliver.ir.ops.quantize_activations``) and the kept
+    float weights on the float input.  Returns the hook handles (``.remove()`` them)."""
+    import math
+
+    import torch
+
+    from sliver.ir.ops import quantize_activations
+    from sliver.passes.manager import parse_pipeline
+
+    (qp,) = [p for p in parse_pipeline(passes) if p.name == "quantize-weights"]
+    if qp.activations != "int8":
+        return []
+    handles = []
+    for n, mod in model.named_modules():
+        if n not in weights or not isinstance(mod, torch.nn.Linear):
+            continue
+        k = mod.weight.shape[1]
+        block = qp.block if qp.granularity == "block" else (k if qp.granularity == "channel" else mod.weight.numel())
+        act = math.gcd(k, min(block, mod.weight.numel()))
+        kept = torch.zeros_like(mod.weight)
+        for layer, row, col in qp._index(None) if qp.keep_super else []:
+            if layer == f"model.{n}.weight":
+                kept[row, col] = mod.weight[row, col]
+
+        def hook(module, inputs, output, act=act, kept=kept):
+            x = inputs[0]
+            y = torch.nn.functional.linear(quantize_activations(x, act), module.weight - kept, module.bias)
+            return y + torch.nn.functional.linear(x, kept)
+
+        handles.append(mod.register_forward_hook(hook))
+    return handles
+
+
 def fake_quantized(model, passes: str):
     """``{linear module name or bench_llm.EMBEDDING: float weight}``: the weights the
     ``quantize-weights`` pass of the pipeline ``passes`` gives ``model`` (a transformers
@@ -276,11 +313,16 @@ def main(argv=None) -> int:
         if cached.is_file():  # transformers' tokens do not depend on sliver: reused when present
             refs = [(a, b) for a, b in json.loads(cached.read_text())]
         else:
+            hooks = []
             if fake:
                 t0 = time.perf_counter()
-                swap.put(fake_quantized(model, passes))
+                weights = fake_quantized(model, passes)
+                swap.put(weights)
+                hooks = int8_activations(model, weights, passes)
                 _say(f"{name}: fake-quantized weights in {time.perf_counter() - t0:.0f} s")
             refs = reference(model, tokenizer, PROMPTS[: args.prompts], args.tokens)
+            for h in hooks:
+                h.remove()
             swap.restore()
             cached.write_text(json.dumps(refs))
         against = "transformers on the fake-quantized weights" if fake else "transformers"

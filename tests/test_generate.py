@@ -256,7 +256,8 @@ SUPER = {"layer": "model.model.layers.1.mlp.down_proj.weight", "row": 3, "column
 #: the W4 pipelines: blocks of 32 (LM head float), blocks of 128 with a kept weight and the LM head quantized
 W4 = {"b32": "quantize-weights{bits=4,granularity=block,block=32,symmetric=false,clip=true}",
       "b128": "quantize-weights{bits=4,granularity=block,block=128,symmetric=false,clip=true,keep_super=true,"
-              "index=INDEX,head=true}"}
+              "index=INDEX,head=true}",
+      "b32-int8": "quantize-weights{bits=4,granularity=block,block=32,symmetric=false,clip=true,activations=int8}"}
 
 
 def w4_pipeline(which: str) -> str:
@@ -275,6 +276,33 @@ def quantized(which: str = "b32") -> str:
     return str(path)
 
 
+def interpreted(model, passes: str, ids, n: int) -> list[int]:
+    """Greedy tokens of the generating step traced, run through ``passes`` and executed by
+    sliver's interpreter (the ops' reference semantics), one token per step."""
+    from sliver.api import trace
+    from sliver.ir.interp import run
+    from sliver.llm import _grouped_attention, _torch_module, cache_shape
+    from sliver.passes.manager import PassManager, parse_pipeline
+
+    shape = cache_shape(model.config, MAX_LEN)
+    k, v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    step = _torch_module()(model, MAX_LEN).eval()
+    example = (torch.tensor([[1]]), torch.tensor([0]), torch.from_numpy(k), torch.from_numpy(v))
+    with _grouped_attention():
+        module = trace(step, example)
+    PassManager(parse_pipeline(passes)).run(module)
+    out, token = [], None
+    for pos in range(len(ids) + n - 1):
+        t = ids[pos] if pos < len(ids) else token
+        logits, k, v = run(module, [np.array([[t]], np.int64), np.array([pos], np.int64), k, v])
+        if pos >= len(ids) - 1:
+            token = int(np.argmax(logits[0]))
+            out.append(token)
+            if token == model.config.eos_token_id:
+                break
+    return out
+
+
 @pytest.mark.precompiled.with_args(lambda params: [("call", "test_generate", "quantized", params["which"])])
 @pytest.mark.parametrize("which", sorted(W4))
 def test_w4_generation_equals_torch_on_the_dequantized_weights(which):
@@ -288,11 +316,25 @@ def test_w4_generation_equals_torch_on_the_dequantized_weights(which):
     m = sliver.load(precompile.get(("call", "test_generate", "quantized", which)))
     assert "quantize-weights" in m.manifest.pipeline
     kinds = [op.kind for op in m.manifest.ops]
-    head_float = which == "b32"  # the LM head stays float unless head=true
+    head_float = which != "b128"  # the LM head stays float unless head=true
     assert kinds.count("linear") == (1 if head_float else 0) and kinds.count("wq_linear") == 14 + (not head_float)
     assert set(m.manifest.kernels.values()) >= {"wq-fused"} and "wq-dequantize" not in m.manifest.kernels.values()
     assert all(r["ok"] for r in m.verify())  # golden outputs: the quantized IR's, from the interpreter
     model, tok = tiny()
+    if which.endswith("int8"):  # int8 activations: the interpreter's reference semantics, and torch's
+        from sliver.benchmarks.bench_generate import fake_quantized, int8_activations
+        from sliver.benchmarks.bench_llm import Weights
+
+        weights = fake_quantized(model, w4_pipeline(which))
+        Weights(model).put(weights)
+        hooks = int8_activations(model, weights, w4_pipeline(which))
+        assert len(hooks) == 14
+        for prompt in PROMPTS:
+            ids = tok.encode(prompt).ids
+            got = m.generate(ids, max_new_tokens=12).tokens
+            assert got == reference(model, ids, 12), prompt
+            assert got == interpreted(tiny()[0], w4_pipeline(which), ids, 12), prompt
+        return
     weights = fake_quantized(model, w4_pipeline(which))
     assert ("lm_head" in weights) != head_float
     if which == "b128":  # the kept weight comes back exactly

@@ -264,3 +264,18 @@ def test_linear_with_columns_padded_to_whole_panels_matches_torch():
     got = sliver.lower(model, (x,), target="x86_64", tune=False).load().run(x.numpy())[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("shape", [(1, 3, 20, 24), (2, 3, 70, 64)])
+def test_image_to_channels_last_unrolls_its_three_channels(level, shape):
+    """NCHW → NHWC of an RGB image: the 3 channels unrolled (no vector of lanes whose indices
+    each take a division), the same values."""
+    from sliver.backends.tvm import schedules as S
+
+    target = tvm_target(resolve(level))
+    funcs = front_primfuncs(lambda bb, x: bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1])), [shape], target)
+    (name,) = funcs
+    assert check(funcs, target, level) == {name: "injective"}
+    script = S.schedule_primfunc(funcs[name], target)[0].script()
+    assert "T.unroll(" in script and "T.vectorized(" not in script

@@ -7,15 +7,19 @@ from sliver.backends.tvm.schedules.common import CPU, NotApplicable, extent, ite
 
 #: Below this many elements a parallel loop costs more (thread wake-up) than it saves.
 MIN_PARALLEL = 4096
+#: An innermost axis this short and no multiple of 4 lanes is unrolled, not vectorized
+#: (:func:`schedule_injective`).
+SHORT_AXIS = 4
 
 
 def schedule_injective(sch, block, cpu: CPU) -> None:
     """``for …, c: out[…, c] = f(…)`` → ``parallel for fused(…): vectorized for c``.
 
     The innermost axis is vectorized by ``cpu.lanes`` (or the widest smaller vector
-    dividing it); when none divides it but it holds a vector, by the widest vector it
-    holds with a scalar rest; when it is shorter, the fused loop nest is split instead,
-    and when nothing divides only the outer loops are parallelized.
+    dividing it); when none divides it, a short one (≤ ``SHORT_AXIS``) is unrolled and a
+    longer one vectorized by the widest vector it holds with a scalar rest; otherwise
+    the fused loop nest is split, and when nothing divides only the outer loops are
+    parallelized.
     """
     kinds = iter_kinds(sch, block)
     if "R" in kinds or "O" in kinds:
@@ -28,7 +32,17 @@ def schedule_injective(sch, block, cpu: CPU) -> None:
     for s in sizes:
         total *= s
     lanes = pick_lanes(sizes[-1], cpu)
-    if lanes == 1 and sizes[-1] >= 4 and len(loops) > 1:
+    if lanes == 1 and 1 < sizes[-1] <= SHORT_AXIS and len(loops) >= 3:
+        # a short innermost axis (an image's 3 channels going channels last): unrolled, the
+        # loop around it left to LLVM's vectorizer (interleaved stores); fused with the outer
+        # loops, every lane's indices took a division (1x3x224x224 NCHW → NHWC, one Zen 5
+        # core: 0.150 → 0.021 ms)
+        sch.unroll(loops[-1])
+        par = sch.fuse(*loops[:-2]) if len(loops) > 3 else loops[0]
+        if total >= MIN_PARALLEL and cpu.cores > 1:
+            sch.parallel(par)
+        return
+    if lanes == 1 and sizes[-1] > SHORT_AXIS and len(loops) > 1:
         # e.g. 7 or 14 columns: vectors over the leading columns of each row and a scalar
         # rest.  Fusing the whole nest into vectors instead makes every lane's index a
         # division by the row length (a gather of scalars: ~35 instructions per element
