@@ -2156,6 +2156,19 @@ static void lanes_slice(void* job, int s, int nslice) {
   }
 }
 
+/* One pool launch for the whole call: each task packs its share of the input, waits for
+ * the others at the barrier, then computes its share of the output (slices by the pool's
+ * task count; the same rows however they are cut).  Two launches (and the empty launches
+ * asking the pool's size before each) cost a layer of tens of microseconds several
+ * fork-joins. */
+static int lanes_task(int task_id, sliver_ParallelGroupEnv* penv, void* cdata) {
+  const int n = penv->num_task > 0 ? penv->num_task : 1;
+  lanes_pack_slice(cdata, task_id, n);
+  if (n > 1) TVMBackendParallelBarrier(task_id, penv);
+  lanes_slice(cdata, task_id, n);
+  return 0;
+}
+
 /* the whole call with LAYOUT_I8_LANES; 0, or -1 after fail() */
 static int int8_lanes(const kernel_args* ka, const epilogue* epi, uint8_t flip, int xz, const int32_t* obias) {
   const int32_t* m = ka->m;
@@ -2204,14 +2217,13 @@ static int int8_lanes(const kernel_args* ka, const epilogue* epi, uint8_t flip, 
   lanes_job j = {ka->x, pk, (const int8_t*)ka->w, (uint8_t*)ka->out, obias, m, *epi, soff, vmask, vdst, flip,
                  (uint8_t)xz, Cq, HPs, WPs, PLEN, V, nsteps, depthwise ? Cq : (Og + LANES_NO - 1) / LANES_NO,
                  (V + PV - 1) / PV, depthwise, img_bytes};
-  const long pack_items = (long)N * Gi * Cq;
-  pool_job pp = {lanes_pack_slice, (void*)&j, pool_slices(pack_items, (double)N * C * H * W * 4, INT8_MIN_WORK)};
-  pool_run(&pp);
   const long items = (long)N * Gi * j.nblk * j.ntile;
-  pool_job pj = {lanes_slice, (void*)&j,
-                 pool_slices(items, (double)N * O * OH * OW * ((double)(depthwise ? taps : K) + INT8_PER_OUTPUT),
-                             INT8_MIN_WORK)};
-  pool_run(&pj);
+  const double work = (double)N * O * OH * OW * ((double)(depthwise ? taps : K) + INT8_PER_OUTPUT);
+  if (!TVMBackendParallelLaunch || !TVMBackendParallelBarrier || items < 2 || work < INT8_MIN_WORK ||
+      TVMBackendParallelLaunch(lanes_task, (void*)&j, 0) != 0) { /* serial (tasks never fail) */
+    lanes_pack_slice((void*)&j, 0, 1);
+    lanes_slice((void*)&j, 0, 1);
+  }
   free(soff); free(vmask); free(vdst); free(pk);
   return 0;
 }

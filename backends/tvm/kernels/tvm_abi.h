@@ -60,6 +60,8 @@ typedef struct { void* sync_handle; int32_t num_task; } sliver_ParallelGroupEnv;
 typedef int (*sliver_ParallelLambda)(int task_id, sliver_ParallelGroupEnv* penv, void* cdata);
 SLIVER_EXTERN int TVMBackendParallelLaunch(sliver_ParallelLambda flambda, void* cdata, int num_task)
     __attribute__((weak));
+/* every task of a launch waits here until all have arrived */
+SLIVER_EXTERN int TVMBackendParallelBarrier(int task_id, sliver_ParallelGroupEnv* penv) __attribute__((weak));
 
 /* A kernel call's work cut into `nslice` slices, each with its own scratch: run(job, s, nslice)
  * computes slice s.  Slices never share what they write, so results do not depend on how

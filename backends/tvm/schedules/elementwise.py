@@ -16,8 +16,10 @@ def schedule_injective(sch, block, cpu: CPU) -> None:
     """``for …, c: out[…, c] = f(…)`` → ``parallel for fused(…): vectorized for c``.
 
     The innermost axis is vectorized by ``cpu.lanes`` (or the widest smaller vector
-    dividing it); when it does not divide, the fused loop nest is split instead, and
-    when nothing divides only the outer loops are parallelized.
+    dividing it); when none divides it, a short one (≤ ``SHORT_AXIS``) is unrolled and a
+    longer one vectorized by the widest vector it holds with a scalar rest; otherwise
+    the fused loop nest is split, and when nothing divides only the outer loops are
+    parallelized.
     """
     kinds = iter_kinds(sch, block)
     if "R" in kinds or "O" in kinds:
@@ -39,6 +41,19 @@ def schedule_injective(sch, block, cpu: CPU) -> None:
         par = sch.fuse(*loops[:-2]) if len(loops) > 3 else loops[0]
         if total >= MIN_PARALLEL and cpu.cores > 1:
             sch.parallel(par)
+        return
+    if lanes == 1 and sizes[-1] > SHORT_AXIS and len(loops) > 1:
+        # e.g. 7 or 14 columns: vectors over the leading columns of each row and a scalar
+        # rest.  Fusing the whole nest into vectors instead makes every lane's index a
+        # division by the row length (a gather of scalars: ~35 instructions per element
+        # of a quantize on aarch64, against ~5)
+        par = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+        if total >= MIN_PARALLEL and cpu.cores > 1:
+            sch.parallel(par)
+        v = cpu.lanes
+        while v > sizes[-1]:
+            v //= 2
+        _vector_loop(sch, loops[-1], v)
         return
     if lanes > 1:
         outer, vec = sch.split(loops[-1], [None, lanes])
