@@ -97,10 +97,9 @@ def _torch_module():
 def _grouped_attention():
     """transformers' SDPA attention with grouped key/value heads passed as they are
     (``enable_gqa``, which sliver's attention op takes) instead of repeated to every
-    query head in the traced graph.  The TVM lowering of ``attention`` still repeats
-    them (a copy of the cache per layer and step: ~23% of a SmolLM2 decode step's
-    modeled cycles on the Pi, docs/results/llm.md); computing grouped heads without
-    the repeat belongs in that rule."""
+    query head in the traced graph.  The TVM lowering of ``attention`` stacks each kv
+    head's group of queries as rows of one product with that head's keys and values,
+    so the cache is not copied per query head either."""
     import os
 
     key = "TRANSFORMERS_SDPA_FORCE_GQA"

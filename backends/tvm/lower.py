@@ -414,11 +414,22 @@ def _attention(bb, op, q, k, v, mask=None):
     R = _R()
     qt, kt = op.operands[0].type, op.operands[1].type
     groups = qt.shape[1] // kt.shape[1]
-    if groups > 1:
+    # grouped key/value heads (query head h reads kv head h // groups): with static
+    # shapes the queries of a kv head's group are stacked as rows, [B, kv, groups*L, D]
+    # (a reshape: heads are contiguous), so each kv head's keys and values are read as
+    # they are instead of repeated to every query head (a copy of the whole KV cache per
+    # layer and step in a generating artifact); the scores are viewed back as [B, H, L, S]
+    grouped = groups > 1 and qt.static and kt.static and len(qt.shape) == 4
+    if grouped:
+        B, H, L, D = qt.shape
+        q = bb.emit(R.reshape(q, [B, kt.shape[1], groups * L, D]))
+    elif groups > 1:
         k = bb.emit(R.repeat(k, groups, axis=1))
         v = bb.emit(R.repeat(v, groups, axis=1))
     scale = op.attrs["scale"] if op.attrs["scale"] is not None else 1.0 / math.sqrt(qt.shape[-1])
     scores = bb.emit(R.matmul(q, R.permute_dims(k, [0, 1, 3, 2])))
+    if grouped:
+        scores = bb.emit(R.reshape(scores, [B, H, L, kt.shape[-2]]))
     scores = bb.emit(R.multiply(scores, _scalar(scale, scores)))
     if mask is not None:
         if op.operands[3].type.dtype == "bool":
@@ -442,6 +453,10 @@ def _attention(bb, op, q, k, v, mask=None):
     if mask is not None:  # a row the mask hides entirely: zeros, as torch (softmax would give NaN)
         dead = bb.emit(R.equal(R.max(scores, axis=-1, keepdims=True), _scalar(float("-inf"), scores)))
         probs = bb.emit(R.where(dead, _scalar(0.0, probs), probs))
+    if grouped:
+        probs = bb.emit(R.reshape(probs, [B, kt.shape[1], groups * L, kt.shape[-2]]))
+        out = bb.emit(R.matmul(probs, v))
+        return bb.emit(R.reshape(out, [B, H, L, op.operands[2].type.shape[-1]]))
     return bb.emit(R.matmul(probs, v))
 
 

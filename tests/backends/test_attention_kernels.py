@@ -185,3 +185,83 @@ def test_power_by_a_small_whole_constant_is_products(level, exponent):
         want = np.power(x.astype(np.float64), exponent).astype(np.float32)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got[~np.isnan(want)], want[~np.isnan(want)], rtol=1e-6)
+
+
+class _GroupedAttention(__import__("torch").nn.Module):
+    """Grouped key/value heads (6 query heads reading 2 kv heads) under a boolean mask."""
+
+    def forward(self, q, k, v, mask):
+        import torch
+
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_grouped_kv_heads_are_read_as_they_are_not_repeated(rows):
+    """The queries of a kv head's group are stacked as rows of one product with that head's
+    keys and values (no copy of the keys and values per query head), and the result is
+    torch's, one decode row or several, with a mask that hides some positions."""
+    import torch
+
+    import sliver
+    from sliver.backends.tvm.lower import to_relax
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, n, 8, generator=g) for h, n in ((6, rows), (2, 7), (2, 7)))
+    mask = torch.arange(7)[None, :] <= torch.arange(rows)[:, None] + 3
+    inputs = (q, k, v, mask[None, None])
+    module = sliver.trace(_GroupedAttention(), inputs)
+    assert "repeat" not in str(to_relax(module)), "the grouped heads were repeated"
+    art = sliver.lower(module, inputs, target="x86_64", tune=False)
+    with torch.no_grad():
+        want = _GroupedAttention()(*inputs).numpy()
+    np.testing.assert_allclose(art.load().run(*[t.numpy() for t in inputs])[0], want, rtol=1e-5, atol=1e-6)
+
+
+def _attention_graph(axes, scale_first: bool):
+    """``matmul(softmax(matmul(q, permute_dims(k, axes)) * 0.25), v)``, the scale on either side."""
+    def build(bb, q, k, v):
+        s = bb.emit(relax.op.matmul(q, bb.emit(relax.op.permute_dims(k, axes))))
+        c = relax.const(np.float32(0.25))
+        s = bb.emit(relax.op.multiply(c, s) if scale_first else relax.op.multiply(s, c))
+        return bb.emit(relax.op.matmul(bb.emit(relax.op.nn.softmax(s, axis=-1)), v))
+
+    return build
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("k_shape,axes,scale_first", [((1, 2, 260, 16), [0, 1, 3, 2], False),  # k [B, H, N, D]
+                                                      ((1, 260, 2, 16), [0, 2, 3, 1], True)])  # Whisper's [B, N, H, D]
+def test_long_attention_is_one_kernel_per_block_of_rows(level, k_shape, axes, scale_first):
+    """Over ≥ MIN_KEYS keys (260: no multiple of a tile's columns) the scores, softmax and
+    product with v are one function reading k through its transpose, the 11 query rows
+    padded to the tile's multiple; scheduled == unscheduled == numpy's softmax(q kᵀ / 4) v."""
+    from test_fast_float import run, runs_here
+
+    from sliver.backends.tvm import schedules as S
+    from sliver.backends.tvm.schedules import attention
+
+    target = tvm_target(resolve(level))
+    funcs = front_primfuncs(_attention_graph(axes, scale_first), [(1, 2, 11, 16), k_shape, (1, 2, 260, 32)], target)
+    assert list(funcs) == ["attention"], list(funcs)
+    assert check(funcs, target, level) == {"attention": "attention"}
+    rows = attention.choose_tiles(11, 260, 32, common.cpu_of(target))[3]
+    assert rows > 11 and ("attn_out_unpad" in funcs["attention"].script())
+    if not runs_here(level):
+        pytest.skip(f"this host cannot run {level} code")
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal(s).astype("float32") * 2 for s in [(1, 2, 11, 16), k_shape, (1, 2, 260, 32)])
+    got = run(S.schedule_primfunc(funcs["attention"], target)[0], [q, k, v, np.zeros((1, 2, 11, 32), "float32")],
+              target)
+    s = q.astype(np.float64) @ np.transpose(k, axes).astype(np.float64) * 0.25
+    p = np.exp(s - s.max(-1, keepdims=True))
+    np.testing.assert_allclose(got, (p / p.sum(-1, keepdims=True)) @ v, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_short_attention_stays_three_functions(level):
+    """Under MIN_KEYS keys (ViT's 197) the scores fit the caches: product, softmax, product."""
+    target = tvm_target(resolve(level))
+    funcs = front_primfuncs(_attention_graph([0, 1, 3, 2], False), [(1, 2, 12, 16), (1, 2, 197, 16), (1, 2, 197, 32)],
+                            target)
+    assert "attention" not in funcs and any("softmax" in n for n in funcs), list(funcs)

@@ -109,6 +109,13 @@ def _has_block(sch, name: str) -> bool:
         return False
 
 
+def _slices_columns(sch, n: int) -> bool:
+    """The product's ``n`` columns are sliced (its weight was padded to whole panels)."""
+    if not _has_block(sch, "T_matmul_unpad"):
+        return False
+    return int(sch.get(sch.get_sblock("T_matmul_unpad")).writes[0].source.shape[-1]) != n
+
+
 def schedule(sch, block, cpu: CPU) -> list:
     if not match(sch, block):
         raise NotApplicable("not a matmul")
@@ -124,7 +131,7 @@ def schedule(sch, block, cpu: CPU) -> list:
         rt, nv = dense_tile(rows, n, cpu)
         if nv * cpu.lanes != b:  # packed for another CPU: keep its width
             rt, _ = dense_tile(rows, b, cpu)
-        return _tile(sch, block, cpu, width=b, reg_tile=rt)
+        return _tile(sch, block, cpu, width=b, reg_tile=rt, vector_epilogue=not _slices_columns(sch, n))
     return tile_reduction(sch, block, cpu, max_vectors=2)
 
 
@@ -238,11 +245,16 @@ def _rows_as_vectors(sch, block):
 
 
 def pack_te(w, b: int):
-    """``[K, N]`` → ``[N / b, K, b]``."""
-    from tvm import te
+    """``[K, N]`` → ``[N / b, K, b]``; when ``b`` does not divide N, the last panel's columns
+    past N are zeros."""
+    from tvm import te, tirx
 
-    k, n = w.shape
-    return te.compute((n // b, k, b), lambda o, r, j: w[r, o * b + j], name="pack_weight")
+    k, n = (int(d) for d in w.shape)
+    if n % b == 0:
+        return te.compute((n // b, k, b), lambda o, r, j: w[r, o * b + j], name="pack_weight")
+    zero = tirx.const(0, w.dtype)
+    return te.compute((-(-n // b), k, b), lambda o, r, j: tirx.Select(
+        o * b + j < n, w[r, tirx.min(o * b + j, n - 1)], zero), name="pack_weight")
 
 
 def _row(a, i, rk, padded: bool):
@@ -280,22 +292,24 @@ def _unpad(full, shape, name: str):
     return te.compute(tuple(shape), lambda *i: full(*i), name=name)
 
 
-def packed_matmul_te(a, wp, out_dtype: str, rows: int | None = None):
+def packed_matmul_te(a, wp, out_dtype: str, rows: int | None = None, n: int | None = None):
     """``out[…, m, n] = Σ_k a[…, m, k] * wp[n // b, k, n % b]``; with ``rows`` (a multiple
     of the register tile above M) computed over ``rows`` rows, the padded ones reading
-    a's last row, and sliced to M."""
+    a's last row, and with ``n`` (under the panels' N / b * b columns: zero columns padded
+    the weight to whole panels) over every panel's columns; sliced to M x n."""
     from tvm import te
 
     nb, k, b = wp.shape
     m = int(a.shape[-2]) if len(a.shape) >= 2 else 1
     rows = m if rows is None else rows
+    n = int(nb * b) if n is None else n
     rk = te.reduce_axis((0, k), "k")
-    if rows == m:
+    if rows == m and n == nb * b:
         return te.compute((*a.shape[:-1], nb * b),
                           lambda *i: te.sum(a[(*i[:-1], rk)].astype(out_dtype) * wp[i[-1] // b, rk, i[-1] % b]
                                             .astype(out_dtype), axis=rk),
                           name=PACKED)
-    shape = (*a.shape[:-1], nb * b)
+    shape = (*a.shape[:-1], n)
     a, padded = _rows_padded(a, rows)
     full = te.compute((*a.shape[:-2], rows, nb * b),
                       lambda *i: te.sum(_row(a, i, rk, padded).astype(out_dtype)
@@ -348,8 +362,10 @@ def kernel_choice(call, target=None):
     if len(ws) == 2:
         try:
             _, nv, rows, _ = padded_tile(as_[-2], ws[1], cpu)
-        except NotApplicable:
-            return None
+        except NotApplicable:  # N no multiple of the lanes (1000 classes on AVX-512): zero columns pad the panels
+            if ws[1] < cpu.lanes or cpu.lanes < 8:
+                return None
+            _, nv, rows, _ = padded_tile(as_[-2], ws[1], cpu, pad_columns=True)
         return ("packed", nv * cpu.lanes, rows)
     if len(as_) != len(ws) or as_[:-2] != ws[:-2] or cpu.lanes < 4:
         return None
@@ -366,6 +382,8 @@ def legalize(target=None):
     (:func:`kernel_choice`); the rest go to TVM's own rule."""
     import tvm
 
+    from sliver.backends.tvm.schedules.conv2d import _static, _ty
+
     default = tvm.ir.Op.get("relax.matmul").get_attr("FLegalize")
 
     def rule(bb, call):
@@ -376,7 +394,8 @@ def legalize(target=None):
         if choice[0] == "packed":
             _, b, rows = choice
             wp = bb.emit_te(pack_te, w, b, primfunc_name_hint="pack_weight")
-            return _fusable(bb, bb.call_te(packed_matmul_te, a, wp, "float32", rows, primfunc_name_hint="matmul"))
+            n = int(_static(_ty(w).shape)[1])
+            return _fusable(bb, bb.call_te(packed_matmul_te, a, wp, "float32", rows, n, primfunc_name_hint="matmul"))
         _, rows, cols = choice
         return _fusable(bb, bb.call_te(padded_matmul_te, a, w, rows, cols, "float32", primfunc_name_hint="matmul"))
 
