@@ -74,6 +74,9 @@ def _plan_rules(func, cpu: CPU):
     if elementwise.match_softmax(sch):  # its exponentials are read twice: computed once per row
         elementwise.schedule_softmax(sch, cpu)
         return sch, "softmax"
+    if elementwise.match_layer_norm(sch):  # AArch64's (elementwise.layer_norm_rows_te)
+        elementwise.schedule_layer_norm(sch, cpu)
+        return sch, "layer_norm"
     _inline_prologue(sch, root_blocks(sch))
     reductions = [b for b in root_blocks(sch) if "R" in iter_kinds(sch, b)]
     done = set()

@@ -398,22 +398,31 @@ SOFTMAX_LANES = 16
 SOFTMAX_BLOCKS = ("softmax_max_part", "softmax_max", "softmax_exp", "softmax_sum_part", "softmax_sum", "softmax_norm")
 
 
+def _split_reduce(lead, length: int, name: str, whole, combine):
+    """``combine`` over the last axis (``length`` long) of ``whole(*lead_index, column)``: first over
+    :data:`SOFTMAX_LANES` columns at once into ``name_part`` (one partial result per lane), then over
+    those lanes and the tail the lanes leave, into ``name``."""
+    from tvm import te, tirx
+
+    v = min(SOFTMAX_LANES, length)
+    parts, main = length // v, (length // v) * v
+    tail = length - main
+    o = te.reduce_axis((0, parts), "o")
+    p = te.compute((*lead, v), lambda *i: combine(whole(*i[:-1], o * v + i[-1]), o), name=name + "_part")
+    u = te.reduce_axis((0, v + tail), "u")
+    # u < v: the lane's partial result; else the tail's column main + u - v (in bounds either way)
+    return te.compute(tuple(lead), lambda *i: combine(tirx.Select(u < v, p(*i, tirx.min(u, v - 1)),
+                                                                  whole(*i, main + u - v)), u), name=name)
+
+
 def softmax_rows_te(x):
     """``exp(x - max) / sum(exp(x - max))`` over the last axis, with TOPI's polynomial exp."""
     from tvm import te, tirx, topi
 
     *lead, length = (int(d) for d in x.shape)
-    v = min(SOFTMAX_LANES, length)
-    parts, main = length // v, (length // v) * v
-    tail = length - main
 
     def split_reduce(name, whole, combine):
-        o = te.reduce_axis((0, parts), "o")
-        p = te.compute((*lead, v), lambda *i: combine(whole(*i[:-1], o * v + i[-1]), o), name=name + "_part")
-        u = te.reduce_axis((0, v + tail), "u")
-        # u < v: the lane's partial result; else the tail's column main + u - v (in bounds either way)
-        return te.compute(tuple(lead), lambda *i: combine(tirx.Select(u < v, p(*i, tirx.min(u, v - 1)),
-                                                                      whole(*i, main + u - v)), u), name=name)
+        return _split_reduce(lead, length, name, whole, combine)
 
     mx = split_reduce("softmax_max", x, lambda val, ax: te.max(val, axis=ax))
     delta = te.compute(x.shape, lambda *i: x(*i) - mx(*i[:-1]), name="softmax_delta")
@@ -466,9 +475,16 @@ def schedule_softmax(sch, cpu: CPU) -> set:
     """One parallel loop over rows; in it the row's partial max (vectorized over its lanes), max,
     exponentials (vectorized), partial sum, sum and the output with the fused epilogue
     (vectorized).  Returns the names of the blocks it scheduled."""
+    return _schedule_rows(sch, cpu, keep={"softmax_exp"}, parts=("softmax_max_part", "softmax_sum_part"),
+                          vectors=("softmax_exp",))
+
+
+def _schedule_rows(sch, cpu: CPU, *, keep, parts, vectors) -> set:
+    """A row-wise function (softmax, layer norm): its injective blocks but ``keep`` inlined, every
+    block computed in one parallel loop over the output's rows, the partial reductions ``parts``
+    and the blocks ``vectors`` and the output vectorized."""
     blocks = root_blocks_of(sch)
-    keep = {"softmax_exp"}
-    for b in blocks:  # x - max into exp, the norm into its epilogue (a where of fully masked rows…)
+    for b in blocks:  # e.g. x - max into exp, the norm into its epilogue (a where of fully masked rows…)
         name = sch.get(b).name_hint
         if name in keep or "R" in iter_kinds(sch, b) or not sch.get_consumers(b):
             continue
@@ -476,19 +492,77 @@ def schedule_softmax(sch, cpu: CPU) -> set:
     blocks = root_blocks_of(sch)
     out = blocks[-1]
     if "R" in iter_kinds(sch, out):
-        raise NotApplicable("softmax output is a reduction")
+        raise NotApplicable("the output is a reduction")
     loops = trivial_loops(sch, out)
     if len(loops) < 2:
-        raise NotApplicable("softmax of a vector")
+        raise NotApplicable("a row-wise function of a vector")
     rows = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
     for b in reversed(blocks[:-1]):
         sch.compute_at(b, rows, preserve_unit_loops=True)
     if cpu.cores > 1:
         sch.parallel(rows)
-    vectorize_partial_reductions(sch, ("softmax_max_part", "softmax_sum_part"))
-    for b in (sch.get_sblock("softmax_exp"), out):  # last: a partition makes opaque blocks
+    vectorize_partial_reductions(sch, parts)
+    for b in [sch.get_sblock(n) for n in vectors] + [out]:  # last: a partition makes opaque blocks
         _vector_loop(sch, sch.get_loops(b)[-1], SOFTMAX_LANES)
     return {sch.get(b).name_hint for b in root_blocks_of(sch)}
+
+
+# -- layer norm over the contiguous axis, on AArch64 -------------------------------------------------
+#
+# TVM's layer norm takes each row's sum and sum of squared deviations in scalar loops (one
+# load and one add per element each, a branch every element), and its vectorized output loop
+# recomputes the row's mean and 1 / sqrt(var + eps) per vector (an fsqrt and an fdiv of ~34
+# modeled cycles each).  Here both reductions go over SOFTMAX_LANES partial lanes as in the
+# softmax, and the row's mean and reciprocal deviation are computed once per row.
+
+LAYER_NORM_BLOCKS = ("ln_sum_part", "ln_sum", "ln_mean", "ln_var_part", "ln_var", "ln_rstd", "ln_out")
+
+
+def layer_norm_rows_te(x, gamma, beta, eps: float):
+    """``(x - mean) / sqrt(var + eps) * gamma + beta`` over the last axis (TVM's operations: the
+    mean and the variance as sums divided by the length, two passes)."""
+    from tvm import te, tirx
+
+    *lead, length = (int(d) for d in x.shape)
+    n = tirx.const(float(length), "float32")
+    total = _split_reduce(lead, length, "ln_sum", x, lambda val, ax: te.sum(val, axis=ax))
+    mean = te.compute(tuple(lead), lambda *i: total(*i) / n, name="ln_mean")
+
+    def square(*i):
+        d = x(*i) - mean(*i[:-1])
+        return d * d
+
+    var = _split_reduce(lead, length, "ln_var", square, lambda val, ax: te.sum(val, axis=ax))
+    rstd = te.compute(tuple(lead), lambda *i: tirx.rsqrt(var(*i) / n + tirx.const(eps, "float32")), name="ln_rstd")
+    return te.compute(x.shape, lambda *i: (x(*i) - mean(*i[:-1])) * rstd(*i[:-1]) * gamma[i[-1]] + beta[i[-1]],
+                      name="ln_out")
+
+
+def _layer_norm_legalize(bb, call):
+    """:func:`layer_norm_rows_te` on AArch64 for a float32 layer norm over the last axis with
+    per-channel gamma and beta; TVM's legalization otherwise."""
+    x, gamma, beta = call.args
+    try:
+        dims = [int(d) for d in x.ty.shape]
+        axes = [int(a) % len(dims) for a in call.attrs.axes]
+        ok = (_is_aarch64() and str(call.ty.dtype) == "float32" and axes == [len(dims) - 1] and len(dims) >= 2
+              and all(str(t.ty.dtype) == "float32" and [int(d) for d in t.ty.shape] == dims[-1:] for t in (x, gamma, beta)[1:]))
+    except (TypeError, AttributeError):
+        ok = False
+    if not ok:
+        return _tvm_legalize(bb, call)
+    return bb.call_te(layer_norm_rows_te, x, gamma, beta, float(call.attrs.epsilon), primfunc_name_hint="layer_norm")
+
+
+def match_layer_norm(sch) -> bool:
+    names = {sch.get(b).name_hint for b in root_blocks_of(sch)}
+    return all(n in names for n in LAYER_NORM_BLOCKS)
+
+
+def schedule_layer_norm(sch, cpu: CPU) -> set:
+    """:func:`_schedule_rows` of :func:`layer_norm_rows_te`: the row's mean and reciprocal deviation
+    computed once per row."""
+    return _schedule_rows(sch, cpu, keep={"ln_mean", "ln_rstd"}, parts=("ln_sum_part", "ln_var_part"), vectors=())
 
 
 def _power_legalize(bb, call):
@@ -529,5 +603,6 @@ LEGALIZE = {
     "relax.sigmoid": _fast_unary("sigmoid", _sigmoid),
     "relax.nn.silu": _fast_unary("silu", _silu),
     "relax.nn.softmax": _softmax_legalize,
+    "relax.nn.layer_norm": _layer_norm_legalize,
     "relax.power": _power_legalize,
 }
