@@ -35,10 +35,10 @@ def test_padded_tile_pads_prime_rows_and_keeps_good_exact_tiles(target):
     cpu = common.cpu_of(tvm_target(resolve(target)))
     rt, nv, rows, cols = dense.padded_tile(197, 768, cpu)
     assert rows % rt == 0 and 197 <= rows < 197 + rt and rt > 1 and cols == 768
-    assert common.tile_cost(rt, nv, cpu) is not None  # fits the registers and the stack buffer
+    assert dense.dense_tile_cost(rt, nv, cpu) is not None  # fits the registers and the stack buffer
     assert dense.padded_tile(1, 768, cpu)[2] == 1  # a GEMV is never padded
     rt, nv, rows, cols = dense.padded_tile(128, 768, cpu)  # BERT's 128 rows: an exact tile is as good
-    assert (rows, cols) == (128, 768) and (rt, nv) == common.register_tile(128, 768, cpu)
+    assert (rows, cols) == (128, 768) and (rt, nv) == dense.dense_tile(128, 768, cpu)
     with pytest.raises(common.NotApplicable):
         dense.padded_tile(197, 23, cpu)  # a packed weight needs whole vectors of columns
     rt, nv, rows, cols = dense.padded_tile(197, 197, cpu, pad_columns=True)

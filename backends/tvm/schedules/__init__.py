@@ -47,9 +47,11 @@ def _has_if_then_else(sch, block) -> bool:
 
 def _inline_prologue(sch, blocks):
     """Inline injective producers (not paddings: those would put a bounds check in
-    the innermost loop) into their consumers."""
+    the innermost loop; not a NEON matmul's padded rows of A) into their consumers."""
     for b in blocks:
         if "R" in iter_kinds(sch, b) or not sch.get_consumers(b) or _has_if_then_else(sch, b):
+            continue
+        if sch.get(b).name_hint.startswith(dense.PAD_ROWS):  # the NEON kernel's buffer of A (dense.py)
             continue
         try:
             sch.compute_inline(b)

@@ -16,8 +16,10 @@ def schedule_injective(sch, block, cpu: CPU) -> None:
     """``for …, c: out[…, c] = f(…)`` → ``parallel for fused(…): vectorized for c``.
 
     The innermost axis is vectorized by ``cpu.lanes`` (or the widest smaller vector
-    dividing it); when it does not divide, the fused loop nest is split instead, and
-    when nothing divides only the outer loops are parallelized.
+    dividing it); when none divides it, a short one (≤ ``SHORT_AXIS``) is unrolled and a
+    longer one vectorized by the widest vector it holds with a scalar rest; otherwise
+    the fused loop nest is split, and when nothing divides only the outer loops are
+    parallelized.
     """
     kinds = iter_kinds(sch, block)
     if "R" in kinds or "O" in kinds:
@@ -39,6 +41,19 @@ def schedule_injective(sch, block, cpu: CPU) -> None:
         par = sch.fuse(*loops[:-2]) if len(loops) > 3 else loops[0]
         if total >= MIN_PARALLEL and cpu.cores > 1:
             sch.parallel(par)
+        return
+    if lanes == 1 and sizes[-1] > SHORT_AXIS and len(loops) > 1:
+        # e.g. 7 or 14 columns: vectors over the leading columns of each row and a scalar
+        # rest.  Fusing the whole nest into vectors instead makes every lane's index a
+        # division by the row length (a gather of scalars: ~35 instructions per element
+        # of a quantize on aarch64, against ~5)
+        par = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+        if total >= MIN_PARALLEL and cpu.cores > 1:
+            sch.parallel(par)
+        v = cpu.lanes
+        while v > sizes[-1]:
+            v //= 2
+        _vector_loop(sch, loops[-1], v)
         return
     if lanes > 1:
         outer, vec = sch.split(loops[-1], [None, lanes])
@@ -212,16 +227,93 @@ def _clip_legalize(bb, call):
 # fast_tanh 3.2e-7 (absolute; both saturate to ±1 exactly), fast_exp 1.1e-6 relative for
 # |x| < 20 (4e-6 near the float32 overflow, where it also rounds up to inf slightly early);
 # float32's own step is 1.2e-7.  So the activations and softmax use them; a plain ``exp``
-# op keeps the exact libm one.  NaN stays NaN (fast_erf alone would give ±1: tested and fixed here).
+# op keeps the exact libm one.  NaN stays NaN (TOPI's fast_erf and fast_tanh alone give ±1: see below).
+#
+# The rational erf and tanh TOPI's fast_erf and fast_tanh evaluate (Eigen's coefficients, the same
+# operations in the same order), clamped with compares instead of TOPI's min/max: a NaN fails
+# both compares and stays NaN through the polynomials.  TOPI's clamp made NaN ±1, and the
+# ``isnan`` select that fixed it kept TVM from vectorizing any epilogue whose vector loop sits
+# in an unrolled one (every NEON and AVX2 matmul + bias + GELU: 6 x 4 lanes per tile row), so
+# LLVM got a scalar loop with a branch per element (BERT-base's 128x768x3072 product + GELU on
+# the emulated Pi: 15 M of its 125 M instructions).
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+          -1.42647390514189e-02)
+_TANH_P = (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
+           1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03)
+_TANH_Q = (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03)
+
+
+def _clamp_keeping_nan(v, bound: float):
+    from tvm import tirx
+
+    hi, lo = tirx.const(bound, "float32"), tirx.const(-bound, "float32")
+    return tirx.Select(v > hi, hi, tirx.Select(v < lo, lo, v))
+
+
+def _horner(x2, coefficients):
+    from tvm import tirx
+
+    acc = x2 * tirx.const(coefficients[0], "float32") + tirx.const(coefficients[1], "float32")
+    for c in coefficients[2:]:
+        acc = x2 * acc + tirx.const(c, "float32")
+    return acc
+
+
+def _odd_rational(bound: float, p, q):
+    """``x * P(x²) / Q(x²)`` of ``x`` clamped to ±bound, NaN kept."""
+
+    def f(v):
+        c = _clamp_keeping_nan(v, bound)
+        x2 = c * c
+        return divide(c * _horner(x2, p), _horner(x2, q))
+
+    return f
+
+
+def _is_aarch64() -> bool:
+    """Whether the target being compiled for (the current TVM target) is AArch64."""
+    import tvm
+
+    tgt = tvm.target.Target.current(allow_none=True)
+    return tgt is not None and str(tgt.kind.name) == "llvm" and str(tgt.attrs.get("mtriple", "")).startswith("aarch64")
+
+
+def reciprocal(q):
+    """``1 / q`` from NEON's reciprocal estimate refined by two Newton steps (``frecpe``, then
+    ``r * frecps(r, q)`` twice: within 2 ulp of the quotient, and exact at 0, ±inf and NaN like
+    it).  The Cortex-A72 divides four floats in one ``fdiv`` that holds its pipe ~34 cycles in
+    llvm-mca's model, the six instructions here take ~6."""
+    from tvm import tirx
+
+    r = tirx.call_llvm_pure_intrin("float32", "llvm.aarch64.neon.frecpe", q)
+    for _ in range(2):
+        r = r * tirx.call_llvm_pure_intrin("float32", "llvm.aarch64.neon.frecps", r, q)
+    return r
+
+
+def divide(p, q):
+    """``p / q`` for float32 expressions: a division, or on AArch64 ``p * reciprocal(q)``."""
+    if _is_aarch64() and str(q.ty) == "float32":
+        return p * reciprocal(q)
+    return p / q
 
 
 def fast_erf(x):
-    """TOPI's polynomial erf, NaN-keeping."""
-    from tvm import te, tirx, topi
+    """erf, vectorizable, NaN-keeping (absolute error 4.2e-7 against float64)."""
+    from tvm import te
 
-    y = topi.fast_erf(x)
-    return te.compute(x.shape, lambda *i: tirx.Select(tirx.isnan(x(*i)), x(*i), y(*i)), name="T_fast_erf",
-                      tag="elemwise")
+    f = _odd_rational(4.0, _ERF_P, _ERF_Q)
+    return te.compute(x.shape, lambda *i: f(x(*i)), name="T_fast_erf", tag="elemwise")
+
+
+def fast_tanh(x):
+    """tanh, vectorizable, NaN-keeping (absolute error 3.2e-7 against float64)."""
+    from tvm import te
+
+    f = _odd_rational(9.0, _TANH_P, _TANH_Q)
+    return te.compute(x.shape, lambda *i: f(x(*i)), name="T_fast_tanh", tag="elemwise")
 
 
 def _fast_unary(name, build):
@@ -236,9 +328,7 @@ def _fast_unary(name, build):
 
 
 def _tanh(x):
-    from tvm import topi
-
-    return topi.fast_tanh(x)
+    return fast_tanh(x)
 
 
 def _gelu(x):
@@ -257,7 +347,7 @@ def _gelu_tanh(x):
     c, k = tirx.const(math.sqrt(2.0 / math.pi), "float32"), tirx.const(0.044715, "float32")
     inner = te.compute(x.shape, lambda *i: c * x(*i) * (tirx.const(1.0, "float32") + k * x(*i) * x(*i)),
                        name="T_gelu_inner", tag="elemwise")
-    t = topi.fast_tanh(inner)
+    t = fast_tanh(inner)
     return te.compute(x.shape, lambda *i: tirx.const(0.5, "float32") * x(*i) * (tirx.const(1.0, "float32") + t(*i)),
                       name="T_gelu_tanh", tag="elemwise")
 
@@ -266,7 +356,7 @@ def _sigmoid(x):
     from tvm import te, tirx, topi
 
     e = topi.fast_exp(topi.negative(x))
-    return te.compute(x.shape, lambda *i: tirx.const(1.0, "float32") / (tirx.const(1.0, "float32") + e(*i)),
+    return te.compute(x.shape, lambda *i: divide(tirx.const(1.0, "float32"), tirx.const(1.0, "float32") + e(*i)),
                       name="T_sigmoid", tag="elemwise")
 
 
@@ -327,7 +417,7 @@ def split_reduce(name, whole, combine, lead, length: int):
 
 def softmax_rows_te(x):
     """``exp(x - max) / sum(exp(x - max))`` over the last axis, with TOPI's polynomial exp."""
-    from tvm import te, topi
+    from tvm import te, tirx, topi
 
     *lead, length = (int(d) for d in x.shape)
     mx = split_reduce("softmax_max", x, lambda val, ax: te.max(val, axis=ax), lead, length)
@@ -335,6 +425,9 @@ def softmax_rows_te(x):
     e = topi.fast_exp(delta)
     e = te.compute(x.shape, lambda *i: e(*i), name="softmax_exp")
     sm = split_reduce("softmax_sum", e, lambda val, ax: te.sum(val, axis=ax), lead, length)
+    if _is_aarch64():  # a multiply by the row's reciprocal (LLVM hoists it): a NEON fdiv is ~34 cycles
+        one = tirx.const(1.0, "float32")
+        return te.compute(x.shape, lambda *i: e(*i) * (one / sm(*i[:-1])), name="softmax_norm")
     return te.compute(x.shape, lambda *i: e(*i) / sm(*i[:-1]), name="softmax_norm")
 
 
