@@ -12,7 +12,7 @@ passes over memory.  Here a task takes ``R`` query rows of one head and computes
 3. the exponentials times ``v`` (an ``R`` x ``W2`` register tile), divided by the row sums
    in the tile's epilogue,
 
-so the ``R`` rows of scores (30 KB for Whisper's R = 5) stay in L1/L2.  One Zen 5 core,
+so the ``R`` rows of scores (42 KB for Whisper's R = 7) stay in L1/L2.  One Zen 5 core,
 Whisper-tiny's 6 x 1500 x 1500 x 64 per layer: 25.8 ms as three functions (scores
 10.4, softmax 5.4, product 9.4, the transposed k 0.5), 20.8 ms as one.
 
@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from sliver.backends.tvm.schedules.common import CPU, NotApplicable, divisors, tile_cost
 
-#: the shortest key sequence fused: below it the scores of a head fit L2 anyway
+#: the shortest key sequence fused: below it the scores of a head fit L2 anyway (ViT-B/16's
+#: 12 x 197 x 197 x 64, one Zen 5 core: 0.90 ms as three functions, 1.05 ms as one)
 MIN_KEYS = 256
 #: the blocks of :func:`attention_te`, in order (the exponential's helpers are inlined)
 BLOCKS = ("attn_kT", "attn_scores", "attn_max_part", "attn_max", "attn_exp", "attn_sum_part", "attn_sum",
@@ -40,40 +41,45 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def choose_tiles(rows: int, keys: int, depth: int, cpu: CPU) -> tuple[int, int, int] | None:
-    """``(R, W, W2)``: query rows per task (dividing ``rows``), the scores tile's width in
-    columns (keys padded to its multiple) and the output tile's width (dividing ``depth``);
-    None when ``depth`` is no whole number of vectors.  Both products do the same work, so
-    the sum of their :func:`~.common.tile_cost` (loads per FMA) decides, the scores' weighed
-    by the padded columns."""
+def choose_tiles(rows: int, keys: int, depth: int, cpu: CPU, *, pad_rows: bool = True
+                 ) -> tuple[int, int, int, int] | None:
+    """``(R, W, W2, padded rows)``: query rows per task, the scores tile's width in columns
+    (keys padded to its multiple), the output tile's width (dividing ``depth``) and the rows
+    padded to R's multiple (ViT's 197 tokens are prime); None when ``depth`` is no whole
+    number of vectors.  Both products do the same work, so the sum of their
+    :func:`~.common.tile_cost` (loads per FMA) decides, weighed by the padded columns and
+    rows (``pad_rows=False``: R divides ``rows``)."""
     lanes = cpu.lanes
     if depth % lanes or lanes < 8:
         return None
     best, best_cost = None, None
-    for r in divisors(rows, 16):
+    for r in range(1, 17) if pad_rows else divisors(rows, 16):
         outs = [(tile_cost(r, nv2, cpu), nv2) for nv2 in divisors(depth // lanes, 8)]
         outs = [(c, nv2) for c, nv2 in outs if c is not None]
         if not outs:
             continue
         c2, nv2 = min(outs)
+        padded = _round_up(rows, r)
         for nv in range(1, 9):
             c1 = tile_cost(r, nv, cpu)
             if c1 is None:
                 continue
-            cost = (1 + c1) * _round_up(keys, nv * lanes) / keys + (1 + c2)
+            cost = ((1 + c1) * _round_up(keys, nv * lanes) / keys + (1 + c2)) * padded / rows
             if best_cost is None or cost < best_cost - 1e-9:
-                best, best_cost = (r, nv * lanes, nv2 * lanes), cost
+                best, best_cost = (r, nv * lanes, nv2 * lanes, padded), cost
     return best
 
 
-def attention_te(q, k, v, scale: float, width: int, axes=(0, 1, 3, 2)):
+def attention_te(q, k, v, scale: float, width: int, axes=(0, 1, 3, 2), rows: int | None = None):
     """``softmax(q kᵀ * scale) v``: ``q`` ``[B, H, M, D]``, ``kᵀ = permute_dims(k, axes)``
     ``[B, H, D, N]`` (``k`` ``[B, H, N, D]`` by default), ``v`` ``[B, H, N, Dv]``; the scores
     computed over ``N`` padded to ``width``'s multiple (zero keys, left out of the max and
-    the sum)."""
+    the sum) and, with ``rows`` > M, over ``rows`` query rows (the padded ones read q's
+    last row again) and sliced to M."""
     from tvm import te, tirx, topi
 
-    b_, h_, m_, d_ = (int(x) for x in q.shape)
+    b_, h_, m_real, d_ = (int(x) for x in q.shape)
+    m_ = m_real if rows is None else rows
     n_, dv = (int(x) for x in v.shape[2:])
     n_pad = _round_up(n_, width)
     zero = tirx.const(0, "float32")
@@ -87,8 +93,8 @@ def attention_te(q, k, v, scale: float, width: int, axes=(0, 1, 3, 2)):
     kt = te.compute((b_, h_, d_, n_pad),  # a select (vectorizes) of a clamped read (in bounds)
                     lambda b, h, d, n: tirx.Select(n < n_, k_t(b, h, d, tirx.min(n, n_ - 1)), zero), name="attn_kT")
     rd = te.reduce_axis((0, d_), "d")
-    s = te.compute((b_, h_, m_, n_pad), lambda b, h, m, n: te.sum(q[b, h, m, rd] * kt[b, h, rd, n], axis=rd),
-                   name="attn_scores")
+    s = te.compute((b_, h_, m_, n_pad), lambda b, h, m, n: te.sum(
+        q[b, h, tirx.min(m, m_real - 1) if m_ != m_real else m, rd] * kt[b, h, rd, n], axis=rd), name="attn_scores")
     sc = tirx.const(scale, "float32")
     lanes = min(PART_LANES, n_)
     parts, main = n_ // lanes, (n_ // lanes) * lanes
@@ -119,7 +125,10 @@ def attention_te(q, k, v, scale: float, width: int, axes=(0, 1, 3, 2)):
     rn = te.reduce_axis((0, n_), "n")
     acc = te.compute((b_, h_, m_, dv), lambda b, h, m, d: te.sum(e[b, h, m, rn] * v[b, h, rn, d], axis=rn),
                      name="attn_out_acc")
-    return te.compute((b_, h_, m_, dv), lambda b, h, m, d: acc[b, h, m, d] / sm[b, h, m], name="attn_out")
+    out = te.compute((b_, h_, m_, dv), lambda b, h, m, d: acc[b, h, m, d] / sm[b, h, m], name="attn_out")
+    if m_ == m_real:
+        return out
+    return te.compute((b_, h_, m_real, dv), lambda *i: out(*i), name="attn_out_unpad")
 
 
 def match_func(sch) -> bool:
@@ -149,10 +158,10 @@ def schedule(sch, cpu: CPU) -> set:
             sch.compute_inline(b)
     _, _, rows, depth, keys = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("attn_out_acc")).iter_vars)
     padded = int(sch.get(sch.get_sblock("attn_scores")).iter_vars[3].dom.extent)
-    tiles = choose_tiles(rows, keys, depth, cpu)
+    tiles = choose_tiles(rows, keys, depth, cpu, pad_rows=False)  # rows: padded already where they were
     if tiles is None:
         raise NotApplicable("no register tile for this attention")
-    r, _, w2 = tiles
+    r, _, w2, _ = tiles
     lanes = cpu.lanes
     width = next((w for w in (tiles[1], lanes) if padded % w == 0), None)  # built for another CPU: its padding
     if width is None:
@@ -263,11 +272,12 @@ def FuseAttention(target=None):  # noqa: N802 - TVM pass naming
             tiles = choose_tiles(m, n, dv, cpu_of(tgt))
             if tiles is None:
                 return None
+            rows = tiles[3] if tiles[3] != m else None
             k, axes = kt, (0, 1, 2, 3)
             perm = self._bound(kt, permute_op)
             if perm is not None and perm.attrs.axes is not None:
                 k, axes = perm.args[0], tuple(int(a) for a in perm.attrs.axes)
-            return self.builder_.call_te(attention_te, q, k, v, scale, tiles[1], axes,
+            return self.builder_.call_te(attention_te, q, k, v, scale, tiles[1], axes, rows,
                                          primfunc_name_hint="attention")
 
         def visit_call_(self, call):  # noqa: N802 - TVM visitor naming
