@@ -215,6 +215,35 @@ def x86(path, refs, threads, n) -> dict:
             "cpu_decode_ms_per_token": med("cpu_decode_ms_per_token"), "rows": rows}
 
 
+def profile(path, position: int, repeat: int) -> list[dict]:
+    """Where one decode step at ``position`` spends the calling thread's CPU time, at 1
+    thread: per compiled function (the VM's call instrument, ``sliver.tools.profile``),
+    the median over ``repeat`` steps of its summed calls, most expensive first."""
+    import statistics as st
+
+    import sliver
+    from sliver.tools import profile as prof
+
+    m = sliver.load(path, threads=1)
+    llm = m.manifest.llm
+    rng = np.random.default_rng(0)
+    cache = rng.standard_normal([llm.layers, llm.kv_heads, llm.max_len, llm.head_dim]).astype(np.float32)
+    inputs = [np.asarray([[1]], np.int64), np.asarray([position], np.int64), cache, cache.copy()]
+    runs = prof.call_times(m, inputs, repeat=repeat, warmup=2, clock=time.thread_time_ns)
+    rows = []
+    for name in runs[-1]:
+        ms = st.median(sum(r.get(name, [0.0])) for r in runs) * 1e3
+        ops, layers = prof.describe(m.manifest, name)
+        rows.append({"function": name, "calls": len(runs[-1][name]), "ms": ms, "label": prof.label(ops, layers)})
+    rows.sort(key=lambda r: -r["ms"])
+    total = sum(r["ms"] for r in rows)
+    _say(f"profile of a decode step at position {position} (thread CPU, median of {repeat}): {total:.2f} ms in "
+         "compiled functions")
+    for r in rows[:15]:
+        _say(f"  {r['ms']:7.3f} ms {r['ms'] / total:6.1%} {r['calls']:4d} calls  {r['function']}  {r['label'][:60]}")
+    return rows
+
+
 def pi_tokens(path, refs, n) -> list[dict]:
     from sliver.tools.emulator import emulate
 
@@ -278,6 +307,8 @@ def main(argv=None) -> int:
                                     "float model)")
     p.add_argument("--prefill", default="token", choices=["token", "dynamic"], help="lower_llm's prefill (default token)")
     p.add_argument("--artifact-dir", default=".", help="where the artifacts are written and reused (default .)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile a decode step per compiled function at 1 thread (thread CPU, median of N)")
     p.add_argument("--json", metavar="FILE", help="write the whole report here")
     args = p.parse_args(argv)
 
@@ -338,6 +369,8 @@ def main(argv=None) -> int:
                  f"to first token {r['ttft_ms']:.1f} ms, decode {r['decode_tok_s']:.1f} tokens/s (wall, median); "
                  f"thread CPU {r['cpu_prefill_ms']:.1f} ms prefill, {r['cpu_decode_ms_per_token']:.2f} ms per "
                  "decoded token")
+        if path is not None and args.profile:
+            entry["profile"] = profile(path, len(refs[0][0]) + args.tokens // 2, args.profile)
         if args.pi_prompts or not args.no_pi_counts:
             pi = artifact(model, tokenizer, "arm64", args, name, passes)
             if not args.no_pi_counts:

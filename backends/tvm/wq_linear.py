@@ -27,6 +27,12 @@ lowbit_kernel="generic")``): three steps, each a TE function emitted with ``bb.e
 3. ``wq_outliers``: the sparse float outliers added back, ``y[..., r] += x[..., c] * v``
    (their codes are the zero point, so the dequantized weight is 0 there), and the bias.
 
+Int8 activations (the op's ``act_block``, ``quantize-weights{activations=int8}``): the
+fused kernel rounds each activation row to int8 per group once per call and multiplies
+the 4-bit codes with integer dot products (meta ``ACT``; it needs ``act_block == G``,
+at most 4 bits and at least 4 output rows); the dequantize path rounds the activations
+in TE (``wq_act_int8``) before the product, the outliers reading the float input.
+
 The choice per layer lands in the lowering report (``LowerContext.kernels``: ``wq-fused``
 or ``wq-dequantize``).  Both agree with the op's reference semantics to float32 rounding.
 """
