@@ -35,10 +35,10 @@ def test_padded_tile_pads_prime_rows_and_keeps_good_exact_tiles(target):
     cpu = common.cpu_of(tvm_target(resolve(target)))
     rt, nv, rows, cols = dense.padded_tile(197, 768, cpu)
     assert rows % rt == 0 and 197 <= rows < 197 + rt and rt > 1 and cols == 768
-    assert common.tile_cost(rt, nv, cpu) is not None  # fits the registers and the stack buffer
+    assert dense.dense_tile_cost(rt, nv, cpu) is not None  # fits the registers and the stack buffer
     assert dense.padded_tile(1, 768, cpu)[2] == 1  # a GEMV is never padded
     rt, nv, rows, cols = dense.padded_tile(128, 768, cpu)  # BERT's 128 rows: an exact tile is as good
-    assert (rows, cols) == (128, 768) and (rt, nv) == common.register_tile(128, 768, cpu)
+    assert (rows, cols) == (128, 768) and (rt, nv) == dense.dense_tile(128, 768, cpu)
     with pytest.raises(common.NotApplicable):
         dense.padded_tile(197, 23, cpu)  # a packed weight needs whole vectors of columns
     rt, nv, rows, cols = dense.padded_tile(197, 197, cpu, pad_columns=True)
@@ -265,3 +265,34 @@ def test_short_attention_stays_three_functions(level):
     funcs = front_primfuncs(_attention_graph([0, 1, 3, 2], False), [(1, 2, 12, 16), (1, 2, 197, 16), (1, 2, 197, 32)],
                             target)
     assert "attention" not in funcs and any("softmax" in n for n in funcs), list(funcs)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("shape", [(2, 3, 37), (5, 16), (4, 1), (2, 200), (3, 7, 5)])
+def test_layer_norm_rows_with_an_epilogue(level, shape):
+    """Row lengths under, at and over the partial width and not multiples of it; a scale
+    after it fuses in; scheduled == unscheduled == numpy's."""
+    from test_fast_float import run, runs_here
+
+    from sliver.backends.tvm import schedules as S
+
+    target = tvm_target(resolve(level))
+    rng = np.random.default_rng(6)
+    g, b = (rng.standard_normal(shape[-1:]).astype("float32") for _ in range(2))
+
+    def build(bb, x):
+        y = bb.emit(relax.op.nn.layer_norm(x, relax.const(g), relax.const(b), axes=[-1]))
+        return bb.emit(relax.op.multiply(y, relax.const(np.float32(2.0))))
+
+    funcs = front_primfuncs(build, [shape], target)
+    (name,) = funcs
+    assert "layer_norm" in name and "multiply" in name, list(funcs)
+    assert check(funcs, target, level)[name] == "layer_norm"
+    if not runs_here(level):
+        pytest.skip(f"this host cannot run {level} code")
+    x = rng.standard_normal(shape).astype("float32") * 3 + 1
+    got = run(S.schedule_primfunc(funcs[name], target)[0], [x, g, b, np.zeros(shape, "float32")], target)
+    xd = x.astype(np.float64)
+    dev = xd - xd.mean(-1, keepdims=True)
+    want = (dev / np.sqrt((dev ** 2).mean(-1, keepdims=True) + 1e-5) * g + b) * 2
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -157,7 +157,8 @@ def test_softmax_layernorm_and_elementwise_match_unscheduled():
         return bb.emit(relax.op.nn.gelu(relax.op.multiply(y, relax.const(np.float32(1.5)))))
 
     used = check_all(fused_primfuncs(build, [(2, 33, 19)]))
-    assert set(used.values()) <= {"softmax", "reduction", "injective"} and "softmax" in used.values(), used
+    assert set(used.values()) <= {"softmax", "layer_norm", "reduction", "injective"} and "softmax" in used.values(), used
+    assert used["layer_norm"] == "layer_norm", used
 
 
 # -- fallback ---------------------------------------------------------------------------------------

@@ -47,9 +47,11 @@ def _has_if_then_else(sch, block) -> bool:
 
 def _inline_prologue(sch, blocks):
     """Inline injective producers (not paddings: those would put a bounds check in
-    the innermost loop) into their consumers."""
+    the innermost loop; not a NEON matmul's padded rows of A) into their consumers."""
     for b in blocks:
         if "R" in iter_kinds(sch, b) or not sch.get_consumers(b) or _has_if_then_else(sch, b):
+            continue
+        if sch.get(b).name_hint.startswith(dense.PAD_ROWS):  # the NEON kernel's buffer of A (dense.py)
             continue
         try:
             sch.compute_inline(b)
@@ -72,6 +74,9 @@ def _plan_rules(func, cpu: CPU):
     if elementwise.match_softmax(sch):  # its exponentials are read twice: computed once per row
         elementwise.schedule_softmax(sch, cpu)
         return sch, "softmax"
+    if elementwise.match_layer_norm(sch):
+        elementwise.schedule_layer_norm(sch, cpu)
+        return sch, "layer_norm"
     _inline_prologue(sch, root_blocks(sch))
     reductions = [b for b in root_blocks(sch) if "R" in iter_kinds(sch, b)]
     done = set()
@@ -129,7 +134,7 @@ def default_schedule(func, target, *, name: str = "?", rules: bool = True):
     """Return ``(s_tir.Schedule or None, rule name)``: the default schedule of
     ``func`` (its ``trace`` replays it; the tuner measures it as the baseline every
     tuned record must beat).  The rule is ``"conv2d"``, ``"winograd"``, ``"dense"``, ``"pool"``,
-    ``"attention"``, ``"reduction"``, ``"injective"``, ``"generic"`` (the fallback) or ``"none"``
+    ``"attention"``, ``"softmax"``, ``"layer_norm"``, ``"reduction"``, ``"injective"``, ``"generic"`` (the fallback) or ``"none"``
     (even the fallback failed: no schedule)."""
     cpu = target if isinstance(target, CPU) else cpu_of(target)
     plans = ([_plan_rules] if rules else []) + [_plan_generic]
