@@ -447,7 +447,12 @@ def _attention(bb, op, q, k, v, mask=None):
         k = bb.emit(R.repeat(k, groups, axis=1))
         v = bb.emit(R.repeat(v, groups, axis=1))
     scale = op.attrs["scale"] if op.attrs["scale"] is not None else 1.0 / math.sqrt(qt.shape[-1])
-    scores = bb.emit(R.matmul(q, R.permute_dims(k, [0, 1, 3, 2])))
+    if grouped and groups * L <= D:
+        # few query rows (a decode step): (k q^T)^T, transposing the few rows of q and of
+        # the scores instead of the whole cache of keys
+        scores = bb.emit(R.permute_dims(R.matmul(k, R.permute_dims(q, [0, 1, 3, 2])), [0, 1, 3, 2]))
+    else:
+        scores = bb.emit(R.matmul(q, R.permute_dims(k, [0, 1, 3, 2])))
     if grouped:
         scores = bb.emit(R.reshape(scores, [B, H, L, kt.shape[-2]]))
     scores = bb.emit(R.multiply(scores, _scalar(scale, scores)))

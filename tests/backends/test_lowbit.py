@@ -67,6 +67,11 @@ DENSE_CASES = [
     ("dense_w2a2", "u2", "i2", (2, 3, 100), 11, dict(x_zero_point=1)),
     ("dense_w1a3", "u3", "u1", (4, 67), 6, dict(x_zero_point=2, w_zero_point=1, clamp_max=0.5)),
     ("dense_w8a8", "i8", "i8", (3, 40), 5, dict(x_zero_point=-3, w_zero_point=2)),
+    # at least 16 rows, symmetric weights: a 1x1 conv on the lane kernel where the target
+    # has it (AVX-512 VNNI); 38 input features (a partial quad), 70 outputs (a partial block)
+    ("dense_w8a8_rows", "u8", "i8", (2, 24, 38), 70, dict(x_zero_point=128, clamp_min=0.0)),
+    ("dense_w8a8_rows_q", "u8", "i8", (17, 64), 16, dict(x_zero_point=3, out_dtype="u8", out_scale=4.0,
+                                                          out_zero_point=5)),
     # a reduction long enough to flush the kernels' narrow accumulators (AVX2 bytes
     # every 31 steps, NEON 16-bit lanes every 2048 steps of 16 bytes)
     ("dense_long", "u1", "i2", (1, 270_000), 4, dict()),
@@ -164,7 +169,7 @@ def test_x86_matches_interpreter(cases, kernel):
     got = vm["main"](*[tvm.runtime.tensor(x) for x in inputs])
     got = [got[i].numpy() for i in range(len(want))]
     assert_close(got, want, rtol=1e-5, atol_scale=1e-5, what=f"{kernel} kernel")
-    eight_bit = {"w8a8", "w8a8_uw", "w8a8_narrow", "w8a8_wide", "dense_w8a8"}  # bit-serial takes widths below 8
+    eight_bit = {"w8a8", "w8a8_uw", "w8a8_narrow", "w8a8_wide", "dense_w8a8", "dense_w8a8_rows", "dense_w8a8_rows_q"}  # bit-serial takes widths below 8
     assert kernels == {name: ("int8" if kernel == "bitserial" and name in eight_bit else kernel)
                        for name in [c[0] for c in CONV_CASES + DENSE_CASES]}
 
