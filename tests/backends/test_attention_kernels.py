@@ -296,3 +296,39 @@ def test_layer_norm_rows_with_an_epilogue(level, shape):
     dev = xd - xd.mean(-1, keepdims=True)
     want = (dev / np.sqrt((dev ** 2).mean(-1, keepdims=True) + 1e-5) * g + b) * 2
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+class _ConstantMaskAttention(__import__("torch").nn.Module):
+    """Attention under a constant boolean mask (a buffer, broadcast), as ViT-B/16 traces."""
+
+    def __init__(self, keep):
+        import torch
+
+        super().__init__()
+        self.register_buffer("keep", torch.tensor(keep).reshape(1, 1, 1, -1))
+
+    def forward(self, q, k, v):
+        import torch
+
+        mask = self.keep.expand(1, 1, q.shape[2], k.shape[2])
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@pytest.mark.parametrize("keep", [[True] * 7, [True] * 6 + [False]])
+def test_a_constant_mask_that_hides_nothing_is_left_out(keep):
+    """An all-true mask costs no where and no dead-row check; one that hides a key stays;
+    the result is torch's either way."""
+    import torch
+
+    import sliver
+    from sliver.backends.tvm.lower import to_relax
+
+    g = torch.Generator().manual_seed(0)
+    inputs = tuple(torch.randn(1, 2, n, 8, generator=g) for n in (5, 7, 7))
+    model = _ConstantMaskAttention(keep).eval()
+    module = sliver.trace(model, inputs)
+    assert ("R.where" in str(to_relax(module))) == (not all(keep))
+    art = sliver.lower(module, inputs, target="x86_64", tune=False)
+    with torch.no_grad():
+        want = model(*inputs).numpy()
+    np.testing.assert_allclose(art.load().run(*[t.numpy() for t in inputs])[0], want, rtol=1e-5, atol=1e-6)
