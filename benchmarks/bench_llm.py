@@ -24,7 +24,8 @@ Configurations: ``w{bits}b{block|ch}[-asym][-noclip][-nokeep][-head][-emb]`` (bl
 weights kept unless said; ``-head`` quantizes the LM head too, ``-emb`` the embedding
 table, which SmolLM2 ties to the head; ``-search`` adds the per-block scale search,
 ``-keepact`` keeps the input columns of the confirmed report's super activations in
-float), and ``fp32``.  The table gives the perplexity,
+float; ``-int8`` makes the quantized layers read int8 activations,
+``activations=int8``), and ``fp32``.  The table gives the perplexity,
 its ratio to fp32's, next-token top-1 agreement with fp32, the bytes of the linear
 weights (codes, scales, zero points, kept weights; float32 for layers left float) and the
 pass's time.
@@ -58,13 +59,15 @@ EMBEDDING = "<embedding>"
 def parse_config(name: str) -> dict:
     if name == "fp32":
         return {}
-    m = re.fullmatch(r"w([2-8])b(\d+|ch)((?:-asym|-noclip|-nokeep|-head|-emb|-search|-keepact)*)", name)
+    m = re.fullmatch(r"w([2-8])b(\d+|ch)((?:-asym|-noclip|-nokeep|-head|-emb|-search|-keepact|-int8)*)", name)
     if not m:
         raise SystemExit(f"bench_llm: bad configuration {name!r} (e.g. w4b128, w3bch-asym-nokeep, fp32)")
     flags = m.group(3)
     opts = {"bits": int(m.group(1)), "symmetric": "-asym" not in flags, "clip": "-noclip" not in flags,
             "keep_super": "-nokeep" not in flags, "head": "-head" in flags, "embedding": "-emb" in flags,
             "search": "-search" in flags, "keep_activations": "-keepact" in flags}
+    if "-int8" in flags:
+        opts["activations"] = "int8"
     if m.group(2) == "ch":
         opts["granularity"] = "channel"
     else:

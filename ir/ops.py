@@ -1110,10 +1110,12 @@ declare(
 # weight-only quantized linear layers (issue 5: outlier-preserving quantization)
 
 
-def _wq_linear_infer(types, *, bits, block, out_features):
+def _wq_linear_infer(types, *, bits, block, out_features, act_block=0):
     x, codes, scale, zero, index, value = types[:6]
     if not 2 <= bits <= 8:
         raise TypeRuleError(f"wq_linear: bits must lie in 2..8, got {bits}")
+    if act_block and (x.shape[-1] % act_block if isinstance(x.shape[-1], int) else True):
+        raise TypeRuleError(f"wq_linear: act_block {act_block} must divide the input's {x.shape[-1]} features")
     if x.rank < 1 or out_features < 1 or block < 1:
         raise TypeRuleError(f"wq_linear: need an input of rank >= 1, out_features >= 1 and block >= 1, "
                             f"got {x}, out_features={out_features}, block={block}")
@@ -1156,20 +1158,42 @@ def wq_dequantize(codes, scale, zero, index, value, *, bits, block, shape):
     return w.reshape(shape)
 
 
-def _wq_linear_ref(x, codes, scale, zero, index, value, b=None, *, bits, block, out_features):
-    w = wq_dequantize(codes, scale, zero, index, value, bits=bits, block=block,
-                      shape=(out_features, x.shape[-1]))
-    return _torch().nn.functional.linear(x, w.to(x.dtype), b)
+def quantize_activations(x, act_block: int):
+    """``x`` (float) rounded to int8 per run of ``act_block`` along its last axis, as
+    ``wq_linear`` with ``act_block`` reads it: ``a = rint(x * (127 / max|x|))`` clamped to
+    [-127, 127] (half to even), returned dequantized, ``a * (max|x| / 127)`` (a run of
+    zeros stays 0); every step in float32 arithmetic."""
+    torch = _torch()
+    shape = x.shape
+    xr = x.to(torch.float32).reshape(*shape[:-1], shape[-1] // act_block, act_block)
+    amax = xr.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, torch.tensor(127.0, dtype=torch.float32) / amax, torch.zeros_like(amax))
+    a = torch.round(xr * inv).clamp(-127, 127)
+    return (a * (amax / torch.tensor(127.0, dtype=torch.float32))).reshape(shape).to(x.dtype)
+
+
+def _wq_linear_ref(x, codes, scale, zero, index, value, b=None, *, bits, block, out_features, act_block=0):
+    torch = _torch()
+    shape = (out_features, x.shape[-1])
+    if not act_block:
+        w = wq_dequantize(codes, scale, zero, index, value, bits=bits, block=block, shape=shape)
+        return torch.nn.functional.linear(x, w.to(x.dtype), b)
+    # int8 activations for the codes' part; the kept float outliers read the float x
+    w = wq_dequantize(codes, scale, zero, index[:0], value[:0], bits=bits, block=block, shape=shape)
+    kept = torch.zeros(shape[0] * shape[1], dtype=x.dtype).index_add(0, index.long(), value.to(x.dtype))
+    y = torch.nn.functional.linear(quantize_activations(x, act_block), w.to(x.dtype), b)
+    return y + torch.nn.functional.linear(x, kept.reshape(shape))
 
 
 declare(
     "wq_linear", ("x", "codes", "scale", "zero", "out_index", "out_value", "b?"),
-    {"bits": REQUIRED, "block": REQUIRED, "out_features": REQUIRED},
+    {"bits": REQUIRED, "block": REQUIRED, "out_features": REQUIRED, "act_block": 0},
     infer=_wq_linear_infer, ref=_wq_linear_ref,
     opt_out={"trace": "made by the outlier-preserving weight quantization pass, never traced from torch"},
     doc="weight-only quantized linear: x @ W.T + b with W[out_features, K] = (code - zero[i // block]) * "
         "scale[i // block] at flat index i (codes: bits-bit, packed little-endian into u8), plus the float "
-        "outliers out_value added at flat indices out_index",
+        "outliers out_value added at flat indices out_index; act_block > 0: the codes' part reads x rounded to "
+        "int8 per run of act_block features (quantize_activations), the outliers the float x",
 )
 
 
@@ -1388,7 +1412,7 @@ ATTR_KINDS: dict[str, dict[str, Callable]] = {
     "dequantize": {"scale": _num(), "zero_point": _int()},
     "qconv2d": {**_CONV, **_EPILOGUE},
     "qdense": _EPILOGUE,
-    "wq_linear": {"bits": _int(), "block": _int(1), "out_features": _int(1)},
+    "wq_linear": {"bits": _int(), "block": _int(1), "out_features": _int(1), "act_block": _int(0)},
     "wq_take": {"bits": _int(), "block": _int(1), "rows": _int(1), "columns": _int(1)},
 }
 

@@ -27,8 +27,10 @@ input carries a super activation when ``keep_super=true`` (``find-outliers`` run
 module, as ``quantize-activations`` does), a ``matmul`` of two activations (attention:
 there is no integer op for it), and a *sensitive* layer: one whose output error from
 quantizing its own input and weight (on the first calibration sample, relative to the
-output's largest magnitude) exceeds ``max_error``.  Residual ``add`` and ``concat`` run
-in float between the integer layers (on their f32 epilogue outputs).  Zero padding traced
+output's largest magnitude) exceeds ``max_error``.  A residual ``add`` of two 4-D tensors
+that integer layers compute or quantize reads them as codes (``residual_codes``, see
+``_residual_codes``: the layers emit bytes, the add runs on dequantized codes); other adds
+and ``concat`` run in float between the integer layers (on their f32 epilogue outputs).  Zero padding traced
 as ``concat`` s with zero constants (``F.pad``, TensorFlow-style "same" padding) is first
 folded into the padding of the conv it feeds, so the conv's codes are padded in the kernel.
 
@@ -349,6 +351,8 @@ class QuantizeStatic(Pass):
     max_error: float = 0.1
     skip: str = ""
     sample_limit: int = 200000
+    #: residual adds of integer layers read their operands as codes (see _residual_codes)
+    residual_codes: bool = True
     seed: int = 0
     #: the calibration set (see the module doc); not a CLI option
     calibration: object = field(default=None, compare=False, repr=False)
@@ -425,7 +429,8 @@ class QuantizeStatic(Pass):
             kinds = ", ".join(f"{r['layer']} ({r['reason']})" for r in rows) or "none"
             raise QuantizeError(f"{self.name}: @{module.name} has no layer to quantize (conv2d / linear with a "
                                 f"constant weight and an f32 input); layers: {kinds}")
-        first, ranges = self._calibrate(module, samples, sites)
+        adds = _residual_adds(module) if self.residual_codes else {}
+        first, ranges = self._calibrate(module, samples, sites, [v for op in adds for v in op.operands])
         # quantize each site: choose ranges, measure each layer's own error, keep the sensitive ones
         kept_sites = {}
         for name, (x, ops) in sites.items():
@@ -458,11 +463,12 @@ class QuantizeStatic(Pass):
             self._insert(module, x, keep, xq)
         _, fold_notes = FoldFakeQuant(strict=True).run(module)
         dce(module)
+        residual = self._residual_codes(module, adds, ranges)
         folded = {r["layer"]: r for r in fold_notes["layers"] if r["folded"]}
         for row in rows:
             f = folded.get(row["layer"])
             if f is not None and "reason" not in row:
-                row.update(quantized=True, qop=f["op"], epilogue=f["epilogue"], out=f["out"])
+                row.update(quantized=True, qop=f["op"], epilogue=f["epilogue"], out=residual.get(f["value"], f["out"]))
             elif "reason" not in row:
                 row["reason"] = "could not be folded"
         quant_out = interp_run(module, samples[0])
@@ -470,15 +476,16 @@ class QuantizeStatic(Pass):
 
         model_error = max_relative_error(quant_out, float_out)
         notes = {"layers": rows, "method": self.method, "activations": self.activations,
-                 "samples": len(samples), "model_error": model_error, "padding_folded": padding_folded}
+                 "samples": len(samples), "model_error": model_error, "padding_folded": padding_folded,
+                 "residual_adds": residual.get("#adds", 0)}
         notes["text"] = format_report(notes)
         return True, notes
 
-    def _calibrate(self, module, samples, sites):
+    def _calibrate(self, module, samples, sites, extra=()):
         from sliver.ir.interp import run
 
         rng = np.random.default_rng(self.seed)
-        observers = {name: Observer(self.sample_limit, rng) for name in sites}
+        observers = {name: Observer(self.sample_limit, rng) for name in [*sites, *(v.name for v in extra)]}
         first: dict[str, np.ndarray] = {}
         for i, sample in enumerate(samples):
             def observe(op, results):
@@ -500,6 +507,43 @@ class QuantizeStatic(Pass):
             ranges[name + "#obs"] = (obs.lo, obs.hi)
         return first, ranges
 
+    def _residual_codes(self, module, adds, ranges) -> dict:
+        """Residual adds of integer layers on codes: each operand of ``add(a, b)`` that a
+        qconv2d computes in f32 is quantized (its range observed on the float model), one
+        that is quantized already (the next layer's input) reuses those codes, and the add
+        reads them dequantized: ``add(dequantize(qa), dequantize(qb))``.  The layers then
+        emit the codes themselves (requantize fusion; max pooling between commutes), so
+        the add, its relu and the next quantize are one elementwise pass over bytes instead
+        of f32 tensors.  Returns {layer result name: codes dtype} of the layers that now
+        emit codes and "#adds": how many adds read codes."""
+        from sliver.passes.dce import dce
+        from sliver.passes.fold_fake_quant import _fuse_requantize, _reuse_or_add
+
+        done = 0
+        for op, names in adds.items():
+            if op.module is not module or not _residual_operands_ok(op):
+                continue
+            dq = []
+            for i, v in enumerate(op.operands):
+                q = next((u for u in v.users if u.kind == "quantize"), None)
+                if q is not None:
+                    attrs = dict(q.attrs)
+                else:
+                    s, z, _, _ = quant_params(*ranges[names[i]], self.activations)
+                    attrs = {"scale": s, "zero_point": z, "dtype": "u8" if self.activations == "uint8" else "i8"}
+                codes = _reuse_or_add(module, "quantize", v, attrs, op, f"{v.name}.q")
+                dq.append(_reuse_or_add(module, "dequantize", codes, {"scale": attrs["scale"],
+                                                                      "zero_point": attrs["zero_point"]},
+                                        op, f"{v.name}.dq"))
+            for i, d in enumerate(dq):
+                op.set_operand(i, d)
+            done += 1
+        if not done:
+            return {}
+        fused = _fuse_requantize(module)
+        dce(module)
+        return {**fused, "#adds": done}
+
     def _insert(self, module, x, keep, xq):
         """fake_quant on the site's input (per tensor) and on each layer's weight (per
         channel, symmetric), for fold-fake-quant to fold."""
@@ -519,6 +563,30 @@ class QuantizeStatic(Pass):
                                names=[module.fresh_name(f"{layer}.w_fq")]).result
             op.set_operand(0, y)
             op.set_operand(1, wf)
+
+
+def _residual_adds(module) -> dict:
+    """{add op: its operands' names} of the 4-D f32 adds of two same-shape tensors (the
+    residual adds of CNNs), observed during calibration for :meth:`QuantizeStatic._residual_codes`."""
+    out = {}
+    for op in module.ops:
+        if op.kind != "add" or len(op.operands) != 2 or len(op.result.type.shape) != 4:
+            continue
+        if all(v.type.dtype == "f32" and v.type.shape == op.result.type.shape for v in op.operands):
+            out[op] = [v.name for v in op.operands]
+    return out
+
+
+def _residual_operands_ok(op) -> bool:
+    """After folding: every operand of the add is a qconv2d's f32 result (it will emit
+    codes) or is quantized already (its codes exist)."""
+    for v in op.operands:
+        p = v.producer
+        if any(u.kind == "quantize" for u in v.users):
+            continue
+        if p is None or p.kind != "qconv2d" or p.attrs["out_dtype"] != "f32" or len(v.uses) != 1:
+            return False
+    return op.operands[0] is not op.operands[1]
 
 
 def format_report(notes: dict) -> str:

@@ -43,6 +43,12 @@ in :mod:`sliver.ir.ops`) whose weight is::
   axis 0 becomes a ``wq_take`` of the same codes, scales and zero points (an embedding
   read row by row, dequantized where it is read).  A table tied to a quantized head (one
   param, as in SmolLM2 or GPT-2) is quantized once and both ops share its codes.
+* **Int8 activations** (``activations=int8``; numerics change): each ``wq_linear``
+  reads its input rounded to int8 per run of ``gcd(K, block)`` features (``act_block``,
+  symmetric, one scale per run, as llama.cpp's Q8 activations), so that the fused
+  kernel multiplies 4-bit codes by 8-bit activations with integer dot products
+  (vpdpbusd, vpmaddubsw, sdot/smull) and converts once per run; the kept float outliers
+  still read the float input.
 * **Clipping** (``clip=true``): per block, the range is scaled by the ``alpha`` in
   ``clip_grid`` values evenly spaced over ``[clip_min, 1]`` that minimizes the squared
   reconstruction error of the block (the weights themselves, no data); ``alpha = 1``
@@ -64,6 +70,8 @@ from sliver.common.errors import SliverError
 from sliver.passes.base import Pass, register
 
 GRANULARITIES = ("tensor", "channel", "block")
+#: what the quantized layers read: the float activations, or them rounded to int8 per group
+ACTIVATIONS = ("float", "int8")
 
 
 @dataclass
@@ -340,11 +348,33 @@ def linear_layers(module, who: str) -> list:
     return ops
 
 
+#: ops that only select or reshape a head's logits on their way to the output (a
+#: generating step keeps the last position's: ``slice`` then ``reshape``)
+_LOGITS_VIEWS = ("slice", "reshape", "squeeze")
+
+
+def _is_output(module, value) -> bool:
+    """Whether ``value`` is an output of ``module``, directly or through a chain of
+    single-use :data:`_LOGITS_VIEWS` that keep its last axis."""
+    last = value.type.shape[-1] if value.type.shape else None
+    while not any(value is v for v in module.outputs):
+        users = value.users
+        if len(users) != 1 or users[0].kind not in _LOGITS_VIEWS or len(users[0].results) != 1:
+            return False
+        nxt = users[0].result
+        if not nxt.type.shape or nxt.type.shape[-1] != last:
+            return False
+        value = nxt
+    return True
+
+
 def is_lm_head(module, op) -> bool:
     """Whether the linear ``op`` is a language model's head: its result is an output of
-    ``module`` and it has as many output features as an embedding table (a ``take`` of
-    a param table, read by token ids) has rows: the vocabulary."""
-    if not any(op.result is v for v in module.outputs):
+    ``module`` (or reaches one through slices and reshapes of its positions, as a
+    generating step's last-token logits do) and it has as many output features as an
+    embedding table (a ``take`` of a param table, read by token ids) has rows: the
+    vocabulary."""
+    if not _is_output(module, op.result):
         return False
     out = op.operands[1].type.shape[0]
     return any(o.kind == "take" and module.param_data(o.operands[0]) is not None
@@ -378,6 +408,7 @@ class QuantizeWeights(Pass):
     keep_activations: bool = False
     search: bool = False
     search_grid: int = 4
+    activations: str = "float"
     #: super weights given directly ((layer, row, column) triples); not a CLI option
     super_weights: tuple | None = field(default=None, compare=False, repr=False)
     #: input channels of super activations given directly ((layer, column) pairs); not a CLI option
@@ -407,6 +438,9 @@ class QuantizeWeights(Pass):
 
     def run(self, module):
         check_bits(self.bits, self.name)
+        if self.activations not in ACTIVATIONS:
+            raise SliverError(f"{self.name}: activations must be one of {', '.join(ACTIVATIONS)}, "
+                              f"got {self.activations!r}")
         if self.granularity not in GRANULARITIES:
             raise SliverError(f"{self.name}: granularity must be one of {', '.join(GRANULARITIES)}, "
                               f"got {self.granularity!r}")
@@ -460,7 +494,7 @@ class QuantizeWeights(Pass):
         for op in ops:
             wv = op.operands[1]
             q = quantize(wv)
-            done[wv.name] = (q, _rewrite(module, op, q, done[wv.name][1]))
+            done[wv.name] = (q, _rewrite(module, op, q, done[wv.name][1], self.activations == "int8"))
         kept_float = [op.operands[1].name for op in heads if not self.head and op not in ops]
         embeddings_float = [] if self.embedding else [op.operands[0].name for op in embeddings(module)]
         return True, {"layers": layers, "bits": self.bits, "symmetric": self.symmetric, "head_kept_float": kept_float,
@@ -503,12 +537,17 @@ def _rewrite_take(module, op, q: QuantizedWeight, params=None) -> list:
     return params
 
 
-def _rewrite(module, op, q: QuantizedWeight, params=None) -> list:
-    """linear(x, W, b?) → wq_linear(x, codes, scale, zero, out_index, out_value, b?); the params."""
+def _rewrite(module, op, q: QuantizedWeight, params=None, int8_activations: bool = False) -> list:
+    """linear(x, W, b?) → wq_linear(x, codes, scale, zero, out_index, out_value, b?); the params.
+    ``int8_activations``: the op reads x rounded to int8 per run of gcd(K, block) features
+    (``act_block``), the runs the fused kernel's weight groups are made of."""
+    import math
+
     x, wv, *bias = op.operands
     params = _params(module, wv.name.removesuffix(".weight"), q, op, params)
-    new = module.add_op("wq_linear", [x, *params, *bias],
-                        {"bits": q.bits, "block": q.block, "out_features": q.shape[0]}, before=op,
-                        names=[module.fresh_name(op.result.name)])
+    attrs = {"bits": q.bits, "block": q.block, "out_features": q.shape[0]}
+    if int8_activations:
+        attrs["act_block"] = math.gcd(int(q.shape[1]), int(q.block))
+    new = module.add_op("wq_linear", [x, *params, *bias], attrs, before=op, names=[module.fresh_name(op.result.name)])
     _replace(module, op, new, wv)
     return params

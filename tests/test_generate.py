@@ -251,28 +251,98 @@ def test_emulated_pi_generates_what_transformers_does(tiny_model):
     assert sampled == here.generate(ids, max_new_tokens=6, temperature=0.9, seed=5, stop_at_eos=False).tokens
 
 
-def quantized() -> str:
-    """The tiny model with 4-bit weights in blocks of 32 (the quantize-weights pass)."""
+#: a weight of the tiny model held out of its block and kept exact (quantize-weights{keep_super=true})
+SUPER = {"layer": "model.model.layers.1.mlp.down_proj.weight", "row": 3, "column": 5}
+#: the W4 pipelines: blocks of 32 (LM head float), blocks of 128 with a kept weight and the LM head quantized
+W4 = {"b32": "quantize-weights{bits=4,granularity=block,block=32,symmetric=false,clip=true}",
+      "b128": "quantize-weights{bits=4,granularity=block,block=128,symmetric=false,clip=true,keep_super=true,"
+              "index=INDEX,head=true}",
+      "b32-int8": "quantize-weights{bits=4,granularity=block,block=32,symmetric=false,clip=true,activations=int8}"}
+
+
+def w4_pipeline(which: str) -> str:
     from sliver.api import DEFAULT_PIPELINE
 
+    index = precompile.out("generate-tiny-super.json")
+    index.write_text(json.dumps([SUPER]))
+    return f"{DEFAULT_PIPELINE},{W4[which].replace('INDEX', str(index))},dce"
+
+
+def quantized(which: str = "b32") -> str:
+    """The tiny model with 4-bit weights (the quantize-weights pass, :data:`W4`)."""
     model, tok = tiny()
-    path = precompile.out("generate-tiny-w4.sliver")
-    passes = DEFAULT_PIPELINE + ",quantize-weights{bits=4,granularity=block,block=32,symmetric=false},dce"
-    sliver.lower_llm(model, tok, max_len=MAX_LEN, target="x86_64", passes=passes).save(path)
+    path = precompile.out(f"generate-tiny-w4-{which}.sliver")
+    sliver.lower_llm(model, tok, max_len=MAX_LEN, target="x86_64", passes=w4_pipeline(which)).save(path)
     return str(path)
 
 
-@pytest.mark.precompiled.with_args(lambda params: [("call", "test_generate", "quantized")])
-def test_weight_quantization_passes_compose(tiny_model):
+def interpreted(model, passes: str, ids, n: int) -> list[int]:
+    """Greedy tokens of the generating step traced, run through ``passes`` and executed by
+    sliver's interpreter (the ops' reference semantics), one token per step."""
+    from sliver.api import trace
+    from sliver.ir.interp import run
+    from sliver.llm import _grouped_attention, _torch_module, cache_shape
+    from sliver.passes.manager import PassManager, parse_pipeline
+
+    shape = cache_shape(model.config, MAX_LEN)
+    k, v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    step = _torch_module()(model, MAX_LEN).eval()
+    example = (torch.tensor([[1]]), torch.tensor([0]), torch.from_numpy(k), torch.from_numpy(v))
+    with _grouped_attention():
+        module = trace(step, example)
+    PassManager(parse_pipeline(passes)).run(module)
+    out, token = [], None
+    for pos in range(len(ids) + n - 1):
+        t = ids[pos] if pos < len(ids) else token
+        logits, k, v = run(module, [np.array([[t]], np.int64), np.array([pos], np.int64), k, v])
+        if pos >= len(ids) - 1:
+            token = int(np.argmax(logits[0]))
+            out.append(token)
+            if token == model.config.eos_token_id:
+                break
+    return out
+
+
+@pytest.mark.precompiled.with_args(lambda params: [("call", "test_generate", "quantized", params["which"])])
+@pytest.mark.parametrize("which", sorted(W4))
+def test_w4_generation_equals_torch_on_the_dequantized_weights(which):
     """A generating artifact takes lower's pass pipeline: quantize-weights turns its linear
-    layers into wq_linear, and it generates what the quantized IR computes."""
-    m = sliver.load(precompile.get(("call", "test_generate", "quantized")))
+    layers into wq_linear, lowered to the fused 4-bit kernel, and its greedy tokens are
+    transformers' greedy tokens on the model whose weights are the pass's dequantized
+    ones (the op's reference semantics), token for token."""
+    from sliver.benchmarks.bench_generate import fake_quantized
+    from sliver.benchmarks.bench_llm import Weights
+
+    m = sliver.load(precompile.get(("call", "test_generate", "quantized", which)))
     assert "quantize-weights" in m.manifest.pipeline
-    kinds = {op.kind for op in m.manifest.ops}
-    assert "wq_linear" in kinds and "linear" not in kinds
+    kinds = [op.kind for op in m.manifest.ops]
+    head_float = which != "b128"  # the LM head stays float unless head=true
+    assert kinds.count("linear") == (1 if head_float else 0) and kinds.count("wq_linear") == 14 + (not head_float)
+    assert set(m.manifest.kernels.values()) >= {"wq-fused"} and "wq-dequantize" not in m.manifest.kernels.values()
     assert all(r["ok"] for r in m.verify())  # golden outputs: the quantized IR's, from the interpreter
-    g = m.generate(PROMPTS[0], max_new_tokens=8, stop_at_eos=False)
-    assert len(g.tokens) == 8 and g.text
+    model, tok = tiny()
+    if which.endswith("int8"):  # int8 activations: the interpreter's reference semantics, and torch's
+        from sliver.benchmarks.bench_generate import fake_quantized, int8_activations
+        from sliver.benchmarks.bench_llm import Weights
+
+        weights = fake_quantized(model, w4_pipeline(which))
+        Weights(model).put(weights)
+        hooks = int8_activations(model, weights, w4_pipeline(which))
+        assert len(hooks) == 14
+        for prompt in PROMPTS:
+            ids = tok.encode(prompt).ids
+            got = m.generate(ids, max_new_tokens=12).tokens
+            assert got == reference(model, ids, 12), prompt
+            assert got == interpreted(tiny()[0], w4_pipeline(which), ids, 12), prompt
+        return
+    weights = fake_quantized(model, w4_pipeline(which))
+    assert ("lm_head" in weights) != head_float
+    if which == "b128":  # the kept weight comes back exactly
+        assert float(weights["model.layers.1.mlp.down_proj"][3, 5]) == float(model.model.layers[1].mlp.down_proj.weight[3, 5].detach())
+    Weights(model).put(weights)
+    for prompt in PROMPTS:
+        ids = tok.encode(prompt).ids
+        assert m.generate(ids, max_new_tokens=12).tokens == reference(model, ids, 12), prompt
 
 
 def test_sliver_lower_generate_builds_a_generating_artifact(tmp_path, tiny_model, capsys):

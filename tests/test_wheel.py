@@ -54,6 +54,7 @@ def test_the_wheel_holds_the_packages_and_data(installed):
     names = set(zipfile.ZipFile(wheel).namelist())
     for f in ("sliver/__init__.py", "sliver/runtime/artifact.py", "sliver/runtime/manifest.py",
               "sliver/tools/cli.py", "sliver/tools/examples/tiny_cnn.py", "sliver/backends/tvm/kernels/lowbit.c",
+              "sliver/backends/tvm/kernels/tvm_abi.h",
               "sliver/tools/emulator/setup_pi_emulator.sh", "sliver/ir/torch_module.py", "sliver/progress.py"):
         assert f in names, f
     assert not any(n.startswith(("tests/", "docs/")) for n in names)

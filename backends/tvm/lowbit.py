@@ -437,6 +437,8 @@ def _qdense(bb, op, x, w, scale, bias=None):
     o = codes.shape[0]
     if kernel != "generic":
         m = int(np.prod(xshape[:-1], dtype=np.int64))
+        if kernel == "int8" and _dense_lanes(bb, op, m, o):
+            return _qdense_lanes(bb, op, x, codes, scale, bias, m, k, o)
         x4 = bb.emit(R.reshape(x, [m, k, 1, 1]))
         y = _packed_kernel(bb, op, kernel, x4, codes.reshape(o, k, 1, 1), scale, bias, xshape=(m, k, 1, 1),
                            stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1, out_hw=(1, 1))
@@ -445,6 +447,29 @@ def _qdense(bb, op, x, w, scale, bias=None):
     wt = _const(np.ascontiguousarray(_weights_minus_zero_point(codes, a["w_zero_point"]).T))
     acc = bb.emit(R.matmul(xi, wt, out_dtype="int32"))
     return _epilogue(bb, op, acc, scale, bias, len(xshape))
+
+
+def _dense_lanes(bb, op, m: int, o: int) -> bool:
+    """Whether a qdense of ``m`` rows runs as a 1x1 conv on the lane kernel (its rows the
+    output pixels): as the lane kernel takes a conv (:func:`lanes_layout`), symmetric
+    signed weights."""
+    signed = code_bits(op.operands[1].type.dtype)[1]
+    return signed and lanes_layout(bb.context.target.int8_dot, op.attrs["w_zero_point"], (1, 1), 1, 1, o, m)
+
+
+def _qdense_lanes(bb, op, x, codes, scale, bias, m: int, k: int, o: int):
+    """qdense of m >= 16 rows on the lane kernel: x [m, k] transposed to one image of k
+    channels and m pixels, a 1x1 conv, the result [o, m] transposed back.  The sums and the
+    epilogue are the conv kernel's, so the values are those of any other int8 path; the
+    kernel then runs 16 rows per vector instead of one row per register tile (a weight
+    matrix read once per row)."""
+    R = _R()
+    xt = bb.emit(R.permute_dims(bb.emit(R.reshape(x, [m, k])), [1, 0]))
+    x4 = bb.emit(R.reshape(xt, [1, k, 1, m]))
+    y = _packed_kernel(bb, op, "int8", x4, codes.reshape(o, k, 1, 1), scale, bias, xshape=(1, k, 1, m),
+                       stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1, out_hw=(1, m))
+    y = bb.emit(R.permute_dims(bb.emit(R.reshape(y, [o, m])), [1, 0]))
+    return bb.emit(R.reshape(y, list(op.operands[0].type.shape[:-1]) + [o]))
 
 
 def compile_flags(target, defines=()) -> list[str]:

@@ -27,6 +27,12 @@ lowbit_kernel="generic")``): three steps, each a TE function emitted with ``bb.e
 3. ``wq_outliers``: the sparse float outliers added back, ``y[..., r] += x[..., c] * v``
    (their codes are the zero point, so the dequantized weight is 0 there), and the bias.
 
+Int8 activations (the op's ``act_block``, ``quantize-weights{activations=int8}``): the
+fused kernel rounds each activation row to int8 per group once per call and multiplies
+the 4-bit codes with integer dot products (meta ``ACT``; it needs ``act_block == G``,
+at most 4 bits and at least 4 output rows); the dequantize path rounds the activations
+in TE (``wq_act_int8``) before the product, the outliers reading the float input.
+
 The choice per layer lands in the lowering report (``LowerContext.kernels``: ``wq-fused``
 or ``wq-dequantize``).  Both agree with the op's reference semantics to float32 rounding.
 """
@@ -45,7 +51,7 @@ KERNEL_SOURCE = Path(__file__).with_name("kernels") / "wq_gemv.c"
 #: The packed function it exports.
 FUSED = "sliver_wq_linear"
 #: Order of its int32 ``meta`` operand (the C file's ``enum W_*``).
-META_FIELDS = ("M", "K", "O", "G", "LAYOUT", "NOUT", "HAS_BIAS")
+META_FIELDS = ("M", "K", "O", "G", "LAYOUT", "NOUT", "HAS_BIAS", "ACT")
 #: Weight layouts (the C file's ``WL_*``): two codes per byte (2..4 bits), one (5..8 bits).
 LAYOUT_NIBBLE, LAYOUT_BYTE = 0, 1
 CHUNK = 32  # codes per chunk of the kernel's layout
@@ -139,6 +145,29 @@ def _take_te(codes, scale, zero, index, value, ids, *, bits, block, rows, column
     return te.compute(shape, lambda *i: weight(*i) + extra(*i), name="wq_take")
 
 
+def _quantize_activations_te(x, *, act_block):
+    """``x`` rounded to int8 per run of ``act_block`` along its last axis and dequantized
+    (``sliver.ir.ops.quantize_activations``: rint half to even, clamp to ±127)."""
+    from tvm import te
+    from tvm import tirx as tir
+
+    shape = [int(d) for d in x.shape]
+    runs = shape[:-1] + [shape[-1] // act_block]
+    r = te.reduce_axis((0, act_block), name="r")
+    amax = te.compute(runs, lambda *i: te.max(tir.abs(x[tuple(i[:-1]) + (i[-1] * act_block + r,)]), axis=r),
+                      name="wq_act_amax")
+    zero = tir.const(0.0, x.dtype)
+    c127 = tir.const(127.0, x.dtype)
+
+    def value(*i):
+        m = amax[tuple(i[:-1]) + (i[-1] // act_block,)]
+        inv = tir.Select(m > zero, c127 / tir.max(m, tir.const(1e-30, x.dtype)), zero)
+        a = tir.min(tir.max(tir.nearbyint(x(*i) * inv), -c127), c127)
+        return a * (m / c127)
+
+    return te.compute(shape, value, name="wq_act_int8")
+
+
 def _epilogue_te(y, x, *rest, outliers, has_bias):
     from tvm import te
     from tvm import tirx as tir
@@ -174,7 +203,11 @@ def _fused(bb, op, x, codes, scale, zero, index, value, b):
     if bb.context.lowbit_kernel == "generic" or xt.dtype != "f32" or not all(isinstance(d, int) for d in shape):
         return None
     k, o = int(shape[-1]), int(a["out_features"])
-    if group_size(k, a["block"]) is None:
+    g = group_size(k, a["block"])
+    if g is None:
+        return None
+    act = int(a.get("act_block", 0) or 0)
+    if act and (act != g or a["bits"] > 4 or o < 4):  # int8 activations: per group, 4-bit codes, a row tile
         return None
     params = [_constant(e) for e in (codes, scale, zero, index, value)]
     bias = _constant(b) if b is not None else np.zeros(o, np.float32)
@@ -183,7 +216,8 @@ def _fused(bb, op, x, codes, scale, zero, index, value, b):
     data, gscale, gzero, layout, g = kernel_layout(params[0], params[1], params[2], bits=a["bits"],
                                                    block=a["block"], k=k, out_features=o)
     m = int(np.prod(shape[:-1], dtype=np.int64))
-    meta = dict(M=m, K=k, O=o, G=g, LAYOUT=layout, NOUT=int(params[3].size), HAS_BIAS=int(b is not None))
+    meta = dict(M=m, K=k, O=o, G=g, LAYOUT=layout, NOUT=int(params[3].size), HAS_BIAS=int(b is not None),
+                ACT=int(act > 0))
     meta_arr = np.array([meta[f] for f in META_FIELDS], np.int32)
     R = _R()
     x2 = bb.emit(R.reshape(x, [m, k]))
@@ -205,7 +239,10 @@ def _wq_linear(bb, op, x, codes, scale, zero, index, value, b=None):
         return y
     w = bb.emit_te(_dequantize_te, x, codes, scale, zero, bits=a["bits"], block=a["block"],
                    out_features=a["out_features"], primfunc_name_hint="wq_dequantize")
-    y = bb.emit(_R().matmul(x, w))
+    xq = x
+    if a.get("act_block"):  # int8 activations: the product reads x rounded, the outliers the float x
+        xq = bb.emit_te(_quantize_activations_te, x, act_block=a["act_block"], primfunc_name_hint="wq_act_int8")
+    y = bb.emit(_R().matmul(xq, w))
     n = op.operands[4].type.shape[0]
     extra = ([index, value] if n else []) + ([b] if b is not None else [])
     if not extra:

@@ -35,10 +35,10 @@ def test_padded_tile_pads_prime_rows_and_keeps_good_exact_tiles(target):
     cpu = common.cpu_of(tvm_target(resolve(target)))
     rt, nv, rows, cols = dense.padded_tile(197, 768, cpu)
     assert rows % rt == 0 and 197 <= rows < 197 + rt and rt > 1 and cols == 768
-    assert common.tile_cost(rt, nv, cpu) is not None  # fits the registers and the stack buffer
+    assert dense.dense_tile_cost(rt, nv, cpu) is not None  # fits the registers and the stack buffer
     assert dense.padded_tile(1, 768, cpu)[2] == 1  # a GEMV is never padded
     rt, nv, rows, cols = dense.padded_tile(128, 768, cpu)  # BERT's 128 rows: an exact tile is as good
-    assert (rows, cols) == (128, 768) and (rt, nv) == common.register_tile(128, 768, cpu)
+    assert (rows, cols) == (128, 768) and (rt, nv) == dense.dense_tile(128, 768, cpu)
     with pytest.raises(common.NotApplicable):
         dense.padded_tile(197, 23, cpu)  # a packed weight needs whole vectors of columns
     rt, nv, rows, cols = dense.padded_tile(197, 197, cpu, pad_columns=True)
@@ -185,3 +185,176 @@ def test_power_by_a_small_whole_constant_is_products(level, exponent):
         want = np.power(x.astype(np.float64), exponent).astype(np.float32)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got[~np.isnan(want)], want[~np.isnan(want)], rtol=1e-6)
+
+
+class _GroupedAttention(__import__("torch").nn.Module):
+    """Grouped key/value heads (6 query heads reading 2 kv heads) under a boolean mask."""
+
+    def forward(self, q, k, v, mask):
+        import torch
+
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_grouped_kv_heads_are_read_as_they_are_not_repeated(rows):
+    """The queries of a kv head's group are stacked as rows of one product with that head's
+    keys and values (no copy of the keys and values per query head), and the result is
+    torch's, one decode row or several, with a mask that hides some positions."""
+    import torch
+
+    import sliver
+    from sliver.backends.tvm.lower import to_relax
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, n, 8, generator=g) for h, n in ((6, rows), (2, 7), (2, 7)))
+    mask = torch.arange(7)[None, :] <= torch.arange(rows)[:, None] + 3
+    inputs = (q, k, v, mask[None, None])
+    module = sliver.trace(_GroupedAttention(), inputs)
+    assert "repeat" not in str(to_relax(module)), "the grouped heads were repeated"
+    art = sliver.lower(module, inputs, target="x86_64", tune=False)
+    with torch.no_grad():
+        want = _GroupedAttention()(*inputs).numpy()
+    np.testing.assert_allclose(art.load().run(*[t.numpy() for t in inputs])[0], want, rtol=1e-5, atol=1e-6)
+
+
+def _attention_graph(axes, scale_first: bool):
+    """``matmul(softmax(matmul(q, permute_dims(k, axes)) * 0.25), v)``, the scale on either side."""
+    def build(bb, q, k, v):
+        s = bb.emit(relax.op.matmul(q, bb.emit(relax.op.permute_dims(k, axes))))
+        c = relax.const(np.float32(0.25))
+        s = bb.emit(relax.op.multiply(c, s) if scale_first else relax.op.multiply(s, c))
+        return bb.emit(relax.op.matmul(bb.emit(relax.op.nn.softmax(s, axis=-1)), v))
+
+    return build
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("k_shape,axes,scale_first", [((1, 2, 260, 16), [0, 1, 3, 2], False),  # k [B, H, N, D]
+                                                      ((1, 260, 2, 16), [0, 2, 3, 1], True)])  # Whisper's [B, N, H, D]
+def test_long_attention_is_one_kernel_per_block_of_rows(level, k_shape, axes, scale_first):
+    """Over ≥ MIN_KEYS keys (260: no multiple of a tile's columns) the scores, softmax and
+    product with v are one function reading k through its transpose, the 11 query rows
+    padded to the tile's multiple; scheduled == unscheduled == numpy's softmax(q kᵀ / 4) v."""
+    from test_fast_float import run, runs_here
+
+    from sliver.backends.tvm import schedules as S
+    from sliver.backends.tvm.schedules import attention
+
+    target = tvm_target(resolve(level))
+    funcs = front_primfuncs(_attention_graph(axes, scale_first), [(1, 2, 11, 16), k_shape, (1, 2, 260, 32)], target)
+    assert list(funcs) == ["attention"], list(funcs)
+    assert check(funcs, target, level) == {"attention": "attention"}
+    rows = attention.choose_tiles(11, 260, 32, common.cpu_of(target))[3]
+    assert rows > 11 and ("attn_out_unpad" in funcs["attention"].script())
+    if not runs_here(level):
+        pytest.skip(f"this host cannot run {level} code")
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal(s).astype("float32") * 2 for s in [(1, 2, 11, 16), k_shape, (1, 2, 260, 32)])
+    got = run(S.schedule_primfunc(funcs["attention"], target)[0], [q, k, v, np.zeros((1, 2, 11, 32), "float32")],
+              target)
+    s = q.astype(np.float64) @ np.transpose(k, axes).astype(np.float64) * 0.25
+    p = np.exp(s - s.max(-1, keepdims=True))
+    np.testing.assert_allclose(got, (p / p.sum(-1, keepdims=True)) @ v, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_short_attention_stays_three_functions(level):
+    """Under MIN_KEYS keys (ViT's 197) the scores fit the caches: product, softmax, product."""
+    target = tvm_target(resolve(level))
+    funcs = front_primfuncs(_attention_graph([0, 1, 3, 2], False), [(1, 2, 12, 16), (1, 2, 197, 16), (1, 2, 197, 32)],
+                            target)
+    assert "attention" not in funcs and any("softmax" in n for n in funcs), list(funcs)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("shape", [(2, 3, 37), (5, 16), (4, 1), (2, 200), (3, 7, 5)])
+def test_layer_norm_rows_with_an_epilogue(level, shape):
+    """Row lengths under, at and over the partial width and not multiples of it; a scale
+    after it fuses in; scheduled == unscheduled == numpy's."""
+    from test_fast_float import run, runs_here
+
+    from sliver.backends.tvm import schedules as S
+
+    target = tvm_target(resolve(level))
+    rng = np.random.default_rng(6)
+    g, b = (rng.standard_normal(shape[-1:]).astype("float32") for _ in range(2))
+
+    def build(bb, x):
+        y = bb.emit(relax.op.nn.layer_norm(x, relax.const(g), relax.const(b), axes=[-1]))
+        return bb.emit(relax.op.multiply(y, relax.const(np.float32(2.0))))
+
+    funcs = front_primfuncs(build, [shape], target)
+    (name,) = funcs
+    assert "layer_norm" in name and "multiply" in name, list(funcs)
+    assert check(funcs, target, level)[name] == "layer_norm"
+    if not runs_here(level):
+        pytest.skip(f"this host cannot run {level} code")
+    x = rng.standard_normal(shape).astype("float32") * 3 + 1
+    got = run(S.schedule_primfunc(funcs[name], target)[0], [x, g, b, np.zeros(shape, "float32")], target)
+    xd = x.astype(np.float64)
+    dev = xd - xd.mean(-1, keepdims=True)
+    want = (dev / np.sqrt((dev ** 2).mean(-1, keepdims=True) + 1e-5) * g + b) * 2
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+class _ConstantMaskAttention(__import__("torch").nn.Module):
+    """Attention under a constant boolean mask (a buffer, broadcast), as ViT-B/16 traces."""
+
+    def __init__(self, keep):
+        import torch
+
+        super().__init__()
+        self.register_buffer("keep", torch.tensor(keep).reshape(1, 1, 1, -1))
+
+    def forward(self, q, k, v):
+        import torch
+
+        mask = self.keep.expand(1, 1, q.shape[2], k.shape[2])
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@pytest.mark.parametrize("keep", [[True] * 7, [True] * 6 + [False]])
+def test_a_constant_mask_that_hides_nothing_is_left_out(keep):
+    """An all-true mask costs no where and no dead-row check; one that hides a key stays;
+    the result is torch's either way."""
+    import torch
+
+    import sliver
+    from sliver.backends.tvm.lower import to_relax
+
+    g = torch.Generator().manual_seed(0)
+    inputs = tuple(torch.randn(1, 2, n, 8, generator=g) for n in (5, 7, 7))
+    model = _ConstantMaskAttention(keep).eval()
+    module = sliver.trace(model, inputs)
+    assert ("R.where" in str(to_relax(module))) == (not all(keep))
+    art = sliver.lower(module, inputs, target="x86_64", tune=False)
+    with torch.no_grad():
+        want = model(*inputs).numpy()
+    np.testing.assert_allclose(art.load().run(*[t.numpy() for t in inputs])[0], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("shape,keep", [((2, 3, 37), True), ((5, 16), False), ((3, 200), True)])
+@pytest.mark.parametrize("kind", ["max", "min"])
+def test_max_and_min_over_the_last_axis_go_over_lanes_first(level, shape, keep, kind):
+    """Rows at and over the lane width, not multiples of it; a NaN anywhere in a row (lanes
+    or tail) gives NaN, as torch's amax; -inf rows stay -inf."""
+    from test_fast_float import run, runs_here
+
+    from sliver.backends.tvm import schedules as S
+
+    target = tvm_target(resolve(level))
+    op = relax.op.max if kind == "max" else relax.op.min
+    funcs = front_primfuncs(lambda bb, x: bb.emit(op(x, axis=[-1], keepdims=keep)), [shape], target)
+    (name,) = funcs
+    assert check(funcs, target, level) == {name: "reduction"}
+    assert "row_red_part" in funcs[name].script()
+    if not runs_here(level):
+        pytest.skip(f"this host cannot run {level} code")
+    x = np.random.default_rng(7).standard_normal(shape).astype("float32").reshape(-1, shape[-1])
+    x[0, 3], x[1, -1], x[-1, :] = np.nan, np.nan, -np.inf
+    x = x.reshape(shape)
+    want = (np.max if kind == "max" else np.min)(x, axis=-1, keepdims=keep)
+    got = run(S.schedule_primfunc(funcs[name], target)[0], [x, np.zeros(want.shape, "float32")], target)
+    np.testing.assert_array_equal(got, want)

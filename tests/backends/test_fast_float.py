@@ -73,8 +73,10 @@ def check(funcs, target, level, inputs=None):
 
 
 @pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("m,k,n", [(12, 64, 96), (1, 40, 48), (7, 33, 80)])
+@pytest.mark.parametrize("m,k,n", [(12, 64, 96), (1, 40, 48), (7, 33, 80), (1, 40, 1004), (3, 16, 100)])
 def test_linear_weight_is_packed_for_the_targets_tile(level, m, k, n):
+    """N no multiple of the lanes (1004, 100; 1000 classes on AVX-512): zero columns pad the
+    last panel and the product's columns are sliced."""
     target = tvm_target(resolve(level))
     rng = np.random.default_rng(1)
     w = relax.const(rng.standard_normal((n, k)).astype("float32"))
@@ -86,8 +88,10 @@ def test_linear_weight_is_packed_for_the_targets_tile(level, m, k, n):
               and int(p.ty.shape[1]) == k]
     assert len(packed) == 1, [list(p.ty.shape) for p in funcs[name].params]
     nb, _, width = packed[0]
-    assert nb * width == n and width % lanes == 0
+    assert nb * width - width < n <= nb * width and width % lanes == 0
     assert dense.PACKED in funcs[name].script()
+    assert ("T_matmul_unpad" in funcs[name].script()) == (n % width != 0 or m % dense.padded_tile(
+        m, n, common.cpu_of(target), pad_columns=n % lanes != 0)[0] != 0)
     # bias and GELU fuse into the product's epilogue, and the tiled rule takes it
     assert "gelu" in name and "add" in name, list(funcs)
     used = check(funcs, target, level)
@@ -259,3 +263,33 @@ def test_zero_pads_become_the_convs_own_padding(level, value):
         want = m(x).numpy()
     got = art.load().run(x.numpy())[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_linear_with_columns_padded_to_whole_panels_matches_torch():
+    """A classifier of 1004 classes (no multiple of 8 or 16 lanes): its weight packed with
+    zero columns, the product sliced."""
+    import torch
+
+    import sliver
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(40, 1004), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 40)
+    got = sliver.lower(model, (x,), target="x86_64", tune=False).load().run(x.numpy())[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("shape", [(1, 3, 20, 24), (2, 3, 70, 64)])
+def test_image_to_channels_last_unrolls_its_three_channels(level, shape):
+    """NCHW → NHWC of an RGB image: the 3 channels unrolled (no vector of lanes whose indices
+    each take a division), the same values."""
+    from sliver.backends.tvm import schedules as S
+
+    target = tvm_target(resolve(level))
+    funcs = front_primfuncs(lambda bb, x: bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1])), [shape], target)
+    (name,) = funcs
+    assert check(funcs, target, level) == {name: "injective"}
+    script = S.schedule_primfunc(funcs[name], target)[0].script()
+    assert "T.unroll(" in script and "T.vectorized(" not in script

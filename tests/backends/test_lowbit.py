@@ -51,6 +51,9 @@ CONV_CASES = [
     ("w8a8_uw", "i8", "u8", (2, 5, 7, 7), 3, 3, dict(stride=[2, 2], padding=[1, 1, 1, 1], x_zero_point=-5,
                                                     w_zero_point=100)),
     ("w8a8_narrow", "u8", "i8", (1, 20, 5, 5), 6, 3, dict(padding=[2, 1, 0, 1], x_zero_point=17)),
+    # input rows made channels last by 16 x 16 byte transposes on aarch64, and the rest
+    # (20 channels: 4 left; 18 pixels: 2 left)
+    ("w8a8_wide", "u8", "i8", (1, 20, 3, 18), 5, 3, dict(padding=[1, 1, 1, 1], x_zero_point=9)),
     # W2A2 two's complement planes in blocks of four (12 channels; f32 fused) and of eight with an odd output width
     # (no fused epilogue), requantized
     ("w2a2_tc4", "u2", "i2", (1, 24, 4, 6), 12, 3, dict(padding=[1, 1, 1, 1], clamp_max=2.0)),
@@ -64,6 +67,11 @@ DENSE_CASES = [
     ("dense_w2a2", "u2", "i2", (2, 3, 100), 11, dict(x_zero_point=1)),
     ("dense_w1a3", "u3", "u1", (4, 67), 6, dict(x_zero_point=2, w_zero_point=1, clamp_max=0.5)),
     ("dense_w8a8", "i8", "i8", (3, 40), 5, dict(x_zero_point=-3, w_zero_point=2)),
+    # at least 16 rows, symmetric weights: a 1x1 conv on the lane kernel where the target
+    # has it (AVX-512 VNNI); 38 input features (a partial quad), 70 outputs (a partial block)
+    ("dense_w8a8_rows", "u8", "i8", (2, 24, 38), 70, dict(x_zero_point=128, clamp_min=0.0)),
+    ("dense_w8a8_rows_q", "u8", "i8", (17, 64), 16, dict(x_zero_point=3, out_dtype="u8", out_scale=4.0,
+                                                          out_zero_point=5)),
     # a reduction long enough to flush the kernels' narrow accumulators (AVX2 bytes
     # every 31 steps, NEON 16-bit lanes every 2048 steps of 16 bytes)
     ("dense_long", "u1", "i2", (1, 270_000), 4, dict()),
@@ -161,7 +169,7 @@ def test_x86_matches_interpreter(cases, kernel):
     got = vm["main"](*[tvm.runtime.tensor(x) for x in inputs])
     got = [got[i].numpy() for i in range(len(want))]
     assert_close(got, want, rtol=1e-5, atol_scale=1e-5, what=f"{kernel} kernel")
-    eight_bit = {"w8a8", "w8a8_uw", "w8a8_narrow", "dense_w8a8"}  # bit-serial takes widths below 8
+    eight_bit = {"w8a8", "w8a8_uw", "w8a8_narrow", "w8a8_wide", "dense_w8a8", "dense_w8a8_rows", "dense_w8a8_rows_q"}  # bit-serial takes widths below 8
     assert kernels == {name: ("int8" if kernel == "bitserial" and name in eight_bit else kernel)
                        for name in [c[0] for c in CONV_CASES + DENSE_CASES]}
 
@@ -277,6 +285,46 @@ def test_arm64_artifact_matches_interpreter_on_emulated_pi(cases, tmp_path):
     assert art.manifest.kernels["w2a2"] == "bitserial" and art.manifest.kernels["w8a8"] == "int8"
     path = art.save(tmp_path / "cases.sliver")
     proc = emulate.run_module(["run", str(path), "--verify"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "verify: passed" in proc.stdout
+
+
+# The int8 kernel's direct form on aarch64 (register tiles reading the padded channels-last
+# input, no im2col rows; sdot on rpi5, smull/smlal2/sadalp on rpi4, without -128 weights
+# in direct_narrow): symmetric weights, channels per group a multiple of 16.  Input rows of 19 pixels (a 16 x 16 transpose and 3 left), tiles
+# crossing output rows with a 3-pixel tail, last blocks of 4 and 1
+# channels, strides, dilation, asymmetric padding with a nonzero zero point, groups and a
+# batch of 2, and 272 channels (the pixels in chunks of 60).
+DIRECT_CASES = [
+    ("direct", "u8", "i8", (1, 32, 5, 19), 20, 3, dict(padding=[1, 1, 1, 1], x_zero_point=37)),
+    ("direct_s2", "i8", "i8", (1, 16, 10, 9), 16, 3, dict(stride=[2, 1], padding=[1, 2, 0, 1], dilation=[1, 2],
+                                                         x_zero_point=-9)),
+    ("direct_groups", "u8", "i8", (2, 64, 5, 6), 34, 3, dict(padding=[1, 1, 1, 1], groups=2, x_zero_point=200,
+                                                            out_dtype="i8", out_scale=0.8, out_zero_point=3)),
+    ("direct_chunks", "u8", "i8", (1, 16, 9, 11), 272, 3, dict(padding=[1, 1, 1, 1], x_zero_point=128)),
+    ("direct_1x1", "i8", "i8", (1, 48, 7, 5), 24, 1, dict(stride=[2, 2], x_zero_point=5, clamp_min=0.0)),
+    ("direct_narrow", "u8", "i8", (1, 16, 6, 7), 9, 3, dict(padding=[0, 1, 2, 1], x_zero_point=250)),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.emulated
+@pytest.mark.parametrize("target,cpu,dot", [("rpi4", "cortex-a72", "neon"), ("rpi5", "cortex-a76", "sdot")])
+def test_int8_direct_matches_interpreter_on_emulated_pi(target, cpu, dot, tmp_path):
+    import sliver
+    from sliver.tools.emulator import emulate
+
+    g = np.random.default_rng(3)
+    m = Module("direct_cases")
+    outs, inputs = [], []
+    for name, xd, wd, xshape, o, k, attrs in DIRECT_CASES:
+        y, x = _layer(m, g, name, xd, wd, xshape, (o, xshape[1] // attrs.get("groups", 1), k, k), "qconv2d", attrs)
+        outs.append(y)
+        inputs.append(x)
+    m.set_outputs(outs)
+    art = sliver.lower(m, inputs, target=target, rtol=1e-5, atol=1e-5)
+    assert set(art.manifest.kernels.values()) == {"int8"} and art.manifest.target.int8_dot == dot
+    proc = emulate.run_module(["run", str(art.save(tmp_path / "direct.sliver")), "--verify"], cpu=cpu)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "verify: passed" in proc.stdout
 

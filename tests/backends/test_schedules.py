@@ -157,7 +157,8 @@ def test_softmax_layernorm_and_elementwise_match_unscheduled():
         return bb.emit(relax.op.nn.gelu(relax.op.multiply(y, relax.const(np.float32(1.5)))))
 
     used = check_all(fused_primfuncs(build, [(2, 33, 19)]))
-    assert set(used.values()) <= {"softmax", "reduction", "injective"} and "softmax" in used.values(), used
+    assert set(used.values()) <= {"softmax", "layer_norm", "reduction", "injective"} and "softmax" in used.values(), used
+    assert used["layer_norm"] == "layer_norm", used
 
 
 # -- fallback ---------------------------------------------------------------------------------------
@@ -222,10 +223,8 @@ def test_vector_width_follows_target(spec, lanes):
     assert "T.parallel(" in text
 
 
-def test_scheduled_conv_lowers_to_parallel_vector_code():
-    sched, rule = S.schedule_primfunc(_conv_func(), X86)
-    assert rule == "conv2d"
-    lanes = common.cpu_of(X86).lanes
+def _lowered_text(sched) -> str:
+    """``sched`` lowered through buffer flattening and vectorization, as TVMScript."""
     mod = tvm.IRModule({"main": sched.with_attr("global_symbol", "main").with_attr("target", X86)})
     s_tir = tvm.s_tir
     with tvm.transform.PassContext(opt_level=3):
@@ -234,7 +233,42 @@ def test_scheduled_conv_lowers_to_parallel_vector_code():
             s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation(),
             s_tir.transform.LowerOpaqueBlock(), tirx.transform.FlattenBuffer(), tirx.transform.VectorizeLoop(True),
         ])(mod)
-    text = lowered["main"].script()
+    return lowered["main"].script()
+
+
+@pytest.mark.parametrize("width", [7, 14, 19])
+def test_rows_no_vector_divides_are_vectors_and_a_scalar_rest(width):
+    """An elementwise chain (a quantize: scale, round, clamp, cast) over rows of 7, 14 or 19:
+    the leading columns of each row in whole vectors, the rest scalar, no per-lane index
+    division (fusing the nest into vectors divided every lane's index by the row length)."""
+
+    def build(bb, x):
+        y = bb.emit(relax.op.round(relax.op.multiply(x, relax.const(np.float32(3.7)))))
+        y = bb.emit(relax.op.minimum(relax.op.maximum(y, relax.const(np.float32(-128))), relax.const(np.float32(127))))
+        return bb.emit(relax.op.astype(y, "int8"))
+
+    funcs = fused_primfuncs(build, [(1, 64, 10, width)])
+    (name, func), = funcs.items()
+    sched, rule = S.schedule_primfunc(func, X86, name=name)
+    assert rule == "injective"
+    assert f"% T.int64({width})" not in sched.script()  # a column is never a lane index divided by the row
+    text = _lowered_text(sched)
+    assert "T.Ramp(" in text and "T.parallel(" in text, text
+    x = np.random.default_rng(7).standard_normal((1, 64, 10, width)).astype("float32") * 40
+    want, got = (np.zeros(x.shape, "int8") for _ in range(2))
+    for f, out in ((func, want), (sched, got)):
+        lib = tvm.tirx.build(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=X86)
+        args = [tvm.runtime.tensor(x), tvm.runtime.tensor(out)]
+        lib["main"](*args)
+        out[...] = args[1].numpy()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_scheduled_conv_lowers_to_parallel_vector_code():
+    sched, rule = S.schedule_primfunc(_conv_func(), X86)
+    assert rule == "conv2d"
+    lanes = common.cpu_of(X86).lanes
+    text = _lowered_text(sched)
     assert "T.parallel(" in text
     assert "T.Ramp(" in text and f", {lanes})" in text  # vector loads/stores of `lanes` floats
     # the register-tile accumulator: allocated in the parallel loop's body, one tile per task

@@ -221,3 +221,19 @@ def test_quantized_tied_embedding_and_head(tmp_path):
     want = run(module, [ids])[0]
     got = sliver.load(art.save(tmp_path / "lm.sliver")).run(ids)[0]
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_int8_activations_fused_and_generic_match_the_interpreter(model, tmp_path):
+    """activations=int8 on 4-bit codes: the fused kernel's integer dot products (blocks of
+    128 on rows of 256 and 384: groups of 128) and, where the fused layout does not apply
+    (blocks of 48: runs of 16 and 48), the activations rounded in TE before the
+    dequantized product: both compute the interpreter's result."""
+    _, x = model
+    for block, kernel in ((128, "wq-fused"), (48, "wq-dequantize")):
+        opts = dict(bits=4, symmetric=False, granularity="block", block=block, keep_super=True, super_weights=KEEP,
+                    activations="int8")
+        want = run(quantized(model, opts), [x.numpy()])[0]
+        art = sliver.lower(quantized(model, opts), (x.numpy(),), target="x86_64")
+        assert set(art.manifest.kernels.values()) == {kernel}
+        got = sliver.load(art.save(tmp_path / f"{block}.sliver")).run(x.numpy())[0]
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max(), kernel

@@ -124,6 +124,46 @@ def test_observer_keeps_a_bounded_sample():
     assert obs.values().size <= 2000 and obs.lo == 0 and obs.hi == 4999
 
 
+RESIDUAL = dedent("""
+    func @r(%x: f32[1,2,2,2]) {
+      %c1.weight = param : f32[2,2,1,1]
+      %c1 = conv2d(%x, %c1.weight) : f32[1,2,2,2]
+      %r1 = relu(%c1) : f32[1,2,2,2]
+      %c2.weight = param : f32[2,2,1,1]
+      %c2 = conv2d(%r1, %c2.weight) : f32[1,2,2,2]
+      %a = add(%c2, %r1) : f32[1,2,2,2]
+      %y = relu(%a) : f32[1,2,2,2]
+      return %y
+    }
+""")
+RESIDUAL_PARAMS = {"c1.weight": np.array([[1, 0], [0.5, 1]], np.float32).reshape(2, 2, 1, 1),
+                   "c2.weight": np.array([[1, -1], [0.25, 0.5]], np.float32).reshape(2, 2, 1, 1)}
+RESIDUAL_CAL = [np.array([[[[0.0, 1.0], [2.0, -1.0]], [[1.0, 0.5], [0.0, 2.0]]]], np.float32)]
+
+
+def test_residual_add_reads_codes_golden_text():
+    """Both operands of the residual add become codes: c2's own output range (c2 in
+    [-1.5, 1.0]: scale 2.5/255, zero point 153) and r1's codes, which c2 reads already;
+    both layers emit bytes.  residual_codes=false keeps the add on f32 outputs."""
+    module, notes = _quantize(RESIDUAL, RESIDUAL_PARAMS, RESIDUAL_CAL)
+    text = str(module)
+    assert 'out_dtype="u8", out_scale=0.009803921915590763, out_zero_point=153} : u8[1,2,2,2]' in text
+    assert text.endswith(dedent("""
+          %c2.dq = dequantize(%c2) {scale=0.009803921915590763, zero_point=153} : f32[1,2,2,2]
+          %c1.dq = dequantize(%c1) {scale=0.007843137718737125} : f32[1,2,2,2]
+          %a = add(%c2.dq, %c1.dq) : f32[1,2,2,2]
+          %y = relu(%a) : f32[1,2,2,2]
+          return %y
+        }
+    """))
+    assert notes["residual_adds"] == 1 and {r["out"] for r in notes["layers"]} == {"u8"}
+    got = run(module, RESIDUAL_CAL)[0]
+    want = run(parse_module(RESIDUAL, params=RESIDUAL_PARAMS), RESIDUAL_CAL)[0]
+    assert np.abs(got - want).max() <= 0.02 * np.abs(want).max()
+    off, notes = _quantize(RESIDUAL, RESIDUAL_PARAMS, RESIDUAL_CAL, residual_codes=False)
+    assert notes["residual_adds"] == 0 and "add(%c2, %c1)" in str(off) and "dequantize" not in str(off)
+
+
 class Mixed(nn.Module):
     """Every case the int8 lowering must get exactly right: an odd channel count, a
     stride, padding of an input with a nonzero zero point (the residual add's output is
@@ -188,6 +228,10 @@ def test_mixed_model_report(mixed):
     assert len(matmuls) == 2 and all("two activations" in r["reason"] for r in matmuls)
     # the residual add's output is signed: the grouped conv pads with a nonzero zero point
     g = next(op for op in module.ops if op.kind == "qconv2d" and op.result.name == "grouped")
+    # dw(y) + y reads codes: dw emits them, y's are the ones dw reads
+    add = next(op for op in module.ops if op.kind == "add")
+    assert [v.producer.kind for v in add.operands] == ["dequantize", "dequantize"]
+    assert next(op for op in module.ops if op.result.name == "dw").attrs["out_dtype"] == "u8"
     assert g.attrs["x_zero_point"] not in (0, 128) and g.attrs["groups"] == 13
     with torch.no_grad():
         want = model(cal[0]).numpy()

@@ -355,3 +355,46 @@ def test_keep_activations_holds_out_the_columns_of_super_activations():
     index = module.params["fc.out_index"]
     assert sorted(index.tolist()) == [r * 64 + 5 for r in range(8)]
     assert np.array_equal(module.params["fc.out_value"], w.reshape(-1)[index])
+
+
+def test_golden_text_with_int8_activations():
+    """activations=int8: each wq_linear reads its input rounded to int8 per run of
+    gcd(K, block) features (act_block)."""
+    want = AFTER.replace("block=32, out_features=8}", "block=32, out_features=8, act_block=32}")
+    assert run_pass(TEXT, "quantize-weights{bits=3,granularity=block,block=32,activations=int8}") == want
+    with pytest.raises(SliverError, match="activations must be one of float, int8"):
+        run_pass(TEXT, "quantize-weights{bits=4,activations=int4}")
+
+
+def test_int8_activations_numerics_are_the_rounded_inputs_times_the_weights():
+    """The interpreter's result is torch's linear on the activations rounded to int8 per
+    run of 32 (half to even, one scale per run) and the pass's dequantized weights, the
+    kept weight reading the float input; it differs from the float-activation result."""
+    from sliver.ir.ops import quantize_activations
+
+    torch.manual_seed(1)
+    m = MLP().eval()
+    x = torch.randn(3, 32)
+    opts = dict(bits=4, granularity="block", block=32, symmetric=False, keep_super=True,
+                super_weights=(("down.weight", 2, 9),))
+    floats, ints = trace(m, (x,)), trace(m, (x,))
+    for module, a in ((floats, "float"), (ints, "int8")):
+        optimize(module, [make_pass("quantize-weights", **opts, activations=a)])
+    got, float_out = run(ints, [x.numpy()])[0], run(floats, [x.numpy()])[0]
+    w = {op.operands[1].name.removesuffix(".codes"): QuantizedWeight.from_params(
+        *[ints.params[v.name] for v in op.operands[1:6]], bits=4, block=32,
+        shape=(op.attrs["out_features"], op.operands[0].type.shape[-1])) for op in ints.ops if op.kind == "wq_linear"}
+    assert [op.attrs["act_block"] for op in ints.ops if op.kind == "wq_linear"] == [32, 32]
+
+    def layer(name, h, bias):
+        q = w[name]
+        kept = np.zeros(q.shape[0] * q.shape[1], np.float32)
+        kept[q.index] = q.value
+        codes = torch.from_numpy(q.values() - kept.reshape(q.shape))
+        y = torch.nn.functional.linear(quantize_activations(h, 32), codes, bias)
+        return y + torch.nn.functional.linear(h, torch.from_numpy(kept.reshape(q.shape)))
+
+    with torch.no_grad():
+        want = layer("down", torch.nn.functional.gelu(layer("up", x, m.up.bias)), None).numpy()
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    assert np.abs(got - float_out).max() > 1e-4

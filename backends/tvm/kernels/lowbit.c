@@ -59,89 +59,11 @@
 #elif defined(__AVX2__)
 #include <immintrin.h>
 #endif
+#include "tvm_abi.h"
 #define ROW_ALIGN 8 /* packed rows are a whole number of 64-bit words */
-
-#ifdef __cplusplus
-#define SLIVER_EXTERN extern "C"
-#else
-#define SLIVER_EXTERN
-#endif
 
 #define INLINE static inline __attribute__((always_inline))
 
-/* ---- the TVM-FFI C ABI (tvm_ffi 0.1, include/tvm/ffi/c_api.h), the parts we use ---- */
-typedef struct {
-  void* data;
-  struct { int32_t device_type; int32_t device_id; } device;
-  int32_t ndim;
-  struct { uint8_t code; uint8_t bits; uint16_t lanes; } dtype;
-  int64_t* shape;
-  int64_t* strides;
-  uint64_t byte_offset;
-} sliver_DLTensor;
-typedef struct {
-  int32_t type_index;
-  uint32_t zero_padding;
-  union { int64_t v_int64; double v_float64; void* v_ptr; } u;
-} sliver_Any;
-typedef struct { uint64_t ref; int32_t type_index; uint32_t pad; void* deleter; } sliver_Object;
-enum { kAnyNone = 0, kAnyDLTensorPtr = 7 };
-/* Raise an error the caller sees as a Python exception (libtvm_ffi, already loaded in
- * the process; weak, so the library still loads if it is not). */
-SLIVER_EXTERN void TVMFFIErrorSetRaisedFromCStr(const char* kind, const char* message) __attribute__((weak));
-static int fail(const char* message) {
-  if (TVMFFIErrorSetRaisedFromCStr) TVMFFIErrorSetRaisedFromCStr("RuntimeError", message);
-  return -1;
-}
-
-/* ---- TVM's thread pool (tvm/runtime/c_backend_api.h), the pool TVM-generated parallel
- * loops of the same library run on (TVM_NUM_THREADS threads).  Weak like the above: a
- * library loaded without libtvm_runtime runs the kernels serially. ---- */
-typedef struct { void* sync_handle; int32_t num_task; } sliver_ParallelGroupEnv;
-typedef int (*sliver_ParallelLambda)(int task_id, sliver_ParallelGroupEnv* penv, void* cdata);
-SLIVER_EXTERN int TVMBackendParallelLaunch(sliver_ParallelLambda flambda, void* cdata, int num_task)
-    __attribute__((weak));
-
-/* A kernel call's work cut into `nslice` slices, each with its own scratch: run(job, s, nslice)
- * computes slice s.  Slices never share what they write, so results do not depend on how
- * many there are or which thread runs which. */
-typedef struct {
-  void (*run)(void* job, int slice, int nslice);
-  void* job;
-  int nslice;
-} pool_job;
-static int pool_task(int task_id, sliver_ParallelGroupEnv* penv, void* cdata) {
-  const pool_job* p = (const pool_job*)cdata;
-  const int step = penv->num_task > 0 ? penv->num_task : 1; /* fewer tasks than slices: each takes several */
-  for (int s = task_id; s < p->nslice; s += step) p->run(p->job, s, p->nslice);
-  return 0;
-}
-static int pool_probe(int task_id, sliver_ParallelGroupEnv* penv, void* cdata) {
-  if (task_id == 0) *(int*)cdata = penv->num_task;
-  return 0;
-}
-/* How many slices to cut `items` independent pieces of work (output rows) into: the
- * pool's thread count, at most `items`, and 1 (serial) without a pool or when the work is
- * too small to pay for waking it (`work` below `min_work`).  The thread count is asked
- * with an empty launch (before any output is written, so the scratch of every slice can
- * be allocated first), on every call: remembering it would keep a call serial after the
- * pool was resized up (runtime.config_threadpool), and the launch costs microseconds on
- * calls of tens of microseconds and more. */
-static int pool_slices(long items, double work, double min_work) {
-  if (!TVMBackendParallelLaunch || items < 2 || work < min_work) return 1;
-  int n = 1;
-  if (TVMBackendParallelLaunch(pool_probe, &n, 0) != 0 || n < 1) return 1;
-  return n < items ? n : (int)items;
-}
-static void pool_run(pool_job* p) {
-  if (p->nslice > 1 && TVMBackendParallelLaunch(pool_task, p, 0) == 0) return; /* tasks never fail */
-  for (int s = 0; s < p->nslice; s++) p->run(p->job, s, p->nslice);
-}
-/* slice s of nslice of [0, items): [*lo, *hi) */
-static void slice_range(long items, int s, int nslice, long* lo, long* hi) {
-  *lo = items * s / nslice;
-  *hi = items * (s + 1) / nslice;
-}
 /* The run of a slice's items [item, hi) (item = (n*G + g)*OH + oh) that starts at item:
  * image *n, group *g, output rows [*oh0, *oh1); returns the item after the run. */
 static long next_run(long item, long hi, int G, int OH, int* n, int* g, int* oh0, int* oh1) {
@@ -170,15 +92,6 @@ static size_t carve(uint8_t* base, const size_t* sizes, void** ptrs, int n) {
     at += (sizes[i] + 63) & ~(size_t)63;
   }
   return at;
-}
-
-static sliver_DLTensor* as_tensor(const sliver_Any* a) {
-  if (a->type_index == kAnyDLTensorPtr) return (sliver_DLTensor*)a->u.v_ptr;
-  return (sliver_DLTensor*)((char*)a->u.v_ptr + sizeof(sliver_Object)); /* ffi::Tensor object */
-}
-static void* data_of(const sliver_Any* a) {
-  sliver_DLTensor* t = as_tensor(a);
-  return (char*)t->data + t->byte_offset;
 }
 
 /* Weights of W2A2 layers in the W2A2 block layout (aarch64 only; lowbit.py packs them
@@ -1350,9 +1263,7 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   pool_job pj = {bitserial_slice, (void*)&job, nslice};
   pool_run(&pj);
   free(scratch); free(slices); free(obias); free(zpat);
-  result->type_index = kAnyNone;
-  result->u.v_int64 = 0;
-  return 0;
+  return return_none(result);
 }
 
 /* ---- the int8 kernel: qconv2d / qdense with codes of up to 8 bits, byte per code ----
@@ -1369,8 +1280,9 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
  * channel one `sdot` (four s8 x s8 products into each int32 lane, exact).  ARMv8.0
  * (Cortex-A72, the Pi 4: no sdot): `smull` + `smlal2` (two products per 16-bit lane:
  * safe when no weight is -128, which the compiler checks and states in WSIGNED=1;
- * otherwise `smull` + `smull2`) and `sadalp` into 32-bit lanes; four output channels per
- * block.  x86 with AVX-512 VNNI / AVX-VNNI: activations stay unsigned (signed codes
+ * otherwise `smull` + `smull2`) and `sadalp` into 32-bit lanes; register tiles of 4
+ * pixels x 4 output channels (i8n_tile).  On aarch64, symmetric weights with Cg a multiple
+ * of 16 take the direct form (i8_direct: no im2col rows).  x86 with AVX-512 VNNI / AVX-VNNI: activations stay unsigned (signed codes
  * become x + 128, I8_UNSIGNED_X) and `vpdpbusd` multiplies u8 x s8, four products into
  * each int32 lane, exact (no saturation: that is `vpdpbusds`).  x86 AVX2: bytes widened
  * to int16 and `vpmaddwd` (exact; `vpmaddubsw` would saturate its int16 pair sums on
@@ -1501,6 +1413,21 @@ static inline int32_t i8_row_sum(const int8_t* row, int rb) {
 }
 #endif
 
+#if defined(__aarch64__)
+/* r[p] = the sums of channels o0..o0+3 of pixel p (p < 4), + ob (per channel) and bv (per
+ * pixel): acc[(o0 + i) * astride + p] for i < nch, one vector store of 4 pixels per channel */
+INLINE void i8_store4x4(int32x4_t r0, int32x4_t r1, int32x4_t r2, int32x4_t r3, int32x4_t ob, int32x4_t bv,
+                        int32_t* acc, ptrdiff_t astride, int nch) {
+  r0 = vaddq_s32(r0, ob), r1 = vaddq_s32(r1, ob), r2 = vaddq_s32(r2, ob), r3 = vaddq_s32(r3, ob);
+  const int64x2_t l01 = vreinterpretq_s64_s32(vtrn1q_s32(r0, r1)), h01 = vreinterpretq_s64_s32(vtrn2q_s32(r0, r1)),
+                  l23 = vreinterpretq_s64_s32(vtrn1q_s32(r2, r3)), h23 = vreinterpretq_s64_s32(vtrn2q_s32(r2, r3));
+  const int32x4_t c[4] = {vreinterpretq_s32_s64(vtrn1q_s64(l01, l23)), vreinterpretq_s32_s64(vtrn1q_s64(h01, h23)),
+                          vreinterpretq_s32_s64(vtrn2q_s64(l01, l23)), vreinterpretq_s32_s64(vtrn2q_s64(h01, h23))};
+  _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++)
+    if (i < nch) vst1q_s32(acc + (size_t)i * astride, vaddq_s32(c[i], bv));
+}
+#endif
+
 /* ---- the tiled int8 kernel (meta LAYOUT = LAYOUT_I8_TILE): a register tile of P pixels x
  * NB blocks of 16 output channels, the whole reduction in registers, no horizontal sums.
  * Weights of a group: [ceil(Og/16)][RB/4][16][4] bytes (per block of 16 channels and 4
@@ -1544,28 +1471,41 @@ INLINE void i8_tile(const int8_t* rows, int rb, const int8_t* wb, int32_t* acc, 
 #define I8_TILE 1
 #define TILE_P 4
 #define TILE_NB 1
-INLINE void i8_tile(const int8_t* rows, int rb, const int8_t* wb, int32_t* acc, ptrdiff_t astride, int og_left,
-                    const int32_t* obias, const int32_t* base, const int P, const int NB) {
-  (void)NB;
-  int32x4_t a[TILE_P][4];
-  _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)
-    _Pragma("GCC unroll 4") for (int cb = 0; cb < 4; cb++) a[p][cb] = vdupq_n_s32(0);
-  for (int s = 0; s < rb; s += 16) {
-    int8x16_t xv[TILE_P];
-    _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) xv[p] = vld1q_s8(rows + (size_t)p * rb + s);
-    const int8_t* wq = wb + (size_t)s * 16;
-#define I8_SDOT_LANE(J)                                                                                    \
-    {                                                                                                      \
-      int8x16_t w4[4];                                                                                     \
-      _Pragma("GCC unroll 4") for (int cb = 0; cb < 4; cb++) w4[cb] = vld1q_s8(wq + (J) * 64 + cb * 16);  \
-      _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)                                                  \
-        _Pragma("GCC unroll 4") for (int cb = 0; cb < 4; cb++) a[p][cb] = vdotq_laneq_s32(a[p][cb], w4[cb], xv[p], (J)); \
+/* Per 16 row bytes: one load of each pixel's 16 bytes, and per 4 of them (J) one 64-byte
+ * `ld1` of the block's 16 channels x 4 bytes feeding P x 4 `sdot`s: 16 accumulators, 4
+ * pixel and 4 weight registers (no spills).  A full tile leaves through 4x4 transposes:
+ * one vector store of 4 pixels per channel. */
+#define I8_SDOT_STEP(a, xv, wq, P)                                                                       \
+  {                                                                                                      \
+    _Pragma("GCC unroll 4") for (int J = 0; J < 4; J++) {                                                \
+      const int8x16x4_t w4 = vld1q_s8_x4((wq) + J * 64);                                                 \
+      _Pragma("GCC unroll 4") for (int p = 0; p < (P); p++) {                                            \
+        a[p][0] = vdotq_laneq_s32(a[p][0], w4.val[0], xv[p], J);                                         \
+        a[p][1] = vdotq_laneq_s32(a[p][1], w4.val[1], xv[p], J);                                         \
+        a[p][2] = vdotq_laneq_s32(a[p][2], w4.val[2], xv[p], J);                                         \
+        a[p][3] = vdotq_laneq_s32(a[p][3], w4.val[3], xv[p], J);                                         \
+      }                                                                                                  \
+    }                                                                                                    \
+  }
+/* acc[o * astride + p] = a[p][o/4] lane o%4 + obias[o] + base[p], o < og_left */
+INLINE void i8_tile_store(int32x4_t a[TILE_P][4], int32_t* acc, ptrdiff_t astride, int og_left, const int32_t* obias,
+                          const int32_t* base, const int P) {
+  if (P == 4) {
+    const int32x4_t bv = vld1q_s32(base);
+    _Pragma("GCC unroll 4") for (int cb = 0; cb < 4; cb++) {
+      const int o0 = cb * 4;
+      if (o0 >= og_left) break;
+      int32x4_t ob;
+      if (og_left - o0 >= 4) {
+        ob = vld1q_s32(obias + o0);
+      } else {
+        int32_t t[4] = {0, 0, 0, 0};
+        for (int i = 0; i < og_left - o0; i++) t[i] = obias[o0 + i];
+        ob = vld1q_s32(t);
+      }
+      i8_store4x4(a[0][cb], a[1][cb], a[2][cb], a[3][cb], ob, bv, acc + (size_t)o0 * astride, astride, og_left - o0);
     }
-    I8_SDOT_LANE(0)
-    I8_SDOT_LANE(1)
-    I8_SDOT_LANE(2)
-    I8_SDOT_LANE(3)
-#undef I8_SDOT_LANE
+    return;
   }
   _Pragma("GCC unroll 4") for (int cb = 0; cb < 4; cb++) {
     int32_t v[TILE_P][4];
@@ -1574,6 +1514,63 @@ INLINE void i8_tile(const int8_t* rows, int rb, const int8_t* wb, int32_t* acc, 
       const int o = cb * 4 + i;
       if (o >= og_left) break;
       for (int p = 0; p < P; p++) acc[(size_t)o * astride + p] = v[p][i] + obias[o] + base[p];
+    }
+  }
+}
+INLINE void i8_tile(const int8_t* rows, int rb, const int8_t* wb, int32_t* acc, ptrdiff_t astride, int og_left,
+                    const int32_t* obias, const int32_t* base, const int P, const int NB) {
+  (void)NB;
+  int32x4_t a[TILE_P][4];
+  _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)
+    _Pragma("GCC unroll 4") for (int cb = 0; cb < 4; cb++) a[p][cb] = vdupq_n_s32(0);
+  const int8_t* wq = wb;
+  for (int s = 0; s < rb; s += 16) {
+    int8x16_t xv[TILE_P];
+    _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) xv[p] = vld1q_s8(rows + (size_t)p * rb + s);
+    I8_SDOT_STEP(a, xv, wq, P)
+    wq += 256;
+  }
+  i8_tile_store(a, acc, astride, og_left, obias, base, P);
+}
+/* The direct form (no im2col rows): pixel p's row is its taps' Cg bytes in the padded
+ * channels-last input, px[p] + tapoff[t] (Cg a multiple of 16, so the tiled weights' row
+ * bytes RB = KH*KW*Cg run tap by tap), base 0 (symmetric weights: no Sx term). */
+#define I8_DIRECT 1
+INLINE void i8_tile_direct(const int8_t* const* px, const int32_t* tapoff, int ntap, int cg, const int8_t* wb,
+                           int32_t* acc, ptrdiff_t astride, int og_left, const int32_t* obias, const int P) {
+  static const int32_t zero[4] = {0, 0, 0, 0};
+  int32x4_t a[TILE_P][4];
+  _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)
+    _Pragma("GCC unroll 4") for (int cb = 0; cb < 4; cb++) a[p][cb] = vdupq_n_s32(0);
+  const int8_t* wq = wb;
+  for (int t = 0; t < ntap; t++) {
+    const int8_t* xp[TILE_P];
+    _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) xp[p] = px[p] + tapoff[t];
+    for (int c = 0; c < cg; c += 16) {
+      int8x16_t xv[TILE_P];
+      _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) xv[p] = vld1q_s8(xp[p] + c);
+      I8_SDOT_STEP(a, xv, wq, P)
+      wq += 256;
+    }
+  }
+  i8_tile_store(a, acc, astride, og_left, obias, zero, P);
+}
+/* pixels [0, npix) (pointers px) x the group's og channels into acc[o * astride + p] */
+static void i8_direct(const int8_t* const* px, int npix, const int32_t* tapoff, int ntap, int cg, const int8_t* w,
+                      int og, int32_t* acc, ptrdiff_t astride, const int32_t* obias, int narrow) {
+  (void)narrow; /* sdot: exact for any weight */
+  const int rb = ntap * cg, nblk = (og + 15) / 16;
+  for (int b = 0; b < nblk; b++) {
+    const int8_t* wb = w + (size_t)b * 16 * rb;
+    int32_t* out = acc + (size_t)b * 16 * astride;
+    const int og_left = og - b * 16;
+    int p = 0;
+    for (; p + 4 <= npix; p += 4) i8_tile_direct(px + p, tapoff, ntap, cg, wb, out + p, astride, og_left, obias + b * 16, 4);
+    switch (npix - p) {
+      case 3: i8_tile_direct(px + p, tapoff, ntap, cg, wb, out + p, astride, og_left, obias + b * 16, 3); break;
+      case 2: i8_tile_direct(px + p, tapoff, ntap, cg, wb, out + p, astride, og_left, obias + b * 16, 2); break;
+      case 1: i8_tile_direct(px + p, tapoff, ntap, cg, wb, out + p, astride, og_left, obias + b * 16, 1); break;
+      default: break;
     }
   }
 }
@@ -1625,14 +1622,168 @@ INLINE void i8_row_impl(const row_args* ra, const int NARROW) {
       i8_block(row, w + (size_t)o * rb, rb, 1, NARROW, ra->out + o * ostride + p, ostride, ra->obias + o, ra->base[p]);
   }
 }
+#if defined(__aarch64__) && !defined(__ARM_FEATURE_DOTPROD)
+/* ARMv8.0 (the Pi 4): a register tile of 4 pixels x 4 output channels, 16 int32x4 sums;
+ * per 16 row bytes one load of each pixel and of each channel, then per (pixel, channel)
+ * `smull` + `smlal2` + `sadalp` (NARROW: no weight is -128, so two products fit a 16-bit
+ * lane) or `smull` + `sadalp` + `smull2` + `sadalp`.  Pixel p's bytes are xp[p] + v, channel
+ * ob's w + ob * rb + v, for v < len. */
+INLINE void i8n_span(int32x4_t a[4][4], const int8_t* const* xp, const int8_t* w, size_t rb, int len, const int P,
+                     const int OB, const int NARROW) {
+  for (int v = 0; v < len; v += 16) {
+    int8x16_t xv[4];
+    _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) xv[p] = vld1q_s8(xp[p] + v);
+    _Pragma("GCC unroll 4") for (int ob = 0; ob < OB; ob++) {
+      const int8x16_t wv = vld1q_s8(w + (size_t)ob * rb + v);
+      _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) {
+        if (NARROW) {
+          a[p][ob] = vpadalq_s16(a[p][ob], vmlal_high_s8(vmull_s8(vget_low_s8(xv[p]), vget_low_s8(wv)), xv[p], wv));
+        } else {
+          a[p][ob] = vpadalq_s16(a[p][ob], vmull_s8(vget_low_s8(xv[p]), vget_low_s8(wv)));
+          a[p][ob] = vpadalq_s16(a[p][ob], vmull_high_s8(xv[p], wv));
+        }
+      }
+    }
+  }
+}
+/* acc[ob * astride + p] = the sum of a[p][ob] + obias[ob] + base[p] */
+INLINE void i8n_store(int32x4_t a[4][4], int32_t* acc, ptrdiff_t astride, const int32_t* obias, const int32_t* base,
+                      const int P, const int OB) {
+  if (P == 4 && OB == 4) {
+    int32x4_t r[4];
+    _Pragma("GCC unroll 4") for (int p = 0; p < 4; p++)
+      r[p] = vpaddq_s32(vpaddq_s32(a[p][0], a[p][1]), vpaddq_s32(a[p][2], a[p][3]));
+    i8_store4x4(r[0], r[1], r[2], r[3], vld1q_s32(obias), vld1q_s32(base), acc, astride, 4);
+    return;
+  }
+  _Pragma("GCC unroll 4") for (int ob = 0; ob < OB; ob++)
+    _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) acc[ob * astride + p] = vaddvq_s32(a[p][ob]) + obias[ob] + base[p];
+}
+/* P pixels x OB channels: im2col rows (ntap == 0: pixel p's row at px[0] + p * rb, of rb
+ * bytes) or the direct form (pixel p's tap t at px[p] + tapoff[t], cg bytes) */
+INLINE void i8n_tile(const int8_t* const* px, int rb, const int32_t* tapoff, int ntap, int cg, const int8_t* w,
+                     int32_t* acc, ptrdiff_t astride, const int32_t* obias, const int32_t* base, const int P, const int OB,
+                     const int NARROW) {
+  int32x4_t a[4][4];
+  _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)
+    _Pragma("GCC unroll 4") for (int ob = 0; ob < OB; ob++) a[p][ob] = vdupq_n_s32(0);
+  const int8_t* xp[4];
+  if (!ntap) {
+    _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) xp[p] = px[0] + (size_t)p * rb;
+    i8n_span(a, xp, w, rb, rb, P, OB, NARROW);
+  } else {
+    for (int t = 0; t < ntap; t++) {
+      _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) xp[p] = px[p] + tapoff[t];
+      i8n_span(a, xp, w + (size_t)t * cg, rb, cg, P, OB, NARROW);
+    }
+  }
+  i8n_store(a, acc, astride, obias, base, P, OB);
+}
+/* pixels [0, npix) x og channels into acc[o * astride + p], tiles of 4 x 4 */
+INLINE void i8n_run(const int8_t* const* px, int npix, int rb, const int32_t* tapoff, int ntap, int cg, const int8_t* w,
+                    int og, int32_t* acc, ptrdiff_t astride, const int32_t* obias, const int32_t* base, const int NARROW) {
+#define I8N_TILE(PP, OO)                                                                                           \
+  i8n_tile(ntap ? px + p : &r, rb, tapoff, ntap, cg, w + (size_t)o * rb, acc + (size_t)o * astride + p, astride, \
+           obias + o, base + p, PP, OO, NARROW)
+  for (int p = 0; p < npix; p += 4) {
+    const int8_t* r = px[0] + (size_t)p * rb;
+    const int np = npix - p < 4 ? npix - p : 4;
+    int o = 0;
+    for (; o + 4 <= og; o += 4) {
+      switch (np) {
+        case 4: I8N_TILE(4, 4); break;
+        case 3: I8N_TILE(3, 4); break;
+        case 2: I8N_TILE(2, 4); break;
+        default: I8N_TILE(1, 4); break;
+      }
+    }
+    for (; o < og; o++) {
+      switch (np) {
+        case 4: I8N_TILE(4, 1); break;
+        case 3: I8N_TILE(3, 1); break;
+        case 2: I8N_TILE(2, 1); break;
+        default: I8N_TILE(1, 1); break;
+      }
+    }
+  }
+#undef I8N_TILE
+}
+/* (no pre-allocation scheduling: it interleaves the products until the 16 sums spill) */
+#define I8N_FN static __attribute__((optimize("no-schedule-insns"))) void
+I8N_FN i8_row_narrow(const row_args* ra) {
+  const int8_t* r = (const int8_t*)ra->rows;
+  i8n_run(&r, ra->npix, ra->rb, NULL, 0, 0, (const int8_t*)ra->w, ra->og, ra->out, ra->ostride, ra->obias, ra->base, 1);
+}
+I8N_FN i8_row_wide(const row_args* ra) {
+  const int8_t* r = (const int8_t*)ra->rows;
+  i8n_run(&r, ra->npix, ra->rb, NULL, 0, 0, (const int8_t*)ra->w, ra->og, ra->out, ra->ostride, ra->obias, ra->base, 0);
+}
+/* The direct form (as with sdot): plain weights [Og][RB], RB = KH*KW*Cg, Cg a multiple of 16 */
+#define I8_DIRECT 1
+I8N_FN i8_direct(const int8_t* const* px, int npix, const int32_t* tapoff, int ntap, int cg, const int8_t* w,
+                      int og, int32_t* acc, ptrdiff_t astride, const int32_t* obias, int narrow) {
+  static const int32_t zero[4] = {0, 0, 0, 0}; /* base: symmetric weights, no Sx term */
+  const int rb = ntap * cg;
+  for (int p = 0; p < npix; p += 4) {
+    const int np = npix - p < 4 ? npix - p : 4;
+    if (narrow)
+      i8n_run(px + p, np, rb, tapoff, ntap, cg, w, og, acc + p, astride, obias, zero, 1);
+    else
+      i8n_run(px + p, np, rb, tapoff, ntap, cg, w, og, acc + p, astride, obias, zero, 0);
+  }
+}
+#else
 static void i8_row_narrow(const row_args* ra) { i8_row_impl(ra, 1); }
 static void i8_row_wide(const row_args* ra) { i8_row_impl(ra, 0); }
+#endif
+
+/* Input row h of a group (src: channel 0, channels hw apart) channels last into dst
+ * (pixels pix bytes apart), each byte ^ flip; on aarch64 by 16 x 16 byte transposes. */
+static void nhwc_row(const uint8_t* src, size_t hw, int w, int cg, int8_t* dst, size_t pix, uint8_t flip) {
+  int w16 = 0, c16 = 0;
+#if defined(__aarch64__)
+  w16 = w & ~15;
+  c16 = cg & ~15;
+  const uint8x16_t f = vdupq_n_u8(flip);
+  for (int c0 = 0; c0 < c16; c0 += 16)
+    for (int w0 = 0; w0 < w16; w0 += 16) {
+      uint8x16_t t[16];
+      _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) t[i] = veorq_u8(vld1q_u8(src + (size_t)(c0 + i) * hw + w0), f);
+      /* 8-, 16-, 32-, 64-bit transposes of pairs 1, 2, 4, 8 rows apart: t[p] = pixel w0+p's 16 channels */
+      _Pragma("GCC unroll 8") for (int i = 0; i < 16; i += 2) {
+        const uint8x16_t x = t[i], y = t[i + 1];
+        t[i] = vtrn1q_u8(x, y);
+        t[i + 1] = vtrn2q_u8(x, y);
+      }
+      _Pragma("GCC unroll 8") for (int i = 0; i < 16; i++) if (!(i & 2)) {
+        const uint16x8_t x = vreinterpretq_u16_u8(t[i]), y = vreinterpretq_u16_u8(t[i + 2]);
+        t[i] = vreinterpretq_u8_u16(vtrn1q_u16(x, y));
+        t[i + 2] = vreinterpretq_u8_u16(vtrn2q_u16(x, y));
+      }
+      _Pragma("GCC unroll 8") for (int i = 0; i < 16; i++) if (!(i & 4)) {
+        const uint32x4_t x = vreinterpretq_u32_u8(t[i]), y = vreinterpretq_u32_u8(t[i + 4]);
+        t[i] = vreinterpretq_u8_u32(vtrn1q_u32(x, y));
+        t[i + 4] = vreinterpretq_u8_u32(vtrn2q_u32(x, y));
+      }
+      _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
+        const uint64x2_t x = vreinterpretq_u64_u8(t[i]), y = vreinterpretq_u64_u8(t[i + 8]);
+        t[i] = vreinterpretq_u8_u64(vtrn1q_u64(x, y));
+        t[i + 8] = vreinterpretq_u8_u64(vtrn2q_u64(x, y));
+      }
+      _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) vst1q_u8((uint8_t*)dst + (size_t)(w0 + i) * pix + c0, t[i]);
+    }
+#endif
+  for (int ww = 0; ww < w; ww++)
+    for (int c = ww < w16 ? c16 : 0; c < cg; c++) dst[(size_t)ww * pix + c] = (int8_t)(src[c * hw + ww] ^ flip);
+}
 
 /* One int8 slice's scratch, and what a call's slices share. */
+#define I8_MAX_TAPS 64
 typedef struct {
   int8_t* pk;   /* the padded input of a group [HP][WP][Cg] */
   int8_t* rows; /* the im2col rows of one output row [OW][RB] */
   int32_t *sx, *acc;
+  const int8_t** px; /* the direct form's pixel pointers (I8_DIRECT) */
 } i8_scratch;
 typedef struct {
   const uint8_t* x;
@@ -1646,6 +1797,8 @@ typedef struct {
   size_t osz;
   const i8_scratch* slices;
   int og_stored; /* weight rows stored per group: Og, or Og rounded up to 16 (LAYOUT_I8_TILE) */
+  int direct;    /* pixels per chunk of the direct form (0: im2col rows) */
+  int32_t tapoff[I8_MAX_TAPS]; /* the direct form's tap offsets in the padded input */
 } i8_job;
 /* As BITSERIAL_*: per output value, its row's byte products plus a fixed cost worth
  * INT8_PER_OUTPUT of them (fitted on x86 to the small CNN's layers: the 3-channel stem,
@@ -1675,12 +1828,28 @@ static __attribute__((optimize("no-tree-loop-distribute-patterns"))) void int8_s
     /* 1. the input rows these output rows read, channels last */
     for (int h = h0; h < h1; h++) {
       const uint8_t* src = j->x + (((size_t)n * C + (size_t)g * Cg) * H + h) * W;
-      int8_t* dst = pk + ((size_t)(h + PT) * WP + PL) * PIX;
-      for (int ww = 0; ww < W; ww++)
-        for (int c = 0; c < Cg; c++) dst[(size_t)ww * PIX + c] = (int8_t)(src[c * HW + ww] ^ j->flip);
+      nhwc_row(src, HW, W, Cg, pk + ((size_t)(h + PT) * WP + PL) * PIX, PIX, j->flip);
     }
     const int8_t* wg = j->wp + (size_t)g * j->og_stored * RB; /* the tiled layout pads Og to whole blocks of 16 */
     const epilogue eg = group_epilogue(&j->epi, g, Og);
+#ifdef I8_DIRECT
+    if (j->direct) { /* rows [oh0, oh1) are contiguous in out: their pixels in chunks, tiles across rows */
+      const long npx = (long)(oh1 - oh0) * OW;
+      uint8_t* og0 = j->out + ((((size_t)n * O + (size_t)g * Og) * OH + oh0) * OW) * j->osz;
+      for (long q0 = 0; q0 < npx; q0 += j->direct) {
+        const int cnt = npx - q0 < j->direct ? (int)(npx - q0) : j->direct;
+        for (int i = 0; i < cnt; i++) {
+          const long q = q0 + i;
+          const int oh = oh0 + (int)(q / OW), ow = (int)(q % OW);
+          sc->px[i] = pk + ((size_t)oh * SH * WP + (size_t)ow * SW) * PIX;
+        }
+        i8_direct(sc->px, cnt, j->tapoff, KH * KW, Cg, wg, Og, sc->acc, cnt, j->obias + g * Og, m[M_WSIGNED]);
+        apply_epilogue(&eg, sc->acc, cnt, Og, cnt, og0 + (size_t)q0 * j->osz, ostride);
+      }
+      item = next;
+      continue;
+    }
+#endif
     for (int oh = oh0; oh < oh1; oh++) {
       /* 2. the im2col rows of this output row */
       for (int ow = 0; ow < OW; ow++) {
@@ -1988,6 +2157,19 @@ static void lanes_slice(void* job, int s, int nslice) {
   }
 }
 
+/* One pool launch for the whole call: each task packs its share of the input, waits for
+ * the others at the barrier, then computes its share of the output (slices by the pool's
+ * task count; the same rows however they are cut).  Two launches (and the empty launches
+ * asking the pool's size before each) cost a layer of tens of microseconds several
+ * fork-joins. */
+static int lanes_task(int task_id, sliver_ParallelGroupEnv* penv, void* cdata) {
+  const int n = penv->num_task > 0 ? penv->num_task : 1;
+  lanes_pack_slice(cdata, task_id, n);
+  if (n > 1) TVMBackendParallelBarrier(task_id, penv);
+  lanes_slice(cdata, task_id, n);
+  return 0;
+}
+
 /* the whole call with LAYOUT_I8_LANES; 0, or -1 after fail() */
 static int int8_lanes(const kernel_args* ka, const epilogue* epi, uint8_t flip, int xz, const int32_t* obias) {
   const int32_t* m = ka->m;
@@ -2036,14 +2218,13 @@ static int int8_lanes(const kernel_args* ka, const epilogue* epi, uint8_t flip, 
   lanes_job j = {ka->x, pk, (const int8_t*)ka->w, (uint8_t*)ka->out, obias, m, *epi, soff, vmask, vdst, flip,
                  (uint8_t)xz, Cq, HPs, WPs, PLEN, V, nsteps, depthwise ? Cq : (Og + LANES_NO - 1) / LANES_NO,
                  (V + PV - 1) / PV, depthwise, img_bytes};
-  const long pack_items = (long)N * Gi * Cq;
-  pool_job pp = {lanes_pack_slice, (void*)&j, pool_slices(pack_items, (double)N * C * H * W * 4, INT8_MIN_WORK)};
-  pool_run(&pp);
   const long items = (long)N * Gi * j.nblk * j.ntile;
-  pool_job pj = {lanes_slice, (void*)&j,
-                 pool_slices(items, (double)N * O * OH * OW * ((double)(depthwise ? taps : K) + INT8_PER_OUTPUT),
-                             INT8_MIN_WORK)};
-  pool_run(&pj);
+  const double work = (double)N * O * OH * OW * ((double)(depthwise ? taps : K) + INT8_PER_OUTPUT);
+  if (!TVMBackendParallelLaunch || !TVMBackendParallelBarrier || items < 2 || work < INT8_MIN_WORK ||
+      TVMBackendParallelLaunch(lanes_task, (void*)&j, 0) != 0) { /* serial (tasks never fail) */
+    lanes_pack_slice((void*)&j, 0, 1);
+    lanes_slice((void*)&j, 0, 1);
+  }
   free(soff); free(vmask); free(vdst); free(pk);
   return 0;
 }
@@ -2085,9 +2266,7 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
     const int rc = int8_lanes(&ka, &epi, flip, xz, lb);
     free(lb);
     if (rc) return rc;
-    result->type_index = kAnyNone;
-    result->u.v_int64 = 0;
-    return 0;
+    return return_none(result);
 #else
     return fail("sliver_lowbit_int8: the weights are laid out for the AVX-512 VNNI lane kernel this library was "
                 "built without (the artifact was compiled for another CPU)");
@@ -2107,9 +2286,25 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
    * own padded input [HP][WP][Cg], im2col rows, sums: all allocated before any output is written */
   const long items = (long)N * G * OH;
   const int nslice = pool_slices(items, (double)items * OW * Og * ((double)RB + INT8_PER_OUTPUT), INT8_MIN_WORK);
-  enum { S_PK, S_ROWS, S_SX, S_ACC, S_N };
-  const size_t sizes[S_N] = {(size_t)HP * WP * Cg, (size_t)OW * RB, sizeof(int32_t) * OW,
-                             sizeof(int32_t) * (size_t)Og * OW};
+  /* the direct form on aarch64 (tiles reading the padded input, no im2col rows): symmetric
+   * weights (no Sx term), whole 16-byte steps per tap; output pixels in chunks whose sums
+   * (Og x chunk int32) stay near 64 KB */
+  int direct = 0;
+#ifdef I8_DIRECT
+#ifdef I8_TILE
+  const int direct_layout = LAYOUT_I8_TILE; /* sdot: the tiled weights */
+#else
+  const int direct_layout = LAYOUT_PLAIN; /* ARMv8.0: weight rows */
+#endif
+  if (layout == direct_layout && wz == 0 && Cg % 16 == 0 && RB == K && KH * KW <= I8_MAX_TAPS) {
+    direct = (16384 / Og) & ~3;
+    direct = direct < 4 ? 4 : direct;
+  }
+#endif
+  const int npx_scratch = direct > OW ? direct : OW;
+  enum { S_PK, S_ROWS, S_SX, S_ACC, S_PX, S_N };
+  const size_t sizes[S_N] = {(size_t)HP * WP * Cg, direct ? 0 : (size_t)OW * RB, sizeof(int32_t) * OW,
+                             sizeof(int32_t) * (size_t)Og * npx_scratch, sizeof(int8_t*) * (size_t)(direct ? direct : 1)};
   const size_t slice_bytes = carve(NULL, sizes, NULL, S_N);
   uint8_t* scratch = (uint8_t*)calloc(nslice, slice_bytes);
   i8_scratch* slices = (i8_scratch*)malloc(sizeof(i8_scratch) * nslice);
@@ -2121,15 +2316,17 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   for (int s = 0; s < nslice; s++) {
     void* p[S_N];
     carve(scratch + (size_t)s * slice_bytes, sizes, p, S_N);
-    slices[s] = (i8_scratch){(int8_t*)p[S_PK], (int8_t*)p[S_ROWS], (int32_t*)p[S_SX], (int32_t*)p[S_ACC]};
+    slices[s] = (i8_scratch){(int8_t*)p[S_PK], (int8_t*)p[S_ROWS], (int32_t*)p[S_SX], (int32_t*)p[S_ACC],
+                             (const int8_t**)p[S_PX]};
   }
   for (int o = 0; o < O; o++) obias[o] = K * xz * wz - xz * wsum[o];
-  const i8_job job = {x, (const int8_t*)wp, out, obias, m, epi, fn, flip, xz, wz, osz, slices,
-                      layout == LAYOUT_I8_TILE ? (Og + 15) / 16 * 16 : Og};
+  i8_job job = {x, (const int8_t*)wp, out, obias, m, epi, fn, flip, xz, wz, osz, slices,
+                layout == LAYOUT_I8_TILE ? (Og + 15) / 16 * 16 : Og, direct, {0}};
+  if (direct)
+    for (int kh = 0; kh < KH; kh++)
+      for (int kw = 0; kw < KW; kw++) job.tapoff[kh * KW + kw] = (int32_t)(((size_t)kh * DH * WP + (size_t)kw * DW) * Cg);
   pool_job pj = {int8_slice, (void*)&job, nslice};
   pool_run(&pj);
   free(scratch); free(slices); free(obias);
-  result->type_index = kAnyNone;
-  result->u.v_int64 = 0;
-  return 0;
+  return return_none(result);
 }

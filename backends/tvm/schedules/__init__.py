@@ -6,9 +6,11 @@ TVM 0.27 schedules nothing by default (every op compiles to naive scalar loops,
 1. rewrites ``clip`` as ``minimum(maximum(…))`` so layout conversion sees through it,
 2. converts every ``conv2d`` to NHWC activations / HWIO weights (channels last:
    the axis we vectorize is contiguous in activations, weights and outputs),
-3. legalizes and fuses like TVM's own pipeline (LegalizeOps → AnnotateTIROpPattern
+3. turns attention over long sequences into one kernel per block of query rows
+   (:mod:`.attention`),
+4. legalizes and fuses like TVM's own pipeline (LegalizeOps → AnnotateTIROpPattern
    → FoldConstant → FuseOps → FuseTIR), and
-4. schedules each fused PrimFunc with the first rule that fits (conv2d, dense,
+5. schedules each fused PrimFunc with the first rule that fits (conv2d, dense,
    pool, then generic reduction / injective rules), parameterized by the target's
    vector width (16 f32 lanes on AVX-512, 8 on AVX2, 4 on NEON) and core count.
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import logging
 
-from sliver.backends.tvm.schedules import conv2d, dense, elementwise, pool, winograd
+from sliver.backends.tvm.schedules import attention, conv2d, dense, elementwise, pool, winograd
 from sliver.backends.tvm.schedules.common import CPU, NotApplicable, cpu_of, iter_kinds, root_blocks
 
 log = logging.getLogger("sliver.backends.tvm.schedules")
@@ -45,9 +47,11 @@ def _has_if_then_else(sch, block) -> bool:
 
 def _inline_prologue(sch, blocks):
     """Inline injective producers (not paddings: those would put a bounds check in
-    the innermost loop) into their consumers."""
+    the innermost loop; not a NEON matmul's padded rows of A) into their consumers."""
     for b in blocks:
         if "R" in iter_kinds(sch, b) or not sch.get_consumers(b) or _has_if_then_else(sch, b):
+            continue
+        if sch.get(b).name_hint.startswith(dense.PAD_ROWS):  # the NEON kernel's buffer of A (dense.py)
             continue
         try:
             sch.compute_inline(b)
@@ -64,9 +68,18 @@ def _plan_rules(func, cpu: CPU):
     if winograd.match_func(sch):  # three stages; its input transform must not be inlined
         _schedule_rest(sch, set(winograd.schedule(sch, cpu)), cpu)
         return sch, "winograd"
+    if attention.match_func(sch):  # scores, softmax and product per block of query rows
+        _schedule_rest(sch, attention.schedule(sch, cpu), cpu)
+        return sch, "attention"
     if elementwise.match_softmax(sch):  # its exponentials are read twice: computed once per row
         elementwise.schedule_softmax(sch, cpu)
         return sch, "softmax"
+    if elementwise.match_layer_norm(sch):
+        elementwise.schedule_layer_norm(sch, cpu)
+        return sch, "layer_norm"
+    if elementwise.match_blocks(sch, pool.ROW_BLOCKS):  # a max/min over the last axis, over lanes first
+        elementwise.schedule_rows(sch, cpu, set(), ("row_red_part",), reduced=True)
+        return sch, "reduction"
     _inline_prologue(sch, root_blocks(sch))
     reductions = [b for b in root_blocks(sch) if "R" in iter_kinds(sch, b)]
     done = set()
@@ -124,7 +137,7 @@ def default_schedule(func, target, *, name: str = "?", rules: bool = True):
     """Return ``(s_tir.Schedule or None, rule name)``: the default schedule of
     ``func`` (its ``trace`` replays it; the tuner measures it as the baseline every
     tuned record must beat).  The rule is ``"conv2d"``, ``"winograd"``, ``"dense"``, ``"pool"``,
-    ``"reduction"``, ``"injective"``, ``"generic"`` (the fallback) or ``"none"``
+    ``"attention"``, ``"softmax"``, ``"layer_norm"``, ``"reduction"``, ``"injective"``, ``"generic"`` (the fallback) or ``"none"``
     (even the fallback failed: no schedule)."""
     cpu = target if isinstance(target, CPU) else cpu_of(target)
     plans = ([_plan_rules] if rules else []) + [_plan_generic]
@@ -196,6 +209,8 @@ def front_passes(*, layout: bool = True, target=None, winograd: bool = True) -> 
               layout_passes.channels_last(), layout_passes.CancelTransposes(),
               relax.transform.DeadCodeElimination()] if layout else [])
     front.append(FuseChannelSelect(target, winograd=winograd))
+    if layout:
+        front.append(attention.FuseAttention(target))
     custom = {**elementwise.LEGALIZE, **pool.LEGALIZE}  # IEEE NaN semantics for max/min
     if layout:
         custom["relax.nn.conv2d"] = conv2d.legalize(target, winograd=winograd)

@@ -108,7 +108,7 @@ def FuseChannelSelect(target=None, *, winograd: bool = True):  # noqa: N802 - TV
 
     from sliver.backends.tvm.schedules import conv2d
     from sliver.backends.tvm.schedules import winograd as winograd_rules
-    from sliver.backends.tvm.schedules.layout import mutator_pass
+    from sliver.backends.tvm.schedules.layout import bound_call, mutator_pass
 
     conv_op = tvm.ir.Op.get("relax.nn.conv2d")
     slice_op = tvm.ir.Op.get("relax.strided_slice")
@@ -120,11 +120,7 @@ def FuseChannelSelect(target=None, *, winograd: bool = True):  # noqa: N802 - TV
     @relax.expr_functor.mutator
     class _Rewriter(relax.PyExprMutator):
         def _bound(self, expr, op):
-            """The call of ``op`` that ``expr`` (a var) is bound to, or None."""
-            if not isinstance(expr, relax.Var):
-                return None
-            value = self.lookup_binding(expr)
-            return value if isinstance(value, relax.Call) and value.op.same_as(op) else None
+            return bound_call(self, expr, op)
 
         def _selection(self, data, channel_axis: int):
             """``(source, te_select, extra relax args, channel pad)`` when ``data`` is a

@@ -356,8 +356,9 @@ def tile_reduction(sch, block, cpu: CPU, *, max_vectors: int = 2, reg_tile: int 
     elif unroll_reduction > 1 and extent(sch, r_loops[-1]) % unroll_reduction == 0:
         # LLVM does not unroll the AArch64 micro-kernel loop itself: unrolled, the loop
         # counter and branch are paid once per `unroll_reduction` steps
-        _, r_in = sch.split(r_loops[-1], [None, unroll_reduction])
+        r_out, r_in = sch.split(r_loops[-1], [None, unroll_reduction])
         sch.unroll(r_in)
+        r_loops = r_loops[:-1] + [r_out]  # a matmul's only reduction loop is also the first
     init = sch.decompose_reduction(block, r_loops[0])
     init_loops = sch.get_loops(init)
     if lanes > 1:

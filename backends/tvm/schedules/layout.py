@@ -174,6 +174,17 @@ def CancelTransposes():  # noqa: N802 - TVM pass naming
     return mutator_pass("SliverCancelTransposes", _Rewriter)
 
 
+def bound_call(mutator, expr, op):
+    """The call of ``op`` that ``expr`` (a var) is bound to in the function ``mutator`` (a
+    ``relax.PyExprMutator``) visits, or None."""
+    from tvm import relax
+
+    if not isinstance(expr, relax.Var):
+        return None
+    value = mutator.lookup_binding(expr)
+    return value if isinstance(value, relax.Call) and value.op.same_as(op) else None
+
+
 def mutator_pass(name: str, rewriter_class):
     """A TVM module pass that runs ``rewriter_class(mod)`` (a ``relax.PyExprMutator``)
     over every Relax function of the module."""
