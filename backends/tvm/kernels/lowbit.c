@@ -1281,8 +1281,9 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
  * channel one `sdot` (four s8 x s8 products into each int32 lane, exact).  ARMv8.0
  * (Cortex-A72, the Pi 4: no sdot): `smull` + `smlal2` (two products per 16-bit lane:
  * safe when no weight is -128, which the compiler checks and states in WSIGNED=1;
- * otherwise `smull` + `smull2`) and `sadalp` into 32-bit lanes; four output channels per
- * block.  x86 with AVX-512 VNNI / AVX-VNNI: activations stay unsigned (signed codes
+ * otherwise `smull` + `smull2`) and `sadalp` into 32-bit lanes; register tiles of 4
+ * pixels x 4 output channels (i8n_tile).  On aarch64, symmetric weights with Cg a multiple
+ * of 16 take the direct form (i8_direct: no im2col rows).  x86 with AVX-512 VNNI / AVX-VNNI: activations stay unsigned (signed codes
  * become x + 128, I8_UNSIGNED_X) and `vpdpbusd` multiplies u8 x s8, four products into
  * each int32 lane, exact (no saturation: that is `vpdpbusds`).  x86 AVX2: bytes widened
  * to int16 and `vpmaddwd` (exact; `vpmaddubsw` would saturate its int16 pair sums on
