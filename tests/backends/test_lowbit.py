@@ -370,7 +370,9 @@ THREAD_CONV_CASES = [
     ("mt_w8a8_groups", "u8", "u8", (2, 48, 25, 23), 48, 3, dict(stride=[2, 2], padding=[1, 0, 1, 2], groups=3,
                                                                x_zero_point=3, w_zero_point=100)),
 ]
-THREAD_DENSE_CASES = [("mt_dense", "u2", "i2", (48, 256), 128, dict(x_zero_point=1))]
+THREAD_DENSE_CASES = [("mt_dense", "u2", "i2", (48, 256), 128, dict(x_zero_point=1)),
+                      # 64 rows, symmetric weights: the lane kernel's rows form on AVX-512 VNNI
+                      ("mt_dense_rows", "u8", "i8", (64, 256), 96, dict(x_zero_point=3))]
 
 # Runs a library's main on .npz inputs, saves the outputs, prints the process's thread
 # count before and after (TVM's pool starts on its first parallel launch) and the pool's
@@ -473,7 +475,7 @@ def test_x86_kernels_on_two_threads_match_one_thread_exactly(tmp_path):
     want = run(module, inputs)
     lib, kernels = _thread_library(X86_THREADS)
     assert kernels == {"mt_w2a2": "bitserial", "mt_fused": "bitserial", "mt_groups": "bitserial", "mt_depthwise": "bitserial",
-                       "mt_w8a8": "int8", "mt_w8a8_groups": "int8", "mt_dense": "bitserial"}
+                       "mt_w8a8": "int8", "mt_w8a8_groups": "int8", "mt_dense": "bitserial", "mt_dense_rows": "int8"}
 
     def host(argv, env):
         return subprocess.run([sys.executable, *argv], env={**os.environ, **env}, capture_output=True, text=True,
