@@ -332,3 +332,29 @@ def test_a_constant_mask_that_hides_nothing_is_left_out(keep):
     with torch.no_grad():
         want = model(*inputs).numpy()
     np.testing.assert_allclose(art.load().run(*[t.numpy() for t in inputs])[0], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("shape,keep", [((2, 3, 37), True), ((5, 16), False), ((3, 200), True)])
+@pytest.mark.parametrize("kind", ["max", "min"])
+def test_max_and_min_over_the_last_axis_go_over_lanes_first(level, shape, keep, kind):
+    """Rows at and over the lane width, not multiples of it; a NaN anywhere in a row (lanes
+    or tail) gives NaN, as torch's amax; -inf rows stay -inf."""
+    from test_fast_float import run, runs_here
+
+    from sliver.backends.tvm import schedules as S
+
+    target = tvm_target(resolve(level))
+    op = relax.op.max if kind == "max" else relax.op.min
+    funcs = front_primfuncs(lambda bb, x: bb.emit(op(x, axis=[-1], keepdims=keep)), [shape], target)
+    (name,) = funcs
+    assert check(funcs, target, level) == {name: "reduction"}
+    assert "row_red_part" in funcs[name].script()
+    if not runs_here(level):
+        pytest.skip(f"this host cannot run {level} code")
+    x = np.random.default_rng(7).standard_normal(shape).astype("float32").reshape(-1, shape[-1])
+    x[0, 3], x[1, -1], x[-1, :] = np.nan, np.nan, -np.inf
+    x = x.reshape(shape)
+    want = (np.max if kind == "max" else np.min)(x, axis=-1, keepdims=keep)
+    got = run(S.schedule_primfunc(funcs[name], target)[0], [x, np.zeros(want.shape, "float32")], target)
+    np.testing.assert_array_equal(got, want)

@@ -77,6 +77,9 @@ def _plan_rules(func, cpu: CPU):
     if elementwise.match_layer_norm(sch):
         elementwise.schedule_layer_norm(sch, cpu)
         return sch, "layer_norm"
+    if elementwise.match_blocks(sch, pool.ROW_BLOCKS):  # a max/min over the last axis, over lanes first
+        elementwise.schedule_rows(sch, cpu, set(), ("row_red_part",), reduced=True)
+        return sch, "reduction"
     _inline_prologue(sch, root_blocks(sch))
     reductions = [b for b in root_blocks(sch) if "R" in iter_kinds(sch, b)]
     done = set()

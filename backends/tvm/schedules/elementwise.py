@@ -432,8 +432,7 @@ def softmax_rows_te(x):
 
 
 def match_softmax(sch) -> bool:
-    names = {sch.get(b).name_hint for b in root_blocks_of(sch)}
-    return all(n in names for n in SOFTMAX_BLOCKS)
+    return match_blocks(sch, SOFTMAX_BLOCKS)
 
 
 # -- layer norm over the contiguous axis -------------------------------------------------------------
@@ -478,8 +477,13 @@ def _layer_norm_legalize(bb, call):
 
 
 def match_layer_norm(sch) -> bool:
-    names = {sch.get(b).name_hint for b in root_blocks_of(sch)}
-    return all(n in names for n in LAYER_NORM_BLOCKS)
+    return match_blocks(sch, LAYER_NORM_BLOCKS)
+
+
+def match_blocks(sch, names) -> bool:
+    """The function has blocks of all these ``names``."""
+    have = {sch.get(b).name_hint for b in root_blocks_of(sch)}
+    return all(n in have for n in names)
 
 
 def root_blocks_of(sch):
@@ -526,11 +530,12 @@ def schedule_layer_norm(sch, cpu: CPU) -> set:
     return schedule_rows(sch, cpu, set(), ("ln_sum_part", "ln_var_part"))
 
 
-def schedule_rows(sch, cpu: CPU, keep: set, parts) -> set:
+def schedule_rows(sch, cpu: CPU, keep: set, parts, *, reduced: bool = False) -> set:
     """One parallel loop over the rows of the last (output) block, every other block computed
     in it per row: the elementwise blocks inlined (those in ``keep`` computed and vectorized
     instead), the partial reductions ``parts`` vectorized over their lanes, the output
-    vectorized.  Returns the names of the blocks it scheduled."""
+    vectorized.  ``reduced``: the output has one value per row (every loop of it is a row
+    loop).  Returns the names of the blocks it scheduled."""
     blocks = root_blocks_of(sch)
     for b in blocks:  # x - max into exp, the output into its epilogue (a where of fully masked rows…)
         name = sch.get(b).name_hint
@@ -542,6 +547,8 @@ def schedule_rows(sch, cpu: CPU, keep: set, parts) -> set:
     if "R" in iter_kinds(sch, out):
         raise NotApplicable("the row output is a reduction")
     loops = trivial_loops(sch, out)
+    if reduced:
+        loops = loops + [None]
     if len(loops) < 2:
         raise NotApplicable("rows of a vector")
     rows = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
@@ -550,7 +557,7 @@ def schedule_rows(sch, cpu: CPU, keep: set, parts) -> set:
     if cpu.cores > 1:
         sch.parallel(rows)
     vectorize_partial_reductions(sch, parts)
-    for b in [sch.get_sblock(name) for name in sorted(keep)] + [out]:  # last: a partition makes opaque blocks
+    for b in [sch.get_sblock(name) for name in sorted(keep)] + ([] if reduced else [out]):  # last: see _vector_loop
         _vector_loop(sch, sch.get_loops(b)[-1], SOFTMAX_LANES)
     return {sch.get(b).name_hint for b in root_blocks_of(sch)}
 
