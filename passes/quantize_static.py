@@ -604,5 +604,6 @@ def format_report(notes: dict) -> str:
     n = sum(r["quantized"] for r in notes["layers"])
     head = (f"quantize-static ({notes['method']}, {notes['activations']} activations, {notes['samples']} "
             f"calibration samples): {n} of {len(notes['layers'])} layers int8; model output error vs float "
-            f"{notes['model_error']:.3g} (first sample)\n")
+            f"{notes['model_error']:.3g} (first sample)"
+            + (f"; {notes['residual_adds']} residual add(s) on codes" if notes.get("residual_adds") else "") + "\n")
     return head + "\n".join(table_lines(rows, indent="  ")) + "\n"

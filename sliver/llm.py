@@ -23,7 +23,8 @@ product for ``max_len`` in the hundreds) and copying the caches once per step.
 
 The new keys are written with a one-hot product, ``onehot[max_len, T] @ new [T, d]``
 (exact: one term of each sum is the value, the others are 0) under ``where``: no
-scatter op, no data-dependent shape.
+scatter op, no data-dependent shape.  A one-token step writes its row by broadcasting
+it under the ``where`` (no product).
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ class _StepCache:
         out = []
         for store, new in ((self.k, key), (self.v, value)):
             old = store[layer_idx]  # [kv_heads, max_len, d]
-            placed = torch.matmul(self.onehot, new[0])  # [kv_heads, max_len, d]
+            if new.shape[2] == 1:  # one token (a static step of one): its row broadcast to the written row
+                placed = new[0]  # [kv_heads, 1, d]
+            else:
+                placed = torch.matmul(self.onehot, new[0])  # [kv_heads, max_len, d]
             store[layer_idx] = torch.where(self.written, placed, old)
             out.append(store[layer_idx][None])
         return out[0], out[1]

@@ -72,6 +72,8 @@ W2A2_MAX_RB = 904
 W2A2_TC_MAX_RB = 680
 #: meta ``LAYOUT`` values (the C file's ``LAYOUT_*``)
 LAYOUT_PLAIN, LAYOUT_W2A2, LAYOUT_W2A2_TC, LAYOUT_W2A2_TC8, LAYOUT_I8_TILE, LAYOUT_I8_LANES = 0, 1, 2, 3, 4, 5
+#: the lane kernel on a qdense's rows: x [M, K] and the result [M, O] row-major (see _qdense_lanes)
+LAYOUT_I8_ROWS = 6
 #: The int8 kernel's register tiles (LAYOUT_I8_TILE) exist for these ``Target.int8_dot``
 #: instruction sets; they take groups of at least I8_TILE_MIN_OG output channels (the
 #: weights are stored in blocks of 16 channels: fewer would mostly multiply zeros)
@@ -332,11 +334,12 @@ def pack_weights_int8_lanes(w: np.ndarray, groups: int) -> tuple[np.ndarray, int
 
 
 def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, xshape, stride, padding, dilation,
-                   groups, out_hw):
+                   groups, out_hw, rows: bool = False):
     """The result [N, O, OH, OW] (f32, or the requantized codes) from one of the C kernels
     (``bitserial`` or ``int8``) with the epilogue fused (the kernel applies it to each
     output row while its int32 sums are in cache); both take (x codes, packed weights,
-    Σw per channel, meta, scale, bias, epi, out)."""
+    Σw per channel, meta, scale, bias, epi, out).  ``rows``: the lane kernel on a qdense
+    (x [M, K] given as one image [1, K, 1, M]), the result [M, O]."""
     from tvm import relax
 
     from sliver.ir.types import int_range
@@ -372,8 +375,8 @@ def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, 
             packed = w2a2_blocks(packed, groups, 8 if layout == LAYOUT_W2A2_TC8 else 4)
     else:
         tapb = cg
-        if lanes_layout(bb.context.target.int8_dot, wz, dilation, groups, cg, o // groups, out_hw[0] * out_hw[1]):
-            layout = LAYOUT_I8_LANES
+        if rows or lanes_layout(bb.context.target.int8_dot, wz, dilation, groups, cg, o // groups, out_hw[0] * out_hw[1]):
+            layout = LAYOUT_I8_ROWS if rows else LAYOUT_I8_LANES
             packed, rb = pack_weights_int8_lanes(w_codes, groups)
         elif bb.context.target.int8_dot in I8_TILE_DOTS and o // groups >= I8_TILE_MIN_OG:
             layout = LAYOUT_I8_TILE
@@ -398,7 +401,7 @@ def _packed_kernel(bb, op, kernel: str, x, w_codes: np.ndarray, scale, bias, *, 
                     inv, a["out_zero_point"] if quantized else 0], np.float32)
     if bias is None:
         bias = _const(np.zeros(o, np.float32))
-    out = relax.TensorType((n, o, out_hw[0], out_hw[1]), out_dtype)
+    out = relax.TensorType((out_hw[1], o) if rows else (n, o, out_hw[0], out_hw[1]), out_dtype)
     if kernel == "bitserial":
         bb.context.defines.add(f"SLIVER_LOWBIT_PAIR_{abits}_{wbits}=1")  # the library carries this width pair's kernel
     fn = BITSERIAL if kernel == "bitserial" else INT8
@@ -437,6 +440,8 @@ def _qdense(bb, op, x, w, scale, bias=None):
     o = codes.shape[0]
     if kernel != "generic":
         m = int(np.prod(xshape[:-1], dtype=np.int64))
+        if kernel == "int8" and _dense_lanes(bb, op, m, o):
+            return _qdense_lanes(bb, op, x, codes, scale, bias, m, k, o)
         x4 = bb.emit(R.reshape(x, [m, k, 1, 1]))
         y = _packed_kernel(bb, op, kernel, x4, codes.reshape(o, k, 1, 1), scale, bias, xshape=(m, k, 1, 1),
                            stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1, out_hw=(1, 1))
@@ -445,6 +450,29 @@ def _qdense(bb, op, x, w, scale, bias=None):
     wt = _const(np.ascontiguousarray(_weights_minus_zero_point(codes, a["w_zero_point"]).T))
     acc = bb.emit(R.matmul(xi, wt, out_dtype="int32"))
     return _epilogue(bb, op, acc, scale, bias, len(xshape))
+
+
+def _dense_lanes(bb, op, m: int, o: int) -> bool:
+    """Whether a qdense of ``m`` rows runs as a 1x1 conv on the lane kernel (its rows the
+    output pixels): as the lane kernel takes a conv (:func:`lanes_layout`), symmetric
+    signed weights."""
+    signed = code_bits(op.operands[1].type.dtype)[1]
+    return signed and lanes_layout(bb.context.target.int8_dot, op.attrs["w_zero_point"], (1, 1), 1, 1, o, m)
+
+
+def _qdense_lanes(bb, op, x, codes, scale, bias, m: int, k: int, o: int):
+    """qdense of m >= 16 rows on the lane kernel: x [m, k] read as one image of k channels
+    and m pixels (the kernel packs each row's quads of 4 bytes straight from x), a 1x1 conv
+    whose result the kernel stores as [m, o] (``LAYOUT_I8_ROWS``).  The sums and the
+    epilogue are the conv kernel's, so the values are those of any other int8 path; the
+    kernel runs 16 rows per vector instead of one row per register tile (a weight matrix
+    read once per row), and no transposes are left to TVM (fused with the ops around,
+    they gathered and scattered element by element)."""
+    R = _R()
+    x2 = bb.emit(R.reshape(x, [m, k]))
+    y = _packed_kernel(bb, op, "int8", x2, codes.reshape(o, k, 1, 1), scale, bias, xshape=(1, k, 1, m),
+                       stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1, out_hw=(1, m), rows=True)
+    return bb.emit(R.reshape(y, list(op.operands[0].type.shape[:-1]) + [o]))
 
 
 def compile_flags(target, defines=()) -> list[str]:

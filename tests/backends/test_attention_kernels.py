@@ -265,3 +265,96 @@ def test_short_attention_stays_three_functions(level):
     funcs = front_primfuncs(_attention_graph([0, 1, 3, 2], False), [(1, 2, 12, 16), (1, 2, 197, 16), (1, 2, 197, 32)],
                             target)
     assert "attention" not in funcs and any("softmax" in n for n in funcs), list(funcs)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("shape", [(2, 3, 37), (5, 16), (4, 1), (2, 200), (3, 7, 5)])
+def test_layer_norm_rows_with_an_epilogue(level, shape):
+    """Row lengths under, at and over the partial width and not multiples of it; a scale
+    after it fuses in; scheduled == unscheduled == numpy's."""
+    from test_fast_float import run, runs_here
+
+    from sliver.backends.tvm import schedules as S
+
+    target = tvm_target(resolve(level))
+    rng = np.random.default_rng(6)
+    g, b = (rng.standard_normal(shape[-1:]).astype("float32") for _ in range(2))
+
+    def build(bb, x):
+        y = bb.emit(relax.op.nn.layer_norm(x, relax.const(g), relax.const(b), axes=[-1]))
+        return bb.emit(relax.op.multiply(y, relax.const(np.float32(2.0))))
+
+    funcs = front_primfuncs(build, [shape], target)
+    (name,) = funcs
+    assert "layer_norm" in name and "multiply" in name, list(funcs)
+    assert check(funcs, target, level)[name] == "layer_norm"
+    if not runs_here(level):
+        pytest.skip(f"this host cannot run {level} code")
+    x = rng.standard_normal(shape).astype("float32") * 3 + 1
+    got = run(S.schedule_primfunc(funcs[name], target)[0], [x, g, b, np.zeros(shape, "float32")], target)
+    xd = x.astype(np.float64)
+    dev = xd - xd.mean(-1, keepdims=True)
+    want = (dev / np.sqrt((dev ** 2).mean(-1, keepdims=True) + 1e-5) * g + b) * 2
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+class _ConstantMaskAttention(__import__("torch").nn.Module):
+    """Attention under a constant boolean mask (a buffer, broadcast), as ViT-B/16 traces."""
+
+    def __init__(self, keep):
+        import torch
+
+        super().__init__()
+        self.register_buffer("keep", torch.tensor(keep).reshape(1, 1, 1, -1))
+
+    def forward(self, q, k, v):
+        import torch
+
+        mask = self.keep.expand(1, 1, q.shape[2], k.shape[2])
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@pytest.mark.parametrize("keep", [[True] * 7, [True] * 6 + [False]])
+def test_a_constant_mask_that_hides_nothing_is_left_out(keep):
+    """An all-true mask costs no where and no dead-row check; one that hides a key stays;
+    the result is torch's either way."""
+    import torch
+
+    import sliver
+    from sliver.backends.tvm.lower import to_relax
+
+    g = torch.Generator().manual_seed(0)
+    inputs = tuple(torch.randn(1, 2, n, 8, generator=g) for n in (5, 7, 7))
+    model = _ConstantMaskAttention(keep).eval()
+    module = sliver.trace(model, inputs)
+    assert ("R.where" in str(to_relax(module))) == (not all(keep))
+    art = sliver.lower(module, inputs, target="x86_64", tune=False)
+    with torch.no_grad():
+        want = model(*inputs).numpy()
+    np.testing.assert_allclose(art.load().run(*[t.numpy() for t in inputs])[0], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("shape,keep", [((2, 3, 37), True), ((5, 16), False), ((3, 200), True)])
+@pytest.mark.parametrize("kind", ["max", "min"])
+def test_max_and_min_over_the_last_axis_go_over_lanes_first(level, shape, keep, kind):
+    """Rows at and over the lane width, not multiples of it; a NaN anywhere in a row (lanes
+    or tail) gives NaN, as torch's amax; -inf rows stay -inf."""
+    from test_fast_float import run, runs_here
+
+    from sliver.backends.tvm import schedules as S
+
+    target = tvm_target(resolve(level))
+    op = relax.op.max if kind == "max" else relax.op.min
+    funcs = front_primfuncs(lambda bb, x: bb.emit(op(x, axis=[-1], keepdims=keep)), [shape], target)
+    (name,) = funcs
+    assert check(funcs, target, level) == {name: "reduction"}
+    assert "row_red_part" in funcs[name].script()
+    if not runs_here(level):
+        pytest.skip(f"this host cannot run {level} code")
+    x = np.random.default_rng(7).standard_normal(shape).astype("float32").reshape(-1, shape[-1])
+    x[0, 3], x[1, -1], x[-1, :] = np.nan, np.nan, -np.inf
+    x = x.reshape(shape)
+    want = (np.max if kind == "max" else np.min)(x, axis=-1, keepdims=keep)
+    got = run(S.schedule_primfunc(funcs[name], target)[0], [x, np.zeros(want.shape, "float32")], target)
+    np.testing.assert_array_equal(got, want)

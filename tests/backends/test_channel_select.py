@@ -17,6 +17,7 @@ from tvm import relax, tirx  # noqa: E402
 
 from helpers import dedent  # noqa: E402
 from sliver.backends.tvm import schedules as S  # noqa: E402
+from sliver.backends.tvm.schedules import common, conv2d  # noqa: E402
 from sliver.backends.tvm.build import build_relax  # noqa: E402
 from sliver.backends.tvm.lower import to_relax  # noqa: E402
 from sliver.backends.tvm.targets import resolve, tvm_target  # noqa: E402
@@ -91,13 +92,13 @@ def test_selections_fuse_into_the_conv_without_transposes(layout, target):
         _, rule = S.schedule_primfunc(f, tvm_target(tgt), name=name)
         assert rule == ("conv2d" if layout else "reduction"), (name, rule)
         # and, like every dense NHWC conv whose output channels fill whole vectors of the
-        # target (16 and 8 channels on AVX2; only the 16-channel one on AVX-512), they read
+        # target (16 and 8 channels on AVX2 and, in half vectors, on AVX-512), they read
         # packed weights (folded at compile time)
         n_out = int(f.params[-1].ty.shape[c_axis])  # the output buffer
-        packed = layout and n_out % tgt.lanes == 0
-        assert ('T.sblock("conv2d_nhwc_packed")' in f.script()) == packed, (name, n_out, tgt.lanes)
-    if tgt.lanes == 8:
-        assert all('T.sblock("conv2d_nhwc_packed")' in f.script() for f in convs.values()) == layout
+        lanes = conv2d.half_vectors(n_out, common.cpu_of(tvm_target(tgt))).lanes
+        packed = layout and n_out % lanes == 0
+        assert ('T.sblock("conv2d_nhwc_packed")' in f.script()) == packed, (name, n_out, lanes)
+    assert all('T.sblock("conv2d_nhwc_packed")' in f.script() for f in convs.values()) == layout
     assert not [n for n in names if "pack_weight" in n], names
 
 

@@ -186,24 +186,38 @@ def test_register_tiles_stay_stack_buffers(level, m, k, n):
         assert workspace_allocs_in_parallel_loops(sched, target) == [], (name, rule)
 
 
+def real_artifact(model: str, level: str) -> str:
+    """``realzoo``'s ``model`` lowered for ``level`` (a precompile job): the saved path."""
+    import precompile
+    import realzoo
+    import sliver
+
+    m, inputs = realzoo.ENTRIES[model].build()
+    return str(sliver.lower(m, inputs, target=level).save(precompile.out(f"real-{model}-{level}.sliver")))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("model", ["bert", "gpt2", "efficientnet", "convnext"])
+@pytest.mark.precompiled.with_args(lambda params: [("call", "test_fast_float", "real_artifact", params["model"],
+                                                    params["level"])])
 def test_small_real_architectures_match_torch(level, model):
     """End to end through the default pipeline for each level: GELU (erf and tanh forms),
     SiLU, softmax, layer norms and packed linear layers in real transformers models."""
     import torch
 
+    import precompile
     import realzoo
     import sliver
 
     m, inputs = realzoo.ENTRIES[model].build()
-    art = sliver.lower(m, inputs, target=level)
+    path = precompile.get(("call", "test_fast_float", "real_artifact", model, level))  # it lowers for every level
     if not runs_here(level):
         pytest.skip(f"this host cannot run {level} code")
+    art = sliver.load(path)
     with torch.no_grad():
         want = m(*inputs).numpy()
-    got = art.load().run(*[t.numpy() for t in inputs])[0]
+    got = art.run(*[t.numpy() for t in inputs])[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
 
 

@@ -67,6 +67,11 @@ DENSE_CASES = [
     ("dense_w2a2", "u2", "i2", (2, 3, 100), 11, dict(x_zero_point=1)),
     ("dense_w1a3", "u3", "u1", (4, 67), 6, dict(x_zero_point=2, w_zero_point=1, clamp_max=0.5)),
     ("dense_w8a8", "i8", "i8", (3, 40), 5, dict(x_zero_point=-3, w_zero_point=2)),
+    # at least 16 rows, symmetric weights: a 1x1 conv on the lane kernel where the target
+    # has it (AVX-512 VNNI); 38 input features (a partial quad), 70 outputs (a partial block)
+    ("dense_w8a8_rows", "u8", "i8", (2, 24, 38), 70, dict(x_zero_point=128, clamp_min=0.0)),
+    ("dense_w8a8_rows_q", "u8", "i8", (17, 64), 16, dict(x_zero_point=3, out_dtype="u8", out_scale=4.0,
+                                                          out_zero_point=5)),
     # a reduction long enough to flush the kernels' narrow accumulators (AVX2 bytes
     # every 31 steps, NEON 16-bit lanes every 2048 steps of 16 bytes)
     ("dense_long", "u1", "i2", (1, 270_000), 4, dict()),
@@ -164,7 +169,7 @@ def test_x86_matches_interpreter(cases, kernel):
     got = vm["main"](*[tvm.runtime.tensor(x) for x in inputs])
     got = [got[i].numpy() for i in range(len(want))]
     assert_close(got, want, rtol=1e-5, atol_scale=1e-5, what=f"{kernel} kernel")
-    eight_bit = {"w8a8", "w8a8_uw", "w8a8_narrow", "w8a8_wide", "dense_w8a8"}  # bit-serial takes widths below 8
+    eight_bit = {"w8a8", "w8a8_uw", "w8a8_narrow", "w8a8_wide", "dense_w8a8", "dense_w8a8_rows", "dense_w8a8_rows_q"}  # bit-serial takes widths below 8
     assert kernels == {name: ("int8" if kernel == "bitserial" and name in eight_bit else kernel)
                        for name in [c[0] for c in CONV_CASES + DENSE_CASES]}
 
@@ -365,7 +370,9 @@ THREAD_CONV_CASES = [
     ("mt_w8a8_groups", "u8", "u8", (2, 48, 25, 23), 48, 3, dict(stride=[2, 2], padding=[1, 0, 1, 2], groups=3,
                                                                x_zero_point=3, w_zero_point=100)),
 ]
-THREAD_DENSE_CASES = [("mt_dense", "u2", "i2", (48, 256), 128, dict(x_zero_point=1))]
+THREAD_DENSE_CASES = [("mt_dense", "u2", "i2", (48, 256), 128, dict(x_zero_point=1)),
+                      # 64 rows, symmetric weights: the lane kernel's rows form on AVX-512 VNNI
+                      ("mt_dense_rows", "u8", "i8", (64, 256), 96, dict(x_zero_point=3))]
 
 # Runs a library's main on .npz inputs, saves the outputs, prints the process's thread
 # count before and after (TVM's pool starts on its first parallel launch) and the pool's
@@ -430,7 +437,33 @@ def _assert_exact(got, want, what):
             f"{what}: output {i} differs (max abs {np.abs(a.astype(np.float64) - b).max():.3g})"
 
 
+def thread_library(target, names=None, lowbit_kernel=None):
+    """The THREAD cases (those in ``names``) compiled for ``target`` (a precompile job):
+    (the saved library's path, the kernel each layer got)."""
+    import precompile
+    from sliver.backends.tvm.build import compile_module
+
+    module, _ = build_thread_cases(None if names is None else set(names))
+    compiled = compile_module(module, target, **({"lowbit_kernel": lowbit_kernel} if lowbit_kernel else {}))
+    path = precompile.out(f"threads-{target}-{lowbit_kernel}-{len(compiled.kernels)}.so")
+    path.write_bytes(compiled.library)
+    return str(path), dict(compiled.kernels)
+
+
+X86_THREADS = ("call", "test_lowbit", "thread_library", "x86_64", None, "bitserial")
+PI_THREADS = ("call", "test_lowbit", "thread_library", "arm64", ("mt_fused", "mt_w2a2", "mt_w8a8"))
+
+
+def _thread_library(key):
+    import precompile
+
+    path, kernels = precompile.get(key)
+    with open(path, "rb") as f:
+        return f.read(), kernels
+
+
 @pytest.mark.slow
+@pytest.mark.precompiled.with_args(lambda params: [X86_THREADS])
 def test_x86_kernels_on_two_threads_match_one_thread_exactly(tmp_path):
     """Bit-serial (W2A2, W4A2 depthwise, a W2A2 linear) and int8 (W8A8) layers give the
     same bits with TVM_NUM_THREADS=1 and 2, equal to the interpreter; with 2 the kernels
@@ -438,14 +471,11 @@ def test_x86_kernels_on_two_threads_match_one_thread_exactly(tmp_path):
     import subprocess
     import sys
 
-    from sliver.backends.tvm.build import compile_module
-
     module, inputs = build_thread_cases()
     want = run(module, inputs)
-    compiled = compile_module(module, "x86_64", lowbit_kernel="bitserial")
-    lib = compiled.library
-    assert compiled.kernels == {"mt_w2a2": "bitserial", "mt_fused": "bitserial", "mt_groups": "bitserial", "mt_depthwise": "bitserial",
-                       "mt_w8a8": "int8", "mt_w8a8_groups": "int8", "mt_dense": "bitserial"}
+    lib, kernels = _thread_library(X86_THREADS)
+    assert kernels == {"mt_w2a2": "bitserial", "mt_fused": "bitserial", "mt_groups": "bitserial", "mt_depthwise": "bitserial",
+                       "mt_w8a8": "int8", "mt_w8a8_groups": "int8", "mt_dense": "bitserial", "mt_dense_rows": "int8"}
 
     def host(argv, env):
         return subprocess.run([sys.executable, *argv], env={**os.environ, **env}, capture_output=True, text=True,
@@ -461,16 +491,16 @@ def test_x86_kernels_on_two_threads_match_one_thread_exactly(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.emulated
+@pytest.mark.precompiled.with_args(lambda params: [PI_THREADS])
 def test_arm64_bitserial_on_four_threads_matches_interpreter_on_emulated_pi(tmp_path):
     """The NEON bit-serial kernel (W2A2 asm with the epilogue fused, and with a weight zero
     point) and the int8 kernel split over four guest threads on the emulated Pi (qemu-user
     runs them as host threads) give exactly the interpreter's outputs."""
-    from sliver.backends.tvm.build import compile_module
     from sliver.tools.emulator import emulate
 
-    module, inputs = build_thread_cases({"mt_fused", "mt_w2a2", "mt_w8a8"})
+    module, inputs = build_thread_cases(set(PI_THREADS[4]))
     want = run(module, inputs)
-    lib = compile_module(module, "arm64").library
+    lib, _ = _thread_library(PI_THREADS)
 
     def pi(argv, env):
         return emulate.run_python(argv, env=env, pi_cpuinfo=True)

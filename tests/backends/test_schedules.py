@@ -78,6 +78,7 @@ CONVS = [
     (16, 8, 8, 32, 3, 1, 1, 1, 4),  # grouped
     (8, 11, 11, 16, 3, 1, 2, 2, 1),  # dilated
     (5, 7, 7, 7, 3, 1, 0, 1, 1),  # no padding, nothing divides
+    (24, 14, 14, 40, 1, 1, 0, 1, 1),  # 1x1 to 40 channels: half vectors on AVX-512
 ]
 
 
@@ -157,7 +158,8 @@ def test_softmax_layernorm_and_elementwise_match_unscheduled():
         return bb.emit(relax.op.nn.gelu(relax.op.multiply(y, relax.const(np.float32(1.5)))))
 
     used = check_all(fused_primfuncs(build, [(2, 33, 19)]))
-    assert set(used.values()) <= {"softmax", "reduction", "injective"} and "softmax" in used.values(), used
+    assert set(used.values()) <= {"softmax", "layer_norm", "reduction", "injective"} and "softmax" in used.values(), used
+    assert used["layer_norm"] == "layer_norm", used
 
 
 # -- fallback ---------------------------------------------------------------------------------------
@@ -379,3 +381,14 @@ def test_register_tile_fits_the_register_file(regs, lanes, rows, n_out, want):
     assert (rt, nv) == want
     assert rows % rt == 0 and (n_out // lanes) % nv == 0
     assert rt * nv + nv + 1 < regs  # no spill
+
+
+def test_output_channels_of_half_vectors_get_half_vector_tiles():
+    """24 or 40 output channels on 16 lanes: 8-lane tiles (packed weights), 32 keep 16 lanes,
+    and 8-lane CPUs are left as they are."""
+    avx512, avx2 = common.CPU(lanes=16, registers=32, cores=2), common.CPU(lanes=8, registers=16, cores=2)
+    assert conv2d.half_vectors(24, avx512).lanes == conv2d.half_vectors(40, avx512).lanes == 8
+    assert conv2d.half_vectors(32, avx512) == avx512 and conv2d.half_vectors(24, avx2) == avx2
+    assert conv2d.half_vectors(20, avx512) == avx512  # no multiple of 8 either
+    rt, nv = common.register_tile(56, 24, conv2d.half_vectors(24, avx512))
+    assert rt * nv > 8 and nv * 8 == 24  # a full tile of ymm accumulators

@@ -139,6 +139,7 @@ CASES_I8 = [  # O, K, block, M, symmetric: 4-bit codes, int8 activations per gro
     (19, 576, 128, 3, True),   # G = 64: a pair of chunks per group (AVX-512)
     (6, 1536, 128, 1, False),  # G = 128, 6 rows: a tile and an overlapping last tile
     (4, 64, 32, 2, True),
+    (9, 576, 32, 2, False),    # G = 32 on rows of a multiple of 64: two groups per 64-code product (AVX-512)
 ]
 
 

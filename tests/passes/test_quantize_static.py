@@ -157,6 +157,7 @@ def test_residual_add_reads_codes_golden_text():
         }
     """))
     assert notes["residual_adds"] == 1 and {r["out"] for r in notes["layers"]} == {"u8"}
+    assert "; 1 residual add(s) on codes\n" in notes["text"]
     got = run(module, RESIDUAL_CAL)[0]
     want = run(parse_module(RESIDUAL, params=RESIDUAL_PARAMS), RESIDUAL_CAL)[0]
     assert np.abs(got - want).max() <= 0.02 * np.abs(want).max()

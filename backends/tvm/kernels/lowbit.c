@@ -102,7 +102,8 @@ static size_t carve(uint8_t* base, const size_t* sizes, void** ptrs, int n) {
 #define W2A2_TC_MAX_RB 680
 #define W2A2_BLOCKS(A, W, rb, og) ((A) == 2 && (W) == 2 && (rb) >= 16 && (rb) <= W2A2_MAX_RB && (og) >= 4)
 #define W2A2_TC_OK(rb, og) ((rb) <= W2A2_TC_MAX_RB && (og) % 4 == 0)
-enum { LAYOUT_PLAIN = 0, LAYOUT_W2A2 = 1, LAYOUT_W2A2_TC = 2, LAYOUT_W2A2_TC8 = 3, LAYOUT_I8_TILE = 4, LAYOUT_I8_LANES = 5 };
+enum { LAYOUT_PLAIN = 0, LAYOUT_W2A2 = 1, LAYOUT_W2A2_TC = 2, LAYOUT_W2A2_TC8 = 3, LAYOUT_I8_TILE = 4, LAYOUT_I8_LANES = 5,
+       LAYOUT_I8_ROWS = 6 };
 
 /* ---- meta layout (kept in sync with lowbit.py: META_FIELDS) ---- */
 enum {
@@ -1280,8 +1281,9 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
  * channel one `sdot` (four s8 x s8 products into each int32 lane, exact).  ARMv8.0
  * (Cortex-A72, the Pi 4: no sdot): `smull` + `smlal2` (two products per 16-bit lane:
  * safe when no weight is -128, which the compiler checks and states in WSIGNED=1;
- * otherwise `smull` + `smull2`) and `sadalp` into 32-bit lanes; four output channels per
- * block.  x86 with AVX-512 VNNI / AVX-VNNI: activations stay unsigned (signed codes
+ * otherwise `smull` + `smull2`) and `sadalp` into 32-bit lanes; register tiles of 4
+ * pixels x 4 output channels (i8n_tile).  On aarch64, symmetric weights with Cg a multiple
+ * of 16 take the direct form (i8_direct: no im2col rows).  x86 with AVX-512 VNNI / AVX-VNNI: activations stay unsigned (signed codes
  * become x + 128, I8_UNSIGNED_X) and `vpdpbusd` multiplies u8 x s8, four products into
  * each int32 lane, exact (no saturation: that is `vpdpbusds`).  x86 AVX2: bytes widened
  * to int16 and `vpmaddwd` (exact; `vpmaddubsw` would saturate its int16 pair sums on
@@ -1913,6 +1915,7 @@ typedef struct {
   uint8_t flip, xz;
   int Cq, HPs, WPs, PLEN, V, nsteps, nblk, ntile, depthwise;
   size_t img_bytes; /* packed bytes per image */
+  int rows; /* LAYOUT_I8_ROWS: x [W][C] and out [OW][O] row-major (a qdense's rows are the pixels) */
 } lanes_job;
 #define LANES_PV 3
 #define LANES_NO 8
@@ -1946,6 +1949,21 @@ INLINE void lanes_store(const epilogue* e, float qlo, float qhi, int o, __m512i 
     _mm_mask_storeu_epi8((uint8_t*)out + at, head, _mm512_cvtepi32_epi8(_mm512_maskz_compress_epi32(mask, c)));
   }
 }
+/* LAYOUT_I8_ROWS: channel o's vector of values into column o of a [16][LANES_NO] tile of
+ * pixel rows (elements of osz bytes), for lanes_rows_out */
+INLINE void lanes_store_tile(const epilogue* e, float qlo, float qhi, int o, __m512i a, uint8_t* tile) {
+  float buf[16] __attribute__((aligned(64)));
+  lanes_store(e, qlo, qhi, o, a, 0xFFFF, buf, 0);
+  if (e->kind == OUT_F32) {
+    for (int l = 0; l < 16; l++) ((float*)tile)[l * 8 + o] = buf[l];
+  } else {
+    for (int l = 0; l < 16; l++) tile[l * 8 + o] = ((const uint8_t*)buf)[l];
+  }
+}
+/* the tile's first n pixel rows, og channels each, to out[(at + l) * O] (out at the block's first channel) */
+INLINE void lanes_rows_out(const uint8_t* tile, int n, int og, size_t osz, uint8_t* out, size_t at, size_t O) {
+  for (int l = 0; l < n; l++) memcpy(out + (at + l) * O * osz, tile + (size_t)l * 8 * osz, (size_t)og * osz);
+}
 static inline float lanes_code_of(const epilogue* e, float v) {
   return __builtin_roundevenf(v * e->inv) + e->zp;
 }
@@ -1973,6 +1991,18 @@ INLINE void lanes_dense(const lanes_job* j, const uint8_t* planes, const int8_t*
   }
   const size_t osz = e->kind == OUT_F32 ? 4 : 1;
   const float qlo = LANES_QLO(e), qhi = LANES_QHI(e);
+  if (j->rows) { /* rows of 8 channels: transposed through a small tile, stored 8 channels at a time */
+    uint8_t tile[16 * LANES_NO * 4] __attribute__((aligned(64)));
+    const int og = og_left < LANES_NO ? og_left : LANES_NO;
+    _Pragma("GCC unroll 3") for (int v = 0; v < PV; v++) {
+      _Pragma("GCC unroll 8") for (int o = 0; o < LANES_NO; o++) {
+        if (o >= og) break;
+        lanes_store_tile(e, qlo, qhi, o, _mm512_add_epi32(a[v][o], _mm512_set1_epi32(obias[o])), tile);
+      }
+      lanes_rows_out(tile, __builtin_popcount(j->vmask[v0 + v]), og, osz, out, j->vdst[v0 + v], (size_t)j->m[M_O]);
+    }
+    return;
+  }
   _Pragma("GCC unroll 8") for (int o = 0; o < LANES_NO; o++) {
     if (o >= og_left) break;
     const __m512i ob = _mm512_set1_epi32(obias[o]);
@@ -2039,6 +2069,16 @@ static void lanes_pack(const lanes_job* j, int n, long q0, long q1) {
     cdst[pw] = (size_t)pw * PLEN + (size_t)(s0[pw] + PL) / SW;
   }
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  if (j->rows) { /* x [W][C]: pixel w's quad is 4 consecutive bytes of its row (one image and row, no padding) */
+    for (long qi = q0; qi < q1; qi++) {
+      uint8_t* base = j->pk + (size_t)qi * PLEN * 4;
+      memset(base, j->xz, PLEN * 4);
+      const int c0 = (int)qi * 4, nc = C - c0 < 4 ? C - c0 : 4;
+      for (int w = 0; w < W; w++)
+        for (int k = 0; k < nc; k++) base[(size_t)w * 4 + k] = j->x[(size_t)w * C + c0 + k] ^ j->flip;
+    }
+    return;
+  }
   for (long qi = q0; qi < q1; qi++) {
     const int g = (int)(qi / Cq), cq = (int)(qi % Cq);
     uint32_t* base = (uint32_t*)(j->pk + (size_t)n * j->img_bytes) + (size_t)qi * SS * PLEN;
@@ -2143,7 +2183,8 @@ static void lanes_slice(void* job, int s, int nslice) {
       const int8_t* wb = j->wp + ((size_t)g * ogs + (size_t)b * LANES_NO) * j->nsteps * 4;
       const epilogue eg = group_epilogue(&j->epi, g, Og);
       const epilogue eb = group_epilogue(&eg, b, LANES_NO);
-      uint8_t* out = j->out + ((size_t)n * O + (size_t)g * Og + (size_t)b * LANES_NO) * ostride * osz;
+      uint8_t* out = j->rows ? j->out + (size_t)b * LANES_NO * osz
+                             : j->out + ((size_t)n * O + (size_t)g * Og + (size_t)b * LANES_NO) * ostride * osz;
       const int32_t* ob = j->obias + (size_t)g * Og + (size_t)b * LANES_NO;
       const int left = Og - b * LANES_NO;
       switch (pv) {
@@ -2183,7 +2224,9 @@ static int int8_lanes(const kernel_args* ka, const epilogue* epi, uint8_t flip, 
   int PLEN = HPs * WPs;
   if (PLEN < V * 16 + maxoff) PLEN = V * 16 + maxoff;
   const int taps = KH * KW, nsteps = depthwise ? taps : taps * Cq;
-  if (DH != 1 || DW != 1 || m[M_WZ] != 0 || (depthwise ? m[M_RB] != taps * 16 : m[M_RB] != nsteps * 4))
+  const int rows = m[M_LAYOUT] == LAYOUT_I8_ROWS;
+  if (DH != 1 || DW != 1 || m[M_WZ] != 0 || (depthwise ? m[M_RB] != taps * 16 : m[M_RB] != nsteps * 4) ||
+      (rows && (N != 1 || H != 1 || G != 1 || KH != 1 || KW != 1 || SW != 1 || WP != W || HP != H)))
     return fail("sliver_lowbit_int8: bad meta for the lane layout: the library was built by a different sliver");
   const int Gi = depthwise ? 1 : G;
   const size_t img_bytes = (size_t)Gi * Cq * SH * SW * PLEN * 4;
@@ -2216,7 +2259,7 @@ static int int8_lanes(const kernel_args* ka, const epilogue* epi, uint8_t flip, 
   const int PV = depthwise ? LANES_DW_PV : LANES_PV;
   lanes_job j = {ka->x, pk, (const int8_t*)ka->w, (uint8_t*)ka->out, obias, m, *epi, soff, vmask, vdst, flip,
                  (uint8_t)xz, Cq, HPs, WPs, PLEN, V, nsteps, depthwise ? Cq : (Og + LANES_NO - 1) / LANES_NO,
-                 (V + PV - 1) / PV, depthwise, img_bytes};
+                 (V + PV - 1) / PV, depthwise, img_bytes, rows};
   const long items = (long)N * Gi * j.nblk * j.ntile;
   const double work = (double)N * O * OH * OW * ((double)(depthwise ? taps : K) + INT8_PER_OUTPUT);
   if (!TVMBackendParallelLaunch || !TVMBackendParallelBarrier || items < 2 || work < INT8_MIN_WORK ||
@@ -2254,10 +2297,10 @@ SLIVER_EXTERN __attribute__((optimize("no-tree-loop-distribute-patterns"))) int 
   const int xz = m[M_XZ] - (flip ? 128 : 0), xz_lo = -128, xz_hi = 127;
 #endif
   const int layout = m[M_LAYOUT];
-  if ((layout != LAYOUT_I8_LANES && (RB % 16 || RB < K)) || m[M_TAPB] != Cg || xz < xz_lo || xz > xz_hi)
+  if ((layout != LAYOUT_I8_LANES && layout != LAYOUT_I8_ROWS && (RB % 16 || RB < K)) || m[M_TAPB] != Cg || xz < xz_lo || xz > xz_hi)
     return fail("sliver_lowbit_int8: bad meta (row bytes a multiple of 16 holding KH*KW*Cg bytes, one byte per "
                 "channel): the library was built by a different sliver");
-  if (layout == LAYOUT_I8_LANES) {
+  if (layout == LAYOUT_I8_LANES || layout == LAYOUT_I8_ROWS) {
 #ifdef I8_LANES
     int32_t* lb = (int32_t*)malloc(sizeof(int32_t) * O);
     if (!lb) return fail("sliver_lowbit_int8: out of memory");

@@ -266,9 +266,10 @@ INLINE void row_tile(const wq_job* j, int o, int m0, const int mt, const int lay
  *   y = sum_g scale_g * sx_g * (D_g - zero_g * sum_g a)
  * (the zero point's term from the per-group activation sums, computed once per call,
  * subtracted in int32 arithmetic: the integer part is exact).
- * Products: AVX-512 VNNI vpdpbusd (64 codes per instruction when G is a multiple of 64:
- * the activations are stored in the order the two chunks' nibbles come out of one
- * 32-byte load), else vpmaddubsw + vpmaddwd (AVX-512BW / AVX2; no saturation: 2 * 15 *
+ * Products: AVX-512 VNNI vpdpbusd (64 codes per instruction when G is a multiple of 64,
+ * or G = 32 on rows of a multiple of 64 with a scale per half of the lanes: the
+ * activations are stored in the order the two chunks' nibbles come out of one 32-byte
+ * load), else vpmaddubsw + vpmaddwd (AVX-512BW / AVX2; no saturation: 2 * 15 *
  * 127 < 2^15); NEON sdot (dotprod) or smull + sadalp; scalar C elsewhere.  Output rows
  * are computed four at a time (independent chains). */
 #define RT 4
@@ -286,8 +287,12 @@ INLINE int a8_pair_pos(int k) {
 
 /* quantize one activation row x[K] into a8 (order: pairs of chunks when G % 64 == 0 on
  * AVX-512, else natural), sx[K/G], asum[K/G] */
+/* whether a row's activations are stored per pair of chunks (AVX-512: groups of a
+ * multiple of 64, or of 32 on rows of a multiple of 64, a pair then spanning two groups) */
+INLINE int a8_pairs(int K, int G) { return A8_PAIRS && (G % 64 == 0 || (G == 32 && K % 64 == 0)); }
+
 static void quantize_row(const float* x, int K, int G, int8_t* a8, float* sx, int32_t* asum) {
-  const int pairs = A8_PAIRS && G % 64 == 0;
+  const int pairs = a8_pairs(K, G);
   for (int g = 0; g < K / G; g++) {
     const float* xg = x + (size_t)g * G;
     float amax = 0.0f;
@@ -296,14 +301,14 @@ static void quantize_row(const float* x, int K, int G, int8_t* a8, float* sx, in
       amax = v > amax ? v : amax;
     }
     int sum = 0;
-    int8_t* ag = a8 + (size_t)g * G;
     const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
     for (int k = 0; k < G; k++) {
       float r = __builtin_rintf(xg[k] * inv);
       r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
       const int q = (int)r;
       sum += q;
-      ag[pairs ? (k & ~63) + a8_pair_pos(k & 63) : k] = (int8_t)q;
+      const int kk = g * G + k; /* position in the row */
+      a8[pairs ? (kk & ~63) + a8_pair_pos(kk & 63) : kk] = (int8_t)q;
     }
     sx[g] = amax / 127.0f;
     asum[g] = sum;
@@ -368,6 +373,27 @@ INLINE void rows_i8(const wq_job* j, int o, int m) {
       }
       for (int r = 0; r < RT; r++) {
         acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), _mm512_set1_ps(j->scale[(size_t)(o + r) * ngroups + g] * asx[g]), acc[r]);
+      }
+    }
+    for (int r = 0; r < RT; r++) j->out[(size_t)m * j->O + o + r] = _mm512_reduce_add_ps(acc[r]);
+    return;
+  }
+  if (a8_pairs(K, G)) { /* G = 32: a pair of chunks is two groups; lanes 4-7 and 12-15 are the second's */
+    __m512 acc[RT];
+    for (int r = 0; r < RT; r++) acc[r] = _mm512_setzero_ps();
+    const __m512i mask = _mm512_set1_epi8(0x0F);
+    for (int g = 0; g < ngroups; g += 2) {
+      const __m512i a = _mm512_loadu_si512((const void*)(a8 + (size_t)g * 32));
+      for (int r = 0; r < RT; r++) {
+        const size_t gi = (size_t)(o + r) * ngroups + g;
+        const __m256i b = _mm256_loadu_si256((const __m256i*)(j->w + (size_t)(o + r) * rb + (size_t)g * 16));
+        const __m512i bb = _mm512_inserti64x4(_mm512_castsi256_si512(b), _mm256_srli_epi16(b, 4), 1);
+        __m512i d = _mm512_maskz_set1_epi32(0x0001, -(int)j->zero[gi] * asum[g]);
+        d = _mm512_mask_set1_epi32(d, 0x0010, -(int)j->zero[gi + 1] * asum[g + 1]);
+        d = dot64(d, _mm512_and_si512(bb, mask), a);
+        const __m512 s = _mm512_mask_blend_ps(0xF0F0, _mm512_set1_ps(j->scale[gi] * asx[g]),
+                                              _mm512_set1_ps(j->scale[gi + 1] * asx[g + 1]));
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), s, acc[r]);
       }
     }
     for (int r = 0; r < RT; r++) j->out[(size_t)m * j->O + o + r] = _mm512_reduce_add_ps(acc[r]);

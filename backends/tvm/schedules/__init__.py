@@ -74,9 +74,12 @@ def _plan_rules(func, cpu: CPU):
     if elementwise.match_softmax(sch):  # its exponentials are read twice: computed once per row
         elementwise.schedule_softmax(sch, cpu)
         return sch, "softmax"
-    if elementwise.match_layer_norm(sch):  # AArch64's (elementwise.layer_norm_rows_te)
+    if elementwise.match_layer_norm(sch):
         elementwise.schedule_layer_norm(sch, cpu)
         return sch, "layer_norm"
+    if elementwise.match_blocks(sch, pool.ROW_BLOCKS):  # a max/min over the last axis, over lanes first
+        elementwise.schedule_rows(sch, cpu, set(), ("row_red_part",), reduced=True)
+        return sch, "reduction"
     _inline_prologue(sch, root_blocks(sch))
     reductions = [b for b in root_blocks(sch) if "R" in iter_kinds(sch, b)]
     done = set()
@@ -134,7 +137,7 @@ def default_schedule(func, target, *, name: str = "?", rules: bool = True):
     """Return ``(s_tir.Schedule or None, rule name)``: the default schedule of
     ``func`` (its ``trace`` replays it; the tuner measures it as the baseline every
     tuned record must beat).  The rule is ``"conv2d"``, ``"winograd"``, ``"dense"``, ``"pool"``,
-    ``"attention"``, ``"reduction"``, ``"injective"``, ``"generic"`` (the fallback) or ``"none"``
+    ``"attention"``, ``"softmax"``, ``"layer_norm"``, ``"reduction"``, ``"injective"``, ``"generic"`` (the fallback) or ``"none"``
     (even the fallback failed: no schedule)."""
     cpu = target if isinstance(target, CPU) else cpu_of(target)
     plans = ([_plan_rules] if rules else []) + [_plan_generic]

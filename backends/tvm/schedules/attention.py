@@ -132,8 +132,9 @@ def attention_te(q, k, v, scale: float, width: int, axes=(0, 1, 3, 2), rows: int
 
 
 def match_func(sch) -> bool:
-    names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
-    return all(n in names for n in BLOCKS)
+    from sliver.backends.tvm.schedules.elementwise import match_blocks
+
+    return match_blocks(sch, BLOCKS)
 
 
 def _tile(sch, rows_loop, cols_loop, lanes: int):

@@ -64,6 +64,7 @@ def schedule(sch, block, cpu: CPU) -> list:
     if b is not None:
         b_iter = sch.get(block).iter_vars
         ow, n_out = int(b_iter[2].dom.extent), int(b_iter[3].dom.extent)
+        cpu = half_vectors(n_out, cpu)
         rt, nv = register_tile(ow, n_out, cpu)
         if nv * cpu.lanes != b:  # packed for another CPU (e.g. a tuning record): keep its width
             rt, _ = register_tile(ow, b, cpu)
@@ -165,11 +166,24 @@ def kernel_choice(call, target=None, *, winograd: bool = True):
         m = winograd_rules.choose(ws[2], ws[3], ys[1], ys[2], cpu)
         if m is not None:
             return "winograd", m, cpu
+    tile_cpu = half_vectors(ws[3], cpu)
     try:
-        rt, nv = register_tile(ys[2], ws[3], cpu)
+        rt, nv = register_tile(ys[2], ws[3], tile_cpu)
     except NotApplicable:
         return None
-    return "packed", nv * cpu.lanes, cpu
+    return "packed", nv * tile_cpu.lanes, cpu
+
+
+def half_vectors(n_out: int, cpu: CPU) -> CPU:
+    """``cpu``, or for ``n_out`` output channels that are no multiple of its ≥ 16 lanes but of
+    half as many, ``cpu`` with half-width vectors (MobileNetV2's and EfficientNet-B0's 24- and
+    40-channel projections on AVX-512: ymm register tiles on packed weights instead of TVM's
+    own conv)."""
+    import dataclasses
+
+    if cpu.lanes >= 16 and n_out % cpu.lanes and n_out % (cpu.lanes // 2) == 0:
+        return dataclasses.replace(cpu, lanes=cpu.lanes // 2)
+    return cpu
 
 
 def legalize(target=None, *, winograd: bool = True):

@@ -398,10 +398,10 @@ SOFTMAX_LANES = 16
 SOFTMAX_BLOCKS = ("softmax_max_part", "softmax_max", "softmax_exp", "softmax_sum_part", "softmax_sum", "softmax_norm")
 
 
-def _split_reduce(lead, length: int, name: str, whole, combine):
-    """``combine`` over the last axis (``length`` long) of ``whole(*lead_index, column)``: first over
-    :data:`SOFTMAX_LANES` columns at once into ``name_part`` (one partial result per lane), then over
-    those lanes and the tail the lanes leave, into ``name``."""
+def split_reduce(name, whole, combine, lead, length: int):
+    """``combine`` of ``whole(*lead, j)`` over j < ``length`` in two blocks: ``name_part``, one
+    partial result per lane of :data:`SOFTMAX_LANES` (a vector loop whatever the length), then
+    ``name`` over those lanes and the tail the lanes leave."""
     from tvm import te, tirx
 
     v = min(SOFTMAX_LANES, length)
@@ -420,15 +420,11 @@ def softmax_rows_te(x):
     from tvm import te, tirx, topi
 
     *lead, length = (int(d) for d in x.shape)
-
-    def split_reduce(name, whole, combine):
-        return _split_reduce(lead, length, name, whole, combine)
-
-    mx = split_reduce("softmax_max", x, lambda val, ax: te.max(val, axis=ax))
+    mx = split_reduce("softmax_max", x, lambda val, ax: te.max(val, axis=ax), lead, length)
     delta = te.compute(x.shape, lambda *i: x(*i) - mx(*i[:-1]), name="softmax_delta")
     e = topi.fast_exp(delta)
     e = te.compute(x.shape, lambda *i: e(*i), name="softmax_exp")
-    sm = split_reduce("softmax_sum", e, lambda val, ax: te.sum(val, axis=ax))
+    sm = split_reduce("softmax_sum", e, lambda val, ax: te.sum(val, axis=ax), lead, length)
     if _is_aarch64():  # a multiply by the row's reciprocal (LLVM hoists it): a NEON fdiv is ~34 cycles
         one = tirx.const(1.0, "float32")
         return te.compute(x.shape, lambda *i: e(*i) * (one / sm(*i[:-1])), name="softmax_norm")
@@ -436,8 +432,58 @@ def softmax_rows_te(x):
 
 
 def match_softmax(sch) -> bool:
-    names = {sch.get(b).name_hint for b in root_blocks_of(sch)}
-    return all(n in names for n in SOFTMAX_BLOCKS)
+    return match_blocks(sch, SOFTMAX_BLOCKS)
+
+
+# -- layer norm over the contiguous axis -------------------------------------------------------------
+#
+# TOPI's layer norm sums each row with a scalar loop (one add every FMA latency) in three
+# parallel loops (sum, sum of squared deviations, output): Whisper-tiny's 1500 x 384 took
+# 0.89 ms on one Zen 5 core.  Here, as for the softmax, both sums go over 16 lanes at once
+# and every stage of a row runs in one parallel loop over rows.
+
+LAYER_NORM_BLOCKS = ("ln_sum_part", "ln_sum", "ln_var_part", "ln_var", "ln_out")
+
+
+def layer_norm_rows_te(x, gamma, beta, eps: float):
+    """``(x - mean) / sqrt(var + eps) * gamma + beta`` over the last axis (the variance of the
+    deviations from the mean, as TOPI's)."""
+    from tvm import te, tirx
+
+    *lead, length = (int(d) for d in x.shape)
+    n = tirx.const(float(length), x.dtype)
+    s = split_reduce("ln_sum", x, lambda val, ax: te.sum(val, axis=ax), lead, length)
+
+    def dev(*i):
+        return x(*i) - s(*i[:-1]) / n
+
+    var = split_reduce("ln_var", lambda *i: dev(*i) * dev(*i), lambda val, ax: te.sum(val, axis=ax), lead, length)
+    return te.compute(x.shape, lambda *i: dev(*i) * tirx.rsqrt(var(*i[:-1]) / n + tirx.const(eps, x.dtype))
+                      * gamma[i[-1]] + beta[i[-1]], name="ln_out")
+
+
+def _layer_norm_legalize(bb, call):
+    """Over the last axis of a static float32 tensor: :func:`layer_norm_rows_te`; else TVM's."""
+    x, gamma, beta = call.args
+    try:
+        dims = [int(d) for d in x.ty.shape]
+    except TypeError:
+        dims = None
+    axes = [int(a) for a in call.attrs.axes]
+    if (not dims or str(call.ty.dtype) != "float32" or len(gamma.ty.shape) != 1
+            or [a % len(dims) for a in axes] != [len(dims) - 1]):
+        return _tvm_legalize(bb, call)
+    return bb.call_te(layer_norm_rows_te, x, gamma, beta, float(call.attrs.epsilon), primfunc_name_hint="layer_norm")
+
+
+def match_layer_norm(sch) -> bool:
+    return match_blocks(sch, LAYER_NORM_BLOCKS)
+
+
+def match_blocks(sch, names) -> bool:
+    """The function has blocks of all these ``names``."""
+    have = {sch.get(b).name_hint for b in root_blocks_of(sch)}
+    return all(n in have for n in names)
 
 
 def root_blocks_of(sch):
@@ -475,16 +521,23 @@ def schedule_softmax(sch, cpu: CPU) -> set:
     """One parallel loop over rows; in it the row's partial max (vectorized over its lanes), max,
     exponentials (vectorized), partial sum, sum and the output with the fused epilogue
     (vectorized).  Returns the names of the blocks it scheduled."""
-    return _schedule_rows(sch, cpu, keep={"softmax_exp"}, parts=("softmax_max_part", "softmax_sum_part"),
-                          vectors=("softmax_exp",))
+    return schedule_rows(sch, cpu, {"softmax_exp"}, ("softmax_max_part", "softmax_sum_part"))
 
 
-def _schedule_rows(sch, cpu: CPU, *, keep, parts, vectors) -> set:
-    """A row-wise function (softmax, layer norm): its injective blocks but ``keep`` inlined, every
-    block computed in one parallel loop over the output's rows, the partial reductions ``parts``
-    and the blocks ``vectors`` and the output vectorized."""
+def schedule_layer_norm(sch, cpu: CPU) -> set:
+    """As :func:`schedule_softmax`: in one parallel loop over rows, the row's partial sums
+    (vectorized), sums and the output with the fused epilogue (vectorized)."""
+    return schedule_rows(sch, cpu, set(), ("ln_sum_part", "ln_var_part"))
+
+
+def schedule_rows(sch, cpu: CPU, keep: set, parts, *, reduced: bool = False) -> set:
+    """One parallel loop over the rows of the last (output) block, every other block computed
+    in it per row: the elementwise blocks inlined (those in ``keep`` computed and vectorized
+    instead), the partial reductions ``parts`` vectorized over their lanes, the output
+    vectorized.  ``reduced``: the output has one value per row (every loop of it is a row
+    loop).  Returns the names of the blocks it scheduled."""
     blocks = root_blocks_of(sch)
-    for b in blocks:  # e.g. x - max into exp, the norm into its epilogue (a where of fully masked rows…)
+    for b in blocks:  # x - max into exp, the output into its epilogue (a where of fully masked rows…)
         name = sch.get(b).name_hint
         if name in keep or "R" in iter_kinds(sch, b) or not sch.get_consumers(b):
             continue
@@ -492,77 +545,21 @@ def _schedule_rows(sch, cpu: CPU, *, keep, parts, vectors) -> set:
     blocks = root_blocks_of(sch)
     out = blocks[-1]
     if "R" in iter_kinds(sch, out):
-        raise NotApplicable("the output is a reduction")
+        raise NotApplicable("the row output is a reduction")
     loops = trivial_loops(sch, out)
+    if reduced:
+        loops = loops + [None]
     if len(loops) < 2:
-        raise NotApplicable("a row-wise function of a vector")
+        raise NotApplicable("rows of a vector")
     rows = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
     for b in reversed(blocks[:-1]):
         sch.compute_at(b, rows, preserve_unit_loops=True)
     if cpu.cores > 1:
         sch.parallel(rows)
     vectorize_partial_reductions(sch, parts)
-    for b in [sch.get_sblock(n) for n in vectors] + [out]:  # last: a partition makes opaque blocks
+    for b in [sch.get_sblock(name) for name in sorted(keep)] + ([] if reduced else [out]):  # last: see _vector_loop
         _vector_loop(sch, sch.get_loops(b)[-1], SOFTMAX_LANES)
     return {sch.get(b).name_hint for b in root_blocks_of(sch)}
-
-
-# -- layer norm over the contiguous axis, on AArch64 -------------------------------------------------
-#
-# TVM's layer norm takes each row's sum and sum of squared deviations in scalar loops (one
-# load and one add per element each, a branch every element), and its vectorized output loop
-# recomputes the row's mean and 1 / sqrt(var + eps) per vector (an fsqrt and an fdiv of ~34
-# modeled cycles each).  Here both reductions go over SOFTMAX_LANES partial lanes as in the
-# softmax, and the row's mean and reciprocal deviation are computed once per row.
-
-LAYER_NORM_BLOCKS = ("ln_sum_part", "ln_sum", "ln_mean", "ln_var_part", "ln_var", "ln_rstd", "ln_out")
-
-
-def layer_norm_rows_te(x, gamma, beta, eps: float):
-    """``(x - mean) / sqrt(var + eps) * gamma + beta`` over the last axis (TVM's operations: the
-    mean and the variance as sums divided by the length, two passes)."""
-    from tvm import te, tirx
-
-    *lead, length = (int(d) for d in x.shape)
-    n = tirx.const(float(length), "float32")
-    total = _split_reduce(lead, length, "ln_sum", x, lambda val, ax: te.sum(val, axis=ax))
-    mean = te.compute(tuple(lead), lambda *i: total(*i) / n, name="ln_mean")
-
-    def square(*i):
-        d = x(*i) - mean(*i[:-1])
-        return d * d
-
-    var = _split_reduce(lead, length, "ln_var", square, lambda val, ax: te.sum(val, axis=ax))
-    rstd = te.compute(tuple(lead), lambda *i: tirx.rsqrt(var(*i) / n + tirx.const(eps, "float32")), name="ln_rstd")
-    return te.compute(x.shape, lambda *i: (x(*i) - mean(*i[:-1])) * rstd(*i[:-1]) * gamma[i[-1]] + beta[i[-1]],
-                      name="ln_out")
-
-
-def _layer_norm_legalize(bb, call):
-    """:func:`layer_norm_rows_te` on AArch64 for a float32 layer norm over the last axis with
-    per-channel gamma and beta; TVM's legalization otherwise."""
-    x, gamma, beta = call.args
-    try:
-        dims = [int(d) for d in x.ty.shape]
-        axes = [int(a) % len(dims) for a in call.attrs.axes]
-        ok = (_is_aarch64() and str(call.ty.dtype) == "float32" and axes == [len(dims) - 1] and len(dims) >= 2
-              and all(str(t.ty.dtype) == "float32" and [int(d) for d in t.ty.shape] == dims[-1:] for t in (x, gamma, beta)[1:]))
-    except (TypeError, AttributeError):
-        ok = False
-    if not ok:
-        return _tvm_legalize(bb, call)
-    return bb.call_te(layer_norm_rows_te, x, gamma, beta, float(call.attrs.epsilon), primfunc_name_hint="layer_norm")
-
-
-def match_layer_norm(sch) -> bool:
-    names = {sch.get(b).name_hint for b in root_blocks_of(sch)}
-    return all(n in names for n in LAYER_NORM_BLOCKS)
-
-
-def schedule_layer_norm(sch, cpu: CPU) -> set:
-    """:func:`_schedule_rows` of :func:`layer_norm_rows_te`: the row's mean and reciprocal deviation
-    computed once per row."""
-    return _schedule_rows(sch, cpu, keep={"ln_mean", "ln_rstd"}, parts=("ln_sum_part", "ln_var_part"), vectors=())
 
 
 def _power_legalize(bb, call):
