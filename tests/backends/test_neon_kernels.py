@@ -5,6 +5,7 @@
   vectors whose lanes ``fmla`` takes by element;
 - erf, tanh and sigmoid divide with the reciprocal estimate and two Newton steps, and the
   softmax multiplies by its row's reciprocal: no ``fdiv`` in their loops;
+- a layer norm sums over partial lanes and computes its row's mean and deviation once per row;
 - the epilogue of a product fused with GELU is vectorized (for AVX2 too: the ``isnan`` test it
   had kept TVM from vectorizing it under the unrolled loop of the tile's vectors).
 
@@ -116,6 +117,20 @@ def test_neon_activations_do_not_divide_per_element(name):
         assert "frecpe" in asm and "fdiv" not in asm
 
 
+def test_neon_layer_norm_is_row_wise_and_vectorized():
+    """Both sums over 16 partial lanes, the mean and 1 / sqrt(var + eps) once per row (TVM's layer
+    norm: scalar sums, and an fsqrt and fdiv per output vector)."""
+    target = _arm()
+    rng = np.random.default_rng(2)
+    g, b = (relax.const(rng.standard_normal(40).astype("float32")) for _ in range(2))
+    (f,) = front_primfuncs(lambda bb, v: bb.emit(relax.op.nn.layer_norm(v, g, b, axes=[-1])), [(7, 40)],
+                           target).values()
+    sched, rule = S.schedule_primfunc(f, target)
+    assert rule == "layer_norm"
+    asm = _assembly(sched, target)
+    assert len(re.findall(r"\tfsqrt\t", asm)) == 1 and not re.search(r"\tfsqrt\tv\d+\.4s", asm)
+
+
 # -- on the emulated Pi ------------------------------------------------------------------------------
 
 
@@ -133,12 +148,13 @@ class Kernels(__import__("torch").nn.Module):
         self.odd = torch.nn.Linear(36, 30)
         self.down = torch.nn.Linear(30, 24)
         self.qkv = torch.nn.Linear(24, 72)
+        self.norm = torch.nn.LayerNorm(40)  # 2 x 16 lanes and a tail of 8
 
     def forward(self, x, a):
         import torch
         import torch.nn.functional as F
 
-        h = self.down(self.odd(F.gelu(self.mid(F.gelu(self.up(x), approximate="tanh")))))
+        h = self.down(self.odd(F.gelu(self.mid(F.gelu(self.up(self.norm(x)), approximate="tanh")))))
         q, k, v = self.qkv(h).chunk(3, dim=-1)
         h = torch.softmax(q @ k.transpose(-1, -2) * 0.2, -1) @ v
         return (h, F.gelu(a), F.gelu(a, approximate="tanh"), torch.erf(a), torch.tanh(a), torch.sigmoid(a), F.silu(a),
