@@ -226,6 +226,9 @@ def main(argv=None) -> int:
         raise SystemExit("bench_llm: -keepact needs the super activations of find-outliers: drop --super")
     if args.speed:
         return speed(args, configs, logits, ids, super_weights, columns)
+    if any(opts.get("activations") == "int8" for _, opts in configs):
+        raise SystemExit("bench_llm: -int8 configurations run with --speed only (the perplexity runs torch on the "
+                         "quantized weights and would not round the activations)")
     module = trace(logits, (torch.from_numpy(ids[:args.window])[None],))
     swap = Weights(model)
     fp32_bytes = sum(w.numel() * 4 for w in swap.original.values())
